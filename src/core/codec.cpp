@@ -1,0 +1,318 @@
+#include "core/codec.hpp"
+
+#include <algorithm>
+
+namespace cpns {
+
+std::string_view to_string(DecodeError e) {
+    switch (e) {
+        case DecodeError::kTruncated: return "truncated frame";
+        case DecodeError::kEmptyFrame: return "empty frame";
+        case DecodeError::kFrameTooLarge: return "frame too large";
+        case DecodeError::kMalformed: return "malformed message";
+        case DecodeError::kUnsupportedVersion: return "unsupported protocol version";
+        case DecodeError::kUnknownMessage: return "unknown message type";
+        case DecodeError::kInvalidField: return "invalid field";
+    }
+    return "unknown decode error";
+}
+
+pb::FailureReason to_reason(DecodeError e) {
+    switch (e) {
+        case DecodeError::kFrameTooLarge: return pb::FRAME_TOO_LARGE;
+        case DecodeError::kUnsupportedVersion: return pb::UNSUPPORTED_VERSION;
+        case DecodeError::kUnknownMessage: return pb::UNEXPECTED_MESSAGE;
+        default: return pb::MALFORMED_MESSAGE;
+    }
+}
+
+Bytes encode_frame(pb::Envelope env) {
+    env.set_version(kProtocolVersion);
+    const std::size_t size = env.ByteSizeLong();
+    Bytes out(kFrameHeaderSize + size);
+    out[0] = static_cast<std::uint8_t>(size >> 24);
+    out[1] = static_cast<std::uint8_t>(size >> 16);
+    out[2] = static_cast<std::uint8_t>(size >> 8);
+    out[3] = static_cast<std::uint8_t>(size);
+    env.SerializeWithCachedSizesToArray(out.data() + kFrameHeaderSize);
+    return out;
+}
+
+namespace {
+
+std::uint32_t read_len(std::span<const std::uint8_t> p) {
+    return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) |
+           (std::uint32_t{p[2]} << 8) | std::uint32_t{p[3]};
+}
+
+bool valid_text(const std::string& s) { return s.size() <= kMaxTextLength; }
+
+bool valid_caps(const pb::DeviceCapabilities& c) {
+    if (!valid_text(c.device_type()) || !valid_text(c.manufacturer()) || !valid_text(c.model()))
+        return false;
+    if (c.pan_technologies_size() > 16 || c.services_size() > 32) return false;
+    for (const auto& t : c.pan_technologies())
+        if (!valid_text(t)) return false;
+    for (const auto& t : c.services())
+        if (!valid_text(t)) return false;
+    return true;
+}
+
+bool valid_contents(const google::protobuf::RepeatedPtrField<pb::ContentInfo>& cs) {
+    if (static_cast<std::size_t>(cs.size()) > kMaxContentsPerPne) return false;
+    return std::all_of(cs.begin(), cs.end(), [](const pb::ContentInfo& c) {
+        return valid_text(c.content_id()) && valid_text(c.media_type()) && valid_text(c.title());
+    });
+}
+
+bool valid_opt_id(const std::string& id) { return id.empty() || valid_id(id); }
+
+bool valid_join(const pb::PneJoin& j) {
+    return valid_id(j.pne_id()) && j.rand_pne().size() == 16 && valid_caps(j.capabilities()) &&
+           valid_contents(j.contents());
+}
+
+bool valid_ids(const google::protobuf::RepeatedPtrField<std::string>& ids) {
+    if (static_cast<std::size_t>(ids.size()) > kMaxPnesPerPn) return false;
+    return std::all_of(ids.begin(), ids.end(), [](const std::string& s) { return valid_id(s); });
+}
+
+bool valid_bytes(const std::string& b, std::size_t max) { return b.size() <= max; }
+
+bool valid_inventory(const pb::PnInventory& inv) {
+    if (!valid_opt_id(inv.pn_id()) || !valid_opt_id(inv.gw_id())) return false;
+    if (!valid_caps(inv.gw_capabilities())) return false;
+    if (static_cast<std::size_t>(inv.members_size()) > kMaxPnesPerPn) return false;
+    return std::all_of(inv.members().begin(), inv.members().end(), [](const pb::PnMember& m) {
+        return valid_id(m.pne_id()) && valid_caps(m.capabilities()) && valid_contents(m.contents());
+    });
+}
+
+bool valid_result(const pb::PnResult& r) {
+    return valid_opt_id(r.pn_id()) && valid_inventory(r.inventory()) &&
+           valid_bytes(r.hash_server_pne(), 32);
+}
+
+}  // namespace
+
+bool valid_id(std::string_view id) {
+    if (id.empty() || id.size() > kMaxIdLength) return false;
+    return std::all_of(id.begin(), id.end(), [](char ch) {
+        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+               ch == '-' || ch == '_' || ch == '.';
+    });
+}
+
+std::optional<DecodeError> validate(const pb::Envelope& env) {
+    bool ok = valid_opt_id(env.sender_id());
+    using B = pb::Envelope::BodyCase;
+    switch (env.body_case()) {
+        case B::kDiscoveryRequest: {
+            const auto& m = env.discovery_request();
+            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids());
+            break;
+        }
+        case B::kDiscoveryResponse: {
+            const auto& m = env.discovery_response();
+            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids());
+            break;
+        }
+        case B::kSetupRequest: {
+            const auto& m = env.setup_request();
+            ok = ok && valid_join(m.join()) && valid_ids(m.invited_pne_ids());
+            break;
+        }
+        case B::kSetupInvite:
+            ok = ok && valid_id(env.setup_invite().pn_id()) && valid_id(env.setup_invite().gw_id());
+            break;
+        case B::kSetupNotify: {
+            const auto& m = env.setup_notify();
+            ok = ok && valid_id(m.pn_id()) && valid_opt_id(m.initiator_pne_id()) &&
+                 valid_id(m.gw_id());
+            break;
+        }
+        case B::kSetupNotifyResponse: {
+            const auto& m = env.setup_notify_response();
+            ok = ok && valid_id(m.pn_id()) && (!m.accept() || valid_join(m.join()));
+            break;
+        }
+        case B::kPneAuthRequest: {
+            const auto& m = env.pne_auth_request();
+            ok = ok && valid_id(m.pn_id()) && m.rand_server().size() == 16 &&
+                 valid_bytes(m.wrapped_local_eukey(), 64);
+            break;
+        }
+        case B::kPneAuthResponse: {
+            const auto& m = env.pne_auth_response();
+            ok = ok && valid_id(m.pn_id()) && valid_id(m.pne_id()) &&
+                 valid_bytes(m.hash_pne(), 32);
+            break;
+        }
+        case B::kSetupResponse: ok = ok && valid_result(env.setup_response().result()); break;
+        case B::kEstablishmentNotify:
+            ok = ok && valid_result(env.establishment_notify().result());
+            break;
+        case B::kRegistrationRequest: {
+            const auto& m = env.registration_request();
+            ok = ok && valid_id(m.pn_id()) && valid_id(m.gw().gw_id()) &&
+                 valid_caps(m.gw().capabilities()) && valid_ids(m.invited_pne_ids()) &&
+                 static_cast<std::size_t>(m.pnes_size()) <= kMaxPnesPerPn &&
+                 valid_text(m.gw().subscription().subscriber_id()) &&
+                 valid_text(m.gw().subscription().service_plan());
+            for (const auto& p : m.pnes()) ok = ok && valid_join(p.join());
+            break;
+        }
+        case B::kAuthRequest: {
+            const auto& m = env.auth_request();
+            ok = ok && valid_id(m.pn_id()) && m.rand_server().size() == 16 &&
+                 valid_ids(m.pne_ids()) &&
+                 static_cast<std::size_t>(m.local_eukeys_size()) <= kMaxPnesPerPn &&
+                 static_cast<std::size_t>(m.excluded_size()) <= kMaxPnesPerPn;
+            for (const auto& k : m.local_eukeys())
+                ok = ok && valid_id(k.pne_id()) && valid_bytes(k.for_pne(), 64) &&
+                     valid_bytes(k.for_gw(), 64);
+            for (const auto& x : m.excluded()) ok = ok && valid_id(x.pne_id());
+            break;
+        }
+        case B::kAuthResponse: {
+            const auto& m = env.auth_response();
+            ok = ok && valid_id(m.pn_id()) &&
+                 static_cast<std::size_t>(m.results_size()) <= kMaxPnesPerPn;
+            for (const auto& r : m.results())
+                ok = ok && valid_id(r.pne_id()) && valid_bytes(r.hash_pne(), 32);
+            break;
+        }
+        case B::kRegistrationResponse: {
+            const auto& m = env.registration_response();
+            ok = ok && valid_id(m.pn_id()) &&
+                 static_cast<std::size_t>(m.results_size()) <= kMaxPnesPerPn &&
+                 valid_inventory(m.inventory());
+            for (const auto& r : m.results())
+                ok = ok && valid_id(r.pne_id()) && valid_bytes(r.hash_server_pne(), 32);
+            break;
+        }
+        case B::kError:
+            ok = ok && valid_opt_id(env.error().pn_id()) && valid_text(env.error().detail());
+            break;
+        case B::BODY_NOT_SET: return DecodeError::kUnknownMessage;
+    }
+    if (!ok) return DecodeError::kInvalidField;
+    return std::nullopt;
+}
+
+namespace {
+// Protobuf logs parse problems (invalid UTF-8 in a string field) to stderr itself; every such
+// input already comes back as a typed DecodeError, so its own log line is only noise.
+google::protobuf::LogHandler* g_previous_log = nullptr;
+void quiet_protobuf_log(google::protobuf::LogLevel level, const char* file, int line,
+                        const std::string& message) {
+    if (level >= google::protobuf::LOGLEVEL_FATAL && g_previous_log)
+        g_previous_log(level, file, line, message);
+}
+const bool kQuietProtobuf = [] {
+    g_previous_log = google::protobuf::SetLogHandler(&quiet_protobuf_log);
+    return true;
+}();
+}  // namespace
+
+std::variant<pb::Envelope, DecodeError> decode_body(std::span<const std::uint8_t> body) {
+    (void)kQuietProtobuf;
+    if (body.empty()) return DecodeError::kEmptyFrame;
+    if (body.size() > kMaxFrameSize) return DecodeError::kFrameTooLarge;
+    pb::Envelope env;
+    if (!env.ParseFromArray(body.data(), static_cast<int>(body.size())))
+        return DecodeError::kMalformed;
+    if (env.version() != kProtocolVersion) return DecodeError::kUnsupportedVersion;
+    if (auto err = validate(env)) return *err;
+    return env;
+}
+
+std::variant<pb::Envelope, DecodeError> decode_frame(std::span<const std::uint8_t> frame) {
+    if (frame.size() < kFrameHeaderSize) return DecodeError::kTruncated;
+    const std::uint32_t len = read_len(frame);
+    if (len > kMaxFrameSize) return DecodeError::kFrameTooLarge;
+    if (len == 0) return DecodeError::kEmptyFrame;
+    if (frame.size() - kFrameHeaderSize < len) return DecodeError::kTruncated;
+    if (frame.size() - kFrameHeaderSize > len) return DecodeError::kMalformed;  // trailing bytes
+    return decode_body(frame.subspan(kFrameHeaderSize, len));
+}
+
+void FrameReader::feed(std::span<const std::uint8_t> data) {
+    if (failed_) return;
+    buf_.insert(buf_.end(), data.begin(), data.end());
+}
+
+std::optional<std::variant<pb::Envelope, DecodeError>> FrameReader::next() {
+    if (failed_) return std::variant<pb::Envelope, DecodeError>{DecodeError::kMalformed};
+    if (buf_.size() < kFrameHeaderSize) return std::nullopt;
+    const std::uint32_t len = read_len(buf_);
+    if (len > kMaxFrameSize || len == 0) {
+        failed_ = true;
+        buf_.clear();
+        return std::variant<pb::Envelope, DecodeError>{len == 0 ? DecodeError::kEmptyFrame
+                                                                : DecodeError::kFrameTooLarge};
+    }
+    if (buf_.size() - kFrameHeaderSize < len) return std::nullopt;
+    auto result = decode_body(std::span(buf_).subspan(kFrameHeaderSize, len));
+    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(kFrameHeaderSize + len));
+    if (std::holds_alternative<DecodeError>(result)) {
+        failed_ = true;
+        buf_.clear();
+    }
+    return result;
+}
+
+std::string_view message_name(const pb::Envelope& env) {
+    using B = pb::Envelope::BodyCase;
+    switch (env.body_case()) {
+        case B::kDiscoveryRequest: return "EntityDiscoveryRequest";
+        case B::kDiscoveryResponse: return "EntityDiscoveryResponse";
+        case B::kSetupRequest: return "PnSetupRequest";
+        case B::kSetupInvite: return "PnSetupInvite";
+        case B::kSetupNotify: return "PnSetupNotify";
+        case B::kSetupNotifyResponse: return "PnSetupNotifyResponse";
+        case B::kPneAuthRequest: return "PneAuthenticationRequest";
+        case B::kPneAuthResponse: return "PneAuthenticationResponse";
+        case B::kSetupResponse: return "PnSetupResponse";
+        case B::kEstablishmentNotify: return "PnEstablishmentNotify";
+        case B::kRegistrationRequest: return "PnRegistrationRequest";
+        case B::kAuthRequest: return "AuthenticationRequest";
+        case B::kAuthResponse: return "AuthenticationResponse";
+        case B::kRegistrationResponse: return "PnRegistrationResponse";
+        case B::kError: return "ErrorReport";
+        case B::BODY_NOT_SET: break;
+    }
+    return "Unknown";
+}
+
+std::string_view reason_name(pb::FailureReason r) {
+    switch (r) {
+        case pb::REASON_NONE: return "none";
+        case pb::AUTHENTICATION_FAILED: return "authentication failed";
+        case pb::SERVER_AUTHENTICATION_FAILED: return "server authentication failed";
+        case pb::TIMEOUT: return "timeout";
+        case pb::DECLINED: return "declined";
+        case pb::UNKNOWN_ENTITY: return "unknown entity";
+        case pb::REVOKED: return "revoked";
+        case pb::TLS_HANDSHAKE_FAILED: return "tls handshake failed";
+        case pb::TLS_REQUIRED: return "tls required";
+        case pb::KEY_UNWRAP_FAILED: return "key unwrap failed";
+        case pb::MALFORMED_MESSAGE: return "malformed message";
+        case pb::UNSUPPORTED_VERSION: return "unsupported version";
+        case pb::UNEXPECTED_MESSAGE: return "unexpected message";
+        case pb::NO_PNE_AUTHENTICATED: return "no pne authenticated";
+        case pb::LIMIT_EXCEEDED: return "limit exceeded";
+        case pb::NOT_INVITED: return "not invited";
+        case pb::BUSY: return "busy";
+        case pb::GATEWAY_AUTHENTICATION_FAILED: return "gateway authentication failed";
+        case pb::PEER_UNREACHABLE: return "peer unreachable";
+        case pb::INTERNAL_ERROR: return "internal error";
+        case pb::FRAME_TOO_LARGE: return "frame too large";
+        case pb::DUPLICATE_PN: return "duplicate pn";
+        case pb::REPLAYED: return "replayed";
+        default: break;
+    }
+    return "unknown reason";
+}
+
+}  // namespace cpns

@@ -1,0 +1,74 @@
+// Framing and decoding of CPNS messages. A frame is a 4-octet big-endian length followed by
+// that many octets of a serialized cpns.v1.Envelope. Decoding never throws: every bad input
+// becomes a typed DecodeError.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "cpns/messages.pb.h"
+
+namespace cpns {
+
+namespace pb = ::cpns::v1;
+
+inline constexpr std::uint32_t kProtocolVersion = 1;
+inline constexpr std::size_t kFrameHeaderSize = 4;
+inline constexpr std::size_t kMaxFrameSize = 64 * 1024;  // hard maximum body size
+inline constexpr std::size_t kMaxIdLength = 64;          // PNE, PN GW and PN IDs
+inline constexpr std::size_t kMaxPnesPerPn = 64;         // members of one PN
+inline constexpr std::size_t kMaxContentsPerPne = 32;
+inline constexpr std::size_t kMaxTextLength = 256;       // free-text capability fields
+
+enum class DecodeError {
+    kTruncated,           // fewer bytes than the header or the announced length
+    kEmptyFrame,          // length 0
+    kFrameTooLarge,       // length over kMaxFrameSize
+    kMalformed,           // not a valid Envelope
+    kUnsupportedVersion,  // version != kProtocolVersion
+    kUnknownMessage,      // no body we know (a newer peer's message type)
+    kInvalidField,        // a field out of its bounds (ID syntax, sizes, counts)
+};
+std::string_view to_string(DecodeError e);
+// The reason a peer is told for a decode error.
+pb::FailureReason to_reason(DecodeError e);
+
+using Bytes = std::vector<std::uint8_t>;
+
+// Serialize and frame. The caller sets body and sender; version is filled in here.
+Bytes encode_frame(pb::Envelope env);
+
+// Decode one whole frame (header included).
+std::variant<pb::Envelope, DecodeError> decode_frame(std::span<const std::uint8_t> frame);
+// Decode a body without header (length already checked by the caller).
+std::variant<pb::Envelope, DecodeError> decode_body(std::span<const std::uint8_t> body);
+
+// Checks IDs, sizes and counts of every field of a decoded envelope.
+std::optional<DecodeError> validate(const pb::Envelope& env);
+bool valid_id(std::string_view id);
+
+// Incremental decoder for a byte stream (TCP/TLS). Bounded: it never buffers more than one
+// frame. After an error the stream is unusable (the connection must be closed).
+class FrameReader {
+public:
+    void feed(std::span<const std::uint8_t> data);
+    // Next complete message, nullopt when more bytes are needed, or an error.
+    std::optional<std::variant<pb::Envelope, DecodeError>> next();
+    std::size_t buffered() const { return buf_.size(); }
+
+private:
+    Bytes buf_;
+    bool failed_ = false;
+};
+
+// Short name of the envelope's message for logs and traces ("PnSetupRequest").
+std::string_view message_name(const pb::Envelope& env);
+std::string_view reason_name(pb::FailureReason r);
+
+}  // namespace cpns

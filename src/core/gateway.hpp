@@ -1,0 +1,129 @@
+// The PN GW role, I/O-free: relays between the PNEs on its PAN and the CPNS Server, keeps the
+// PN Inventory and the routing table, and holds the LocalEUKeys it shares with PNEs. It never
+// sees a PNE's EUKey or SK_PNE.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/pne.hpp"
+#include "core/role.hpp"
+
+namespace cpns {
+
+// The PAN link to one PNE, as configured on the PN GW.
+struct PanLinkConfig {
+    std::optional<SecretKey> preassigned_key;  // for PNEs without enough UI
+    bool pan_secure = false;
+};
+
+struct GatewayConfig {
+    std::string gw_id;
+    SecretKey eukey;  // shared with the CPNS Server
+    pb::DeviceCapabilities capabilities;
+    pb::SubscriptionInfo subscription;
+    std::string server_id = "cpns-server";
+    std::map<std::string, PanLinkConfig> pan_links;  // by PNE ID
+    bool default_pan_secure = false;                 // for PNEs not listed
+    pb::EntityMode mode = pb::MODE_PN_GW;
+    LogSink log;
+};
+
+class Gateway {
+public:
+    Gateway(GatewayConfig config, Random& random);
+
+    // Step 0: broadcast an Entity Discovery Request on the PAN.
+    Effects discover(Millis now);
+    // 5.2.1.2 step 1-2: invite PNEs into a new PN. Empty list: every PNE discovered.
+    Effects invite(std::vector<std::string> pne_ids, Millis now);
+
+    Effects on_message(const std::string& from, const pb::Envelope& env, Protection protection,
+                       Millis now);
+    Effects on_tls_established(const std::string& peer, const std::string& identity, Millis now);
+    Effects on_tls_failed(const std::string& peer, Millis now);
+    Effects on_link_down(const std::string& peer, Millis now);
+    Effects on_timer(Millis now);
+    Millis next_deadline() const;
+
+    // The PSK for a PNE's TLS ClientHello identity (see docs/protocol.md, "PSK identities").
+    std::optional<SecretKey> tls_psk_for(std::string_view identity) const;
+
+    const std::string& id() const { return cfg_.gw_id; }
+    const std::map<std::string, pb::PnInventory>& inventory() const { return inventory_; }
+    // Routing table of the PNs: PN ID -> PNE IDs reachable in it.
+    const std::map<std::string, std::vector<std::string>>& routing_table() const { return routing_; }
+    const std::map<std::string, Neighbour>& neighbours() const { return neighbours_; }
+    std::optional<SecretKey> local_eukey(const std::string& pn_id, const std::string& pne_id) const;
+    std::size_t active_sessions() const { return sessions_.size(); }
+    const Counters& counters() const { return counters_; }
+    // Every byte of state this PN GW holds (keys included), for inspection by tests.
+    Bytes snapshot() const;
+
+private:
+    enum class MemberState { kInvited, kJoined, kAuthPending, kAnswered, kFailed };
+    struct Member {
+        std::string pne_id;
+        PneRole role = PneRole::kInvitee;
+        MemberState state = MemberState::kInvited;
+        pb::PneJoin join;
+        std::optional<SecretKey> local_eukey;
+        std::string hash_pne;
+        pb::FailureReason reason = pb::REASON_NONE;
+        bool reachable = true;  // a result can be sent to it
+    };
+    enum class Phase { kCollectJoins, kWaitAuthRequest, kCollectAuth, kWaitRegistration };
+    struct Session {
+        std::string pn_id;
+        Flow flow = Flow::kPneInitiated;
+        std::string initiator;
+        pb::SetupType setup_type = pb::SETUP_UNSPECIFIED;
+        std::vector<std::string> invited;
+        Phase phase = Phase::kCollectJoins;
+        std::map<std::string, Member> members;
+        Millis deadline = kNever;
+    };
+
+    void log(LogLevel level, const std::string& text) const;
+    void send(Effects& out, const std::string& to, pb::Envelope env, bool must_protect = false);
+    void send_error(Effects& out, const std::string& to, const std::string& pn_id,
+                    pb::FailureReason reason, const std::string& detail);
+    bool pan_secure(const std::string& pne_id) const;
+    bool tls_up(const std::string& pne_id) const { return tls_links_.count(pne_id) != 0; }
+    std::string new_pn_id();
+    Session* session_of_pne(const std::string& pne_id, const std::string& pn_id);
+    void fail_member(Session& s, Member& m, pb::FailureReason reason, const std::string& why);
+
+    void handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env, Millis now);
+    void handle_setup_request(Effects& out, const std::string& from, const pb::PnSetupRequest& m,
+                              Protection protection, Millis now);
+    void handle_join_response(Effects& out, const std::string& from,
+                              const pb::PnSetupNotifyResponse& m, Protection protection, Millis now);
+    void handle_auth_request(Effects& out, const pb::AuthenticationRequest& m, Millis now);
+    void handle_pne_auth_response(Effects& out, const std::string& from,
+                                  const pb::PneAuthenticationResponse& m, Protection protection,
+                                  Millis now);
+    void handle_registration_response(Effects& out, const pb::PnRegistrationResponse& m);
+    void handle_error(Effects& out, const std::string& from, const pb::ErrorReport& m, Millis now);
+
+    void maybe_register(Effects& out, Session& s, Millis now);
+    void maybe_send_aggregate(Effects& out, Session& s, Millis now);
+    void conclude(Effects& out, Session& s, bool registered, pb::FailureReason reason,
+                  const std::string& detail, const pb::PnRegistrationResponse* resp);
+
+    GatewayConfig cfg_;
+    Random& random_;
+    std::map<std::string, Session> sessions_;        // by PN ID, being established
+    std::map<std::string, std::string> pne_session_;  // PNE ID -> PN ID it is joining
+    std::map<std::string, std::string> tls_links_;    // PNE ID -> TLS identity in use
+    std::map<std::string, Neighbour> neighbours_;
+    std::map<std::string, pb::PnInventory> inventory_;
+    std::map<std::string, std::vector<std::string>> routing_;
+    std::map<std::string, std::map<std::string, SecretKey>> local_keys_;  // PN -> PNE -> key
+    Counters counters_;
+};
+
+}  // namespace cpns

@@ -1,0 +1,437 @@
+#include "core/pne.hpp"
+
+#include <algorithm>
+
+namespace cpns {
+
+Pne::Pne(PneConfig config, Random& random) : cfg_(std::move(config)), random_(random) {}
+
+void Pne::log(LogLevel level, const std::string& text) const {
+    if (cfg_.log) cfg_.log(level, "pne " + cfg_.pne_id + ": " + text);
+}
+
+void Pne::send(Effects& out, const std::string& to, pb::Envelope env) {
+    env.set_version(kProtocolVersion);
+    env.set_sender_id(cfg_.pne_id);
+    ++counters_.messages_out;
+    // Before TLS is up only what the flow allows in clear leaves (setup, join, auth response
+    // of a PNE that will not use TLS); the transport enforces kTls.
+    const bool protect = tls_needed() && !tls_peer_.empty() && tls_peer_ == to;
+    out.push_back(SendEffect{to, std::move(env), protect ? Protection::kTls : Protection::kClear});
+}
+
+bool Pne::tls_up_with(const std::string& peer, const std::string& identity) const {
+    return tls_peer_ == peer && tls_identity_ == identity;
+}
+
+pb::PneJoin Pne::make_join() {
+    pb::PneJoin join;
+    join.set_pne_id(cfg_.pne_id);
+    *join.mutable_capabilities() = cfg_.capabilities;
+    for (const auto& c : cfg_.contents) *join.add_contents() = c;
+    s_.rand_pne = random_.bytes(kRandSize);
+    join.set_rand_pne(to_field(s_.rand_pne));
+    join.set_local_eukey_requested(requests_local_eukey());
+    return join;
+}
+
+PneContext Pne::context() const {
+    PneContext ctx;
+    ctx.pne_id = cfg_.pne_id;
+    ctx.gw_id = s_.gw_id;
+    ctx.pn_id = s_.pn_id;
+    ctx.flow = s_.flow;
+    ctx.role = s_.role;
+    ctx.setup = s_.role == PneRole::kInitiator ? to_setup_kind(s_.setup_type) : SetupKind::kNone;
+    if (s_.role == PneRole::kInitiator) ctx.invited = s_.invited;
+    ctx.local_key_requested = requests_local_eukey();
+    return ctx;
+}
+
+Effects Pne::discover(Millis /*now*/) {
+    Effects out;
+    pb::Envelope env;
+    auto* m = env.mutable_discovery_request();
+    m->set_entity_id(cfg_.pne_id);
+    m->set_mode(cfg_.mode);
+    for (const auto& [pn, _] : memberships_) m->add_pn_ids(pn);
+    send(out, "*", std::move(env));
+    return out;
+}
+
+// The first message of a PNE without enough UI on an insecure PAN waits for PSK-TLS with its
+// pre-assigned key; everyone else sends it at once.
+void Pne::begin_join(Effects& out, pb::Envelope first, Millis now) {
+    const bool needs_pre_tls = tls_needed() && !requests_local_eukey();
+    const std::string identity = preassigned_identity(cfg_.pne_id);
+    if (needs_pre_tls && !tls_up_with(s_.gw_id, identity)) {
+        s_.pending = std::move(first);
+        state_ = State::kTlsBeforeJoin;
+        s_.deadline = now + kTlsHandshakeTimeout;
+        log(LogLevel::kInfo, "starting PSK-TLS with " + s_.gw_id + " (pre-assigned key)");
+        out.push_back(StartTlsEffect{s_.gw_id, identity, *cfg_.preassigned_key});
+        return;
+    }
+    send(out, s_.gw_id, std::move(first));
+    state_ = State::kWaitAuthRequest;
+    s_.deadline = now + kAuthRequestTimeout;
+}
+
+Effects Pne::start_setup(const std::string& gw_id, pb::SetupType type,
+                         std::vector<std::string> invited, Millis now) {
+    Effects out;
+    auto fail_now = [&](pb::FailureReason r, std::string why) {
+        counters_.count(r);
+        log(LogLevel::kWarn, "cannot start PN setup: " + why);
+        out.push_back(OutcomeEffect{"", false, r, std::move(why), {}, {}});
+        return out;
+    };
+    if (busy()) return fail_now(pb::BUSY, "an establishment is already in progress");
+    if (!valid_id(gw_id)) return fail_now(pb::UNKNOWN_ENTITY, "invalid PN GW ID");
+    if (type == pb::SETUP_UNSPECIFIED) return fail_now(pb::MALFORMED_MESSAGE, "no setup type");
+    if (type != pb::SETUP_INVITE_LIST) invited.clear();
+    if (type == pb::SETUP_INVITE_LIST && invited.empty())
+        return fail_now(pb::MALFORMED_MESSAGE, "invitation list is empty");
+    if (invited.size() > kMaxPnesPerPn - 1)
+        return fail_now(pb::LIMIT_EXCEEDED, "too many PNEs invited");
+    for (const auto& id : invited)
+        if (!valid_id(id)) return fail_now(pb::MALFORMED_MESSAGE, "invalid invited PNE ID");
+    if (tls_needed() && !requests_local_eukey() && !cfg_.preassigned_key)
+        return fail_now(pb::TLS_REQUIRED,
+                        "PAN is insecure and this PNE has neither UI nor a pre-assigned key");
+
+    s_ = Session{};
+    s_.gw_id = gw_id;
+    s_.flow = Flow::kPneInitiated;
+    s_.role = PneRole::kInitiator;
+    s_.setup_type = type;
+    s_.invited = std::move(invited);
+    pb::Envelope env;
+    auto* m = env.mutable_setup_request();
+    m->set_setup_type(type);
+    for (const auto& id : s_.invited) m->add_invited_pne_ids(id);
+    *m->mutable_join() = make_join();
+    log(LogLevel::kInfo, "asking " + gw_id + " for a PN (" + std::string(pb::SetupType_Name(type)) +
+                             (requests_local_eukey() ? ", LocalEUKey requested)" : ")"));
+    begin_join(out, std::move(env), now);
+    return out;
+}
+
+void Pne::handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
+                           Millis now) {
+    const bool is_request = env.has_discovery_request();
+    const auto& id = is_request ? env.discovery_request().entity_id()
+                                : env.discovery_response().entity_id();
+    const auto mode = is_request ? env.discovery_request().mode() : env.discovery_response().mode();
+    const auto& pns = is_request ? env.discovery_request().pn_ids() : env.discovery_response().pn_ids();
+    if (id != from) {
+        ++counters_.ignored;
+        return;
+    }
+    if (neighbours_.size() < kMaxNeighbours || neighbours_.count(id)) {
+        auto& n = neighbours_[id];
+        n.mode = mode;
+        n.pn_ids.assign(pns.begin(), pns.end());
+        n.seen_at = now;
+    }
+    if (is_request) {
+        pb::Envelope reply;
+        auto* r = reply.mutable_discovery_response();
+        r->set_entity_id(cfg_.pne_id);
+        r->set_mode(cfg_.mode);
+        for (const auto& [pn, _] : memberships_) r->add_pn_ids(pn);
+        send(out, from, std::move(reply));
+    }
+}
+
+void Pne::handle_invitation(Effects& out, const std::string& from, const std::string& pn_id,
+                            const std::string& gw_id, Flow flow, Millis now) {
+    pb::Envelope reply;
+    auto* r = reply.mutable_setup_notify_response();
+    r->set_pn_id(pn_id);
+    if (gw_id != from) {
+        ++counters_.ignored;
+        log(LogLevel::kWarn, "invitation from " + from + " names another PN GW; ignored");
+        return;
+    }
+    if (busy()) {
+        // A duplicate of the invitation we are already answering is ignored; another PN gets BUSY.
+        if (s_.pn_id == pn_id && s_.gw_id == from) {
+            ++counters_.ignored;
+            return;
+        }
+        r->set_accept(false);
+        r->set_decline_reason(pb::BUSY);
+        counters_.count(pb::BUSY);
+        send(out, from, std::move(reply));
+        return;
+    }
+    if (!cfg_.accept_invitations) {
+        r->set_accept(false);
+        r->set_decline_reason(pb::DECLINED);
+        counters_.count(pb::DECLINED);
+        log(LogLevel::kInfo, "declining invitation to " + pn_id);
+        send(out, from, std::move(reply));
+        return;
+    }
+    if (tls_needed() && !requests_local_eukey() && !cfg_.preassigned_key) {
+        r->set_accept(false);
+        r->set_decline_reason(pb::TLS_REQUIRED);
+        counters_.count(pb::TLS_REQUIRED);
+        log(LogLevel::kWarn, "cannot join " + pn_id + ": insecure PAN, no UI, no pre-assigned key");
+        send(out, from, std::move(reply));
+        return;
+    }
+    s_ = Session{};
+    s_.gw_id = from;
+    s_.pn_id = pn_id;
+    s_.flow = flow;
+    s_.role = PneRole::kInvitee;
+    r->set_accept(true);
+    *r->mutable_join() = make_join();
+    log(LogLevel::kInfo, "accepting invitation to " + pn_id + " from " + from);
+    begin_join(out, std::move(reply), now);
+}
+
+void Pne::handle_auth_request(Effects& out, const std::string& from,
+                              const pb::PneAuthenticationRequest& m, Millis now) {
+    if (state_ != State::kWaitAuthRequest || from != s_.gw_id ||
+        (!s_.pn_id.empty() && s_.pn_id != m.pn_id())) {
+        ++counters_.ignored;
+        log(LogLevel::kDebug, "Authentication Request for " + m.pn_id() + " not expected; ignored");
+        return;
+    }
+    s_.pn_id = m.pn_id();
+    s_.rand_server.assign(m.rand_server().begin(), m.rand_server().end());
+    if (requests_local_eukey()) {
+        if (m.wrapped_local_eukey().empty()) {
+            abort(out, pb::KEY_UNWRAP_FAILED, "no LocalEUKey copy in the Authentication Request",
+                  true);
+            return;
+        }
+        auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id,
+                                      s_.gw_id, s_.rand_server, bytes_of(m.wrapped_local_eukey()));
+        if (!key) {
+            // The copy was made under the EUKey the server holds for this PNE: if it does not
+            // open, the two EUKeys differ, which is what hash_PNE would have shown too.
+            pb::Envelope env;
+            auto* r = env.mutable_pne_auth_response();
+            r->set_pn_id(s_.pn_id);
+            r->set_pne_id(cfg_.pne_id);
+            r->set_failure(pb::AUTHENTICATION_FAILED);
+            send(out, s_.gw_id, std::move(env));
+            finish(out, false, pb::AUTHENTICATION_FAILED,
+                   "the LocalEUKey copy does not decrypt under this PNE's EUKey (EUKey differs "
+                   "from the CPNS Server's)");
+            return;
+        }
+        s_.local_eukey = std::move(*key);
+        out.push_back(StoreLocalKeyEffect{s_.pn_id, s_.gw_id, *s_.local_eukey});
+        if (tls_needed()) {
+            const std::string identity = local_eukey_identity(s_.pn_id, cfg_.pne_id);
+            state_ = State::kTlsBeforeAuthResp;
+            s_.deadline = now + kTlsHandshakeTimeout;
+            log(LogLevel::kInfo, "starting PSK-TLS with " + s_.gw_id + " (LocalEUKey)");
+            out.push_back(StartTlsEffect{s_.gw_id, identity, *s_.local_eukey});
+            return;
+        }
+    }
+    send_auth_response(out, now);
+}
+
+void Pne::send_auth_response(Effects& out, Millis now) {
+    const PneContext ctx = context();
+    s_.sk = derive_sk_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, ctx);
+    s_.hash_pne = derive_hash_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk, ctx);
+    pb::Envelope env;
+    auto* r = env.mutable_pne_auth_response();
+    r->set_pn_id(s_.pn_id);
+    r->set_pne_id(cfg_.pne_id);
+    r->set_hash_pne(to_field(s_.hash_pne));
+    send(out, s_.gw_id, std::move(env));
+    state_ = State::kWaitResult;
+    s_.deadline = now + kResultTimeout;
+}
+
+void Pne::handle_result(Effects& out, const std::string& from, const pb::PnResult& r,
+                        Protection protection) {
+    if (from != s_.gw_id || r.pn_id() != s_.pn_id ||
+        (state_ != State::kWaitResult && state_ != State::kWaitAuthRequest &&
+         state_ != State::kTlsBeforeAuthResp)) {
+        ++counters_.ignored;
+        return;
+    }
+    if (tls_needed() && protection != Protection::kTls && r.success()) {
+        // On an insecure PAN a result with hash_server_PNE and the inventory must come in TLS.
+        abort(out, pb::TLS_REQUIRED, "PN result arrived in clear on an insecure PAN", false);
+        return;
+    }
+    if (!r.success()) {
+        const auto reason = r.reason() == pb::REASON_NONE ? pb::INTERNAL_ERROR : r.reason();
+        finish(out, false, reason, "PN GW reports: " + std::string(reason_name(reason)));
+        return;
+    }
+    if (state_ != State::kWaitResult) {
+        ++counters_.ignored;
+        return;
+    }
+    const Hash expected = derive_hash_server_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk,
+                                                 s_.hash_pne, context());
+    if (!ct_equal(expected, bytes_of(r.hash_server_pne()))) {
+        abort(out, pb::SERVER_AUTHENTICATION_FAILED, "hash_server_PNE does not verify", true);
+        return;
+    }
+    out.push_back(SessionKeyEffect{s_.pn_id, cfg_.pne_id, s_.sk});
+    PneMembership mem;
+    mem.pn_id = s_.pn_id;
+    mem.gw_id = s_.gw_id;
+    mem.inventory = r.inventory();
+    mem.local_eukey = s_.local_eukey;
+    mem.sk_pne = s_.sk;
+    memberships_[s_.pn_id] = std::move(mem);
+    ++counters_.established;
+    log(LogLevel::kInfo, "joined " + s_.pn_id + ": CPNS Server authenticated, " +
+                             std::to_string(r.inventory().members_size()) + " member(s)");
+    finish(out, true, pb::REASON_NONE, "", &r.inventory());
+}
+
+void Pne::finish(Effects& out, bool success, pb::FailureReason reason, std::string detail,
+                 const pb::PnInventory* inventory) {
+    if (!success) {
+        counters_.count(reason);
+        log(LogLevel::kWarn, "establishment of " + (s_.pn_id.empty() ? "PN" : s_.pn_id) +
+                                 " failed: " + std::string(reason_name(reason)) +
+                                 (detail.empty() ? "" : " (" + detail + ")"));
+    }
+    OutcomeEffect o;
+    o.pn_id = s_.pn_id;
+    o.success = success;
+    o.reason = reason;
+    o.detail = std::move(detail);
+    if (inventory) o.inventory = *inventory;
+    o.pnes.push_back(PneOutcome{cfg_.pne_id, success, reason});
+    out.push_back(std::move(o));
+    s_ = Session{};  // wipes SK, LocalEUKey copies held by the session
+    state_ = State::kIdle;
+}
+
+void Pne::abort(Effects& out, pb::FailureReason reason, std::string detail, bool tell_gw) {
+    if (tell_gw && !s_.gw_id.empty()) {
+        pb::Envelope env;
+        auto* e = env.mutable_error();
+        e->set_pn_id(s_.pn_id);
+        e->set_reason(reason);
+        e->set_detail(detail);
+        send(out, s_.gw_id, std::move(env));
+    }
+    finish(out, false, reason, std::move(detail));
+}
+
+Effects Pne::on_message(const std::string& from, const pb::Envelope& env, Protection protection,
+                        Millis now) {
+    Effects out;
+    ++counters_.messages_in;
+    using B = pb::Envelope::BodyCase;
+    switch (env.body_case()) {
+        case B::kDiscoveryRequest:
+        case B::kDiscoveryResponse: handle_discovery(out, from, env, now); break;
+        case B::kSetupNotify:
+            handle_invitation(out, from, env.setup_notify().pn_id(), env.setup_notify().gw_id(),
+                              Flow::kPneInitiated, now);
+            break;
+        case B::kSetupInvite:
+            handle_invitation(out, from, env.setup_invite().pn_id(), env.setup_invite().gw_id(),
+                              Flow::kGwInitiated, now);
+            break;
+        case B::kPneAuthRequest: handle_auth_request(out, from, env.pne_auth_request(), now); break;
+        case B::kSetupResponse:
+            if (s_.role != PneRole::kInitiator) {
+                ++counters_.ignored;
+                break;
+            }
+            // The initiator learns the PN ID from the Authentication Request; a failure before
+            // that names the PN the PN GW allocated.
+            if (s_.pn_id.empty() && state_ == State::kWaitAuthRequest && from == s_.gw_id &&
+                !env.setup_response().result().success())
+                s_.pn_id = env.setup_response().result().pn_id();
+            handle_result(out, from, env.setup_response().result(), protection);
+            break;
+        case B::kEstablishmentNotify:
+            if (s_.role != PneRole::kInvitee) {
+                ++counters_.ignored;
+                break;
+            }
+            handle_result(out, from, env.establishment_notify().result(), protection);
+            break;
+        case B::kError:
+            if (busy() && from == s_.gw_id &&
+                (env.error().pn_id().empty() || env.error().pn_id() == s_.pn_id)) {
+                finish(out, false, env.error().reason(), "PN GW reports: " + env.error().detail());
+            } else {
+                ++counters_.ignored;
+            }
+            break;
+        default:
+            ++counters_.ignored;
+            counters_.count(pb::UNEXPECTED_MESSAGE);
+            log(LogLevel::kDebug, std::string(message_name(env)) + " from " + from +
+                                      " is not for a PNE; ignored");
+            break;
+    }
+    return out;
+}
+
+Effects Pne::on_tls_established(const std::string& peer, Millis now) {
+    Effects out;
+    if (state_ == State::kTlsBeforeJoin && peer == s_.gw_id) {
+        tls_peer_ = peer;
+        tls_identity_ = preassigned_identity(cfg_.pne_id);
+        log(LogLevel::kInfo, "PSK-TLS with " + peer + " established (pre-assigned key)");
+        send(out, s_.gw_id, std::move(s_.pending));
+        s_.pending.Clear();
+        state_ = State::kWaitAuthRequest;
+        s_.deadline = now + kAuthRequestTimeout;
+    } else if (state_ == State::kTlsBeforeAuthResp && peer == s_.gw_id) {
+        tls_peer_ = peer;
+        tls_identity_ = local_eukey_identity(s_.pn_id, cfg_.pne_id);
+        log(LogLevel::kInfo, "PSK-TLS with " + peer + " established (LocalEUKey)");
+        send_auth_response(out, now);
+    } else {
+        ++counters_.ignored;
+    }
+    return out;
+}
+
+Effects Pne::on_tls_failed(const std::string& peer, Millis /*now*/) {
+    Effects out;
+    if (tls_peer_ == peer) tls_peer_.clear(), tls_identity_.clear();
+    if ((state_ == State::kTlsBeforeJoin || state_ == State::kTlsBeforeAuthResp) &&
+        peer == s_.gw_id) {
+        // Never continue in clear: the establishment ends here.
+        finish(out, false, pb::TLS_HANDSHAKE_FAILED, "PSK-TLS handshake with " + peer + " failed");
+    }
+    return out;
+}
+
+Effects Pne::on_link_down(const std::string& peer, Millis /*now*/) {
+    Effects out;
+    if (tls_peer_ == peer) tls_peer_.clear(), tls_identity_.clear();
+    if (busy() && peer == s_.gw_id)
+        finish(out, false, pb::PEER_UNREACHABLE, "link to " + peer + " went down");
+    return out;
+}
+
+Effects Pne::on_timer(Millis now) {
+    Effects out;
+    if (busy() && now >= s_.deadline) {
+        const char* what = state_ == State::kWaitAuthRequest ? "Authentication Request"
+                           : state_ == State::kWaitResult    ? "PN result"
+                                                             : "PSK-TLS handshake";
+        finish(out, false, pb::TIMEOUT, std::string("no ") + what + " from " + s_.gw_id);
+    }
+    return out;
+}
+
+Millis Pne::next_deadline() const { return busy() ? s_.deadline : kNever; }
+
+}  // namespace cpns

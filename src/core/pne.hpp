@@ -1,0 +1,121 @@
+// The PNE role (a device joining a Personal Network), I/O-free.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/role.hpp"
+
+namespace cpns {
+
+struct PneConfig {
+    std::string pne_id;
+    SecretKey eukey;                          // shared with the CPNS Server
+    std::optional<SecretKey> preassigned_key; // shared with its PN GW (devices without UI)
+    pb::DeviceCapabilities capabilities;      // capabilities.enough_ui drives LocalEUKey
+    std::vector<pb::ContentInfo> contents;
+    bool pan_secure = false;          // the PAN to the PN GW protects the CPNS messages itself
+    bool accept_invitations = true;   // answer PN Setup Notify / Invite with accept
+    pb::EntityMode mode = pb::MODE_PNE;
+    LogSink log;
+};
+
+// What a PNE keeps of a PN it joined.
+struct PneMembership {
+    std::string pn_id;
+    std::string gw_id;
+    pb::PnInventory inventory;
+    std::optional<SecretKey> local_eukey;  // shared with the PN GW, when one was assigned
+    SecretKey sk_pne;                      // shared with the CPNS Server
+};
+
+struct Neighbour {
+    pb::EntityMode mode = pb::MODE_UNSPECIFIED;
+    std::vector<std::string> pn_ids;
+    Millis seen_at = 0;
+};
+
+class Pne {
+public:
+    Pne(PneConfig config, Random& random);
+
+    // Step 0: broadcast an Entity Discovery Request on the PAN.
+    Effects discover(Millis now);
+    // 5.2.1.1 step 1: ask `gw_id` for a PN. `invited` is used with SETUP_INVITE_LIST.
+    Effects start_setup(const std::string& gw_id, pb::SetupType type,
+                        std::vector<std::string> invited, Millis now);
+
+    Effects on_message(const std::string& from, const pb::Envelope& env, Protection protection,
+                       Millis now);
+    Effects on_tls_established(const std::string& peer, Millis now);
+    Effects on_tls_failed(const std::string& peer, Millis now);
+    Effects on_link_down(const std::string& peer, Millis now);
+    Effects on_timer(Millis now);
+    Millis next_deadline() const;
+
+    const std::string& id() const { return cfg_.pne_id; }
+    bool busy() const { return state_ != State::kIdle; }
+    bool requests_local_eukey() const { return cfg_.capabilities.enough_ui(); }
+    bool pan_secure() const { return cfg_.pan_secure; }
+    const std::map<std::string, Neighbour>& neighbours() const { return neighbours_; }
+    const std::map<std::string, PneMembership>& memberships() const { return memberships_; }
+    const Counters& counters() const { return counters_; }
+
+private:
+    enum class State {
+        kIdle,
+        kTlsBeforeJoin,      // pre-assigned PSK-TLS before the first message
+        kWaitAuthRequest,    // asked / accepted; waiting for the relayed Authentication Request
+        kTlsBeforeAuthResp,  // LocalEUKey PSK-TLS before sending hash_PNE
+        kWaitResult,         // hash_PNE sent; waiting for hash_server_PNE
+    };
+    struct Session {
+        std::string gw_id;
+        std::string pn_id;  // empty for the initiator until the Authentication Request
+        Flow flow = Flow::kPneInitiated;
+        PneRole role = PneRole::kInitiator;
+        pb::SetupType setup_type = pb::SETUP_UNSPECIFIED;
+        std::vector<std::string> invited;
+        Bytes rand_pne;
+        Bytes rand_server;
+        std::optional<SecretKey> local_eukey;
+        SecretKey sk;
+        Hash hash_pne{};
+        pb::Envelope pending;  // first message, held until TLS is up
+        Millis deadline = kNever;
+    };
+
+    void log(LogLevel level, const std::string& text) const;
+    void send(Effects& out, const std::string& to, pb::Envelope env);
+    pb::PneJoin make_join();
+    bool tls_needed() const { return !cfg_.pan_secure; }
+    bool tls_up_with(const std::string& peer, const std::string& identity) const;
+    void begin_join(Effects& out, pb::Envelope first, Millis now);
+    void finish(Effects& out, bool success, pb::FailureReason reason, std::string detail,
+                const pb::PnInventory* inventory = nullptr);
+    void abort(Effects& out, pb::FailureReason reason, std::string detail, bool tell_gw);
+    PneContext context() const;
+
+    void handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env, Millis now);
+    void handle_invitation(Effects& out, const std::string& from, const std::string& pn_id,
+                           const std::string& gw_id, Flow flow, Millis now);
+    void handle_auth_request(Effects& out, const std::string& from,
+                             const pb::PneAuthenticationRequest& m, Millis now);
+    void send_auth_response(Effects& out, Millis now);
+    void handle_result(Effects& out, const std::string& from, const pb::PnResult& r,
+                       Protection protection);
+
+    PneConfig cfg_;
+    Random& random_;
+    State state_ = State::kIdle;
+    Session s_;
+    std::string tls_peer_;
+    std::string tls_identity_;
+    std::map<std::string, Neighbour> neighbours_;
+    std::map<std::string, PneMembership> memberships_;
+    Counters counters_;
+};
+
+}  // namespace cpns

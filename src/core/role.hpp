@@ -1,0 +1,150 @@
+// What the three I/O-free roles (PNE, PN GW, CPNS Server) share: the events they consume,
+// the effects they return, the named timeouts and bounds, and per-reason counters.
+//
+// A role never opens a socket, reads a clock, starts a thread or draws randomness on its
+// own: the caller passes `now` (milliseconds on a monotonic clock) into every call and a
+// Random at construction, and carries out the returned effects. Timers are internal; the
+// caller asks next_deadline() and calls on_timer(now) when it is reached.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "core/codec.hpp"
+#include "core/crypto.hpp"
+
+namespace cpns {
+
+using Millis = std::int64_t;
+inline constexpr Millis kNever = std::numeric_limits<Millis>::max();
+
+// --- Named timeouts (milliseconds). Each wait in the protocol has one. -------------------
+// A PNE's TLS handshake with its PN GW.
+inline constexpr Millis kTlsHandshakeTimeout = 10'000;
+// PN GW waiting for invited PNEs to accept or decline (a user may have to confirm).
+inline constexpr Millis kJoinResponseTimeout = 30'000;
+// PN GW waiting for the server's Authentication Request, and later its Registration Response.
+inline constexpr Millis kServerResponseTimeout = 20'000;
+// PN GW waiting for each PNE's Authentication Response (includes the PNE's TLS handshake).
+inline constexpr Millis kPneAuthResponseTimeout = 20'000;
+// Server waiting for the PN GW's aggregate Authentication Response.
+inline constexpr Millis kAuthResponseTimeout = 30'000;
+// Server waiting for its store to make a registration durable.
+inline constexpr Millis kPersistTimeout = 10'000;
+// PNE waiting for the relayed Authentication Request after it asked or accepted.
+inline constexpr Millis kAuthRequestTimeout = 60'000;
+// PNE waiting for its result (PN Setup Response / PN Establishment Notify).
+inline constexpr Millis kResultTimeout = 60'000;
+// How long a finished PN ID is remembered to tell replays from unknown PNs.
+inline constexpr Millis kReplayMemory = 10 * 60'000;
+
+// --- Bounds -----------------------------------------------------------------------------
+inline constexpr std::size_t kMaxGwSessions = 16;         // PNs being established at one PN GW
+inline constexpr std::size_t kMaxServerSessions = 100'000;  // establishments in flight at a server
+inline constexpr std::size_t kMaxNeighbours = 256;        // discovered entities at a PN GW
+inline constexpr std::size_t kMaxReplayMemory = 100'000;  // remembered finished PN IDs
+
+// How a message crossed the PAN.
+enum class Protection { kClear, kTls };
+
+// --- Effects ------------------------------------------------------------------------------
+// Send `msg` to entity `to` ("*" = broadcast on the PAN, for discovery). When `protection`
+// is kTls the transport must carry it inside the PSK-TLS session with `to`, and must drop it
+// (never send it in clear) if there is none.
+struct SendEffect {
+    std::string to;
+    pb::Envelope msg;
+    Protection protection = Protection::kClear;
+};
+// PNE side: start a PSK-TLS client handshake with the PN GW (the PN GW side answers with
+// Gateway::tls_psk_for(identity)). The result comes back as on_tls_established/failed.
+struct StartTlsEffect {
+    std::string peer;
+    std::string identity;
+    SecretKey psk;
+};
+// Durable state: the caller stores it and (server) confirms with on_persisted().
+struct PersistPnEffect {  // server: register the PN (must be durable before the response)
+    std::string gw_id;
+    pb::PnInventory inventory;
+};
+struct StoreInventoryEffect {  // PN GW: keep the PN Inventory locally (step 13/14)
+    pb::PnInventory inventory;
+};
+struct StoreLocalKeyEffect {  // PNE and PN GW: keep a LocalEUKey
+    std::string pn_id;
+    std::string peer_id;  // PNE: the PN GW; PN GW: the PNE
+    SecretKey key;
+};
+// Server and PNE: SK_PNE agreed for this PNE (the shared session key of steps 8/12).
+struct SessionKeyEffect {
+    std::string pn_id;
+    std::string pne_id;
+    SecretKey sk;
+};
+// The end of one establishment as this party saw it. Exactly one per establishment.
+struct PneOutcome {
+    std::string pne_id;
+    bool joined = false;
+    pb::FailureReason reason = pb::REASON_NONE;
+};
+struct OutcomeEffect {
+    std::string pn_id;
+    bool success = false;
+    pb::FailureReason reason = pb::REASON_NONE;
+    std::string detail;
+    pb::PnInventory inventory;   // when success
+    std::vector<PneOutcome> pnes;  // PN GW and server: per PNE
+};
+// A link to a peer must be closed (protocol violation on it).
+struct CloseLinkEffect {
+    std::string peer;
+    pb::FailureReason reason = pb::REASON_NONE;
+};
+
+using Effect = std::variant<SendEffect, StartTlsEffect, PersistPnEffect, StoreInventoryEffect,
+                            StoreLocalKeyEffect, SessionKeyEffect, OutcomeEffect, CloseLinkEffect>;
+using Effects = std::vector<Effect>;
+
+// Counters: one per failure reason, plus traffic. Every failure increments exactly one.
+struct Counters {
+    std::array<std::uint64_t, 32> by_reason{};
+    std::uint64_t messages_in = 0;
+    std::uint64_t messages_out = 0;
+    std::uint64_t ignored = 0;  // duplicates, late messages
+    std::uint64_t established = 0;
+    void count(pb::FailureReason r) {
+        auto i = static_cast<std::size_t>(r);
+        if (i < by_reason.size()) ++by_reason[i];
+    }
+    std::uint64_t operator[](pb::FailureReason r) const {
+        auto i = static_cast<std::size_t>(r);
+        return i < by_reason.size() ? by_reason[i] : 0;
+    }
+};
+
+enum class LogLevel { kDebug, kInfo, kWarn, kError };
+// Optional: the roles describe what they do and why. Never called with secret material.
+using LogSink = std::function<void(LogLevel, const std::string&)>;
+
+// Conversions between schema enums and key-schedule enums.
+Flow to_flow(pb::Flow f);
+PneRole to_role(pb::PneRoleInFlow r);
+SetupKind to_setup_kind(pb::SetupType t);
+
+// TLS PSK identities on the PAN (docs/protocol.md, "PSK identities").
+std::string preassigned_identity(std::string_view pne_id);
+std::string local_eukey_identity(std::string_view pn_id, std::string_view pne_id);
+
+// Byte helpers for bytes fields.
+inline ByteView bytes_of(const std::string& s) { return as_bytes(s); }
+inline std::string to_field(ByteView b) { return std::string(b.begin(), b.end()); }
+
+}  // namespace cpns
