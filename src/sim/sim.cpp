@@ -402,6 +402,17 @@ void Simulator::run(Millis limit) {
     while (!queue_.empty() && queue_.top()->at <= end) {
         std::unique_ptr<Event> e(queue_.top());
         queue_.pop();
+        if (e->kind == Event::Kind::kTimer) {
+            // A timer whose wait has ended already does not move virtual time.
+            Node& n = node(e->to);
+            const Millis d = n.pne ? n.pne->next_deadline()
+                             : n.gw ? n.gw->next_deadline() : server_->next_deadline();
+            if (d > e->at) {
+                if (n.armed == e->at) n.armed = kNever;
+                arm(e->to);
+                continue;
+            }
+        }
         now_ = std::max(now_, e->at);
         deliver(*e);
     }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages the build and the tests need, if any is missing.
+# Usage: scripts/deps.sh [--with-tests]
+set -euo pipefail
+
+packages=(
+  cmake ninja-build g++ pkg-config
+  libssl-dev openssl
+  libprotobuf-dev protobuf-compiler
+  libsqlite3-dev
+  libasio-dev libcli11-dev libspdlog-dev libtomlplusplus-dev
+)
+if [[ "${1:-}" == "--with-tests" ]]; then
+  packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "deps: not root; run as root or install: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "deps: done"
+fi
