@@ -741,3 +741,26 @@ TEST(SimFlows, RandomFaultSoakKeepsInvariants) {
 
 }  // namespace
 }  // namespace cpns::sim
+
+namespace cpns::sim {
+namespace {
+
+TEST(SimFlowsEarly, EveryPneRefusedUpFrontIsToldWhyAtOnce) {
+    Simulator sim(51);
+    GwSpec g = make_gw("gw", 2, Ui::kYes, Pan::kSecure);
+    for (auto& p : g.pnes) p.unknown_to_server = true;
+    sim.add_gateway(g);
+    sim.discover_all();
+    sim.run();
+    const Millis start = sim.now();
+    sim.start_pne_setup("gw-pne-1", pb::SETUP_ALL);
+    sim.run();
+    EXPECT_TRUE(sim.directory().pns().empty());
+    EXPECT_EQ(last_outcome(sim, "gw").reason, pb::NO_PNE_AUTHENTICATED);
+    EXPECT_EQ(last_outcome(sim, "gw-pne-1").reason, pb::UNKNOWN_ENTITY);
+    EXPECT_EQ(last_outcome(sim, "gw-pne-2").reason, pb::UNKNOWN_ENTITY);
+    EXPECT_LT(sim.now() - start, 1'000) << "answered by a timeout instead of the server's reason";
+}
+
+}  // namespace
+}  // namespace cpns::sim

@@ -109,12 +109,12 @@ std::optional<DecodeError> validate(const pb::Envelope& env) {
     switch (env.body_case()) {
         case B::kDiscoveryRequest: {
             const auto& m = env.discovery_request();
-            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids());
+            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids()) && valid_text(m.endpoint());
             break;
         }
         case B::kDiscoveryResponse: {
             const auto& m = env.discovery_response();
-            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids());
+            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids()) && valid_text(m.endpoint());
             break;
         }
         case B::kSetupRequest: {

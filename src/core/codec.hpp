@@ -53,8 +53,9 @@ std::variant<pb::Envelope, DecodeError> decode_body(std::span<const std::uint8_t
 std::optional<DecodeError> validate(const pb::Envelope& env);
 bool valid_id(std::string_view id);
 
-// Incremental decoder for a byte stream (TCP/TLS). Bounded: it never buffers more than one
-// frame. After an error the stream is unusable (the connection must be closed).
+// Incremental decoder for a byte stream (TCP/TLS). Bounded when next() is drained after each
+// feed(): it then holds at most one partial frame (<= kMaxFrameSize + header) plus the bytes
+// of the last feed. After an error the stream is unusable (the connection must be closed).
 class FrameReader {
 public:
     void feed(std::span<const std::uint8_t> data);

@@ -65,6 +65,7 @@ Effects Gateway::discover(Millis /*now*/) {
     auto* m = env.mutable_discovery_request();
     m->set_entity_id(cfg_.gw_id);
     m->set_mode(cfg_.mode);
+    m->set_endpoint(endpoint_);
     for (const auto& [pn, _] : inventory_) m->add_pn_ids(pn);
     send(out, "*", std::move(env));
     return out;
@@ -95,6 +96,7 @@ void Gateway::handle_discovery(Effects& out, const std::string& from, const pb::
         auto* r = reply.mutable_discovery_response();
         r->set_entity_id(cfg_.gw_id);
         r->set_mode(cfg_.mode);
+        r->set_endpoint(endpoint_);
         for (const auto& [pn, members] : routing_)
             if (std::find(members.begin(), members.end(), from) != members.end()) r->add_pn_ids(pn);
         send(out, from, std::move(reply));
@@ -195,6 +197,7 @@ void Gateway::handle_setup_request(Effects& out, const std::string& from,
 // 5.2.1.2 steps 1-2.
 Effects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
     Effects out;
+    last_pn_id_.clear();
     auto fail_now = [&](pb::FailureReason r, const std::string& why) {
         counters_.count(r);
         log(LogLevel::kWarn, "cannot invite: " + why);
@@ -215,6 +218,7 @@ Effects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
 
     Session s;
     s.pn_id = new_pn_id();
+    last_pn_id_ = s.pn_id;
     s.flow = Flow::kGwInitiated;
     log(LogLevel::kInfo, "inviting " + std::to_string(pne_ids.size()) + " PNE(s) into " + s.pn_id);
     for (const auto& id : pne_ids) {
@@ -419,7 +423,11 @@ void Gateway::maybe_send_aggregate(Effects& out, Session& s, Millis now) {
 // Steps 12-15 (5.2.1.1) / 13-16 (5.2.1.2).
 void Gateway::handle_registration_response(Effects& out, const pb::PnRegistrationResponse& m) {
     auto it = sessions_.find(m.pn_id());
-    if (it == sessions_.end() || it->second.phase != Phase::kWaitRegistration) {
+    // The server answers at once, without an Authentication Request, when it refuses every
+    // PNE up front (unknown or revoked): then the response ends the wait for that request.
+    const bool early_refusal = it != sessions_.end() &&
+                               it->second.phase == Phase::kWaitAuthRequest && !m.registered();
+    if (it == sessions_.end() || (it->second.phase != Phase::kWaitRegistration && !early_refusal)) {
         ++counters_.ignored;
         return;
     }
@@ -640,7 +648,7 @@ Effects Gateway::on_tls_failed(const std::string& peer, Millis now) {
     return out;
 }
 
-Effects Gateway::on_link_down(const std::string& peer, Millis now) {
+Effects Gateway::on_link_down(const std::string& peer, Millis now, pb::FailureReason reason) {
     Effects out;
     tls_links_.erase(peer);
     if (peer == cfg_.server_id) {
@@ -649,7 +657,10 @@ Effects Gateway::on_link_down(const std::string& peer, Millis now) {
             if (s.phase == Phase::kWaitAuthRequest || s.phase == Phase::kWaitRegistration)
                 pns.push_back(pn);
         for (const auto& pn : pns)
-            conclude(out, sessions_.at(pn), false, pb::PEER_UNREACHABLE, "link to server down",
+            conclude(out, sessions_.at(pn), false, reason,
+                     reason == pb::GATEWAY_AUTHENTICATION_FAILED
+                         ? "the CPNS Server refused this PN GW's PSK"
+                         : "link to the CPNS Server is down",
                      nullptr);
         return out;
     }

@@ -39,15 +39,22 @@ public:
     // Step 0: broadcast an Entity Discovery Request on the PAN.
     Effects discover(Millis now);
     // 5.2.1.2 step 1-2: invite PNEs into a new PN. Empty list: every PNE discovered.
+    // last_pn_id() names the PN it allocated (empty if it refused at once).
     Effects invite(std::vector<std::string> pne_ids, Millis now);
+    const std::string& last_pn_id() const { return last_pn_id_; }
 
     Effects on_message(const std::string& from, const pb::Envelope& env, Protection protection,
                        Millis now);
     Effects on_tls_established(const std::string& peer, const std::string& identity, Millis now);
     Effects on_tls_failed(const std::string& peer, Millis now);
-    Effects on_link_down(const std::string& peer, Millis now);
+    // The transport to `peer` is gone (or, for the server, could not be authenticated:
+    // reason GATEWAY_AUTHENTICATION_FAILED).
+    Effects on_link_down(const std::string& peer, Millis now,
+                         pb::FailureReason reason = pb::PEER_UNREACHABLE);
     Effects on_timer(Millis now);
     Millis next_deadline() const;
+    // The PAN endpoint announced in discovery ("host:port"), set by the transport.
+    void set_endpoint(std::string endpoint) { endpoint_ = std::move(endpoint); }
 
     // The PSK for a PNE's TLS ClientHello identity (see docs/protocol.md, "PSK identities").
     std::optional<SecretKey> tls_psk_for(std::string_view identity) const;
@@ -124,6 +131,8 @@ private:
     std::map<std::string, std::vector<std::string>> routing_;
     std::map<std::string, std::map<std::string, SecretKey>> local_keys_;  // PN -> PNE -> key
     Counters counters_;
+    std::string last_pn_id_;
+    std::string endpoint_;
 };
 
 }  // namespace cpns

@@ -266,9 +266,18 @@ void Pne::handle_result(Effects& out, const std::string& from, const pb::PnResul
         abort(out, pb::TLS_REQUIRED, "PN result arrived in clear on an insecure PAN", false);
         return;
     }
+    // The PN GW tells who else is in or out; the outcome carries it for the user.
+    auto add_others = [&] {
+        auto& o = std::get<OutcomeEffect>(out.back());
+        for (const auto& m : r.inventory().members())
+            if (m.pne_id() != cfg_.pne_id) o.pnes.push_back(PneOutcome{m.pne_id(), true, pb::REASON_NONE});
+        for (const auto& x : r.excluded())
+            if (x.pne_id() != cfg_.pne_id) o.pnes.push_back(PneOutcome{x.pne_id(), false, x.reason()});
+    };
     if (!r.success()) {
         const auto reason = r.reason() == pb::REASON_NONE ? pb::INTERNAL_ERROR : r.reason();
         finish(out, false, reason, "PN GW reports: " + std::string(reason_name(reason)));
+        add_others();
         return;
     }
     if (state_ != State::kWaitResult) {
@@ -293,6 +302,7 @@ void Pne::handle_result(Effects& out, const std::string& from, const pb::PnResul
     log(LogLevel::kInfo, "joined " + s_.pn_id + ": CPNS Server authenticated, " +
                              std::to_string(r.inventory().members_size()) + " member(s)");
     finish(out, true, pb::REASON_NONE, "", &r.inventory());
+    add_others();
 }
 
 void Pne::finish(Effects& out, bool success, pb::FailureReason reason, std::string detail,

@@ -1,0 +1,113 @@
+// cpns-gw: the PN GW daemon ("run") and its operator commands ("invite", "status").
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <iostream>
+
+#include "daemon/gw_daemon.hpp"
+
+using namespace cpns;
+using namespace cpns::daemon;
+
+namespace {
+
+// Sends one control line to a running cpns-gw and returns its one-line answer.
+std::string control_request(const net::HostPort& at, const std::string& line) {
+    asio::io_context io;
+    net::tcp::socket s(io);
+    net::tcp::resolver resolver(io);
+    asio::connect(s, resolver.resolve(at.host, std::to_string(at.port)));
+    asio::write(s, asio::buffer(line + "\n"));
+    std::string answer;
+    std::error_code ec;
+    asio::read_until(s, asio::dynamic_buffer(answer, 1 << 20), '\n', ec);
+    if (ec && answer.empty()) throw std::runtime_error("no answer from cpns-gw: " + ec.message());
+    while (!answer.empty() && (answer.back() == '\n' || answer.back() == '\r')) answer.pop_back();
+    return answer;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "cpns-gw: the PN GW of OMA CPNS PN Establishment. 'run' keeps the PAN side (PNEs over TCP, "
+        "in clear or PSK-TLS; UDP multicast Entity Discovery) and the authenticated link to the "
+        "CPNS Server; 'invite' starts the PN GW initiated flow (5.2.1.2) on a running cpns-gw and "
+        "prints the outcome; 'status' prints its links, neighbours and PN Inventory."};
+    app.require_subcommand(1);
+    std::string config_path, log_level = "", control;
+    app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
+
+    auto* run = app.add_subcommand("run", "run the PN GW daemon (stops on SIGTERM/SIGINT)");
+    std::string id, server, pan_listen, control_listen, keylog, ready_file, discovery;
+    run->add_option("--id", id, "PN GW ID");
+    run->add_option("--server", server, "CPNS Server address, host:port");
+    run->add_option("--pan-listen", pan_listen, "PAN address for PNEs, host:port (0: any port)");
+    run->add_option("--control-listen", control_listen, "control address, host:port (loopback)");
+    run->add_option("--discovery-group", discovery, "multicast group:port for discovery, or 'off'");
+    run->add_option("--log-level", log_level, "trace, debug, info, warn or error");
+    run->add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
+    run->add_option("--ready-file", ready_file, "write 'pan=ADDR control=ADDR' here once ready");
+
+    auto* invite = app.add_subcommand("invite", "invite PNEs into a new PN (5.2.1.2) and print the outcome");
+    std::vector<std::string> pnes;
+    bool json = false;
+    invite->add_option("pne", pnes, "PNE IDs to invite (none: every discovered PNE)");
+    invite->add_option("--control", control, "control address of the running cpns-gw");
+    invite->add_flag("--json", json, "print the outcome as JSON");
+    auto* status = app.add_subcommand("status", "print the running PN GW's state as JSON");
+    status->add_option("--control", control, "control address of the running cpns-gw");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
+        if (*invite || *status) {
+            const auto at = parse_address(
+                control.empty() ? cfg.str("control_listen", "127.0.0.1:7101") : control, "control");
+            if (*status) {
+                std::cout << control_request(at, "status") << "\n";
+                return 0;
+            }
+            std::string line = "invite";
+            for (const auto& p : pnes) line += " " + p;
+            const std::string answer = control_request(at, line);
+            pb::OutcomeReport report;
+            if (!parse_json(answer, report)) {
+                std::cerr << "cpns-gw: " << answer << "\n";
+                return 1;
+            }
+            std::cout << (json ? answer + "\n" : report_text(report));
+            return report.success() ? 0 : 1;
+        }
+        init_logging(cfg.str("id", "gw"), log_level.empty() ? cfg.str("log_level", "info") : log_level);
+        GwOptions o = [&] {
+            if (config_path.empty()) throw ConfigError("cpns-gw run needs --config (see docs/operations.md)");
+            return gw_options_from(cfg);
+        }();
+        if (!id.empty()) o.id = id;
+        if (!server.empty()) o.server = parse_address(server, "--server");
+        if (!pan_listen.empty()) o.pan_listen = parse_address(pan_listen, "--pan-listen");
+        if (!control_listen.empty()) o.control_listen = parse_address(control_listen, "--control-listen");
+        if (!discovery.empty()) o.discovery_group = discovery == "off" ? "" : discovery;
+        if (!keylog.empty()) o.keylog = keylog;
+        if (!ready_file.empty()) o.ready_file = ready_file;
+        asio::io_context io;
+        GwDaemon daemon(io, o);
+        daemon.start();
+        asio::signal_set signals(io, SIGINT, SIGTERM);
+        signals.async_wait([&](const std::error_code& ec, int sig) {
+            if (ec) return;
+            spdlog::info("signal {}: stopping", sig);
+            daemon.stop();
+            io.stop();
+        });
+        io.run();
+        return 0;
+    } catch (const ConfigError& e) {
+        std::cerr << "cpns-gw: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "cpns-gw: " << e.what() << "\n";
+        return 3;
+    }
+}

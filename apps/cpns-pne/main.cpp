@@ -1,0 +1,84 @@
+// cpns-pne: a PNE ("run": answer invitations; "setup": start a PN and print the outcome).
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <iostream>
+
+#include "daemon/pne_daemon.hpp"
+#include "sim/sim.hpp"
+
+using namespace cpns;
+using namespace cpns::daemon;
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "cpns-pne: a PNE of OMA CPNS PN Establishment. It finds its PN GW (configured address or "
+        "UDP multicast Entity Discovery) and keeps a PAN link to it: in clear on a secure PAN, "
+        "PSK-TLS otherwise (pre-assigned key for a PNE without UI, LocalEUKey once assigned). "
+        "'run' waits for invitations (5.2.1.2); 'setup' asks the PN GW for a PN (5.2.1.1), "
+        "prints the outcome and exits 0 only if this PNE joined."};
+    app.require_subcommand(1);
+    std::string config_path, log_level, id, gw, keylog, pan_tls;
+    app.add_option("-c,--config", config_path, "TOML configuration file")
+        ->required()
+        ->check(CLI::ExistingFile);
+    app.add_option("--id", id, "PNE ID (overrides the file)");
+    app.add_option("--gw", gw, "PN GW address host:port (default: multicast discovery)");
+    app.add_option("--log-level", log_level, "trace, debug, info, warn or error");
+    app.add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
+    app.add_option("--pan-tls", pan_tls, "tls13 (default) or tls12 (RFC 5487/5489 PSK suites)");
+    app.add_subcommand("run", "stay linked to the PN GW and answer invitations");
+    auto* setup = app.add_subcommand("setup", "ask the PN GW for a PN and print the outcome");
+    std::string type = "all";
+    std::vector<std::string> invite;
+    bool json = false;
+    setup->add_option("-t,--type", type, "setup type: 1-1, all or list")
+        ->check(CLI::IsMember({"1-1", "all", "list"}));
+    setup->add_option("--invite", invite, "PNE IDs to invite (with --type list)")->delimiter(',');
+    setup->add_flag("--json", json, "print the outcome as JSON");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        Config cfg = Config::load(config_path);
+        PneOptions o = pne_options_from(cfg);
+        if (!id.empty()) o.id = id;
+        if (!gw.empty()) o.gw = parse_address(gw, "--gw");
+        if (!keylog.empty()) o.keylog = keylog;
+        if (!pan_tls.empty()) o.pan_tls = parse_tls_mode(pan_tls, "--pan-tls");
+        init_logging(o.id, log_level.empty() ? cfg.str("log_level", "info") : log_level);
+        PneTask task;
+        if (*setup) {
+            task.kind = PneTask::Kind::kSetup;
+            task.setup_type = *sim::parse_setup_type(type);
+            task.invited = invite;
+            if (task.setup_type == pb::SETUP_INVITE_LIST && invite.empty())
+                throw ConfigError("--type list needs --invite PNE[,PNE...]");
+        }
+        asio::io_context io;
+        PneDaemon daemon(io, o, task);
+        daemon.start();
+        asio::signal_set signals(io, SIGINT, SIGTERM);
+        signals.async_wait([&](const std::error_code& ec, int sig) {
+            if (ec) return;
+            spdlog::info("signal {}: stopping", sig);
+            daemon.stop();
+            io.stop();
+        });
+        io.run();
+        if (task.kind == PneTask::Kind::kRun) return 0;
+        const auto& outcome = daemon.result() ? daemon.result() : daemon.early_failure();
+        if (!outcome) {
+            std::cerr << "cpns-pne: stopped before the establishment ended\n";
+            return 1;
+        }
+        const auto report = to_report(o.id, *outcome);
+        std::cout << (json ? message_json(report) + "\n" : report_text(report));
+        return outcome->success ? 0 : 1;
+    } catch (const ConfigError& e) {
+        std::cerr << "cpns-pne: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "cpns-pne: " << e.what() << "\n";
+        return 3;
+    }
+}

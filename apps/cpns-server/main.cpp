@@ -1,0 +1,55 @@
+// cpns-server: the CPNS Server daemon.
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <iostream>
+
+#include "daemon/server_daemon.hpp"
+
+using namespace cpns;
+using namespace cpns::daemon;
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "cpns-server: the CPNS Server of OMA CPNS PN Establishment. Authenticates PN GWs (TLS 1.3 "
+        "external PSK derived from each PN GW's EUKey), authenticates each PNE (hash_PNE), hands "
+        "out LocalEUKeys and registers PNs in the PN Inventory. Settings come from a TOML file "
+        "(see docs/operations.md); flags override it. Stops cleanly on SIGTERM or SIGINT."};
+    std::string config_path, listen, entities, log_level, keylog, ready_file, id;
+    app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
+    app.add_option("--id", id, "server ID (default cpns-server)");
+    app.add_option("--listen", listen, "address for PN GW links, host:port (port 0: any free port)");
+    app.add_option("--entities", entities, "provisioning file with every entity's EUKey");
+    app.add_option("--log-level", log_level, "trace, debug, info, warn or error (default info)");
+    app.add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
+    app.add_option("--ready-file", ready_file, "write the listening address here once ready");
+    CLI11_PARSE(app, argc, argv);
+    try {
+        Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
+        init_logging("server", log_level.empty() ? cfg.str("log_level", "info") : log_level);
+        ServerOptions o;
+        o.id = id.empty() ? cfg.str("id", o.id) : id;
+        o.listen = parse_address(listen.empty() ? cfg.str("listen", o.listen.str()) : listen, "listen");
+        o.entities_file = entities.empty() ? cfg.str("entities") : entities;
+        o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;
+        o.ready_file = ready_file.empty() ? cfg.str("ready_file") : ready_file;
+        asio::io_context io;
+        ServerDaemon daemon(io, o);
+        daemon.start();
+        asio::signal_set signals(io, SIGINT, SIGTERM);
+        signals.async_wait([&](const std::error_code& ec, int sig) {
+            if (ec) return;
+            spdlog::info("signal {}: stopping", sig);
+            daemon.stop();
+            io.stop();
+        });
+        io.run();
+        return 0;
+    } catch (const ConfigError& e) {
+        std::cerr << "cpns-server: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "cpns-server: fatal: " << e.what() << "\n";
+        return 3;
+    }
+}

@@ -1,0 +1,236 @@
+#include "daemon/common.hpp"
+
+#include <google/protobuf/util/json_util.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace cpns::daemon {
+
+void init_logging(const std::string& name, const std::string& level) {
+    auto logger = spdlog::stderr_color_mt(name);
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ [%n] %v");
+    const auto lvl = spdlog::level::from_str(level);
+    if (lvl == spdlog::level::off && level != "off")
+        throw ConfigError("log level '" + level + "' is not one of trace, debug, info, warn, error");
+    logger->set_level(lvl);
+    logger->flush_on(spdlog::level::trace);
+    spdlog::set_default_logger(logger);
+}
+
+LogSink core_log_sink() {
+    return [](LogLevel level, const std::string& text) {
+        switch (level) {
+            case LogLevel::kDebug: spdlog::debug("{}", text); break;
+            case LogLevel::kInfo: spdlog::info("{}", text); break;
+            case LogLevel::kWarn: spdlog::warn("{}", text); break;
+            case LogLevel::kError: spdlog::error("{}", text); break;
+        }
+    };
+}
+
+Millis mono_now() {
+    static const auto start = std::chrono::steady_clock::now();
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                 start)
+        .count();
+}
+
+Config Config::load(const std::string& path) {
+    Config c;
+    c.path_ = path;
+    try {
+        c.table_ = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+        std::ostringstream o;
+        o << path << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
+          << e.description();
+        throw ConfigError(o.str());
+    }
+    return c;
+}
+
+std::string Config::where(std::string_view key) const {
+    return (path_.empty() ? std::string("configuration") : path_) + ": '" + std::string(key) + "'";
+}
+
+std::string Config::str(std::string_view key, std::string def) const {
+    auto node = table_.at_path(key);
+    if (!node) return def;
+    if (auto v = node.value<std::string>()) return *v;
+    throw ConfigError(where(key) + " must be a string");
+}
+
+bool Config::boolean(std::string_view key, bool def) const {
+    auto node = table_.at_path(key);
+    if (!node) return def;
+    if (auto v = node.value<bool>()) return *v;
+    throw ConfigError(where(key) + " must be true or false");
+}
+
+std::int64_t Config::integer(std::string_view key, std::int64_t def) const {
+    auto node = table_.at_path(key);
+    if (!node) return def;
+    if (auto v = node.value<std::int64_t>()) return *v;
+    throw ConfigError(where(key) + " must be an integer");
+}
+
+SecretKey parse_key(const std::string& hex, const std::string& what) {
+    std::string trimmed;
+    for (char c : hex)
+        if (!std::isspace(static_cast<unsigned char>(c))) trimmed += c;
+    auto k = SecretKey::from_hex(trimmed);
+    if (!k) throw ConfigError(what + " must be 64 hex digits (a 256-bit key)");
+    return *k;
+}
+
+std::optional<SecretKey> Config::key(std::string_view key, std::string_view file_key) const {
+    const std::string inline_hex = str(key);
+    const std::string file = str(file_key);
+    if (!inline_hex.empty() && !file.empty())
+        throw ConfigError(where(key) + " and '" + std::string(file_key) + "' are both set; keep one");
+    if (!inline_hex.empty()) return parse_key(inline_hex, where(key));
+    if (file.empty()) return std::nullopt;
+    std::ifstream in(file);
+    if (!in) throw ConfigError(where(file_key) + ": cannot read " + file);
+    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return parse_key(content, "key file " + file);
+}
+
+net::HostPort parse_address(const std::string& text, const std::string& what) {
+    auto hp = net::parse_host_port(text);
+    if (!hp) throw ConfigError(what + " must be host:port, got '" + text + "'");
+    return *hp;
+}
+
+tls::Mode parse_tls_mode(const std::string& text, const std::string& what) {
+    if (text == "tls13" || text.empty()) return tls::Mode::kTls13;
+    if (text == "tls12") return tls::Mode::kTls12Psk;
+    throw ConfigError(what + " must be tls13 or tls12, got '" + text + "'");
+}
+
+pb::DeviceCapabilities capabilities_from(const toml::table& t, bool enough_ui) {
+    pb::DeviceCapabilities c;
+    c.set_enough_ui(enough_ui);
+    if (auto caps = t["capabilities"].as_table()) {
+        c.set_device_type((*caps)["device_type"].value_or(std::string()));
+        c.set_manufacturer((*caps)["manufacturer"].value_or(std::string()));
+        c.set_model((*caps)["model"].value_or(std::string()));
+        if (auto arr = (*caps)["pan_technologies"].as_array())
+            for (const auto& v : *arr)
+                if (auto s = v.value<std::string>()) c.add_pan_technologies(*s);
+        if (auto arr = (*caps)["services"].as_array())
+            for (const auto& v : *arr)
+                if (auto s = v.value<std::string>()) c.add_services(*s);
+    }
+    return c;
+}
+
+std::string keylog_path(const std::string& configured) {
+    if (!configured.empty()) return configured;
+    if (const char* env = std::getenv("SSLKEYLOGFILE"); env && *env) return env;
+    return "";
+}
+
+void write_ready_file(const std::string& path, const std::string& address) {
+    if (path.empty()) return;
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        out << address << "\n";
+        if (!out) throw ConfigError("cannot write ready file " + path);
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+        throw ConfigError("cannot write ready file " + path);
+}
+
+RoleTimer::RoleTimer(asio::any_io_executor ex, std::function<void(Millis)> fire)
+    : timer_(ex), fire_(std::move(fire)) {}
+
+void RoleTimer::arm(Millis deadline) {
+    if (deadline == armed_) return;
+    armed_ = deadline;
+    timer_.cancel();
+    if (deadline == kNever) return;
+    const Millis wait = std::max<Millis>(0, deadline - mono_now());
+    timer_.expires_after(std::chrono::milliseconds(wait));
+    timer_.async_wait([this, deadline](const std::error_code& ec) {
+        if (ec || armed_ != deadline) return;
+        armed_ = kNever;
+        fire_(mono_now());
+    });
+}
+
+void RoleTimer::cancel() {
+    armed_ = kNever;
+    timer_.cancel();
+}
+
+std::string message_json(const google::protobuf::Message& m) {
+    std::string out;
+    google::protobuf::util::JsonPrintOptions opt;
+    opt.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(m, &out, opt);
+    return out;
+}
+
+bool parse_json(const std::string& json, google::protobuf::Message& m) {
+    google::protobuf::util::JsonParseOptions opt;
+    opt.ignore_unknown_fields = true;
+    return google::protobuf::util::JsonStringToMessage(json, &m, opt).ok();
+}
+
+pb::OutcomeReport to_report(const std::string& entity_id, const OutcomeEffect& o) {
+    pb::OutcomeReport r;
+    r.set_entity_id(entity_id);
+    r.set_pn_id(o.pn_id);
+    r.set_success(o.success);
+    r.set_reason(o.reason);
+    r.set_reason_text(std::string(reason_name(o.reason)));
+    r.set_detail(o.detail);
+    for (const auto& p : o.pnes) {
+        auto* x = r.add_pnes();
+        x->set_pne_id(p.pne_id);
+        x->set_joined(p.joined);
+        x->set_reason(p.reason);
+        x->set_reason_text(std::string(reason_name(p.reason)));
+    }
+    if (o.success) *r.mutable_inventory() = o.inventory;
+    return r;
+}
+
+std::string outcome_json(const std::string& entity_id, const OutcomeEffect& o) {
+    return message_json(to_report(entity_id, o));
+}
+
+std::string report_text(const pb::OutcomeReport& r) {
+    std::ostringstream s;
+    if (r.success()) {
+        s << "PN " << r.pn_id() << " established";
+        if (!r.inventory().gw_id().empty()) s << " through PN GW " << r.inventory().gw_id();
+        s << "\nPN Inventory (" << r.inventory().members_size() << " member"
+          << (r.inventory().members_size() == 1 ? "" : "s") << "):\n";
+        for (const auto& m : r.inventory().members()) {
+            s << "  - " << m.pne_id();
+            if (!m.capabilities().device_type().empty()) s << "  " << m.capabilities().device_type();
+            s << (m.local_eukey_assigned() ? "  LocalEUKey assigned" : "  pre-assigned key") << "\n";
+        }
+    } else {
+        s << "PN " << (r.pn_id().empty() ? std::string("establishment") : r.pn_id()) << " failed: "
+          << r.reason_text();
+        if (!r.detail().empty()) s << " (" << r.detail() << ")";
+        s << "\n";
+    }
+    bool header = false;
+    for (const auto& p : r.pnes()) {
+        if (p.joined()) continue;
+        if (!header) s << "Not joined:\n";
+        header = true;
+        s << "  - " << p.pne_id() << ": " << p.reason_text() << "\n";
+    }
+    return s.str();
+}
+
+}  // namespace cpns::daemon

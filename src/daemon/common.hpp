@@ -1,0 +1,82 @@
+// Shared pieces of the three daemons: logging, configuration helpers, the monotonic clock
+// handed to the core, and the timer that drives a role's next_deadline().
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <asio.hpp>
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <toml++/toml.h>
+
+#include "core/role.hpp"
+#include "net/address.hpp"
+#include "tls/tls.hpp"
+
+namespace cpns::daemon {
+
+// A configuration or start-up error: printed as it is, exit status 2.
+struct ConfigError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// stderr logger named after the entity; level: trace, debug, info, warn, error.
+void init_logging(const std::string& name, const std::string& level);
+// The core's LogSink, writing to spdlog.
+LogSink core_log_sink();
+
+// Milliseconds on the monotonic clock since the process started (the core's `now`).
+Millis mono_now();
+
+// Configuration access with clear errors ("pne.toml: 'eukey' must be 64 hex digits").
+class Config {
+public:
+    Config() = default;
+    static Config load(const std::string& path);  // ConfigError if unreadable or invalid TOML
+    const std::string& path() const { return path_; }
+    const toml::table& table() const { return table_; }
+    std::string str(std::string_view key, std::string def = "") const;
+    bool boolean(std::string_view key, bool def) const;
+    std::int64_t integer(std::string_view key, std::int64_t def) const;
+    // A 256-bit key from `key` (hex) or `key_file` (a file holding the hex); nullopt if neither.
+    std::optional<SecretKey> key(std::string_view key, std::string_view file_key) const;
+    std::string where(std::string_view key) const;
+
+private:
+    std::string path_;
+    toml::table table_;
+};
+
+SecretKey parse_key(const std::string& hex, const std::string& what);
+net::HostPort parse_address(const std::string& text, const std::string& what);
+tls::Mode parse_tls_mode(const std::string& text, const std::string& what);
+pb::DeviceCapabilities capabilities_from(const toml::table& t, bool enough_ui);
+// The key-log path: the configured one, else $SSLKEYLOGFILE, else "" (off).
+std::string keylog_path(const std::string& configured);
+// Writes "host:port\n" to `path` (atomically), for scripts and tests that use port 0.
+void write_ready_file(const std::string& path, const std::string& address);
+
+// Re-arms one steady_timer to a role's next deadline and calls `fire(now)` when reached.
+class RoleTimer {
+public:
+    RoleTimer(asio::any_io_executor ex, std::function<void(Millis)> fire);
+    void arm(Millis deadline);
+    void cancel();
+
+private:
+    asio::steady_timer timer_;
+    std::function<void(Millis)> fire_;
+    Millis armed_ = kNever;
+};
+
+pb::OutcomeReport to_report(const std::string& entity_id, const OutcomeEffect& o);
+std::string message_json(const google::protobuf::Message& m);
+bool parse_json(const std::string& json, google::protobuf::Message& m);
+// One line of JSON for logs and control answers.
+std::string outcome_json(const std::string& entity_id, const OutcomeEffect& o);
+// What a person reads: the PN, its inventory, who joined and why the others did not.
+std::string report_text(const pb::OutcomeReport& r);
+
+}  // namespace cpns::daemon

@@ -1,0 +1,484 @@
+#include "daemon/gw_daemon.hpp"
+
+#include <sstream>
+
+namespace cpns::daemon {
+
+GwOptions gw_options_from(const Config& c) {
+    GwOptions o;
+    o.id = c.str("id");
+    if (!valid_id(o.id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
+    auto key = c.key("eukey", "eukey_file");
+    if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
+    o.eukey = *key;
+    o.server = parse_address(c.str("server", o.server.str()), c.where("server"));
+    o.server_id = c.str("server_id", o.server_id);
+    o.pan_listen = parse_address(c.str("pan_listen", o.pan_listen.str()), c.where("pan_listen"));
+    o.control_listen =
+        parse_address(c.str("control_listen", o.control_listen.str()), c.where("control_listen"));
+    o.discovery_group = c.str("discovery_group", o.discovery_group);
+    o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
+    o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
+    o.default_pan_secure = c.boolean("default_pan_secure", false);
+    o.keylog = c.str("keylog");
+    o.ready_file = c.str("ready_file");
+    o.capabilities = capabilities_from(c.table(), true);
+    if (o.capabilities.device_type().empty()) o.capabilities.set_device_type("pn-gw");
+    if (auto sub = c.table()["subscription"].as_table()) {
+        o.subscription.set_subscriber_id((*sub)["subscriber_id"].value_or(std::string()));
+        o.subscription.set_service_plan((*sub)["service_plan"].value_or(std::string()));
+    }
+    if (auto arr = c.table()["pne"].as_array()) {
+        for (const auto& node : *arr) {
+            const auto* t = node.as_table();
+            if (!t) throw ConfigError(c.where("pne") + " entries must be tables");
+            const std::string id = (*t)["id"].value_or(std::string());
+            if (!valid_id(id)) throw ConfigError(c.where("pne") + ": invalid PNE id '" + id + "'");
+            PanLinkConfig link;
+            link.pan_secure = (*t)["pan_secure"].value_or(o.default_pan_secure);
+            const std::string hex = (*t)["preassigned_key"].value_or(std::string());
+            if (!hex.empty()) link.preassigned_key = parse_key(hex, c.where("pne") + " " + id + " preassigned_key");
+            o.pan_links[id] = std::move(link);
+        }
+    }
+    return o;
+}
+
+GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
+    : io_(io),
+      opt_(std::move(options)),
+      pan_acceptor_(io),
+      control_acceptor_(io),
+      timer_(io.get_executor(), [this](Millis now) { apply(gw_->on_timer(now)); }),
+      reconnect_(io) {
+    GatewayConfig gc;
+    gc.gw_id = opt_.id;
+    gc.eukey = opt_.eukey;
+    gc.capabilities = opt_.capabilities;
+    gc.subscription = opt_.subscription;
+    gc.server_id = opt_.server_id;
+    gc.pan_links = opt_.pan_links;
+    gc.default_pan_secure = opt_.default_pan_secure;
+    gc.log = core_log_sink();
+    gw_ = std::make_unique<Gateway>(std::move(gc), random_);
+
+    const std::string keylog = keylog_path(opt_.keylog);
+    if (!keylog.empty()) spdlog::warn("TLS key log enabled: {} (debugging only)", keylog);
+    tls::TlsConfig client;
+    client.role = tls::Role::kClient;
+    client.mode = tls::Mode::kTls13;
+    client.keylog_path = keylog;
+    server_tls_.emplace(client);
+    tls::TlsConfig server;
+    server.role = tls::Role::kServer;
+    server.mode = opt_.pan_tls;
+    server.keylog_path = keylog;
+    server.psk_lookup = [this](std::string_view identity) { return gw_->tls_psk_for(identity); };
+    pan_tls_.emplace(server);
+}
+
+void GwDaemon::start() {
+    auto listen = [](net::tcp::acceptor& a, const net::HostPort& hp, const char* what) {
+        std::error_code ec;
+        net::tcp::endpoint ep(asio::ip::make_address(hp.host, ec), hp.port);
+        if (ec) throw ConfigError(std::string(what) + " '" + hp.host + "' is not an IP address");
+        a.open(ep.protocol());
+        a.set_option(net::tcp::acceptor::reuse_address(true));
+        a.bind(ep, ec);
+        if (ec) throw ConfigError(std::string("cannot listen on ") + hp.str() + ": " + ec.message());
+        a.listen();
+        return a.local_endpoint().port();
+    };
+    pan_port_ = listen(pan_acceptor_, opt_.pan_listen, "pan_listen");
+    control_port_ = listen(control_acceptor_, opt_.control_listen, "control_listen");
+    const std::string pan = opt_.pan_listen.host + ":" + std::to_string(pan_port_);
+    const std::string control = opt_.control_listen.host + ":" + std::to_string(control_port_);
+    gw_->set_endpoint(pan);
+    spdlog::info("PN GW {}: PAN on {} ({} for insecure links), control on {}", opt_.id, pan,
+                 tls::to_string(opt_.pan_tls), control);
+    if (!opt_.discovery_group.empty()) {
+        const auto group = parse_address(opt_.discovery_group, "discovery_group");
+        try {
+            discovery_ = std::make_unique<net::DiscoverySocket>(io_.get_executor(), group,
+                                                                opt_.discovery_interface, true);
+        } catch (const std::exception& e) {
+            throw ConfigError("cannot join discovery group " + opt_.discovery_group + ": " + e.what());
+        }
+        spdlog::info("answering CPNS Entity Discovery on {} via {}", opt_.discovery_group,
+                     opt_.discovery_interface);
+        asio::co_spawn(io_, discovery_loop(), asio::detached);
+    }
+    write_ready_file(opt_.ready_file, "pan=" + pan + " control=" + control);
+    asio::co_spawn(io_, server_link(), asio::detached);
+    asio::co_spawn(io_, pan_accept_loop(), asio::detached);
+    asio::co_spawn(io_, control_accept_loop(), asio::detached);
+}
+
+void GwDaemon::stop() {
+    stopping_ = true;
+    std::error_code ec;
+    pan_acceptor_.close(ec);
+    control_acceptor_.close(ec);
+    reconnect_.cancel();
+    timer_.cancel();
+    if (discovery_) discovery_->close();
+    if (server_conn_) server_conn_->close();
+    for (auto& [id, conns] : pan_conns_)
+        for (auto& c : conns) c->close();
+    for (auto& [pn, socks] : waiters_)
+        for (auto& s : socks) s->close(ec);
+    spdlog::info("stopped: {} PN(s) in the inventory", gw_->inventory().size());
+}
+
+// PN GW Authentication: TLS 1.3 with the PSK derived from our EUKey, identity = PN GW ID.
+asio::awaitable<void> GwDaemon::server_link() {
+    Millis backoff = kServerReconnectMin;
+    while (!stopping_) {
+        std::string error;
+        auto socket = co_await net::connect_tcp(opt_.server.host, opt_.server.port,
+                                                net::kConnectTimeout, error);
+        if (socket && !stopping_) {
+            auto conn = std::make_shared<net::Connection>(std::move(*socket));
+            tls::ClientPsk psk{opt_.id, derive_gw_server_psk(opt_.eukey, opt_.id)};
+            if (co_await conn->client_handshake(*server_tls_, std::move(psk), kPanHandshakeTimeout)) {
+                spdlog::info("authenticated to the CPNS Server at {} ({})", opt_.server.str(),
+                             conn->tls_summary());
+                server_conn_ = conn;
+                backoff = kServerReconnectMin;
+                for (;;) {
+                    auto r = co_await conn->read();
+                    if (auto* env = std::get_if<pb::Envelope>(&r)) {
+                        spdlog::debug("server -> {}: {}", opt_.id, message_name(*env));
+                        apply(gw_->on_message(opt_.server_id, *env, Protection::kTls, mono_now()));
+                        continue;
+                    }
+                    if (auto* de = std::get_if<DecodeError>(&r))
+                        error = "bad frame from the server: " + std::string(to_string(*de));
+                    else
+                        error = std::get<net::ReadError>(r).what;
+                    break;
+                }
+                conn->close();
+                server_conn_.reset();
+                server_down_reason_ = pb::PEER_UNREACHABLE;
+                if (stopping_) co_return;
+                spdlog::warn("link to the CPNS Server lost: {}", error);
+            } else {
+                const auto err = conn->tls_error();
+                if (err == tls::TlsError::kBadPsk || err == tls::TlsError::kUnknownIdentity) {
+                    server_down_reason_ = pb::GATEWAY_AUTHENTICATION_FAILED;
+                    spdlog::error("the CPNS Server refused this PN GW ({}): gateway authentication "
+                                  "failed - check the EUKey provisioned for {}",
+                                  tls::to_string(err), opt_.id);
+                } else {
+                    server_down_reason_ = pb::PEER_UNREACHABLE;
+                    spdlog::warn("TLS with the CPNS Server failed: {}", conn->tls_detail());
+                }
+            }
+        } else if (!stopping_) {
+            server_down_reason_ = pb::PEER_UNREACHABLE;
+            spdlog::warn("CPNS Server unreachable: {}", error);
+        }
+        apply(gw_->on_link_down(opt_.server_id, mono_now(), server_down_reason_));
+        if (stopping_) co_return;
+        reconnect_.expires_after(std::chrono::milliseconds(backoff));
+        std::error_code ec;
+        co_await reconnect_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        backoff = std::min(backoff * 2, kServerReconnectMax);
+    }
+}
+
+asio::awaitable<void> GwDaemon::pan_accept_loop() {
+    for (;;) {
+        std::error_code ec;
+        auto socket =
+            co_await pan_acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) {
+            if (!pan_acceptor_.is_open()) co_return;
+            continue;
+        }
+        if (pan_count_ >= kMaxPanConnections) {
+            spdlog::warn("refusing PAN connection: {} open (limit)", pan_count_);
+            continue;
+        }
+        asio::co_spawn(io_, pan_serve(std::make_shared<net::Connection>(std::move(socket))),
+                       asio::detached);
+    }
+}
+
+namespace {
+// "pre:<pne>" or "leuk:<pn>:<pne>" -> <pne>
+std::string pne_of_identity(const std::string& identity) {
+    if (identity.starts_with("pre:")) return identity.substr(4);
+    if (identity.starts_with("leuk:")) {
+        const auto colon = identity.rfind(':');
+        if (colon > 5) return identity.substr(colon + 1);
+    }
+    return "";
+}
+}  // namespace
+
+asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn) {
+    ++pan_count_;
+    struct Done {
+        std::size_t& n;
+        ~Done() { --n; }
+    } done{pan_count_};
+    auto tls = co_await conn->sniff_tls(kPanHandshakeTimeout);
+    if (!tls) co_return;
+    if (*tls) {
+        const bool ok = co_await conn->server_handshake(*pan_tls_, kPanHandshakeTimeout);
+        const std::string identity = conn->tls_identity();
+        const std::string pne = pne_of_identity(identity);
+        if (!ok) {
+            spdlog::warn("PSK-TLS from {}{} failed: {} ({})", conn->remote(),
+                         identity.empty() ? "" : " as " + identity,
+                         tls::to_string(conn->tls_error()), conn->tls_detail());
+            if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
+            co_return;
+        }
+        if (pne.empty()) {
+            spdlog::warn("PSK-TLS identity '{}' names no PNE; closing", identity);
+            co_return;
+        }
+        conn->peer_id = pne;
+        pan_conns_[pne].push_back(conn);
+        spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
+        apply(gw_->on_tls_established(pne, identity, mono_now()));
+    }
+    for (;;) {
+        auto r = co_await conn->read();
+        if (auto* env = std::get_if<pb::Envelope>(&r)) {
+            if (conn->peer_id.empty()) {
+                // A clear link is bound to the entity that speaks first on it.
+                if (!valid_id(env->sender_id()) || env->sender_id() == opt_.id) {
+                    spdlog::warn("clear link from {} without a valid sender; closing", conn->remote());
+                    break;
+                }
+                conn->peer_id = env->sender_id();
+                pan_conns_[conn->peer_id].push_back(conn);
+                spdlog::info("clear PAN link from {} as {}", conn->remote(), conn->peer_id);
+            } else if (env->sender_id() != conn->peer_id) {
+                spdlog::warn("{} sent a message as '{}' on its link; closing", conn->peer_id,
+                             env->sender_id());
+                break;
+            }
+            spdlog::debug("{} -> {}: {} ({})", conn->peer_id, opt_.id, message_name(*env),
+                          conn->is_tls() ? "tls" : "clear");
+            apply(gw_->on_message(conn->peer_id, *env,
+                                  conn->is_tls() ? Protection::kTls : Protection::kClear,
+                                  mono_now()));
+            continue;
+        }
+        if (auto* de = std::get_if<DecodeError>(&r)) {
+            spdlog::warn("closing link of {}: {}", conn->peer_id.empty() ? conn->remote() : conn->peer_id,
+                         to_string(*de));
+            pb::Envelope err;
+            err.set_sender_id(opt_.id);
+            err.mutable_error()->set_reason(to_reason(*de));
+            err.mutable_error()->set_detail(std::string(to_string(*de)));
+            conn->send(err);
+        } else if (!conn->peer_id.empty()) {
+            spdlog::info("PAN link of {} closed ({})", conn->peer_id, std::get<net::ReadError>(r).what);
+        }
+        break;
+    }
+    link_lost(conn->peer_id, conn);
+}
+
+void GwDaemon::link_lost(const std::string& pne, const std::shared_ptr<net::Connection>& conn) {
+    conn->close();
+    if (pne.empty()) return;
+    auto it = pan_conns_.find(pne);
+    if (it == pan_conns_.end()) return;
+    auto& v = it->second;
+    v.erase(std::remove(v.begin(), v.end(), conn), v.end());
+    if (v.empty()) {
+        pan_conns_.erase(it);
+        if (!stopping_) apply(gw_->on_link_down(pne, mono_now()));
+    }
+}
+
+void GwDaemon::send_to_pne(const SendEffect& s) {
+    std::shared_ptr<net::Connection> tls_conn, clear_conn;
+    if (auto it = pan_conns_.find(s.to); it != pan_conns_.end())
+        for (const auto& c : it->second) {
+            if (!c->is_open()) continue;
+            (c->is_tls() ? tls_conn : clear_conn) = c;
+        }
+    if (s.protection == Protection::kTls && !tls_conn) {
+        // Never in clear: this message carries what an insecure PAN must not see.
+        spdlog::error("refusing to send {} to {} in clear: its PAN is insecure and no PSK-TLS "
+                      "session is up",
+                      message_name(s.msg), s.to);
+        return;
+    }
+    auto conn = tls_conn ? tls_conn : clear_conn;
+    if (!conn || !conn->send(s.msg)) {
+        spdlog::warn("cannot send {} to {}: no PAN link", message_name(s.msg), s.to);
+        const std::string peer = s.to;
+        asio::post(io_, [this, peer] {
+            if (!pan_conns_.count(peer)) apply(gw_->on_link_down(peer, mono_now()));
+        });
+        return;
+    }
+    spdlog::debug("{} -> {}: {} ({})", opt_.id, s.to, message_name(s.msg),
+                  conn->is_tls() ? "tls" : "clear");
+}
+
+void GwDaemon::apply(Effects effects) {
+    for (auto& e : effects) {
+        if (auto* s = std::get_if<SendEffect>(&e)) {
+            if (s->to == opt_.server_id) {
+                if (!server_conn_ || !server_conn_->send(s->msg)) {
+                    spdlog::warn("cannot send {} to the CPNS Server: {}", message_name(s->msg),
+                                 reason_name(server_down_reason_));
+                    const auto reason = server_down_reason_;
+                    asio::post(io_, [this, reason] {
+                        if (!server_conn_) apply(gw_->on_link_down(opt_.server_id, mono_now(), reason));
+                    });
+                } else {
+                    spdlog::debug("{} -> server: {}", opt_.id, message_name(s->msg));
+                }
+            } else if (udp_reply_to_ && s->to == udp_reply_peer_ && s->msg.has_discovery_response()) {
+                if (discovery_) discovery_->send_to(s->msg, *udp_reply_to_);
+            } else if (s->to == "*") {
+                if (discovery_) discovery_->send_to_group(s->msg);
+            } else {
+                send_to_pne(*s);
+            }
+        } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
+            const std::string json = outcome_json(opt_.id, *o);
+            if (o->success)
+                spdlog::info("PN {} established: {}", o->pn_id, json);
+            else
+                spdlog::warn("PN {} not established: {}", o->pn_id, json);
+            if (auto w = waiters_.find(o->pn_id); w != waiters_.end()) {
+                for (auto& sock : w->second) answer(sock, json);
+                waiters_.erase(w);
+            }
+        } else if (auto* c = std::get_if<CloseLinkEffect>(&e)) {
+            if (auto it = pan_conns_.find(c->peer); it != pan_conns_.end())
+                for (auto& conn : it->second) conn->close();
+        } else if (auto* inv = std::get_if<StoreInventoryEffect>(&e)) {
+            spdlog::info("PN Inventory of {} stored ({} member(s))", inv->inventory.pn_id(),
+                         inv->inventory.members_size());
+        }
+        // StoreLocalKeyEffect: the LocalEUKey stays in the PN GW's memory (never logged).
+    }
+    timer_.arm(gw_->next_deadline());
+}
+
+asio::awaitable<void> GwDaemon::discovery_loop() {
+    for (;;) {
+        std::pair<pb::Envelope, net::udp::endpoint> got;
+        try {
+            got = co_await discovery_->receive();
+        } catch (const std::exception&) {
+            co_return;  // socket closed
+        }
+        auto& [env, from] = got;
+        if (!env.has_discovery_request() || env.sender_id() == opt_.id) continue;
+        spdlog::debug("discovery request from {} at {}", env.sender_id(), from.address().to_string());
+        udp_reply_to_ = from;
+        udp_reply_peer_ = env.sender_id();
+        apply(gw_->on_message(env.sender_id(), env, Protection::kClear, mono_now()));
+        udp_reply_to_.reset();
+        udp_reply_peer_.clear();
+    }
+}
+
+asio::awaitable<void> GwDaemon::control_accept_loop() {
+    for (;;) {
+        std::error_code ec;
+        auto socket =
+            co_await control_acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) {
+            if (!control_acceptor_.is_open()) co_return;
+            continue;
+        }
+        asio::co_spawn(io_, control_serve(std::make_shared<net::tcp::socket>(std::move(socket))),
+                       asio::detached);
+    }
+}
+
+void GwDaemon::answer(const std::shared_ptr<net::tcp::socket>& socket, std::string line) {
+    auto buf = std::make_shared<std::string>(std::move(line) + "\n");
+    asio::async_write(*socket, asio::buffer(*buf), [socket, buf](const std::error_code&, std::size_t) {
+        std::error_code ec;
+        socket->shutdown(net::tcp::socket::shutdown_both, ec);
+        socket->close(ec);
+    });
+}
+
+std::string GwDaemon::status_json() const {
+    std::ostringstream s;
+    s << "{\"gw_id\":\"" << opt_.id << "\",\"server_link\":" << (server_conn_ ? "true" : "false")
+      << ",\"server_link_reason\":\"" << (server_conn_ ? "none" : reason_name(server_down_reason_))
+      << "\",\"pan_links\":{";
+    bool first = true;
+    for (const auto& [id, conns] : pan_conns_) {
+        s << (first ? "" : ",") << "\"" << id << "\":[";
+        for (std::size_t i = 0; i < conns.size(); ++i)
+            s << (i ? "," : "") << "\"" << conns[i]->tls_summary() << "\"";
+        s << "]";
+        first = false;
+    }
+    s << "},\"neighbours\":[";
+    first = true;
+    for (const auto& [id, n] : gw_->neighbours()) {
+        s << (first ? "" : ",") << "\"" << id << "\"";
+        first = false;
+    }
+    s << "],\"active_establishments\":" << gw_->active_sessions() << ",\"inventory\":[";
+    first = true;
+    for (const auto& [pn, inv] : gw_->inventory()) {
+        s << (first ? "" : ",") << message_json(inv);
+        first = false;
+    }
+    s << "],\"failures\":{";
+    first = true;
+    const auto& c = gw_->counters();
+    for (int r = pb::FailureReason_MIN; r <= pb::FailureReason_MAX; ++r) {
+        const auto reason = static_cast<pb::FailureReason>(r);
+        if (!pb::FailureReason_IsValid(r) || c[reason] == 0) continue;
+        s << (first ? "" : ",") << "\"" << reason_name(reason) << "\":" << c[reason];
+        first = false;
+    }
+    s << "}}";
+    return s.str();
+}
+
+// One request line per connection: "invite [pne ...]" (waits for the outcome) or "status".
+asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket) {
+    std::string line;
+    std::error_code ec;
+    auto n = co_await asio::async_read_until(*socket, asio::dynamic_buffer(line, kMaxControlLine),
+                                             '\n', asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;
+    line.resize(n > 0 ? n - 1 : 0);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::istringstream in(line);
+    std::string cmd;
+    in >> cmd;
+    if (cmd == "status") {
+        answer(socket, status_json());
+    } else if (cmd == "invite") {
+        std::vector<std::string> ids;
+        for (std::string id; in >> id;) ids.push_back(id);
+        spdlog::info("control: invite {}", ids.empty() ? std::string("every discovered PNE") : line.substr(7));
+        Effects fx = gw_->invite(ids, mono_now());
+        const std::string pn = gw_->last_pn_id();
+        if (pn.empty()) {
+            for (auto& e : fx)
+                if (auto* o = std::get_if<OutcomeEffect>(&e)) answer(socket, outcome_json(opt_.id, *o));
+        } else {
+            waiters_[pn].push_back(socket);
+        }
+        apply(std::move(fx));
+    } else {
+        answer(socket, "{\"error\":\"unknown command '" + cmd + "'; use: invite [pne ...] | status\"}");
+    }
+}
+
+}  // namespace cpns::daemon

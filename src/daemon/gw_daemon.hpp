@@ -1,0 +1,89 @@
+// cpns-gw: the PN GW role between the PAN (PNEs over TCP, in clear or PSK-TLS, and UDP
+// multicast discovery) and the CPNS Server (TLS 1.3 external PSK), with a local control
+// endpoint for operators ("invite", "status").
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "core/gateway.hpp"
+#include "daemon/common.hpp"
+#include "net/connection.hpp"
+#include "net/discovery.hpp"
+
+namespace cpns::daemon {
+
+inline constexpr Millis kPanHandshakeTimeout = 10'000;   // PNE's TLS handshake / first byte
+inline constexpr Millis kServerReconnectMin = 500;       // first retry after a lost server link
+inline constexpr Millis kServerReconnectMax = 30'000;    // retries back off up to this
+inline constexpr std::size_t kMaxPanConnections = 512;
+inline constexpr std::size_t kMaxControlLine = 4096;
+
+struct GwOptions {
+    std::string id;
+    SecretKey eukey;
+    net::HostPort server{"127.0.0.1", 7000};
+    std::string server_id = "cpns-server";
+    net::HostPort pan_listen{"127.0.0.1", 7100};
+    net::HostPort control_listen{"127.0.0.1", 7101};
+    std::string discovery_group = net::kDefaultDiscoveryGroup;  // "" = off
+    std::string discovery_interface = "127.0.0.1";
+    tls::Mode pan_tls = tls::Mode::kTls13;
+    bool default_pan_secure = false;
+    std::map<std::string, PanLinkConfig> pan_links;
+    pb::DeviceCapabilities capabilities;
+    pb::SubscriptionInfo subscription;
+    std::string keylog;
+    std::string ready_file;  // "pan=host:port control=host:port"
+};
+
+GwOptions gw_options_from(const Config& c);
+
+class GwDaemon {
+public:
+    GwDaemon(asio::io_context& io, GwOptions options);
+    void start();
+    void stop();
+    std::uint16_t pan_port() const { return pan_port_; }
+    std::uint16_t control_port() const { return control_port_; }
+
+private:
+    struct ControlWaiter {
+        std::shared_ptr<net::tcp::socket> socket;
+    };
+
+    asio::awaitable<void> server_link();
+    asio::awaitable<void> pan_accept_loop();
+    asio::awaitable<void> pan_serve(std::shared_ptr<net::Connection> conn);
+    asio::awaitable<void> discovery_loop();
+    asio::awaitable<void> control_accept_loop();
+    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
+    void apply(Effects effects);
+    void send_to_pne(const SendEffect& s);
+    void link_lost(const std::string& pne, const std::shared_ptr<net::Connection>& conn);
+    std::string status_json() const;
+    void answer(const std::shared_ptr<net::tcp::socket>& socket, std::string line);
+
+    asio::io_context& io_;
+    GwOptions opt_;
+    OsRandom random_;
+    std::unique_ptr<Gateway> gw_;
+    std::optional<tls::TlsContext> server_tls_, pan_tls_;
+    net::tcp::acceptor pan_acceptor_, control_acceptor_;
+    std::unique_ptr<net::DiscoverySocket> discovery_;
+    RoleTimer timer_;
+    std::shared_ptr<net::Connection> server_conn_;
+    pb::FailureReason server_down_reason_ = pb::PEER_UNREACHABLE;
+    std::map<std::string, std::vector<std::shared_ptr<net::Connection>>> pan_conns_;
+    std::size_t pan_count_ = 0;
+    std::map<std::string, std::vector<std::shared_ptr<net::tcp::socket>>> waiters_;  // by PN ID
+    std::optional<net::udp::endpoint> udp_reply_to_;
+    std::string udp_reply_peer_;
+    bool stopping_ = false;
+    std::uint16_t pan_port_ = 0, control_port_ = 0;
+    asio::steady_timer reconnect_;
+};
+
+}  // namespace cpns::daemon

@@ -1,0 +1,310 @@
+#include "daemon/pne_daemon.hpp"
+
+namespace cpns::daemon {
+
+PneOptions pne_options_from(const Config& c) {
+    PneOptions o;
+    o.id = c.str("id");
+    if (!valid_id(o.id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
+    auto key = c.key("eukey", "eukey_file");
+    if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
+    o.eukey = *key;
+    o.preassigned_key = c.key("preassigned_key", "preassigned_key_file");
+    o.enough_ui = c.boolean("enough_ui", true);
+    o.pan_secure = c.boolean("pan_secure", false);
+    const std::string gw = c.str("gw");
+    if (!gw.empty()) o.gw = parse_address(gw, c.where("gw"));
+    o.discovery_group = c.str("discovery_group", o.discovery_group);
+    o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
+    o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
+    o.accept_invitations = c.boolean("accept_invitations", true);
+    o.keylog = c.str("keylog");
+    o.capabilities = capabilities_from(c.table(), o.enough_ui);
+    if (auto arr = c.table()["content"].as_array())
+        for (const auto& node : *arr)
+            if (const auto* t = node.as_table()) {
+                pb::ContentInfo ci;
+                ci.set_content_id((*t)["id"].value_or(std::string()));
+                ci.set_media_type((*t)["media_type"].value_or(std::string()));
+                ci.set_title((*t)["title"].value_or(std::string()));
+                ci.set_size_bytes(static_cast<std::uint64_t>((*t)["size_bytes"].value_or(std::int64_t{0})));
+                o.contents.push_back(std::move(ci));
+            }
+    if (!o.pan_secure && !o.enough_ui && !o.preassigned_key)
+        throw ConfigError(c.where("preassigned_key") +
+                          " is required: this PNE has no UI and its PAN is insecure, so it must "
+                          "use PSK-TLS with a pre-assigned key");
+    if (!o.gw && o.discovery_group.empty())
+        throw ConfigError(c.where("gw") + ": set the PN GW's address or a discovery_group");
+    return o;
+}
+
+PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
+    : io_(io),
+      opt_(std::move(options)),
+      task_(std::move(task)),
+      timer_(io.get_executor(), [this](Millis now) { apply(pne_->on_timer(now)); }),
+      wait_(io) {
+    PneConfig pc;
+    pc.pne_id = opt_.id;
+    pc.eukey = opt_.eukey;
+    pc.preassigned_key = opt_.preassigned_key;
+    pc.capabilities = opt_.capabilities;
+    pc.contents = opt_.contents;
+    pc.pan_secure = opt_.pan_secure;
+    pc.accept_invitations = opt_.accept_invitations;
+    pc.log = core_log_sink();
+    pne_ = std::make_unique<Pne>(std::move(pc), random_);
+    tls::TlsConfig tc;
+    tc.role = tls::Role::kClient;
+    tc.mode = opt_.pan_tls;
+    tc.keylog_path = keylog_path(opt_.keylog);
+    if (!tc.keylog_path.empty()) spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+    tls_.emplace(tc);
+}
+
+void PneDaemon::start() { asio::co_spawn(io_, main(), asio::detached); }
+
+void PneDaemon::stop() {
+    stopping_ = true;
+    timer_.cancel();
+    wait_.cancel();
+    for (auto& l : links_) l.conn->close();
+    links_.clear();
+}
+
+void PneDaemon::fail_early(pb::FailureReason reason, const std::string& detail) {
+    spdlog::error("{}: {}", reason_name(reason), detail);
+    OutcomeEffect o;
+    o.success = false;
+    o.reason = reason;
+    o.detail = detail;
+    o.pnes.push_back(PneOutcome{opt_.id, false, reason});
+    early_ = o;
+    finish();
+}
+
+void PneDaemon::finish() {
+    // Let queued messages (an ErrorReport to the PN GW) leave before the loop stops.
+    auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(100));
+    t->async_wait([this, t](const std::error_code&) {
+        stop();
+        io_.stop();
+    });
+}
+
+asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
+    const auto group = parse_address(opt_.discovery_group, "discovery_group");
+    spdlog::info("looking for a PN GW on {} (CPNS Entity Discovery)", opt_.discovery_group);
+    std::optional<net::HostPort> found;
+    const Millis until = mono_now() + kDiscoveryTimeout;
+    while (!found && !stopping_ && mono_now() < until) {
+        // One round: send the request, collect answers until the repeat timer closes the socket.
+        auto sock = std::make_shared<net::DiscoverySocket>(io_.get_executor(), group,
+                                                           opt_.discovery_interface, false);
+        for (auto& e : pne_->discover(mono_now()))
+            if (auto* s = std::get_if<SendEffect>(&e)) sock->send_to_group(s->msg);
+        asio::steady_timer round(io_, std::chrono::milliseconds(kDiscoveryRepeat));
+        round.async_wait([sock](const std::error_code& ec) {
+            if (!ec) sock->close();
+        });
+        while (!found) {
+            std::pair<pb::Envelope, net::udp::endpoint> got;
+            try {
+                got = co_await sock->receive();
+            } catch (const std::exception&) {
+                break;  // the round ended
+            }
+            const auto& env = got.first;
+            if (!env.has_discovery_response()) continue;
+            const auto& r = env.discovery_response();
+            pne_->on_message(r.entity_id(), env, Protection::kClear, mono_now());
+            if (r.mode() != pb::MODE_PN_GW && r.mode() != pb::MODE_BOTH) continue;
+            if (auto hp = net::parse_host_port(r.endpoint())) {
+                spdlog::info("found PN GW {} at {}", r.entity_id(), r.endpoint());
+                found = hp;
+            }
+        }
+        round.cancel();
+        sock->close();
+    }
+    co_return found;
+}
+
+asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const SecretKey* psk) {
+    std::string error;
+    auto socket = co_await net::connect_tcp(gw_addr_.host, gw_addr_.port, net::kConnectTimeout, error);
+    if (!socket) {
+        spdlog::warn("{}", error);
+        co_return false;
+    }
+    auto conn = std::make_shared<net::Connection>(std::move(*socket));
+    if (psk) {
+        if (!co_await conn->client_handshake(*tls_, tls::ClientPsk{identity, *psk},
+                                             kTlsHandshakeTimeout)) {
+            spdlog::warn("PSK-TLS with the PN GW at {} as {} failed: {} ({})", gw_addr_.str(),
+                         identity, tls::to_string(conn->tls_error()), conn->tls_detail());
+            co_return false;
+        }
+        spdlog::info("PSK-TLS with the PN GW at {} as {} ({})", gw_addr_.str(), identity,
+                     conn->tls_summary());
+    } else {
+        spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure{})", gw_addr_.str(),
+                     opt_.pan_secure ? "" : "; PSK-TLS follows with the LocalEUKey");
+    }
+    links_.push_back(Link{conn, identity});
+    asio::co_spawn(io_, read_link(conn), asio::detached);
+    co_return true;
+}
+
+asio::awaitable<void> PneDaemon::main() {
+    // Step 0: find the PN GW.
+    if (opt_.gw) {
+        gw_addr_ = *opt_.gw;
+    } else {
+        auto found = co_await discover_gateway();
+        if (!found) {
+            fail_early(pb::PEER_UNREACHABLE, "no PN GW answered CPNS Entity Discovery on " +
+                                                 opt_.discovery_group);
+            co_return;
+        }
+        gw_addr_ = *found;
+    }
+    while (!stopping_) {
+        // A PNE without UI on an insecure PAN speaks only inside PSK-TLS (pre-assigned key).
+        const bool pre_tls = !opt_.pan_secure && !opt_.enough_ui;
+        const std::string identity = pre_tls ? preassigned_identity(opt_.id) : "";
+        if (!co_await open_link(identity, pre_tls ? &*opt_.preassigned_key : nullptr)) {
+            if (task_.kind == PneTask::Kind::kSetup) {
+                fail_early(pre_tls ? pb::TLS_HANDSHAKE_FAILED : pb::PEER_UNREACHABLE,
+                           pre_tls ? "PSK-TLS with the pre-assigned key was refused by the PN GW"
+                                   : "cannot reach the PN GW at " + gw_addr_.str());
+                co_return;
+            }
+        } else {
+            // Announce ourselves on the link; the PN GW's answer names it.
+            gw_id_.clear();
+            apply(pne_->discover(mono_now()));
+            wait_.expires_after(std::chrono::milliseconds(kGatewayHelloTimeout));
+            std::error_code ec;
+            co_await wait_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (stopping_) co_return;
+            if (gw_id_.empty()) {
+                if (task_.kind == PneTask::Kind::kSetup) {
+                    fail_early(pb::TIMEOUT, "the PN GW at " + gw_addr_.str() +
+                                                " did not answer Entity Discovery");
+                    co_return;
+                }
+            } else if (task_.kind == PneTask::Kind::kSetup && !setup_started_) {
+                setup_started_ = true;
+                apply(pne_->start_setup(gw_id_, task_.setup_type, task_.invited, mono_now()));
+                co_return;
+            } else {
+                spdlog::info("ready: PNE {} linked to PN GW {}; waiting for invitations", opt_.id,
+                             gw_id_);
+                // Stay until every link is gone, then reconnect.
+                while (!links_.empty() && !stopping_) {
+                    wait_.expires_after(std::chrono::hours(24));
+                    co_await wait_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                }
+            }
+        }
+        if (stopping_) co_return;
+        wait_.expires_after(std::chrono::milliseconds(kPneReconnectDelay));
+        std::error_code ec;
+        co_await wait_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+}
+
+asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn) {
+    for (;;) {
+        auto r = co_await conn->read();
+        if (auto* env = std::get_if<pb::Envelope>(&r)) {
+            if (env->has_discovery_response() && gw_id_.empty() &&
+                (env->discovery_response().mode() == pb::MODE_PN_GW ||
+                 env->discovery_response().mode() == pb::MODE_BOTH)) {
+                gw_id_ = env->discovery_response().entity_id();
+                conn->peer_id = gw_id_;
+                wait_.cancel();
+            }
+            const std::string from = gw_id_.empty() ? env->sender_id() : gw_id_;
+            spdlog::debug("{} -> {}: {} ({})", from, opt_.id, message_name(*env),
+                          conn->is_tls() ? "tls" : "clear");
+            apply(pne_->on_message(from, *env, conn->is_tls() ? Protection::kTls : Protection::kClear,
+                                   mono_now()));
+            continue;
+        }
+        if (auto* de = std::get_if<DecodeError>(&r))
+            spdlog::warn("closing PAN link: {}", to_string(*de));
+        else if (!stopping_)
+            spdlog::info("PAN link closed ({})", std::get<net::ReadError>(r).what);
+        break;
+    }
+    conn->close();
+    links_.erase(std::remove_if(links_.begin(), links_.end(),
+                                [&](const Link& l) { return l.conn == conn; }),
+                 links_.end());
+    if (links_.empty() && !stopping_) {
+        wait_.cancel();
+        if (!gw_id_.empty()) apply(pne_->on_link_down(gw_id_, mono_now()));
+    }
+}
+
+asio::awaitable<void> PneDaemon::start_tls(StartTlsEffect eff) {
+    for (const auto& l : links_)
+        if (l.identity == eff.identity && l.conn->is_open()) {
+            apply(pne_->on_tls_established(eff.peer, mono_now()));
+            co_return;
+        }
+    if (co_await open_link(eff.identity, &eff.psk)) {
+        links_.back().conn->peer_id = eff.peer;
+        apply(pne_->on_tls_established(eff.peer, mono_now()));
+    } else {
+        // A refused or stripped upgrade ends the establishment; nothing continues in clear.
+        apply(pne_->on_tls_failed(eff.peer, mono_now()));
+    }
+}
+
+void PneDaemon::apply(Effects effects) {
+    for (auto& e : effects) {
+        if (auto* s = std::get_if<SendEffect>(&e)) {
+            std::shared_ptr<net::Connection> tls_conn, clear_conn;
+            for (const auto& l : links_) {
+                if (!l.conn->is_open()) continue;
+                (l.conn->is_tls() ? tls_conn : clear_conn) = l.conn;
+            }
+            if (s->protection == Protection::kTls && !tls_conn) {
+                spdlog::error("refusing to send {} in clear: the PAN is insecure and no PSK-TLS "
+                              "session is up",
+                              message_name(s->msg));
+                continue;
+            }
+            auto conn = tls_conn ? tls_conn : clear_conn;
+            if (!conn || !conn->send(s->msg))
+                spdlog::warn("cannot send {}: no PAN link", message_name(s->msg));
+            else
+                spdlog::debug("{} -> {}: {} ({})", opt_.id, s->to == "*" ? "PAN" : s->to,
+                              message_name(s->msg), conn->is_tls() ? "tls" : "clear");
+        } else if (auto* t = std::get_if<StartTlsEffect>(&e)) {
+            asio::co_spawn(io_, start_tls(std::move(*t)), asio::detached);
+        } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
+            const std::string json = outcome_json(opt_.id, *o);
+            if (o->success)
+                spdlog::info("joined PN {}: {}", o->pn_id, json);
+            else
+                spdlog::warn("establishment failed: {}", json);
+            if (task_.kind == PneTask::Kind::kSetup && setup_started_ && !result_) {
+                result_ = *o;
+                finish();
+            }
+        } else if (auto* k = std::get_if<StoreLocalKeyEffect>(&e)) {
+            spdlog::info("LocalEUKey for {} with {} received (kept in memory, never logged)",
+                         k->pn_id, k->peer_id);
+        } else if (auto* sk = std::get_if<SessionKeyEffect>(&e)) {
+            spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk->pn_id);
+        }
+    }
+    timer_.arm(pne_->next_deadline());
+}
+
+}  // namespace cpns::daemon

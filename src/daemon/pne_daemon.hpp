@@ -1,0 +1,88 @@
+// cpns-pne: the PNE role. Finds its PN GW (configured address or UDP multicast discovery),
+// keeps a PAN link to it (in clear on a secure PAN, PSK-TLS with the pre-assigned key for a
+// PNE without UI on an insecure PAN, and PSK-TLS with the LocalEUKey once one is assigned),
+// answers invitations, and can start a PN itself.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "core/pne.hpp"
+#include "daemon/common.hpp"
+#include "net/connection.hpp"
+#include "net/discovery.hpp"
+
+namespace cpns::daemon {
+
+inline constexpr Millis kDiscoveryTimeout = 10'000;   // finding a PN GW by multicast
+inline constexpr Millis kDiscoveryRepeat = 1'000;     // re-send the request this often
+inline constexpr Millis kGatewayHelloTimeout = 5'000; // the PN GW answers discovery on the link
+inline constexpr Millis kPneReconnectDelay = 2'000;   // run mode: retry a lost PAN link
+
+struct PneOptions {
+    std::string id;
+    SecretKey eukey;
+    std::optional<SecretKey> preassigned_key;
+    bool enough_ui = true;
+    bool pan_secure = false;
+    std::optional<net::HostPort> gw;  // none: discover by multicast
+    std::string discovery_group = net::kDefaultDiscoveryGroup;
+    std::string discovery_interface = "127.0.0.1";
+    tls::Mode pan_tls = tls::Mode::kTls13;
+    bool accept_invitations = true;
+    pb::DeviceCapabilities capabilities;
+    std::vector<pb::ContentInfo> contents;
+    std::string keylog;
+};
+
+PneOptions pne_options_from(const Config& c);
+
+// What the caller wants from the process.
+struct PneTask {
+    enum class Kind { kRun, kSetup } kind = Kind::kRun;
+    pb::SetupType setup_type = pb::SETUP_ALL;
+    std::vector<std::string> invited;
+};
+
+class PneDaemon {
+public:
+    PneDaemon(asio::io_context& io, PneOptions options, PneTask task);
+    void start();
+    void stop();
+    // kSetup: the outcome, once known. Exit status 0 iff success.
+    const std::optional<OutcomeEffect>& result() const { return result_; }
+    // Set when the process could not even start an establishment (no PN GW, TLS refused).
+    const std::optional<OutcomeEffect>& early_failure() const { return early_; }
+
+private:
+    struct Link {
+        std::shared_ptr<net::Connection> conn;
+        std::string identity;  // TLS identity, empty for a clear link
+    };
+    asio::awaitable<void> main();
+    asio::awaitable<std::optional<net::HostPort>> discover_gateway();
+    asio::awaitable<bool> open_link(const std::string& identity, const SecretKey* psk);
+    asio::awaitable<void> read_link(std::shared_ptr<net::Connection> conn);
+    asio::awaitable<void> start_tls(StartTlsEffect eff);
+    void apply(Effects effects);
+    void fail_early(pb::FailureReason reason, const std::string& detail);
+    void finish();
+
+    asio::io_context& io_;
+    PneOptions opt_;
+    PneTask task_;
+    OsRandom random_;
+    std::unique_ptr<Pne> pne_;
+    std::optional<tls::TlsContext> tls_;
+    RoleTimer timer_;
+    net::HostPort gw_addr_;
+    std::string gw_id_;
+    std::vector<Link> links_;
+    std::optional<OutcomeEffect> result_, early_;
+    bool setup_started_ = false;
+    bool stopping_ = false;
+    asio::steady_timer wait_;
+};
+
+}  // namespace cpns::daemon

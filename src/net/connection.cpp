@@ -1,0 +1,237 @@
+#include "net/connection.hpp"
+
+namespace cpns::net {
+
+namespace {
+auto ms(Millis v) { return std::chrono::milliseconds(v); }
+
+// Cancels the socket's operations when `timeout` passes unless disarmed first.
+class Deadline {
+public:
+    Deadline(tcp::socket& socket, Millis timeout)
+        : timer_(socket.get_executor(), ms(timeout)), state_(std::make_shared<State>()) {
+        timer_.async_wait([&socket, st = state_](const std::error_code& ec) {
+            if (ec || st->done) return;
+            st->done = true;
+            st->timed_out = true;
+            std::error_code ignored;
+            socket.cancel(ignored);
+        });
+    }
+    ~Deadline() { disarm(); }
+    void disarm() {
+        if (!state_->done) {
+            state_->done = true;
+            timer_.cancel();
+        }
+    }
+    bool expired() const { return state_->timed_out; }
+
+private:
+    struct State {
+        bool done = false;
+        bool timed_out = false;
+    };
+    asio::steady_timer timer_;
+    std::shared_ptr<State> state_;
+};
+}  // namespace
+
+Connection::Connection(tcp::socket socket) : socket_(std::move(socket)) {
+    std::error_code ec;
+    auto ep = socket_.remote_endpoint(ec);
+    if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+    socket_.set_option(tcp::no_delay(true), ec);
+}
+
+Connection::~Connection() { close(); }
+
+std::string Connection::tls_summary() const {
+    if (!tls_ || !tls_->handshake_done()) return "clear";
+    std::string s = tls_->version() + " " + tls_->cipher();
+    const auto g = tls_->key_exchange_group();
+    if (!g.empty()) s += " " + g;
+    return s;
+}
+
+awaitable<bool> Connection::client_handshake(const tls::TlsContext& ctx, tls::ClientPsk psk,
+                                             Millis timeout) {
+    try {
+        tls_.emplace(ctx, std::move(psk));
+    } catch (const std::exception& e) {
+        detail_ = e.what();
+        co_return false;
+    }
+    co_return co_await handshake(timeout);
+}
+
+awaitable<bool> Connection::server_handshake(const tls::TlsContext& ctx, Millis timeout) {
+    tls_.emplace(ctx);
+    co_return co_await handshake(timeout);
+}
+
+awaitable<bool> Connection::handshake(Millis timeout) {
+    Deadline deadline(socket_, timeout);
+    std::error_code ec;
+    for (;;) {
+        if (tls_->has_output()) {
+            Bytes out = tls_->take_output();
+            co_await asio::async_write(socket_, asio::buffer(out),
+                                       asio::redirect_error(asio::use_awaitable, ec));
+            if (ec) break;
+        }
+        if (tls_->failed() || tls_->handshake_done()) break;
+        const std::size_t n = co_await socket_.async_read_some(
+            asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) break;
+        tls_->feed(ByteView(buf_.data(), n));
+    }
+    const bool expired = deadline.expired();
+    deadline.disarm();
+    if (tls_->handshake_done() && !tls_->failed()) {
+        // Application data that arrived with the last flight.
+        Bytes early = tls_->read();
+        if (!early.empty()) reader_.feed(early);
+        co_return true;
+    }
+    if (!tls_->failed())
+        detail_ = expired ? "TLS handshake timed out" : "connection lost during TLS handshake";
+    close();
+    co_return false;
+}
+
+awaitable<std::optional<bool>> Connection::sniff_tls(Millis timeout) {
+    Deadline deadline(socket_, timeout);
+    std::error_code ec;
+    std::array<std::uint8_t, 1> first{};
+    co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return std::nullopt;
+    const std::size_t n = socket_.receive(asio::buffer(first), tcp::socket::message_peek, ec);
+    if (ec || n == 0) co_return std::nullopt;
+    co_return first[0] == 0x16;
+}
+
+awaitable<ReadResult> Connection::read() {
+    for (;;) {
+        if (auto r = reader_.next()) {
+            if (std::holds_alternative<pb::Envelope>(*r)) co_return std::get<pb::Envelope>(std::move(*r));
+            co_return std::get<DecodeError>(*r);
+        }
+        if (!open_) co_return ReadError{"connection closed"};
+        if (tls_ && tls_->error() == tls::TlsError::kPeerClosed)
+            co_return ReadError{"peer closed the TLS session"};
+        std::error_code ec;
+        const std::size_t n = co_await socket_.async_read_some(
+            asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) {
+            close();
+            co_return ReadError{ec == asio::error::eof ? "peer closed the connection" : ec.message()};
+        }
+        if (tls_) {
+            tls_->feed(ByteView(buf_.data(), n));
+            flush_tls();
+            Bytes plain = tls_->read();
+            reader_.feed(plain);
+            if (tls_->failed()) {
+                auto why = "TLS: " + std::string(tls::to_string(tls_->error())) + " " +
+                           tls_->error_detail();
+                close();
+                co_return ReadError{why};
+            }
+        } else {
+            reader_.feed(ByteView(buf_.data(), n));
+        }
+    }
+}
+
+bool Connection::send(const pb::Envelope& env) {
+    if (!open_) return false;
+    Bytes frame = encode_frame(env);
+    if (tls_) {
+        if (!tls_->write(frame)) return false;
+        flush_tls();
+    } else {
+        queue_raw(std::move(frame));
+    }
+    return open_;
+}
+
+void Connection::flush_tls() {
+    if (tls_ && tls_->has_output()) queue_raw(tls_->take_output());
+}
+
+void Connection::queue_raw(Bytes bytes) {
+    if (!open_ || bytes.empty()) return;
+    queued_ += bytes.size();
+    if (queued_ > kMaxQueuedBytes) {
+        detail_ = "send queue over its bound; peer too slow";
+        close();
+        return;
+    }
+    out_.push_back(std::move(bytes));
+    if (!writing_) {
+        writing_ = true;
+        asio::co_spawn(socket_.get_executor(),
+                       [self = shared_from_this()]() -> awaitable<void> { co_await self->drain(); },
+                       asio::detached);
+    }
+}
+
+awaitable<void> Connection::drain() {
+    std::error_code ec;
+    while (!out_.empty() && open_) {
+        Bytes b = std::move(out_.front());
+        out_.pop_front();
+        co_await asio::async_write(socket_, asio::buffer(b),
+                                   asio::redirect_error(asio::use_awaitable, ec));
+        queued_ -= b.size();
+        if (ec) {
+            close();
+            break;
+        }
+    }
+    writing_ = false;
+}
+
+void Connection::close() {
+    if (!open_) return;
+    open_ = false;
+    std::error_code ec;
+    if (tls_ && tls_->handshake_done() && !tls_->failed()) {
+        tls_->close();
+        if (tls_->has_output()) {
+            Bytes b = tls_->take_output();
+            socket_.send(asio::buffer(b), 0, ec);  // best effort close_notify
+        }
+    }
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    out_.clear();
+    queued_ = 0;
+}
+
+awaitable<std::optional<tcp::socket>> connect_tcp(const std::string& host, std::uint16_t port,
+                                                  Millis timeout, std::string& error) {
+    auto ex = co_await asio::this_coro::executor;
+    tcp::resolver resolver(ex);
+    std::error_code ec;
+    auto results = co_await resolver.async_resolve(host, std::to_string(port),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+        error = "cannot resolve " + host + ": " + ec.message();
+        co_return std::nullopt;
+    }
+    tcp::socket socket(ex);
+    Deadline deadline(socket, timeout);
+    co_await asio::async_connect(socket, results, asio::redirect_error(asio::use_awaitable, ec));
+    const bool expired = deadline.expired();
+    deadline.disarm();
+    if (ec) {
+        error = "cannot connect to " + host + ":" + std::to_string(port) + ": " +
+                (expired ? std::string("timed out") : ec.message());
+        co_return std::nullopt;
+    }
+    co_return std::optional<tcp::socket>(std::move(socket));
+}
+
+}  // namespace cpns::net

@@ -1,0 +1,86 @@
+// A framed CPNS connection over TCP, in clear or inside PSK-TLS (the sans-I/O TlsEngine
+// driven over the socket). Single-threaded: every call on the io_context's thread.
+#pragma once
+
+#include <asio.hpp>
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "core/codec.hpp"
+#include "core/role.hpp"
+#include "tls/tls.hpp"
+
+namespace cpns::net {
+
+using asio::awaitable;
+using tcp = asio::ip::tcp;
+
+// Bounds of one connection.
+inline constexpr std::size_t kMaxQueuedBytes = 1 << 20;  // unsent bytes before we give up on a peer
+inline constexpr std::size_t kReadChunk = 16 * 1024;
+// How long a TCP connect may take.
+inline constexpr Millis kConnectTimeout = 5'000;
+
+struct ReadError {
+    std::string what;
+};
+// A decoded message, a decode error (the connection must then be closed), or the end.
+using ReadResult = std::variant<pb::Envelope, DecodeError, ReadError>;
+
+class Connection : public std::enable_shared_from_this<Connection> {
+public:
+    explicit Connection(tcp::socket socket);
+    ~Connection();
+
+    // Runs the TLS handshake as client or server; false on failure or after `timeout`.
+    awaitable<bool> client_handshake(const tls::TlsContext& ctx, tls::ClientPsk psk,
+                                     Millis timeout);
+    awaitable<bool> server_handshake(const tls::TlsContext& ctx, Millis timeout);
+    // Waits for the first byte without consuming it: true if it starts a TLS record
+    // (handshake content type 0x16), false for a clear CPNS frame.
+    awaitable<std::optional<bool>> sniff_tls(Millis timeout);
+
+    awaitable<ReadResult> read();
+    // Encodes, encrypts if TLS, and queues for sending. False if the connection is closed
+    // or its send queue is over kMaxQueuedBytes (then it is closed).
+    bool send(const pb::Envelope& env);
+    void close();
+
+    bool is_open() const { return open_; }
+    bool is_tls() const { return tls_.has_value(); }
+    tls::TlsError tls_error() const { return tls_ ? tls_->error() : tls::TlsError::kNone; }
+    std::string tls_detail() const { return tls_ ? tls_->error_detail() : detail_; }
+    std::string tls_identity() const { return tls_ ? tls_->peer_identity() : std::string(); }
+    std::string tls_summary() const;  // "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"
+    const std::string& remote() const { return remote_; }
+
+    // What the owner knows of the peer.
+    std::string peer_id;
+
+private:
+    awaitable<bool> handshake(Millis timeout);
+    void queue_raw(Bytes bytes);
+    void flush_tls();
+    awaitable<void> drain();
+
+    tcp::socket socket_;
+    std::optional<tls::TlsEngine> tls_;
+    FrameReader reader_;
+    std::deque<Bytes> out_;
+    std::size_t queued_ = 0;
+    bool writing_ = false;
+    bool open_ = true;
+    std::string remote_;
+    std::string detail_;
+    std::array<std::uint8_t, kReadChunk> buf_{};
+};
+
+// Connects with a timeout. nullopt (and `error` set) on failure.
+awaitable<std::optional<tcp::socket>> connect_tcp(const std::string& host, std::uint16_t port,
+                                                  Millis timeout, std::string& error);
+
+}  // namespace cpns::net
