@@ -11,7 +11,7 @@ packages=(
   libasio-dev libcli11-dev libspdlog-dev libtomlplusplus-dev
 )
 if [[ "${1:-}" == "--with-tests" ]]; then
-  packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps)
+  packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps python3)
 fi
 
 missing=()

@@ -1,0 +1,263 @@
+"""cpnslab: provisions and runs a CPNS Server, PN GWs and PNEs as real processes on loopback.
+
+Used by the main job (scripts/demo.py) and by the multi-process tests (tests/*_test.py).
+Every process listens on 127.0.0.1 with an ephemeral port (reported through a ready file),
+is stopped with SIGTERM at the end, and is killed if it does not stop within a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STOP_GRACE_S = 1.0  # a daemon must exit within this after SIGTERM
+READY_TIMEOUT_S = 10.0
+
+
+def new_key() -> str:
+    return secrets.token_hex(32)
+
+
+@dataclass
+class PneSpec:
+    id: str
+    enough_ui: bool = True
+    pan_secure: bool = False
+    wrong_eukey: bool = False
+    wrong_preassigned: bool = False
+    accept_invitations: bool = True
+    device_type: str = "headset"
+    use_discovery: bool = False  # find the PN GW by multicast instead of its address
+    pan_tls: str = "tls13"
+    # filled by provisioning
+    eukey: str = ""
+    device_eukey: str = ""
+    preassigned: str = ""
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class Lab:
+    bindir: Path
+    workdir: Path
+    gw_id: str = "gw-1"
+    pnes: list[PneSpec] = field(default_factory=list)
+    gw_wrong_eukey: bool = False
+    discovery_group: str = ""
+    log_level: str = "debug"
+    procs: list[Proc] = field(default_factory=list)
+    server_addr: str = ""
+    pan_addr: str = ""
+    control_addr: str = ""
+    keylog: str = ""
+
+    # --- provisioning -------------------------------------------------------------
+    def provision(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.gw_key = new_key()
+        entities = [f'[[entity]]\nid = "{self.gw_id}"\nkind = "gw"\neukey = "{self.gw_key}"\n']
+        for p in self.pnes:
+            p.eukey = new_key()
+            p.device_eukey = new_key() if p.wrong_eukey else p.eukey
+            if not p.enough_ui:
+                p.preassigned = new_key()
+            entities.append(f'[[entity]]\nid = "{p.id}"\nkind = "pne"\neukey = "{p.eukey}"\n')
+        (self.workdir / "entities.toml").write_text("\n".join(entities))
+        os.chmod(self.workdir / "entities.toml", 0o600)
+        (self.workdir / "server.toml").write_text(
+            'id = "cpns-server"\nlisten = "127.0.0.1:0"\n'
+            f'entities = "{self.workdir / "entities.toml"}"\n'
+            f'ready_file = "{self.workdir / "server.ready"}"\n'
+            f'log_level = "{self.log_level}"\n')
+
+    def _gw_config(self) -> str:
+        gw_key = new_key() if self.gw_wrong_eukey else self.gw_key
+        lines = [
+            f'id = "{self.gw_id}"', f'eukey = "{gw_key}"', f'server = "{self.server_addr}"',
+            'pan_listen = "127.0.0.1:0"', 'control_listen = "127.0.0.1:0"',
+            f'discovery_group = "{self.discovery_group}"',
+            f'ready_file = "{self.workdir / "gw.ready"}"', f'log_level = "{self.log_level}"', '',
+            '[capabilities]', 'device_type = "home-hub"', 'manufacturer = "cpnslab"', '',
+            '[subscription]', 'subscriber_id = "sub-0001"', 'service_plan = "cpns-basic"', ''
+        ]
+        for p in self.pnes:
+            lines += ['[[pne]]', f'id = "{p.id}"', f'pan_secure = {str(p.pan_secure).lower()}']
+            if p.preassigned:
+                lines.append(f'preassigned_key = "{p.preassigned}"')
+            lines.append('')
+        return "\n".join(lines)
+
+    def _pne_config(self, p: PneSpec) -> Path:
+        lines = [
+            f'id = "{p.id}"', f'eukey = "{p.device_eukey}"',
+            f'enough_ui = {str(p.enough_ui).lower()}', f'pan_secure = {str(p.pan_secure).lower()}',
+            f'accept_invitations = {str(p.accept_invitations).lower()}',
+            f'pan_tls = "{p.pan_tls}"', f'log_level = "{self.log_level}"'
+        ]
+        if p.use_discovery:
+            lines.append(f'discovery_group = "{self.discovery_group}"')
+        else:
+            lines.append(f'gw = "{self.pan_addr}"')
+        if p.preassigned:
+            key = new_key() if p.wrong_preassigned else p.preassigned
+            lines.append(f'preassigned_key = "{key}"')
+        if self.keylog:
+            lines.append(f'keylog = "{self.keylog}"')
+        lines += ['', '[capabilities]', f'device_type = "{p.device_type}"',
+                  'manufacturer = "cpnslab"', '', '[[content]]', f'id = "content-of-{p.id}"',
+                  'media_type = "audio/mpeg"', 'title = "demo track"', '']
+        path = self.workdir / f"{p.id}.toml"
+        path.write_text("\n".join(lines))
+        os.chmod(path, 0o600)
+        return path
+
+    # --- processes ----------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        log = self.workdir / f"{name}.log"
+        f = open(log, "ab")
+        env = dict(os.environ)
+        if self.keylog:
+            env["SSLKEYLOGFILE"] = self.keylog
+        popen = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def _wait_ready(self, path: Path, proc: Proc) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if path.exists():
+                return path.read_text().strip()
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n"
+                                   + proc.log.read_text())
+            time.sleep(0.02)
+        raise RuntimeError(f"{proc.name} not ready after {READY_TIMEOUT_S}s:\n" + proc.log.read_text())
+
+    def start_server(self) -> None:
+        p = self._spawn("server", [str(self.bindir / "cpns-server" / "cpns-server"), "--config",
+                                   str(self.workdir / "server.toml")])
+        self.server_addr = self._wait_ready(self.workdir / "server.ready", p)
+
+    def start_gw(self) -> Proc:
+        cfg = self.workdir / "gw.toml"
+        cfg.write_text(self._gw_config())
+        os.chmod(cfg, 0o600)
+        ready = self.workdir / "gw.ready"
+        ready.unlink(missing_ok=True)
+        p = self._spawn("gw", [str(self.bindir / "cpns-gw" / "cpns-gw"), "--config", str(cfg), "run"])
+        fields = dict(kv.split("=", 1) for kv in self._wait_ready(ready, p).split())
+        self.pan_addr, self.control_addr = fields["pan"], fields["control"]
+        return p
+
+    def start_pne(self, p: PneSpec) -> Proc:
+        cfg = self._pne_config(p)
+        return self._spawn(p.id, [str(self.bindir / "cpns-pne" / "cpns-pne"), "--config", str(cfg),
+                                  "run"])
+
+    def wait_linked(self, ids: list[str], timeout: float = 10.0) -> dict:
+        """Waits until the PN GW has a PAN link to every PNE in ids."""
+        deadline = time.monotonic() + timeout
+        status = {}
+        while time.monotonic() < deadline:
+            status = self.gw_status()
+            if all(i in status.get("pan_links", {}) for i in ids):
+                return status
+            time.sleep(0.05)
+        raise RuntimeError(f"PNEs not linked to the PN GW: {ids}; status {status}")
+
+    def wait_server_link(self, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        status = {}
+        while time.monotonic() < deadline:
+            status = self.gw_status()
+            if status.get("server_link"):
+                return status
+            time.sleep(0.05)
+        return status
+
+    def pne_setup(self, p: PneSpec, setup_type: str = "all", invite: list[str] | None = None,
+                  timeout: float = 120.0) -> tuple[int, dict, str]:
+        cfg = self._pne_config(p)
+        args = [str(self.bindir / "cpns-pne" / "cpns-pne"), "--config", str(cfg), "setup",
+                "--type", setup_type, "--json"]
+        if invite:
+            args += ["--invite", ",".join(invite)]
+        env = dict(os.environ)
+        if self.keylog:
+            env["SSLKEYLOGFILE"] = self.keylog
+        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+        (self.workdir / f"{p.id}.setup.log").write_text(r.stderr)
+        out = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+        return r.returncode, out, r.stderr
+
+    def gw_invite(self, ids: list[str] | None = None, timeout: float = 120.0) -> tuple[int, dict]:
+        args = [str(self.bindir / "cpns-gw" / "cpns-gw"), "invite", "--control", self.control_addr,
+                "--json"] + (ids or [])
+        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        out = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+        return r.returncode, out
+
+    def gw_status(self) -> dict:
+        r = subprocess.run([str(self.bindir / "cpns-gw" / "cpns-gw"), "status", "--control",
+                            self.control_addr], capture_output=True, text=True, timeout=10)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+    def stop(self, proc: Proc) -> float:
+        """SIGTERM; returns seconds until exit (kills after STOP_GRACE_S and raises)."""
+        if proc.popen.poll() is not None:
+            return 0.0
+        t0 = time.monotonic()
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait()
+            raise RuntimeError(f"{proc.name} did not stop within {STOP_GRACE_S}s of SIGTERM")
+        return time.monotonic() - t0
+
+    def stop_all(self) -> dict[str, float]:
+        times = {}
+        errors = []
+        for proc in reversed(self.procs):
+            try:
+                times[proc.name] = self.stop(proc)
+            except RuntimeError as e:
+                errors.append(str(e))
+        self.procs.clear()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        return times
+
+    def logs(self) -> str:
+        return "\n".join(f"==> {p.name}\n{p.log.read_text()}" for p in self.procs if p.log.exists())
+
+
+def make_lab(bindir: str, pnes: list[PneSpec], **kw) -> Lab:
+    work = Path(tempfile.mkdtemp(prefix="cpnslab-"))
+    lab = Lab(bindir=Path(bindir), workdir=work, pnes=pnes, **kw)
+    lab.provision()
+    return lab
+
+
+def cleanup(lab: Lab) -> None:
+    try:
+        lab.stop_all()
+    finally:
+        shutil.rmtree(lab.workdir, ignore_errors=True)
