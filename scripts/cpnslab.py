@@ -37,6 +37,7 @@ class PneSpec:
     device_type: str = "headset"
     use_discovery: bool = False  # find the PN GW by multicast instead of its address
     pan_tls: str = "tls13"
+    keylog: str = ""  # this PNE's own NSS key-log file ("" = none)
     # filled by provisioning
     eukey: str = ""
     device_eukey: str = ""
@@ -64,6 +65,7 @@ class Lab:
     pan_addr: str = ""
     control_addr: str = ""
     keylog: str = ""
+    gw_pan_tls: str = ""  # "tls13" or "tls12" for the PN GW's PAN side; "" keeps its default
 
     # --- provisioning -------------------------------------------------------------
     def provision(self) -> None:
@@ -90,7 +92,12 @@ class Lab:
             f'id = "{self.gw_id}"', f'eukey = "{gw_key}"', f'server = "{self.server_addr}"',
             'pan_listen = "127.0.0.1:0"', 'control_listen = "127.0.0.1:0"',
             f'discovery_group = "{self.discovery_group}"',
-            f'ready_file = "{self.workdir / "gw.ready"}"', f'log_level = "{self.log_level}"', '',
+            f'ready_file = "{self.workdir / "gw.ready"}"', f'log_level = "{self.log_level}"',
+        ]
+        if self.gw_pan_tls:
+            lines.append(f'pan_tls = "{self.gw_pan_tls}"')
+        lines += [
+            '',
             '[capabilities]', 'device_type = "home-hub"', 'manufacturer = "cpnslab"', '',
             '[subscription]', 'subscriber_id = "sub-0001"', 'service_plan = "cpns-basic"', ''
         ]
@@ -115,8 +122,8 @@ class Lab:
         if p.preassigned:
             key = new_key() if p.wrong_preassigned else p.preassigned
             lines.append(f'preassigned_key = "{key}"')
-        if self.keylog:
-            lines.append(f'keylog = "{self.keylog}"')
+        if p.keylog or self.keylog:
+            lines.append(f'keylog = "{p.keylog or self.keylog}"')
         lines += ['', '[capabilities]', f'device_type = "{p.device_type}"',
                   'manufacturer = "cpnslab"', '', '[[content]]', f'id = "content-of-{p.id}"',
                   'media_type = "audio/mpeg"', 'title = "demo track"', '']

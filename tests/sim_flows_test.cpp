@@ -764,3 +764,27 @@ TEST(SimFlowsEarly, EveryPneRefusedUpFrontIsToldWhyAtOnce) {
 
 }  // namespace
 }  // namespace cpns::sim
+
+namespace cpns::sim {
+namespace {
+
+TEST(SimFlowsEarly, PneWhoseTlsFailedIsExcludedWithThatReasonWhenInvited) {
+    Simulator sim(52);
+    sim.add_gateway(make_gw("gw", 2, Ui::kYes, Pan::kSecure));
+    // A third device tried PSK-TLS with a wrong key and never got a link.
+    EXPECT_TRUE(sim.gateway("gw").on_tls_failed("gw-pne-9", sim.now()).empty());
+    sim.discover_all();
+    sim.run();
+    sim.start_gw_invite("gw", {"gw-pne-1", "gw-pne-2", "gw-pne-9"});
+    sim.run();
+    for (const auto& p : last_outcome(sim, "gw").pnes)
+        if (p.pne_id == "gw-pne-9") {
+            EXPECT_FALSE(p.joined);
+            EXPECT_EQ(p.reason, pb::TLS_HANDSHAKE_FAILED);
+        }
+    EXPECT_EQ(members(sim.directory().pns().begin()->second),
+              (std::set<std::string>{"gw-pne-1", "gw-pne-2"}));
+}
+
+}  // namespace
+}  // namespace cpns::sim

@@ -94,14 +94,7 @@ int main(int argc, char** argv) {
         asio::io_context io;
         GwDaemon daemon(io, o);
         daemon.start();
-        asio::signal_set signals(io, SIGINT, SIGTERM);
-        signals.async_wait([&](const std::error_code& ec, int sig) {
-            if (ec) return;
-            spdlog::info("signal {}: stopping", sig);
-            daemon.stop();
-            io.stop();
-        });
-        io.run();
+        run_until_stopped(io, [&] { daemon.stop(); });
         return 0;
     } catch (const ConfigError& e) {
         std::cerr << "cpns-gw: " << e.what() << "\n";

@@ -57,14 +57,7 @@ int main(int argc, char** argv) {
         asio::io_context io;
         PneDaemon daemon(io, o, task);
         daemon.start();
-        asio::signal_set signals(io, SIGINT, SIGTERM);
-        signals.async_wait([&](const std::error_code& ec, int sig) {
-            if (ec) return;
-            spdlog::info("signal {}: stopping", sig);
-            daemon.stop();
-            io.stop();
-        });
-        io.run();
+        run_until_stopped(io, [&] { daemon.stop(); });
         if (task.kind == PneTask::Kind::kRun) return 0;
         const auto& outcome = daemon.result() ? daemon.result() : daemon.early_failure();
         if (!outcome) {

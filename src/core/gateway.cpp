@@ -172,7 +172,10 @@ void Gateway::handle_setup_request(Effects& out, const std::string& from,
         auto& inserted = s.members.at(id);
         if (!neighbours_.count(id)) {
             inserted.reachable = false;
-            fail_member(s, inserted, pb::UNKNOWN_ENTITY, "not discovered on the PAN");
+            const auto why = unreachable_reason(id);
+            fail_member(s, inserted, why,
+                        why == pb::UNKNOWN_ENTITY ? "not discovered on the PAN"
+                                                  : "its last PSK-TLS handshake failed");
             continue;
         }
         if (pne_session_.count(id)) {
@@ -228,7 +231,10 @@ Effects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
         auto& inserted = s.members.at(id);
         if (!neighbours_.count(id)) {
             inserted.reachable = false;
-            fail_member(s, inserted, pb::UNKNOWN_ENTITY, "not discovered on the PAN");
+            const auto why = unreachable_reason(id);
+            fail_member(s, inserted, why,
+                        why == pb::UNKNOWN_ENTITY ? "not discovered on the PAN"
+                                                  : "its last PSK-TLS handshake failed");
             continue;
         }
         if (pne_session_.count(id)) {
@@ -621,8 +627,14 @@ Effects Gateway::on_tls_established(const std::string& peer, const std::string& 
         return out;
     }
     tls_links_[peer] = identity;
+    link_failures_.erase(peer);
     log(LogLevel::kInfo, "PSK-TLS with " + peer + " established");
     return out;
+}
+
+pb::FailureReason Gateway::unreachable_reason(const std::string& pne_id) const {
+    auto it = link_failures_.find(pne_id);
+    return it == link_failures_.end() ? pb::UNKNOWN_ENTITY : it->second;
 }
 
 Effects Gateway::on_tls_failed(const std::string& peer, Millis now) {
@@ -630,6 +642,8 @@ Effects Gateway::on_tls_failed(const std::string& peer, Millis now) {
     tls_links_.erase(peer);
     counters_.count(pb::TLS_HANDSHAKE_FAILED);
     log(LogLevel::kWarn, "PSK-TLS handshake with " + peer + " failed");
+    if (link_failures_.size() < kMaxNeighbours || link_failures_.count(peer))
+        link_failures_[peer] = pb::TLS_HANDSHAKE_FAILED;
     auto p = pne_session_.find(peer);
     if (p == pne_session_.end()) return out;
     Session& s = sessions_.at(p->second);

@@ -133,6 +133,10 @@ private:
     Counters counters_;
     std::string last_pn_id_;
     std::string endpoint_;
+    // Why a PNE has no usable PAN link (its last PSK-TLS attempt failed), to tell in place of
+    // "unknown entity" when it is invited. Bounded by kMaxNeighbours.
+    std::map<std::string, pb::FailureReason> link_failures_;
+    pb::FailureReason unreachable_reason(const std::string& pne_id) const;
 };
 
 }  // namespace cpns

@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -144,6 +145,23 @@ void write_ready_file(const std::string& path, const std::string& address) {
     }
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
         throw ConfigError("cannot write ready file " + path);
+}
+
+void run_until_stopped(asio::io_context& io, const std::function<void()>& stop) {
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+    signals.async_wait([&](const std::error_code& ec, int sig) {
+        if (ec) return;
+        spdlog::info("signal {}: stopping", sig);
+        io.stop();
+    });
+    io.run();
+    std::error_code ec;
+    signals.cancel(ec);
+    stop();
+    // Closed sockets and cancelled timers complete their operations with an error: run those
+    // handlers so that every coroutine leaves before the objects it uses are destroyed.
+    io.restart();
+    io.run_for(std::chrono::milliseconds(kShutdownDrain));
 }
 
 RoleTimer::RoleTimer(asio::any_io_executor ex, std::function<void(Millis)> fire)

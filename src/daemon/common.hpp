@@ -76,6 +76,13 @@ std::string message_json(const google::protobuf::Message& m);
 bool parse_json(const std::string& json, google::protobuf::Message& m);
 // One line of JSON for logs and control answers.
 std::string outcome_json(const std::string& entity_id, const OutcomeEffect& o);
+
+// How long a stopping daemon lets its coroutines unwind (their sockets and timers are
+// closed first) before the process exits. Keeps SIGTERM-to-exit well under a second.
+inline constexpr Millis kShutdownDrain = 300;
+// Runs `io` until SIGTERM/SIGINT (or until something calls io.stop()), then calls `stop`
+// and lets every coroutine finish before returning.
+void run_until_stopped(asio::io_context& io, const std::function<void()>& stop);
 // What a person reads: the PN, its inventory, who joined and why the others did not.
 std::string report_text(const pb::OutcomeReport& r);
 

@@ -139,8 +139,8 @@ asio::awaitable<void> GwDaemon::server_link() {
                                                 net::kConnectTimeout, error);
         if (socket && !stopping_) {
             auto conn = std::make_shared<net::Connection>(std::move(*socket));
-            tls::ClientPsk psk{opt_.id, derive_gw_server_psk(opt_.eukey, opt_.id)};
-            if (co_await conn->client_handshake(*server_tls_, std::move(psk), kPanHandshakeTimeout)) {
+            const tls::ClientPsk psk{opt_.id, derive_gw_server_psk(opt_.eukey, opt_.id)};
+            if (co_await conn->client_handshake(*server_tls_, psk, kPanHandshakeTimeout)) {
                 spdlog::info("authenticated to the CPNS Server at {} ({})", opt_.server.str(),
                              conn->tls_summary());
                 server_conn_ = conn;

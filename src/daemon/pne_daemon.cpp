@@ -87,10 +87,7 @@ void PneDaemon::fail_early(pb::FailureReason reason, const std::string& detail) 
 void PneDaemon::finish() {
     // Let queued messages (an ErrorReport to the PN GW) leave before the loop stops.
     auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(100));
-    t->async_wait([this, t](const std::error_code&) {
-        stop();
-        io_.stop();
-    });
+    t->async_wait([this, t](const std::error_code&) { io_.stop(); });
 }
 
 asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
@@ -140,8 +137,8 @@ asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const Se
     }
     auto conn = std::make_shared<net::Connection>(std::move(*socket));
     if (psk) {
-        if (!co_await conn->client_handshake(*tls_, tls::ClientPsk{identity, *psk},
-                                             kTlsHandshakeTimeout)) {
+        const tls::ClientPsk credentials{identity, *psk};
+        if (!co_await conn->client_handshake(*tls_, credentials, kTlsHandshakeTimeout)) {
             spdlog::warn("PSK-TLS with the PN GW at {} as {} failed: {} ({})", gw_addr_.str(),
                          identity, tls::to_string(conn->tls_error()), conn->tls_detail());
             co_return false;
@@ -250,7 +247,8 @@ asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn
     }
 }
 
-asio::awaitable<void> PneDaemon::start_tls(StartTlsEffect eff) {
+asio::awaitable<void> PneDaemon::start_tls(std::shared_ptr<const StartTlsEffect> effect) {
+    const StartTlsEffect& eff = *effect;
     for (const auto& l : links_)
         if (l.identity == eff.identity && l.conn->is_open()) {
             apply(pne_->on_tls_established(eff.peer, mono_now()));
@@ -286,7 +284,8 @@ void PneDaemon::apply(Effects effects) {
                 spdlog::debug("{} -> {}: {} ({})", opt_.id, s->to == "*" ? "PAN" : s->to,
                               message_name(s->msg), conn->is_tls() ? "tls" : "clear");
         } else if (auto* t = std::get_if<StartTlsEffect>(&e)) {
-            asio::co_spawn(io_, start_tls(std::move(*t)), asio::detached);
+            asio::co_spawn(io_, start_tls(std::make_shared<const StartTlsEffect>(std::move(*t))),
+                           asio::detached);
         } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
             const std::string json = outcome_json(opt_.id, *o);
             if (o->success)

@@ -64,7 +64,7 @@ private:
     asio::awaitable<std::optional<net::HostPort>> discover_gateway();
     asio::awaitable<bool> open_link(const std::string& identity, const SecretKey* psk);
     asio::awaitable<void> read_link(std::shared_ptr<net::Connection> conn);
-    asio::awaitable<void> start_tls(StartTlsEffect eff);
+    asio::awaitable<void> start_tls(std::shared_ptr<const StartTlsEffect> eff);
     void apply(Effects effects);
     void fail_early(pb::FailureReason reason, const std::string& detail);
     void finish();

@@ -54,10 +54,10 @@ std::string Connection::tls_summary() const {
     return s;
 }
 
-awaitable<bool> Connection::client_handshake(const tls::TlsContext& ctx, tls::ClientPsk psk,
-                                             Millis timeout) {
+awaitable<bool> Connection::client_handshake(const tls::TlsContext& ctx,
+                                             const tls::ClientPsk& psk, Millis timeout) {
     try {
-        tls_.emplace(ctx, std::move(psk));
+        tls_.emplace(ctx, tls::ClientPsk{psk.identity, psk.key});
     } catch (const std::exception& e) {
         detail_ = e.what();
         co_return false;

@@ -37,7 +37,9 @@ public:
     ~Connection();
 
     // Runs the TLS handshake as client or server; false on failure or after `timeout`.
-    awaitable<bool> client_handshake(const tls::TlsContext& ctx, tls::ClientPsk psk,
+    // (Coroutines here take class-type arguments by reference: GCC 12 copies by-value
+    // coroutine parameters bitwise when given a temporary, which breaks std::string.)
+    awaitable<bool> client_handshake(const tls::TlsContext& ctx, const tls::ClientPsk& psk,
                                      Millis timeout);
     awaitable<bool> server_handshake(const tls::TlsContext& ctx, Millis timeout);
     // Waits for the first byte without consuming it: true if it starts a TLS record
