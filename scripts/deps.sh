@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the build and the tests need, if any is missing.
-# Usage: scripts/deps.sh [--with-tests]
+# Usage: scripts/deps.sh [--with-runtime | --with-tests]
 set -euo pipefail
 
 packages=(
@@ -10,6 +10,9 @@ packages=(
   libsqlite3-dev
   libasio-dev libcli11-dev libspdlog-dev libtomlplusplus-dev
 )
+if [[ "${1:-}" == "--with-runtime" || "${1:-}" == "--with-tests" ]]; then
+  packages+=(python3 procps)
+fi
 if [[ "${1:-}" == "--with-tests" ]]; then
   packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps python3)
 fi

@@ -237,14 +237,16 @@ void Server::handle_auth_response(Effects& out, const std::string& from,
     s.inventory.set_pn_id(s.pn_id);
     s.inventory.set_gw_id(s.gw_id);
     *s.inventory.mutable_gw_capabilities() = s.request.gw().capabilities();
-    s.inventory.set_registered_at_ms(static_cast<std::uint64_t>(now));
+    const std::uint64_t stamp =
+        cfg_.wall_clock_ms ? cfg_.wall_clock_ms() : static_cast<std::uint64_t>(now);
+    s.inventory.set_registered_at_ms(stamp);
     for (const auto& [id, p] : s.pnes) {
         if (!p.authenticated) continue;
         auto* mem = s.inventory.add_members();
         mem->set_pne_id(id);
         *mem->mutable_capabilities() = p.join.capabilities();
         *mem->mutable_contents() = p.join.contents();
-        mem->set_joined_at_ms(static_cast<std::uint64_t>(now));
+        mem->set_joined_at_ms(stamp);
         mem->set_local_eukey_assigned(p.join.local_eukey_requested());
     }
     s.phase = Phase::kWaitPersist;

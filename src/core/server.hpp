@@ -51,6 +51,9 @@ private:
 struct ServerConfig {
     std::string server_id = "cpns-server";
     LogSink log;
+    // Wall-clock time (ms since the Unix epoch) for the PN Inventory's timestamps. Injected
+    // like everything else; unset: the monotonic `now` is recorded instead.
+    std::function<std::uint64_t()> wall_clock_ms;
 };
 
 class Server {

@@ -49,6 +49,11 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     ServerConfig sc;
     sc.server_id = opt_.id;
     sc.log = core_log_sink();
+    sc.wall_clock_ms = [] {
+        return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              std::chrono::system_clock::now().time_since_epoch())
+                                              .count());
+    };
     server_ = std::make_unique<Server>(sc, dir_, random_);
     tls::TlsConfig tc;
     tc.role = tls::Role::kServer;
