@@ -133,6 +133,8 @@ asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const Se
     auto socket = co_await net::connect_tcp(gw_addr_.host, gw_addr_.port, net::kConnectTimeout, error);
     if (!socket) {
         spdlog::warn("{}", error);
+        link_error_ = pb::PEER_UNREACHABLE;
+        link_error_detail_ = error;
         co_return false;
     }
     auto conn = std::make_shared<net::Connection>(std::move(*socket));
@@ -141,6 +143,10 @@ asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const Se
         if (!co_await conn->client_handshake(*tls_, credentials, kTlsHandshakeTimeout)) {
             spdlog::warn("PSK-TLS with the PN GW at {} as {} failed: {} ({})", gw_addr_.str(),
                          identity, tls::to_string(conn->tls_error()), conn->tls_detail());
+            link_error_ = pb::TLS_HANDSHAKE_FAILED;
+            link_error_detail_ = "PSK-TLS as " + identity + " failed: " +
+                                 std::string(tls::to_string(conn->tls_error())) + " (" +
+                                 conn->tls_detail() + ")";
             co_return false;
         }
         spdlog::info("PSK-TLS with the PN GW at {} as {} ({})", gw_addr_.str(), identity,
@@ -173,9 +179,7 @@ asio::awaitable<void> PneDaemon::main() {
         const std::string identity = pre_tls ? preassigned_identity(opt_.id) : "";
         if (!co_await open_link(identity, pre_tls ? &*opt_.preassigned_key : nullptr)) {
             if (task_.kind == PneTask::Kind::kSetup) {
-                fail_early(pre_tls ? pb::TLS_HANDSHAKE_FAILED : pb::PEER_UNREACHABLE,
-                           pre_tls ? "PSK-TLS with the pre-assigned key was refused by the PN GW"
-                                   : "cannot reach the PN GW at " + gw_addr_.str());
+                fail_early(link_error_, link_error_detail_);
                 co_return;
             }
         } else {

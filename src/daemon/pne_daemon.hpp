@@ -80,6 +80,8 @@ private:
     std::string gw_id_;
     std::vector<Link> links_;
     std::optional<OutcomeEffect> result_, early_;
+    pb::FailureReason link_error_ = pb::REASON_NONE;  // why the last open_link() failed
+    std::string link_error_detail_;
     bool setup_started_ = false;
     bool stopping_ = false;
     asio::steady_timer wait_;
