@@ -1,0 +1,326 @@
+// cpns-load: drives many PN establishments against real CPNS Servers. Each simulated PN GW
+// is the real Gateway role with a real TLS 1.3 PSK link to a server (round-robin over the
+// servers given); its PNEs are real Pne roles on an in-process PAN (secure, so in clear).
+// Used for capacity figures, the crash test and the multi-server test.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <iostream>
+
+#include "core/gateway.hpp"
+#include "daemon/common.hpp"
+#include "daemon/server_daemon.hpp"
+#include "net/connection.hpp"
+
+using namespace cpns;
+using namespace cpns::daemon;
+
+namespace {
+
+// How long one PN GW keeps retrying its server link before giving up.
+constexpr Millis kLoadConnectTimeout = 15'000;
+
+struct Result {
+    std::string gw_id, pn_id;
+    bool success = false;
+    pb::FailureReason reason = pb::REASON_NONE;
+    Millis latency = 0;
+    std::vector<std::string> members;
+};
+
+class LoadGw {
+public:
+    LoadGw(asio::io_context& io, std::string id, SecretKey eukey,
+           std::vector<std::pair<std::string, SecretKey>> pnes, net::HostPort server,
+           const tls::TlsContext& tls, int pns, std::function<void(const Result&)> report)
+        : io_(io),
+          id_(std::move(id)),
+          eukey_(eukey),
+          server_(std::move(server)),
+          tls_(tls),
+          pns_left_(pns),
+          report_(std::move(report)),
+          gw_timer_(io.get_executor(), [this](Millis now) { apply_gw(gw_->on_timer(now)); }) {
+        GatewayConfig gc;
+        gc.gw_id = id_;
+        gc.eukey = eukey;
+        gc.default_pan_secure = true;
+        gc.capabilities.set_device_type("load-gw");
+        gw_ = std::make_unique<Gateway>(std::move(gc), random_);
+        for (auto& [pid, key] : pnes) {
+            PneConfig pc;
+            pc.pne_id = pid;
+            pc.eukey = key;
+            pc.pan_secure = true;
+            pc.capabilities.set_device_type("load-pne");
+            pc.capabilities.set_enough_ui(true);
+            auto pne = std::make_unique<Pne>(std::move(pc), random_);
+            auto* raw = pne.get();
+            timers_.emplace(pid, std::make_unique<RoleTimer>(
+                                     io.get_executor(),
+                                     [this, raw](Millis now) { apply_pne(*raw, raw->on_timer(now)); }));
+            pnes_.emplace(pid, std::move(pne));
+        }
+    }
+
+    asio::awaitable<void> run() {
+        const Millis until = mono_now() + kLoadConnectTimeout;
+        for (;;) {
+            std::string error;
+            auto sock = co_await net::connect_tcp(server_.host, server_.port, net::kConnectTimeout, error);
+            if (sock) {
+                auto c = std::make_shared<net::Connection>(std::move(*sock));
+                const tls::ClientPsk psk{id_, derive_gw_server_psk(eukey_, id_)};
+                if (co_await c->client_handshake(tls_, psk, 10'000)) {
+                    conn_ = c;
+                    break;
+                }
+                error = c->tls_detail();
+            }
+            if (mono_now() > until) {
+                while (pns_left_-- > 0) report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
+                co_return;
+            }
+            asio::steady_timer t(io_, std::chrono::milliseconds(200));
+            co_await t.async_wait(asio::use_awaitable);
+        }
+        apply_gw(gw_->discover(mono_now()));
+        // Every PNE answers discovery before the first invitation ('All' = every PNE known).
+        for (int i = 0; i < 200 && gw_->neighbours().size() < pnes_.size(); ++i) {
+            asio::steady_timer t(io_, std::chrono::milliseconds(10));
+            co_await t.async_wait(asio::use_awaitable);
+        }
+        next();
+        for (;;) {
+            auto r = co_await conn_->read();
+            if (auto* env = std::get_if<pb::Envelope>(&r)) {
+                apply_gw(gw_->on_message("cpns-server", *env, Protection::kTls, mono_now()));
+                continue;
+            }
+            break;
+        }
+        conn_->close();
+        conn_.reset();
+        apply_gw(gw_->on_link_down("cpns-server", mono_now()));
+        // Establishments not started yet cannot be: count them as unreachable.
+        while (pns_left_ > 0) {
+            --pns_left_;
+            report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
+        }
+    }
+
+    void stop() {
+        if (conn_) conn_->close();
+        gw_timer_.cancel();
+        for (auto& [id, t] : timers_) t->cancel();
+    }
+
+private:
+    void next() {
+        if (pns_left_ <= 0) {
+            if (conn_) conn_->close();
+            return;
+        }
+        --pns_left_;
+        started_ = mono_now();
+        // Wait a turn so that discovery answers are in before the first invitation.
+        asio::post(io_, [this] { apply_gw(gw_->invite({}, mono_now())); });
+    }
+
+    void apply_gw(Effects fx) {
+        for (auto& e : fx) {
+            if (auto* s = std::get_if<SendEffect>(&e)) {
+                if (s->to == "cpns-server") {
+                    if (conn_) conn_->send(s->msg);
+                } else {
+                    deliver_to_pnes(s->to, s->msg);
+                }
+            } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
+                Result r{id_, o->pn_id, o->success, o->reason, mono_now() - started_, {}};
+                for (const auto& m : o->inventory.members()) r.members.push_back(m.pne_id());
+                report_(r);
+                next();
+            }
+        }
+        gw_timer_.arm(gw_->next_deadline());
+    }
+
+    void deliver_to_pnes(const std::string& to, const pb::Envelope& msg) {
+        auto env = std::make_shared<pb::Envelope>(msg);
+        env->set_version(kProtocolVersion);
+        for (auto& [pid, pne] : pnes_) {
+            if (to != "*" && to != pid) continue;
+            Pne* raw = pne.get();
+            asio::post(io_, [this, raw, env] {
+                apply_pne(*raw, raw->on_message(id_, *env, Protection::kClear, mono_now()));
+            });
+        }
+    }
+
+    void apply_pne(Pne& pne, Effects fx) {
+        for (auto& e : fx)
+            if (auto* s = std::get_if<SendEffect>(&e)) {
+                auto env = std::make_shared<pb::Envelope>(s->msg);
+                env->set_version(kProtocolVersion);
+                const std::string from = pne.id();
+                asio::post(io_, [this, env, from] {
+                    apply_gw(gw_->on_message(from, *env, Protection::kClear, mono_now()));
+                });
+            }
+        timers_.at(pne.id())->arm(pne.next_deadline());
+    }
+
+    asio::io_context& io_;
+    std::string id_;
+    SecretKey eukey_;
+    net::HostPort server_;
+    const tls::TlsContext& tls_;
+    int pns_left_;
+    std::function<void(const Result&)> report_;
+    OsRandom random_;
+    std::unique_ptr<Gateway> gw_;
+    std::map<std::string, std::unique_ptr<Pne>> pnes_;
+    std::map<std::string, std::unique_ptr<RoleTimer>> timers_;
+    RoleTimer gw_timer_;
+    std::shared_ptr<net::Connection> conn_;
+    Millis started_ = 0;
+};
+
+int provision(int gws, int pnes, const std::string& out) {
+    OsRandom rnd;
+    std::ofstream f(out);
+    for (int g = 1; g <= gws; ++g) {
+        char gid[32];
+        std::snprintf(gid, sizeof gid, "lgw-%04d", g);
+        f << "[[entity]]\nid = \"" << gid << "\"\nkind = \"gw\"\neukey = \"" << rnd.key().to_hex()
+          << "\"\n\n";
+        for (int p = 1; p <= pnes; ++p)
+            f << "[[entity]]\nid = \"" << gid << "-p" << p << "\"\nkind = \"pne\"\neukey = \""
+              << rnd.key().to_hex() << "\"\n\n";
+    }
+    f.close();
+    if (!f) {
+        std::cerr << "cpns-load: cannot write " << out << "\n";
+        return 2;
+    }
+    std::cerr << "cpns-load: provisioned " << gws << " PN GW(s) with " << pnes << " PNE(s) each in "
+              << out << "\n";
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"cpns-load: many concurrent PN establishments (PN GW initiated, 'All') against "
+                 "real cpns-server instances, for capacity figures and crash/scale-out tests."};
+    app.require_subcommand(1);
+    auto* prov = app.add_subcommand("provision", "write an entities file for a load run");
+    int gws = 10, pnes = 2, pns = 1;
+    std::string out = "load-entities.toml";
+    prov->add_option("--gws", gws, "PN GWs")->check(CLI::Range(1, 100000));
+    prov->add_option("--pnes-per-gw", pnes, "PNEs per PN GW")->check(CLI::Range(1, 63));
+    prov->add_option("--out", out, "entities file to write");
+    auto* run = app.add_subcommand("run", "run the load and print a JSON summary");
+    std::string entities, servers, acked, log_level = "warn";
+    run->add_option("--entities", entities, "entities file (from 'provision')")->required();
+    run->add_option("--servers", servers, "server addresses host:port[,host:port...]")->required();
+    run->add_option("--pns-per-gw", pns, "PNs each PN GW establishes, one after the other")
+        ->check(CLI::Range(1, 100000));
+    run->add_option("--acked", acked, "append each acknowledged PN here as a JSON line, at once");
+    run->add_option("--log-level", log_level, "log level of the roles (default warn)");
+    CLI11_PARSE(app, argc, argv);
+    if (*prov) return provision(gws, pnes, out);
+
+    try {
+        init_logging("load", log_level);
+        MemoryDirectory dir;
+        load_entities(entities, dir);
+        const Config ec = Config::load(entities);
+        std::map<std::string, std::vector<std::pair<std::string, SecretKey>>> groups;
+        std::map<std::string, SecretKey> gw_keys;
+        for (const auto& node : *ec.table()["entity"].as_array()) {
+            const auto& t = *node.as_table();
+            const std::string id = t["id"].value_or(std::string());
+            const auto rec = dir.find(id);
+            if (rec->kind == EntityKind::kGw) gw_keys[id] = rec->eukey;
+        }
+        for (const auto& node : *ec.table()["entity"].as_array()) {
+            const auto& t = *node.as_table();
+            const std::string id = t["id"].value_or(std::string());
+            const auto rec = dir.find(id);
+            if (rec->kind != EntityKind::kPne) continue;
+            const auto dash = id.rfind('-');
+            if (dash != std::string::npos && gw_keys.count(id.substr(0, dash)))
+                groups[id.substr(0, dash)].emplace_back(id, rec->eukey);
+        }
+        std::vector<net::HostPort> addrs;
+        std::stringstream ss(servers);
+        for (std::string a; std::getline(ss, a, ',');) addrs.push_back(parse_address(a, "--servers"));
+
+        asio::io_context io;
+        tls::TlsConfig tc;
+        tc.role = tls::Role::kClient;
+        const tls::TlsContext tls(tc);
+        std::ofstream acked_out;
+        if (!acked.empty()) acked_out.open(acked, std::ios::app);
+        std::vector<Result> results;
+        std::size_t expected = gw_keys.size() * static_cast<std::size_t>(pns);
+        std::vector<std::unique_ptr<LoadGw>> loads;
+        const auto t0 = std::chrono::steady_clock::now();
+        auto report = [&](const Result& r) {
+            results.push_back(r);
+            if (r.success && acked_out) {
+                acked_out << "{\"gw_id\":\"" << r.gw_id << "\",\"pn_id\":\"" << r.pn_id
+                          << "\",\"members\":[";
+                for (std::size_t i = 0; i < r.members.size(); ++i)
+                    acked_out << (i ? "," : "") << "\"" << r.members[i] << "\"";
+                acked_out << "]}\n";
+                acked_out.flush();
+            }
+            if (results.size() == expected) io.stop();
+        };
+        std::size_t i = 0;
+        for (const auto& [gid, key] : gw_keys) {
+            loads.push_back(std::make_unique<LoadGw>(io, gid, key, groups[gid], addrs[i++ % addrs.size()],
+                                                     tls, pns, report));
+            asio::co_spawn(io, loads.back()->run(), asio::detached);
+        }
+        run_until_stopped(io, [&] {
+            for (auto& l : loads) l->stop();
+        });
+        const double secs =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::map<std::string, std::size_t> failures;
+        std::vector<Millis> lat;
+        std::size_t ok = 0;
+        for (const auto& r : results) {
+            if (r.success) {
+                ++ok;
+                lat.push_back(r.latency);
+            } else {
+                ++failures[std::string(reason_name(r.reason))];
+            }
+        }
+        std::sort(lat.begin(), lat.end());
+        auto pct = [&](double p) {
+            return lat.empty() ? 0 : lat[std::min(lat.size() - 1, static_cast<std::size_t>(p * static_cast<double>(lat.size())))];
+        };
+        std::cout << "{\"gateways\":" << gw_keys.size() << ",\"attempted\":" << expected
+                  << ",\"finished\":" << results.size() << ",\"registered\":" << ok
+                  << ",\"seconds\":" << secs << ",\"pns_per_second\":"
+                  << (secs > 0 ? static_cast<double>(ok) / secs : 0) << ",\"latency_ms\":{\"p50\":"
+                  << pct(0.5) << ",\"p95\":" << pct(0.95) << ",\"p99\":" << pct(0.99)
+                  << "},\"failures\":{";
+        bool first = true;
+        for (const auto& [k, v] : failures) {
+            std::cout << (first ? "" : ",") << "\"" << k << "\":" << v;
+            first = false;
+        }
+        std::cout << "}}\n";
+        return ok == expected ? 0 : 1;
+    } catch (const std::exception& e) {
+        std::cerr << "cpns-load: " << e.what() << "\n";
+        return 2;
+    }
+}
