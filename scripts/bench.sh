@@ -39,7 +39,7 @@ else
   source_note="the simulator's JSON (getrusage)"
 fi
 json_num() { sed -n "s/.*\"$1\": \([0-9]*\).*/\1/p" "$tmp/summary.json"; }
-printf '%-34s %s\n' "wall time (whole process)" "$wall"
+printf '%-34s %s\n' "wall time (whole process, m:ss)" "$wall"
 printf '%-34s %s ms\n' "simulator wall time (its own)" "$(json_num wall_time_ms)"
 printf '%-34s %s kB (%s MiB), from %s\n' "peak RSS" "$rss_kb" "$((rss_kb / 1024))" "$source_note"
 printf '%-34s %s\n' "PNs registered" "$(json_num pns_registered)"

@@ -8,6 +8,7 @@ packages=(
   libssl-dev openssl
   libprotobuf-dev protobuf-compiler
   libsqlite3-dev
+  libpq-dev postgresql
   libasio-dev libcli11-dev libspdlog-dev libtomlplusplus-dev
 )
 if [[ "${1:-}" == "--with-runtime" || "${1:-}" == "--with-tests" ]]; then

@@ -788,3 +788,62 @@ TEST(SimFlowsEarly, PneWhoseTlsFailedIsExcludedWithThatReasonWhenInvited) {
 
 }  // namespace
 }  // namespace cpns::sim
+
+namespace cpns::sim {
+namespace {
+
+TEST(DeviceState, GatewayAndPneStateSurviveARestart) {
+    Simulator sim(61);
+    sim.add_gateway(mixed_gw("gw"));
+    sim.discover_all();
+    sim.run();
+    sim.start_pne_setup("gw-pne-1", pb::SETUP_ALL);
+    sim.run();
+    ASSERT_EQ(sim.directory().pns().size(), 1u);
+    const std::string pn = sim.directory().pns().begin()->second.pn_id();
+
+    // A new PN GW process with the same configuration restores inventory, routing and keys.
+    const pb::GwState gst = sim.gateway("gw").export_state();
+    pb::GwState reparsed;
+    ASSERT_TRUE(reparsed.ParseFromString(gst.SerializeAsString()));
+    GatewayConfig gc;
+    gc.gw_id = "gw";
+    DeterministicRandom rnd(1);
+    Gateway restarted(gc, rnd);
+    ASSERT_TRUE(restarted.import_state(reparsed));
+    EXPECT_EQ(restarted.inventory().at(pn).SerializeAsString(),
+              sim.gateway("gw").inventory().at(pn).SerializeAsString());
+    EXPECT_EQ(restarted.routing_table(), sim.gateway("gw").routing_table());
+    for (const char* p : {"gw-pne-1", "gw-pne-2"}) {  // the PNEs with a LocalEUKey
+        auto k = restarted.local_eukey(pn, p);
+        ASSERT_TRUE(k);
+        EXPECT_TRUE(*k == *sim.pne_local_key(pn, p));
+        EXPECT_TRUE(restarted.tls_psk_for(local_eukey_identity(pn, p)));
+    }
+    // The saved state holds no SK_PNE either.
+    const std::string bytes = gst.SerializeAsString();
+    for (int i = 1; i <= 4; ++i) {
+        auto sk = sim.server_sk(pn, "gw-pne-" + std::to_string(i));
+        EXPECT_EQ(bytes.find(to_field(sk->view())), std::string::npos);
+    }
+    // Another PN GW's state is refused.
+    GatewayConfig other;
+    other.gw_id = "gw-other";
+    Gateway wrong(other, rnd);
+    EXPECT_FALSE(wrong.import_state(reparsed));
+
+    // A PNE restores its membership, LocalEUKey and SK_PNE.
+    PneConfig pc;
+    pc.pne_id = "gw-pne-1";
+    Pne pne(pc, rnd);
+    ASSERT_TRUE(pne.import_state(sim.pne("gw-pne-1").export_state()));
+    ASSERT_EQ(pne.memberships().count(pn), 1u);
+    const auto& m = pne.memberships().at(pn);
+    EXPECT_EQ(m.gw_id, "gw");
+    EXPECT_TRUE(m.sk_pne == *sim.server_sk(pn, "gw-pne-1"));
+    EXPECT_TRUE(*m.local_eukey == *sim.gw_local_key(pn, "gw-pne-1"));
+    EXPECT_EQ(m.inventory.members_size(), 4);
+}
+
+}  // namespace
+}  // namespace cpns::sim

@@ -11,12 +11,19 @@ using namespace cpns::daemon;
 
 namespace {
 
+// How long the operator's command waits for the PN GW's answer: longer than every wait of
+// an establishment added up (invitation, server, PNE authentication, registration).
+constexpr int kControlAnswerTimeoutS = 180;
+
 // Sends one control line to a running cpns-gw and returns its one-line answer.
 std::string control_request(const net::HostPort& at, const std::string& line) {
+    if (at.port == 0) throw std::runtime_error("no control port (the PN GW listens on port 0: use --control)");
     asio::io_context io;
     net::tcp::socket s(io);
     net::tcp::resolver resolver(io);
     asio::connect(s, resolver.resolve(at.host, std::to_string(at.port)));
+    timeval tv{kControlAnswerTimeoutS, 0};
+    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     asio::write(s, asio::buffer(line + "\n"));
     std::string answer;
     std::error_code ec;
@@ -84,7 +91,10 @@ int main(int argc, char** argv) {
             if (config_path.empty()) throw ConfigError("cpns-gw run needs --config (see docs/operations.md)");
             return gw_options_from(cfg);
         }();
-        if (!id.empty()) o.id = id;
+        if (!id.empty()) {
+            if (!valid_id(id)) throw ConfigError("--id '" + id + "' is not a valid entity ID");
+            o.id = id;
+        }
         if (!server.empty()) o.server = parse_address(server, "--server");
         if (!pan_listen.empty()) o.pan_listen = parse_address(pan_listen, "--pan-listen");
         if (!control_listen.empty()) o.control_listen = parse_address(control_listen, "--control-listen");

@@ -41,7 +41,10 @@ int main(int argc, char** argv) {
     try {
         Config cfg = Config::load(config_path);
         PneOptions o = pne_options_from(cfg);
-        if (!id.empty()) o.id = id;
+        if (!id.empty()) {
+            if (!valid_id(id)) throw ConfigError("--id '" + id + "' is not a valid entity ID");
+            o.id = id;
+        }
         if (!gw.empty()) o.gw = parse_address(gw, "--gw");
         if (!keylog.empty()) o.keylog = keylog;
         if (!pan_tls.empty()) o.pan_tls = parse_tls_mode(pan_tls, "--pan-tls");

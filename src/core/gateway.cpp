@@ -734,6 +734,42 @@ Millis Gateway::next_deadline() const {
     return d;
 }
 
+pb::GwState Gateway::export_state() const {
+    pb::GwState st;
+    st.set_gw_id(cfg_.gw_id);
+    for (const auto& [pn, inv] : inventory_) *st.add_inventory() = inv;
+    for (const auto& [pn, keys] : local_keys_)
+        for (const auto& [pne, key] : keys) {
+            auto* k = st.add_local_eukeys();
+            k->set_pn_id(pn);
+            k->set_peer_id(pne);
+            k->set_key(to_field(key.view()));
+        }
+    return st;
+}
+
+bool Gateway::import_state(const pb::GwState& st) {
+    if (st.gw_id() != cfg_.gw_id) return false;
+    std::map<std::string, pb::PnInventory> inventory;
+    std::map<std::string, std::vector<std::string>> routing;
+    std::map<std::string, std::map<std::string, SecretKey>> keys;
+    for (const auto& inv : st.inventory()) {
+        if (!valid_id(inv.pn_id())) return false;
+        inventory[inv.pn_id()] = inv;
+        auto& route = routing[inv.pn_id()];
+        for (const auto& m : inv.members()) route.push_back(m.pne_id());
+    }
+    for (const auto& k : st.local_eukeys()) {
+        if (k.key().size() != kKeySize || !inventory.count(k.pn_id())) return false;
+        keys[k.pn_id()].emplace(k.peer_id(), SecretKey(bytes_of(k.key())));
+    }
+    inventory_ = std::move(inventory);
+    routing_ = std::move(routing);
+    local_keys_ = std::move(keys);
+    log(LogLevel::kInfo, "restored " + std::to_string(inventory_.size()) + " PN(s) from saved state");
+    return true;
+}
+
 Bytes Gateway::snapshot() const {
     Bytes out;
     auto put = [&](ByteView b) { out.insert(out.end(), b.begin(), b.end()); };

@@ -69,6 +69,12 @@ public:
     const Counters& counters() const { return counters_; }
     // Every byte of state this PN GW holds (keys included), for inspection by tests.
     Bytes snapshot() const;
+    // What survives a restart: the PN Inventory (and so the routing table) and the
+    // LocalEUKeys of established PNs. The caller seals it at rest.
+    pb::GwState export_state() const;
+    // Restores an exported state; false (nothing changed) if it belongs to another PN GW or
+    // is malformed.
+    bool import_state(const pb::GwState& state);
 
 private:
     enum class MemberState { kInvited, kJoined, kAuthPending, kAnswered, kFailed };

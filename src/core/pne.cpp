@@ -442,6 +442,40 @@ Effects Pne::on_timer(Millis now) {
     return out;
 }
 
+pb::PneState Pne::export_state() const {
+    pb::PneState st;
+    st.set_pne_id(cfg_.pne_id);
+    for (const auto& [pn, m] : memberships_) {
+        auto* r = st.add_memberships();
+        r->set_pn_id(pn);
+        r->set_gw_id(m.gw_id);
+        *r->mutable_inventory() = m.inventory;
+        if (m.local_eukey) r->set_local_eukey(to_field(m.local_eukey->view()));
+        r->set_sk_pne(to_field(m.sk_pne.view()));
+    }
+    return st;
+}
+
+bool Pne::import_state(const pb::PneState& st) {
+    if (st.pne_id() != cfg_.pne_id) return false;
+    std::map<std::string, PneMembership> mem;
+    for (const auto& r : st.memberships()) {
+        if (!valid_id(r.pn_id()) || r.sk_pne().size() != kKeySize ||
+            (!r.local_eukey().empty() && r.local_eukey().size() != kKeySize))
+            return false;
+        PneMembership m;
+        m.pn_id = r.pn_id();
+        m.gw_id = r.gw_id();
+        m.inventory = r.inventory();
+        if (!r.local_eukey().empty()) m.local_eukey = SecretKey(bytes_of(r.local_eukey()));
+        m.sk_pne = SecretKey(bytes_of(r.sk_pne()));
+        mem[m.pn_id] = std::move(m);
+    }
+    memberships_ = std::move(mem);
+    log(LogLevel::kInfo, "restored " + std::to_string(memberships_.size()) + " PN membership(s)");
+    return true;
+}
+
 Millis Pne::next_deadline() const { return busy() ? s_.deadline : kNever; }
 
 }  // namespace cpns

@@ -62,6 +62,10 @@ public:
     const std::map<std::string, Neighbour>& neighbours() const { return neighbours_; }
     const std::map<std::string, PneMembership>& memberships() const { return memberships_; }
     const Counters& counters() const { return counters_; }
+    // What survives a restart: the PNs joined, with their LocalEUKey and SK_PNE. The caller
+    // seals it at rest. import_state() returns false (nothing changed) for another PNE's state.
+    pb::PneState export_state() const;
+    bool import_state(const pb::PneState& state);
 
 private:
     enum class State {

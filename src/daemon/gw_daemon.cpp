@@ -34,6 +34,8 @@ GwOptions gw_options_from(const Config& c) {
             if (!t) throw ConfigError(c.where("pne") + " entries must be tables");
             const std::string id = (*t)["id"].value_or(std::string());
             if (!valid_id(id)) throw ConfigError(c.where("pne") + ": invalid PNE id '" + id + "'");
+            if (id == o.id || id == o.server_id)
+                throw ConfigError(c.where("pne") + ": '" + id + "' is not a PNE ID");
             PanLinkConfig link;
             link.pan_secure = (*t)["pan_secure"].value_or(o.default_pan_secure);
             const std::string hex = (*t)["preassigned_key"].value_or(std::string());
@@ -167,9 +169,14 @@ asio::awaitable<void> GwDaemon::server_link() {
                 const auto err = conn->tls_error();
                 if (err == tls::TlsError::kBadPsk || err == tls::TlsError::kUnknownIdentity) {
                     server_down_reason_ = pb::GATEWAY_AUTHENTICATION_FAILED;
-                    spdlog::error("the CPNS Server refused this PN GW ({}): gateway authentication "
-                                  "failed - check the EUKey provisioned for {}",
-                                  tls::to_string(err), opt_.id);
+                    spdlog::error("the CPNS Server refused this PN GW: gateway authentication "
+                                  "failed - {}",
+                                  err == tls::TlsError::kBadPsk
+                                      ? "the EUKey configured here differs from the one provisioned "
+                                        "for " + opt_.id
+                                      : "the server does not know " + opt_.id +
+                                            " as an active PN GW (not provisioned, disabled or "
+                                            "revoked)");
                 } else {
                     server_down_reason_ = pb::PEER_UNREACHABLE;
                     spdlog::warn("TLS with the CPNS Server failed: {}", conn->tls_detail());
@@ -237,7 +244,7 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
             if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
             co_return;
         }
-        if (pne.empty()) {
+        if (pne.empty() || pne == opt_.server_id || pne == opt_.id) {
             spdlog::warn("PSK-TLS identity '{}' names no PNE; closing", identity);
             co_return;
         }
@@ -251,7 +258,9 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
         if (auto* env = std::get_if<pb::Envelope>(&r)) {
             if (conn->peer_id.empty()) {
                 // A clear link is bound to the entity that speaks first on it.
-                if (!valid_id(env->sender_id()) || env->sender_id() == opt_.id) {
+                // Never the PN GW itself nor the server: those names are not for PAN peers.
+                if (!valid_id(env->sender_id()) || env->sender_id() == opt_.id ||
+                    env->sender_id() == opt_.server_id) {
                     spdlog::warn("clear link from {} without a valid sender; closing", conn->remote());
                     break;
                 }
@@ -351,6 +360,8 @@ void GwDaemon::apply(Effects effects) {
             const std::string json = outcome_json(opt_.id, *o);
             if (o->success)
                 spdlog::info("PN {} established: {}", o->pn_id, json);
+            else if (o->pn_id.empty())
+                spdlog::warn("establishment not started: {}", json);
             else
                 spdlog::warn("PN {} not established: {}", o->pn_id, json);
             if (auto w = waiters_.find(o->pn_id); w != waiters_.end()) {

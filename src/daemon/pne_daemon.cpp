@@ -152,8 +152,13 @@ asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const Se
         spdlog::info("PSK-TLS with the PN GW at {} as {} ({})", gw_addr_.str(), identity,
                      conn->tls_summary());
     } else {
-        spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure{})", gw_addr_.str(),
-                     opt_.pan_secure ? "" : "; PSK-TLS follows with the LocalEUKey");
+        if (opt_.pan_secure)
+            spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure)",
+                         gw_addr_.str());
+        else
+            spdlog::info("clear PAN link to the PN GW at {} (PAN insecure: nothing secret is sent "
+                         "before PSK-TLS with the LocalEUKey)",
+                         gw_addr_.str());
     }
     links_.push_back(Link{conn, identity});
     asio::co_spawn(io_, read_link(conn), asio::detached);
@@ -196,6 +201,9 @@ asio::awaitable<void> PneDaemon::main() {
                                                 " did not answer Entity Discovery");
                     co_return;
                 }
+                spdlog::warn("the PN GW at {} did not answer Entity Discovery; reconnecting",
+                             gw_addr_.str());
+                for (auto& l : links_) l.conn->close();
             } else if (task_.kind == PneTask::Kind::kSetup && !setup_started_) {
                 setup_started_ = true;
                 apply(pne_->start_setup(gw_id_, task_.setup_type, task_.invited, mono_now()));
@@ -260,6 +268,10 @@ asio::awaitable<void> PneDaemon::start_tls(std::shared_ptr<const StartTlsEffect>
         }
     if (co_await open_link(eff.identity, &eff.psk)) {
         links_.back().conn->peer_id = eff.peer;
+        // A session with an earlier PN's LocalEUKey is not needed any more.
+        for (const auto& l : links_)
+            if (l.conn->is_tls() && l.identity != eff.identity && l.identity.starts_with("leuk:"))
+                l.conn->close();
         apply(pne_->on_tls_established(eff.peer, mono_now()));
     } else {
         // A refused or stripped upgrade ends the establishment; nothing continues in clear.

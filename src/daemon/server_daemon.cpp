@@ -2,7 +2,8 @@
 
 namespace cpns::daemon {
 
-// SK_PNE values kept for use after establishment (bounded; oldest dropped first).
+// SK_PNE values kept for use after establishment (bounded; when full, the entry with the
+// smallest (PN ID, PNE ID) is dropped).
 inline constexpr std::size_t kMaxSessionKeys = 100'000;
 
 void load_entities(const std::string& path, MemoryDirectory& dir) {
@@ -33,6 +34,7 @@ void load_entities(const std::string& path, MemoryDirectory& dir) {
             rec.status = EntityStatus::kRevoked;
         else
             throw ConfigError(path + ": entity " + id + ": status must be active, disabled or revoked");
+        if (dir.find(id)) throw ConfigError(path + ": entity " + id + " is listed twice");
         dir.add(id, std::move(rec));
         ++n;
     }

@@ -964,7 +964,8 @@ std::string TlsEngine::key_exchange_group() const {
                     length > 0) {
                     name = group.data();
                 } else {
-                    name += "-" + std::to_string(EVP_PKEY_get_bits(key));
+                    name += '-';
+                    name += std::to_string(EVP_PKEY_get_bits(key));
                 }
             }
             EVP_PKEY_free(key);
