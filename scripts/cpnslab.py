@@ -93,6 +93,7 @@ class Lab:
             'pan_listen = "127.0.0.1:0"', 'control_listen = "127.0.0.1:0"',
             f'discovery_group = "{self.discovery_group}"',
             f'ready_file = "{self.workdir / "gw.ready"}"', f'log_level = "{self.log_level}"',
+            f'state_file = "{self.workdir / "gw.state"}"',
         ]
         if self.gw_pan_tls:
             lines.append(f'pan_tls = "{self.gw_pan_tls}"')
@@ -113,7 +114,8 @@ class Lab:
             f'id = "{p.id}"', f'eukey = "{p.device_eukey}"',
             f'enough_ui = {str(p.enough_ui).lower()}', f'pan_secure = {str(p.pan_secure).lower()}',
             f'accept_invitations = {str(p.accept_invitations).lower()}',
-            f'pan_tls = "{p.pan_tls}"', f'log_level = "{self.log_level}"'
+            f'pan_tls = "{p.pan_tls}"', f'log_level = "{self.log_level}"',
+            f'state_file = "{self.workdir / (p.id + ".state")}"'
         ]
         if p.use_discovery:
             lines.append(f'discovery_group = "{self.discovery_group}"')

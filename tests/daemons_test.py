@@ -248,6 +248,42 @@ def discovery_by_multicast():
     run_lab(pnes, body, discovery_group=f"239.255.67.78:{port}")
 
 
+def restart_keeps_state():
+    pnes = mixed_pnes(2)
+
+    def body(lab, status):
+        lab.start_pne(pnes[1])
+        lab.wait_linked(["pne-2"])
+        rc, out, _ = lab.pne_setup(pnes[0], "all")
+        assert_eq(rc, 0, "setup")
+        pn = out["pn_id"]
+        # Stop the PN GW and the PNE daemon, start them again: the PN is still there.
+        for proc in [p for p in lab.procs if p.name in ("gw", "pne-2")]:
+            lab.stop(proc)
+            lab.procs.remove(proc)
+        lab.start_gw()
+        lab.wait_server_link()
+        lab.start_pne(pnes[1])
+        lab.wait_linked(["pne-2"])
+        inv = lab.gw_status()["inventory"]
+        assert_eq([i["pn_id"] for i in inv], [pn], "PN Inventory after the PN GW restarted")
+        assert_eq(sorted(m["pne_id"] for m in inv[0]["members"]), ["pne-1", "pne-2"], "members")
+        assert "restored 1 PN(s)" in (lab.workdir / "gw.log").read_text()
+        assert "restored 1 PN membership(s)" in (lab.workdir / "pne-2.log").read_text()
+        # The state files are sealed: no key appears in them.
+        for f in ["gw.state", "pne-1.state", "pne-2.state"]:
+            data = (lab.workdir / f).read_bytes()
+            assert data.startswith(b"CPNSST1\0"), f
+            for p in pnes:
+                for k in [p.eukey, p.preassigned]:
+                    if k:
+                        assert bytes.fromhex(k) not in data and k.encode() not in data, f
+        # A new PN still works after the restart.
+        rc, out2 = lab.gw_invite(["pne-2"])
+        assert_eq(rc, 0, f"invite after restart: {out2}")
+    run_lab(pnes, body)
+
+
 check("both flows, 1 PNE", lambda: both_flows(1))
 check("both flows, 2 PNEs", lambda: both_flows(2))
 check("both flows, 8 PNEs", lambda: both_flows(8))
@@ -256,6 +292,7 @@ check("PN GW with a wrong EUKey is refused", wrong_gw_eukey)
 check("wrong pre-assigned key fails TLS and is excluded", wrong_preassigned_key)
 check("SSLKEYLOGFILE writes NSS key-log lines", keylog_lines)
 check("PNE finds its PN GW by multicast discovery", discovery_by_multicast)
+check("PN GW and PNE restart with their PN Inventory and keys", restart_keeps_state)
 
 passed = sum(1 for _, ok in results if ok)
 failed = len(results) - passed

@@ -99,6 +99,7 @@ enum class Fc : std::uint8_t {
     kHashServerPne = 0x53,
     kKek = 0x54,
     kGwServerPsk = 0x55,
+    kDeviceState = 0x56,  // a PN GW's or PNE's key for its own state file (docs/operations.md)
 };
 std::array<std::uint8_t, 32> kdf(const SecretKey& key, Fc fc,
                                  std::initializer_list<ByteView> params);

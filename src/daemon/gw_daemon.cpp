@@ -22,6 +22,7 @@ GwOptions gw_options_from(const Config& c) {
     o.default_pan_secure = c.boolean("default_pan_secure", false);
     o.keylog = c.str("keylog");
     o.ready_file = c.str("ready_file");
+    o.state_file = c.str("state_file");
     o.capabilities = capabilities_from(c.table(), true);
     if (o.capabilities.device_type().empty()) o.capabilities.set_device_type("pn-gw");
     if (auto sub = c.table()["subscription"].as_table()) {
@@ -63,6 +64,20 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     gc.default_pan_secure = opt_.default_pan_secure;
     gc.log = core_log_sink();
     gw_ = std::make_unique<Gateway>(std::move(gc), random_);
+    if (!opt_.state_file.empty()) {
+        const SecretKey key = device_state_key(opt_.eukey, opt_.id);
+        if (auto plain = load_state_file(opt_.state_file, key, opt_.id)) {
+            pb::GwState st;
+            if (!st.ParseFromArray(plain->data(), static_cast<int>(plain->size())) ||
+                !gw_->import_state(st))
+                throw ConfigError("state file " + opt_.state_file + " is not this PN GW's state");
+            wipe(plain->data(), plain->size());
+            spdlog::info("restored {} PN(s) from {}", gw_->inventory().size(), opt_.state_file);
+        }
+        state_ = std::make_unique<StateWriter>(opt_.state_file, key, opt_.id);
+    } else {
+        spdlog::info("no state_file: the PN Inventory and LocalEUKeys are kept in memory only");
+    }
 
     const std::string keylog = keylog_path(opt_.keylog);
     if (!keylog.empty()) spdlog::warn("TLS key log enabled: {} (debugging only)", keylog);
@@ -129,6 +144,7 @@ void GwDaemon::stop() {
         for (auto& c : conns) c->close();
     for (auto& [pn, socks] : waiters_)
         for (auto& s : socks) s->close(ec);
+    if (state_) state_->flush();
     spdlog::info("stopped: {} PN(s) in the inventory", gw_->inventory().size());
 }
 
@@ -374,6 +390,11 @@ void GwDaemon::apply(Effects effects) {
         } else if (auto* inv = std::get_if<StoreInventoryEffect>(&e)) {
             spdlog::info("PN Inventory of {} stored ({} member(s))", inv->inventory.pn_id(),
                          inv->inventory.members_size());
+            if (state_) {
+                std::string bytes = gw_->export_state().SerializeAsString();
+                state_->save(Bytes(bytes.begin(), bytes.end()));
+                wipe(bytes.data(), bytes.size());
+            }
         }
         // StoreLocalKeyEffect: the LocalEUKey stays in the PN GW's memory (never logged).
     }

@@ -10,6 +10,7 @@
 
 #include "core/gateway.hpp"
 #include "daemon/common.hpp"
+#include "daemon/state_file.hpp"
 #include "net/connection.hpp"
 #include "net/discovery.hpp"
 
@@ -37,6 +38,7 @@ struct GwOptions {
     pb::SubscriptionInfo subscription;
     std::string keylog;
     std::string ready_file;  // "pan=host:port control=host:port"
+    std::string state_file;  // sealed PN Inventory and LocalEUKeys; "" = memory only
 };
 
 GwOptions gw_options_from(const Config& c);
@@ -84,6 +86,7 @@ private:
     bool stopping_ = false;
     std::uint16_t pan_port_ = 0, control_port_ = 0;
     asio::steady_timer reconnect_;
+    std::unique_ptr<StateWriter> state_;
 };
 
 }  // namespace cpns::daemon

@@ -19,6 +19,7 @@ PneOptions pne_options_from(const Config& c) {
     o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
     o.accept_invitations = c.boolean("accept_invitations", true);
     o.keylog = c.str("keylog");
+    o.state_file = c.str("state_file");
     o.capabilities = capabilities_from(c.table(), o.enough_ui);
     if (auto arr = c.table()["content"].as_array())
         for (const auto& node : *arr)
@@ -55,6 +56,19 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
     pc.accept_invitations = opt_.accept_invitations;
     pc.log = core_log_sink();
     pne_ = std::make_unique<Pne>(std::move(pc), random_);
+    if (!opt_.state_file.empty()) {
+        const SecretKey key = device_state_key(opt_.eukey, opt_.id);
+        if (auto plain = load_state_file(opt_.state_file, key, opt_.id)) {
+            pb::PneState st;
+            if (!st.ParseFromArray(plain->data(), static_cast<int>(plain->size())) ||
+                !pne_->import_state(st))
+                throw ConfigError("state file " + opt_.state_file + " is not this PNE's state");
+            wipe(plain->data(), plain->size());
+            spdlog::info("restored {} PN membership(s) from {}", pne_->memberships().size(),
+                         opt_.state_file);
+        }
+        state_ = std::make_unique<StateWriter>(opt_.state_file, key, opt_.id);
+    }
     tls::TlsConfig tc;
     tc.role = tls::Role::kClient;
     tc.mode = opt_.pan_tls;
@@ -67,6 +81,7 @@ void PneDaemon::start() { asio::co_spawn(io_, main(), asio::detached); }
 
 void PneDaemon::stop() {
     stopping_ = true;
+    if (state_) state_->flush();
     timer_.cancel();
     wait_.cancel();
     for (auto& l : links_) l.conn->close();
@@ -317,6 +332,11 @@ void PneDaemon::apply(Effects effects) {
                          k->pn_id, k->peer_id);
         } else if (auto* sk = std::get_if<SessionKeyEffect>(&e)) {
             spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk->pn_id);
+            if (state_) {
+                std::string bytes = pne_->export_state().SerializeAsString();
+                state_->save(Bytes(bytes.begin(), bytes.end()));
+                wipe(bytes.data(), bytes.size());
+            }
         }
     }
     timer_.arm(pne_->next_deadline());

@@ -10,6 +10,7 @@
 
 #include "core/pne.hpp"
 #include "daemon/common.hpp"
+#include "daemon/state_file.hpp"
 #include "net/connection.hpp"
 #include "net/discovery.hpp"
 
@@ -34,6 +35,7 @@ struct PneOptions {
     pb::DeviceCapabilities capabilities;
     std::vector<pb::ContentInfo> contents;
     std::string keylog;
+    std::string state_file;  // sealed memberships, LocalEUKeys, SK_PNE; "" = memory only
 };
 
 PneOptions pne_options_from(const Config& c);
@@ -85,6 +87,7 @@ private:
     bool setup_started_ = false;
     bool stopping_ = false;
     asio::steady_timer wait_;
+    std::unique_ptr<StateWriter> state_;
 };
 
 }  // namespace cpns::daemon
