@@ -65,6 +65,7 @@ class Lab:
     pan_addr: str = ""
     control_addr: str = ""
     keylog: str = ""
+    store_url: str = ""  # "" = SQLite file in the lab's folder; else e.g. a PostgreSQL URL
     gw_pan_tls: str = ""  # "tls13" or "tls12" for the PN GW's PAN side; "" keeps its default
 
     # --- provisioning -------------------------------------------------------------
@@ -80,11 +81,23 @@ class Lab:
             entities.append(f'[[entity]]\nid = "{p.id}"\nkind = "pne"\neukey = "{p.eukey}"\n')
         (self.workdir / "entities.toml").write_text("\n".join(entities))
         os.chmod(self.workdir / "entities.toml", 0o600)
-        (self.workdir / "server.toml").write_text(
-            'id = "cpns-server"\nlisten = "127.0.0.1:0"\n'
+        master = self.workdir / "master.key"
+        master.write_text(new_key() + "\n")
+        os.chmod(master, 0o600)
+        self.write_server_config()
+
+    def write_server_config(self, name: str = "server", store_url: str = "") -> Path:
+        """A server configuration; several servers may share one PostgreSQL store."""
+        store = store_url or self.store_url or f"sqlite:{self.workdir / 'server.db'}"
+        path = self.workdir / f"{name}.toml"
+        path.write_text(
+            f'id = "{"cpns-server" if name == "server" else name}"\nlisten = "127.0.0.1:0"\n'
+            f'store = "{store}"\n'
+            f'master_key_file = "{self.workdir / "master.key"}"\n'
             f'entities = "{self.workdir / "entities.toml"}"\n'
-            f'ready_file = "{self.workdir / "server.ready"}"\n'
+            f'ready_file = "{self.workdir / (name + ".ready")}"\n'
             f'log_level = "{self.log_level}"\n')
+        return path
 
     def _gw_config(self) -> str:
         gw_key = new_key() if self.gw_wrong_eukey else self.gw_key
@@ -158,10 +171,15 @@ class Lab:
             time.sleep(0.02)
         raise RuntimeError(f"{proc.name} not ready after {READY_TIMEOUT_S}s:\n" + proc.log.read_text())
 
-    def start_server(self) -> None:
-        p = self._spawn("server", [str(self.bindir / "cpns-server" / "cpns-server"), "--config",
-                                   str(self.workdir / "server.toml")])
-        self.server_addr = self._wait_ready(self.workdir / "server.ready", p)
+    def start_server(self, name: str = "server") -> Proc:
+        ready = self.workdir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        p = self._spawn(name, [str(self.bindir / "cpns-server" / "cpns-server"), "--config",
+                               str(self.workdir / f"{name}.toml")])
+        addr = self._wait_ready(ready, p)
+        if name == "server":
+            self.server_addr = addr
+        return p
 
     def start_gw(self) -> Proc:
         cfg = self.workdir / "gw.toml"
@@ -260,6 +278,13 @@ class Lab:
 
 def make_lab(bindir: str, pnes: list[PneSpec], **kw) -> Lab:
     work = Path(tempfile.mkdtemp(prefix="cpnslab-"))
+    # CPNS_LAB_STORE=postgresql: every lab's server gets a fresh database on the PostgreSQL
+    # named by CPNS_TEST_PG_URL (the README's test command starts one).
+    if os.environ.get("CPNS_LAB_STORE") == "postgresql" and "store_url" not in kw:
+        admin = os.environ.get("CPNS_TEST_PG_URL", "")
+        if not admin:
+            raise RuntimeError("CPNS_LAB_STORE=postgresql needs CPNS_TEST_PG_URL")
+        kw["store_url"] = new_pg_database(admin)
     lab = Lab(bindir=Path(bindir), workdir=work, pnes=pnes, **kw)
     lab.provision()
     return lab
@@ -270,3 +295,13 @@ def cleanup(lab: Lab) -> None:
         lab.stop_all()
     finally:
         shutil.rmtree(lab.workdir, ignore_errors=True)
+
+
+def new_pg_database(admin_url: str) -> str:
+    """Creates a fresh, empty database on the PostgreSQL at admin_url; returns its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+    name = "cpnslab_" + secrets.token_hex(6)
+    subprocess.run(["psql", admin_url, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name}"],
+                   check=True, capture_output=True, timeout=30)
+    parts = urlsplit(admin_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))

@@ -132,7 +132,10 @@ private:
         for (auto& e : fx) {
             if (auto* s = std::get_if<SendEffect>(&e)) {
                 if (s->to == "cpns-server") {
-                    if (conn_) conn_->send(s->msg);
+                    if (!conn_ || !conn_->send(s->msg))
+                        asio::post(io_, [this] {
+                            apply_gw(gw_->on_link_down("cpns-server", mono_now()));
+                        });
                 } else {
                     deliver_to_pnes(s->to, s->msg);
                 }

@@ -15,11 +15,15 @@ int main(int argc, char** argv) {
         "external PSK derived from each PN GW's EUKey), authenticates each PNE (hash_PNE), hands "
         "out LocalEUKeys and registers PNs in the PN Inventory. Settings come from a TOML file "
         "(see docs/operations.md); flags override it. Stops cleanly on SIGTERM or SIGINT."};
-    std::string config_path, listen, entities, log_level, keylog, ready_file, id;
+    std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
     app.add_option("--id", id, "server ID (default cpns-server)");
     app.add_option("--listen", listen, "address for PN GW links, host:port (port 0: any free port)");
-    app.add_option("--entities", entities, "provisioning file with every entity's EUKey");
+    app.add_option("--store", store,
+                   "the store: sqlite:PATH (default sqlite:cpns-server.db) or a PostgreSQL URL");
+    app.add_option("--master-key-file", master_key,
+                   "file with the 256-bit master key sealing EUKeys at rest (else $CPNS_MASTER_KEY)");
+    app.add_option("--entities", entities, "optional: import these entities into the store at start");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error (default info)");
     app.add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
     app.add_option("--ready-file", ready_file, "write the listening address here once ready");
@@ -31,6 +35,8 @@ int main(int argc, char** argv) {
         o.id = id.empty() ? cfg.str("id", o.id) : id;
         o.listen = parse_address(listen.empty() ? cfg.str("listen", o.listen.str()) : listen, "listen");
         o.entities_file = entities.empty() ? cfg.str("entities") : entities;
+        o.store = store.empty() ? cfg.str("store", o.store) : store;
+        o.master_key_file = master_key.empty() ? cfg.str("master_key_file") : master_key;
         o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;
         o.ready_file = ready_file.empty() ? cfg.str("ready_file") : ready_file;
         asio::io_context io;

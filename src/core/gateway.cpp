@@ -204,7 +204,7 @@ Effects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
     auto fail_now = [&](pb::FailureReason r, const std::string& why) {
         counters_.count(r);
         log(LogLevel::kWarn, "cannot invite: " + why);
-        out.push_back(OutcomeEffect{"", false, r, why, {}, {}});
+        out.push_back(OutcomeEffect{"", "", false, r, why, {}, {}});
         return out;
     };
     if (sessions_.size() >= kMaxGwSessions)

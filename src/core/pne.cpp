@@ -83,7 +83,7 @@ Effects Pne::start_setup(const std::string& gw_id, pb::SetupType type,
     auto fail_now = [&](pb::FailureReason r, std::string why) {
         counters_.count(r);
         log(LogLevel::kWarn, "cannot start PN setup: " + why);
-        out.push_back(OutcomeEffect{"", false, r, std::move(why), {}, {}});
+        out.push_back(OutcomeEffect{"", "", false, r, std::move(why), {}, {}});
         return out;
     };
     if (busy()) return fail_now(pb::BUSY, "an establishment is already in progress");

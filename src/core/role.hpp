@@ -97,6 +97,7 @@ struct PneOutcome {
 };
 struct OutcomeEffect {
     std::string pn_id;
+    std::string gw_id;  // server: the PN GW of the establishment
     bool success = false;
     pb::FailureReason reason = pb::REASON_NONE;
     std::string detail;

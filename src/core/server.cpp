@@ -277,6 +277,7 @@ void Server::finish(Effects& out, Session& s, bool registered, pb::FailureReason
     if (!registered) r->set_reason(reason);
     OutcomeEffect outcome;
     outcome.pn_id = s.pn_id;
+    outcome.gw_id = s.gw_id;
     outcome.success = registered;
     outcome.reason = reason;
     outcome.detail = detail;

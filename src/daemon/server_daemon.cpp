@@ -41,13 +41,62 @@ void load_entities(const std::string& path, MemoryDirectory& dir) {
     spdlog::info("loaded {} entities from {}", n, path);
 }
 
+std::vector<store::StoredEntity> read_entities(const std::string& path) {
+    MemoryDirectory dir;
+    load_entities(path, dir);
+    const Config c = Config::load(path);
+    std::vector<store::StoredEntity> out;
+    for (const auto& node : *c.table()["entity"].as_array()) {
+        const std::string id = (*node.as_table())["id"].value_or(std::string());
+        const auto rec = dir.find(id);
+        store::StoredEntity e;
+        e.id = id;
+        e.kind = rec->kind;
+        e.eukey = rec->eukey;
+        e.status = rec->status;
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+std::optional<EntityRecord> CachedDirectory::find(const std::string& id) const {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return std::nullopt;
+    return it->second;
+}
+
+void CachedDirectory::put(const std::string& id, std::optional<EntityRecord> rec) {
+    entries_[id] = std::move(rec);
+}
+
+namespace {
+std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& e) {
+    if (!e) return std::nullopt;
+    return EntityRecord{e->kind, e->eukey, e->status};
+}
+}  // namespace
+
 ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     : io_(io),
       opt_(std::move(options)),
       acceptor_(io),
-      timer_(io.get_executor(), [this](Millis now) { apply(server_->on_timer(now)); }) {
-    if (opt_.entities_file.empty()) throw ConfigError("no entities file (provisioning) configured");
-    load_entities(opt_.entities_file, dir_);
+      timer_(io.get_executor(), [this](Millis now) { apply(server_->on_timer(now)); }),
+      refresh_(io) {
+    try {
+        store_ = store::open_store(opt_.store, store::load_master_key(opt_.master_key_file));
+        if (!opt_.entities_file.empty()) {
+            const auto entities = read_entities(opt_.entities_file);
+            for (const auto& e : entities) store_->put_entity(e);
+            spdlog::info("imported {} entities from {} into the store", entities.size(),
+                         opt_.entities_file);
+        }
+        for (const auto& e : store_->list_entities(EntityKind::kGw))
+            dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status});
+    } catch (const store::StoreError& e) {
+        throw ConfigError(std::string("store: ") + e.what());
+    }
+    spdlog::info("store: {} ({}), {} PN GW(s) provisioned", opt_.store, store_->backend(),
+                 dir_.size());
     ServerConfig sc;
     sc.server_id = opt_.id;
     sc.log = core_log_sink();
@@ -63,13 +112,94 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     tc.keylog_path = keylog_path(opt_.keylog);
     // PN GW Authentication: the PSK of identity <gw_id> is derived from that PN GW's EUKey.
     tc.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
-        auto rec = dir_.find(std::string(identity));
+        const std::string id(identity);
+        auto rec = dir_.find(id);
+        if (!rec && valid_id(id)) {
+            // Not cached (provisioned after the last refresh): fetch it for the PN GW's retry.
+            auto found = std::make_shared<std::optional<store::StoredEntity>>();
+            store_job([id, found](store::Store& st) { *found = st.get_entity(id); },
+                      [this, id, found] {
+                          if (*found) dir_.put(id, to_record(*found));
+                      });
+        }
         if (!rec || rec->kind != EntityKind::kGw || rec->status != EntityStatus::kActive)
             return std::nullopt;
         return derive_gw_server_psk(rec->eukey, identity);
     };
     tls_.emplace(tc);
     if (!tc.keylog_path.empty()) spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+}
+
+void ServerDaemon::store_job(std::function<void(store::Store&)> job, std::function<void()> done) {
+    ++store_queue_;
+    asio::post(store_thread_, [this, job = std::move(job), done = std::move(done)]() mutable {
+        try {
+            job(*store_);
+        } catch (const std::exception& e) {
+            spdlog::error("store: {}", e.what());
+        }
+        asio::post(io_, [this, done = std::move(done)] {
+            --store_queue_;
+            if (done) done();
+        });
+    });
+}
+
+void ServerDaemon::refresh_gateways() {
+    auto gws = std::make_shared<std::vector<store::StoredEntity>>();
+    store_job([gws](store::Store& st) { *gws = st.list_entities(EntityKind::kGw); },
+              [this, gws] {
+                  for (const auto& e : *gws) dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status});
+                  refresh_.expires_after(std::chrono::milliseconds(kGwDirectoryRefresh));
+                  refresh_.async_wait([this](const std::error_code& ec) {
+                      if (!ec) refresh_gateways();
+                  });
+              });
+}
+
+// A registration first brings the records of the PN GW and of every PNE it names into the
+// cache (on the store thread), then goes to the core.
+void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env) {
+    if (!env->has_registration_request()) {
+        apply(server_->on_message(gw, *env, mono_now()));
+        return;
+    }
+    if (store_queue_ >= kMaxStoreQueue) {
+        pb::Envelope busy;
+        busy.set_sender_id(opt_.id);
+        busy.mutable_error()->set_pn_id(env->registration_request().pn_id());
+        busy.mutable_error()->set_reason(pb::BUSY);
+        busy.mutable_error()->set_detail("the server's store is saturated; retry later");
+        if (auto it = gws_.find(gw); it != gws_.end()) it->second->send(busy);
+        spdlog::warn("refusing a registration from {}: store queue full", gw);
+        return;
+    }
+    std::vector<std::string> ids{gw};
+    for (const auto& p : env->registration_request().pnes()) ids.push_back(p.join().pne_id());
+    auto found = std::make_shared<std::vector<std::optional<store::StoredEntity>>>();
+    auto failed = std::make_shared<bool>(false);
+    store_job(
+        [ids, found, failed](store::Store& st) {
+            try {
+                for (const auto& id : ids) found->push_back(st.get_entity(id));
+            } catch (const std::exception& e) {
+                *failed = true;
+                spdlog::error("store: reading entities failed: {}", e.what());
+            }
+        },
+        [this, gw, env, ids, found, failed] {
+            if (*failed) {
+                pb::Envelope err;
+                err.set_sender_id(opt_.id);
+                err.mutable_error()->set_pn_id(env->registration_request().pn_id());
+                err.mutable_error()->set_reason(pb::INTERNAL_ERROR);
+                err.mutable_error()->set_detail("the server's store is unavailable");
+                if (auto it = gws_.find(gw); it != gws_.end()) it->second->send(err);
+                return;
+            }
+            for (std::size_t i = 0; i < ids.size(); ++i) dir_.put(ids[i], to_record((*found)[i]));
+            apply(server_->on_message(gw, *env, mono_now()));
+        });
 }
 
 void ServerDaemon::start() {
@@ -86,17 +216,28 @@ void ServerDaemon::start() {
     spdlog::info("CPNS Server {} listening for PN GWs on {} (TLS 1.3 external PSK)", opt_.id, addr);
     write_ready_file(opt_.ready_file, addr);
     asio::co_spawn(io_, accept_loop(), asio::detached);
+    refresh_.expires_after(std::chrono::milliseconds(kGwDirectoryRefresh));
+    refresh_.async_wait([this](const std::error_code& error) {
+        if (!error) refresh_gateways();
+    });
 }
 
 void ServerDaemon::stop() {
     std::error_code ec;
     acceptor_.close(ec);
     timer_.cancel();
+    refresh_.cancel();
     for (auto& [id, c] : gws_) c->close();
     gws_.clear();
-    spdlog::info("stopped: {} PN(s) registered, {} establishment(s) in flight dropped, {} PN GW "
-                 "link(s) refused",
-                 dir_.pns().size(), server_->active_sessions(),
+    // The job running now finishes (a registration commits or not, atomically); jobs still
+    // queued are dropped: their PN GWs get no answer and time out, which is what they would
+    // see from a crashed server as well.
+    store_thread_.stop();
+    store_thread_.join();
+    if (store_queue_ > 0) spdlog::warn("{} store job(s) dropped at shutdown", store_queue_);
+    spdlog::info("stopped: {} PN(s) registered by this process, {} establishment(s) in flight "
+                 "dropped, {} PN GW link(s) refused",
+                 registered_, server_->active_sessions(),
                  links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
 }
 
@@ -154,7 +295,7 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
         auto r = co_await conn->read();
         if (auto* env = std::get_if<pb::Envelope>(&r)) {
             spdlog::debug("{} -> server: {}", gw, message_name(*env));
-            apply(server_->on_message(gw, *env, mono_now()));
+            deliver(gw, std::make_shared<pb::Envelope>(std::move(*env)));
             continue;
         }
         if (auto* de = std::get_if<DecodeError>(&r)) {
@@ -178,17 +319,42 @@ void ServerDaemon::apply(Effects effects) {
             else
                 spdlog::debug("server -> {}: {}", s->to, message_name(s->msg));
         } else if (auto* p = std::get_if<PersistPnEffect>(&e)) {
-            const bool fresh = dir_.register_pn(p->gw_id, p->inventory);
-            const std::string gw = p->gw_id, pn = p->inventory.pn_id();
-            asio::post(io_, [this, gw, pn, fresh] {
-                apply(server_->on_persisted(gw, pn, fresh ? pb::REASON_NONE : pb::DUPLICATE_PN,
-                                            mono_now()));
-            });
+            // The Registration Response leaves only once the store has committed the PN.
+            auto inv = std::make_shared<pb::PnInventory>(std::move(p->inventory));
+            auto result = std::make_shared<pb::FailureReason>(pb::INTERNAL_ERROR);
+            const std::string gw = p->gw_id;
+            store_job(
+                [inv, result](store::Store& st) {
+                    switch (st.register_pn(*inv)) {
+                        case store::PutResult::kOk: *result = pb::REASON_NONE; break;
+                        case store::PutResult::kDuplicate: *result = pb::DUPLICATE_PN; break;
+                        case store::PutResult::kError: *result = pb::INTERNAL_ERROR; break;
+                    }
+                },
+                [this, gw, inv, result] {
+                    if (*result == pb::REASON_NONE) ++registered_;
+                    apply(server_->on_persisted(gw, inv->pn_id(), *result, mono_now()));
+                });
         } else if (auto* k = std::get_if<SessionKeyEffect>(&e)) {
             if (session_keys_.size() >= kMaxSessionKeys) session_keys_.erase(session_keys_.begin());
             session_keys_[{k->pn_id, k->pne_id}] = k->sk;
         } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
             spdlog::info("establishment {}: {}", o->pn_id, outcome_json(opt_.id, *o));
+            // The audit log: one record per PNE, plus one for the PN itself.
+            auto records = std::make_shared<std::vector<store::AuditRecord>>();
+            const auto now_ms = static_cast<std::int64_t>(
+                std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count());
+            const std::string gw = o->gw_id;
+            records->push_back({now_ms, opt_.id, gw, o->pn_id, "", o->success,
+                                std::string(reason_name(o->reason)), o->detail});
+            for (const auto& pne : o->pnes)
+                records->push_back({now_ms, opt_.id, gw, o->pn_id, pne.pne_id, pne.joined,
+                                    std::string(reason_name(pne.reason)), ""});
+            store_job([records](store::Store& st) {
+                for (const auto& r : *records) st.audit(r);
+            });
         }
     }
     timer_.arm(server_->next_deadline());

@@ -7,6 +7,7 @@
 #include "core/server.hpp"
 #include "daemon/common.hpp"
 #include "net/connection.hpp"
+#include "store/store.hpp"
 
 namespace cpns::daemon {
 
@@ -14,17 +15,41 @@ namespace cpns::daemon {
 inline constexpr Millis kGwHandshakeTimeout = 10'000;
 // Connections from PN GWs open at once.
 inline constexpr std::size_t kMaxGwConnections = 10'000;
+// How often the PN GW records (for the TLS PSK lookup) are re-read from the store, so that
+// provisioning, disabling and revoking reach a running server.
+inline constexpr Millis kGwDirectoryRefresh = 2'000;
+// Store jobs queued at once; past this a registration is refused with "busy".
+inline constexpr std::size_t kMaxStoreQueue = 10'000;
 
 struct ServerOptions {
     std::string id = "cpns-server";
     net::HostPort listen{"127.0.0.1", 7000};
-    std::string entities_file;  // provisioning: [[entity]] id, kind, eukey, status
+    // The store: "sqlite:PATH" (default) or a PostgreSQL URL. "memory" keeps everything in
+    // memory (entities from entities_file only; nothing survives a restart).
+    std::string store = "sqlite:cpns-server.db";
+    std::string master_key_file;  // else $CPNS_MASTER_KEY
+    std::string entities_file;    // optional: [[entity]] entries imported at start
     std::string keylog;
     std::string ready_file;
 };
 
 // Loads a provisioning file into a directory. ConfigError on any bad entry.
 void load_entities(const std::string& path, MemoryDirectory& dir);
+// The same file as store records (cpnsctl import, and the server's entities_file).
+std::vector<store::StoredEntity> read_entities(const std::string& path);
+
+// What the core reads synchronously: a cache in front of the store, filled by the store
+// worker before a message reaches the core (so the event loop never waits on the database).
+class CachedDirectory final : public Directory {
+public:
+    std::optional<EntityRecord> find(const std::string& id) const override;
+    bool pn_registered(const std::string&, const std::string&) const override { return false; }
+    void put(const std::string& id, std::optional<EntityRecord> rec);
+    std::size_t size() const { return entries_.size(); }
+
+private:
+    std::map<std::string, std::optional<EntityRecord>> entries_;
+};
 
 class ServerDaemon {
 public:
@@ -38,15 +63,24 @@ private:
     asio::awaitable<void> accept_loop();
     asio::awaitable<void> serve(std::shared_ptr<net::Connection> conn);
     void apply(Effects effects);
+    // Runs `job` on the store thread, then `done` on the event loop.
+    void store_job(std::function<void(store::Store&)> job, std::function<void()> done = {});
+    void deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env);
+    void refresh_gateways();
 
     asio::io_context& io_;
     ServerOptions opt_;
-    MemoryDirectory dir_;
+    CachedDirectory dir_;
+    std::unique_ptr<store::Store> store_;  // used on the store thread only
+    asio::thread_pool store_thread_{1};
+    std::size_t store_queue_ = 0;
+    std::size_t registered_ = 0;
     OsRandom random_;
     std::unique_ptr<Server> server_;
     std::optional<tls::TlsContext> tls_;
     net::tcp::acceptor acceptor_;
     RoleTimer timer_;
+    asio::steady_timer refresh_;
     std::map<std::string, std::shared_ptr<net::Connection>> gws_;
     std::size_t connections_ = 0;
     Counters links_;  // refused PN GW links, by reason

@@ -1,0 +1,220 @@
+// cpnsctl: the operator's tool for the CPNS Server's store (SQLite or PostgreSQL).
+#include <CLI/CLI.hpp>
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+
+#include "daemon/common.hpp"
+#include "daemon/server_daemon.hpp"
+#include "store/store.hpp"
+
+using namespace cpns;
+using namespace cpns::daemon;
+
+namespace {
+
+std::string kind_name(EntityKind k) { return k == EntityKind::kGw ? "gw" : "pne"; }
+std::string status_name(EntityStatus s) {
+    switch (s) {
+        case EntityStatus::kActive: return "active";
+        case EntityStatus::kDisabled: return "disabled";
+        case EntityStatus::kRevoked: return "revoked";
+    }
+    return "?";
+}
+std::string time_text(std::int64_t ms) {
+    if (ms <= 0) return "-";
+    const std::time_t t = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    std::ostringstream o;
+    o << std::put_time(&tm, "%Y-%m-%dT%H:%M:%SZ");
+    return o.str();
+}
+
+// Writes a device key file readable by its owner only.
+void write_key_file(const std::string& path, const SecretKey& key) {
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        out << key.to_hex() << "\n";
+        if (!out) throw std::runtime_error("cannot write " + tmp);
+    }
+    ::chmod(tmp.c_str(), 0600);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot write " + path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "cpnsctl: provision and inspect the CPNS Server's store. Works on SQLite "
+        "(sqlite:PATH) and PostgreSQL (postgresql://...) alike. EUKeys are sealed at rest under "
+        "the master key (--master-key-file or $CPNS_MASTER_KEY); cpnsctl never prints one."};
+    app.require_subcommand(1);
+    std::string url = std::getenv("CPNS_STORE") ? std::getenv("CPNS_STORE") : "sqlite:cpns-server.db";
+    std::string master_key_file;
+    app.add_option("--store", url, "the store (default $CPNS_STORE, else sqlite:cpns-server.db)");
+    app.add_option("--master-key-file", master_key_file, "master key file (else $CPNS_MASTER_KEY)");
+
+    auto* gen_master = app.add_subcommand("new-master-key", "write a fresh master key file (0600)");
+    std::string master_out;
+    gen_master->add_option("file", master_out, "where to write it")->required();
+
+    auto* prov = app.add_subcommand("provision", "create an entity with a fresh EUKey and write the device's key file");
+    std::string id, kind = "pne", key_out, device_type;
+    prov->add_option("id", id, "entity ID")->required();
+    prov->add_option("--kind", kind, "pne or gw")->check(CLI::IsMember({"pne", "gw"}));
+    prov->add_option("--key-out", key_out, "device key file to write (default <id>.key)");
+    prov->add_option("--device-type", device_type, "device type recorded with the entity");
+
+    auto* imp = app.add_subcommand("import", "import an entities file ([[entity]] id, kind, eukey, status)");
+    std::string import_file;
+    imp->add_option("file", import_file, "entities TOML file")->required()->check(CLI::ExistingFile);
+
+    auto* list = app.add_subcommand("list", "list entities");
+    std::string list_kind;
+    list->add_option("--kind", list_kind, "pne or gw")->check(CLI::IsMember({"pne", "gw"}));
+    auto* show = app.add_subcommand("show", "show one entity (never its key)");
+    std::string show_id;
+    show->add_option("id", show_id, "entity ID")->required();
+
+    std::string status_id;
+    auto* disable = app.add_subcommand("disable", "disable an entity: it fails authentication with 'revoked'");
+    disable->add_option("id", status_id, "entity ID")->required();
+    auto* revoke = app.add_subcommand("revoke", "revoke an entity for good: it fails authentication with 'revoked'");
+    revoke->add_option("id", status_id, "entity ID")->required();
+    auto* enable = app.add_subcommand("enable", "make a disabled entity active again");
+    enable->add_option("id", status_id, "entity ID")->required();
+
+    auto* pns = app.add_subcommand("pns", "list the registered PNs");
+    std::string pns_gw;
+    pns->add_option("--gw", pns_gw, "only the PNs of this PN GW");
+    auto* exp = app.add_subcommand("export", "export the PN Inventory as JSON");
+    std::string export_out;
+    exp->add_option("--out", export_out, "file to write (default stdout)");
+    auto* audit = app.add_subcommand("audit", "show the newest establishment records");
+    std::size_t audit_limit = 50;
+    audit->add_option("--limit", audit_limit, "how many");
+    auto* check = app.add_subcommand("check", "check the store's consistency (exit 1 if not)");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        if (*gen_master) {
+            OsRandom rnd;
+            write_key_file(master_out, rnd.key());
+            std::cout << "master key written to " << master_out << " (mode 0600); keep it apart from the database\n";
+            return 0;
+        }
+        auto store = store::open_store(url, store::load_master_key(master_key_file));
+        if (*prov) {
+            if (!valid_id(id)) throw ConfigError("'" + id + "' is not a valid entity ID");
+            if (store->get_entity(id)) throw ConfigError(id + " exists already (revoke it, or choose another ID)");
+            OsRandom rnd;
+            store::StoredEntity e;
+            e.id = id;
+            e.kind = kind == "gw" ? EntityKind::kGw : EntityKind::kPne;
+            e.eukey = rnd.key();
+            e.capabilities.set_device_type(device_type);
+            const std::string out = key_out.empty() ? id + ".key" : key_out;
+            write_key_file(out, e.eukey);
+            store->put_entity(e);
+            std::cout << "provisioned " << kind << " " << id << "; its EUKey is in " << out
+                      << " (give it to the device as eukey_file; mode 0600)\n";
+        } else if (*imp) {
+            const auto entities = read_entities(import_file);
+            for (const auto& e : entities) store->put_entity(e);
+            std::cout << "imported " << entities.size() << " entities into " << store->backend() << "\n";
+        } else if (*list) {
+            std::optional<EntityKind> k;
+            if (!list_kind.empty()) k = list_kind == "gw" ? EntityKind::kGw : EntityKind::kPne;
+            const auto all = store->list_entities(k);
+            std::cout << std::left << std::setw(24) << "ID" << std::setw(6) << "KIND" << std::setw(10)
+                      << "STATUS" << "CREATED\n";
+            for (const auto& e : all)
+                std::cout << std::setw(24) << e.id << std::setw(6) << kind_name(e.kind) << std::setw(10)
+                          << status_name(e.status) << time_text(e.created_at_ms) << "\n";
+            std::cerr << all.size() << " entit" << (all.size() == 1 ? "y" : "ies") << "\n";
+        } else if (*show) {
+            auto e = store->get_entity(show_id);
+            if (!e) {
+                std::cerr << "cpnsctl: no entity " << show_id << "\n";
+                return 1;
+            }
+            std::cout << "id:       " << e->id << "\nkind:     " << kind_name(e->kind)
+                      << "\nstatus:   " << status_name(e->status) << "\ncreated:  " << time_text(e->created_at_ms)
+                      << "\nupdated:  " << time_text(e->updated_at_ms)
+                      << "\ndevice:   " << e->capabilities.device_type() << "\nEUKey:    (sealed in the store)\n";
+            int member_of = 0;
+            for (const auto& inv : store->list_pns())
+                for (const auto& m : inv.members())
+                    if (m.pne_id() == show_id) {
+                        std::cout << "member of " << inv.pn_id() << " at " << inv.gw_id() << "\n";
+                        ++member_of;
+                    }
+            if (e->kind == EntityKind::kGw)
+                std::cout << "PNs:      " << store->list_pns(show_id).size() << "\n";
+            (void)member_of;
+        } else if (*disable || *revoke || *enable) {
+            const auto st = *enable ? EntityStatus::kActive : *revoke ? EntityStatus::kRevoked : EntityStatus::kDisabled;
+            if (*enable) {
+                auto e = store->get_entity(status_id);
+                if (e && e->status == EntityStatus::kRevoked)
+                    throw ConfigError(status_id + " is revoked; revocation is final (provision a new entity)");
+            }
+            if (!store->set_status(status_id, st)) {
+                std::cerr << "cpnsctl: no entity " << status_id << "\n";
+                return 1;
+            }
+            std::cout << status_id << " is now " << status_name(st)
+                      << (st == EntityStatus::kActive ? "" : "; its next authentication fails with 'revoked'") << "\n";
+        } else if (*pns) {
+            const auto all = pns_gw.empty() ? store->list_pns() : store->list_pns(pns_gw);
+            for (const auto& inv : all) {
+                std::cout << inv.pn_id() << "  " << inv.gw_id() << "  " << time_text(static_cast<std::int64_t>(inv.registered_at_ms()))
+                          << "  members:";
+                for (const auto& m : inv.members()) std::cout << " " << m.pne_id();
+                std::cout << "\n";
+            }
+            std::cerr << all.size() << " PN(s)\n";
+        } else if (*exp) {
+            const auto all = store->list_pns();
+            std::ostringstream o;
+            o << "[";
+            for (std::size_t i = 0; i < all.size(); ++i) o << (i ? ",\n " : "\n ") << message_json(all[i]);
+            o << "\n]\n";
+            if (export_out.empty()) {
+                std::cout << o.str();
+            } else {
+                std::ofstream f(export_out);
+                f << o.str();
+                if (!f) throw std::runtime_error("cannot write " + export_out);
+                std::cerr << "exported " << all.size() << " PN(s) to " << export_out << "\n";
+            }
+        } else if (*audit) {
+            for (const auto& r : store->audit_log(audit_limit))
+                std::cout << time_text(r.at_ms) << "  " << r.server_id << "  " << r.gw_id << "  " << r.pn_id
+                          << "  " << (r.pne_id.empty() ? "(PN)" : r.pne_id) << "  "
+                          << (r.success ? "ok" : "FAILED: " + r.reason) << (r.detail.empty() ? "" : "  " + r.detail)
+                          << "\n";
+        } else if (*check) {
+            const auto problems = store->check();
+            for (const auto& p : problems) std::cout << "problem: " << p << "\n";
+            std::cout << (problems.empty() ? "consistent" : std::to_string(problems.size()) + " problem(s)") << " ("
+                      << store->list_pns().size() << " PN(s), " << store->list_entities().size()
+                      << " entities)\n";
+            return problems.empty() ? 0 : 1;
+        }
+        return 0;
+    } catch (const ConfigError& e) {
+        std::cerr << "cpnsctl: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "cpnsctl: " << e.what() << "\n";
+        return 2;
+    }
+}

@@ -1,0 +1,455 @@
+// The store's logic, written once over the Db surface (db.hpp) for both backends, and
+// open_store, which picks the backend from the URL.
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <limits>
+#include <map>
+#include <regex>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "store/db.hpp"
+#include "store/sealed.hpp"
+#include "store/store.hpp"
+
+namespace cpns::store {
+namespace {
+
+using detail::Cell;
+using detail::Db;
+using detail::Param;
+using detail::Row;
+using detail::Transaction;
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+const char* kind_word(EntityKind kind) {
+    switch (kind) {
+        case EntityKind::kPne:
+            return "pne";
+        case EntityKind::kGw:
+            return "gw";
+    }
+    throw StoreError("invalid entity kind");
+}
+
+std::optional<EntityKind> parse_kind(std::string_view word) {
+    if (word == "pne") return EntityKind::kPne;
+    if (word == "gw") return EntityKind::kGw;
+    return std::nullopt;
+}
+
+const char* status_word(EntityStatus status) {
+    switch (status) {
+        case EntityStatus::kActive:
+            return "active";
+        case EntityStatus::kDisabled:
+            return "disabled";
+        case EntityStatus::kRevoked:
+            return "revoked";
+    }
+    throw StoreError("invalid entity status");
+}
+
+std::optional<EntityStatus> parse_status(std::string_view word) {
+    if (word == "active") return EntityStatus::kActive;
+    if (word == "disabled") return EntityStatus::kDisabled;
+    if (word == "revoked") return EntityStatus::kRevoked;
+    return std::nullopt;
+}
+
+const std::string& text(const Cell& cell) {
+    if (!cell) throw StoreError("unexpected NULL in a NOT NULL column");
+    return *cell;
+}
+
+std::int64_t integer(const Cell& cell) {
+    const std::string& s = text(cell);
+    std::int64_t value = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+    if (ec != std::errc() || end != s.data() + s.size()) {
+        throw StoreError("not an integer in an integer column: '" + s + "'");
+    }
+    return value;
+}
+
+bool boolean(const Cell& cell) {
+    const std::string& s = text(cell);
+    return s == "1" || s == "t" || s == "true";
+}
+
+ByteView bytes_of(const std::string& s) {
+    return as_bytes(s);
+}
+
+template <typename Message>
+std::string serialize(const Message& m, const char* what) {
+    std::string out;
+    if (!m.SerializeToString(&out)) throw StoreError(std::string("cannot serialize ") + what);
+    return out;
+}
+
+std::string pn_name(const std::string& gw_id, const std::string& pn_id) {
+    return gw_id + "/" + pn_id;
+}
+
+constexpr const char* kEntityColumns =
+    "SELECT id, kind, sealed_eukey, status, capabilities, created_at_ms, updated_at_ms "
+    "FROM entities";
+
+class SqlStore final : public Store {
+  public:
+    SqlStore(std::unique_ptr<Db> db, const SecretKey& master_key)
+        : db_(std::move(db)), sealer_(master_key) {
+        migrate();
+    }
+
+    std::string backend() const override { return db_->backend(); }
+
+    void put_entity(const StoredEntity& e) override {
+        if (e.id.empty()) throw StoreError("put_entity: empty entity id");
+        if (e.eukey.is_zero()) {
+            throw StoreError("put_entity: refusing an all-zero EUKey for " + e.id);
+        }
+        const Bytes sealed = sealer_.seal(e.id, e.eukey);
+        const std::int64_t now = now_ms();
+        db_->run(
+            "INSERT INTO entities (id, kind, sealed_eukey, status, capabilities, created_at_ms,"
+            " updated_at_ms)"
+            " VALUES ($1, $2, $3, $4, $5, COALESCE(CAST($6 AS BIGINT), CAST($7 AS BIGINT)),"
+            " CAST($8 AS BIGINT))"
+            " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,"
+            " sealed_eukey = excluded.sealed_eukey, status = excluded.status,"
+            " capabilities = excluded.capabilities,"
+            " created_at_ms = COALESCE(CAST($6 AS BIGINT), entities.created_at_ms),"
+            " updated_at_ms = excluded.updated_at_ms",
+            {Param::of(e.id), Param::of(kind_word(e.kind)), Param::blob(sealed),
+             Param::of(status_word(e.status)),
+             Param::blob(serialize(e.capabilities, "capabilities")),
+             e.created_at_ms != 0 ? Param::of(e.created_at_ms) : Param::null(), Param::of(now),
+             Param::of(e.updated_at_ms != 0 ? e.updated_at_ms : now)});
+    }
+
+    std::optional<StoredEntity> get_entity(const std::string& id) override {
+        const detail::Result r =
+            db_->run(std::string(kEntityColumns) + " WHERE id = $1", {Param::of(id)});
+        if (r.rows.empty()) return std::nullopt;
+        return decode_entity(r.rows.front());
+    }
+
+    std::vector<StoredEntity> list_entities(std::optional<EntityKind> kind) override {
+        const detail::Result r = kind ? db_->run(std::string(kEntityColumns) + " WHERE kind = $1",
+                                                 {Param::of(kind_word(*kind))})
+                                      : db_->run(kEntityColumns);
+        std::vector<StoredEntity> out;
+        out.reserve(r.rows.size());
+        for (const Row& row : r.rows) out.push_back(decode_entity(row));
+        // Sorted here, byte-wise: the databases' collations may differ.
+        std::sort(out.begin(), out.end(),
+                  [](const StoredEntity& a, const StoredEntity& b) { return a.id < b.id; });
+        return out;
+    }
+
+    bool set_status(const std::string& id, EntityStatus status) override {
+        const detail::Result r =
+            db_->run("UPDATE entities SET status = $1, updated_at_ms = $2 WHERE id = $3",
+                     {Param::of(status_word(status)), Param::of(now_ms()), Param::of(id)});
+        return r.changed > 0;
+    }
+
+    PutResult register_pn(const pb::PnInventory& inv) override {
+        if (inv.gw_id().empty() || inv.pn_id().empty() || inv.members().empty()) {
+            return PutResult::kError;
+        }
+        std::set<std::string> seen;
+        for (const pb::PnMember& m : inv.members()) {
+            if (m.pne_id().empty() || !seen.insert(m.pne_id()).second) return PutResult::kError;
+        }
+        pb::PnInventory header = inv;
+        header.clear_members();
+
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        // The UNIQUE (gw_id, pn_id) constraint decides: a concurrent registration of the same
+        // PN (another connection, another server) either commits first and this insert does
+        // nothing, or waits for this one.
+        const detail::Result inserted = db_->run(
+            "INSERT INTO pns (gw_id, pn_id, registered_at_ms, inventory) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (gw_id, pn_id) DO NOTHING",
+            {Param::of(inv.gw_id()), Param::of(inv.pn_id()),
+             Param::of(static_cast<std::int64_t>(inv.registered_at_ms())),
+             Param::blob(serialize(header, "the PN Inventory"))});
+        if (inserted.changed == 0) return PutResult::kDuplicate;  // rolled back (nothing written)
+
+        std::int64_t index = 0;
+        for (const pb::PnMember& m : inv.members()) {
+            const detail::Result kind =
+                db_->run("SELECT kind FROM entities WHERE id = $1", {Param::of(m.pne_id())});
+            if (kind.rows.empty() || text(kind.rows[0][0]) != "pne") return PutResult::kError;
+            db_->run(
+                "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                {Param::of(inv.gw_id()), Param::of(inv.pn_id()), Param::of(m.pne_id()),
+                 Param::of(index++), Param::blob(serialize(m, "a PN member"))});
+        }
+        txn.commit();
+        return PutResult::kOk;
+    }
+
+    bool pn_exists(const std::string& gw_id, const std::string& pn_id) override {
+        const detail::Result r = db_->run("SELECT 1 FROM pns WHERE gw_id = $1 AND pn_id = $2",
+                                          {Param::of(gw_id), Param::of(pn_id)});
+        return !r.rows.empty();
+    }
+
+    std::optional<pb::PnInventory> get_pn(const std::string& gw_id,
+                                          const std::string& pn_id) override {
+        std::vector<pb::PnInventory> found =
+            read_pns(" WHERE p.gw_id = $1 AND p.pn_id = $2", {Param::of(gw_id), Param::of(pn_id)});
+        if (found.empty()) return std::nullopt;
+        return std::move(found.front());
+    }
+
+    std::vector<pb::PnInventory> list_pns(std::optional<std::string> gw_id) override {
+        if (gw_id) return read_pns(" WHERE p.gw_id = $1", {Param::of(*gw_id)});
+        return read_pns("", {});
+    }
+
+    void audit(const AuditRecord& r) override {
+        db_->run(
+            "INSERT INTO audit (at_ms, server_id, gw_id, pn_id, pne_id, success, reason, detail)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            {Param::of(r.at_ms != 0 ? r.at_ms : now_ms()), Param::of(r.server_id),
+             Param::of(r.gw_id), Param::of(r.pn_id), Param::of(r.pne_id),
+             Param::of(std::int64_t{r.success ? 1 : 0}), Param::of(r.reason), Param::of(r.detail)});
+    }
+
+    std::vector<AuditRecord> audit_log(std::size_t limit) override {
+        if (limit == 0) return {};
+        const auto max = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+        const detail::Result r = db_->run(
+            "SELECT at_ms, server_id, gw_id, pn_id, pne_id, success, reason, detail FROM audit"
+            " ORDER BY at_ms DESC, id DESC LIMIT $1",
+            {Param::of(static_cast<std::int64_t>(std::min(limit, max)))});
+        std::vector<AuditRecord> out;
+        out.reserve(r.rows.size());
+        for (const Row& row : r.rows) {
+            AuditRecord a;
+            a.at_ms = integer(row[0]);
+            a.server_id = text(row[1]);
+            a.gw_id = text(row[2]);
+            a.pn_id = text(row[3]);
+            a.pne_id = text(row[4]);
+            a.success = boolean(row[5]);
+            a.reason = text(row[6]);
+            a.detail = text(row[7]);
+            out.push_back(std::move(a));
+        }
+        return out;
+    }
+
+    std::vector<std::string> check() override {
+        std::vector<std::string> problems;
+        Transaction txn(*db_, Transaction::Kind::kRead);  // one snapshot for all reads
+
+        // Entities: every row readable, every sealed EUKey opens.
+        std::map<std::string, std::optional<EntityKind>> kinds;
+        for (const Row& row :
+             db_->run("SELECT id, kind, sealed_eukey, status, capabilities FROM entities").rows) {
+            const std::string& id = text(row[0]);
+            const std::optional<EntityKind> kind = parse_kind(text(row[1]));
+            kinds[id] = kind;
+            if (!kind) problems.push_back("entity " + id + ": unknown kind '" + *row[1] + "'");
+            if (!parse_status(text(row[3]))) {
+                problems.push_back("entity " + id + ": unknown status '" + *row[3] + "'");
+            }
+            if (!sealer_.unseal(id, bytes_of(text(row[2])))) {
+                problems.push_back("entity " + id +
+                                   ": unreadable sealed EUKey (wrong master key or corrupted)");
+            }
+            pb::DeviceCapabilities caps;
+            if (!caps.ParseFromString(text(row[4]))) {
+                problems.push_back("entity " + id + ": unreadable capabilities");
+            }
+        }
+
+        // PNs: readable, naming themselves, registered once.
+        using Key = std::pair<std::string, std::string>;
+        std::map<Key, int> pns;
+        for (const Row& row : db_->run("SELECT gw_id, pn_id, inventory FROM pns").rows) {
+            const Key key{text(row[0]), text(row[1])};
+            const std::string name = pn_name(key.first, key.second);
+            if (++pns[key] == 2) problems.push_back("PN " + name + ": registered more than once");
+            pb::PnInventory header;
+            if (!header.ParseFromString(text(row[2]))) {
+                problems.push_back("PN " + name + ": unreadable inventory");
+            } else if (header.gw_id() != key.first || header.pn_id() != key.second) {
+                problems.push_back("PN " + name + ": inventory names PN " +
+                                   pn_name(header.gw_id(), header.pn_id()));
+            }
+        }
+
+        // Members: of a known PN, PNE entities, readable, each PNE once per PN.
+        std::map<Key, std::map<std::string, int>> members;
+        for (const Row& row :
+             db_->run("SELECT gw_id, pn_id, pne_id, member FROM pn_members").rows) {
+            const Key key{text(row[0]), text(row[1])};
+            const std::string& pne_id = text(row[2]);
+            const std::string where =
+                "member " + pne_id + " of PN " + pn_name(key.first, key.second) + ": ";
+            if (pns.count(key) == 0) problems.push_back(where + "no such PN");
+            const auto entity = kinds.find(pne_id);
+            if (entity == kinds.end()) {
+                problems.push_back(where + "no such entity (not a PNE)");
+            } else if (entity->second != EntityKind::kPne) {
+                problems.push_back(where + "the entity is not a PNE");
+            }
+            pb::PnMember member;
+            std::string listed = pne_id;
+            if (!member.ParseFromString(text(row[3]))) {
+                problems.push_back(where + "unreadable member record");
+            } else if (member.pne_id() != pne_id) {
+                problems.push_back(where + "the record names PNE " + member.pne_id());
+                listed = member.pne_id();
+            }
+            ++members[key][listed];
+        }
+        for (const auto& [key, count] : pns) {
+            if (members.count(key) == 0) {
+                problems.push_back("PN " + pn_name(key.first, key.second) + ": no members");
+            }
+        }
+        for (const auto& [key, listed] : members) {
+            for (const auto& [pne_id, count] : listed) {
+                if (count > 1) {
+                    problems.push_back("PN " + pn_name(key.first, key.second) + ": PNE " + pne_id +
+                                       " is a member " + std::to_string(count) + " times");
+                }
+            }
+        }
+        txn.commit();
+        return problems;
+    }
+
+  private:
+    void migrate() {
+        const std::vector<detail::Migration>& migrations = db_->migrations();
+        const int latest = migrations.empty() ? 0 : migrations.back().version;
+        Transaction txn(*db_, Transaction::Kind::kMigration);
+        db_->run(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL PRIMARY KEY,"
+            " applied_at_ms BIGINT NOT NULL)");
+        const std::int64_t current = integer(
+            db_->run("SELECT COALESCE(MAX(version), 0) FROM schema_version").rows.at(0).at(0));
+        if (current > latest) {
+            throw StoreError("the database's schema version " + std::to_string(current) +
+                             " is newer than this program's (" + std::to_string(latest) + ")");
+        }
+        for (const detail::Migration& m : migrations) {
+            if (m.version <= current) continue;
+            for (const std::string& statement : m.statements) db_->run(statement);
+            db_->run("INSERT INTO schema_version (version, applied_at_ms) VALUES ($1, $2)",
+                     {Param::of(std::int64_t{m.version}), Param::of(now_ms())});
+        }
+        txn.commit();
+    }
+
+    StoredEntity decode_entity(const Row& row) const {
+        StoredEntity e;
+        e.id = text(row[0]);
+        const std::optional<EntityKind> kind = parse_kind(text(row[1]));
+        if (!kind) throw StoreError("entity " + e.id + " has an unknown kind '" + *row[1] + "'");
+        e.kind = *kind;
+        std::optional<SecretKey> eukey = sealer_.unseal(e.id, bytes_of(text(row[2])));
+        if (!eukey) throw StoreError("cannot unseal EUKey of " + e.id + ": wrong master key?");
+        e.eukey = std::move(*eukey);
+        const std::optional<EntityStatus> status = parse_status(text(row[3]));
+        if (!status) {
+            throw StoreError("entity " + e.id + " has an unknown status '" + *row[3] + "'");
+        }
+        e.status = *status;
+        if (!e.capabilities.ParseFromString(text(row[4]))) {
+            throw StoreError("entity " + e.id + " has unreadable capabilities");
+        }
+        e.created_at_ms = integer(row[5]);
+        e.updated_at_ms = integer(row[6]);
+        return e;
+    }
+
+    // One statement (one snapshot): PN rows with their members.
+    std::vector<pb::PnInventory> read_pns(const std::string& where,
+                                          const std::vector<Param>& params) {
+        const detail::Result r = db_->run(
+            "SELECT p.gw_id, p.pn_id, p.inventory, m.member_index, m.member"
+            " FROM pns p LEFT JOIN pn_members m ON m.gw_id = p.gw_id AND m.pn_id = p.pn_id" +
+                where,
+            params);
+        struct Collected {
+            pb::PnInventory inventory;
+            std::vector<std::pair<std::int64_t, pb::PnMember>> members;
+        };
+        std::map<std::pair<std::string, std::string>, Collected> pns;
+        for (const Row& row : r.rows) {
+            const std::pair<std::string, std::string> key{text(row[0]), text(row[1])};
+            auto [it, fresh] = pns.try_emplace(key);
+            if (fresh && !it->second.inventory.ParseFromString(text(row[2]))) {
+                throw StoreError("unreadable PN Inventory of " + pn_name(key.first, key.second));
+            }
+            if (!row[4]) continue;  // a PN without members (check() reports it)
+            pb::PnMember member;
+            if (!member.ParseFromString(*row[4])) {
+                throw StoreError("unreadable member of PN " + pn_name(key.first, key.second));
+            }
+            it->second.members.emplace_back(integer(row[3]), std::move(member));
+        }
+        std::vector<pb::PnInventory> out;
+        out.reserve(pns.size());
+        for (auto& [key, c] : pns) {
+            std::stable_sort(c.members.begin(), c.members.end(),
+                             [](const auto& a, const auto& b) { return a.first < b.first; });
+            for (auto& [index, member] : c.members) {
+                *c.inventory.add_members() = std::move(member);
+            }
+            out.push_back(std::move(c.inventory));
+        }
+        return out;
+    }
+
+    std::unique_ptr<Db> db_;
+    Sealer sealer_;
+};
+
+bool starts_with(std::string_view s, std::string_view prefix) {
+    return s.substr(0, prefix.size()) == prefix;
+}
+
+// "host=... dbname=...": a libpq keyword/value connection string.
+bool is_conninfo(const std::string& url) {
+    static const std::regex kKeyword(R"(^\s*[A-Za-z_]+\s*=)");
+    return std::regex_search(url, kKeyword);
+}
+
+}  // namespace
+
+std::unique_ptr<Store> open_store(const std::string& url, const SecretKey& master_key) {
+    if (url.empty()) throw StoreError("empty store URL");
+    if (master_key.is_zero()) throw StoreError("refusing an all-zero master key");
+    std::unique_ptr<detail::Db> db;
+    if (starts_with(url, "postgresql://") || starts_with(url, "postgres://") || is_conninfo(url)) {
+        db = detail::open_postgresql(url);
+    } else if (starts_with(url, "sqlite://")) {
+        db = detail::open_sqlite(url.substr(std::string_view("sqlite://").size()));
+    } else if (starts_with(url, "sqlite:")) {
+        db = detail::open_sqlite(url.substr(std::string_view("sqlite:").size()));
+    } else {
+        db = detail::open_sqlite(url);
+    }
+    return std::make_unique<SqlStore>(std::move(db), master_key);
+}
+
+}  // namespace cpns::store

@@ -1,0 +1,261 @@
+// The SQLite backend: one database file in WAL mode, synchronous=FULL (a commit is on disk when
+// it returns), foreign keys enforced, 5 s busy timeout. Prepared statements are cached.
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "store/db.hpp"
+#include "store/store.hpp"
+
+namespace cpns::store::detail {
+namespace {
+
+constexpr int kBusyTimeoutMs = 5000;
+
+// Migration 1: the tables of the store. Kinds and statuses are stored as words, the blobs are
+// serialized protobuf (capabilities, inventory header, members) or sealed EUKeys.
+const std::vector<Migration> kSqliteMigrations = {
+    {1,
+     {
+         "CREATE TABLE entities ("
+         " id TEXT NOT NULL PRIMARY KEY,"
+         " kind TEXT NOT NULL CHECK (kind IN ('pne', 'gw')),"
+         " sealed_eukey BLOB NOT NULL,"
+         " status TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'revoked')),"
+         " capabilities BLOB NOT NULL,"
+         " created_at_ms INTEGER NOT NULL,"
+         " updated_at_ms INTEGER NOT NULL)",
+         "CREATE INDEX entities_kind_idx ON entities (kind, id)",
+         "CREATE TABLE pns ("
+         " gw_id TEXT NOT NULL,"
+         " pn_id TEXT NOT NULL,"
+         " registered_at_ms INTEGER NOT NULL,"
+         " inventory BLOB NOT NULL,"
+         " CONSTRAINT pns_gw_pn_key UNIQUE (gw_id, pn_id))",
+         "CREATE TABLE pn_members ("
+         " gw_id TEXT NOT NULL,"
+         " pn_id TEXT NOT NULL,"
+         " pne_id TEXT NOT NULL,"
+         " member_index INTEGER NOT NULL,"
+         " member BLOB NOT NULL,"
+         " CONSTRAINT pn_members_pkey PRIMARY KEY (gw_id, pn_id, pne_id),"
+         " CONSTRAINT pn_members_pn_fkey FOREIGN KEY (gw_id, pn_id)"
+         "  REFERENCES pns (gw_id, pn_id) ON DELETE CASCADE)",
+         "CREATE INDEX pn_members_pne_idx ON pn_members (pne_id)",
+         "CREATE TABLE audit ("
+         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+         " at_ms INTEGER NOT NULL,"
+         " server_id TEXT NOT NULL,"
+         " gw_id TEXT NOT NULL,"
+         " pn_id TEXT NOT NULL,"
+         " pne_id TEXT NOT NULL,"
+         " success INTEGER NOT NULL CHECK (success IN (0, 1)),"
+         " reason TEXT NOT NULL,"
+         " detail TEXT NOT NULL)",
+         "CREATE INDEX audit_at_idx ON audit (at_ms, id)",
+     }},
+};
+
+// $1..$n (the store's placeholder style) -> ?1..?n (SQLite's numbered parameters). The SQL text
+// of the store contains no other '$'.
+std::string to_sqlite_placeholders(std::string_view sql) {
+    std::string out(sql);
+    for (char& c : out) {
+        if (c == '$') c = '?';
+    }
+    return out;
+}
+
+class SqliteDb final : public Db {
+  public:
+    explicit SqliteDb(const std::string& path) : path_(path) {
+        create_private_file();
+        const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+        const int rc = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
+        if (rc != SQLITE_OK) {
+            const std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+            sqlite3_close(db_);
+            db_ = nullptr;
+            throw StoreError("cannot open SQLite database " + path + ": " + why);
+        }
+        try {
+            sqlite3_extended_result_codes(db_, 1);
+            sqlite3_busy_timeout(db_, kBusyTimeoutMs);
+            const Result mode = run("PRAGMA journal_mode=WAL");
+            const std::string got =
+                mode.rows.empty() || !mode.rows[0][0] ? std::string() : *mode.rows[0][0];
+            if (got != "wal" && path != ":memory:") {
+                throw StoreError("cannot switch SQLite database " + path +
+                                 " to WAL mode (journal_mode is '" + got + "')");
+            }
+            run("PRAGMA synchronous=FULL");
+            run("PRAGMA foreign_keys=ON");
+            const Result fk = run("PRAGMA foreign_keys");
+            if (fk.rows.empty() || fk.rows[0][0] != std::optional<std::string>("1")) {
+                throw StoreError("SQLite without foreign key support");
+            }
+        } catch (...) {
+            close();
+            throw;
+        }
+    }
+    ~SqliteDb() override { close(); }
+    SqliteDb(const SqliteDb&) = delete;
+    SqliteDb& operator=(const SqliteDb&) = delete;
+
+    std::string backend() const override { return "sqlite"; }
+    using Db::run;
+
+    Result run(std::string_view sql, const std::vector<Param>& params) override {
+        sqlite3_stmt* stmt = prepare(sql);
+        // Reset and unbind on every path, so no statement stays active (an active statement
+        // would keep a read transaction open and hold the WAL).
+        struct Reset {
+            sqlite3_stmt* s;
+            ~Reset() {
+                sqlite3_reset(s);
+                sqlite3_clear_bindings(s);
+            }
+        } reset{stmt};
+
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const int index = static_cast<int>(i + 1);
+            const Param& p = params[i];
+            int rc = SQLITE_OK;
+            switch (p.type) {
+                case Param::Type::kNull:
+                    rc = sqlite3_bind_null(stmt, index);
+                    break;
+                case Param::Type::kInt:
+                    rc = sqlite3_bind_int64(stmt, index, p.integer);
+                    break;
+                case Param::Type::kText:
+                    rc = sqlite3_bind_text64(stmt, index, p.bytes.data(), p.bytes.size(),
+                                             SQLITE_TRANSIENT, SQLITE_UTF8);
+                    break;
+                case Param::Type::kBlob:
+                    rc = sqlite3_bind_blob64(stmt, index, p.bytes.data(), p.bytes.size(),
+                                             SQLITE_TRANSIENT);
+                    break;
+            }
+            if (rc != SQLITE_OK) fail("bind", sql, rc);
+        }
+
+        Result result;
+        const sqlite3_int64 before = sqlite3_total_changes64(db_);
+        for (;;) {
+            const int rc = sqlite3_step(stmt);
+            if (rc == SQLITE_DONE) break;
+            if (rc != SQLITE_ROW) fail("step", sql, rc);
+            const int columns = sqlite3_column_count(stmt);
+            Row row;
+            row.reserve(static_cast<std::size_t>(columns));
+            for (int c = 0; c < columns; ++c) {
+                switch (sqlite3_column_type(stmt, c)) {
+                    case SQLITE_NULL:
+                        row.emplace_back(std::nullopt);
+                        break;
+                    case SQLITE_BLOB: {
+                        const void* data = sqlite3_column_blob(stmt, c);
+                        const int n = sqlite3_column_bytes(stmt, c);
+                        row.emplace_back(data ? std::string(static_cast<const char*>(data),
+                                                            static_cast<std::size_t>(n))
+                                              : std::string());
+                        break;
+                    }
+                    default: {  // INTEGER, FLOAT, TEXT: as text
+                        const unsigned char* text = sqlite3_column_text(stmt, c);
+                        const int n = sqlite3_column_bytes(stmt, c);
+                        row.emplace_back(text ? std::string(reinterpret_cast<const char*>(text),
+                                                            static_cast<std::size_t>(n))
+                                              : std::string());
+                        break;
+                    }
+                }
+            }
+            result.rows.push_back(std::move(row));
+        }
+        result.changed = static_cast<std::int64_t>(sqlite3_total_changes64(db_) - before);
+        return result;
+    }
+
+    void begin_write() override { run("BEGIN IMMEDIATE"); }
+    // A deferred transaction: in WAL mode its first read fixes the snapshot for all others.
+    void begin_read() override { run("BEGIN DEFERRED"); }
+    // BEGIN IMMEDIATE takes the database's write lock: a second process migrating at the same
+    // time waits (busy timeout) and then finds the schema up to date.
+    void begin_migration() override { run("BEGIN IMMEDIATE"); }
+    void commit() override {
+        try {
+            run("COMMIT");
+        } catch (...) {
+            rollback();
+            throw;
+        }
+    }
+    void rollback() noexcept override {
+        if (db_ && sqlite3_get_autocommit(db_) == 0) {
+            sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        }
+    }
+
+    const std::vector<Migration>& migrations() const override { return kSqliteMigrations; }
+
+  private:
+    // A new database file is created readable by its owner only; SQLite creates the -wal and
+    // -shm files with the same permissions.
+    void create_private_file() const {
+        if (path_.empty() || path_ == ":memory:") return;
+        const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            throw StoreError("cannot open SQLite database " + path_ + ": " + std::strerror(errno));
+        }
+        ::close(fd);
+    }
+
+    sqlite3_stmt* prepare(std::string_view sql) {
+        const auto it = statements_.find(std::string(sql));
+        if (it != statements_.end()) return it->second;
+        const std::string text = to_sqlite_placeholders(sql);
+        sqlite3_stmt* stmt = nullptr;
+        const int rc = sqlite3_prepare_v3(db_, text.c_str(), static_cast<int>(text.size() + 1),
+                                          SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
+        if (rc != SQLITE_OK) fail("prepare", sql, rc);
+        statements_.emplace(std::string(sql), stmt);
+        return stmt;
+    }
+
+    [[noreturn]] void fail(const char* what, std::string_view sql, int rc) const {
+        std::string first_words(sql.substr(0, sql.find_first_of("(\n")));
+        throw StoreError("SQLite " + std::string(what) + " failed (" + sqlite3_errstr(rc) +
+                         "): " + sqlite3_errmsg(db_) + " [in: " + first_words + "]");
+    }
+
+    void close() noexcept {
+        for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
+        statements_.clear();
+        if (db_) {
+            rollback();
+            sqlite3_close(db_);
+            db_ = nullptr;
+        }
+    }
+
+    std::string path_;
+    sqlite3* db_ = nullptr;
+    std::map<std::string, sqlite3_stmt*, std::less<>> statements_;
+};
+
+}  // namespace
+
+std::unique_ptr<Db> open_sqlite(const std::string& path) {
+    if (path.empty()) throw StoreError("empty SQLite database path");
+    return std::make_unique<SqliteDb>(path);
+}
+
+}  // namespace cpns::store::detail

@@ -1,0 +1,107 @@
+// The CPNS Server's durable store: entities with their EUKeys (sealed at rest under a key
+// derived from the master key), the PN Inventory and an audit log. Two backends behind one
+// interface: SQLite (embedded default; one file in WAL mode) and PostgreSQL (libpq), which lets
+// several server instances share one database.
+//
+// Errors: every method throws StoreError when the database cannot be reached or a statement
+// fails, and when a stored row cannot be read back (for instance an EUKey sealed under another
+// master key). A Store is used by one thread at a time: open one instance per thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/crypto.hpp"
+#include "core/server.hpp"
+
+namespace cpns::store {
+
+struct StoredEntity {
+    std::string id;
+    EntityKind kind = EntityKind::kPne;
+    SecretKey eukey;
+    EntityStatus status = EntityStatus::kActive;
+    pb::DeviceCapabilities capabilities;
+    // Milliseconds since the Unix epoch. put_entity fills 0 with the current time and, when an
+    // entity is replaced, keeps the stored created_at_ms if the new record's is 0.
+    std::int64_t created_at_ms = 0;
+    std::int64_t updated_at_ms = 0;
+};
+
+struct AuditRecord {
+    std::int64_t at_ms = 0;
+    std::string server_id, gw_id, pn_id, pne_id;
+    bool success = false;
+    std::string reason;
+    std::string detail;
+};
+
+enum class PutResult {
+    kOk,         // registered, and durable
+    kDuplicate,  // (gw_id, pn_id) is registered already; nothing was written
+    kError,      // the inventory was refused (see register_pn); nothing was written
+};
+
+// Connection and SQL failures, unreadable rows, bad configuration (URL, master key).
+class StoreError : public std::runtime_error {
+  public:
+    using runtime_error::runtime_error;
+};
+
+class Store {  // one instance per thread; not thread-safe
+  public:
+    virtual ~Store() = default;
+    virtual std::string backend() const = 0;  // "sqlite" / "postgresql"
+
+    // Insert or replace (provisioning). StoreError for an empty id or an all-zero EUKey.
+    virtual void put_entity(const StoredEntity& e) = 0;
+    // StoreError "cannot unseal EUKey of <id>: wrong master key?" when the sealed key does not
+    // open under this store's master key.
+    virtual std::optional<StoredEntity> get_entity(const std::string& id) = 0;
+    // Ordered by id.
+    virtual std::vector<StoredEntity> list_entities(
+        std::optional<EntityKind> kind = std::nullopt) = 0;
+    virtual bool set_status(const std::string& id,
+                            EntityStatus status) = 0;  // false: no such entity
+
+    // Atomic and durable when it returns kOk (one transaction: the PN row and all member rows,
+    // or nothing). kDuplicate when (gw_id, pn_id) exists already — decided by a UNIQUE
+    // constraint, so that two servers racing on one PostgreSQL register a PN exactly once.
+    // kError (nothing written) when the inventory is not registrable: empty gw_id or pn_id, no
+    // members, a member without pne_id, a PNE listed twice, or a member that is not a PNE
+    // entity of this store. Database failures throw StoreError (nothing written either).
+    virtual PutResult register_pn(const pb::PnInventory& inv) = 0;
+    virtual bool pn_exists(const std::string& gw_id, const std::string& pn_id) = 0;
+    // The inventory as registered, members in their original order.
+    virtual std::optional<pb::PnInventory> get_pn(const std::string& gw_id,
+                                                  const std::string& pn_id) = 0;
+    // Ordered by (gw_id, pn_id).
+    virtual std::vector<pb::PnInventory> list_pns(
+        std::optional<std::string> gw_id = std::nullopt) = 0;
+
+    virtual void audit(const AuditRecord& r) = 0;
+    virtual std::vector<AuditRecord> audit_log(std::size_t limit) = 0;  // newest first
+
+    // Consistency check over the whole store (one snapshot): returns problems found (empty =
+    // consistent): a PN without members, members referencing unknown PNs, members that are not
+    // PNE entities, duplicate members, unreadable sealed keys (and unreadable rows in general).
+    virtual std::vector<std::string> check() = 0;
+};
+
+// url: "sqlite:/path/to/file.db" (or a plain path) or "postgresql://..." / "postgres://..." /
+// "host=... dbname=..." (libpq conninfo). Applies the schema migrations. StoreError when the
+// database cannot be opened or migrated, or the master key is all zeros.
+std::unique_ptr<Store> open_store(const std::string& url, const SecretKey& master_key);
+
+// The master key: from the file named by `path` if non-empty (64 hex digits, optional trailing
+// newline; a file readable by group/others is refused), else from env CPNS_MASTER_KEY (hex).
+// Never from the database. StoreError with a clear message if neither is available or the key
+// is malformed.
+SecretKey load_master_key(const std::string& path);
+
+}  // namespace cpns::store

@@ -1,0 +1,1076 @@
+// Tests of the store (src/store/): one typed suite run against both backends (SQLite and
+// PostgreSQL), plus the at-rest sealing, the master key loader and the URL dispatch.
+//
+// PostgreSQL: the suite uses the server named by CPNS_TEST_PG_URL (scripts/test.sh starts a
+// throw-away one with scripts/pg-test-server.sh). Each test works in a schema of its own, so
+// tests may run in parallel on one server. Without CPNS_TEST_PG_URL the PostgreSQL cases fail,
+// unless CPNS_TEST_NO_PG=1 asks to skip them.
+#include <fcntl.h>
+#include <google/protobuf/util/message_differencer.h>
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <barrier>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/sealed.hpp"
+#include "store/store.hpp"
+
+namespace cpns::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+SecretKey random_key() {
+    OsRandom random;
+    return random.key();
+}
+
+std::string unique_suffix() {
+    static std::atomic<int> counter{0};
+    OsRandom random;
+    return std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" +
+           to_hex(random.bytes(4));
+}
+
+std::string make_temp_dir() {
+    const fs::path base = fs::temp_directory_path() / ("cpns-store-test-" + unique_suffix());
+    fs::create_directories(base);
+    return base.string();
+}
+
+std::string read_file(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::string upper(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+    return s;
+}
+
+std::string bytes_string(ByteView b) {
+    return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
+bool env_is(const char* name, const char* value) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::string(v) == value;
+}
+
+bool contains(const std::vector<std::string>& list, const std::string& item) {
+    return std::find(list.begin(), list.end(), item) != list.end();
+}
+
+// --- Backends under test -----------------------------------------------------------------------
+
+using Rows = std::vector<std::vector<std::string>>;
+
+class SqliteBackend {
+  public:
+    static std::string name() { return "sqlite"; }
+    static bool may_skip() { return false; }
+    // "" when ready, else why not.
+    std::string setup() {
+        dir_ = make_temp_dir();
+        file_ = dir_ + "/store.db";
+        return "";
+    }
+    void teardown() {
+        std::error_code ec;
+        fs::remove_all(dir_, ec);
+    }
+    std::string url() const { return "sqlite:" + file_; }
+
+    // A second, raw connection (no foreign key enforcement unless asked).
+    Rows query(const std::string& sql) const {
+        sqlite3* db = nullptr;
+        if (sqlite3_open_v2(file_.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
+            const std::string why = db ? sqlite3_errmsg(db) : "out of memory";
+            sqlite3_close(db);
+            throw std::runtime_error("raw sqlite open: " + why);
+        }
+        sqlite3_busy_timeout(db, 5000);
+        Rows rows;
+        char* err = nullptr;
+        const int rc = sqlite3_exec(
+            db, sql.c_str(),
+            [](void* out, int n, char** values, char**) {
+                std::vector<std::string> row;
+                for (int i = 0; i < n; ++i) row.emplace_back(values[i] ? values[i] : "<null>");
+                static_cast<Rows*>(out)->push_back(std::move(row));
+                return 0;
+            },
+            &rows, &err);
+        const std::string why = err ? err : "";
+        sqlite3_free(err);
+        sqlite3_close(db);
+        if (rc != SQLITE_OK) throw std::runtime_error("raw sqlite: " + why + " in: " + sql);
+        return rows;
+    }
+    void exec(const std::string& sql) const { query(sql); }
+
+    // What a copy of the database would hold: the file and its write-ahead log.
+    std::string copy_of_database() const {
+        std::string all = read_file(file_);
+        if (fs::exists(file_ + "-wal")) all += read_file(file_ + "-wal");
+        return all;
+    }
+
+    // SQL dialect for the injections.
+    static std::string blob_literal(const std::string& hex) { return "X'" + hex + "'"; }
+    static std::string hex_of(const std::string& column) { return "lower(hex(" + column + "))"; }
+    static std::string unchecked() { return "PRAGMA foreign_keys=OFF; "; }
+    static std::string drop_member_key() {
+        return "CREATE TABLE pn_members_copy AS SELECT * FROM pn_members;"
+               " DROP TABLE pn_members;"
+               " ALTER TABLE pn_members_copy RENAME TO pn_members;";
+    }
+    static std::string failing_member_trigger(const std::string& pne_id) {
+        return "CREATE TRIGGER fail_member BEFORE INSERT ON pn_members WHEN NEW.pne_id = '" +
+               pne_id + "' BEGIN SELECT RAISE(ABORT, 'injected failure'); END;";
+    }
+
+  private:
+    std::string dir_;
+    std::string file_;
+};
+
+std::string pg_dump_binary() {
+    std::vector<fs::path> found;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator("/usr/lib/postgresql", ec)) {
+        const fs::path candidate = entry.path() / "bin" / "pg_dump";
+        if (fs::exists(candidate)) found.push_back(candidate);
+    }
+    if (found.empty()) return "pg_dump";
+    std::sort(found.begin(), found.end(), [](const fs::path& a, const fs::path& b) {
+        // Version directories ("13", "15"): numerically.
+        return std::stoi(a.parent_path().parent_path().filename().string()) <
+               std::stoi(b.parent_path().parent_path().filename().string());
+    });
+    return found.back().string();
+}
+
+class PgBackend {
+  public:
+    static std::string name() { return "postgresql"; }
+    // Only when no server is named and the developer asked explicitly to skip.
+    static bool may_skip() {
+        const char* url = std::getenv("CPNS_TEST_PG_URL");
+        return (url == nullptr || *url == '\0') && env_is("CPNS_TEST_NO_PG", "1");
+    }
+    std::string setup() {
+        const char* url = std::getenv("CPNS_TEST_PG_URL");
+        if (url == nullptr || *url == '\0') {
+            return "CPNS_TEST_PG_URL is not set. The PostgreSQL store tests need a server: run "
+                   "the test suite with the README's test command, ./scripts/test.sh, which "
+                   "starts a throw-away PostgreSQL (scripts/pg-test-server.sh) and sets "
+                   "CPNS_TEST_PG_URL. To skip these tests deliberately, set CPNS_TEST_NO_PG=1.";
+        }
+        base_url_ = url;
+        schema_ = "cpns_t_" + unique_suffix();
+        try {
+            run_on(base_url_, "CREATE SCHEMA " + schema_);
+        } catch (const std::exception& e) {
+            return std::string("cannot prepare the PostgreSQL test schema at CPNS_TEST_PG_URL: ") +
+                   e.what();
+        }
+        url_ = with_schema(base_url_, schema_);
+        return "";
+    }
+    void teardown() {
+        try {
+            run_on(base_url_, "DROP SCHEMA IF EXISTS " + schema_ + " CASCADE");
+        } catch (const std::exception&) {
+            // The server is throw-away; a schema left behind does no harm.
+        }
+    }
+    std::string url() const { return url_; }
+    // The URL with one more libpq connection parameter.
+    std::string url_with(const std::string& keyword, const std::string& value) const {
+        if (url_.rfind("postgres", 0) == 0 && url_.find("://") != std::string::npos) {
+            return url_ + "&" + keyword + "=" + value;
+        }
+        return url_ + " " + keyword + "='" + value + "'";
+    }
+
+    Rows query(const std::string& sql) const { return run_on(url_, sql); }
+    void exec(const std::string& sql) const { run_on(url_, sql); }
+
+    // What a copy of the database would hold: pg_dump of the test's schema.
+    std::string copy_of_database() const {
+        const std::string cmd = "'" + pg_dump_binary() + "' --no-owner --schema=" + schema_ +
+                                " --dbname='" + base_url_ + "' 2>&1";
+        FILE* pipe = ::popen(cmd.c_str(), "r");
+        if (!pipe) throw std::runtime_error("cannot run pg_dump");
+        std::string out;
+        char buf[65536];
+        std::size_t n = 0;
+        while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+        const int status = ::pclose(pipe);
+        if (status != 0) throw std::runtime_error("pg_dump failed: " + out);
+        return out;
+    }
+
+    static std::string blob_literal(const std::string& hex) {
+        return "decode('" + hex + "', 'hex')";
+    }
+    static std::string hex_of(const std::string& column) { return "encode(" + column + ", 'hex')"; }
+    // Foreign keys are enforced by triggers, which replica mode does not fire (superuser).
+    static std::string unchecked() { return "SET session_replication_role = replica; "; }
+    static std::string drop_member_key() {
+        return "ALTER TABLE pn_members DROP CONSTRAINT pn_members_pkey;";
+    }
+    static std::string failing_member_trigger(const std::string& pne_id) {
+        return "CREATE FUNCTION fail_member() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF "
+               "NEW.pne_id = '" +
+               pne_id +
+               "' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$;"
+               " CREATE TRIGGER fail_member BEFORE INSERT ON pn_members FOR EACH ROW EXECUTE "
+               "FUNCTION fail_member();";
+    }
+
+  private:
+    static std::string with_schema(const std::string& url, const std::string& schema) {
+        if (url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0) {
+            return url + (url.find('?') == std::string::npos ? "?" : "&") +
+                   "options=-csearch_path%3D" + schema;
+        }
+        return url + " options='-csearch_path=" + schema + "'";
+    }
+
+    // A raw connection; several statements in one string are allowed (PQexec).
+    static Rows run_on(const std::string& url, const std::string& sql) {
+        PGconn* conn = PQconnectdb(url.c_str());
+        if (PQstatus(conn) != CONNECTION_OK) {
+            const std::string why = PQerrorMessage(conn);
+            PQfinish(conn);
+            throw std::runtime_error("raw PostgreSQL connect: " + why);
+        }
+        PQsetNoticeProcessor(
+            conn, [](void*, const char*) {}, nullptr);
+        PGresult* res = PQexec(conn, sql.c_str());
+        const ExecStatusType status = PQresultStatus(res);
+        Rows rows;
+        if (status == PGRES_TUPLES_OK) {
+            for (int r = 0; r < PQntuples(res); ++r) {
+                std::vector<std::string> row;
+                for (int c = 0; c < PQnfields(res); ++c) {
+                    row.emplace_back(PQgetisnull(res, r, c) ? "<null>" : PQgetvalue(res, r, c));
+                }
+                rows.push_back(std::move(row));
+            }
+        }
+        const std::string why = PQresultErrorMessage(res);
+        PQclear(res);
+        PQfinish(conn);
+        if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+            throw std::runtime_error("raw PostgreSQL: " + why + " in: " + sql);
+        }
+        return rows;
+    }
+
+    std::string base_url_;
+    std::string schema_;
+    std::string url_;
+};
+
+// --- Test data ---------------------------------------------------------------------------------
+
+pb::DeviceCapabilities capabilities(const std::string& type) {
+    pb::DeviceCapabilities c;
+    c.set_device_type(type);
+    c.set_manufacturer("Acme");
+    c.set_model(type + "-9000");
+    c.set_enough_ui(type != "headset");
+    c.add_pan_technologies("bluetooth");
+    c.add_pan_technologies("wifi");
+    c.add_services("audio-sink");
+    return c;
+}
+
+StoredEntity entity(const std::string& id, EntityKind kind) {
+    StoredEntity e;
+    e.id = id;
+    e.kind = kind;
+    e.eukey = random_key();
+    e.capabilities = capabilities(kind == EntityKind::kGw ? "phone" : "headset");
+    return e;
+}
+
+pb::PnMember member(const std::string& pne_id) {
+    pb::PnMember m;
+    m.set_pne_id(pne_id);
+    *m.mutable_capabilities() = capabilities("media-player");
+    pb::ContentInfo* content = m.add_contents();
+    content->set_content_id("c-" + pne_id);
+    content->set_media_type("audio/flac");
+    content->set_title("Song of " + pne_id);
+    content->set_size_bytes(123456789);
+    m.set_joined_at_ms(1700000000123);
+    m.set_local_eukey_assigned(true);
+    return m;
+}
+
+pb::PnInventory inventory(const std::string& gw_id, const std::string& pn_id,
+                          const std::vector<std::string>& pnes) {
+    pb::PnInventory inv;
+    inv.set_gw_id(gw_id);
+    inv.set_pn_id(pn_id);
+    *inv.mutable_gw_capabilities() = capabilities("phone");
+    for (const std::string& p : pnes) *inv.add_members() = member(p);
+    inv.set_registered_at_ms(1700000000999);
+    return inv;
+}
+
+void provision(Store& s, const std::vector<std::string>& gws,
+               const std::vector<std::string>& pnes) {
+    for (const std::string& g : gws) s.put_entity(entity(g, EntityKind::kGw));
+    for (const std::string& p : pnes) s.put_entity(entity(p, EntityKind::kPne));
+}
+
+bool same(const google::protobuf::Message& a, const google::protobuf::Message& b) {
+    return google::protobuf::util::MessageDifferencer::Equals(a, b);
+}
+
+std::string hex_of_message(const google::protobuf::Message& m) {
+    return to_hex(as_bytes(m.SerializeAsString()));
+}
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const StoreError& e) {
+        return e.what();
+    }
+    return "<no StoreError>";
+}
+
+// --- The typed suite ---------------------------------------------------------------------------
+
+template <typename Backend>
+class StoreTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        const std::string why = backend_.setup();
+        if (!why.empty()) {
+            if (Backend::may_skip()) GTEST_SKIP() << why;
+            FAIL() << why;
+        }
+        ready_ = true;
+    }
+    void TearDown() override {
+        if (ready_) backend_.teardown();
+    }
+    std::unique_ptr<Store> open(const SecretKey& key) { return open_store(backend_.url(), key); }
+    std::unique_ptr<Store> open() { return open(master_); }
+    std::string count(const std::string& table) {
+        return backend_.query("SELECT COUNT(*) FROM " + table).at(0).at(0);
+    }
+
+    Backend backend_;
+    SecretKey master_ = random_key();
+    bool ready_ = false;
+};
+
+struct BackendNames {
+    template <typename T>
+    static std::string GetName(int) {
+        return T::name();
+    }
+};
+
+using Backends = ::testing::Types<SqliteBackend, PgBackend>;
+TYPED_TEST_SUITE(StoreTest, Backends, BackendNames);
+
+TYPED_TEST(StoreTest, OpensTheRightBackend) {
+    const auto s = this->open();
+    EXPECT_EQ(s->backend(), TypeParam::name());
+}
+
+TYPED_TEST(StoreTest, EntityRoundTrip) {
+    auto s = this->open();
+    StoredEntity e = entity("pne-1", EntityKind::kPne);
+    e.status = EntityStatus::kDisabled;
+    e.created_at_ms = 1111;
+    e.updated_at_ms = 2222;
+    s->put_entity(e);
+
+    std::optional<StoredEntity> got = s->get_entity("pne-1");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->id, "pne-1");
+    EXPECT_EQ(got->kind, EntityKind::kPne);
+    EXPECT_TRUE(got->eukey == e.eukey);
+    EXPECT_EQ(got->status, EntityStatus::kDisabled);
+    EXPECT_TRUE(same(got->capabilities, e.capabilities));
+    EXPECT_EQ(got->created_at_ms, 1111);
+    EXPECT_EQ(got->updated_at_ms, 2222);
+    EXPECT_FALSE(s->get_entity("pne-unknown"));
+
+    // Replace: new key, kind and status; created_at_ms 0 keeps the stored one.
+    StoredEntity r = entity("pne-1", EntityKind::kGw);
+    r.status = EntityStatus::kRevoked;
+    s->put_entity(r);
+    got = s->get_entity("pne-1");
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(got->eukey == r.eukey);
+    EXPECT_FALSE(got->eukey == e.eukey);
+    EXPECT_EQ(got->kind, EntityKind::kGw);
+    EXPECT_EQ(got->status, EntityStatus::kRevoked);
+    EXPECT_EQ(got->created_at_ms, 1111);
+    EXPECT_GT(got->updated_at_ms, 1600000000000);
+
+    // Timestamps left at 0 are filled with the current time.
+    s->put_entity(entity("gw-1", EntityKind::kGw));
+    got = s->get_entity("gw-1");
+    ASSERT_TRUE(got);
+    EXPECT_GT(got->created_at_ms, 1600000000000);
+    EXPECT_EQ(got->created_at_ms, got->updated_at_ms);
+
+    // Refused: no id, an all-zero key.
+    EXPECT_THROW(s->put_entity(entity("", EntityKind::kPne)), StoreError);
+    StoredEntity zero = entity("pne-zero", EntityKind::kPne);
+    zero.eukey = SecretKey();
+    EXPECT_THROW(s->put_entity(zero), StoreError);
+
+    // Durable across connections.
+    s.reset();
+    const auto again = this->open();
+    got = again->get_entity("pne-1");
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(got->eukey == r.eukey);
+}
+
+TYPED_TEST(StoreTest, StatusChanges) {
+    const auto s = this->open();
+    StoredEntity e = entity("pne-1", EntityKind::kPne);
+    e.updated_at_ms = 5;
+    s->put_entity(e);
+    EXPECT_EQ(s->get_entity("pne-1")->status, EntityStatus::kActive);
+
+    EXPECT_TRUE(s->set_status("pne-1", EntityStatus::kDisabled));
+    std::optional<StoredEntity> got = s->get_entity("pne-1");
+    EXPECT_EQ(got->status, EntityStatus::kDisabled);
+    EXPECT_GT(got->updated_at_ms, 5);
+    EXPECT_TRUE(got->eukey == e.eukey);
+
+    EXPECT_TRUE(s->set_status("pne-1", EntityStatus::kRevoked));
+    EXPECT_EQ(s->get_entity("pne-1")->status, EntityStatus::kRevoked);
+    EXPECT_TRUE(s->set_status("pne-1", EntityStatus::kActive));
+    EXPECT_EQ(s->get_entity("pne-1")->status, EntityStatus::kActive);
+
+    EXPECT_FALSE(s->set_status("pne-unknown", EntityStatus::kRevoked));
+    EXPECT_FALSE(s->get_entity("pne-unknown"));
+}
+
+TYPED_TEST(StoreTest, ListFilters) {
+    const auto s = this->open();
+    EXPECT_TRUE(s->list_entities().empty());
+    provision(*s, {"gw-b", "gw-a"}, {"pne-c", "pne-a", "pne-b"});
+
+    auto ids = [](const std::vector<StoredEntity>& list) {
+        std::vector<std::string> out;
+        for (const StoredEntity& e : list) out.push_back(e.id);
+        return out;
+    };
+    EXPECT_EQ(ids(s->list_entities()),
+              (std::vector<std::string>{"gw-a", "gw-b", "pne-a", "pne-b", "pne-c"}));
+    EXPECT_EQ(ids(s->list_entities(EntityKind::kPne)),
+              (std::vector<std::string>{"pne-a", "pne-b", "pne-c"}));
+    EXPECT_EQ(ids(s->list_entities(EntityKind::kGw)), (std::vector<std::string>{"gw-a", "gw-b"}));
+    for (const StoredEntity& e : s->list_entities()) {
+        EXPECT_TRUE(e.eukey == s->get_entity(e.id)->eukey) << e.id;
+        EXPECT_FALSE(e.eukey.is_zero());
+    }
+}
+
+TYPED_TEST(StoreTest, RegisterPnIsAtomicAndRefusesDuplicates) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-boom"});
+
+    const pb::PnInventory inv = inventory("gw-1", "pn-1", {"pne-1", "pne-2"});
+    EXPECT_EQ(s->register_pn(inv), PutResult::kOk);
+    EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
+
+    // The same (gw, pn) again, even with other contents: kDuplicate, the first one stays.
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-2"})), PutResult::kDuplicate);
+    const std::optional<pb::PnInventory> got = s->get_pn("gw-1", "pn-1");
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(same(*got, inv));
+    // The same PN ID under another PN GW is another PN.
+    s->put_entity(entity("gw-2", EntityKind::kGw));
+    EXPECT_EQ(s->register_pn(inventory("gw-2", "pn-1", {"pne-1"})), PutResult::kOk);
+
+    // Refused inventories write nothing.
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-x", {})), PutResult::kError);
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "", {"pne-1"})), PutResult::kError);
+    EXPECT_EQ(s->register_pn(inventory("", "pn-x", {"pne-1"})), PutResult::kError);
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-x", {"pne-1", "pne-1"})), PutResult::kError);
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-x", {"pne-1", "pne-unknown"})),
+              PutResult::kError);
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-x", {"pne-1", "gw-2"})), PutResult::kError);
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-x"));
+    EXPECT_EQ(this->count("pns"), "2");
+    EXPECT_EQ(this->count("pn_members"), "3");
+
+    // A failure in the middle of the transaction (the second member's insert fails in the
+    // database): neither the PN row nor the first member remain.
+    this->backend_.exec(TypeParam::failing_member_trigger("pne-boom"));
+    const std::string why = error_of([&] {
+        s->register_pn(inventory("gw-1", "pn-2", {"pne-1", "pne-boom"}));
+    });
+    EXPECT_NE(why.find("injected failure"), std::string::npos) << why;
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-2"));
+    EXPECT_EQ(this->count("pns"), "2");
+    EXPECT_EQ(this->count("pn_members"), "3");
+
+    // The store is still usable, and the PN can be registered once the fault is gone.
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-3", {"pne-2"})), PutResult::kOk);
+    this->backend_.exec("DROP TRIGGER fail_member" +
+                        std::string(TypeParam::name() == "postgresql" ? " ON pn_members" : ""));
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-2", {"pne-1", "pne-boom"})), PutResult::kOk);
+    EXPECT_TRUE(s->check().empty());
+}
+
+TYPED_TEST(StoreTest, GetAndListPns) {
+    const auto s = this->open();
+    provision(*s, {"gw-1", "gw-2"}, {"pne-1", "pne-2", "pne-3"});
+    EXPECT_TRUE(s->list_pns().empty());
+
+    const pb::PnInventory a = inventory("gw-1", "pn-b", {"pne-3", "pne-1", "pne-2"});
+    const pb::PnInventory b = inventory("gw-1", "pn-a", {"pne-2"});
+    const pb::PnInventory c = inventory("gw-2", "pn-a", {"pne-2", "pne-1"});
+    for (const auto* inv : {&a, &b, &c}) ASSERT_EQ(s->register_pn(*inv), PutResult::kOk);
+
+    const std::optional<pb::PnInventory> got = s->get_pn("gw-1", "pn-b");
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(same(*got, a)) << got->DebugString();  // members in their original order
+    EXPECT_FALSE(s->get_pn("gw-1", "pn-unknown"));
+    EXPECT_FALSE(s->get_pn("gw-3", "pn-a"));
+    EXPECT_TRUE(s->pn_exists("gw-2", "pn-a"));
+    EXPECT_FALSE(s->pn_exists("gw-2", "pn-b"));
+
+    const std::vector<pb::PnInventory> all = s->list_pns();
+    ASSERT_EQ(all.size(), 3u);
+    EXPECT_TRUE(same(all[0], b));
+    EXPECT_TRUE(same(all[1], a));
+    EXPECT_TRUE(same(all[2], c));
+
+    const std::vector<pb::PnInventory> of_gw2 = s->list_pns("gw-2");
+    ASSERT_EQ(of_gw2.size(), 1u);
+    EXPECT_TRUE(same(of_gw2[0], c));
+    EXPECT_TRUE(s->list_pns("gw-unknown").empty());
+}
+
+TYPED_TEST(StoreTest, AuditLogNewestFirstWithLimit) {
+    const auto s = this->open();
+    EXPECT_TRUE(s->audit_log(10).empty());
+    for (int i = 1; i <= 10; ++i) {
+        AuditRecord r;
+        r.at_ms = 1000 * (i <= 8 ? i : 8);  // records 8, 9 and 10 share a timestamp
+        r.server_id = "server-" + std::to_string(i % 2);
+        r.gw_id = "gw-1";
+        r.pn_id = "pn-" + std::to_string(i);
+        r.pne_id = "pne-" + std::to_string(i);
+        r.success = i % 3 == 0;
+        r.reason = r.success ? "" : "AUTHENTICATION_FAILED";
+        r.detail = "record " + std::to_string(i) + " with 'quotes' and ; semicolons";
+        s->audit(r);
+    }
+
+    const std::vector<AuditRecord> three = s->audit_log(3);
+    ASSERT_EQ(three.size(), 3u);
+    EXPECT_EQ(three[0].pn_id, "pn-10");  // same at_ms: the later record first
+    EXPECT_EQ(three[1].pn_id, "pn-9");
+    EXPECT_EQ(three[2].pn_id, "pn-8");
+
+    const std::vector<AuditRecord> all = s->audit_log(100);
+    ASSERT_EQ(all.size(), 10u);
+    for (std::size_t k = 0; k < all.size(); ++k) {
+        const int i = 10 - static_cast<int>(k);
+        const AuditRecord& r = all[k];
+        EXPECT_EQ(r.at_ms, 1000 * (i <= 8 ? i : 8));
+        EXPECT_EQ(r.server_id, "server-" + std::to_string(i % 2));
+        EXPECT_EQ(r.gw_id, "gw-1");
+        EXPECT_EQ(r.pn_id, "pn-" + std::to_string(i));
+        EXPECT_EQ(r.pne_id, "pne-" + std::to_string(i));
+        EXPECT_EQ(r.success, i % 3 == 0);
+        EXPECT_EQ(r.reason, r.success ? "" : "AUTHENTICATION_FAILED");
+        EXPECT_EQ(r.detail, "record " + std::to_string(i) + " with 'quotes' and ; semicolons");
+    }
+    EXPECT_TRUE(s->audit_log(0).empty());
+
+    // at_ms 0: the current time.
+    AuditRecord now;
+    now.pn_id = "pn-now";
+    s->audit(now);
+    EXPECT_EQ(s->audit_log(1).at(0).pn_id, "pn-now");
+    EXPECT_GT(s->audit_log(1).at(0).at_ms, 1600000000000);
+}
+
+TYPED_TEST(StoreTest, CheckIsEmptyOnAGoodStoreAndFindsInjectedInconsistencies) {
+    const auto s = this->open();
+    EXPECT_TRUE(s->check().empty());
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-3"});
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1", "pne-2", "pne-3"})),
+              PutResult::kOk);
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-2", {"pne-1", "pne-2"})), PutResult::kOk);
+    for (int i = 0; i < 5; ++i) s->audit(AuditRecord{});
+    const std::vector<std::string> clean = s->check();
+    EXPECT_TRUE(clean.empty()) << clean.front();
+
+    auto blob = [](const google::protobuf::Message& m) {
+        return TypeParam::blob_literal(hex_of_message(m));
+    };
+    pb::PnInventory empty_header = inventory("gw-1", "pn-empty", {});
+    // A PN without members.
+    this->backend_.exec(
+        "INSERT INTO pns (gw_id, pn_id, registered_at_ms, inventory) VALUES ('gw-1', "
+        "'pn-empty', 1, " +
+        blob(empty_header) + ")");
+    // A member of a PN that does not exist (past the foreign key).
+    this->backend_.exec(TypeParam::unchecked() +
+                        "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member) "
+                        "VALUES ('gw-1', 'pn-ghost', 'pne-1', 0, " +
+                        blob(member("pne-1")) + ")");
+    // Members that are not PNE entities: the PN GW itself, and an unknown ID.
+    this->backend_.exec(
+        "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member) VALUES "
+        "('gw-1', 'pn-1', 'gw-1', 3, " +
+        blob(member("gw-1")) + "), ('gw-1', 'pn-1', 'pne-unknown', 4, " +
+        blob(member("pne-unknown")) + ")");
+    // A duplicate member row (past the primary key).
+    this->backend_.exec(TypeParam::drop_member_key());
+    this->backend_.exec(
+        "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member) VALUES "
+        "('gw-1', 'pn-1', 'pne-1', 5, " +
+        blob(member("pne-1")) + ")");
+    // A member row whose record names another PNE (so pne-1 is listed twice in pn-2).
+    this->backend_.exec("UPDATE pn_members SET member = " + blob(member("pne-1")) +
+                        " WHERE gw_id = 'gw-1' AND pn_id = 'pn-2' AND pne_id = 'pne-2'");
+    // An unreadable sealed key.
+    this->backend_.exec("UPDATE entities SET sealed_eukey = " +
+                        TypeParam::blob_literal(std::string(2 * kSealedKeySize, '0')) +
+                        " WHERE id = 'pne-3'");
+
+    const std::vector<std::string> problems = s->check();
+    const std::set<std::string> expected = {
+        "entity pne-3: unreadable sealed EUKey (wrong master key or corrupted)",
+        "PN gw-1/pn-empty: no members",
+        "member pne-1 of PN gw-1/pn-ghost: no such PN",
+        "member gw-1 of PN gw-1/pn-1: the entity is not a PNE",
+        "member pne-unknown of PN gw-1/pn-1: no such entity (not a PNE)",
+        "PN gw-1/pn-1: PNE pne-1 is a member 2 times",
+        "member pne-2 of PN gw-1/pn-2: the record names PNE pne-1",
+        "PN gw-1/pn-2: PNE pne-1 is a member 2 times",
+    };
+    std::string listing;
+    for (const std::string& p : problems) listing += "\n  " + p;
+    EXPECT_EQ(std::set<std::string>(problems.begin(), problems.end()), expected) << listing;
+    EXPECT_EQ(problems.size(), expected.size()) << listing;
+}
+
+TYPED_TEST(StoreTest, WrongMasterKeyFailsClearly) {
+    {
+        const auto s = this->open();
+        provision(*s, {"gw-1"}, {"pne-1"});
+    }
+    const auto wrong = this->open(random_key());  // opening works: the key is not in the DB
+    EXPECT_EQ(error_of([&] { wrong->get_entity("pne-1"); }),
+              "cannot unseal EUKey of pne-1: wrong master key?");
+    const std::string why = error_of([&] { wrong->list_entities(); });
+    EXPECT_NE(why.find("wrong master key?"), std::string::npos) << why;
+    const std::vector<std::string> problems = wrong->check();
+    EXPECT_TRUE(contains(problems,
+                         "entity pne-1: unreadable sealed EUKey (wrong master key or corrupted)"));
+    EXPECT_EQ(problems.size(), 2u);
+
+    const auto right = this->open();
+    EXPECT_TRUE(right->get_entity("pne-1"));
+    EXPECT_TRUE(right->check().empty());
+}
+
+TYPED_TEST(StoreTest, SealedKeyCannotBeMovedToAnotherEntity) {
+    const auto s = this->open();
+    provision(*s, {}, {"pne-1", "pne-2"});
+    this->backend_.exec(
+        "UPDATE entities SET sealed_eukey = (SELECT sealed_eukey FROM entities WHERE id = "
+        "'pne-1') WHERE id = 'pne-2'");
+    EXPECT_TRUE(s->get_entity("pne-1"));
+    EXPECT_EQ(error_of([&] { s->get_entity("pne-2"); }),
+              "cannot unseal EUKey of pne-2: wrong master key?");
+}
+
+TYPED_TEST(StoreTest, MigrationsAreIdempotentAndSafeToRace) {
+    {
+        const auto s = this->open();
+        provision(*s, {"gw-1"}, {"pne-1"});
+        ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1"})), PutResult::kOk);
+    }
+    for (int i = 0; i < 2; ++i) {
+        const auto s = this->open();
+        EXPECT_TRUE(s->get_entity("pne-1"));
+        EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
+    }
+    EXPECT_EQ(this->backend_.query("SELECT version FROM schema_version"), (Rows{{"1"}}));
+
+    // Several processes opening a new database at once: each one migrates or waits.
+    TypeParam fresh;
+    ASSERT_EQ(fresh.setup(), "");
+    constexpr int kOpeners = 4;
+    std::barrier start(kOpeners);
+    std::vector<std::string> errors(kOpeners);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kOpeners; ++i) {
+        threads.emplace_back([&, i] {
+            start.arrive_and_wait();
+            try {
+                const auto s = open_store(fresh.url(), this->master_);
+                s->put_entity(entity("pne-" + std::to_string(i), EntityKind::kPne));
+            } catch (const std::exception& e) {
+                errors[static_cast<std::size_t>(i)] = e.what();
+            }
+        });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const std::string& e : errors) EXPECT_EQ(e, "");
+    EXPECT_EQ(fresh.query("SELECT version FROM schema_version"), (Rows{{"1"}}));
+    EXPECT_EQ(fresh.query("SELECT COUNT(*) FROM entities"), (Rows{{"4"}}));
+    fresh.teardown();
+}
+
+TYPED_TEST(StoreTest, RacingRegistrationsOfOnePnRegisterItOnce) {
+    {
+        const auto s = this->open();
+        provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-3"});
+    }
+    constexpr int kRounds = 25;
+    std::vector<std::unique_ptr<Store>> stores;
+    stores.push_back(this->open());
+    stores.push_back(this->open());
+    std::vector<std::vector<PutResult>> results(2, std::vector<PutResult>(kRounds));
+    std::vector<std::string> errors(2);
+    std::barrier sync(2);
+    std::vector<std::thread> threads;
+    for (std::size_t t = 0; t < 2; ++t) {
+        threads.emplace_back([&, t] {
+            for (int r = 0; r < kRounds; ++r) {
+                // Each side registers the same (gw, pn), with its own member list.
+                const pb::PnInventory inv =
+                    t == 0 ? inventory("gw-1", "pn-" + std::to_string(r), {"pne-1", "pne-2"})
+                           : inventory("gw-1", "pn-" + std::to_string(r), {"pne-3"});
+                sync.arrive_and_wait();
+                try {
+                    results[t][static_cast<std::size_t>(r)] = stores[t]->register_pn(inv);
+                } catch (const std::exception& e) {
+                    errors[t] = e.what();
+                    results[t][static_cast<std::size_t>(r)] = PutResult::kError;
+                }
+            }
+        });
+    }
+    for (std::thread& t : threads) t.join();
+    EXPECT_EQ(errors[0], "");
+    EXPECT_EQ(errors[1], "");
+
+    const auto s = this->open();
+    for (int r = 0; r < kRounds; ++r) {
+        const PutResult a = results[0][static_cast<std::size_t>(r)];
+        const PutResult b = results[1][static_cast<std::size_t>(r)];
+        EXPECT_EQ((a == PutResult::kOk) + (b == PutResult::kOk), 1) << "round " << r;
+        EXPECT_EQ((a == PutResult::kDuplicate) + (b == PutResult::kDuplicate), 1) << "round " << r;
+        // The stored PN is the winner's, whole.
+        const std::optional<pb::PnInventory> got = s->get_pn("gw-1", "pn-" + std::to_string(r));
+        ASSERT_TRUE(got);
+        EXPECT_EQ(got->members_size(), a == PutResult::kOk ? 2 : 1) << "round " << r;
+    }
+    EXPECT_EQ(s->list_pns().size(), static_cast<std::size_t>(kRounds));
+    EXPECT_TRUE(s->check().empty());
+}
+
+TYPED_TEST(StoreTest, ACopyOfTheDatabaseAloneRevealsNoEukey) {
+    std::vector<SecretKey> keys;
+    auto s = this->open();
+    for (int i = 0; i < 50; ++i) {
+        StoredEntity e = entity((i % 5 == 0 ? "gw-" : "pne-") + std::to_string(i),
+                                i % 5 == 0 ? EntityKind::kGw : EntityKind::kPne);
+        keys.push_back(e.eukey);
+        s->put_entity(e);
+    }
+    // Positive control: the copy holds the rows, and the sealed blobs, found by this search.
+    const Rows sealed = this->backend_.query("SELECT " + TypeParam::hex_of("sealed_eukey") +
+                                             " FROM entities WHERE id = 'pne-1'");
+    ASSERT_EQ(sealed.size(), 1u);
+    ASSERT_EQ(sealed[0][0].size(), 2 * kSealedKeySize);
+    const std::string sealed_raw = bytes_string(*from_hex(sealed[0][0]));
+
+    auto search = [&](const std::string& copy, const std::string& when) {
+        ASSERT_NE(copy.find("pne-49"), std::string::npos) << when;
+        EXPECT_TRUE(copy.find(sealed_raw) != std::string::npos ||
+                    copy.find(sealed[0][0]) != std::string::npos)
+            << when;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            const std::string raw = bytes_string(keys[i].view());
+            const std::string hex = keys[i].to_hex();
+            EXPECT_EQ(copy.find(raw), std::string::npos) << when << ": raw EUKey " << i;
+            EXPECT_EQ(copy.find(hex), std::string::npos) << when << ": hex EUKey " << i;
+            EXPECT_EQ(copy.find(upper(hex)), std::string::npos) << when << ": HEX EUKey " << i;
+        }
+    };
+    search(this->backend_.copy_of_database(), "while open");
+    s.reset();
+    search(this->backend_.copy_of_database(), "after close");
+}
+
+// --- PostgreSQL only ---------------------------------------------------------------------------
+
+class StorePostgresql : public StoreTest<PgBackend> {};
+
+TEST_F(StorePostgresql, ReconnectsOnTheNextCallAfterTheConnectionBroke) {
+    const std::string app = "cpns_kill_" + unique_suffix();
+    const auto s = open_store(backend_.url_with("application_name", app), master_);
+    provision(*s, {"gw-1"}, {"pne-1"});
+    // The server ends the store's session (as a restart or a network failure would).
+    EXPECT_EQ(backend_.query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                             "WHERE application_name = '" +
+                             app + "'"),
+              (Rows{{"t"}}));
+    const std::string why = error_of([&] { s->get_entity("pne-1"); });
+    EXPECT_EQ(why.rfind("PostgreSQL", 0), 0u) << why;
+    // The failed call threw; the next one reconnects.
+    EXPECT_TRUE(s->get_entity("pne-1"));
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1"})), PutResult::kOk);
+    EXPECT_TRUE(s->check().empty());
+}
+
+// --- Sealing ---------------------------------------------------------------------------------
+
+TEST(StoreSealed, AtRestKeyIsHkdfSha256OfTheMasterKey) {
+    // HKDF (RFC 5869) recomputed with HMAC-SHA-256: no salt = HashLen zero octets,
+    // PRK = HMAC(salt, IKM), OKM = T(1) = HMAC(PRK, info || 0x01).
+    const SecretKey master = random_key();
+    const Bytes zero_salt(32, 0);
+    const auto prk = hmac_sha256(zero_salt, master.view());
+    std::string t1_input = "cpns store at-rest v1";
+    t1_input.push_back('\x01');
+    const auto okm = hmac_sha256(prk, as_bytes(t1_input));
+    const SecretKey derived = derive_at_rest_key(master);
+    EXPECT_EQ(derived.to_hex(), to_hex(okm));
+    EXPECT_FALSE(derived == master);
+}
+
+TEST(StoreSealed, LayoutIsNonceCiphertextTagUnderAesGcmWithTheEntityAad) {
+    const SecretKey master = random_key();
+    const SecretKey eukey = random_key();
+    const Bytes blob = Sealer(master).seal("pne-7", eukey);
+    ASSERT_EQ(blob.size(), 60u);
+
+    // Open it independently with EVP: nonce = first 12, tag = last 16, AAD = "cpns-eukey|pne-7".
+    const SecretKey k = derive_at_rest_key(master);
+    const std::string aad = "cpns-eukey|pne-7";
+    std::array<unsigned char, 32> plain{};
+    Bytes tag(blob.end() - 16, blob.end());
+    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+    int len = 0;
+    ASSERT_EQ(EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nullptr, nullptr, nullptr), 1);
+    ASSERT_EQ(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, 12, nullptr), 1);
+    ASSERT_EQ(EVP_DecryptInit_ex(ctx, nullptr, nullptr, k.view().data(), blob.data()), 1);
+    ASSERT_EQ(
+        EVP_DecryptUpdate(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()),
+                          static_cast<int>(aad.size())),
+        1);
+    ASSERT_EQ(EVP_DecryptUpdate(ctx, plain.data(), &len, blob.data() + 12, 32), 1);
+    ASSERT_EQ(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, tag.data()), 1);
+    unsigned char rest[16];
+    EXPECT_EQ(EVP_DecryptFinal_ex(ctx, rest, &len), 1);
+    EVP_CIPHER_CTX_free(ctx);
+    EXPECT_EQ(to_hex(plain), eukey.to_hex());
+    wipe(plain.data(), plain.size());
+}
+
+TEST(StoreSealed, OpensOnlyForItsEntityUnderItsMasterKeyUnaltered) {
+    const SecretKey master = random_key();
+    const Sealer sealer(master);
+    const SecretKey eukey = random_key();
+    const Bytes blob = sealer.seal("pne-1", eukey);
+
+    const std::optional<SecretKey> opened = sealer.unseal("pne-1", blob);
+    ASSERT_TRUE(opened);
+    EXPECT_TRUE(*opened == eukey);
+    EXPECT_NE(sealer.seal("pne-1", eukey), blob);  // a fresh nonce every time
+
+    EXPECT_FALSE(sealer.unseal("pne-2", blob));
+    EXPECT_FALSE(sealer.unseal("pne-1 ", blob));
+    EXPECT_FALSE(Sealer(random_key()).unseal("pne-1", blob));
+    for (std::size_t i = 0; i < blob.size(); ++i) {
+        Bytes altered = blob;
+        altered[i] ^= 0x01;
+        EXPECT_FALSE(sealer.unseal("pne-1", altered)) << "byte " << i;
+    }
+    EXPECT_FALSE(sealer.unseal("pne-1", ByteView(blob).first(59)));
+    EXPECT_FALSE(sealer.unseal("pne-1", Bytes{}));
+}
+
+// --- Master key --------------------------------------------------------------------------------
+
+class StoreMasterKey : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        dir_ = make_temp_dir();
+        if (const char* v = std::getenv("CPNS_MASTER_KEY")) saved_ = v;
+        ::unsetenv("CPNS_MASTER_KEY");
+    }
+    void TearDown() override {
+        if (saved_) {
+            ::setenv("CPNS_MASTER_KEY", saved_->c_str(), 1);
+        } else {
+            ::unsetenv("CPNS_MASTER_KEY");
+        }
+        std::error_code ec;
+        fs::remove_all(dir_, ec);
+    }
+    std::string write_key_file(const std::string& content, mode_t mode) {
+        const std::string path = dir_ + "/key-" + unique_suffix();
+        {
+            std::ofstream out(path, std::ios::binary);
+            out << content;
+        }
+        ::chmod(path.c_str(), mode);
+        return path;
+    }
+
+    std::string dir_;
+    std::optional<std::string> saved_;
+    const std::string hex_ = random_key().to_hex();
+};
+
+TEST_F(StoreMasterKey, FromAnOwnerOnlyFile) {
+    EXPECT_EQ(load_master_key(write_key_file(hex_ + "\n", 0600)).to_hex(), hex_);
+    EXPECT_EQ(load_master_key(write_key_file(hex_, 0400)).to_hex(), hex_);
+    EXPECT_EQ(load_master_key(write_key_file(upper(hex_) + "\r\n", 0600)).to_hex(), hex_);
+}
+
+TEST_F(StoreMasterKey, RefusesAFileReadableByGroupOrOthers) {
+    for (const mode_t mode : {0640, 0604, 0644, 0660}) {
+        const std::string path = write_key_file(hex_ + "\n", mode);
+        const std::string why = error_of([&] { load_master_key(path); });
+        EXPECT_NE(why.find("accessible by group or others"), std::string::npos) << why;
+        EXPECT_NE(why.find("chmod 600"), std::string::npos) << why;
+        EXPECT_EQ(why.find(hex_), std::string::npos);
+    }
+}
+
+TEST_F(StoreMasterKey, RefusesMalformedAndMissingFiles) {
+    for (const std::string& content :
+         {std::string(), hex_.substr(2), hex_ + "00", "zz" + hex_.substr(2), hex_ + "\n\n",
+          " " + hex_, std::string(64, '0')}) {
+        const std::string path = write_key_file(content, 0600);
+        const std::string why = error_of([&] { load_master_key(path); });
+        EXPECT_NE(why.find("master key"), std::string::npos) << why;
+        EXPECT_EQ(why.find(hex_), std::string::npos) << why;
+    }
+    const std::string why = error_of([&] { load_master_key(dir_ + "/missing"); });
+    EXPECT_NE(why.find("cannot open master key file"), std::string::npos) << why;
+    // A file given but unusable: no fallback to the environment.
+    ::setenv("CPNS_MASTER_KEY", hex_.c_str(), 1);
+    EXPECT_THROW(load_master_key(dir_ + "/missing"), StoreError);
+}
+
+TEST_F(StoreMasterKey, FromTheEnvironmentWhenNoFileIsGiven) {
+    const std::string none = error_of([] { load_master_key(""); });
+    EXPECT_NE(none.find("CPNS_MASTER_KEY"), std::string::npos) << none;
+    ::setenv("CPNS_MASTER_KEY", hex_.c_str(), 1);
+    EXPECT_EQ(load_master_key("").to_hex(), hex_);
+    ::setenv("CPNS_MASTER_KEY", "not-hex", 1);
+    const std::string bad = error_of([] { load_master_key(""); });
+    EXPECT_NE(bad.find("malformed master key in environment variable CPNS_MASTER_KEY"),
+              std::string::npos)
+        << bad;
+}
+
+// --- open_store --------------------------------------------------------------------------------
+
+TEST(StoreOpen, SqliteUrlsAndFileSettings) {
+    const std::string dir = make_temp_dir();
+    const SecretKey master = random_key();
+    for (const std::string& url :
+         {"sqlite:" + dir + "/a.db", dir + "/b.db", "sqlite://" + dir + "/c.db"}) {
+        const auto s = open_store(url, master);
+        EXPECT_EQ(s->backend(), "sqlite") << url;
+        s->put_entity(entity("pne-1", EntityKind::kPne));
+    }
+    for (const char* file : {"/a.db", "/b.db", "/c.db"}) {
+        struct stat st {};
+        ASSERT_EQ(::stat((dir + file).c_str(), &st), 0) << file;
+        EXPECT_EQ(st.st_mode & 0777, 0600u) << file;
+    }
+    // WAL is a property of the file: a fresh connection sees it.
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir + "/a.db").c_str(), &db), SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &stmt, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0))), "wal");
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+
+    EXPECT_THROW(open_store("sqlite:" + dir + "/no/such/dir/x.db", master), StoreError);
+    EXPECT_THROW(open_store("", master), StoreError);
+    EXPECT_THROW(open_store("sqlite:", master), StoreError);
+    EXPECT_THROW(open_store("sqlite:" + dir + "/d.db", SecretKey()), StoreError);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+}
+
+TEST(StoreOpen, PostgresqlUrlsAndConninfoGoToLibpq) {
+    const SecretKey master = random_key();
+    // Nothing listens on port 1: the errors come from libpq.
+    for (const std::string& url :
+         {std::string("postgresql://postgres@127.0.0.1:1/x"),
+          std::string("postgres://127.0.0.1:1/x"), std::string("host=127.0.0.1 port=1 dbname=x")}) {
+        const std::string why = error_of([&] { open_store(url, master); });
+        EXPECT_EQ(why.rfind("cannot connect to PostgreSQL", 0), 0u) << url << ": " << why;
+    }
+}
+
+TEST(StoreOpen, RefusesADatabaseFromANewerProgram) {
+    const std::string dir = make_temp_dir();
+    const std::string url = "sqlite:" + dir + "/s.db";
+    const SecretKey master = random_key();
+    open_store(url, master);
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir + "/s.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(
+        sqlite3_exec(db, "INSERT INTO schema_version VALUES (99, 0)", nullptr, nullptr, nullptr),
+        SQLITE_OK);
+    sqlite3_close(db);
+    const std::string why = error_of([&] { open_store(url, master); });
+    EXPECT_NE(why.find("schema version 99 is newer"), std::string::npos) << why;
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace cpns::store
