@@ -5,7 +5,9 @@ Usage: python3 scripts/demo.py BUILD_DIR [--keep]
 """
 
 import json
+import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,6 +108,17 @@ def main() -> int:
                 print(f"  - {m['pne_id']:6} {m['capabilities'].get('device_type', ''):9} "
                       f"contents: {content}")
         print("Failure counters at the PN GW: " + json.dumps(status.get("failures", {})))
+
+        # The server's side, read from its store with the operator's tool.
+        env = dict(os.environ, CPNS_MASTER_KEY=(lab.workdir / "master.key").read_text().strip())
+        ctl = [str(Path(build) / "apps" / "cpnsctl" / "cpnsctl"), "--store",
+               f"sqlite:{lab.workdir / 'server.db'}"]
+        print("\n=== PN Inventory at the CPNS Server (cpnsctl pns; EUKeys sealed at rest) ===")
+        r = subprocess.run(ctl + ["pns"], capture_output=True, text=True, env=env, timeout=30)
+        print(r.stdout.rstrip())
+        r = subprocess.run(ctl + ["check"], capture_output=True, text=True, env=env, timeout=30)
+        print("store check: " + r.stdout.strip())
+        ok &= r.returncode == 0
     except Exception as e:  # noqa: BLE001
         ok = False
         print(f"\nmain job failed: {e}\n{lab.logs()[-6000:]}")

@@ -8,14 +8,15 @@ packages=(
   libssl-dev openssl
   libprotobuf-dev protobuf-compiler
   libsqlite3-dev
-  libpq-dev postgresql
+  libpq-dev
   libasio-dev libcli11-dev libspdlog-dev libtomlplusplus-dev
 )
 if [[ "${1:-}" == "--with-runtime" || "${1:-}" == "--with-tests" ]]; then
   packages+=(python3 procps)
 fi
 if [[ "${1:-}" == "--with-tests" ]]; then
-  packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps python3)
+  packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps python3
+             postgresql postgresql-client)
 fi
 
 missing=()
