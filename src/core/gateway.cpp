@@ -74,22 +74,13 @@ Effects Gateway::discover(Millis /*now*/) {
 void Gateway::handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
                                Millis now) {
     const bool is_request = env.has_discovery_request();
-    const auto& id = is_request ? env.discovery_request().entity_id()
-                                : env.discovery_response().entity_id();
-    const auto mode = is_request ? env.discovery_request().mode() : env.discovery_response().mode();
-    const auto& pns = is_request ? env.discovery_request().pn_ids() : env.discovery_response().pn_ids();
-    if (id != from) {
-        ++counters_.ignored;
-        return;
-    }
-    if (neighbours_.size() >= kMaxNeighbours && !neighbours_.count(id)) {
-        counters_.count(pb::LIMIT_EXCEEDED);
-        log(LogLevel::kWarn, "neighbour table full; " + id + " not recorded");
-    } else {
-        auto& n = neighbours_[id];
-        n.mode = mode;
-        n.pn_ids.assign(pns.begin(), pns.end());
-        n.seen_at = now;
+    switch (record_neighbour(neighbours_, from, env, now)) {
+        case NeighbourUpdate::kNotTheSender: ++counters_.ignored; return;
+        case NeighbourUpdate::kTableFull:
+            counters_.count(pb::LIMIT_EXCEEDED);
+            log(LogLevel::kWarn, "neighbour table full; " + from + " not recorded");
+            break;
+        case NeighbourUpdate::kRecorded: break;
     }
     if (is_request) {
         pb::Envelope reply;

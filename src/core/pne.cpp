@@ -120,19 +120,9 @@ Effects Pne::start_setup(const std::string& gw_id, pb::SetupType type,
 void Pne::handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
                            Millis now) {
     const bool is_request = env.has_discovery_request();
-    const auto& id = is_request ? env.discovery_request().entity_id()
-                                : env.discovery_response().entity_id();
-    const auto mode = is_request ? env.discovery_request().mode() : env.discovery_response().mode();
-    const auto& pns = is_request ? env.discovery_request().pn_ids() : env.discovery_response().pn_ids();
-    if (id != from) {
+    if (record_neighbour(neighbours_, from, env, now) == NeighbourUpdate::kNotTheSender) {
         ++counters_.ignored;
         return;
-    }
-    if (neighbours_.size() < kMaxNeighbours || neighbours_.count(id)) {
-        auto& n = neighbours_[id];
-        n.mode = mode;
-        n.pn_ids.assign(pns.begin(), pns.end());
-        n.seen_at = now;
     }
     if (is_request) {
         pb::Envelope reply;

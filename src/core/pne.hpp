@@ -31,12 +31,6 @@ struct PneMembership {
     SecretKey sk_pne;                      // shared with the CPNS Server
 };
 
-struct Neighbour {
-    pb::EntityMode mode = pb::MODE_UNSPECIFIED;
-    std::vector<std::string> pn_ids;
-    Millis seen_at = 0;
-};
-
 class Pne {
 public:
     Pne(PneConfig config, Random& random);

@@ -135,6 +135,18 @@ enum class LogLevel { kDebug, kInfo, kWarn, kError };
 // Optional: the roles describe what they do and why. Never called with secret material.
 using LogSink = std::function<void(LogLevel, const std::string&)>;
 
+// An entity seen through CPNS Entity Discovery (step 0).
+struct Neighbour {
+    pb::EntityMode mode = pb::MODE_UNSPECIFIED;
+    std::vector<std::string> pn_ids;
+    Millis seen_at = 0;
+};
+enum class NeighbourUpdate { kRecorded, kNotTheSender, kTableFull };
+// Records the entity an Entity Discovery Request or Response describes, if it is its sender
+// and the table (bounded by kMaxNeighbours) has room.
+NeighbourUpdate record_neighbour(std::map<std::string, Neighbour>& table, const std::string& from,
+                                 const pb::Envelope& env, Millis now);
+
 // Conversions between schema enums and key-schedule enums.
 Flow to_flow(pb::Flow f);
 PneRole to_role(pb::PneRoleInFlow r);

@@ -24,9 +24,12 @@ struct CtxFree {
     void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
 };
 
+// (Sized first, then copied: GCC 12 at -O2 reports a false -Warray-bounds for an insert
+// after constructing a vector from the 8-byte magic.)
 Bytes aad_for(std::string_view device_id) {
-    Bytes aad(kMagic, kMagic + sizeof kMagic);
-    aad.insert(aad.end(), device_id.begin(), device_id.end());
+    Bytes aad(sizeof kMagic + device_id.size());
+    std::memcpy(aad.data(), kMagic, sizeof kMagic);
+    if (!device_id.empty()) std::memcpy(aad.data() + sizeof kMagic, device_id.data(), device_id.size());
     return aad;
 }
 
@@ -52,11 +55,11 @@ SecretKey device_state_key(const SecretKey& eukey, std::string_view device_id) {
 
 Bytes seal_state(const SecretKey& key, std::string_view device_id, ByteView plaintext) {
     OsRandom rnd;
-    Bytes out(kMagic, kMagic + sizeof kMagic);
     const Bytes nonce = rnd.bytes(kNonce);
-    out.insert(out.end(), nonce.begin(), nonce.end());
-    const std::size_t ct_at = out.size();
-    out.resize(ct_at + plaintext.size() + kTag);
+    const std::size_t ct_at = sizeof kMagic + kNonce;
+    Bytes out(ct_at + plaintext.size() + kTag);
+    std::memcpy(out.data(), kMagic, sizeof kMagic);
+    std::memcpy(out.data() + sizeof kMagic, nonce.data(), kNonce);
     std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
     const Bytes aad = aad_for(device_id);
     int len = 0;
