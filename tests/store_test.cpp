@@ -584,6 +584,29 @@ TYPED_TEST(StoreTest, GetAndListPns) {
     EXPECT_TRUE(s->list_pns("gw-unknown").empty());
 }
 
+TYPED_TEST(StoreTest, AuditManyWritesEveryRecordInOrder) {
+    const auto s = this->open();
+    std::vector<AuditRecord> batch;
+    for (int i = 1; i <= 25; ++i) {
+        AuditRecord r;
+        r.at_ms = 5000;  // one timestamp: order comes from insertion
+        r.server_id = "server-a";
+        r.gw_id = "gw-1";
+        r.pn_id = "pn-1";
+        r.pne_id = "pne-" + std::to_string(i);
+        r.success = i % 2 == 0;
+        r.reason = r.success ? "none" : "authentication failed";
+        batch.push_back(r);
+    }
+    s->audit_many(batch);
+    s->audit_many({});
+    const auto log = s->audit_log(100);
+    ASSERT_EQ(log.size(), 25u);
+    EXPECT_EQ(log.front().pne_id, "pne-25");
+    EXPECT_EQ(log.back().pne_id, "pne-1");
+    EXPECT_EQ(log.back().reason, "authentication failed");
+}
+
 TYPED_TEST(StoreTest, AuditLogNewestFirstWithLimit) {
     const auto s = this->open();
     EXPECT_TRUE(s->audit_log(10).empty());

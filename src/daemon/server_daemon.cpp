@@ -145,6 +145,18 @@ void ServerDaemon::store_job(std::function<void(store::Store&)> job, std::functi
     });
 }
 
+void ServerDaemon::flush_audit() {
+    if (audit_writing_ || audit_pending_.empty()) return;
+    audit_writing_ = true;
+    auto batch = std::make_shared<std::vector<store::AuditRecord>>(std::move(audit_pending_));
+    audit_pending_.clear();
+    store_job([batch](store::Store& st) { st.audit_many(*batch); },
+              [this] {
+                  audit_writing_ = false;
+                  flush_audit();
+              });
+}
+
 void ServerDaemon::refresh_gateways() {
     auto gws = std::make_shared<std::vector<store::StoredEntity>>();
     store_job([gws](store::Store& st) { *gws = st.list_entities(EntityKind::kGw); },
@@ -352,9 +364,8 @@ void ServerDaemon::apply(Effects effects) {
             for (const auto& pne : o->pnes)
                 records->push_back({now_ms, opt_.id, gw, o->pn_id, pne.pne_id, pne.joined,
                                     std::string(reason_name(pne.reason)), ""});
-            store_job([records](store::Store& st) {
-                for (const auto& r : *records) st.audit(r);
-            });
+            audit_pending_.insert(audit_pending_.end(), records->begin(), records->end());
+            flush_audit();
         }
     }
     timer_.arm(server_->next_deadline());

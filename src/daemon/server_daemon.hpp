@@ -75,6 +75,10 @@ private:
     asio::thread_pool store_thread_{1};
     std::size_t store_queue_ = 0;
     std::size_t registered_ = 0;
+    // Audit records wait here while one batch is being written (one transaction per batch).
+    std::vector<store::AuditRecord> audit_pending_;
+    bool audit_writing_ = false;
+    void flush_audit();
     OsRandom random_;
     std::unique_ptr<Server> server_;
     std::optional<tls::TlsContext> tls_;

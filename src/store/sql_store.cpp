@@ -229,6 +229,13 @@ class SqlStore final : public Store {
              Param::of(std::int64_t{r.success ? 1 : 0}), Param::of(r.reason), Param::of(r.detail)});
     }
 
+    void audit_many(const std::vector<AuditRecord>& records) override {
+        if (records.empty()) return;
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        for (const auto& r : records) audit(r);
+        txn.commit();
+    }
+
     std::vector<AuditRecord> audit_log(std::size_t limit) override {
         if (limit == 0) return {};
         const auto max = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());

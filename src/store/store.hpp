@@ -85,6 +85,10 @@ class Store {  // one instance per thread; not thread-safe
         std::optional<std::string> gw_id = std::nullopt) = 0;
 
     virtual void audit(const AuditRecord& r) = 0;
+    // Several records in one transaction (one commit, not one per record).
+    virtual void audit_many(const std::vector<AuditRecord>& records) {
+        for (const auto& r : records) audit(r);
+    }
     virtual std::vector<AuditRecord> audit_log(std::size_t limit) = 0;  // newest first
 
     // Consistency check over the whole store (one snapshot): returns problems found (empty =
