@@ -4,6 +4,7 @@
 #include <random>
 
 #include "core/codec.hpp"
+#include "core/pne.hpp"
 
 namespace cpns {
 namespace {
@@ -220,6 +221,36 @@ TEST(Codec, EveryReasonHasAName) {
         if (!pb::FailureReason_IsValid(r)) continue;
         EXPECT_NE(reason_name(static_cast<pb::FailureReason>(r)), "unknown reason") << r;
     }
+}
+
+}  // namespace
+}  // namespace cpns
+
+namespace cpns {
+namespace {
+
+// A device in many PNs still discovers and is discovered: the list is bounded by the sender
+// and the receiver accepts up to that bound.
+TEST(Codec, DiscoveryListsManyPnsUpToTheBound) {
+    DeterministicRandom rnd(3);
+    PneConfig pc;
+    pc.pne_id = "pne-1";
+    Pne pne(pc, rnd);
+    pb::PneState st;
+    st.set_pne_id("pne-1");
+    for (int i = 0; i < 300; ++i) {
+        auto* m = st.add_memberships();
+        m->set_pn_id("pn-" + std::to_string(i));
+        m->set_gw_id("gw");
+        m->set_sk_pne(std::string(32, 'k'));
+    }
+    ASSERT_TRUE(pne.import_state(st));
+    auto fx = pne.discover(0);
+    ASSERT_EQ(fx.size(), 1u);
+    const auto& env = std::get<SendEffect>(fx[0]).msg;
+    EXPECT_EQ(static_cast<std::size_t>(env.discovery_request().pn_ids_size()), kMaxPnsListed);
+    auto decoded = decode_frame(encode_frame(env));
+    EXPECT_TRUE(std::holds_alternative<pb::Envelope>(decoded));
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ using namespace cpns::daemon;
 namespace {
 
 // How long one PN GW keeps retrying its server link before giving up.
-constexpr Millis kLoadConnectTimeout = 15'000;
+constexpr Millis kLoadConnectTimeout = 5'000;
 
 struct Result {
     std::string gw_id, pn_id;

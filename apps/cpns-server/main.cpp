@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 
 #include "daemon/server_daemon.hpp"
@@ -20,7 +21,8 @@ int main(int argc, char** argv) {
     app.add_option("--id", id, "server ID (default cpns-server)");
     app.add_option("--listen", listen, "address for PN GW links, host:port (port 0: any free port)");
     app.add_option("--store", store,
-                   "the store: sqlite:PATH (default sqlite:cpns-server.db) or a PostgreSQL URL");
+                   "the store: sqlite:PATH or a PostgreSQL URL (default $CPNS_STORE, else "
+                   "sqlite:cpns-server.db)");
     app.add_option("--master-key-file", master_key,
                    "file with the 256-bit master key sealing EUKeys at rest (else $CPNS_MASTER_KEY)");
     app.add_option("--entities", entities, "optional: import these entities into the store at start");
@@ -35,6 +37,7 @@ int main(int argc, char** argv) {
         o.id = id.empty() ? cfg.str("id", o.id) : id;
         o.listen = parse_address(listen.empty() ? cfg.str("listen", o.listen.str()) : listen, "listen");
         o.entities_file = entities.empty() ? cfg.str("entities") : entities;
+        if (const char* env = std::getenv("CPNS_STORE"); env && *env) o.store = env;
         o.store = store.empty() ? cfg.str("store", o.store) : store;
         o.master_key_file = master_key.empty() ? cfg.str("master_key_file") : master_key;
         o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;

@@ -1,7 +1,12 @@
 // cpnsctl: the operator's tool for the CPNS Server's store (SQLite or PostgreSQL).
 #include <CLI/CLI.hpp>
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 #include <fstream>
@@ -36,16 +41,30 @@ std::string time_text(std::int64_t ms) {
     return o.str();
 }
 
-// Writes a device key file readable by its owner only.
+// Writes a key file readable by its owner only (created 0600, never world-readable even
+// for a moment). Refuses to replace an existing file.
 void write_key_file(const std::string& path, const SecretKey& key) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::trunc);
-        out << key.to_hex() << "\n";
-        if (!out) throw std::runtime_error("cannot write " + tmp);
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        throw ConfigError(errno == EEXIST ? path + " exists already; not overwriting a key file"
+                                          : "cannot create " + path + ": " + std::strerror(errno));
+    std::string line = key.to_hex() + "\n";
+    const bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+                    ::fsync(fd) == 0;
+    wipe(line.data(), line.size());
+    ::close(fd);
+    if (!ok) throw std::runtime_error("cannot write " + path);
+}
+
+// Every sealed EUKey must open under the master key given, before anything new is sealed
+// under it (a wrong key would otherwise seal new entries the server cannot read).
+void require_master_key_matches(store::Store& st) {
+    try {
+        (void)st.list_entities();
+    } catch (const store::StoreError& e) {
+        throw ConfigError(std::string("the master key does not open this store (") + e.what() +
+                          "); nothing written");
     }
-    ::chmod(tmp.c_str(), 0600);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot write " + path);
 }
 
 }  // namespace
@@ -74,7 +93,10 @@ int main(int argc, char** argv) {
 
     auto* imp = app.add_subcommand("import", "import an entities file ([[entity]] id, kind, eukey, status)");
     std::string import_file;
+    bool replace = false;
     imp->add_option("file", import_file, "entities TOML file")->required()->check(CLI::ExistingFile);
+    imp->add_flag("--replace", replace,
+                  "replace the EUKey of entities already stored (a revoked one stays revoked)");
 
     auto* list = app.add_subcommand("list", "list entities");
     std::string list_kind;
@@ -111,9 +133,11 @@ int main(int argc, char** argv) {
             return 0;
         }
         auto store = store::open_store(url, store::load_master_key(master_key_file));
+        if (*prov || *imp) require_master_key_matches(*store);
         if (*prov) {
             if (!valid_id(id)) throw ConfigError("'" + id + "' is not a valid entity ID");
-            if (store->get_entity(id)) throw ConfigError(id + " exists already (revoke it, or choose another ID)");
+            if (store->get_entity(id))
+                throw ConfigError(id + " exists already; choose another ID (IDs are never reused)");
             OsRandom rnd;
             store::StoredEntity e;
             e.id = id;
@@ -126,9 +150,20 @@ int main(int argc, char** argv) {
             std::cout << "provisioned " << kind << " " << id << "; its EUKey is in " << out
                       << " (give it to the device as eukey_file; mode 0600)\n";
         } else if (*imp) {
-            const auto entities = read_entities(import_file);
-            for (const auto& e : entities) store->put_entity(e);
-            std::cout << "imported " << entities.size() << " entities into " << store->backend() << "\n";
+            std::size_t added = 0, replaced = 0, kept = 0;
+            for (auto e : read_entities(import_file)) {
+                const auto old = store->get_entity(e.id);
+                if (old && !replace) {
+                    ++kept;
+                    continue;
+                }
+                if (old && old->status == EntityStatus::kRevoked) e.status = EntityStatus::kRevoked;
+                store->put_entity(e);
+                ++(old ? replaced : added);
+            }
+            std::cout << "imported into " << store->backend() << ": " << added << " added, "
+                      << replaced << " replaced, " << kept
+                      << " already stored and kept (use --replace to change their keys)\n";
         } else if (*list) {
             std::optional<EntityKind> k;
             if (!list_kind.empty()) k = list_kind == "gw" ? EntityKind::kGw : EntityKind::kPne;
@@ -202,12 +237,20 @@ int main(int argc, char** argv) {
                           << (r.success ? "ok" : "FAILED: " + r.reason) << (r.detail.empty() ? "" : "  " + r.detail)
                           << "\n";
         } else if (*check) {
-            const auto problems = store->check();
+            std::vector<std::string> problems;
+            try {
+                problems = store->check();
+            } catch (const store::StoreError& e) {
+                problems.push_back(e.what());
+            }
             for (const auto& p : problems) std::cout << "problem: " << p << "\n";
-            std::cout << (problems.empty() ? "consistent" : std::to_string(problems.size()) + " problem(s)") << " ("
-                      << store->list_pns().size() << " PN(s), " << store->list_entities().size()
-                      << " entities)\n";
-            return problems.empty() ? 0 : 1;
+            if (!problems.empty()) {
+                std::cout << problems.size() << " problem(s)\n";
+                return 1;
+            }
+            std::cout << "consistent (" << store->list_pns().size() << " PN(s), "
+                      << store->list_entities().size() << " entities)\n";
+            return 0;
         }
         return 0;
     } catch (const ConfigError& e) {

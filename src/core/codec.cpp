@@ -72,8 +72,9 @@ bool valid_join(const pb::PneJoin& j) {
            valid_contents(j.contents());
 }
 
-bool valid_ids(const google::protobuf::RepeatedPtrField<std::string>& ids) {
-    if (static_cast<std::size_t>(ids.size()) > kMaxPnesPerPn) return false;
+bool valid_ids(const google::protobuf::RepeatedPtrField<std::string>& ids,
+               std::size_t max = kMaxPnesPerPn) {
+    if (static_cast<std::size_t>(ids.size()) > max) return false;
     return std::all_of(ids.begin(), ids.end(), [](const std::string& s) { return valid_id(s); });
 }
 
@@ -109,12 +110,14 @@ std::optional<DecodeError> validate(const pb::Envelope& env) {
     switch (env.body_case()) {
         case B::kDiscoveryRequest: {
             const auto& m = env.discovery_request();
-            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids()) && valid_text(m.endpoint());
+            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids(), kMaxPnsListed) &&
+                 valid_text(m.endpoint());
             break;
         }
         case B::kDiscoveryResponse: {
             const auto& m = env.discovery_response();
-            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids()) && valid_text(m.endpoint());
+            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids(), kMaxPnsListed) &&
+                 valid_text(m.endpoint());
             break;
         }
         case B::kSetupRequest: {

@@ -66,7 +66,8 @@ Effects Gateway::discover(Millis /*now*/) {
     m->set_entity_id(cfg_.gw_id);
     m->set_mode(cfg_.mode);
     m->set_endpoint(endpoint_);
-    for (const auto& [pn, _] : inventory_) m->add_pn_ids(pn);
+    for (const auto& [pn, _] : inventory_)
+        if (static_cast<std::size_t>(m->pn_ids_size()) < kMaxPnsListed) m->add_pn_ids(pn);
     send(out, "*", std::move(env));
     return out;
 }
@@ -89,7 +90,9 @@ void Gateway::handle_discovery(Effects& out, const std::string& from, const pb::
         r->set_mode(cfg_.mode);
         r->set_endpoint(endpoint_);
         for (const auto& [pn, members] : routing_)
-            if (std::find(members.begin(), members.end(), from) != members.end()) r->add_pn_ids(pn);
+            if (std::find(members.begin(), members.end(), from) != members.end() &&
+                static_cast<std::size_t>(r->pn_ids_size()) < kMaxPnsListed)
+                r->add_pn_ids(pn);
         send(out, from, std::move(reply));
     }
 }

@@ -54,7 +54,8 @@ Effects Pne::discover(Millis /*now*/) {
     auto* m = env.mutable_discovery_request();
     m->set_entity_id(cfg_.pne_id);
     m->set_mode(cfg_.mode);
-    for (const auto& [pn, _] : memberships_) m->add_pn_ids(pn);
+    for (const auto& [pn, _] : memberships_)
+        if (static_cast<std::size_t>(m->pn_ids_size()) < kMaxPnsListed) m->add_pn_ids(pn);
     send(out, "*", std::move(env));
     return out;
 }
@@ -129,7 +130,8 @@ void Pne::handle_discovery(Effects& out, const std::string& from, const pb::Enve
         auto* r = reply.mutable_discovery_response();
         r->set_entity_id(cfg_.pne_id);
         r->set_mode(cfg_.mode);
-        for (const auto& [pn, _] : memberships_) r->add_pn_ids(pn);
+        for (const auto& [pn, _] : memberships_)
+            if (static_cast<std::size_t>(r->pn_ids_size()) < kMaxPnsListed) r->add_pn_ids(pn);
         send(out, from, std::move(reply));
     }
 }

@@ -69,6 +69,23 @@ void CachedDirectory::put(const std::string& id, std::optional<EntityRecord> rec
     entries_[id] = std::move(rec);
 }
 
+std::string redact_url(const std::string& url) {
+    // postgresql://user:secret@host/db -> postgresql://user:***@host/db; password=... too.
+    std::string out = url;
+    const auto scheme = out.find("://");
+    const auto at = out.find('@');
+    if (scheme != std::string::npos && at != std::string::npos && at > scheme) {
+        const auto colon = out.find(':', scheme + 3);
+        if (colon != std::string::npos && colon < at) out.replace(colon + 1, at - colon - 1, "***");
+    }
+    const auto pw = out.find("password=");
+    if (pw != std::string::npos) {
+        const auto end = out.find_first_of(" &", pw);
+        out.replace(pw + 9, (end == std::string::npos ? out.size() : end) - pw - 9, "***");
+    }
+    return out;
+}
+
 namespace {
 std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& e) {
     if (!e) return std::nullopt;
@@ -85,18 +102,27 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     try {
         store_ = store::open_store(opt_.store, store::load_master_key(opt_.master_key_file));
         if (!opt_.entities_file.empty()) {
-            const auto entities = read_entities(opt_.entities_file);
-            for (const auto& e : entities) store_->put_entity(e);
-            spdlog::info("imported {} entities from {} into the store", entities.size(),
-                         opt_.entities_file);
+            // Only entities the store does not know yet: a restart must not undo a revocation
+            // or a key change made with cpnsctl.
+            std::size_t added = 0, kept = 0;
+            for (const auto& e : read_entities(opt_.entities_file)) {
+                if (store_->get_entity(e.id)) {
+                    ++kept;
+                    continue;
+                }
+                store_->put_entity(e);
+                ++added;
+            }
+            spdlog::info("entities file {}: {} added, {} already in the store (kept as stored)",
+                         opt_.entities_file, added, kept);
         }
         for (const auto& e : store_->list_entities(EntityKind::kGw))
             dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status});
     } catch (const store::StoreError& e) {
         throw ConfigError(std::string("store: ") + e.what());
     }
-    spdlog::info("store: {} ({}), {} PN GW(s) provisioned", opt_.store, store_->backend(),
-                 dir_.size());
+    spdlog::info("store: {} ({}), {} PN GW(s) provisioned", redact_url(opt_.store),
+                 store_->backend(), dir_.size());
     ServerConfig sc;
     sc.server_id = opt_.id;
     sc.log = core_log_sink();
@@ -114,11 +140,13 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     tc.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
         const std::string id(identity);
         auto rec = dir_.find(id);
-        if (!rec && valid_id(id)) {
+        if (!rec && valid_id(id) && lookups_.size() < kMaxPendingLookups &&
+            lookups_.insert(id).second) {
             // Not cached (provisioned after the last refresh): fetch it for the PN GW's retry.
             auto found = std::make_shared<std::optional<store::StoredEntity>>();
             store_job([id, found](store::Store& st) { *found = st.get_entity(id); },
                       [this, id, found] {
+                          lookups_.erase(id);
                           if (*found) dir_.put(id, to_record(*found));
                       });
         }
@@ -161,7 +189,16 @@ void ServerDaemon::refresh_gateways() {
     auto gws = std::make_shared<std::vector<store::StoredEntity>>();
     store_job([gws](store::Store& st) { *gws = st.list_entities(EntityKind::kGw); },
               [this, gws] {
-                  for (const auto& e : *gws) dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status});
+                  for (const auto& e : *gws) {
+                      dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status});
+                      // A PN GW disabled or revoked since it connected loses its link now.
+                      auto link = gws_.find(e.id);
+                      if (e.status != EntityStatus::kActive && link != gws_.end()) {
+                          spdlog::warn("PN GW {} is {} in the store: closing its link", e.id,
+                                       e.status == EntityStatus::kRevoked ? "revoked" : "disabled");
+                          link->second->close();
+                      }
+                  }
                   refresh_.expires_after(std::chrono::milliseconds(kGwDirectoryRefresh));
                   refresh_.async_wait([this](const std::error_code& ec) {
                       if (!ec) refresh_gateways();

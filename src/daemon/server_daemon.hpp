@@ -3,6 +3,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 
 #include "core/server.hpp"
 #include "daemon/common.hpp"
@@ -20,15 +21,19 @@ inline constexpr std::size_t kMaxGwConnections = 10'000;
 inline constexpr Millis kGwDirectoryRefresh = 2'000;
 // Store jobs queued at once; past this a registration is refused with "busy".
 inline constexpr std::size_t kMaxStoreQueue = 10'000;
+// PN GW IDs looked up at once after TLS cache misses (unknown identities cannot queue more).
+inline constexpr std::size_t kMaxPendingLookups = 256;
+
+// The store URL with any password replaced, for logs.
+std::string redact_url(const std::string& url);
 
 struct ServerOptions {
     std::string id = "cpns-server";
     net::HostPort listen{"127.0.0.1", 7000};
-    // The store: "sqlite:PATH" (default) or a PostgreSQL URL. "memory" keeps everything in
-    // memory (entities from entities_file only; nothing survives a restart).
+    // The store: "sqlite:PATH" (default; $CPNS_STORE overrides the default) or a PostgreSQL URL.
     std::string store = "sqlite:cpns-server.db";
     std::string master_key_file;  // else $CPNS_MASTER_KEY
-    std::string entities_file;    // optional: [[entity]] entries imported at start
+    std::string entities_file;    // optional: [[entity]] entries added at start (existing ones kept)
     std::string keylog;
     std::string ready_file;
 };
@@ -78,6 +83,7 @@ private:
     // Audit records wait here while one batch is being written (one transaction per batch).
     std::vector<store::AuditRecord> audit_pending_;
     bool audit_writing_ = false;
+    std::set<std::string> lookups_;  // PN GW IDs being fetched after a cache miss (bounded)
     void flush_audit();
     OsRandom random_;
     std::unique_ptr<Server> server_;
