@@ -242,6 +242,25 @@ else
     fail "docs/key-schedule.md is readable"
 fi
 
+protocol_doc=$src/docs/protocol.md
+if [[ -r "$protocol_doc" ]]; then
+    pdoc=$(<"$protocol_doc")
+    missing=()
+    for key in "${input_keys[@]}" "${output_keys[@]}"; do
+        value=${kv[$key]}
+        if [[ -z "$value" || "$pdoc" != *"| \`$key\` | \`$value\` |"* ]]; then
+            missing+=("$key")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        pass "docs/protocol.md's test-vector table shows every value"
+    else
+        fail "docs/protocol.md's test-vector table shows every value (missing: ${missing[*]})"
+    fi
+else
+    fail "docs/protocol.md is readable"
+fi
+
 # --- cpns-vectors, when built, prints the same ---------------------------------------------
 
 tool=${bin_dir:+$bin_dir/apps/cpns-vectors/cpns-vectors}
