@@ -83,7 +83,8 @@ TEST(Codec, EmptyAndTrailingBytes) {
 }
 
 TEST(Codec, GarbageIsMalformed) {
-    EXPECT_EQ(error_of(decode_frame(frame_of_body("\xff\xff\xff\xff\xff"))), DecodeError::kMalformed);
+    EXPECT_EQ(error_of(decode_frame(frame_of_body("\xff\xff\xff\xff\xff"))),
+              DecodeError::kMalformed);
 }
 
 TEST(Codec, VersionIsChecked) {
@@ -208,7 +209,8 @@ TEST(Codec, MutatedFramesNeverCrash) {
     for (int iter = 0; iter < 20000; ++iter) {
         Bytes f = seeds[iter % seeds.size()];
         const int flips = 1 + static_cast<int>(rng() % 4);
-        for (int k = 0; k < flips; ++k) f[4 + rng() % (f.size() - 4)] ^= static_cast<std::uint8_t>(rng());
+        for (int k = 0; k < flips; ++k)
+            f[4 + rng() % (f.size() - 4)] ^= static_cast<std::uint8_t>(rng());
         auto r = decode_frame(f);
         (std::holds_alternative<pb::Envelope>(r) ? ok : bad)++;
     }

@@ -13,7 +13,9 @@ namespace {
 enum class Ui { kYes, kNo };
 enum class Pan { kSecure, kInsecure };
 
-std::string pne_name(int i) { return "pne-" + std::to_string(i); }
+std::string pne_name(int i) {
+    return "pne-" + std::to_string(i);
+}
 
 GwSpec make_gw(const std::string& id, int n, Ui ui, Pan pan) {
     GwSpec g;
@@ -53,7 +55,9 @@ struct FlowCase {
 std::string case_name(const testing::TestParamInfo<FlowCase>& info) {
     const auto& c = info.param;
     std::string s = c.gw_initiated ? "GwInit" : "PneInit";
-    s += c.setup == pb::SETUP_ONE_TO_ONE ? "_OneToOne" : c.setup == pb::SETUP_ALL ? "_All" : "_List";
+    s += c.setup == pb::SETUP_ONE_TO_ONE ? "_OneToOne"
+         : c.setup == pb::SETUP_ALL      ? "_All"
+                                         : "_List";
     s += "_" + std::to_string(c.n) + "Pnes";
     s += c.ui == Ui::kYes ? "_Ui" : "_NoUi";
     s += c.pan == Pan::kSecure ? "_SecurePan" : "_InsecurePan";
@@ -174,7 +178,8 @@ std::vector<FlowCase> all_cases() {
         for (auto setup : {pb::SETUP_ONE_TO_ONE, pb::SETUP_ALL, pb::SETUP_INVITE_LIST})
             for (int n : {1, 2, 16})
                 for (Ui ui : {Ui::kYes, Ui::kNo})
-                    for (Pan pan : {Pan::kSecure, Pan::kInsecure}) out.push_back({gw, setup, n, ui, pan});
+                    for (Pan pan : {Pan::kSecure, Pan::kInsecure})
+                        out.push_back({gw, setup, n, ui, pan});
     return out;
 }
 
@@ -359,7 +364,9 @@ TEST(SimFlows, SetupParametersAlteredOnTheWayFailAuthentication) {
     FaultRule r;
     r.action = FaultRule::Action::kMutate;
     r.message = "PnRegistrationRequest";
-    r.mutate = [](pb::Envelope& env) { env.mutable_registration_request()->add_invited_pne_ids("x"); };
+    r.mutate = [](pb::Envelope& env) {
+        env.mutable_registration_request()->add_invited_pne_ids("x");
+    };
     f.rules.push_back(r);
     Simulator sim(16, f);
     sim.add_gateway(make_gw("gw", 3, Ui::kYes, Pan::kSecure));
@@ -568,8 +575,8 @@ TEST(SimFlows, InvitedPneMayDecline) {
               (std::set<std::string>{"gw-pne-1", "gw-pne-2"}));
     for (const auto& p : last_outcome(sim, "gw").pnes)
         if (p.pne_id == "gw-pne-3") {
-                EXPECT_EQ(p.reason, pb::DECLINED);
-            }
+            EXPECT_EQ(p.reason, pb::DECLINED);
+        }
     // Every PNE declining: no PN, and the PN GW says so.
     Simulator sim2(34);
     GwSpec g2 = make_gw("gw", 2, Ui::kYes, Pan::kSecure);
@@ -603,9 +610,9 @@ TEST(SimFlows, GatewayCannotOpenThePnesCopyOfTheLocalEukey) {
             for (Recipient who : {Recipient::kPne, Recipient::kGw})
                 EXPECT_FALSE(unwrap_local_eukey(gw_key, who, a.pn_id(), k.pne_id(), "gw", rand,
                                                 bytes_of(k.for_pne())));
-            auto pne_copy = unwrap_local_eukey(sim.device_eukey(k.pne_id()), Recipient::kPne,
-                                               a.pn_id(), k.pne_id(), "gw", rand,
-                                               bytes_of(k.for_pne()));
+            auto pne_copy =
+                unwrap_local_eukey(sim.device_eukey(k.pne_id()), Recipient::kPne, a.pn_id(),
+                                   k.pne_id(), "gw", rand, bytes_of(k.for_pne()));
             auto gw_copy = unwrap_local_eukey(gw_key, Recipient::kGw, a.pn_id(), k.pne_id(), "gw",
                                               rand, bytes_of(k.for_gw()));
             ASSERT_TRUE(pne_copy && gw_copy);
@@ -712,7 +719,8 @@ TEST(SimFlows, RandomFaultSoakKeepsInvariants) {
         EXPECT_EQ(sim.server().active_sessions(), 0u);
         std::set<std::string> registered_members;
         for (const auto& [k, inv] : sim.directory().pns())
-            for (const auto& m : inv.members()) registered_members.insert(inv.pn_id() + "/" + m.pne_id());
+            for (const auto& m : inv.members())
+                registered_members.insert(inv.pn_id() + "/" + m.pne_id());
         for (int g = 1; g <= 3; ++g) {
             const std::string gw = "gw" + std::to_string(g);
             EXPECT_EQ(sim.gateway(gw).active_sessions(), 0u);

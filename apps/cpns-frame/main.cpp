@@ -11,10 +11,12 @@ using namespace cpns;
 using namespace cpns::daemon;
 
 int main(int argc, char** argv) {
-    CLI::App app{"cpns-frame: encode an Envelope given as JSON into a length-prefixed frame on "
-                 "stdout, or decode frames from stdin into one JSON object per line."};
+    CLI::App app{
+        "cpns-frame: encode an Envelope given as JSON into a length-prefixed frame on "
+        "stdout, or decode frames from stdin into one JSON object per line."};
     app.require_subcommand(1);
-    auto* enc = app.add_subcommand("encode", "JSON Envelope (argument or stdin) -> frame on stdout");
+    auto* enc =
+        app.add_subcommand("encode", "JSON Envelope (argument or stdin) -> frame on stdout");
     std::string json;
     enc->add_option("json", json, "the Envelope as JSON (proto field names); default: stdin");
     app.add_subcommand("decode", "frames on stdin -> one JSON Envelope per line");

@@ -17,7 +17,8 @@ constexpr int kControlAnswerTimeoutS = 180;
 
 // Sends one control line to a running cpns-gw and returns its one-line answer.
 std::string control_request(const net::HostPort& at, const std::string& line) {
-    if (at.port == 0) throw std::runtime_error("no control port (the PN GW listens on port 0: use --control)");
+    if (at.port == 0)
+        throw std::runtime_error("no control port (the PN GW listens on port 0: use --control)");
     asio::io_context io;
     net::tcp::socket s(io);
     net::tcp::resolver resolver(io);
@@ -53,10 +54,12 @@ int main(int argc, char** argv) {
     run->add_option("--control-listen", control_listen, "control address, host:port (loopback)");
     run->add_option("--discovery-group", discovery, "multicast group:port for discovery, or 'off'");
     run->add_option("--log-level", log_level, "trace, debug, info, warn or error");
-    run->add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
+    run->add_option("--keylog", keylog,
+                    "append TLS secrets in NSS key-log format (debugging only)");
     run->add_option("--ready-file", ready_file, "write 'pan=ADDR control=ADDR' here once ready");
 
-    auto* invite = app.add_subcommand("invite", "invite PNEs into a new PN (5.2.1.2) and print the outcome");
+    auto* invite =
+        app.add_subcommand("invite", "invite PNEs into a new PN (5.2.1.2) and print the outcome");
     std::vector<std::string> pnes;
     bool json = false;
     invite->add_option("pne", pnes, "PNE IDs to invite (none: every discovered PNE)");
@@ -86,9 +89,11 @@ int main(int argc, char** argv) {
             std::cout << (json ? answer + "\n" : report_text(report));
             return report.success() ? 0 : 1;
         }
-        init_logging(cfg.str("id", "gw"), log_level.empty() ? cfg.str("log_level", "info") : log_level);
+        init_logging(cfg.str("id", "gw"),
+                     log_level.empty() ? cfg.str("log_level", "info") : log_level);
         GwOptions o = [&] {
-            if (config_path.empty()) throw ConfigError("cpns-gw run needs --config (see docs/operations.md)");
+            if (config_path.empty())
+                throw ConfigError("cpns-gw run needs --config (see docs/operations.md)");
             return gw_options_from(cfg);
         }();
         if (!id.empty()) {
@@ -97,7 +102,8 @@ int main(int argc, char** argv) {
         }
         if (!server.empty()) o.server = parse_address(server, "--server");
         if (!pan_listen.empty()) o.pan_listen = parse_address(pan_listen, "--pan-listen");
-        if (!control_listen.empty()) o.control_listen = parse_address(control_listen, "--control-listen");
+        if (!control_listen.empty())
+            o.control_listen = parse_address(control_listen, "--control-listen");
         if (!discovery.empty()) o.discovery_group = discovery == "off" ? "" : discovery;
         if (!keylog.empty()) o.keylog = keylog;
         if (!ready_file.empty()) o.ready_file = ready_file;

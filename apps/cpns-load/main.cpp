@@ -30,7 +30,7 @@ struct Result {
 };
 
 class LoadGw {
-public:
+  public:
     LoadGw(asio::io_context& io, std::string id, SecretKey eukey,
            std::vector<std::pair<std::string, SecretKey>> pnes, net::HostPort server,
            const tls::TlsContext& tls, int pns, std::function<void(const Result&)> report)
@@ -57,9 +57,10 @@ public:
             pc.capabilities.set_enough_ui(true);
             auto pne = std::make_unique<Pne>(std::move(pc), random_);
             auto* raw = pne.get();
-            timers_.emplace(pid, std::make_unique<RoleTimer>(
-                                     io.get_executor(),
-                                     [this, raw](Millis now) { apply_pne(*raw, raw->on_timer(now)); }));
+            timers_.emplace(pid,
+                            std::make_unique<RoleTimer>(io.get_executor(), [this, raw](Millis now) {
+                                apply_pne(*raw, raw->on_timer(now));
+                            }));
             pnes_.emplace(pid, std::move(pne));
         }
     }
@@ -68,7 +69,8 @@ public:
         const Millis until = mono_now() + kLoadConnectTimeout;
         for (;;) {
             std::string error;
-            auto sock = co_await net::connect_tcp(server_.host, server_.port, net::kConnectTimeout, error);
+            auto sock =
+                co_await net::connect_tcp(server_.host, server_.port, net::kConnectTimeout, error);
             if (sock) {
                 auto c = std::make_shared<net::Connection>(std::move(*sock));
                 const tls::ClientPsk psk{id_, derive_gw_server_psk(eukey_, id_)};
@@ -79,7 +81,8 @@ public:
                 error = c->tls_detail();
             }
             if (mono_now() > until) {
-                while (pns_left_-- > 0) report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
+                while (pns_left_-- > 0)
+                    report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
                 co_return;
             }
             asio::steady_timer t(io_, std::chrono::milliseconds(200));
@@ -116,7 +119,7 @@ public:
         for (auto& [id, t] : timers_) t->cancel();
     }
 
-private:
+  private:
     void next() {
         if (pns_left_ <= 0) {
             if (conn_) conn_->close();
@@ -215,8 +218,9 @@ int provision(int gws, int pnes, const std::string& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"cpns-load: many concurrent PN establishments (PN GW initiated, 'All') against "
-                 "real cpns-server instances, for capacity figures and crash/scale-out tests."};
+    CLI::App app{
+        "cpns-load: many concurrent PN establishments (PN GW initiated, 'All') against "
+        "real cpns-server instances, for capacity figures and crash/scale-out tests."};
     app.require_subcommand(1);
     auto* prov = app.add_subcommand("provision", "write an entities file for a load run");
     int gws = 10, pnes = 2, pns = 1;
@@ -259,7 +263,8 @@ int main(int argc, char** argv) {
         }
         std::vector<net::HostPort> addrs;
         std::stringstream ss(servers);
-        for (std::string a; std::getline(ss, a, ',');) addrs.push_back(parse_address(a, "--servers"));
+        for (std::string a; std::getline(ss, a, ',');)
+            addrs.push_back(parse_address(a, "--servers"));
 
         asio::io_context io;
         tls::TlsConfig tc;
@@ -285,8 +290,8 @@ int main(int argc, char** argv) {
         };
         std::size_t i = 0;
         for (const auto& [gid, key] : gw_keys) {
-            loads.push_back(std::make_unique<LoadGw>(io, gid, key, groups[gid], addrs[i++ % addrs.size()],
-                                                     tls, pns, report));
+            loads.push_back(std::make_unique<LoadGw>(io, gid, key, groups[gid],
+                                                     addrs[i++ % addrs.size()], tls, pns, report));
             asio::co_spawn(io, loads.back()->run(), asio::detached);
         }
         run_until_stopped(io, [&] {
@@ -307,14 +312,17 @@ int main(int argc, char** argv) {
         }
         std::sort(lat.begin(), lat.end());
         auto pct = [&](double p) {
-            return lat.empty() ? 0 : lat[std::min(lat.size() - 1, static_cast<std::size_t>(p * static_cast<double>(lat.size())))];
+            return lat.empty()
+                       ? 0
+                       : lat[std::min(lat.size() - 1, static_cast<std::size_t>(
+                                                          p * static_cast<double>(lat.size())))];
         };
         std::cout << "{\"gateways\":" << gw_keys.size() << ",\"attempted\":" << expected
                   << ",\"finished\":" << results.size() << ",\"registered\":" << ok
-                  << ",\"seconds\":" << secs << ",\"pns_per_second\":"
-                  << (secs > 0 ? static_cast<double>(ok) / secs : 0) << ",\"latency_ms\":{\"p50\":"
-                  << pct(0.5) << ",\"p95\":" << pct(0.95) << ",\"p99\":" << pct(0.99)
-                  << "},\"failures\":{";
+                  << ",\"seconds\":" << secs
+                  << ",\"pns_per_second\":" << (secs > 0 ? static_cast<double>(ok) / secs : 0)
+                  << ",\"latency_ms\":{\"p50\":" << pct(0.5) << ",\"p95\":" << pct(0.95)
+                  << ",\"p99\":" << pct(0.99) << "},\"failures\":{";
         bool first = true;
         for (const auto& [k, v] : failures) {
             std::cout << (first ? "" : ",") << "\"" << k << "\":" << v;

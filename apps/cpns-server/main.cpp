@@ -19,13 +19,16 @@ int main(int argc, char** argv) {
     std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
     app.add_option("--id", id, "server ID (default cpns-server)");
-    app.add_option("--listen", listen, "address for PN GW links, host:port (port 0: any free port)");
+    app.add_option("--listen", listen,
+                   "address for PN GW links, host:port (port 0: any free port)");
     app.add_option("--store", store,
                    "the store: sqlite:PATH or a PostgreSQL URL (default $CPNS_STORE, else "
                    "sqlite:cpns-server.db)");
-    app.add_option("--master-key-file", master_key,
-                   "file with the 256-bit master key sealing EUKeys at rest (else $CPNS_MASTER_KEY)");
-    app.add_option("--entities", entities, "optional: import these entities into the store at start");
+    app.add_option(
+        "--master-key-file", master_key,
+        "file with the 256-bit master key sealing EUKeys at rest (else $CPNS_MASTER_KEY)");
+    app.add_option("--entities", entities,
+                   "optional: import these entities into the store at start");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error (default info)");
     app.add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
     app.add_option("--ready-file", ready_file, "write the listening address here once ready");
@@ -35,7 +38,8 @@ int main(int argc, char** argv) {
         init_logging("server", log_level.empty() ? cfg.str("log_level", "info") : log_level);
         ServerOptions o;
         o.id = id.empty() ? cfg.str("id", o.id) : id;
-        o.listen = parse_address(listen.empty() ? cfg.str("listen", o.listen.str()) : listen, "listen");
+        o.listen =
+            parse_address(listen.empty() ? cfg.str("listen", o.listen.str()) : listen, "listen");
         o.entities_file = entities.empty() ? cfg.str("entities") : entities;
         if (const char* env = std::getenv("CPNS_STORE"); env && *env) o.store = env;
         o.store = store.empty() ? cfg.str("store", o.store) : store;

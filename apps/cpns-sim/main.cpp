@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
     app.add_option("--wrong-preassigned", o.wrong_preassigned,
                    "on every PN GW, this many PNEs hold a wrong pre-assigned key");
     app.add_option("--decline", o.decline, "on every PN GW, this many PNEs decline invitations");
-    app.add_option("--drop", o.drop, "probability that a message is lost")->check(CLI::Range(0.0, 1.0));
+    app.add_option("--drop", o.drop, "probability that a message is lost")
+        ->check(CLI::Range(0.0, 1.0));
     app.add_option("--duplicate", o.duplicate, "probability that a message is duplicated")
         ->check(CLI::Range(0.0, 1.0));
     app.add_option("--delay", o.delay, "probability that a message is delayed (up to 3 s)")
@@ -116,7 +117,8 @@ int main(int argc, char** argv) {
     const auto setup = *parse_setup_type(o.setup);
     auto every_other = [&](const std::string& gw, int first) {
         std::vector<std::string> ids;
-        for (int i = first; i <= o.pnes_per_gw; i += 2) ids.push_back(gw + "-pne-" + std::to_string(i));
+        for (int i = first; i <= o.pnes_per_gw; i += 2)
+            ids.push_back(gw + "-pne-" + std::to_string(i));
         return ids;
     };
     if (o.flow == "pne" || o.flow == "both") {
@@ -143,7 +145,8 @@ int main(int argc, char** argv) {
     if (o.trace == "text" || o.trace == "both")
         std::cout << "== Message flow (virtual time) ==\n" << sim.trace_text() << "\n";
     if (o.trace == "mermaid" || o.trace == "both")
-        std::cout << "== Mermaid sequence diagram ==\n```mermaid\n" << sim.trace_mermaid() << "```\n\n";
+        std::cout << "== Mermaid sequence diagram ==\n```mermaid\n"
+                  << sim.trace_mermaid() << "```\n\n";
     if (total <= 32) {
         std::cout << "== PN Inventory at the CPNS Server ==\n";
         for (const auto& [key, inv] : sim.directory().pns()) print_inventory(inv);

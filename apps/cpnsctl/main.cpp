@@ -22,12 +22,17 @@ using namespace cpns::daemon;
 
 namespace {
 
-std::string kind_name(EntityKind k) { return k == EntityKind::kGw ? "gw" : "pne"; }
+std::string kind_name(EntityKind k) {
+    return k == EntityKind::kGw ? "gw" : "pne";
+}
 std::string status_name(EntityStatus s) {
     switch (s) {
-        case EntityStatus::kActive: return "active";
-        case EntityStatus::kDisabled: return "disabled";
-        case EntityStatus::kRevoked: return "revoked";
+        case EntityStatus::kActive:
+            return "active";
+        case EntityStatus::kDisabled:
+            return "disabled";
+        case EntityStatus::kRevoked:
+            return "revoked";
     }
     return "?";
 }
@@ -75,7 +80,8 @@ int main(int argc, char** argv) {
         "(sqlite:PATH) and PostgreSQL (postgresql://...) alike. EUKeys are sealed at rest under "
         "the master key (--master-key-file or $CPNS_MASTER_KEY); cpnsctl never prints one."};
     app.require_subcommand(1);
-    std::string url = std::getenv("CPNS_STORE") ? std::getenv("CPNS_STORE") : "sqlite:cpns-server.db";
+    std::string url =
+        std::getenv("CPNS_STORE") ? std::getenv("CPNS_STORE") : "sqlite:cpns-server.db";
     std::string master_key_file;
     app.add_option("--store", url, "the store (default $CPNS_STORE, else sqlite:cpns-server.db)");
     app.add_option("--master-key-file", master_key_file, "master key file (else $CPNS_MASTER_KEY)");
@@ -84,17 +90,21 @@ int main(int argc, char** argv) {
     std::string master_out;
     gen_master->add_option("file", master_out, "where to write it")->required();
 
-    auto* prov = app.add_subcommand("provision", "create an entity with a fresh EUKey and write the device's key file");
+    auto* prov = app.add_subcommand(
+        "provision", "create an entity with a fresh EUKey and write the device's key file");
     std::string id, kind = "pne", key_out, device_type;
     prov->add_option("id", id, "entity ID")->required();
     prov->add_option("--kind", kind, "pne or gw")->check(CLI::IsMember({"pne", "gw"}));
     prov->add_option("--key-out", key_out, "device key file to write (default <id>.key)");
     prov->add_option("--device-type", device_type, "device type recorded with the entity");
 
-    auto* imp = app.add_subcommand("import", "import an entities file ([[entity]] id, kind, eukey, status)");
+    auto* imp = app.add_subcommand("import",
+                                   "import an entities file ([[entity]] id, kind, eukey, status)");
     std::string import_file;
     bool replace = false;
-    imp->add_option("file", import_file, "entities TOML file")->required()->check(CLI::ExistingFile);
+    imp->add_option("file", import_file, "entities TOML file")
+        ->required()
+        ->check(CLI::ExistingFile);
     imp->add_flag("--replace", replace,
                   "replace the EUKey of entities already stored (a revoked one stays revoked)");
 
@@ -106,9 +116,11 @@ int main(int argc, char** argv) {
     show->add_option("id", show_id, "entity ID")->required();
 
     std::string status_id;
-    auto* disable = app.add_subcommand("disable", "disable an entity: it fails authentication with 'revoked'");
+    auto* disable =
+        app.add_subcommand("disable", "disable an entity: it fails authentication with 'revoked'");
     disable->add_option("id", status_id, "entity ID")->required();
-    auto* revoke = app.add_subcommand("revoke", "revoke an entity for good: it fails authentication with 'revoked'");
+    auto* revoke = app.add_subcommand(
+        "revoke", "revoke an entity for good: it fails authentication with 'revoked'");
     revoke->add_option("id", status_id, "entity ID")->required();
     auto* enable = app.add_subcommand("enable", "make a disabled entity active again");
     enable->add_option("id", status_id, "entity ID")->required();
@@ -129,7 +141,8 @@ int main(int argc, char** argv) {
         if (*gen_master) {
             OsRandom rnd;
             write_key_file(master_out, rnd.key());
-            std::cout << "master key written to " << master_out << " (mode 0600); keep it apart from the database\n";
+            std::cout << "master key written to " << master_out
+                      << " (mode 0600); keep it apart from the database\n";
             return 0;
         }
         auto store = store::open_store(url, store::load_master_key(master_key_file));
@@ -168,11 +181,13 @@ int main(int argc, char** argv) {
             std::optional<EntityKind> k;
             if (!list_kind.empty()) k = list_kind == "gw" ? EntityKind::kGw : EntityKind::kPne;
             const auto all = store->list_entities(k);
-            std::cout << std::left << std::setw(24) << "ID" << std::setw(6) << "KIND" << std::setw(10)
-                      << "STATUS" << "CREATED\n";
+            std::cout << std::left << std::setw(24) << "ID" << std::setw(6) << "KIND"
+                      << std::setw(10) << "STATUS"
+                      << "CREATED\n";
             for (const auto& e : all)
-                std::cout << std::setw(24) << e.id << std::setw(6) << kind_name(e.kind) << std::setw(10)
-                          << status_name(e.status) << time_text(e.created_at_ms) << "\n";
+                std::cout << std::setw(24) << e.id << std::setw(6) << kind_name(e.kind)
+                          << std::setw(10) << status_name(e.status) << time_text(e.created_at_ms)
+                          << "\n";
             std::cerr << all.size() << " entit" << (all.size() == 1 ? "y" : "ies") << "\n";
         } else if (*show) {
             auto e = store->get_entity(show_id);
@@ -181,9 +196,11 @@ int main(int argc, char** argv) {
                 return 1;
             }
             std::cout << "id:       " << e->id << "\nkind:     " << kind_name(e->kind)
-                      << "\nstatus:   " << status_name(e->status) << "\ncreated:  " << time_text(e->created_at_ms)
+                      << "\nstatus:   " << status_name(e->status)
+                      << "\ncreated:  " << time_text(e->created_at_ms)
                       << "\nupdated:  " << time_text(e->updated_at_ms)
-                      << "\ndevice:   " << e->capabilities.device_type() << "\nEUKey:    (sealed in the store)\n";
+                      << "\ndevice:   " << e->capabilities.device_type()
+                      << "\nEUKey:    (sealed in the store)\n";
             int member_of = 0;
             for (const auto& inv : store->list_pns())
                 for (const auto& m : inv.members())
@@ -195,22 +212,29 @@ int main(int argc, char** argv) {
                 std::cout << "PNs:      " << store->list_pns(show_id).size() << "\n";
             (void)member_of;
         } else if (*disable || *revoke || *enable) {
-            const auto st = *enable ? EntityStatus::kActive : *revoke ? EntityStatus::kRevoked : EntityStatus::kDisabled;
+            const auto st = *enable   ? EntityStatus::kActive
+                            : *revoke ? EntityStatus::kRevoked
+                                      : EntityStatus::kDisabled;
             if (*enable) {
                 auto e = store->get_entity(status_id);
                 if (e && e->status == EntityStatus::kRevoked)
-                    throw ConfigError(status_id + " is revoked; revocation is final (provision a new entity)");
+                    throw ConfigError(status_id +
+                                      " is revoked; revocation is final (provision a new entity)");
             }
             if (!store->set_status(status_id, st)) {
                 std::cerr << "cpnsctl: no entity " << status_id << "\n";
                 return 1;
             }
             std::cout << status_id << " is now " << status_name(st)
-                      << (st == EntityStatus::kActive ? "" : "; its next authentication fails with 'revoked'") << "\n";
+                      << (st == EntityStatus::kActive
+                              ? ""
+                              : "; its next authentication fails with 'revoked'")
+                      << "\n";
         } else if (*pns) {
             const auto all = pns_gw.empty() ? store->list_pns() : store->list_pns(pns_gw);
             for (const auto& inv : all) {
-                std::cout << inv.pn_id() << "  " << inv.gw_id() << "  " << time_text(static_cast<std::int64_t>(inv.registered_at_ms()))
+                std::cout << inv.pn_id() << "  " << inv.gw_id() << "  "
+                          << time_text(static_cast<std::int64_t>(inv.registered_at_ms()))
                           << "  members:";
                 for (const auto& m : inv.members()) std::cout << " " << m.pne_id();
                 std::cout << "\n";
@@ -220,7 +244,8 @@ int main(int argc, char** argv) {
             const auto all = store->list_pns();
             std::ostringstream o;
             o << "[";
-            for (std::size_t i = 0; i < all.size(); ++i) o << (i ? ",\n " : "\n ") << message_json(all[i]);
+            for (std::size_t i = 0; i < all.size(); ++i)
+                o << (i ? ",\n " : "\n ") << message_json(all[i]);
             o << "\n]\n";
             if (export_out.empty()) {
                 std::cout << o.str();
@@ -232,10 +257,10 @@ int main(int argc, char** argv) {
             }
         } else if (*audit) {
             for (const auto& r : store->audit_log(audit_limit))
-                std::cout << time_text(r.at_ms) << "  " << r.server_id << "  " << r.gw_id << "  " << r.pn_id
-                          << "  " << (r.pne_id.empty() ? "(PN)" : r.pne_id) << "  "
-                          << (r.success ? "ok" : "FAILED: " + r.reason) << (r.detail.empty() ? "" : "  " + r.detail)
-                          << "\n";
+                std::cout << time_text(r.at_ms) << "  " << r.server_id << "  " << r.gw_id << "  "
+                          << r.pn_id << "  " << (r.pne_id.empty() ? "(PN)" : r.pne_id) << "  "
+                          << (r.success ? "ok" : "FAILED: " + r.reason)
+                          << (r.detail.empty() ? "" : "  " + r.detail) << "\n";
         } else if (*check) {
             std::vector<std::string> problems;
             try {

@@ -6,23 +6,34 @@ namespace cpns {
 
 std::string_view to_string(DecodeError e) {
     switch (e) {
-        case DecodeError::kTruncated: return "truncated frame";
-        case DecodeError::kEmptyFrame: return "empty frame";
-        case DecodeError::kFrameTooLarge: return "frame too large";
-        case DecodeError::kMalformed: return "malformed message";
-        case DecodeError::kUnsupportedVersion: return "unsupported protocol version";
-        case DecodeError::kUnknownMessage: return "unknown message type";
-        case DecodeError::kInvalidField: return "invalid field";
+        case DecodeError::kTruncated:
+            return "truncated frame";
+        case DecodeError::kEmptyFrame:
+            return "empty frame";
+        case DecodeError::kFrameTooLarge:
+            return "frame too large";
+        case DecodeError::kMalformed:
+            return "malformed message";
+        case DecodeError::kUnsupportedVersion:
+            return "unsupported protocol version";
+        case DecodeError::kUnknownMessage:
+            return "unknown message type";
+        case DecodeError::kInvalidField:
+            return "invalid field";
     }
     return "unknown decode error";
 }
 
 pb::FailureReason to_reason(DecodeError e) {
     switch (e) {
-        case DecodeError::kFrameTooLarge: return pb::FRAME_TOO_LARGE;
-        case DecodeError::kUnsupportedVersion: return pb::UNSUPPORTED_VERSION;
-        case DecodeError::kUnknownMessage: return pb::UNEXPECTED_MESSAGE;
-        default: return pb::MALFORMED_MESSAGE;
+        case DecodeError::kFrameTooLarge:
+            return pb::FRAME_TOO_LARGE;
+        case DecodeError::kUnsupportedVersion:
+            return pb::UNSUPPORTED_VERSION;
+        case DecodeError::kUnknownMessage:
+            return pb::UNEXPECTED_MESSAGE;
+        default:
+            return pb::MALFORMED_MESSAGE;
     }
 }
 
@@ -41,11 +52,13 @@ Bytes encode_frame(pb::Envelope env) {
 namespace {
 
 std::uint32_t read_len(std::span<const std::uint8_t> p) {
-    return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) |
-           (std::uint32_t{p[2]} << 8) | std::uint32_t{p[3]};
+    return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
+           std::uint32_t{p[3]};
 }
 
-bool valid_text(const std::string& s) { return s.size() <= kMaxTextLength; }
+bool valid_text(const std::string& s) {
+    return s.size() <= kMaxTextLength;
+}
 
 bool valid_caps(const pb::DeviceCapabilities& c) {
     if (!valid_text(c.device_type()) || !valid_text(c.manufacturer()) || !valid_text(c.model()))
@@ -65,7 +78,9 @@ bool valid_contents(const google::protobuf::RepeatedPtrField<pb::ContentInfo>& c
     });
 }
 
-bool valid_opt_id(const std::string& id) { return id.empty() || valid_id(id); }
+bool valid_opt_id(const std::string& id) {
+    return id.empty() || valid_id(id);
+}
 
 bool valid_join(const pb::PneJoin& j) {
     return valid_id(j.pne_id()) && j.rand_pne().size() == 16 && valid_caps(j.capabilities()) &&
@@ -78,7 +93,9 @@ bool valid_ids(const google::protobuf::RepeatedPtrField<std::string>& ids,
     return std::all_of(ids.begin(), ids.end(), [](const std::string& s) { return valid_id(s); });
 }
 
-bool valid_bytes(const std::string& b, std::size_t max) { return b.size() <= max; }
+bool valid_bytes(const std::string& b, std::size_t max) {
+    return b.size() <= max;
+}
 
 bool valid_inventory(const pb::PnInventory& inv) {
     if (!valid_opt_id(inv.pn_id()) || !valid_opt_id(inv.gw_id())) return false;
@@ -147,11 +164,12 @@ std::optional<DecodeError> validate(const pb::Envelope& env) {
         }
         case B::kPneAuthResponse: {
             const auto& m = env.pne_auth_response();
-            ok = ok && valid_id(m.pn_id()) && valid_id(m.pne_id()) &&
-                 valid_bytes(m.hash_pne(), 32);
+            ok = ok && valid_id(m.pn_id()) && valid_id(m.pne_id()) && valid_bytes(m.hash_pne(), 32);
             break;
         }
-        case B::kSetupResponse: ok = ok && valid_result(env.setup_response().result()); break;
+        case B::kSetupResponse:
+            ok = ok && valid_result(env.setup_response().result());
+            break;
         case B::kEstablishmentNotify:
             ok = ok && valid_result(env.establishment_notify().result());
             break;
@@ -197,7 +215,8 @@ std::optional<DecodeError> validate(const pb::Envelope& env) {
         case B::kError:
             ok = ok && valid_opt_id(env.error().pn_id()) && valid_text(env.error().detail());
             break;
-        case B::BODY_NOT_SET: return DecodeError::kUnknownMessage;
+        case B::BODY_NOT_SET:
+            return DecodeError::kUnknownMessage;
     }
     if (!ok) return DecodeError::kInvalidField;
     return std::nullopt;
@@ -268,52 +287,92 @@ std::optional<std::variant<pb::Envelope, DecodeError>> FrameReader::next() {
 std::string_view message_name(const pb::Envelope& env) {
     using B = pb::Envelope::BodyCase;
     switch (env.body_case()) {
-        case B::kDiscoveryRequest: return "EntityDiscoveryRequest";
-        case B::kDiscoveryResponse: return "EntityDiscoveryResponse";
-        case B::kSetupRequest: return "PnSetupRequest";
-        case B::kSetupInvite: return "PnSetupInvite";
-        case B::kSetupNotify: return "PnSetupNotify";
-        case B::kSetupNotifyResponse: return "PnSetupNotifyResponse";
-        case B::kPneAuthRequest: return "PneAuthenticationRequest";
-        case B::kPneAuthResponse: return "PneAuthenticationResponse";
-        case B::kSetupResponse: return "PnSetupResponse";
-        case B::kEstablishmentNotify: return "PnEstablishmentNotify";
-        case B::kRegistrationRequest: return "PnRegistrationRequest";
-        case B::kAuthRequest: return "AuthenticationRequest";
-        case B::kAuthResponse: return "AuthenticationResponse";
-        case B::kRegistrationResponse: return "PnRegistrationResponse";
-        case B::kError: return "ErrorReport";
-        case B::BODY_NOT_SET: break;
+        case B::kDiscoveryRequest:
+            return "EntityDiscoveryRequest";
+        case B::kDiscoveryResponse:
+            return "EntityDiscoveryResponse";
+        case B::kSetupRequest:
+            return "PnSetupRequest";
+        case B::kSetupInvite:
+            return "PnSetupInvite";
+        case B::kSetupNotify:
+            return "PnSetupNotify";
+        case B::kSetupNotifyResponse:
+            return "PnSetupNotifyResponse";
+        case B::kPneAuthRequest:
+            return "PneAuthenticationRequest";
+        case B::kPneAuthResponse:
+            return "PneAuthenticationResponse";
+        case B::kSetupResponse:
+            return "PnSetupResponse";
+        case B::kEstablishmentNotify:
+            return "PnEstablishmentNotify";
+        case B::kRegistrationRequest:
+            return "PnRegistrationRequest";
+        case B::kAuthRequest:
+            return "AuthenticationRequest";
+        case B::kAuthResponse:
+            return "AuthenticationResponse";
+        case B::kRegistrationResponse:
+            return "PnRegistrationResponse";
+        case B::kError:
+            return "ErrorReport";
+        case B::BODY_NOT_SET:
+            break;
     }
     return "Unknown";
 }
 
 std::string_view reason_name(pb::FailureReason r) {
     switch (r) {
-        case pb::REASON_NONE: return "none";
-        case pb::AUTHENTICATION_FAILED: return "authentication failed";
-        case pb::SERVER_AUTHENTICATION_FAILED: return "server authentication failed";
-        case pb::TIMEOUT: return "timeout";
-        case pb::DECLINED: return "declined";
-        case pb::UNKNOWN_ENTITY: return "unknown entity";
-        case pb::REVOKED: return "revoked";
-        case pb::TLS_HANDSHAKE_FAILED: return "tls handshake failed";
-        case pb::TLS_REQUIRED: return "tls required";
-        case pb::KEY_UNWRAP_FAILED: return "key unwrap failed";
-        case pb::MALFORMED_MESSAGE: return "malformed message";
-        case pb::UNSUPPORTED_VERSION: return "unsupported version";
-        case pb::UNEXPECTED_MESSAGE: return "unexpected message";
-        case pb::NO_PNE_AUTHENTICATED: return "no pne authenticated";
-        case pb::LIMIT_EXCEEDED: return "limit exceeded";
-        case pb::NOT_INVITED: return "not invited";
-        case pb::BUSY: return "busy";
-        case pb::GATEWAY_AUTHENTICATION_FAILED: return "gateway authentication failed";
-        case pb::PEER_UNREACHABLE: return "peer unreachable";
-        case pb::INTERNAL_ERROR: return "internal error";
-        case pb::FRAME_TOO_LARGE: return "frame too large";
-        case pb::DUPLICATE_PN: return "duplicate pn";
-        case pb::REPLAYED: return "replayed";
-        default: break;
+        case pb::REASON_NONE:
+            return "none";
+        case pb::AUTHENTICATION_FAILED:
+            return "authentication failed";
+        case pb::SERVER_AUTHENTICATION_FAILED:
+            return "server authentication failed";
+        case pb::TIMEOUT:
+            return "timeout";
+        case pb::DECLINED:
+            return "declined";
+        case pb::UNKNOWN_ENTITY:
+            return "unknown entity";
+        case pb::REVOKED:
+            return "revoked";
+        case pb::TLS_HANDSHAKE_FAILED:
+            return "tls handshake failed";
+        case pb::TLS_REQUIRED:
+            return "tls required";
+        case pb::KEY_UNWRAP_FAILED:
+            return "key unwrap failed";
+        case pb::MALFORMED_MESSAGE:
+            return "malformed message";
+        case pb::UNSUPPORTED_VERSION:
+            return "unsupported version";
+        case pb::UNEXPECTED_MESSAGE:
+            return "unexpected message";
+        case pb::NO_PNE_AUTHENTICATED:
+            return "no pne authenticated";
+        case pb::LIMIT_EXCEEDED:
+            return "limit exceeded";
+        case pb::NOT_INVITED:
+            return "not invited";
+        case pb::BUSY:
+            return "busy";
+        case pb::GATEWAY_AUTHENTICATION_FAILED:
+            return "gateway authentication failed";
+        case pb::PEER_UNREACHABLE:
+            return "peer unreachable";
+        case pb::INTERNAL_ERROR:
+            return "internal error";
+        case pb::FRAME_TOO_LARGE:
+            return "frame too large";
+        case pb::DUPLICATE_PN:
+            return "duplicate pn";
+        case pb::REPLAYED:
+            return "replayed";
+        default:
+            break;
     }
     return "unknown reason";
 }

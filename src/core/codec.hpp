@@ -25,7 +25,7 @@ inline constexpr std::size_t kMaxIdLength = 64;          // PNE, PN GW and PN ID
 inline constexpr std::size_t kMaxPnesPerPn = 64;         // members of one PN
 inline constexpr std::size_t kMaxPnsListed = 256;        // PN IDs in one discovery message
 inline constexpr std::size_t kMaxContentsPerPne = 32;
-inline constexpr std::size_t kMaxTextLength = 256;       // free-text capability fields
+inline constexpr std::size_t kMaxTextLength = 256;  // free-text capability fields
 
 enum class DecodeError {
     kTruncated,           // fewer bytes than the header or the announced length
@@ -58,13 +58,13 @@ bool valid_id(std::string_view id);
 // feed(): it then holds at most one partial frame (<= kMaxFrameSize + header) plus the bytes
 // of the last feed. After an error the stream is unusable (the connection must be closed).
 class FrameReader {
-public:
+  public:
     void feed(std::span<const std::uint8_t> data);
     // Next complete message, nullopt when more bytes are needed, or an error.
     std::optional<std::variant<pb::Envelope, DecodeError>> next();
     std::size_t buffered() const { return buf_.size(); }
 
-private:
+  private:
     Bytes buf_;
     bool failed_ = false;
 };

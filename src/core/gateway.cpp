@@ -56,7 +56,8 @@ void Gateway::fail_member(Session& s, Member& m, pb::FailureReason reason, const
     m.local_eukey.reset();
     counters_.count(reason);
     log(LogLevel::kWarn, m.pne_id + " excluded from " + s.pn_id + ": " +
-                             std::string(reason_name(reason)) + (why.empty() ? "" : " (" + why + ")"));
+                             std::string(reason_name(reason)) +
+                             (why.empty() ? "" : " (" + why + ")"));
 }
 
 Effects Gateway::discover(Millis /*now*/) {
@@ -76,12 +77,15 @@ void Gateway::handle_discovery(Effects& out, const std::string& from, const pb::
                                Millis now) {
     const bool is_request = env.has_discovery_request();
     switch (record_neighbour(neighbours_, from, env, now)) {
-        case NeighbourUpdate::kNotTheSender: ++counters_.ignored; return;
+        case NeighbourUpdate::kNotTheSender:
+            ++counters_.ignored;
+            return;
         case NeighbourUpdate::kTableFull:
             counters_.count(pb::LIMIT_EXCEEDED);
             log(LogLevel::kWarn, "neighbour table full; " + from + " not recorded");
             break;
-        case NeighbourUpdate::kRecorded: break;
+        case NeighbourUpdate::kRecorded:
+            break;
     }
     if (is_request) {
         pb::Envelope reply;
@@ -148,7 +152,8 @@ void Gateway::handle_setup_request(Effects& out, const std::string& from,
     std::vector<std::string> targets;
     if (m.setup_type() == pb::SETUP_ALL) {
         for (const auto& [id, n] : neighbours_)
-            if (id != from && (n.mode == pb::MODE_PNE || n.mode == pb::MODE_BOTH)) targets.push_back(id);
+            if (id != from && (n.mode == pb::MODE_PNE || n.mode == pb::MODE_BOTH))
+                targets.push_back(id);
     } else if (m.setup_type() == pb::SETUP_INVITE_LIST) {
         for (const auto& id : s.invited)
             if (id != from && std::find(targets.begin(), targets.end(), id) == targets.end())
@@ -315,8 +320,8 @@ void Gateway::maybe_register(Effects& out, Session& s, Millis now) {
         route.push_back(id);
     }
     routing_[s.pn_id] = std::move(route);  // routing table entry for relaying (steps 6-7)
-    log(LogLevel::kInfo, "PN Registration Request for " + s.pn_id + " with " +
-                             std::to_string(joined) + " PNE(s)");
+    log(LogLevel::kInfo,
+        "PN Registration Request for " + s.pn_id + " with " + std::to_string(joined) + " PNE(s)");
     send(out, cfg_.server_id, std::move(env));
     s.phase = Phase::kWaitAuthRequest;
     s.deadline = now + kServerResponseTimeout;
@@ -425,8 +430,8 @@ void Gateway::handle_registration_response(Effects& out, const pb::PnRegistratio
     auto it = sessions_.find(m.pn_id());
     // The server answers at once, without an Authentication Request, when it refuses every
     // PNE up front (unknown or revoked): then the response ends the wait for that request.
-    const bool early_refusal = it != sessions_.end() &&
-                               it->second.phase == Phase::kWaitAuthRequest && !m.registered();
+    const bool early_refusal =
+        it != sessions_.end() && it->second.phase == Phase::kWaitAuthRequest && !m.registered();
     if (it == sessions_.end() || (it->second.phase != Phase::kWaitRegistration && !early_refusal)) {
         ++counters_.ignored;
         return;
@@ -453,7 +458,8 @@ void Gateway::conclude(Effects& out, Session& s, bool registered, pb::FailureRea
                             r != results.end() && r->second->authenticated();
         if (!joined && mem.state != MemberState::kFailed) {
             pb::FailureReason why = reason;
-            if (r != results.end() && r->second->reason() != pb::REASON_NONE) why = r->second->reason();
+            if (r != results.end() && r->second->reason() != pb::REASON_NONE)
+                why = r->second->reason();
             if (why == pb::REASON_NONE) why = pb::AUTHENTICATION_FAILED;
             fail_member(s, mem, why, "per the CPNS Server");
         }
@@ -500,13 +506,14 @@ void Gateway::conclude(Effects& out, Session& s, bool registered, pb::FailureRea
     if (registered) {
         routing_[s.pn_id] = route;
         ++counters_.established;
-        log(LogLevel::kInfo, "PN " + s.pn_id + " registered with " + std::to_string(route.size()) +
-                                 " PNE(s)");
+        log(LogLevel::kInfo,
+            "PN " + s.pn_id + " registered with " + std::to_string(route.size()) + " PNE(s)");
     } else {
         routing_.erase(s.pn_id);
         counters_.count(reason);
-        log(LogLevel::kWarn, "PN " + s.pn_id + " not established: " +
-                                 std::string(reason_name(reason)) + (detail.empty() ? "" : " (" + detail + ")"));
+        log(LogLevel::kWarn, "PN " + s.pn_id +
+                                 " not established: " + std::string(reason_name(reason)) +
+                                 (detail.empty() ? "" : " (" + detail + ")"));
     }
     out.push_back(std::move(outcome));
     for (const auto& [id, mem] : s.members) {
@@ -531,7 +538,8 @@ void Gateway::handle_error(Effects& out, const std::string& from, const pb::Erro
     Session* s = session_of_pne(from, m.pn_id());
     if (!s) {
         counters_.count(m.reason());
-        log(LogLevel::kWarn, from + " reports " + std::string(reason_name(m.reason())) + ": " + m.detail());
+        log(LogLevel::kWarn,
+            from + " reports " + std::string(reason_name(m.reason())) + ": " + m.detail());
         return;
     }
     Member& mem = s->members.at(from);
@@ -540,8 +548,8 @@ void Gateway::handle_error(Effects& out, const std::string& from, const pb::Erro
     maybe_send_aggregate(out, *s, now);
 }
 
-Effects Gateway::on_message(const std::string& from, const pb::Envelope& env,
-                            Protection protection, Millis now) {
+Effects Gateway::on_message(const std::string& from, const pb::Envelope& env, Protection protection,
+                            Millis now) {
     Effects out;
     ++counters_.messages_in;
     using B = pb::Envelope::BodyCase;
@@ -568,12 +576,14 @@ Effects Gateway::on_message(const std::string& from, const pb::Envelope& env,
         case B::kRegistrationResponse:
             if (from_server) handle_registration_response(out, env.registration_response());
             break;
-        case B::kError: handle_error(out, from, env.error(), now); break;
+        case B::kError:
+            handle_error(out, from, env.error(), now);
+            break;
         default:
             ++counters_.ignored;
             counters_.count(pb::UNEXPECTED_MESSAGE);
-            log(LogLevel::kDebug, std::string(message_name(env)) + " from " + from +
-                                      " is not for a PN GW; ignored");
+            log(LogLevel::kDebug,
+                std::string(message_name(env)) + " from " + from + " is not for a PN GW; ignored");
             break;
     }
     return out;
@@ -760,7 +770,8 @@ bool Gateway::import_state(const pb::GwState& st) {
     inventory_ = std::move(inventory);
     routing_ = std::move(routing);
     local_keys_ = std::move(keys);
-    log(LogLevel::kInfo, "restored " + std::to_string(inventory_.size()) + " PN(s) from saved state");
+    log(LogLevel::kInfo,
+        "restored " + std::to_string(inventory_.size()) + " PN(s) from saved state");
     return true;
 }
 

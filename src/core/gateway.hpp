@@ -33,7 +33,7 @@ struct GatewayConfig {
 };
 
 class Gateway {
-public:
+  public:
     Gateway(GatewayConfig config, Random& random);
 
     // Step 0: broadcast an Entity Discovery Request on the PAN.
@@ -62,7 +62,9 @@ public:
     const std::string& id() const { return cfg_.gw_id; }
     const std::map<std::string, pb::PnInventory>& inventory() const { return inventory_; }
     // Routing table of the PNs: PN ID -> PNE IDs reachable in it.
-    const std::map<std::string, std::vector<std::string>>& routing_table() const { return routing_; }
+    const std::map<std::string, std::vector<std::string>>& routing_table() const {
+        return routing_;
+    }
     const std::map<std::string, Neighbour>& neighbours() const { return neighbours_; }
     std::optional<SecretKey> local_eukey(const std::string& pn_id, const std::string& pne_id) const;
     std::size_t active_sessions() const { return sessions_.size(); }
@@ -76,7 +78,7 @@ public:
     // is malformed.
     bool import_state(const pb::GwState& state);
 
-private:
+  private:
     enum class MemberState { kInvited, kJoined, kAuthPending, kAnswered, kFailed };
     struct Member {
         std::string pne_id;
@@ -110,11 +112,13 @@ private:
     Session* session_of_pne(const std::string& pne_id, const std::string& pn_id);
     void fail_member(Session& s, Member& m, pb::FailureReason reason, const std::string& why);
 
-    void handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env, Millis now);
+    void handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
+                          Millis now);
     void handle_setup_request(Effects& out, const std::string& from, const pb::PnSetupRequest& m,
                               Protection protection, Millis now);
     void handle_join_response(Effects& out, const std::string& from,
-                              const pb::PnSetupNotifyResponse& m, Protection protection, Millis now);
+                              const pb::PnSetupNotifyResponse& m, Protection protection,
+                              Millis now);
     void handle_auth_request(Effects& out, const pb::AuthenticationRequest& m, Millis now);
     void handle_pne_auth_response(Effects& out, const std::string& from,
                                   const pb::PneAuthenticationResponse& m, Protection protection,
@@ -129,7 +133,7 @@ private:
 
     GatewayConfig cfg_;
     Random& random_;
-    std::map<std::string, Session> sessions_;        // by PN ID, being established
+    std::map<std::string, Session> sessions_;         // by PN ID, being established
     std::map<std::string, std::string> pne_session_;  // PNE ID -> PN ID it is joining
     std::map<std::string, std::string> tls_links_;    // PNE ID -> TLS identity in use
     std::map<std::string, Neighbour> neighbours_;

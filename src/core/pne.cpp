@@ -201,8 +201,8 @@ void Pne::handle_auth_request(Effects& out, const std::string& from,
                   true);
             return;
         }
-        auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id,
-                                      s_.gw_id, s_.rand_server, bytes_of(m.wrapped_local_eukey()));
+        auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
+                                      s_.rand_server, bytes_of(m.wrapped_local_eukey()));
         if (!key) {
             // The copy was made under the EUKey the server holds for this PNE: if it does not
             // open, the two EUKeys differ, which is what hash_PNE would have shown too.
@@ -262,9 +262,11 @@ void Pne::handle_result(Effects& out, const std::string& from, const pb::PnResul
     auto add_others = [&] {
         auto& o = std::get<OutcomeEffect>(out.back());
         for (const auto& m : r.inventory().members())
-            if (m.pne_id() != cfg_.pne_id) o.pnes.push_back(PneOutcome{m.pne_id(), true, pb::REASON_NONE});
+            if (m.pne_id() != cfg_.pne_id)
+                o.pnes.push_back(PneOutcome{m.pne_id(), true, pb::REASON_NONE});
         for (const auto& x : r.excluded())
-            if (x.pne_id() != cfg_.pne_id) o.pnes.push_back(PneOutcome{x.pne_id(), false, x.reason()});
+            if (x.pne_id() != cfg_.pne_id)
+                o.pnes.push_back(PneOutcome{x.pne_id(), false, x.reason()});
     };
     if (!r.success()) {
         const auto reason = r.reason() == pb::REASON_NONE ? pb::INTERNAL_ERROR : r.reason();
@@ -336,7 +338,9 @@ Effects Pne::on_message(const std::string& from, const pb::Envelope& env, Protec
     using B = pb::Envelope::BodyCase;
     switch (env.body_case()) {
         case B::kDiscoveryRequest:
-        case B::kDiscoveryResponse: handle_discovery(out, from, env, now); break;
+        case B::kDiscoveryResponse:
+            handle_discovery(out, from, env, now);
+            break;
         case B::kSetupNotify:
             handle_invitation(out, from, env.setup_notify().pn_id(), env.setup_notify().gw_id(),
                               Flow::kPneInitiated, now);
@@ -345,7 +349,9 @@ Effects Pne::on_message(const std::string& from, const pb::Envelope& env, Protec
             handle_invitation(out, from, env.setup_invite().pn_id(), env.setup_invite().gw_id(),
                               Flow::kGwInitiated, now);
             break;
-        case B::kPneAuthRequest: handle_auth_request(out, from, env.pne_auth_request(), now); break;
+        case B::kPneAuthRequest:
+            handle_auth_request(out, from, env.pne_auth_request(), now);
+            break;
         case B::kSetupResponse:
             if (s_.role != PneRole::kInitiator) {
                 ++counters_.ignored;
@@ -376,8 +382,8 @@ Effects Pne::on_message(const std::string& from, const pb::Envelope& env, Protec
         default:
             ++counters_.ignored;
             counters_.count(pb::UNEXPECTED_MESSAGE);
-            log(LogLevel::kDebug, std::string(message_name(env)) + " from " + from +
-                                      " is not for a PNE; ignored");
+            log(LogLevel::kDebug,
+                std::string(message_name(env)) + " from " + from + " is not for a PNE; ignored");
             break;
     }
     return out;
@@ -468,6 +474,8 @@ bool Pne::import_state(const pb::PneState& st) {
     return true;
 }
 
-Millis Pne::next_deadline() const { return busy() ? s_.deadline : kNever; }
+Millis Pne::next_deadline() const {
+    return busy() ? s_.deadline : kNever;
+}
 
 }  // namespace cpns

@@ -12,12 +12,12 @@ namespace cpns {
 
 struct PneConfig {
     std::string pne_id;
-    SecretKey eukey;                          // shared with the CPNS Server
-    std::optional<SecretKey> preassigned_key; // shared with its PN GW (devices without UI)
-    pb::DeviceCapabilities capabilities;      // capabilities.enough_ui drives LocalEUKey
+    SecretKey eukey;                           // shared with the CPNS Server
+    std::optional<SecretKey> preassigned_key;  // shared with its PN GW (devices without UI)
+    pb::DeviceCapabilities capabilities;       // capabilities.enough_ui drives LocalEUKey
     std::vector<pb::ContentInfo> contents;
-    bool pan_secure = false;          // the PAN to the PN GW protects the CPNS messages itself
-    bool accept_invitations = true;   // answer PN Setup Notify / Invite with accept
+    bool pan_secure = false;         // the PAN to the PN GW protects the CPNS messages itself
+    bool accept_invitations = true;  // answer PN Setup Notify / Invite with accept
     pb::EntityMode mode = pb::MODE_PNE;
     LogSink log;
 };
@@ -32,7 +32,7 @@ struct PneMembership {
 };
 
 class Pne {
-public:
+  public:
     Pne(PneConfig config, Random& random);
 
     // Step 0: broadcast an Entity Discovery Request on the PAN.
@@ -61,7 +61,7 @@ public:
     pb::PneState export_state() const;
     bool import_state(const pb::PneState& state);
 
-private:
+  private:
     enum class State {
         kIdle,
         kTlsBeforeJoin,      // pre-assigned PSK-TLS before the first message
@@ -96,7 +96,8 @@ private:
     void abort(Effects& out, pb::FailureReason reason, std::string detail, bool tell_gw);
     PneContext context() const;
 
-    void handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env, Millis now);
+    void handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
+                          Millis now);
     void handle_invitation(Effects& out, const std::string& from, const std::string& pn_id,
                            const std::string& gw_id, Flow flow, Millis now);
     void handle_auth_request(Effects& out, const std::string& from,

@@ -2,7 +2,9 @@
 
 namespace cpns {
 
-Flow to_flow(pb::Flow f) { return f == pb::FLOW_GW_INITIATED ? Flow::kGwInitiated : Flow::kPneInitiated; }
+Flow to_flow(pb::Flow f) {
+    return f == pb::FLOW_GW_INITIATED ? Flow::kGwInitiated : Flow::kPneInitiated;
+}
 
 PneRole to_role(pb::PneRoleInFlow r) {
     return r == pb::ROLE_INITIATOR ? PneRole::kInitiator : PneRole::kInvitee;
@@ -10,21 +12,26 @@ PneRole to_role(pb::PneRoleInFlow r) {
 
 SetupKind to_setup_kind(pb::SetupType t) {
     switch (t) {
-        case pb::SETUP_ONE_TO_ONE: return SetupKind::kOneToOne;
-        case pb::SETUP_ALL: return SetupKind::kAll;
-        case pb::SETUP_INVITE_LIST: return SetupKind::kInviteList;
-        default: return SetupKind::kNone;
+        case pb::SETUP_ONE_TO_ONE:
+            return SetupKind::kOneToOne;
+        case pb::SETUP_ALL:
+            return SetupKind::kAll;
+        case pb::SETUP_INVITE_LIST:
+            return SetupKind::kInviteList;
+        default:
+            return SetupKind::kNone;
     }
 }
 
 NeighbourUpdate record_neighbour(std::map<std::string, Neighbour>& table, const std::string& from,
                                  const pb::Envelope& env, Millis now) {
     const bool is_request = env.has_discovery_request();
-    const auto& id = is_request ? env.discovery_request().entity_id()
-                                : env.discovery_response().entity_id();
+    const auto& id =
+        is_request ? env.discovery_request().entity_id() : env.discovery_response().entity_id();
     if (id != from) return NeighbourUpdate::kNotTheSender;
     if (table.size() >= kMaxNeighbours && !table.count(id)) return NeighbourUpdate::kTableFull;
-    const auto& pns = is_request ? env.discovery_request().pn_ids() : env.discovery_response().pn_ids();
+    const auto& pns =
+        is_request ? env.discovery_request().pn_ids() : env.discovery_response().pn_ids();
     auto& n = table[id];
     n.mode = is_request ? env.discovery_request().mode() : env.discovery_response().mode();
     n.pn_ids.assign(pns.begin(), pns.end());

@@ -46,10 +46,10 @@ inline constexpr Millis kResultTimeout = 60'000;
 inline constexpr Millis kReplayMemory = 10 * 60'000;
 
 // --- Bounds -----------------------------------------------------------------------------
-inline constexpr std::size_t kMaxGwSessions = 16;         // PNs being established at one PN GW
+inline constexpr std::size_t kMaxGwSessions = 16;           // PNs being established at one PN GW
 inline constexpr std::size_t kMaxServerSessions = 100'000;  // establishments in flight at a server
-inline constexpr std::size_t kMaxNeighbours = 256;        // discovered entities at a PN GW
-inline constexpr std::size_t kMaxReplayMemory = 100'000;  // remembered finished PN IDs
+inline constexpr std::size_t kMaxNeighbours = 256;          // discovered entities at a PN GW
+inline constexpr std::size_t kMaxReplayMemory = 100'000;    // remembered finished PN IDs
 
 // How a message crossed the PAN.
 enum class Protection { kClear, kTls };
@@ -101,7 +101,7 @@ struct OutcomeEffect {
     bool success = false;
     pb::FailureReason reason = pb::REASON_NONE;
     std::string detail;
-    pb::PnInventory inventory;   // when success
+    pb::PnInventory inventory;     // when success
     std::vector<PneOutcome> pnes;  // PN GW and server: per PNE
 };
 // A link to a peer must be closed (protocol violation on it).
@@ -157,7 +157,11 @@ std::string preassigned_identity(std::string_view pne_id);
 std::string local_eukey_identity(std::string_view pn_id, std::string_view pne_id);
 
 // Byte helpers for bytes fields.
-inline ByteView bytes_of(const std::string& s) { return as_bytes(s); }
-inline std::string to_field(ByteView b) { return std::string(b.begin(), b.end()); }
+inline ByteView bytes_of(const std::string& s) {
+    return as_bytes(s);
+}
+inline std::string to_field(ByteView b) {
+    return std::string(b.begin(), b.end());
+}
 
 }  // namespace cpns

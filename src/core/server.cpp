@@ -35,9 +35,8 @@ void Server::send(Effects& out, const std::string& to, pb::Envelope env) {
 void Server::send_error(Effects& out, const std::string& to, const std::string& pn_id,
                         pb::FailureReason reason, const std::string& detail) {
     counters_.count(reason);
-    log(LogLevel::kWarn, "refusing " + (pn_id.empty() ? std::string("request") : pn_id) +
-                             " from " + to + ": " + std::string(reason_name(reason)) + " (" +
-                             detail + ")");
+    log(LogLevel::kWarn, "refusing " + (pn_id.empty() ? std::string("request") : pn_id) + " from " +
+                             to + ": " + std::string(reason_name(reason)) + " (" + detail + ")");
     pb::Envelope env;
     auto* e = env.mutable_error();
     e->set_pn_id(pn_id);
@@ -154,8 +153,8 @@ void Server::handle_registration(Effects& out, const std::string& from,
         }
         if (st.reason != pb::REASON_NONE) {
             counters_.count(st.reason);
-            log(LogLevel::kWarn, id + " refused in " + s.pn_id + ": " +
-                                     std::string(reason_name(st.reason)));
+            log(LogLevel::kWarn,
+                id + " refused in " + s.pn_id + ": " + std::string(reason_name(st.reason)));
             auto* x = a->add_excluded();
             x->set_pne_id(id);
             x->set_reason(st.reason);
@@ -167,8 +166,7 @@ void Server::handle_registration(Effects& out, const std::string& from,
                              " PNE(s) to authenticate");
     auto [it, _] = sessions_.emplace(key, std::move(s));
     if (asked == 0) {
-        finish(out, it->second, false, pb::NO_PNE_AUTHENTICATED, "no PNE is known and active",
-               now);
+        finish(out, it->second, false, pb::NO_PNE_AUTHENTICATED, "no PNE is known and active", now);
         return;
     }
     send(out, from, std::move(env));
@@ -211,7 +209,8 @@ void Server::handle_auth_response(Effects& out, const std::string& from,
                 const PneContext ctx = context(s, id, p);
                 const ByteView rand_pne = bytes_of(p.join.rand_pne());
                 p.sk = derive_sk_pne(rec->eukey, rand_pne, s.rand_server, ctx);
-                const Hash expected = derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
+                const Hash expected =
+                    derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
                 if (ct_equal(expected, bytes_of(r->second->hash_pne()))) {
                     p.authenticated = true;
                     p.hash_server = derive_hash_server_pne(rec->eukey, rand_pne, s.rand_server,
@@ -320,11 +319,14 @@ Effects Server::on_message(const std::string& from, const pb::Envelope& env, Mil
         case pb::Envelope::kRegistrationRequest:
             handle_registration(out, from, env.registration_request(), now);
             break;
-        case pb::Envelope::kAuthResponse: handle_auth_response(out, from, env.auth_response(), now); break;
+        case pb::Envelope::kAuthResponse:
+            handle_auth_response(out, from, env.auth_response(), now);
+            break;
         case pb::Envelope::kError:
             counters_.count(env.error().reason());
-            log(LogLevel::kWarn, from + " reports " + std::string(reason_name(env.error().reason())) +
-                                     ": " + env.error().detail());
+            log(LogLevel::kWarn, from + " reports " +
+                                     std::string(reason_name(env.error().reason())) + ": " +
+                                     env.error().detail());
             break;
         default:
             send_error(out, from, "", pb::UNEXPECTED_MESSAGE,
@@ -355,6 +357,8 @@ Effects Server::on_timer(Millis now) {
     return out;
 }
 
-Millis Server::next_deadline() const { return timers_.empty() ? kNever : timers_.begin()->first; }
+Millis Server::next_deadline() const {
+    return timers_.empty() ? kNever : timers_.begin()->first;
+}
 
 }  // namespace cpns

@@ -26,7 +26,7 @@ struct EntityRecord {
 // Read access to the server's entity database (EUKeys) and PN Inventory. Lookups are
 // synchronous and must be cheap (a cache in front of the store); writes go out as effects.
 class Directory {
-public:
+  public:
     virtual ~Directory() = default;
     virtual std::optional<EntityRecord> find(const std::string& id) const = 0;
     virtual bool pn_registered(const std::string& gw_id, const std::string& pn_id) const = 0;
@@ -34,7 +34,7 @@ public:
 
 // In-memory directory (simulator, tests).
 class MemoryDirectory final : public Directory {
-public:
+  public:
     void add(const std::string& id, EntityRecord rec) { entities_[id] = std::move(rec); }
     void set_status(const std::string& id, EntityStatus st) { entities_.at(id).status = st; }
     std::optional<EntityRecord> find(const std::string& id) const override;
@@ -43,7 +43,7 @@ public:
     bool register_pn(const std::string& gw_id, const pb::PnInventory& inv);
     const std::map<std::string, pb::PnInventory>& pns() const { return pns_; }
 
-private:
+  private:
     std::map<std::string, EntityRecord> entities_;
     std::map<std::string, pb::PnInventory> pns_;  // key: gw_id + "/" + pn_id
 };
@@ -57,7 +57,7 @@ struct ServerConfig {
 };
 
 class Server {
-public:
+  public:
     Server(ServerConfig config, const Directory& directory, Random& random);
 
     // `from` is the PN GW ID the transport authenticated (PSK-TLS identity).
@@ -71,7 +71,7 @@ public:
     std::size_t active_sessions() const { return sessions_.size(); }
     const Counters& counters() const { return counters_; }
 
-private:
+  private:
     struct PneState {
         pb::PneJoin join;
         PneRole role = PneRole::kInvitee;

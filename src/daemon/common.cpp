@@ -15,7 +15,8 @@ void init_logging(const std::string& name, const std::string& level) {
     logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ [%n] %v");
     const auto lvl = spdlog::level::from_str(level);
     if (lvl == spdlog::level::off && level != "off")
-        throw ConfigError("log level '" + level + "' is not one of trace, debug, info, warn, error");
+        throw ConfigError("log level '" + level +
+                          "' is not one of trace, debug, info, warn, error");
     logger->set_level(lvl);
     logger->flush_on(spdlog::level::trace);
     spdlog::set_default_logger(logger);
@@ -24,10 +25,18 @@ void init_logging(const std::string& name, const std::string& level) {
 LogSink core_log_sink() {
     return [](LogLevel level, const std::string& text) {
         switch (level) {
-            case LogLevel::kDebug: spdlog::debug("{}", text); break;
-            case LogLevel::kInfo: spdlog::info("{}", text); break;
-            case LogLevel::kWarn: spdlog::warn("{}", text); break;
-            case LogLevel::kError: spdlog::error("{}", text); break;
+            case LogLevel::kDebug:
+                spdlog::debug("{}", text);
+                break;
+            case LogLevel::kInfo:
+                spdlog::info("{}", text);
+                break;
+            case LogLevel::kWarn:
+                spdlog::warn("{}", text);
+                break;
+            case LogLevel::kError:
+                spdlog::error("{}", text);
+                break;
         }
     };
 }
@@ -91,7 +100,8 @@ std::optional<SecretKey> Config::key(std::string_view key, std::string_view file
     const std::string inline_hex = str(key);
     const std::string file = str(file_key);
     if (!inline_hex.empty() && !file.empty())
-        throw ConfigError(where(key) + " and '" + std::string(file_key) + "' are both set; keep one");
+        throw ConfigError(where(key) + " and '" + std::string(file_key) +
+                          "' are both set; keep one");
     if (!inline_hex.empty()) return parse_key(inline_hex, where(key));
     if (file.empty()) return std::nullopt;
     std::ifstream in(file);
@@ -232,12 +242,14 @@ std::string report_text(const pb::OutcomeReport& r) {
           << (r.inventory().members_size() == 1 ? "" : "s") << "):\n";
         for (const auto& m : r.inventory().members()) {
             s << "  - " << m.pne_id();
-            if (!m.capabilities().device_type().empty()) s << "  " << m.capabilities().device_type();
-            s << (m.local_eukey_assigned() ? "  LocalEUKey assigned" : "  pre-assigned key") << "\n";
+            if (!m.capabilities().device_type().empty())
+                s << "  " << m.capabilities().device_type();
+            s << (m.local_eukey_assigned() ? "  LocalEUKey assigned" : "  pre-assigned key")
+              << "\n";
         }
     } else {
-        s << "PN " << (r.pn_id().empty() ? std::string("establishment") : r.pn_id()) << " failed: "
-          << r.reason_text();
+        s << "PN " << (r.pn_id().empty() ? std::string("establishment") : r.pn_id())
+          << " failed: " << r.reason_text();
         if (!r.detail().empty()) s << " (" << r.detail() << ")";
         s << "\n";
     }

@@ -4,12 +4,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <toml++/toml.h>
 #include <asio.hpp>
 #include <chrono>
 #include <functional>
 #include <optional>
 #include <string>
-#include <toml++/toml.h>
 
 #include "core/role.hpp"
 #include "net/address.hpp"
@@ -32,7 +32,7 @@ Millis mono_now();
 
 // Configuration access with clear errors ("pne.toml: 'eukey' must be 64 hex digits").
 class Config {
-public:
+  public:
     Config() = default;
     static Config load(const std::string& path);  // ConfigError if unreadable or invalid TOML
     const std::string& path() const { return path_; }
@@ -44,7 +44,7 @@ public:
     std::optional<SecretKey> key(std::string_view key, std::string_view file_key) const;
     std::string where(std::string_view key) const;
 
-private:
+  private:
     std::string path_;
     toml::table table_;
 };
@@ -60,12 +60,12 @@ void write_ready_file(const std::string& path, const std::string& address);
 
 // Re-arms one steady_timer to a role's next deadline and calls `fire(now)` when reached.
 class RoleTimer {
-public:
+  public:
     RoleTimer(asio::any_io_executor ex, std::function<void(Millis)> fire);
     void arm(Millis deadline);
     void cancel();
 
-private:
+  private:
     asio::steady_timer timer_;
     std::function<void(Millis)> fire_;
     Millis armed_ = kNever;

@@ -40,7 +40,9 @@ GwOptions gw_options_from(const Config& c) {
             PanLinkConfig link;
             link.pan_secure = (*t)["pan_secure"].value_or(o.default_pan_secure);
             const std::string hex = (*t)["preassigned_key"].value_or(std::string());
-            if (!hex.empty()) link.preassigned_key = parse_key(hex, c.where("pne") + " " + id + " preassigned_key");
+            if (!hex.empty())
+                link.preassigned_key =
+                    parse_key(hex, c.where("pne") + " " + id + " preassigned_key");
             o.pan_links[id] = std::move(link);
         }
     }
@@ -102,7 +104,8 @@ void GwDaemon::start() {
         a.open(ep.protocol());
         a.set_option(net::tcp::acceptor::reuse_address(true));
         a.bind(ep, ec);
-        if (ec) throw ConfigError(std::string("cannot listen on ") + hp.str() + ": " + ec.message());
+        if (ec)
+            throw ConfigError(std::string("cannot listen on ") + hp.str() + ": " + ec.message());
         a.listen();
         return a.local_endpoint().port();
     };
@@ -119,7 +122,8 @@ void GwDaemon::start() {
             discovery_ = std::make_unique<net::DiscoverySocket>(io_.get_executor(), group,
                                                                 opt_.discovery_interface, true);
         } catch (const std::exception& e) {
-            throw ConfigError("cannot join discovery group " + opt_.discovery_group + ": " + e.what());
+            throw ConfigError("cannot join discovery group " + opt_.discovery_group + ": " +
+                              e.what());
         }
         spdlog::info("answering CPNS Entity Discovery on {} via {}", opt_.discovery_group,
                      opt_.discovery_interface);
@@ -185,14 +189,16 @@ asio::awaitable<void> GwDaemon::server_link() {
                 const auto err = conn->tls_error();
                 if (err == tls::TlsError::kBadPsk || err == tls::TlsError::kUnknownIdentity) {
                     server_down_reason_ = pb::GATEWAY_AUTHENTICATION_FAILED;
-                    spdlog::error("the CPNS Server refused this PN GW: gateway authentication "
-                                  "failed - {}",
-                                  err == tls::TlsError::kBadPsk
-                                      ? "the EUKey configured here differs from the one provisioned "
-                                        "for " + opt_.id
-                                      : "the server does not know " + opt_.id +
-                                            " as an active PN GW (not provisioned, disabled or "
-                                            "revoked)");
+                    spdlog::error(
+                        "the CPNS Server refused this PN GW: gateway authentication "
+                        "failed - {}",
+                        err == tls::TlsError::kBadPsk
+                            ? "the EUKey configured here differs from the one provisioned "
+                              "for " +
+                                  opt_.id
+                            : "the server does not know " + opt_.id +
+                                  " as an active PN GW (not provisioned, disabled or "
+                                  "revoked)");
                 } else {
                     server_down_reason_ = pb::PEER_UNREACHABLE;
                     spdlog::warn("TLS with the CPNS Server failed: {}", conn->tls_detail());
@@ -277,7 +283,8 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
                 // Never the PN GW itself nor the server: those names are not for PAN peers.
                 if (!valid_id(env->sender_id()) || env->sender_id() == opt_.id ||
                     env->sender_id() == opt_.server_id) {
-                    spdlog::warn("clear link from {} without a valid sender; closing", conn->remote());
+                    spdlog::warn("clear link from {} without a valid sender; closing",
+                                 conn->remote());
                     break;
                 }
                 conn->peer_id = env->sender_id();
@@ -296,15 +303,16 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
             continue;
         }
         if (auto* de = std::get_if<DecodeError>(&r)) {
-            spdlog::warn("closing link of {}: {}", conn->peer_id.empty() ? conn->remote() : conn->peer_id,
-                         to_string(*de));
+            spdlog::warn("closing link of {}: {}",
+                         conn->peer_id.empty() ? conn->remote() : conn->peer_id, to_string(*de));
             pb::Envelope err;
             err.set_sender_id(opt_.id);
             err.mutable_error()->set_reason(to_reason(*de));
             err.mutable_error()->set_detail(std::string(to_string(*de)));
             conn->send(err);
         } else if (!conn->peer_id.empty()) {
-            spdlog::info("PAN link of {} closed ({})", conn->peer_id, std::get<net::ReadError>(r).what);
+            spdlog::info("PAN link of {} closed ({})", conn->peer_id,
+                         std::get<net::ReadError>(r).what);
         }
         break;
     }
@@ -333,9 +341,10 @@ void GwDaemon::send_to_pne(const SendEffect& s) {
         }
     if (s.protection == Protection::kTls && !tls_conn) {
         // Never in clear: this message carries what an insecure PAN must not see.
-        spdlog::error("refusing to send {} to {} in clear: its PAN is insecure and no PSK-TLS "
-                      "session is up",
-                      message_name(s.msg), s.to);
+        spdlog::error(
+            "refusing to send {} to {} in clear: its PAN is insecure and no PSK-TLS "
+            "session is up",
+            message_name(s.msg), s.to);
         return;
     }
     auto conn = tls_conn ? tls_conn : clear_conn;
@@ -360,12 +369,14 @@ void GwDaemon::apply(Effects effects) {
                                  reason_name(server_down_reason_));
                     const auto reason = server_down_reason_;
                     asio::post(io_, [this, reason] {
-                        if (!server_conn_) apply(gw_->on_link_down(opt_.server_id, mono_now(), reason));
+                        if (!server_conn_)
+                            apply(gw_->on_link_down(opt_.server_id, mono_now(), reason));
                     });
                 } else {
                     spdlog::debug("{} -> server: {}", opt_.id, message_name(s->msg));
                 }
-            } else if (udp_reply_to_ && s->to == udp_reply_peer_ && s->msg.has_discovery_response()) {
+            } else if (udp_reply_to_ && s->to == udp_reply_peer_ &&
+                       s->msg.has_discovery_response()) {
                 if (discovery_) discovery_->send_to(s->msg, *udp_reply_to_);
             } else if (s->to == "*") {
                 if (discovery_) discovery_->send_to_group(s->msg);
@@ -411,7 +422,8 @@ asio::awaitable<void> GwDaemon::discovery_loop() {
         }
         auto& [env, from] = got;
         if (!env.has_discovery_request() || env.sender_id() == opt_.id) continue;
-        spdlog::debug("discovery request from {} at {}", env.sender_id(), from.address().to_string());
+        spdlog::debug("discovery request from {} at {}", env.sender_id(),
+                      from.address().to_string());
         udp_reply_to_ = from;
         udp_reply_peer_ = env.sender_id();
         apply(gw_->on_message(env.sender_id(), env, Protection::kClear, mono_now()));
@@ -436,11 +448,12 @@ asio::awaitable<void> GwDaemon::control_accept_loop() {
 
 void GwDaemon::answer(const std::shared_ptr<net::tcp::socket>& socket, std::string line) {
     auto buf = std::make_shared<std::string>(std::move(line) + "\n");
-    asio::async_write(*socket, asio::buffer(*buf), [socket, buf](const std::error_code&, std::size_t) {
-        std::error_code ec;
-        socket->shutdown(net::tcp::socket::shutdown_both, ec);
-        socket->close(ec);
-    });
+    asio::async_write(*socket, asio::buffer(*buf),
+                      [socket, buf](const std::error_code&, std::size_t) {
+                          std::error_code ec;
+                          socket->shutdown(net::tcp::socket::shutdown_both, ec);
+                          socket->close(ec);
+                      });
 }
 
 std::string GwDaemon::status_json() const {
@@ -498,18 +511,21 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
     } else if (cmd == "invite") {
         std::vector<std::string> ids;
         for (std::string id; in >> id;) ids.push_back(id);
-        spdlog::info("control: invite {}", ids.empty() ? std::string("every discovered PNE") : line.substr(7));
+        spdlog::info("control: invite {}",
+                     ids.empty() ? std::string("every discovered PNE") : line.substr(7));
         Effects fx = gw_->invite(ids, mono_now());
         const std::string pn = gw_->last_pn_id();
         if (pn.empty()) {
             for (auto& e : fx)
-                if (auto* o = std::get_if<OutcomeEffect>(&e)) answer(socket, outcome_json(opt_.id, *o));
+                if (auto* o = std::get_if<OutcomeEffect>(&e))
+                    answer(socket, outcome_json(opt_.id, *o));
         } else {
             waiters_[pn].push_back(socket);
         }
         apply(std::move(fx));
     } else {
-        answer(socket, "{\"error\":\"unknown command '" + cmd + "'; use: invite [pne ...] | status\"}");
+        answer(socket,
+               "{\"error\":\"unknown command '" + cmd + "'; use: invite [pne ...] | status\"}");
     }
 }
 

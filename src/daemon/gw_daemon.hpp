@@ -16,9 +16,9 @@
 
 namespace cpns::daemon {
 
-inline constexpr Millis kPanHandshakeTimeout = 10'000;   // PNE's TLS handshake / first byte
-inline constexpr Millis kServerReconnectMin = 500;       // first retry after a lost server link
-inline constexpr Millis kServerReconnectMax = 30'000;    // retries back off up to this
+inline constexpr Millis kPanHandshakeTimeout = 10'000;  // PNE's TLS handshake / first byte
+inline constexpr Millis kServerReconnectMin = 500;      // first retry after a lost server link
+inline constexpr Millis kServerReconnectMax = 30'000;   // retries back off up to this
 inline constexpr std::size_t kMaxPanConnections = 512;
 inline constexpr std::size_t kMaxControlLine = 4096;
 
@@ -44,14 +44,14 @@ struct GwOptions {
 GwOptions gw_options_from(const Config& c);
 
 class GwDaemon {
-public:
+  public:
     GwDaemon(asio::io_context& io, GwOptions options);
     void start();
     void stop();
     std::uint16_t pan_port() const { return pan_port_; }
     std::uint16_t control_port() const { return control_port_; }
 
-private:
+  private:
     struct ControlWaiter {
         std::shared_ptr<net::tcp::socket> socket;
     };

@@ -28,7 +28,8 @@ PneOptions pne_options_from(const Config& c) {
                 ci.set_content_id((*t)["id"].value_or(std::string()));
                 ci.set_media_type((*t)["media_type"].value_or(std::string()));
                 ci.set_title((*t)["title"].value_or(std::string()));
-                ci.set_size_bytes(static_cast<std::uint64_t>((*t)["size_bytes"].value_or(std::int64_t{0})));
+                ci.set_size_bytes(
+                    static_cast<std::uint64_t>((*t)["size_bytes"].value_or(std::int64_t{0})));
                 o.contents.push_back(std::move(ci));
             }
     if (!o.pan_secure && !o.enough_ui && !o.preassigned_key)
@@ -73,11 +74,14 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
     tc.role = tls::Role::kClient;
     tc.mode = opt_.pan_tls;
     tc.keylog_path = keylog_path(opt_.keylog);
-    if (!tc.keylog_path.empty()) spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+    if (!tc.keylog_path.empty())
+        spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
     tls_.emplace(tc);
 }
 
-void PneDaemon::start() { asio::co_spawn(io_, main(), asio::detached); }
+void PneDaemon::start() {
+    asio::co_spawn(io_, main(), asio::detached);
+}
 
 void PneDaemon::stop() {
     stopping_ = true;
@@ -145,7 +149,8 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
 
 asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const SecretKey* psk) {
     std::string error;
-    auto socket = co_await net::connect_tcp(gw_addr_.host, gw_addr_.port, net::kConnectTimeout, error);
+    auto socket =
+        co_await net::connect_tcp(gw_addr_.host, gw_addr_.port, net::kConnectTimeout, error);
     if (!socket) {
         spdlog::warn("{}", error);
         link_error_ = pb::PEER_UNREACHABLE;
@@ -159,9 +164,9 @@ asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const Se
             spdlog::warn("PSK-TLS with the PN GW at {} as {} failed: {} ({})", gw_addr_.str(),
                          identity, tls::to_string(conn->tls_error()), conn->tls_detail());
             link_error_ = pb::TLS_HANDSHAKE_FAILED;
-            link_error_detail_ = "PSK-TLS as " + identity + " failed: " +
-                                 std::string(tls::to_string(conn->tls_error())) + " (" +
-                                 conn->tls_detail() + ")";
+            link_error_detail_ = "PSK-TLS as " + identity +
+                                 " failed: " + std::string(tls::to_string(conn->tls_error())) +
+                                 " (" + conn->tls_detail() + ")";
             co_return false;
         }
         spdlog::info("PSK-TLS with the PN GW at {} as {} ({})", gw_addr_.str(), identity,
@@ -171,9 +176,10 @@ asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const Se
             spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure)",
                          gw_addr_.str());
         else
-            spdlog::info("clear PAN link to the PN GW at {} (PAN insecure: nothing secret is sent "
-                         "before PSK-TLS with the LocalEUKey)",
-                         gw_addr_.str());
+            spdlog::info(
+                "clear PAN link to the PN GW at {} (PAN insecure: nothing secret is sent "
+                "before PSK-TLS with the LocalEUKey)",
+                gw_addr_.str());
     }
     links_.push_back(Link{conn, identity});
     asio::co_spawn(io_, read_link(conn), asio::detached);
@@ -187,8 +193,8 @@ asio::awaitable<void> PneDaemon::main() {
     } else {
         auto found = co_await discover_gateway();
         if (!found) {
-            fail_early(pb::PEER_UNREACHABLE, "no PN GW answered CPNS Entity Discovery on " +
-                                                 opt_.discovery_group);
+            fail_early(pb::PEER_UNREACHABLE,
+                       "no PN GW answered CPNS Entity Discovery on " + opt_.discovery_group);
             co_return;
         }
         gw_addr_ = *found;
@@ -254,8 +260,8 @@ asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn
             const std::string from = gw_id_.empty() ? env->sender_id() : gw_id_;
             spdlog::debug("{} -> {}: {} ({})", from, opt_.id, message_name(*env),
                           conn->is_tls() ? "tls" : "clear");
-            apply(pne_->on_message(from, *env, conn->is_tls() ? Protection::kTls : Protection::kClear,
-                                   mono_now()));
+            apply(pne_->on_message(
+                from, *env, conn->is_tls() ? Protection::kTls : Protection::kClear, mono_now()));
             continue;
         }
         if (auto* de = std::get_if<DecodeError>(&r))
@@ -265,9 +271,9 @@ asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn
         break;
     }
     conn->close();
-    links_.erase(std::remove_if(links_.begin(), links_.end(),
-                                [&](const Link& l) { return l.conn == conn; }),
-                 links_.end());
+    links_.erase(
+        std::remove_if(links_.begin(), links_.end(), [&](const Link& l) { return l.conn == conn; }),
+        links_.end());
     if (links_.empty() && !stopping_) {
         wait_.cancel();
         if (!gw_id_.empty()) apply(pne_->on_link_down(gw_id_, mono_now()));
@@ -303,9 +309,10 @@ void PneDaemon::apply(Effects effects) {
                 (l.conn->is_tls() ? tls_conn : clear_conn) = l.conn;
             }
             if (s->protection == Protection::kTls && !tls_conn) {
-                spdlog::error("refusing to send {} in clear: the PAN is insecure and no PSK-TLS "
-                              "session is up",
-                              message_name(s->msg));
+                spdlog::error(
+                    "refusing to send {} in clear: the PAN is insecure and no PSK-TLS "
+                    "session is up",
+                    message_name(s->msg));
                 continue;
             }
             auto conn = tls_conn ? tls_conn : clear_conn;

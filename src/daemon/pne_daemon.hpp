@@ -16,10 +16,10 @@
 
 namespace cpns::daemon {
 
-inline constexpr Millis kDiscoveryTimeout = 10'000;   // finding a PN GW by multicast
-inline constexpr Millis kDiscoveryRepeat = 1'000;     // re-send the request this often
-inline constexpr Millis kGatewayHelloTimeout = 5'000; // the PN GW answers discovery on the link
-inline constexpr Millis kPneReconnectDelay = 2'000;   // run mode: retry a lost PAN link
+inline constexpr Millis kDiscoveryTimeout = 10'000;    // finding a PN GW by multicast
+inline constexpr Millis kDiscoveryRepeat = 1'000;      // re-send the request this often
+inline constexpr Millis kGatewayHelloTimeout = 5'000;  // the PN GW answers discovery on the link
+inline constexpr Millis kPneReconnectDelay = 2'000;    // run mode: retry a lost PAN link
 
 struct PneOptions {
     std::string id;
@@ -48,7 +48,7 @@ struct PneTask {
 };
 
 class PneDaemon {
-public:
+  public:
     PneDaemon(asio::io_context& io, PneOptions options, PneTask task);
     void start();
     void stop();
@@ -57,7 +57,7 @@ public:
     // Set when the process could not even start an establishment (no PN GW, TLS refused).
     const std::optional<OutcomeEffect>& early_failure() const { return early_; }
 
-private:
+  private:
     struct Link {
         std::shared_ptr<net::Connection> conn;
         std::string identity;  // TLS identity, empty for a clear link

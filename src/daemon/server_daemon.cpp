@@ -25,7 +25,8 @@ void load_entities(const std::string& path, MemoryDirectory& dir) {
             rec.kind = EntityKind::kGw;
         else
             throw ConfigError(path + ": entity " + id + ": kind must be pne or gw");
-        rec.eukey = parse_key((*t)["eukey"].value_or(std::string()), path + ": entity " + id + " eukey");
+        rec.eukey =
+            parse_key((*t)["eukey"].value_or(std::string()), path + ": entity " + id + " eukey");
         if (status == "active")
             rec.status = EntityStatus::kActive;
         else if (status == "disabled")
@@ -33,7 +34,8 @@ void load_entities(const std::string& path, MemoryDirectory& dir) {
         else if (status == "revoked")
             rec.status = EntityStatus::kRevoked;
         else
-            throw ConfigError(path + ": entity " + id + ": status must be active, disabled or revoked");
+            throw ConfigError(path + ": entity " + id +
+                              ": status must be active, disabled or revoked");
         if (dir.find(id)) throw ConfigError(path + ": entity " + id + " is listed twice");
         dir.add(id, std::move(rec));
         ++n;
@@ -155,7 +157,8 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
         return derive_gw_server_psk(rec->eukey, identity);
     };
     tls_.emplace(tc);
-    if (!tc.keylog_path.empty()) spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+    if (!tc.keylog_path.empty())
+        spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
 }
 
 void ServerDaemon::store_job(std::function<void(store::Store&)> job, std::function<void()> done) {
@@ -284,16 +287,18 @@ void ServerDaemon::stop() {
     store_thread_.stop();
     store_thread_.join();
     if (store_queue_ > 0) spdlog::warn("{} store job(s) dropped at shutdown", store_queue_);
-    spdlog::info("stopped: {} PN(s) registered by this process, {} establishment(s) in flight "
-                 "dropped, {} PN GW link(s) refused",
-                 registered_, server_->active_sessions(),
-                 links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
+    spdlog::info(
+        "stopped: {} PN(s) registered by this process, {} establishment(s) in flight "
+        "dropped, {} PN GW link(s) refused",
+        registered_, server_->active_sessions(),
+        links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
 }
 
 asio::awaitable<void> ServerDaemon::accept_loop() {
     for (;;) {
         std::error_code ec;
-        auto socket = co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+        auto socket =
+            co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
         if (ec) {
             if (!acceptor_.is_open()) co_return;
             spdlog::warn("accept failed: {}", ec.message());
@@ -375,9 +380,15 @@ void ServerDaemon::apply(Effects effects) {
             store_job(
                 [inv, result](store::Store& st) {
                     switch (st.register_pn(*inv)) {
-                        case store::PutResult::kOk: *result = pb::REASON_NONE; break;
-                        case store::PutResult::kDuplicate: *result = pb::DUPLICATE_PN; break;
-                        case store::PutResult::kError: *result = pb::INTERNAL_ERROR; break;
+                        case store::PutResult::kOk:
+                            *result = pb::REASON_NONE;
+                            break;
+                        case store::PutResult::kDuplicate:
+                            *result = pb::DUPLICATE_PN;
+                            break;
+                        case store::PutResult::kError:
+                            *result = pb::INTERNAL_ERROR;
+                            break;
                     }
                 },
                 [this, gw, inv, result] {
@@ -391,10 +402,10 @@ void ServerDaemon::apply(Effects effects) {
             spdlog::info("establishment {}: {}", o->pn_id, outcome_json(opt_.id, *o));
             // The audit log: one record per PNE, plus one for the PN itself.
             auto records = std::make_shared<std::vector<store::AuditRecord>>();
-            const auto now_ms = static_cast<std::int64_t>(
-                std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count());
+            const auto now_ms =
+                static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              std::chrono::system_clock::now().time_since_epoch())
+                                              .count());
             const std::string gw = o->gw_id;
             records->push_back({now_ms, opt_.id, gw, o->pn_id, "", o->success,
                                 std::string(reason_name(o->reason)), o->detail});

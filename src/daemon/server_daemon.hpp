@@ -33,7 +33,7 @@ struct ServerOptions {
     // The store: "sqlite:PATH" (default; $CPNS_STORE overrides the default) or a PostgreSQL URL.
     std::string store = "sqlite:cpns-server.db";
     std::string master_key_file;  // else $CPNS_MASTER_KEY
-    std::string entities_file;    // optional: [[entity]] entries added at start (existing ones kept)
+    std::string entities_file;  // optional: [[entity]] entries added at start (existing ones kept)
     std::string keylog;
     std::string ready_file;
 };
@@ -46,25 +46,25 @@ std::vector<store::StoredEntity> read_entities(const std::string& path);
 // What the core reads synchronously: a cache in front of the store, filled by the store
 // worker before a message reaches the core (so the event loop never waits on the database).
 class CachedDirectory final : public Directory {
-public:
+  public:
     std::optional<EntityRecord> find(const std::string& id) const override;
     bool pn_registered(const std::string&, const std::string&) const override { return false; }
     void put(const std::string& id, std::optional<EntityRecord> rec);
     std::size_t size() const { return entries_.size(); }
 
-private:
+  private:
     std::map<std::string, std::optional<EntityRecord>> entries_;
 };
 
 class ServerDaemon {
-public:
+  public:
     ServerDaemon(asio::io_context& io, ServerOptions options);
     void start();  // binds and listens; ConfigError if it cannot
     void stop();
     std::uint16_t port() const { return port_; }
     const Counters& link_counters() const { return links_; }
 
-private:
+  private:
     asio::awaitable<void> accept_loop();
     asio::awaitable<void> serve(std::shared_ptr<net::Connection> conn);
     void apply(Effects effects);

@@ -29,7 +29,8 @@ struct CtxFree {
 Bytes aad_for(std::string_view device_id) {
     Bytes aad(sizeof kMagic + device_id.size());
     std::memcpy(aad.data(), kMagic, sizeof kMagic);
-    if (!device_id.empty()) std::memcpy(aad.data() + sizeof kMagic, device_id.data(), device_id.size());
+    if (!device_id.empty())
+        std::memcpy(aad.data() + sizeof kMagic, device_id.data(), device_id.size());
     return aad;
 }
 
@@ -63,8 +64,11 @@ Bytes seal_state(const SecretKey& key, std::string_view device_id, ByteView plai
     std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
     const Bytes aad = aad_for(device_id);
     int len = 0;
-    if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.view().data(), nonce.data()) != 1 ||
-        EVP_EncryptUpdate(ctx.get(), nullptr, &len, aad.data(), static_cast<int>(aad.size())) != 1 ||
+    if (!ctx ||
+        EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.view().data(),
+                           nonce.data()) != 1 ||
+        EVP_EncryptUpdate(ctx.get(), nullptr, &len, aad.data(), static_cast<int>(aad.size())) !=
+            1 ||
         EVP_EncryptUpdate(ctx.get(), out.data() + ct_at, &len, plaintext.data(),
                           static_cast<int>(plaintext.size())) != 1 ||
         EVP_EncryptFinal_ex(ctx.get(), out.data() + ct_at + len, &len) != 1 ||
@@ -86,12 +90,16 @@ std::optional<Bytes> open_state(const SecretKey& key, std::string_view device_id
     std::unique_ptr<EVP_CIPHER_CTX, CtxFree> ctx(EVP_CIPHER_CTX_new());
     const Bytes aad = aad_for(device_id);
     int len = 0;
-    const bool ok =
-        ctx && EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.view().data(), nonce.data()) == 1 &&
-        EVP_DecryptUpdate(ctx.get(), nullptr, &len, aad.data(), static_cast<int>(aad.size())) == 1 &&
-        EVP_DecryptUpdate(ctx.get(), plain.data(), &len, body.data(), static_cast<int>(ct_len)) == 1 &&
-        EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, static_cast<int>(kTag), tag.data()) == 1 &&
-        EVP_DecryptFinal_ex(ctx.get(), plain.data() + len, &len) == 1;
+    const bool ok = ctx &&
+                    EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.view().data(),
+                                       nonce.data()) == 1 &&
+                    EVP_DecryptUpdate(ctx.get(), nullptr, &len, aad.data(),
+                                      static_cast<int>(aad.size())) == 1 &&
+                    EVP_DecryptUpdate(ctx.get(), plain.data(), &len, body.data(),
+                                      static_cast<int>(ct_len)) == 1 &&
+                    EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, static_cast<int>(kTag),
+                                        tag.data()) == 1 &&
+                    EVP_DecryptFinal_ex(ctx.get(), plain.data() + len, &len) == 1;
     if (!ok) {
         wipe(plain.data(), plain.size());
         return std::nullopt;
@@ -108,13 +116,16 @@ std::optional<Bytes> load_state_file(const std::string& path, const SecretKey& k
     if (!in && !in.eof()) throw ConfigError("cannot read state file " + path);
     auto plain = open_state(key, device_id, file);
     if (!plain)
-        throw ConfigError("state file " + path + " does not open with this device's key (another "
+        throw ConfigError("state file " + path +
+                          " does not open with this device's key (another "
                           "device's file, a different EUKey, or corrupted)");
     return plain;
 }
 
 StateWriter::StateWriter(std::string path, SecretKey key, std::string device_id)
-    : path_(std::move(path)), key_(std::move(key)), device_id_(std::move(device_id)),
+    : path_(std::move(path)),
+      key_(std::move(key)),
+      device_id_(std::move(device_id)),
       thread_([this] { loop(); }) {}
 
 StateWriter::~StateWriter() {
@@ -160,14 +171,16 @@ void StateWriter::loop() {
             const Bytes sealed = seal_state(key_, device_id_, plain);
             const std::string tmp = path_ + ".tmp";
             const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-            if (fd < 0) throw std::runtime_error("cannot create " + tmp + ": " + std::strerror(errno));
+            if (fd < 0)
+                throw std::runtime_error("cannot create " + tmp + ": " + std::strerror(errno));
             write_all(fd, sealed, tmp);
             if (::fsync(fd) != 0 || ::close(fd) != 0)
                 throw std::runtime_error("cannot sync " + tmp + ": " + std::strerror(errno));
             if (std::rename(tmp.c_str(), path_.c_str()) != 0)
                 throw std::runtime_error("cannot replace " + path_ + ": " + std::strerror(errno));
             const auto dir = std::filesystem::path(path_).parent_path();
-            const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            const int dfd =
+                ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
             if (dfd >= 0) {
                 ::fsync(dfd);
                 ::close(dfd);

@@ -26,7 +26,7 @@ std::optional<Bytes> load_state_file(const std::string& path, const SecretKey& k
                                      std::string_view device_id);
 
 class StateWriter {
-public:
+  public:
     StateWriter(std::string path, SecretKey key, std::string device_id);
     ~StateWriter();  // writes what is pending, then stops
     // Queues the newest state; an older pending one is dropped (only the latest matters).
@@ -35,7 +35,7 @@ public:
     void flush();
     std::uint64_t written() const;
 
-private:
+  private:
     void loop();
     std::string path_;
     SecretKey key_;

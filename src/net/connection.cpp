@@ -3,11 +3,13 @@
 namespace cpns::net {
 
 namespace {
-auto ms(Millis v) { return std::chrono::milliseconds(v); }
+auto ms(Millis v) {
+    return std::chrono::milliseconds(v);
+}
 
 // Cancels the socket's operations when `timeout` passes unless disarmed first.
 class Deadline {
-public:
+  public:
     Deadline(tcp::socket& socket, Millis timeout)
         : timer_(socket.get_executor(), ms(timeout)), state_(std::make_shared<State>()) {
         timer_.async_wait([&socket, st = state_](const std::error_code& ec) {
@@ -27,7 +29,7 @@ public:
     }
     bool expired() const { return state_->timed_out; }
 
-private:
+  private:
     struct State {
         bool done = false;
         bool timed_out = false;
@@ -44,7 +46,9 @@ Connection::Connection(tcp::socket socket) : socket_(std::move(socket)) {
     socket_.set_option(tcp::no_delay(true), ec);
 }
 
-Connection::~Connection() { close(); }
+Connection::~Connection() {
+    close();
+}
 
 std::string Connection::tls_summary() const {
     if (!tls_ || !tls_->handshake_done()) return "clear";
@@ -54,8 +58,8 @@ std::string Connection::tls_summary() const {
     return s;
 }
 
-awaitable<bool> Connection::client_handshake(const tls::TlsContext& ctx,
-                                             const tls::ClientPsk& psk, Millis timeout) {
+awaitable<bool> Connection::client_handshake(const tls::TlsContext& ctx, const tls::ClientPsk& psk,
+                                             Millis timeout) {
     try {
         tls_.emplace(ctx, tls::ClientPsk{psk.identity, psk.key});
     } catch (const std::exception& e) {
@@ -104,7 +108,8 @@ awaitable<std::optional<bool>> Connection::sniff_tls(Millis timeout) {
     Deadline deadline(socket_, timeout);
     std::error_code ec;
     std::array<std::uint8_t, 1> first{};
-    co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    co_await socket_.async_wait(tcp::socket::wait_read,
+                                asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return std::nullopt;
     const std::size_t n = socket_.receive(asio::buffer(first), tcp::socket::message_peek, ec);
     if (ec || n == 0) co_return std::nullopt;
@@ -114,7 +119,8 @@ awaitable<std::optional<bool>> Connection::sniff_tls(Millis timeout) {
 awaitable<ReadResult> Connection::read() {
     for (;;) {
         if (auto r = reader_.next()) {
-            if (std::holds_alternative<pb::Envelope>(*r)) co_return std::get<pb::Envelope>(std::move(*r));
+            if (std::holds_alternative<pb::Envelope>(*r))
+                co_return std::get<pb::Envelope>(std::move(*r));
             co_return std::get<DecodeError>(*r);
         }
         if (!open_) co_return ReadError{"connection closed"};
@@ -125,7 +131,8 @@ awaitable<ReadResult> Connection::read() {
             asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
         if (ec) {
             close();
-            co_return ReadError{ec == asio::error::eof ? "peer closed the connection" : ec.message()};
+            co_return ReadError{ec == asio::error::eof ? "peer closed the connection"
+                                                       : ec.message()};
         }
         if (tls_) {
             tls_->feed(ByteView(buf_.data(), n));
@@ -171,9 +178,10 @@ void Connection::queue_raw(Bytes bytes) {
     out_.push_back(std::move(bytes));
     if (!writing_) {
         writing_ = true;
-        asio::co_spawn(socket_.get_executor(),
-                       [self = shared_from_this()]() -> awaitable<void> { co_await self->drain(); },
-                       asio::detached);
+        asio::co_spawn(
+            socket_.get_executor(),
+            [self = shared_from_this()]() -> awaitable<void> { co_await self->drain(); },
+            asio::detached);
     }
 }
 

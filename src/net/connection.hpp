@@ -32,7 +32,7 @@ struct ReadError {
 using ReadResult = std::variant<pb::Envelope, DecodeError, ReadError>;
 
 class Connection : public std::enable_shared_from_this<Connection> {
-public:
+  public:
     explicit Connection(tcp::socket socket);
     ~Connection();
 
@@ -63,7 +63,7 @@ public:
     // What the owner knows of the peer.
     std::string peer_id;
 
-private:
+  private:
     awaitable<bool> handshake(Millis timeout);
     void queue_raw(Bytes bytes);
     void flush_tls();

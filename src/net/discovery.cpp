@@ -21,7 +21,9 @@ DiscoverySocket::DiscoverySocket(asio::any_io_executor ex, const HostPort& group
     }
 }
 
-void DiscoverySocket::send_to_group(const pb::Envelope& env) { send_to(env, group_); }
+void DiscoverySocket::send_to_group(const pb::Envelope& env) {
+    send_to(env, group_);
+}
 
 void DiscoverySocket::send_to(const pb::Envelope& env, const udp::endpoint& to) {
     const Bytes frame = encode_frame(env);
@@ -35,7 +37,8 @@ asio::awaitable<std::pair<pb::Envelope, udp::endpoint>> DiscoverySocket::receive
         const std::size_t n =
             co_await socket_.async_receive_from(asio::buffer(buf_), from, asio::use_awaitable);
         auto r = decode_frame(std::span<const std::uint8_t>(buf_.data(), n));
-        if (auto* env = std::get_if<pb::Envelope>(&r)) co_return std::make_pair(std::move(*env), from);
+        if (auto* env = std::get_if<pb::Envelope>(&r))
+            co_return std::make_pair(std::move(*env), from);
         ++malformed_;
     }
 }

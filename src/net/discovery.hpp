@@ -18,7 +18,7 @@ inline constexpr const char* kDefaultDiscoveryGroup = "239.255.67.78:47011";
 inline constexpr std::size_t kMaxDatagram = 8 * 1024;
 
 class DiscoverySocket {
-public:
+  public:
     // listen = true: bind the group's port and join the group on `interface_addr` (a PN GW).
     // listen = false: an ephemeral port that sends to the group and gets unicast answers.
     DiscoverySocket(asio::any_io_executor ex, const HostPort& group,
@@ -30,7 +30,7 @@ public:
     std::size_t malformed() const { return malformed_; }
     void close();
 
-private:
+  private:
     udp::socket socket_;
     udp::endpoint group_;
     std::array<std::uint8_t, kMaxDatagram> buf_{};

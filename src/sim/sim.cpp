@@ -14,8 +14,8 @@ struct Simulator::Node {
     std::unique_ptr<Pne> pne;
     std::unique_ptr<Gateway> gw;
     bool is_server = false;
-    std::string gw_id;                 // PNE: its PN GW
-    std::vector<std::string> pan;      // PN GW: its PNEs
+    std::string gw_id;             // PNE: its PN GW
+    std::vector<std::string> pan;  // PN GW: its PNEs
     Millis armed = kNever;
     std::vector<OutcomeEffect> outcomes;
 };
@@ -69,8 +69,12 @@ Simulator::Node& Simulator::node(const std::string& id) {
     return *it->second;
 }
 
-Pne& Simulator::pne(const std::string& id) { return *node(id).pne; }
-Gateway& Simulator::gateway(const std::string& id) { return *node(id).gw; }
+Pne& Simulator::pne(const std::string& id) {
+    return *node(id).pne;
+}
+Gateway& Simulator::gateway(const std::string& id) {
+    return *node(id).gw;
+}
 std::string Simulator::gw_of(const std::string& pne_id) const {
     return nodes_.at(pne_id)->gw_id;
 }
@@ -206,9 +210,15 @@ void Simulator::route(const std::string& from, SendEffect send) {
             ++rule_hits_[i];
             ++stats_.faults;
             switch (r.action) {
-                case FaultRule::Action::kDrop: drop = true; break;
-                case FaultRule::Action::kDuplicate: ++copies; break;
-                case FaultRule::Action::kDelay: delay += r.delay; break;
+                case FaultRule::Action::kDrop:
+                    drop = true;
+                    break;
+                case FaultRule::Action::kDuplicate:
+                    ++copies;
+                    break;
+                case FaultRule::Action::kDelay:
+                    delay += r.delay;
+                    break;
                 case FaultRule::Action::kFlipByte:
                     wire[fault_rng_() % wire.size()] ^= 0x01;
                     break;
@@ -226,7 +236,8 @@ void Simulator::route(const std::string& from, SendEffect send) {
         if (faults_.drop > 0 && u(fault_rng_) < faults_.drop) drop = true, ++stats_.faults;
         if (faults_.duplicate > 0 && u(fault_rng_) < faults_.duplicate) ++copies, ++stats_.faults;
         if (faults_.delay > 0 && u(fault_rng_) < faults_.delay)
-            delay += static_cast<Millis>(fault_rng_() % static_cast<std::uint64_t>(faults_.max_delay + 1)),
+            delay += static_cast<Millis>(fault_rng_() %
+                                         static_cast<std::uint64_t>(faults_.max_delay + 1)),
                 ++stats_.faults;
         if (faults_.reorder > 0 && u(fault_rng_) < faults_.reorder)
             delay += 4 * latency(from, to), ++stats_.faults;
@@ -282,7 +293,8 @@ void Simulator::apply(const std::string& id, Effects effects) {
             e->from = p->gw_id;
             e->to = kServerId;
             e->identity = p->inventory.pn_id();
-            e->reason = dir_.register_pn(p->gw_id, p->inventory) ? pb::REASON_NONE : pb::DUPLICATE_PN;
+            e->reason =
+                dir_.register_pn(p->gw_id, p->inventory) ? pb::REASON_NONE : pb::DUPLICATE_PN;
             push(e);
         } else if (auto* k = std::get_if<StoreLocalKeyEffect>(&eff)) {
             if (n.pne)
@@ -308,8 +320,9 @@ void Simulator::apply(const std::string& id, Effects effects) {
 
 void Simulator::arm(const std::string& id) {
     Node& n = node(id);
-    const Millis d = n.pne ? n.pne->next_deadline()
-                           : n.gw ? n.gw->next_deadline() : server_->next_deadline();
+    const Millis d = n.pne  ? n.pne->next_deadline()
+                     : n.gw ? n.gw->next_deadline()
+                            : server_->next_deadline();
     if (d == kNever) return;
     if (n.armed != kNever && n.armed <= d && n.armed >= now_) return;
     n.armed = d;
@@ -325,15 +338,18 @@ void Simulator::deliver(const Event& e) {
     switch (e.kind) {
         case Event::Kind::kTimer: {
             if (n.armed == e.at) n.armed = kNever;
-            Effects fx = n.pne ? n.pne->on_timer(now_)
-                               : n.gw ? n.gw->on_timer(now_) : server_->on_timer(now_);
+            Effects fx = n.pne  ? n.pne->on_timer(now_)
+                         : n.gw ? n.gw->on_timer(now_)
+                                : server_->on_timer(now_);
             apply(e.to, std::move(fx));
             return;
         }
         case Event::Kind::kTlsDone: {
             Node& gw = node(e.to);
-            if (e.ok) tls_links_[e.from] = e.to;
-            else tls_links_.erase(e.from);
+            if (e.ok)
+                tls_links_[e.from] = e.to;
+            else
+                tls_links_.erase(e.from);
             if (e.ok) {
                 ++stats_.tls_ok;
                 apply(e.to, gw.gw->on_tls_established(e.from, e.identity, now_));
@@ -348,7 +364,8 @@ void Simulator::deliver(const Event& e) {
         case Event::Kind::kPersisted:
             apply(kServerId, server_->on_persisted(e.from, e.identity, e.reason, now_));
             return;
-        case Event::Kind::kDeliver: break;
+        case Event::Kind::kDeliver:
+            break;
     }
     auto decoded = decode_frame(e.frame);
     if (auto* err = std::get_if<DecodeError>(&decoded)) {
@@ -405,8 +422,9 @@ void Simulator::run(Millis limit) {
         if (e->kind == Event::Kind::kTimer) {
             // A timer whose wait has ended already does not move virtual time.
             Node& n = node(e->to);
-            const Millis d = n.pne ? n.pne->next_deadline()
-                             : n.gw ? n.gw->next_deadline() : server_->next_deadline();
+            const Millis d = n.pne  ? n.pne->next_deadline()
+                             : n.gw ? n.gw->next_deadline()
+                                    : server_->next_deadline();
             if (d > e->at) {
                 if (n.armed == e->at) n.armed = kNever;
                 arm(e->to);
@@ -416,8 +434,8 @@ void Simulator::run(Millis limit) {
         now_ = std::max(now_, e->at);
         deliver(*e);
     }
-    wall_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                    .count();
+    wall_ms_ +=
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
 const std::vector<OutcomeEffect>& Simulator::outcomes(const std::string& id) const {
@@ -425,9 +443,8 @@ const std::vector<OutcomeEffect>& Simulator::outcomes(const std::string& id) con
 }
 
 namespace {
-std::optional<SecretKey> find_key(
-    const std::map<std::pair<std::string, std::string>, SecretKey>& m, const std::string& a,
-    const std::string& b) {
+std::optional<SecretKey> find_key(const std::map<std::pair<std::string, std::string>, SecretKey>& m,
+                                  const std::string& a, const std::string& b) {
     auto it = m.find({a, b});
     if (it == m.end()) return std::nullopt;
     return it->second;
@@ -440,14 +457,20 @@ std::optional<SecretKey> Simulator::server_sk(const std::string& pn, const std::
 std::optional<SecretKey> Simulator::pne_sk(const std::string& pn, const std::string& p) const {
     return find_key(pne_sk_, pn, p);
 }
-std::optional<SecretKey> Simulator::pne_local_key(const std::string& pn, const std::string& p) const {
+std::optional<SecretKey> Simulator::pne_local_key(const std::string& pn,
+                                                  const std::string& p) const {
     return find_key(pne_lk_, pn, p);
 }
-std::optional<SecretKey> Simulator::gw_local_key(const std::string& pn, const std::string& p) const {
+std::optional<SecretKey> Simulator::gw_local_key(const std::string& pn,
+                                                 const std::string& p) const {
     return find_key(gw_lk_, pn, p);
 }
-SecretKey Simulator::server_eukey(const std::string& id) const { return server_eukeys_.at(id); }
-SecretKey Simulator::device_eukey(const std::string& id) const { return device_eukeys_.at(id); }
+SecretKey Simulator::server_eukey(const std::string& id) const {
+    return server_eukeys_.at(id);
+}
+SecretKey Simulator::device_eukey(const std::string& id) const {
+    return device_eukeys_.at(id);
+}
 std::optional<SecretKey> Simulator::preassigned_key(const std::string& id) const {
     auto it = preassigned_.find(id);
     if (it == preassigned_.end()) return std::nullopt;
@@ -504,15 +527,16 @@ std::string Summary::to_json() const {
       << "  \"pnes_excluded\": {";
     bool first = true;
     for (const auto& [k, v] : excluded) {
-        o << (first ? "\n" : ",\n") << "    \"" << json_escape(k) << "\": \"" << json_escape(v) << "\"";
+        o << (first ? "\n" : ",\n") << "    \"" << json_escape(k) << "\": \"" << json_escape(v)
+          << "\"";
         first = false;
     }
     o << (first ? "" : "\n  ") << "},\n"
       << "  \"sk_pne_agree\": {\"checked\": " << sk_checked << ", \"equal\": " << sk_agree
       << ", \"all_equal\": " << (sk_checked == sk_agree ? "true" : "false") << "},\n"
-      << "  \"local_eukey_agree\": {\"checked\": " << local_key_checked << ", \"equal\": "
-      << local_key_agree << ", \"all_equal\": "
-      << (local_key_checked == local_key_agree ? "true" : "false") << "},\n"
+      << "  \"local_eukey_agree\": {\"checked\": " << local_key_checked
+      << ", \"equal\": " << local_key_agree
+      << ", \"all_equal\": " << (local_key_checked == local_key_agree ? "true" : "false") << "},\n"
       << "  \"tls_handshakes\": {\"ok\": " << tls_ok << ", \"failed\": " << tls_failed << "},\n"
       << "  \"messages\": " << messages << ",\n"
       << "  \"bytes\": " << bytes << ",\n"
@@ -565,7 +589,8 @@ std::string Simulator::trace_mermaid() const {
             if (t.from == t.to)
                 o << "    Note over " << t.from << ": " << t.what << " " << t.note << "\n";
             else
-                o << "    Note over " << t.from << "," << t.to << ": " << t.what << " " << t.note << "\n";
+                o << "    Note over " << t.from << "," << t.to << ": " << t.what << " " << t.note
+                  << "\n";
         } else {
             o << "    " << t.from << "->>" << t.to << ": " << t.what
               << (t.note == "clear" ? " (clear)" : "") << "\n";

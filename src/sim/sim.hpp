@@ -21,9 +21,9 @@
 
 namespace cpns::sim {
 
-inline constexpr Millis kPanLatency = 5;   // one way, PNE <-> PN GW
-inline constexpr Millis kWanLatency = 20;  // one way, PN GW <-> CPNS Server
-inline constexpr Millis kStoreLatency = 2; // server store commit
+inline constexpr Millis kPanLatency = 5;    // one way, PNE <-> PN GW
+inline constexpr Millis kWanLatency = 20;   // one way, PN GW <-> CPNS Server
+inline constexpr Millis kStoreLatency = 2;  // server store commit
 inline constexpr Millis kTlsRoundTrips = 2;
 
 // A fault applied to matching messages. Empty strings match anything.
@@ -35,17 +35,17 @@ struct FaultRule {
     std::string message;  // message name, e.g. "AuthenticationResponse"
     std::string from;
     std::string to;
-    int count = -1;       // how many matching messages to hit; -1 = all
-    Millis delay = 0;     // for kDelay
+    int count = -1;                             // how many matching messages to hit; -1 = all
+    Millis delay = 0;                           // for kDelay
     std::function<void(pb::Envelope&)> mutate;  // for kMutate
 };
 
 struct FaultConfig {
-    double drop = 0;       // probability per message
+    double drop = 0;  // probability per message
     double duplicate = 0;
-    double delay = 0;      // extra delay up to max_delay
-    double reorder = 0;    // hold a message back behind the next ones
-    double flip = 0;       // flip one byte (clear links only; on TLS links the record is dropped)
+    double delay = 0;    // extra delay up to max_delay
+    double reorder = 0;  // hold a message back behind the next ones
+    double flip = 0;     // flip one byte (clear links only; on TLS links the record is dropped)
     Millis max_delay = 3'000;
     std::vector<FaultRule> rules;
 };
@@ -101,7 +101,7 @@ struct Summary {
 };
 
 class Simulator {
-public:
+  public:
     explicit Simulator(std::uint64_t seed, FaultConfig faults = {}, bool trace = true);
     ~Simulator();
 
@@ -150,7 +150,7 @@ public:
     std::string trace_text() const;
     std::string trace_mermaid() const;
 
-private:
+  private:
     struct Node;
     struct Event;
     struct EventOrder {
