@@ -92,7 +92,13 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     server.role = tls::Role::kServer;
     server.mode = opt_.pan_tls;
     server.keylog_path = keylog;
-    server.psk_lookup = [this](std::string_view identity) { return gw_->tls_psk_for(identity); };
+    server.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
+        if (throttle_.blocked(std::string(identity), mono_now())) {
+            spdlog::warn("PSK-TLS as {} refused: backing off after repeated failures", identity);
+            return std::nullopt;
+        }
+        return gw_->tls_psk_for(identity);
+    };
     pan_tls_.emplace(server);
 }
 
@@ -263,6 +269,10 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
             spdlog::warn("PSK-TLS from {}{} failed: {} ({})", conn->remote(),
                          identity.empty() ? "" : " as " + identity,
                          tls::to_string(conn->tls_error()), conn->tls_detail());
+            if (conn->tls_error() == tls::TlsError::kBadPsk && !identity.empty() &&
+                throttle_.failed(identity, mono_now()))
+                spdlog::warn("{} failed PSK attempts as {}: refused for {} s",
+                             kMaxFailedPskAttempts, identity, kPskBackoff / 1000);
             if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
             co_return;
         }
@@ -271,6 +281,7 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
             co_return;
         }
         conn->peer_id = pne;
+        throttle_.succeeded(identity);
         pan_conns_[pne].push_back(conn);
         spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
         apply(gw_->on_tls_established(pne, identity, mono_now()));

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/gateway.hpp"
+#include "core/throttle.hpp"
 #include "daemon/common.hpp"
 #include "daemon/state_file.hpp"
 #include "net/connection.hpp"
@@ -87,6 +88,7 @@ class GwDaemon {
     std::uint16_t pan_port_ = 0, control_port_ = 0;
     asio::steady_timer reconnect_;
     std::unique_ptr<StateWriter> state_;
+    PskThrottle throttle_;  // failed PSK attempts per PAN identity
 };
 
 }  // namespace cpns::daemon

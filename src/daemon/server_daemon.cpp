@@ -141,6 +141,11 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     // PN GW Authentication: the PSK of identity <gw_id> is derived from that PN GW's EUKey.
     tc.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
         const std::string id(identity);
+        if (throttle_.blocked(id, mono_now())) {
+            links_.count(pb::LIMIT_EXCEEDED);
+            spdlog::warn("PN GW link as {} refused: backing off after repeated PSK failures", id);
+            return std::nullopt;
+        }
         auto rec = dir_.find(id);
         if (!rec && valid_id(id) && lookups_.size() < kMaxPendingLookups &&
             lookups_.insert(id).second) {
@@ -332,6 +337,10 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
             why = conn->tls_detail();
         }
         links_.count(reason);
+        if (err == tls::TlsError::kBadPsk && !identity.empty() &&
+            throttle_.failed(identity, mono_now()))
+            spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
+                         identity, kPskBackoff / 1000);
         spdlog::warn("refused PN GW link from {}{}: {} - {} (refused so far: {})", conn->remote(),
                      identity.empty() ? "" : " as " + identity, reason_name(reason), why,
                      links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
@@ -339,6 +348,7 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
     }
     const std::string gw = conn->tls_identity();
     conn->peer_id = gw;
+    throttle_.succeeded(gw);
     if (auto old = gws_.find(gw); old != gws_.end()) {
         spdlog::info("PN GW {} reconnected; closing its previous link", gw);
         old->second->close();

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "core/server.hpp"
+#include "core/throttle.hpp"
 #include "daemon/common.hpp"
 #include "net/connection.hpp"
 #include "store/store.hpp"
@@ -83,7 +84,9 @@ class ServerDaemon {
     // Audit records wait here while one batch is being written (one transaction per batch).
     std::vector<store::AuditRecord> audit_pending_;
     bool audit_writing_ = false;
-    std::set<std::string> lookups_;  // PN GW IDs being fetched after a cache miss (bounded)
+    std::set<std::string> lookups_;
+    PskThrottle throttle_;  // failed PSK attempts per PN GW identity  // PN GW IDs being fetched
+                            // after a cache miss (bounded)
     void flush_audit();
     OsRandom random_;
     std::unique_ptr<Server> server_;
