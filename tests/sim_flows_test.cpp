@@ -855,3 +855,58 @@ TEST(DeviceState, GatewayAndPneStateSurviveARestart) {
 
 }  // namespace
 }  // namespace cpns::sim
+
+namespace cpns::sim {
+namespace {
+
+// A PNE that skips PSK-TLS (it believes its PAN is secure) towards a PN GW that requires it:
+// the PN GW refuses hash_PNE in clear, and nothing secret is sent to that PNE in clear.
+TEST(SimFlowsEarly, StrippedTlsUpgradeNeverContinuesInClear) {
+    for (bool ui : {true, false}) {
+        SCOPED_TRACE(ui ? "with UI" : "without UI");
+        Simulator sim(71);
+        sim.set_capture(true);
+        GwSpec g = make_gw("gw", 2, Ui::kYes, Pan::kInsecure);
+        g.pnes[1].enough_ui = ui;
+        g.pnes[1].pan_secure = true;         // the PNE's belief
+        g.pnes[1].pan_secure_at_gw = false;  // the PN GW's configuration
+        sim.add_gateway(g);
+        sim.discover_all();
+        sim.run();
+        sim.start_pne_setup("gw-pne-1", pb::SETUP_ALL);
+        sim.run();
+        EXPECT_TRUE(last_outcome(sim, "gw-pne-1").success);
+        const auto& stripped = last_outcome(sim, "gw-pne-2");
+        EXPECT_FALSE(stripped.success);
+        EXPECT_EQ(stripped.reason, pb::TLS_REQUIRED);
+        for (const auto& p : last_outcome(sim, "gw").pnes)
+            if (p.pne_id == "gw-pne-2") {
+                EXPECT_FALSE(p.joined);
+                EXPECT_EQ(p.reason, pb::TLS_REQUIRED);
+            }
+        // Nothing secret ever went to it: no hash_server_PNE, no PN Inventory.
+        int results = 0;
+        for (const auto& c : sim.captured()) {
+            if (c.to != "gw-pne-2") continue;
+            auto d = decode_frame(c.frame);
+            auto* env = std::get_if<pb::Envelope>(&d);
+            ASSERT_TRUE(env);
+            const pb::PnResult* r = env->has_establishment_notify()
+                                        ? &env->establishment_notify().result()
+                                    : env->has_setup_response() ? &env->setup_response().result()
+                                                                : nullptr;
+            if (!r) continue;
+            ++results;
+            EXPECT_FALSE(r->success());
+            EXPECT_TRUE(r->hash_server_pne().empty());
+            EXPECT_EQ(r->inventory().members_size(), 0);
+            EXPECT_EQ(r->reason(), pb::TLS_REQUIRED);
+        }
+        EXPECT_EQ(results, 1);
+        EXPECT_FALSE(sim.pne_sk(sim.directory().pns().begin()->second.pn_id(), "gw-pne-2"));
+        EXPECT_EQ(sim.summary().protection_violations, 0u);
+    }
+}
+
+}  // namespace
+}  // namespace cpns::sim

@@ -106,7 +106,7 @@ void Simulator::add_gateway(const GwSpec& spec) {
         pc.eukey = p.wrong_eukey ? rng_.key() : eukey;
         device_eukeys_[p.id] = pc.eukey;
         PanLinkConfig link;
-        link.pan_secure = p.pan_secure;
+        link.pan_secure = p.pan_secure_at_gw.value_or(p.pan_secure);
         if (!p.enough_ui) {
             SecretKey pre = rng_.key();
             preassigned_[p.id] = pre;

@@ -58,6 +58,9 @@ struct PneSpec {
     bool wrong_preassigned = false;  // the device's pre-assigned key differs from the PN GW's
     bool accept_invitations = true;
     bool unknown_to_server = false;  // never provisioned at the server
+    // The PN GW's view of this PAN link when it differs from the PNE's (a PNE that believes
+    // its PAN is secure while its PN GW requires PSK-TLS: a stripped TLS upgrade).
+    std::optional<bool> pan_secure_at_gw;
 };
 
 struct GwSpec {
