@@ -23,18 +23,10 @@ using namespace cpns::daemon;
 namespace {
 
 std::string kind_name(EntityKind k) {
-    return k == EntityKind::kGw ? "gw" : "pne";
+    return std::string(to_string(k));
 }
 std::string status_name(EntityStatus s) {
-    switch (s) {
-        case EntityStatus::kActive:
-            return "active";
-        case EntityStatus::kDisabled:
-            return "disabled";
-        case EntityStatus::kRevoked:
-            return "revoked";
-    }
-    return "?";
+    return std::string(to_string(s));
 }
 std::string time_text(std::int64_t ms) {
     if (ms <= 0) return "-";

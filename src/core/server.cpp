@@ -4,6 +4,22 @@
 
 namespace cpns {
 
+std::string_view to_string(EntityKind kind) {
+    return kind == EntityKind::kGw ? "gw" : "pne";
+}
+
+std::string_view to_string(EntityStatus status) {
+    switch (status) {
+        case EntityStatus::kActive:
+            return "active";
+        case EntityStatus::kDisabled:
+            return "disabled";
+        case EntityStatus::kRevoked:
+            return "revoked";
+    }
+    return "unknown";
+}
+
 std::optional<EntityRecord> MemoryDirectory::find(const std::string& id) const {
     auto it = entities_.find(id);
     if (it == entities_.end()) return std::nullopt;

@@ -17,6 +17,11 @@ namespace cpns {
 enum class EntityKind { kPne, kGw };
 enum class EntityStatus { kActive, kDisabled, kRevoked };
 
+// "pne" / "gw", and "active" / "disabled" / "revoked": the words used in provisioning files,
+// the store and cpnsctl.
+std::string_view to_string(EntityKind kind);
+std::string_view to_string(EntityStatus status);
+
 struct EntityRecord {
     EntityKind kind = EntityKind::kPne;
     SecretKey eukey;

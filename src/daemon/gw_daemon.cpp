@@ -66,17 +66,9 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     gc.default_pan_secure = opt_.default_pan_secure;
     gc.log = core_log_sink();
     gw_ = std::make_unique<Gateway>(std::move(gc), random_);
-    if (!opt_.state_file.empty()) {
-        const SecretKey key = device_state_key(opt_.eukey, opt_.id);
-        if (auto plain = load_state_file(opt_.state_file, key, opt_.id)) {
-            pb::GwState st;
-            if (!st.ParseFromArray(plain->data(), static_cast<int>(plain->size())) ||
-                !gw_->import_state(st))
-                throw ConfigError("state file " + opt_.state_file + " is not this PN GW's state");
-            wipe(plain->data(), plain->size());
-            spdlog::info("restored {} PN(s) from {}", gw_->inventory().size(), opt_.state_file);
-        }
-        state_ = std::make_unique<StateWriter>(opt_.state_file, key, opt_.id);
+    state_ = open_device_state<pb::GwState>(opt_.state_file, opt_.eukey, opt_.id, *gw_);
+    if (state_) {
+        spdlog::info("state file {}: {} PN(s) restored", opt_.state_file, gw_->inventory().size());
     } else {
         spdlog::info("no state_file: the PN Inventory and LocalEUKeys are kept in memory only");
     }
@@ -412,11 +404,7 @@ void GwDaemon::apply(Effects effects) {
         } else if (auto* inv = std::get_if<StoreInventoryEffect>(&e)) {
             spdlog::info("PN Inventory of {} stored ({} member(s))", inv->inventory.pn_id(),
                          inv->inventory.members_size());
-            if (state_) {
-                std::string bytes = gw_->export_state().SerializeAsString();
-                state_->save(Bytes(bytes.begin(), bytes.end()));
-                wipe(bytes.data(), bytes.size());
-            }
+            if (state_) state_->save(gw_->export_state());
         }
         // StoreLocalKeyEffect: the LocalEUKey stays in the PN GW's memory (never logged).
     }

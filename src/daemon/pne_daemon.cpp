@@ -57,19 +57,10 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
     pc.accept_invitations = opt_.accept_invitations;
     pc.log = core_log_sink();
     pne_ = std::make_unique<Pne>(std::move(pc), random_);
-    if (!opt_.state_file.empty()) {
-        const SecretKey key = device_state_key(opt_.eukey, opt_.id);
-        if (auto plain = load_state_file(opt_.state_file, key, opt_.id)) {
-            pb::PneState st;
-            if (!st.ParseFromArray(plain->data(), static_cast<int>(plain->size())) ||
-                !pne_->import_state(st))
-                throw ConfigError("state file " + opt_.state_file + " is not this PNE's state");
-            wipe(plain->data(), plain->size());
-            spdlog::info("restored {} PN membership(s) from {}", pne_->memberships().size(),
-                         opt_.state_file);
-        }
-        state_ = std::make_unique<StateWriter>(opt_.state_file, key, opt_.id);
-    }
+    state_ = open_device_state<pb::PneState>(opt_.state_file, opt_.eukey, opt_.id, *pne_);
+    if (state_)
+        spdlog::info("state file {}: {} PN membership(s) restored", opt_.state_file,
+                     pne_->memberships().size());
     tls::TlsConfig tc;
     tc.role = tls::Role::kClient;
     tc.mode = opt_.pan_tls;
@@ -339,11 +330,7 @@ void PneDaemon::apply(Effects effects) {
                          k->pn_id, k->peer_id);
         } else if (auto* sk = std::get_if<SessionKeyEffect>(&e)) {
             spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk->pn_id);
-            if (state_) {
-                std::string bytes = pne_->export_state().SerializeAsString();
-                state_->save(Bytes(bytes.begin(), bytes.end()));
-                wipe(bytes.data(), bytes.size());
-            }
+            if (state_) state_->save(pne_->export_state());
         }
     }
     timer_.arm(pne_->next_deadline());

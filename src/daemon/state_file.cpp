@@ -146,6 +146,12 @@ void StateWriter::save(Bytes plaintext) {
     cv_.notify_all();
 }
 
+void StateWriter::save(const google::protobuf::Message& state) {
+    std::string bytes = state.SerializeAsString();
+    save(Bytes(bytes.begin(), bytes.end()));
+    wipe(bytes.data(), bytes.size());
+}
+
 void StateWriter::flush() {
     std::unique_lock lk(mu_);
     cv_.wait(lk, [this] { return !pending_ && !busy_; });

@@ -6,12 +6,16 @@
 #pragma once
 
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 
+#include <google/protobuf/message.h>
+
 #include "core/crypto.hpp"
+#include "daemon/common.hpp"
 
 namespace cpns::daemon {
 
@@ -31,6 +35,8 @@ class StateWriter {
     ~StateWriter();  // writes what is pending, then stops
     // Queues the newest state; an older pending one is dropped (only the latest matters).
     void save(Bytes plaintext);
+    // The same for a state message (serialized here; the serialized copy is wiped).
+    void save(const google::protobuf::Message& state);
     // Blocks until everything queued so far is on disk (tests, shutdown).
     void flush();
     std::uint64_t written() const;
@@ -48,5 +54,24 @@ class StateWriter {
     std::uint64_t written_ = 0;
     std::thread thread_;
 };
+
+// Restores `role` from its sealed state file, if there is one, and returns the writer for its
+// later saves (nullptr when `path` is empty: the state stays in memory). `Role` has
+// import_state(const StateMsg&) returning false for a state that is not its own.
+// ConfigError when the file does not open under this device's key or is not its state.
+template <class StateMsg, class Role>
+std::unique_ptr<StateWriter> open_device_state(const std::string& path, const SecretKey& eukey,
+                                               const std::string& device_id, Role& role) {
+    if (path.empty()) return nullptr;
+    const SecretKey key = device_state_key(eukey, device_id);
+    if (auto plain = load_state_file(path, key, device_id)) {
+        StateMsg st;
+        const bool ok = st.ParseFromArray(plain->data(), static_cast<int>(plain->size())) &&
+                        role.import_state(st);
+        wipe(plain->data(), plain->size());
+        if (!ok) throw ConfigError("state file " + path + " is not the state of " + device_id);
+    }
+    return std::make_unique<StateWriter>(path, key, device_id);
+}
 
 }  // namespace cpns::daemon

@@ -45,16 +45,10 @@ std::optional<EntityKind> parse_kind(std::string_view word) {
     return std::nullopt;
 }
 
-const char* status_word(EntityStatus status) {
-    switch (status) {
-        case EntityStatus::kActive:
-            return "active";
-        case EntityStatus::kDisabled:
-            return "disabled";
-        case EntityStatus::kRevoked:
-            return "revoked";
-    }
-    throw StoreError("invalid entity status");
+std::string status_word(EntityStatus status) {
+    const std::string_view word = to_string(status);
+    if (word == "unknown") throw StoreError("invalid entity status");
+    return std::string(word);
 }
 
 std::optional<EntityStatus> parse_status(std::string_view word) {
