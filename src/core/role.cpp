@@ -47,4 +47,24 @@ std::string local_eukey_identity(std::string_view pn_id, std::string_view pne_id
     return "leuk:" + std::string(pn_id) + ":" + std::string(pne_id);
 }
 
+std::optional<PskIdentity> parse_psk_identity(std::string_view identity) {
+    PskIdentity out;
+    if (identity.starts_with("pre:")) {
+        out.kind = PskIdentity::Kind::kPreassigned;
+        out.pne_id = std::string(identity.substr(4));
+    } else if (identity.starts_with("leuk:")) {
+        const auto rest = identity.substr(5);
+        const auto colon = rest.find(':');
+        if (colon == std::string_view::npos) return std::nullopt;
+        out.kind = PskIdentity::Kind::kLocalEuKey;
+        out.pn_id = std::string(rest.substr(0, colon));
+        out.pne_id = std::string(rest.substr(colon + 1));
+        if (!valid_id(out.pn_id)) return std::nullopt;
+    } else {
+        return std::nullopt;
+    }
+    if (!valid_id(out.pne_id)) return std::nullopt;
+    return out;
+}
+
 }  // namespace cpns

@@ -152,9 +152,19 @@ Flow to_flow(pb::Flow f);
 PneRole to_role(pb::PneRoleInFlow r);
 SetupKind to_setup_kind(pb::SetupType t);
 
-// TLS PSK identities on the PAN (docs/protocol.md, "PSK identities").
+// TLS PSK identities on the PAN (docs/protocol.md, "PSK identities"): "pre:<pne>" for a
+// pre-assigned key, "leuk:<pn>:<pne>" for a LocalEUKey. The only place that writes or reads
+// the format.
 std::string preassigned_identity(std::string_view pne_id);
 std::string local_eukey_identity(std::string_view pn_id, std::string_view pne_id);
+struct PskIdentity {
+    enum class Kind { kPreassigned, kLocalEuKey };
+    Kind kind = Kind::kPreassigned;
+    std::string pn_id;  // empty for kPreassigned
+    std::string pne_id;
+};
+// nullopt when `identity` is neither form or names an invalid ID.
+std::optional<PskIdentity> parse_psk_identity(std::string_view identity);
 
 // Byte helpers for bytes fields.
 inline ByteView bytes_of(const std::string& s) {

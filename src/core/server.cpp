@@ -20,6 +20,18 @@ std::string_view to_string(EntityStatus status) {
     return "unknown";
 }
 
+std::optional<EntityKind> parse_entity_kind(std::string_view word) {
+    for (auto k : {EntityKind::kPne, EntityKind::kGw})
+        if (to_string(k) == word) return k;
+    return std::nullopt;
+}
+
+std::optional<EntityStatus> parse_entity_status(std::string_view word) {
+    for (auto st : {EntityStatus::kActive, EntityStatus::kDisabled, EntityStatus::kRevoked})
+        if (to_string(st) == word) return st;
+    return std::nullopt;
+}
+
 std::optional<EntityRecord> MemoryDirectory::find(const std::string& id) const {
     auto it = entities_.find(id);
     if (it == entities_.end()) return std::nullopt;

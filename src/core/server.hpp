@@ -21,6 +21,9 @@ enum class EntityStatus { kActive, kDisabled, kRevoked };
 // the store and cpnsctl.
 std::string_view to_string(EntityKind kind);
 std::string_view to_string(EntityStatus status);
+// The inverse of to_string: nullopt for any other word. The only parser of these words.
+std::optional<EntityKind> parse_entity_kind(std::string_view word);
+std::optional<EntityStatus> parse_entity_status(std::string_view word);
 
 struct EntityRecord {
     EntityKind kind = EntityKind::kPne;
