@@ -131,25 +131,32 @@ class LoadGw {
         asio::post(io_, [this] { apply_gw(gw_->invite({}, mono_now())); });
     }
 
-    void apply_gw(Effects fx) {
-        for (auto& e : fx) {
-            if (auto* s = std::get_if<SendEffect>(&e)) {
-                if (s->to == "cpns-server") {
-                    if (!conn_ || !conn_->send(s->msg))
-                        asio::post(io_, [this] {
-                            apply_gw(gw_->on_link_down("cpns-server", mono_now()));
-                        });
-                } else {
-                    deliver_to_pnes(s->to, s->msg);
-                }
-            } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
-                Result r{id_, o->pn_id, o->success, o->reason, mono_now() - started_, {}};
-                for (const auto& m : o->inventory.members()) r.members.push_back(m.pne_id());
-                report_(r);
-                next();
-            }
-        }
+    void apply_gw(GatewayEffects fx) {
+        for (auto& e : fx)
+            std::visit(Overloaded{
+                           [&](const SendEffect& s) { gw_send(s); },
+                           [&](const OutcomeEffect& o) {
+                               Result r{id_, o.pn_id, o.success, o.reason, mono_now() - started_,
+                                        {}};
+                               for (const auto& m : o.inventory.members())
+                                   r.members.push_back(m.pne_id());
+                               report_(r);
+                               next();
+                           },
+                           // The simulated PAN has no TLS links to close; state stays in memory.
+                           [&](const CloseLinkEffect&) {},
+                           [&](const StoreInventoryEffect&) {},
+                           [&](const StoreLocalKeyEffect&) {},
+                           [&](const TransitionEffect&) {},
+                       },
+                       e);
         gw_timer_.arm(gw_->next_deadline());
+    }
+
+    void gw_send(const SendEffect& s) {
+        if (s.to != "cpns-server") return deliver_to_pnes(s.to, s.msg);
+        if (!conn_ || !conn_->send(s.msg))
+            asio::post(io_, [this] { apply_gw(gw_->on_link_down("cpns-server", mono_now())); });
     }
 
     void deliver_to_pnes(const std::string& to, const pb::Envelope& msg) {
@@ -164,17 +171,35 @@ class LoadGw {
         }
     }
 
-    void apply_pne(Pne& pne, Effects fx) {
+    void apply_pne(Pne& pne, PneEffects fx) {
         for (auto& e : fx)
-            if (auto* s = std::get_if<SendEffect>(&e)) {
-                auto env = std::make_shared<pb::Envelope>(s->msg);
-                env->set_version(kProtocolVersion);
-                const std::string from = pne.id();
-                asio::post(io_, [this, env, from] {
-                    apply_gw(gw_->on_message(from, *env, Protection::kClear, mono_now()));
-                });
-            }
+            std::visit(Overloaded{
+                           [&](const SendEffect& s) { pne_send(pne, s); },
+                           // The load PNEs sit on a PAN configured secure: a TLS request is a
+                           // configuration error, ended at once rather than left to time out.
+                           [&](const StartTlsEffect& t) {
+                               Pne* raw = &pne;
+                               const std::string peer = t.peer;
+                               asio::post(io_, [this, raw, peer] {
+                                   apply_pne(*raw, raw->on_tls_failed(peer, mono_now()));
+                               });
+                           },
+                           [&](const StoreLocalKeyEffect&) {},
+                           [&](const SessionKeyEffect&) {},
+                           [&](const OutcomeEffect&) {},  // counted at the PN GW
+                           [&](const TransitionEffect&) {},
+                       },
+                       e);
         timers_.at(pne.id())->arm(pne.next_deadline());
+    }
+
+    void pne_send(const Pne& pne, const SendEffect& s) {
+        auto env = std::make_shared<pb::Envelope>(s.msg);
+        env->set_version(kProtocolVersion);
+        const std::string from = pne.id();
+        asio::post(io_, [this, env, from] {
+            apply_gw(gw_->on_message(from, *env, Protection::kClear, mono_now()));
+        });
     }
 
     asio::io_context& io_;

@@ -6,8 +6,64 @@ namespace cpns {
 
 Gateway::Gateway(GatewayConfig config, Random& random) : cfg_(std::move(config)), random_(random) {}
 
+std::string_view Gateway::to_string(Phase p) {
+    switch (p) {
+        case Phase::kNone:
+            return "none";
+        case Phase::kCollectJoins:
+            return "collect_joins";
+        case Phase::kWaitAuthRequest:
+            return "wait_auth_request";
+        case Phase::kCollectAuth:
+            return "collect_auth";
+        case Phase::kWaitRegistration:
+            return "wait_registration";
+        case Phase::kDone:
+            return "done";
+    }
+    return "invalid";
+}
+
+std::string_view Gateway::to_string(MemberState m) {
+    switch (m) {
+        case MemberState::kNone:
+            return "none";
+        case MemberState::kInvited:
+            return "invited";
+        case MemberState::kJoined:
+            return "joined";
+        case MemberState::kAuthPending:
+            return "auth_pending";
+        case MemberState::kAnswered:
+            return "answered";
+        case MemberState::kMember:
+            return "member";
+        case MemberState::kFailed:
+            return "failed";
+    }
+    return "invalid";
+}
+
 void Gateway::log(LogLevel level, const std::string& text) const {
     if (cfg_.log) cfg_.log(level, "gw " + cfg_.gw_id + ": " + text);
+}
+
+void Gateway::enter(Out& out, Session& s, Phase to, Millis deadline, const std::string& reason) {
+    const std::string from(to_string(s.phase));
+    log(LogLevel::kDebug,
+        s.pn_id + ": state " + from + " -> " + std::string(to_string(to)) + " (" + reason + ")");
+    out.push_back(
+        TransitionEffect{"gw", cfg_.gw_id, s.pn_id, "", from, std::string(to_string(to)), reason});
+    s.phase = to;
+    s.deadline = to == Phase::kDone ? kNever : deadline;
+}
+
+void Gateway::enter(Out& out, const Session& s, Member& m, MemberState to,
+                    const std::string& reason) {
+    out.push_back(TransitionEffect{"gw", cfg_.gw_id, s.pn_id, m.pne_id,
+                                   std::string(to_string(m.state)), std::string(to_string(to)),
+                                   reason});
+    m.state = to;
 }
 
 bool Gateway::pan_secure(const std::string& pne_id) const {
@@ -15,7 +71,7 @@ bool Gateway::pan_secure(const std::string& pne_id) const {
     return it != cfg_.pan_links.end() ? it->second.pan_secure : cfg_.default_pan_secure;
 }
 
-void Gateway::send(Effects& out, const std::string& to, pb::Envelope env, bool must_protect) {
+void Gateway::send(Out& out, const std::string& to, pb::Envelope env, bool must_protect) {
     env.set_version(kProtocolVersion);
     env.set_sender_id(cfg_.gw_id);
     ++counters_.messages_out;
@@ -25,7 +81,7 @@ void Gateway::send(Effects& out, const std::string& to, pb::Envelope env, bool m
     out.push_back(SendEffect{to, std::move(env), p});
 }
 
-void Gateway::send_error(Effects& out, const std::string& to, const std::string& pn_id,
+void Gateway::send_error(Out& out, const std::string& to, const std::string& pn_id,
                          pb::FailureReason reason, const std::string& detail) {
     pb::Envelope env;
     auto* e = env.mutable_error();
@@ -42,16 +98,23 @@ std::string Gateway::new_pn_id() {
     }
 }
 
-Gateway::Session* Gateway::session_of_pne(const std::string& pne_id, const std::string& pn_id) {
+const Gateway::Session* Gateway::session_of_pne(const std::string& pne_id,
+                                                const std::string& pn_id) const {
     auto it = pne_session_.find(pne_id);
     if (it == pne_session_.end() || it->second != pn_id) return nullptr;
     auto s = sessions_.find(pn_id);
     return s == sessions_.end() ? nullptr : &s->second;
 }
 
-void Gateway::fail_member(Session& s, Member& m, pb::FailureReason reason, const std::string& why) {
+Gateway::Session* Gateway::session_of_pne(const std::string& pne_id, const std::string& pn_id) {
+    return const_cast<Session*>(std::as_const(*this).session_of_pne(pne_id, pn_id));
+}
+
+void Gateway::fail_member(Out& out, Session& s, Member& m, pb::FailureReason reason,
+                          const std::string& why) {
     if (m.state == MemberState::kFailed) return;
-    m.state = MemberState::kFailed;
+    enter(out, s, m, MemberState::kFailed,
+          std::string(reason_name(reason)) + (why.empty() ? "" : " (" + why + ")"));
     m.reason = reason;
     m.local_eukey.reset();
     counters_.count(reason);
@@ -60,8 +123,8 @@ void Gateway::fail_member(Session& s, Member& m, pb::FailureReason reason, const
                              (why.empty() ? "" : " (" + why + ")"));
 }
 
-Effects Gateway::discover(Millis /*now*/) {
-    Effects out;
+GatewayEffects Gateway::discover(Millis /*now*/) {
+    Out out;
     pb::Envelope env;
     auto* m = env.mutable_discovery_request();
     m->set_entity_id(cfg_.gw_id);
@@ -73,7 +136,7 @@ Effects Gateway::discover(Millis /*now*/) {
     return out;
 }
 
-void Gateway::handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
+void Gateway::handle_discovery(Out& out, const std::string& from, const pb::Envelope& env,
                                Millis now) {
     const bool is_request = env.has_discovery_request();
     switch (record_neighbour(neighbours_, from, env, now)) {
@@ -101,59 +164,98 @@ void Gateway::handle_discovery(Effects& out, const std::string& from, const pb::
     }
 }
 
-// 5.2.1.1 step 1 arrives; steps 2 and 4 follow.
-void Gateway::handle_setup_request(Effects& out, const std::string& from,
-                                   const pb::PnSetupRequest& m, Protection protection, Millis now) {
-    if (m.join().pne_id() != from) {
-        send_error(out, from, "", pb::MALFORMED_MESSAGE, "PNE ID differs from the sender");
-        counters_.count(pb::MALFORMED_MESSAGE);
-        return;
-    }
-    if (auto it = pne_session_.find(from); it != pne_session_.end()) {
-        auto& s = sessions_.at(it->second);
-        if (s.initiator == from && s.members.at(from).join.rand_pne() == m.join().rand_pne()) {
-            ++counters_.ignored;  // a duplicate of the request being served
-            return;
+// The discovered PNE-mode neighbours other than `except` ("All" and an empty invitation).
+std::vector<std::string> Gateway::live_pnes(const std::string& except) const {
+    std::vector<std::string> ids;
+    for (const auto& [id, n] : neighbours_)
+        if (id != except && (n.mode == pb::MODE_PNE || n.mode == pb::MODE_BOTH)) ids.push_back(id);
+    return ids;
+}
+
+// Makes a member of each target and invites it (PN Setup Notify in 5.2.1.1 step 2, PN Setup
+// Request/Invite in 5.2.1.2 steps 1-2); one that cannot be reached or is busy fails at once.
+void Gateway::add_invitees(Out& out, Session& s, const std::vector<std::string>& targets) {
+    for (const auto& id : targets) {
+        Member& mem = s.members[id];
+        mem.pne_id = id;
+        mem.role = PneRole::kInvitee;
+        if (!neighbours_.count(id)) {
+            mem.reachable = false;
+            const auto why = unreachable_reason(id);
+            fail_member(out, s, mem, why,
+                        why == pb::UNKNOWN_ENTITY ? "not discovered on the PAN"
+                                                  : "its last PSK-TLS handshake failed");
+            continue;
         }
-        counters_.count(pb::BUSY);
-        send_error(out, from, "", pb::BUSY, "this PNE is already joining " + it->second);
+        if (pne_session_.count(id)) {
+            fail_member(out, s, mem, pb::BUSY, "joining another PN");
+            continue;
+        }
+        enter(out, s, mem, MemberState::kInvited, "invitation sent");
+        pne_session_[id] = s.pn_id;
+        pb::Envelope env;
+        if (s.flow == Flow::kPneInitiated) {
+            auto* n = env.mutable_setup_notify();
+            n->set_pn_id(s.pn_id);
+            n->set_initiator_pne_id(s.initiator);
+            n->set_gw_id(cfg_.gw_id);
+        } else {
+            env.mutable_setup_invite()->set_pn_id(s.pn_id);
+            env.mutable_setup_invite()->set_gw_id(cfg_.gw_id);
+        }
+        send(out, id, std::move(env));
+    }
+}
+
+Gateway::Session& Gateway::open_session(Out& out, Session s, Millis now, const std::string& why) {
+    auto [it, _] = sessions_.emplace(s.pn_id, std::move(s));
+    enter(out, it->second, Phase::kCollectJoins, now + kJoinResponseTimeout, why);
+    return it->second;
+}
+
+// Why a PN Setup Request must be refused before a session exists, if it must.
+std::optional<std::pair<pb::FailureReason, std::string>> Gateway::check_setup_request(
+    const std::string& from, const pb::PnSetupRequest& m, Protection protection) const {
+    using R = std::pair<pb::FailureReason, std::string>;
+    if (m.join().pne_id() != from)
+        return R{pb::MALFORMED_MESSAGE, "PNE ID differs from the sender"};
+    if (!pan_secure(from) && !m.join().local_eukey_requested() && protection != Protection::kTls)
+        return R{pb::TLS_REQUIRED, "PSK-TLS with the pre-assigned key required"};
+    if (sessions_.size() >= kMaxGwSessions)
+        return R{pb::LIMIT_EXCEEDED, "too many PNs being established"};
+    if (m.setup_type() == pb::SETUP_UNSPECIFIED) return R{pb::MALFORMED_MESSAGE, "no setup type"};
+    return std::nullopt;
+}
+
+// 5.2.1.1 step 1 arrives; steps 2 and 4 follow. Only from a PNE in no session.
+void Gateway::handle_setup_request(Out& out, const std::string& from, const pb::PnSetupRequest& m,
+                                   Protection protection, Millis now) {
+    if (auto refused = check_setup_request(from, m, protection)) {
+        counters_.count(refused->first);
+        send_error(out, from, "", refused->first, refused->second);
+        if (refused->first == pb::TLS_REQUIRED) {
+            log(LogLevel::kWarn, "PN Setup Request from " + from + " in clear on an insecure PAN");
+            out.push_back(CloseLinkEffect{from, pb::TLS_REQUIRED});
+        }
         return;
     }
-    if (!pan_secure(from) && !m.join().local_eukey_requested() && protection != Protection::kTls) {
-        counters_.count(pb::TLS_REQUIRED);
-        log(LogLevel::kWarn, "PN Setup Request from " + from + " in clear on an insecure PAN");
-        send_error(out, from, "", pb::TLS_REQUIRED, "PSK-TLS with the pre-assigned key required");
-        out.push_back(CloseLinkEffect{from, pb::TLS_REQUIRED});
-        return;
-    }
-    if (sessions_.size() >= kMaxGwSessions) {
-        counters_.count(pb::LIMIT_EXCEEDED);
-        send_error(out, from, "", pb::LIMIT_EXCEEDED, "too many PNs being established");
-        return;
-    }
-    if (m.setup_type() == pb::SETUP_UNSPECIFIED) {
-        counters_.count(pb::MALFORMED_MESSAGE);
-        send_error(out, from, "", pb::MALFORMED_MESSAGE, "no setup type");
-        return;
-    }
-    Session s;
-    s.pn_id = new_pn_id();
-    s.flow = Flow::kPneInitiated;
-    s.initiator = from;
-    s.setup_type = m.setup_type();
-    s.invited.assign(m.invited_pne_ids().begin(), m.invited_pne_ids().end());
-    Member init;
+    Session fresh;
+    fresh.pn_id = new_pn_id();
+    fresh.flow = Flow::kPneInitiated;
+    fresh.initiator = from;
+    fresh.setup_type = m.setup_type();
+    fresh.invited.assign(m.invited_pne_ids().begin(), m.invited_pne_ids().end());
+    Session& s = open_session(out, std::move(fresh), now, "PN Setup Request from " + from);
+    Member& init = s.members[from];
     init.pne_id = from;
     init.role = PneRole::kInitiator;
-    init.state = MemberState::kJoined;
     init.join = m.join();
-    s.members.emplace(from, std::move(init));
+    enter(out, s, init, MemberState::kJoined, "initiator");
+    pne_session_[from] = s.pn_id;
 
     std::vector<std::string> targets;
     if (m.setup_type() == pb::SETUP_ALL) {
-        for (const auto& [id, n] : neighbours_)
-            if (id != from && (n.mode == pb::MODE_PNE || n.mode == pb::MODE_BOTH))
-                targets.push_back(id);
+        targets = live_pnes(from);
     } else if (m.setup_type() == pb::SETUP_INVITE_LIST) {
         for (const auto& id : s.invited)
             if (id != from && std::find(targets.begin(), targets.end(), id) == targets.end())
@@ -163,42 +265,13 @@ void Gateway::handle_setup_request(Effects& out, const std::string& from,
     log(LogLevel::kInfo, "PN Setup Request from " + from + " (" +
                              std::string(pb::SetupType_Name(m.setup_type())) + "): allocated " +
                              s.pn_id + ", notifying " + std::to_string(targets.size()) + " PNE(s)");
-    for (const auto& id : targets) {
-        Member mem;
-        mem.pne_id = id;
-        mem.role = PneRole::kInvitee;
-        s.members.emplace(id, mem);
-        auto& inserted = s.members.at(id);
-        if (!neighbours_.count(id)) {
-            inserted.reachable = false;
-            const auto why = unreachable_reason(id);
-            fail_member(s, inserted, why,
-                        why == pb::UNKNOWN_ENTITY ? "not discovered on the PAN"
-                                                  : "its last PSK-TLS handshake failed");
-            continue;
-        }
-        if (pne_session_.count(id)) {
-            fail_member(s, inserted, pb::BUSY, "joining another PN");
-            continue;
-        }
-        pb::Envelope env;
-        auto* n = env.mutable_setup_notify();
-        n->set_pn_id(s.pn_id);
-        n->set_initiator_pne_id(from);
-        n->set_gw_id(cfg_.gw_id);
-        send(out, id, std::move(env));
-    }
-    s.phase = Phase::kCollectJoins;
-    s.deadline = now + kJoinResponseTimeout;
-    for (const auto& [id, mem] : s.members)
-        if (mem.state != MemberState::kFailed) pne_session_[id] = s.pn_id;
-    auto [it, _] = sessions_.emplace(s.pn_id, std::move(s));
-    maybe_register(out, it->second, now);
+    add_invitees(out, s, targets);
+    maybe_register(out, s, now);
 }
 
 // 5.2.1.2 steps 1-2.
-Effects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
-    Effects out;
+GatewayEffects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
+    Out out;
     last_pn_id_.clear();
     auto fail_now = [&](pb::FailureReason r, const std::string& why) {
         counters_.count(r);
@@ -208,9 +281,7 @@ Effects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
     };
     if (sessions_.size() >= kMaxGwSessions)
         return fail_now(pb::LIMIT_EXCEEDED, "too many PNs being established");
-    if (pne_ids.empty())
-        for (const auto& [id, n] : neighbours_)
-            if (n.mode == pb::MODE_PNE || n.mode == pb::MODE_BOTH) pne_ids.push_back(id);
+    if (pne_ids.empty()) pne_ids = live_pnes("");
     std::sort(pne_ids.begin(), pne_ids.end());
     pne_ids.erase(std::unique(pne_ids.begin(), pne_ids.end()), pne_ids.end());
     if (pne_ids.empty()) return fail_now(pb::UNKNOWN_ENTITY, "no PNE to invite (run discovery)");
@@ -218,75 +289,49 @@ Effects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
     for (const auto& id : pne_ids)
         if (!valid_id(id)) return fail_now(pb::MALFORMED_MESSAGE, "invalid PNE ID " + id);
 
-    Session s;
-    s.pn_id = new_pn_id();
-    last_pn_id_ = s.pn_id;
-    s.flow = Flow::kGwInitiated;
-    log(LogLevel::kInfo, "inviting " + std::to_string(pne_ids.size()) + " PNE(s) into " + s.pn_id);
-    for (const auto& id : pne_ids) {
-        Member mem;
-        mem.pne_id = id;
-        s.members.emplace(id, mem);
-        auto& inserted = s.members.at(id);
-        if (!neighbours_.count(id)) {
-            inserted.reachable = false;
-            const auto why = unreachable_reason(id);
-            fail_member(s, inserted, why,
-                        why == pb::UNKNOWN_ENTITY ? "not discovered on the PAN"
-                                                  : "its last PSK-TLS handshake failed");
-            continue;
-        }
-        if (pne_session_.count(id)) {
-            fail_member(s, inserted, pb::BUSY, "joining another PN");
-            continue;
-        }
-        pne_session_[id] = s.pn_id;
-        pb::Envelope env;
-        env.mutable_setup_invite()->set_pn_id(s.pn_id);
-        env.mutable_setup_invite()->set_gw_id(cfg_.gw_id);
-        send(out, id, std::move(env));
-    }
-    s.phase = Phase::kCollectJoins;
-    s.deadline = now + kJoinResponseTimeout;
-    auto [it, _] = sessions_.emplace(s.pn_id, std::move(s));
-    maybe_register(out, it->second, now);
+    Session fresh;
+    fresh.pn_id = new_pn_id();
+    fresh.flow = Flow::kGwInitiated;
+    last_pn_id_ = fresh.pn_id;
+    log(LogLevel::kInfo,
+        "inviting " + std::to_string(pne_ids.size()) + " PNE(s) into " + fresh.pn_id);
+    Session& s = open_session(out, std::move(fresh), now, "invitation by the PN GW");
+    add_invitees(out, s, pne_ids);
+    maybe_register(out, s, now);
     return out;
 }
 
-void Gateway::handle_join_response(Effects& out, const std::string& from,
+// Only in kCollectJoins.
+void Gateway::handle_join_response(Out& out, const std::string& from,
                                    const pb::PnSetupNotifyResponse& m, Protection protection,
                                    Millis now) {
-    Session* s = session_of_pne(from, m.pn_id());
-    if (!s || s->phase != Phase::kCollectJoins) {
-        ++counters_.ignored;
-        return;
-    }
-    Member& mem = s->members.at(from);
+    Session& s = *session_of_pne(from, m.pn_id());
+    Member& mem = s.members.at(from);
     if (mem.state != MemberState::kInvited) {
         ++counters_.ignored;  // duplicate
         return;
     }
     if (!m.accept()) {
         const auto r = m.decline_reason() == pb::REASON_NONE ? pb::DECLINED : m.decline_reason();
-        fail_member(*s, mem, r, "answered the invitation with no");
+        fail_member(out, s, mem, r, "answered the invitation with no");
         pne_session_.erase(from);
     } else if (m.join().pne_id() != from) {
-        fail_member(*s, mem, pb::MALFORMED_MESSAGE, "PNE ID differs from the sender");
+        fail_member(out, s, mem, pb::MALFORMED_MESSAGE, "PNE ID differs from the sender");
         pne_session_.erase(from);
     } else if (!pan_secure(from) && !m.join().local_eukey_requested() &&
                protection != Protection::kTls) {
-        fail_member(*s, mem, pb::TLS_REQUIRED, "join in clear on an insecure PAN");
+        fail_member(out, s, mem, pb::TLS_REQUIRED, "join in clear on an insecure PAN");
         pne_session_.erase(from);
         out.push_back(CloseLinkEffect{from, pb::TLS_REQUIRED});
     } else {
         mem.join = m.join();
-        mem.state = MemberState::kJoined;
+        enter(out, s, mem, MemberState::kJoined, "accepted the invitation");
     }
-    maybe_register(out, *s, now);
+    maybe_register(out, s, now);
 }
 
 // Step 4 (5.2.1.1) / 5 (5.2.1.2) once every invitation is answered.
-void Gateway::maybe_register(Effects& out, Session& s, Millis now) {
+void Gateway::maybe_register(Out& out, Session& s, Millis now) {
     if (s.phase != Phase::kCollectJoins) return;
     for (const auto& [id, m] : s.members)
         if (m.state == MemberState::kInvited) return;
@@ -323,86 +368,89 @@ void Gateway::maybe_register(Effects& out, Session& s, Millis now) {
     log(LogLevel::kInfo,
         "PN Registration Request for " + s.pn_id + " with " + std::to_string(joined) + " PNE(s)");
     send(out, cfg_.server_id, std::move(env));
-    s.phase = Phase::kWaitAuthRequest;
-    s.deadline = now + kServerResponseTimeout;
+    enter(out, s, Phase::kWaitAuthRequest, now + kServerResponseTimeout,
+          std::to_string(joined) + " PNE(s) joined; PN Registration Request sent");
 }
 
-// Steps 5-7 (5.2.1.1) / 6-8 (5.2.1.2).
-void Gateway::handle_auth_request(Effects& out, const pb::AuthenticationRequest& m, Millis now) {
-    auto it = sessions_.find(m.pn_id());
-    if (it == sessions_.end() || it->second.phase != Phase::kWaitAuthRequest) {
-        ++counters_.ignored;
-        return;
+// Relays the Authentication Request to one joined member with its own LocalEUKey copy,
+// keeping the PN GW's copy. False when the member failed here.
+bool Gateway::relay_auth_request(Out& out, Session& s, Member& mem,
+                                 const pb::AuthenticationRequest& m,
+                                 const pb::WrappedKeyPair* keys) {
+    pb::Envelope env;
+    auto* r = env.mutable_pne_auth_request();
+    r->set_pn_id(s.pn_id);
+    r->set_rand_server(m.rand_server());
+    if (keys) {
+        auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kGw, s.pn_id, mem.pne_id, cfg_.gw_id,
+                                      bytes_of(m.rand_server()), bytes_of(keys->for_gw()));
+        if (!key) {
+            fail_member(out, s, mem, pb::KEY_UNWRAP_FAILED, "PN GW copy does not decrypt");
+            return false;
+        }
+        mem.local_eukey = std::move(*key);
+        out.push_back(StoreLocalKeyEffect{s.pn_id, mem.pne_id, *mem.local_eukey});
+        r->set_wrapped_local_eukey(keys->for_pne());  // only this PNE's own copy
+    } else if (mem.join.local_eukey_requested()) {
+        fail_member(out, s, mem, pb::KEY_UNWRAP_FAILED, "server sent no LocalEUKey");
+        return false;
     }
-    Session& s = it->second;
+    enter(out, s, mem, MemberState::kAuthPending, "Authentication Request relayed");
+    send(out, mem.pne_id, std::move(env));
+    return true;
+}
+
+// Steps 5-7 (5.2.1.1) / 6-8 (5.2.1.2). Only in kWaitAuthRequest.
+void Gateway::handle_auth_request(Out& out, const pb::AuthenticationRequest& m, Millis now) {
+    Session& s = sessions_.at(m.pn_id());
     for (const auto& x : m.excluded()) {
         auto mi = s.members.find(x.pne_id());
-        if (mi != s.members.end()) fail_member(s, mi->second, x.reason(), "refused by the server");
+        if (mi != s.members.end())
+            fail_member(out, s, mi->second, x.reason(), "refused by the server");
     }
     std::map<std::string, const pb::WrappedKeyPair*> keys;
     for (const auto& k : m.local_eukeys()) keys[k.pne_id()] = &k;
     for (const auto& pne : m.pne_ids()) {
         auto mi = s.members.find(pne);
         if (mi == s.members.end() || mi->second.state != MemberState::kJoined) continue;
-        Member& mem = mi->second;
-        pb::Envelope env;
-        auto* r = env.mutable_pne_auth_request();
-        r->set_pn_id(s.pn_id);
-        r->set_rand_server(m.rand_server());
-        if (auto k = keys.find(pne); k != keys.end()) {
-            auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kGw, s.pn_id, pne, cfg_.gw_id,
-                                          bytes_of(m.rand_server()), bytes_of(k->second->for_gw()));
-            if (!key) {
-                fail_member(s, mem, pb::KEY_UNWRAP_FAILED, "PN GW copy does not decrypt");
-                continue;
-            }
-            mem.local_eukey = std::move(*key);
-            out.push_back(StoreLocalKeyEffect{s.pn_id, pne, *mem.local_eukey});
-            r->set_wrapped_local_eukey(k->second->for_pne());  // only this PNE's own copy
-        } else if (mem.join.local_eukey_requested()) {
-            fail_member(s, mem, pb::KEY_UNWRAP_FAILED, "server sent no LocalEUKey");
-            continue;
-        }
-        mem.state = MemberState::kAuthPending;
-        send(out, pne, std::move(env));
+        auto k = keys.find(pne);
+        relay_auth_request(out, s, mi->second, m, k == keys.end() ? nullptr : k->second);
     }
     for (auto& [id, mem] : s.members)
         if (mem.state == MemberState::kJoined)
-            fail_member(s, mem, pb::UNKNOWN_ENTITY, "not in the server's Authentication Request");
-    s.phase = Phase::kCollectAuth;
-    s.deadline = now + kPneAuthResponseTimeout;
+            fail_member(out, s, mem, pb::UNKNOWN_ENTITY,
+                        "not in the server's Authentication Request");
+    enter(out, s, Phase::kCollectAuth, now + kPneAuthResponseTimeout,
+          "Authentication Request relayed");
     maybe_send_aggregate(out, s, now);
 }
 
-void Gateway::handle_pne_auth_response(Effects& out, const std::string& from,
+// Only in kCollectAuth.
+void Gateway::handle_pne_auth_response(Out& out, const std::string& from,
                                        const pb::PneAuthenticationResponse& m,
                                        Protection protection, Millis now) {
-    Session* s = session_of_pne(from, m.pn_id());
-    if (!s || s->phase != Phase::kCollectAuth || m.pne_id() != from) {
-        ++counters_.ignored;
-        return;
-    }
-    Member& mem = s->members.at(from);
-    if (mem.state != MemberState::kAuthPending) {
+    Session& s = *session_of_pne(from, m.pn_id());
+    Member& mem = s.members.at(from);
+    if (m.pne_id() != from || mem.state != MemberState::kAuthPending) {
         ++counters_.ignored;
         return;
     }
     if (m.failure() != pb::REASON_NONE) {
-        fail_member(*s, mem, m.failure(), "reported by the PNE");
+        fail_member(out, s, mem, m.failure(), "reported by the PNE");
     } else if (!pan_secure(from) && protection != Protection::kTls) {
-        fail_member(*s, mem, pb::TLS_REQUIRED, "hash_PNE arrived in clear on an insecure PAN");
+        fail_member(out, s, mem, pb::TLS_REQUIRED, "hash_PNE arrived in clear on an insecure PAN");
         out.push_back(CloseLinkEffect{from, pb::TLS_REQUIRED});
     } else if (m.hash_pne().size() != kHashSize) {
-        fail_member(*s, mem, pb::MALFORMED_MESSAGE, "hash_PNE has the wrong size");
+        fail_member(out, s, mem, pb::MALFORMED_MESSAGE, "hash_PNE has the wrong size");
     } else {
         mem.hash_pne = m.hash_pne();
-        mem.state = MemberState::kAnswered;
+        enter(out, s, mem, MemberState::kAnswered, "hash_PNE received");
     }
-    maybe_send_aggregate(out, *s, now);
+    maybe_send_aggregate(out, s, now);
 }
 
 // Step 10 (5.2.1.1) / 11 (5.2.1.2).
-void Gateway::maybe_send_aggregate(Effects& out, Session& s, Millis now) {
+void Gateway::maybe_send_aggregate(Out& out, Session& s, Millis now) {
     if (s.phase != Phase::kCollectAuth) return;
     for (const auto& [id, m] : s.members)
         if (m.state == MemberState::kAuthPending) return;
@@ -421,87 +469,94 @@ void Gateway::maybe_send_aggregate(Effects& out, Session& s, Millis now) {
             res->set_failure(m.reason);
     }
     send(out, cfg_.server_id, std::move(env));
-    s.phase = Phase::kWaitRegistration;
-    s.deadline = now + kServerResponseTimeout;
+    enter(out, s, Phase::kWaitRegistration, now + kServerResponseTimeout,
+          "Authentication Response sent to the server");
 }
 
-// Steps 12-15 (5.2.1.1) / 13-16 (5.2.1.2).
-void Gateway::handle_registration_response(Effects& out, const pb::PnRegistrationResponse& m) {
-    auto it = sessions_.find(m.pn_id());
-    // The server answers at once, without an Authentication Request, when it refuses every
-    // PNE up front (unknown or revoked): then the response ends the wait for that request.
-    const bool early_refusal =
-        it != sessions_.end() && it->second.phase == Phase::kWaitAuthRequest && !m.registered();
-    if (it == sessions_.end() || (it->second.phase != Phase::kWaitRegistration && !early_refusal)) {
+// Steps 12-15 (5.2.1.1) / 13-16 (5.2.1.2). In kWaitRegistration; in kWaitAuthRequest only a
+// refusal (the server answers at once, without an Authentication Request, when it refuses
+// every PNE up front).
+void Gateway::handle_registration_response(Out& out, const pb::PnRegistrationResponse& m) {
+    Session& s = sessions_.at(m.pn_id());
+    if (s.phase == Phase::kWaitAuthRequest && m.registered()) {
         ++counters_.ignored;
         return;
     }
-    conclude(out, it->second, m.registered(), m.registered() ? pb::REASON_NONE : m.reason(),
+    conclude(out, s, m.registered(), m.registered() ? pb::REASON_NONE : m.reason(),
              m.registered() ? "" : "server did not register the PN", &m);
 }
 
-void Gateway::conclude(Effects& out, Session& s, bool registered, pb::FailureReason reason,
-                       const std::string& detail, const pb::PnRegistrationResponse* resp) {
+// Final state of every member, before any notification, so that each lists the others.
+void Gateway::settle_members(Out& out, Session& s, bool registered, pb::FailureReason reason,
+                             const pb::PnRegistrationResponse* resp) {
     std::map<std::string, const pb::PneRegistrationResult*> results;
     if (resp)
         for (const auto& r : resp->results()) results[r.pne_id()] = &r;
-    OutcomeEffect outcome;
-    outcome.pn_id = s.pn_id;
-    outcome.success = registered;
-    outcome.reason = reason;
-    outcome.detail = detail;
-
-    // Final state of every member first, so that each notification lists the others.
     for (auto& [id, mem] : s.members) {
         auto r = results.find(id);
         const bool joined = registered && mem.state == MemberState::kAnswered &&
                             r != results.end() && r->second->authenticated();
-        if (!joined && mem.state != MemberState::kFailed) {
+        if (joined) {
+            enter(out, s, mem, MemberState::kMember, "registered by the server");
+        } else if (mem.state != MemberState::kFailed) {
             pb::FailureReason why = reason;
             if (r != results.end() && r->second->reason() != pb::REASON_NONE)
                 why = r->second->reason();
             if (why == pb::REASON_NONE) why = pb::AUTHENTICATION_FAILED;
-            fail_member(s, mem, why, "per the CPNS Server");
+            fail_member(out, s, mem, why, "per the CPNS Server");
         }
     }
-    std::vector<std::string> route;
-    if (registered) {
-        pb::PnInventory inv = resp->inventory();
-        inventory_[s.pn_id] = inv;
-        out.push_back(StoreInventoryEffect{inv});
-        outcome.inventory = inv;
+}
+
+// Step 14/15 (5.2.1.1) / 15/16 (5.2.1.2): the member's result, if it can be told.
+void Gateway::notify_member(Out& out, const Session& s, const Member& mem,
+                            const pb::PnRegistrationResponse* resp) {
+    if (!mem.reachable || mem.reason == pb::DECLINED) return;
+    const bool joined = mem.state == MemberState::kMember;
+    pb::PnResult res;
+    res.set_pn_id(s.pn_id);
+    res.set_success(joined);
+    if (joined) {
+        *res.mutable_inventory() = inventory_[s.pn_id];
+        for (const auto& r : resp->results())
+            if (r.pne_id() == mem.pne_id) res.set_hash_server_pne(r.hash_server_pne());
+    } else {
+        res.set_reason(mem.reason);
     }
+    for (const auto& [oid, other] : s.members)
+        if (other.state == MemberState::kFailed && oid != mem.pne_id) {
+            auto* x = res.add_excluded();
+            x->set_pne_id(oid);
+            x->set_reason(other.reason);
+        }
+    pb::Envelope env;
+    if (mem.role == PneRole::kInitiator)
+        *env.mutable_setup_response()->mutable_result() = std::move(res);
+    else
+        *env.mutable_establishment_notify()->mutable_result() = std::move(res);
+    // hash_server_PNE and the inventory never cross an insecure PAN in clear.
+    if (joined && !pan_secure(mem.pne_id) && !tls_up(mem.pne_id)) return;
+    send(out, mem.pne_id, std::move(env), joined);
+}
+
+void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason reason,
+                       const std::string& detail, const pb::PnRegistrationResponse* resp) {
+    settle_members(out, s, registered, reason, resp);
+    OutcomeEffect outcome{s.pn_id, "", registered, reason, detail, {}, {}};
+    if (registered) {
+        inventory_[s.pn_id] = resp->inventory();
+        out.push_back(StoreInventoryEffect{resp->inventory()});
+        outcome.inventory = resp->inventory();
+    }
+    std::vector<std::string> route;
     for (auto& [id, mem] : s.members) {
-        const bool joined = mem.state != MemberState::kFailed;
+        const bool joined = mem.state == MemberState::kMember;
         outcome.pnes.push_back(PneOutcome{id, joined, mem.reason});
         if (joined) {
             route.push_back(id);
             if (mem.local_eukey) local_keys_[s.pn_id].emplace(id, *mem.local_eukey);
         }
-        if (!mem.reachable || mem.reason == pb::DECLINED) continue;
-        pb::PnResult res;
-        res.set_pn_id(s.pn_id);
-        res.set_success(joined);
-        if (joined) {
-            *res.mutable_inventory() = inventory_[s.pn_id];
-            res.set_hash_server_pne(results.at(id)->hash_server_pne());
-        } else {
-            res.set_reason(mem.reason);
-        }
-        for (const auto& [oid, other] : s.members)
-            if (other.state == MemberState::kFailed && oid != id) {
-                auto* x = res.add_excluded();
-                x->set_pne_id(oid);
-                x->set_reason(other.reason);
-            }
-        pb::Envelope env;
-        if (mem.role == PneRole::kInitiator)
-            *env.mutable_setup_response()->mutable_result() = std::move(res);
-        else
-            *env.mutable_establishment_notify()->mutable_result() = std::move(res);
-        // hash_server_PNE and the inventory never cross an insecure PAN in clear.
-        if (joined && !pan_secure(id) && !tls_up(id)) continue;
-        send(out, id, std::move(env), joined);
+        notify_member(out, s, mem, resp);
     }
     if (registered) {
         routing_[s.pn_id] = route;
@@ -515,6 +570,8 @@ void Gateway::conclude(Effects& out, Session& s, bool registered, pb::FailureRea
                                  " not established: " + std::string(reason_name(reason)) +
                                  (detail.empty() ? "" : " (" + detail + ")"));
     }
+    enter(out, s, Phase::kDone, kNever,
+          registered ? "registered" : std::string(reason_name(reason)));
     out.push_back(std::move(outcome));
     for (const auto& [id, mem] : s.members) {
         auto p = pne_session_.find(id);
@@ -523,7 +580,7 @@ void Gateway::conclude(Effects& out, Session& s, bool registered, pb::FailureRea
     sessions_.erase(s.pn_id);  // wipes the session's keys
 }
 
-void Gateway::handle_error(Effects& out, const std::string& from, const pb::ErrorReport& m,
+void Gateway::handle_error(Out& out, const std::string& from, const pb::ErrorReport& m,
                            Millis now) {
     if (from == cfg_.server_id) {
         auto it = sessions_.find(m.pn_id());
@@ -543,70 +600,134 @@ void Gateway::handle_error(Effects& out, const std::string& from, const pb::Erro
         return;
     }
     Member& mem = s->members.at(from);
-    fail_member(*s, mem, m.reason(), "reported by the PNE: " + m.detail());
+    fail_member(out, *s, mem, m.reason(), "reported by the PNE: " + m.detail());
     maybe_register(out, *s, now);
     maybe_send_aggregate(out, *s, now);
 }
 
-Effects Gateway::on_message(const std::string& from, const pb::Envelope& env, Protection protection,
-                            Millis now) {
-    Effects out;
-    ++counters_.messages_in;
+Gateway::Phase Gateway::phase_for(const std::string& from, const pb::Envelope& env) const {
     using B = pb::Envelope::BodyCase;
-    const bool from_server = from == cfg_.server_id;
+    auto by_pn = [&](const std::string& pn) {
+        auto it = sessions_.find(pn);
+        return it == sessions_.end() ? Phase::kNone : it->second.phase;
+    };
+    auto by_pne = [&](const std::string& pn) {
+        const Session* s = session_of_pne(from, pn);
+        return s ? s->phase : Phase::kNone;
+    };
     switch (env.body_case()) {
+        case B::kSetupRequest: {
+            auto it = pne_session_.find(from);
+            return it == pne_session_.end() ? Phase::kNone : by_pn(it->second);
+        }
+        case B::kSetupNotifyResponse:
+            return by_pne(env.setup_notify_response().pn_id());
+        case B::kPneAuthResponse:
+            return by_pne(env.pne_auth_response().pn_id());
+        case B::kAuthRequest:
+            return by_pn(env.auth_request().pn_id());
+        case B::kRegistrationResponse:
+            return by_pn(env.registration_response().pn_id());
+        default:
+            return Phase::kNone;
+    }
+}
+
+bool Gateway::accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body) {
+    using B = pb::Envelope::BodyCase;
+    switch (body) {
         case B::kDiscoveryRequest:
         case B::kDiscoveryResponse:
-            if (!from_server) handle_discovery(out, from, env, now);
-            break;
+            return !from_server;
         case B::kSetupRequest:
-            if (!from_server) handle_setup_request(out, from, env.setup_request(), protection, now);
-            break;
+            return !from_server && phase == Phase::kNone;
         case B::kSetupNotifyResponse:
-            if (!from_server)
-                handle_join_response(out, from, env.setup_notify_response(), protection, now);
-            break;
+            return !from_server && phase == Phase::kCollectJoins;
         case B::kPneAuthResponse:
-            if (!from_server)
-                handle_pne_auth_response(out, from, env.pne_auth_response(), protection, now);
-            break;
+            return !from_server && phase == Phase::kCollectAuth;
         case B::kAuthRequest:
-            if (from_server) handle_auth_request(out, env.auth_request(), now);
-            break;
+            return from_server && phase == Phase::kWaitAuthRequest;
         case B::kRegistrationResponse:
-            if (from_server) handle_registration_response(out, env.registration_response());
-            break;
+            return from_server &&
+                   (phase == Phase::kWaitRegistration || phase == Phase::kWaitAuthRequest);
         case B::kError:
-            handle_error(out, from, env.error(), now);
-            break;
+            return true;
         default:
-            ++counters_.ignored;
-            counters_.count(pb::UNEXPECTED_MESSAGE);
-            log(LogLevel::kDebug,
-                std::string(message_name(env)) + " from " + from + " is not for a PN GW; ignored");
-            break;
+            return false;
     }
+}
+
+// The one refusal: a PNE already in a session that asks again gets BUSY (a repeat of the
+// request being served is dropped); anything else not legal now is counted and dropped.
+void Gateway::refuse(Out& out, const std::string& from, const pb::Envelope& env) {
+    using B = pb::Envelope::BodyCase;
+    const bool from_server = from == cfg_.server_id;
+    if (env.body_case() == B::kSetupRequest && !from_server) {
+        const std::string& pn = pne_session_.at(from);
+        const Session& s = sessions_.at(pn);
+        if (!(s.initiator == from &&
+              s.members.at(from).join.rand_pne() == env.setup_request().join().rand_pne())) {
+            counters_.count(pb::BUSY);
+            send_error(out, from, "", pb::BUSY, "this PNE is already joining " + pn);
+            return;
+        }
+    }
+    ++counters_.ignored;
+    bool for_a_gw = false;
+    for (auto p : {Phase::kNone, Phase::kCollectJoins, Phase::kWaitAuthRequest, Phase::kCollectAuth,
+                   Phase::kWaitRegistration})
+        for_a_gw =
+            for_a_gw || accepts(true, p, env.body_case()) || accepts(false, p, env.body_case());
+    if (!for_a_gw) counters_.count(pb::UNEXPECTED_MESSAGE);
+    log(LogLevel::kDebug, std::string(message_name(env)) + " from " + from + " refused here");
+}
+
+GatewayEffects Gateway::on_message(const std::string& from, const pb::Envelope& env,
+                                   Protection protection, Millis now) {
+    Out out;
+    ++counters_.messages_in;
+    if (accepts(from == cfg_.server_id, phase_for(from, env), env.body_case()))
+        dispatch(out, from, env, protection, now);
+    else
+        refuse(out, from, env);
     return out;
 }
 
+// Runs the handler of a message that accepts() allows in the addressed session's state.
+void Gateway::dispatch(Out& out, const std::string& from, const pb::Envelope& env,
+                       Protection protection, Millis now) {
+    using B = pb::Envelope::BodyCase;
+    switch (env.body_case()) {
+        case B::kSetupRequest:
+            return handle_setup_request(out, from, env.setup_request(), protection, now);
+        case B::kSetupNotifyResponse:
+            return handle_join_response(out, from, env.setup_notify_response(), protection, now);
+        case B::kPneAuthResponse:
+            return handle_pne_auth_response(out, from, env.pne_auth_response(), protection, now);
+        case B::kAuthRequest:
+            return handle_auth_request(out, env.auth_request(), now);
+        case B::kRegistrationResponse:
+            return handle_registration_response(out, env.registration_response());
+        case B::kError:
+            return handle_error(out, from, env.error(), now);
+        default:  // discovery
+            return handle_discovery(out, from, env, now);
+    }
+}
+
 std::optional<SecretKey> Gateway::tls_psk_for(std::string_view identity) const {
-    if (identity.starts_with("pre:")) {
-        auto it = cfg_.pan_links.find(std::string(identity.substr(4)));
+    const auto id = parse_psk_identity(identity);
+    if (!id) return std::nullopt;
+    if (id->kind == PskIdentity::Kind::kPreassigned) {
+        auto it = cfg_.pan_links.find(id->pne_id);
         if (it == cfg_.pan_links.end()) return std::nullopt;
         return it->second.preassigned_key;
     }
-    if (identity.starts_with("leuk:")) {
-        auto rest = identity.substr(5);
-        auto colon = rest.find(':');
-        if (colon == std::string_view::npos) return std::nullopt;
-        std::string pn(rest.substr(0, colon)), pne(rest.substr(colon + 1));
-        if (auto s = sessions_.find(pn); s != sessions_.end()) {
-            auto m = s->second.members.find(pne);
-            if (m != s->second.members.end() && m->second.local_eukey) return m->second.local_eukey;
-        }
-        return local_eukey(pn, pne);
+    if (auto s = sessions_.find(id->pn_id); s != sessions_.end()) {
+        auto m = s->second.members.find(id->pne_id);
+        if (m != s->second.members.end() && m->second.local_eukey) return m->second.local_eukey;
     }
-    return std::nullopt;
+    return local_eukey(id->pn_id, id->pne_id);
 }
 
 std::optional<SecretKey> Gateway::local_eukey(const std::string& pn_id,
@@ -618,13 +739,12 @@ std::optional<SecretKey> Gateway::local_eukey(const std::string& pn_id,
     return k->second;
 }
 
-Effects Gateway::on_tls_established(const std::string& peer, const std::string& identity,
-                                    Millis /*now*/) {
-    Effects out;
+GatewayEffects Gateway::on_tls_established(const std::string& peer, const std::string& identity,
+                                           Millis /*now*/) {
+    Out out;
     // The identity must name the peer: "pre:<pne>" or "leuk:<pn>:<pne>".
-    const bool names_peer = identity == preassigned_identity(peer) ||
-                            (identity.starts_with("leuk:") && identity.ends_with(":" + peer));
-    if (!names_peer) {
+    const auto id = parse_psk_identity(identity);
+    if (!id || id->pne_id != peer) {
         counters_.count(pb::TLS_HANDSHAKE_FAILED);
         log(LogLevel::kWarn, "TLS identity does not name " + peer + "; closing");
         out.push_back(CloseLinkEffect{peer, pb::TLS_HANDSHAKE_FAILED});
@@ -641,33 +761,35 @@ pb::FailureReason Gateway::unreachable_reason(const std::string& pne_id) const {
     return it == link_failures_.end() ? pb::UNKNOWN_ENTITY : it->second;
 }
 
-Effects Gateway::on_tls_failed(const std::string& peer, Millis now) {
-    Effects out;
+GatewayEffects Gateway::on_tls_failed(const std::string& peer, Millis now) {
+    Out out;
     tls_links_.erase(peer);
-    counters_.count(pb::TLS_HANDSHAKE_FAILED);
     log(LogLevel::kWarn, "PSK-TLS handshake with " + peer + " failed");
     if (link_failures_.size() < kMaxNeighbours || link_failures_.count(peer))
         link_failures_[peer] = pb::TLS_HANDSHAKE_FAILED;
     auto p = pne_session_.find(peer);
-    if (p == pne_session_.end()) return out;
+    if (p == pne_session_.end()) {
+        counters_.count(pb::TLS_HANDSHAKE_FAILED);
+        return out;
+    }
     Session& s = sessions_.at(p->second);
     Member& mem = s.members.at(peer);
     if (mem.state == MemberState::kInvited || mem.state == MemberState::kAuthPending ||
         mem.state == MemberState::kJoined) {
         const bool before_join = mem.state == MemberState::kInvited;
-        mem.state = MemberState::kFailed;  // counted above
-        mem.reason = pb::TLS_HANDSHAKE_FAILED;
-        mem.local_eukey.reset();
-        log(LogLevel::kWarn, peer + " excluded from " + s.pn_id + ": tls handshake failed");
+        fail_member(out, s, mem, pb::TLS_HANDSHAKE_FAILED, "tls handshake failed");
         if (before_join) pne_session_.erase(peer);
         maybe_register(out, s, now);
         maybe_send_aggregate(out, s, now);
+    } else {
+        counters_.count(pb::TLS_HANDSHAKE_FAILED);
     }
     return out;
 }
 
-Effects Gateway::on_link_down(const std::string& peer, Millis now, pb::FailureReason reason) {
-    Effects out;
+GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
+                                     pb::FailureReason reason) {
+    Out out;
     tls_links_.erase(peer);
     if (peer == cfg_.server_id) {
         std::vector<std::string> pns;
@@ -688,15 +810,15 @@ Effects Gateway::on_link_down(const std::string& peer, Millis now, pb::FailureRe
     Member& mem = s.members.at(peer);
     mem.reachable = false;
     if (mem.state == MemberState::kInvited || mem.state == MemberState::kAuthPending) {
-        fail_member(s, mem, pb::PEER_UNREACHABLE, "link went down");
+        fail_member(out, s, mem, pb::PEER_UNREACHABLE, "link went down");
         maybe_register(out, s, now);
         maybe_send_aggregate(out, s, now);
     }
     return out;
 }
 
-Effects Gateway::on_timer(Millis now) {
-    Effects out;
+GatewayEffects Gateway::on_timer(Millis now) {
+    Out out;
     std::vector<std::string> due;
     for (const auto& [pn, s] : sessions_)
         if (now >= s.deadline) due.push_back(pn);
@@ -708,7 +830,7 @@ Effects Gateway::on_timer(Millis now) {
             case Phase::kCollectJoins:
                 for (auto& [id, m] : s.members)
                     if (m.state == MemberState::kInvited) {
-                        fail_member(s, m, pb::TIMEOUT, "no answer to the invitation");
+                        fail_member(out, s, m, pb::TIMEOUT, "no answer to the invitation");
                         pne_session_.erase(id);
                     }
                 maybe_register(out, s, now);
@@ -716,14 +838,14 @@ Effects Gateway::on_timer(Millis now) {
             case Phase::kCollectAuth:
                 for (auto& [id, m] : s.members)
                     if (m.state == MemberState::kAuthPending)
-                        fail_member(s, m, pb::TIMEOUT, "no Authentication Response");
+                        fail_member(out, s, m, pb::TIMEOUT, "no Authentication Response");
                 maybe_send_aggregate(out, s, now);
                 break;
             case Phase::kWaitAuthRequest:
                 conclude(out, s, false, pb::TIMEOUT, "no Authentication Request from the server",
                          nullptr);
                 break;
-            case Phase::kWaitRegistration:
+            default:  // kWaitRegistration (kNone and kDone have no session)
                 conclude(out, s, false, pb::TIMEOUT, "no PN Registration Response from the server",
                          nullptr);
                 break;

@@ -37,21 +37,22 @@ class Gateway {
     Gateway(GatewayConfig config, Random& random);
 
     // Step 0: broadcast an Entity Discovery Request on the PAN.
-    Effects discover(Millis now);
+    GatewayEffects discover(Millis now);
     // 5.2.1.2 step 1-2: invite PNEs into a new PN. Empty list: every PNE discovered.
     // last_pn_id() names the PN it allocated (empty if it refused at once).
-    Effects invite(std::vector<std::string> pne_ids, Millis now);
+    GatewayEffects invite(std::vector<std::string> pne_ids, Millis now);
     const std::string& last_pn_id() const { return last_pn_id_; }
 
-    Effects on_message(const std::string& from, const pb::Envelope& env, Protection protection,
-                       Millis now);
-    Effects on_tls_established(const std::string& peer, const std::string& identity, Millis now);
-    Effects on_tls_failed(const std::string& peer, Millis now);
+    GatewayEffects on_message(const std::string& from, const pb::Envelope& env,
+                              Protection protection, Millis now);
+    GatewayEffects on_tls_established(const std::string& peer, const std::string& identity,
+                                      Millis now);
+    GatewayEffects on_tls_failed(const std::string& peer, Millis now);
     // The transport to `peer` is gone (or, for the server, could not be authenticated:
     // reason GATEWAY_AUTHENTICATION_FAILED).
-    Effects on_link_down(const std::string& peer, Millis now,
-                         pb::FailureReason reason = pb::PEER_UNREACHABLE);
-    Effects on_timer(Millis now);
+    GatewayEffects on_link_down(const std::string& peer, Millis now,
+                                pb::FailureReason reason = pb::PEER_UNREACHABLE);
+    GatewayEffects on_timer(Millis now);
     Millis next_deadline() const;
     // The PAN endpoint announced in discovery ("host:port"), set by the transport.
     void set_endpoint(std::string endpoint) { endpoint_ = std::move(endpoint); }
@@ -78,58 +79,94 @@ class Gateway {
     // is malformed.
     bool import_state(const pb::GwState& state);
 
+    // A PN session's states (none -> collect_joins -> wait_auth_request -> collect_auth ->
+    // wait_registration -> done) and each member's within it (none -> invited -> joined ->
+    // auth_pending -> answered -> member, or -> failed from any).
+    enum class Phase {
+        kNone,
+        kCollectJoins,
+        kWaitAuthRequest,
+        kCollectAuth,
+        kWaitRegistration,
+        kDone
+    };
+    enum class MemberState { kNone, kInvited, kJoined, kAuthPending, kAnswered, kMember, kFailed };
+    static std::string_view to_string(Phase p);
+    static std::string_view to_string(MemberState m);
+
   private:
-    enum class MemberState { kInvited, kJoined, kAuthPending, kAnswered, kFailed };
+    using Out = GatewayEffects;
     struct Member {
         std::string pne_id;
         PneRole role = PneRole::kInvitee;
-        MemberState state = MemberState::kInvited;
+        MemberState state = MemberState::kNone;
         pb::PneJoin join;
         std::optional<SecretKey> local_eukey;
         std::string hash_pne;
         pb::FailureReason reason = pb::REASON_NONE;
         bool reachable = true;  // a result can be sent to it
     };
-    enum class Phase { kCollectJoins, kWaitAuthRequest, kCollectAuth, kWaitRegistration };
     struct Session {
         std::string pn_id;
         Flow flow = Flow::kPneInitiated;
         std::string initiator;
         pb::SetupType setup_type = pb::SETUP_UNSPECIFIED;
         std::vector<std::string> invited;
-        Phase phase = Phase::kCollectJoins;
+        Phase phase = Phase::kNone;
         std::map<std::string, Member> members;
         Millis deadline = kNever;
     };
 
+    // The only places a session's or a member's state changes: set it (and the session's
+    // deadline), log and record the transition.
+    void enter(Out& out, Session& s, Phase to, Millis deadline, const std::string& reason);
+    void enter(Out& out, const Session& s, Member& m, MemberState to, const std::string& reason);
+    // The phase of the session `env` addresses (kNone: none), then whether it may be handled.
+    Phase phase_for(const std::string& from, const pb::Envelope& env) const;
+    static bool accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body);
+    void refuse(Out& out, const std::string& from, const pb::Envelope& env);
+    void dispatch(Out& out, const std::string& from, const pb::Envelope& env, Protection protection,
+                  Millis now);
+
     void log(LogLevel level, const std::string& text) const;
-    void send(Effects& out, const std::string& to, pb::Envelope env, bool must_protect = false);
-    void send_error(Effects& out, const std::string& to, const std::string& pn_id,
+    void send(Out& out, const std::string& to, pb::Envelope env, bool must_protect = false);
+    void send_error(Out& out, const std::string& to, const std::string& pn_id,
                     pb::FailureReason reason, const std::string& detail);
     bool pan_secure(const std::string& pne_id) const;
     bool tls_up(const std::string& pne_id) const { return tls_links_.count(pne_id) != 0; }
     std::string new_pn_id();
     Session* session_of_pne(const std::string& pne_id, const std::string& pn_id);
-    void fail_member(Session& s, Member& m, pb::FailureReason reason, const std::string& why);
+    const Session* session_of_pne(const std::string& pne_id, const std::string& pn_id) const;
+    void fail_member(Out& out, Session& s, Member& m, pb::FailureReason reason,
+                     const std::string& why);
+    Session& open_session(Out& out, Session s, Millis now, const std::string& why);
+    void add_invitees(Out& out, Session& s, const std::vector<std::string>& targets);
+    std::vector<std::string> live_pnes(const std::string& except) const;
 
-    void handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
-                          Millis now);
-    void handle_setup_request(Effects& out, const std::string& from, const pb::PnSetupRequest& m,
+    void handle_discovery(Out& out, const std::string& from, const pb::Envelope& env, Millis now);
+    std::optional<std::pair<pb::FailureReason, std::string>> check_setup_request(
+        const std::string& from, const pb::PnSetupRequest& m, Protection protection) const;
+    void handle_setup_request(Out& out, const std::string& from, const pb::PnSetupRequest& m,
                               Protection protection, Millis now);
-    void handle_join_response(Effects& out, const std::string& from,
-                              const pb::PnSetupNotifyResponse& m, Protection protection,
-                              Millis now);
-    void handle_auth_request(Effects& out, const pb::AuthenticationRequest& m, Millis now);
-    void handle_pne_auth_response(Effects& out, const std::string& from,
+    void handle_join_response(Out& out, const std::string& from, const pb::PnSetupNotifyResponse& m,
+                              Protection protection, Millis now);
+    void handle_auth_request(Out& out, const pb::AuthenticationRequest& m, Millis now);
+    bool relay_auth_request(Out& out, Session& s, Member& mem, const pb::AuthenticationRequest& m,
+                            const pb::WrappedKeyPair* keys);
+    void handle_pne_auth_response(Out& out, const std::string& from,
                                   const pb::PneAuthenticationResponse& m, Protection protection,
                                   Millis now);
-    void handle_registration_response(Effects& out, const pb::PnRegistrationResponse& m);
-    void handle_error(Effects& out, const std::string& from, const pb::ErrorReport& m, Millis now);
+    void handle_registration_response(Out& out, const pb::PnRegistrationResponse& m);
+    void handle_error(Out& out, const std::string& from, const pb::ErrorReport& m, Millis now);
 
-    void maybe_register(Effects& out, Session& s, Millis now);
-    void maybe_send_aggregate(Effects& out, Session& s, Millis now);
-    void conclude(Effects& out, Session& s, bool registered, pb::FailureReason reason,
+    void maybe_register(Out& out, Session& s, Millis now);
+    void maybe_send_aggregate(Out& out, Session& s, Millis now);
+    void conclude(Out& out, Session& s, bool registered, pb::FailureReason reason,
                   const std::string& detail, const pb::PnRegistrationResponse* resp);
+    void settle_members(Out& out, Session& s, bool registered, pb::FailureReason reason,
+                        const pb::PnRegistrationResponse* resp);
+    void notify_member(Out& out, const Session& s, const Member& mem,
+                       const pb::PnRegistrationResponse* resp);
 
     GatewayConfig cfg_;
     Random& random_;

@@ -6,11 +6,85 @@ namespace cpns {
 
 Pne::Pne(PneConfig config, Random& random) : cfg_(std::move(config)), random_(random) {}
 
+std::string_view Pne::to_string(State s) {
+    switch (s) {
+        case State::kIdle:
+            return "idle";
+        case State::kTlsBeforeJoin:
+            return "tls_before_join";
+        case State::kWaitAuthRequest:
+            return "wait_auth_request";
+        case State::kTlsBeforeAuthResp:
+            return "tls_before_auth_response";
+        case State::kWaitResult:
+            return "wait_result";
+    }
+    return "invalid";
+}
+
+void Pne::enter(Out& out, State to, Millis deadline, const std::string& reason) {
+    const std::string_view from = to_string(state_);
+    log(LogLevel::kDebug,
+        "state " + std::string(from) + " -> " + std::string(to_string(to)) + " (" + reason + ")");
+    out.push_back(TransitionEffect{"pne", cfg_.pne_id, s_.pn_id, cfg_.pne_id, std::string(from),
+                                   std::string(to_string(to)), reason});
+    state_ = to;
+    s_.deadline = to == State::kIdle ? kNever : deadline;
+}
+
+bool Pne::accepts(State state, pb::Envelope::BodyCase body) {
+    using B = pb::Envelope::BodyCase;
+    switch (body) {
+        case B::kDiscoveryRequest:
+        case B::kDiscoveryResponse:
+            return true;
+        case B::kSetupNotify:
+        case B::kSetupInvite:
+            return state == State::kIdle;
+        case B::kPneAuthRequest:
+            return state == State::kWaitAuthRequest;
+        case B::kSetupResponse:
+        case B::kEstablishmentNotify:
+            return state == State::kWaitAuthRequest || state == State::kTlsBeforeAuthResp ||
+                   state == State::kWaitResult;
+        case B::kError:
+            return state != State::kIdle;
+        default:
+            return false;
+    }
+}
+
+// The one refusal: an invitation while busy is declined (BUSY) unless it repeats the one
+// being answered; anything else not legal in this state is counted and dropped.
+void Pne::refuse(Out& out, const std::string& from, const pb::Envelope& env) {
+    using B = pb::Envelope::BodyCase;
+    const bool invitation =
+        env.body_case() == B::kSetupNotify || env.body_case() == B::kSetupInvite;
+    if (invitation) {
+        const auto& pn = env.body_case() == B::kSetupNotify ? env.setup_notify().pn_id()
+                                                            : env.setup_invite().pn_id();
+        const auto& gw = env.body_case() == B::kSetupNotify ? env.setup_notify().gw_id()
+                                                            : env.setup_invite().gw_id();
+        if (gw == from && !(s_.pn_id == pn && s_.gw_id == from)) {
+            decline(out, from, pn, pb::BUSY);
+            return;
+        }
+    }
+    ++counters_.ignored;
+    bool for_a_pne = false;
+    for (auto st : {State::kIdle, State::kTlsBeforeJoin, State::kWaitAuthRequest,
+                    State::kTlsBeforeAuthResp, State::kWaitResult})
+        for_a_pne = for_a_pne || accepts(st, env.body_case());
+    if (!for_a_pne) counters_.count(pb::UNEXPECTED_MESSAGE);
+    log(LogLevel::kDebug, std::string(message_name(env)) + " from " + from + " refused in state " +
+                              std::string(to_string(state_)));
+}
+
 void Pne::log(LogLevel level, const std::string& text) const {
     if (cfg_.log) cfg_.log(level, "pne " + cfg_.pne_id + ": " + text);
 }
 
-void Pne::send(Effects& out, const std::string& to, pb::Envelope env) {
+void Pne::send(Out& out, const std::string& to, pb::Envelope env) {
     env.set_version(kProtocolVersion);
     env.set_sender_id(cfg_.pne_id);
     ++counters_.messages_out;
@@ -22,6 +96,12 @@ void Pne::send(Effects& out, const std::string& to, pb::Envelope env) {
 
 bool Pne::tls_up_with(const std::string& peer, const std::string& identity) const {
     return tls_peer_ == peer && tls_identity_ == identity;
+}
+
+// On an insecure PAN a PNE needs a way to PSK-TLS: a LocalEUKey (enough UI) or a
+// pre-assigned key.
+bool Pne::can_protect_pan() const {
+    return !tls_needed() || requests_local_eukey() || cfg_.preassigned_key.has_value();
 }
 
 pb::PneJoin Pne::make_join() {
@@ -48,8 +128,8 @@ PneContext Pne::context() const {
     return ctx;
 }
 
-Effects Pne::discover(Millis /*now*/) {
-    Effects out;
+PneEffects Pne::discover(Millis /*now*/) {
+    Out out;
     pb::Envelope env;
     auto* m = env.mutable_discovery_request();
     m->set_entity_id(cfg_.pne_id);
@@ -62,45 +142,48 @@ Effects Pne::discover(Millis /*now*/) {
 
 // The first message of a PNE without enough UI on an insecure PAN waits for PSK-TLS with its
 // pre-assigned key; everyone else sends it at once.
-void Pne::begin_join(Effects& out, pb::Envelope first, Millis now) {
+void Pne::begin_join(Out& out, pb::Envelope first, Millis now, const std::string& why) {
     const bool needs_pre_tls = tls_needed() && !requests_local_eukey();
     const std::string identity = preassigned_identity(cfg_.pne_id);
     if (needs_pre_tls && !tls_up_with(s_.gw_id, identity)) {
         s_.pending = std::move(first);
-        state_ = State::kTlsBeforeJoin;
-        s_.deadline = now + kTlsHandshakeTimeout;
+        enter(out, State::kTlsBeforeJoin, now + kTlsHandshakeTimeout,
+              why + "; PSK-TLS with the pre-assigned key first");
         log(LogLevel::kInfo, "starting PSK-TLS with " + s_.gw_id + " (pre-assigned key)");
         out.push_back(StartTlsEffect{s_.gw_id, identity, *cfg_.preassigned_key});
         return;
     }
     send(out, s_.gw_id, std::move(first));
-    state_ = State::kWaitAuthRequest;
-    s_.deadline = now + kAuthRequestTimeout;
+    enter(out, State::kWaitAuthRequest, now + kAuthRequestTimeout, why);
 }
 
-Effects Pne::start_setup(const std::string& gw_id, pb::SetupType type,
-                         std::vector<std::string> invited, Millis now) {
-    Effects out;
-    auto fail_now = [&](pb::FailureReason r, std::string why) {
-        counters_.count(r);
-        log(LogLevel::kWarn, "cannot start PN setup: " + why);
-        out.push_back(OutcomeEffect{"", "", false, r, std::move(why), {}, {}});
-        return out;
-    };
-    if (busy()) return fail_now(pb::BUSY, "an establishment is already in progress");
-    if (!valid_id(gw_id)) return fail_now(pb::UNKNOWN_ENTITY, "invalid PN GW ID");
-    if (type == pb::SETUP_UNSPECIFIED) return fail_now(pb::MALFORMED_MESSAGE, "no setup type");
-    if (type != pb::SETUP_INVITE_LIST) invited.clear();
+std::optional<std::pair<pb::FailureReason, std::string>> Pne::check_setup(
+    const std::string& gw_id, pb::SetupType type, const std::vector<std::string>& invited) const {
+    using R = std::pair<pb::FailureReason, std::string>;
+    if (busy()) return R{pb::BUSY, "an establishment is already in progress"};
+    if (!valid_id(gw_id)) return R{pb::UNKNOWN_ENTITY, "invalid PN GW ID"};
+    if (type == pb::SETUP_UNSPECIFIED) return R{pb::MALFORMED_MESSAGE, "no setup type"};
     if (type == pb::SETUP_INVITE_LIST && invited.empty())
-        return fail_now(pb::MALFORMED_MESSAGE, "invitation list is empty");
-    if (invited.size() > kMaxPnesPerPn - 1)
-        return fail_now(pb::LIMIT_EXCEEDED, "too many PNEs invited");
+        return R{pb::MALFORMED_MESSAGE, "invitation list is empty"};
+    if (invited.size() > kMaxPnesPerPn - 1) return R{pb::LIMIT_EXCEEDED, "too many PNEs invited"};
     for (const auto& id : invited)
-        if (!valid_id(id)) return fail_now(pb::MALFORMED_MESSAGE, "invalid invited PNE ID");
-    if (tls_needed() && !requests_local_eukey() && !cfg_.preassigned_key)
-        return fail_now(pb::TLS_REQUIRED,
-                        "PAN is insecure and this PNE has neither UI nor a pre-assigned key");
+        if (!valid_id(id)) return R{pb::MALFORMED_MESSAGE, "invalid invited PNE ID"};
+    if (!can_protect_pan())
+        return R{pb::TLS_REQUIRED,
+                 "PAN is insecure and this PNE has neither UI nor a pre-assigned key"};
+    return std::nullopt;
+}
 
+PneEffects Pne::start_setup(const std::string& gw_id, pb::SetupType type,
+                            std::vector<std::string> invited, Millis now) {
+    Out out;
+    if (type != pb::SETUP_INVITE_LIST) invited.clear();
+    if (auto refused = check_setup(gw_id, type, invited)) {
+        counters_.count(refused->first);
+        log(LogLevel::kWarn, "cannot start PN setup: " + refused->second);
+        out.push_back(OutcomeEffect{"", "", false, refused->first, refused->second, {}, {}});
+        return out;
+    }
     s_ = Session{};
     s_.gw_id = gw_id;
     s_.flow = Flow::kPneInitiated;
@@ -114,12 +197,11 @@ Effects Pne::start_setup(const std::string& gw_id, pb::SetupType type,
     *m->mutable_join() = make_join();
     log(LogLevel::kInfo, "asking " + gw_id + " for a PN (" + std::string(pb::SetupType_Name(type)) +
                              (requests_local_eukey() ? ", LocalEUKey requested)" : ")"));
-    begin_join(out, std::move(env), now);
+    begin_join(out, std::move(env), now, "PN Setup Request to " + gw_id);
     return out;
 }
 
-void Pne::handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
-                           Millis now) {
+void Pne::handle_discovery(Out& out, const std::string& from, const pb::Envelope& env, Millis now) {
     const bool is_request = env.has_discovery_request();
     if (record_neighbour(neighbours_, from, env, now) == NeighbourUpdate::kNotTheSender) {
         ++counters_.ignored;
@@ -136,42 +218,33 @@ void Pne::handle_discovery(Effects& out, const std::string& from, const pb::Enve
     }
 }
 
-void Pne::handle_invitation(Effects& out, const std::string& from, const std::string& pn_id,
-                            const std::string& gw_id, Flow flow, Millis now) {
+void Pne::decline(Out& out, const std::string& to, const std::string& pn_id,
+                  pb::FailureReason reason) {
     pb::Envelope reply;
     auto* r = reply.mutable_setup_notify_response();
     r->set_pn_id(pn_id);
+    r->set_accept(false);
+    r->set_decline_reason(reason);
+    counters_.count(reason);
+    send(out, to, std::move(reply));
+}
+
+// Only in kIdle (a busy PNE's refusal declines with BUSY).
+void Pne::handle_invitation(Out& out, const std::string& from, const std::string& pn_id,
+                            const std::string& gw_id, Flow flow, Millis now) {
     if (gw_id != from) {
         ++counters_.ignored;
         log(LogLevel::kWarn, "invitation from " + from + " names another PN GW; ignored");
         return;
     }
-    if (busy()) {
-        // A duplicate of the invitation we are already answering is ignored; another PN gets BUSY.
-        if (s_.pn_id == pn_id && s_.gw_id == from) {
-            ++counters_.ignored;
-            return;
-        }
-        r->set_accept(false);
-        r->set_decline_reason(pb::BUSY);
-        counters_.count(pb::BUSY);
-        send(out, from, std::move(reply));
-        return;
-    }
     if (!cfg_.accept_invitations) {
-        r->set_accept(false);
-        r->set_decline_reason(pb::DECLINED);
-        counters_.count(pb::DECLINED);
         log(LogLevel::kInfo, "declining invitation to " + pn_id);
-        send(out, from, std::move(reply));
+        decline(out, from, pn_id, pb::DECLINED);
         return;
     }
-    if (tls_needed() && !requests_local_eukey() && !cfg_.preassigned_key) {
-        r->set_accept(false);
-        r->set_decline_reason(pb::TLS_REQUIRED);
-        counters_.count(pb::TLS_REQUIRED);
+    if (!can_protect_pan()) {
         log(LogLevel::kWarn, "cannot join " + pn_id + ": insecure PAN, no UI, no pre-assigned key");
-        send(out, from, std::move(reply));
+        decline(out, from, pn_id, pb::TLS_REQUIRED);
         return;
     }
     s_ = Session{};
@@ -179,16 +252,46 @@ void Pne::handle_invitation(Effects& out, const std::string& from, const std::st
     s_.pn_id = pn_id;
     s_.flow = flow;
     s_.role = PneRole::kInvitee;
+    pb::Envelope reply;
+    auto* r = reply.mutable_setup_notify_response();
+    r->set_pn_id(pn_id);
     r->set_accept(true);
     *r->mutable_join() = make_join();
     log(LogLevel::kInfo, "accepting invitation to " + pn_id + " from " + from);
-    begin_join(out, std::move(reply), now);
+    begin_join(out, std::move(reply), now, "accepted the invitation of " + from);
 }
 
-void Pne::handle_auth_request(Effects& out, const std::string& from,
+// Opens this PNE's LocalEUKey copy. False when the establishment ended here.
+bool Pne::open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m) {
+    if (m.wrapped_local_eukey().empty()) {
+        abort(out, pb::KEY_UNWRAP_FAILED, "no LocalEUKey copy in the Authentication Request", true);
+        return false;
+    }
+    auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
+                                  s_.rand_server, bytes_of(m.wrapped_local_eukey()));
+    if (!key) {
+        // The copy was made under the EUKey the server holds for this PNE: if it does not
+        // open, the two EUKeys differ, which is what hash_PNE would have shown too.
+        pb::Envelope env;
+        auto* r = env.mutable_pne_auth_response();
+        r->set_pn_id(s_.pn_id);
+        r->set_pne_id(cfg_.pne_id);
+        r->set_failure(pb::AUTHENTICATION_FAILED);
+        send(out, s_.gw_id, std::move(env));
+        finish(out, false, pb::AUTHENTICATION_FAILED,
+               "the LocalEUKey copy does not decrypt under this PNE's EUKey (EUKey differs "
+               "from the CPNS Server's)");
+        return false;
+    }
+    s_.local_eukey = std::move(*key);
+    out.push_back(StoreLocalKeyEffect{s_.pn_id, s_.gw_id, *s_.local_eukey});
+    return true;
+}
+
+// Only in kWaitAuthRequest.
+void Pne::handle_auth_request(Out& out, const std::string& from,
                               const pb::PneAuthenticationRequest& m, Millis now) {
-    if (state_ != State::kWaitAuthRequest || from != s_.gw_id ||
-        (!s_.pn_id.empty() && s_.pn_id != m.pn_id())) {
+    if (from != s_.gw_id || (!s_.pn_id.empty() && s_.pn_id != m.pn_id())) {
         ++counters_.ignored;
         log(LogLevel::kDebug, "Authentication Request for " + m.pn_id() + " not expected; ignored");
         return;
@@ -196,42 +299,20 @@ void Pne::handle_auth_request(Effects& out, const std::string& from,
     s_.pn_id = m.pn_id();
     s_.rand_server.assign(m.rand_server().begin(), m.rand_server().end());
     if (requests_local_eukey()) {
-        if (m.wrapped_local_eukey().empty()) {
-            abort(out, pb::KEY_UNWRAP_FAILED, "no LocalEUKey copy in the Authentication Request",
-                  true);
-            return;
-        }
-        auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
-                                      s_.rand_server, bytes_of(m.wrapped_local_eukey()));
-        if (!key) {
-            // The copy was made under the EUKey the server holds for this PNE: if it does not
-            // open, the two EUKeys differ, which is what hash_PNE would have shown too.
-            pb::Envelope env;
-            auto* r = env.mutable_pne_auth_response();
-            r->set_pn_id(s_.pn_id);
-            r->set_pne_id(cfg_.pne_id);
-            r->set_failure(pb::AUTHENTICATION_FAILED);
-            send(out, s_.gw_id, std::move(env));
-            finish(out, false, pb::AUTHENTICATION_FAILED,
-                   "the LocalEUKey copy does not decrypt under this PNE's EUKey (EUKey differs "
-                   "from the CPNS Server's)");
-            return;
-        }
-        s_.local_eukey = std::move(*key);
-        out.push_back(StoreLocalKeyEffect{s_.pn_id, s_.gw_id, *s_.local_eukey});
+        if (!open_local_eukey(out, m)) return;
         if (tls_needed()) {
-            const std::string identity = local_eukey_identity(s_.pn_id, cfg_.pne_id);
-            state_ = State::kTlsBeforeAuthResp;
-            s_.deadline = now + kTlsHandshakeTimeout;
+            enter(out, State::kTlsBeforeAuthResp, now + kTlsHandshakeTimeout,
+                  "LocalEUKey received; PSK-TLS before hash_PNE");
             log(LogLevel::kInfo, "starting PSK-TLS with " + s_.gw_id + " (LocalEUKey)");
-            out.push_back(StartTlsEffect{s_.gw_id, identity, *s_.local_eukey});
+            out.push_back(StartTlsEffect{s_.gw_id, local_eukey_identity(s_.pn_id, cfg_.pne_id),
+                                         *s_.local_eukey});
             return;
         }
     }
     send_auth_response(out, now);
 }
 
-void Pne::send_auth_response(Effects& out, Millis now) {
+void Pne::send_auth_response(Out& out, Millis now) {
     const PneContext ctx = context();
     s_.sk = derive_sk_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, ctx);
     s_.hash_pne = derive_hash_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk, ctx);
@@ -241,15 +322,22 @@ void Pne::send_auth_response(Effects& out, Millis now) {
     r->set_pne_id(cfg_.pne_id);
     r->set_hash_pne(to_field(s_.hash_pne));
     send(out, s_.gw_id, std::move(env));
-    state_ = State::kWaitResult;
-    s_.deadline = now + kResultTimeout;
+    enter(out, State::kWaitResult, now + kResultTimeout, "hash_PNE sent");
 }
 
-void Pne::handle_result(Effects& out, const std::string& from, const pb::PnResult& r,
+// The PN GW tells who else is in or out; the outcome carries it for the user.
+static void add_others(PneEffects& out, const std::string& self, const pb::PnResult& r) {
+    auto& o = std::get<OutcomeEffect>(out.back());
+    for (const auto& m : r.inventory().members())
+        if (m.pne_id() != self) o.pnes.push_back(PneOutcome{m.pne_id(), true, pb::REASON_NONE});
+    for (const auto& x : r.excluded())
+        if (x.pne_id() != self) o.pnes.push_back(PneOutcome{x.pne_id(), false, x.reason()});
+}
+
+// In kWaitAuthRequest, kTlsBeforeAuthResp and kWaitResult; a success only in kWaitResult.
+void Pne::handle_result(Out& out, const std::string& from, const pb::PnResult& r,
                         Protection protection) {
-    if (from != s_.gw_id || r.pn_id() != s_.pn_id ||
-        (state_ != State::kWaitResult && state_ != State::kWaitAuthRequest &&
-         state_ != State::kTlsBeforeAuthResp)) {
+    if (from != s_.gw_id || r.pn_id() != s_.pn_id) {
         ++counters_.ignored;
         return;
     }
@@ -258,26 +346,20 @@ void Pne::handle_result(Effects& out, const std::string& from, const pb::PnResul
         abort(out, pb::TLS_REQUIRED, "PN result arrived in clear on an insecure PAN", false);
         return;
     }
-    // The PN GW tells who else is in or out; the outcome carries it for the user.
-    auto add_others = [&] {
-        auto& o = std::get<OutcomeEffect>(out.back());
-        for (const auto& m : r.inventory().members())
-            if (m.pne_id() != cfg_.pne_id)
-                o.pnes.push_back(PneOutcome{m.pne_id(), true, pb::REASON_NONE});
-        for (const auto& x : r.excluded())
-            if (x.pne_id() != cfg_.pne_id)
-                o.pnes.push_back(PneOutcome{x.pne_id(), false, x.reason()});
-    };
     if (!r.success()) {
         const auto reason = r.reason() == pb::REASON_NONE ? pb::INTERNAL_ERROR : r.reason();
         finish(out, false, reason, "PN GW reports: " + std::string(reason_name(reason)));
-        add_others();
+        add_others(out, cfg_.pne_id, r);
         return;
     }
     if (state_ != State::kWaitResult) {
         ++counters_.ignored;
         return;
     }
+    accept_result(out, r);
+}
+
+void Pne::accept_result(Out& out, const pb::PnResult& r) {
     const Hash expected = derive_hash_server_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk,
                                                  s_.hash_pne, context());
     if (!ct_equal(expected, bytes_of(r.hash_server_pne()))) {
@@ -296,10 +378,18 @@ void Pne::handle_result(Effects& out, const std::string& from, const pb::PnResul
     log(LogLevel::kInfo, "joined " + s_.pn_id + ": CPNS Server authenticated, " +
                              std::to_string(r.inventory().members_size()) + " member(s)");
     finish(out, true, pb::REASON_NONE, "", &r.inventory());
-    add_others();
+    add_others(out, cfg_.pne_id, r);
 }
 
-void Pne::finish(Effects& out, bool success, pb::FailureReason reason, std::string detail,
+void Pne::handle_error(Out& out, const std::string& from, const pb::ErrorReport& m) {
+    if (from == s_.gw_id && (m.pn_id().empty() || m.pn_id() == s_.pn_id)) {
+        finish(out, false, m.reason(), "PN GW reports: " + m.detail());
+    } else {
+        ++counters_.ignored;
+    }
+}
+
+void Pne::finish(Out& out, bool success, pb::FailureReason reason, std::string detail,
                  const pb::PnInventory* inventory) {
     if (!success) {
         counters_.count(reason);
@@ -314,12 +404,12 @@ void Pne::finish(Effects& out, bool success, pb::FailureReason reason, std::stri
     o.detail = std::move(detail);
     if (inventory) o.inventory = *inventory;
     o.pnes.push_back(PneOutcome{cfg_.pne_id, success, reason});
+    enter(out, State::kIdle, kNever, success ? "joined" : std::string(reason_name(reason)));
     out.push_back(std::move(o));
     s_ = Session{};  // wipes SK, LocalEUKey copies held by the session
-    state_ = State::kIdle;
 }
 
-void Pne::abort(Effects& out, pb::FailureReason reason, std::string detail, bool tell_gw) {
+void Pne::abort(Out& out, pb::FailureReason reason, std::string detail, bool tell_gw) {
     if (tell_gw && !s_.gw_id.empty()) {
         pb::Envelope env;
         auto* e = env.mutable_error();
@@ -331,74 +421,58 @@ void Pne::abort(Effects& out, pb::FailureReason reason, std::string detail, bool
     finish(out, false, reason, std::move(detail));
 }
 
-Effects Pne::on_message(const std::string& from, const pb::Envelope& env, Protection protection,
-                        Millis now) {
-    Effects out;
+PneEffects Pne::on_message(const std::string& from, const pb::Envelope& env, Protection protection,
+                           Millis now) {
+    Out out;
     ++counters_.messages_in;
+    if (accepts(state_, env.body_case()))
+        dispatch(out, from, env, protection, now);
+    else
+        refuse(out, from, env);
+    return out;
+}
+
+// Runs the handler of a message that accepts() allows in the current state.
+void Pne::dispatch(Out& out, const std::string& from, const pb::Envelope& env,
+                   Protection protection, Millis now) {
     using B = pb::Envelope::BodyCase;
     switch (env.body_case()) {
-        case B::kDiscoveryRequest:
-        case B::kDiscoveryResponse:
-            handle_discovery(out, from, env, now);
-            break;
         case B::kSetupNotify:
-            handle_invitation(out, from, env.setup_notify().pn_id(), env.setup_notify().gw_id(),
-                              Flow::kPneInitiated, now);
-            break;
+            return handle_invitation(out, from, env.setup_notify().pn_id(),
+                                     env.setup_notify().gw_id(), Flow::kPneInitiated, now);
         case B::kSetupInvite:
-            handle_invitation(out, from, env.setup_invite().pn_id(), env.setup_invite().gw_id(),
-                              Flow::kGwInitiated, now);
-            break;
+            return handle_invitation(out, from, env.setup_invite().pn_id(),
+                                     env.setup_invite().gw_id(), Flow::kGwInitiated, now);
         case B::kPneAuthRequest:
-            handle_auth_request(out, from, env.pne_auth_request(), now);
-            break;
+            return handle_auth_request(out, from, env.pne_auth_request(), now);
         case B::kSetupResponse:
-            if (s_.role != PneRole::kInitiator) {
-                ++counters_.ignored;
-                break;
-            }
+            if (s_.role != PneRole::kInitiator) return refuse(out, from, env);
             // The initiator learns the PN ID from the Authentication Request; a failure before
             // that names the PN the PN GW allocated.
             if (s_.pn_id.empty() && state_ == State::kWaitAuthRequest && from == s_.gw_id &&
                 !env.setup_response().result().success())
                 s_.pn_id = env.setup_response().result().pn_id();
-            handle_result(out, from, env.setup_response().result(), protection);
-            break;
+            return handle_result(out, from, env.setup_response().result(), protection);
         case B::kEstablishmentNotify:
-            if (s_.role != PneRole::kInvitee) {
-                ++counters_.ignored;
-                break;
-            }
-            handle_result(out, from, env.establishment_notify().result(), protection);
-            break;
+            if (s_.role != PneRole::kInvitee) return refuse(out, from, env);
+            return handle_result(out, from, env.establishment_notify().result(), protection);
         case B::kError:
-            if (busy() && from == s_.gw_id &&
-                (env.error().pn_id().empty() || env.error().pn_id() == s_.pn_id)) {
-                finish(out, false, env.error().reason(), "PN GW reports: " + env.error().detail());
-            } else {
-                ++counters_.ignored;
-            }
-            break;
-        default:
-            ++counters_.ignored;
-            counters_.count(pb::UNEXPECTED_MESSAGE);
-            log(LogLevel::kDebug,
-                std::string(message_name(env)) + " from " + from + " is not for a PNE; ignored");
-            break;
+            return handle_error(out, from, env.error());
+        default:  // discovery
+            return handle_discovery(out, from, env, now);
     }
-    return out;
 }
 
-Effects Pne::on_tls_established(const std::string& peer, Millis now) {
-    Effects out;
+PneEffects Pne::on_tls_established(const std::string& peer, Millis now) {
+    Out out;
     if (state_ == State::kTlsBeforeJoin && peer == s_.gw_id) {
         tls_peer_ = peer;
         tls_identity_ = preassigned_identity(cfg_.pne_id);
         log(LogLevel::kInfo, "PSK-TLS with " + peer + " established (pre-assigned key)");
         send(out, s_.gw_id, std::move(s_.pending));
         s_.pending.Clear();
-        state_ = State::kWaitAuthRequest;
-        s_.deadline = now + kAuthRequestTimeout;
+        enter(out, State::kWaitAuthRequest, now + kAuthRequestTimeout,
+              "PSK-TLS up (pre-assigned key); first message sent");
     } else if (state_ == State::kTlsBeforeAuthResp && peer == s_.gw_id) {
         tls_peer_ = peer;
         tls_identity_ = local_eukey_identity(s_.pn_id, cfg_.pne_id);
@@ -410,8 +484,8 @@ Effects Pne::on_tls_established(const std::string& peer, Millis now) {
     return out;
 }
 
-Effects Pne::on_tls_failed(const std::string& peer, Millis /*now*/) {
-    Effects out;
+PneEffects Pne::on_tls_failed(const std::string& peer, Millis /*now*/) {
+    Out out;
     if (tls_peer_ == peer) tls_peer_.clear(), tls_identity_.clear();
     if ((state_ == State::kTlsBeforeJoin || state_ == State::kTlsBeforeAuthResp) &&
         peer == s_.gw_id) {
@@ -421,16 +495,16 @@ Effects Pne::on_tls_failed(const std::string& peer, Millis /*now*/) {
     return out;
 }
 
-Effects Pne::on_link_down(const std::string& peer, Millis /*now*/) {
-    Effects out;
+PneEffects Pne::on_link_down(const std::string& peer, Millis /*now*/) {
+    Out out;
     if (tls_peer_ == peer) tls_peer_.clear(), tls_identity_.clear();
     if (busy() && peer == s_.gw_id)
         finish(out, false, pb::PEER_UNREACHABLE, "link to " + peer + " went down");
     return out;
 }
 
-Effects Pne::on_timer(Millis now) {
-    Effects out;
+PneEffects Pne::on_timer(Millis now) {
+    Out out;
     if (busy() && now >= s_.deadline) {
         const char* what = state_ == State::kWaitAuthRequest ? "Authentication Request"
                            : state_ == State::kWaitResult    ? "PN result"

@@ -36,17 +36,17 @@ class Pne {
     Pne(PneConfig config, Random& random);
 
     // Step 0: broadcast an Entity Discovery Request on the PAN.
-    Effects discover(Millis now);
+    PneEffects discover(Millis now);
     // 5.2.1.1 step 1: ask `gw_id` for a PN. `invited` is used with SETUP_INVITE_LIST.
-    Effects start_setup(const std::string& gw_id, pb::SetupType type,
-                        std::vector<std::string> invited, Millis now);
+    PneEffects start_setup(const std::string& gw_id, pb::SetupType type,
+                           std::vector<std::string> invited, Millis now);
 
-    Effects on_message(const std::string& from, const pb::Envelope& env, Protection protection,
-                       Millis now);
-    Effects on_tls_established(const std::string& peer, Millis now);
-    Effects on_tls_failed(const std::string& peer, Millis now);
-    Effects on_link_down(const std::string& peer, Millis now);
-    Effects on_timer(Millis now);
+    PneEffects on_message(const std::string& from, const pb::Envelope& env, Protection protection,
+                          Millis now);
+    PneEffects on_tls_established(const std::string& peer, Millis now);
+    PneEffects on_tls_failed(const std::string& peer, Millis now);
+    PneEffects on_link_down(const std::string& peer, Millis now);
+    PneEffects on_timer(Millis now);
     Millis next_deadline() const;
 
     const std::string& id() const { return cfg_.pne_id; }
@@ -61,7 +61,8 @@ class Pne {
     pb::PneState export_state() const;
     bool import_state(const pb::PneState& state);
 
-  private:
+    // The PNE's states; each run goes kIdle -> ... -> kIdle. to_string gives the names used
+    // in transitions ("idle", "tls_before_join", ...).
     enum class State {
         kIdle,
         kTlsBeforeJoin,      // pre-assigned PSK-TLS before the first message
@@ -69,6 +70,11 @@ class Pne {
         kTlsBeforeAuthResp,  // LocalEUKey PSK-TLS before sending hash_PNE
         kWaitResult,         // hash_PNE sent; waiting for hash_server_PNE
     };
+    static std::string_view to_string(State s);
+    State state() const { return state_; }
+
+  private:
+    using Out = PneEffects;
     struct Session {
         std::string gw_id;
         std::string pn_id;  // empty for the initiator until the Authentication Request
@@ -85,26 +91,42 @@ class Pne {
         Millis deadline = kNever;
     };
 
+    // The only place state_ changes: sets the state and its deadline, logs and records it.
+    void enter(Out& out, State to, Millis deadline, const std::string& reason);
+    // Whether `body` may be handled in `state`; everything else goes to refuse().
+    static bool accepts(State state, pb::Envelope::BodyCase body);
+    void refuse(Out& out, const std::string& from, const pb::Envelope& env);
+    void dispatch(Out& out, const std::string& from, const pb::Envelope& env, Protection protection,
+                  Millis now);
+
     void log(LogLevel level, const std::string& text) const;
-    void send(Effects& out, const std::string& to, pb::Envelope env);
+    void send(Out& out, const std::string& to, pb::Envelope env);
     pb::PneJoin make_join();
     bool tls_needed() const { return !cfg_.pan_secure; }
     bool tls_up_with(const std::string& peer, const std::string& identity) const;
-    void begin_join(Effects& out, pb::Envelope first, Millis now);
-    void finish(Effects& out, bool success, pb::FailureReason reason, std::string detail,
+    bool can_protect_pan() const;
+    std::optional<std::pair<pb::FailureReason, std::string>> check_setup(
+        const std::string& gw_id, pb::SetupType type,
+        const std::vector<std::string>& invited) const;
+    void begin_join(Out& out, pb::Envelope first, Millis now, const std::string& why);
+    void finish(Out& out, bool success, pb::FailureReason reason, std::string detail,
                 const pb::PnInventory* inventory = nullptr);
-    void abort(Effects& out, pb::FailureReason reason, std::string detail, bool tell_gw);
+    void abort(Out& out, pb::FailureReason reason, std::string detail, bool tell_gw);
     PneContext context() const;
 
-    void handle_discovery(Effects& out, const std::string& from, const pb::Envelope& env,
-                          Millis now);
-    void handle_invitation(Effects& out, const std::string& from, const std::string& pn_id,
+    void handle_discovery(Out& out, const std::string& from, const pb::Envelope& env, Millis now);
+    void decline(Out& out, const std::string& to, const std::string& pn_id,
+                 pb::FailureReason reason);
+    void handle_invitation(Out& out, const std::string& from, const std::string& pn_id,
                            const std::string& gw_id, Flow flow, Millis now);
-    void handle_auth_request(Effects& out, const std::string& from,
+    void handle_auth_request(Out& out, const std::string& from,
                              const pb::PneAuthenticationRequest& m, Millis now);
-    void send_auth_response(Effects& out, Millis now);
-    void handle_result(Effects& out, const std::string& from, const pb::PnResult& r,
+    bool open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m);
+    void send_auth_response(Out& out, Millis now);
+    void handle_result(Out& out, const std::string& from, const pb::PnResult& r,
                        Protection protection);
+    void accept_result(Out& out, const pb::PnResult& r);
+    void handle_error(Out& out, const std::string& from, const pb::ErrorReport& m);
 
     PneConfig cfg_;
     Random& random_;

@@ -110,9 +110,47 @@ struct CloseLinkEffect {
     pb::FailureReason reason = pb::REASON_NONE;
 };
 
-using Effect = std::variant<SendEffect, StartTlsEffect, PersistPnEffect, StoreInventoryEffect,
-                            StoreLocalKeyEffect, SessionKeyEffect, OutcomeEffect, CloseLinkEffect>;
-using Effects = std::vector<Effect>;
+// A role changed state: `subject` is whose state ("" for a PN session as a whole, else a
+// PNE ID), `from` and `to` are state names, `reason` says why. Adapters record it (the
+// daemons' JSON-lines trace, the simulator's trace); nothing depends on it for correctness.
+struct TransitionEffect {
+    std::string role;    // "pne", "gw", "server"
+    std::string entity;  // the party whose role changed state
+    std::string pn_id;
+    std::string subject;
+    std::string from;
+    std::string to;
+    std::string reason;
+};
+
+// Each role returns only the effects it can produce. Adapters dispatch them with std::visit
+// over an Overloaded set with one handler per alternative and no catch-all, so an effect
+// added here is a compile error in every adapter until it is handled.
+using PneEffect = std::variant<SendEffect, StartTlsEffect, StoreLocalKeyEffect, SessionKeyEffect,
+                               OutcomeEffect, TransitionEffect>;
+using GatewayEffect = std::variant<SendEffect, CloseLinkEffect, StoreInventoryEffect,
+                                   StoreLocalKeyEffect, OutcomeEffect, TransitionEffect>;
+using ServerEffect =
+    std::variant<SendEffect, PersistPnEffect, SessionKeyEffect, OutcomeEffect, TransitionEffect>;
+using PneEffects = std::vector<PneEffect>;
+using GatewayEffects = std::vector<GatewayEffect>;
+using ServerEffects = std::vector<ServerEffect>;
+
+// std::visit(Overloaded{[](const SendEffect&) {...}, ...}, effect)
+template <class... Fs>
+struct Overloaded : Fs... {
+    using Fs::operator()...;
+};
+template <class... Fs>
+Overloaded(Fs...) -> Overloaded<Fs...>;
+
+// The OutcomeEffect among `effects`, if any (tests and command-line front ends).
+template <class Effects>
+const OutcomeEffect* find_outcome(const Effects& effects) {
+    for (const auto& e : effects)
+        if (const auto* o = std::get_if<OutcomeEffect>(&e)) return o;
+    return nullptr;
+}
 
 // Counters: one per failure reason, plus traffic. Every failure increments exactly one.
 struct Counters {

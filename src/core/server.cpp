@@ -49,18 +49,80 @@ bool MemoryDirectory::register_pn(const std::string& gw_id, const pb::PnInventor
 Server::Server(ServerConfig config, const Directory& directory, Random& random)
     : cfg_(std::move(config)), dir_(directory), random_(random) {}
 
+std::string_view Server::to_string(Phase p) {
+    switch (p) {
+        case Phase::kNone:
+            return "none";
+        case Phase::kWaitAuthResponse:
+            return "wait_auth_response";
+        case Phase::kWaitPersist:
+            return "wait_persist";
+        case Phase::kDone:
+            return "done";
+    }
+    return "invalid";
+}
+
+std::string_view Server::to_string(PneAuth a) {
+    switch (a) {
+        case PneAuth::kNone:
+            return "none";
+        case PneAuth::kPending:
+            return "pending";
+        case PneAuth::kAuthenticated:
+            return "authenticated";
+        case PneAuth::kFailed:
+            return "failed";
+        case PneAuth::kRefused:
+            return "refused";
+    }
+    return "invalid";
+}
+
 void Server::log(LogLevel level, const std::string& text) const {
     if (cfg_.log) cfg_.log(level, "server: " + text);
 }
 
-void Server::send(Effects& out, const std::string& to, pb::Envelope env) {
+void Server::enter(Out& out, Session& s, Phase to, Millis deadline, const std::string& reason) {
+    const std::string from(to_string(s.phase));
+    log(LogLevel::kDebug, s.pn_id + " of " + s.gw_id + ": state " + from + " -> " +
+                              std::string(to_string(to)) + " (" + reason + ")");
+    out.push_back(TransitionEffect{"server", cfg_.server_id, s.pn_id, "", from,
+                                   std::string(to_string(to)), reason});
+    s.phase = to;
+    const Key key{s.gw_id, s.pn_id};
+    if (s.deadline != kNever) timers_.erase({s.deadline, key});
+    s.deadline = to == Phase::kDone ? kNever : deadline;
+    if (s.deadline != kNever) timers_.insert({s.deadline, key});
+}
+
+void Server::enter(Out& out, const Session& s, const std::string& pne_id, PneState& p, PneAuth to,
+                   pb::FailureReason reason) {
+    const std::string why = to == PneAuth::kPending         ? "asked to authenticate"
+                            : to == PneAuth::kAuthenticated ? "hash_PNE verified"
+                                                            : std::string(reason_name(reason));
+    out.push_back(TransitionEffect{"server", cfg_.server_id, s.pn_id, pne_id,
+                                   std::string(to_string(p.auth)), std::string(to_string(to)),
+                                   why});
+    p.auth = to;
+    if (to == PneAuth::kFailed || to == PneAuth::kRefused) {
+        p.reason = reason;
+        p.sk = SecretKey{};
+        counters_.count(reason);
+        log(LogLevel::kWarn,
+            pne_id + (to == PneAuth::kRefused ? " refused in " : " not authenticated in ") +
+                s.pn_id + ": " + std::string(reason_name(reason)));
+    }
+}
+
+void Server::send(Out& out, const std::string& to, pb::Envelope env) {
     env.set_version(kProtocolVersion);
     env.set_sender_id(cfg_.server_id);
     ++counters_.messages_out;
     out.push_back(SendEffect{to, std::move(env), Protection::kTls});
 }
 
-void Server::send_error(Effects& out, const std::string& to, const std::string& pn_id,
+void Server::send_error(Out& out, const std::string& to, const std::string& pn_id,
                         pb::FailureReason reason, const std::string& detail) {
     counters_.count(reason);
     log(LogLevel::kWarn, "refusing " + (pn_id.empty() ? std::string("request") : pn_id) + " from " +
@@ -71,13 +133,6 @@ void Server::send_error(Effects& out, const std::string& to, const std::string& 
     e->set_reason(reason);
     e->set_detail(detail);
     send(out, to, std::move(env));
-}
-
-void Server::set_deadline(Session& s, Millis deadline) {
-    const Key key{s.gw_id, s.pn_id};
-    if (s.deadline != kNever) timers_.erase({s.deadline, key});
-    s.deadline = deadline;
-    if (deadline != kNever) timers_.insert({deadline, key});
 }
 
 void Server::remember(const Key& key, Millis now) {
@@ -107,160 +162,143 @@ PneContext Server::context(const Session& s, const std::string& pne_id, const Pn
     return ctx;
 }
 
-// Step 4 arrives (5.2.1.1; step 5 of 5.2.1.2); step 5 (6) follows.
-void Server::handle_registration(Effects& out, const std::string& from,
-                                 const pb::PnRegistrationRequest& m, Millis now) {
-    const Key key{from, m.pn_id()};
+// Why a PN Registration Request must be refused before a session exists, if it must.
+std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registration(
+    const std::string& from, const pb::PnRegistrationRequest& m) const {
+    using R = std::pair<pb::FailureReason, std::string>;
     if (m.gw().gw_id() != from)
-        return send_error(out, from, m.pn_id(), pb::GATEWAY_AUTHENTICATION_FAILED,
-                          "PN GW ID differs from the authenticated link identity");
+        return R{pb::GATEWAY_AUTHENTICATION_FAILED,
+                 "PN GW ID differs from the authenticated link identity"};
     const auto gw = dir_.find(from);
-    if (!gw || gw->kind != EntityKind::kGw)
-        return send_error(out, from, m.pn_id(), pb::UNKNOWN_ENTITY, "unknown PN GW");
-    if (gw->status != EntityStatus::kActive)
-        return send_error(out, from, m.pn_id(), pb::REVOKED, "PN GW is disabled or revoked");
-    if (sessions_.count(key)) {
-        ++counters_.ignored;  // duplicate of a registration in progress
-        return;
-    }
-    if (finished_.count(key) || dir_.pn_registered(from, m.pn_id()))
-        return send_error(out, from, m.pn_id(), pb::DUPLICATE_PN,
-                          "PN ID already used by this PN GW");
+    if (!gw || gw->kind != EntityKind::kGw) return R{pb::UNKNOWN_ENTITY, "unknown PN GW"};
+    if (gw->status != EntityStatus::kActive) return R{pb::REVOKED, "PN GW is disabled or revoked"};
+    if (finished_.count({from, m.pn_id()}) || dir_.pn_registered(from, m.pn_id()))
+        return R{pb::DUPLICATE_PN, "PN ID already used by this PN GW"};
     if (sessions_.size() >= kMaxServerSessions)
-        return send_error(out, from, m.pn_id(), pb::LIMIT_EXCEEDED, "too many establishments");
-    if (m.pnes().empty())
-        return send_error(out, from, m.pn_id(), pb::MALFORMED_MESSAGE, "no PNE in the request");
+        return R{pb::LIMIT_EXCEEDED, "too many establishments"};
+    if (m.pnes().empty()) return R{pb::MALFORMED_MESSAGE, "no PNE in the request"};
     int initiators = 0;
     std::set<std::string> seen;
     for (const auto& p : m.pnes()) {
         initiators += p.role() == pb::ROLE_INITIATOR;
         if (!seen.insert(p.join().pne_id()).second)
-            return send_error(out, from, m.pn_id(), pb::MALFORMED_MESSAGE, "PNE listed twice");
+            return R{pb::MALFORMED_MESSAGE, "PNE listed twice"};
     }
     const bool flow_ok = (m.flow() == pb::FLOW_PNE_INITIATED && initiators == 1) ||
                          (m.flow() == pb::FLOW_GW_INITIATED && initiators == 0);
-    if (!flow_ok)
-        return send_error(out, from, m.pn_id(), pb::MALFORMED_MESSAGE,
-                          "flow and PNE roles do not match");
+    if (!flow_ok) return R{pb::MALFORMED_MESSAGE, "flow and PNE roles do not match"};
+    return std::nullopt;
+}
 
-    Session s;
+// Step 5 (6 of 5.2.1.2): every known, active PNE is asked to authenticate; a LocalEUKey is
+// made for each that asked for one, with one copy for the PNE and one for the PN GW.
+std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
+                               pb::AuthenticationRequest& a) {
+    std::size_t asked = 0;
+    for (const auto& p : s.request.pnes()) {
+        const std::string& id = p.join().pne_id();
+        auto& st = s.pnes[id];
+        st.join = p.join();
+        st.role = to_role(p.role());
+        auto rec = dir_.find(id);
+        const auto refusal = (!rec || rec->kind != EntityKind::kPne)  ? pb::UNKNOWN_ENTITY
+                             : (rec->status != EntityStatus::kActive) ? pb::REVOKED
+                                                                      : pb::REASON_NONE;
+        if (refusal != pb::REASON_NONE) {
+            enter(out, s, id, st, PneAuth::kRefused, refusal);
+            auto* x = a.add_excluded();
+            x->set_pne_id(id);
+            x->set_reason(refusal);
+            continue;
+        }
+        enter(out, s, id, st, PneAuth::kPending, pb::REASON_NONE);
+        ++asked;
+        a.add_pne_ids(id);
+        if (!p.join().local_eukey_requested()) continue;
+        SecretKey local = random_.key();
+        auto* k = a.add_local_eukeys();
+        k->set_pne_id(id);
+        k->set_for_pne(to_field(wrap_local_eukey(rec->eukey, Recipient::kPne, s.pn_id, id, s.gw_id,
+                                                 s.rand_server, local)));
+        k->set_for_gw(to_field(wrap_local_eukey(gw.eukey, Recipient::kGw, s.pn_id, id, s.gw_id,
+                                                s.rand_server, local)));
+    }
+    return asked;
+}
+
+// Step 4 arrives (5.2.1.1; step 5 of 5.2.1.2); step 5 (6) follows. Only when no session
+// exists for (PN GW, PN ID).
+void Server::handle_registration(Out& out, const std::string& from,
+                                 const pb::PnRegistrationRequest& m, Millis now) {
+    if (auto refused = check_registration(from, m))
+        return send_error(out, from, m.pn_id(), refused->first, refused->second);
+    const auto gw = dir_.find(from);
+    auto [it, _] = sessions_.emplace(Key{from, m.pn_id()}, Session{});
+    Session& s = it->second;
     s.gw_id = from;
     s.pn_id = m.pn_id();
     s.request = m;
     s.rand_server = random_.bytes(kRandSize);
+    enter(out, s, Phase::kWaitAuthResponse, now + kAuthResponseTimeout,
+          "PN Registration Request from " + from);
 
     pb::Envelope env;
     auto* a = env.mutable_auth_request();
     a->set_pn_id(s.pn_id);
     a->set_rand_server(to_field(s.rand_server));
-    std::size_t asked = 0;
-    for (const auto& p : m.pnes()) {
-        const std::string& id = p.join().pne_id();
-        PneState st;
-        st.join = p.join();
-        st.role = to_role(p.role());
-        auto rec = dir_.find(id);
-        if (!rec || rec->kind != EntityKind::kPne) {
-            st.reason = pb::UNKNOWN_ENTITY;
-        } else if (rec->status != EntityStatus::kActive) {
-            st.reason = pb::REVOKED;
-        } else {
-            st.pending = true;
-            ++asked;
-            a->add_pne_ids(id);
-            if (p.join().local_eukey_requested()) {
-                // Step 5: one LocalEUKey per PNE, two copies under the two recipients' KEKs.
-                SecretKey local = random_.key();
-                auto* k = a->add_local_eukeys();
-                k->set_pne_id(id);
-                k->set_for_pne(to_field(wrap_local_eukey(rec->eukey, Recipient::kPne, s.pn_id, id,
-                                                         from, s.rand_server, local)));
-                k->set_for_gw(to_field(wrap_local_eukey(gw->eukey, Recipient::kGw, s.pn_id, id,
-                                                        from, s.rand_server, local)));
-            }
-        }
-        if (st.reason != pb::REASON_NONE) {
-            counters_.count(st.reason);
-            log(LogLevel::kWarn,
-                id + " refused in " + s.pn_id + ": " + std::string(reason_name(st.reason)));
-            auto* x = a->add_excluded();
-            x->set_pne_id(id);
-            x->set_reason(st.reason);
-        }
-        s.pnes.emplace(id, std::move(st));
-    }
+    const std::size_t asked = admit_pnes(out, s, *gw, *a);
     log(LogLevel::kInfo, "PN Registration Request " + s.pn_id + " from " + from + ": " +
                              std::to_string(asked) + " of " + std::to_string(m.pnes_size()) +
                              " PNE(s) to authenticate");
-    auto [it, _] = sessions_.emplace(key, std::move(s));
     if (asked == 0) {
-        finish(out, it->second, false, pb::NO_PNE_AUTHENTICATED, "no PNE is known and active", now);
+        finish(out, s, false, pb::NO_PNE_AUTHENTICATED, "no PNE is known and active", now);
         return;
     }
     send(out, from, std::move(env));
-    set_deadline(it->second, now + kAuthResponseTimeout);
 }
 
-// Steps 10-11 arrive (5.2.1.1; 11-12 of 5.2.1.2).
-void Server::handle_auth_response(Effects& out, const std::string& from,
+// One PNE's hash_PNE (or the failure the PN GW reports for it).
+void Server::verify_pne(Out& out, Session& s, const std::string& id, PneState& p,
+                        const pb::PneAuthResult* result) {
+    if (!result) return enter(out, s, id, p, PneAuth::kFailed, pb::TIMEOUT);
+    if (result->failure() != pb::REASON_NONE)
+        return enter(out, s, id, p, PneAuth::kFailed, result->failure());
+    auto rec = dir_.find(id);  // status may have changed while we waited
+    if (!rec || rec->status != EntityStatus::kActive)
+        return enter(out, s, id, p, PneAuth::kFailed, rec ? pb::REVOKED : pb::UNKNOWN_ENTITY);
+    const PneContext ctx = context(s, id, p);
+    const ByteView rand_pne = bytes_of(p.join.rand_pne());
+    p.sk = derive_sk_pne(rec->eukey, rand_pne, s.rand_server, ctx);
+    const Hash expected = derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
+    if (!ct_equal(expected, bytes_of(result->hash_pne())))
+        return enter(out, s, id, p, PneAuth::kFailed, pb::AUTHENTICATION_FAILED);
+    p.hash_server =
+        derive_hash_server_pne(rec->eukey, rand_pne, s.rand_server, p.sk, expected, ctx);
+    enter(out, s, id, p, PneAuth::kAuthenticated, pb::REASON_NONE);
+}
+
+// Steps 10-11 arrive (5.2.1.1; 11-12 of 5.2.1.2). Only in kWaitAuthResponse.
+void Server::handle_auth_response(Out& out, const std::string& from,
                                   const pb::AuthenticationResponse& m, Millis now) {
-    const Key key{from, m.pn_id()};
-    auto it = sessions_.find(key);
-    if (it == sessions_.end()) {
-        if (finished_.count(key))
-            return send_error(out, from, m.pn_id(), pb::REPLAYED,
-                              "Authentication Response for an establishment that has ended");
-        return send_error(out, from, m.pn_id(), pb::UNEXPECTED_MESSAGE,
-                          "Authentication Response for an unknown PN");
-    }
-    Session& s = it->second;
-    if (s.phase != Phase::kWaitAuthResponse) {
-        ++counters_.ignored;
-        return;
-    }
+    Session& s = sessions_.at({from, m.pn_id()});
     std::map<std::string, const pb::PneAuthResult*> results;
     for (const auto& r : m.results()) results[r.pne_id()] = &r;
     std::size_t ok = 0;
     for (auto& [id, p] : s.pnes) {
-        if (!p.pending) continue;
-        p.pending = false;
+        if (p.auth != PneAuth::kPending) continue;
         auto r = results.find(id);
-        if (r == results.end()) {
-            p.reason = pb::TIMEOUT;
-        } else if (r->second->failure() != pb::REASON_NONE) {
-            p.reason = r->second->failure();
-        } else {
-            auto rec = dir_.find(id);  // status may have changed while we waited
-            if (!rec || rec->status != EntityStatus::kActive) {
-                p.reason = rec ? pb::REVOKED : pb::UNKNOWN_ENTITY;
-            } else {
-                const PneContext ctx = context(s, id, p);
-                const ByteView rand_pne = bytes_of(p.join.rand_pne());
-                p.sk = derive_sk_pne(rec->eukey, rand_pne, s.rand_server, ctx);
-                const Hash expected =
-                    derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
-                if (ct_equal(expected, bytes_of(r->second->hash_pne()))) {
-                    p.authenticated = true;
-                    p.hash_server = derive_hash_server_pne(rec->eukey, rand_pne, s.rand_server,
-                                                           p.sk, expected, ctx);
-                    ++ok;
-                } else {
-                    p.reason = pb::AUTHENTICATION_FAILED;
-                    p.sk = SecretKey{};
-                }
-            }
-        }
-        if (!p.authenticated) {
-            counters_.count(p.reason);
-            log(LogLevel::kWarn, id + " not authenticated in " + s.pn_id + ": " +
-                                     std::string(reason_name(p.reason)));
-        }
+        verify_pne(out, s, id, p, r == results.end() ? nullptr : r->second);
+        ok += p.auth == PneAuth::kAuthenticated;
     }
     if (ok == 0) {
         finish(out, s, false, pb::NO_PNE_AUTHENTICATED, "no PNE authenticated", now);
         return;
     }
-    // Step 11: register the PN with its authenticated PNEs; answer once it is durable.
+    request_persist(out, s, now);
+}
+
+// Step 11: register the PN with its authenticated PNEs; answer once it is durable.
+void Server::request_persist(Out& out, Session& s, Millis now) {
     s.inventory.set_pn_id(s.pn_id);
     s.inventory.set_gw_id(s.gw_id);
     *s.inventory.mutable_gw_capabilities() = s.request.gw().capabilities();
@@ -268,7 +306,7 @@ void Server::handle_auth_response(Effects& out, const std::string& from,
         cfg_.wall_clock_ms ? cfg_.wall_clock_ms() : static_cast<std::uint64_t>(now);
     s.inventory.set_registered_at_ms(stamp);
     for (const auto& [id, p] : s.pnes) {
-        if (!p.authenticated) continue;
+        if (p.auth != PneAuth::kAuthenticated) continue;
         auto* mem = s.inventory.add_members();
         mem->set_pne_id(id);
         *mem->mutable_capabilities() = p.join.capabilities();
@@ -276,14 +314,14 @@ void Server::handle_auth_response(Effects& out, const std::string& from,
         mem->set_joined_at_ms(stamp);
         mem->set_local_eukey_assigned(p.join.local_eukey_requested());
     }
-    s.phase = Phase::kWaitPersist;
-    set_deadline(s, now + kPersistTimeout);
+    enter(out, s, Phase::kWaitPersist, now + kPersistTimeout,
+          std::to_string(s.inventory.members_size()) + " PNE(s) authenticated; storing the PN");
     out.push_back(PersistPnEffect{s.gw_id, s.inventory});
 }
 
-Effects Server::on_persisted(const std::string& gw_id, const std::string& pn_id,
-                             pb::FailureReason result, Millis now) {
-    Effects out;
+ServerEffects Server::on_persisted(const std::string& gw_id, const std::string& pn_id,
+                                   pb::FailureReason result, Millis now) {
+    Out out;
     auto it = sessions_.find({gw_id, pn_id});
     if (it == sessions_.end() || it->second.phase != Phase::kWaitPersist) return out;
     if (result != pb::REASON_NONE) {
@@ -295,23 +333,18 @@ Effects Server::on_persisted(const std::string& gw_id, const std::string& pn_id,
 }
 
 // Step 12 (5.2.1.1; 13 of 5.2.1.2): PN Registration Response.
-void Server::finish(Effects& out, Session& s, bool registered, pb::FailureReason reason,
+void Server::finish(Out& out, Session& s, bool registered, pb::FailureReason reason,
                     const std::string& detail, Millis now) {
     pb::Envelope env;
     auto* r = env.mutable_registration_response();
     r->set_pn_id(s.pn_id);
     r->set_registered(registered);
     if (!registered) r->set_reason(reason);
-    OutcomeEffect outcome;
-    outcome.pn_id = s.pn_id;
-    outcome.gw_id = s.gw_id;
-    outcome.success = registered;
-    outcome.reason = reason;
-    outcome.detail = detail;
+    OutcomeEffect outcome{s.pn_id, s.gw_id, registered, reason, detail, {}, {}};
     for (auto& [id, p] : s.pnes) {
         auto* res = r->add_results();
         res->set_pne_id(id);
-        const bool joined = registered && p.authenticated;
+        const bool joined = registered && p.auth == PneAuth::kAuthenticated;
         res->set_authenticated(joined);
         if (joined) {
             res->set_hash_server_pne(to_field(p.hash_server));
@@ -333,39 +366,82 @@ void Server::finish(Effects& out, Session& s, bool registered, pb::FailureReason
                                  std::string(reason_name(reason)) + " (" + detail + ")");
     }
     send(out, s.gw_id, std::move(env));
+    enter(out, s, Phase::kDone, kNever,
+          registered ? "registered" : std::string(reason_name(reason)));
     out.push_back(std::move(outcome));
     const Key key{s.gw_id, s.pn_id};
-    set_deadline(s, kNever);
     remember(key, now);
     sessions_.erase(key);  // wipes SKs held by the session
 }
 
-Effects Server::on_message(const std::string& from, const pb::Envelope& env, Millis now) {
-    Effects out;
+bool Server::accepts(Phase phase, pb::Envelope::BodyCase body) {
+    using B = pb::Envelope::BodyCase;
+    switch (body) {
+        case B::kRegistrationRequest:
+            return phase == Phase::kNone;
+        case B::kAuthResponse:
+            return phase == Phase::kWaitAuthResponse;
+        case B::kError:
+            return true;
+        default:
+            return false;
+    }
+}
+
+// The one refusal of the server: a repeated registration or a late Authentication Response
+// is dropped; an Authentication Response with no session is answered REPLAYED (the
+// establishment ended) or UNEXPECTED_MESSAGE; a message not for the server likewise.
+void Server::refuse(Out& out, const std::string& from, const pb::Envelope& env, Phase phase) {
+    using B = pb::Envelope::BodyCase;
+    if (env.body_case() == B::kRegistrationRequest ||
+        (env.body_case() == B::kAuthResponse && phase != Phase::kNone)) {
+        ++counters_.ignored;  // duplicate, or late
+        return;
+    }
+    if (env.body_case() == B::kAuthResponse) {
+        const auto& pn = env.auth_response().pn_id();
+        if (finished_.count({from, pn}))
+            return send_error(out, from, pn, pb::REPLAYED,
+                              "Authentication Response for an establishment that has ended");
+        return send_error(out, from, pn, pb::UNEXPECTED_MESSAGE,
+                          "Authentication Response for an unknown PN");
+    }
+    send_error(out, from, "", pb::UNEXPECTED_MESSAGE,
+               std::string(message_name(env)) + " is not for the CPNS Server");
+}
+
+ServerEffects Server::on_message(const std::string& from, const pb::Envelope& env, Millis now) {
+    Out out;
     ++counters_.messages_in;
+    using B = pb::Envelope::BodyCase;
+    std::string pn_id;
+    if (env.body_case() == B::kRegistrationRequest) pn_id = env.registration_request().pn_id();
+    if (env.body_case() == B::kAuthResponse) pn_id = env.auth_response().pn_id();
+    auto it = sessions_.find({from, pn_id});
+    const Phase phase = it == sessions_.end() ? Phase::kNone : it->second.phase;
+    if (!accepts(phase, env.body_case())) {
+        refuse(out, from, env, phase);
+        return out;
+    }
     switch (env.body_case()) {
-        case pb::Envelope::kRegistrationRequest:
+        case B::kRegistrationRequest:
             handle_registration(out, from, env.registration_request(), now);
             break;
-        case pb::Envelope::kAuthResponse:
+        case B::kAuthResponse:
             handle_auth_response(out, from, env.auth_response(), now);
             break;
-        case pb::Envelope::kError:
+        default:  // kError
             counters_.count(env.error().reason());
             log(LogLevel::kWarn, from + " reports " +
                                      std::string(reason_name(env.error().reason())) + ": " +
                                      env.error().detail());
             break;
-        default:
-            send_error(out, from, "", pb::UNEXPECTED_MESSAGE,
-                       std::string(message_name(env)) + " is not for the CPNS Server");
-            break;
     }
     return out;
 }
 
-Effects Server::on_timer(Millis now) {
-    Effects out;
+ServerEffects Server::on_timer(Millis now) {
+    Out out;
     while (!timers_.empty() && timers_.begin()->first <= now) {
         const Key key = timers_.begin()->second;
         timers_.erase(timers_.begin());
@@ -375,7 +451,8 @@ Effects Server::on_timer(Millis now) {
         s.deadline = kNever;
         if (s.phase == Phase::kWaitAuthResponse) {
             for (auto& [id, p] : s.pnes)
-                if (p.pending) p.pending = false, p.reason = pb::TIMEOUT;
+                if (p.auth == PneAuth::kPending)
+                    enter(out, s, id, p, PneAuth::kFailed, pb::TIMEOUT);
             finish(out, s, false, pb::TIMEOUT, "no Authentication Response from the PN GW", now);
         } else {
             finish(out, s, false, pb::INTERNAL_ERROR, "the store did not confirm the registration",

@@ -69,53 +69,74 @@ class Server {
     Server(ServerConfig config, const Directory& directory, Random& random);
 
     // `from` is the PN GW ID the transport authenticated (PSK-TLS identity).
-    Effects on_message(const std::string& from, const pb::Envelope& env, Millis now);
+    ServerEffects on_message(const std::string& from, const pb::Envelope& env, Millis now);
     // The store made (or failed to make) a PersistPnEffect durable. REASON_NONE = durable.
-    Effects on_persisted(const std::string& gw_id, const std::string& pn_id,
-                         pb::FailureReason result, Millis now);
-    Effects on_timer(Millis now);
+    ServerEffects on_persisted(const std::string& gw_id, const std::string& pn_id,
+                               pb::FailureReason result, Millis now);
+    ServerEffects on_timer(Millis now);
     Millis next_deadline() const;
 
     std::size_t active_sessions() const { return sessions_.size(); }
     const Counters& counters() const { return counters_; }
 
+    // A session's states (none -> wait_auth_response -> wait_persist -> done) and each
+    // PNE's within it (none -> pending -> authenticated | failed, or none -> refused).
+    enum class Phase { kNone, kWaitAuthResponse, kWaitPersist, kDone };
+    enum class PneAuth { kNone, kPending, kAuthenticated, kFailed, kRefused };
+    static std::string_view to_string(Phase p);
+    static std::string_view to_string(PneAuth a);
+
   private:
+    using Out = ServerEffects;
     struct PneState {
         pb::PneJoin join;
         PneRole role = PneRole::kInvitee;
-        bool pending = false;  // asked to authenticate
-        bool authenticated = false;
+        PneAuth auth = PneAuth::kNone;
         pb::FailureReason reason = pb::REASON_NONE;
         SecretKey sk;
         Hash hash_server{};
     };
-    enum class Phase { kWaitAuthResponse, kWaitPersist };
     struct Session {
         std::string gw_id;
         std::string pn_id;
         pb::PnRegistrationRequest request;
         Bytes rand_server;
         std::map<std::string, PneState> pnes;
-        Phase phase = Phase::kWaitAuthResponse;
+        Phase phase = Phase::kNone;
         Millis deadline = kNever;
         pb::PnInventory inventory;
     };
     using Key = std::pair<std::string, std::string>;  // (gw_id, pn_id)
 
+    // The only places a session's or a PNE's state changes: set it (and the session's
+    // deadline), log and record the transition.
+    void enter(Out& out, Session& s, Phase to, Millis deadline, const std::string& reason);
+    void enter(Out& out, const Session& s, const std::string& pne_id, PneState& p, PneAuth to,
+               pb::FailureReason reason);
+    // (state of the addressed session, message) -> handled, or the one typed refusal.
+    static bool accepts(Phase phase, pb::Envelope::BodyCase body);
+    void refuse(Out& out, const std::string& from, const pb::Envelope& env, Phase phase);
+
     void log(LogLevel level, const std::string& text) const;
-    void send(Effects& out, const std::string& to, pb::Envelope env);
-    void send_error(Effects& out, const std::string& to, const std::string& pn_id,
+    void send(Out& out, const std::string& to, pb::Envelope env);
+    void send_error(Out& out, const std::string& to, const std::string& pn_id,
                     pb::FailureReason reason, const std::string& detail);
-    void set_deadline(Session& s, Millis deadline);
-    void finish(Effects& out, Session& s, bool registered, pb::FailureReason reason,
+    void finish(Out& out, Session& s, bool registered, pb::FailureReason reason,
                 const std::string& detail, Millis now);
     void remember(const Key& key, Millis now);
     PneContext context(const Session& s, const std::string& pne_id, const PneState& p) const;
 
-    void handle_registration(Effects& out, const std::string& from,
-                             const pb::PnRegistrationRequest& m, Millis now);
-    void handle_auth_response(Effects& out, const std::string& from,
+    std::optional<std::pair<pb::FailureReason, std::string>> check_registration(
+        const std::string& from, const pb::PnRegistrationRequest& m) const;
+    void handle_registration(Out& out, const std::string& from, const pb::PnRegistrationRequest& m,
+                             Millis now);
+    std::size_t admit_pnes(Out& out, Session& s, const EntityRecord& gw,
+                           pb::AuthenticationRequest& a);
+    void handle_auth_response(Out& out, const std::string& from,
                               const pb::AuthenticationResponse& m, Millis now);
+    void verify_pne(Out& out, Session& s, const std::string& id, PneState& p,
+                    const pb::PneAuthResult* result);
+    void request_persist(Out& out, Session& s, Millis now);
 
     ServerConfig cfg_;
     const Directory& dir_;

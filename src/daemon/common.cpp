@@ -263,4 +263,9 @@ std::string report_text(const pb::OutcomeReport& r) {
     return s.str();
 }
 
+void trace_transition(const TransitionEffect& t) {
+    spdlog::trace("{} {} {}{}{}: {} -> {} ({})", t.role, t.entity, t.pn_id,
+                  t.subject.empty() ? "" : "/", t.subject, t.from, t.to, t.reason);
+}
+
 }  // namespace cpns::daemon

@@ -83,6 +83,9 @@ inline constexpr Millis kShutdownDrain = 300;
 // Runs `io` until SIGTERM/SIGINT (or until something calls io.stop()), then calls `stop`
 // and lets every coroutine finish before returning.
 void run_until_stopped(asio::io_context& io, const std::function<void()>& stop);
+// A role's state transition, for the operator's view of what the role did (the role logs
+// it too, at debug level).
+void trace_transition(const TransitionEffect& t);
 // What a person reads: the PN, its inventory, who joined and why the others did not.
 std::string report_text(const pb::OutcomeReport& r);
 

@@ -363,51 +363,60 @@ void GwDaemon::send_to_pne(const SendEffect& s) {
                   conn->is_tls() ? "tls" : "clear");
 }
 
-void GwDaemon::apply(Effects effects) {
-    for (auto& e : effects) {
-        if (auto* s = std::get_if<SendEffect>(&e)) {
-            if (s->to == opt_.server_id) {
-                if (!server_conn_ || !server_conn_->send(s->msg)) {
-                    spdlog::warn("cannot send {} to the CPNS Server: {}", message_name(s->msg),
-                                 reason_name(server_down_reason_));
-                    const auto reason = server_down_reason_;
-                    asio::post(io_, [this, reason] {
-                        if (!server_conn_)
-                            apply(gw_->on_link_down(opt_.server_id, mono_now(), reason));
-                    });
-                } else {
-                    spdlog::debug("{} -> server: {}", opt_.id, message_name(s->msg));
-                }
-            } else if (udp_reply_to_ && s->to == udp_reply_peer_ &&
-                       s->msg.has_discovery_response()) {
-                if (discovery_) discovery_->send_to(s->msg, *udp_reply_to_);
-            } else if (s->to == "*") {
-                if (discovery_) discovery_->send_to_group(s->msg);
-            } else {
-                send_to_pne(*s);
-            }
-        } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
-            const std::string json = outcome_json(opt_.id, *o);
-            if (o->success)
-                spdlog::info("PN {} established: {}", o->pn_id, json);
-            else if (o->pn_id.empty())
-                spdlog::warn("establishment not started: {}", json);
-            else
-                spdlog::warn("PN {} not established: {}", o->pn_id, json);
-            if (auto w = waiters_.find(o->pn_id); w != waiters_.end()) {
-                for (auto& sock : w->second) answer(sock, json);
-                waiters_.erase(w);
-            }
-        } else if (auto* c = std::get_if<CloseLinkEffect>(&e)) {
-            if (auto it = pan_conns_.find(c->peer); it != pan_conns_.end())
-                for (auto& conn : it->second) conn->close();
-        } else if (auto* inv = std::get_if<StoreInventoryEffect>(&e)) {
-            spdlog::info("PN Inventory of {} stored ({} member(s))", inv->inventory.pn_id(),
-                         inv->inventory.members_size());
-            if (state_) state_->save(gw_->export_state());
+void GwDaemon::send_effect(const SendEffect& s) {
+    if (s.to == opt_.server_id) {
+        if (!server_conn_ || !server_conn_->send(s.msg)) {
+            spdlog::warn("cannot send {} to the CPNS Server: {}", message_name(s.msg),
+                         reason_name(server_down_reason_));
+            const auto reason = server_down_reason_;
+            asio::post(io_, [this, reason] {
+                if (!server_conn_) apply(gw_->on_link_down(opt_.server_id, mono_now(), reason));
+            });
+        } else {
+            spdlog::debug("{} -> server: {}", opt_.id, message_name(s.msg));
         }
-        // StoreLocalKeyEffect: the LocalEUKey stays in the PN GW's memory (never logged).
+    } else if (udp_reply_to_ && s.to == udp_reply_peer_ && s.msg.has_discovery_response()) {
+        if (discovery_) discovery_->send_to(s.msg, *udp_reply_to_);
+    } else if (s.to == "*") {
+        if (discovery_) discovery_->send_to_group(s.msg);
+    } else {
+        send_to_pne(s);
     }
+}
+
+void GwDaemon::outcome_effect(const OutcomeEffect& o) {
+    const std::string json = outcome_json(opt_.id, o);
+    if (o.success)
+        spdlog::info("PN {} established: {}", o.pn_id, json);
+    else if (o.pn_id.empty())
+        spdlog::warn("establishment not started: {}", json);
+    else
+        spdlog::warn("PN {} not established: {}", o.pn_id, json);
+    if (auto w = waiters_.find(o.pn_id); w != waiters_.end()) {
+        for (auto& sock : w->second) answer(sock, json);
+        waiters_.erase(w);
+    }
+}
+
+void GwDaemon::apply(GatewayEffects effects) {
+    for (auto& e : effects)
+        std::visit(Overloaded{
+                       [&](const SendEffect& s) { send_effect(s); },
+                       [&](const OutcomeEffect& o) { outcome_effect(o); },
+                       [&](const CloseLinkEffect& c) {
+                           if (auto it = pan_conns_.find(c.peer); it != pan_conns_.end())
+                               for (auto& conn : it->second) conn->close();
+                       },
+                       [&](const StoreInventoryEffect& inv) {
+                           spdlog::info("PN Inventory of {} stored ({} member(s))",
+                                        inv.inventory.pn_id(), inv.inventory.members_size());
+                           if (state_) state_->save(gw_->export_state());
+                       },
+                       // The LocalEUKey stays in the role's memory (never logged).
+                       [&](const StoreLocalKeyEffect&) {},
+                       [&](const TransitionEffect& t) { cpns::daemon::trace_transition(t); },
+                   },
+                   e);
     timer_.arm(gw_->next_deadline());
 }
 
@@ -512,12 +521,10 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
         for (std::string id; in >> id;) ids.push_back(id);
         spdlog::info("control: invite {}",
                      ids.empty() ? std::string("every discovered PNE") : line.substr(7));
-        Effects fx = gw_->invite(ids, mono_now());
+        GatewayEffects fx = gw_->invite(ids, mono_now());
         const std::string pn = gw_->last_pn_id();
         if (pn.empty()) {
-            for (auto& e : fx)
-                if (auto* o = std::get_if<OutcomeEffect>(&e))
-                    answer(socket, outcome_json(opt_.id, *o));
+            if (const auto* o = find_outcome(fx)) answer(socket, outcome_json(opt_.id, *o));
         } else {
             waiters_[pn].push_back(socket);
         }

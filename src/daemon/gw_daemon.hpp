@@ -63,7 +63,9 @@ class GwDaemon {
     asio::awaitable<void> discovery_loop();
     asio::awaitable<void> control_accept_loop();
     asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
-    void apply(Effects effects);
+    void apply(GatewayEffects effects);
+    void send_effect(const SendEffect& s);
+    void outcome_effect(const OutcomeEffect& o);
     void send_to_pne(const SendEffect& s);
     void link_lost(const std::string& pne, const std::shared_ptr<net::Connection>& conn);
     std::string status_json() const;

@@ -109,8 +109,15 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
         // One round: send the request, collect answers until the repeat timer closes the socket.
         auto sock = std::make_shared<net::DiscoverySocket>(io_.get_executor(), group,
                                                            opt_.discovery_interface, false);
-        for (auto& e : pne_->discover(mono_now()))
-            if (auto* s = std::get_if<SendEffect>(&e)) sock->send_to_group(s->msg);
+        // The request goes to this round's socket; anything else takes the usual path.
+        PneEffects rest;
+        for (auto& e : pne_->discover(mono_now())) {
+            if (auto* s = std::get_if<SendEffect>(&e))
+                sock->send_to_group(s->msg);
+            else
+                rest.push_back(std::move(e));
+        }
+        apply(std::move(rest));
         asio::steady_timer round(io_, std::chrono::milliseconds(kDiscoveryRepeat));
         round.async_wait([sock](const std::error_code& ec) {
             if (!ec) sock->close();
@@ -291,48 +298,60 @@ asio::awaitable<void> PneDaemon::start_tls(std::shared_ptr<const StartTlsEffect>
     }
 }
 
-void PneDaemon::apply(Effects effects) {
-    for (auto& e : effects) {
-        if (auto* s = std::get_if<SendEffect>(&e)) {
-            std::shared_ptr<net::Connection> tls_conn, clear_conn;
-            for (const auto& l : links_) {
-                if (!l.conn->is_open()) continue;
-                (l.conn->is_tls() ? tls_conn : clear_conn) = l.conn;
-            }
-            if (s->protection == Protection::kTls && !tls_conn) {
-                spdlog::error(
-                    "refusing to send {} in clear: the PAN is insecure and no PSK-TLS "
-                    "session is up",
-                    message_name(s->msg));
-                continue;
-            }
-            auto conn = tls_conn ? tls_conn : clear_conn;
-            if (!conn || !conn->send(s->msg))
-                spdlog::warn("cannot send {}: no PAN link", message_name(s->msg));
-            else
-                spdlog::debug("{} -> {}: {} ({})", opt_.id, s->to == "*" ? "PAN" : s->to,
-                              message_name(s->msg), conn->is_tls() ? "tls" : "clear");
-        } else if (auto* t = std::get_if<StartTlsEffect>(&e)) {
-            asio::co_spawn(io_, start_tls(std::make_shared<const StartTlsEffect>(std::move(*t))),
-                           asio::detached);
-        } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
-            const std::string json = outcome_json(opt_.id, *o);
-            if (o->success)
-                spdlog::info("joined PN {}: {}", o->pn_id, json);
-            else
-                spdlog::warn("establishment failed: {}", json);
-            if (task_.kind == PneTask::Kind::kSetup && setup_started_ && !result_) {
-                result_ = *o;
-                finish();
-            }
-        } else if (auto* k = std::get_if<StoreLocalKeyEffect>(&e)) {
-            spdlog::info("LocalEUKey for {} with {} received (kept in memory, never logged)",
-                         k->pn_id, k->peer_id);
-        } else if (auto* sk = std::get_if<SessionKeyEffect>(&e)) {
-            spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk->pn_id);
-            if (state_) state_->save(pne_->export_state());
-        }
+void PneDaemon::send_effect(const SendEffect& s) {
+    std::shared_ptr<net::Connection> tls_conn, clear_conn;
+    for (const auto& l : links_) {
+        if (!l.conn->is_open()) continue;
+        (l.conn->is_tls() ? tls_conn : clear_conn) = l.conn;
     }
+    if (s.protection == Protection::kTls && !tls_conn) {
+        spdlog::error(
+            "refusing to send {} in clear: the PAN is insecure and no PSK-TLS session is up",
+            message_name(s.msg));
+        return;
+    }
+    auto conn = tls_conn ? tls_conn : clear_conn;
+    if (!conn || !conn->send(s.msg))
+        spdlog::warn("cannot send {}: no PAN link", message_name(s.msg));
+    else
+        spdlog::debug("{} -> {}: {} ({})", opt_.id, s.to == "*" ? "PAN" : s.to, message_name(s.msg),
+                      conn->is_tls() ? "tls" : "clear");
+}
+
+void PneDaemon::outcome_effect(const OutcomeEffect& o) {
+    const std::string json = outcome_json(opt_.id, o);
+    if (o.success)
+        spdlog::info("joined PN {}: {}", o.pn_id, json);
+    else
+        spdlog::warn("establishment failed: {}", json);
+    if (task_.kind == PneTask::Kind::kSetup && setup_started_ && !result_) {
+        result_ = o;
+        finish();
+    }
+}
+
+void PneDaemon::apply(PneEffects effects) {
+    for (auto& e : effects)
+        std::visit(Overloaded{
+                       [&](const SendEffect& s) { send_effect(s); },
+                       [&](StartTlsEffect& t) {
+                           asio::co_spawn(
+                               io_, start_tls(std::make_shared<const StartTlsEffect>(std::move(t))),
+                               asio::detached);
+                       },
+                       [&](const OutcomeEffect& o) { outcome_effect(o); },
+                       [&](const StoreLocalKeyEffect& k) {
+                           spdlog::info(
+                               "LocalEUKey for {} with {} received (kept in memory, never logged)",
+                               k.pn_id, k.peer_id);
+                       },
+                       [&](const SessionKeyEffect& sk) {
+                           spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk.pn_id);
+                           if (state_) state_->save(pne_->export_state());
+                       },
+                       [&](const TransitionEffect& t) { cpns::daemon::trace_transition(t); },
+                   },
+                   e);
     timer_.arm(pne_->next_deadline());
 }
 

@@ -67,7 +67,9 @@ class PneDaemon {
     asio::awaitable<bool> open_link(const std::string& identity, const SecretKey* psk);
     asio::awaitable<void> read_link(std::shared_ptr<net::Connection> conn);
     asio::awaitable<void> start_tls(std::shared_ptr<const StartTlsEffect> eff);
-    void apply(Effects effects);
+    void apply(PneEffects effects);
+    void send_effect(const SendEffect& s);
+    void outcome_effect(const OutcomeEffect& o);
     void fail_early(pb::FailureReason reason, const std::string& detail);
     void finish();
 

@@ -374,58 +374,68 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
     if (auto it = gws_.find(gw); it != gws_.end() && it->second == conn) gws_.erase(it);
 }
 
-void ServerDaemon::apply(Effects effects) {
-    for (auto& e : effects) {
-        if (auto* s = std::get_if<SendEffect>(&e)) {
-            auto it = gws_.find(s->to);
-            if (it == gws_.end() || !it->second->send(s->msg))
-                spdlog::warn("cannot send {} to {}: no link", message_name(s->msg), s->to);
-            else
-                spdlog::debug("server -> {}: {}", s->to, message_name(s->msg));
-        } else if (auto* p = std::get_if<PersistPnEffect>(&e)) {
-            // The Registration Response leaves only once the store has committed the PN.
-            auto inv = std::make_shared<pb::PnInventory>(std::move(p->inventory));
-            auto result = std::make_shared<pb::FailureReason>(pb::INTERNAL_ERROR);
-            const std::string gw = p->gw_id;
-            store_job(
-                [inv, result](store::Store& st) {
-                    switch (st.register_pn(*inv)) {
-                        case store::PutResult::kOk:
-                            *result = pb::REASON_NONE;
-                            break;
-                        case store::PutResult::kDuplicate:
-                            *result = pb::DUPLICATE_PN;
-                            break;
-                        case store::PutResult::kError:
-                            *result = pb::INTERNAL_ERROR;
-                            break;
-                    }
-                },
-                [this, gw, inv, result] {
-                    if (*result == pb::REASON_NONE) ++registered_;
-                    apply(server_->on_persisted(gw, inv->pn_id(), *result, mono_now()));
-                });
-        } else if (auto* k = std::get_if<SessionKeyEffect>(&e)) {
-            if (session_keys_.size() >= kMaxSessionKeys) session_keys_.erase(session_keys_.begin());
-            session_keys_[{k->pn_id, k->pne_id}] = k->sk;
-        } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
-            spdlog::info("establishment {}: {}", o->pn_id, outcome_json(opt_.id, *o));
-            // The audit log: one record per PNE, plus one for the PN itself.
-            auto records = std::make_shared<std::vector<store::AuditRecord>>();
-            const auto now_ms =
-                static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                              std::chrono::system_clock::now().time_since_epoch())
-                                              .count());
-            const std::string gw = o->gw_id;
-            records->push_back({now_ms, opt_.id, gw, o->pn_id, "", o->success,
-                                std::string(reason_name(o->reason)), o->detail});
-            for (const auto& pne : o->pnes)
-                records->push_back({now_ms, opt_.id, gw, o->pn_id, pne.pne_id, pne.joined,
-                                    std::string(reason_name(pne.reason)), ""});
-            audit_pending_.insert(audit_pending_.end(), records->begin(), records->end());
-            flush_audit();
-        }
-    }
+void ServerDaemon::send_effect(const SendEffect& s) {
+    auto it = gws_.find(s.to);
+    if (it == gws_.end() || !it->second->send(s.msg))
+        spdlog::warn("cannot send {} to {}: no link", message_name(s.msg), s.to);
+    else
+        spdlog::debug("server -> {}: {}", s.to, message_name(s.msg));
+}
+
+// The Registration Response leaves only once the store has committed the PN.
+void ServerDaemon::persist_effect(PersistPnEffect& p) {
+    auto inv = std::make_shared<pb::PnInventory>(std::move(p.inventory));
+    auto result = std::make_shared<pb::FailureReason>(pb::INTERNAL_ERROR);
+    const std::string gw = p.gw_id;
+    store_job(
+        [inv, result](store::Store& st) {
+            switch (st.register_pn(*inv)) {
+                case store::PutResult::kOk:
+                    *result = pb::REASON_NONE;
+                    break;
+                case store::PutResult::kDuplicate:
+                    *result = pb::DUPLICATE_PN;
+                    break;
+                case store::PutResult::kError:
+                    *result = pb::INTERNAL_ERROR;
+                    break;
+            }
+        },
+        [this, gw, inv, result] {
+            if (*result == pb::REASON_NONE) ++registered_;
+            apply(server_->on_persisted(gw, inv->pn_id(), *result, mono_now()));
+        });
+}
+
+// The audit log: one record per PNE, plus one for the PN itself.
+void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
+    spdlog::info("establishment {}: {}", o.pn_id, outcome_json(opt_.id, o));
+    const auto now_ms =
+        static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::system_clock::now().time_since_epoch())
+                                      .count());
+    audit_pending_.push_back({now_ms, opt_.id, o.gw_id, o.pn_id, "", o.success,
+                              std::string(reason_name(o.reason)), o.detail});
+    for (const auto& pne : o.pnes)
+        audit_pending_.push_back({now_ms, opt_.id, o.gw_id, o.pn_id, pne.pne_id, pne.joined,
+                                  std::string(reason_name(pne.reason)), ""});
+    flush_audit();
+}
+
+void ServerDaemon::apply(ServerEffects effects) {
+    for (auto& e : effects)
+        std::visit(Overloaded{
+                       [&](const SendEffect& s) { send_effect(s); },
+                       [&](PersistPnEffect& p) { persist_effect(p); },
+                       [&](const SessionKeyEffect& k) {
+                           if (session_keys_.size() >= kMaxSessionKeys)
+                               session_keys_.erase(session_keys_.begin());
+                           session_keys_[{k.pn_id, k.pne_id}] = k.sk;
+                       },
+                       [&](const OutcomeEffect& o) { outcome_effect(o); },
+                       [&](const TransitionEffect& t) { cpns::daemon::trace_transition(t); },
+                   },
+                   e);
     timer_.arm(server_->next_deadline());
 }
 

@@ -68,7 +68,10 @@ class ServerDaemon {
   private:
     asio::awaitable<void> accept_loop();
     asio::awaitable<void> serve(std::shared_ptr<net::Connection> conn);
-    void apply(Effects effects);
+    void apply(ServerEffects effects);
+    void send_effect(const SendEffect& s);
+    void persist_effect(PersistPnEffect& p);
+    void outcome_effect(const OutcomeEffect& o);
     // Runs `job` on the store thread, then `done` on the event loop.
     void store_job(std::function<void(store::Store&)> job, std::function<void()> done = {});
     void deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env);

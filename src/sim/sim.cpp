@@ -267,54 +267,95 @@ void Simulator::route(const std::string& from, SendEffect send) {
     }
 }
 
-void Simulator::apply(const std::string& id, Effects effects) {
-    Node& n = node(id);
-    for (auto& eff : effects) {
-        if (auto* s = std::get_if<SendEffect>(&eff)) {
-            route(id, std::move(*s));
-        } else if (auto* t = std::get_if<StartTlsEffect>(&eff)) {
-            auto* e = new Event;
-            e->kind = Event::Kind::kTlsDone;
-            e->at = now_ + kTlsRoundTrips * 2 * kPanLatency;
-            e->from = id;
-            e->to = t->peer;
-            e->identity = t->identity;
-            const auto gw_psk = nodes_.count(t->peer) && node(t->peer).gw
-                                    ? node(t->peer).gw->tls_psk_for(t->identity)
-                                    : std::nullopt;
-            e->ok = gw_psk && *gw_psk == t->psk;
-            tls_.push_back(TlsRecord{id, t->peer, t->identity, t->psk, e->ok});
-            note(id, t->peer, "PSK-TLS handshake", t->identity + (e->ok ? " ok" : " FAILED"));
-            push(e);
-        } else if (auto* p = std::get_if<PersistPnEffect>(&eff)) {
-            auto* e = new Event;
-            e->kind = Event::Kind::kPersisted;
-            e->at = now_ + kStoreLatency;
-            e->from = p->gw_id;
-            e->to = kServerId;
-            e->identity = p->inventory.pn_id();
-            e->reason =
-                dir_.register_pn(p->gw_id, p->inventory) ? pb::REASON_NONE : pb::DUPLICATE_PN;
-            push(e);
-        } else if (auto* k = std::get_if<StoreLocalKeyEffect>(&eff)) {
-            if (n.pne)
-                pne_lk_[{k->pn_id, id}] = k->key;
-            else
-                gw_lk_[{k->pn_id, k->peer_id}] = k->key;
-        } else if (auto* sk = std::get_if<SessionKeyEffect>(&eff)) {
-            (n.is_server ? server_sk_ : pne_sk_)[{sk->pn_id, sk->pne_id}] = sk->sk;
-        } else if (auto* o = std::get_if<OutcomeEffect>(&eff)) {
-            if (trace_on_)
-                note(id, id, "outcome",
-                     (o->success ? "success " : "failure ") + o->pn_id +
-                         (o->success ? "" : ": " + std::string(reason_name(o->reason))));
-            n.outcomes.push_back(std::move(*o));
-        } else if (auto* c = std::get_if<CloseLinkEffect>(&eff)) {
-            tls_links_.erase(n.pne ? id : c->peer);
-            note(id, c->peer, "link closed", std::string(reason_name(c->reason)));
-        }
-        // StoreInventoryEffect: the PN GW keeps the inventory in memory; nothing to simulate.
-    }
+void Simulator::on_start_tls(const std::string& id, const StartTlsEffect& t) {
+    auto* e = new Event;
+    e->kind = Event::Kind::kTlsDone;
+    e->at = now_ + kTlsRoundTrips * 2 * kPanLatency;
+    e->from = id;
+    e->to = t.peer;
+    e->identity = t.identity;
+    const auto gw_psk = nodes_.count(t.peer) && node(t.peer).gw
+                            ? node(t.peer).gw->tls_psk_for(t.identity)
+                            : std::nullopt;
+    e->ok = gw_psk && *gw_psk == t.psk;
+    tls_.push_back(TlsRecord{id, t.peer, t.identity, t.psk, e->ok});
+    note(id, t.peer, "PSK-TLS handshake", t.identity + (e->ok ? " ok" : " FAILED"));
+    push(e);
+}
+
+void Simulator::on_persist(const PersistPnEffect& p) {
+    auto* e = new Event;
+    e->kind = Event::Kind::kPersisted;
+    e->at = now_ + kStoreLatency;
+    e->from = p.gw_id;
+    e->to = kServerId;
+    e->identity = p.inventory.pn_id();
+    e->reason = dir_.register_pn(p.gw_id, p.inventory) ? pb::REASON_NONE : pb::DUPLICATE_PN;
+    push(e);
+}
+
+void Simulator::on_outcome(const std::string& id, OutcomeEffect o) {
+    if (trace_on_)
+        note(id, id, "outcome",
+             (o.success ? "success " : "failure ") + o.pn_id +
+                 (o.success ? "" : ": " + std::string(reason_name(o.reason))));
+    node(id).outcomes.push_back(std::move(o));
+}
+
+void Simulator::on_transition(TransitionEffect t) {
+    if (trace_on_) transitions_.push_back(std::move(t));
+}
+
+void Simulator::apply(const std::string& id, PneEffects effects) {
+    for (auto& eff : effects)
+        std::visit(Overloaded{
+                       [&](SendEffect& s) { route(id, std::move(s)); },
+                       [&](StartTlsEffect& t) { on_start_tls(id, t); },
+                       [&](StoreLocalKeyEffect& k) {
+                           pne_lk_[{k.pn_id, id}] = k.key;
+                       },
+                       [&](SessionKeyEffect& sk) {
+                           pne_sk_[{sk.pn_id, sk.pne_id}] = sk.sk;
+                       },
+                       [&](OutcomeEffect& o) { on_outcome(id, std::move(o)); },
+                       [&](TransitionEffect& t) { on_transition(std::move(t)); },
+                   },
+                   eff);
+    arm(id);
+}
+
+void Simulator::apply(const std::string& id, GatewayEffects effects) {
+    for (auto& eff : effects)
+        std::visit(Overloaded{
+                       [&](SendEffect& s) { route(id, std::move(s)); },
+                       [&](CloseLinkEffect& c) {
+                           tls_links_.erase(c.peer);
+                           note(id, c.peer, "link closed", std::string(reason_name(c.reason)));
+                       },
+                       // The PN GW keeps the inventory in memory; nothing to simulate.
+                       [&](StoreInventoryEffect&) {},
+                       [&](StoreLocalKeyEffect& k) {
+                           gw_lk_[{k.pn_id, k.peer_id}] = k.key;
+                       },
+                       [&](OutcomeEffect& o) { on_outcome(id, std::move(o)); },
+                       [&](TransitionEffect& t) { on_transition(std::move(t)); },
+                   },
+                   eff);
+    arm(id);
+}
+
+void Simulator::apply(const std::string& id, ServerEffects effects) {
+    for (auto& eff : effects)
+        std::visit(Overloaded{
+                       [&](SendEffect& s) { route(id, std::move(s)); },
+                       [&](PersistPnEffect& p) { on_persist(p); },
+                       [&](SessionKeyEffect& sk) {
+                           server_sk_[{sk.pn_id, sk.pne_id}] = sk.sk;
+                       },
+                       [&](OutcomeEffect& o) { on_outcome(id, std::move(o)); },
+                       [&](TransitionEffect& t) { on_transition(std::move(t)); },
+                   },
+                   eff);
     arm(id);
 }
 
@@ -338,10 +379,12 @@ void Simulator::deliver(const Event& e) {
     switch (e.kind) {
         case Event::Kind::kTimer: {
             if (n.armed == e.at) n.armed = kNever;
-            Effects fx = n.pne  ? n.pne->on_timer(now_)
-                         : n.gw ? n.gw->on_timer(now_)
-                                : server_->on_timer(now_);
-            apply(e.to, std::move(fx));
+            if (n.pne)
+                apply(e.to, n.pne->on_timer(now_));
+            else if (n.gw)
+                apply(e.to, n.gw->on_timer(now_));
+            else
+                apply(e.to, server_->on_timer(now_));
             return;
         }
         case Event::Kind::kTlsDone: {
@@ -374,14 +417,12 @@ void Simulator::deliver(const Event& e) {
         return;
     }
     const auto& env = std::get<pb::Envelope>(decoded);
-    Effects fx;
     if (n.pne)
-        fx = n.pne->on_message(e.from, env, e.protection, now_);
+        apply(e.to, n.pne->on_message(e.from, env, e.protection, now_));
     else if (n.gw)
-        fx = n.gw->on_message(e.from, env, e.protection, now_);
+        apply(e.to, n.gw->on_message(e.from, env, e.protection, now_));
     else
-        fx = server_->on_message(e.from, env, now_);
-    apply(e.to, std::move(fx));
+        apply(e.to, server_->on_message(e.from, env, now_));
 }
 
 void Simulator::discover_all() {

@@ -130,6 +130,8 @@ class Simulator {
     const std::vector<OutcomeEffect>& outcomes(const std::string& node) const;
     const std::vector<TlsRecord>& tls_records() const { return tls_; }
     const std::vector<TraceEntry>& trace() const { return trace_; }
+    // Every role's state transitions, in order (recorded when tracing is on).
+    const std::vector<TransitionEffect>& transitions() const { return transitions_; }
     std::optional<SecretKey> server_sk(const std::string& pn, const std::string& pne) const;
     std::optional<SecretKey> pne_sk(const std::string& pn, const std::string& pne) const;
     std::optional<SecretKey> pne_local_key(const std::string& pn, const std::string& pne) const;
@@ -161,7 +163,14 @@ class Simulator {
     };
 
     void push(Event* e);
-    void apply(const std::string& node, Effects effects);
+    // One apply per role: each visits every alternative of that role's effect variant.
+    void apply(const std::string& node, PneEffects effects);
+    void apply(const std::string& node, GatewayEffects effects);
+    void apply(const std::string& node, ServerEffects effects);
+    void on_start_tls(const std::string& id, const StartTlsEffect& t);
+    void on_persist(const PersistPnEffect& p);
+    void on_outcome(const std::string& id, OutcomeEffect o);
+    void on_transition(TransitionEffect t);
     void deliver(const Event& e);
     void arm(const std::string& node);
     void route(const std::string& from, SendEffect send);
@@ -185,6 +194,7 @@ class Simulator {
     std::priority_queue<Event*, std::vector<Event*>, EventOrder> queue_;
     std::map<std::string, std::string> tls_links_;  // pne -> gw with an established session
     std::vector<TraceEntry> trace_;
+    std::vector<TransitionEffect> transitions_;
     std::vector<TlsRecord> tls_;
     std::vector<Captured> captured_;
     std::map<std::pair<std::string, std::string>, SecretKey> server_sk_, pne_sk_, pne_lk_, gw_lk_;
