@@ -44,6 +44,21 @@ std::string_view Gateway::to_string(MemberState m) {
     return "invalid";
 }
 
+std::optional<Gateway::Phase> Gateway::phase(const std::string& pn_id) const {
+    auto it = sessions_.find(pn_id);
+    if (it == sessions_.end()) return std::nullopt;
+    return it->second.phase;
+}
+
+std::optional<Gateway::MemberState> Gateway::member_state(const std::string& pn_id,
+                                                          const std::string& pne_id) const {
+    auto it = sessions_.find(pn_id);
+    if (it == sessions_.end()) return std::nullopt;
+    auto m = it->second.members.find(pne_id);
+    if (m == it->second.members.end()) return std::nullopt;
+    return m->second.state;
+}
+
 void Gateway::log(LogLevel level, const std::string& text) const {
     if (cfg_.log) cfg_.log(level, "gw " + cfg_.gw_id + ": " + text);
 }

@@ -93,6 +93,11 @@ class Gateway {
     enum class MemberState { kNone, kInvited, kJoined, kAuthPending, kAnswered, kMember, kFailed };
     static std::string_view to_string(Phase p);
     static std::string_view to_string(MemberState m);
+    // The state of a PN being established here and of one of its members (nullopt: no such
+    // session or member; a finished PN has no session).
+    std::optional<Phase> phase(const std::string& pn_id) const;
+    std::optional<MemberState> member_state(const std::string& pn_id,
+                                            const std::string& pne_id) const;
 
   private:
     using Out = GatewayEffects;

@@ -79,6 +79,22 @@ std::string_view Server::to_string(PneAuth a) {
     return "invalid";
 }
 
+std::optional<Server::Phase> Server::phase(const std::string& gw_id,
+                                           const std::string& pn_id) const {
+    auto it = sessions_.find({gw_id, pn_id});
+    if (it == sessions_.end()) return std::nullopt;
+    return it->second.phase;
+}
+
+std::optional<Server::PneAuth> Server::pne_auth(const std::string& gw_id, const std::string& pn_id,
+                                                const std::string& pne_id) const {
+    auto it = sessions_.find({gw_id, pn_id});
+    if (it == sessions_.end()) return std::nullopt;
+    auto p = it->second.pnes.find(pne_id);
+    if (p == it->second.pnes.end()) return std::nullopt;
+    return p->second.auth;
+}
+
 void Server::log(LogLevel level, const std::string& text) const {
     if (cfg_.log) cfg_.log(level, "server: " + text);
 }

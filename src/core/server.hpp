@@ -85,6 +85,11 @@ class Server {
     enum class PneAuth { kNone, kPending, kAuthenticated, kFailed, kRefused };
     static std::string_view to_string(Phase p);
     static std::string_view to_string(PneAuth a);
+    // The state of an establishment in flight and of one PNE in it (nullopt: none; a finished
+    // establishment has no session).
+    std::optional<Phase> phase(const std::string& gw_id, const std::string& pn_id) const;
+    std::optional<PneAuth> pne_auth(const std::string& gw_id, const std::string& pn_id,
+                                    const std::string& pne_id) const;
 
   private:
     using Out = ServerEffects;
