@@ -121,104 +121,113 @@ bool valid_id(std::string_view id) {
     });
 }
 
-std::optional<DecodeError> validate(const pb::Envelope& env) {
-    bool ok = valid_opt_id(env.sender_id());
+namespace {
+
+// One check per message body: IDs well formed, lists and texts bounded, fixed-size fields of
+// their size.
+template <class Discovery>
+bool valid_discovery(const Discovery& m) {
+    return valid_id(m.entity_id()) && valid_ids(m.pn_ids(), kMaxPnsListed) &&
+           valid_text(m.endpoint());
+}
+
+bool valid_body(const pb::PnSetupNotify& m) {
+    return valid_id(m.pn_id()) && valid_opt_id(m.initiator_pne_id()) && valid_id(m.gw_id());
+}
+
+bool valid_body(const pb::PneAuthenticationRequest& m) {
+    return valid_id(m.pn_id()) && m.rand_server().size() == 16 &&
+           valid_bytes(m.wrapped_local_eukey(), 64);
+}
+
+bool valid_body(const pb::PnRegistrationRequest& m) {
+    const bool ok = valid_id(m.pn_id()) && valid_id(m.gw().gw_id()) &&
+                    valid_caps(m.gw().capabilities()) && valid_ids(m.invited_pne_ids()) &&
+                    static_cast<std::size_t>(m.pnes_size()) <= kMaxPnesPerPn &&
+                    valid_text(m.gw().subscription().subscriber_id()) &&
+                    valid_text(m.gw().subscription().service_plan());
+    return ok && std::all_of(m.pnes().begin(), m.pnes().end(),
+                             [](const auto& p) { return valid_join(p.join()); });
+}
+
+bool valid_body(const pb::AuthenticationRequest& m) {
+    const bool ok = valid_id(m.pn_id()) && m.rand_server().size() == 16 && valid_ids(m.pne_ids()) &&
+                    static_cast<std::size_t>(m.local_eukeys_size()) <= kMaxPnesPerPn &&
+                    static_cast<std::size_t>(m.excluded_size()) <= kMaxPnesPerPn;
+    return ok &&
+           std::all_of(m.local_eukeys().begin(), m.local_eukeys().end(),
+                       [](const auto& k) {
+                           return valid_id(k.pne_id()) && valid_bytes(k.for_pne(), 64) &&
+                                  valid_bytes(k.for_gw(), 64);
+                       }) &&
+           std::all_of(m.excluded().begin(), m.excluded().end(),
+                       [](const auto& x) { return valid_id(x.pne_id()); });
+}
+
+bool valid_body(const pb::AuthenticationResponse& m) {
+    return valid_id(m.pn_id()) && static_cast<std::size_t>(m.results_size()) <= kMaxPnesPerPn &&
+           std::all_of(m.results().begin(), m.results().end(), [](const auto& r) {
+               return valid_id(r.pne_id()) && valid_bytes(r.hash_pne(), 32);
+           });
+}
+
+bool valid_body(const pb::PnRegistrationResponse& m) {
+    return valid_id(m.pn_id()) && static_cast<std::size_t>(m.results_size()) <= kMaxPnesPerPn &&
+           valid_inventory(m.inventory()) &&
+           std::all_of(m.results().begin(), m.results().end(), [](const auto& r) {
+               return valid_id(r.pne_id()) && valid_bytes(r.hash_server_pne(), 32);
+           });
+}
+
+bool valid_body(const pb::Envelope& env) {
     using B = pb::Envelope::BodyCase;
     switch (env.body_case()) {
-        case B::kDiscoveryRequest: {
-            const auto& m = env.discovery_request();
-            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids(), kMaxPnsListed) &&
-                 valid_text(m.endpoint());
-            break;
-        }
-        case B::kDiscoveryResponse: {
-            const auto& m = env.discovery_response();
-            ok = ok && valid_id(m.entity_id()) && valid_ids(m.pn_ids(), kMaxPnsListed) &&
-                 valid_text(m.endpoint());
-            break;
-        }
-        case B::kSetupRequest: {
-            const auto& m = env.setup_request();
-            ok = ok && valid_join(m.join()) && valid_ids(m.invited_pne_ids());
-            break;
-        }
+        case B::kDiscoveryRequest:
+            return valid_discovery(env.discovery_request());
+        case B::kDiscoveryResponse:
+            return valid_discovery(env.discovery_response());
+        case B::kSetupRequest:
+            return valid_join(env.setup_request().join()) &&
+                   valid_ids(env.setup_request().invited_pne_ids());
         case B::kSetupInvite:
-            ok = ok && valid_id(env.setup_invite().pn_id()) && valid_id(env.setup_invite().gw_id());
-            break;
-        case B::kSetupNotify: {
-            const auto& m = env.setup_notify();
-            ok = ok && valid_id(m.pn_id()) && valid_opt_id(m.initiator_pne_id()) &&
-                 valid_id(m.gw_id());
-            break;
-        }
-        case B::kSetupNotifyResponse: {
-            const auto& m = env.setup_notify_response();
-            ok = ok && valid_id(m.pn_id()) && (!m.accept() || valid_join(m.join()));
-            break;
-        }
-        case B::kPneAuthRequest: {
-            const auto& m = env.pne_auth_request();
-            ok = ok && valid_id(m.pn_id()) && m.rand_server().size() == 16 &&
-                 valid_bytes(m.wrapped_local_eukey(), 64);
-            break;
-        }
-        case B::kPneAuthResponse: {
-            const auto& m = env.pne_auth_response();
-            ok = ok && valid_id(m.pn_id()) && valid_id(m.pne_id()) && valid_bytes(m.hash_pne(), 32);
-            break;
-        }
+            return valid_id(env.setup_invite().pn_id()) && valid_id(env.setup_invite().gw_id());
+        case B::kSetupNotify:
+            return valid_body(env.setup_notify());
+        case B::kSetupNotifyResponse:
+            return valid_id(env.setup_notify_response().pn_id()) &&
+                   (!env.setup_notify_response().accept() ||
+                    valid_join(env.setup_notify_response().join()));
+        case B::kPneAuthRequest:
+            return valid_body(env.pne_auth_request());
+        case B::kPneAuthResponse:
+            return valid_id(env.pne_auth_response().pn_id()) &&
+                   valid_id(env.pne_auth_response().pne_id()) &&
+                   valid_bytes(env.pne_auth_response().hash_pne(), 32);
         case B::kSetupResponse:
-            ok = ok && valid_result(env.setup_response().result());
-            break;
+            return valid_result(env.setup_response().result());
         case B::kEstablishmentNotify:
-            ok = ok && valid_result(env.establishment_notify().result());
-            break;
-        case B::kRegistrationRequest: {
-            const auto& m = env.registration_request();
-            ok = ok && valid_id(m.pn_id()) && valid_id(m.gw().gw_id()) &&
-                 valid_caps(m.gw().capabilities()) && valid_ids(m.invited_pne_ids()) &&
-                 static_cast<std::size_t>(m.pnes_size()) <= kMaxPnesPerPn &&
-                 valid_text(m.gw().subscription().subscriber_id()) &&
-                 valid_text(m.gw().subscription().service_plan());
-            for (const auto& p : m.pnes()) ok = ok && valid_join(p.join());
-            break;
-        }
-        case B::kAuthRequest: {
-            const auto& m = env.auth_request();
-            ok = ok && valid_id(m.pn_id()) && m.rand_server().size() == 16 &&
-                 valid_ids(m.pne_ids()) &&
-                 static_cast<std::size_t>(m.local_eukeys_size()) <= kMaxPnesPerPn &&
-                 static_cast<std::size_t>(m.excluded_size()) <= kMaxPnesPerPn;
-            for (const auto& k : m.local_eukeys())
-                ok = ok && valid_id(k.pne_id()) && valid_bytes(k.for_pne(), 64) &&
-                     valid_bytes(k.for_gw(), 64);
-            for (const auto& x : m.excluded()) ok = ok && valid_id(x.pne_id());
-            break;
-        }
-        case B::kAuthResponse: {
-            const auto& m = env.auth_response();
-            ok = ok && valid_id(m.pn_id()) &&
-                 static_cast<std::size_t>(m.results_size()) <= kMaxPnesPerPn;
-            for (const auto& r : m.results())
-                ok = ok && valid_id(r.pne_id()) && valid_bytes(r.hash_pne(), 32);
-            break;
-        }
-        case B::kRegistrationResponse: {
-            const auto& m = env.registration_response();
-            ok = ok && valid_id(m.pn_id()) &&
-                 static_cast<std::size_t>(m.results_size()) <= kMaxPnesPerPn &&
-                 valid_inventory(m.inventory());
-            for (const auto& r : m.results())
-                ok = ok && valid_id(r.pne_id()) && valid_bytes(r.hash_server_pne(), 32);
-            break;
-        }
+            return valid_result(env.establishment_notify().result());
+        case B::kRegistrationRequest:
+            return valid_body(env.registration_request());
+        case B::kAuthRequest:
+            return valid_body(env.auth_request());
+        case B::kAuthResponse:
+            return valid_body(env.auth_response());
+        case B::kRegistrationResponse:
+            return valid_body(env.registration_response());
         case B::kError:
-            ok = ok && valid_opt_id(env.error().pn_id()) && valid_text(env.error().detail());
-            break;
+            return valid_opt_id(env.error().pn_id()) && valid_text(env.error().detail());
         case B::BODY_NOT_SET:
-            return DecodeError::kUnknownMessage;
+            return false;
     }
-    if (!ok) return DecodeError::kInvalidField;
+    return false;
+}
+
+}  // namespace
+
+std::optional<DecodeError> validate(const pb::Envelope& env) {
+    if (env.body_case() == pb::Envelope::BODY_NOT_SET) return DecodeError::kUnknownMessage;
+    if (!valid_opt_id(env.sender_id()) || !valid_body(env)) return DecodeError::kInvalidField;
     return std::nullopt;
 }
 

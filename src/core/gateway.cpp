@@ -7,41 +7,17 @@ namespace cpns {
 Gateway::Gateway(GatewayConfig config, Random& random) : cfg_(std::move(config)), random_(random) {}
 
 std::string_view Gateway::to_string(Phase p) {
-    switch (p) {
-        case Phase::kNone:
-            return "none";
-        case Phase::kCollectJoins:
-            return "collect_joins";
-        case Phase::kWaitAuthRequest:
-            return "wait_auth_request";
-        case Phase::kCollectAuth:
-            return "collect_auth";
-        case Phase::kWaitRegistration:
-            return "wait_registration";
-        case Phase::kDone:
-            return "done";
-    }
-    return "invalid";
+    static constexpr std::array<std::string_view, 6> kNames{
+        "none", "collect_joins", "wait_auth_request", "collect_auth", "wait_registration", "done"};
+    const auto i = static_cast<std::size_t>(p);
+    return i < kNames.size() ? kNames[i] : "invalid";
 }
 
 std::string_view Gateway::to_string(MemberState m) {
-    switch (m) {
-        case MemberState::kNone:
-            return "none";
-        case MemberState::kInvited:
-            return "invited";
-        case MemberState::kJoined:
-            return "joined";
-        case MemberState::kAuthPending:
-            return "auth_pending";
-        case MemberState::kAnswered:
-            return "answered";
-        case MemberState::kMember:
-            return "member";
-        case MemberState::kFailed:
-            return "failed";
-    }
-    return "invalid";
+    static constexpr std::array<std::string_view, 7> kNames{
+        "none", "invited", "joined", "auth_pending", "answered", "member", "failed"};
+    const auto i = static_cast<std::size_t>(m);
+    return i < kNames.size() ? kNames[i] : "invalid";
 }
 
 std::optional<Gateway::Phase> Gateway::phase(const std::string& pn_id) const {

@@ -7,19 +7,10 @@ namespace cpns {
 Pne::Pne(PneConfig config, Random& random) : cfg_(std::move(config)), random_(random) {}
 
 std::string_view Pne::to_string(State s) {
-    switch (s) {
-        case State::kIdle:
-            return "idle";
-        case State::kTlsBeforeJoin:
-            return "tls_before_join";
-        case State::kWaitAuthRequest:
-            return "wait_auth_request";
-        case State::kTlsBeforeAuthResp:
-            return "tls_before_auth_response";
-        case State::kWaitResult:
-            return "wait_result";
-    }
-    return "invalid";
+    static constexpr std::array<std::string_view, 5> kNames{
+        "idle", "tls_before_join", "wait_auth_request", "tls_before_auth_response", "wait_result"};
+    const auto i = static_cast<std::size_t>(s);
+    return i < kNames.size() ? kNames[i] : "invalid";
 }
 
 void Pne::enter(Out& out, State to, Millis deadline, const std::string& reason) {

@@ -50,33 +50,17 @@ Server::Server(ServerConfig config, const Directory& directory, Random& random)
     : cfg_(std::move(config)), dir_(directory), random_(random) {}
 
 std::string_view Server::to_string(Phase p) {
-    switch (p) {
-        case Phase::kNone:
-            return "none";
-        case Phase::kWaitAuthResponse:
-            return "wait_auth_response";
-        case Phase::kWaitPersist:
-            return "wait_persist";
-        case Phase::kDone:
-            return "done";
-    }
-    return "invalid";
+    static constexpr std::array<std::string_view, 4> kNames{"none", "wait_auth_response",
+                                                            "wait_persist", "done"};
+    const auto i = static_cast<std::size_t>(p);
+    return i < kNames.size() ? kNames[i] : "invalid";
 }
 
 std::string_view Server::to_string(PneAuth a) {
-    switch (a) {
-        case PneAuth::kNone:
-            return "none";
-        case PneAuth::kPending:
-            return "pending";
-        case PneAuth::kAuthenticated:
-            return "authenticated";
-        case PneAuth::kFailed:
-            return "failed";
-        case PneAuth::kRefused:
-            return "refused";
-    }
-    return "invalid";
+    static constexpr std::array<std::string_view, 5> kNames{"none", "pending", "authenticated",
+                                                            "failed", "refused"};
+    const auto i = static_cast<std::size_t>(a);
+    return i < kNames.size() ? kNames[i] : "invalid";
 }
 
 std::optional<Server::Phase> Server::phase(const std::string& gw_id,

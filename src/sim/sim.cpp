@@ -158,7 +158,7 @@ bool Simulator::link_tls(const std::string& pne, const std::string& gw) const {
     return it != tls_links_.end() && it->second == gw;
 }
 
-void Simulator::route(const std::string& from, SendEffect send) {
+std::vector<std::string> Simulator::targets_of(const std::string& from, const SendEffect& send) {
     std::vector<std::string> targets;
     if (send.to == "*") {
         const Node& n = node(from);
@@ -166,16 +166,66 @@ void Simulator::route(const std::string& from, SendEffect send) {
         if (gw != from) targets.push_back(gw);
         for (const auto& p : node(gw).pan)
             if (p != from) targets.push_back(p);
+    } else if (!nodes_.count(send.to)) {
+        note(from, send.to, std::string(message_name(send.msg)), "no such entity; lost");
     } else {
-        if (!nodes_.count(send.to)) {
-            note(from, send.to, std::string(message_name(send.msg)), "no such entity; lost");
-            return;
-        }
         targets.push_back(send.to);
     }
-    Bytes frame = encode_frame(send.msg);
+    return targets;
+}
+
+// The configured rules, then the random faults, applied to one copy of a message in transit.
+void Simulator::apply_faults(Transit& t, const std::string& name, const std::string& from,
+                             const std::string& to, const pb::Envelope& msg) {
+    for (std::size_t i = 0; i < faults_.rules.size(); ++i) {
+        const auto& r = faults_.rules[i];
+        if ((!r.message.empty() && r.message != name) || (!r.from.empty() && r.from != from) ||
+            (!r.to.empty() && r.to != to) || (r.count >= 0 && rule_hits_[i] >= r.count))
+            continue;
+        ++rule_hits_[i];
+        ++stats_.faults;
+        switch (r.action) {
+            case FaultRule::Action::kDrop:
+                t.drop = true;
+                break;
+            case FaultRule::Action::kDuplicate:
+                ++t.copies;
+                break;
+            case FaultRule::Action::kDelay:
+                t.delay += r.delay;
+                break;
+            case FaultRule::Action::kFlipByte:
+                t.wire[fault_rng_() % t.wire.size()] ^= 0x01;
+                break;
+            case FaultRule::Action::kMutate:
+                if (r.mutate) {
+                    pb::Envelope copy = msg;
+                    r.mutate(copy);
+                    t.wire = encode_frame(copy);
+                    t.mutated = true;
+                }
+                break;
+        }
+    }
+    std::uniform_real_distribution<double> u(0, 1);
+    if (faults_.drop > 0 && u(fault_rng_) < faults_.drop) t.drop = true, ++stats_.faults;
+    if (faults_.duplicate > 0 && u(fault_rng_) < faults_.duplicate) ++t.copies, ++stats_.faults;
+    if (faults_.delay > 0 && u(fault_rng_) < faults_.delay)
+        t.delay +=
+            static_cast<Millis>(fault_rng_() % static_cast<std::uint64_t>(faults_.max_delay + 1)),
+            ++stats_.faults;
+    if (faults_.reorder > 0 && u(fault_rng_) < faults_.reorder)
+        t.delay += 4 * latency(from, to), ++stats_.faults;
+    if (faults_.flip > 0 && u(fault_rng_) < faults_.flip) {
+        t.wire[fault_rng_() % t.wire.size()] ^= static_cast<std::uint8_t>(1u << (fault_rng_() % 8));
+        ++stats_.faults;
+    }
+}
+
+void Simulator::route(const std::string& from, SendEffect send) {
+    const Bytes frame = encode_frame(send.msg);
     const std::string name(message_name(send.msg));
-    for (const auto& to : targets) {
+    for (const auto& to : targets_of(from, send)) {
         const bool pan = from != kServerId && to != kServerId;
         const std::string pne = node(from).pne ? from : to;
         const std::string gw = node(from).pne ? to : from;
@@ -197,70 +247,24 @@ void Simulator::route(const std::string& from, SendEffect send) {
             trace_.push_back(TraceEntry{now_, from, to, name,
                                         !pan ? "tls" : (prot == Protection::kTls ? "tls" : "clear"),
                                         false});
-        Millis delay = latency(from, to);
-        int copies = 1;
-        Bytes wire = frame;
-        bool drop = false;
-        bool mutated = false;
-        for (std::size_t i = 0; i < faults_.rules.size(); ++i) {
-            const auto& r = faults_.rules[i];
-            if ((!r.message.empty() && r.message != name) || (!r.from.empty() && r.from != from) ||
-                (!r.to.empty() && r.to != to) || (r.count >= 0 && rule_hits_[i] >= r.count))
-                continue;
-            ++rule_hits_[i];
-            ++stats_.faults;
-            switch (r.action) {
-                case FaultRule::Action::kDrop:
-                    drop = true;
-                    break;
-                case FaultRule::Action::kDuplicate:
-                    ++copies;
-                    break;
-                case FaultRule::Action::kDelay:
-                    delay += r.delay;
-                    break;
-                case FaultRule::Action::kFlipByte:
-                    wire[fault_rng_() % wire.size()] ^= 0x01;
-                    break;
-                case FaultRule::Action::kMutate:
-                    if (r.mutate) {
-                        pb::Envelope copy = send.msg;
-                        r.mutate(copy);
-                        wire = encode_frame(copy);
-                        mutated = true;
-                    }
-                    break;
-            }
-        }
-        std::uniform_real_distribution<double> u(0, 1);
-        if (faults_.drop > 0 && u(fault_rng_) < faults_.drop) drop = true, ++stats_.faults;
-        if (faults_.duplicate > 0 && u(fault_rng_) < faults_.duplicate) ++copies, ++stats_.faults;
-        if (faults_.delay > 0 && u(fault_rng_) < faults_.delay)
-            delay += static_cast<Millis>(fault_rng_() %
-                                         static_cast<std::uint64_t>(faults_.max_delay + 1)),
-                ++stats_.faults;
-        if (faults_.reorder > 0 && u(fault_rng_) < faults_.reorder)
-            delay += 4 * latency(from, to), ++stats_.faults;
-        if (faults_.flip > 0 && u(fault_rng_) < faults_.flip) {
-            wire[fault_rng_() % wire.size()] ^= static_cast<std::uint8_t>(1u << (fault_rng_() % 8));
-            ++stats_.faults;
-        }
-        if (!mutated && wire != frame && (prot == Protection::kTls || !pan)) {
+        Transit t{frame, latency(from, to)};
+        apply_faults(t, name, from, to, send.msg);
+        if (!t.mutated && t.wire != frame && (prot == Protection::kTls || !pan)) {
             // A TLS record whose bytes changed fails its integrity check: it never arrives.
-            drop = true;
+            t.drop = true;
             note(from, to, name, "tampered TLS record rejected by the receiver");
         }
-        if (drop) {
+        if (t.drop) {
             note(from, to, name, "dropped");
             continue;
         }
-        for (int c = 0; c < copies; ++c) {
+        for (int c = 0; c < t.copies; ++c) {
             auto* e = new Event;
             e->kind = Event::Kind::kDeliver;
-            e->at = now_ + delay + c;
+            e->at = now_ + t.delay + c;
             e->from = from;
             e->to = to;
-            e->frame = wire;
+            e->frame = t.wire;
             e->protection = prot;
             push(e);
         }

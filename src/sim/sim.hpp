@@ -174,6 +174,17 @@ class Simulator {
     void deliver(const Event& e);
     void arm(const std::string& node);
     void route(const std::string& from, SendEffect send);
+    // One copy of a message on its way: what the faults did to it.
+    struct Transit {
+        Bytes wire;
+        Millis delay = 0;
+        int copies = 1;
+        bool drop = false;
+        bool mutated = false;
+    };
+    std::vector<std::string> targets_of(const std::string& from, const SendEffect& send);
+    void apply_faults(Transit& t, const std::string& name, const std::string& from,
+                      const std::string& to, const pb::Envelope& msg);
     void note(const std::string& from, const std::string& to, std::string what, std::string n);
     Millis latency(const std::string& a, const std::string& b);
     bool link_tls(const std::string& pne, const std::string& gw) const;
