@@ -538,8 +538,19 @@ TEST(PneRole, TlsFailedInEitherHandshakeStateEndsWithTlsHandshakeFailed) {
     }
 }
 
+// In wait_result the run's LocalEUKey session is up: losing it ends the run (it never goes
+// on in clear); without a session, a stray failure changes nothing.
+TEST(PneRole, TlsFailureOfTheSessionARunReliesOnEndsIt) {
+    auto h = in_state(State::kWaitResult);
+    const auto ignored = h->pne().counters().ignored;
+    EXPECT_EQ(describe(h->pne().on_tls_established(kGw, h->now)), Lines{});
+    EXPECT_EQ(h->pne().counters().ignored, ignored + 1);
+    EXPECT_EQ(describe(h->pne().on_tls_failed(kGw, h->now)),
+              (Lines{"transition wait_result -> idle", "outcome tls handshake failed"}));
+}
+
 TEST(PneRole, TlsCallbacksOutsideTheHandshakeStatesChangeNothing) {
-    for (State s : {State::kIdle, State::kWaitAuthRequest, State::kWaitResult}) {
+    for (State s : {State::kIdle, State::kWaitAuthRequest}) {
         SCOPED_TRACE(name(s));
         auto h = in_state(s);
         const auto ignored = h->pne().counters().ignored;
@@ -583,12 +594,14 @@ TEST(PneRole, TimerAtEachBusyStatesDeadlineEndsWithTimeout) {
     EXPECT_EQ(describe(idle->pne().on_timer(kNever - 1)), Lines{});
 }
 
+// The pre-assigned session its run relies on is gone: the run ends, and hash_PNE never
+// leaves in clear afterwards.
 TEST(PneRole, HashPneNeverLeavesInClearOnInsecurePanAfterThePreassignedSessionFailed) {
-    GTEST_SKIP() << "bug: on_tls_failed outside the handshake states only forgets the session; "
-                    "a later PneAuthenticationRequest then sends hash_PNE with Protection::kClear";
     Harness h(Ui::kNo, Pan::kInsecure);
     h.to_wait_auth_request(As::kInitiator);
-    EXPECT_EQ(describe(h.pne().on_tls_failed(kGw, h.now)), Lines{});
+    EXPECT_EQ(describe(h.pne().on_tls_failed(kGw, h.now)),
+              (Lines{"transition wait_auth_request -> idle", "outcome tls handshake failed"}));
+    EXPECT_EQ(h.pne().state(), State::kIdle);
     for (const auto& line : describe(h.feed(h.auth_request(), Protection::kClear)))
         EXPECT_NE(line, "send PneAuthenticationResponse to gw-1 clear");
 }

@@ -623,10 +623,6 @@ TEST_F(ServerRole, AuthResponseAfterTheEstablishmentEndedIsAnsweredReplayed) {
 }
 
 TEST_F(ServerRole, EndedPnIsForgottenAfterReplayMemory) {
-    GTEST_SKIP() << "bug: Server::finished_ is pruned only when another establishment ends "
-                    "(remember()); check_registration() and refuse() test membership without "
-                    "its expiry, so an expired PN is still remembered until another one ends "
-                    "(REPLAYED / DUPLICATE_PN instead of UNEXPECTED_MESSAGE / a new session)";
     pne_initiated_pair();
     start();
     server_.on_timer(kT0 + kAuthResponseTimeout);  // ended, not registered

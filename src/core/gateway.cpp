@@ -104,6 +104,12 @@ Gateway::Session* Gateway::session_of_pne(const std::string& pne_id, const std::
 void Gateway::fail_member(Out& out, Session& s, Member& m, pb::FailureReason reason,
                           const std::string& why) {
     if (m.state == MemberState::kFailed) return;
+    // An invitee that drops out before joining is no longer joining this PN (it may ask for a
+    // PN of its own); a member that had joined stays mapped until the PN ends.
+    if (m.state == MemberState::kInvited) {
+        auto p = pne_session_.find(m.pne_id);
+        if (p != pne_session_.end() && p->second == s.pn_id) pne_session_.erase(p);
+    }
     enter(out, s, m, MemberState::kFailed,
           std::string(reason_name(reason)) + (why.empty() ? "" : " (" + why + ")"));
     m.reason = reason;
@@ -305,14 +311,11 @@ void Gateway::handle_join_response(Out& out, const std::string& from,
     if (!m.accept()) {
         const auto r = m.decline_reason() == pb::REASON_NONE ? pb::DECLINED : m.decline_reason();
         fail_member(out, s, mem, r, "answered the invitation with no");
-        pne_session_.erase(from);
     } else if (m.join().pne_id() != from) {
         fail_member(out, s, mem, pb::MALFORMED_MESSAGE, "PNE ID differs from the sender");
-        pne_session_.erase(from);
     } else if (!pan_secure(from) && !m.join().local_eukey_requested() &&
                protection != Protection::kTls) {
         fail_member(out, s, mem, pb::TLS_REQUIRED, "join in clear on an insecure PAN");
-        pne_session_.erase(from);
         out.push_back(CloseLinkEffect{from, pb::TLS_REQUIRED});
     } else {
         mem.join = m.join();
@@ -619,6 +622,9 @@ Gateway::Phase Gateway::phase_for(const std::string& from, const pb::Envelope& e
             return by_pn(env.auth_request().pn_id());
         case B::kRegistrationResponse:
             return by_pn(env.registration_response().pn_id());
+        case B::kError:
+            return from == cfg_.server_id ? by_pn(env.error().pn_id())
+                                          : by_pne(env.error().pn_id());
         default:
             return Phase::kNone;
     }
@@ -642,7 +648,10 @@ bool Gateway::accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body
             return from_server &&
                    (phase == Phase::kWaitRegistration || phase == Phase::kWaitAuthRequest);
         case B::kError:
-            return true;
+            // Once the PN GW has answered the server for a PN, a PNE's report can no longer
+            // change who is in it (the parties would disagree): the result tells the PNE.
+            return from_server || phase == Phase::kNone || phase == Phase::kCollectJoins ||
+                   phase == Phase::kCollectAuth;
         default:
             return false;
     }
@@ -767,9 +776,7 @@ GatewayEffects Gateway::on_tls_failed(const std::string& peer, Millis now) {
     Member& mem = s.members.at(peer);
     if (mem.state == MemberState::kInvited || mem.state == MemberState::kAuthPending ||
         mem.state == MemberState::kJoined) {
-        const bool before_join = mem.state == MemberState::kInvited;
         fail_member(out, s, mem, pb::TLS_HANDSHAKE_FAILED, "tls handshake failed");
-        if (before_join) pne_session_.erase(peer);
         maybe_register(out, s, now);
         maybe_send_aggregate(out, s, now);
     } else {
@@ -820,10 +827,8 @@ GatewayEffects Gateway::on_timer(Millis now) {
         switch (s.phase) {
             case Phase::kCollectJoins:
                 for (auto& [id, m] : s.members)
-                    if (m.state == MemberState::kInvited) {
+                    if (m.state == MemberState::kInvited)
                         fail_member(out, s, m, pb::TIMEOUT, "no answer to the invitation");
-                        pne_session_.erase(id);
-                    }
                 maybe_register(out, s, now);
                 break;
             case Phase::kCollectAuth:

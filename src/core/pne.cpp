@@ -477,8 +477,12 @@ PneEffects Pne::on_tls_established(const std::string& peer, Millis now) {
 
 PneEffects Pne::on_tls_failed(const std::string& peer, Millis /*now*/) {
     Out out;
-    if (tls_peer_ == peer) tls_peer_.clear(), tls_identity_.clear();
-    if ((state_ == State::kTlsBeforeJoin || state_ == State::kTlsBeforeAuthResp) &&
+    const bool had_session = tls_peer_ == peer;
+    if (had_session) tls_peer_.clear(), tls_identity_.clear();
+    // A handshake this PNE started failed, or the session its run relies on is gone: never
+    // continue in clear.
+    if ((state_ == State::kTlsBeforeJoin || state_ == State::kTlsBeforeAuthResp ||
+         (had_session && busy())) &&
         peer == s_.gw_id) {
         // Never continue in clear: the establishment ends here.
         finish(out, false, pb::TLS_HANDSHAKE_FAILED, "PSK-TLS handshake with " + peer + " failed");

@@ -163,8 +163,13 @@ PneContext Server::context(const Session& s, const std::string& pne_id, const Pn
 }
 
 // Why a PN Registration Request must be refused before a session exists, if it must.
+bool Server::ended_recently(const Key& key, Millis now) const {
+    auto it = finished_.find(key);
+    return it != finished_.end() && it->second > now;
+}
+
 std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registration(
-    const std::string& from, const pb::PnRegistrationRequest& m) const {
+    const std::string& from, const pb::PnRegistrationRequest& m, Millis now) const {
     using R = std::pair<pb::FailureReason, std::string>;
     if (m.gw().gw_id() != from)
         return R{pb::GATEWAY_AUTHENTICATION_FAILED,
@@ -172,7 +177,7 @@ std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registrat
     const auto gw = dir_.find(from);
     if (!gw || gw->kind != EntityKind::kGw) return R{pb::UNKNOWN_ENTITY, "unknown PN GW"};
     if (gw->status != EntityStatus::kActive) return R{pb::REVOKED, "PN GW is disabled or revoked"};
-    if (finished_.count({from, m.pn_id()}) || dir_.pn_registered(from, m.pn_id()))
+    if (ended_recently({from, m.pn_id()}, now) || dir_.pn_registered(from, m.pn_id()))
         return R{pb::DUPLICATE_PN, "PN ID already used by this PN GW"};
     if (sessions_.size() >= kMaxServerSessions)
         return R{pb::LIMIT_EXCEEDED, "too many establishments"};
@@ -230,7 +235,7 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
 // exists for (PN GW, PN ID).
 void Server::handle_registration(Out& out, const std::string& from,
                                  const pb::PnRegistrationRequest& m, Millis now) {
-    if (auto refused = check_registration(from, m))
+    if (auto refused = check_registration(from, m, now))
         return send_error(out, from, m.pn_id(), refused->first, refused->second);
     const auto gw = dir_.find(from);
     auto [it, _] = sessions_.emplace(Key{from, m.pn_id()}, Session{});
@@ -391,7 +396,8 @@ bool Server::accepts(Phase phase, pb::Envelope::BodyCase body) {
 // The one refusal of the server: a repeated registration or a late Authentication Response
 // is dropped; an Authentication Response with no session is answered REPLAYED (the
 // establishment ended) or UNEXPECTED_MESSAGE; a message not for the server likewise.
-void Server::refuse(Out& out, const std::string& from, const pb::Envelope& env, Phase phase) {
+void Server::refuse(Out& out, const std::string& from, const pb::Envelope& env, Phase phase,
+                    Millis now) {
     using B = pb::Envelope::BodyCase;
     if (env.body_case() == B::kRegistrationRequest ||
         (env.body_case() == B::kAuthResponse && phase != Phase::kNone)) {
@@ -400,7 +406,7 @@ void Server::refuse(Out& out, const std::string& from, const pb::Envelope& env, 
     }
     if (env.body_case() == B::kAuthResponse) {
         const auto& pn = env.auth_response().pn_id();
-        if (finished_.count({from, pn}))
+        if (ended_recently({from, pn}, now))
             return send_error(out, from, pn, pb::REPLAYED,
                               "Authentication Response for an establishment that has ended");
         return send_error(out, from, pn, pb::UNEXPECTED_MESSAGE,
@@ -420,7 +426,7 @@ ServerEffects Server::on_message(const std::string& from, const pb::Envelope& en
     auto it = sessions_.find({from, pn_id});
     const Phase phase = it == sessions_.end() ? Phase::kNone : it->second.phase;
     if (!accepts(phase, env.body_case())) {
-        refuse(out, from, env, phase);
+        refuse(out, from, env, phase, now);
         return out;
     }
     switch (env.body_case()) {

@@ -120,7 +120,10 @@ class Server {
                pb::FailureReason reason);
     // (state of the addressed session, message) -> handled, or the one typed refusal.
     static bool accepts(Phase phase, pb::Envelope::BodyCase body);
-    void refuse(Out& out, const std::string& from, const pb::Envelope& env, Phase phase);
+    void refuse(Out& out, const std::string& from, const pb::Envelope& env, Phase phase,
+                Millis now);
+    // A finished establishment still within kReplayMemory.
+    bool ended_recently(const Key& key, Millis now) const;
 
     void log(LogLevel level, const std::string& text) const;
     void send(Out& out, const std::string& to, pb::Envelope env);
@@ -132,7 +135,7 @@ class Server {
     PneContext context(const Session& s, const std::string& pne_id, const PneState& p) const;
 
     std::optional<std::pair<pb::FailureReason, std::string>> check_registration(
-        const std::string& from, const pb::PnRegistrationRequest& m) const;
+        const std::string& from, const pb::PnRegistrationRequest& m, Millis now) const;
     void handle_registration(Out& out, const std::string& from, const pb::PnRegistrationRequest& m,
                              Millis now);
     std::size_t admit_pnes(Out& out, Session& s, const EntityRecord& gw,
