@@ -158,7 +158,7 @@ void BM_WrapLocalEukey(benchmark::State& state) {
     const SecretKey local = random.key();
     for (auto _ : state) {
         Bytes wrapped = wrap_local_eukey(p.eukey, Recipient::kPne, p.ctx.pn_id, p.ctx.pne_id,
-                                         p.ctx.gw_id, p.rand_server, local);
+                                         p.ctx.gw_id, p.rand_server, p.rand_pne, local);
         benchmark::DoNotOptimize(wrapped.data());
     }
     state.counters["wrap/s"] = rate(1);
@@ -171,11 +171,11 @@ void BM_UnwrapLocalEukey(benchmark::State& state) {
     const PneParams p(random);
     const SecretKey local = random.key();
     const Bytes wrapped = wrap_local_eukey(p.eukey, Recipient::kPne, p.ctx.pn_id, p.ctx.pne_id,
-                                           p.ctx.gw_id, p.rand_server, local);
+                                           p.ctx.gw_id, p.rand_server, p.rand_pne, local);
     for (auto _ : state) {
         std::optional<SecretKey> key =
             unwrap_local_eukey(p.eukey, Recipient::kPne, p.ctx.pn_id, p.ctx.pne_id, p.ctx.gw_id,
-                               p.rand_server, wrapped);
+                               p.rand_server, p.rand_pne, wrapped);
         if (!key || !(*key == local)) {
             state.SkipWithError("unwrap_local_eukey did not return the wrapped key");
             break;

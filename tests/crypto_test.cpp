@@ -20,6 +20,9 @@
 namespace cpns {
 namespace {
 
+// rand_PNE bound into each KEK by the tests that do not vary it.
+const Bytes kRandPne(kRandSize, 0xa7);
+
 Bytes hex(std::string_view h) {
     std::optional<Bytes> b = from_hex(h);
     if (!b) throw std::invalid_argument("bad hex in test");
@@ -576,7 +579,8 @@ TEST(Binding, DerivationsMatchTheirDocumentedParameterLists) {
                    ascii(in.ctx.gw_id), ascii(in.ctx.pn_id), binding, invited}));
     const Bytes recipient = {0x02};
     EXPECT_TRUE(ct_equal(
-        derive_kek(in.eukey, Recipient::kGw, "pn-1", "pne-1", "gw-1", in.rand_server).view(),
+        derive_kek(in.eukey, Recipient::kGw, "pn-1", "pne-1", "gw-1", in.rand_server, kRandPne)
+            .view(),
         kdf(in.eukey, Fc::kKek,
             {recipient, ascii("pn-1"), ascii("pne-1"), ascii("gw-1"), in.rand_server})));
     EXPECT_TRUE(ct_equal(derive_gw_server_psk(in.eukey, "gw-1").view(),
@@ -610,7 +614,7 @@ struct KekInputs {
     Bytes rand_server = repeat(0xb2, kRandSize);
 
     SecretKey kek() const {
-        return derive_kek(eukey, recipient, pn_id, pne_id, gw_id, rand_server);
+        return derive_kek(eukey, recipient, pn_id, pne_id, gw_id, rand_server, kRandPne);
     }
 };
 
@@ -655,31 +659,31 @@ TEST(LocalEukey, EachRecipientOpensOnlyItsOwnCopy) {
     const SecretKey local = key_counting_from(0xc0);
     const Bytes rs = repeat(0xb2, kRandSize);
     const Bytes for_pne =
-        wrap_local_eukey(eukey_pne, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, local);
+        wrap_local_eukey(eukey_pne, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, kRandPne, local);
     const Bytes for_gw =
-        wrap_local_eukey(eukey_gw, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, local);
+        wrap_local_eukey(eukey_gw, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, kRandPne, local);
     EXPECT_NE(for_pne, for_gw);
 
-    const auto pne_opens =
-        unwrap_local_eukey(eukey_pne, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, for_pne);
+    const auto pne_opens = unwrap_local_eukey(eukey_pne, Recipient::kPne, "pn-1", "pne-1", "gw-1",
+                                              rs, kRandPne, for_pne);
     ASSERT_TRUE(pne_opens.has_value());
     EXPECT_TRUE(*pne_opens == local);
     const auto gw_opens =
-        unwrap_local_eukey(eukey_gw, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, for_gw);
+        unwrap_local_eukey(eukey_gw, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, kRandPne, for_gw);
     ASSERT_TRUE(gw_opens.has_value());
     EXPECT_TRUE(*gw_opens == local);
 
     // The PN GW, with its own EUKey, cannot open the PNE's copy under either recipient byte.
-    EXPECT_FALSE(
-        unwrap_local_eukey(eukey_gw, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, for_pne));
-    EXPECT_FALSE(
-        unwrap_local_eukey(eukey_gw, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, for_pne));
+    EXPECT_FALSE(unwrap_local_eukey(eukey_gw, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, kRandPne,
+                                    for_pne));
+    EXPECT_FALSE(unwrap_local_eukey(eukey_gw, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs,
+                                    kRandPne, for_pne));
     // And the recipient byte alone separates the two copies even under one EUKey.
     const Bytes pne_key_as_gw =
-        wrap_local_eukey(eukey_pne, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, local);
+        wrap_local_eukey(eukey_pne, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, kRandPne, local);
     EXPECT_NE(pne_key_as_gw, for_pne);
-    EXPECT_FALSE(
-        unwrap_local_eukey(eukey_pne, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, pne_key_as_gw));
+    EXPECT_FALSE(unwrap_local_eukey(eukey_pne, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs,
+                                    kRandPne, pne_key_as_gw));
 }
 
 TEST(LocalEukey, WrongContextIsRejected) {
@@ -687,22 +691,32 @@ TEST(LocalEukey, WrongContextIsRejected) {
     const SecretKey local = key_counting_from(0xc0);
     const Bytes rs = repeat(0xb2, kRandSize);
     const Bytes wrapped =
-        wrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, local);
+        wrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, kRandPne, local);
     Bytes other_rs = rs;
     other_rs[0] ^= 1;
-    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-2", "pne-1", "gw-1", rs, wrapped));
-    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-2", "gw-1", rs, wrapped));
-    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-2", rs, wrapped));
     EXPECT_FALSE(
-        unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", other_rs, wrapped));
+        unwrap_local_eukey(eukey, Recipient::kPne, "pn-2", "pne-1", "gw-1", rs, kRandPne, wrapped));
+    EXPECT_FALSE(
+        unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-2", "gw-1", rs, kRandPne, wrapped));
+    EXPECT_FALSE(
+        unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-2", rs, kRandPne, wrapped));
+    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", other_rs,
+                                    kRandPne, wrapped));
     EXPECT_FALSE(unwrap_local_eukey(key_counting_from(0x01), Recipient::kPne, "pn-1", "pne-1",
-                                    "gw-1", rs, wrapped));
+                                    "gw-1", rs, kRandPne, wrapped));
     Bytes tampered = wrapped;
     tampered[20] ^= 0x04;
-    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, tampered));
-    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs,
+    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, kRandPne,
+                                    tampered));
+    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, kRandPne,
                                     ByteView{wrapped}.first(39)));
-    EXPECT_TRUE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, wrapped));
+    // A copy made for another run (another rand_PNE) does not open in this one.
+    Bytes other_rand_pne = kRandPne;
+    other_rand_pne[0] ^= 1;
+    EXPECT_FALSE(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs,
+                                    other_rand_pne, wrapped));
+    EXPECT_TRUE(
+        unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, kRandPne, wrapped));
 }
 
 TEST(LocalEukey, UnwrapNeverThrows) {
@@ -710,8 +724,8 @@ TEST(LocalEukey, UnwrapNeverThrows) {
     const Bytes wrapped(kWrappedKeySize, 0x00);
     const std::string huge(70000, 'p');
     EXPECT_NO_THROW({
-        const auto r =
-            unwrap_local_eukey(eukey, Recipient::kPne, huge, "pne-1", "gw-1", Bytes{}, wrapped);
+        const auto r = unwrap_local_eukey(eukey, Recipient::kPne, huge, "pne-1", "gw-1", Bytes{},
+                                          kRandPne, wrapped);
         EXPECT_FALSE(r.has_value());
     });
 }
@@ -765,16 +779,18 @@ TEST(Vectors, CommittedFileMatchesTheLibrary) {
     EXPECT_EQ(to_hex(h), kv.at("hash_pne"));
     EXPECT_EQ(to_hex(derive_hash_server_pne(eukey_pne, rand_pne, rand_server, sk, h, ctx)),
               kv.at("hash_server_pne"));
-    EXPECT_EQ(derive_kek(eukey_pne, Recipient::kPne, ctx.pn_id, ctx.pne_id, ctx.gw_id, rand_server)
+    EXPECT_EQ(derive_kek(eukey_pne, Recipient::kPne, ctx.pn_id, ctx.pne_id, ctx.gw_id, rand_server,
+                         kRandPne)
                   .to_hex(),
               kv.at("kek_pne"));
-    EXPECT_EQ(derive_kek(eukey_gw, Recipient::kGw, ctx.pn_id, ctx.pne_id, ctx.gw_id, rand_server)
+    EXPECT_EQ(derive_kek(eukey_gw, Recipient::kGw, ctx.pn_id, ctx.pne_id, ctx.gw_id, rand_server,
+                         kRandPne)
                   .to_hex(),
               kv.at("kek_gw"));
     const Bytes for_pne = wrap_local_eukey(eukey_pne, Recipient::kPne, ctx.pn_id, ctx.pne_id,
-                                           ctx.gw_id, rand_server, local);
+                                           ctx.gw_id, rand_server, kRandPne, local);
     const Bytes for_gw = wrap_local_eukey(eukey_gw, Recipient::kGw, ctx.pn_id, ctx.pne_id,
-                                          ctx.gw_id, rand_server, local);
+                                          ctx.gw_id, rand_server, kRandPne, local);
     EXPECT_EQ(to_hex(for_pne), kv.at("wrapped_local_eukey_pne"));
     EXPECT_EQ(to_hex(for_gw), kv.at("wrapped_local_eukey_gw"));
     EXPECT_EQ(derive_gw_server_psk(eukey_gw, ctx.gw_id).to_hex(), kv.at("gw_server_psk"));

@@ -102,6 +102,7 @@ class GatewayRole : public testing::Test {
         j.mutable_capabilities()->set_enough_ui(pne != kC);
         j.set_rand_pne(to_field(rnd.bytes(kRandSize)));
         j.set_local_eukey_requested(pne != kC);
+        rand_pne[pne] = j.rand_pne();  // the KEKs of its LocalEUKey copies bind it
         return j;
     }
     static pb::Envelope discovery(const std::string& id, bool request) {
@@ -147,9 +148,11 @@ class GatewayRole : public testing::Test {
             auto* k = r->add_local_eukeys();
             k->set_pne_id(id);
             k->set_for_pne(to_field(wrap_local_eukey(rnd.key(), Recipient::kPne, pn, id, kGw,
-                                                     bytes_of(rand_server), leuk[id])));
+                                                     bytes_of(rand_server), bytes_of(rand_pne[id]),
+                                                     leuk[id])));
             k->set_for_gw(to_field(wrap_local_eukey(gw_key, Recipient::kGw, pn, id, kGw,
-                                                    bytes_of(rand_server), leuk[id])));
+                                                    bytes_of(rand_server), bytes_of(rand_pne[id]),
+                                                    leuk[id])));
         }
         return env;
     }
@@ -253,6 +256,7 @@ class GatewayRole : public testing::Test {
     pb::Envelope first_request;
     std::string rand_server;
     std::map<std::string, SecretKey> leuk;
+    std::map<std::string, std::string> rand_pne;  // of each join this test made
     std::vector<TransitionEffect> transitions;
 };
 

@@ -18,6 +18,7 @@ namespace {
 const std::string kGw = "gw-1";
 const std::string kOtherGw = "gw-2";
 const std::string kMe = "pne-1";
+const std::string kOther = "pne-2";  // another member of the PN
 const std::string kPn = "pn-00000000a001";
 const std::string kOtherPn = "pn-00000000b002";
 
@@ -138,8 +139,8 @@ class Harness {
         m->set_pn_id(pn);
         m->set_rand_server(to_field(rand_server));
         if (ui_)
-            m->set_wrapped_local_eukey(to_field(
-                wrap_local_eukey(eukey, Recipient::kPne, pn, kMe, kGw, rand_server, local)));
+            m->set_wrapped_local_eukey(to_field(wrap_local_eukey(eukey, Recipient::kPne, pn, kMe,
+                                                                 kGw, rand_server, rand(), local)));
         return env;
     }
     // PnSetupResponse for the initiator, PnEstablishmentNotify for an invitee (or the other
@@ -153,8 +154,8 @@ class Harness {
             r.mutable_inventory()->set_pn_id(pn);
             r.mutable_inventory()->set_gw_id(kGw);
             r.mutable_inventory()->add_members()->set_pne_id(kMe);
-            r.mutable_inventory()->add_members()->set_pne_id("pne-2");
-            r.set_hash_server_pne(to_field(hash_server()));
+            if (may_list_another_member()) r.mutable_inventory()->add_members()->set_pne_id(kOther);
+            r.set_hash_server_pne(to_field(hash_server(r.inventory())));
         } else {
             r.set_reason(reason);
         }
@@ -167,6 +168,14 @@ class Harness {
         else
             *env.mutable_establishment_notify()->mutable_result() = r;
         return env;
+    }
+    // The registered PN may list another member unless the initiator asked for 1-1 or for a
+    // list without it (the server would not register one).
+    bool may_list_another_member() const {
+        if (as_ != As::kInitiator) return true;
+        if (setup_ == pb::SETUP_ONE_TO_ONE) return false;
+        return setup_ != pb::SETUP_INVITE_LIST ||
+               std::find(invited_.begin(), invited_.end(), kOther) != invited_.end();
     }
     static pb::Envelope error(const std::string& pn, pb::FailureReason reason) {
         pb::Envelope env;
@@ -188,26 +197,30 @@ class Harness {
             ctx.invited = invited_;
         }
         ctx.local_key_requested = ui_;
+        ctx.join_digest = join_digest(join_);
         return ctx;
     }
     SecretKey sk() const { return derive_sk_pne(eukey, rand(), rand_server, context()); }
     Hash hash_pne() const { return derive_hash_pne(eukey, rand(), rand_server, sk(), context()); }
-    Hash hash_server() const {
+    Hash hash_server(const pb::PnInventory& inventory) const {
         const Hash h = hash_pne();
-        return derive_hash_server_pne(eukey, rand(), rand_server, sk(), h, context());
+        PneContext ctx = context();
+        ctx.inventory_digest = inventory_digest(inventory);
+        return derive_hash_server_pne(eukey, rand(), rand_server, sk(), h, ctx);
     }
 
-  private:
     ByteView rand() const { return bytes_of(rand_pne_); }
-    // Records transitions and the rand_PNE of the join the PNE sent.
+
+  private:
+    // Records transitions and the join the PNE sent.
     PneEffects keep(PneEffects fx) {
         for (const auto& e : fx) {
             if (const auto* t = std::get_if<TransitionEffect>(&e)) trace.push_back(*t);
             if (const auto* s = std::get_if<SendEffect>(&e)) {
-                if (s->msg.has_setup_request())
-                    rand_pne_ = s->msg.setup_request().join().rand_pne();
+                if (s->msg.has_setup_request()) join_ = s->msg.setup_request().join();
                 if (s->msg.has_setup_notify_response() && s->msg.setup_notify_response().accept())
-                    rand_pne_ = s->msg.setup_notify_response().join().rand_pne();
+                    join_ = s->msg.setup_notify_response().join();
+                rand_pne_ = join_.rand_pne();
             }
         }
         return fx;
@@ -219,6 +232,7 @@ class Harness {
     pb::SetupType setup_ = pb::SETUP_UNSPECIFIED;
     std::vector<std::string> invited_;
     std::string rand_pne_;
+    pb::PneJoin join_;  // as the PNE sent it
     std::unique_ptr<Pne> pne_;
 };
 
@@ -379,8 +393,8 @@ TEST(PneRole, AuthRequestWithCopyNotOpeningUnderEuKeyAnswersAuthenticationFailed
     Harness h(Ui::kYes, Pan::kInsecure);
     h.to_wait_auth_request(As::kNotified);
     auto env = h.auth_request();
-    env.mutable_pne_auth_request()->set_wrapped_local_eukey(
-        to_field(wrap_local_eukey(h.pre, Recipient::kPne, kPn, kMe, kGw, h.rand_server, h.local)));
+    env.mutable_pne_auth_request()->set_wrapped_local_eukey(to_field(
+        wrap_local_eukey(h.pre, Recipient::kPne, kPn, kMe, kGw, h.rand_server, h.rand(), h.local)));
     const auto fx = h.feed(env);
     ASSERT_EQ(describe(fx),
               (Lines{"send PneAuthenticationResponse to gw-1 clear",
@@ -398,7 +412,10 @@ TEST(PneRole, AuthRequestFromAnotherGatewayOrForAnotherPnIsIgnored) {
 
 TEST(PneRole, SuccessSetupResponseInWaitResultVerifiesHashServerPneAndJoins) {
     Harness h(Ui::kNo, Pan::kInsecure);
-    h.to_wait_result(As::kInitiator);
+    h.start(pb::SETUP_ALL);
+    h.tls_established();  // the pre-assigned key
+    h.feed(h.auth_request());
+    ASSERT_EQ(name(h.state()), "wait_result");
     const auto fx = h.feed(h.result(true));
     ASSERT_EQ(describe(fx), (Lines{"session_key " + kPn + " pne-1",
                                    "transition wait_result -> idle", "outcome joined"}));
@@ -413,6 +430,37 @@ TEST(PneRole, SuccessSetupResponseInWaitResultVerifiesHashServerPneAndJoins) {
     EXPECT_TRUE(h.pne().memberships().at(kPn).sk_pne == h.sk());
     EXPECT_FALSE(h.pne().memberships().at(kPn).local_eukey.has_value());
     EXPECT_EQ(h.pne().next_deadline(), kNever);
+}
+
+// The member list is authenticated: one the PN GW altered fails hash_server_PNE.
+TEST(PneRole, InventoryAlteredByTheGatewayFailsServerAuthentication) {
+    Harness h(Ui::kYes, Pan::kSecure);
+    h.to_wait_result(As::kNotified);
+    auto env = h.result(true);
+    env.mutable_establishment_notify()
+        ->mutable_result()
+        ->mutable_inventory()
+        ->add_members()
+        ->set_pne_id("pne-9");
+    EXPECT_EQ(describe(h.feed(env)),
+              (Lines{"send ErrorReport to gw-1 clear", "transition wait_result -> idle",
+                     "outcome server authentication failed"}));
+    EXPECT_TRUE(h.pne().memberships().empty());
+}
+
+// Setup fidelity at the initiator: a 1-1 PN handed back with another member is refused, even
+// with a hash_server_PNE that verifies.
+TEST(PneRole, InitiatorRefusesAnInventoryBeyondItsSetupType) {
+    Harness h(Ui::kNo, Pan::kInsecure);
+    h.to_wait_result(As::kInitiator);  // 1-1
+    auto env = h.result(true);
+    auto* r = env.mutable_setup_response()->mutable_result();
+    r->mutable_inventory()->add_members()->set_pne_id(kOther);
+    r->set_hash_server_pne(to_field(h.hash_server(r->inventory())));
+    EXPECT_EQ(describe(h.feed(env)),
+              (Lines{"send ErrorReport to gw-1 tls", "transition wait_result -> idle",
+                     "outcome setup violation"}));
+    EXPECT_TRUE(h.pne().memberships().empty());
 }
 
 TEST(PneRole, SuccessEstablishmentNotifyOnSecurePanJoinsWithLocalEuKey) {

@@ -88,6 +88,7 @@ class ServerRole : public testing::Test {
         TestPne p{keys_.key(), keys_.bytes(kRandSize), ui, role};
         if (known) dir_.add(id, EntityRecord{EntityKind::kPne, p.eukey, EntityStatus::kActive});
         order_.push_back(id);
+        if (role == pb::ROLE_INVITEE && flow_ == pb::FLOW_PNE_INITIATED) invited_.push_back(id);
         pnes_[id] = std::move(p);
     }
     // 5.2.1.1: pne-a asked for a PN without UI (invite list [pne-b]); pne-b has UI.
@@ -115,18 +116,25 @@ class ServerRole : public testing::Test {
         r->set_flow(flow_);
         if (flow_ == pb::FLOW_PNE_INITIATED) {
             r->set_setup_type(pb::SETUP_INVITE_LIST);
-            r->add_invited_pne_ids("pne-b");
+            for (const auto& id : invited_) r->add_invited_pne_ids(id);
         }
         for (const auto& id : order_) {
             const TestPne& p = pnes_.at(id);
             auto* info = r->add_pnes();
             info->set_role(p.role);
-            info->mutable_join()->set_pne_id(id);
-            info->mutable_join()->set_rand_pne(to_field(p.rand_pne));
-            info->mutable_join()->set_local_eukey_requested(p.ui);
-            info->mutable_join()->mutable_capabilities()->set_enough_ui(p.ui);
+            *info->mutable_join() = join_of(id);
         }
         return env;
+    }
+    // What each PNE sent (the PN GW forwards it unchanged).
+    pb::PneJoin join_of(const std::string& id) const {
+        const TestPne& p = pnes_.at(id);
+        pb::PneJoin join;
+        join.set_pne_id(id);
+        join.set_rand_pne(to_field(p.rand_pne));
+        join.set_local_eukey_requested(p.ui);
+        join.mutable_capabilities()->set_enough_ui(p.ui);
+        return join;
     }
 
     ServerEffects send(const pb::Envelope& env, Millis now = kT0, const std::string& from = kGw) {
@@ -154,9 +162,10 @@ class ServerRole : public testing::Test {
         ctx.role = to_role(p.role);
         if (p.role == pb::ROLE_INITIATOR) {
             ctx.setup = SetupKind::kInviteList;
-            ctx.invited = {"pne-b"};
+            ctx.invited = invited_;
         }
         ctx.local_key_requested = p.ui;
+        ctx.join_digest = join_digest(join_of(id));
         return ctx;
     }
     SecretKey sk_pne(const std::string& id, const PneContext& ctx) const {
@@ -167,9 +176,11 @@ class ServerRole : public testing::Test {
         const TestPne& p = pnes_.at(id);
         return derive_hash_pne(p.eukey, p.rand_pne, rand_server_, sk_pne(id, ctx), ctx);
     }
-    Hash hash_server(const std::string& id) const {
+    // Over the inventory the server registered.
+    Hash hash_server(const std::string& id, const pb::PnInventory& inventory) const {
         const TestPne& p = pnes_.at(id);
-        const PneContext ctx = context(id);
+        PneContext ctx = context(id);
+        ctx.inventory_digest = inventory_digest(inventory);
         return derive_hash_server_pne(p.eukey, p.rand_pne, rand_server_, sk_pne(id, ctx),
                                       hash_pne(id, ctx), ctx);
     }
@@ -268,6 +279,7 @@ class ServerRole : public testing::Test {
     pb::Flow flow_ = pb::FLOW_PNE_INITIATED;
     std::vector<std::string> order_;
     std::map<std::string, TestPne> pnes_;
+    std::vector<std::string> invited_;  // the initiator's invitation list (5.2.1.1)
     Bytes rand_server_;
 };
 
@@ -288,10 +300,11 @@ TEST_F(ServerRole, RegistrationInNoneAsksEveryPneAndWrapsLocalEuKeyForPneAndGw) 
     ASSERT_EQ(a.local_eukeys_size(), 1);  // pne-b only: it has UI
     const auto& k = a.local_eukeys(0);
     EXPECT_EQ(k.pne_id(), "pne-b");
+    const Bytes& rand_pne = pnes_["pne-b"].rand_pne;
     auto for_pne = unwrap_local_eukey(pnes_["pne-b"].eukey, Recipient::kPne, kPn, "pne-b", kGw,
-                                      rand_server_, bytes_of(k.for_pne()));
+                                      rand_server_, rand_pne, bytes_of(k.for_pne()));
     auto for_gw = unwrap_local_eukey(gw_eukey_, Recipient::kGw, kPn, "pne-b", kGw, rand_server_,
-                                     bytes_of(k.for_gw()));
+                                     rand_pne, bytes_of(k.for_gw()));
     ASSERT_TRUE(for_pne && for_gw);
     EXPECT_TRUE(*for_pne == *for_gw);
     EXPECT_EQ(phase(), Phase::kWaitAuthResponse);
@@ -411,7 +424,9 @@ TEST_F(ServerRole, AuthResponseInWaitAuthResponseVerifiesHashesAndAsksToPersist)
     EXPECT_EQ(server_.next_deadline(), kT0 + 100 + kPersistTimeout);
 }
 
-TEST_F(ServerRole, AuthResponseWithInitiatorHashOverAlteredInviteListFailsOnlyTheInitiator) {
+// Initiator authenticity: a PNE-initiated PN whose initiator did not authenticate in this run
+// is not registered, whoever else did.
+TEST_F(ServerRole, AuthResponseWithInitiatorHashOverAlteredInviteListRegistersNothing) {
     pne_initiated_pair();
     start();
     PneContext altered = context("pne-a");
@@ -420,11 +435,35 @@ TEST_F(ServerRole, AuthResponseWithInitiatorHashOverAlteredInviteListFailsOnlyTh
         send(auth_response({ok("pne-a", hash_pne("pne-a", altered)), ok("pne-b")}));
     EXPECT_EQ(describe(out),
               (Lines{"T pne-a pending>failed", "T pne-b pending>authenticated",
-                     "T pn wait_auth_response>wait_persist", "persist gw-1 " + kPn}));
+                     "send gw-1 PnRegistrationResponse tls", "T pn wait_auth_response>done",
+                     "outcome initiator not authenticated"}));
     EXPECT_EQ(std::get<TransitionEffect>(out[0]).reason, "authentication failed");
-    EXPECT_EQ(std::get<PersistPnEffect>(out[3]).inventory.members_size(), 1);
-    EXPECT_EQ(auth("pne-a"), PneAuth::kFailed);
+    EXPECT_FALSE(response(out).registered());
+    EXPECT_EQ(response(out).reason(), pb::INITIATOR_NOT_AUTHENTICATED);
     EXPECT_EQ(server_.counters()[pb::AUTHENTICATION_FAILED], 1u);
+    EXPECT_EQ(server_.counters()[pb::INITIATOR_NOT_AUTHENTICATED], 1u);
+}
+
+// An initiator the server does not know (or has revoked) ends the run before anyone is asked.
+TEST_F(ServerRole, RegistrationWithAnUnknownInitiatorRegistersNothing) {
+    flow_ = pb::FLOW_PNE_INITIATED;
+    add_pne("pne-a", false, pb::ROLE_INITIATOR, /*known=*/false);
+    add_pne("pne-b", true);
+    const ServerEffects out = start();
+    EXPECT_EQ(describe(out),
+              (Lines{"T pn none>wait_auth_response", "T pne-a none>refused", "T pne-b none>pending",
+                     "send gw-1 PnRegistrationResponse tls", "T pn wait_auth_response>done",
+                     "outcome initiator not authenticated"}));
+    EXPECT_EQ(phase(), std::nullopt);
+}
+
+// Setup fidelity: a registration whose members exceed what the initiator asked for is refused.
+TEST_F(ServerRole, RegistrationBeyondTheSetupTypeIsRefused) {
+    pne_initiated_pair();
+    invited_.clear();  // pne-b joins, but pne-a's list does not name it
+    invited_.push_back("pne-z");
+    expect_error(send(registration()), pb::SETUP_VIOLATION, kPn);
+    EXPECT_EQ(phase(), std::nullopt);
 }
 
 TEST_F(ServerRole, AuthResponseForPneRevokedMeanwhileFailsItWithRevoked) {
@@ -476,7 +515,7 @@ TEST_F(ServerRole, PersistedInWaitPersistAnswersRegisteredWithHashServerAndSessi
     ASSERT_EQ(r.results_size(), 2);
     for (const auto& res : r.results()) {
         EXPECT_TRUE(res.authenticated());
-        EXPECT_EQ(res.hash_server_pne(), to_field(hash_server(res.pne_id())));
+        EXPECT_EQ(res.hash_server_pne(), to_field(hash_server(res.pne_id(), r.inventory())));
     }
     const OutcomeEffect& o = std::get<OutcomeEffect>(out[4]);
     EXPECT_EQ(o.inventory.members_size(), 2);

@@ -375,7 +375,10 @@ TEST(SimFlows, SetupParametersAlteredOnTheWayFailAuthentication) {
     sim.start_pne_setup("gw-pne-1", pb::SETUP_INVITE_LIST, {"gw-pne-2"});
     sim.run();
     EXPECT_EQ(last_outcome(sim, "gw-pne-1").reason, pb::AUTHENTICATION_FAILED);
-    EXPECT_TRUE(last_outcome(sim, "gw-pne-2").success);  // invitees do not bind the list
+    // The invitee authenticated, but a PN its initiator did not ask for is never registered.
+    EXPECT_FALSE(last_outcome(sim, "gw-pne-2").success);
+    EXPECT_EQ(last_outcome(sim, "gw-pne-2").reason, pb::INITIATOR_NOT_AUTHENTICATED);
+    EXPECT_TRUE(sim.directory().pns().empty());
 }
 
 TEST(SimFlows, ReplayedAuthenticationResponseIsRejected) {
@@ -599,9 +602,14 @@ TEST(SimFlows, GatewayCannotOpenThePnesCopyOfTheLocalEukey) {
     sim.start_pne_setup("gw-pne-1", pb::SETUP_ALL);
     sim.run();
     int checked = 0;
+    std::map<std::string, Bytes> rand_pne;  // from the PN Registration Request
     for (const auto& c : sim.captured()) {
         auto d = decode_frame(c.frame);
         auto* env = std::get_if<pb::Envelope>(&d);
+        if (env && env->has_registration_request())
+            for (const auto& p : env->registration_request().pnes())
+                rand_pne[p.join().pne_id()] =
+                    Bytes(p.join().rand_pne().begin(), p.join().rand_pne().end());
         if (!env || !env->has_auth_request()) continue;
         const auto& a = env->auth_request();
         const Bytes rand(a.rand_server().begin(), a.rand_server().end());
@@ -609,12 +617,12 @@ TEST(SimFlows, GatewayCannotOpenThePnesCopyOfTheLocalEukey) {
             const SecretKey gw_key = sim.device_eukey("gw");
             for (Recipient who : {Recipient::kPne, Recipient::kGw})
                 EXPECT_FALSE(unwrap_local_eukey(gw_key, who, a.pn_id(), k.pne_id(), "gw", rand,
-                                                bytes_of(k.for_pne())));
-            auto pne_copy =
-                unwrap_local_eukey(sim.device_eukey(k.pne_id()), Recipient::kPne, a.pn_id(),
-                                   k.pne_id(), "gw", rand, bytes_of(k.for_pne()));
+                                                rand_pne.at(k.pne_id()), bytes_of(k.for_pne())));
+            auto pne_copy = unwrap_local_eukey(sim.device_eukey(k.pne_id()), Recipient::kPne,
+                                               a.pn_id(), k.pne_id(), "gw", rand,
+                                               rand_pne.at(k.pne_id()), bytes_of(k.for_pne()));
             auto gw_copy = unwrap_local_eukey(gw_key, Recipient::kGw, a.pn_id(), k.pne_id(), "gw",
-                                              rand, bytes_of(k.for_gw()));
+                                              rand, rand_pne.at(k.pne_id()), bytes_of(k.for_gw()));
             ASSERT_TRUE(pne_copy && gw_copy);
             EXPECT_TRUE(*pne_copy == *gw_copy);
             // The copy for the other PNE does not open under this PNE's EUKey either.

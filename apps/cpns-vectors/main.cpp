@@ -106,16 +106,16 @@ Vectors compute() {
     const cpns::Hash hash_server_pne =
         cpns::derive_hash_server_pne(eukey_pne, rand_pne, rand_server, sk_pne, hash_pne, ctx);
     const cpns::SecretKey kek_pne = cpns::derive_kek(eukey_pne, cpns::Recipient::kPne, ctx.pn_id,
-                                                     ctx.pne_id, ctx.gw_id, rand_server);
+                                                     ctx.pne_id, ctx.gw_id, rand_server, rand_pne);
     const cpns::SecretKey kek_gw = cpns::derive_kek(eukey_gw, cpns::Recipient::kGw, ctx.pn_id,
-                                                    ctx.pne_id, ctx.gw_id, rand_server);
+                                                    ctx.pne_id, ctx.gw_id, rand_server, rand_pne);
     const Bytes wrapped_pne = cpns::wrap_key(kek_pne, local_eukey);
     const Bytes wrapped_gw = cpns::wrap_key(kek_gw, local_eukey);
     // The convenience functions must agree with the two-step computation.
     if (cpns::wrap_local_eukey(eukey_pne, cpns::Recipient::kPne, ctx.pn_id, ctx.pne_id, ctx.gw_id,
-                               rand_server, local_eukey) != wrapped_pne ||
+                               rand_server, rand_pne, local_eukey) != wrapped_pne ||
         cpns::wrap_local_eukey(eukey_gw, cpns::Recipient::kGw, ctx.pn_id, ctx.pne_id, ctx.gw_id,
-                               rand_server, local_eukey) != wrapped_gw) {
+                               rand_server, rand_pne, local_eukey) != wrapped_gw) {
         throw std::runtime_error("wrap_local_eukey disagrees with derive_kek + wrap_key");
     }
     const cpns::SecretKey gw_psk = cpns::derive_gw_server_psk(eukey_gw, ctx.gw_id);

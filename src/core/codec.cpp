@@ -1,6 +1,11 @@
 #include "core/codec.hpp"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
 #include <algorithm>
+
+#include "core/crypto.hpp"
 
 namespace cpns {
 
@@ -380,10 +385,34 @@ std::string_view reason_name(pb::FailureReason r) {
             return "duplicate pn";
         case pb::REPLAYED:
             return "replayed";
+        case pb::INITIATOR_NOT_AUTHENTICATED:
+            return "initiator not authenticated";
+        case pb::SETUP_VIOLATION:
+            return "setup violation";
         default:
             break;
     }
     return "unknown reason";
+}
+
+std::string deterministic_bytes(const google::protobuf::Message& m) {
+    std::string out;
+    {
+        google::protobuf::io::StringOutputStream raw(&out);
+        google::protobuf::io::CodedOutputStream coded(&raw);
+        coded.SetSerializationDeterministic(true);
+        (void)m.ByteSizeLong();  // caches the sizes SerializeWithCachedSizes uses
+        m.SerializeWithCachedSizes(&coded);
+    }
+    return out;
+}
+
+std::array<std::uint8_t, 32> join_digest(const pb::PneJoin& join) {
+    return sha256(as_bytes(deterministic_bytes(join)));
+}
+
+std::array<std::uint8_t, 32> inventory_digest(const pb::PnInventory& inventory) {
+    return sha256(as_bytes(deterministic_bytes(inventory)));
 }
 
 }  // namespace cpns

@@ -3,6 +3,7 @@
 // becomes a typed DecodeError.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -71,6 +72,13 @@ class FrameReader {
 
 // Short name of the envelope's message for logs and traces ("PnSetupRequest").
 std::string_view message_name(const pb::Envelope& env);
+
+// The deterministic encoding of a schema message (fields in field-number order, no unknown
+// fields) and its SHA-256: the join digest of what a PNE sent and the inventory digest of
+// what the server registered (docs/key-schedule.md).
+std::string deterministic_bytes(const google::protobuf::Message& m);
+std::array<std::uint8_t, 32> join_digest(const pb::PneJoin& join);
+std::array<std::uint8_t, 32> inventory_digest(const pb::PnInventory& inventory);
 std::string_view reason_name(pb::FailureReason r);
 
 }  // namespace cpns

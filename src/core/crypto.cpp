@@ -398,23 +398,25 @@ Hash derive_hash_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView ran
     const ContextParams c = context_params(ctx);
     return kdf(eukey_pne, Fc::kHashPne,
                {rand_pne, rand_server, sk_pne.view(), as_bytes(ctx.pne_id), as_bytes(ctx.gw_id),
-                as_bytes(ctx.pn_id), c.binding, c.invited});
+                as_bytes(ctx.pn_id), c.binding, c.invited, ctx.join_digest});
 }
 
 Hash derive_hash_server_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
                             const SecretKey& sk_pne, ByteView hash_pne, const PneContext& ctx) {
     const ContextParams c = context_params(ctx);
-    return kdf(eukey_pne, Fc::kHashServerPne,
-               {rand_pne, rand_server, sk_pne.view(), hash_pne, as_bytes(ctx.pne_id),
-                as_bytes(ctx.gw_id), as_bytes(ctx.pn_id), c.binding, c.invited});
+    return kdf(
+        eukey_pne, Fc::kHashServerPne,
+        {rand_pne, rand_server, sk_pne.view(), hash_pne, as_bytes(ctx.pne_id), as_bytes(ctx.gw_id),
+         as_bytes(ctx.pn_id), c.binding, c.invited, ctx.join_digest, ctx.inventory_digest});
 }
 
 SecretKey derive_kek(const SecretKey& eukey_recipient, Recipient recipient, std::string_view pn_id,
-                     std::string_view pne_id, std::string_view gw_id, ByteView rand_server) {
+                     std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
+                     ByteView rand_pne) {
     const std::uint8_t recipient_byte = static_cast<std::uint8_t>(recipient);
     auto block = kdf(eukey_recipient, Fc::kKek,
                      {ByteView{&recipient_byte, 1}, as_bytes(pn_id), as_bytes(pne_id),
-                      as_bytes(gw_id), rand_server});
+                      as_bytes(gw_id), rand_server, rand_pne});
     return key_from_block(block);
 }
 
@@ -467,23 +469,33 @@ std::optional<SecretKey> unwrap_key(const SecretKey& kek, ByteView wrapped) {
 
 Bytes wrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
                        std::string_view pn_id, std::string_view pne_id, std::string_view gw_id,
-                       ByteView rand_server, const SecretKey& local_eukey) {
-    const SecretKey kek = derive_kek(eukey_recipient, recipient, pn_id, pne_id, gw_id, rand_server);
+                       ByteView rand_server, ByteView rand_pne, const SecretKey& local_eukey) {
+    const SecretKey kek =
+        derive_kek(eukey_recipient, recipient, pn_id, pne_id, gw_id, rand_server, rand_pne);
     return wrap_key(kek, local_eukey);
 }
 
 std::optional<SecretKey> unwrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
                                             std::string_view pn_id, std::string_view pne_id,
                                             std::string_view gw_id, ByteView rand_server,
-                                            ByteView wrapped) {
+                                            ByteView rand_pne, ByteView wrapped) {
     try {
         if (wrapped.size() != kWrappedKeySize) return std::nullopt;
         const SecretKey kek =
-            derive_kek(eukey_recipient, recipient, pn_id, pne_id, gw_id, rand_server);
+            derive_kek(eukey_recipient, recipient, pn_id, pne_id, gw_id, rand_server, rand_pne);
         return unwrap_key(kek, wrapped);
     } catch (...) {
         return std::nullopt;
     }
+}
+
+std::array<std::uint8_t, kHashSize> sha256(ByteView data) {
+    std::array<std::uint8_t, kHashSize> out{};
+    unsigned int len = 0;
+    if (EVP_Digest(data.data(), data.size(), out.data(), &len, EVP_sha256(), nullptr) != 1 ||
+        len != out.size())
+        throw std::runtime_error("SHA-256 failed");
+    return out;
 }
 
 // --- Hex -----------------------------------------------------------------------------------

@@ -123,6 +123,12 @@ struct PneContext {
     SetupKind setup = SetupKind::kNone;  // kNone for every PNE but the initiator
     std::vector<std::string> invited;    // the initiator's invitation list, as sent
     bool local_key_requested = false;
+    // SHA-256 of the PNE's join as it sent it (capabilities, contents, rand_PNE ...): bound
+    // into hash_PNE and hash_server_PNE, so nothing the PNE said can be altered on the way.
+    std::array<std::uint8_t, kHashSize> join_digest{};
+    // SHA-256 of the PN Inventory the server registered: bound into hash_server_PNE only, so
+    // the PNE can check the member list its PN GW hands it.
+    std::array<std::uint8_t, kHashSize> inventory_digest{};
 };
 // P-encodings used in the KDF (documented in docs/key-schedule.md).
 Bytes encode_setup_binding(const PneContext& ctx);  // flow || role || setup || lkr (4 octets)
@@ -134,19 +140,21 @@ using Hash = std::array<std::uint8_t, kHashSize>;
 SecretKey derive_sk_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
                         const PneContext& ctx);
 // hash_PNE = KDF(EUKey_PNE, 0x52, rand_PNE, rand_server, SK_PNE, PNE ID, PN GW ID, PN ID,
-//                binding, invited)
+//                binding, invited, join digest)
 Hash derive_hash_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
                      const SecretKey& sk_pne, const PneContext& ctx);
 // hash_server_PNE = KDF(EUKey_PNE, 0x53, rand_PNE, rand_server, SK_PNE, hash_PNE, PNE ID,
-//                       PN GW ID, PN ID, binding, invited)
+//                       PN GW ID, PN ID, binding, invited, join digest, inventory digest)
 Hash derive_hash_server_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
                             const SecretKey& sk_pne, ByteView hash_pne, const PneContext& ctx);
 
 // Who a LocalEUKey copy is for.
 enum class Recipient : std::uint8_t { kPne = 1, kGw = 2 };
-// KEK = KDF(EUKey_recipient, 0x54, recipient, PN ID, PNE ID, PN GW ID, rand_server)
+// KEK = KDF(EUKey_recipient, 0x54, recipient, PN ID, PNE ID, PN GW ID, rand_server, rand_PNE)
+// Both runs' randoms: a copy made for one run never opens in another.
 SecretKey derive_kek(const SecretKey& eukey_recipient, Recipient recipient, std::string_view pn_id,
-                     std::string_view pne_id, std::string_view gw_id, ByteView rand_server);
+                     std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
+                     ByteView rand_pne);
 // The PN GW's external PSK towards the CPNS Server: KDF(EUKey_GW, 0x55, PN GW ID)
 SecretKey derive_gw_server_psk(const SecretKey& eukey_gw, std::string_view gw_id);
 
@@ -158,11 +166,14 @@ std::optional<SecretKey> unwrap_key(const SecretKey& kek, ByteView wrapped);
 // Convenience: wrap/unwrap a LocalEUKey copy for a recipient, deriving the KEK (wiped after).
 Bytes wrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
                        std::string_view pn_id, std::string_view pne_id, std::string_view gw_id,
-                       ByteView rand_server, const SecretKey& local_eukey);
+                       ByteView rand_server, ByteView rand_pne, const SecretKey& local_eukey);
 std::optional<SecretKey> unwrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
                                             std::string_view pn_id, std::string_view pne_id,
                                             std::string_view gw_id, ByteView rand_server,
-                                            ByteView wrapped);
+                                            ByteView rand_pne, ByteView wrapped);
+
+// SHA-256 (the join and inventory digests).
+std::array<std::uint8_t, kHashSize> sha256(ByteView data);
 
 // Helpers for hex (test vectors, key files).
 std::string to_hex(ByteView data);

@@ -220,6 +220,8 @@ std::optional<std::pair<pb::FailureReason, std::string>> Gateway::check_setup_re
         return R{pb::TLS_REQUIRED, "PSK-TLS with the pre-assigned key required"};
     if (sessions_.size() >= kMaxGwSessions)
         return R{pb::LIMIT_EXCEEDED, "too many PNs being established"};
+    if (inventory_.size() + sessions_.size() >= kMaxPnsPerGw)
+        return R{pb::LIMIT_EXCEEDED, "this PN GW keeps as many PNs as it may"};
     if (m.setup_type() == pb::SETUP_UNSPECIFIED) return R{pb::MALFORMED_MESSAGE, "no setup type"};
     return std::nullopt;
 }
@@ -278,6 +280,8 @@ GatewayEffects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
     };
     if (sessions_.size() >= kMaxGwSessions)
         return fail_now(pb::LIMIT_EXCEEDED, "too many PNs being established");
+    if (inventory_.size() + sessions_.size() >= kMaxPnsPerGw)
+        return fail_now(pb::LIMIT_EXCEEDED, "this PN GW keeps as many PNs as it may");
     if (pne_ids.empty()) pne_ids = live_pnes("");
     std::sort(pne_ids.begin(), pne_ids.end());
     pne_ids.erase(std::unique(pne_ids.begin(), pne_ids.end()), pne_ids.end());
@@ -377,7 +381,8 @@ bool Gateway::relay_auth_request(Out& out, Session& s, Member& mem,
     r->set_rand_server(m.rand_server());
     if (keys) {
         auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kGw, s.pn_id, mem.pne_id, cfg_.gw_id,
-                                      bytes_of(m.rand_server()), bytes_of(keys->for_gw()));
+                                      bytes_of(m.rand_server()), bytes_of(mem.join.rand_pne()),
+                                      bytes_of(keys->for_gw()));
         if (!key) {
             fail_member(out, s, mem, pb::KEY_UNWRAP_FAILED, "PN GW copy does not decrypt");
             return false;

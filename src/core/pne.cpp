@@ -103,6 +103,7 @@ pb::PneJoin Pne::make_join() {
     s_.rand_pne = random_.bytes(kRandSize);
     join.set_rand_pne(to_field(s_.rand_pne));
     join.set_local_eukey_requested(requests_local_eukey());
+    s_.join_digest = join_digest(join);
     return join;
 }
 
@@ -116,6 +117,7 @@ PneContext Pne::context() const {
     ctx.setup = s_.role == PneRole::kInitiator ? to_setup_kind(s_.setup_type) : SetupKind::kNone;
     if (s_.role == PneRole::kInitiator) ctx.invited = s_.invited;
     ctx.local_key_requested = requests_local_eukey();
+    ctx.join_digest = s_.join_digest;
     return ctx;
 }
 
@@ -152,6 +154,8 @@ std::optional<std::pair<pb::FailureReason, std::string>> Pne::check_setup(
     const std::string& gw_id, pb::SetupType type, const std::vector<std::string>& invited) const {
     using R = std::pair<pb::FailureReason, std::string>;
     if (busy()) return R{pb::BUSY, "an establishment is already in progress"};
+    if (memberships_.size() >= kMaxPnsPerPne)
+        return R{pb::LIMIT_EXCEEDED, "this PNE is a member of as many PNs as it may be"};
     if (!valid_id(gw_id)) return R{pb::UNKNOWN_ENTITY, "invalid PN GW ID"};
     if (type == pb::SETUP_UNSPECIFIED) return R{pb::MALFORMED_MESSAGE, "no setup type"};
     if (type == pb::SETUP_INVITE_LIST && invited.empty())
@@ -233,6 +237,12 @@ void Pne::handle_invitation(Out& out, const std::string& from, const std::string
         decline(out, from, pn_id, pb::DECLINED);
         return;
     }
+    if (memberships_.size() >= kMaxPnsPerPne) {
+        log(LogLevel::kWarn,
+            "cannot join " + pn_id + ": already a member of as many PNs as allowed");
+        decline(out, from, pn_id, pb::LIMIT_EXCEEDED);
+        return;
+    }
     if (!can_protect_pan()) {
         log(LogLevel::kWarn, "cannot join " + pn_id + ": insecure PAN, no UI, no pre-assigned key");
         decline(out, from, pn_id, pb::TLS_REQUIRED);
@@ -259,7 +269,7 @@ bool Pne::open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m) {
         return false;
     }
     auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
-                                  s_.rand_server, bytes_of(m.wrapped_local_eukey()));
+                                  s_.rand_server, s_.rand_pne, bytes_of(m.wrapped_local_eukey()));
     if (!key) {
         // The copy was made under the EUKey the server holds for this PNE: if it does not
         // open, the two EUKeys differ, which is what hash_PNE would have shown too.
@@ -350,11 +360,37 @@ void Pne::handle_result(Out& out, const std::string& from, const pb::PnResult& r
     accept_result(out, r);
 }
 
+// What the initiator asked for, checked against the registered inventory (authenticated by
+// hash_server_PNE): this PN, this PN GW, this PNE among the members, and no member outside
+// the setup type (1-1: none but the initiator; a list: only those listed).
+std::optional<std::string> Pne::check_inventory(const pb::PnInventory& inv) const {
+    if (inv.pn_id() != s_.pn_id || inv.gw_id() != s_.gw_id)
+        return "the inventory names another PN or PN GW";
+    bool self = false;
+    for (const auto& m : inv.members()) {
+        self = self || m.pne_id() == cfg_.pne_id;
+        if (s_.role != PneRole::kInitiator || m.pne_id() == cfg_.pne_id) continue;
+        if (s_.setup_type == pb::SETUP_ONE_TO_ONE) return "a 1-1 PN with another member";
+        if (s_.setup_type == pb::SETUP_INVITE_LIST &&
+            std::find(s_.invited.begin(), s_.invited.end(), m.pne_id()) == s_.invited.end())
+            return "member " + m.pne_id() + " was not invited";
+    }
+    if (!self) return "this PNE is not a member of the inventory";
+    return std::nullopt;
+}
+
 void Pne::accept_result(Out& out, const pb::PnResult& r) {
-    const Hash expected = derive_hash_server_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk,
-                                                 s_.hash_pne, context());
+    PneContext ctx = context();
+    ctx.inventory_digest = inventory_digest(r.inventory());
+    const Hash expected =
+        derive_hash_server_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk, s_.hash_pne, ctx);
     if (!ct_equal(expected, bytes_of(r.hash_server_pne()))) {
-        abort(out, pb::SERVER_AUTHENTICATION_FAILED, "hash_server_PNE does not verify", true);
+        abort(out, pb::SERVER_AUTHENTICATION_FAILED,
+              "hash_server_PNE does not verify over the inventory received", true);
+        return;
+    }
+    if (auto wrong = check_inventory(r.inventory())) {
+        abort(out, pb::SETUP_VIOLATION, *wrong, true);
         return;
     }
     out.push_back(SessionKeyEffect{s_.pn_id, cfg_.pne_id, s_.sk});

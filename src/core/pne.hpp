@@ -83,6 +83,7 @@ class Pne {
         pb::SetupType setup_type = pb::SETUP_UNSPECIFIED;
         std::vector<std::string> invited;
         Bytes rand_pne;
+        Hash join_digest{};  // of the join this PNE sent
         Bytes rand_server;
         std::optional<SecretKey> local_eukey;
         SecretKey sk;
@@ -126,6 +127,7 @@ class Pne {
     void handle_result(Out& out, const std::string& from, const pb::PnResult& r,
                        Protection protection);
     void accept_result(Out& out, const pb::PnResult& r);
+    std::optional<std::string> check_inventory(const pb::PnInventory& inv) const;
     void handle_error(Out& out, const std::string& from, const pb::ErrorReport& m);
 
     PneConfig cfg_;

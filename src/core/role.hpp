@@ -50,6 +50,8 @@ inline constexpr std::size_t kMaxGwSessions = 16;           // PNs being establi
 inline constexpr std::size_t kMaxServerSessions = 100'000;  // establishments in flight at a server
 inline constexpr std::size_t kMaxNeighbours = 256;          // discovered entities at a PN GW
 inline constexpr std::size_t kMaxReplayMemory = 100'000;    // remembered finished PN IDs
+inline constexpr std::size_t kMaxPnsPerPne = 64;            // PNs one PNE is a member of
+inline constexpr std::size_t kMaxPnsPerGw = 4'096;          // PNs one PN GW keeps (and opens)
 
 // How a message crossed the PAN.
 enum class Protection { kClear, kTls };

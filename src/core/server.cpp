@@ -159,6 +159,7 @@ PneContext Server::context(const Session& s, const std::string& pne_id, const Pn
         ctx.invited.assign(s.request.invited_pne_ids().begin(), s.request.invited_pne_ids().end());
     }
     ctx.local_key_requested = p.join.local_eukey_requested();
+    ctx.join_digest = p.join_digest;
     return ctx;
 }
 
@@ -192,6 +193,19 @@ std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registrat
     const bool flow_ok = (m.flow() == pb::FLOW_PNE_INITIATED && initiators == 1) ||
                          (m.flow() == pb::FLOW_GW_INITIATED && initiators == 0);
     if (!flow_ok) return R{pb::MALFORMED_MESSAGE, "flow and PNE roles do not match"};
+    if (m.flow() == pb::FLOW_GW_INITIATED) return std::nullopt;
+    // Setup fidelity: what the initiator asked for bounds who may be in the PN.
+    const auto& invited = m.invited_pne_ids();
+    for (const auto& p : m.pnes()) {
+        if (p.role() == pb::ROLE_INITIATOR) continue;
+        if (m.setup_type() == pb::SETUP_ONE_TO_ONE)
+            return R{pb::SETUP_VIOLATION, "a 1-1 setup with another PNE"};
+        if (m.setup_type() == pb::SETUP_INVITE_LIST &&
+            std::find(invited.begin(), invited.end(), p.join().pne_id()) == invited.end())
+            return R{pb::SETUP_VIOLATION, p.join().pne_id() + " is not on the invitation list"};
+    }
+    if (m.setup_type() == pb::SETUP_UNSPECIFIED)
+        return R{pb::MALFORMED_MESSAGE, "a PNE-initiated setup without a setup type"};
     return std::nullopt;
 }
 
@@ -204,6 +218,7 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
         const std::string& id = p.join().pne_id();
         auto& st = s.pnes[id];
         st.join = p.join();
+        st.join_digest = join_digest(p.join());
         st.role = to_role(p.role());
         auto rec = dir_.find(id);
         const auto refusal = (!rec || rec->kind != EntityKind::kPne)  ? pb::UNKNOWN_ENTITY
@@ -223,10 +238,11 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
         SecretKey local = random_.key();
         auto* k = a.add_local_eukeys();
         k->set_pne_id(id);
+        const ByteView rand_pne = bytes_of(p.join().rand_pne());
         k->set_for_pne(to_field(wrap_local_eukey(rec->eukey, Recipient::kPne, s.pn_id, id, s.gw_id,
-                                                 s.rand_server, local)));
+                                                 s.rand_server, rand_pne, local)));
         k->set_for_gw(to_field(wrap_local_eukey(gw.eukey, Recipient::kGw, s.pn_id, id, s.gw_id,
-                                                s.rand_server, local)));
+                                                s.rand_server, rand_pne, local)));
     }
     return asked;
 }
@@ -259,6 +275,11 @@ void Server::handle_registration(Out& out, const std::string& from,
         finish(out, s, false, pb::NO_PNE_AUTHENTICATED, "no PNE is known and active", now);
         return;
     }
+    if (const PneState* init = initiator(s); init && init->auth != PneAuth::kPending) {
+        finish(out, s, false, pb::INITIATOR_NOT_AUTHENTICATED,
+               "the initiating PNE is unknown or not active", now);
+        return;
+    }
     send(out, from, std::move(env));
 }
 
@@ -274,11 +295,10 @@ void Server::verify_pne(Out& out, Session& s, const std::string& id, PneState& p
     const PneContext ctx = context(s, id, p);
     const ByteView rand_pne = bytes_of(p.join.rand_pne());
     p.sk = derive_sk_pne(rec->eukey, rand_pne, s.rand_server, ctx);
-    const Hash expected = derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
-    if (!ct_equal(expected, bytes_of(result->hash_pne())))
+    p.hash_pne = derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
+    if (!ct_equal(p.hash_pne, bytes_of(result->hash_pne())))
         return enter(out, s, id, p, PneAuth::kFailed, pb::AUTHENTICATION_FAILED);
-    p.hash_server =
-        derive_hash_server_pne(rec->eukey, rand_pne, s.rand_server, p.sk, expected, ctx);
+    // hash_server_PNE follows once the inventory it covers is known (prove_server).
     enter(out, s, id, p, PneAuth::kAuthenticated, pb::REASON_NONE);
 }
 
@@ -299,7 +319,34 @@ void Server::handle_auth_response(Out& out, const std::string& from,
         finish(out, s, false, pb::NO_PNE_AUTHENTICATED, "no PNE authenticated", now);
         return;
     }
+    // A PN that nobody genuinely asked for is never registered, whoever else authenticated.
+    if (const PneState* init = initiator(s); init && init->auth != PneAuth::kAuthenticated) {
+        finish(out, s, false, pb::INITIATOR_NOT_AUTHENTICATED,
+               "the initiating PNE did not authenticate", now);
+        return;
+    }
     request_persist(out, s, now);
+}
+
+const Server::PneState* Server::initiator(const Session& s) const {
+    for (const auto& [id, p] : s.pnes)
+        if (p.role == PneRole::kInitiator) return &p;
+    return nullptr;
+}
+
+// Step 12's proof for each member, over the inventory being registered: the PNE checks the
+// member list it is handed with it.
+void Server::prove_server(Session& s) {
+    const Hash digest = inventory_digest(s.inventory);
+    for (auto& [id, p] : s.pnes) {
+        if (p.auth != PneAuth::kAuthenticated) continue;
+        const auto rec = dir_.find(id);  // found a moment ago, in the same call
+        if (!rec) throw std::logic_error("entity vanished during one call");
+        PneContext ctx = context(s, id, p);
+        ctx.inventory_digest = digest;
+        p.hash_server = derive_hash_server_pne(rec->eukey, bytes_of(p.join.rand_pne()),
+                                               s.rand_server, p.sk, p.hash_pne, ctx);
+    }
 }
 
 // Step 11: register the PN with its authenticated PNEs; answer once it is durable.
@@ -319,6 +366,7 @@ void Server::request_persist(Out& out, Session& s, Millis now) {
         mem->set_joined_at_ms(stamp);
         mem->set_local_eukey_assigned(p.join.local_eukey_requested());
     }
+    prove_server(s);
     enter(out, s, Phase::kWaitPersist, now + kPersistTimeout,
           std::to_string(s.inventory.members_size()) + " PNE(s) authenticated; storing the PN");
     out.push_back(PersistPnEffect{s.gw_id, s.inventory});

@@ -99,6 +99,8 @@ class Server {
         PneAuth auth = PneAuth::kNone;
         pb::FailureReason reason = pb::REASON_NONE;
         SecretKey sk;
+        Hash join_digest{};
+        Hash hash_pne{};
         Hash hash_server{};
     };
     struct Session {
@@ -145,6 +147,8 @@ class Server {
     void verify_pne(Out& out, Session& s, const std::string& id, PneState& p,
                     const pb::PneAuthResult* result);
     void request_persist(Out& out, Session& s, Millis now);
+    void prove_server(Session& s);
+    const PneState* initiator(const Session& s) const;
 
     ServerConfig cfg_;
     const Directory& dir_;
