@@ -1,6 +1,9 @@
 """The main job: a CPNS Server, a PN GW and four PNEs as real processes on 127.0.0.1 with
 freshly provisioned keys establish Personal Networks with both flows, then stop.
 
+The message flow comes from the PN GW's event trace ("send" and "recv" events, see
+tests/lab/cpnslab.py) when its cpns-gw writes one, else from the PN GW's debug log lines.
+
 Usage: python3 scripts/demo.py BUILD_DIR [--keep]
 """
 
@@ -10,12 +13,14 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpnslab import PneSpec, cleanup, make_lab  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
+from cpnslab import Lab, PneSpec, cleanup, make_lab  # noqa: E402
 
 FLOW_LINE = re.compile(r"^\S+T(\S+) debug \[gw-1\] (\S+) -> (\S+): (\w+)(?: \((\w+)\))?$")
+SERVER_ID = "cpns-server"  # the lab's server ID; the flow calls it "server"
 
 
 def describe(p: PneSpec) -> str:
@@ -25,16 +30,60 @@ def describe(p: PneSpec) -> str:
                "PSK-TLS with the " + ("LocalEUKey" if p.enough_ui else "pre-assigned key")))
 
 
+def print_flow_line(t: str, src: str, dst: str, msg: str, prot: str | None) -> None:
+    print(f"  {t}  {src:>7} -> {dst:<7} {msg}{'  [' + prot + ']' if prot else ''}")
+
+
 def print_flow(log: str, since: int) -> int:
+    """The flow from the PN GW's debug log lines after line `since`; returns the line count."""
     lines = log.splitlines()
     for line in lines[since:]:
         m = FLOW_LINE.match(line)
         if m:
             t, src, dst, msg, prot = m.groups()
-            src = "server" if src == "server" else src
-            dst = "server" if dst == "server" else dst
-            print(f"  {t}  {src:>7} -> {dst:<7} {msg}{'  [' + prot + ']' if prot else ''}")
+            print_flow_line(t, src, dst, msg, prot)
     return len(lines)
+
+
+def print_trace_flow(events: list[dict], since: int) -> int:
+    """The flow from the PN GW's trace events after event `since`; returns the event count."""
+    for ev in events[since:]:
+        kind = ev.get("event")
+        if kind not in ("send", "recv") or not ev.get("message"):
+            continue
+        me, peer = ev.get("entity", ""), ev.get("peer", "")
+        peer = "server" if peer in (SERVER_ID, "server") else peer
+        src, dst = (me, peer) if kind == "send" else (peer, me)
+        ms = int(ev.get("time_ms") or 0)
+        t = datetime.fromtimestamp(ms / 1000).strftime("%H:%M:%S.%f")[:-3]
+        prot = ev.get("detail") if ev.get("detail") in ("clear", "tls") else None
+        print_flow_line(t, src, dst, ev["message"], prot)
+    return len(events)
+
+
+class FlowSource:
+    """Where the PN GW's message flow is read from: its trace if it writes one, else its log."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.log = lab.workdir / "gw.log"
+        self.trace = lab.trace_path("gw")
+        self.mark = 0
+
+    def _use_trace(self) -> bool:
+        return self.trace.exists()
+
+    def set_mark(self) -> None:
+        if self._use_trace():
+            self.mark = len(self.lab.read_trace("gw"))
+        else:
+            self.mark = len(self.log.read_text().splitlines())
+
+    def print_since_mark(self) -> None:
+        if self._use_trace():
+            self.mark = print_trace_flow(self.lab.read_trace("gw"), self.mark)
+        else:
+            self.mark = print_flow(self.log.read_text(), self.mark)
 
 
 def print_outcome(title: str, out: dict) -> None:
@@ -60,7 +109,9 @@ def main() -> int:
         PneSpec("pne-4", enough_ui=False, pan_secure=True, device_type="sensor",
                 use_discovery=True),
     ]
-    lab = make_lab(str(Path(build) / "apps"), pnes, discovery_group="239.255.67.78:47011")
+    # trace="auto": the daemons write event traces where they offer --trace-file.
+    lab = make_lab(str(Path(build) / "apps"), pnes, discovery_group="239.255.67.78:47011",
+                   trace="auto")
     print(f"Provisioned fresh 256-bit EUKeys (and pre-assigned keys for PNEs without UI) in "
           f"{lab.workdir}")
     for p in pnes:
@@ -78,23 +129,23 @@ def main() -> int:
         lab.wait_linked([p.id for p in pnes[1:]])
         print("cpns-pne pne-2, pne-3, pne-4 running and linked (pne-4 found the PN GW by "
               "multicast Entity Discovery)")
-        gw_log = lab.workdir / "gw.log"
-        mark = len(gw_log.read_text().splitlines())
+        flow = FlowSource(lab)
+        flow.set_mark()
 
         print("\n=== 5.2.1.1 PNE initiated: `cpns-pne setup --type all` on pne-1 ===")
         rc, out, _ = lab.pne_setup(pnes[0], "all")
         print("Message flow seen by the PN GW:")
-        mark = print_flow(gw_log.read_text(), mark)
+        flow.print_since_mark()
         print_outcome("Outcome at pne-1", out)
         ok &= rc == 0
 
         print("\n=== 5.2.1.2 PN GW initiated: `cpns-gw invite` (every linked PNE) ===")
         lab.start_pne(pnes[0])
         lab.wait_linked([p.id for p in pnes])
-        mark = len(gw_log.read_text().splitlines())
+        flow.set_mark()
         rc, out2 = lab.gw_invite()
         print("Message flow seen by the PN GW:")
-        print_flow(gw_log.read_text(), mark)
+        flow.print_since_mark()
         print_outcome("Outcome at gw-1", out2)
         ok &= rc == 0
 

@@ -16,7 +16,8 @@ if [[ "${1:-}" == "--with-runtime" || "${1:-}" == "--with-tests" ]]; then
 fi
 if [[ "${1:-}" == "--with-tests" ]]; then
   packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps python3
-             postgresql postgresql-client)
+             postgresql postgresql-client
+             clang-format clang-tidy)  # scripts/lint.sh (Debian 12: version 14)
 fi
 
 missing=()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The README's test command: installs what is missing, builds with warnings as errors and
-# runs the whole test suite (unit, simulator, script and multi-process tests) under ctest.
+# The README's test command: installs what is missing, builds with warnings as errors, runs
+# the format and lint gate (scripts/lint.sh) and the whole test suite (unit, simulator, script
+# and multi-process tests) under ctest. Fails if either the gate or a test fails; the tests
+# run even when the gate fails, so that one run reports both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,10 +10,20 @@ scripts/deps.sh --with-tests
 cmake --preset ci
 cmake --build --preset ci -j "$(nproc)"
 
+lint_status=0
+scripts/lint.sh build/ci || lint_status=$?
+
 # The store's PostgreSQL tests run against a throw-away server (in /tmp: the postgres user
 # must be able to reach it), stopped and removed on exit.
 pg_dir=$(mktemp -d /tmp/cpns-pg.XXXXXX)
 trap 'scripts/pg-test-server.sh stop "$pg_dir"' EXIT
 CPNS_TEST_PG_URL=$(scripts/pg-test-server.sh start "$pg_dir")
 export CPNS_TEST_PG_URL
-ctest --preset ci
+test_status=0
+ctest --preset ci || test_status=$?
+if ((lint_status)); then
+  echo "test.sh: the format and lint gate failed (scripts/lint.sh build/ci, output above)" >&2
+fi
+if ((lint_status || test_status)); then
+  exit 1
+fi

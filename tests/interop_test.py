@@ -2,15 +2,17 @@
 """Interoperability of the real daemons' PSK-TLS with independent TLS stacks (openssl, gnutls-cli).
 
 Run by ctest as `python3 tests/interop_test.py` with CPNS_BINARY_DIR (the build directory) and
-CPNS_SOURCE_DIR set. Python 3 standard library only. Everything runs on 127.0.0.1 with ephemeral
-ports; every wait is bounded and every child process is stopped in a finally block.
+CPNS_SOURCE_DIR set. Python 3 standard library only (unittest: one test per check; the two labs
+are shared by the checks). Everything runs on 127.0.0.1 with ephemeral ports; every wait is
+bounded and every child process is stopped in a finally block or at the end of the class.
 
-Checks (each counts as one):
+Checks:
  1. openssl s_client, TLS 1.3 external PSK "pre:<pne>" -> PN GW PAN endpoint: a framed
     PnSetupRequest goes in, a PneAuthenticationRequest (relayed from the CPNS Server) comes out.
  2. The same with TLS 1.2 (PSK-AES128-GCM-SHA256) against a PN GW configured pan_tls = "tls12".
  3. The same with gnutls-cli: TLS 1.3 ECDHE-PSK, and TLS 1.2 plain PSK (GnuTLS 3.7.9 crashes
-    after a TLS 1.2 ECDHE-PSK handshake, see /work/shared/DESIGN.md, so that is not used).
+    after a TLS 1.2 ECDHE-PSK handshake - a fault of that GnuTLS version, not of the PN GW -
+    so that combination is not used).
  4. cpns-pne (client) against openssl s_server -nocert -psk (TLS 1.3, and TLS 1.2 with
     --pan-tls tls12): handshake with the expected version and cipher, the PNE's first
     application data (a framed EntityDiscoveryRequest) arrives, and the PNE then gives up on its
@@ -32,12 +34,13 @@ import subprocess
 import sys
 import time
 import traceback
+import unittest
 from pathlib import Path
 
 SOURCE_DIR = Path(os.environ.get("CPNS_SOURCE_DIR") or Path(__file__).resolve().parent.parent)
 BINARY_DIR = Path(os.environ.get("CPNS_BINARY_DIR") or SOURCE_DIR / "build" / "dev")
-sys.path.insert(0, str(SOURCE_DIR / "scripts"))
-import cpnslab  # noqa: E402  (found through CPNS_SOURCE_DIR/scripts)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
+import cpnslab  # noqa: E402  (tests/lab/cpnslab.py)
 
 APPS = BINARY_DIR / "apps"
 CPNS_FRAME = APPS / "cpns-frame" / "cpns-frame"
@@ -542,68 +545,81 @@ def check_wrong_key(ctx: Context) -> None:
         raise CheckFailed("; ".join(failures))
 
 
-CHECKS = [
-    ("1. openssl s_client TLS 1.3 PSK -> PN GW: PnSetupRequest in, Authentication Request out",
-     check_s_client_tls13),
-    ("2. openssl s_client TLS 1.2 PSK-AES128-GCM-SHA256 -> PN GW (pan_tls = tls12): same",
-     check_s_client_tls12),
-    ("3. gnutls-cli TLS 1.3 ECDHE-PSK and TLS 1.2 PSK -> PN GW: same", check_gnutls),
-    ("4. cpns-pne -> openssl s_server (TLS 1.3, TLS 1.2): handshake, first frame, named timeout",
-     check_pne_against_s_server),
-    ("5. wrong pre-assigned key (s_client TLS 1.3, TLS 1.2) refused by the PN GW", check_wrong_key),
-]
+class InteropTest(unittest.TestCase):
+    """The checks share two labs (PN GW PAN side in TLS 1.3 and in TLS 1.2), started once."""
 
+    ctx: Context
+    start_errors: list[str]
 
-def main() -> int:
-    t_start = time.monotonic()
-    for tool in (CPNS_FRAME, CPNS_PNE, APPS / "cpns-gw" / "cpns-gw",
-                 APPS / "cpns-server" / "cpns-server"):
-        if not tool.exists():
-            print(f"interop: {tool} not built (CPNS_BINARY_DIR={BINARY_DIR})")
-            return 1
-    ctx = Context()
-    passed = failed = 0
-    start_errors = []
-    try:
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.t_start = time.monotonic()
+        missing = [str(tool) for tool in (CPNS_FRAME, CPNS_PNE, APPS / "cpns-gw" / "cpns-gw",
+                                          APPS / "cpns-server" / "cpns-server")
+                   if not tool.exists()]
+        if missing:
+            raise RuntimeError(f"interop: not built (CPNS_BINARY_DIR={BINARY_DIR}): "
+                               + ", ".join(missing))
+        cls.ctx = Context()
+        cls.start_errors = []
         for mode in ("tls13", "tls12"):
             try:
-                ctx.labs[mode] = start_lab(mode)
+                cls.ctx.labs[mode] = start_lab(mode)
             except Exception as e:
-                start_errors.append(f"{mode} lab: {e}")
-        for name, fn in CHECKS:
-            ctx.evidence, ctx.notes = [], []
-            t0 = time.monotonic()
-            try:
-                fn(ctx)
-                ok, why = True, ""
-            except CheckFailed as e:
-                ok, why = False, str(e)
-            except Exception:
-                ok, why = False, traceback.format_exc()
-            dt = time.monotonic() - t0
-            print(f"[{'PASS' if ok else 'FAIL'}] {name} ({dt:.1f}s)")
-            for note in ctx.notes:
-                print(f"       {note}")
-            if ok:
-                passed += 1
-                continue
-            failed += 1
-            print(f"       reason: {why}")
-            for err in start_errors:
-                print(f"       {err}")
-            for title, text in ctx.evidence:
-                print(f"  --- {title} ---")
-                print("\n".join("    " + line for line in text.rstrip().splitlines()))
-    finally:
+                cls.start_errors.append(f"{mode} lab: {e}")
+
+    @classmethod
+    def tearDownClass(cls) -> None:
         stop_all_children()
-        for lab in ctx.labs.values():
+        for lab in cls.ctx.labs.values():
             try:
                 cpnslab.cleanup(lab)
             except Exception as e:
                 print(f"interop: cleanup: {e}")
-    print(f"{passed} passed, {failed} failed ({time.monotonic() - t_start:.1f}s)")
-    return 0 if failed == 0 else 1
+        print(f"interop: {time.monotonic() - cls.t_start:.1f}s in all", flush=True)
+
+    def run_check(self, fn) -> None:
+        """Runs one check; prints its notes, and on failure its evidence, then fails."""
+        ctx = self.ctx
+        ctx.evidence, ctx.notes = [], []
+        try:
+            fn(ctx)
+            why = ""
+        except CheckFailed as e:
+            why = str(e)
+        except Exception:
+            why = traceback.format_exc()
+        out = [f"       {note}" for note in ctx.notes]
+        if why:
+            out += [f"       {err}" for err in self.start_errors]
+            for title, text in ctx.evidence:
+                out.append(f"  --- {title} ---")
+                out += ["    " + line for line in text.rstrip().splitlines()]
+        if out:
+            print("\n" + "\n".join(out), flush=True)
+        if why:
+            self.fail(why)
+
+    def test_1_s_client_tls13(self):
+        """1. openssl s_client TLS 1.3 PSK -> PN GW: PnSetupRequest in, Authentication Request out"""
+        self.run_check(check_s_client_tls13)
+
+    def test_2_s_client_tls12(self):
+        """2. openssl s_client TLS 1.2 PSK-AES128-GCM-SHA256 -> PN GW (pan_tls = tls12): same"""
+        self.run_check(check_s_client_tls12)
+
+    def test_3_gnutls(self):
+        """3. gnutls-cli TLS 1.3 ECDHE-PSK and TLS 1.2 PSK -> PN GW: same"""
+        self.run_check(check_gnutls)
+
+    def test_4_pne_against_s_server(self):
+        """4. cpns-pne -> openssl s_server (TLS 1.3, TLS 1.2): handshake, first frame, named timeout"""
+        self.run_check(check_pne_against_s_server)
+
+    def test_5_wrong_key(self):
+        """5. wrong pre-assigned key (s_client TLS 1.3, TLS 1.2) refused by the PN GW"""
+        self.run_check(check_wrong_key)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    unittest.main(verbosity=2)

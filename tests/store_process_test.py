@@ -1,7 +1,8 @@
 """Durable state with real processes: revocation through cpnsctl while the server runs, a
 server killed with SIGKILL in the middle of 200 concurrent establishments (SQLite and
 PostgreSQL), and two server instances sharing one PostgreSQL under 1,000 concurrent PNs.
-Python 3 standard library only; prints "N passed, M failed".
+Python 3 standard library only (unittest); one test per scenario. The PostgreSQL cases fail
+without CPNS_TEST_PG_URL, unless CPNS_TEST_NO_PG=1 asks to skip them on purpose.
 """
 
 import json
@@ -11,26 +12,27 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
+import unittest
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.environ.get("CPNS_SOURCE_DIR", "."), "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
 from cpnslab import PneSpec, cleanup, make_lab, new_pg_database  # noqa: E402
 
 BUILD = os.environ.get("CPNS_BINARY_DIR", "build/dev")
 BIN = os.path.join(BUILD, "apps")
 PG_URL = os.environ.get("CPNS_TEST_PG_URL", "")
-results = []
+if not __debug__:
+    sys.exit("store_process_test: the scenarios check with assert; run python3 without -O")
+NO_PG = not PG_URL and os.environ.get("CPNS_TEST_NO_PG") == "1"
 
 
-def check(name, fn):
-    t0 = time.monotonic()
-    try:
-        fn()
-        results.append((name, True))
-        print(f"PASS {name} ({time.monotonic() - t0:.1f}s)", flush=True)
-    except Exception:
-        results.append((name, False))
-        print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
+def need_pg(t):
+    """PostgreSQL cases: skipped with CPNS_TEST_NO_PG=1, a failure when no server is given."""
+    if NO_PG:
+        t.skipTest("CPNS_TEST_NO_PG=1: PostgreSQL cases skipped on purpose")
+    if not PG_URL:
+        t.fail("PostgreSQL cases: CPNS_TEST_PG_URL is not set; run the README's test command, "
+               "which starts a throw-away PostgreSQL")
 
 
 def ctl(lab, store, *args):
@@ -193,16 +195,25 @@ def two_servers_one_postgresql():
         cleanup(lab)
 
 
-check("cpnsctl revoke reaches a running server", revoke_while_running)
-check("SIGKILL mid-establishment, SQLite", lambda: crash_mid_establishment("sqlite"))
-if PG_URL:
-    check("SIGKILL mid-establishment, PostgreSQL", lambda: crash_mid_establishment("postgresql"))
-    check("two servers over one PostgreSQL, 1,000 PNs", two_servers_one_postgresql)
-else:
-    results.append(("PostgreSQL cases", False))
-    print("FAIL PostgreSQL cases: CPNS_TEST_PG_URL is not set; run the README's test command, "
-          "which starts a throw-away PostgreSQL")
+class StoreProcessTest(unittest.TestCase):
+    def test_1_revoke_while_running(self):
+        """cpnsctl revoke reaches a running server"""
+        revoke_while_running()
 
-passed = sum(1 for _, ok in results if ok)
-print(f"{passed} passed, {len(results) - passed} failed")
-sys.exit(0 if passed == len(results) else 1)
+    def test_2_crash_sqlite(self):
+        """SIGKILL mid-establishment, SQLite"""
+        crash_mid_establishment("sqlite")
+
+    def test_3_crash_postgresql(self):
+        """SIGKILL mid-establishment, PostgreSQL"""
+        need_pg(self)
+        crash_mid_establishment("postgresql")
+
+    def test_4_two_servers_one_postgresql(self):
+        """two servers over one PostgreSQL, 1,000 PNs"""
+        need_pg(self)
+        two_servers_one_postgresql()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -3,6 +3,12 @@
 Used by the main job (scripts/demo.py) and by the multi-process tests (tests/*_test.py).
 Every process listens on 127.0.0.1 with an ephemeral port (reported through a ready file),
 is stopped with SIGTERM at the end, and is killed if it does not stop within a second.
+
+Event traces: with Lab.trace = "on" (or "auto": only where the binary offers the option) every
+daemon and every `cpns-pne setup` gets `--trace-file <workdir>/<name>.trace.jsonl`, where it
+appends one JSON object per line (schema: message TraceEvent in proto/cpns/messages.proto).
+The option goes where each program takes its daemon options: `cpns-server --trace-file P`,
+`cpns-gw --config C run --trace-file P`, `cpns-pne --config C --trace-file P run|setup`.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class Lab:
     keylog: str = ""
     store_url: str = ""  # "" = SQLite file in the lab's folder; else e.g. a PostgreSQL URL
     gw_pan_tls: str = ""  # "tls13" or "tls12" for the PN GW's PAN side; "" keeps its default
+    trace: str = "off"  # "on": every process writes an event trace; "auto": where supported
 
     # --- provisioning -------------------------------------------------------------
     def provision(self) -> None:
@@ -147,15 +154,35 @@ class Lab:
         os.chmod(path, 0o600)
         return path
 
+    # --- event traces ---------------------------------------------------------------
+    def trace_path(self, name: str) -> Path:
+        """The trace file of a process: "server", "gw" or a PNE ID."""
+        return self.workdir / f"{name}.trace.jsonl"
+
+    def _trace_args(self, name: str, help_cmd: list[str]) -> list[str]:
+        if self.trace == "off":
+            return []
+        if not offers_trace_file(help_cmd):
+            if self.trace == "auto":
+                return []
+            cmd = " ".join([Path(help_cmd[0]).name] + help_cmd[1:])
+            raise RuntimeError(f"`{cmd}` has no --trace-file option: the daemons do not write "
+                               "event traces yet")
+        return ["--trace-file", str(self.trace_path(name))]
+
+    def read_trace(self, name: str) -> list[dict]:
+        """Every event in a process's trace file, in order ([] when there is none)."""
+        return read_trace_file(self.trace_path(name))
+
     # --- processes ----------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log = self.workdir / f"{name}.log"
-        f = open(log, "ab")
         env = dict(os.environ)
         if self.keylog:
             env["SSLKEYLOGFILE"] = self.keylog
-        popen = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True)
+        with open(log, "ab") as f:  # the child keeps its own copy of the descriptor
+            popen = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
@@ -174,8 +201,9 @@ class Lab:
     def start_server(self, name: str = "server") -> Proc:
         ready = self.workdir / f"{name}.ready"
         ready.unlink(missing_ok=True)
-        p = self._spawn(name, [str(self.bindir / "cpns-server" / "cpns-server"), "--config",
-                               str(self.workdir / f"{name}.toml")])
+        binary = self.bindir / "cpns-server" / "cpns-server"
+        p = self._spawn(name, [str(binary), "--config", str(self.workdir / f"{name}.toml")]
+                        + self._trace_args(name, [str(binary)]))
         addr = self._wait_ready(ready, p)
         if name == "server":
             self.server_addr = addr
@@ -187,15 +215,18 @@ class Lab:
         os.chmod(cfg, 0o600)
         ready = self.workdir / "gw.ready"
         ready.unlink(missing_ok=True)
-        p = self._spawn("gw", [str(self.bindir / "cpns-gw" / "cpns-gw"), "--config", str(cfg), "run"])
+        binary = self.bindir / "cpns-gw" / "cpns-gw"
+        p = self._spawn("gw", [str(binary), "--config", str(cfg), "run"]
+                        + self._trace_args("gw", [str(binary), "run"]))
         fields = dict(kv.split("=", 1) for kv in self._wait_ready(ready, p).split())
         self.pan_addr, self.control_addr = fields["pan"], fields["control"]
         return p
 
     def start_pne(self, p: PneSpec) -> Proc:
         cfg = self._pne_config(p)
-        return self._spawn(p.id, [str(self.bindir / "cpns-pne" / "cpns-pne"), "--config", str(cfg),
-                                  "run"])
+        binary = self.bindir / "cpns-pne" / "cpns-pne"
+        return self._spawn(p.id, [str(binary), "--config", str(cfg)]
+                           + self._trace_args(p.id, [str(binary)]) + ["run"])
 
     def wait_linked(self, ids: list[str], timeout: float = 10.0) -> dict:
         """Waits until the PN GW has a PAN link to every PNE in ids."""
@@ -221,8 +252,9 @@ class Lab:
     def pne_setup(self, p: PneSpec, setup_type: str = "all", invite: list[str] | None = None,
                   timeout: float = 120.0) -> tuple[int, dict, str]:
         cfg = self._pne_config(p)
-        args = [str(self.bindir / "cpns-pne" / "cpns-pne"), "--config", str(cfg), "setup",
-                "--type", setup_type, "--json"]
+        binary = self.bindir / "cpns-pne" / "cpns-pne"
+        args = [str(binary), "--config", str(cfg)] + self._trace_args(p.id, [str(binary)]) + [
+            "setup", "--type", setup_type, "--json"]
         if invite:
             args += ["--invite", ",".join(invite)]
         env = dict(os.environ)
@@ -274,6 +306,36 @@ class Lab:
 
     def logs(self) -> str:
         return "\n".join(f"==> {p.name}\n{p.log.read_text()}" for p in self.procs if p.log.exists())
+
+
+_offers_trace: dict[tuple[str, ...], bool] = {}
+
+
+def offers_trace_file(help_cmd: list[str]) -> bool:
+    """Whether `help_cmd --help` lists a --trace-file option (asked once per command)."""
+    key = tuple(help_cmd)
+    if key not in _offers_trace:
+        try:
+            r = subprocess.run(help_cmd + ["--help"], capture_output=True, text=True, timeout=10)
+            _offers_trace[key] = "--trace-file" in r.stdout + r.stderr
+        except (OSError, subprocess.TimeoutExpired):
+            _offers_trace[key] = False
+    return _offers_trace[key]
+
+
+def read_trace_file(path: Path) -> list[dict]:
+    """Parses a JSON-lines trace; a line that is not one JSON object raises ValueError."""
+    if not path.exists():
+        return []
+    events = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        ev = json.loads(line)
+        if not isinstance(ev, dict):
+            raise ValueError(f"{path}:{n}: not a JSON object: {line[:200]}")
+        events.append(ev)
+    return events
 
 
 def make_lab(bindir: str, pnes: list[PneSpec], **kw) -> Lab:

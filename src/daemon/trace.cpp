@@ -1,0 +1,212 @@
+#include "daemon/trace.hpp"
+
+#include <fcntl.h>
+#include <google/protobuf/util/json_util.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "daemon/common.hpp"
+
+namespace cpns::daemon {
+
+namespace {
+
+std::uint64_t system_ms() {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+}
+
+// Length of the valid UTF-8 sequence starting at s[i], or 0 if there is none.
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // bounds of the second byte
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;  // no overlong forms
+        if (c == 0xED) hi = 0x9F;  // no UTF-16 surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+    } else {
+        return 0;
+    }
+    if (i + n > s.size()) return 0;
+    for (std::size_t k = 1; k < n; ++k) {
+        const auto b = static_cast<unsigned char>(s[i + k]);
+        if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return 0;
+    }
+    return n;
+}
+
+// `s` with every byte that does not start a valid UTF-8 sequence replaced by '?', cut to at
+// most `max` bytes on a character boundary ("..." marks a cut).
+std::string clean_text(std::string_view s, std::size_t max) {
+    std::string out;
+    out.reserve(std::min(s.size(), max));
+    const bool cut = s.size() > max;
+    const std::size_t budget = cut ? (max >= 3 ? max - 3 : 0) : max;
+    for (std::size_t i = 0; i < s.size();) {
+        const std::size_t n = utf8_sequence(s, i);
+        const std::size_t take = n == 0 ? 1 : n;
+        if (out.size() + take > budget) break;
+        if (n == 0)
+            out.push_back('?');
+        else
+            out.append(s.substr(i, n));
+        i += take;
+    }
+    if (cut && max >= 3) out += "...";
+    return out;
+}
+
+// The text fields of a TraceEvent, so that they can be cleaned and cut alike.
+using Field = std::string* (*)(pb::TraceEvent&);
+constexpr std::array<Field, 11> kTextFields = {
+    [](pb::TraceEvent& e) { return e.mutable_entity(); },
+    [](pb::TraceEvent& e) { return e.mutable_role(); },
+    [](pb::TraceEvent& e) { return e.mutable_event(); },
+    [](pb::TraceEvent& e) { return e.mutable_pn_id(); },
+    [](pb::TraceEvent& e) { return e.mutable_subject(); },
+    [](pb::TraceEvent& e) { return e.mutable_from_state(); },
+    [](pb::TraceEvent& e) { return e.mutable_to_state(); },
+    [](pb::TraceEvent& e) { return e.mutable_reason(); },
+    [](pb::TraceEvent& e) { return e.mutable_message(); },
+    [](pb::TraceEvent& e) { return e.mutable_peer(); },
+    [](pb::TraceEvent& e) { return e.mutable_detail(); },
+};
+
+std::string print_json(const pb::TraceEvent& ev) {
+    std::string out;
+    google::protobuf::util::JsonPrintOptions opt;
+    opt.preserve_proto_field_names = true;
+    opt.always_print_primitive_fields = true;  // consumers see "subject": "" as well
+    if (!google::protobuf::util::MessageToJsonString(ev, &out, opt).ok()) return {};
+    return out;
+}
+
+}  // namespace
+
+TraceWriter::TraceWriter(const std::string& path, WallClock wall_clock) {
+    open(path, std::move(wall_clock));
+}
+
+TraceWriter::~TraceWriter() {
+    close();
+}
+
+void TraceWriter::open(const std::string& path, WallClock wall_clock) {
+    const std::lock_guard lock(mu_);
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    path_ = path;
+    wall_clock_ = wall_clock ? std::move(wall_clock) : WallClock(system_ms);
+    if (path.empty()) return;
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0) throw ConfigError("cannot open trace file " + path + ": " + std::strerror(errno));
+    fd_ = fd;
+}
+
+void TraceWriter::close() {
+    const std::lock_guard lock(mu_);
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+}
+
+std::string TraceWriter::to_line(const pb::TraceEvent& ev) {
+    pb::TraceEvent e = ev;
+    // Protobuf refuses to print a string field that is not UTF-8: repair them first.
+    std::size_t longest = 0;
+    for (const Field f : kTextFields) {
+        std::string* s = f(e);
+        *s = clean_text(*s, s->size());
+        longest = std::max(longest, s->size());
+    }
+    std::string line = print_json(e);
+    // Too long: cut every text field to a cap that halves until the line fits. Escaping can
+    // make a field up to six times longer in JSON, so the cap never needs to go below a few
+    // bytes; at cap 0 every field is empty and the line is short.
+    for (std::size_t cap = longest / 2; line.size() >= kMaxTraceLine; cap /= 2) {
+        for (const Field f : kTextFields) {
+            std::string* s = f(e);
+            if (s->size() > cap) *s = clean_text(*s, cap);
+        }
+        line = print_json(e);
+        if (cap == 0) break;
+    }
+    return line;
+}
+
+void TraceWriter::write(pb::TraceEvent ev) {
+    const std::lock_guard lock(mu_);
+    if (fd_ < 0) return;
+    if (ev.time_ms() == 0) ev.set_time_ms(wall_clock_());
+    std::string line = to_line(ev);
+    if (line.empty()) {
+        ++dropped_;
+        return;
+    }
+    line.push_back('\n');
+    std::size_t done = 0;
+    while (done < line.size()) {
+        const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            ++dropped_;
+            return;
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    ++written_;
+}
+
+std::uint64_t TraceWriter::written() const {
+    const std::lock_guard lock(mu_);
+    return written_;
+}
+
+std::uint64_t TraceWriter::dropped() const {
+    const std::lock_guard lock(mu_);
+    return dropped_;
+}
+
+pb::TraceEvent trace_transition(std::string_view entity, std::string_view role,
+                                std::string_view pn_id, std::string_view subject,
+                                std::string_view from_state, std::string_view to_state,
+                                std::string_view reason) {
+    pb::TraceEvent ev;
+    ev.set_entity(std::string(entity));
+    ev.set_role(std::string(role));
+    ev.set_event("transition");
+    ev.set_pn_id(std::string(pn_id));
+    ev.set_subject(std::string(subject));
+    ev.set_from_state(std::string(from_state));
+    ev.set_to_state(std::string(to_state));
+    ev.set_reason(std::string(reason));
+    return ev;
+}
+
+pb::TraceEvent trace_message(std::string_view entity, std::string_view role, std::string_view event,
+                             std::string_view pn_id, std::string_view message,
+                             std::string_view peer, std::string_view detail) {
+    pb::TraceEvent ev;
+    ev.set_entity(std::string(entity));
+    ev.set_role(std::string(role));
+    ev.set_event(std::string(event));
+    ev.set_pn_id(std::string(pn_id));
+    ev.set_message(std::string(message));
+    ev.set_peer(std::string(peer));
+    ev.set_detail(std::string(detail));
+    return ev;
+}
+
+}  // namespace cpns::daemon

@@ -1,0 +1,76 @@
+// The event trace of a daemon (`--trace-file PATH`): one JSON object per line, appended to
+// PATH, each line written with one write(2) so that it is on disk (in the page cache) when
+// write() returns and a reader never sees half a line from a running daemon.
+//
+// Each line is a pb::TraceEvent printed by protobuf's JSON printer with the schema's field
+// names (time_ms is a JSON string, as proto3 JSON prints 64-bit integers; every field is
+// present, empty strings included). docs/architecture.md describes the events and the state
+// names; tests/trace_flow_test.py checks what the daemons write.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "core/codec.hpp"
+
+namespace cpns::daemon {
+
+// Longest line written (the newline included). Longer events have their text fields cut, the
+// longest first, each cut marked with "...".
+inline constexpr std::size_t kMaxTraceLine = 4096;
+
+class TraceWriter {
+  public:
+    using WallClock = std::function<std::uint64_t()>;  // milliseconds since the Unix epoch
+
+    // Off: write() does nothing.
+    TraceWriter() = default;
+    // Opens (creates, mode 0600, or appends to) `path`; "" leaves the writer off. Throws
+    // ConfigError (src/daemon/common.hpp) if the file cannot be opened. `wall_clock` fills
+    // time_ms when an event has none (default: the system clock).
+    explicit TraceWriter(const std::string& path, WallClock wall_clock = {});
+    ~TraceWriter();
+    TraceWriter(const TraceWriter&) = delete;
+    TraceWriter& operator=(const TraceWriter&) = delete;
+
+    // Closes the current file if any, then opens `path` as the constructor does.
+    void open(const std::string& path, WallClock wall_clock = {});
+    void close();
+    bool enabled() const { return fd_ >= 0; }
+    const std::string& path() const { return path_; }
+
+    // Appends one line; time_ms is set from the wall clock when it is 0. A failed write is
+    // counted in dropped(), never thrown: tracing must not stop a daemon.
+    void write(pb::TraceEvent ev);
+
+    std::uint64_t written() const;
+    std::uint64_t dropped() const;
+
+    // The line for `ev` (without the newline): valid JSON, at most kMaxTraceLine - 1 bytes,
+    // text fields with invalid UTF-8 repaired ('?').
+    static std::string to_line(const pb::TraceEvent& ev);
+
+  private:
+    mutable std::mutex mu_;
+    int fd_ = -1;
+    std::string path_;
+    WallClock wall_clock_;
+    std::uint64_t written_ = 0;
+    std::uint64_t dropped_ = 0;
+};
+
+// Events as the roles' adapters write them (role: "pne", "gw" or "server").
+pb::TraceEvent trace_transition(std::string_view entity, std::string_view role,
+                                std::string_view pn_id, std::string_view subject,
+                                std::string_view from_state, std::string_view to_state,
+                                std::string_view reason);
+// event: "send" or "recv"; detail e.g. "clear" or "tls".
+pb::TraceEvent trace_message(std::string_view entity, std::string_view role, std::string_view event,
+                             std::string_view pn_id, std::string_view message,
+                             std::string_view peer, std::string_view detail = {});
+
+}  // namespace cpns::daemon
