@@ -413,7 +413,7 @@ Hash derive_hash_server_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteV
 SecretKey derive_kek(const SecretKey& eukey_recipient, Recipient recipient, std::string_view pn_id,
                      std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
                      ByteView rand_pne) {
-    const std::uint8_t recipient_byte = static_cast<std::uint8_t>(recipient);
+    const auto recipient_byte = static_cast<std::uint8_t>(recipient);
     auto block = kdf(eukey_recipient, Fc::kKek,
                      {ByteView{&recipient_byte, 1}, as_bytes(pn_id), as_bytes(pne_id),
                       as_bytes(gw_id), rand_server, rand_pne});

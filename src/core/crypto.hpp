@@ -36,7 +36,7 @@ class SecretKey {
   public:
     SecretKey() noexcept { bytes_.fill(0); }
     explicit SecretKey(ByteView raw);  // raw.size() must be kKeySize (std::invalid_argument)
-    SecretKey(const SecretKey& other) noexcept : bytes_(other.bytes_) {}
+    SecretKey(const SecretKey& other) noexcept = default;
     SecretKey& operator=(const SecretKey& other) noexcept;
     SecretKey(SecretKey&& other) noexcept;
     SecretKey& operator=(SecretKey&& other) noexcept;
