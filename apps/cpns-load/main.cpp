@@ -11,15 +11,16 @@
 #include "core/gateway.hpp"
 #include "daemon/common.hpp"
 #include "daemon/server_daemon.hpp"
-#include "net/connection.hpp"
+#include "net/psk_client_link.hpp"
 
 using namespace cpns;
 using namespace cpns::daemon;
 
 namespace {
 
-// How long one PN GW keeps retrying its server link before giving up.
+// How long one PN GW keeps retrying its server link before giving up, and how often.
 constexpr Millis kLoadConnectTimeout = 5'000;
+constexpr Millis kLoadRetry = 200;
 
 struct Result {
     std::string gw_id, pn_id;
@@ -65,29 +66,48 @@ class LoadGw {
         }
     }
 
+    // Connects (retrying until kLoadConnectTimeout), then establishes its PNs one after the
+    // other; what cannot be established is counted as unreachable.
     asio::awaitable<void> run() {
-        const Millis until = mono_now() + kLoadConnectTimeout;
-        for (;;) {
-            std::string error;
-            auto sock =
-                co_await net::connect_tcp(server_.host, server_.port, net::kConnectTimeout, error);
-            if (sock) {
-                auto c = std::make_shared<net::Connection>(std::move(*sock));
-                const tls::ClientPsk psk{id_, derive_gw_server_psk(eukey_, id_)};
-                if (co_await c->client_handshake(tls_, psk, 10'000)) {
-                    conn_ = c;
-                    break;
-                }
-                error = c->tls_detail();
+        connect_until_ = mono_now() + kLoadConnectTimeout;
+        net::PskClientLink::Options o;
+        o.server = server_;
+        o.psk = tls::ClientPsk{id_, derive_gw_server_psk(eukey_, id_)};
+        o.retry_min = o.retry_max = kLoadRetry;
+        net::PskClientLink::Hooks h;
+        h.on_up = [this](const std::shared_ptr<net::Connection>& c) {
+            conn_ = c;
+            asio::co_spawn(io_, start(), asio::detached);
+        };
+        h.on_message = [this](const pb::Envelope& env) {
+            apply_gw(gw_->on_message("cpns-server", env, Protection::kTls, mono_now()));
+        };
+        h.on_down = [this](const net::LinkError&, net::PskClientLink::Stage stage) {
+            if (stage != net::PskClientLink::Stage::kLost && mono_now() <= connect_until_)
+                return true;
+            if (stage == net::PskClientLink::Stage::kLost) {
+                conn_.reset();
+                apply_gw(gw_->on_link_down("cpns-server", mono_now()));
             }
-            if (mono_now() > until) {
-                while (pns_left_-- > 0)
-                    report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
-                co_return;
+            // Establishments not started yet cannot be: count them as unreachable.
+            while (pns_left_ > 0) {
+                --pns_left_;
+                report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
             }
-            asio::steady_timer t(io_, std::chrono::milliseconds(200));
-            co_await t.async_wait(asio::use_awaitable);
-        }
+            return false;
+        };
+        link_ = std::make_unique<net::PskClientLink>(io_.get_executor(), tls_, o, h);
+        co_await link_->run();
+    }
+
+    void stop() {
+        if (link_) link_->stop();
+        gw_timer_.cancel();
+        for (auto& [id, t] : timers_) t->cancel();
+    }
+
+  private:
+    asio::awaitable<void> start() {
         apply_gw(gw_->discover(mono_now()));
         // Every PNE answers discovery before the first invitation ('All' = every PNE known).
         for (int i = 0; i < 200 && gw_->neighbours().size() < pnes_.size(); ++i) {
@@ -95,31 +115,8 @@ class LoadGw {
             co_await t.async_wait(asio::use_awaitable);
         }
         next();
-        for (;;) {
-            auto r = co_await conn_->read();
-            if (auto* env = std::get_if<pb::Envelope>(&r)) {
-                apply_gw(gw_->on_message("cpns-server", *env, Protection::kTls, mono_now()));
-                continue;
-            }
-            break;
-        }
-        conn_->close();
-        conn_.reset();
-        apply_gw(gw_->on_link_down("cpns-server", mono_now()));
-        // Establishments not started yet cannot be: count them as unreachable.
-        while (pns_left_ > 0) {
-            --pns_left_;
-            report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
-        }
     }
 
-    void stop() {
-        if (conn_) conn_->close();
-        gw_timer_.cancel();
-        for (auto& [id, t] : timers_) t->cancel();
-    }
-
-  private:
     void next() {
         if (pns_left_ <= 0) {
             if (conn_) conn_->close();
@@ -190,6 +187,8 @@ class LoadGw {
     std::map<std::string, std::unique_ptr<RoleTimer>> timers_;
     RoleTimer gw_timer_;
     std::shared_ptr<net::Connection> conn_;
+    std::unique_ptr<net::PskClientLink> link_;
+    Millis connect_until_ = 0;
     Millis started_ = 0;
 };
 

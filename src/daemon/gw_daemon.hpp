@@ -14,6 +14,8 @@
 #include "daemon/state_file.hpp"
 #include "net/connection.hpp"
 #include "net/discovery.hpp"
+#include "net/listener.hpp"
+#include "net/psk_client_link.hpp"
 
 namespace cpns::daemon {
 
@@ -57,11 +59,16 @@ class GwDaemon {
         std::shared_ptr<net::tcp::socket> socket;
     };
 
-    asio::awaitable<void> server_link();
-    asio::awaitable<void> pan_accept_loop();
+    net::PskClientLink::Options server_link_options() const;
+    net::PskClientLink::Hooks server_link_hooks();
+    void log_server_down(const net::LinkError& error, net::PskClientLink::Stage stage) const;
+    net::Listener::Hooks pan_hooks();
+    net::Listener::Hooks control_hooks();
+    void start_discovery();
     asio::awaitable<void> pan_serve(std::shared_ptr<net::Connection> conn);
+    asio::awaitable<bool> pan_handshake(const std::shared_ptr<net::Connection>& conn);
+    bool bind_sender(net::Connection& conn, const pb::Envelope& env);
     asio::awaitable<void> discovery_loop();
-    asio::awaitable<void> control_accept_loop();
     asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
     void apply(Effects effects);
     void send_to_pne(const SendEffect& s);
@@ -74,19 +81,18 @@ class GwDaemon {
     OsRandom random_;
     std::unique_ptr<Gateway> gw_;
     std::optional<tls::TlsContext> server_tls_, pan_tls_;
-    net::tcp::acceptor pan_acceptor_, control_acceptor_;
+    net::Listener pan_listener_, control_listener_;
     std::unique_ptr<net::DiscoverySocket> discovery_;
     RoleTimer timer_;
     std::shared_ptr<net::Connection> server_conn_;
     pb::FailureReason server_down_reason_ = pb::PEER_UNREACHABLE;
     std::map<std::string, std::vector<std::shared_ptr<net::Connection>>> pan_conns_;
-    std::size_t pan_count_ = 0;
     std::map<std::string, std::vector<std::shared_ptr<net::tcp::socket>>> waiters_;  // by PN ID
     std::optional<net::udp::endpoint> udp_reply_to_;
     std::string udp_reply_peer_;
     bool stopping_ = false;
     std::uint16_t pan_port_ = 0, control_port_ = 0;
-    asio::steady_timer reconnect_;
+    std::unique_ptr<net::PskClientLink> server_link_;
     std::unique_ptr<StateWriter> state_;
     PskThrottle throttle_;  // failed PSK attempts per PAN identity
 };

@@ -116,13 +116,9 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
             if (!ec) sock->close();
         });
         while (!found) {
-            std::pair<pb::Envelope, net::udp::endpoint> got;
-            try {
-                got = co_await sock->receive();
-            } catch (const std::exception&) {
-                break;  // the round ended
-            }
-            const auto& env = got.first;
+            auto got = co_await sock->receive();
+            if (net::error_of(got)) break;  // the round ended
+            const auto& env = std::get<net::DiscoverySocket::Datagram>(got).first;
             if (!env.has_discovery_response()) continue;
             const auto& r = env.discovery_response();
             pne_->on_message(r.entity_id(), env, Protection::kClear, mono_now());
@@ -138,43 +134,39 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
     co_return found;
 }
 
-asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const SecretKey* psk) {
-    std::string error;
-    auto socket =
-        co_await net::connect_tcp(gw_addr_.host, gw_addr_.port, net::kConnectTimeout, error);
-    if (!socket) {
-        spdlog::warn("{}", error);
-        link_error_ = pb::PEER_UNREACHABLE;
-        link_error_detail_ = error;
-        co_return false;
+asio::awaitable<std::optional<net::LinkError>> PneDaemon::open_link(const std::string& identity,
+                                                                    const SecretKey* psk) {
+    auto socket = co_await net::connect_tcp(gw_addr_, net::kConnectTimeout);
+    if (const auto* error = net::error_of(socket)) {
+        spdlog::warn("{}", error->detail);
+        co_return *error;
     }
-    auto conn = std::make_shared<net::Connection>(std::move(*socket));
+    auto conn = std::make_shared<net::Connection>(std::get<net::tcp::socket>(std::move(socket)));
     if (psk) {
         const tls::ClientPsk credentials{identity, *psk};
-        if (!co_await conn->client_handshake(*tls_, credentials, kTlsHandshakeTimeout)) {
+        if (auto failed = co_await conn->client_handshake(*tls_, credentials, kTlsHandshakeTimeout,
+                                                          net::PskLink::kPan)) {
             spdlog::warn("PSK-TLS with the PN GW at {} as {} failed: {} ({})", gw_addr_.str(),
-                         identity, tls::to_string(conn->tls_error()), conn->tls_detail());
-            link_error_ = pb::TLS_HANDSHAKE_FAILED;
-            link_error_detail_ = "PSK-TLS as " + identity +
-                                 " failed: " + std::string(tls::to_string(conn->tls_error())) +
-                                 " (" + conn->tls_detail() + ")";
-            co_return false;
+                         identity, tls::to_string(failed->tls), failed->detail);
+            failed->detail = "PSK-TLS as " + identity +
+                             " failed: " + std::string(tls::to_string(failed->tls)) + " (" +
+                             failed->detail + ")";
+            co_return failed;
         }
         spdlog::info("PSK-TLS with the PN GW at {} as {} ({})", gw_addr_.str(), identity,
                      conn->tls_summary());
+    } else if (opt_.pan_secure) {
+        spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure)",
+                     gw_addr_.str());
     } else {
-        if (opt_.pan_secure)
-            spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure)",
-                         gw_addr_.str());
-        else
-            spdlog::info(
-                "clear PAN link to the PN GW at {} (PAN insecure: nothing secret is sent "
-                "before PSK-TLS with the LocalEUKey)",
-                gw_addr_.str());
+        spdlog::info(
+            "clear PAN link to the PN GW at {} (PAN insecure: nothing secret is sent before "
+            "PSK-TLS with the LocalEUKey)",
+            gw_addr_.str());
     }
     links_.push_back(Link{conn, identity});
     asio::co_spawn(io_, read_link(conn), asio::detached);
-    co_return true;
+    co_return std::nullopt;
 }
 
 asio::awaitable<void> PneDaemon::main() {
@@ -194,9 +186,10 @@ asio::awaitable<void> PneDaemon::main() {
         // A PNE without UI on an insecure PAN speaks only inside PSK-TLS (pre-assigned key).
         const bool pre_tls = !opt_.pan_secure && !opt_.enough_ui;
         const std::string identity = pre_tls ? preassigned_identity(opt_.id) : "";
-        if (!co_await open_link(identity, pre_tls ? &*opt_.preassigned_key : nullptr)) {
+        if (auto failed =
+                co_await open_link(identity, pre_tls ? &*opt_.preassigned_key : nullptr)) {
             if (task_.kind == PneTask::Kind::kSetup) {
-                fail_early(link_error_, link_error_detail_);
+                fail_early(failed->reason, failed->detail);
                 co_return;
             }
         } else {
@@ -258,7 +251,7 @@ asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn
         if (auto* de = std::get_if<DecodeError>(&r))
             spdlog::warn("closing PAN link: {}", to_string(*de));
         else if (!stopping_)
-            spdlog::info("PAN link closed ({})", std::get<net::ReadError>(r).what);
+            spdlog::info("PAN link closed ({})", std::get<net::LinkError>(r).detail);
         break;
     }
     conn->close();
@@ -278,12 +271,15 @@ asio::awaitable<void> PneDaemon::start_tls(std::shared_ptr<const StartTlsEffect>
             apply(pne_->on_tls_established(eff.peer, mono_now()));
             co_return;
         }
-    if (co_await open_link(eff.identity, &eff.psk)) {
+    if (!co_await open_link(eff.identity, &eff.psk)) {
         links_.back().conn->peer_id = eff.peer;
         // A session with an earlier PN's LocalEUKey is not needed any more.
-        for (const auto& l : links_)
-            if (l.conn->is_tls() && l.identity != eff.identity && l.identity.starts_with("leuk:"))
+        for (const auto& l : links_) {
+            const auto id = parse_psk_identity(l.identity);
+            if (l.conn->is_tls() && l.identity != eff.identity && id &&
+                id->kind == PskIdentity::Kind::kLocalEuKey)
                 l.conn->close();
+        }
         apply(pne_->on_tls_established(eff.peer, mono_now()));
     } else {
         // A refused or stripped upgrade ends the establishment; nothing continues in clear.

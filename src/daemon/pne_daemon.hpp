@@ -64,7 +64,9 @@ class PneDaemon {
     };
     asio::awaitable<void> main();
     asio::awaitable<std::optional<net::HostPort>> discover_gateway();
-    asio::awaitable<bool> open_link(const std::string& identity, const SecretKey* psk);
+    // Opens a PAN link to the PN GW (PSK-TLS when `psk` is set): nullopt, or why it failed.
+    asio::awaitable<std::optional<net::LinkError>> open_link(const std::string& identity,
+                                                             const SecretKey* psk);
     asio::awaitable<void> read_link(std::shared_ptr<net::Connection> conn);
     asio::awaitable<void> start_tls(std::shared_ptr<const StartTlsEffect> eff);
     void apply(Effects effects);
@@ -82,8 +84,6 @@ class PneDaemon {
     std::string gw_id_;
     std::vector<Link> links_;
     std::optional<OutcomeEffect> result_, early_;
-    pb::FailureReason link_error_ = pb::REASON_NONE;  // why the last open_link() failed
-    std::string link_error_detail_;
     bool setup_started_ = false;
     bool stopping_ = false;
     asio::steady_timer wait_;
