@@ -1,5 +1,6 @@
 #include "daemon/gw_daemon.hpp"
 
+#include <limits>
 #include <sstream>
 
 namespace cpns::daemon {
@@ -413,42 +414,27 @@ void GwDaemon::answer(const std::shared_ptr<net::tcp::socket>& socket, std::stri
                       });
 }
 
-std::string GwDaemon::status_json() const {
-    std::ostringstream s;
-    s << "{\"gw_id\":\"" << opt_.id << "\",\"server_link\":" << (server_conn_ ? "true" : "false")
-      << ",\"server_link_reason\":\"" << (server_conn_ ? "none" : reason_name(server_down_reason_))
-      << "\",\"pan_links\":{";
-    bool first = true;
+pb::GwStatus GwDaemon::status() const {
+    pb::GwStatus st;
+    st.set_gw_id(opt_.id);
+    st.set_server_link(server_conn_ != nullptr);
+    st.set_server_link_reason(server_conn_ ? "none"
+                                           : std::string(reason_name(server_down_reason_)));
     for (const auto& [id, conns] : pan_conns_) {
-        s << (first ? "" : ",") << "\"" << id << "\":[";
-        for (std::size_t i = 0; i < conns.size(); ++i)
-            s << (i ? "," : "") << "\"" << conns[i]->tls_summary() << "\"";
-        s << "]";
-        first = false;
+        auto& sessions = (*st.mutable_pan_links())[id];
+        for (const auto& c : conns) sessions.add_values()->set_string_value(c->tls_summary());
     }
-    s << "},\"neighbours\":[";
-    first = true;
-    for (const auto& [id, n] : gw_->neighbours()) {
-        s << (first ? "" : ",") << "\"" << id << "\"";
-        first = false;
-    }
-    s << "],\"active_establishments\":" << gw_->active_sessions() << ",\"inventory\":[";
-    first = true;
-    for (const auto& [pn, inv] : gw_->inventory()) {
-        s << (first ? "" : ",") << message_json(inv);
-        first = false;
-    }
-    s << "],\"failures\":{";
-    first = true;
+    for (const auto& [id, n] : gw_->neighbours()) st.add_neighbours(id);
+    st.set_active_establishments(static_cast<std::uint32_t>(gw_->active_sessions()));
+    for (const auto& [pn, inv] : gw_->inventory()) *st.add_inventory() = inv;
     const auto& c = gw_->counters();
     for (int r = pb::FailureReason_MIN; r <= pb::FailureReason_MAX; ++r) {
         const auto reason = static_cast<pb::FailureReason>(r);
         if (!pb::FailureReason_IsValid(r) || c[reason] == 0) continue;
-        s << (first ? "" : ",") << "\"" << reason_name(reason) << "\":" << c[reason];
-        first = false;
+        (*st.mutable_failures())[std::string(reason_name(reason))] = static_cast<std::uint32_t>(
+            std::min<std::uint64_t>(c[reason], std::numeric_limits<std::uint32_t>::max()));
     }
-    s << "}}";
-    return s.str();
+    return st;
 }
 
 // One request line per connection: "invite [pne ...]" (waits for the outcome) or "status".
@@ -464,7 +450,7 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
     std::string cmd;
     in >> cmd;
     if (cmd == "status") {
-        answer(socket, status_json());
+        answer(socket, message_json(status()));
     } else if (cmd == "invite") {
         std::vector<std::string> ids;
         for (std::string id; in >> id;) ids.push_back(id);

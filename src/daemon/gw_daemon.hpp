@@ -73,7 +73,7 @@ class GwDaemon {
     void apply(Effects effects);
     void send_to_pne(const SendEffect& s);
     void link_lost(const std::string& pne, const std::shared_ptr<net::Connection>& conn);
-    std::string status_json() const;
+    pb::GwStatus status() const;
     void answer(const std::shared_ptr<net::tcp::socket>& socket, std::string line);
 
     asio::io_context& io_;
