@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
         }();
         if (!id.empty()) {
             if (!valid_id(id)) throw ConfigError("--id '" + id + "' is not a valid entity ID");
-            o.id = id;
+            o.role.gw_id = id;
         }
         if (!server.empty()) o.server = parse_address(server, "--server");
         if (!pan_listen.empty()) o.pan_listen = parse_address(pan_listen, "--pan-listen");

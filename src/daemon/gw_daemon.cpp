@@ -7,28 +7,28 @@ namespace cpns::daemon {
 
 GwOptions gw_options_from(const Config& c) {
     GwOptions o;
-    o.id = c.str("id");
-    if (!valid_id(o.id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
+    o.role.gw_id = c.str("id");
+    if (!valid_id(o.role.gw_id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
     auto key = c.key("eukey", "eukey_file");
     if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
-    o.eukey = *key;
+    o.role.eukey = *key;
     o.server = parse_address(c.str("server", o.server.str()), c.where("server"));
-    o.server_id = c.str("server_id", o.server_id);
+    o.role.server_id = c.str("server_id", o.role.server_id);
     o.pan_listen = parse_address(c.str("pan_listen", o.pan_listen.str()), c.where("pan_listen"));
     o.control_listen =
         parse_address(c.str("control_listen", o.control_listen.str()), c.where("control_listen"));
     o.discovery_group = c.str("discovery_group", o.discovery_group);
     o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
     o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
-    o.default_pan_secure = c.boolean("default_pan_secure", false);
+    o.role.default_pan_secure = c.boolean("default_pan_secure", false);
     o.keylog = c.str("keylog");
     o.ready_file = c.str("ready_file");
     o.state_file = c.str("state_file");
-    o.capabilities = capabilities_from(c.table(), true);
-    if (o.capabilities.device_type().empty()) o.capabilities.set_device_type("pn-gw");
+    o.role.capabilities = capabilities_from(c.table(), true);
+    if (o.role.capabilities.device_type().empty()) o.role.capabilities.set_device_type("pn-gw");
     if (auto sub = c.table()["subscription"].as_table()) {
-        o.subscription.set_subscriber_id((*sub)["subscriber_id"].value_or(std::string()));
-        o.subscription.set_service_plan((*sub)["service_plan"].value_or(std::string()));
+        o.role.subscription.set_subscriber_id((*sub)["subscriber_id"].value_or(std::string()));
+        o.role.subscription.set_service_plan((*sub)["service_plan"].value_or(std::string()));
     }
     if (auto arr = c.table()["pne"].as_array()) {
         for (const auto& node : *arr) {
@@ -36,15 +36,15 @@ GwOptions gw_options_from(const Config& c) {
             if (!t) throw ConfigError(c.where("pne") + " entries must be tables");
             const std::string id = (*t)["id"].value_or(std::string());
             if (!valid_id(id)) throw ConfigError(c.where("pne") + ": invalid PNE id '" + id + "'");
-            if (id == o.id || id == o.server_id)
+            if (id == o.role.gw_id || id == o.role.server_id)
                 throw ConfigError(c.where("pne") + ": '" + id + "' is not a PNE ID");
             PanLinkConfig link;
-            link.pan_secure = (*t)["pan_secure"].value_or(o.default_pan_secure);
+            link.pan_secure = (*t)["pan_secure"].value_or(o.role.default_pan_secure);
             const std::string hex = (*t)["preassigned_key"].value_or(std::string());
             if (!hex.empty())
                 link.preassigned_key =
                     parse_key(hex, c.where("pne") + " " + id + " preassigned_key");
-            o.pan_links[id] = std::move(link);
+            o.role.pan_links[id] = std::move(link);
         }
     }
     return o;
@@ -56,17 +56,10 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
       pan_listener_(io.get_executor(), kMaxPanConnections, pan_hooks()),
       control_listener_(io.get_executor(), net::kUnbounded, control_hooks()),
       timer_(io.get_executor(), [this](Millis now) { apply(gw_->on_timer(now)); }) {
-    GatewayConfig gc;
-    gc.gw_id = opt_.id;
-    gc.eukey = opt_.eukey;
-    gc.capabilities = opt_.capabilities;
-    gc.subscription = opt_.subscription;
-    gc.server_id = opt_.server_id;
-    gc.pan_links = opt_.pan_links;
-    gc.default_pan_secure = opt_.default_pan_secure;
-    gc.log = core_log_sink();
-    gw_ = std::make_unique<Gateway>(std::move(gc), random_);
-    state_ = open_device_state<pb::GwState>(opt_.state_file, opt_.eukey, opt_.id, *gw_);
+    opt_.role.log = core_log_sink();
+    gw_ = std::make_unique<Gateway>(opt_.role, random_);
+    state_ =
+        open_device_state<pb::GwState>(opt_.state_file, opt_.role.eukey, opt_.role.gw_id, *gw_);
     if (state_) {
         spdlog::info("state file {}: {} PN(s) restored", opt_.state_file, gw_->inventory().size());
     } else {
@@ -106,7 +99,7 @@ void GwDaemon::start() {
     const std::string pan = opt_.pan_listen.host + ":" + std::to_string(pan_port_);
     const std::string control = opt_.control_listen.host + ":" + std::to_string(control_port_);
     gw_->set_endpoint(pan);
-    spdlog::info("PN GW {}: PAN on {} ({} for insecure links), control on {}", opt_.id, pan,
+    spdlog::info("PN GW {}: PAN on {} ({} for insecure links), control on {}", opt_.role.gw_id, pan,
                  tls::to_string(opt_.pan_tls), control);
     if (!opt_.discovery_group.empty()) start_discovery();
     write_ready_file(opt_.ready_file, "pan=" + pan + " control=" + control);
@@ -148,7 +141,7 @@ void GwDaemon::stop() {
 net::PskClientLink::Options GwDaemon::server_link_options() const {
     net::PskClientLink::Options o;
     o.server = opt_.server;
-    o.psk = tls::ClientPsk{opt_.id, derive_gw_server_psk(opt_.eukey, opt_.id)};
+    o.psk = tls::ClientPsk{opt_.role.gw_id, derive_gw_server_psk(opt_.role.eukey, opt_.role.gw_id)};
     o.handshake_timeout = kPanHandshakeTimeout;
     o.retry_min = kServerReconnectMin;
     o.retry_max = kServerReconnectMax;
@@ -163,15 +156,15 @@ net::PskClientLink::Hooks GwDaemon::server_link_hooks() {
         server_conn_ = conn;
     };
     h.on_message = [this](const pb::Envelope& env) {
-        spdlog::debug("server -> {}: {}", opt_.id, message_name(env));
-        apply(gw_->on_message(opt_.server_id, env, Protection::kTls, mono_now()));
+        spdlog::debug("server -> {}: {}", opt_.role.gw_id, message_name(env));
+        apply(gw_->on_message(opt_.role.server_id, env, Protection::kTls, mono_now()));
     };
     h.on_down = [this](const net::LinkError& error, net::PskClientLink::Stage stage) {
         server_conn_.reset();
         server_down_reason_ = error.reason;
         if (stopping_ && stage == net::PskClientLink::Stage::kLost) return false;
         log_server_down(error, stage);
-        apply(gw_->on_link_down(opt_.server_id, mono_now(), server_down_reason_));
+        apply(gw_->on_link_down(opt_.role.server_id, mono_now(), server_down_reason_));
         return true;
     };
     return h;
@@ -186,12 +179,12 @@ void GwDaemon::log_server_down(const net::LinkError& error, net::PskClientLink::
     } else if (error.reason != pb::GATEWAY_AUTHENTICATION_FAILED) {
         spdlog::warn("TLS with the CPNS Server failed: {}", error.detail);
     } else {
-        spdlog::error(
-            "the CPNS Server refused this PN GW: gateway authentication failed - {}",
-            error.tls == tls::TlsError::kBadPsk
-                ? "the EUKey configured here differs from the one provisioned for " + opt_.id
-                : "the server does not know " + opt_.id +
-                      " as an active PN GW (not provisioned, disabled or revoked)");
+        spdlog::error("the CPNS Server refused this PN GW: gateway authentication failed - {}",
+                      error.tls == tls::TlsError::kBadPsk
+                          ? "the EUKey configured here differs from the one provisioned for " +
+                                opt_.role.gw_id
+                          : "the server does not know " + opt_.role.gw_id +
+                                " as an active PN GW (not provisioned, disabled or revoked)");
     }
 }
 
@@ -234,7 +227,7 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
         if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
         co_return false;
     }
-    if (pne.empty() || pne == opt_.server_id || pne == opt_.id) {
+    if (pne.empty() || pne == opt_.role.server_id || pne == opt_.role.gw_id) {
         spdlog::warn("PSK-TLS identity '{}' names no PNE; closing", identity);
         co_return false;
     }
@@ -255,8 +248,8 @@ bool GwDaemon::bind_sender(net::Connection& conn, const pb::Envelope& env) {
                      env.sender_id());
         return false;
     }
-    if (!valid_id(env.sender_id()) || env.sender_id() == opt_.id ||
-        env.sender_id() == opt_.server_id) {
+    if (!valid_id(env.sender_id()) || env.sender_id() == opt_.role.gw_id ||
+        env.sender_id() == opt_.role.server_id) {
         spdlog::warn("clear link from {} without a valid sender; closing", conn.remote());
         return false;
     }
@@ -275,7 +268,7 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
         auto r = co_await conn->read();
         if (auto* env = std::get_if<pb::Envelope>(&r)) {
             if (!bind_sender(*conn, *env)) break;
-            spdlog::debug("{} -> {}: {} ({})", conn->peer_id, opt_.id, message_name(*env),
+            spdlog::debug("{} -> {}: {} ({})", conn->peer_id, opt_.role.gw_id, message_name(*env),
                           conn->is_tls() ? "tls" : "clear");
             apply(gw_->on_message(conn->peer_id, *env,
                                   conn->is_tls() ? Protection::kTls : Protection::kClear,
@@ -286,7 +279,7 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
             spdlog::warn("closing link of {}: {}",
                          conn->peer_id.empty() ? conn->remote() : conn->peer_id, to_string(*de));
             pb::Envelope err;
-            err.set_sender_id(opt_.id);
+            err.set_sender_id(opt_.role.gw_id);
             err.mutable_error()->set_reason(to_reason(*de));
             err.mutable_error()->set_detail(std::string(to_string(*de)));
             conn->send(err);
@@ -336,24 +329,24 @@ void GwDaemon::send_to_pne(const SendEffect& s) {
         });
         return;
     }
-    spdlog::debug("{} -> {}: {} ({})", opt_.id, s.to, message_name(s.msg),
+    spdlog::debug("{} -> {}: {} ({})", opt_.role.gw_id, s.to, message_name(s.msg),
                   conn->is_tls() ? "tls" : "clear");
 }
 
 void GwDaemon::apply(Effects effects) {
     for (auto& e : effects) {
         if (auto* s = std::get_if<SendEffect>(&e)) {
-            if (s->to == opt_.server_id) {
+            if (s->to == opt_.role.server_id) {
                 if (!server_conn_ || !server_conn_->send(s->msg)) {
                     spdlog::warn("cannot send {} to the CPNS Server: {}", message_name(s->msg),
                                  reason_name(server_down_reason_));
                     const auto reason = server_down_reason_;
                     asio::post(io_, [this, reason] {
                         if (!server_conn_)
-                            apply(gw_->on_link_down(opt_.server_id, mono_now(), reason));
+                            apply(gw_->on_link_down(opt_.role.server_id, mono_now(), reason));
                     });
                 } else {
-                    spdlog::debug("{} -> server: {}", opt_.id, message_name(s->msg));
+                    spdlog::debug("{} -> server: {}", opt_.role.gw_id, message_name(s->msg));
                 }
             } else if (udp_reply_to_ && s->to == udp_reply_peer_ &&
                        s->msg.has_discovery_response()) {
@@ -364,7 +357,7 @@ void GwDaemon::apply(Effects effects) {
                 send_to_pne(*s);
             }
         } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
-            const std::string json = outcome_json(opt_.id, *o);
+            const std::string json = outcome_json(opt_.role.gw_id, *o);
             if (o->success)
                 spdlog::info("PN {} established: {}", o->pn_id, json);
             else if (o->pn_id.empty())
@@ -393,7 +386,7 @@ asio::awaitable<void> GwDaemon::discovery_loop() {
         auto got = co_await discovery_->receive();
         if (net::error_of(got)) co_return;  // socket closed
         auto& [env, from] = std::get<net::DiscoverySocket::Datagram>(got);
-        if (!env.has_discovery_request() || env.sender_id() == opt_.id) continue;
+        if (!env.has_discovery_request() || env.sender_id() == opt_.role.gw_id) continue;
         spdlog::debug("discovery request from {} at {}", env.sender_id(),
                       from.address().to_string());
         udp_reply_to_ = from;
@@ -416,7 +409,7 @@ void GwDaemon::answer(const std::shared_ptr<net::tcp::socket>& socket, std::stri
 
 pb::GwStatus GwDaemon::status() const {
     pb::GwStatus st;
-    st.set_gw_id(opt_.id);
+    st.set_gw_id(opt_.role.gw_id);
     st.set_server_link(server_conn_ != nullptr);
     st.set_server_link_reason(server_conn_ ? "none"
                                            : std::string(reason_name(server_down_reason_)));
@@ -461,7 +454,7 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
         if (pn.empty()) {
             for (auto& e : fx)
                 if (auto* o = std::get_if<OutcomeEffect>(&e))
-                    answer(socket, outcome_json(opt_.id, *o));
+                    answer(socket, outcome_json(opt_.role.gw_id, *o));
         } else {
             waiters_[pn].push_back(socket);
         }

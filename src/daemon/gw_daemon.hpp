@@ -25,20 +25,16 @@ inline constexpr Millis kServerReconnectMax = 30'000;   // retries back off up t
 inline constexpr std::size_t kMaxPanConnections = 512;
 inline constexpr std::size_t kMaxControlLine = 4096;
 
+// The PN GW role's configuration (its ID, EUKey, server ID, PAN links, capabilities) and
+// what the daemon around it needs.
 struct GwOptions {
-    std::string id;
-    SecretKey eukey;
+    GatewayConfig role;
     net::HostPort server{"127.0.0.1", 7000};
-    std::string server_id = "cpns-server";
     net::HostPort pan_listen{"127.0.0.1", 7100};
     net::HostPort control_listen{"127.0.0.1", 7101};
     std::string discovery_group = net::kDefaultDiscoveryGroup;  // "" = off
     std::string discovery_interface = "127.0.0.1";
     tls::Mode pan_tls = tls::Mode::kTls13;
-    bool default_pan_secure = false;
-    std::map<std::string, PanLinkConfig> pan_links;
-    pb::DeviceCapabilities capabilities;
-    pb::SubscriptionInfo subscription;
     std::string keylog;
     std::string ready_file;  // "pan=host:port control=host:port"
     std::string state_file;  // sealed PN Inventory and LocalEUKeys; "" = memory only

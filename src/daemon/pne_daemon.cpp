@@ -4,23 +4,22 @@ namespace cpns::daemon {
 
 PneOptions pne_options_from(const Config& c) {
     PneOptions o;
-    o.id = c.str("id");
-    if (!valid_id(o.id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
+    o.role.pne_id = c.str("id");
+    if (!valid_id(o.role.pne_id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
     auto key = c.key("eukey", "eukey_file");
     if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
-    o.eukey = *key;
-    o.preassigned_key = c.key("preassigned_key", "preassigned_key_file");
-    o.enough_ui = c.boolean("enough_ui", true);
-    o.pan_secure = c.boolean("pan_secure", false);
+    o.role.eukey = *key;
+    o.role.preassigned_key = c.key("preassigned_key", "preassigned_key_file");
+    o.role.pan_secure = c.boolean("pan_secure", false);
     const std::string gw = c.str("gw");
     if (!gw.empty()) o.gw = parse_address(gw, c.where("gw"));
     o.discovery_group = c.str("discovery_group", o.discovery_group);
     o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
     o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
-    o.accept_invitations = c.boolean("accept_invitations", true);
+    o.role.accept_invitations = c.boolean("accept_invitations", true);
     o.keylog = c.str("keylog");
     o.state_file = c.str("state_file");
-    o.capabilities = capabilities_from(c.table(), o.enough_ui);
+    o.role.capabilities = capabilities_from(c.table(), c.boolean("enough_ui", true));
     if (auto arr = c.table()["content"].as_array())
         for (const auto& node : *arr)
             if (const auto* t = node.as_table()) {
@@ -30,9 +29,9 @@ PneOptions pne_options_from(const Config& c) {
                 ci.set_title((*t)["title"].value_or(std::string()));
                 ci.set_size_bytes(
                     static_cast<std::uint64_t>((*t)["size_bytes"].value_or(std::int64_t{0})));
-                o.contents.push_back(std::move(ci));
+                o.role.contents.push_back(std::move(ci));
             }
-    if (!o.pan_secure && !o.enough_ui && !o.preassigned_key)
+    if (!o.role.pan_secure && !o.role.capabilities.enough_ui() && !o.role.preassigned_key)
         throw ConfigError(c.where("preassigned_key") +
                           " is required: this PNE has no UI and its PAN is insecure, so it must "
                           "use PSK-TLS with a pre-assigned key");
@@ -47,17 +46,10 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
       task_(std::move(task)),
       timer_(io.get_executor(), [this](Millis now) { apply(pne_->on_timer(now)); }),
       wait_(io) {
-    PneConfig pc;
-    pc.pne_id = opt_.id;
-    pc.eukey = opt_.eukey;
-    pc.preassigned_key = opt_.preassigned_key;
-    pc.capabilities = opt_.capabilities;
-    pc.contents = opt_.contents;
-    pc.pan_secure = opt_.pan_secure;
-    pc.accept_invitations = opt_.accept_invitations;
-    pc.log = core_log_sink();
-    pne_ = std::make_unique<Pne>(std::move(pc), random_);
-    state_ = open_device_state<pb::PneState>(opt_.state_file, opt_.eukey, opt_.id, *pne_);
+    opt_.role.log = core_log_sink();
+    pne_ = std::make_unique<Pne>(opt_.role, random_);
+    state_ =
+        open_device_state<pb::PneState>(opt_.state_file, opt_.role.eukey, opt_.role.pne_id, *pne_);
     if (state_)
         spdlog::info("state file {}: {} PN membership(s) restored", opt_.state_file,
                      pne_->memberships().size());
@@ -89,7 +81,7 @@ void PneDaemon::fail_early(pb::FailureReason reason, const std::string& detail) 
     o.success = false;
     o.reason = reason;
     o.detail = detail;
-    o.pnes.push_back(PneOutcome{opt_.id, false, reason});
+    o.pnes.push_back(PneOutcome{opt_.role.pne_id, false, reason});
     early_ = o;
     finish();
 }
@@ -155,7 +147,7 @@ asio::awaitable<std::optional<net::LinkError>> PneDaemon::open_link(const std::s
         }
         spdlog::info("PSK-TLS with the PN GW at {} as {} ({})", gw_addr_.str(), identity,
                      conn->tls_summary());
-    } else if (opt_.pan_secure) {
+    } else if (opt_.role.pan_secure) {
         spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure)",
                      gw_addr_.str());
     } else {
@@ -184,10 +176,10 @@ asio::awaitable<void> PneDaemon::main() {
     }
     while (!stopping_) {
         // A PNE without UI on an insecure PAN speaks only inside PSK-TLS (pre-assigned key).
-        const bool pre_tls = !opt_.pan_secure && !opt_.enough_ui;
-        const std::string identity = pre_tls ? preassigned_identity(opt_.id) : "";
+        const bool pre_tls = !opt_.role.pan_secure && !opt_.role.capabilities.enough_ui();
+        const std::string identity = pre_tls ? preassigned_identity(opt_.role.pne_id) : "";
         if (auto failed =
-                co_await open_link(identity, pre_tls ? &*opt_.preassigned_key : nullptr)) {
+                co_await open_link(identity, pre_tls ? &*opt_.role.preassigned_key : nullptr)) {
             if (task_.kind == PneTask::Kind::kSetup) {
                 fail_early(failed->reason, failed->detail);
                 co_return;
@@ -214,8 +206,8 @@ asio::awaitable<void> PneDaemon::main() {
                 apply(pne_->start_setup(gw_id_, task_.setup_type, task_.invited, mono_now()));
                 co_return;
             } else {
-                spdlog::info("ready: PNE {} linked to PN GW {}; waiting for invitations", opt_.id,
-                             gw_id_);
+                spdlog::info("ready: PNE {} linked to PN GW {}; waiting for invitations",
+                             opt_.role.pne_id, gw_id_);
                 // Stay until every link is gone, then reconnect.
                 while (!links_.empty() && !stopping_) {
                     wait_.expires_after(std::chrono::hours(24));
@@ -242,7 +234,7 @@ asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn
                 wait_.cancel();
             }
             const std::string from = gw_id_.empty() ? env->sender_id() : gw_id_;
-            spdlog::debug("{} -> {}: {} ({})", from, opt_.id, message_name(*env),
+            spdlog::debug("{} -> {}: {} ({})", from, opt_.role.pne_id, message_name(*env),
                           conn->is_tls() ? "tls" : "clear");
             apply(pne_->on_message(
                 from, *env, conn->is_tls() ? Protection::kTls : Protection::kClear, mono_now()));
@@ -306,13 +298,13 @@ void PneDaemon::apply(Effects effects) {
             if (!conn || !conn->send(s->msg))
                 spdlog::warn("cannot send {}: no PAN link", message_name(s->msg));
             else
-                spdlog::debug("{} -> {}: {} ({})", opt_.id, s->to == "*" ? "PAN" : s->to,
+                spdlog::debug("{} -> {}: {} ({})", opt_.role.pne_id, s->to == "*" ? "PAN" : s->to,
                               message_name(s->msg), conn->is_tls() ? "tls" : "clear");
         } else if (auto* t = std::get_if<StartTlsEffect>(&e)) {
             asio::co_spawn(io_, start_tls(std::make_shared<const StartTlsEffect>(std::move(*t))),
                            asio::detached);
         } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
-            const std::string json = outcome_json(opt_.id, *o);
+            const std::string json = outcome_json(opt_.role.pne_id, *o);
             if (o->success)
                 spdlog::info("joined PN {}: {}", o->pn_id, json);
             else

@@ -21,19 +21,14 @@ inline constexpr Millis kDiscoveryRepeat = 1'000;      // re-send the request th
 inline constexpr Millis kGatewayHelloTimeout = 5'000;  // the PN GW answers discovery on the link
 inline constexpr Millis kPneReconnectDelay = 2'000;    // run mode: retry a lost PAN link
 
+// The PNE role's configuration (its ID, keys, capabilities - enough_ui among them -, PAN
+// security, contents) and what the daemon around it needs.
 struct PneOptions {
-    std::string id;
-    SecretKey eukey;
-    std::optional<SecretKey> preassigned_key;
-    bool enough_ui = true;
-    bool pan_secure = false;
+    PneConfig role;
     std::optional<net::HostPort> gw;  // none: discover by multicast
     std::string discovery_group = net::kDefaultDiscoveryGroup;
     std::string discovery_interface = "127.0.0.1";
     tls::Mode pan_tls = tls::Mode::kTls13;
-    bool accept_invitations = true;
-    pb::DeviceCapabilities capabilities;
-    std::vector<pb::ContentInfo> contents;
     std::string keylog;
     std::string state_file;  // sealed memberships, LocalEUKeys, SK_PNE; "" = memory only
 };

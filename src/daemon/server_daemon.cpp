@@ -118,15 +118,13 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     }
     spdlog::info("store: {} ({}), {} PN GW(s) provisioned", redact_url(opt_.store),
                  store_->backend(), dir_.size());
-    ServerConfig sc;
-    sc.server_id = opt_.id;
-    sc.log = core_log_sink();
-    sc.wall_clock_ms = [] {
+    opt_.role.log = core_log_sink();
+    opt_.role.wall_clock_ms = [] {
         return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                               std::chrono::system_clock::now().time_since_epoch())
                                               .count());
     };
-    server_ = std::make_unique<Server>(sc, dir_, random_);
+    server_ = std::make_unique<Server>(opt_.role, dir_, random_);
     tls::TlsConfig tc;
     tc.role = tls::Role::kServer;
     tc.mode = tls::Mode::kTls13;
@@ -216,7 +214,7 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
     }
     if (store_queue_ >= kMaxStoreQueue) {
         pb::Envelope busy;
-        busy.set_sender_id(opt_.id);
+        busy.set_sender_id(opt_.role.server_id);
         busy.mutable_error()->set_pn_id(env->registration_request().pn_id());
         busy.mutable_error()->set_reason(pb::BUSY);
         busy.mutable_error()->set_detail("the server's store is saturated; retry later");
@@ -240,7 +238,7 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
         [this, gw, env, ids, found, failed] {
             if (*failed) {
                 pb::Envelope err;
-                err.set_sender_id(opt_.id);
+                err.set_sender_id(opt_.role.server_id);
                 err.mutable_error()->set_pn_id(env->registration_request().pn_id());
                 err.mutable_error()->set_reason(pb::INTERNAL_ERROR);
                 err.mutable_error()->set_detail("the server's store is unavailable");
@@ -257,7 +255,8 @@ void ServerDaemon::start() {
         throw ConfigError(error->detail);
     port_ = listener_.port();
     const std::string addr = opt_.listen.host + ":" + std::to_string(port_);
-    spdlog::info("CPNS Server {} listening for PN GWs on {} (TLS 1.3 external PSK)", opt_.id, addr);
+    spdlog::info("CPNS Server {} listening for PN GWs on {} (TLS 1.3 external PSK)",
+                 opt_.role.server_id, addr);
     write_ready_file(opt_.ready_file, addr);
     asio::co_spawn(io_, listener_.run(), asio::detached);
     refresh_.expires_after(std::chrono::milliseconds(kGwDirectoryRefresh));
@@ -388,7 +387,7 @@ void ServerDaemon::apply(Effects effects) {
             if (session_keys_.size() >= kMaxSessionKeys) session_keys_.erase(session_keys_.begin());
             session_keys_[{k->pn_id, k->pne_id}] = k->sk;
         } else if (auto* o = std::get_if<OutcomeEffect>(&e)) {
-            spdlog::info("establishment {}: {}", o->pn_id, outcome_json(opt_.id, *o));
+            spdlog::info("establishment {}: {}", o->pn_id, outcome_json(opt_.role.server_id, *o));
             // The audit log: one record per PNE, plus one for the PN itself.
             auto records = std::make_shared<std::vector<store::AuditRecord>>();
             const auto now_ms =
@@ -396,11 +395,11 @@ void ServerDaemon::apply(Effects effects) {
                                               std::chrono::system_clock::now().time_since_epoch())
                                               .count());
             const std::string gw = o->gw_id;
-            records->push_back({now_ms, opt_.id, gw, o->pn_id, "", o->success,
+            records->push_back({now_ms, opt_.role.server_id, gw, o->pn_id, "", o->success,
                                 std::string(reason_name(o->reason)), o->detail});
             for (const auto& pne : o->pnes)
-                records->push_back({now_ms, opt_.id, gw, o->pn_id, pne.pne_id, pne.joined,
-                                    std::string(reason_name(pne.reason)), ""});
+                records->push_back({now_ms, opt_.role.server_id, gw, o->pn_id, pne.pne_id,
+                                    pne.joined, std::string(reason_name(pne.reason)), ""});
             audit_pending_.insert(audit_pending_.end(), records->begin(), records->end());
             flush_audit();
         }

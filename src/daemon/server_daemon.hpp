@@ -29,8 +29,10 @@ inline constexpr std::size_t kMaxPendingLookups = 256;
 // The store URL with any password replaced, for logs.
 std::string redact_url(const std::string& url);
 
+// The CPNS Server role's configuration (its ID; the clock and log are set by the daemon) and
+// what the daemon around it needs.
 struct ServerOptions {
-    std::string id = "cpns-server";
+    ServerConfig role;
     net::HostPort listen{"127.0.0.1", 7000};
     // The store: "sqlite:PATH" (default; $CPNS_STORE overrides the default) or a PostgreSQL URL.
     std::string store = "sqlite:cpns-server.db";
