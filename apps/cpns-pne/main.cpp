@@ -46,8 +46,8 @@ int main(int argc, char** argv) {
             o.role.pne_id = id;
         }
         if (!gw.empty()) o.gw = parse_address(gw, "--gw");
-        if (!keylog.empty()) o.keylog = keylog;
-        if (!pan_tls.empty()) o.pan_tls = parse_tls_mode(pan_tls, "--pan-tls");
+        if (!keylog.empty()) o.device.keylog = keylog;
+        if (!pan_tls.empty()) o.device.pan_tls = parse_tls_mode(pan_tls, "--pan-tls");
         init_logging(o.role.pne_id, log_level.empty() ? cfg.str("log_level", "info") : log_level);
         PneTask task;
         if (*setup) {

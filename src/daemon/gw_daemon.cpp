@@ -7,23 +7,15 @@ namespace cpns::daemon {
 
 GwOptions gw_options_from(const Config& c) {
     GwOptions o;
-    o.role.gw_id = c.str("id");
-    if (!valid_id(o.role.gw_id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
-    auto key = c.key("eukey", "eukey_file");
-    if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
-    o.role.eukey = *key;
+    std::tie(o.role.gw_id, o.role.eukey) = device_identity(c);
+    o.device = device_options_from(c);
     o.server = parse_address(c.str("server", o.server.str()), c.where("server"));
     o.role.server_id = c.str("server_id", o.role.server_id);
     o.pan_listen = parse_address(c.str("pan_listen", o.pan_listen.str()), c.where("pan_listen"));
     o.control_listen =
         parse_address(c.str("control_listen", o.control_listen.str()), c.where("control_listen"));
-    o.discovery_group = c.str("discovery_group", o.discovery_group);
-    o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
-    o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
     o.role.default_pan_secure = c.boolean("default_pan_secure", false);
-    o.keylog = c.str("keylog");
     o.ready_file = c.str("ready_file");
-    o.state_file = c.str("state_file");
     o.role.capabilities = capabilities_from(c.table(), true);
     if (o.role.capabilities.device_type().empty()) o.role.capabilities.set_device_type("pn-gw");
     if (auto sub = c.table()["subscription"].as_table()) {
@@ -58,15 +50,16 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
       timer_(io.get_executor(), [this](Millis now) { apply(gw_->on_timer(now)); }) {
     opt_.role.log = core_log_sink();
     gw_ = std::make_unique<Gateway>(opt_.role, random_);
-    state_ =
-        open_device_state<pb::GwState>(opt_.state_file, opt_.role.eukey, opt_.role.gw_id, *gw_);
+    state_ = open_device_state<pb::GwState>(opt_.device.state_file, opt_.role.eukey,
+                                            opt_.role.gw_id, *gw_);
     if (state_) {
-        spdlog::info("state file {}: {} PN(s) restored", opt_.state_file, gw_->inventory().size());
+        spdlog::info("state file {}: {} PN(s) restored", opt_.device.state_file,
+                     gw_->inventory().size());
     } else {
         spdlog::info("no state_file: the PN Inventory and LocalEUKeys are kept in memory only");
     }
 
-    const std::string keylog = keylog_path(opt_.keylog);
+    const std::string keylog = keylog_path(opt_.device.keylog);
     if (!keylog.empty()) spdlog::warn("TLS key log enabled: {} (debugging only)", keylog);
     tls::TlsConfig client;
     client.role = tls::Role::kClient;
@@ -77,7 +70,7 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
                                                         server_link_options(), server_link_hooks());
     tls::TlsConfig server;
     server.role = tls::Role::kServer;
-    server.mode = opt_.pan_tls;
+    server.mode = opt_.device.pan_tls;
     server.keylog_path = keylog;
     server.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
         if (throttle_.blocked(std::string(identity), mono_now())) {
@@ -90,18 +83,14 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
 }
 
 void GwDaemon::start() {
-    for (auto [listener, at, what] :
-         {std::tuple{&pan_listener_, &opt_.pan_listen, "pan_listen"},
-          std::tuple{&control_listener_, &opt_.control_listen, "control_listen"}})
-        if (auto error = listener->listen(*at, what)) throw ConfigError(error->detail);
-    pan_port_ = pan_listener_.port();
-    control_port_ = control_listener_.port();
+    pan_port_ = listen_on(pan_listener_, opt_.pan_listen, "pan_listen");
+    control_port_ = listen_on(control_listener_, opt_.control_listen, "control_listen");
     const std::string pan = opt_.pan_listen.host + ":" + std::to_string(pan_port_);
     const std::string control = opt_.control_listen.host + ":" + std::to_string(control_port_);
     gw_->set_endpoint(pan);
     spdlog::info("PN GW {}: PAN on {} ({} for insecure links), control on {}", opt_.role.gw_id, pan,
-                 tls::to_string(opt_.pan_tls), control);
-    if (!opt_.discovery_group.empty()) start_discovery();
+                 tls::to_string(opt_.device.pan_tls), control);
+    if (!opt_.device.discovery_group.empty()) start_discovery();
     write_ready_file(opt_.ready_file, "pan=" + pan + " control=" + control);
     asio::co_spawn(io_, server_link_->run(), asio::detached);
     asio::co_spawn(io_, pan_listener_.run(), asio::detached);
@@ -109,15 +98,16 @@ void GwDaemon::start() {
 }
 
 void GwDaemon::start_discovery() {
-    const auto group = parse_address(opt_.discovery_group, "discovery_group");
+    const auto group = parse_address(opt_.device.discovery_group, "discovery_group");
     try {
         discovery_ = std::make_unique<net::DiscoverySocket>(io_.get_executor(), group,
-                                                            opt_.discovery_interface, true);
+                                                            opt_.device.discovery_interface, true);
     } catch (const std::exception& e) {
-        throw ConfigError("cannot join discovery group " + opt_.discovery_group + ": " + e.what());
+        throw ConfigError("cannot join discovery group " + opt_.device.discovery_group + ": " +
+                          e.what());
     }
-    spdlog::info("answering CPNS Entity Discovery on {} via {}", opt_.discovery_group,
-                 opt_.discovery_interface);
+    spdlog::info("answering CPNS Entity Discovery on {} via {}", opt_.device.discovery_group,
+                 opt_.device.discovery_interface);
     asio::co_spawn(io_, discovery_loop(), asio::detached);
 }
 

@@ -32,12 +32,8 @@ struct GwOptions {
     net::HostPort server{"127.0.0.1", 7000};
     net::HostPort pan_listen{"127.0.0.1", 7100};
     net::HostPort control_listen{"127.0.0.1", 7101};
-    std::string discovery_group = net::kDefaultDiscoveryGroup;  // "" = off
-    std::string discovery_interface = "127.0.0.1";
-    tls::Mode pan_tls = tls::Mode::kTls13;
-    std::string keylog;
+    DeviceOptions device;    // discovery_group "" = off
     std::string ready_file;  // "pan=host:port control=host:port"
-    std::string state_file;  // sealed PN Inventory and LocalEUKeys; "" = memory only
 };
 
 GwOptions gw_options_from(const Config& c);

@@ -4,21 +4,13 @@ namespace cpns::daemon {
 
 PneOptions pne_options_from(const Config& c) {
     PneOptions o;
-    o.role.pne_id = c.str("id");
-    if (!valid_id(o.role.pne_id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
-    auto key = c.key("eukey", "eukey_file");
-    if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
-    o.role.eukey = *key;
+    std::tie(o.role.pne_id, o.role.eukey) = device_identity(c);
+    o.device = device_options_from(c);
     o.role.preassigned_key = c.key("preassigned_key", "preassigned_key_file");
     o.role.pan_secure = c.boolean("pan_secure", false);
     const std::string gw = c.str("gw");
     if (!gw.empty()) o.gw = parse_address(gw, c.where("gw"));
-    o.discovery_group = c.str("discovery_group", o.discovery_group);
-    o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
-    o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
     o.role.accept_invitations = c.boolean("accept_invitations", true);
-    o.keylog = c.str("keylog");
-    o.state_file = c.str("state_file");
     o.role.capabilities = capabilities_from(c.table(), c.boolean("enough_ui", true));
     if (auto arr = c.table()["content"].as_array())
         for (const auto& node : *arr)
@@ -35,7 +27,7 @@ PneOptions pne_options_from(const Config& c) {
         throw ConfigError(c.where("preassigned_key") +
                           " is required: this PNE has no UI and its PAN is insecure, so it must "
                           "use PSK-TLS with a pre-assigned key");
-    if (!o.gw && o.discovery_group.empty())
+    if (!o.gw && o.device.discovery_group.empty())
         throw ConfigError(c.where("gw") + ": set the PN GW's address or a discovery_group");
     return o;
 }
@@ -48,15 +40,15 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
       wait_(io) {
     opt_.role.log = core_log_sink();
     pne_ = std::make_unique<Pne>(opt_.role, random_);
-    state_ =
-        open_device_state<pb::PneState>(opt_.state_file, opt_.role.eukey, opt_.role.pne_id, *pne_);
+    state_ = open_device_state<pb::PneState>(opt_.device.state_file, opt_.role.eukey,
+                                             opt_.role.pne_id, *pne_);
     if (state_)
-        spdlog::info("state file {}: {} PN membership(s) restored", opt_.state_file,
+        spdlog::info("state file {}: {} PN membership(s) restored", opt_.device.state_file,
                      pne_->memberships().size());
     tls::TlsConfig tc;
     tc.role = tls::Role::kClient;
-    tc.mode = opt_.pan_tls;
-    tc.keylog_path = keylog_path(opt_.keylog);
+    tc.mode = opt_.device.pan_tls;
+    tc.keylog_path = keylog_path(opt_.device.keylog);
     if (!tc.keylog_path.empty())
         spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
     tls_.emplace(tc);
@@ -93,14 +85,14 @@ void PneDaemon::finish() {
 }
 
 asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
-    const auto group = parse_address(opt_.discovery_group, "discovery_group");
-    spdlog::info("looking for a PN GW on {} (CPNS Entity Discovery)", opt_.discovery_group);
+    const auto group = parse_address(opt_.device.discovery_group, "discovery_group");
+    spdlog::info("looking for a PN GW on {} (CPNS Entity Discovery)", opt_.device.discovery_group);
     std::optional<net::HostPort> found;
     const Millis until = mono_now() + kDiscoveryTimeout;
     while (!found && !stopping_ && mono_now() < until) {
         // One round: send the request, collect answers until the repeat timer closes the socket.
         auto sock = std::make_shared<net::DiscoverySocket>(io_.get_executor(), group,
-                                                           opt_.discovery_interface, false);
+                                                           opt_.device.discovery_interface, false);
         for (auto& e : pne_->discover(mono_now()))
             if (auto* s = std::get_if<SendEffect>(&e)) sock->send_to_group(s->msg);
         asio::steady_timer round(io_, std::chrono::milliseconds(kDiscoveryRepeat));
@@ -169,7 +161,7 @@ asio::awaitable<void> PneDaemon::main() {
         auto found = co_await discover_gateway();
         if (!found) {
             fail_early(pb::PEER_UNREACHABLE,
-                       "no PN GW answered CPNS Entity Discovery on " + opt_.discovery_group);
+                       "no PN GW answered CPNS Entity Discovery on " + opt_.device.discovery_group);
             co_return;
         }
         gw_addr_ = *found;

@@ -26,11 +26,7 @@ inline constexpr Millis kPneReconnectDelay = 2'000;    // run mode: retry a lost
 struct PneOptions {
     PneConfig role;
     std::optional<net::HostPort> gw;  // none: discover by multicast
-    std::string discovery_group = net::kDefaultDiscoveryGroup;
-    std::string discovery_interface = "127.0.0.1";
-    tls::Mode pan_tls = tls::Mode::kTls13;
-    std::string keylog;
-    std::string state_file;  // sealed memberships, LocalEUKeys, SK_PNE; "" = memory only
+    DeviceOptions device;             // state_file: memberships, LocalEUKeys, SK_PNE
 };
 
 PneOptions pne_options_from(const Config& c);

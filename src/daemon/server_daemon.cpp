@@ -205,6 +205,17 @@ void ServerDaemon::refresh_gateways() {
               });
 }
 
+// Answers a registration the store cannot take with an ErrorReport.
+void ServerDaemon::refuse_registration(const std::string& gw, const pb::Envelope& request,
+                                       pb::FailureReason reason, const std::string& detail) {
+    pb::Envelope err;
+    err.set_sender_id(opt_.role.server_id);
+    err.mutable_error()->set_pn_id(request.registration_request().pn_id());
+    err.mutable_error()->set_reason(reason);
+    err.mutable_error()->set_detail(detail);
+    if (auto it = gws_.find(gw); it != gws_.end()) it->second->send(err);
+}
+
 // A registration first brings the records of the PN GW and of every PNE it names into the
 // cache (on the store thread), then goes to the core.
 void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env) {
@@ -213,12 +224,7 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
         return;
     }
     if (store_queue_ >= kMaxStoreQueue) {
-        pb::Envelope busy;
-        busy.set_sender_id(opt_.role.server_id);
-        busy.mutable_error()->set_pn_id(env->registration_request().pn_id());
-        busy.mutable_error()->set_reason(pb::BUSY);
-        busy.mutable_error()->set_detail("the server's store is saturated; retry later");
-        if (auto it = gws_.find(gw); it != gws_.end()) it->second->send(busy);
+        refuse_registration(gw, *env, pb::BUSY, "the server's store is saturated; retry later");
         spdlog::warn("refusing a registration from {}: store queue full", gw);
         return;
     }
@@ -237,12 +243,8 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
         },
         [this, gw, env, ids, found, failed] {
             if (*failed) {
-                pb::Envelope err;
-                err.set_sender_id(opt_.role.server_id);
-                err.mutable_error()->set_pn_id(env->registration_request().pn_id());
-                err.mutable_error()->set_reason(pb::INTERNAL_ERROR);
-                err.mutable_error()->set_detail("the server's store is unavailable");
-                if (auto it = gws_.find(gw); it != gws_.end()) it->second->send(err);
+                refuse_registration(gw, *env, pb::INTERNAL_ERROR,
+                                    "the server's store is unavailable");
                 return;
             }
             for (std::size_t i = 0; i < ids.size(); ++i) dir_.put(ids[i], to_record((*found)[i]));
@@ -251,9 +253,7 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
 }
 
 void ServerDaemon::start() {
-    if (auto error = listener_.listen(opt_.listen, "listen address"))
-        throw ConfigError(error->detail);
-    port_ = listener_.port();
+    port_ = listen_on(listener_, opt_.listen, "listen address");
     const std::string addr = opt_.listen.host + ":" + std::to_string(port_);
     spdlog::info("CPNS Server {} listening for PN GWs on {} (TLS 1.3 external PSK)",
                  opt_.role.server_id, addr);

@@ -77,6 +77,8 @@ class ServerDaemon {
     // Runs `job` on the store thread, then `done` on the event loop.
     void store_job(std::function<void(store::Store&)> job, std::function<void()> done = {});
     void deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env);
+    void refuse_registration(const std::string& gw, const pb::Envelope& request,
+                             pb::FailureReason reason, const std::string& detail);
     void refresh_gateways();
 
     asio::io_context& io_;
