@@ -16,7 +16,8 @@ void load_entities(const std::string& path, MemoryDirectory& dir) {
         if (!t) throw ConfigError(path + ": [[entity]] must be a table");
         const std::string id = (*t)["id"].value_or(std::string());
         const std::string kind = (*t)["kind"].value_or(std::string());
-        const std::string status = (*t)["status"].value_or(std::string("active"));
+        const std::string status =
+            (*t)["status"].value_or(std::string(to_string(EntityStatus::kActive)));
         if (!valid_id(id)) throw ConfigError(path + ": invalid entity id '" + id + "'");
         const auto parsed_kind = parse_entity_kind(kind);
         if (!parsed_kind) throw ConfigError(path + ": entity " + id + ": kind must be pne or gw");
@@ -194,7 +195,7 @@ void ServerDaemon::refresh_gateways() {
                       auto link = gws_.find(e.id);
                       if (e.status != EntityStatus::kActive && link != gws_.end()) {
                           spdlog::warn("PN GW {} is {} in the store: closing its link", e.id,
-                                       e.status == EntityStatus::kRevoked ? "revoked" : "disabled");
+                                       to_string(e.status));
                           link->second->close();
                       }
                   }

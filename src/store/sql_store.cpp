@@ -164,7 +164,8 @@ class SqlStore final : public Store {
         for (const pb::PnMember& m : inv.members()) {
             const detail::Result kind =
                 db_->run("SELECT kind FROM entities WHERE id = $1", {Param::of(m.pne_id())});
-            if (kind.rows.empty() || text(kind.rows[0][0]) != "pne") return PutResult::kError;
+            if (kind.rows.empty() || parse_entity_kind(text(kind.rows[0][0])) != EntityKind::kPne)
+                return PutResult::kError;
             db_->run(
                 "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member)"
                 " VALUES ($1, $2, $3, $4, $5)",
