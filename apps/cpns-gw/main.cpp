@@ -98,14 +98,14 @@ int main(int argc, char** argv) {
         }();
         if (!id.empty()) {
             if (!valid_id(id)) throw ConfigError("--id '" + id + "' is not a valid entity ID");
-            o.id = id;
+            o.role.gw_id = id;
         }
         if (!server.empty()) o.server = parse_address(server, "--server");
         if (!pan_listen.empty()) o.pan_listen = parse_address(pan_listen, "--pan-listen");
         if (!control_listen.empty())
             o.control_listen = parse_address(control_listen, "--control-listen");
-        if (!discovery.empty()) o.discovery_group = discovery == "off" ? "" : discovery;
-        if (!keylog.empty()) o.keylog = keylog;
+        if (!discovery.empty()) o.device.discovery_group = discovery == "off" ? "" : discovery;
+        if (!keylog.empty()) o.device.keylog = keylog;
         if (!ready_file.empty()) o.ready_file = ready_file;
         asio::io_context io;
         GwDaemon daemon(io, o);

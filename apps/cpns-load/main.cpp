@@ -11,15 +11,16 @@
 #include "core/gateway.hpp"
 #include "daemon/common.hpp"
 #include "daemon/server_daemon.hpp"
-#include "net/connection.hpp"
+#include "net/psk_client_link.hpp"
 
 using namespace cpns;
 using namespace cpns::daemon;
 
 namespace {
 
-// How long one PN GW keeps retrying its server link before giving up.
+// How long one PN GW keeps retrying its server link before giving up, and how often.
 constexpr Millis kLoadConnectTimeout = 5'000;
+constexpr Millis kLoadRetry = 200;
 
 struct Result {
     std::string gw_id, pn_id;
@@ -65,29 +66,48 @@ class LoadGw {
         }
     }
 
+    // Connects (retrying until kLoadConnectTimeout), then establishes its PNs one after the
+    // other; what cannot be established is counted as unreachable.
     asio::awaitable<void> run() {
-        const Millis until = mono_now() + kLoadConnectTimeout;
-        for (;;) {
-            std::string error;
-            auto sock =
-                co_await net::connect_tcp(server_.host, server_.port, net::kConnectTimeout, error);
-            if (sock) {
-                auto c = std::make_shared<net::Connection>(std::move(*sock));
-                const tls::ClientPsk psk{id_, derive_gw_server_psk(eukey_, id_)};
-                if (co_await c->client_handshake(tls_, psk, 10'000)) {
-                    conn_ = c;
-                    break;
-                }
-                error = c->tls_detail();
+        connect_until_ = mono_now() + kLoadConnectTimeout;
+        net::PskClientLink::Options o;
+        o.server = server_;
+        o.psk = tls::ClientPsk{id_, derive_gw_server_psk(eukey_, id_)};
+        o.retry_min = o.retry_max = kLoadRetry;
+        net::PskClientLink::Hooks h;
+        h.on_up = [this](const std::shared_ptr<net::Connection>& c) {
+            conn_ = c;
+            asio::co_spawn(io_, start(), asio::detached);
+        };
+        h.on_message = [this](const pb::Envelope& env) {
+            apply_gw(gw_->on_message("cpns-server", env, Protection::kTls, mono_now()));
+        };
+        h.on_down = [this](const net::LinkError&, net::PskClientLink::Stage stage) {
+            if (stage != net::PskClientLink::Stage::kLost && mono_now() <= connect_until_)
+                return true;
+            if (stage == net::PskClientLink::Stage::kLost) {
+                conn_.reset();
+                apply_gw(gw_->on_link_down("cpns-server", mono_now()));
             }
-            if (mono_now() > until) {
-                while (pns_left_-- > 0)
-                    report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
-                co_return;
+            // Establishments not started yet cannot be: count them as unreachable.
+            while (pns_left_ > 0) {
+                --pns_left_;
+                report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
             }
-            asio::steady_timer t(io_, std::chrono::milliseconds(200));
-            co_await t.async_wait(asio::use_awaitable);
-        }
+            return false;
+        };
+        link_ = std::make_unique<net::PskClientLink>(io_.get_executor(), tls_, o, h);
+        co_await link_->run();
+    }
+
+    void stop() {
+        if (link_) link_->stop();
+        gw_timer_.cancel();
+        for (auto& [id, t] : timers_) t->cancel();
+    }
+
+  private:
+    asio::awaitable<void> start() {
         apply_gw(gw_->discover(mono_now()));
         // Every PNE answers discovery before the first invitation ('All' = every PNE known).
         for (int i = 0; i < 200 && gw_->neighbours().size() < pnes_.size(); ++i) {
@@ -95,31 +115,8 @@ class LoadGw {
             co_await t.async_wait(asio::use_awaitable);
         }
         next();
-        for (;;) {
-            auto r = co_await conn_->read();
-            if (auto* env = std::get_if<pb::Envelope>(&r)) {
-                apply_gw(gw_->on_message("cpns-server", *env, Protection::kTls, mono_now()));
-                continue;
-            }
-            break;
-        }
-        conn_->close();
-        conn_.reset();
-        apply_gw(gw_->on_link_down("cpns-server", mono_now()));
-        // Establishments not started yet cannot be: count them as unreachable.
-        while (pns_left_ > 0) {
-            --pns_left_;
-            report_(Result{id_, "", false, pb::PEER_UNREACHABLE, 0, {}});
-        }
     }
 
-    void stop() {
-        if (conn_) conn_->close();
-        gw_timer_.cancel();
-        for (auto& [id, t] : timers_) t->cancel();
-    }
-
-  private:
     void next() {
         if (pns_left_ <= 0) {
             if (conn_) conn_->close();
@@ -215,6 +212,8 @@ class LoadGw {
     std::map<std::string, std::unique_ptr<RoleTimer>> timers_;
     RoleTimer gw_timer_;
     std::shared_ptr<net::Connection> conn_;
+    std::unique_ptr<net::PskClientLink> link_;
+    Millis connect_until_ = 0;
     Millis started_ = 0;
 };
 
@@ -224,11 +223,11 @@ int provision(int gws, int pnes, const std::string& out) {
     for (int g = 1; g <= gws; ++g) {
         char gid[32];
         std::snprintf(gid, sizeof gid, "lgw-%04d", g);
-        f << "[[entity]]\nid = \"" << gid << "\"\nkind = \"gw\"\neukey = \"" << rnd.key().to_hex()
-          << "\"\n\n";
+        f << "[[entity]]\nid = \"" << gid << "\"\nkind = \"" << to_string(EntityKind::kGw)
+          << "\"\neukey = \"" << rnd.key().to_hex() << "\"\n\n";
         for (int p = 1; p <= pnes; ++p)
-            f << "[[entity]]\nid = \"" << gid << "-p" << p << "\"\nkind = \"pne\"\neukey = \""
-              << rnd.key().to_hex() << "\"\n\n";
+            f << "[[entity]]\nid = \"" << gid << "-p" << p << "\"\nkind = \""
+              << to_string(EntityKind::kPne) << "\"\neukey = \"" << rnd.key().to_hex() << "\"\n\n";
     }
     f.close();
     if (!f) {
@@ -238,6 +237,80 @@ int provision(int gws, int pnes, const std::string& out) {
     std::cerr << "cpns-load: provisioned " << gws << " PN GW(s) with " << pnes << " PNE(s) each in "
               << out << "\n";
     return 0;
+}
+
+// The PN GWs of an entities file and, for each, its PNEs ("<gw>-p<n>").
+struct Fleet {
+    std::map<std::string, SecretKey> gw_keys;
+    std::map<std::string, std::vector<std::pair<std::string, SecretKey>>> groups;
+};
+
+Fleet read_fleet(const std::string& entities) {
+    MemoryDirectory dir;
+    load_entities(entities, dir);
+    const Config ec = Config::load(entities);
+    Fleet fleet;
+    for (const auto& node : *ec.table()["entity"].as_array()) {
+        const auto& t = *node.as_table();
+        const std::string id = t["id"].value_or(std::string());
+        const auto rec = dir.find(id);
+        if (rec->kind == EntityKind::kGw) fleet.gw_keys[id] = rec->eukey;
+    }
+    for (const auto& node : *ec.table()["entity"].as_array()) {
+        const auto& t = *node.as_table();
+        const std::string id = t["id"].value_or(std::string());
+        const auto rec = dir.find(id);
+        if (rec->kind != EntityKind::kPne) continue;
+        const auto dash = id.rfind('-');
+        if (dash != std::string::npos && fleet.gw_keys.count(id.substr(0, dash)))
+            fleet.groups[id.substr(0, dash)].emplace_back(id, rec->eukey);
+    }
+    return fleet;
+}
+
+// One acknowledged PN as a JSON line, written at once (the crash test reads it).
+void append_acked(std::ofstream& out, const Result& r) {
+    out << "{\"gw_id\":\"" << r.gw_id << "\",\"pn_id\":\"" << r.pn_id << "\",\"members\":[";
+    for (std::size_t i = 0; i < r.members.size(); ++i)
+        out << (i ? "," : "") << "\"" << r.members[i] << "\"";
+    out << "]}\n";
+    out.flush();
+}
+
+// Prints the run's JSON summary; returns how many PNs were registered.
+std::size_t print_summary(const std::vector<Result>& results, std::size_t gateways,
+                          std::size_t expected, double secs) {
+    std::map<std::string, std::size_t> failures;
+    std::vector<Millis> lat;
+    std::size_t ok = 0;
+    for (const auto& r : results) {
+        if (r.success) {
+            ++ok;
+            lat.push_back(r.latency);
+        } else {
+            ++failures[std::string(reason_name(r.reason))];
+        }
+    }
+    std::sort(lat.begin(), lat.end());
+    auto pct = [&](double p) {
+        return lat.empty()
+                   ? 0
+                   : lat[std::min(lat.size() - 1,
+                                  static_cast<std::size_t>(p * static_cast<double>(lat.size())))];
+    };
+    std::cout << "{\"gateways\":" << gateways << ",\"attempted\":" << expected
+              << ",\"finished\":" << results.size() << ",\"registered\":" << ok
+              << ",\"seconds\":" << secs
+              << ",\"pns_per_second\":" << (secs > 0 ? static_cast<double>(ok) / secs : 0)
+              << ",\"latency_ms\":{\"p50\":" << pct(0.5) << ",\"p95\":" << pct(0.95)
+              << ",\"p99\":" << pct(0.99) << "},\"failures\":{";
+    bool first = true;
+    for (const auto& [k, v] : failures) {
+        std::cout << (first ? "" : ",") << "\"" << k << "\":" << v;
+        first = false;
+    }
+    std::cout << "}}\n";
+    return ok;
 }
 
 }  // namespace
@@ -266,26 +339,9 @@ int main(int argc, char** argv) {
 
     try {
         init_logging("load", log_level);
-        MemoryDirectory dir;
-        load_entities(entities, dir);
-        const Config ec = Config::load(entities);
-        std::map<std::string, std::vector<std::pair<std::string, SecretKey>>> groups;
-        std::map<std::string, SecretKey> gw_keys;
-        for (const auto& node : *ec.table()["entity"].as_array()) {
-            const auto& t = *node.as_table();
-            const std::string id = t["id"].value_or(std::string());
-            const auto rec = dir.find(id);
-            if (rec->kind == EntityKind::kGw) gw_keys[id] = rec->eukey;
-        }
-        for (const auto& node : *ec.table()["entity"].as_array()) {
-            const auto& t = *node.as_table();
-            const std::string id = t["id"].value_or(std::string());
-            const auto rec = dir.find(id);
-            if (rec->kind != EntityKind::kPne) continue;
-            const auto dash = id.rfind('-');
-            if (dash != std::string::npos && gw_keys.count(id.substr(0, dash)))
-                groups[id.substr(0, dash)].emplace_back(id, rec->eukey);
-        }
+        Fleet fleet = read_fleet(entities);
+        const auto& gw_keys = fleet.gw_keys;
+        auto& groups = fleet.groups;
         std::vector<net::HostPort> addrs;
         std::stringstream ss(servers);
         for (std::string a; std::getline(ss, a, ',');)
@@ -303,14 +359,7 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         auto report = [&](const Result& r) {
             results.push_back(r);
-            if (r.success && acked_out) {
-                acked_out << "{\"gw_id\":\"" << r.gw_id << "\",\"pn_id\":\"" << r.pn_id
-                          << "\",\"members\":[";
-                for (std::size_t i = 0; i < r.members.size(); ++i)
-                    acked_out << (i ? "," : "") << "\"" << r.members[i] << "\"";
-                acked_out << "]}\n";
-                acked_out.flush();
-            }
+            if (r.success && acked_out) append_acked(acked_out, r);
             if (results.size() == expected) io.stop();
         };
         std::size_t i = 0;
@@ -324,36 +373,7 @@ int main(int argc, char** argv) {
         });
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        std::map<std::string, std::size_t> failures;
-        std::vector<Millis> lat;
-        std::size_t ok = 0;
-        for (const auto& r : results) {
-            if (r.success) {
-                ++ok;
-                lat.push_back(r.latency);
-            } else {
-                ++failures[std::string(reason_name(r.reason))];
-            }
-        }
-        std::sort(lat.begin(), lat.end());
-        auto pct = [&](double p) {
-            return lat.empty()
-                       ? 0
-                       : lat[std::min(lat.size() - 1, static_cast<std::size_t>(
-                                                          p * static_cast<double>(lat.size())))];
-        };
-        std::cout << "{\"gateways\":" << gw_keys.size() << ",\"attempted\":" << expected
-                  << ",\"finished\":" << results.size() << ",\"registered\":" << ok
-                  << ",\"seconds\":" << secs
-                  << ",\"pns_per_second\":" << (secs > 0 ? static_cast<double>(ok) / secs : 0)
-                  << ",\"latency_ms\":{\"p50\":" << pct(0.5) << ",\"p95\":" << pct(0.95)
-                  << ",\"p99\":" << pct(0.99) << "},\"failures\":{";
-        bool first = true;
-        for (const auto& [k, v] : failures) {
-            std::cout << (first ? "" : ",") << "\"" << k << "\":" << v;
-            first = false;
-        }
-        std::cout << "}}\n";
+        const std::size_t ok = print_summary(results, gw_keys.size(), expected, secs);
         return ok == expected ? 0 : 1;
     } catch (const std::exception& e) {
         std::cerr << "cpns-load: " << e.what() << "\n";

@@ -43,12 +43,12 @@ int main(int argc, char** argv) {
         PneOptions o = pne_options_from(cfg);
         if (!id.empty()) {
             if (!valid_id(id)) throw ConfigError("--id '" + id + "' is not a valid entity ID");
-            o.id = id;
+            o.role.pne_id = id;
         }
         if (!gw.empty()) o.gw = parse_address(gw, "--gw");
-        if (!keylog.empty()) o.keylog = keylog;
-        if (!pan_tls.empty()) o.pan_tls = parse_tls_mode(pan_tls, "--pan-tls");
-        init_logging(o.id, log_level.empty() ? cfg.str("log_level", "info") : log_level);
+        if (!keylog.empty()) o.device.keylog = keylog;
+        if (!pan_tls.empty()) o.device.pan_tls = parse_tls_mode(pan_tls, "--pan-tls");
+        init_logging(o.role.pne_id, log_level.empty() ? cfg.str("log_level", "info") : log_level);
         PneTask task;
         if (*setup) {
             task.kind = PneTask::Kind::kSetup;
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
             std::cerr << "cpns-pne: stopped before the establishment ended\n";
             return 1;
         }
-        const auto report = to_report(o.id, *outcome);
+        const auto report = to_report(o.role.pne_id, *outcome);
         std::cout << (json ? message_json(report) + "\n" : report_text(report));
         return outcome->success ? 0 : 1;
     } catch (const ConfigError& e) {

@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
         init_logging("server", log_level.empty() ? cfg.str("log_level", "info") : log_level);
         ServerOptions o;
-        o.id = id.empty() ? cfg.str("id", o.id) : id;
+        o.role.server_id = id.empty() ? cfg.str("id", o.role.server_id) : id;
         o.listen =
             parse_address(listen.empty() ? cfg.str("listen", o.listen.str()) : listen, "listen");
         o.entities_file = entities.empty() ? cfg.str("entities") : entities;

@@ -25,6 +25,10 @@ namespace {
 std::string kind_name(EntityKind k) {
     return std::string(to_string(k));
 }
+// The kind words --kind accepts (core's words).
+std::vector<std::string> kind_words() {
+    return {kind_name(EntityKind::kPne), kind_name(EntityKind::kGw)};
+}
 std::string status_name(EntityStatus s) {
     return std::string(to_string(s));
 }
@@ -86,7 +90,7 @@ int main(int argc, char** argv) {
         "provision", "create an entity with a fresh EUKey and write the device's key file");
     std::string id, kind = "pne", key_out, device_type;
     prov->add_option("id", id, "entity ID")->required();
-    prov->add_option("--kind", kind, "pne or gw")->check(CLI::IsMember({"pne", "gw"}));
+    prov->add_option("--kind", kind, "pne or gw")->check(CLI::IsMember(kind_words()));
     prov->add_option("--key-out", key_out, "device key file to write (default <id>.key)");
     prov->add_option("--device-type", device_type, "device type recorded with the entity");
 
@@ -102,7 +106,7 @@ int main(int argc, char** argv) {
 
     auto* list = app.add_subcommand("list", "list entities");
     std::string list_kind;
-    list->add_option("--kind", list_kind, "pne or gw")->check(CLI::IsMember({"pne", "gw"}));
+    list->add_option("--kind", list_kind, "pne or gw")->check(CLI::IsMember(kind_words()));
     auto* show = app.add_subcommand("show", "show one entity (never its key)");
     std::string show_id;
     show->add_option("id", show_id, "entity ID")->required();
@@ -146,7 +150,7 @@ int main(int argc, char** argv) {
             OsRandom rnd;
             store::StoredEntity e;
             e.id = id;
-            e.kind = kind == "gw" ? EntityKind::kGw : EntityKind::kPne;
+            e.kind = parse_entity_kind(kind).value();  // --kind is checked by CLI11
             e.eukey = rnd.key();
             e.capabilities.set_device_type(device_type);
             const std::string out = key_out.empty() ? id + ".key" : key_out;
@@ -171,7 +175,7 @@ int main(int argc, char** argv) {
                       << " already stored and kept (use --replace to change their keys)\n";
         } else if (*list) {
             std::optional<EntityKind> k;
-            if (!list_kind.empty()) k = list_kind == "gw" ? EntityKind::kGw : EntityKind::kPne;
+            if (!list_kind.empty()) k = parse_entity_kind(list_kind);
             const auto all = store->list_entities(k);
             std::cout << std::left << std::setw(24) << "ID" << std::setw(6) << "KIND"
                       << std::setw(10) << "STATUS"

@@ -110,6 +110,24 @@ std::optional<SecretKey> Config::key(std::string_view key, std::string_view file
     return parse_key(content, "key file " + file);
 }
 
+DeviceOptions device_options_from(const Config& c) {
+    DeviceOptions o;
+    o.discovery_group = c.str("discovery_group", o.discovery_group);
+    o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
+    o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
+    o.keylog = c.str("keylog");
+    o.state_file = c.str("state_file");
+    return o;
+}
+
+std::pair<std::string, SecretKey> device_identity(const Config& c) {
+    std::string id = c.str("id");
+    if (!valid_id(id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
+    auto key = c.key("eukey", "eukey_file");
+    if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
+    return {std::move(id), *key};
+}
+
 net::HostPort parse_address(const std::string& text, const std::string& what) {
     auto hp = net::parse_host_port(text);
     if (!hp) throw ConfigError(what + " must be host:port, got '" + text + "'");
@@ -143,6 +161,11 @@ std::string keylog_path(const std::string& configured) {
     if (!configured.empty()) return configured;
     if (const char* env = std::getenv("SSLKEYLOGFILE"); env && *env) return env;
     return "";
+}
+
+std::uint16_t listen_on(net::Listener& listener, const net::HostPort& at, std::string_view what) {
+    if (auto error = listener.listen(at, what)) throw ConfigError(error->detail);
+    return listener.port();
 }
 
 void write_ready_file(const std::string& path, const std::string& address) {

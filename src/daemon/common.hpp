@@ -13,6 +13,8 @@
 
 #include "core/role.hpp"
 #include "net/address.hpp"
+#include "net/discovery.hpp"
+#include "net/listener.hpp"
 #include "tls/tls.hpp"
 
 namespace cpns::daemon {
@@ -50,11 +52,25 @@ class Config {
 };
 
 SecretKey parse_key(const std::string& hex, const std::string& what);
+// What the PN GW and PNE daemons both read from their configuration.
+struct DeviceOptions {
+    std::string discovery_group = net::kDefaultDiscoveryGroup;  // multicast Entity Discovery
+    std::string discovery_interface = "127.0.0.1";
+    tls::Mode pan_tls = tls::Mode::kTls13;  // for PSK-TLS on the PAN
+    std::string keylog;                     // see keylog_path()
+    std::string state_file;                 // the sealed device state; "" = memory only
+};
+DeviceOptions device_options_from(const Config& c);
+// A device's 'id' (a valid entity ID) and 'eukey' / 'eukey_file', both required.
+std::pair<std::string, SecretKey> device_identity(const Config& c);
 net::HostPort parse_address(const std::string& text, const std::string& what);
 tls::Mode parse_tls_mode(const std::string& text, const std::string& what);
 pb::DeviceCapabilities capabilities_from(const toml::table& t, bool enough_ui);
 // The key-log path: the configured one, else $SSLKEYLOGFILE, else "" (off).
 std::string keylog_path(const std::string& configured);
+// Binds `listener` to `at` and returns the port; ConfigError naming the setting `what` if
+// it cannot.
+std::uint16_t listen_on(net::Listener& listener, const net::HostPort& at, std::string_view what);
 // Writes "host:port\n" to `path` (atomically), for scripts and tests that use port 0.
 void write_ready_file(const std::string& path, const std::string& address);
 

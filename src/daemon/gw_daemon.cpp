@@ -1,33 +1,26 @@
 #include "daemon/gw_daemon.hpp"
 
+#include <limits>
 #include <sstream>
 
 namespace cpns::daemon {
 
 GwOptions gw_options_from(const Config& c) {
     GwOptions o;
-    o.id = c.str("id");
-    if (!valid_id(o.id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
-    auto key = c.key("eukey", "eukey_file");
-    if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
-    o.eukey = *key;
+    std::tie(o.role.gw_id, o.role.eukey) = device_identity(c);
+    o.device = device_options_from(c);
     o.server = parse_address(c.str("server", o.server.str()), c.where("server"));
-    o.server_id = c.str("server_id", o.server_id);
+    o.role.server_id = c.str("server_id", o.role.server_id);
     o.pan_listen = parse_address(c.str("pan_listen", o.pan_listen.str()), c.where("pan_listen"));
     o.control_listen =
         parse_address(c.str("control_listen", o.control_listen.str()), c.where("control_listen"));
-    o.discovery_group = c.str("discovery_group", o.discovery_group);
-    o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
-    o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
-    o.default_pan_secure = c.boolean("default_pan_secure", false);
-    o.keylog = c.str("keylog");
+    o.role.default_pan_secure = c.boolean("default_pan_secure", false);
     o.ready_file = c.str("ready_file");
-    o.state_file = c.str("state_file");
-    o.capabilities = capabilities_from(c.table(), true);
-    if (o.capabilities.device_type().empty()) o.capabilities.set_device_type("pn-gw");
+    o.role.capabilities = capabilities_from(c.table(), true);
+    if (o.role.capabilities.device_type().empty()) o.role.capabilities.set_device_type("pn-gw");
     if (auto sub = c.table()["subscription"].as_table()) {
-        o.subscription.set_subscriber_id((*sub)["subscriber_id"].value_or(std::string()));
-        o.subscription.set_service_plan((*sub)["service_plan"].value_or(std::string()));
+        o.role.subscription.set_subscriber_id((*sub)["subscriber_id"].value_or(std::string()));
+        o.role.subscription.set_service_plan((*sub)["service_plan"].value_or(std::string()));
     }
     if (auto arr = c.table()["pne"].as_array()) {
         for (const auto& node : *arr) {
@@ -35,15 +28,15 @@ GwOptions gw_options_from(const Config& c) {
             if (!t) throw ConfigError(c.where("pne") + " entries must be tables");
             const std::string id = (*t)["id"].value_or(std::string());
             if (!valid_id(id)) throw ConfigError(c.where("pne") + ": invalid PNE id '" + id + "'");
-            if (id == o.id || id == o.server_id)
+            if (id == o.role.gw_id || id == o.role.server_id)
                 throw ConfigError(c.where("pne") + ": '" + id + "' is not a PNE ID");
             PanLinkConfig link;
-            link.pan_secure = (*t)["pan_secure"].value_or(o.default_pan_secure);
+            link.pan_secure = (*t)["pan_secure"].value_or(o.role.default_pan_secure);
             const std::string hex = (*t)["preassigned_key"].value_or(std::string());
             if (!hex.empty())
                 link.preassigned_key =
                     parse_key(hex, c.where("pne") + " " + id + " preassigned_key");
-            o.pan_links[id] = std::move(link);
+            o.role.pan_links[id] = std::move(link);
         }
     }
     return o;
@@ -52,37 +45,32 @@ GwOptions gw_options_from(const Config& c) {
 GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     : io_(io),
       opt_(std::move(options)),
-      pan_acceptor_(io),
-      control_acceptor_(io),
-      timer_(io.get_executor(), [this](Millis now) { apply(gw_->on_timer(now)); }),
-      reconnect_(io) {
-    GatewayConfig gc;
-    gc.gw_id = opt_.id;
-    gc.eukey = opt_.eukey;
-    gc.capabilities = opt_.capabilities;
-    gc.subscription = opt_.subscription;
-    gc.server_id = opt_.server_id;
-    gc.pan_links = opt_.pan_links;
-    gc.default_pan_secure = opt_.default_pan_secure;
-    gc.log = core_log_sink();
-    gw_ = std::make_unique<Gateway>(std::move(gc), random_);
-    state_ = open_device_state<pb::GwState>(opt_.state_file, opt_.eukey, opt_.id, *gw_);
+      pan_listener_(io.get_executor(), kMaxPanConnections, pan_hooks()),
+      control_listener_(io.get_executor(), net::kUnbounded, control_hooks()),
+      timer_(io.get_executor(), [this](Millis now) { apply(gw_->on_timer(now)); }) {
+    opt_.role.log = core_log_sink();
+    gw_ = std::make_unique<Gateway>(opt_.role, random_);
+    state_ = open_device_state<pb::GwState>(opt_.device.state_file, opt_.role.eukey,
+                                            opt_.role.gw_id, *gw_);
     if (state_) {
-        spdlog::info("state file {}: {} PN(s) restored", opt_.state_file, gw_->inventory().size());
+        spdlog::info("state file {}: {} PN(s) restored", opt_.device.state_file,
+                     gw_->inventory().size());
     } else {
         spdlog::info("no state_file: the PN Inventory and LocalEUKeys are kept in memory only");
     }
 
-    const std::string keylog = keylog_path(opt_.keylog);
+    const std::string keylog = keylog_path(opt_.device.keylog);
     if (!keylog.empty()) spdlog::warn("TLS key log enabled: {} (debugging only)", keylog);
     tls::TlsConfig client;
     client.role = tls::Role::kClient;
     client.mode = tls::Mode::kTls13;
     client.keylog_path = keylog;
     server_tls_.emplace(client);
+    server_link_ = std::make_unique<net::PskClientLink>(io_.get_executor(), *server_tls_,
+                                                        server_link_options(), server_link_hooks());
     tls::TlsConfig server;
     server.role = tls::Role::kServer;
-    server.mode = opt_.pan_tls;
+    server.mode = opt_.device.pan_tls;
     server.keylog_path = keylog;
     server.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
         if (throttle_.blocked(std::string(identity), mono_now())) {
@@ -95,55 +83,44 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
 }
 
 void GwDaemon::start() {
-    auto listen = [](net::tcp::acceptor& a, const net::HostPort& hp, const char* what) {
-        std::error_code ec;
-        net::tcp::endpoint ep(asio::ip::make_address(hp.host, ec), hp.port);
-        if (ec) throw ConfigError(std::string(what) + " '" + hp.host + "' is not an IP address");
-        a.open(ep.protocol());
-        a.set_option(net::tcp::acceptor::reuse_address(true));
-        a.bind(ep, ec);
-        if (ec)
-            throw ConfigError(std::string("cannot listen on ") + hp.str() + ": " + ec.message());
-        a.listen();
-        return a.local_endpoint().port();
-    };
-    pan_port_ = listen(pan_acceptor_, opt_.pan_listen, "pan_listen");
-    control_port_ = listen(control_acceptor_, opt_.control_listen, "control_listen");
+    pan_port_ = listen_on(pan_listener_, opt_.pan_listen, "pan_listen");
+    control_port_ = listen_on(control_listener_, opt_.control_listen, "control_listen");
     const std::string pan = opt_.pan_listen.host + ":" + std::to_string(pan_port_);
     const std::string control = opt_.control_listen.host + ":" + std::to_string(control_port_);
     gw_->set_endpoint(pan);
-    spdlog::info("PN GW {}: PAN on {} ({} for insecure links), control on {}", opt_.id, pan,
-                 tls::to_string(opt_.pan_tls), control);
-    if (!opt_.discovery_group.empty()) {
-        const auto group = parse_address(opt_.discovery_group, "discovery_group");
-        try {
-            discovery_ = std::make_unique<net::DiscoverySocket>(io_.get_executor(), group,
-                                                                opt_.discovery_interface, true);
-        } catch (const std::exception& e) {
-            throw ConfigError("cannot join discovery group " + opt_.discovery_group + ": " +
-                              e.what());
-        }
-        spdlog::info("answering CPNS Entity Discovery on {} via {}", opt_.discovery_group,
-                     opt_.discovery_interface);
-        asio::co_spawn(io_, discovery_loop(), asio::detached);
-    }
+    spdlog::info("PN GW {}: PAN on {} ({} for insecure links), control on {}", opt_.role.gw_id, pan,
+                 tls::to_string(opt_.device.pan_tls), control);
+    if (!opt_.device.discovery_group.empty()) start_discovery();
     write_ready_file(opt_.ready_file, "pan=" + pan + " control=" + control);
-    asio::co_spawn(io_, server_link(), asio::detached);
-    asio::co_spawn(io_, pan_accept_loop(), asio::detached);
-    asio::co_spawn(io_, control_accept_loop(), asio::detached);
+    asio::co_spawn(io_, server_link_->run(), asio::detached);
+    asio::co_spawn(io_, pan_listener_.run(), asio::detached);
+    asio::co_spawn(io_, control_listener_.run(), asio::detached);
+}
+
+void GwDaemon::start_discovery() {
+    const auto group = parse_address(opt_.device.discovery_group, "discovery_group");
+    try {
+        discovery_ = std::make_unique<net::DiscoverySocket>(io_.get_executor(), group,
+                                                            opt_.device.discovery_interface, true);
+    } catch (const std::exception& e) {
+        throw ConfigError("cannot join discovery group " + opt_.device.discovery_group + ": " +
+                          e.what());
+    }
+    spdlog::info("answering CPNS Entity Discovery on {} via {}", opt_.device.discovery_group,
+                 opt_.device.discovery_interface);
+    asio::co_spawn(io_, discovery_loop(), asio::detached);
 }
 
 void GwDaemon::stop() {
     stopping_ = true;
-    std::error_code ec;
-    pan_acceptor_.close(ec);
-    control_acceptor_.close(ec);
-    reconnect_.cancel();
+    pan_listener_.close();
+    control_listener_.close();
+    server_link_->stop();
     timer_.cancel();
     if (discovery_) discovery_->close();
-    if (server_conn_) server_conn_->close();
     for (auto& [id, conns] : pan_conns_)
         for (auto& c : conns) c->close();
+    std::error_code ec;
     for (auto& [pn, socks] : waiters_)
         for (auto& s : socks) s->close(ec);
     if (state_) state_->flush();
@@ -151,154 +128,137 @@ void GwDaemon::stop() {
 }
 
 // PN GW Authentication: TLS 1.3 with the PSK derived from our EUKey, identity = PN GW ID.
-asio::awaitable<void> GwDaemon::server_link() {
-    Millis backoff = kServerReconnectMin;
-    while (!stopping_) {
-        std::string error;
-        auto socket = co_await net::connect_tcp(opt_.server.host, opt_.server.port,
-                                                net::kConnectTimeout, error);
-        if (socket && !stopping_) {
-            auto conn = std::make_shared<net::Connection>(std::move(*socket));
-            const tls::ClientPsk psk{opt_.id, derive_gw_server_psk(opt_.eukey, opt_.id)};
-            if (co_await conn->client_handshake(*server_tls_, psk, kPanHandshakeTimeout)) {
-                spdlog::info("authenticated to the CPNS Server at {} ({})", opt_.server.str(),
-                             conn->tls_summary());
-                server_conn_ = conn;
-                backoff = kServerReconnectMin;
-                for (;;) {
-                    auto r = co_await conn->read();
-                    if (auto* env = std::get_if<pb::Envelope>(&r)) {
-                        spdlog::debug("server -> {}: {}", opt_.id, message_name(*env));
-                        apply(gw_->on_message(opt_.server_id, *env, Protection::kTls, mono_now()));
-                        continue;
-                    }
-                    if (auto* de = std::get_if<DecodeError>(&r))
-                        error = "bad frame from the server: " + std::string(to_string(*de));
-                    else
-                        error = std::get<net::ReadError>(r).what;
-                    break;
-                }
-                conn->close();
-                server_conn_.reset();
-                server_down_reason_ = pb::PEER_UNREACHABLE;
-                if (stopping_) co_return;
-                spdlog::warn("link to the CPNS Server lost: {}", error);
-            } else {
-                const auto err = conn->tls_error();
-                if (err == tls::TlsError::kBadPsk || err == tls::TlsError::kUnknownIdentity) {
-                    server_down_reason_ = pb::GATEWAY_AUTHENTICATION_FAILED;
-                    spdlog::error(
-                        "the CPNS Server refused this PN GW: gateway authentication "
-                        "failed - {}",
-                        err == tls::TlsError::kBadPsk
-                            ? "the EUKey configured here differs from the one provisioned "
-                              "for " +
-                                  opt_.id
-                            : "the server does not know " + opt_.id +
-                                  " as an active PN GW (not provisioned, disabled or "
-                                  "revoked)");
-                } else {
-                    server_down_reason_ = pb::PEER_UNREACHABLE;
-                    spdlog::warn("TLS with the CPNS Server failed: {}", conn->tls_detail());
-                }
-            }
-        } else if (!stopping_) {
-            server_down_reason_ = pb::PEER_UNREACHABLE;
-            spdlog::warn("CPNS Server unreachable: {}", error);
-        }
-        apply(gw_->on_link_down(opt_.server_id, mono_now(), server_down_reason_));
-        if (stopping_) co_return;
-        reconnect_.expires_after(std::chrono::milliseconds(backoff));
-        std::error_code ec;
-        co_await reconnect_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        backoff = std::min(backoff * 2, kServerReconnectMax);
+net::PskClientLink::Options GwDaemon::server_link_options() const {
+    net::PskClientLink::Options o;
+    o.server = opt_.server;
+    o.psk = tls::ClientPsk{opt_.role.gw_id, derive_gw_server_psk(opt_.role.eukey, opt_.role.gw_id)};
+    o.handshake_timeout = kPanHandshakeTimeout;
+    o.retry_min = kServerReconnectMin;
+    o.retry_max = kServerReconnectMax;
+    return o;
+}
+
+net::PskClientLink::Hooks GwDaemon::server_link_hooks() {
+    net::PskClientLink::Hooks h;
+    h.on_up = [this](const std::shared_ptr<net::Connection>& conn) {
+        spdlog::info("authenticated to the CPNS Server at {} ({})", opt_.server.str(),
+                     conn->tls_summary());
+        server_conn_ = conn;
+    };
+    h.on_message = [this](const pb::Envelope& env) {
+        spdlog::debug("server -> {}: {}", opt_.role.gw_id, message_name(env));
+        apply(gw_->on_message(opt_.role.server_id, env, Protection::kTls, mono_now()));
+    };
+    h.on_down = [this](const net::LinkError& error, net::PskClientLink::Stage stage) {
+        server_conn_.reset();
+        server_down_reason_ = error.reason;
+        if (stopping_ && stage == net::PskClientLink::Stage::kLost) return false;
+        log_server_down(error, stage);
+        apply(gw_->on_link_down(opt_.role.server_id, mono_now(), server_down_reason_));
+        return true;
+    };
+    return h;
+}
+
+void GwDaemon::log_server_down(const net::LinkError& error, net::PskClientLink::Stage stage) const {
+    using Stage = net::PskClientLink::Stage;
+    if (stage == Stage::kLost) {
+        spdlog::warn("link to the CPNS Server lost: {}", error.detail);
+    } else if (stage == Stage::kConnect) {
+        if (!stopping_) spdlog::warn("CPNS Server unreachable: {}", error.detail);
+    } else if (error.reason != pb::GATEWAY_AUTHENTICATION_FAILED) {
+        spdlog::warn("TLS with the CPNS Server failed: {}", error.detail);
+    } else {
+        spdlog::error("the CPNS Server refused this PN GW: gateway authentication failed - {}",
+                      error.tls == tls::TlsError::kBadPsk
+                          ? "the EUKey configured here differs from the one provisioned for " +
+                                opt_.role.gw_id
+                          : "the server does not know " + opt_.role.gw_id +
+                                " as an active PN GW (not provisioned, disabled or revoked)");
     }
 }
 
-asio::awaitable<void> GwDaemon::pan_accept_loop() {
-    for (;;) {
-        std::error_code ec;
-        auto socket =
-            co_await pan_acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) {
-            if (!pan_acceptor_.is_open()) co_return;
-            continue;
-        }
-        if (pan_count_ >= kMaxPanConnections) {
-            spdlog::warn("refusing PAN connection: {} open (limit)", pan_count_);
-            continue;
-        }
+net::Listener::Hooks GwDaemon::pan_hooks() {
+    net::Listener::Hooks h;
+    h.on_socket = [this](net::tcp::socket socket) {
         asio::co_spawn(io_, pan_serve(std::make_shared<net::Connection>(std::move(socket))),
                        asio::detached);
-    }
+    };
+    h.on_refused = [](std::size_t open) {
+        spdlog::warn("refusing PAN connection: {} open (limit)", open);
+    };
+    return h;
 }
 
-namespace {
-// "pre:<pne>" or "leuk:<pn>:<pne>" -> <pne>
-std::string pne_of_identity(const std::string& identity) {
-    if (identity.starts_with("pre:")) return identity.substr(4);
-    if (identity.starts_with("leuk:")) {
-        const auto colon = identity.rfind(':');
-        if (colon > 5) return identity.substr(colon + 1);
-    }
-    return "";
+net::Listener::Hooks GwDaemon::control_hooks() {
+    net::Listener::Hooks h;
+    h.on_socket = [this](net::tcp::socket socket) {
+        asio::co_spawn(io_, control_serve(std::make_shared<net::tcp::socket>(std::move(socket))),
+                       asio::detached);
+    };
+    return h;
 }
-}  // namespace
+
+// Runs the PSK-TLS handshake of a PAN link and binds the link to the PNE its identity names.
+asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connection>& conn) {
+    auto failed =
+        co_await conn->server_handshake(*pan_tls_, kPanHandshakeTimeout, net::PskLink::kPan);
+    const std::string identity = conn->tls_identity();
+    const auto parsed = parse_psk_identity(identity);
+    const std::string pne = parsed ? parsed->pne_id : "";
+    if (failed) {
+        spdlog::warn("PSK-TLS from {}{} failed: {} ({})", conn->remote(),
+                     identity.empty() ? "" : " as " + identity, tls::to_string(failed->tls),
+                     failed->detail);
+        if (failed->tls == tls::TlsError::kBadPsk && !identity.empty() &&
+            throttle_.failed(identity, mono_now()))
+            spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
+                         identity, kPskBackoff / 1000);
+        if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
+        co_return false;
+    }
+    if (pne.empty() || pne == opt_.role.server_id || pne == opt_.role.gw_id) {
+        spdlog::warn("PSK-TLS identity '{}' names no PNE; closing", identity);
+        co_return false;
+    }
+    conn->peer_id = pne;
+    throttle_.succeeded(identity);
+    pan_conns_[pne].push_back(conn);
+    spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
+    apply(gw_->on_tls_established(pne, identity, mono_now()));
+    co_return true;
+}
+
+// A clear link is bound to the entity that speaks first on it, never to the PN GW itself nor
+// the server: those names are not for PAN peers. False: the message may not come on it.
+bool GwDaemon::bind_sender(net::Connection& conn, const pb::Envelope& env) {
+    if (!conn.peer_id.empty()) {
+        if (env.sender_id() == conn.peer_id) return true;
+        spdlog::warn("{} sent a message as '{}' on its link; closing", conn.peer_id,
+                     env.sender_id());
+        return false;
+    }
+    if (!valid_id(env.sender_id()) || env.sender_id() == opt_.role.gw_id ||
+        env.sender_id() == opt_.role.server_id) {
+        spdlog::warn("clear link from {} without a valid sender; closing", conn.remote());
+        return false;
+    }
+    conn.peer_id = env.sender_id();
+    pan_conns_[conn.peer_id].push_back(conn.shared_from_this());
+    spdlog::info("clear PAN link from {} as {}", conn.remote(), conn.peer_id);
+    return true;
+}
 
 asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn) {
-    ++pan_count_;
-    struct Done {
-        std::size_t& n;
-        ~Done() { --n; }
-    } done{pan_count_};
+    const auto held = pan_listener_.hold();
     auto tls = co_await conn->sniff_tls(kPanHandshakeTimeout);
     if (!tls) co_return;
-    if (*tls) {
-        const bool ok = co_await conn->server_handshake(*pan_tls_, kPanHandshakeTimeout);
-        const std::string identity = conn->tls_identity();
-        const std::string pne = pne_of_identity(identity);
-        if (!ok) {
-            spdlog::warn("PSK-TLS from {}{} failed: {} ({})", conn->remote(),
-                         identity.empty() ? "" : " as " + identity,
-                         tls::to_string(conn->tls_error()), conn->tls_detail());
-            if (conn->tls_error() == tls::TlsError::kBadPsk && !identity.empty() &&
-                throttle_.failed(identity, mono_now()))
-                spdlog::warn("{} failed PSK attempts as {}: refused for {} s",
-                             kMaxFailedPskAttempts, identity, kPskBackoff / 1000);
-            if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
-            co_return;
-        }
-        if (pne.empty() || pne == opt_.server_id || pne == opt_.id) {
-            spdlog::warn("PSK-TLS identity '{}' names no PNE; closing", identity);
-            co_return;
-        }
-        conn->peer_id = pne;
-        throttle_.succeeded(identity);
-        pan_conns_[pne].push_back(conn);
-        spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
-        apply(gw_->on_tls_established(pne, identity, mono_now()));
-    }
+    if (*tls && !co_await pan_handshake(conn)) co_return;
     for (;;) {
         auto r = co_await conn->read();
         if (auto* env = std::get_if<pb::Envelope>(&r)) {
-            if (conn->peer_id.empty()) {
-                // A clear link is bound to the entity that speaks first on it.
-                // Never the PN GW itself nor the server: those names are not for PAN peers.
-                if (!valid_id(env->sender_id()) || env->sender_id() == opt_.id ||
-                    env->sender_id() == opt_.server_id) {
-                    spdlog::warn("clear link from {} without a valid sender; closing",
-                                 conn->remote());
-                    break;
-                }
-                conn->peer_id = env->sender_id();
-                pan_conns_[conn->peer_id].push_back(conn);
-                spdlog::info("clear PAN link from {} as {}", conn->remote(), conn->peer_id);
-            } else if (env->sender_id() != conn->peer_id) {
-                spdlog::warn("{} sent a message as '{}' on its link; closing", conn->peer_id,
-                             env->sender_id());
-                break;
-            }
-            spdlog::debug("{} -> {}: {} ({})", conn->peer_id, opt_.id, message_name(*env),
+            if (!bind_sender(*conn, *env)) break;
+            spdlog::debug("{} -> {}: {} ({})", conn->peer_id, opt_.role.gw_id, message_name(*env),
                           conn->is_tls() ? "tls" : "clear");
             apply(gw_->on_message(conn->peer_id, *env,
                                   conn->is_tls() ? Protection::kTls : Protection::kClear,
@@ -309,13 +269,13 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
             spdlog::warn("closing link of {}: {}",
                          conn->peer_id.empty() ? conn->remote() : conn->peer_id, to_string(*de));
             pb::Envelope err;
-            err.set_sender_id(opt_.id);
+            err.set_sender_id(opt_.role.gw_id);
             err.mutable_error()->set_reason(to_reason(*de));
             err.mutable_error()->set_detail(std::string(to_string(*de)));
             conn->send(err);
         } else if (!conn->peer_id.empty()) {
             spdlog::info("PAN link of {} closed ({})", conn->peer_id,
-                         std::get<net::ReadError>(r).what);
+                         std::get<net::LinkError>(r).detail);
         }
         break;
     }
@@ -359,21 +319,21 @@ void GwDaemon::send_to_pne(const SendEffect& s) {
         });
         return;
     }
-    spdlog::debug("{} -> {}: {} ({})", opt_.id, s.to, message_name(s.msg),
+    spdlog::debug("{} -> {}: {} ({})", opt_.role.gw_id, s.to, message_name(s.msg),
                   conn->is_tls() ? "tls" : "clear");
 }
 
 void GwDaemon::send_effect(const SendEffect& s) {
-    if (s.to == opt_.server_id) {
+    if (s.to == opt_.role.server_id) {
         if (!server_conn_ || !server_conn_->send(s.msg)) {
             spdlog::warn("cannot send {} to the CPNS Server: {}", message_name(s.msg),
                          reason_name(server_down_reason_));
             const auto reason = server_down_reason_;
             asio::post(io_, [this, reason] {
-                if (!server_conn_) apply(gw_->on_link_down(opt_.server_id, mono_now(), reason));
+                if (!server_conn_) apply(gw_->on_link_down(opt_.role.server_id, mono_now(), reason));
             });
         } else {
-            spdlog::debug("{} -> server: {}", opt_.id, message_name(s.msg));
+            spdlog::debug("{} -> server: {}", opt_.role.gw_id, message_name(s.msg));
         }
     } else if (udp_reply_to_ && s.to == udp_reply_peer_ && s.msg.has_discovery_response()) {
         if (discovery_) discovery_->send_to(s.msg, *udp_reply_to_);
@@ -385,7 +345,7 @@ void GwDaemon::send_effect(const SendEffect& s) {
 }
 
 void GwDaemon::outcome_effect(const OutcomeEffect& o) {
-    const std::string json = outcome_json(opt_.id, o);
+    const std::string json = outcome_json(opt_.role.gw_id, o);
     if (o.success)
         spdlog::info("PN {} established: {}", o.pn_id, json);
     else if (o.pn_id.empty())
@@ -422,14 +382,10 @@ void GwDaemon::apply(GatewayEffects effects) {
 
 asio::awaitable<void> GwDaemon::discovery_loop() {
     for (;;) {
-        std::pair<pb::Envelope, net::udp::endpoint> got;
-        try {
-            got = co_await discovery_->receive();
-        } catch (const std::exception&) {
-            co_return;  // socket closed
-        }
-        auto& [env, from] = got;
-        if (!env.has_discovery_request() || env.sender_id() == opt_.id) continue;
+        auto got = co_await discovery_->receive();
+        if (net::error_of(got)) co_return;  // socket closed
+        auto& [env, from] = std::get<net::DiscoverySocket::Datagram>(got);
+        if (!env.has_discovery_request() || env.sender_id() == opt_.role.gw_id) continue;
         spdlog::debug("discovery request from {} at {}", env.sender_id(),
                       from.address().to_string());
         udp_reply_to_ = from;
@@ -437,20 +393,6 @@ asio::awaitable<void> GwDaemon::discovery_loop() {
         apply(gw_->on_message(env.sender_id(), env, Protection::kClear, mono_now()));
         udp_reply_to_.reset();
         udp_reply_peer_.clear();
-    }
-}
-
-asio::awaitable<void> GwDaemon::control_accept_loop() {
-    for (;;) {
-        std::error_code ec;
-        auto socket =
-            co_await control_acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) {
-            if (!control_acceptor_.is_open()) co_return;
-            continue;
-        }
-        asio::co_spawn(io_, control_serve(std::make_shared<net::tcp::socket>(std::move(socket))),
-                       asio::detached);
     }
 }
 
@@ -464,42 +406,27 @@ void GwDaemon::answer(const std::shared_ptr<net::tcp::socket>& socket, std::stri
                       });
 }
 
-std::string GwDaemon::status_json() const {
-    std::ostringstream s;
-    s << "{\"gw_id\":\"" << opt_.id << "\",\"server_link\":" << (server_conn_ ? "true" : "false")
-      << ",\"server_link_reason\":\"" << (server_conn_ ? "none" : reason_name(server_down_reason_))
-      << "\",\"pan_links\":{";
-    bool first = true;
+pb::GwStatus GwDaemon::status() const {
+    pb::GwStatus st;
+    st.set_gw_id(opt_.role.gw_id);
+    st.set_server_link(server_conn_ != nullptr);
+    st.set_server_link_reason(server_conn_ ? "none"
+                                           : std::string(reason_name(server_down_reason_)));
     for (const auto& [id, conns] : pan_conns_) {
-        s << (first ? "" : ",") << "\"" << id << "\":[";
-        for (std::size_t i = 0; i < conns.size(); ++i)
-            s << (i ? "," : "") << "\"" << conns[i]->tls_summary() << "\"";
-        s << "]";
-        first = false;
+        auto& sessions = (*st.mutable_pan_links())[id];
+        for (const auto& c : conns) sessions.add_values()->set_string_value(c->tls_summary());
     }
-    s << "},\"neighbours\":[";
-    first = true;
-    for (const auto& [id, n] : gw_->neighbours()) {
-        s << (first ? "" : ",") << "\"" << id << "\"";
-        first = false;
-    }
-    s << "],\"active_establishments\":" << gw_->active_sessions() << ",\"inventory\":[";
-    first = true;
-    for (const auto& [pn, inv] : gw_->inventory()) {
-        s << (first ? "" : ",") << message_json(inv);
-        first = false;
-    }
-    s << "],\"failures\":{";
-    first = true;
+    for (const auto& [id, n] : gw_->neighbours()) st.add_neighbours(id);
+    st.set_active_establishments(static_cast<std::uint32_t>(gw_->active_sessions()));
+    for (const auto& [pn, inv] : gw_->inventory()) *st.add_inventory() = inv;
     const auto& c = gw_->counters();
     for (int r = pb::FailureReason_MIN; r <= pb::FailureReason_MAX; ++r) {
         const auto reason = static_cast<pb::FailureReason>(r);
         if (!pb::FailureReason_IsValid(r) || c[reason] == 0) continue;
-        s << (first ? "" : ",") << "\"" << reason_name(reason) << "\":" << c[reason];
-        first = false;
+        (*st.mutable_failures())[std::string(reason_name(reason))] = static_cast<std::uint32_t>(
+            std::min<std::uint64_t>(c[reason], std::numeric_limits<std::uint32_t>::max()));
     }
-    s << "}}";
-    return s.str();
+    return st;
 }
 
 // One request line per connection: "invite [pne ...]" (waits for the outcome) or "status".
@@ -515,7 +442,7 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
     std::string cmd;
     in >> cmd;
     if (cmd == "status") {
-        answer(socket, status_json());
+        answer(socket, message_json(status()));
     } else if (cmd == "invite") {
         std::vector<std::string> ids;
         for (std::string id; in >> id;) ids.push_back(id);
@@ -524,7 +451,7 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
         GatewayEffects fx = gw_->invite(ids, mono_now());
         const std::string pn = gw_->last_pn_id();
         if (pn.empty()) {
-            if (const auto* o = find_outcome(fx)) answer(socket, outcome_json(opt_.id, *o));
+            if (const auto* o = find_outcome(fx)) answer(socket, outcome_json(opt_.role.gw_id, *o));
         } else {
             waiters_[pn].push_back(socket);
         }

@@ -14,6 +14,8 @@
 #include "daemon/state_file.hpp"
 #include "net/connection.hpp"
 #include "net/discovery.hpp"
+#include "net/listener.hpp"
+#include "net/psk_client_link.hpp"
 
 namespace cpns::daemon {
 
@@ -23,23 +25,15 @@ inline constexpr Millis kServerReconnectMax = 30'000;   // retries back off up t
 inline constexpr std::size_t kMaxPanConnections = 512;
 inline constexpr std::size_t kMaxControlLine = 4096;
 
+// The PN GW role's configuration (its ID, EUKey, server ID, PAN links, capabilities) and
+// what the daemon around it needs.
 struct GwOptions {
-    std::string id;
-    SecretKey eukey;
+    GatewayConfig role;
     net::HostPort server{"127.0.0.1", 7000};
-    std::string server_id = "cpns-server";
     net::HostPort pan_listen{"127.0.0.1", 7100};
     net::HostPort control_listen{"127.0.0.1", 7101};
-    std::string discovery_group = net::kDefaultDiscoveryGroup;  // "" = off
-    std::string discovery_interface = "127.0.0.1";
-    tls::Mode pan_tls = tls::Mode::kTls13;
-    bool default_pan_secure = false;
-    std::map<std::string, PanLinkConfig> pan_links;
-    pb::DeviceCapabilities capabilities;
-    pb::SubscriptionInfo subscription;
-    std::string keylog;
+    DeviceOptions device;    // discovery_group "" = off
     std::string ready_file;  // "pan=host:port control=host:port"
-    std::string state_file;  // sealed PN Inventory and LocalEUKeys; "" = memory only
 };
 
 GwOptions gw_options_from(const Config& c);
@@ -57,18 +51,23 @@ class GwDaemon {
         std::shared_ptr<net::tcp::socket> socket;
     };
 
-    asio::awaitable<void> server_link();
-    asio::awaitable<void> pan_accept_loop();
+    net::PskClientLink::Options server_link_options() const;
+    net::PskClientLink::Hooks server_link_hooks();
+    void log_server_down(const net::LinkError& error, net::PskClientLink::Stage stage) const;
+    net::Listener::Hooks pan_hooks();
+    net::Listener::Hooks control_hooks();
+    void start_discovery();
     asio::awaitable<void> pan_serve(std::shared_ptr<net::Connection> conn);
+    asio::awaitable<bool> pan_handshake(const std::shared_ptr<net::Connection>& conn);
+    bool bind_sender(net::Connection& conn, const pb::Envelope& env);
     asio::awaitable<void> discovery_loop();
-    asio::awaitable<void> control_accept_loop();
     asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
     void apply(GatewayEffects effects);
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
     void send_to_pne(const SendEffect& s);
     void link_lost(const std::string& pne, const std::shared_ptr<net::Connection>& conn);
-    std::string status_json() const;
+    pb::GwStatus status() const;
     void answer(const std::shared_ptr<net::tcp::socket>& socket, std::string line);
 
     asio::io_context& io_;
@@ -76,19 +75,18 @@ class GwDaemon {
     OsRandom random_;
     std::unique_ptr<Gateway> gw_;
     std::optional<tls::TlsContext> server_tls_, pan_tls_;
-    net::tcp::acceptor pan_acceptor_, control_acceptor_;
+    net::Listener pan_listener_, control_listener_;
     std::unique_ptr<net::DiscoverySocket> discovery_;
     RoleTimer timer_;
     std::shared_ptr<net::Connection> server_conn_;
     pb::FailureReason server_down_reason_ = pb::PEER_UNREACHABLE;
     std::map<std::string, std::vector<std::shared_ptr<net::Connection>>> pan_conns_;
-    std::size_t pan_count_ = 0;
     std::map<std::string, std::vector<std::shared_ptr<net::tcp::socket>>> waiters_;  // by PN ID
     std::optional<net::udp::endpoint> udp_reply_to_;
     std::string udp_reply_peer_;
     bool stopping_ = false;
     std::uint16_t pan_port_ = 0, control_port_ = 0;
-    asio::steady_timer reconnect_;
+    std::unique_ptr<net::PskClientLink> server_link_;
     std::unique_ptr<StateWriter> state_;
     PskThrottle throttle_;  // failed PSK attempts per PAN identity
 };

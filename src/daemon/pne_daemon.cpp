@@ -4,23 +4,14 @@ namespace cpns::daemon {
 
 PneOptions pne_options_from(const Config& c) {
     PneOptions o;
-    o.id = c.str("id");
-    if (!valid_id(o.id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
-    auto key = c.key("eukey", "eukey_file");
-    if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
-    o.eukey = *key;
-    o.preassigned_key = c.key("preassigned_key", "preassigned_key_file");
-    o.enough_ui = c.boolean("enough_ui", true);
-    o.pan_secure = c.boolean("pan_secure", false);
+    std::tie(o.role.pne_id, o.role.eukey) = device_identity(c);
+    o.device = device_options_from(c);
+    o.role.preassigned_key = c.key("preassigned_key", "preassigned_key_file");
+    o.role.pan_secure = c.boolean("pan_secure", false);
     const std::string gw = c.str("gw");
     if (!gw.empty()) o.gw = parse_address(gw, c.where("gw"));
-    o.discovery_group = c.str("discovery_group", o.discovery_group);
-    o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
-    o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
-    o.accept_invitations = c.boolean("accept_invitations", true);
-    o.keylog = c.str("keylog");
-    o.state_file = c.str("state_file");
-    o.capabilities = capabilities_from(c.table(), o.enough_ui);
+    o.role.accept_invitations = c.boolean("accept_invitations", true);
+    o.role.capabilities = capabilities_from(c.table(), c.boolean("enough_ui", true));
     if (auto arr = c.table()["content"].as_array())
         for (const auto& node : *arr)
             if (const auto* t = node.as_table()) {
@@ -30,13 +21,13 @@ PneOptions pne_options_from(const Config& c) {
                 ci.set_title((*t)["title"].value_or(std::string()));
                 ci.set_size_bytes(
                     static_cast<std::uint64_t>((*t)["size_bytes"].value_or(std::int64_t{0})));
-                o.contents.push_back(std::move(ci));
+                o.role.contents.push_back(std::move(ci));
             }
-    if (!o.pan_secure && !o.enough_ui && !o.preassigned_key)
+    if (!o.role.pan_secure && !o.role.capabilities.enough_ui() && !o.role.preassigned_key)
         throw ConfigError(c.where("preassigned_key") +
                           " is required: this PNE has no UI and its PAN is insecure, so it must "
                           "use PSK-TLS with a pre-assigned key");
-    if (!o.gw && o.discovery_group.empty())
+    if (!o.gw && o.device.discovery_group.empty())
         throw ConfigError(c.where("gw") + ": set the PN GW's address or a discovery_group");
     return o;
 }
@@ -47,24 +38,17 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
       task_(std::move(task)),
       timer_(io.get_executor(), [this](Millis now) { apply(pne_->on_timer(now)); }),
       wait_(io) {
-    PneConfig pc;
-    pc.pne_id = opt_.id;
-    pc.eukey = opt_.eukey;
-    pc.preassigned_key = opt_.preassigned_key;
-    pc.capabilities = opt_.capabilities;
-    pc.contents = opt_.contents;
-    pc.pan_secure = opt_.pan_secure;
-    pc.accept_invitations = opt_.accept_invitations;
-    pc.log = core_log_sink();
-    pne_ = std::make_unique<Pne>(std::move(pc), random_);
-    state_ = open_device_state<pb::PneState>(opt_.state_file, opt_.eukey, opt_.id, *pne_);
+    opt_.role.log = core_log_sink();
+    pne_ = std::make_unique<Pne>(opt_.role, random_);
+    state_ = open_device_state<pb::PneState>(opt_.device.state_file, opt_.role.eukey,
+                                             opt_.role.pne_id, *pne_);
     if (state_)
-        spdlog::info("state file {}: {} PN membership(s) restored", opt_.state_file,
+        spdlog::info("state file {}: {} PN membership(s) restored", opt_.device.state_file,
                      pne_->memberships().size());
     tls::TlsConfig tc;
     tc.role = tls::Role::kClient;
-    tc.mode = opt_.pan_tls;
-    tc.keylog_path = keylog_path(opt_.keylog);
+    tc.mode = opt_.device.pan_tls;
+    tc.keylog_path = keylog_path(opt_.device.keylog);
     if (!tc.keylog_path.empty())
         spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
     tls_.emplace(tc);
@@ -89,7 +73,7 @@ void PneDaemon::fail_early(pb::FailureReason reason, const std::string& detail) 
     o.success = false;
     o.reason = reason;
     o.detail = detail;
-    o.pnes.push_back(PneOutcome{opt_.id, false, reason});
+    o.pnes.push_back(PneOutcome{opt_.role.pne_id, false, reason});
     early_ = o;
     finish();
 }
@@ -101,14 +85,14 @@ void PneDaemon::finish() {
 }
 
 asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
-    const auto group = parse_address(opt_.discovery_group, "discovery_group");
-    spdlog::info("looking for a PN GW on {} (CPNS Entity Discovery)", opt_.discovery_group);
+    const auto group = parse_address(opt_.device.discovery_group, "discovery_group");
+    spdlog::info("looking for a PN GW on {} (CPNS Entity Discovery)", opt_.device.discovery_group);
     std::optional<net::HostPort> found;
     const Millis until = mono_now() + kDiscoveryTimeout;
     while (!found && !stopping_ && mono_now() < until) {
         // One round: send the request, collect answers until the repeat timer closes the socket.
         auto sock = std::make_shared<net::DiscoverySocket>(io_.get_executor(), group,
-                                                           opt_.discovery_interface, false);
+                                                           opt_.device.discovery_interface, false);
         // The request goes to this round's socket; anything else takes the usual path.
         PneEffects rest;
         for (auto& e : pne_->discover(mono_now())) {
@@ -123,13 +107,9 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
             if (!ec) sock->close();
         });
         while (!found) {
-            std::pair<pb::Envelope, net::udp::endpoint> got;
-            try {
-                got = co_await sock->receive();
-            } catch (const std::exception&) {
-                break;  // the round ended
-            }
-            const auto& env = got.first;
+            auto got = co_await sock->receive();
+            if (net::error_of(got)) break;  // the round ended
+            const auto& env = std::get<net::DiscoverySocket::Datagram>(got).first;
             if (!env.has_discovery_response()) continue;
             const auto& r = env.discovery_response();
             pne_->on_message(r.entity_id(), env, Protection::kClear, mono_now());
@@ -145,43 +125,39 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
     co_return found;
 }
 
-asio::awaitable<bool> PneDaemon::open_link(const std::string& identity, const SecretKey* psk) {
-    std::string error;
-    auto socket =
-        co_await net::connect_tcp(gw_addr_.host, gw_addr_.port, net::kConnectTimeout, error);
-    if (!socket) {
-        spdlog::warn("{}", error);
-        link_error_ = pb::PEER_UNREACHABLE;
-        link_error_detail_ = error;
-        co_return false;
+asio::awaitable<std::optional<net::LinkError>> PneDaemon::open_link(const std::string& identity,
+                                                                    const SecretKey* psk) {
+    auto socket = co_await net::connect_tcp(gw_addr_, net::kConnectTimeout);
+    if (const auto* error = net::error_of(socket)) {
+        spdlog::warn("{}", error->detail);
+        co_return *error;
     }
-    auto conn = std::make_shared<net::Connection>(std::move(*socket));
+    auto conn = std::make_shared<net::Connection>(std::get<net::tcp::socket>(std::move(socket)));
     if (psk) {
         const tls::ClientPsk credentials{identity, *psk};
-        if (!co_await conn->client_handshake(*tls_, credentials, kTlsHandshakeTimeout)) {
+        if (auto failed = co_await conn->client_handshake(*tls_, credentials, kTlsHandshakeTimeout,
+                                                          net::PskLink::kPan)) {
             spdlog::warn("PSK-TLS with the PN GW at {} as {} failed: {} ({})", gw_addr_.str(),
-                         identity, tls::to_string(conn->tls_error()), conn->tls_detail());
-            link_error_ = pb::TLS_HANDSHAKE_FAILED;
-            link_error_detail_ = "PSK-TLS as " + identity +
-                                 " failed: " + std::string(tls::to_string(conn->tls_error())) +
-                                 " (" + conn->tls_detail() + ")";
-            co_return false;
+                         identity, tls::to_string(failed->tls), failed->detail);
+            failed->detail = "PSK-TLS as " + identity +
+                             " failed: " + std::string(tls::to_string(failed->tls)) + " (" +
+                             failed->detail + ")";
+            co_return failed;
         }
         spdlog::info("PSK-TLS with the PN GW at {} as {} ({})", gw_addr_.str(), identity,
                      conn->tls_summary());
+    } else if (opt_.role.pan_secure) {
+        spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure)",
+                     gw_addr_.str());
     } else {
-        if (opt_.pan_secure)
-            spdlog::info("clear PAN link to the PN GW at {} (PAN configured as secure)",
-                         gw_addr_.str());
-        else
-            spdlog::info(
-                "clear PAN link to the PN GW at {} (PAN insecure: nothing secret is sent "
-                "before PSK-TLS with the LocalEUKey)",
-                gw_addr_.str());
+        spdlog::info(
+            "clear PAN link to the PN GW at {} (PAN insecure: nothing secret is sent before "
+            "PSK-TLS with the LocalEUKey)",
+            gw_addr_.str());
     }
     links_.push_back(Link{conn, identity});
     asio::co_spawn(io_, read_link(conn), asio::detached);
-    co_return true;
+    co_return std::nullopt;
 }
 
 asio::awaitable<void> PneDaemon::main() {
@@ -192,18 +168,19 @@ asio::awaitable<void> PneDaemon::main() {
         auto found = co_await discover_gateway();
         if (!found) {
             fail_early(pb::PEER_UNREACHABLE,
-                       "no PN GW answered CPNS Entity Discovery on " + opt_.discovery_group);
+                       "no PN GW answered CPNS Entity Discovery on " + opt_.device.discovery_group);
             co_return;
         }
         gw_addr_ = *found;
     }
     while (!stopping_) {
         // A PNE without UI on an insecure PAN speaks only inside PSK-TLS (pre-assigned key).
-        const bool pre_tls = !opt_.pan_secure && !opt_.enough_ui;
-        const std::string identity = pre_tls ? preassigned_identity(opt_.id) : "";
-        if (!co_await open_link(identity, pre_tls ? &*opt_.preassigned_key : nullptr)) {
+        const bool pre_tls = !opt_.role.pan_secure && !opt_.role.capabilities.enough_ui();
+        const std::string identity = pre_tls ? preassigned_identity(opt_.role.pne_id) : "";
+        if (auto failed =
+                co_await open_link(identity, pre_tls ? &*opt_.role.preassigned_key : nullptr)) {
             if (task_.kind == PneTask::Kind::kSetup) {
-                fail_early(link_error_, link_error_detail_);
+                fail_early(failed->reason, failed->detail);
                 co_return;
             }
         } else {
@@ -228,8 +205,8 @@ asio::awaitable<void> PneDaemon::main() {
                 apply(pne_->start_setup(gw_id_, task_.setup_type, task_.invited, mono_now()));
                 co_return;
             } else {
-                spdlog::info("ready: PNE {} linked to PN GW {}; waiting for invitations", opt_.id,
-                             gw_id_);
+                spdlog::info("ready: PNE {} linked to PN GW {}; waiting for invitations",
+                             opt_.role.pne_id, gw_id_);
                 // Stay until every link is gone, then reconnect.
                 while (!links_.empty() && !stopping_) {
                     wait_.expires_after(std::chrono::hours(24));
@@ -256,7 +233,7 @@ asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn
                 wait_.cancel();
             }
             const std::string from = gw_id_.empty() ? env->sender_id() : gw_id_;
-            spdlog::debug("{} -> {}: {} ({})", from, opt_.id, message_name(*env),
+            spdlog::debug("{} -> {}: {} ({})", from, opt_.role.pne_id, message_name(*env),
                           conn->is_tls() ? "tls" : "clear");
             apply(pne_->on_message(
                 from, *env, conn->is_tls() ? Protection::kTls : Protection::kClear, mono_now()));
@@ -265,7 +242,7 @@ asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn
         if (auto* de = std::get_if<DecodeError>(&r))
             spdlog::warn("closing PAN link: {}", to_string(*de));
         else if (!stopping_)
-            spdlog::info("PAN link closed ({})", std::get<net::ReadError>(r).what);
+            spdlog::info("PAN link closed ({})", std::get<net::LinkError>(r).detail);
         break;
     }
     conn->close();
@@ -285,12 +262,15 @@ asio::awaitable<void> PneDaemon::start_tls(std::shared_ptr<const StartTlsEffect>
             apply(pne_->on_tls_established(eff.peer, mono_now()));
             co_return;
         }
-    if (co_await open_link(eff.identity, &eff.psk)) {
+    if (!co_await open_link(eff.identity, &eff.psk)) {
         links_.back().conn->peer_id = eff.peer;
         // A session with an earlier PN's LocalEUKey is not needed any more.
-        for (const auto& l : links_)
-            if (l.conn->is_tls() && l.identity != eff.identity && l.identity.starts_with("leuk:"))
+        for (const auto& l : links_) {
+            const auto id = parse_psk_identity(l.identity);
+            if (l.conn->is_tls() && l.identity != eff.identity && id &&
+                id->kind == PskIdentity::Kind::kLocalEuKey)
                 l.conn->close();
+        }
         apply(pne_->on_tls_established(eff.peer, mono_now()));
     } else {
         // A refused or stripped upgrade ends the establishment; nothing continues in clear.
@@ -314,12 +294,12 @@ void PneDaemon::send_effect(const SendEffect& s) {
     if (!conn || !conn->send(s.msg))
         spdlog::warn("cannot send {}: no PAN link", message_name(s.msg));
     else
-        spdlog::debug("{} -> {}: {} ({})", opt_.id, s.to == "*" ? "PAN" : s.to, message_name(s.msg),
+        spdlog::debug("{} -> {}: {} ({})", opt_.role.pne_id, s.to == "*" ? "PAN" : s.to, message_name(s.msg),
                       conn->is_tls() ? "tls" : "clear");
 }
 
 void PneDaemon::outcome_effect(const OutcomeEffect& o) {
-    const std::string json = outcome_json(opt_.id, o);
+    const std::string json = outcome_json(opt_.role.pne_id, o);
     if (o.success)
         spdlog::info("joined PN {}: {}", o.pn_id, json);
     else

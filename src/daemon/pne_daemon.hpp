@@ -21,21 +21,12 @@ inline constexpr Millis kDiscoveryRepeat = 1'000;      // re-send the request th
 inline constexpr Millis kGatewayHelloTimeout = 5'000;  // the PN GW answers discovery on the link
 inline constexpr Millis kPneReconnectDelay = 2'000;    // run mode: retry a lost PAN link
 
+// The PNE role's configuration (its ID, keys, capabilities - enough_ui among them -, PAN
+// security, contents) and what the daemon around it needs.
 struct PneOptions {
-    std::string id;
-    SecretKey eukey;
-    std::optional<SecretKey> preassigned_key;
-    bool enough_ui = true;
-    bool pan_secure = false;
+    PneConfig role;
     std::optional<net::HostPort> gw;  // none: discover by multicast
-    std::string discovery_group = net::kDefaultDiscoveryGroup;
-    std::string discovery_interface = "127.0.0.1";
-    tls::Mode pan_tls = tls::Mode::kTls13;
-    bool accept_invitations = true;
-    pb::DeviceCapabilities capabilities;
-    std::vector<pb::ContentInfo> contents;
-    std::string keylog;
-    std::string state_file;  // sealed memberships, LocalEUKeys, SK_PNE; "" = memory only
+    DeviceOptions device;             // state_file: memberships, LocalEUKeys, SK_PNE
 };
 
 PneOptions pne_options_from(const Config& c);
@@ -64,7 +55,9 @@ class PneDaemon {
     };
     asio::awaitable<void> main();
     asio::awaitable<std::optional<net::HostPort>> discover_gateway();
-    asio::awaitable<bool> open_link(const std::string& identity, const SecretKey* psk);
+    // Opens a PAN link to the PN GW (PSK-TLS when `psk` is set): nullopt, or why it failed.
+    asio::awaitable<std::optional<net::LinkError>> open_link(const std::string& identity,
+                                                             const SecretKey* psk);
     asio::awaitable<void> read_link(std::shared_ptr<net::Connection> conn);
     asio::awaitable<void> start_tls(std::shared_ptr<const StartTlsEffect> eff);
     void apply(PneEffects effects);
@@ -84,8 +77,6 @@ class PneDaemon {
     std::string gw_id_;
     std::vector<Link> links_;
     std::optional<OutcomeEffect> result_, early_;
-    pb::FailureReason link_error_ = pb::REASON_NONE;  // why the last open_link() failed
-    std::string link_error_detail_;
     bool setup_started_ = false;
     bool stopping_ = false;
     asio::steady_timer wait_;

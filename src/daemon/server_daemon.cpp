@@ -16,26 +16,20 @@ void load_entities(const std::string& path, MemoryDirectory& dir) {
         if (!t) throw ConfigError(path + ": [[entity]] must be a table");
         const std::string id = (*t)["id"].value_or(std::string());
         const std::string kind = (*t)["kind"].value_or(std::string());
-        const std::string status = (*t)["status"].value_or(std::string("active"));
+        const std::string status =
+            (*t)["status"].value_or(std::string(to_string(EntityStatus::kActive)));
         if (!valid_id(id)) throw ConfigError(path + ": invalid entity id '" + id + "'");
+        const auto parsed_kind = parse_entity_kind(kind);
+        if (!parsed_kind) throw ConfigError(path + ": entity " + id + ": kind must be pne or gw");
         EntityRecord rec;
-        if (kind == "pne")
-            rec.kind = EntityKind::kPne;
-        else if (kind == "gw")
-            rec.kind = EntityKind::kGw;
-        else
-            throw ConfigError(path + ": entity " + id + ": kind must be pne or gw");
+        rec.kind = *parsed_kind;
         rec.eukey =
             parse_key((*t)["eukey"].value_or(std::string()), path + ": entity " + id + " eukey");
-        if (status == "active")
-            rec.status = EntityStatus::kActive;
-        else if (status == "disabled")
-            rec.status = EntityStatus::kDisabled;
-        else if (status == "revoked")
-            rec.status = EntityStatus::kRevoked;
-        else
+        const auto parsed_status = parse_entity_status(status);
+        if (!parsed_status)
             throw ConfigError(path + ": entity " + id +
                               ": status must be active, disabled or revoked");
+        rec.status = *parsed_status;
         if (dir.find(id)) throw ConfigError(path + ": entity " + id + " is listed twice");
         dir.add(id, std::move(rec));
         ++n;
@@ -98,7 +92,7 @@ std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& 
 ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     : io_(io),
       opt_(std::move(options)),
-      acceptor_(io),
+      listener_(io.get_executor(), kMaxGwConnections, listener_hooks()),
       timer_(io.get_executor(), [this](Millis now) { apply(server_->on_timer(now)); }),
       refresh_(io) {
     try {
@@ -125,15 +119,13 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     }
     spdlog::info("store: {} ({}), {} PN GW(s) provisioned", redact_url(opt_.store),
                  store_->backend(), dir_.size());
-    ServerConfig sc;
-    sc.server_id = opt_.id;
-    sc.log = core_log_sink();
-    sc.wall_clock_ms = [] {
+    opt_.role.log = core_log_sink();
+    opt_.role.wall_clock_ms = [] {
         return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                               std::chrono::system_clock::now().time_since_epoch())
                                               .count());
     };
-    server_ = std::make_unique<Server>(sc, dir_, random_);
+    server_ = std::make_unique<Server>(opt_.role, dir_, random_);
     tls::TlsConfig tc;
     tc.role = tls::Role::kServer;
     tc.mode = tls::Mode::kTls13;
@@ -203,7 +195,7 @@ void ServerDaemon::refresh_gateways() {
                       auto link = gws_.find(e.id);
                       if (e.status != EntityStatus::kActive && link != gws_.end()) {
                           spdlog::warn("PN GW {} is {} in the store: closing its link", e.id,
-                                       e.status == EntityStatus::kRevoked ? "revoked" : "disabled");
+                                       to_string(e.status));
                           link->second->close();
                       }
                   }
@@ -214,6 +206,17 @@ void ServerDaemon::refresh_gateways() {
               });
 }
 
+// Answers a registration the store cannot take with an ErrorReport.
+void ServerDaemon::refuse_registration(const std::string& gw, const pb::Envelope& request,
+                                       pb::FailureReason reason, const std::string& detail) {
+    pb::Envelope err;
+    err.set_sender_id(opt_.role.server_id);
+    err.mutable_error()->set_pn_id(request.registration_request().pn_id());
+    err.mutable_error()->set_reason(reason);
+    err.mutable_error()->set_detail(detail);
+    if (auto it = gws_.find(gw); it != gws_.end()) it->second->send(err);
+}
+
 // A registration first brings the records of the PN GW and of every PNE it names into the
 // cache (on the store thread), then goes to the core.
 void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env) {
@@ -222,12 +225,7 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
         return;
     }
     if (store_queue_ >= kMaxStoreQueue) {
-        pb::Envelope busy;
-        busy.set_sender_id(opt_.id);
-        busy.mutable_error()->set_pn_id(env->registration_request().pn_id());
-        busy.mutable_error()->set_reason(pb::BUSY);
-        busy.mutable_error()->set_detail("the server's store is saturated; retry later");
-        if (auto it = gws_.find(gw); it != gws_.end()) it->second->send(busy);
+        refuse_registration(gw, *env, pb::BUSY, "the server's store is saturated; retry later");
         spdlog::warn("refusing a registration from {}: store queue full", gw);
         return;
     }
@@ -246,12 +244,8 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
         },
         [this, gw, env, ids, found, failed] {
             if (*failed) {
-                pb::Envelope err;
-                err.set_sender_id(opt_.id);
-                err.mutable_error()->set_pn_id(env->registration_request().pn_id());
-                err.mutable_error()->set_reason(pb::INTERNAL_ERROR);
-                err.mutable_error()->set_detail("the server's store is unavailable");
-                if (auto it = gws_.find(gw); it != gws_.end()) it->second->send(err);
+                refuse_registration(gw, *env, pb::INTERNAL_ERROR,
+                                    "the server's store is unavailable");
                 return;
             }
             for (std::size_t i = 0; i < ids.size(); ++i) dir_.put(ids[i], to_record((*found)[i]));
@@ -260,19 +254,12 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
 }
 
 void ServerDaemon::start() {
-    std::error_code ec;
-    net::tcp::endpoint ep(asio::ip::make_address(opt_.listen.host, ec), opt_.listen.port);
-    if (ec) throw ConfigError("listen address '" + opt_.listen.host + "' is not an IP address");
-    acceptor_.open(ep.protocol());
-    acceptor_.set_option(net::tcp::acceptor::reuse_address(true));
-    acceptor_.bind(ep, ec);
-    if (ec) throw ConfigError("cannot listen on " + opt_.listen.str() + ": " + ec.message());
-    acceptor_.listen();
-    port_ = acceptor_.local_endpoint().port();
+    port_ = listen_on(listener_, opt_.listen, "listen address");
     const std::string addr = opt_.listen.host + ":" + std::to_string(port_);
-    spdlog::info("CPNS Server {} listening for PN GWs on {} (TLS 1.3 external PSK)", opt_.id, addr);
+    spdlog::info("CPNS Server {} listening for PN GWs on {} (TLS 1.3 external PSK)",
+                 opt_.role.server_id, addr);
     write_ready_file(opt_.ready_file, addr);
-    asio::co_spawn(io_, accept_loop(), asio::detached);
+    asio::co_spawn(io_, listener_.run(), asio::detached);
     refresh_.expires_after(std::chrono::milliseconds(kGwDirectoryRefresh));
     refresh_.async_wait([this](const std::error_code& error) {
         if (!error) refresh_gateways();
@@ -280,8 +267,7 @@ void ServerDaemon::start() {
 }
 
 void ServerDaemon::stop() {
-    std::error_code ec;
-    acceptor_.close(ec);
+    listener_.close();
     timer_.cancel();
     refresh_.cancel();
     for (auto& [id, c] : gws_) c->close();
@@ -299,51 +285,44 @@ void ServerDaemon::stop() {
         links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
 }
 
-asio::awaitable<void> ServerDaemon::accept_loop() {
-    for (;;) {
-        std::error_code ec;
-        auto socket =
-            co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) {
-            if (!acceptor_.is_open()) co_return;
-            spdlog::warn("accept failed: {}", ec.message());
-            continue;
-        }
-        if (connections_ >= kMaxGwConnections) {
-            links_.count(pb::LIMIT_EXCEEDED);
-            spdlog::warn("refusing connection: {} PN GW links open (limit)", connections_);
-            continue;
-        }
+net::Listener::Hooks ServerDaemon::listener_hooks() {
+    net::Listener::Hooks hooks;
+    hooks.on_socket = [this](net::tcp::socket socket) {
         asio::co_spawn(io_, serve(std::make_shared<net::Connection>(std::move(socket))),
                        asio::detached);
-    }
+    };
+    hooks.on_refused = [this](std::size_t open) {
+        links_.count(pb::LIMIT_EXCEEDED);
+        spdlog::warn("refusing connection: {} PN GW links open (limit)", open);
+    };
+    hooks.on_error = [](const std::error_code& ec) {
+        spdlog::warn("accept failed: {}", ec.message());
+    };
+    return hooks;
+}
+
+void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& error) {
+    const std::string identity = conn.tls_identity();
+    std::string why = error.detail;
+    if (error.tls == tls::TlsError::kUnknownIdentity)
+        why = "unknown, disabled or revoked PN GW identity";
+    else if (error.tls == tls::TlsError::kBadPsk)
+        why = "wrong PSK (the PN GW's EUKey differs)";
+    links_.count(error.reason);
+    if (error.tls == tls::TlsError::kBadPsk && !identity.empty() &&
+        throttle_.failed(identity, mono_now()))
+        spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
+                     identity, kPskBackoff / 1000);
+    spdlog::warn("refused PN GW link from {}{}: {} - {} (refused so far: {})", conn.remote(),
+                 identity.empty() ? "" : " as " + identity, reason_name(error.reason), why,
+                 links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
 }
 
 asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn) {
-    ++connections_;
-    struct Done {
-        std::size_t& n;
-        ~Done() { --n; }
-    } done{connections_};
-    if (!co_await conn->server_handshake(*tls_, kGwHandshakeTimeout)) {
-        const auto err = conn->tls_error();
-        const std::string identity = conn->tls_identity();
-        pb::FailureReason reason = pb::GATEWAY_AUTHENTICATION_FAILED;
-        std::string why = "wrong PSK (the PN GW's EUKey differs)";
-        if (err == tls::TlsError::kUnknownIdentity) {
-            reason = pb::UNKNOWN_ENTITY;
-            why = "unknown, disabled or revoked PN GW identity";
-        } else if (err != tls::TlsError::kBadPsk) {
-            why = conn->tls_detail();
-        }
-        links_.count(reason);
-        if (err == tls::TlsError::kBadPsk && !identity.empty() &&
-            throttle_.failed(identity, mono_now()))
-            spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
-                         identity, kPskBackoff / 1000);
-        spdlog::warn("refused PN GW link from {}{}: {} - {} (refused so far: {})", conn->remote(),
-                     identity.empty() ? "" : " as " + identity, reason_name(reason), why,
-                     links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
+    const auto held = listener_.hold();
+    if (auto error = co_await conn->server_handshake(*tls_, kGwHandshakeTimeout,
+                                                     net::PskLink::kServerOfGateway)) {
+        refused(*conn, *error);
         co_return;
     }
     const std::string gw = conn->tls_identity();
@@ -366,7 +345,7 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
             links_.count(to_reason(*de));
             spdlog::warn("closing link of {}: {}", gw, to_string(*de));
         } else {
-            spdlog::info("PN GW {} disconnected ({})", gw, std::get<net::ReadError>(r).what);
+            spdlog::info("PN GW {} disconnected ({})", gw, std::get<net::LinkError>(r).detail);
         }
         break;
     }
@@ -409,15 +388,15 @@ void ServerDaemon::persist_effect(PersistPnEffect& p) {
 
 // The audit log: one record per PNE, plus one for the PN itself.
 void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
-    spdlog::info("establishment {}: {}", o.pn_id, outcome_json(opt_.id, o));
+    spdlog::info("establishment {}: {}", o.pn_id, outcome_json(opt_.role.server_id, o));
     const auto now_ms =
         static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                       std::chrono::system_clock::now().time_since_epoch())
                                       .count());
-    audit_pending_.push_back({now_ms, opt_.id, o.gw_id, o.pn_id, "", o.success,
+    audit_pending_.push_back({now_ms, opt_.role.server_id, o.gw_id, o.pn_id, "", o.success,
                               std::string(reason_name(o.reason)), o.detail});
     for (const auto& pne : o.pnes)
-        audit_pending_.push_back({now_ms, opt_.id, o.gw_id, o.pn_id, pne.pne_id, pne.joined,
+        audit_pending_.push_back({now_ms, opt_.role.server_id, o.gw_id, o.pn_id, pne.pne_id, pne.joined,
                                   std::string(reason_name(pne.reason)), ""});
     flush_audit();
 }

@@ -9,6 +9,7 @@
 #include "core/throttle.hpp"
 #include "daemon/common.hpp"
 #include "net/connection.hpp"
+#include "net/listener.hpp"
 #include "store/store.hpp"
 
 namespace cpns::daemon {
@@ -28,8 +29,10 @@ inline constexpr std::size_t kMaxPendingLookups = 256;
 // The store URL with any password replaced, for logs.
 std::string redact_url(const std::string& url);
 
+// The CPNS Server role's configuration (its ID; the clock and log are set by the daemon) and
+// what the daemon around it needs.
 struct ServerOptions {
-    std::string id = "cpns-server";
+    ServerConfig role;
     net::HostPort listen{"127.0.0.1", 7000};
     // The store: "sqlite:PATH" (default; $CPNS_STORE overrides the default) or a PostgreSQL URL.
     std::string store = "sqlite:cpns-server.db";
@@ -66,8 +69,10 @@ class ServerDaemon {
     const Counters& link_counters() const { return links_; }
 
   private:
-    asio::awaitable<void> accept_loop();
+    net::Listener::Hooks listener_hooks();
     asio::awaitable<void> serve(std::shared_ptr<net::Connection> conn);
+    // Counts and logs a PN GW link whose PSK-TLS handshake failed.
+    void refused(const net::Connection& conn, const net::LinkError& error);
     void apply(ServerEffects effects);
     void send_effect(const SendEffect& s);
     void persist_effect(PersistPnEffect& p);
@@ -75,6 +80,8 @@ class ServerDaemon {
     // Runs `job` on the store thread, then `done` on the event loop.
     void store_job(std::function<void(store::Store&)> job, std::function<void()> done = {});
     void deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env);
+    void refuse_registration(const std::string& gw, const pb::Envelope& request,
+                             pb::FailureReason reason, const std::string& detail);
     void refresh_gateways();
 
     asio::io_context& io_;
@@ -87,18 +94,16 @@ class ServerDaemon {
     // Audit records wait here while one batch is being written (one transaction per batch).
     std::vector<store::AuditRecord> audit_pending_;
     bool audit_writing_ = false;
-    std::set<std::string> lookups_;
-    PskThrottle throttle_;  // failed PSK attempts per PN GW identity  // PN GW IDs being fetched
-                            // after a cache miss (bounded)
+    std::set<std::string> lookups_;  // PN GW IDs being fetched after a cache miss (bounded)
+    PskThrottle throttle_;           // failed PSK attempts per PN GW identity
     void flush_audit();
     OsRandom random_;
     std::unique_ptr<Server> server_;
     std::optional<tls::TlsContext> tls_;
-    net::tcp::acceptor acceptor_;
+    net::Listener listener_;
     RoleTimer timer_;
     asio::steady_timer refresh_;
     std::map<std::string, std::shared_ptr<net::Connection>> gws_;
-    std::size_t connections_ = 0;
     Counters links_;  // refused PN GW links, by reason
     std::uint16_t port_ = 0;
     std::map<std::pair<std::string, std::string>, SecretKey> session_keys_;

@@ -58,23 +58,24 @@ std::string Connection::tls_summary() const {
     return s;
 }
 
-awaitable<bool> Connection::client_handshake(const tls::TlsContext& ctx, const tls::ClientPsk& psk,
-                                             Millis timeout) {
+awaitable<std::optional<LinkError>> Connection::client_handshake(const tls::TlsContext& ctx,
+                                                                 const tls::ClientPsk& psk,
+                                                                 Millis timeout, PskLink link) {
     try {
         tls_.emplace(ctx, tls::ClientPsk{psk.identity, psk.key});
-    } catch (const std::exception& e) {
-        detail_ = e.what();
-        co_return false;
+    } catch (const std::exception& e) {  // an identity or key the engine refuses
+        co_return LinkError{to_reason(tls::TlsError::kNone, link), e.what()};
     }
-    co_return co_await handshake(timeout);
+    co_return co_await handshake(timeout, link);
 }
 
-awaitable<bool> Connection::server_handshake(const tls::TlsContext& ctx, Millis timeout) {
+awaitable<std::optional<LinkError>> Connection::server_handshake(const tls::TlsContext& ctx,
+                                                                 Millis timeout, PskLink link) {
     tls_.emplace(ctx);
-    co_return co_await handshake(timeout);
+    co_return co_await handshake(timeout, link);
 }
 
-awaitable<bool> Connection::handshake(Millis timeout) {
+awaitable<std::optional<LinkError>> Connection::handshake(Millis timeout, PskLink link) {
     Deadline deadline(socket_, timeout);
     std::error_code ec;
     for (;;) {
@@ -96,12 +97,13 @@ awaitable<bool> Connection::handshake(Millis timeout) {
         // Application data that arrived with the last flight.
         Bytes early = tls_->read();
         if (!early.empty()) reader_.feed(early);
-        co_return true;
+        co_return std::nullopt;
     }
+    LinkError error{to_reason(tls_->error(), link), tls_->error_detail(), tls_->error()};
     if (!tls_->failed())
-        detail_ = expired ? "TLS handshake timed out" : "connection lost during TLS handshake";
+        error.detail = expired ? "TLS handshake timed out" : "connection lost during TLS handshake";
     close();
-    co_return false;
+    co_return error;
 }
 
 awaitable<std::optional<bool>> Connection::sniff_tls(Millis timeout) {
@@ -123,32 +125,37 @@ awaitable<ReadResult> Connection::read() {
                 co_return std::get<pb::Envelope>(std::move(*r));
             co_return std::get<DecodeError>(*r);
         }
-        if (!open_) co_return ReadError{"connection closed"};
+        if (!open_) co_return LinkError{pb::PEER_UNREACHABLE, "connection closed"};
         if (tls_ && tls_->error() == tls::TlsError::kPeerClosed)
-            co_return ReadError{"peer closed the TLS session"};
+            co_return LinkError{pb::PEER_UNREACHABLE, "peer closed the TLS session"};
         std::error_code ec;
         const std::size_t n = co_await socket_.async_read_some(
             asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
         if (ec) {
             close();
-            co_return ReadError{ec == asio::error::eof ? "peer closed the connection"
-                                                       : ec.message()};
+            co_return LinkError{pb::PEER_UNREACHABLE, ec == asio::error::eof
+                                                          ? "peer closed the connection"
+                                                          : ec.message()};
         }
-        if (tls_) {
-            tls_->feed(ByteView(buf_.data(), n));
-            flush_tls();
-            Bytes plain = tls_->read();
-            reader_.feed(plain);
-            if (tls_->failed()) {
-                auto why = "TLS: " + std::string(tls::to_string(tls_->error())) + " " +
-                           tls_->error_detail();
-                close();
-                co_return ReadError{why};
-            }
-        } else {
-            reader_.feed(ByteView(buf_.data(), n));
-        }
+        if (auto error = take_in(n)) co_return std::move(*error);
     }
+}
+
+std::optional<LinkError> Connection::take_in(std::size_t n) {
+    if (!tls_) {
+        reader_.feed(ByteView(buf_.data(), n));
+        return std::nullopt;
+    }
+    tls_->feed(ByteView(buf_.data(), n));
+    flush_tls();
+    reader_.feed(tls_->read());
+    if (!tls_->failed()) return std::nullopt;
+    LinkError error{
+        pb::PEER_UNREACHABLE,
+        "TLS: " + std::string(tls::to_string(tls_->error())) + " " + tls_->error_detail(),
+        tls_->error()};
+    close();
+    return error;
 }
 
 bool Connection::send(const pb::Envelope& env) {
@@ -170,8 +177,7 @@ void Connection::flush_tls() {
 void Connection::queue_raw(Bytes bytes) {
     if (!open_ || bytes.empty()) return;
     queued_ += bytes.size();
-    if (queued_ > kMaxQueuedBytes) {
-        detail_ = "send queue over its bound; peer too slow";
+    if (queued_ > kMaxQueuedBytes) {  // the peer is too slow: give up on it
         close();
         return;
     }
@@ -218,28 +224,25 @@ void Connection::close() {
     queued_ = 0;
 }
 
-awaitable<std::optional<tcp::socket>> connect_tcp(const std::string& host, std::uint16_t port,
-                                                  Millis timeout, std::string& error) {
+awaitable<Result<tcp::socket>> connect_tcp(const HostPort& at, Millis timeout) {
     auto ex = co_await asio::this_coro::executor;
     tcp::resolver resolver(ex);
     std::error_code ec;
-    auto results = co_await resolver.async_resolve(host, std::to_string(port),
+    auto results = co_await resolver.async_resolve(at.host, std::to_string(at.port),
                                                    asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
-        error = "cannot resolve " + host + ": " + ec.message();
-        co_return std::nullopt;
-    }
+    if (ec)
+        co_return LinkError{pb::PEER_UNREACHABLE,
+                            "cannot resolve " + at.host + ": " + ec.message()};
     tcp::socket socket(ex);
     Deadline deadline(socket, timeout);
     co_await asio::async_connect(socket, results, asio::redirect_error(asio::use_awaitable, ec));
     const bool expired = deadline.expired();
     deadline.disarm();
-    if (ec) {
-        error = "cannot connect to " + host + ":" + std::to_string(port) + ": " +
-                (expired ? std::string("timed out") : ec.message());
-        co_return std::nullopt;
-    }
-    co_return std::optional<tcp::socket>(std::move(socket));
+    if (ec)
+        co_return LinkError{pb::PEER_UNREACHABLE,
+                            "cannot connect to " + at.str() + ": " +
+                                (expired ? std::string("timed out") : ec.message())};
+    co_return std::move(socket);
 }
 
 }  // namespace cpns::net

@@ -12,6 +12,8 @@
 
 #include "core/codec.hpp"
 #include "core/role.hpp"
+#include "net/address.hpp"
+#include "net/link_error.hpp"
 #include "tls/tls.hpp"
 
 namespace cpns::net {
@@ -25,23 +27,25 @@ inline constexpr std::size_t kReadChunk = 16 * 1024;
 // How long a TCP connect may take.
 inline constexpr Millis kConnectTimeout = 5'000;
 
-struct ReadError {
-    std::string what;
-};
-// A decoded message, a decode error (the connection must then be closed), or the end.
-using ReadResult = std::variant<pb::Envelope, DecodeError, ReadError>;
+// A decoded message, a decode error (the connection must then be closed), or the end of the
+// link (closed, lost, or its TLS failed).
+using ReadResult = std::variant<pb::Envelope, DecodeError, LinkError>;
 
 class Connection : public std::enable_shared_from_this<Connection> {
   public:
     explicit Connection(tcp::socket socket);
     ~Connection();
 
-    // Runs the TLS handshake as client or server; false on failure or after `timeout`.
+    // Runs the TLS handshake as client or server: nullopt once it is done, else why it failed
+    // or that `timeout` passed (the connection is then closed). `link` names what the link
+    // authenticates, for the failure's reason (to_reason).
     // (Coroutines here take class-type arguments by reference: GCC 12 copies by-value
     // coroutine parameters bitwise when given a temporary, which breaks std::string.)
-    awaitable<bool> client_handshake(const tls::TlsContext& ctx, const tls::ClientPsk& psk,
-                                     Millis timeout);
-    awaitable<bool> server_handshake(const tls::TlsContext& ctx, Millis timeout);
+    awaitable<std::optional<LinkError>> client_handshake(const tls::TlsContext& ctx,
+                                                         const tls::ClientPsk& psk, Millis timeout,
+                                                         PskLink link);
+    awaitable<std::optional<LinkError>> server_handshake(const tls::TlsContext& ctx, Millis timeout,
+                                                         PskLink link);
     // Waits for the first byte without consuming it: true if it starts a TLS record
     // (handshake content type 0x16), false for a clear CPNS frame.
     awaitable<std::optional<bool>> sniff_tls(Millis timeout);
@@ -54,8 +58,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
     bool is_open() const { return open_; }
     bool is_tls() const { return tls_.has_value(); }
-    tls::TlsError tls_error() const { return tls_ ? tls_->error() : tls::TlsError::kNone; }
-    std::string tls_detail() const { return tls_ ? tls_->error_detail() : detail_; }
     std::string tls_identity() const { return tls_ ? tls_->peer_identity() : std::string(); }
     std::string tls_summary() const;  // "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"
     const std::string& remote() const { return remote_; }
@@ -64,7 +66,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::string peer_id;
 
   private:
-    awaitable<bool> handshake(Millis timeout);
+    awaitable<std::optional<LinkError>> handshake(Millis timeout, PskLink link);
+    // Feeds received ciphertext or clear bytes to the frame reader; a LinkError if TLS failed.
+    std::optional<LinkError> take_in(std::size_t n);
     void queue_raw(Bytes bytes);
     void flush_tls();
     awaitable<void> drain();
@@ -77,12 +81,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     bool writing_ = false;
     bool open_ = true;
     std::string remote_;
-    std::string detail_;
     std::array<std::uint8_t, kReadChunk> buf_{};
 };
 
-// Connects with a timeout. nullopt (and `error` set) on failure.
-awaitable<std::optional<tcp::socket>> connect_tcp(const std::string& host, std::uint16_t port,
-                                                  Millis timeout, std::string& error);
+// Connects with a timeout. A failure is PEER_UNREACHABLE ("cannot connect to ...").
+awaitable<Result<tcp::socket>> connect_tcp(const HostPort& at, Millis timeout);
 
 }  // namespace cpns::net

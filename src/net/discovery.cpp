@@ -31,11 +31,13 @@ void DiscoverySocket::send_to(const pb::Envelope& env, const udp::endpoint& to) 
     socket_.send_to(asio::buffer(frame), to, 0, ec);
 }
 
-asio::awaitable<std::pair<pb::Envelope, udp::endpoint>> DiscoverySocket::receive() {
+asio::awaitable<Result<DiscoverySocket::Datagram>> DiscoverySocket::receive() {
     for (;;) {
         udp::endpoint from;
-        const std::size_t n =
-            co_await socket_.async_receive_from(asio::buffer(buf_), from, asio::use_awaitable);
+        std::error_code ec;
+        const std::size_t n = co_await socket_.async_receive_from(
+            asio::buffer(buf_), from, asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return LinkError{pb::PEER_UNREACHABLE, ec.message()};
         auto r = decode_frame(std::span<const std::uint8_t>(buf_.data(), n));
         if (auto* env = std::get_if<pb::Envelope>(&r))
             co_return std::make_pair(std::move(*env), from);

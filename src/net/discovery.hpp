@@ -9,6 +9,7 @@
 
 #include "core/codec.hpp"
 #include "net/address.hpp"
+#include "net/link_error.hpp"
 
 namespace cpns::net {
 
@@ -25,8 +26,10 @@ class DiscoverySocket {
                     const std::string& interface_addr, bool listen);
     void send_to_group(const pb::Envelope& env);
     void send_to(const pb::Envelope& env, const udp::endpoint& to);
-    // The next well-formed datagram (malformed ones are skipped and counted).
-    asio::awaitable<std::pair<pb::Envelope, udp::endpoint>> receive();
+    using Datagram = std::pair<pb::Envelope, udp::endpoint>;
+    // The next well-formed datagram (malformed ones are skipped and counted), or a LinkError
+    // once the socket is closed or fails.
+    asio::awaitable<Result<Datagram>> receive();
     std::size_t malformed() const { return malformed_; }
     void close();
 

@@ -29,33 +29,14 @@ std::int64_t now_ms() {
         .count();
 }
 
-const char* kind_word(EntityKind kind) {
-    switch (kind) {
-        case EntityKind::kPne:
-            return "pne";
-        case EntityKind::kGw:
-            return "gw";
-    }
-    throw StoreError("invalid entity kind");
+// The words the store keeps for kinds and statuses are core's (to_string / parse_entity_*).
+std::string word(EntityKind kind) {
+    return std::string(to_string(kind));
 }
 
-std::optional<EntityKind> parse_kind(std::string_view word) {
-    if (word == "pne") return EntityKind::kPne;
-    if (word == "gw") return EntityKind::kGw;
-    return std::nullopt;
-}
-
-std::string status_word(EntityStatus status) {
-    const std::string_view word = to_string(status);
-    if (word == "unknown") throw StoreError("invalid entity status");
-    return std::string(word);
-}
-
-std::optional<EntityStatus> parse_status(std::string_view word) {
-    if (word == "active") return EntityStatus::kActive;
-    if (word == "disabled") return EntityStatus::kDisabled;
-    if (word == "revoked") return EntityStatus::kRevoked;
-    return std::nullopt;
+std::string word(EntityStatus status) {
+    if (!parse_entity_status(to_string(status))) throw StoreError("invalid entity status");
+    return std::string(to_string(status));
 }
 
 const std::string& text(const Cell& cell) {
@@ -123,9 +104,8 @@ class SqlStore final : public Store {
             " capabilities = excluded.capabilities,"
             " created_at_ms = COALESCE(CAST($6 AS BIGINT), entities.created_at_ms),"
             " updated_at_ms = excluded.updated_at_ms",
-            {Param::of(e.id), Param::of(kind_word(e.kind)), Param::blob(sealed),
-             Param::of(status_word(e.status)),
-             Param::blob(serialize(e.capabilities, "capabilities")),
+            {Param::of(e.id), Param::of(word(e.kind)), Param::blob(sealed),
+             Param::of(word(e.status)), Param::blob(serialize(e.capabilities, "capabilities")),
              e.created_at_ms != 0 ? Param::of(e.created_at_ms) : Param::null(), Param::of(now),
              Param::of(e.updated_at_ms != 0 ? e.updated_at_ms : now)});
     }
@@ -139,7 +119,7 @@ class SqlStore final : public Store {
 
     std::vector<StoredEntity> list_entities(std::optional<EntityKind> kind) override {
         const detail::Result r = kind ? db_->run(std::string(kEntityColumns) + " WHERE kind = $1",
-                                                 {Param::of(kind_word(*kind))})
+                                                 {Param::of(word(*kind))})
                                       : db_->run(kEntityColumns);
         std::vector<StoredEntity> out;
         out.reserve(r.rows.size());
@@ -153,7 +133,7 @@ class SqlStore final : public Store {
     bool set_status(const std::string& id, EntityStatus status) override {
         const detail::Result r =
             db_->run("UPDATE entities SET status = $1, updated_at_ms = $2 WHERE id = $3",
-                     {Param::of(status_word(status)), Param::of(now_ms()), Param::of(id)});
+                     {Param::of(word(status)), Param::of(now_ms()), Param::of(id)});
         return r.changed > 0;
     }
 
@@ -184,7 +164,8 @@ class SqlStore final : public Store {
         for (const pb::PnMember& m : inv.members()) {
             const detail::Result kind =
                 db_->run("SELECT kind FROM entities WHERE id = $1", {Param::of(m.pne_id())});
-            if (kind.rows.empty() || text(kind.rows[0][0]) != "pne") return PutResult::kError;
+            if (kind.rows.empty() || parse_entity_kind(text(kind.rows[0][0])) != EntityKind::kPne)
+                return PutResult::kError;
             db_->run(
                 "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member)"
                 " VALUES ($1, $2, $3, $4, $5)",
@@ -257,16 +238,27 @@ class SqlStore final : public Store {
     std::vector<std::string> check() override {
         std::vector<std::string> problems;
         Transaction txn(*db_, Transaction::Kind::kRead);  // one snapshot for all reads
+        const auto kinds = check_entities(problems);
+        const auto pns = check_pns(problems);
+        check_members(problems, kinds, pns);
+        txn.commit();
+        return problems;
+    }
 
-        // Entities: every row readable, every sealed EUKey opens.
+  private:
+    using PnKey = std::pair<std::string, std::string>;  // (PN GW ID, PN ID)
+
+    // Entities: every row readable, every sealed EUKey opens. Their kinds, by ID.
+    std::map<std::string, std::optional<EntityKind>> check_entities(
+        std::vector<std::string>& problems) const {
         std::map<std::string, std::optional<EntityKind>> kinds;
         for (const Row& row :
              db_->run("SELECT id, kind, sealed_eukey, status, capabilities FROM entities").rows) {
             const std::string& id = text(row[0]);
-            const std::optional<EntityKind> kind = parse_kind(text(row[1]));
+            const std::optional<EntityKind> kind = parse_entity_kind(text(row[1]));
             kinds[id] = kind;
             if (!kind) problems.push_back("entity " + id + ": unknown kind '" + *row[1] + "'");
-            if (!parse_status(text(row[3]))) {
+            if (!parse_entity_status(text(row[3]))) {
                 problems.push_back("entity " + id + ": unknown status '" + *row[3] + "'");
             }
             if (!sealer_.unseal(id, bytes_of(text(row[2])))) {
@@ -278,12 +270,14 @@ class SqlStore final : public Store {
                 problems.push_back("entity " + id + ": unreadable capabilities");
             }
         }
+        return kinds;
+    }
 
-        // PNs: readable, naming themselves, registered once.
-        using Key = std::pair<std::string, std::string>;
-        std::map<Key, int> pns;
+    // PNs: readable, naming themselves, registered once. How often each is registered.
+    std::map<PnKey, int> check_pns(std::vector<std::string>& problems) const {
+        std::map<PnKey, int> pns;
         for (const Row& row : db_->run("SELECT gw_id, pn_id, inventory FROM pns").rows) {
-            const Key key{text(row[0]), text(row[1])};
+            const PnKey key{text(row[0]), text(row[1])};
             const std::string name = pn_name(key.first, key.second);
             if (++pns[key] == 2) problems.push_back("PN " + name + ": registered more than once");
             pb::PnInventory header;
@@ -294,12 +288,17 @@ class SqlStore final : public Store {
                                    pn_name(header.gw_id(), header.pn_id()));
             }
         }
+        return pns;
+    }
 
-        // Members: of a known PN, PNE entities, readable, each PNE once per PN.
-        std::map<Key, std::map<std::string, int>> members;
+    // Members: of a known PN, PNE entities, readable, each PNE once per PN.
+    void check_members(std::vector<std::string>& problems,
+                       const std::map<std::string, std::optional<EntityKind>>& kinds,
+                       const std::map<PnKey, int>& pns) const {
+        std::map<PnKey, std::map<std::string, int>> members;
         for (const Row& row :
              db_->run("SELECT gw_id, pn_id, pne_id, member FROM pn_members").rows) {
-            const Key key{text(row[0]), text(row[1])};
+            const PnKey key{text(row[0]), text(row[1])};
             const std::string& pne_id = text(row[2]);
             const std::string where =
                 "member " + pne_id + " of PN " + pn_name(key.first, key.second) + ": ";
@@ -333,11 +332,8 @@ class SqlStore final : public Store {
                 }
             }
         }
-        txn.commit();
-        return problems;
     }
 
-  private:
     void migrate() {
         const std::vector<detail::Migration>& migrations = db_->migrations();
         const int latest = migrations.empty() ? 0 : migrations.back().version;
@@ -363,13 +359,13 @@ class SqlStore final : public Store {
     StoredEntity decode_entity(const Row& row) const {
         StoredEntity e;
         e.id = text(row[0]);
-        const std::optional<EntityKind> kind = parse_kind(text(row[1]));
+        const std::optional<EntityKind> kind = parse_entity_kind(text(row[1]));
         if (!kind) throw StoreError("entity " + e.id + " has an unknown kind '" + *row[1] + "'");
         e.kind = *kind;
         std::optional<SecretKey> eukey = sealer_.unseal(e.id, bytes_of(text(row[2])));
         if (!eukey) throw StoreError("cannot unseal EUKey of " + e.id + ": wrong master key?");
         e.eukey = std::move(*eukey);
-        const std::optional<EntityStatus> status = parse_status(text(row[3]));
+        const std::optional<EntityStatus> status = parse_entity_status(text(row[3]));
         if (!status) {
             throw StoreError("entity " + e.id + " has an unknown status '" + *row[3] + "'");
         }

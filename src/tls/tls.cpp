@@ -355,6 +355,22 @@ int reject_certificates(int /*preverify_ok*/, X509_STORE_CTX* /*store*/) {
     return 0;
 }
 
+// A TLS 1.3 session carrying an external PSK; null (and the engine told why) on failure.
+SSL_SESSION* new_psk_session(TlsEngine::Impl& engine, const SSL_CIPHER* cipher,
+                             const SecretKey& key) {
+    SSL_SESSION* created = SSL_SESSION_new();
+    if (cipher == nullptr || created == nullptr ||
+        SSL_SESSION_set1_master_key(created, key.view().data(), kKeySize) != 1 ||
+        SSL_SESSION_set_cipher(created, cipher) != 1 ||
+        SSL_SESSION_set_protocol_version(created, TLS1_3_VERSION) != 1) {
+        SSL_SESSION_free(created);
+        engine.callback_error = TlsError::kProtocolError;
+        engine.callback_detail = "cannot create the TLS 1.3 PSK session";
+        return nullptr;
+    }
+    return created;
+}
+
 // TLS 1.3 client: hand OpenSSL the external PSK as a session. OpenSSL may call this twice
 // (first ClientHello and after a HelloRetryRequest); each call gets its own reference.
 int client_use_session(SSL* ssl, const EVP_MD* md, const unsigned char** id, std::size_t* id_len,
@@ -365,17 +381,10 @@ int client_use_session(SSL* ssl, const EVP_MD* md, const unsigned char** id, std
     TlsEngine::Impl* engine = engine_of(ssl);
     if (engine == nullptr) return 0;
     if (engine->client_session == nullptr) {
-        const SSL_CIPHER* cipher = tls13_session_cipher(ssl, engine->context->suites.front());
-        SSL_SESSION* created = SSL_SESSION_new();
-        if (cipher == nullptr || created == nullptr ||
-            SSL_SESSION_set1_master_key(created, engine->client_key.data(), kKeySize) != 1 ||
-            SSL_SESSION_set_cipher(created, cipher) != 1 ||
-            SSL_SESSION_set_protocol_version(created, TLS1_3_VERSION) != 1) {
-            SSL_SESSION_free(created);
-            engine->callback_error = TlsError::kProtocolError;
-            engine->callback_detail = "cannot create the TLS 1.3 PSK session";
-            return 0;
-        }
+        SSL_SESSION* created =
+            new_psk_session(*engine, tls13_session_cipher(ssl, engine->context->suites.front()),
+                            engine->client_key);
+        if (created == nullptr) return 0;
         engine->client_session = created;
         engine->client_key = SecretKey{};  // OpenSSL has its own copy now
     }
@@ -388,6 +397,79 @@ int client_use_session(SSL* ssl, const EVP_MD* md, const unsigned char** id, std
     return 1;
 }
 
+// A one-octet-length list of the ClientHello extension `type`; nullopt if it is absent or
+// malformed.
+std::optional<ByteView> client_hello_u8_list(SSL* ssl, unsigned int type) {
+    auto ext = client_hello_ext(ssl, type);
+    if (!ext) return std::nullopt;
+    Reader reader(*ext);
+    std::uint8_t length = 0;
+    ByteView list;
+    if (!reader.u8(length) || !reader.bytes(length, list)) return std::nullopt;
+    return list;
+}
+
+// Whether the client's supported_versions include TLS 1.3.
+bool offers_tls13(SSL* ssl) {
+    const auto list = client_hello_u8_list(ssl, kExtSupportedVersions);
+    if (!list) return false;
+    for (std::size_t i = 0; i + 1 < list->size(); i += 2) {
+        if (((unsigned{(*list)[i]} << 8) | (*list)[i + 1]) == kTls13Wire) return true;
+    }
+    return false;
+}
+
+// Fails the ClientHello with the engine's own verdict and `alert`.
+int refuse_client_hello(TlsEngine::Impl& engine, int* alert, int alert_value, TlsError error,
+                        std::string detail) {
+    engine.callback_error = error;
+    engine.callback_detail = std::move(detail);
+    *alert = alert_value;
+    return SSL_CLIENT_HELLO_ERROR;
+}
+
+// Looks up the identities of a pre_shared_key extension (at most kMaxIdentitiesLookedUp) and
+// keeps the first one the lookup knows.
+int lookup_offered_identities(TlsEngine::Impl& engine, ByteView psk, int* alert) {
+    // OfferedPsks: identities<7..2^16-1> of (identity<1..2^16-1>, obfuscated_ticket_age).
+    Reader reader(psk);
+    std::size_t list_length = 0;
+    ByteView list;
+    if (!reader.u16(list_length) || !reader.bytes(list_length, list))
+        return refuse_client_hello(engine, alert, SSL_AD_DECODE_ERROR, TlsError::kProtocolError,
+                                   "malformed pre_shared_key extension");
+    Reader identities(list);
+    std::string first_offered;
+    for (std::size_t looked_up = 0; !identities.empty() && looked_up < kMaxIdentitiesLookedUp;) {
+        std::size_t id_length = 0;
+        ByteView id_bytes;
+        if (!identities.u16(id_length) || !identities.bytes(id_length, id_bytes) ||
+            !identities.skip(4))
+            return refuse_client_hello(engine, alert, SSL_AD_DECODE_ERROR, TlsError::kProtocolError,
+                                       "malformed pre_shared_key extension");
+        const std::string_view id(reinterpret_cast<const char*>(id_bytes.data()), id_bytes.size());
+        if (looked_up == 0) first_offered = std::string(id);
+        ++looked_up;
+        if (!valid_identity(id)) continue;
+        bool threw = false;
+        auto key = run_lookup(engine, id, threw);
+        if (threw) {
+            *alert = SSL_AD_INTERNAL_ERROR;
+            return SSL_CLIENT_HELLO_ERROR;
+        }
+        if (key) {
+            engine.found_key = std::move(key);
+            engine.identity = std::string(id);
+            engine.identity_found = true;
+            return SSL_CLIENT_HELLO_SUCCESS;
+        }
+    }
+    engine.lookup_missed = true;
+    engine.callback_detail = "unknown PSK identity '" + printable(first_offered) + "'";
+    *alert = SSL_AD_UNKNOWN_PSK_IDENTITY;
+    return SSL_CLIENT_HELLO_ERROR;
+}
+
 // TLS 1.3 server, first look at the ClientHello: look the offered identities up here, so
 // that an unknown identity is answered with unknown_psk_identity (RFC 8446 section 6.2)
 // instead of OpenSSL's fallback to certificates ("no suitable signature algorithm").
@@ -398,31 +480,13 @@ int server_client_hello(SSL* ssl, int* alert, void* /*arg*/) {
         return SSL_CLIENT_HELLO_ERROR;
     }
     // A client without TLS 1.3 is refused by version negotiation, with the right alert.
-    bool offers_tls13 = false;
-    if (auto versions = client_hello_ext(ssl, kExtSupportedVersions)) {
-        Reader reader(*versions);
-        std::uint8_t length = 0;
-        ByteView list;
-        if (reader.u8(length) && reader.bytes(length, list)) {
-            for (std::size_t i = 0; i + 1 < list.size(); i += 2) {
-                if (((unsigned{list[i]} << 8) | list[i + 1]) == kTls13Wire) offers_tls13 = true;
-            }
-        }
-    }
-    if (!offers_tls13) return SSL_CLIENT_HELLO_SUCCESS;
-
+    if (!offers_tls13(ssl)) return SSL_CLIENT_HELLO_SUCCESS;
     // After a HelloRetryRequest the identity was already looked up.
     if (engine->identity_found) return SSL_CLIENT_HELLO_SUCCESS;
 
-    bool dhe_offered = false;
-    if (auto modes = client_hello_ext(ssl, kExtPskKeyExchangeModes)) {
-        Reader reader(*modes);
-        std::uint8_t length = 0;
-        ByteView list;
-        if (reader.u8(length) && reader.bytes(length, list)) {
-            dhe_offered = std::find(list.begin(), list.end(), kPskDheKe) != list.end();
-        }
-    }
+    const auto modes = client_hello_u8_list(ssl, kExtPskKeyExchangeModes);
+    const bool dhe_offered =
+        modes && std::find(modes->begin(), modes->end(), kPskDheKe) != modes->end();
     auto psk = client_hello_ext(ssl, kExtPreSharedKey);
     if (!psk) {
         engine->lookup_missed = true;
@@ -430,57 +494,11 @@ int server_client_hello(SSL* ssl, int* alert, void* /*arg*/) {
         *alert = SSL_AD_UNKNOWN_PSK_IDENTITY;
         return SSL_CLIENT_HELLO_ERROR;
     }
-    if (!dhe_offered) {
-        engine->callback_error = TlsError::kProtocolError;
-        engine->callback_detail =
-            "the client does not offer psk_dhe_ke (PSK with (EC)DHE is required)";
-        *alert = SSL_AD_HANDSHAKE_FAILURE;
-        return SSL_CLIENT_HELLO_ERROR;
-    }
-
-    // OfferedPsks: identities<7..2^16-1> of (identity<1..2^16-1>, obfuscated_ticket_age).
-    Reader reader(*psk);
-    std::size_t list_length = 0;
-    ByteView list;
-    if (!reader.u16(list_length) || !reader.bytes(list_length, list)) {
-        engine->callback_error = TlsError::kProtocolError;
-        engine->callback_detail = "malformed pre_shared_key extension";
-        *alert = SSL_AD_DECODE_ERROR;
-        return SSL_CLIENT_HELLO_ERROR;
-    }
-    Reader identities(list);
-    std::string first_offered;
-    for (std::size_t looked_up = 0; !identities.empty() && looked_up < kMaxIdentitiesLookedUp;) {
-        std::size_t id_length = 0;
-        ByteView id_bytes;
-        if (!identities.u16(id_length) || !identities.bytes(id_length, id_bytes) ||
-            !identities.skip(4)) {
-            engine->callback_error = TlsError::kProtocolError;
-            engine->callback_detail = "malformed pre_shared_key extension";
-            *alert = SSL_AD_DECODE_ERROR;
-            return SSL_CLIENT_HELLO_ERROR;
-        }
-        const std::string_view id(reinterpret_cast<const char*>(id_bytes.data()), id_bytes.size());
-        if (looked_up == 0) first_offered = std::string(id);
-        ++looked_up;
-        if (!valid_identity(id)) continue;
-        bool threw = false;
-        auto key = run_lookup(*engine, id, threw);
-        if (threw) {
-            *alert = SSL_AD_INTERNAL_ERROR;
-            return SSL_CLIENT_HELLO_ERROR;
-        }
-        if (key) {
-            engine->found_key = std::move(key);
-            engine->identity = std::string(id);
-            engine->identity_found = true;
-            return SSL_CLIENT_HELLO_SUCCESS;
-        }
-    }
-    engine->lookup_missed = true;
-    engine->callback_detail = "unknown PSK identity '" + printable(first_offered) + "'";
-    *alert = SSL_AD_UNKNOWN_PSK_IDENTITY;
-    return SSL_CLIENT_HELLO_ERROR;
+    if (!dhe_offered)
+        return refuse_client_hello(
+            *engine, alert, SSL_AD_HANDSHAKE_FAILURE, TlsError::kProtocolError,
+            "the client does not offer psk_dhe_ke (PSK with (EC)DHE is required)");
+    return lookup_offered_identities(*engine, *psk, alert);
 }
 
 // TLS 1.3 server: build the PSK session for the identity the ClientHello callback found.
@@ -494,16 +512,8 @@ int server_find_session(SSL* ssl, const unsigned char* id, std::size_t id_len,
     if (!engine->identity_found || !engine->found_key || offered != engine->identity) return 1;
     const SSL_CIPHER* cipher = SSL_get_pending_cipher(ssl);
     if (cipher == nullptr) cipher = tls13_session_cipher(ssl, engine->context->suites.front());
-    SSL_SESSION* created = SSL_SESSION_new();
-    if (cipher == nullptr || created == nullptr ||
-        SSL_SESSION_set1_master_key(created, engine->found_key->data(), kKeySize) != 1 ||
-        SSL_SESSION_set_cipher(created, cipher) != 1 ||
-        SSL_SESSION_set_protocol_version(created, TLS1_3_VERSION) != 1) {
-        SSL_SESSION_free(created);
-        engine->callback_error = TlsError::kProtocolError;
-        engine->callback_detail = "cannot create the TLS 1.3 PSK session";
-        return 0;
-    }
+    SSL_SESSION* created = new_psk_session(*engine, cipher, *engine->found_key);
+    if (created == nullptr) return 0;
     *session = created;  // OpenSSL takes this reference (and wipes it when done)
     return 1;
 }
@@ -568,40 +578,31 @@ bool is_bad_psk_reason(int reason) {
 
 }  // namespace
 
-TlsContext::TlsContext(TlsConfig config) : impl_(std::make_shared<Impl>()) {
-    Impl& impl = *impl_;
-    impl.role = config.role;
-    impl.mode = config.mode;
-    if (config.role == Role::kServer && !config.psk_lookup) {
-        throw std::invalid_argument("TLS server context needs a PSK lookup");
-    }
-    impl.lookup = std::move(config.psk_lookup);
+namespace {
 
+// The suites a configuration asks for, checked against the mode's allowed ones.
+std::vector<std::string> chosen_suites(const TlsConfig& config) {
     const auto allowed = allowed_suites(config.mode);
+    std::vector<std::string> suites;
     if (config.suites.empty()) {
-        for (auto name : allowed) impl.suites.emplace_back(name);
-    } else {
-        for (const auto& name : config.suites) {
-            if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
-                throw std::invalid_argument("TLS suite not allowed in " +
-                                            std::string(to_string(config.mode)) + ": " + name);
-            }
-            if (std::find(impl.suites.begin(), impl.suites.end(), name) == impl.suites.end()) {
-                impl.suites.push_back(name);
-            }
+        for (auto name : allowed) suites.emplace_back(name);
+        return suites;
+    }
+    for (const auto& name : config.suites) {
+        if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+            throw std::invalid_argument("TLS suite not allowed in " +
+                                        std::string(to_string(config.mode)) + ": " + name);
+        }
+        if (std::find(suites.begin(), suites.end(), name) == suites.end()) {
+            suites.push_back(name);
         }
     }
+    return suites;
+}
 
-    ERR_clear_error();
-    impl.ctx = SSL_CTX_new(TLS_method());
-    if (impl.ctx == nullptr) {
-        throw std::runtime_error("SSL_CTX_new failed: " + drain_openssl_errors());
-    }
-    SSL_CTX* ctx = impl.ctx;
-    SSL_CTX_set_ex_data(ctx, 0, impl_.get());
-
+// The mode's version, groups, options, suites and PSK callbacks. False if OpenSSL refused one.
+bool configure(SSL_CTX* ctx, const TlsConfig& config, const std::string& suite_list) {
     const int version = config.mode == Mode::kTls13 ? TLS1_3_VERSION : TLS1_2_VERSION;
-    const std::string suite_list = join(impl.suites);
     bool ok = SSL_CTX_set_min_proto_version(ctx, version) == 1 &&
               SSL_CTX_set_max_proto_version(ctx, version) == 1 &&
               SSL_CTX_set1_groups_list(ctx, kGroups) == 1;
@@ -620,35 +621,65 @@ TlsContext::TlsContext(TlsConfig config) : impl_(std::make_shared<Impl>()) {
             SSL_CTX_set_client_hello_cb(ctx, server_client_hello, nullptr);
             SSL_CTX_set_psk_find_session_callback(ctx, server_find_session);
         }
+        return ok;
+    }
+    ok = ok && SSL_CTX_set_ciphersuites(ctx, "") == 1 &&
+         SSL_CTX_set_cipher_list(ctx, suite_list.c_str()) == 1;
+    if (ok && config.role == Role::kServer) {
+        // DHE-PSK: the RFC 7919 group that matches the suite's 128-bit strength.
+        EVP_PKEY* params = named_dh_group(kDheGroup);
+        ok = params != nullptr && SSL_CTX_set0_tmp_dh_pkey(ctx, params) == 1;
+        if (!ok) EVP_PKEY_free(params);
+    }
+    if (config.role == Role::kClient) {
+        SSL_CTX_set_psk_client_callback(ctx, client_psk_tls12);
     } else {
-        ok = ok && SSL_CTX_set_ciphersuites(ctx, "") == 1 &&
-             SSL_CTX_set_cipher_list(ctx, suite_list.c_str()) == 1;
-        if (ok && config.role == Role::kServer) {
-            // DHE-PSK: the RFC 7919 group that matches the suite's 128-bit strength.
-            EVP_PKEY* params = named_dh_group(kDheGroup);
-            ok = params != nullptr && SSL_CTX_set0_tmp_dh_pkey(ctx, params) == 1;
-            if (!ok) EVP_PKEY_free(params);
-        }
-        if (config.role == Role::kClient) {
-            SSL_CTX_set_psk_client_callback(ctx, client_psk_tls12);
-        } else {
-            SSL_CTX_set_psk_server_callback(ctx, server_psk_tls12);
-        }
+        SSL_CTX_set_psk_server_callback(ctx, server_psk_tls12);
     }
-    if (!ok) {
-        throw std::runtime_error("cannot configure the TLS context: " + drain_openssl_errors());
-    }
-    // Every requested suite must exist in this OpenSSL build.
+    return ok;
+}
+
+// How many of the context's active suites belong to `mode` (every requested suite must
+// exist in this OpenSSL build).
+std::size_t active_suites(SSL_CTX* ctx, Mode mode) {
+    const int version = mode == Mode::kTls13 ? TLS1_3_VERSION : TLS1_2_VERSION;
     STACK_OF(SSL_CIPHER)* active = SSL_CTX_get_ciphers(ctx);
-    std::size_t active_count = 0;
+    std::size_t count = 0;
     for (int i = 0; active != nullptr && i < sk_SSL_CIPHER_num(active); ++i) {
         const SSL_CIPHER* c = sk_SSL_CIPHER_value(active, i);
         // TLS 1.3 suites are 0x13xx (RFC 8446 appendix B.4).
         const bool tls13_suite = (SSL_CIPHER_get_protocol_id(c) >> 8) == 0x13;
         const int cipher_version = tls13_suite ? TLS1_3_VERSION : TLS1_2_VERSION;
-        if (cipher_version == version) ++active_count;
+        if (cipher_version == version) ++count;
     }
-    if (active_count != impl.suites.size()) {
+    return count;
+}
+
+}  // namespace
+
+TlsContext::TlsContext(TlsConfig config) : impl_(std::make_shared<Impl>()) {
+    Impl& impl = *impl_;
+    impl.role = config.role;
+    impl.mode = config.mode;
+    if (config.role == Role::kServer && !config.psk_lookup) {
+        throw std::invalid_argument("TLS server context needs a PSK lookup");
+    }
+    impl.lookup = std::move(config.psk_lookup);
+    impl.suites = chosen_suites(config);
+
+    ERR_clear_error();
+    impl.ctx = SSL_CTX_new(TLS_method());
+    if (impl.ctx == nullptr) {
+        throw std::runtime_error("SSL_CTX_new failed: " + drain_openssl_errors());
+    }
+    SSL_CTX* ctx = impl.ctx;
+    SSL_CTX_set_ex_data(ctx, 0, impl_.get());
+
+    const std::string suite_list = join(impl.suites);
+    if (!configure(ctx, config, suite_list)) {
+        throw std::runtime_error("cannot configure the TLS context: " + drain_openssl_errors());
+    }
+    if (active_suites(ctx, config.mode) != impl.suites.size()) {
         throw std::runtime_error("this OpenSSL lacks a configured suite: " + suite_list);
     }
     if (config.role == Role::kClient) {
