@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include "core/codec.hpp"
+#include "cpns/messages.pb.h"
+
 #include <algorithm>
 #include <cctype>
 #include <fstream>
@@ -466,6 +469,8 @@ struct PneInputs {
         ctx.setup = SetupKind::kInviteList;
         ctx.invited = {"pne-2", "pne-3"};
         ctx.local_key_requested = true;
+        ctx.join_digest.fill(0xd4);
+        ctx.inventory_digest.fill(0xe5);
         hash_pne.fill(0xc3);
     }
 };
@@ -524,6 +529,7 @@ TEST(Binding, HashPneChangesWithEveryInput) {
         derive_hash_pne(base.eukey, base.rand_pne, base.rand_server, base.sk_pne, base.ctx);
     auto mutations = pne_mutations();
     mutations.emplace_back("SK_PNE", [](PneInputs& in) { in.sk_pne = key_counting_from(0x61); });
+    mutations.emplace_back("join digest", [](PneInputs& in) { in.ctx.join_digest[0] ^= 0x01; });
     for (const auto& [name, mutate] : mutations) {
         PneInputs in;
         mutate(in);
@@ -540,6 +546,9 @@ TEST(Binding, HashServerPneChangesWithEveryInput) {
     auto mutations = pne_mutations();
     mutations.emplace_back("SK_PNE", [](PneInputs& in) { in.sk_pne = key_counting_from(0x61); });
     mutations.emplace_back("hash_PNE", [](PneInputs& in) { in.hash_pne[31] ^= 0x01; });
+    mutations.emplace_back("join digest", [](PneInputs& in) { in.ctx.join_digest[31] ^= 0x80; });
+    mutations.emplace_back("inventory digest",
+                           [](PneInputs& in) { in.ctx.inventory_digest[0] ^= 0x01; });
     for (const auto& [name, mutate] : mutations) {
         PneInputs in;
         mutate(in);
@@ -570,39 +579,258 @@ TEST(Binding, DerivationsMatchTheirDocumentedParameterLists) {
                                 {in.rand_pne, in.rand_server, ascii(in.ctx.pne_id),
                                  ascii(in.ctx.gw_id), ascii(in.ctx.pn_id), binding, invited})));
     const Hash h = derive_hash_pne(in.eukey, in.rand_pne, in.rand_server, sk, in.ctx);
-    EXPECT_EQ(h, kdf(in.eukey, Fc::kHashPne,
-                     {in.rand_pne, in.rand_server, sk.view(), ascii(in.ctx.pne_id),
-                      ascii(in.ctx.gw_id), ascii(in.ctx.pn_id), binding, invited}));
-    EXPECT_EQ(derive_hash_server_pne(in.eukey, in.rand_pne, in.rand_server, sk, h, in.ctx),
-              kdf(in.eukey, Fc::kHashServerPne,
-                  {in.rand_pne, in.rand_server, sk.view(), h, ascii(in.ctx.pne_id),
-                   ascii(in.ctx.gw_id), ascii(in.ctx.pn_id), binding, invited}));
+    EXPECT_EQ(
+        h, kdf(in.eukey, Fc::kHashPne,
+               {in.rand_pne, in.rand_server, sk.view(), ascii(in.ctx.pne_id), ascii(in.ctx.gw_id),
+                ascii(in.ctx.pn_id), binding, invited, in.ctx.join_digest}));
+    const Hash hs = derive_hash_server_pne(in.eukey, in.rand_pne, in.rand_server, sk, h, in.ctx);
+    EXPECT_EQ(hs, kdf(in.eukey, Fc::kHashServerPne,
+                      {in.rand_pne, in.rand_server, sk.view(), h, ascii(in.ctx.pne_id),
+                       ascii(in.ctx.gw_id), ascii(in.ctx.pn_id), binding, invited,
+                       in.ctx.join_digest, in.ctx.inventory_digest}));
     const Bytes recipient = {0x02};
-    EXPECT_TRUE(ct_equal(
-        derive_kek(in.eukey, Recipient::kGw, "pn-1", "pne-1", "gw-1", in.rand_server, kRandPne)
-            .view(),
-        kdf(in.eukey, Fc::kKek,
-            {recipient, ascii("pn-1"), ascii("pne-1"), ascii("gw-1"), in.rand_server})));
+    const SecretKey kek =
+        derive_kek(in.eukey, Recipient::kGw, "pn-1", "pne-1", "gw-1", in.rand_server, in.rand_pne);
+    EXPECT_TRUE(ct_equal(kek.view(), kdf(in.eukey, Fc::kKek,
+                                         {recipient, ascii("pn-1"), ascii("pne-1"), ascii("gw-1"),
+                                          in.rand_server, in.rand_pne})));
     EXPECT_TRUE(ct_equal(derive_gw_server_psk(in.eukey, "gw-1").view(),
                          kdf(in.eukey, Fc::kGwServerPsk, {ascii("gw-1")})));
 
-    // The same check with the whole KDF input assembled by hand, byte for byte.
-    Bytes s = {0x51};
-    auto add = [&s](const Bytes& p) {
-        s.insert(s.end(), p.begin(), p.end());
-        s.push_back(static_cast<std::uint8_t>(p.size() >> 8));
-        s.push_back(static_cast<std::uint8_t>(p.size() & 0xff));
-    };
-    add(in.rand_pne);
-    add(in.rand_server);
-    add(ascii("pne-1"));
-    add(ascii("gw-1"));
-    add(ascii("pn-1"));
-    add(hex("01010301"));
-    add(
+    // The same checks with the whole KDF input assembled by hand, byte for byte.
+    const Bytes sk_bytes(sk.view().begin(), sk.view().end());
+    const Bytes h_bytes(h.begin(), h.end());
+    const Bytes join_digest(in.ctx.join_digest.begin(), in.ctx.join_digest.end());
+    const Bytes inventory_digest(in.ctx.inventory_digest.begin(), in.ctx.inventory_digest.end());
+    const Bytes list =
         hex("0005706e652d32"
-            "0005706e652d33"));
-    EXPECT_TRUE(ct_equal(sk.view(), hmac_sha256(in.eukey.view(), s)));
+            "0005706e652d33");
+    auto assemble = [](std::uint8_t fc, const std::vector<Bytes>& params) {
+        Bytes s = {fc};
+        for (const Bytes& p : params) {
+            s.insert(s.end(), p.begin(), p.end());
+            s.push_back(static_cast<std::uint8_t>(p.size() >> 8));
+            s.push_back(static_cast<std::uint8_t>(p.size() & 0xff));
+        }
+        return s;
+    };
+    const Bytes ids_and_binding[] = {ascii("pne-1"), ascii("gw-1"), ascii("pn-1"), hex("01010301")};
+    EXPECT_TRUE(ct_equal(
+        sk.view(), hmac_sha256(in.eukey.view(),
+                               assemble(0x51, {in.rand_pne, in.rand_server, ids_and_binding[0],
+                                               ids_and_binding[1], ids_and_binding[2],
+                                               ids_and_binding[3], list}))));
+    EXPECT_EQ(
+        h, hmac_sha256(in.eukey.view(),
+                       assemble(0x52, {in.rand_pne, in.rand_server, sk_bytes, ids_and_binding[0],
+                                       ids_and_binding[1], ids_and_binding[2], ids_and_binding[3],
+                                       list, join_digest})));
+    EXPECT_EQ(
+        hs, hmac_sha256(in.eukey.view(),
+                        assemble(0x53, {in.rand_pne, in.rand_server, sk_bytes, h_bytes,
+                                        ids_and_binding[0], ids_and_binding[1], ids_and_binding[2],
+                                        ids_and_binding[3], list, join_digest, inventory_digest})));
+    EXPECT_TRUE(ct_equal(
+        kek.view(), hmac_sha256(in.eukey.view(),
+                                assemble(0x54, {hex("02"), ascii("pn-1"), ascii("pne-1"),
+                                                ascii("gw-1"), in.rand_server, in.rand_pne}))));
+    // What the digests add: SK_PNE binds neither digest, hash_PNE not the inventory's (it is
+    // computed before the inventory exists).
+    PneInputs other;
+    other.ctx.join_digest.fill(0x00);
+    other.ctx.inventory_digest.fill(0x00);
+    EXPECT_TRUE(derive_sk_pne(other.eukey, other.rand_pne, other.rand_server, other.ctx) == sk);
+    other.ctx.join_digest = in.ctx.join_digest;
+    EXPECT_EQ(derive_hash_pne(other.eukey, other.rand_pne, other.rand_server, sk, other.ctx), h);
+}
+
+// --- The join and the inventory, as hashed -------------------------------------------------
+
+pb::PneJoin sample_join() {
+    pb::PneJoin j;
+    j.set_pne_id("pne-1");
+    auto* c = j.mutable_capabilities();
+    c->set_device_type("headset");
+    c->set_manufacturer("Acme Audio");
+    c->set_model("HS-100");
+    c->set_enough_ui(true);
+    c->add_pan_technologies("bluetooth");
+    c->add_pan_technologies("wifi");
+    c->add_services("audio-sink");
+    c->add_services("microphone");
+    auto* item = j.add_contents();
+    item->set_content_id("c-1");
+    item->set_media_type("audio/mpeg");
+    item->set_title("Voice memo");
+    item->set_size_bytes(48213);
+    j.set_rand_pne(std::string(kRandSize, '\xa1'));
+    j.set_local_eukey_requested(true);
+    return j;
+}
+
+pb::PnInventory sample_inventory() {
+    pb::PnInventory inv;
+    inv.set_pn_id("pn-1");
+    inv.set_gw_id("gw-1");
+    inv.mutable_gw_capabilities()->set_device_type("phone");
+    inv.mutable_gw_capabilities()->add_pan_technologies("bluetooth");
+    for (const char* id : {"pne-1", "pne-2"}) {
+        auto* m = inv.add_members();
+        m->set_pne_id(id);
+        *m->mutable_capabilities() = sample_join().capabilities();
+        *m->mutable_contents() = sample_join().contents();
+        m->set_joined_at_ms(1767225600000);
+        m->set_local_eukey_assigned(true);
+    }
+    inv.set_registered_at_ms(1767225600000);
+    return inv;
+}
+
+using JoinMutation = std::pair<const char*, std::function<void(pb::PneJoin&)>>;
+
+std::vector<JoinMutation> join_mutations() {
+    using C = pb::DeviceCapabilities;
+    auto caps = [](std::function<void(C&)> f) {
+        return [f](pb::PneJoin& j) { f(*j.mutable_capabilities()); };
+    };
+    auto item = [](std::function<void(pb::ContentInfo&)> f) {
+        return [f](pb::PneJoin& j) { f(*j.mutable_contents(0)); };
+    };
+    return {
+        {"PNE ID", [](pb::PneJoin& j) { j.set_pne_id("pne-9"); }},
+        {"device type", caps([](C& c) { c.set_device_type("speaker"); })},
+        {"manufacturer", caps([](C& c) { c.set_manufacturer("Acme Audio."); })},
+        {"model", caps([](C& c) { c.set_model("HS-101"); })},
+        {"enough UI", caps([](C& c) { c.set_enough_ui(false); })},
+        {"PAN technology changed", caps([](C& c) { c.set_pan_technologies(1, "zigbee"); })},
+        {"PAN technology removed", caps([](C& c) { c.mutable_pan_technologies()->RemoveLast(); })},
+        {"PAN technologies reordered",
+         caps([](C& c) { c.mutable_pan_technologies()->SwapElements(0, 1); })},
+        {"service added", caps([](C& c) { c.add_services("remote-control"); })},
+        {"service changed", caps([](C& c) { c.set_services(0, "audio-source"); })},
+        {"capabilities cleared", [](pb::PneJoin& j) { j.clear_capabilities(); }},
+        {"content ID", item([](pb::ContentInfo& c) { c.set_content_id("c-2"); })},
+        {"content media type", item([](pb::ContentInfo& c) { c.set_media_type("audio/ogg"); })},
+        {"content title", item([](pb::ContentInfo& c) { c.set_title("Voice memo 2"); })},
+        {"content size", item([](pb::ContentInfo& c) { c.set_size_bytes(48214); })},
+        {"content added", [](pb::PneJoin& j) { j.add_contents()->set_content_id("c-2"); }},
+        {"content removed", [](pb::PneJoin& j) { j.clear_contents(); }},
+        {"rand_PNE", [](pb::PneJoin& j) { j.mutable_rand_pne()->back() ^= 0x01; }},
+        {"LocalEUKey request", [](pb::PneJoin& j) { j.set_local_eukey_requested(false); }},
+    };
+}
+
+TEST(Binding, HashPneChangesWithEveryFieldOfTheJoin) {
+    const PneInputs in;
+    PneContext ctx = in.ctx;
+    ctx.join_digest = join_digest(sample_join());
+    const Hash base = derive_hash_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, ctx);
+    for (const auto& [name, mutate] : join_mutations()) {
+        pb::PneJoin j = sample_join();
+        mutate(j);
+        ctx.join_digest = join_digest(j);
+        EXPECT_NE(derive_hash_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, ctx), base)
+            << name;
+        EXPECT_NE(
+            derive_hash_server_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, in.hash_pne,
+                                   ctx),
+            derive_hash_server_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, in.hash_pne,
+                                   [&] {
+                                       PneContext c = ctx;
+                                       c.join_digest = join_digest(sample_join());
+                                       return c;
+                                   }()))
+            << name;
+    }
+    // The same join built again hashes the same.
+    ctx.join_digest = join_digest(sample_join());
+    EXPECT_EQ(derive_hash_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, ctx), base);
+}
+
+TEST(Binding, HashPneChangesWithEveryByteOfTheJoin) {
+    const PneInputs in;
+    const std::string encoded = deterministic_bytes(sample_join());
+    PneContext ctx = in.ctx;
+    ctx.join_digest = sha256(as_bytes(encoded));
+    EXPECT_EQ(ctx.join_digest, join_digest(sample_join()));
+    const Hash base = derive_hash_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, ctx);
+    std::set<std::string> seen = {to_hex(base)};
+    for (std::size_t i = 0; i < encoded.size(); ++i) {
+        std::string altered = encoded;
+        altered[i] = static_cast<char>(altered[i] ^ 0x01);
+        ctx.join_digest = sha256(as_bytes(altered));
+        const Hash h = derive_hash_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, ctx);
+        EXPECT_TRUE(seen.insert(to_hex(h)).second) << "octet " << i;
+    }
+}
+
+TEST(Binding, JoinDigestIsOverTheDeterministicEncodingOfTheValues) {
+    const pb::PneJoin j = sample_join();
+    const std::string encoded = deterministic_bytes(j);
+    // Fields in field-number order: the PNE ID (field 1) comes first, the LocalEUKey request
+    // (field 5, true) last.
+    ASSERT_GE(encoded.size(), 9u);
+    EXPECT_EQ(encoded.substr(0, 7), std::string("\x0a\x05pne-1", 7));
+    EXPECT_EQ(encoded.substr(encoded.size() - 2), std::string("\x28\x01", 2));
+    // Parsing and encoding again gives the same octets and digest.
+    pb::PneJoin parsed;
+    ASSERT_TRUE(parsed.ParseFromString(encoded));
+    EXPECT_EQ(deterministic_bytes(parsed), encoded);
+    EXPECT_EQ(join_digest(parsed), join_digest(j));
+    // The digest is over the values, not the octets received: the same values sent in another
+    // field order hash the same.
+    std::string reordered = encoded.substr(7) + encoded.substr(0, 7);
+    pb::PneJoin from_reordered;
+    ASSERT_TRUE(from_reordered.ParseFromString(reordered));
+    EXPECT_EQ(join_digest(from_reordered), join_digest(j));
+    // A field this schema does not know, added on the way, is kept and hashed: the digest
+    // differs from the one the PNE computed.
+    pb::PneJoin with_unknown;
+    ASSERT_TRUE(with_unknown.ParseFromString(encoded + std::string("\xa0\x06\x01", 3)));
+    EXPECT_NE(join_digest(with_unknown), join_digest(j));
+}
+
+TEST(Binding, HashServerPneChangesWithTheInventoryDigest) {
+    using Mut = std::pair<const char*, std::function<void(pb::PnInventory&)>>;
+    const std::vector<Mut> mutations = {
+        {"PN ID", [](pb::PnInventory& v) { v.set_pn_id("pn-2"); }},
+        {"PN GW ID", [](pb::PnInventory& v) { v.set_gw_id("gw-2"); }},
+        {"PN GW capabilities",
+         [](pb::PnInventory& v) { v.mutable_gw_capabilities()->set_enough_ui(true); }},
+        {"member added", [](pb::PnInventory& v) { v.add_members()->set_pne_id("pne-3"); }},
+        {"member removed", [](pb::PnInventory& v) { v.mutable_members()->RemoveLast(); }},
+        {"member replaced", [](pb::PnInventory& v) { v.mutable_members(1)->set_pne_id("pne-3"); }},
+        {"members reordered", [](pb::PnInventory& v) { v.mutable_members()->SwapElements(0, 1); }},
+        {"member capabilities",
+         [](pb::PnInventory& v) { v.mutable_members(0)->mutable_capabilities()->set_model("X"); }},
+        {"member contents", [](pb::PnInventory& v) { v.mutable_members(0)->clear_contents(); }},
+        {"member joined at", [](pb::PnInventory& v) { v.mutable_members(1)->set_joined_at_ms(1); }},
+        {"member LocalEUKey",
+         [](pb::PnInventory& v) { v.mutable_members(1)->set_local_eukey_assigned(false); }},
+        {"registered at", [](pb::PnInventory& v) { v.set_registered_at_ms(1767225600001); }},
+    };
+    const PneInputs in;
+    PneContext ctx = in.ctx;
+    ctx.inventory_digest = inventory_digest(sample_inventory());
+    const Hash base =
+        derive_hash_server_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, in.hash_pne, ctx);
+    const Hash hash_pne = derive_hash_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, ctx);
+    for (const auto& [name, mutate] : mutations) {
+        pb::PnInventory inv = sample_inventory();
+        mutate(inv);
+        ctx.inventory_digest = inventory_digest(inv);
+        EXPECT_NE(derive_hash_server_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne,
+                                         in.hash_pne, ctx),
+                  base)
+            << name;
+        // hash_PNE does not bind the inventory.
+        EXPECT_EQ(derive_hash_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, ctx), hash_pne)
+            << name;
+    }
+    ctx.inventory_digest = inventory_digest(sample_inventory());
+    EXPECT_EQ(
+        derive_hash_server_pne(in.eukey, in.rand_pne, in.rand_server, in.sk_pne, in.hash_pne, ctx),
+        base);
 }
 
 struct KekInputs {
@@ -612,9 +840,10 @@ struct KekInputs {
     std::string pne_id = "pne-1";
     std::string gw_id = "gw-1";
     Bytes rand_server = repeat(0xb2, kRandSize);
+    Bytes rand_pne = kRandPne;
 
     SecretKey kek() const {
-        return derive_kek(eukey, recipient, pn_id, pne_id, gw_id, rand_server, kRandPne);
+        return derive_kek(eukey, recipient, pn_id, pne_id, gw_id, rand_server, rand_pne);
     }
 };
 
@@ -631,6 +860,9 @@ std::vector<std::pair<const char*, std::function<void(KekInputs&)>>> kek_mutatio
              in.pne_id = "ne-1";
          }},
         {"rand_server", [](KekInputs& in) { in.rand_server[3] ^= 0x10; }},
+        {"rand_PNE", [](KekInputs& in) { in.rand_pne[15] ^= 0x01; }},
+        {"rand_PNE empty", [](KekInputs& in) { in.rand_pne.clear(); }},
+        {"randoms swapped", [](KekInputs& in) { std::swap(in.rand_pne, in.rand_server); }},
     };
 }
 
@@ -750,50 +982,118 @@ std::string text_of(const std::map<std::string, std::string>& kv, const std::str
     return std::string(b.begin(), b.end());
 }
 
+// Recomputes one set of docs/test-vectors.txt (keys under PREFIX) with the library. The join and
+// the inventory are parsed from their committed encodings; encoding them again must give the
+// same octets (the committed encodings are deterministic).
+void check_vector_set(const std::map<std::string, std::string>& kv, const std::string& p,
+                      std::size_t invited, bool has_local_key) {
+    SCOPED_TRACE("set '" + p + "'");
+    const auto at = [&](const std::string& key) { return kv.at(p + key); };
+    const SecretKey eukey_pne(hex(at("eukey_pne")));
+    const Bytes rand_pne = hex(at("rand_pne"));
+    const Bytes rand_server = hex(at("rand_server"));
+    PneContext ctx;
+    ctx.pne_id = text_of(kv, p + "pne_id");
+    ctx.gw_id = text_of(kv, p + "gw_id");
+    ctx.pn_id = text_of(kv, p + "pn_id");
+    ctx.flow = static_cast<Flow>(hex(at("flow")).at(0));
+    ctx.role = static_cast<PneRole>(hex(at("role")).at(0));
+    ctx.setup = static_cast<SetupKind>(hex(at("setup")).at(0));
+    ctx.local_key_requested = hex(at("local_key_requested")).at(0) != 0;
+    for (int i = 0; kv.count(p + "invited_" + std::to_string(i)) != 0; ++i) {
+        ctx.invited.push_back(text_of(kv, p + "invited_" + std::to_string(i)));
+    }
+    EXPECT_EQ(ctx.invited.size(), invited);
+
+    pb::PneJoin join;
+    const Bytes join_bytes = hex(at("join_encoding"));
+    ASSERT_TRUE(join.ParseFromArray(join_bytes.data(), static_cast<int>(join_bytes.size())));
+    EXPECT_EQ(to_hex(as_bytes(deterministic_bytes(join))), at("join_encoding"));
+    EXPECT_EQ(join.pne_id(), ctx.pne_id);
+    EXPECT_EQ(to_hex(as_bytes(join.rand_pne())), at("rand_pne"));
+    EXPECT_EQ(join.local_eukey_requested(), ctx.local_key_requested);
+    pb::PnInventory inventory;
+    const Bytes inventory_bytes = hex(at("inventory_encoding"));
+    ASSERT_TRUE(
+        inventory.ParseFromArray(inventory_bytes.data(), static_cast<int>(inventory_bytes.size())));
+    EXPECT_EQ(to_hex(as_bytes(deterministic_bytes(inventory))), at("inventory_encoding"));
+    EXPECT_EQ(inventory.pn_id(), ctx.pn_id);
+    EXPECT_EQ(inventory.gw_id(), ctx.gw_id);
+    ctx.join_digest = join_digest(join);
+    ctx.inventory_digest = inventory_digest(inventory);
+    EXPECT_EQ(to_hex(ctx.join_digest), at("join_digest"));
+    EXPECT_EQ(to_hex(ctx.inventory_digest), at("inventory_digest"));
+
+    EXPECT_EQ(to_hex(encode_setup_binding(ctx)), at("setup_binding"));
+    if (invited > 0) {
+        EXPECT_EQ(to_hex(encode_id_list(ctx.invited)), at("id_list"));
+    }
+    const SecretKey sk = derive_sk_pne(eukey_pne, rand_pne, rand_server, ctx);
+    EXPECT_EQ(sk.to_hex(), at("sk_pne"));
+    const Hash h = derive_hash_pne(eukey_pne, rand_pne, rand_server, sk, ctx);
+    EXPECT_EQ(to_hex(h), at("hash_pne"));
+    EXPECT_EQ(to_hex(derive_hash_server_pne(eukey_pne, rand_pne, rand_server, sk, h, ctx)),
+              at("hash_server_pne"));
+    EXPECT_EQ(kv.count(p + "kek_pne") != 0, has_local_key);
+    if (!has_local_key) return;
+
+    const SecretKey eukey_gw(hex(at("eukey_gw")));
+    const SecretKey local(hex(at("local_eukey")));
+    EXPECT_EQ(derive_kek(eukey_pne, Recipient::kPne, ctx.pn_id, ctx.pne_id, ctx.gw_id, rand_server,
+                         rand_pne)
+                  .to_hex(),
+              at("kek_pne"));
+    EXPECT_EQ(derive_kek(eukey_gw, Recipient::kGw, ctx.pn_id, ctx.pne_id, ctx.gw_id, rand_server,
+                         rand_pne)
+                  .to_hex(),
+              at("kek_gw"));
+    const Bytes for_pne = wrap_local_eukey(eukey_pne, Recipient::kPne, ctx.pn_id, ctx.pne_id,
+                                           ctx.gw_id, rand_server, rand_pne, local);
+    const Bytes for_gw = wrap_local_eukey(eukey_gw, Recipient::kGw, ctx.pn_id, ctx.pne_id,
+                                          ctx.gw_id, rand_server, rand_pne, local);
+    EXPECT_EQ(to_hex(for_pne), at("wrapped_local_eukey_pne"));
+    EXPECT_EQ(to_hex(for_gw), at("wrapped_local_eukey_gw"));
+    const auto opened = unwrap_local_eukey(eukey_pne, Recipient::kPne, ctx.pn_id, ctx.pne_id,
+                                           ctx.gw_id, rand_server, rand_pne, for_pne);
+    ASSERT_TRUE(opened.has_value());
+    EXPECT_TRUE(*opened == local);
+}
+
 TEST(Vectors, CommittedFileMatchesTheLibrary) {
     const auto kv = read_vectors();
     ASSERT_FALSE(kv.empty()) << "docs/test-vectors.txt is missing or empty";
+    check_vector_set(kv, "", 2, true);
+    check_vector_set(kv, "invitee_", 0, false);
+    check_vector_set(kv, "gwinit_", 0, true);
+
     const SecretKey eukey_pne(hex(kv.at("eukey_pne")));
     const SecretKey eukey_gw(hex(kv.at("eukey_gw")));
-    const SecretKey local(hex(kv.at("local_eukey")));
-    const Bytes rand_pne = hex(kv.at("rand_pne"));
-    const Bytes rand_server = hex(kv.at("rand_server"));
-    PneContext ctx;
-    ctx.pne_id = text_of(kv, "pne_id");
-    ctx.gw_id = text_of(kv, "gw_id");
-    ctx.pn_id = text_of(kv, "pn_id");
-    ctx.flow = static_cast<Flow>(hex(kv.at("flow")).at(0));
-    ctx.role = static_cast<PneRole>(hex(kv.at("role")).at(0));
-    ctx.setup = static_cast<SetupKind>(hex(kv.at("setup")).at(0));
-    ctx.local_key_requested = hex(kv.at("local_key_requested")).at(0) != 0;
-    for (int i = 0; kv.count("invited_" + std::to_string(i)) != 0; ++i) {
-        ctx.invited.push_back(text_of(kv, "invited_" + std::to_string(i)));
-    }
-    EXPECT_EQ(ctx.invited.size(), 2u);
+    EXPECT_EQ(derive_gw_server_psk(eukey_gw, text_of(kv, "gw_id")).to_hex(),
+              kv.at("gw_server_psk"));
+    EXPECT_EQ(text_of(kv, "device_state_label"), "cpns device state v1");
+    EXPECT_EQ(hex_of(kdf(eukey_pne, Fc::kDeviceState,
+                         {hex(kv.at("device_state_label")), hex(kv.at("pne_id"))})),
+              kv.at("device_state_key"));
+}
 
-    EXPECT_EQ(to_hex(encode_setup_binding(ctx)), kv.at("setup_binding"));
-    EXPECT_EQ(to_hex(encode_id_list(ctx.invited)), kv.at("id_list"));
-    const SecretKey sk = derive_sk_pne(eukey_pne, rand_pne, rand_server, ctx);
-    EXPECT_EQ(sk.to_hex(), kv.at("sk_pne"));
-    const Hash h = derive_hash_pne(eukey_pne, rand_pne, rand_server, sk, ctx);
-    EXPECT_EQ(to_hex(h), kv.at("hash_pne"));
-    EXPECT_EQ(to_hex(derive_hash_server_pne(eukey_pne, rand_pne, rand_server, sk, h, ctx)),
-              kv.at("hash_server_pne"));
-    EXPECT_EQ(derive_kek(eukey_pne, Recipient::kPne, ctx.pn_id, ctx.pne_id, ctx.gw_id, rand_server,
-                         kRandPne)
-                  .to_hex(),
-              kv.at("kek_pne"));
-    EXPECT_EQ(derive_kek(eukey_gw, Recipient::kGw, ctx.pn_id, ctx.pne_id, ctx.gw_id, rand_server,
-                         kRandPne)
-                  .to_hex(),
-              kv.at("kek_gw"));
-    const Bytes for_pne = wrap_local_eukey(eukey_pne, Recipient::kPne, ctx.pn_id, ctx.pne_id,
-                                           ctx.gw_id, rand_server, kRandPne, local);
-    const Bytes for_gw = wrap_local_eukey(eukey_gw, Recipient::kGw, ctx.pn_id, ctx.pne_id,
-                                          ctx.gw_id, rand_server, kRandPne, local);
-    EXPECT_EQ(to_hex(for_pne), kv.at("wrapped_local_eukey_pne"));
-    EXPECT_EQ(to_hex(for_gw), kv.at("wrapped_local_eukey_gw"));
-    EXPECT_EQ(derive_gw_server_psk(eukey_gw, ctx.gw_id).to_hex(), kv.at("gw_server_psk"));
+TEST(Vectors, SetsAreOfTheDocumentedRuns) {
+    const auto kv = read_vectors();
+    ASSERT_FALSE(kv.empty());
+    // Set 1: the initiator of a PNE-initiated run; invitee_: an invitee of that same run (same
+    // PN, PN GW, rand_server, inventory); gwinit_: the invitee of a PN GW-initiated run.
+    EXPECT_EQ(kv.at("flow") + kv.at("role"), "0101");
+    EXPECT_EQ(kv.at("invitee_flow") + kv.at("invitee_role") + kv.at("invitee_setup"), "010200");
+    EXPECT_EQ(kv.at("gwinit_flow") + kv.at("gwinit_role") + kv.at("gwinit_setup"), "020200");
+    for (const char* key : {"pn_id", "gw_id", "rand_server", "inventory_encoding"}) {
+        EXPECT_EQ(kv.at(std::string("invitee_") + key), kv.at(key)) << key;
+    }
+    EXPECT_NE(kv.at("invitee_join_encoding"), kv.at("join_encoding"));
+    EXPECT_NE(kv.at("gwinit_pn_id"), kv.at("pn_id"));
+    // The whole file is lower-case key=hex with even-length values; every key is read once.
+    for (const auto& [key, value] : kv) {
+        EXPECT_EQ(value.size() % 2, 0u) << key;
+        EXPECT_TRUE(from_hex(value).has_value()) << key;
+    }
 }
 #endif
 

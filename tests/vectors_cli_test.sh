@@ -124,12 +124,114 @@ check "openssl AES-KWP = RFC 5649 section 6, 7-octet key" \
     "$(kwp_wrap id-aes192-wrap-pad 5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8 \
         466f7250617369)"
 
+# --- A protobuf reader, for checking the encodings --------------------------------------------
+
+# pb_varint HEX OFFSET: prints "VALUE NEXT_OFFSET" (offsets in hex digits), or fails
+pb_varint() {
+    local hex=$1 at=$2 value=0 shift_=0 byte
+    while :; do
+        ((at + 2 <= ${#hex})) || return 1
+        byte=$((16#${hex:at:2}))
+        at=$((at + 2))
+        value=$((value | ((byte & 0x7f) << shift_)))
+        ((byte & 0x80)) || break
+        shift_=$((shift_ + 7))
+        ((shift_ < 63)) || return 1
+    done
+    echo "$value $at"
+}
+
+# pb_fields HEX: one line "FIELD WIRETYPE VALUE" per top-level field, in encoding order; VALUE is
+# the decimal value of a varint, the hex payload of a length-delimited field. Fails on anything
+# else (the schema uses only these two wire types).
+pb_fields() {
+    local hex=$1 at=0 tag len next value
+    while ((at < ${#hex})); do
+        read -r tag at < <(pb_varint "$hex" "$at") || return 1
+        case $((tag & 7)) in
+            0)
+                read -r value at < <(pb_varint "$hex" "$at") || return 1
+                echo "$((tag >> 3)) 0 $value"
+                ;;
+            2)
+                read -r len at < <(pb_varint "$hex" "$at") || return 1
+                next=$((at + 2 * len))
+                ((next <= ${#hex})) || return 1
+                echo "$((tag >> 3)) 2 ${hex:at:2*len}"
+                at=$next
+                ;;
+            *) return 1 ;;
+        esac
+    done
+}
+
+# pb_get HEX FIELD: the values of FIELD, one a line
+pb_get() {
+    pb_fields "$1" | while read -r f _ v; do
+        if [[ "$f" == "$2" ]]; then echo "$v"; fi
+    done
+}
+
+# pb_ordered HEX: "yes" if the top-level fields are in field-number order (a repeated field's
+# elements together) and each has a non-default value (proto3 omits those)
+pb_ordered() {
+    local fields last=0 f w v
+    fields=$(pb_fields "$1") || {
+        echo "undecodable"
+        return
+    }
+    while read -r f w v; do
+        [[ -z "$f" ]] && continue
+        if ((f < last)); then
+            echo "field $f after $last"
+            return
+        fi
+        if [[ "$w" == 0 && "$v" == 0 ]]; then
+            echo "field $f encoded with its default value"
+            return
+        fi
+        last=$f
+    done <<<"$fields"
+    echo yes
+}
+
+# sha256_hex HEX: SHA-256 of the octets, with openssl dgst
+sha256_hex() {
+    local out
+    hex_to_file "$1" "$work/sha.in"
+    out=$(openssl dgst -sha256 -r "$work/sha.in") || return 1
+    out=${out%% *}
+    printf '%s' "${out,,}"
+}
+
+check "openssl SHA-256 = FIPS 180-2 'abc'" \
+    ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad \
+    "$(sha256_hex "$(ascii_hex abc)")"
+check "openssl SHA-256 of no octets" \
+    e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 "$(sha256_hex "")"
+
 # --- The committed vectors -----------------------------------------------------------------
 
+# Set 1 (no prefix): the initiator of a PNE-initiated run; set 2 (invitee_): an invitee of the
+# same run, without a LocalEUKey; set 3 (gwinit_): the invitee of a PN GW-initiated run.
 input_keys=(eukey_pne eukey_gw local_eukey rand_pne rand_server pne_id gw_id pn_id flow role
-    setup local_key_requested invited_0 invited_1)
-output_keys=(setup_binding id_list sk_pne hash_pne hash_server_pne kek_pne kek_gw
-    wrapped_local_eukey_pne wrapped_local_eukey_gw gw_server_psk)
+    setup local_key_requested invited_0 invited_1 join_encoding inventory_encoding
+    device_state_label)
+output_keys=(setup_binding id_list join_digest inventory_digest sk_pne hash_pne hash_server_pne
+    kek_pne kek_gw wrapped_local_eukey_pne wrapped_local_eukey_gw gw_server_psk device_state_key)
+invitee_input_keys=(invitee_eukey_pne invitee_rand_pne invitee_rand_server invitee_pne_id
+    invitee_gw_id invitee_pn_id invitee_flow invitee_role invitee_setup
+    invitee_local_key_requested invitee_join_encoding invitee_inventory_encoding)
+invitee_output_keys=(invitee_setup_binding invitee_join_digest invitee_inventory_digest
+    invitee_sk_pne invitee_hash_pne invitee_hash_server_pne)
+gwinit_input_keys=(gwinit_eukey_pne gwinit_eukey_gw gwinit_local_eukey gwinit_rand_pne
+    gwinit_rand_server gwinit_pne_id gwinit_gw_id gwinit_pn_id gwinit_flow gwinit_role
+    gwinit_setup gwinit_local_key_requested gwinit_join_encoding gwinit_inventory_encoding)
+gwinit_output_keys=(gwinit_setup_binding gwinit_join_digest gwinit_inventory_digest
+    gwinit_sk_pne gwinit_hash_pne gwinit_hash_server_pne gwinit_kek_pne gwinit_kek_gw
+    gwinit_wrapped_local_eukey_pne gwinit_wrapped_local_eukey_gw)
+all_keys=("${input_keys[@]}" "${output_keys[@]}" "${invitee_input_keys[@]}"
+    "${invitee_output_keys[@]}" "${gwinit_input_keys[@]}" "${gwinit_output_keys[@]}")
 
 declare -A kv=()
 declare -a file_order=()
@@ -149,85 +251,155 @@ while IFS= read -r line || [[ -n "$line" ]]; do
     fi
 done <"$vectors_file"
 check "docs/test-vectors.txt has only key=hex lines" 0 "$malformed"
-expected_order="${input_keys[*]} ${output_keys[*]}"
 check "docs/test-vectors.txt has exactly the expected keys, in order" \
-    "$expected_order" "${file_order[*]}"
-for key in "${input_keys[@]}" "${output_keys[@]}"; do
+    "${all_keys[*]}" "${file_order[*]}"
+for key in "${all_keys[@]}"; do
     [[ -v "kv[$key]" ]] || kv[$key]=""
 done
 
-eukey_pne=${kv[eukey_pne]}
-eukey_gw=${kv[eukey_gw]}
-local_eukey=${kv[local_eukey]}
-rand_pne=${kv[rand_pne]}
-rand_server=${kv[rand_server]}
-pne_id=${kv[pne_id]}
-gw_id=${kv[gw_id]}
-pn_id=${kv[pn_id]}
+# check_set PREFIX INVITED_COUNT HAS_LOCAL_KEY: recomputes one set from its inputs
+check_set() {
+    local p=$1 n_invited=$2 has_local=$3 name=${1:-initiator_}
+    name=${name%_}
+    local eukey_pne=${kv[${p}eukey_pne]} rand_pne=${kv[${p}rand_pne]}
+    local rand_server=${kv[${p}rand_server]} pne_id=${kv[${p}pne_id]} gw_id=${kv[${p}gw_id]}
+    local pn_id=${kv[${p}pn_id]} join=${kv[${p}join_encoding]}
+    local inventory=${kv[${p}inventory_encoding]} lkr=${kv[${p}local_key_requested]}
 
-check "input sizes: keys 32 octets, challenges 16, setup fields 1" \
-    "64 64 64 32 32 2 2 2 2" \
-    "${#eukey_pne} ${#eukey_gw} ${#local_eukey} ${#rand_pne} ${#rand_server} ${#kv[flow]} \
-${#kv[role]} ${#kv[setup]} ${#kv[local_key_requested]}"
+    check "$name: input sizes: EUKey 32 octets, challenges 16, setup fields 1" \
+        "64 32 32 2 2 2 2" \
+        "${#eukey_pne} ${#rand_pne} ${#rand_server} ${#kv[${p}flow]} ${#kv[${p}role]} \
+${#kv[${p}setup]} ${#lkr}"
 
-# Encodings, assembled here octet by octet.
-binding=${kv[flow]}${kv[role]}${kv[setup]}${kv[local_key_requested]}
-check "setup_binding = flow || role || setup || local_key_requested" \
-    "${kv[setup_binding]}" "$binding"
-id_list=""
-for i in 0 1; do
-    id=${kv[invited_$i]}
-    id_list+="$(len16 "$id")$id"
-done
-check "id_list = (len16 || ID) for each invited ID" "${kv[id_list]}" "$id_list"
+    # Encodings, assembled here octet by octet.
+    local binding=${kv[${p}flow]}${kv[${p}role]}${kv[${p}setup]}$lkr
+    check "$name: setup_binding = flow || role || setup || local_key_requested" \
+        "${kv[${p}setup_binding]}" "$binding"
+    local id_list="" i id
+    for ((i = 0; i < n_invited; i++)); do
+        id=${kv[${p}invited_$i]}
+        id_list+="$(len16 "$id")$id"
+    done
+    if ((n_invited > 0)); then
+        check "$name: id_list = (len16 || ID) for each invited ID" "${kv[${p}id_list]}" "$id_list"
+    fi
 
-# The derived values.
-sk_pne=$(kdf "$eukey_pne" 51 "$rand_pne" "$rand_server" "$pne_id" "$gw_id" "$pn_id" \
-    "$binding" "$id_list")
-check "sk_pne = KDF(EUKey_PNE, 0x51, ...)" "${kv[sk_pne]}" "$sk_pne"
+    # The join and the inventory: well-formed deterministic encodings of this PNE's values.
+    check "$name: the join's fields are in field-number order, no defaults encoded" yes \
+        "$(pb_ordered "$join")"
+    check "$name: the join carries PNE ID (1), rand_PNE (4), the LocalEUKey request (5)" \
+        "$pne_id|$rand_pne|$((16#$lkr))" \
+        "$(pb_get "$join" 1)|$(pb_get "$join" 4)|$(pb_get "$join" 5 | grep . || echo 0)"
+    check "$name: the inventory's fields are in field-number order, no defaults encoded" yes \
+        "$(pb_ordered "$inventory")"
+    check "$name: the inventory is of this PN (1) and PN GW (2)" "$pn_id|$gw_id" \
+        "$(pb_get "$inventory" 1)|$(pb_get "$inventory" 2)"
+    local member found=""
+    while read -r member; do
+        [[ -z "$member" ]] && continue
+        if [[ "$(pb_get "$member" 1)" == "$pne_id" ]]; then
+            found="$(pb_get "$member" 2)|$(pb_get "$member" 3 | tr '\n' ,)"
+            found+="|$(pb_get "$member" 5 | grep . || echo 0)"
+            [[ "$(pb_ordered "$member")" == yes ]] || found+=" (member not in field order)"
+        fi
+    done < <(pb_get "$inventory" 4)
+    check "$name: the inventory lists the PNE with the capabilities and contents it sent" \
+        "$(pb_get "$join" 2)|$(pb_get "$join" 3 | tr '\n' ,)|$((16#$lkr))" "$found"
 
-hash_pne=$(kdf "$eukey_pne" 52 "$rand_pne" "$rand_server" "$sk_pne" "$pne_id" "$gw_id" "$pn_id" \
-    "$binding" "$id_list")
-check "hash_pne = KDF(EUKey_PNE, 0x52, ...)" "${kv[hash_pne]}" "$hash_pne"
+    # The derived values.
+    local join_digest inventory_digest sk_pne hash_pne hash_server_pne
+    join_digest=$(sha256_hex "$join")
+    check "$name: join_digest = SHA-256(join encoding)" "${kv[${p}join_digest]}" "$join_digest"
+    inventory_digest=$(sha256_hex "$inventory")
+    check "$name: inventory_digest = SHA-256(inventory encoding)" \
+        "${kv[${p}inventory_digest]}" "$inventory_digest"
 
-hash_server_pne=$(kdf "$eukey_pne" 53 "$rand_pne" "$rand_server" "$sk_pne" "$hash_pne" \
-    "$pne_id" "$gw_id" "$pn_id" "$binding" "$id_list")
-check "hash_server_pne = KDF(EUKey_PNE, 0x53, ...)" "${kv[hash_server_pne]}" "$hash_server_pne"
+    sk_pne=$(kdf "$eukey_pne" 51 "$rand_pne" "$rand_server" "$pne_id" "$gw_id" "$pn_id" \
+        "$binding" "$id_list")
+    check "$name: sk_pne = KDF(EUKey_PNE, 0x51, ...)" "${kv[${p}sk_pne]}" "$sk_pne"
 
-kek_pne=$(kdf "$eukey_pne" 54 01 "$pn_id" "$pne_id" "$gw_id" "$rand_server")
-check "kek_pne = KDF(EUKey_PNE, 0x54, 0x01, ...)" "${kv[kek_pne]}" "$kek_pne"
+    hash_pne=$(kdf "$eukey_pne" 52 "$rand_pne" "$rand_server" "$sk_pne" "$pne_id" "$gw_id" \
+        "$pn_id" "$binding" "$id_list" "$join_digest")
+    check "$name: hash_pne = KDF(EUKey_PNE, 0x52, ..., join digest)" "${kv[${p}hash_pne]}" \
+        "$hash_pne"
 
-kek_gw=$(kdf "$eukey_gw" 54 02 "$pn_id" "$pne_id" "$gw_id" "$rand_server")
-check "kek_gw = KDF(EUKey_GW, 0x54, 0x02, ...)" "${kv[kek_gw]}" "$kek_gw"
+    hash_server_pne=$(kdf "$eukey_pne" 53 "$rand_pne" "$rand_server" "$sk_pne" "$hash_pne" \
+        "$pne_id" "$gw_id" "$pn_id" "$binding" "$id_list" "$join_digest" "$inventory_digest")
+    check "$name: hash_server_pne = KDF(EUKey_PNE, 0x53, ..., join digest, inventory digest)" \
+        "${kv[${p}hash_server_pne]}" "$hash_server_pne"
 
-wrapped_pne=$(kwp_wrap id-aes256-wrap-pad "$kek_pne" "$local_eukey")
-check "wrapped_local_eukey_pne = AES-256-KWP(kek_pne, LocalEUKey)" \
-    "${kv[wrapped_local_eukey_pne]}" "$wrapped_pne"
+    [[ "$has_local" == yes ]] || return 0
+    local eukey_gw=${kv[${p}eukey_gw]} local_eukey=${kv[${p}local_eukey]}
+    local kek_pne kek_gw wrapped_pne wrapped_gw
+    check "$name: key sizes: EUKey_GW and LocalEUKey 32 octets" "64 64" \
+        "${#eukey_gw} ${#local_eukey}"
 
-wrapped_gw=$(kwp_wrap id-aes256-wrap-pad "$kek_gw" "$local_eukey")
-check "wrapped_local_eukey_gw = AES-256-KWP(kek_gw, LocalEUKey)" \
-    "${kv[wrapped_local_eukey_gw]}" "$wrapped_gw"
+    kek_pne=$(kdf "$eukey_pne" 54 01 "$pn_id" "$pne_id" "$gw_id" "$rand_server" "$rand_pne")
+    check "$name: kek_pne = KDF(EUKey_PNE, 0x54, 0x01, ..., rand_server, rand_PNE)" \
+        "${kv[${p}kek_pne]}" "$kek_pne"
 
-gw_psk=$(kdf "$eukey_gw" 55 "$gw_id")
+    kek_gw=$(kdf "$eukey_gw" 54 02 "$pn_id" "$pne_id" "$gw_id" "$rand_server" "$rand_pne")
+    check "$name: kek_gw = KDF(EUKey_GW, 0x54, 0x02, ..., rand_server, rand_PNE)" \
+        "${kv[${p}kek_gw]}" "$kek_gw"
+
+    wrapped_pne=$(kwp_wrap id-aes256-wrap-pad "$kek_pne" "$local_eukey")
+    check "$name: wrapped_local_eukey_pne = AES-256-KWP(kek_pne, LocalEUKey)" \
+        "${kv[${p}wrapped_local_eukey_pne]}" "$wrapped_pne"
+
+    wrapped_gw=$(kwp_wrap id-aes256-wrap-pad "$kek_gw" "$local_eukey")
+    check "$name: wrapped_local_eukey_gw = AES-256-KWP(kek_gw, LocalEUKey)" \
+        "${kv[${p}wrapped_local_eukey_gw]}" "$wrapped_gw"
+
+    # Each copy opens with its own KEK, and the PN GW's KEK does not open the PNE's copy.
+    check "$name: the PNE's KEK unwraps the PNE's copy" "$local_eukey" \
+        "$(kwp_unwrap id-aes256-wrap-pad "$kek_pne" "${kv[${p}wrapped_local_eukey_pne]}" || true)"
+    check "$name: the PN GW's KEK unwraps the PN GW's copy" "$local_eukey" \
+        "$(kwp_unwrap id-aes256-wrap-pad "$kek_gw" "${kv[${p}wrapped_local_eukey_gw]}" || true)"
+    if kwp_unwrap id-aes256-wrap-pad "$kek_gw" "${kv[${p}wrapped_local_eukey_pne]}" >/dev/null; then
+        fail "$name: the PN GW's KEK does not unwrap the PNE's copy"
+    else
+        pass "$name: the PN GW's KEK does not unwrap the PNE's copy"
+    fi
+    # A copy made for another run (another rand_PNE, same everything else) does not open.
+    local other_rand=${rand_pne:0:${#rand_pne}-2}$(printf '%02x' $((16#${rand_pne: -2} ^ 1)))
+    local old_kek
+    old_kek=$(kdf "$eukey_pne" 54 01 "$pn_id" "$pne_id" "$gw_id" "$rand_server" "$other_rand")
+    if kwp_unwrap id-aes256-wrap-pad "$old_kek" "${kv[${p}wrapped_local_eukey_pne]}" >/dev/null; then
+        fail "$name: the PNE's copy does not open under another run's rand_PNE"
+    else
+        pass "$name: the PNE's copy does not open under another run's rand_PNE"
+    fi
+}
+
+check_set "" 2 yes
+check_set invitee_ 0 no
+check_set gwinit_ 0 yes
+
+gw_psk=$(kdf "${kv[eukey_gw]}" 55 "${kv[gw_id]}")
 check "gw_server_psk = KDF(EUKey_GW, 0x55, PN GW ID)" "${kv[gw_server_psk]}" "$gw_psk"
 
-# Each copy opens with its own KEK, and the PN GW's KEK does not open the PNE's copy.
-check "the PNE's KEK unwraps the PNE's copy" "$local_eukey" \
-    "$(kwp_unwrap id-aes256-wrap-pad "$kek_pne" "${kv[wrapped_local_eukey_pne]}" || true)"
-check "the PN GW's KEK unwraps the PN GW's copy" "$local_eukey" \
-    "$(kwp_unwrap id-aes256-wrap-pad "$kek_gw" "${kv[wrapped_local_eukey_gw]}" || true)"
-if kwp_unwrap id-aes256-wrap-pad "$kek_gw" "${kv[wrapped_local_eukey_pne]}" >/dev/null; then
-    fail "the PN GW's KEK does not unwrap the PNE's copy"
-else
-    pass "the PN GW's KEK does not unwrap the PNE's copy"
-fi
+check "device_state_label = \"cpns device state v1\"" "$(ascii_hex 'cpns device state v1')" \
+    "${kv[device_state_label]}"
+state_key=$(kdf "${kv[eukey_pne]}" 56 "$(ascii_hex 'cpns device state v1')" "${kv[pne_id]}")
+check "device_state_key = KDF(EUKey_PNE, 0x56, \"cpns device state v1\", PNE ID)" \
+    "${kv[device_state_key]}" "$state_key"
+
+# How the sets relate: the invitee is of the same run and registered PN as the initiator.
+check "invitee_: same PN, PN GW, rand_server and inventory as set 1" \
+    "${kv[pn_id]} ${kv[gw_id]} ${kv[rand_server]} ${kv[inventory_encoding]}" \
+    "${kv[invitee_pn_id]} ${kv[invitee_gw_id]} ${kv[invitee_rand_server]} \
+${kv[invitee_inventory_encoding]}"
+check "flows and roles: set 1 01/01, invitee_ 01/02 (setup 00), gwinit_ 02/02 (setup 00)" \
+    "01 01 01 02 00 02 02 00" \
+    "${kv[flow]} ${kv[role]} ${kv[invitee_flow]} ${kv[invitee_role]} ${kv[invitee_setup]} \
+${kv[gwinit_flow]} ${kv[gwinit_role]} ${kv[gwinit_setup]}"
 
 # --- The document shows the same values ----------------------------------------------------
 
 if [[ -r "$doc_file" ]]; then
     doc=$(<"$doc_file")
     missing=()
-    for key in "${input_keys[@]}" "${output_keys[@]}"; do
+    for key in "${all_keys[@]}"; do
         value=${kv[$key]}
         if [[ -z "$value" || "$doc" != *"$value"* ]]; then
             missing+=("$key")
