@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
         "external PSK derived from each PN GW's EUKey), authenticates each PNE (hash_PNE), hands "
         "out LocalEUKeys and registers PNs in the PN Inventory. Settings come from a TOML file "
         "(see docs/operations.md); flags override it. Stops cleanly on SIGTERM or SIGINT."};
-    std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key;
+    std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key,
+        trace_file;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
     app.add_option("--id", id, "server ID (default cpns-server)");
     app.add_option("--listen", listen,
@@ -32,6 +33,8 @@ int main(int argc, char** argv) {
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error (default info)");
     app.add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
     app.add_option("--ready-file", ready_file, "write the listening address here once ready");
+    app.add_option("--trace-file", trace_file,
+                   "append a JSON-lines event trace (state transitions, messages, outcomes)");
     CLI11_PARSE(app, argc, argv);
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
@@ -46,6 +49,7 @@ int main(int argc, char** argv) {
         o.master_key_file = master_key.empty() ? cfg.str("master_key_file") : master_key;
         o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;
         o.ready_file = ready_file.empty() ? cfg.str("ready_file") : ready_file;
+        o.trace_file = trace_file.empty() ? cfg.str("trace_file") : trace_file;
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();

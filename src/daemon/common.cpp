@@ -114,6 +114,7 @@ DeviceOptions device_options_from(const Config& c) {
     DeviceOptions o;
     o.discovery_group = c.str("discovery_group", o.discovery_group);
     o.discovery_interface = c.str("discovery_interface", o.discovery_interface);
+    o.trace_file = c.str("trace_file", o.trace_file);
     o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
     o.keylog = c.str("keylog");
     o.state_file = c.str("state_file");
@@ -284,11 +285,6 @@ std::string report_text(const pb::OutcomeReport& r) {
         s << "  - " << p.pne_id() << ": " << p.reason_text() << "\n";
     }
     return s.str();
-}
-
-void trace_transition(const TransitionEffect& t) {
-    spdlog::trace("{} {} {}{}{}: {} -> {} ({})", t.role, t.entity, t.pn_id,
-                  t.subject.empty() ? "" : "/", t.subject, t.from, t.to, t.reason);
 }
 
 }  // namespace cpns::daemon

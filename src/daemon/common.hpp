@@ -59,6 +59,7 @@ struct DeviceOptions {
     tls::Mode pan_tls = tls::Mode::kTls13;  // for PSK-TLS on the PAN
     std::string keylog;                     // see keylog_path()
     std::string state_file;                 // the sealed device state; "" = memory only
+    std::string trace_file;                 // JSON-lines event trace; "" = off
 };
 DeviceOptions device_options_from(const Config& c);
 // A device's 'id' (a valid entity ID) and 'eukey' / 'eukey_file', both required.
@@ -99,9 +100,6 @@ inline constexpr Millis kShutdownDrain = 300;
 // Runs `io` until SIGTERM/SIGINT (or until something calls io.stop()), then calls `stop`
 // and lets every coroutine finish before returning.
 void run_until_stopped(asio::io_context& io, const std::function<void()>& stop);
-// A role's state transition, for the operator's view of what the role did (the role logs
-// it too, at debug level).
-void trace_transition(const TransitionEffect& t);
 // What a person reads: the PN, its inventory, who joined and why the others did not.
 std::string report_text(const pb::OutcomeReport& r);
 

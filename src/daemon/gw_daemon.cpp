@@ -50,6 +50,7 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
       timer_(io.get_executor(), [this](Millis now) { apply(gw_->on_timer(now)); }) {
     opt_.role.log = core_log_sink();
     gw_ = std::make_unique<Gateway>(opt_.role, random_);
+    trace_ = std::make_unique<RoleTrace>(opt_.role.gw_id, "gw", opt_.device.trace_file);
     state_ = open_device_state<pb::GwState>(opt_.device.state_file, opt_.role.eukey,
                                             opt_.role.gw_id, *gw_);
     if (state_) {
@@ -147,7 +148,7 @@ net::PskClientLink::Hooks GwDaemon::server_link_hooks() {
     };
     h.on_message = [this](const pb::Envelope& env) {
         spdlog::debug("server -> {}: {}", opt_.role.gw_id, message_name(env));
-        apply(gw_->on_message(opt_.role.server_id, env, Protection::kTls, mono_now()));
+        to_role(opt_.role.server_id, env, Protection::kTls);
     };
     h.on_down = [this](const net::LinkError& error, net::PskClientLink::Stage stage) {
         server_conn_.reset();
@@ -260,9 +261,7 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
             if (!bind_sender(*conn, *env)) break;
             spdlog::debug("{} -> {}: {} ({})", conn->peer_id, opt_.role.gw_id, message_name(*env),
                           conn->is_tls() ? "tls" : "clear");
-            apply(gw_->on_message(conn->peer_id, *env,
-                                  conn->is_tls() ? Protection::kTls : Protection::kClear,
-                                  mono_now()));
+            to_role(conn->peer_id, *env, conn->is_tls() ? Protection::kTls : Protection::kClear);
             continue;
         }
         if (auto* de = std::get_if<DecodeError>(&r)) {
@@ -323,14 +322,22 @@ void GwDaemon::send_to_pne(const SendEffect& s) {
                   conn->is_tls() ? "tls" : "clear");
 }
 
+void GwDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection) {
+    trace_->message("recv", env, from, protection);
+    apply(gw_->on_message(from, env, protection, mono_now()));
+}
+
 void GwDaemon::send_effect(const SendEffect& s) {
+    trace_->message("send", s.msg, s.to,
+                    s.to == opt_.role.server_id ? Protection::kTls : s.protection);
     if (s.to == opt_.role.server_id) {
         if (!server_conn_ || !server_conn_->send(s.msg)) {
             spdlog::warn("cannot send {} to the CPNS Server: {}", message_name(s.msg),
                          reason_name(server_down_reason_));
             const auto reason = server_down_reason_;
             asio::post(io_, [this, reason] {
-                if (!server_conn_) apply(gw_->on_link_down(opt_.role.server_id, mono_now(), reason));
+                if (!server_conn_)
+                    apply(gw_->on_link_down(opt_.role.server_id, mono_now(), reason));
             });
         } else {
             spdlog::debug("{} -> server: {}", opt_.role.gw_id, message_name(s.msg));
@@ -345,6 +352,7 @@ void GwDaemon::send_effect(const SendEffect& s) {
 }
 
 void GwDaemon::outcome_effect(const OutcomeEffect& o) {
+    trace_->outcome(o);
     const std::string json = outcome_json(opt_.role.gw_id, o);
     if (o.success)
         spdlog::info("PN {} established: {}", o.pn_id, json);
@@ -374,7 +382,7 @@ void GwDaemon::apply(GatewayEffects effects) {
                        },
                        // The LocalEUKey stays in the role's memory (never logged).
                        [&](const StoreLocalKeyEffect&) {},
-                       [&](const TransitionEffect& t) { cpns::daemon::trace_transition(t); },
+                       [&](const TransitionEffect& t) { trace_->transition(t); },
                    },
                    e);
     timer_.arm(gw_->next_deadline());
@@ -390,7 +398,7 @@ asio::awaitable<void> GwDaemon::discovery_loop() {
                       from.address().to_string());
         udp_reply_to_ = from;
         udp_reply_peer_ = env.sender_id();
-        apply(gw_->on_message(env.sender_id(), env, Protection::kClear, mono_now()));
+        to_role(env.sender_id(), env, Protection::kClear);
         udp_reply_to_.reset();
         udp_reply_peer_.clear();
     }

@@ -12,6 +12,7 @@
 #include "core/throttle.hpp"
 #include "daemon/common.hpp"
 #include "daemon/state_file.hpp"
+#include "daemon/trace.hpp"
 #include "net/connection.hpp"
 #include "net/discovery.hpp"
 #include "net/listener.hpp"
@@ -63,6 +64,7 @@ class GwDaemon {
     asio::awaitable<void> discovery_loop();
     asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
     void apply(GatewayEffects effects);
+    void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
     void send_to_pne(const SendEffect& s);
@@ -74,6 +76,7 @@ class GwDaemon {
     GwOptions opt_;
     OsRandom random_;
     std::unique_ptr<Gateway> gw_;
+    std::unique_ptr<RoleTrace> trace_;
     std::optional<tls::TlsContext> server_tls_, pan_tls_;
     net::Listener pan_listener_, control_listener_;
     std::unique_ptr<net::DiscoverySocket> discovery_;

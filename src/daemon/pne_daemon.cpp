@@ -40,6 +40,7 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
       wait_(io) {
     opt_.role.log = core_log_sink();
     pne_ = std::make_unique<Pne>(opt_.role, random_);
+    trace_ = std::make_unique<RoleTrace>(opt_.role.pne_id, "pne", opt_.device.trace_file);
     state_ = open_device_state<pb::PneState>(opt_.device.state_file, opt_.role.eukey,
                                              opt_.role.pne_id, *pne_);
     if (state_)
@@ -112,7 +113,7 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
             const auto& env = std::get<net::DiscoverySocket::Datagram>(got).first;
             if (!env.has_discovery_response()) continue;
             const auto& r = env.discovery_response();
-            pne_->on_message(r.entity_id(), env, Protection::kClear, mono_now());
+            to_role(r.entity_id(), env, Protection::kClear);
             if (r.mode() != pb::MODE_PN_GW && r.mode() != pb::MODE_BOTH) continue;
             if (auto hp = net::parse_host_port(r.endpoint())) {
                 spdlog::info("found PN GW {} at {}", r.entity_id(), r.endpoint());
@@ -235,8 +236,7 @@ asio::awaitable<void> PneDaemon::read_link(std::shared_ptr<net::Connection> conn
             const std::string from = gw_id_.empty() ? env->sender_id() : gw_id_;
             spdlog::debug("{} -> {}: {} ({})", from, opt_.role.pne_id, message_name(*env),
                           conn->is_tls() ? "tls" : "clear");
-            apply(pne_->on_message(
-                from, *env, conn->is_tls() ? Protection::kTls : Protection::kClear, mono_now()));
+            to_role(from, *env, conn->is_tls() ? Protection::kTls : Protection::kClear);
             continue;
         }
         if (auto* de = std::get_if<DecodeError>(&r))
@@ -278,7 +278,13 @@ asio::awaitable<void> PneDaemon::start_tls(std::shared_ptr<const StartTlsEffect>
     }
 }
 
+void PneDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection) {
+    trace_->message("recv", env, from, protection);
+    apply(pne_->on_message(from, env, protection, mono_now()));
+}
+
 void PneDaemon::send_effect(const SendEffect& s) {
+    trace_->message("send", s.msg, s.to, s.protection);
     std::shared_ptr<net::Connection> tls_conn, clear_conn;
     for (const auto& l : links_) {
         if (!l.conn->is_open()) continue;
@@ -294,11 +300,12 @@ void PneDaemon::send_effect(const SendEffect& s) {
     if (!conn || !conn->send(s.msg))
         spdlog::warn("cannot send {}: no PAN link", message_name(s.msg));
     else
-        spdlog::debug("{} -> {}: {} ({})", opt_.role.pne_id, s.to == "*" ? "PAN" : s.to, message_name(s.msg),
-                      conn->is_tls() ? "tls" : "clear");
+        spdlog::debug("{} -> {}: {} ({})", opt_.role.pne_id, s.to == "*" ? "PAN" : s.to,
+                      message_name(s.msg), conn->is_tls() ? "tls" : "clear");
 }
 
 void PneDaemon::outcome_effect(const OutcomeEffect& o) {
+    trace_->outcome(o);
     const std::string json = outcome_json(opt_.role.pne_id, o);
     if (o.success)
         spdlog::info("joined PN {}: {}", o.pn_id, json);
@@ -329,7 +336,7 @@ void PneDaemon::apply(PneEffects effects) {
                            spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk.pn_id);
                            if (state_) state_->save(pne_->export_state());
                        },
-                       [&](const TransitionEffect& t) { cpns::daemon::trace_transition(t); },
+                       [&](const TransitionEffect& t) { trace_->transition(t); },
                    },
                    e);
     timer_.arm(pne_->next_deadline());

@@ -11,6 +11,7 @@
 #include "core/pne.hpp"
 #include "daemon/common.hpp"
 #include "daemon/state_file.hpp"
+#include "daemon/trace.hpp"
 #include "net/connection.hpp"
 #include "net/discovery.hpp"
 
@@ -61,6 +62,7 @@ class PneDaemon {
     asio::awaitable<void> read_link(std::shared_ptr<net::Connection> conn);
     asio::awaitable<void> start_tls(std::shared_ptr<const StartTlsEffect> eff);
     void apply(PneEffects effects);
+    void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
     void fail_early(pb::FailureReason reason, const std::string& detail);
@@ -71,6 +73,7 @@ class PneDaemon {
     PneTask task_;
     OsRandom random_;
     std::unique_ptr<Pne> pne_;
+    std::unique_ptr<RoleTrace> trace_;
     std::optional<tls::TlsContext> tls_;
     RoleTimer timer_;
     net::HostPort gw_addr_;

@@ -126,6 +126,7 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
                                               .count());
     };
     server_ = std::make_unique<Server>(opt_.role, dir_, random_);
+    trace_ = std::make_unique<RoleTrace>(opt_.role.server_id, "server", opt_.trace_file);
     tls::TlsConfig tc;
     tc.role = tls::Role::kServer;
     tc.mode = tls::Mode::kTls13;
@@ -221,7 +222,7 @@ void ServerDaemon::refuse_registration(const std::string& gw, const pb::Envelope
 // cache (on the store thread), then goes to the core.
 void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env) {
     if (!env->has_registration_request()) {
-        apply(server_->on_message(gw, *env, mono_now()));
+        to_role(gw, *env);
         return;
     }
     if (store_queue_ >= kMaxStoreQueue) {
@@ -249,7 +250,7 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
                 return;
             }
             for (std::size_t i = 0; i < ids.size(); ++i) dir_.put(ids[i], to_record((*found)[i]));
-            apply(server_->on_message(gw, *env, mono_now()));
+            to_role(gw, *env);
         });
 }
 
@@ -353,7 +354,13 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
     if (auto it = gws_.find(gw); it != gws_.end() && it->second == conn) gws_.erase(it);
 }
 
+void ServerDaemon::to_role(const std::string& gw, const pb::Envelope& env) {
+    trace_->message("recv", env, gw, Protection::kTls);
+    apply(server_->on_message(gw, env, mono_now()));
+}
+
 void ServerDaemon::send_effect(const SendEffect& s) {
+    trace_->message("send", s.msg, s.to, Protection::kTls);
     auto it = gws_.find(s.to);
     if (it == gws_.end() || !it->second->send(s.msg))
         spdlog::warn("cannot send {} to {}: no link", message_name(s.msg), s.to);
@@ -388,6 +395,7 @@ void ServerDaemon::persist_effect(PersistPnEffect& p) {
 
 // The audit log: one record per PNE, plus one for the PN itself.
 void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
+    trace_->outcome(o);
     spdlog::info("establishment {}: {}", o.pn_id, outcome_json(opt_.role.server_id, o));
     const auto now_ms =
         static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -396,8 +404,8 @@ void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
     audit_pending_.push_back({now_ms, opt_.role.server_id, o.gw_id, o.pn_id, "", o.success,
                               std::string(reason_name(o.reason)), o.detail});
     for (const auto& pne : o.pnes)
-        audit_pending_.push_back({now_ms, opt_.role.server_id, o.gw_id, o.pn_id, pne.pne_id, pne.joined,
-                                  std::string(reason_name(pne.reason)), ""});
+        audit_pending_.push_back({now_ms, opt_.role.server_id, o.gw_id, o.pn_id, pne.pne_id,
+                                  pne.joined, std::string(reason_name(pne.reason)), ""});
     flush_audit();
 }
 
@@ -412,7 +420,7 @@ void ServerDaemon::apply(ServerEffects effects) {
                            session_keys_[{k.pn_id, k.pne_id}] = k.sk;
                        },
                        [&](const OutcomeEffect& o) { outcome_effect(o); },
-                       [&](const TransitionEffect& t) { cpns::daemon::trace_transition(t); },
+                       [&](const TransitionEffect& t) { trace_->transition(t); },
                    },
                    e);
     timer_.arm(server_->next_deadline());

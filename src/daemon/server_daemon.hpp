@@ -8,6 +8,7 @@
 #include "core/server.hpp"
 #include "core/throttle.hpp"
 #include "daemon/common.hpp"
+#include "daemon/trace.hpp"
 #include "net/connection.hpp"
 #include "net/listener.hpp"
 #include "store/store.hpp"
@@ -40,6 +41,7 @@ struct ServerOptions {
     std::string entities_file;  // optional: [[entity]] entries added at start (existing ones kept)
     std::string keylog;
     std::string ready_file;
+    std::string trace_file;  // JSON-lines event trace; "" = off
 };
 
 // Loads a provisioning file into a directory. ConfigError on any bad entry.
@@ -74,6 +76,7 @@ class ServerDaemon {
     // Counts and logs a PN GW link whose PSK-TLS handshake failed.
     void refused(const net::Connection& conn, const net::LinkError& error);
     void apply(ServerEffects effects);
+    void to_role(const std::string& gw, const pb::Envelope& env);
     void send_effect(const SendEffect& s);
     void persist_effect(PersistPnEffect& p);
     void outcome_effect(const OutcomeEffect& o);
@@ -99,6 +102,7 @@ class ServerDaemon {
     void flush_audit();
     OsRandom random_;
     std::unique_ptr<Server> server_;
+    std::unique_ptr<RoleTrace> trace_;
     std::optional<tls::TlsContext> tls_;
     net::Listener listener_;
     RoleTimer timer_;

@@ -209,4 +209,44 @@ pb::TraceEvent trace_message(std::string_view entity, std::string_view role, std
     return ev;
 }
 
+std::string pn_id_of(const pb::Envelope& env) {
+    const auto* oneof = pb::Envelope::descriptor()->FindOneofByName("body");
+    const auto* field = env.GetReflection()->GetOneofFieldDescriptor(env, oneof);
+    if (!field || field->type() != google::protobuf::FieldDescriptor::TYPE_MESSAGE) return "";
+    const auto& body = env.GetReflection()->GetMessage(env, field);
+    const auto* d = body.GetDescriptor();
+    if (const auto* pn = d->FindFieldByName("pn_id"))
+        return body.GetReflection()->GetString(body, pn);
+    if (const auto* result = d->FindFieldByName("result")) {
+        const auto& r = body.GetReflection()->GetMessage(body, result);
+        if (const auto* pn = r.GetDescriptor()->FindFieldByName("pn_id"))
+            return r.GetReflection()->GetString(r, pn);
+    }
+    return "";
+}
+
+void RoleTrace::transition(const TransitionEffect& t) {
+    if (!enabled()) return;
+    writer_.write(trace_transition(entity_, role_, t.pn_id, t.subject, t.from, t.to, t.reason));
+}
+
+void RoleTrace::message(std::string_view event, const pb::Envelope& env, std::string_view peer,
+                        Protection protection) {
+    if (!enabled()) return;
+    writer_.write(trace_message(entity_, role_, event, pn_id_of(env), message_name(env), peer,
+                                protection == Protection::kTls ? "tls" : "clear"));
+}
+
+void RoleTrace::outcome(const OutcomeEffect& o) {
+    if (!enabled()) return;
+    pb::TraceEvent ev;
+    ev.set_entity(entity_);
+    ev.set_role(role_);
+    ev.set_event("outcome");
+    ev.set_pn_id(o.pn_id);
+    ev.set_reason(o.success ? "success" : std::string(reason_name(o.reason)));
+    ev.set_detail(o.detail);
+    writer_.write(std::move(ev));
+}
+
 }  // namespace cpns::daemon

@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "core/codec.hpp"
+#include "core/role.hpp"
 
 namespace cpns::daemon {
 
@@ -72,5 +73,27 @@ pb::TraceEvent trace_transition(std::string_view entity, std::string_view role,
 pb::TraceEvent trace_message(std::string_view entity, std::string_view role, std::string_view event,
                              std::string_view pn_id, std::string_view message,
                              std::string_view peer, std::string_view detail = {});
+
+// What one daemon traces: its role's transitions, every message it sends or receives, and
+// the outcomes. Off (every call a no-op) when opened with "".
+class RoleTrace {
+  public:
+    RoleTrace(std::string entity, std::string role, const std::string& path)
+        : entity_(std::move(entity)), role_(std::move(role)), writer_(path) {}
+    bool enabled() const { return writer_.enabled(); }
+    void transition(const TransitionEffect& t);
+    // event: "send" or "recv"
+    void message(std::string_view event, const pb::Envelope& env, std::string_view peer,
+                 Protection protection);
+    void outcome(const OutcomeEffect& o);
+
+  private:
+    std::string entity_;
+    std::string role_;
+    TraceWriter writer_;
+};
+
+// The PN ID a message is about ("" if none): its body's pn_id, or its result's.
+std::string pn_id_of(const pb::Envelope& env);
 
 }  // namespace cpns::daemon
