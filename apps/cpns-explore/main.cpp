@@ -20,6 +20,7 @@ struct Args {
     bool json = false;
     bool quiet = false;
     bool list = false;
+    bool from_honest = false;
 };
 
 void print_counterexample(const Explorer& ex, const Counterexample& cx) {
@@ -35,7 +36,9 @@ int run(const Args& args, const std::vector<Scenario>& scenarios) {
     std::string json = "[";
     std::size_t violated = 0;
     for (std::size_t i = 0; i < scenarios.size(); ++i) {
-        Explorer ex(scenarios[i], args.opt);
+        Options opt = args.opt;
+        if (args.from_honest) opt.prefix = honest_trace(scenarios[i]);
+        Explorer ex(scenarios[i], opt);
         const Report r = ex.run();
         violated += r.violations.size();
         if (args.json) {
@@ -70,6 +73,8 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--seed", a.opt.seed, "seed of the random walks")->capture_default_str();
     app.add_option("--property", a.properties, "check only these properties (repeatable)");
+    app.add_flag("--from-honest", a.from_honest,
+                 "explore from the end of an honest run (attacks after the establishment)");
     app.add_flag("--stop-on-first", a.opt.stop_on_first, "stop at the first violation");
     app.add_flag(
         "--no-shrink", [&](std::int64_t) { a.opt.shrink = false; }, "keep traces as found");

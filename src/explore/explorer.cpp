@@ -22,6 +22,11 @@ std::shared_ptr<const Prior> make_prior(const Scenario& scenario) {
     return w.export_prior();
 }
 
+std::vector<Action> honest_trace(const Scenario& scenario) {
+    World w(scenario, make_prior(scenario));
+    return w.run_honestly();
+}
+
 Explorer::Explorer(Scenario scenario, Options options)
     : scn_(std::move(scenario)), opt_(std::move(options)), prior_(make_prior(scn_)) {}
 
@@ -56,14 +61,16 @@ void Explorer::record(Search& s, const std::vector<Action>& trace,
 
 void Explorer::expand(Search& s, const std::vector<Action>& trace,
                       std::vector<std::vector<Action>>& next) {
-    const auto parent = rebuild(trace);
+    auto parent = rebuild(trace);
     const auto actions = parent->actions();
-    for (const auto& a : actions) {
+    for (std::size_t i = 0; i < actions.size(); ++i) {
+        const Action& a = actions[i];
         if (s.stop || out_of_time(s)) {
             s.report.timed_out = !s.stop;
             return;
         }
-        const auto w = rebuild(trace);
+        // The last child reuses the parent's world; the others rebuild it by replay.
+        const auto w = i + 1 == actions.size() ? std::move(parent) : rebuild(trace);
         const Since since{w->observations().size(), w->knowledge().size()};
         if (!w->apply(a)) continue;
         ++s.report.transitions;
@@ -79,12 +86,12 @@ void Explorer::expand(Search& s, const std::vector<Action>& trace,
 
 void Explorer::bfs(Search& s) {
     {
-        const auto root = rebuild({});
+        const auto root = rebuild(opt_.prefix);
         s.visited.insert(root->state_hash());
         ++s.report.states;
-        record(s, {}, check_properties(*root, Since{}, opt_.properties));
+        if (opt_.prefix.empty()) record(s, {}, check_properties(*root, Since{}, opt_.properties));
     }
-    std::vector<std::vector<Action>> frontier{{}};
+    std::vector<std::vector<Action>> frontier{opt_.prefix};
     for (int d = 0; d < opt_.depth && !frontier.empty(); ++d) {
         std::vector<std::vector<Action>> next;
         for (const auto& trace : frontier) {
@@ -99,7 +106,7 @@ void Explorer::bfs(Search& s) {
 namespace {
 
 // Honest progress first, the attacker and the clock now and then.
-const Action& pick(const std::vector<Action>& actions, std::mt19937_64& rng) {
+const Action& pick(const std::vector<Action>& actions, std::mt19937_64& rng, double attack) {
     std::array<std::vector<const Action*>, 4> by{};
     for (const auto& a : actions) {
         switch (a.kind) {
@@ -118,7 +125,7 @@ const Action& pick(const std::vector<Action>& actions, std::mt19937_64& rng) {
                 by[3].push_back(&a);
         }
     }
-    static constexpr std::array<double, 4> kWeight{10, 1, 1, 3};
+    const std::array<double, 4> kWeight{10, 1, 1, attack};
     std::array<double, 4> w{};
     for (std::size_t i = 0; i < 4; ++i) w[i] = by[i].empty() ? 0 : kWeight[i];
     std::discrete_distribution<std::size_t> cat(w.begin(), w.end());
@@ -131,12 +138,16 @@ const Action& pick(const std::vector<Action>& actions, std::mt19937_64& rng) {
 
 void Explorer::walk(Search& s, std::uint64_t seed) {
     std::mt19937_64 rng(seed);
-    World w(scn_, prior_);
-    std::vector<Action> trace;
+    // Walks differ in how eager the attacker is: early moves, or late ones (after the run).
+    static constexpr std::array<double, 3> kAttack{3, 0.5, 0.1};
+    const double attack = kAttack[seed % kAttack.size()];
+    auto w_ptr = rebuild(opt_.prefix);
+    World& w = *w_ptr;
+    std::vector<Action> trace = opt_.prefix;
     for (int i = 0; i < opt_.walk_depth && !s.stop; ++i) {
         const auto actions = w.actions();
         if (actions.empty()) break;
-        const Action a = pick(actions, rng);
+        const Action a = pick(actions, rng, attack);
         const Since since{w.observations().size(), w.knowledge().size()};
         if (!w.apply(a)) break;
         ++s.report.transitions;

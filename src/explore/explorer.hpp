@@ -23,6 +23,8 @@ struct Options {
     std::set<std::string> properties;  // checked ones; empty: all
     bool stop_on_first = false;
     bool shrink = true;
+    // Explore from the state this trace reaches (e.g. honest_trace(): after a completed run).
+    std::vector<Action> prefix;
 };
 
 struct Counterexample {
@@ -51,6 +53,8 @@ struct Report {
 
 // The earlier completed run of `scenario` (honest, other randomness), or nothing.
 std::shared_ptr<const Prior> make_prior(const Scenario& scenario);
+// The actions of an honest run of `scenario` from its initial world to quiescence.
+std::vector<Action> honest_trace(const Scenario& scenario);
 
 class Explorer {
   public:

@@ -57,8 +57,10 @@ std::string Report::summary() const {
     std::ostringstream o;
     o << scenario.name() << ": " << states << " states, " << transitions << " transitions, depth "
       << depth_exhausted << " exhausted, max depth " << max_depth << ", " << walks << " walks, "
-      << static_cast<long>(states_per_second()) << " states/s, " << seconds << " s"
-      << (timed_out ? " (time bound)" : "") << ", " << violations.size() << " violated";
+      << static_cast<long>(states_per_second()) << " states/s, "
+      << static_cast<long>(seconds > 0 ? static_cast<double>(transitions) / seconds : 0)
+      << " transitions/s, " << seconds << " s" << (timed_out ? " (time bound)" : "") << ", "
+      << violations.size() << " violated";
     for (const auto& c : violations) o << " " << c.property << "(" << c.trace.size() << ")";
     return o.str();
 }

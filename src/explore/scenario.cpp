@@ -70,6 +70,7 @@ bool parse_option(std::string_view opt, Scenario& s) {
     if (key == "faults") return parse_number(val, s.max_faults);
     if (key == "attacks") return parse_number(val, s.max_attacks);
     if (key == "seed") return parse_number(val, s.seed);
+    if (key == "timers") return parse_number(val, s.max_timers);
     if (key == "new_pns") return parse_number(val, s.max_new_pns);
     if (key == "sessions") return parse_number(val, s.max_sessions);
     if (key == "replay") return s.replay = true;
@@ -105,6 +106,7 @@ std::string Scenario::spec() const {
     std::ostringstream o;
     o << name() << ";faults=" << max_faults << ";attacks=" << max_attacks
       << (replay ? ";replay" : ";noreplay");
+    if (max_timers >= 0) o << ";timers=" << max_timers;
     if (inject) o << ";inject";
     if (dishonest_gw) o << ";dgw";
     if (!compromised_pne.empty()) o << ";cpne=" << compromised_pne;

@@ -30,6 +30,7 @@ struct Scenario {
     // link of the dishonest PN GW, any link of the compromised PNE.
     int max_faults = 1;   // drops + duplicates per trace
     int max_attacks = 1;  // replays + rewrites + injections per trace
+    int max_timers = -1;  // timer firings per trace; -1: any
     bool replay = true;
     bool inject = false;  // forge from a known frame (beyond rewriting one in flight)
     bool dishonest_gw = false;
@@ -40,7 +41,7 @@ struct Scenario {
     // Bounds checked by the bounded-state property: PNs added in this run (per PNE and per PN
     // GW, on top of the earlier run's) and establishments in flight at PN GW and server.
     std::size_t max_new_pns = 1;
-    std::size_t max_sessions = 1;
+    std::size_t max_sessions = 2;
 
     // "pne-1-1-insecure-ui-2": flow, setup type, PAN, UI, PNE count.
     std::string name() const;

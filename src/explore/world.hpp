@@ -86,8 +86,9 @@ class World {
     std::uint64_t state_hash() const;
     // Nothing in flight, no handshake pending, every party idle.
     bool quiescent() const;
-    // Delivers, completes handshakes and fires timers (in that order) until quiescent.
-    void run_honestly(std::size_t max_steps = 1000);
+    // Delivers, completes handshakes and fires timers (in that order) until quiescent; the
+    // actions taken.
+    std::vector<Action> run_honestly(std::size_t max_steps = 1000);
     // What the earlier run leaves to the next one.
     std::shared_ptr<const Prior> export_prior() const;
 
@@ -175,6 +176,7 @@ class World {
     std::size_t step_ = 0;
     int faults_ = 0;
     int attacks_ = 0;
+    int timers_ = 0;
     std::vector<Message> flight_;
     std::vector<PendingTls> tls_pending_;
     std::set<std::string> tls_links_;  // PNEs with a PSK-TLS session to the PN GW

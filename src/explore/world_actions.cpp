@@ -61,7 +61,8 @@ bool World::apply(const Action& a) {
             break;
         }
         case ActionKind::kTimer:
-            ok = do_timer(a.party);
+            ok = (scn_.max_timers < 0 || timers_ < scn_.max_timers) && do_timer(a.party);
+            timers_ += ok;
             break;
         case ActionKind::kTls:
             ok = do_tls(a.party);

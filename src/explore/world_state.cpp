@@ -31,11 +31,14 @@ std::vector<Action> World::actions() const {
     for (const auto& m : flight_)
         if (seen.insert(m.id).second) out.push_back(Action{ActionKind::kDeliver, m.id, "", "", ""});
     for (const auto& t : tls_pending_) out.push_back(Action{ActionKind::kTls, 0, t.pne, "", ""});
-    if (server_->next_deadline() != kNever)
+    const bool timer_left = scn_.max_timers < 0 || timers_ < scn_.max_timers;
+    if (timer_left && server_->next_deadline() != kNever)
         out.push_back(Action{ActionKind::kTimer, 0, kServerId, "", ""});
-    if (gw_->next_deadline() != kNever) out.push_back(Action{ActionKind::kTimer, 0, kGwId, "", ""});
+    if (timer_left && gw_->next_deadline() != kNever)
+        out.push_back(Action{ActionKind::kTimer, 0, kGwId, "", ""});
     for (const auto& [id, p] : pnes_)
-        if (p->next_deadline() != kNever) out.push_back(Action{ActionKind::kTimer, 0, id, "", ""});
+        if (timer_left && p->next_deadline() != kNever)
+            out.push_back(Action{ActionKind::kTimer, 0, id, "", ""});
     add_network_actions(out);
     add_attacker_actions(out);
     return out;
@@ -92,6 +95,16 @@ std::vector<std::string> World::values_for(const std::string& field) const {
         return ops;
     }
     if (auto it = values_.find(field); it != values_.end()) v = it->second;
+    if (field == "caps") {
+        // Derived from what was seen: the same device claiming other capabilities.
+        for (const auto& raw : std::set<std::string>(v)) {
+            pb::DeviceCapabilities c;
+            if (!c.ParseFromString(raw)) continue;
+            c.set_enough_ui(!c.enough_ui());
+            c.add_services("forged");
+            v.insert(c.SerializeAsString());
+        }
+    }
     if (field == "invited")
         for (const auto& id : scn_.pne_ids()) v.insert(id);
     return {v.begin(), v.end()};
@@ -102,6 +115,7 @@ std::uint64_t World::state_hash() const {
     put_n(b, now_);
     put_n(b, faults_);
     put_n(b, attacks_);
+    put_n(b, timers_);
     for (const auto& [id, p] : pnes_) {
         put(b, Pne::to_string(p->state()));
         put(b, p->export_state().SerializeAsString());
@@ -141,25 +155,28 @@ bool World::quiescent() const {
     return true;
 }
 
-void World::run_honestly(std::size_t max_steps) {
+std::vector<Action> World::run_honestly(std::size_t max_steps) {
+    std::vector<Action> taken;
     for (std::size_t i = 0; i < max_steps; ++i) {
+        Action a;
         if (!flight_.empty()) {
-            apply(Action{ActionKind::kDeliver, flight_.front().id, "", "", ""});
+            a = Action{ActionKind::kDeliver, flight_.front().id, "", "", ""};
         } else if (!tls_pending_.empty()) {
-            apply(Action{ActionKind::kTls, 0, tls_pending_.front().pne, "", ""});
+            a = Action{ActionKind::kTls, 0, tls_pending_.front().pne, "", ""};
         } else {
-            std::string who;
             Millis best = kNever;
             auto consider = [&](const std::string& id, Millis d) {
-                if (d < best) best = d, who = id;
+                if (d < best) best = d, a = Action{ActionKind::kTimer, 0, id, "", ""};
             };
             consider(kServerId, server_->next_deadline());
             consider(kGwId, gw_->next_deadline());
             for (const auto& [id, p] : pnes_) consider(id, p->next_deadline());
-            if (who.empty()) return;
-            apply(Action{ActionKind::kTimer, 0, who, "", ""});
+            if (best == kNever) break;
         }
+        if (!apply(a)) break;
+        taken.push_back(a);
     }
+    return taken;
 }
 
 std::shared_ptr<const Prior> World::export_prior() const {

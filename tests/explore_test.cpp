@@ -1,0 +1,216 @@
+// The security explorer (src/explore): the real roles under an active attacker.
+//
+// ExploreHolds.*   properties that hold today, under a bounded exploration.
+// ExplorerFinds.*  holes in today's code: the explorer must find a counterexample. When the
+//                  core closes a hole, flip its test to expect none.
+#include <gtest/gtest.h>
+
+#include "explore/explorer.hpp"
+
+namespace cpns::explore {
+namespace {
+
+Scenario scenario(const std::string& spec) {
+    auto s = Scenario::parse(spec);
+    EXPECT_TRUE(s.has_value()) << spec;
+    return s.value_or(Scenario{});
+}
+
+Options bounded(int depth, std::size_t walks, int walk_depth, std::set<std::string> props) {
+    Options o;
+    o.depth = depth;
+    o.walks = walks;
+    o.walk_depth = walk_depth;
+    o.properties = std::move(props);
+    o.shrink = false;
+    o.seconds = 20;
+    return o;
+}
+
+std::string describe(const Report& r) {
+    std::string s = r.summary();
+    for (const auto& c : r.violations) s += "\n  " + c.property + ": " + c.text;
+    return s;
+}
+
+// --- The explorer's own machinery -----------------------------------------------------------
+
+TEST(ExploreScenario, SpecParsesBackToItself) {
+    for (const auto& s : standard_scenarios()) {
+        auto again = Scenario::parse(s.spec());
+        ASSERT_TRUE(again.has_value()) << s.spec();
+        EXPECT_EQ(again->spec(), s.spec());
+    }
+    EXPECT_EQ(standard_scenarios().size(), 48u);
+    const auto s =
+        scenario("gw-list-secure-noui-3;faults=0;attacks=2;dgw;cpne=pne-c;mut=pn_id+caps");
+    EXPECT_TRUE(s.gw_initiated && s.pan_secure && !s.enough_ui && s.dishonest_gw);
+    EXPECT_EQ(s.pnes, 3);
+    EXPECT_EQ(s.compromised_pne, "pne-c");
+    EXPECT_EQ(s.mutations, (std::vector<std::string>{"pn_id", "caps"}));
+    EXPECT_FALSE(Scenario::parse("pne-2-1-secure-ui-2").has_value());
+    EXPECT_FALSE(Scenario::parse("pne-1-1-secure-ui-2;bogus").has_value());
+}
+
+TEST(ExploreTrace, ActionsParseBackFromText) {
+    const Action a{ActionKind::kRewrite, 0x0123456789abcdefULL, "", "caps",
+                   std::string("\x00\xff", 2)};
+    const Action b{ActionKind::kTimer, 0, "gw-1", "", ""};
+    const auto trace = parse_trace(to_text(a) + "  # comment\n\n" + to_text(b) + "\n");
+    ASSERT_EQ(trace.size(), 2u);
+    EXPECT_EQ(trace[0], a);
+    EXPECT_EQ(trace[1], b);
+    EXPECT_FALSE(parse_action("deliver zz - - -").has_value());
+}
+
+// Replay is deterministic: the same actions give the same state digest.
+TEST(ExploreWorld, ReplayIsDeterministic) {
+    const auto scn = scenario("pne-all-insecure-ui-3");
+    const auto prior = make_prior(scn);
+    World a(scn, prior);
+    const auto trace = a.run_honestly();
+    World b(scn, prior);
+    for (const auto& x : trace) ASSERT_TRUE(b.apply(x));
+    EXPECT_EQ(a.state_hash(), b.state_hash());
+    EXPECT_TRUE(b.quiescent());
+    EXPECT_NE(World(scn, prior).state_hash(), b.state_hash());
+}
+
+// Every standard scenario, run honestly after an honest earlier run, violates nothing and
+// registers a PN that every party holds.
+TEST(ExploreWorld, HonestRunsViolateNothing) {
+    for (const auto& scn : standard_scenarios()) {
+        const auto trace = honest_trace(scn);
+        const auto v = Explorer::replay(scn, trace);
+        EXPECT_TRUE(v.empty()) << scn.name() << ": "
+                               << (v.empty() ? "" : v[0].property + " " + v[0].text);
+        World w(scn, make_prior(scn));
+        for (const auto& a : trace) w.apply(a);
+        EXPECT_TRUE(w.quiescent()) << scn.name();
+        EXPECT_EQ(w.directory().pns().size(), 2u) << scn.name();  // earlier run + this one
+        EXPECT_EQ(w.gw().inventory().size(), 2u) << scn.name();
+    }
+}
+
+// --- Properties that hold today --------------------------------------------------------------
+
+// A PNE joins only PNs it asked for or accepted, and no key reaches a party that must not hold
+// it, whatever the PAN attacker, a dishonest PN GW or a compromised PNE does.
+TEST(ExploreHolds, ConsentAndSecrecyUnderEveryAttacker) {
+    const std::vector<std::string> specs{
+        "pne-all-insecure-ui-3;faults=1;attacks=1;replay;"
+        "mut=pn_id+rand_server+wrapped+hash_pne+hash_server+caps+setup_type+invited",
+        "gw-all-insecure-noui-2;faults=1;attacks=1;replay;inject;mut=pn_id+success",
+        "pne-list-secure-ui-3;faults=0;attacks=2;noreplay;dgw;mut=setup_type+invited+inventory",
+        "pne-all-insecure-ui-3;faults=0;attacks=1;replay;cpne=pne-c;mut=pn_id+wrapped",
+    };
+    for (const auto& spec : specs) {
+        Explorer ex(scenario(spec), bounded(2, 30, 40, {"consent", "secrecy"}));
+        const Report r = ex.run();
+        EXPECT_TRUE(r.violations.empty()) << describe(r);
+        EXPECT_GE(r.depth_exhausted, 2) << describe(r);
+    }
+}
+
+// Drops, duplicates and timeouts alone never admit a PNE without consent, leak a key, accept an
+// old value, break the setup type or let tables grow.
+TEST(ExploreHolds, NetworkFaultsAloneKeepEveryPropertyButAgreementAndInitiator) {
+    for (const auto& spec : {"pne-all-insecure-ui-3;faults=2;attacks=0;noreplay",
+                             "gw-list-secure-noui-2;faults=2;attacks=0;noreplay",
+                             "pne-1-1-insecure-noui-2;faults=2;attacks=0;noreplay"}) {
+        Explorer ex(scenario(spec), bounded(3, 30, 40,
+                                            {"consent", "secrecy", "freshness", "setup_fidelity",
+                                             "bounded_state"}));
+        const Report r = ex.run();
+        EXPECT_TRUE(r.violations.empty()) << describe(r);
+    }
+}
+
+// --- Holes in today's code: the explorer finds each -------------------------------------------
+
+// A PnSetupRequest replayed from the earlier run makes the PN GW open a PN in the initiator's
+// name; the invitee authenticates, the initiator cannot (its rand_PNE differs), and the server
+// registers a PNE-initiated PN whose initiator never authenticated.
+TEST(ExplorerFinds, ForgedInitiator) {
+    Explorer ex(scenario("pne-all-insecure-ui-2;faults=0;attacks=1;replay;timers=0"),
+                bounded(2, 500, 30, {"initiator_authenticity"}));
+    const Report r = ex.run();
+    EXPECT_NE(r.find("initiator_authenticity"), nullptr) << describe(r);
+}
+
+// A dishonest PN GW turns the initiator's '1-1' into 'All': the server does not check the
+// members against the setup type and registers the invitee in a PN asked as 1-1.
+TEST(ExplorerFinds, SetupTypeNotEnforcedAgainstDishonestGateway) {
+    Explorer ex(scenario("pne-1-1-secure-ui-2;faults=0;attacks=1;noreplay;dgw;mut=setup_type;"
+                         "timers=0"),
+                bounded(2, 200, 30, {"setup_fidelity"}));
+    const Report r = ex.run();
+    EXPECT_NE(r.find("setup_fidelity"), nullptr) << describe(r);
+}
+
+// Capabilities travel in clear and are bound into nothing: an attacker on the insecure PAN
+// rewrites them and the server registers what the PNE never sent.
+TEST(ExplorerFinds, CapabilitiesNotAuthenticated) {
+    Explorer ex(scenario("pne-1-1-insecure-ui-2;faults=0;attacks=1;noreplay;mut=caps;timers=0"),
+                bounded(2, 100, 30, {"agreement"}));
+    const Report r = ex.run();
+    const auto* cx = r.find("agreement");
+    ASSERT_NE(cx, nullptr) << describe(r);
+    EXPECT_NE(cx->text.find("capabilities"), std::string::npos) << cx->text;
+}
+
+// The PN Inventory in a success result is not covered by hash_server_PNE: a dishonest PN GW
+// hands the PNE an inventory the server did not register, and the PNE stores it.
+TEST(ExplorerFinds, InventoryGivenToPneNotAuthenticated) {
+    Explorer ex(scenario("pne-1-1-secure-ui-2;faults=0;attacks=1;noreplay;dgw;mut=inventory;"
+                         "timers=0"),
+                bounded(2, 100, 30, {"agreement"}));
+    const Report r = ex.run();
+    const auto* cx = r.find("agreement");
+    ASSERT_NE(cx, nullptr) << describe(r);
+    EXPECT_NE(cx->text.find("stores"), std::string::npos) << cx->text;
+}
+
+// The key-encryption key of a LocalEUKey copy binds PN ID, PNE ID, PN GW ID and rand_server but
+// not rand_PNE: an initiator waiting for its Authentication Request accepts the copy of the
+// earlier run. Found at depth 1; shrunk and printed as a pasteable test.
+TEST(ExplorerFinds, ReplayedLocalEukeyCopyAccepted) {
+    Options o = bounded(1, 0, 0, {"freshness"});
+    o.shrink = true;
+    Explorer ex(scenario("pne-1-1-insecure-ui-2;faults=0;attacks=1;replay;timers=0"), o);
+    const Report r = ex.run();
+    const auto* cx = r.find("freshness");
+    ASSERT_NE(cx, nullptr) << describe(r);
+    ASSERT_EQ(cx->trace.size(), 1u);
+    EXPECT_EQ(cx->trace[0].kind, ActionKind::kReplay);
+    EXPECT_NE(cx->text.find("earlier run"), std::string::npos) << cx->text;
+    EXPECT_TRUE(has_violation(Explorer::replay(ex.scenario(), cx->trace), "freshness"));
+    EXPECT_EQ(ex.render_mermaid(cx->trace).rfind("sequenceDiagram", 0), 0u);
+    const std::string test = ex.render_gtest(*cx);
+    EXPECT_NE(test.find("TEST(ExplorerCounterexample, Freshness_"), std::string::npos) << test;
+    EXPECT_NE(test.find(to_text(cx->trace[0])), std::string::npos) << test;
+}
+
+// After a completed run, the PnSetupRequest seen in clear is replayed: the PN GW opens another
+// PN, the invitee joins again, and PNs pile up at the PN GW (and the PNEs) with no bound.
+TEST(ExplorerFinds, PnsAccumulateWithoutBound) {
+    const auto scn = scenario("pne-all-insecure-ui-2;faults=0;attacks=1;replay");
+    Options o = bounded(1, 150, 30, {"bounded_state"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    EXPECT_NE(r.find("bounded_state"), nullptr) << describe(r);
+}
+
+// A duplicated PnRegistrationRequest reaches the server after it registered the PN: its
+// ErrorReport (DUPLICATE_PN) ends the PN GW's session as a failure, although the server keeps
+// the PN registered; server and PN GW disagree for good.
+TEST(ExplorerFinds, LateErrorReportLeavesPartiesDisagreeing) {
+    Explorer ex(scenario("pne-1-1-secure-ui-2;faults=1;attacks=0;noreplay;timers=0"),
+                bounded(2, 300, 30, {"agreement"}));
+    const Report r = ex.run();
+    EXPECT_NE(r.find("agreement"), nullptr) << describe(r);
+}
+
+}  // namespace
+}  // namespace cpns::explore
