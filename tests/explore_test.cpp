@@ -214,3 +214,50 @@ TEST(ExplorerFinds, LateErrorReportLeavesPartiesDisagreeing) {
 
 }  // namespace
 }  // namespace cpns::explore
+
+// --- Counterexamples pasted from `cpns-explore` output --------------------------------------
+// As printed by the program (names shortened). Actions name messages by content digest: a
+// change to what the roles send makes the trace stale (its actions are skipped and the test
+// fails), which is the moment to re-run cpns-explore and paste again, or to flip the test.
+
+// agreement: the server registered pn-49a6f303ffd7 with {pne-a} but the PN GW does not hold it
+TEST(ExplorerCounterexample, LateErrorReport) {
+    const auto scn = cpns::explore::Scenario::parse(
+        "pne-1-1-secure-ui-2;faults=1;attacks=0;noreplay;timers=0;seed=1;new_pns=1;sessions=2");
+    ASSERT_TRUE(scn.has_value());
+    const auto trace = cpns::explore::parse_trace(R"(
+deliver 8fc697ecf569938c - - -  # deliver PnSetupRequest pne-a -> gw-1 (clear)
+duplicate 6651eaa2b3ebd377 - - -  # duplicate PnRegistrationRequest gw-1 -> cpns-server (tls)
+deliver 6651eaa2b3ebd377 - - -  # deliver PnRegistrationRequest gw-1 -> cpns-server (tls)
+deliver dd1c2371f4c35e02 - - -  # deliver AuthenticationRequest cpns-server -> gw-1 (tls)
+deliver 12c54d9e3fc4c2f0 - - -  # deliver PneAuthenticationRequest gw-1 -> pne-a (clear)
+deliver 4cbe6265a7808e70 - - -  # deliver PneAuthenticationResponse pne-a -> gw-1 (clear)
+deliver ce3b94f99a3e15a3 - - -  # deliver AuthenticationResponse gw-1 -> cpns-server (tls)
+deliver 6651eaa2b3ebd377 - - -  # deliver PnRegistrationRequest gw-1 -> cpns-server (tls)
+deliver 576e634b62069cc9 - - -  # deliver ErrorReport cpns-server -> gw-1 (tls)
+deliver 9be60bc6fe3e8c32 - - -  # deliver PnSetupResponse gw-1 -> pne-a (clear)
+deliver ee68eb0eee4802a5 - - -  # deliver PnRegistrationResponse cpns-server -> gw-1 (tls)
+)");
+    const auto v = cpns::explore::Explorer::replay(*scn, trace, {"agreement"});
+    EXPECT_TRUE(cpns::explore::has_violation(v, "agreement"));
+}
+
+// agreement: the server registered pne-a in pn-49a6f303ffd7 with capabilities/contents pne-a
+// did not send
+TEST(ExplorerCounterexample, CapabilitiesRewrittenOnInsecurePan) {
+    const auto scn = cpns::explore::Scenario::parse(
+        "pne-1-1-insecure-ui-2;faults=0;attacks=1;noreplay;timers=0;mut=caps;seed=1;new_pns=1;"
+        "sessions=2");
+    ASSERT_TRUE(scn.has_value());
+    const auto trace = cpns::explore::parse_trace(R"(
+rewrite 8fc697ecf569938c - caps 0a0c6465766963652d706e652d6112076578706c6f72653206666f72676564  # rewrite PnSetupRequest pne-a -> gw-1 (clear) caps
+deliver b38082dcdcfb8f95 - - -  # deliver PnRegistrationRequest gw-1 -> cpns-server (tls)
+deliver dd1c2371f4c35e02 - - -  # deliver AuthenticationRequest cpns-server -> gw-1 (tls)
+deliver 12c54d9e3fc4c2f0 - - -  # deliver PneAuthenticationRequest gw-1 -> pne-a (clear)
+tls 0000000000000000 pne-a - -  # complete PSK-TLS pne-a <-> gw-1
+deliver 186ee3e68c7a68f4 - - -  # deliver PneAuthenticationResponse pne-a -> gw-1 (tls)
+deliver ce3b94f99a3e15a3 - - -  # deliver AuthenticationResponse gw-1 -> cpns-server (tls)
+)");
+    const auto v = cpns::explore::Explorer::replay(*scn, trace, {"agreement"});
+    EXPECT_TRUE(cpns::explore::has_violation(v, "agreement"));
+}

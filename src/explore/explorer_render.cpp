@@ -41,6 +41,13 @@ std::string camel(std::string_view s) {
     return out;
 }
 
+// Six hex digits of the trace, so that pasted tests of one scenario get distinct names.
+std::string trace_tag(const std::vector<Action>& trace) {
+    std::string all;
+    for (const auto& a : trace) all += to_text(a) + "\n";
+    return hex64(fnv1a(all)).substr(0, 6);
+}
+
 }  // namespace
 
 double Report::states_per_second() const {
@@ -147,7 +154,7 @@ std::string Explorer::render_gtest(const Counterexample& cx) const {
     std::ostringstream o;
     o << "// " << cx.property << ": " << cx.text << "\n"
       << "TEST(ExplorerCounterexample, " << camel(cx.property) << "_"
-      << camel(scn_.name()).substr(0, 40) << ") {\n"
+      << camel(scn_.name()).substr(0, 40) << "_" << trace_tag(cx.trace) << ") {\n"
       << "    const auto scn = cpns::explore::Scenario::parse(\n        \"" << scn_.spec()
       << "\");\n"
       << "    ASSERT_TRUE(scn.has_value());\n"
