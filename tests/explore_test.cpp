@@ -97,15 +97,17 @@ TEST(ExploreWorld, HonestRunsViolateNothing) {
 // A PNE joins only PNs it asked for or accepted, and no key reaches a party that must not hold
 // it, whatever the PAN attacker, a dishonest PN GW or a compromised PNE does.
 TEST(ExploreHolds, ConsentAndSecrecyUnderEveryAttacker) {
+    const std::string all =
+        "mut=setup_type+invited+caps+pn_id+rand_server+wrapped+hash_pne+"
+        "hash_server+inventory+success+sender";
     const std::vector<std::string> specs{
-        "pne-all-insecure-ui-3;faults=1;attacks=1;replay;"
-        "mut=pn_id+rand_server+wrapped+hash_pne+hash_server+caps+setup_type+invited",
-        "gw-all-insecure-noui-2;faults=1;attacks=1;replay;inject;mut=pn_id+success",
-        "pne-list-secure-ui-3;faults=0;attacks=2;noreplay;dgw;mut=setup_type+invited+inventory",
-        "pne-all-insecure-ui-3;faults=0;attacks=1;replay;cpne=pne-c;mut=pn_id+wrapped",
+        "pne-all-insecure-ui-3;faults=1;attacks=1;replay;inject;" + all,
+        "gw-all-insecure-noui-2;faults=1;attacks=1;replay;inject;" + all,
+        "pne-list-secure-ui-3;faults=0;attacks=2;noreplay;dgw;" + all,
+        "pne-all-insecure-ui-3;faults=0;attacks=1;replay;cpne=pne-c;" + all,
     };
     for (const auto& spec : specs) {
-        Explorer ex(scenario(spec), bounded(2, 30, 40, {"consent", "secrecy"}));
+        Explorer ex(scenario(spec), bounded(2, 100, 40, {"consent", "secrecy"}));
         const Report r = ex.run();
         EXPECT_TRUE(r.violations.empty()) << describe(r);
         EXPECT_GE(r.depth_exhausted, 2) << describe(r);

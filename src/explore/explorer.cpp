@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <unordered_set>
@@ -105,33 +106,32 @@ void Explorer::bfs(Search& s) {
 
 namespace {
 
-// Honest progress first, the attacker and the clock now and then.
-const Action& pick(const std::vector<Action>& actions, std::mt19937_64& rng, double attack) {
-    std::array<std::vector<const Action*>, 4> by{};
-    for (const auto& a : actions) {
-        switch (a.kind) {
-            case ActionKind::kDeliver:
-            case ActionKind::kTls:
-                by[0].push_back(&a);
-                break;
-            case ActionKind::kTimer:
-                by[1].push_back(&a);
-                break;
-            case ActionKind::kDrop:
-            case ActionKind::kDuplicate:
-                by[2].push_back(&a);
-                break;
-            default:
-                by[3].push_back(&a);
-        }
+// Honest progress first, the attacker and the clock now and then. The attacker's moves are
+// enumerated only when the attacker is to move.
+std::optional<Action> pick(const World& w, std::mt19937_64& rng, double attack) {
+    std::array<std::vector<Action>, 4> by{};
+    for (auto& a : w.network_actions()) {
+        const std::size_t cat = a.kind == ActionKind::kTimer ? 1
+                                : a.kind == ActionKind::kDrop || a.kind == ActionKind::kDuplicate
+                                    ? 2
+                                    : 0;
+        by[cat].push_back(std::move(a));
     }
-    const std::array<double, 4> kWeight{10, 1, 1, attack};
-    std::array<double, 4> w{};
-    for (std::size_t i = 0; i < 4; ++i) w[i] = by[i].empty() ? 0 : kWeight[i];
-    std::discrete_distribution<std::size_t> cat(w.begin(), w.end());
-    const auto& group = by[cat(rng)];
-    std::uniform_int_distribution<std::size_t> one(0, group.size() - 1);
-    return *group[one(rng)];
+    std::array<double, 4> weight{10, 1, 1, w.attacker_may_act() ? attack : 0};
+    for (;;) {
+        for (std::size_t i = 0; i < 3; ++i)
+            if (by[i].empty()) weight[i] = 0;
+        if (weight[0] + weight[1] + weight[2] + weight[3] <= 0) return std::nullopt;
+        std::discrete_distribution<std::size_t> cat(weight.begin(), weight.end());
+        const std::size_t c = cat(rng);
+        if (c == 3 && by[3].empty()) by[3] = w.attacker_actions();
+        if (by[c].empty()) {
+            weight[c] = 0;
+            continue;
+        }
+        std::uniform_int_distribution<std::size_t> one(0, by[c].size() - 1);
+        return by[c][one(rng)];
+    }
 }
 
 }  // namespace
@@ -145,9 +145,9 @@ void Explorer::walk(Search& s, std::uint64_t seed) {
     World& w = *w_ptr;
     std::vector<Action> trace = opt_.prefix;
     for (int i = 0; i < opt_.walk_depth && !s.stop; ++i) {
-        const auto actions = w.actions();
-        if (actions.empty()) break;
-        const Action a = pick(actions, rng, attack);
+        const auto next = pick(w, rng, attack);
+        if (!next) break;
+        const Action a = *next;
         const Since since{w.observations().size(), w.knowledge().size()};
         if (!w.apply(a)) break;
         ++s.report.transitions;

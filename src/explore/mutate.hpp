@@ -12,7 +12,7 @@ namespace cpns::explore {
 // Sets `field` (one of kMutationFields) of `env` to `value`. False when `env` has no such field
 // (nothing changed). Values: setup_type "1".."3"; invited "a,b"; caps a serialized
 // DeviceCapabilities; inventory "+pne" (add a member) or "-pne" (remove one); success "0"/"1";
-// the others the raw field bytes.
+// the others the raw field bytes. ("sender", the claimed link identity, is the World's.)
 bool mutate(pb::Envelope& env, const std::string& field, const std::string& value);
 
 // Adds the values of the mutable fields `env` carries to `values` (field -> values).

@@ -82,6 +82,11 @@ class World {
     bool apply(const Action& a);
     // The enabled actions, within the attacker's budgets, in a canonical order.
     std::vector<Action> actions() const;
+    // The same in two parts: deliveries, handshakes, timers and faults; the attacker's moves
+    // (costlier to enumerate: every rewrite is tried).
+    std::vector<Action> network_actions() const;
+    std::vector<Action> attacker_actions() const;
+    bool attacker_may_act() const { return attacks_ < scn_.max_attacks; }
     // Digest of every role's observable state, the messages in flight, TLS links, knowledge.
     std::uint64_t state_hash() const;
     // Nothing in flight, no handshake pending, every party idle.
@@ -156,7 +161,10 @@ class World {
     void add_network_actions(std::vector<Action>& out) const;
     void add_attacker_actions(std::vector<Action>& out) const;
     void add_rewrites(std::vector<Action>& out, const Bytes& frame, std::uint64_t id,
-                      ActionKind kind, const std::string& party) const;
+                      ActionKind kind, const std::string& from, const std::string& to) const;
+    // Applies a rewrite or injection's field to `env` (and `from` for "sender"); false when it
+    // changes nothing or the attacker cannot claim that sender towards `to`.
+    bool forge(pb::Envelope& env, std::string& from, const std::string& to, const Action& a) const;
     std::vector<std::string> values_for(const std::string& field) const;
     std::vector<std::string> replay_targets(const Known& k) const;
     void trace_line(const std::string& from, const std::string& to, std::string what,

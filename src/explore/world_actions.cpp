@@ -176,11 +176,11 @@ bool World::do_rewrite(const Action& a) {
         !attacker_sends(it->from, it->to))
         return false;
     auto env = decode(it->frame);
-    const std::string before = env ? env->SerializeAsString() : "";
-    if (!env || !mutate(*env, a.field, a.value) || env->SerializeAsString() == before) return false;
     Message m = *it;
+    if (!env || !forge(*env, m.from, m.to, a)) return false;
     m.frame = encode_frame(std::move(*env));
     m.forged = true;
+    m.protection = m.from == it->from ? m.protection : attacker_protection(m.from, m.to);
     flight_.erase(it);
     ++attacks_;
     trace_line(m.from, m.to, "attacker rewrites " + m.name, a.field, true);
@@ -194,12 +194,12 @@ bool World::do_inject(const Action& a) {
     const auto targets = replay_targets(*k);
     if (std::find(targets.begin(), targets.end(), a.party) == targets.end()) return false;
     auto env = decode(k->frame);
-    const std::string before = env ? env->SerializeAsString() : "";
-    if (!env || !mutate(*env, a.field, a.value) || env->SerializeAsString() == before) return false;
-    Message m{k->from, a.party, attacker_protection(k->from, a.party), encode_frame(*env), 0,
+    std::string from = k->from;
+    if (!env || !forge(*env, from, a.party, a)) return false;
+    Message m{from,    a.party, attacker_protection(from, a.party), encode_frame(*env), 0,
               k->name, true};
     ++attacks_;
-    trace_line(k->from, a.party, "attacker injects " + k->name, a.field, true);
+    trace_line(from, a.party, "attacker injects " + k->name, a.field, true);
     deliver(m);
     return true;
 }

@@ -26,6 +26,18 @@ void put_n(std::string& buf, std::int64_t v) {
 }  // namespace
 
 std::vector<Action> World::actions() const {
+    auto out = network_actions();
+    add_attacker_actions(out);
+    return out;
+}
+
+std::vector<Action> World::attacker_actions() const {
+    std::vector<Action> out;
+    add_attacker_actions(out);
+    return out;
+}
+
+std::vector<Action> World::network_actions() const {
     std::vector<Action> out;
     std::set<std::uint64_t> seen;
     for (const auto& m : flight_)
@@ -40,7 +52,6 @@ std::vector<Action> World::actions() const {
         if (timer_left && p->next_deadline() != kNever)
             out.push_back(Action{ActionKind::kTimer, 0, id, "", ""});
     add_network_actions(out);
-    add_attacker_actions(out);
     return out;
 }
 
@@ -65,30 +76,49 @@ void World::add_attacker_actions(std::vector<Action>& out) const {
     for (const auto& m : flight_)
         if (seen.insert(m.id).second && attacker_sees(m.from, m.to, m.protection) &&
             attacker_sends(m.from, m.to))
-            add_rewrites(out, m.frame, m.id, ActionKind::kRewrite, "");
+            add_rewrites(out, m.frame, m.id, ActionKind::kRewrite, m.from, m.to);
     if (scn_.inject)
         for (const auto& k : known_)
             for (const auto& t : replay_targets(k))
-                add_rewrites(out, k.frame, k.id, ActionKind::kInject, t);
+                add_rewrites(out, k.frame, k.id, ActionKind::kInject, k.from, t);
 }
 
 void World::add_rewrites(std::vector<Action>& out, const Bytes& frame, std::uint64_t id,
-                         ActionKind kind, const std::string& party) const {
+                         ActionKind kind, const std::string& from, const std::string& to) const {
     const auto env = decode(frame);
     if (!env) return;
+    const std::string party = kind == ActionKind::kInject ? to : "";
     const std::string before = env->SerializeAsString();
     for (const auto& field : scn_.mutations)
         for (const auto& v : values_for(field)) {
             pb::Envelope copy = *env;
-            if (mutate(copy, field, v) && copy.SerializeAsString() != before)
-                out.push_back(Action{kind, id, party, field, v});
+            std::string claimed = from;
+            const Action a{kind, id, party, field, v};
+            if (forge(copy, claimed, to, a)) out.push_back(a);
         }
+}
+
+bool World::forge(pb::Envelope& env, std::string& from, const std::string& to,
+                  const Action& a) const {
+    if (a.field == "sender") {
+        if (a.value == from || a.value == to || !attacker_sends(a.value, to)) return false;
+        env.set_sender_id(a.value);
+        from = a.value;
+        return true;
+    }
+    const std::string before = env.SerializeAsString();
+    return mutate(env, a.field, a.value) && env.SerializeAsString() != before;
 }
 
 std::vector<std::string> World::values_for(const std::string& field) const {
     std::set<std::string> v;
     if (field == "setup_type") return {"1", "2", "3"};
     if (field == "success") return {"0", "1"};
+    if (field == "sender") {
+        auto ids = scn_.pne_ids();
+        ids.push_back(kGwId);
+        return ids;
+    }
     if (field == "inventory") {
         std::vector<std::string> ops;
         for (const auto& id : scn_.pne_ids()) ops.insert(ops.end(), {"+" + id, "-" + id});
