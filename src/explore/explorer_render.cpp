@@ -136,13 +136,16 @@ std::string Explorer::render_mermaid(const std::vector<Action>& trace) const {
     o << "    participant " << kGwId << "\n    participant " << kServerId << "\n";
     for (const auto& t : w.trace()) {
         if (!t.is_note) {
-            o << "    " << t.from << "->>" << t.to << ": " << mermaid_safe(t.what)
-              << (t.note.empty() ? "" : " (" + mermaid_safe(t.note) + ")") << "\n";
+            o << "    " << t.from << "->>" << t.to << ": " << mermaid_safe(t.what);
+            if (!t.note.empty()) o << " (" << mermaid_safe(t.note) << ")";
+            o << "\n";
             continue;
         }
-        const std::string over = t.from == t.to ? t.from : t.from + "," + t.to;
-        o << "    Note over " << over << ": " << mermaid_safe(t.what)
-          << (t.note.empty() ? "" : " " + mermaid_safe(t.note)) << "\n";
+        o << "    Note over " << t.from;
+        if (t.to != t.from) o << "," << t.to;
+        o << ": " << mermaid_safe(t.what);
+        if (!t.note.empty()) o << " " << mermaid_safe(t.note);
+        o << "\n";
     }
     for (const auto& v : found)
         o << "    Note over " << scn_.pne_ids().front() << "," << kServerId << ": VIOLATION "

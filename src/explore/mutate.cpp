@@ -33,7 +33,10 @@ void set_list(Repeated* ids, const std::string& value) {
 template <class Repeated>
 std::string join_list(const Repeated& ids) {
     std::string s;
-    for (const auto& id : ids) s += (s.empty() ? "" : ",") + id;
+    for (const auto& id : ids) {
+        if (!s.empty()) s += ',';
+        s += id;
+    }
     return s;
 }
 

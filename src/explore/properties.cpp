@@ -15,7 +15,10 @@ using detail::each_new;
 
 std::string ids_text(const std::set<std::string>& ids) {
     std::string s = "{";
-    for (const auto& id : ids) s += (s.size() > 1 ? "," : "") + id;
+    for (const auto& id : ids) {
+        if (s.size() > 1) s += ',';
+        s += id;
+    }
     return s + "}";
 }
 
@@ -30,7 +33,10 @@ std::map<std::string, std::string> member_view(const pb::PnInventory& inv) {
     std::map<std::string, std::string> out;
     for (const auto& m : inv.members()) {
         std::string v = m.capabilities().SerializeAsString();
-        for (const auto& c : m.contents()) v += "|" + c.SerializeAsString();
+        for (const auto& c : m.contents()) {
+            v += '|';
+            v += c.SerializeAsString();
+        }
         out[m.pne_id()] = v;
     }
     return out;

@@ -12,7 +12,10 @@ namespace {
 
 std::string own_view(const World& w, const std::string& pne) {
     std::string v = w.capabilities_of(pne).SerializeAsString();
-    for (const auto& c : w.contents_of(pne)) v += "|" + c.SerializeAsString();
+    for (const auto& c : w.contents_of(pne)) {
+        v += '|';
+        v += c.SerializeAsString();
+    }
     return v;
 }
 
@@ -184,7 +187,9 @@ Text freshness(const World& w, const Since& s) {
     auto t = each_new<StoreLocalKeyEffect>(
         w, s, [&](const std::string& party, const StoreLocalKeyEffect& k) -> Text {
             const std::string owner = party == kGwId ? k.peer_id : party;
-            if (owned_by_attacker(w, owner) || issued(w, k.key)) return std::nullopt;
+            const bool gw_is_attacker = party == kGwId && w.scenario().dishonest_gw;
+            if (gw_is_attacker || owned_by_attacker(w, owner) || issued(w, k.key))
+                return std::nullopt;
             return party + " stores a LocalEUKey for " + k.pn_id + " (peer " + k.peer_id +
                    ") that the server did not issue in this run" +
                    (from_prior(w, k.key) ? ": the copy of the earlier run" : "");

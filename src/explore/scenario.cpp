@@ -186,11 +186,13 @@ std::string hex64(std::uint64_t v) {
 }
 
 std::string to_text(const Action& a) {
+    auto word = [](const std::string& w) { return w.empty() ? std::string("-") : w; };
     std::string s(to_string(a.kind));
-    s += " " + hex64(a.msg);
-    s += " " + (a.party.empty() ? std::string("-") : a.party);
-    s += " " + (a.field.empty() ? std::string("-") : a.field);
-    s += " " + (a.value.empty() ? std::string("-") : to_hex(as_bytes(a.value)));
+    for (const std::string& w : {hex64(a.msg), word(a.party), word(a.field),
+                                 a.value.empty() ? std::string("-") : to_hex(as_bytes(a.value))}) {
+        s += ' ';
+        s += w;
+    }
     return s;
 }
 
