@@ -150,6 +150,17 @@ TEST(ExplorerFinds, SetupTypeNotEnforcedAgainstDishonestGateway) {
     EXPECT_NE(r.find("setup_fidelity"), nullptr) << describe(r);
 }
 
+// Likewise for the invitation list: the attacker on an insecure PAN (or a dishonest PN GW)
+// swaps the list, and the server registers a PNE the initiator never invited.
+TEST(ExplorerFinds, InvitationListNotEnforced) {
+    Explorer ex(scenario("pne-list-insecure-ui-3;faults=0;attacks=1;noreplay;mut=invited;timers=0"),
+                bounded(2, 300, 30, {"setup_fidelity"}));
+    const Report r = ex.run();
+    const auto* cx = r.find("setup_fidelity");
+    ASSERT_NE(cx, nullptr) << describe(r);
+    EXPECT_NE(cx->text.find("outside the invitation list"), std::string::npos) << cx->text;
+}
+
 // Capabilities travel in clear and are bound into nothing: an attacker on the insecure PAN
 // rewrites them and the server registers what the PNE never sent.
 TEST(ExplorerFinds, CapabilitiesNotAuthenticated) {

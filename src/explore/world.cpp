@@ -244,15 +244,12 @@ void World::route(const std::string& from, SendEffect send) {
     m.to = send.to;
     m.protection = prot;
     m.name = std::string(message_name(send.msg));
+    // Values are collected from the message before it is encoded (no decode needed).
+    if (attacker_sees(from, send.to, prot)) collect_values(send.msg, values_);
+    if (run_ == 0) collect_values(send.msg, all_values_);
     m.frame = encode_frame(std::move(send.msg));
-    enqueue(std::move(m));
-}
-
-void World::enqueue(Message m) {
     m.id = message_id(m.from, m.to, m.protection, m.frame);
     learn(m);
-    if (run_ == 0)
-        if (auto env = decode(m.frame)) collect_values(*env, all_values_);
     flight_.push_back(std::move(m));
 }
 
@@ -287,7 +284,6 @@ void World::learn(const Message& m) {
     const std::uint64_t id = known_id(m.from, m.frame);
     if (!known_ids_.insert(id).second) return;
     known_.push_back(Known{m.from, m.to, m.frame, id, m.name, false});
-    if (auto env = decode(m.frame)) collect_values(*env, values_);
 }
 
 }  // namespace cpns::explore

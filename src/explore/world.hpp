@@ -142,7 +142,7 @@ class World {
     void apply_effects(const std::string& party, ServerEffects effects);
     void observe(const std::string& party, Effect e);
     void route(const std::string& from, SendEffect send);
-    void enqueue(Message m);
+    // Adds a frame the attacker sees to its knowledge (its values are collected by route()).
     void learn(const Message& m);
     void note_server_send(const pb::Envelope& env);
     bool attacker_sees(const std::string& from, const std::string& to, Protection p) const;
