@@ -130,9 +130,11 @@ TEST(ExploreHolds, NetworkFaultsAloneKeepEveryPropertyButAgreementAndInitiator) 
 
 // --- Holes in today's code: the explorer finds each -------------------------------------------
 
-// A PnSetupRequest replayed from the earlier run makes the PN GW open a PN in the initiator's
-// name; the invitee authenticates, the initiator cannot (its rand_PNE differs), and the server
-// registers a PNE-initiated PN whose initiator never authenticated.
+// The server registers a PNE-initiated PN as soon as any PNE authenticates. A replayed frame
+// gets the initiator excluded while the invitee joins: the earlier run's PnSetupRequest (the PN
+// GW opens a PN in the initiator's name with the old rand_PNE, so the initiator's hash fails),
+// or the invitee's PneAuthenticationRequest sent to the initiator (its copy does not open, the
+// initiator answers 'authentication failed' in clear and the PN GW takes it).
 TEST(ExplorerFinds, ForgedInitiator) {
     Explorer ex(scenario("pne-all-insecure-ui-2;faults=0;attacks=1;replay;timers=0"),
                 bounded(2, 500, 30, {"initiator_authenticity"}));

@@ -242,8 +242,9 @@ std::string World::describe(const Action& a) const {
         case ActionKind::kReplay:
         case ActionKind::kInject:
             if (!k) return what + " (unknown frame)";
-            return what + " " + k->name + " " + k->from + " -> " + a.party +
-                   (k->prior ? " (earlier run)" : "") + (a.field.empty() ? "" : " " + a.field);
+            return what + " " + k->name + " " + k->from + " -> " + a.party + " (seen " + k->from +
+                   " -> " + k->to + (k->prior ? ", earlier run)" : ")") +
+                   (a.field.empty() ? "" : " " + a.field);
         default:
             if (m == flight_.end()) return what + " (no such message)";
             return what + " " + m->name + " " + m->from + " -> " + m->to + " (" +
