@@ -60,8 +60,9 @@ int main(int argc, char** argv) {
         "Explores PN establishment (OMA CPNS 5.2.1.1 / 5.2.1.2) with the real roles under an "
         "active attacker and checks security properties after every step.\n"
         "Scenario: <pne|gw>-<1-1|all|list>-<secure|insecure>-<ui|noui>-<2|3>[;option...], "
-        "options: faults=N attacks=N replay|noreplay inject dgw cpne=ID mut=f1+f2 noprior seed=N "
-        "new_pns=N sessions=N.\nExit status 1 when a property is violated."};
+        "options: faults=N attacks=N timers=N replay|noreplay inject dgw cpne=ID mut=f1+f2 noprior "
+        "seed=N new_pns=N sessions=N (--list names the mutable fields).\n"
+        "Exit status 1 when a property is violated, 2 on a usage error."};
     Args a;
     app.add_option("--scenario", a.scenario, "scenario spec")->capture_default_str();
     app.add_flag("--all", a.all, "every standard scenario (both flows, setup types, PAN, UI, 2/3)");
@@ -85,6 +86,9 @@ int main(int argc, char** argv) {
     if (a.list) {
         for (const auto& s : standard_scenarios()) std::cout << s.name() << "\n";
         for (const auto& p : all_properties()) std::cout << p.name << ": " << p.summary << "\n";
+        std::cout << "mutable fields (mut=):";
+        for (const auto& f : kMutationFields) std::cout << " " << f;
+        std::cout << "\n";
         return 0;
     }
     for (const auto& p : a.properties) {

@@ -2,6 +2,16 @@
 // then seeded random walks; every state is rebuilt by replaying its action list. Violations are
 // shrunk by delta debugging and printed as text, as a Mermaid sequence diagram and as a
 // GoogleTest case.
+//
+// Cost: the roles hold references (Random&, const Directory&) and are not copied, so a BFS child
+// costs one world construction plus a replay of its parent's actions (no property checks, no
+// trace text), and a walk step costs one action. Walks enumerate the attacker's moves (every
+// rewrite tried on a decoded copy) only when the attacker is to move.
+//
+// Dedup caveats: the digest covers what the roles expose (see World::state_hash). Not exposed,
+// and so merged: a role's DeterministicRandom position, the server's replay memory of finished
+// PNs, and the path by which a state was reached (properties judge each path as it is taken; a
+// violation reached only through a merged path is found by the walks, not by the BFS).
 #pragma once
 
 #include <memory>

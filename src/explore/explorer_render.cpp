@@ -78,6 +78,8 @@ std::string Report::to_json() const {
       << ", \"transitions\": " << transitions << ", \"depth_exhausted\": " << depth_exhausted
       << ", \"max_depth\": " << max_depth << ", \"walks\": " << walks
       << ", \"seconds\": " << seconds << ", \"states_per_second\": " << states_per_second()
+      << ", \"transitions_per_second\": "
+      << (seconds > 0 ? static_cast<double>(transitions) / seconds : 0)
       << ", \"timed_out\": " << (timed_out ? "true" : "false") << ", \"violations\": [";
     for (std::size_t i = 0; i < violations.size(); ++i) {
         const auto& c = violations[i];
