@@ -92,6 +92,23 @@ TEST(ExploreWorld, HonestRunsViolateNothing) {
     }
 }
 
+// Delta debugging keeps the property violated and never lengthens the trace; padding a
+// counterexample with honest noise shrinks back to a trace no longer than the original.
+TEST(ExploreShrink, DdminRemovesNoiseAndKeepsTheViolation) {
+    const auto scn = scenario("pne-1-1-insecure-ui-2;faults=0;attacks=1;replay;timers=0");
+    Options o = bounded(1, 0, 0, {"freshness"});
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    const auto* cx = r.find("freshness");
+    ASSERT_NE(cx, nullptr) << describe(r);
+    std::vector<Action> noisy = honest_trace(scn);
+    noisy.insert(noisy.begin() + 1, cx->trace.begin(), cx->trace.end());
+    const auto shrunk = ex.shrink(noisy, "freshness");
+    EXPECT_LE(shrunk.size(), cx->trace.size());
+    EXPECT_TRUE(has_violation(ex.check_trace(shrunk, {"freshness"}), "freshness"));
+    EXPECT_FALSE(has_violation(ex.check_trace(honest_trace(scn), {}), "freshness"));
+}
+
 // --- Properties that hold today --------------------------------------------------------------
 
 // A PNE joins only PNs it asked for or accepted, and no key reaches a party that must not hold
