@@ -20,12 +20,6 @@ std::uint64_t known_id(const std::string& from, const Bytes& frame) {
     return fnv1a(body, fnv1a(from + ">"));
 }
 
-std::optional<pb::Envelope> decode(const Bytes& frame) {
-    auto d = decode_frame(frame);
-    if (auto* env = std::get_if<pb::Envelope>(&d)) return std::move(*env);
-    return std::nullopt;
-}
-
 }  // namespace
 
 World::World(const Scenario& scenario, std::shared_ptr<const Prior> prior, int run, bool record)
@@ -38,11 +32,9 @@ World::World(const Scenario& scenario, std::shared_ptr<const Prior> prior, int r
             if (auto it = pnes_.find(st.pne_id()); it != pnes_.end()) it->second->import_state(st);
         for (const auto& inv : prior_->registered) dir_->register_pn(kGwId, inv);
         facts_.prior_pns = prior_->registered.size();
-        for (const auto& k : prior_->knowledge) {
-            known_ids_.insert(k.id);
-            known_.push_back(k);
-            if (auto env = decode(k.frame)) collect_values(*env, values_);
-        }
+        known_ = prior_->knowledge;
+        for (const auto& k : known_) known_ids_.insert(k.id);
+        values_ = prior_->values;
     }
     discover();
     start();

@@ -67,6 +67,7 @@ struct Prior {
     std::vector<pb::PnInventory> registered;
     std::vector<SecretKey> local_keys;
     std::set<std::string> hash_pne, hash_server, pn_ids;
+    std::map<std::string, std::set<std::string>> values;  // the attacker's, from `knowledge`
 };
 
 class World {

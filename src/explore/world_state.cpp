@@ -213,6 +213,7 @@ std::shared_ptr<const Prior> World::export_prior() const {
     auto p = std::make_shared<Prior>();
     p->knowledge = known_;
     for (auto& k : p->knowledge) k.prior = true;
+    p->values = values_;
     p->gw_state = gw_->export_state();
     for (const auto& [id, pne] : pnes_) p->pne_states.push_back(pne->export_state());
     for (const auto& [key, inv] : dir_->pns()) p->registered.push_back(inv);
