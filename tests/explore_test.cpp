@@ -293,3 +293,34 @@ deliver ce3b94f99a3e15a3 - - -  # deliver AuthenticationResponse gw-1 -> cpns-se
     const auto v = cpns::explore::Explorer::replay(*scn, trace, {"agreement"});
     EXPECT_TRUE(cpns::explore::has_violation(v, "agreement"));
 }
+
+// agreement: server and PN GW count pne-a as a member of pn-49a6f303ffd7 {pne-a,pne-b} but
+// pne-a does not hold it. The PN GW answers a replayed PnSetupRequest with a BUSY ErrorReport
+// that names no PN; the initiator, waiting for its result, takes it as the end of its own
+// establishment.
+TEST(ExplorerCounterexample, BusyErrorReportWithoutPnIdAbortsAJoinedInitiator) {
+    const auto scn = cpns::explore::Scenario::parse(
+        "pne-all-insecure-ui-2;faults=0;attacks=1;replay;timers=0;seed=1;new_pns=1;sessions=2");
+    ASSERT_TRUE(scn.has_value());
+    const auto trace = cpns::explore::parse_trace(R"(
+deliver 98e1e5387326902b - - -  # deliver PnSetupRequest pne-a -> gw-1 (clear)
+deliver 999409fe5c6aa2c1 - - -  # deliver PnSetupNotify gw-1 -> pne-b (clear)
+deliver a6b45771b8a33410 - - -  # deliver PnSetupNotifyResponse pne-b -> gw-1 (clear)
+deliver 49f80e382e011d91 - - -  # deliver PnRegistrationRequest gw-1 -> cpns-server (tls)
+deliver 867a43a4e1684c51 - - -  # deliver AuthenticationRequest cpns-server -> gw-1 (tls)
+deliver d137a6f3f377a4d9 - - -  # deliver PneAuthenticationRequest gw-1 -> pne-b (clear)
+deliver 12c54d9e3fc4c2f0 - - -  # deliver PneAuthenticationRequest gw-1 -> pne-a (clear)
+tls 0000000000000000 pne-a - -  # complete PSK-TLS pne-a <-> gw-1
+tls 0000000000000000 pne-b - -  # complete PSK-TLS pne-b <-> gw-1
+deliver c7a981c94fd620a1 - - -  # deliver PneAuthenticationResponse pne-b -> gw-1 (tls)
+deliver 8864d39bcb8031fe - - -  # deliver PneAuthenticationResponse pne-a -> gw-1 (tls)
+replay 4561f4e7b6acb1c2 gw-1 - -  # replay PnSetupRequest pne-a -> gw-1 (seen pne-a -> gw-1, earlier run)
+deliver 994bded64bfbe59f - - -  # deliver ErrorReport gw-1 -> pne-a (tls)
+deliver 8afaa0083152a8e0 - - -  # deliver AuthenticationResponse gw-1 -> cpns-server (tls)
+deliver 5571356b56f09772 - - -  # deliver PnRegistrationResponse cpns-server -> gw-1 (tls)
+deliver 9f4346b8cce9ac99 - - -  # deliver PnEstablishmentNotify gw-1 -> pne-b (tls)
+deliver 52f19ea64d48f0de - - -  # deliver PnSetupResponse gw-1 -> pne-a (tls)
+)");
+    const auto v = cpns::explore::Explorer::replay(*scn, trace, {"agreement"});
+    EXPECT_TRUE(cpns::explore::has_violation(v, "agreement"));
+}
