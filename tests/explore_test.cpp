@@ -145,6 +145,20 @@ TEST(ExploreHolds, NetworkFaultsAloneKeepEveryPropertyButAgreementAndInitiator) 
     }
 }
 
+// hash_PNE and hash_server_PNE bind rand_PNE, rand_server and the PN: a dishonest PN GW that
+// swaps them for values it saw (this run or the earlier one) gets no PNE and no server to accept
+// one. (The freshness hole that remains is the LocalEUKey copy, see ExplorerFinds below.)
+TEST(ExploreHolds, OldOrForeignHashesAreNeverAccepted) {
+    for (const auto& spec :
+         {"pne-1-1-secure-ui-2;faults=0;attacks=1;noreplay;dgw;mut=hash_server+hash_pne",
+          "gw-all-insecure-ui-2;faults=1;attacks=2;noreplay;dgw;"
+          "mut=hash_server+hash_pne+pn_id+rand_server+wrapped"}) {
+        Explorer ex(scenario(spec), bounded(2, 150, 30, {"freshness", "consent", "secrecy"}));
+        const Report r = ex.run();
+        EXPECT_TRUE(r.violations.empty()) << describe(r);
+    }
+}
+
 // --- Holes in today's code: the explorer finds each -------------------------------------------
 
 // The server registers a PNE-initiated PN as soon as any PNE authenticates. A replayed frame
