@@ -1,0 +1,207 @@
+// World: applying and enumerating actions, state digests, the honest run.
+#include <algorithm>
+
+#include "explore/mutate.hpp"
+#include "explore/world.hpp"
+
+namespace cpns::explore {
+
+namespace {
+
+std::optional<pb::Envelope> decode(const Bytes& frame) {
+    auto d = decode_frame(frame);
+    if (auto* env = std::get_if<pb::Envelope>(&d)) return std::move(*env);
+    return std::nullopt;
+}
+
+std::string_view prot_word(Protection p) {
+    return p == Protection::kTls ? "tls" : "clear";
+}
+
+}  // namespace
+
+std::vector<Message>::iterator World::find_flight(std::uint64_t id) {
+    return std::find_if(flight_.begin(), flight_.end(),
+                        [&](const Message& m) { return m.id == id; });
+}
+
+const Known* World::find_known(std::uint64_t id) const {
+    for (const auto& k : known_)
+        if (k.id == id) return &k;
+    return nullptr;
+}
+
+bool World::apply(const Action& a) {
+    ++step_;
+    last_ok_ = false;
+    bool ok = false;
+    const bool fault_left = faults_ < scn_.max_faults;
+    const bool attack_left = attacks_ < scn_.max_attacks;
+    switch (a.kind) {
+        case ActionKind::kDeliver:
+        case ActionKind::kDrop:
+        case ActionKind::kDuplicate: {
+            auto it = find_flight(a.msg);
+            if (it == flight_.end() || (a.kind != ActionKind::kDeliver && !fault_left)) break;
+            Message m = *it;
+            ok = true;
+            if (a.kind == ActionKind::kDuplicate) {
+                flight_.push_back(m);
+                ++faults_;
+                trace_line(m.from, m.to, m.name, "duplicated", true);
+                break;
+            }
+            flight_.erase(it);
+            if (a.kind == ActionKind::kDrop) {
+                ++faults_;
+                trace_line(m.from, m.to, m.name, "dropped", true);
+                break;
+            }
+            deliver(m);
+            break;
+        }
+        case ActionKind::kTimer:
+            ok = (scn_.max_timers < 0 || timers_ < scn_.max_timers) && do_timer(a.party);
+            timers_ += ok;
+            break;
+        case ActionKind::kTls:
+            ok = do_tls(a.party);
+            break;
+        case ActionKind::kReplay:
+            ok = attack_left && scn_.replay && do_replay(a);
+            break;
+        case ActionKind::kRewrite:
+            ok = attack_left && do_rewrite(a);
+            break;
+        case ActionKind::kInject:
+            ok = attack_left && scn_.inject && do_inject(a);
+            break;
+    }
+    if (!ok) --step_;
+    return ok;
+}
+
+bool World::deliver(const Message& m) {
+    auto env = decode(m.frame);
+    trace_line(m.from, m.to, m.name,
+               std::string(prot_word(m.protection)) + (m.forged ? ", forged" : ""), false);
+    if (!env) {
+        trace_line(m.from, m.to, "frame", "rejected by the decoder", true);
+        return true;
+    }
+    last_env_ = std::move(*env);
+    last_to_ = m.to;
+    last_ok_ = true;
+    if (is_pne(m.to))
+        apply_effects(m.to, pnes_.at(m.to)->on_message(m.from, last_env_, m.protection, now_));
+    else if (m.to == kGwId)
+        apply_effects(m.to, gw_->on_message(m.from, last_env_, m.protection, now_));
+    else
+        apply_effects(m.to, server_->on_message(m.from, last_env_, now_));
+    return true;
+}
+
+bool World::do_tls(const std::string& pne) {
+    auto it = std::find_if(tls_pending_.begin(), tls_pending_.end(),
+                           [&](const PendingTls& t) { return t.pne == pne; });
+    if (it == tls_pending_.end()) return false;
+    const PendingTls t = *it;
+    tls_pending_.erase(it);
+    const auto psk = t.gw == kGwId ? gw_->tls_psk_for(t.identity) : std::nullopt;
+    const bool ok = psk && *psk == t.psk;
+    trace_line(pne, t.gw, "PSK-TLS", t.identity + (ok ? " up" : " FAILED"), true);
+    if (ok) {
+        tls_links_.insert(pne);
+        apply_effects(kGwId, gw_->on_tls_established(pne, t.identity, now_));
+        apply_effects(pne, pnes_.at(pne)->on_tls_established(t.gw, now_));
+    } else {
+        tls_links_.erase(pne);
+        apply_effects(kGwId, gw_->on_tls_failed(pne, now_));
+        apply_effects(pne, pnes_.at(pne)->on_tls_failed(t.gw, now_));
+    }
+    return true;
+}
+
+bool World::do_timer(const std::string& party) {
+    if (party == kServerId) {
+        if (server_->next_deadline() == kNever) return false;
+        now_ = std::max(now_, server_->next_deadline());
+        trace_line(party, party, "timer", "at " + std::to_string(now_) + " ms", true);
+        apply_effects(party, server_->on_timer(now_));
+    } else if (party == kGwId) {
+        if (gw_->next_deadline() == kNever) return false;
+        now_ = std::max(now_, gw_->next_deadline());
+        trace_line(party, party, "timer", "at " + std::to_string(now_) + " ms", true);
+        apply_effects(party, gw_->on_timer(now_));
+    } else if (is_pne(party)) {
+        Pne& p = *pnes_.at(party);
+        if (p.next_deadline() == kNever) return false;
+        now_ = std::max(now_, p.next_deadline());
+        trace_line(party, party, "timer", "at " + std::to_string(now_) + " ms", true);
+        apply_effects(party, p.on_timer(now_));
+    } else {
+        return false;
+    }
+    return true;
+}
+
+std::vector<std::string> World::replay_targets(const Known& k) const {
+    std::vector<std::string> out;
+    if (k.from == kGwId) {
+        for (const auto& [id, p] : pnes_)
+            if (attacker_sends(kGwId, id)) out.push_back(id);
+        if (k.to == kServerId && attacker_sends(kGwId, kServerId)) out.push_back(kServerId);
+    } else if (attacker_sends(k.from, kGwId)) {
+        out.push_back(kGwId);
+    }
+    return out;
+}
+
+bool World::do_replay(const Action& a) {
+    const Known* k = find_known(a.msg);
+    if (!k) return false;
+    const auto targets = replay_targets(*k);
+    if (std::find(targets.begin(), targets.end(), a.party) == targets.end()) return false;
+    Message m{k->from, a.party, attacker_protection(k->from, a.party), k->frame, 0, k->name, true};
+    ++attacks_;
+    trace_line(k->from, a.party, "attacker replays " + k->name,
+               k->prior ? "from the earlier run" : "from this run", true);
+    deliver(m);
+    return true;
+}
+
+bool World::do_rewrite(const Action& a) {
+    auto it = find_flight(a.msg);
+    if (it == flight_.end() || !attacker_sees(it->from, it->to, it->protection) ||
+        !attacker_sends(it->from, it->to))
+        return false;
+    auto env = decode(it->frame);
+    Message m = *it;
+    if (!env || !forge(*env, m.from, m.to, a)) return false;
+    m.frame = encode_frame(std::move(*env));
+    m.forged = true;
+    m.protection = m.from == it->from ? m.protection : attacker_protection(m.from, m.to);
+    flight_.erase(it);
+    ++attacks_;
+    trace_line(m.from, m.to, "attacker rewrites " + m.name, a.field, true);
+    deliver(m);
+    return true;
+}
+
+bool World::do_inject(const Action& a) {
+    const Known* k = find_known(a.msg);
+    if (!k) return false;
+    const auto targets = replay_targets(*k);
+    if (std::find(targets.begin(), targets.end(), a.party) == targets.end()) return false;
+    auto env = decode(k->frame);
+    std::string from = k->from;
+    if (!env || !forge(*env, from, a.party, a)) return false;
+    Message m{from,    a.party, attacker_protection(from, a.party), encode_frame(*env), 0,
+              k->name, true};
+    ++attacks_;
+    trace_line(from, a.party, "attacker injects " + k->name, a.field, true);
+    deliver(m);
+    return true;
+}
+
+}  // namespace cpns::explore
