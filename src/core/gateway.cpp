@@ -655,7 +655,10 @@ bool Gateway::accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body
         case B::kError:
             // Once the PN GW has answered the server for a PN, a PNE's report can no longer
             // change who is in it (the parties would disagree): the result tells the PNE.
-            return from_server || phase == Phase::kNone || phase == Phase::kCollectJoins ||
+            // The server's reports refuse a registration: they end only a PN still waiting for
+            // its Authentication Request (a later one answers a duplicate, not this run).
+            if (from_server) return phase == Phase::kWaitAuthRequest;
+            return phase == Phase::kNone || phase == Phase::kCollectJoins ||
                    phase == Phase::kCollectAuth;
         default:
             return false;

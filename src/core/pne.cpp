@@ -409,7 +409,9 @@ void Pne::accept_result(Out& out, const pb::PnResult& r) {
 }
 
 void Pne::handle_error(Out& out, const std::string& from, const pb::ErrorReport& m) {
-    if (from == s_.gw_id && (m.pn_id().empty() || m.pn_id() == s_.pn_id)) {
+    // A report without a PN ID can only be about a request whose PN this PNE does not know
+    // yet; once it knows its PN, a report must name it.
+    if (from == s_.gw_id && m.pn_id() == s_.pn_id) {
         finish(out, false, m.reason(), "PN GW reports: " + m.detail());
     } else {
         ++counters_.ignored;

@@ -208,10 +208,16 @@ void World::apply_effects(const std::string& party, ServerEffects effects) {
 void World::note_server_send(const pb::Envelope& env) {
     if (!env.has_auth_request()) return;
     const auto& a = env.auth_request();
+    auto reg = facts_.registrations.find(a.pn_id());  // the joins carry each rand_PNE
+    if (reg == facts_.registrations.end()) return;
     for (const auto& k : a.local_eukeys())
-        if (auto key = unwrap_local_eukey(gw_eukey_, Recipient::kGw, a.pn_id(), k.pne_id(), kGwId,
-                                          bytes_of(a.rand_server()), bytes_of(k.for_gw())))
-            facts_.issued_local_keys.push_back(*key);
+        for (const auto& p : reg->second.pnes()) {
+            if (p.join().pne_id() != k.pne_id()) continue;
+            if (auto key = unwrap_local_eukey(gw_eukey_, Recipient::kGw, a.pn_id(), k.pne_id(),
+                                              kGwId, bytes_of(a.rand_server()),
+                                              bytes_of(p.join().rand_pne()), bytes_of(k.for_gw())))
+                facts_.issued_local_keys.push_back(*key);
+        }
 }
 
 void World::route(const std::string& from, SendEffect send) {
