@@ -47,7 +47,10 @@ bool MemoryDirectory::register_pn(const std::string& gw_id, const pb::PnInventor
 }
 
 Server::Server(ServerConfig config, const Directory& directory, Random& random)
-    : cfg_(std::move(config)), dir_(directory), random_(random) {}
+    : cfg_(std::move(config)), dir_(directory), random_(random) {
+    if (cfg_.weaken.any())
+        log(LogLevel::kError, "deliberately weakened for a test: not a server to deploy");
+}
 
 std::string_view Server::to_string(Phase p) {
     static constexpr std::array<std::string_view, 4> kNames{"none", "wait_auth_response",
@@ -200,7 +203,7 @@ std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registrat
         if (p.role() == pb::ROLE_INITIATOR) continue;
         if (m.setup_type() == pb::SETUP_ONE_TO_ONE)
             return R{pb::SETUP_VIOLATION, "a 1-1 setup with another PNE"};
-        if (m.setup_type() == pb::SETUP_INVITE_LIST &&
+        if (m.setup_type() == pb::SETUP_INVITE_LIST && !cfg_.weaken.skip_invitation_list_check &&
             std::find(invited.begin(), invited.end(), p.join().pne_id()) == invited.end())
             return R{pb::SETUP_VIOLATION, p.join().pne_id() + " is not on the invitation list"};
     }
@@ -235,7 +238,10 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
         ++asked;
         a.add_pne_ids(id);
         if (!p.join().local_eukey_requested()) continue;
-        SecretKey local = random_.key();
+        SecretKey local = cfg_.weaken.leak_sk_to_gw
+                              ? derive_sk_pne(rec->eukey, bytes_of(p.join().rand_pne()),
+                                              s.rand_server, context(s, id, st))
+                              : random_.key();
         auto* k = a.add_local_eukeys();
         k->set_pne_id(id);
         const ByteView rand_pne = bytes_of(p.join().rand_pne());
@@ -296,7 +302,7 @@ void Server::verify_pne(Out& out, Session& s, const std::string& id, PneState& p
     const ByteView rand_pne = bytes_of(p.join.rand_pne());
     p.sk = derive_sk_pne(rec->eukey, rand_pne, s.rand_server, ctx);
     p.hash_pne = derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
-    if (!ct_equal(p.hash_pne, bytes_of(result->hash_pne())))
+    if (!ct_equal(p.hash_pne, bytes_of(result->hash_pne())) && !cfg_.weaken.skip_hash_pne_check)
         return enter(out, s, id, p, PneAuth::kFailed, pb::AUTHENTICATION_FAILED);
     // hash_server_PNE follows once the inventory it covers is known (prove_server).
     enter(out, s, id, p, PneAuth::kAuthenticated, pb::REASON_NONE);

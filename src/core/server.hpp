@@ -56,12 +56,23 @@ class MemoryDirectory final : public Directory {
     std::map<std::string, pb::PnInventory> pns_;  // key: gw_id + "/" + pn_id
 };
 
+// Deliberate weaknesses, for tests only: each opens one hole so that a test can show the
+// security explorer finds it (docs/security.md). No daemon, tool or configuration file sets
+// them; the server logs an error at construction when one is on.
+struct Weakening {
+    bool skip_hash_pne_check = false;         // accept any hash_PNE
+    bool skip_invitation_list_check = false;  // register invitees outside the list
+    bool leak_sk_to_gw = false;  // hand SK_PNE out as the LocalEUKey (the PN GW gets it)
+    bool any() const { return skip_hash_pne_check || skip_invitation_list_check || leak_sk_to_gw; }
+};
+
 struct ServerConfig {
     std::string server_id = "cpns-server";
     LogSink log;
     // Wall-clock time (ms since the Unix epoch) for the PN Inventory's timestamps. Injected
     // like everything else; unset: the monotonic `now` is recorded instead.
     std::function<std::uint64_t()> wall_clock_ms;
+    Weakening weaken;  // tests only
 };
 
 class Server {

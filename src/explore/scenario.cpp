@@ -78,6 +78,19 @@ bool parse_option(std::string_view opt, Scenario& s) {
     if (key == "inject") return s.inject = true;
     if (key == "dgw") return s.dishonest_gw = true;
     if (key == "noprior") return !(s.prior_run = false);
+    if (key == "weaken") {
+        for (const auto& w : split(val, '+')) {
+            if (w == "hash")
+                s.weaken.skip_hash_pne_check = true;
+            else if (w == "list")
+                s.weaken.skip_invitation_list_check = true;
+            else if (w == "sk")
+                s.weaken.leak_sk_to_gw = true;
+            else
+                return false;
+        }
+        return !val.empty();
+    }
     if (key == "cpne") {
         s.compromised_pne = std::string(val);
         return !val.empty();
@@ -115,6 +128,13 @@ std::string Scenario::spec() const {
         for (std::size_t i = 0; i < mutations.size(); ++i) o << (i ? "+" : "") << mutations[i];
     }
     if (!prior_run) o << ";noprior";
+    if (weaken.any()) {
+        std::string w;
+        if (weaken.skip_hash_pne_check) w += "+hash";
+        if (weaken.skip_invitation_list_check) w += "+list";
+        if (weaken.leak_sk_to_gw) w += "+sk";
+        o << ";weaken=" << w.substr(1);
+    }
     o << ";seed=" << seed << ";new_pns=" << max_new_pns << ";sessions=" << max_sessions;
     return o.str();
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/role.hpp"
+#include "core/server.hpp"
 
 namespace cpns::explore {
 
@@ -42,6 +43,9 @@ struct Scenario {
     // GW, on top of the earlier run's) and establishments in flight at PN GW and server.
     std::size_t max_new_pns = 1;
     std::size_t max_sessions = 2;
+    // A deliberately weakened server ("weaken=hash", "list" or "sk"; see core/server.hpp),
+    // to show that the explorer finds the hole each opens.
+    Weakening weaken;
 
     // "pne-1-1-insecure-ui-2": flow, setup type, PAN, UI, PNE count.
     std::string name() const;

@@ -82,7 +82,10 @@ void World::build_roles(int run) {
         pne_cfg_[id] = pc;
         pnes_[id] = std::make_unique<Pne>(std::move(pc), *randoms_[i++]);
     }
-    server_ = std::make_unique<Server>(ServerConfig{kServerId, {}, {}}, *dir_, *randoms_[0]);
+    ServerConfig sc;
+    sc.server_id = kServerId;
+    sc.weaken = scn_.weaken;
+    server_ = std::make_unique<Server>(sc, *dir_, *randoms_[0]);
     gw_ = std::make_unique<Gateway>(std::move(gc), *randoms_[1]);
 }
 
