@@ -401,6 +401,25 @@ TEST_F(GatewayRole, SetupRequestNotNamingItsSenderOrOverTheLimitGetsAnError) {
     EXPECT_EQ(msg(out, 0).error().reason(), pb::LIMIT_EXCEEDED);
 }
 
+// Bounded state: a PN GW that keeps kMaxPnsPerGw PNs opens no more, from the PAN or itself.
+TEST_F(GatewayRole, AtItsPnBoundThePnGwRefusesSetupAndInvite) {
+    pb::GwState st;
+    st.set_gw_id(kGw);
+    for (std::size_t i = 0; i < kMaxPnsPerGw; ++i) {
+        auto* inv = st.add_inventory();
+        inv->set_pn_id("pn-" + std::to_string(i));
+        inv->set_gw_id(kGw);
+    }
+    ASSERT_TRUE(gw->import_state(st));
+    const auto out = feed(kA, setup_request(kA, pb::SETUP_ONE_TO_ONE));
+    ASSERT_EQ(describe(out), Lines{"send pne-a ErrorReport"});
+    EXPECT_EQ(msg(out, 0).error().reason(), pb::LIMIT_EXCEEDED);
+    const auto* o = find_outcome(gw->invite({kA}, now));
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->reason, pb::LIMIT_EXCEEDED);
+    EXPECT_EQ(gw->active_sessions(), 0u);
+}
+
 TEST_F(GatewayRole, NewSetupRequestFromPneAlreadyJoiningGetsBusy) {
     to_collect_joins();
     const auto ignored = gw->counters().ignored;

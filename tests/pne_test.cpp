@@ -654,6 +654,28 @@ TEST(PneRole, HashPneNeverLeavesInClearOnInsecurePanAfterThePreassignedSessionFa
         EXPECT_NE(line, "send PneAuthenticationResponse to gw-1 clear");
 }
 
+// Bounded state: a PNE that is a member of kMaxPnsPerPne PNs asks for no more and declines
+// invitations with LIMIT_EXCEEDED.
+TEST(PneRole, AtItsPnBoundAPneRefusesSetupAndDeclinesInvitations) {
+    Harness h(Ui::kYes, Pan::kSecure);
+    pb::PneState st;
+    st.set_pne_id(kMe);
+    for (std::size_t i = 0; i < kMaxPnsPerPne; ++i) {
+        auto* m = st.add_memberships();
+        m->set_pn_id("pn-" + std::to_string(i));
+        m->set_gw_id(kGw);
+        m->set_sk_pne(std::string(kKeySize, 'k'));
+    }
+    ASSERT_TRUE(h.pne().import_state(st));
+    const auto refused = h.start(pb::SETUP_ALL);
+    ASSERT_EQ(describe(refused), Lines{"outcome limit exceeded"});
+    const auto fx = h.invited(As::kNotified);
+    ASSERT_EQ(describe(fx), Lines{"send PnSetupNotifyResponse to gw-1 clear"});
+    EXPECT_EQ(nth<SendEffect>(fx, 0).msg.setup_notify_response().decline_reason(),
+              pb::LIMIT_EXCEEDED);
+    EXPECT_EQ(h.pne().state(), State::kIdle);
+}
+
 // --- Refusals ---------------------------------------------------------------------------------
 
 TEST(PneRole, IdleRefusesAuthRequestResultsAndErrorReport) {
