@@ -700,7 +700,8 @@ TYPED_TEST(StoreTest, CheckIsEmptyOnAGoodStoreAndFindsInjectedInconsistencies) {
 
     const std::vector<std::string> problems = s->check();
     const std::set<std::string> expected = {
-        "entity pne-3: unreadable sealed EUKey (wrong master key or corrupted)",
+        "entity pne-3: integrity check failed: its sealed EUKey does not open for this entity, "
+        "kind and key version (altered, moved or copied back)",
         "PN gw-1/pn-empty: no members",
         "member pne-1 of PN gw-1/pn-ghost: no such PN",
         "member gw-1 of PN gw-1/pn-1: the entity is not a PNE",
@@ -742,8 +743,212 @@ TYPED_TEST(StoreTest, SealedKeyCannotBeMovedToAnotherEntity) {
         "UPDATE entities SET sealed_eukey = (SELECT sealed_eukey FROM entities WHERE id = "
         "'pne-1') WHERE id = 'pne-2'");
     EXPECT_TRUE(s->get_entity("pne-1"));
+    // pne-2's version record shows the master key right: the row itself was altered.
     EXPECT_EQ(error_of([&] { s->get_entity("pne-2"); }),
-              "cannot unseal EUKey of pne-2: wrong master key?");
+              "entity pne-2 refused: integrity check failed: its sealed EUKey does not open for "
+              "this entity, kind and key version (altered, moved or copied back)");
+}
+
+// --- Integrity at rest: rows altered by someone who can write the database but lacks the
+// master key ---------------------------------------------------------------------------------
+
+// The entity is refused when loaded (get_entity throws, naming it, and so does list_entities;
+// nothing is returned, so nothing is used as active) and check() reports it, once.
+void expect_refused(Store& s, const std::string& id, const std::string& what) {
+    const std::string why = error_of([&] { s.get_entity(id); });
+    EXPECT_NE(why, "<no StoreError>") << what << ": get_entity(" << id << ") accepted the row";
+    EXPECT_NE(why.find(id), std::string::npos) << what << ": " << why;
+    // Listing stops at a refused row (this one, or another one altered too).
+    const std::string list_why = error_of([&] { s.list_entities(); });
+    EXPECT_NE(list_why.find(" refused: "), std::string::npos) << what << ": " << list_why;
+    std::vector<std::string> problems;
+    for (const std::string& p : s.check()) {
+        if (p.rfind("entity " + id + ": ", 0) == 0) problems.push_back(p);
+    }
+    EXPECT_EQ(problems.size(), 1u) << what << ": check() does not report " << id;
+}
+
+TYPED_TEST(StoreTest, AFlippedStatusIsRefused) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
+    ASSERT_TRUE(s->set_status("pne-1", EntityStatus::kRevoked));
+    ASSERT_TRUE(s->set_status("gw-1", EntityStatus::kDisabled));
+
+    // Revoked -> active, disabled -> active, in the database only.
+    this->backend_.exec("UPDATE entities SET status = 'active' WHERE id IN ('pne-1', 'gw-1')");
+    expect_refused(*s, "pne-1", "revoked flipped to active");
+    expect_refused(*this->open(), "gw-1", "disabled flipped to active");  // another connection
+    EXPECT_EQ(s->check().size(), 2u);
+    EXPECT_TRUE(s->get_entity("pne-2"));  // the rows left alone still load
+
+    // Put back as they were: accepted again.
+    this->backend_.exec("UPDATE entities SET status = 'revoked' WHERE id = 'pne-1'");
+    this->backend_.exec("UPDATE entities SET status = 'disabled' WHERE id = 'gw-1'");
+    EXPECT_EQ(s->get_entity("pne-1")->status, EntityStatus::kRevoked);
+    EXPECT_EQ(s->get_entity("gw-1")->status, EntityStatus::kDisabled);
+    EXPECT_TRUE(s->check().empty());
+}
+
+TYPED_TEST(StoreTest, AChangedKindIsRefused) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1"});
+    this->backend_.exec("UPDATE entities SET kind = 'gw' WHERE id = 'pne-1'");
+    this->backend_.exec("UPDATE entities SET kind = 'pne' WHERE id = 'gw-1'");
+    expect_refused(*s, "pne-1", "pne changed to gw");
+    expect_refused(*s, "gw-1", "gw changed to pne");
+    EXPECT_EQ(s->check().size(), 2u);
+    const std::string why = error_of([&] { s->list_entities(EntityKind::kGw); });
+    EXPECT_NE(why.find("pne-1"), std::string::npos) << why;
+}
+
+TYPED_TEST(StoreTest, ARolledBackEukeyIsRefused) {
+    const auto s = this->open();
+    const StoredEntity first = entity("pne-1", EntityKind::kPne);
+    s->put_entity(first);
+    this->backend_.exec(
+        "CREATE TABLE old_blob AS SELECT sealed_eukey FROM entities WHERE id = 'pne-1'");
+    this->backend_.exec("CREATE TABLE old_row AS SELECT * FROM entities WHERE id = 'pne-1'");
+    const StoredEntity second = entity("pne-1", EntityKind::kPne);  // the key is replaced
+    s->put_entity(second);
+    ASSERT_TRUE(s->get_entity("pne-1")->eukey == second.eukey);
+
+    // The replaced key's sealed blob copied back.
+    this->backend_.exec(
+        "UPDATE entities SET sealed_eukey = (SELECT sealed_eukey FROM old_blob) WHERE id = "
+        "'pne-1'");
+    expect_refused(*s, "pne-1", "older sealed blob copied back");
+
+    // The whole older row (every column) copied back.
+    this->backend_.exec(
+        "DELETE FROM entities WHERE id = 'pne-1'; INSERT INTO entities SELECT * FROM old_row");
+    expect_refused(*s, "pne-1", "older row copied back");
+
+    // The operator replaces the key again: accepted.
+    const StoredEntity third = entity("pne-1", EntityKind::kPne);
+    s->put_entity(third);
+    EXPECT_TRUE(s->get_entity("pne-1")->eukey == third.eukey);
+    EXPECT_TRUE(s->check().empty());
+}
+
+TYPED_TEST(StoreTest, ARolledBackRevocationIsRefused) {
+    const auto s = this->open();
+    provision(*s, {}, {"pne-1"});
+    this->backend_.exec("CREATE TABLE old_row AS SELECT * FROM entities WHERE id = 'pne-1'");
+    ASSERT_TRUE(s->set_status("pne-1", EntityStatus::kRevoked));
+    this->backend_.exec(
+        "DELETE FROM entities WHERE id = 'pne-1'; INSERT INTO entities SELECT * FROM old_row");
+    expect_refused(*s, "pne-1", "row from before the revocation copied back");
+}
+
+TYPED_TEST(StoreTest, LegitimateStatusChangesAndKeyReplacementsStayValid) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1"});
+    for (const EntityStatus st : {EntityStatus::kDisabled, EntityStatus::kActive,
+                                  EntityStatus::kDisabled, EntityStatus::kRevoked}) {
+        ASSERT_TRUE(s->set_status("pne-1", st));
+        EXPECT_EQ(this->open()->get_entity("pne-1")->status, st);
+        EXPECT_TRUE(s->check().empty());
+    }
+    for (int i = 0; i < 3; ++i) {
+        const StoredEntity e = entity("gw-1", i % 2 == 0 ? EntityKind::kGw : EntityKind::kPne);
+        s->put_entity(e);
+        const std::optional<StoredEntity> got = this->open()->get_entity("gw-1");
+        ASSERT_TRUE(got);
+        EXPECT_TRUE(got->eukey == e.eukey);
+        EXPECT_EQ(got->kind, e.kind);
+        EXPECT_TRUE(s->check().empty());
+    }
+    EXPECT_EQ(s->list_entities().size(), 2u);
+}
+
+TYPED_TEST(StoreTest, RevokingATamperedEntityDestroysItsKey) {
+    const auto s = this->open();
+    const StoredEntity e = entity("pne-1", EntityKind::kPne);
+    s->put_entity(e);
+    ASSERT_TRUE(s->set_status("pne-1", EntityStatus::kRevoked));
+    this->backend_.exec("UPDATE entities SET status = 'active' WHERE id = 'pne-1'");
+
+    // Nothing but a revocation is applied to a tampered row.
+    EXPECT_THROW(s->set_status("pne-1", EntityStatus::kDisabled), StoreError);
+    EXPECT_THROW(s->set_status("pne-1", EntityStatus::kActive), StoreError);
+    ASSERT_TRUE(s->set_status("pne-1", EntityStatus::kRevoked));
+    const std::optional<StoredEntity> got = s->get_entity("pne-1");
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->status, EntityStatus::kRevoked);
+    EXPECT_FALSE(got->eukey == e.eukey);  // a fresh key nobody holds
+    EXPECT_TRUE(s->check().empty());
+}
+
+// What the previous version (schema version 1) wrote: AES-256-GCM under the at-rest key with
+// AAD "cpns-eukey|" || id.
+std::string seal_v1_hex(const SecretKey& master, const std::string& id, const SecretKey& eukey) {
+    const SecretKey k = derive_at_rest_key(master);
+    const std::string aad = "cpns-eukey|" + id;
+    Bytes out(kSealedKeySize);
+    OsRandom().fill({out.data(), kSealNonceSize});
+    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+    int len = 0;
+    const bool ok =
+        EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nullptr, k.view().data(), out.data()) == 1 &&
+        EVP_EncryptUpdate(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()),
+                          static_cast<int>(aad.size())) == 1 &&
+        EVP_EncryptUpdate(ctx, out.data() + 12, &len, eukey.view().data(), 32) == 1 &&
+        EVP_EncryptFinal_ex(ctx, out.data() + 44, &len) == 1 &&
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, out.data() + 44) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    if (!ok) throw std::runtime_error("AES-256-GCM failed");
+    return to_hex(out);
+}
+
+TYPED_TEST(StoreTest, ADatabaseOfSchemaVersion1IsUpgradedWhenOpenedWithItsMasterKey) {
+    std::vector<StoredEntity> entities = {entity("gw-1", EntityKind::kGw),
+                                          entity("pne-1", EntityKind::kPne),
+                                          entity("pne-2", EntityKind::kPne)};
+    entities[2].status = EntityStatus::kRevoked;
+    {
+        const auto s = this->open();
+        for (const StoredEntity& e : entities) s->put_entity(e);
+        ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1"})), PutResult::kOk);
+    }
+    // Back to what the previous version left: schema version 1, blobs sealed its way.
+    this->backend_.exec(
+        "DROP TABLE entity_versions; ALTER TABLE entities DROP COLUMN row_mac;"
+        " ALTER TABLE entities DROP COLUMN revision; ALTER TABLE entities DROP COLUMN "
+        "key_version; DELETE FROM schema_version WHERE version > 1");
+    for (const StoredEntity& e : entities) {
+        this->backend_.exec("UPDATE entities SET sealed_eukey = " +
+                            TypeParam::blob_literal(seal_v1_hex(this->master_, e.id, e.eukey)) +
+                            " WHERE id = '" + e.id + "'");
+    }
+
+    // Another master key does not migrate it: refused, nothing changed.
+    const std::string why = error_of([&] { this->open(random_key()); });
+    EXPECT_NE(why.find("does not open under this master key"), std::string::npos) << why;
+    EXPECT_EQ(this->backend_.query("SELECT MAX(version) FROM schema_version"), (Rows{{"1"}}));
+
+    // Its own: every row re-sealed under key version 1, MACed and recorded.
+    const auto s = this->open();
+    for (const StoredEntity& e : entities) {
+        const std::optional<StoredEntity> got = s->get_entity(e.id);
+        ASSERT_TRUE(got) << e.id;
+        EXPECT_TRUE(got->eukey == e.eukey) << e.id;
+        EXPECT_EQ(got->kind, e.kind) << e.id;
+        EXPECT_EQ(got->status, e.status) << e.id;
+        EXPECT_EQ(got->key_version, 1) << e.id;
+    }
+    EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
+    EXPECT_TRUE(s->check().empty());
+    EXPECT_EQ(this->backend_.query("SELECT version FROM schema_version ORDER BY version"),
+              (Rows{{"1"}, {"2"}}));
+    EXPECT_EQ(this->count("entity_versions"), "3");
+
+    // Protected from now on; a row stripped of its MAC is not upgraded again either.
+    this->backend_.exec("UPDATE entities SET status = 'active' WHERE id = 'pne-2'");
+    expect_refused(*s, "pne-2", "revoked flipped to active after the upgrade");
+    this->backend_.exec("UPDATE entities SET row_mac = NULL WHERE id = 'pne-2'");
+    expect_refused(*this->open(), "pne-2", "MAC removed");
+    s->put_entity(entities[1]);  // a key replacement: key version 2
+    EXPECT_EQ(s->get_entity("pne-1")->key_version, 2);
 }
 
 TYPED_TEST(StoreTest, MigrationsAreIdempotentAndSafeToRace) {
@@ -757,7 +962,8 @@ TYPED_TEST(StoreTest, MigrationsAreIdempotentAndSafeToRace) {
         EXPECT_TRUE(s->get_entity("pne-1"));
         EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
     }
-    EXPECT_EQ(this->backend_.query("SELECT version FROM schema_version"), (Rows{{"1"}}));
+    EXPECT_EQ(this->backend_.query("SELECT version FROM schema_version ORDER BY version"),
+              (Rows{{"1"}, {"2"}}));
 
     // Several processes opening a new database at once: each one migrates or waits.
     TypeParam fresh;
@@ -779,7 +985,8 @@ TYPED_TEST(StoreTest, MigrationsAreIdempotentAndSafeToRace) {
     }
     for (std::thread& t : threads) t.join();
     for (const std::string& e : errors) EXPECT_EQ(e, "");
-    EXPECT_EQ(fresh.query("SELECT version FROM schema_version"), (Rows{{"1"}}));
+    EXPECT_EQ(fresh.query("SELECT version FROM schema_version ORDER BY version"),
+              (Rows{{"1"}, {"2"}}));
     EXPECT_EQ(fresh.query("SELECT COUNT(*) FROM entities"), (Rows{{"4"}}));
     fresh.teardown();
 }
@@ -902,17 +1109,35 @@ TEST(StoreSealed, AtRestKeyIsHkdfSha256OfTheMasterKey) {
     const SecretKey derived = derive_at_rest_key(master);
     EXPECT_EQ(derived.to_hex(), to_hex(okm));
     EXPECT_FALSE(derived == master);
+
+    // The row MAC key: the same with its own info label.
+    std::string t1_mac = "cpns store row-mac v1";
+    t1_mac.push_back('\x01');
+    EXPECT_EQ(derive_row_mac_key(master).to_hex(), to_hex(hmac_sha256(prk, as_bytes(t1_mac))));
 }
 
-TEST(StoreSealed, LayoutIsNonceCiphertextTagUnderAesGcmWithTheEntityAad) {
+TEST(StoreSealed, RowMacIsHmacOfTheLabelAndLengthPrefixedFields) {
+    const SecretKey master = random_key();
+    const Sealer sealer(master);
+    const std::string input = std::string("label") + std::string("\0\0\0\x01", 4) + "a" +
+                              std::string("\0\0\0\x02", 4) + "bc" + std::string(4, '\0');
+    const auto expected = hmac_sha256(derive_row_mac_key(master).view(), as_bytes(input));
+    EXPECT_EQ(to_hex(sealer.mac("label", {"a", "bc", ""})), to_hex(expected));
+    // Field boundaries count: ("ab", "c") is another input.
+    EXPECT_NE(to_hex(sealer.mac("label", {"ab", "c", ""})), to_hex(expected));
+}
+
+TEST(StoreSealed, LayoutIsNonceCiphertextTagUnderAesGcmWithTheEntityKindVersionAad) {
     const SecretKey master = random_key();
     const SecretKey eukey = random_key();
-    const Bytes blob = Sealer(master).seal("pne-7", eukey);
+    const Bytes blob = Sealer(master).seal({"pne-7", EntityKind::kPne, 3}, eukey);
     ASSERT_EQ(blob.size(), 60u);
+    EXPECT_EQ(seal_aad({"pne-7", EntityKind::kGw, 12}), "cpns-eukey-v2|pne-7|gw|12");
 
-    // Open it independently with EVP: nonce = first 12, tag = last 16, AAD = "cpns-eukey|pne-7".
+    // Open it independently with EVP: nonce = first 12, tag = last 16,
+    // AAD = "cpns-eukey-v2|pne-7|pne|3".
     const SecretKey k = derive_at_rest_key(master);
-    const std::string aad = "cpns-eukey|pne-7";
+    const std::string aad = "cpns-eukey-v2|pne-7|pne|3";
     std::array<unsigned char, 32> plain{};
     Bytes tag(blob.end() - 16, blob.end());
     EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
@@ -933,27 +1158,43 @@ TEST(StoreSealed, LayoutIsNonceCiphertextTagUnderAesGcmWithTheEntityAad) {
     wipe(plain.data(), plain.size());
 }
 
-TEST(StoreSealed, OpensOnlyForItsEntityUnderItsMasterKeyUnaltered) {
+TEST(StoreSealed, OpensOnlyForItsEntityKindAndKeyVersionUnderItsMasterKeyUnaltered) {
     const SecretKey master = random_key();
     const Sealer sealer(master);
     const SecretKey eukey = random_key();
-    const Bytes blob = sealer.seal("pne-1", eukey);
+    const SealBinding binding{"pne-1", EntityKind::kPne, 2};
+    const Bytes blob = sealer.seal(binding, eukey);
 
-    const std::optional<SecretKey> opened = sealer.unseal("pne-1", blob);
+    const std::optional<SecretKey> opened = sealer.unseal(binding, blob);
     ASSERT_TRUE(opened);
     EXPECT_TRUE(*opened == eukey);
-    EXPECT_NE(sealer.seal("pne-1", eukey), blob);  // a fresh nonce every time
+    EXPECT_NE(sealer.seal(binding, eukey), blob);  // a fresh nonce every time
 
-    EXPECT_FALSE(sealer.unseal("pne-2", blob));
-    EXPECT_FALSE(sealer.unseal("pne-1 ", blob));
-    EXPECT_FALSE(Sealer(random_key()).unseal("pne-1", blob));
+    EXPECT_FALSE(sealer.unseal({"pne-2", EntityKind::kPne, 2}, blob));
+    EXPECT_FALSE(sealer.unseal({"pne-1 ", EntityKind::kPne, 2}, blob));
+    EXPECT_FALSE(sealer.unseal({"pne-1", EntityKind::kGw, 2}, blob));
+    EXPECT_FALSE(sealer.unseal({"pne-1", EntityKind::kPne, 1}, blob));
+    EXPECT_FALSE(sealer.unseal({"pne-1", EntityKind::kPne, 3}, blob));
+    EXPECT_FALSE(sealer.unseal_v1("pne-1", blob));
+    EXPECT_FALSE(Sealer(random_key()).unseal(binding, blob));
     for (std::size_t i = 0; i < blob.size(); ++i) {
         Bytes altered = blob;
         altered[i] ^= 0x01;
-        EXPECT_FALSE(sealer.unseal("pne-1", altered)) << "byte " << i;
+        EXPECT_FALSE(sealer.unseal(binding, altered)) << "byte " << i;
     }
-    EXPECT_FALSE(sealer.unseal("pne-1", ByteView(blob).first(59)));
-    EXPECT_FALSE(sealer.unseal("pne-1", Bytes{}));
+    EXPECT_FALSE(sealer.unseal(binding, ByteView(blob).first(59)));
+    EXPECT_FALSE(sealer.unseal(binding, Bytes{}));
+}
+
+TEST(StoreSealed, OpensABlobOfSchemaVersion1ForTheMigrationOnly) {
+    const SecretKey master = random_key();
+    const SecretKey eukey = random_key();
+    const Bytes blob = *from_hex(seal_v1_hex(master, "pne-1", eukey));
+    const std::optional<SecretKey> opened = Sealer(master).unseal_v1("pne-1", blob);
+    ASSERT_TRUE(opened);
+    EXPECT_TRUE(*opened == eukey);
+    EXPECT_FALSE(Sealer(master).unseal_v1("pne-2", blob));
+    EXPECT_FALSE(Sealer(master).unseal({"pne-1", EntityKind::kPne, 0}, blob));
 }
 
 // --- Master key --------------------------------------------------------------------------------

@@ -57,14 +57,16 @@ void write_key_file(const std::string& path, const SecretKey& key) {
     if (!ok) throw std::runtime_error("cannot write " + path);
 }
 
-// Every sealed EUKey must open under the master key given, before anything new is sealed
-// under it (a wrong key would otherwise seal new entries the server cannot read).
+// Every entity must load under the master key given (its sealed EUKey opens and its row is
+// authentic), before anything new is sealed under it: a wrong key would otherwise seal new
+// entries the server cannot read. A row refused by the integrity check stops it too: run
+// `cpnsctl check`, then revoke that entity (which destroys its EUKey).
 void require_master_key_matches(store::Store& st) {
     try {
         (void)st.list_entities();
     } catch (const store::StoreError& e) {
-        throw ConfigError(std::string("the master key does not open this store (") + e.what() +
-                          "); nothing written");
+        throw ConfigError(std::string("the store does not load under this master key (") +
+                          e.what() + "); nothing written. Run `cpnsctl check`");
     }
 }
 
@@ -130,7 +132,9 @@ int main(int argc, char** argv) {
     auto* audit = app.add_subcommand("audit", "show the newest establishment records");
     std::size_t audit_limit = 50;
     audit->add_option("--limit", audit_limit, "how many");
-    auto* check = app.add_subcommand("check", "check the store's consistency (exit 1 if not)");
+    auto* check = app.add_subcommand(
+        "check",
+        "check the store's consistency and the integrity of every entity row (exit 1 if not)");
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -196,7 +200,8 @@ int main(int argc, char** argv) {
                       << "\ncreated:  " << time_text(e->created_at_ms)
                       << "\nupdated:  " << time_text(e->updated_at_ms)
                       << "\ndevice:   " << e->capabilities.device_type()
-                      << "\nEUKey:    (sealed in the store)\n";
+                      << "\nEUKey:    (sealed in the store), key version " << e->key_version
+                      << "\n";
             int member_of = 0;
             for (const auto& inv : store->list_pns())
                 for (const auto& m : inv.members())

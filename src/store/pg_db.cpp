@@ -56,6 +56,19 @@ const std::vector<Migration> kPgMigrations = {
          " detail TEXT NOT NULL)",
          "CREATE INDEX audit_at_idx ON audit (at_ms, id)",
      }},
+    // Migration 2: integrity at rest (sealed.hpp). The store's code then re-seals every row
+    // of version 1 with the master key, in the same transaction (SqlStore::seal_legacy_rows).
+    {2,
+     {
+         "ALTER TABLE entities ADD COLUMN key_version BIGINT NOT NULL DEFAULT 0",
+         "ALTER TABLE entities ADD COLUMN revision BIGINT NOT NULL DEFAULT 0",
+         "ALTER TABLE entities ADD COLUMN row_mac BYTEA",
+         "CREATE TABLE entity_versions ("
+         " id TEXT NOT NULL PRIMARY KEY,"
+         " key_version BIGINT NOT NULL,"
+         " revision BIGINT NOT NULL,"
+         " mac BYTEA NOT NULL)",
+     }},
 };
 
 struct ResultFree {

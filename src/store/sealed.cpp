@@ -16,7 +16,9 @@ namespace cpns::store {
 namespace {
 
 constexpr std::string_view kAtRestInfo = "cpns store at-rest v1";
-constexpr std::string_view kAadPrefix = "cpns-eukey|";
+constexpr std::string_view kRowMacInfo = "cpns store row-mac v1";
+constexpr std::string_view kAadPrefixV1 = "cpns-eukey|";
+constexpr std::string_view kAadPrefixV2 = "cpns-eukey-v2|";
 
 struct CipherCtxFree {
     void operator()(EVP_CIPHER_CTX* c) const noexcept { EVP_CIPHER_CTX_free(c); }
@@ -30,19 +32,11 @@ struct KdfCtxFree {
     void operator()(EVP_KDF_CTX* c) const noexcept { EVP_KDF_CTX_free(c); }
 };
 
-std::string aad_for(std::string_view entity_id) {
-    std::string aad(kAadPrefix);
-    aad.append(entity_id);
-    return aad;
-}
-
 int int_size(std::size_t n) {
     return static_cast<int>(n);
 }
 
-}  // namespace
-
-SecretKey derive_at_rest_key(const SecretKey& master_key) {
+SecretKey hkdf_sha256(const SecretKey& master_key, std::string_view info_label) {
     const std::unique_ptr<EVP_KDF, KdfFree> kdf(EVP_KDF_fetch(nullptr, "HKDF", nullptr));
     if (!kdf) throw StoreError("at-rest key: HKDF is not available in OpenSSL");
     const std::unique_ptr<EVP_KDF_CTX, KdfCtxFree> ctx(EVP_KDF_CTX_new(kdf.get()));
@@ -50,7 +44,7 @@ SecretKey derive_at_rest_key(const SecretKey& master_key) {
 
     // OSSL_PARAM takes non-const pointers; the values are only read.
     std::array<char, 7> digest{'S', 'H', 'A', '2', '5', '6', '\0'};
-    std::string info(kAtRestInfo);
+    std::string info(info_label);
     const std::array<OSSL_PARAM, 4> params = {
         OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest.data(), 0),
         OSSL_PARAM_construct_octet_string(
@@ -65,12 +59,10 @@ SecretKey derive_at_rest_key(const SecretKey& master_key) {
     return out;
 }
 
-Sealer::Sealer(const SecretKey& master_key) : key_(derive_at_rest_key(master_key)) {}
-
-Bytes Sealer::seal(std::string_view entity_id, const SecretKey& eukey) const {
+// AES-256-GCM of one EUKey under `key` with the AAD given: nonce || ciphertext || tag.
+Bytes seal_with_aad(const SecretKey& key, std::string_view aad, const SecretKey& eukey) {
     Bytes out(kSealedKeySize);
     OsRandom().fill({out.data(), kSealNonceSize});
-    const std::string aad = aad_for(entity_id);
 
     const CipherCtx ctx(EVP_CIPHER_CTX_new());
     int len = 0;
@@ -78,7 +70,7 @@ Bytes Sealer::seal(std::string_view entity_id, const SecretKey& eukey) const {
         ctx && EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) == 1 &&
         EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, int_size(kSealNonceSize), nullptr) ==
             1 &&
-        EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, key_.view().data(), out.data()) == 1 &&
+        EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, key.view().data(), out.data()) == 1 &&
         EVP_EncryptUpdate(ctx.get(), nullptr, &len,
                           reinterpret_cast<const unsigned char*>(aad.data()),
                           int_size(aad.size())) == 1 &&
@@ -93,11 +85,10 @@ Bytes Sealer::seal(std::string_view entity_id, const SecretKey& eukey) const {
     return out;
 }
 
-std::optional<SecretKey> Sealer::unseal(std::string_view entity_id,
-                                        ByteView sealed) const noexcept {
+std::optional<SecretKey> unseal_with_aad(const SecretKey& key, std::string_view aad,
+                                         ByteView sealed) noexcept {
     if (sealed.size() != kSealedKeySize) return std::nullopt;
     try {
-        const std::string aad = aad_for(entity_id);
         // The tag is passed by a non-const pointer; copy it.
         std::array<std::uint8_t, kSealTagSize> tag{};
         std::copy(sealed.begin() + kSealNonceSize + kKeySize, sealed.end(), tag.begin());
@@ -111,7 +102,7 @@ std::optional<SecretKey> Sealer::unseal(std::string_view entity_id,
             EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) == 1 &&
             EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, int_size(kSealNonceSize),
                                 nullptr) == 1 &&
-            EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, key_.view().data(), sealed.data()) ==
+            EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, key.view().data(), sealed.data()) ==
                 1 &&
             EVP_DecryptUpdate(ctx.get(), nullptr, &len,
                               reinterpret_cast<const unsigned char*>(aad.data()),
@@ -128,6 +119,65 @@ std::optional<SecretKey> Sealer::unseal(std::string_view entity_id,
     } catch (...) {
         return std::nullopt;
     }
+}
+
+}  // namespace
+
+SecretKey derive_at_rest_key(const SecretKey& master_key) {
+    return hkdf_sha256(master_key, kAtRestInfo);
+}
+
+SecretKey derive_row_mac_key(const SecretKey& master_key) {
+    return hkdf_sha256(master_key, kRowMacInfo);
+}
+
+std::string seal_aad(const SealBinding& binding) {
+    std::string aad(kAadPrefixV2);
+    aad.append(binding.entity_id);
+    aad.push_back('|');
+    aad.append(to_string(binding.kind));
+    aad.push_back('|');
+    aad.append(std::to_string(binding.key_version));
+    return aad;
+}
+
+Sealer::Sealer(const SecretKey& master_key)
+    : key_(derive_at_rest_key(master_key)), mac_key_(derive_row_mac_key(master_key)) {}
+
+Bytes Sealer::seal(const SealBinding& binding, const SecretKey& eukey) const {
+    return seal_with_aad(key_, seal_aad(binding), eukey);
+}
+
+std::optional<SecretKey> Sealer::unseal(const SealBinding& binding,
+                                        ByteView sealed) const noexcept {
+    try {
+        return unseal_with_aad(key_, seal_aad(binding), sealed);
+    } catch (...) {  // the AAD's allocation
+        return std::nullopt;
+    }
+}
+
+std::optional<SecretKey> Sealer::unseal_v1(std::string_view entity_id,
+                                           ByteView sealed) const noexcept {
+    try {
+        std::string aad(kAadPrefixV1);
+        aad.append(entity_id);
+        return unseal_with_aad(key_, aad, sealed);
+    } catch (...) {
+        return std::nullopt;
+    }
+}
+
+RowMac Sealer::mac(std::string_view label, std::initializer_list<std::string_view> fields) const {
+    std::string input(label);
+    for (const std::string_view field : fields) {
+        const auto n = static_cast<std::uint32_t>(field.size());
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            input.push_back(static_cast<char>((n >> shift) & 0xff));
+        }
+        input.append(field);
+    }
+    return hmac_sha256(mac_key_.view(), as_bytes(input));
 }
 
 }  // namespace cpns::store

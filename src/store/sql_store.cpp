@@ -63,6 +63,10 @@ ByteView bytes_of(const std::string& s) {
     return as_bytes(s);
 }
 
+std::string_view as_text(const Bytes& b) {
+    return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
 template <typename Message>
 std::string serialize(const Message& m, const char* what) {
     std::string out;
@@ -74,9 +78,65 @@ std::string pn_name(const std::string& gw_id, const std::string& pn_id) {
     return gw_id + "/" + pn_id;
 }
 
+// An entity row with its version record (columns in the order of RawEntity).
 constexpr const char* kEntityColumns =
-    "SELECT id, kind, sealed_eukey, status, capabilities, created_at_ms, updated_at_ms "
-    "FROM entities";
+    "SELECT e.id, e.kind, e.sealed_eukey, e.status, e.capabilities, e.created_at_ms,"
+    " e.updated_at_ms, e.key_version, e.revision, e.row_mac, v.key_version, v.revision, v.mac"
+    " FROM entities e LEFT JOIN entity_versions v ON v.id = e.id";
+
+// The schema version whose migration re-seals the rows of schema version 1 (see migrate).
+constexpr int kIntegrityMigration = 2;
+
+constexpr std::string_view kRowLabel = "cpns-entity-row-v1";
+constexpr std::string_view kVersionLabel = "cpns-entity-version-v1";
+
+// Key version: +1 on every EUKey replacement. Revision: +1 on every change of the row.
+struct Versions {
+    std::int64_t key = 0;
+    std::int64_t revision = 0;
+    bool operator==(const Versions&) const = default;
+};
+
+// An entity row as stored, not yet verified.
+struct RawEntity {
+    std::string id, kind, sealed, status, capabilities;
+    std::int64_t created_at_ms = 0, updated_at_ms = 0;
+    Versions versions;
+    Cell row_mac;
+    std::optional<Versions> recorded;  // the version record, if any
+    Cell recorded_mac;
+};
+
+RawEntity raw_entity(const Row& row) {
+    RawEntity r;
+    r.id = text(row.at(0));
+    r.kind = text(row[1]);
+    r.sealed = text(row[2]);
+    r.status = text(row[3]);
+    r.capabilities = text(row[4]);
+    r.created_at_ms = integer(row[5]);
+    r.updated_at_ms = integer(row[6]);
+    r.versions = {integer(row[7]), integer(row[8])};
+    r.row_mac = row[9];
+    if (row.at(12)) r.recorded = Versions{integer(row[10]), integer(row[11])};
+    r.recorded_mac = row[12];
+    return r;
+}
+
+std::string versions_text(const Versions& v) {
+    return "key version " + std::to_string(v.key) + ", revision " + std::to_string(v.revision);
+}
+
+bool same_mac(const RowMac& expected, const Cell& stored) {
+    return stored && ct_equal(expected, as_bytes(*stored));
+}
+
+// A verified row: its EUKey, or why it is refused.
+struct Opened {
+    std::optional<SecretKey> eukey;
+    std::string problem;     // empty: authentic
+    bool wrong_key = false;  // the EUKey does not open and nothing shows the master key right
+};
 
 class SqlStore final : public Store {
   public:
@@ -92,33 +152,41 @@ class SqlStore final : public Store {
         if (e.eukey.is_zero()) {
             throw StoreError("put_entity: refusing an all-zero EUKey for " + e.id);
         }
-        const Bytes sealed = sealer_.seal(e.id, e.eukey);
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        const Versions v = next_versions(e.id, true);
+        const Bytes sealed = sealer_.seal({e.id, e.kind, v.key}, e.eukey);
+        const std::string caps = serialize(e.capabilities, "capabilities");
+        const RowMac mac = row_mac(e.id, e.kind, e.status, v, as_text(sealed), caps);
         const std::int64_t now = now_ms();
         db_->run(
             "INSERT INTO entities (id, kind, sealed_eukey, status, capabilities, created_at_ms,"
-            " updated_at_ms)"
+            " updated_at_ms, key_version, revision, row_mac)"
             " VALUES ($1, $2, $3, $4, $5, COALESCE(CAST($6 AS BIGINT), CAST($7 AS BIGINT)),"
-            " CAST($8 AS BIGINT))"
+            " CAST($8 AS BIGINT), $9, $10, $11)"
             " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,"
             " sealed_eukey = excluded.sealed_eukey, status = excluded.status,"
             " capabilities = excluded.capabilities,"
             " created_at_ms = COALESCE(CAST($6 AS BIGINT), entities.created_at_ms),"
-            " updated_at_ms = excluded.updated_at_ms",
+            " updated_at_ms = excluded.updated_at_ms, key_version = excluded.key_version,"
+            " revision = excluded.revision, row_mac = excluded.row_mac",
             {Param::of(e.id), Param::of(word(e.kind)), Param::blob(sealed),
-             Param::of(word(e.status)), Param::blob(serialize(e.capabilities, "capabilities")),
+             Param::of(word(e.status)), Param::blob(caps),
              e.created_at_ms != 0 ? Param::of(e.created_at_ms) : Param::null(), Param::of(now),
-             Param::of(e.updated_at_ms != 0 ? e.updated_at_ms : now)});
+             Param::of(e.updated_at_ms != 0 ? e.updated_at_ms : now), Param::of(v.key),
+             Param::of(v.revision), Param::blob(ByteView(mac))});
+        record_versions(e.id, v);
+        txn.commit();
     }
 
     std::optional<StoredEntity> get_entity(const std::string& id) override {
         const detail::Result r =
-            db_->run(std::string(kEntityColumns) + " WHERE id = $1", {Param::of(id)});
+            db_->run(std::string(kEntityColumns) + " WHERE e.id = $1", {Param::of(id)});
         if (r.rows.empty()) return std::nullopt;
         return decode_entity(r.rows.front());
     }
 
     std::vector<StoredEntity> list_entities(std::optional<EntityKind> kind) override {
-        const detail::Result r = kind ? db_->run(std::string(kEntityColumns) + " WHERE kind = $1",
+        const detail::Result r = kind ? db_->run(std::string(kEntityColumns) + " WHERE e.kind = $1",
                                                  {Param::of(word(*kind))})
                                       : db_->run(kEntityColumns);
         std::vector<StoredEntity> out;
@@ -130,11 +198,15 @@ class SqlStore final : public Store {
         return out;
     }
 
+    // The row is verified first: a status change never authenticates a row altered outside
+    // the store. A refused row takes only a revocation, which also destroys its EUKey.
     bool set_status(const std::string& id, EntityStatus status) override {
-        const detail::Result r =
-            db_->run("UPDATE entities SET status = $1, updated_at_ms = $2 WHERE id = $3",
-                     {Param::of(word(status)), Param::of(now_ms()), Param::of(id)});
-        return r.changed > 0;
+        // The row is rewritten only if it is still the one verified (its revision): a
+        // concurrent put_entity on PostgreSQL (READ COMMITTED) makes this attempt start over.
+        for (int attempt = 0; attempt < 5; ++attempt) {
+            if (const std::optional<bool> done = try_set_status(id, status)) return *done;
+        }
+        throw StoreError("set_status: entity " + id + " keeps changing concurrently; try again");
     }
 
     PutResult register_pn(const pb::PnInventory& inv) override {
@@ -162,9 +234,10 @@ class SqlStore final : public Store {
 
         std::int64_t index = 0;
         for (const pb::PnMember& m : inv.members()) {
-            const detail::Result kind =
-                db_->run("SELECT kind FROM entities WHERE id = $1", {Param::of(m.pne_id())});
-            if (kind.rows.empty() || parse_entity_kind(text(kind.rows[0][0])) != EntityKind::kPne)
+            // The kind as authenticated: a refused member row throws (nothing written).
+            const detail::Result found =
+                db_->run(std::string(kEntityColumns) + " WHERE e.id = $1", {Param::of(m.pne_id())});
+            if (found.rows.empty() || decode_entity(found.rows[0]).kind != EntityKind::kPne)
                 return PutResult::kError;
             db_->run(
                 "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member)"
@@ -248,26 +321,20 @@ class SqlStore final : public Store {
   private:
     using PnKey = std::pair<std::string, std::string>;  // (PN GW ID, PN ID)
 
-    // Entities: every row readable, every sealed EUKey opens. Their kinds, by ID.
+    // Entities: every row readable and authentic (sealed EUKey, row MAC, version record).
+    // At most one problem per entity. Their kinds as stored, by ID.
     std::map<std::string, std::optional<EntityKind>> check_entities(
         std::vector<std::string>& problems) const {
         std::map<std::string, std::optional<EntityKind>> kinds;
-        for (const Row& row :
-             db_->run("SELECT id, kind, sealed_eukey, status, capabilities FROM entities").rows) {
-            const std::string& id = text(row[0]);
-            const std::optional<EntityKind> kind = parse_entity_kind(text(row[1]));
-            kinds[id] = kind;
-            if (!kind) problems.push_back("entity " + id + ": unknown kind '" + *row[1] + "'");
-            if (!parse_entity_status(text(row[3]))) {
-                problems.push_back("entity " + id + ": unknown status '" + *row[3] + "'");
-            }
-            if (!sealer_.unseal(id, bytes_of(text(row[2])))) {
-                problems.push_back("entity " + id +
-                                   ": unreadable sealed EUKey (wrong master key or corrupted)");
-            }
+        for (const Row& row : db_->run(kEntityColumns).rows) {
+            const RawEntity raw = raw_entity(row);
+            kinds[raw.id] = parse_entity_kind(raw.kind);
+            const Opened opened = open_row(raw);
             pb::DeviceCapabilities caps;
-            if (!caps.ParseFromString(text(row[4]))) {
-                problems.push_back("entity " + id + ": unreadable capabilities");
+            if (!opened.problem.empty()) {
+                problems.push_back("entity " + raw.id + ": " + opened.problem);
+            } else if (!caps.ParseFromString(raw.capabilities)) {
+                problems.push_back("entity " + raw.id + ": unreadable capabilities");
             }
         }
         return kinds;
@@ -350,31 +417,190 @@ class SqlStore final : public Store {
         for (const detail::Migration& m : migrations) {
             if (m.version <= current) continue;
             for (const std::string& statement : m.statements) db_->run(statement);
+            if (m.version == kIntegrityMigration) seal_legacy_rows();
             db_->run("INSERT INTO schema_version (version, applied_at_ms) VALUES ($1, $2)",
                      {Param::of(std::int64_t{m.version}), Param::of(now_ms())});
         }
         txn.commit();
     }
 
-    StoredEntity decode_entity(const Row& row) const {
-        StoredEntity e;
-        e.id = text(row[0]);
-        const std::optional<EntityKind> kind = parse_entity_kind(text(row[1]));
-        if (!kind) throw StoreError("entity " + e.id + " has an unknown kind '" + *row[1] + "'");
-        e.kind = *kind;
-        std::optional<SecretKey> eukey = sealer_.unseal(e.id, bytes_of(text(row[2])));
-        if (!eukey) throw StoreError("cannot unseal EUKey of " + e.id + ": wrong master key?");
-        e.eukey = std::move(*eukey);
-        const std::optional<EntityStatus> status = parse_entity_status(text(row[3]));
-        if (!status) {
-            throw StoreError("entity " + e.id + " has an unknown status '" + *row[3] + "'");
+    // Part of the migration to schema version 2 (same transaction, which the migration lock
+    // serialises): every row of schema version 1 is re-sealed under key version 1 and gets
+    // its row MAC and version record. A row whose EUKey does not open under this master key
+    // aborts the migration: nothing changes until the store is opened with its master key.
+    void seal_legacy_rows() {
+        const detail::Result r =
+            db_->run("SELECT id, kind, sealed_eukey, status, capabilities FROM entities");
+        for (const Row& row : r.rows) {
+            RawEntity raw;  // versions 0: as migration 2 added them
+            raw.id = text(row.at(0));
+            raw.kind = text(row[1]);
+            raw.capabilities = text(row.at(4));
+            const std::optional<EntityKind> kind = parse_entity_kind(raw.kind);
+            const std::optional<EntityStatus> status = parse_entity_status(text(row[3]));
+            std::optional<SecretKey> eukey = sealer_.unseal_v1(raw.id, bytes_of(text(row[2])));
+            if (!kind || !status || !eukey) {
+                throw StoreError("schema migration " + std::to_string(kIntegrityMigration) +
+                                 " (integrity at rest): the EUKey of " + raw.id +
+                                 " does not open under this master key, or its row is "
+                                 "unreadable; nothing was changed (open the store with its "
+                                 "master key)");
+            }
+            if (!reseal(raw, *kind, *status, *eukey, Versions{1, 1}, false)) {
+                throw StoreError("schema migration " + std::to_string(kIntegrityMigration) +
+                                 ": entity " + raw.id + " changed while it was re-sealed");
+            }
         }
-        e.status = *status;
-        if (!e.capabilities.ParseFromString(text(row[4]))) {
+    }
+
+    // One attempt of set_status: false if there is no such entity, nullopt if the row
+    // changed between reading and writing it (nothing written).
+    std::optional<bool> try_set_status(const std::string& id, EntityStatus status) {
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        const detail::Result r =
+            db_->run(std::string(kEntityColumns) + " WHERE e.id = $1", {Param::of(id)});
+        if (r.rows.empty()) return false;
+        const RawEntity raw = raw_entity(r.rows.front());
+        const Opened opened = open_row(raw);
+        bool written = false;
+        if (opened.problem.empty()) {
+            const Versions v{raw.versions.key, raw.versions.revision + 1};
+            written = reseal(raw, *parse_entity_kind(raw.kind), status, *opened.eukey, v);
+        } else if (opened.wrong_key || status != EntityStatus::kRevoked) {
+            throw StoreError(refusal(raw.id, opened) +
+                             "; nothing changed (only a revocation, which destroys its EUKey, "
+                             "is applied to a refused entity)");
+        } else {
+            // Revoke and destroy: a fresh random EUKey nobody holds, under new versions.
+            const Versions next = next_versions(id, true);
+            const std::optional<EntityKind> kind = parse_entity_kind(raw.kind);
+            written = reseal(raw, kind.value_or(EntityKind::kPne), status, OsRandom().key(), next);
+        }
+        if (!written) return std::nullopt;  // rolled back
+        txn.commit();
+        return true;
+    }
+
+    // Seals `eukey` for (id, kind, v.key) and writes sealed key, kind, status, versions and
+    // row MAC (over the capabilities read in `raw`) into the row, if its revision is still
+    // raw's, and then the version record. false: the row changed meanwhile (nothing written).
+    bool reseal(const RawEntity& raw, EntityKind kind, EntityStatus status, const SecretKey& eukey,
+                const Versions& v, bool touch = true) {
+        const Bytes sealed = sealer_.seal({raw.id, kind, v.key}, eukey);
+        const RowMac mac = row_mac(raw.id, kind, status, v, as_text(sealed), raw.capabilities);
+        const detail::Result r = db_->run(
+            "UPDATE entities SET kind = $1, sealed_eukey = $2, status = $3, key_version = $4,"
+            " revision = $5, row_mac = $6,"
+            " updated_at_ms = COALESCE(CAST($7 AS BIGINT), updated_at_ms)"
+            " WHERE id = $8 AND revision = $9 AND capabilities = $10",
+            {Param::of(word(kind)), Param::blob(sealed), Param::of(word(status)), Param::of(v.key),
+             Param::of(v.revision), Param::blob(ByteView(mac)),
+             touch ? Param::of(now_ms()) : Param::null(), Param::of(raw.id),
+             Param::of(raw.versions.revision), Param::blob(raw.capabilities)});
+        if (r.changed == 0) return false;
+        record_versions(raw.id, v);
+        return true;
+    }
+
+    // The versions of the next write of `id`: one more than the highest of its row and its
+    // version record (authentic or not: they only grow). The key version grows with a new
+    // EUKey.
+    Versions next_versions(const std::string& id, bool new_key) {
+        Versions high;
+        for (const char* table : {"entities", "entity_versions"}) {
+            const detail::Result r = db_->run(
+                std::string("SELECT key_version, revision FROM ") + table + " WHERE id = $1",
+                {Param::of(id)});
+            if (r.rows.empty()) continue;
+            high.key = std::max(high.key, integer(r.rows[0].at(0)));
+            high.revision = std::max(high.revision, integer(r.rows[0].at(1)));
+        }
+        return {high.key + (new_key ? 1 : 0), high.revision + 1};
+    }
+
+    void record_versions(const std::string& id, const Versions& v) {
+        const RowMac mac = version_mac(id, v);
+        db_->run(
+            "INSERT INTO entity_versions (id, key_version, revision, mac) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (id) DO UPDATE SET key_version = excluded.key_version,"
+            " revision = excluded.revision, mac = excluded.mac",
+            {Param::of(id), Param::of(v.key), Param::of(v.revision), Param::blob(ByteView(mac))});
+    }
+
+    RowMac row_mac(const std::string& id, EntityKind kind, EntityStatus status, const Versions& v,
+                   std::string_view sealed, std::string_view caps) const {
+        const std::string kind_word = word(kind), status_word = word(status);
+        const std::string key = std::to_string(v.key), revision = std::to_string(v.revision);
+        return sealer_.mac(kRowLabel, {id, kind_word, status_word, key, revision, sealed, caps});
+    }
+
+    RowMac version_mac(const std::string& id, const Versions& v) const {
+        return sealer_.mac(kVersionLabel, {id, std::to_string(v.key), std::to_string(v.revision)});
+    }
+
+    // Verifies a row: its words, its sealed EUKey (bound to id, kind and key version), its
+    // row MAC, and its versions against the version record.
+    Opened open_row(const RawEntity& raw) const {
+        Opened o;
+        const std::optional<EntityKind> kind = parse_entity_kind(raw.kind);
+        if (!kind) o.problem = "unknown kind '" + raw.kind + "'";
+        if (!parse_entity_status(raw.status)) o.problem = "unknown status '" + raw.status + "'";
+        if (!o.problem.empty()) return o;
+        // An authentic version record shows that this master key is the store's.
+        const bool key_shown_right =
+            raw.recorded && same_mac(version_mac(raw.id, *raw.recorded), raw.recorded_mac);
+        o.eukey = sealer_.unseal({raw.id, *kind, raw.versions.key}, bytes_of(raw.sealed));
+        if (!o.eukey) {
+            o.wrong_key = !key_shown_right;
+            o.problem = key_shown_right
+                            ? "integrity check failed: its sealed EUKey does not open for this "
+                              "entity, kind and key version (altered, moved or copied back)"
+                            : "unreadable sealed EUKey (wrong master key or corrupted)";
+            return o;
+        }
+        o.problem = integrity_problem(raw, *kind, key_shown_right);
+        if (!o.problem.empty()) o.eukey.reset();
+        return o;
+    }
+
+    std::string integrity_problem(const RawEntity& raw, EntityKind kind,
+                                  bool record_authentic) const {
+        const std::optional<EntityStatus> status = parse_entity_status(raw.status);
+        if (!same_mac(row_mac(raw.id, kind, *status, raw.versions, raw.sealed, raw.capabilities),
+                      raw.row_mac)) {
+            return "integrity check failed: its row MAC does not match (kind, status, key "
+                   "version, sealed EUKey or capabilities changed outside the CPNS tools)";
+        }
+        if (!raw.recorded) return "integrity check failed: its version record is missing";
+        if (!record_authentic) return "integrity check failed: its version record was altered";
+        if (!(*raw.recorded == raw.versions)) {
+            return "integrity check failed: the row has " + versions_text(raw.versions) +
+                   " but the store recorded " + versions_text(*raw.recorded) +
+                   " (an older row copied back?)";
+        }
+        return "";
+    }
+
+    static std::string refusal(const std::string& id, const Opened& opened) {
+        if (opened.wrong_key) return "cannot unseal EUKey of " + id + ": wrong master key?";
+        return "entity " + id + " refused: " + opened.problem;
+    }
+
+    StoredEntity decode_entity(const Row& row) const {
+        const RawEntity raw = raw_entity(row);
+        Opened opened = open_row(raw);
+        if (!opened.problem.empty()) throw StoreError(refusal(raw.id, opened));
+        StoredEntity e;
+        e.id = raw.id;
+        e.kind = *parse_entity_kind(raw.kind);
+        e.eukey = std::move(*opened.eukey);
+        e.status = *parse_entity_status(raw.status);
+        if (!e.capabilities.ParseFromString(raw.capabilities)) {
             throw StoreError("entity " + e.id + " has unreadable capabilities");
         }
-        e.created_at_ms = integer(row[5]);
-        e.updated_at_ms = integer(row[6]);
+        e.created_at_ms = raw.created_at_ms;
+        e.updated_at_ms = raw.updated_at_ms;
+        e.key_version = raw.versions.key;
         return e;
     }
 

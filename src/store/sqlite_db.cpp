@@ -59,6 +59,19 @@ const std::vector<Migration> kSqliteMigrations = {
          " detail TEXT NOT NULL)",
          "CREATE INDEX audit_at_idx ON audit (at_ms, id)",
      }},
+    // Migration 2: integrity at rest (sealed.hpp). The store's code then re-seals every row
+    // of version 1 with the master key, in the same transaction (SqlStore::seal_legacy_rows).
+    {2,
+     {
+         "ALTER TABLE entities ADD COLUMN key_version INTEGER NOT NULL DEFAULT 0",
+         "ALTER TABLE entities ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+         "ALTER TABLE entities ADD COLUMN row_mac BLOB",
+         "CREATE TABLE entity_versions ("
+         " id TEXT NOT NULL PRIMARY KEY,"
+         " key_version INTEGER NOT NULL,"
+         " revision INTEGER NOT NULL,"
+         " mac BLOB NOT NULL)",
+     }},
 };
 
 // $1..$n (the store's placeholder style) -> ?1..?n (SQLite's numbered parameters). The SQL text

@@ -3,9 +3,29 @@
 // interface: SQLite (embedded default; one file in WAL mode) and PostgreSQL (libpq), which lets
 // several server instances share one database.
 //
+// Integrity at rest (sealed.hpp has the exact formats; docs/operations.md the operator's view):
+// an entity's kind, status and key version are authenticated under the master key, so that
+// someone who can write the database but lacks the master key cannot reactivate a revoked or
+// disabled entity, change its kind or copy an older (replaced) EUKey back unnoticed.
+//  - The EUKey is sealed with AES-256-GCM, AAD = "cpns-eukey-v2|" id "|" kind "|" key_version.
+//  - Every row carries row_mac = HMAC-SHA-256 under a key derived from the master key (HKDF,
+//    its own info label) over id, kind, status, key_version, revision, sealed EUKey and
+//    capabilities. The key version grows by one on every EUKey replacement, the revision on
+//    every change of the row (status changes re-MAC the row: the master key is loaded by every
+//    writer, cpnsctl and the server).
+//  - The table entity_versions records, MACed, each entity's latest (key_version, revision);
+//    a row whose versions differ from the record (an older row copied back) is refused.
+// A refused row is never returned: get_entity / list_entities throw StoreError naming the
+// entity, check() reports it, set_status applies only a revocation to it (and then destroys
+// its EUKey). Limit: restoring BOTH an entity's row and its version record from the same older
+// state (for instance from a backup of the whole database) is not detectable from inside the
+// database; that needs a monotonic counter kept outside it. Creation and update timestamps are
+// not authenticated.
+//
 // Errors: every method throws StoreError when the database cannot be reached or a statement
 // fails, and when a stored row cannot be read back (for instance an EUKey sealed under another
-// master key). A Store is used by one thread at a time: open one instance per thread.
+// master key, or a row refused by the integrity check). A Store is used by one thread at a
+// time: open one instance per thread.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +51,9 @@ struct StoredEntity {
     // entity is replaced, keeps the stored created_at_ms if the new record's is 0.
     std::int64_t created_at_ms = 0;
     std::int64_t updated_at_ms = 0;
+    // Read back: 1 for the first EUKey, +1 for each replacement. put_entity ignores it (it
+    // gives the next version itself).
+    std::int64_t key_version = 0;
 };
 
 struct AuditRecord {
@@ -58,16 +81,19 @@ class Store {  // one instance per thread; not thread-safe
     virtual ~Store() = default;
     virtual std::string backend() const = 0;  // "sqlite" / "postgresql"
 
-    // Insert or replace (provisioning). StoreError for an empty id or an all-zero EUKey.
+    // Insert or replace (provisioning), under the next key version and revision. StoreError
+    // for an empty id or an all-zero EUKey.
     virtual void put_entity(const StoredEntity& e) = 0;
     // StoreError "cannot unseal EUKey of <id>: wrong master key?" when the sealed key does not
-    // open under this store's master key.
+    // open under this store's master key (and nothing shows the key right); StoreError
+    // "entity <id> refused: integrity check failed: ..." when the row was altered.
     virtual std::optional<StoredEntity> get_entity(const std::string& id) = 0;
-    // Ordered by id.
+    // Ordered by id. Throws (naming it) on the first refused row.
     virtual std::vector<StoredEntity> list_entities(
         std::optional<EntityKind> kind = std::nullopt) = 0;
-    virtual bool set_status(const std::string& id,
-                            EntityStatus status) = 0;  // false: no such entity
+    // false: no such entity. The row is verified first; a refused row takes only kRevoked
+    // (its EUKey is then replaced by a fresh random one nobody holds), else StoreError.
+    virtual bool set_status(const std::string& id, EntityStatus status) = 0;
 
     // Atomic and durable when it returns kOk (one transaction: the PN row and all member rows,
     // or nothing). kDuplicate when (gw_id, pn_id) exists already — decided by a UNIQUE
@@ -93,12 +119,15 @@ class Store {  // one instance per thread; not thread-safe
 
     // Consistency check over the whole store (one snapshot): returns problems found (empty =
     // consistent): a PN without members, members referencing unknown PNs, members that are not
-    // PNE entities, duplicate members, unreadable sealed keys (and unreadable rows in general).
+    // PNE entities, duplicate members, unreadable sealed keys, entity rows refused by the
+    // integrity check (one problem per entity; unreadable rows in general).
     virtual std::vector<std::string> check() = 0;
 };
 
 // url: "sqlite:/path/to/file.db" (or a plain path) or "postgresql://..." / "postgres://..." /
-// "host=... dbname=..." (libpq conninfo). Applies the schema migrations. StoreError when the
+// "host=... dbname=..." (libpq conninfo). Applies the schema migrations; the migration to
+// schema version 2 re-seals and MACs the rows of a version 1 database with this master key
+// (StoreError, nothing changed, when one does not open under it). StoreError when the
 // database cannot be opened or migrated, or the master key is all zeros.
 std::unique_ptr<Store> open_store(const std::string& url, const SecretKey& master_key);
 
