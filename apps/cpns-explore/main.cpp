@@ -3,6 +3,7 @@
 // after every step. Prints per scenario the states explored, the depth exhausted, states/s and
 // every property violated, with a shrunk counterexample (text, Mermaid, GoogleTest).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 
 #include <iostream>
 
@@ -14,6 +15,7 @@ using namespace cpns::explore;
 
 struct Args {
     std::string scenario = "pne-1-1-insecure-ui-2";
+    std::string with;  // options appended to every scenario
     bool all = false;
     Options opt;
     std::vector<std::string> properties;
@@ -34,13 +36,18 @@ void print_counterexample(const Explorer& ex, const Counterexample& cx) {
 
 int run(const Args& args, const std::vector<Scenario>& scenarios) {
     std::string json = "[";
-    std::size_t violated = 0;
+    std::size_t violated = 0, states = 0;
+    int depth = 1 << 30;
+    double seconds = 0;
     for (std::size_t i = 0; i < scenarios.size(); ++i) {
         Options opt = args.opt;
         if (args.from_honest) opt.prefix = honest_trace(scenarios[i]);
         Explorer ex(scenarios[i], opt);
         const Report r = ex.run();
         violated += r.violations.size();
+        states += r.states;
+        depth = std::min(depth, r.depth_exhausted);
+        seconds += r.seconds;
         if (args.json) {
             json += (i ? ",\n " : "") + r.to_json();
             continue;
@@ -49,7 +56,14 @@ int run(const Args& args, const std::vector<Scenario>& scenarios) {
         if (!args.quiet)
             for (const auto& cx : r.violations) print_counterexample(ex, cx);
     }
-    if (args.json) std::cout << json << "]\n";
+    if (args.json) {
+        std::cout << json << "]\n";
+    } else {
+        std::cout << "total: " << scenarios.size() << " scenario(s), " << states
+                  << " states, exhaustive to depth " << depth << " in every scenario, " << seconds
+                  << " s, " << (seconds > 0 ? static_cast<double>(states) / seconds : 0)
+                  << " states/s, " << violated << " violation(s)\n";
+    }
     return violated == 0 ? 0 : 1;
 }
 
@@ -61,12 +75,15 @@ int main(int argc, char** argv) {
         "active attacker and checks security properties after every step.\n"
         "Scenario: <pne|gw>-<1-1|all|list>-<secure|insecure>-<ui|noui>-<2|3>[;option...], "
         "options: faults=N attacks=N timers=N replay|noreplay inject dgw cpne=ID mut=f1+f2 noprior "
-        "seed=N new_pns=N sessions=N (--list names the mutable fields).\n"
+        "seed=N new_pns=N sessions=N weaken=hash+list+sk (a deliberately weakened server, for "
+        "tests) (--list names the mutable fields).\n"
         "Exit status 1 when a property is violated, 2 on a usage error."};
     Args a;
     app.add_option("--scenario", a.scenario, "scenario spec")->capture_default_str();
     app.add_flag("--all", a.all, "every standard scenario (both flows, setup types, PAN, UI, 2/3)");
     app.add_flag("--list", a.list, "list the standard scenarios and the properties");
+    app.add_option("--with", a.with,
+                   "options appended to every scenario, e.g. 'faults=0;timers=0' with --all");
     app.add_option("--depth", a.opt.depth, "exhaustive BFS depth")->capture_default_str();
     app.add_option("--walks", a.opt.walks, "random walks after BFS")->capture_default_str();
     app.add_option("--walk-depth", a.opt.walk_depth, "actions per walk")->capture_default_str();
@@ -100,8 +117,15 @@ int main(int argc, char** argv) {
     }
     std::vector<Scenario> scenarios;
     if (a.all) {
-        scenarios = standard_scenarios();
-    } else if (auto s = Scenario::parse(a.scenario)) {
+        for (const auto& std_scn : standard_scenarios()) {
+            auto s = Scenario::parse(std_scn.spec() + (a.with.empty() ? "" : ";" + a.with));
+            if (!s) {
+                std::cerr << "bad --with options: " << a.with << "\n";
+                return 2;
+            }
+            scenarios.push_back(*s);
+        }
+    } else if (auto s = Scenario::parse(a.scenario + (a.with.empty() ? "" : ";" + a.with))) {
         scenarios.push_back(*s);
     } else {
         std::cerr << "bad scenario: " << a.scenario << "\n";

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The security explorer (cpns-explore) over every standard scenario, checking every property,
+# bounded in time (at most a few seconds per scenario; the whole test well under 3 minutes on
+# two cores). It prints the states explored, the depth exhausted in every scenario and the time.
+#   1. an active attacker on every insecure PAN: replays, rewrites of every field, injections;
+#   2. a dishonest PN GW rewriting what it relays (two rewrites per run).
+# Timers and network faults are left out here: with them agreement fails in the documented
+# known limitations (docs/security.md, section 4: a result lost or refused leaves the PNE
+# registered); so do the result-corrupting rewrites (hash_server, inventory, success), which
+# tests/explore_test.cpp explores with their own expectations.
+set -euo pipefail
+bin=${CPNS_BINARY_DIR:?}/apps/cpns-explore/cpns-explore
+[[ -x "$bin" ]] || { echo "FAIL: $bin not built"; echo "0 passed, 1 failed"; exit 1; }
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+passed=0
+failed=0
+run() {
+    local name=$1
+    shift
+    echo "== $name: cpns-explore --all $*"
+    local rc=0
+    "$bin" --all --quiet "$@" >"$out" || rc=$?
+    grep -E '^total:| [1-9][0-9]* violated' "$out" || true
+    if ((rc == 0)); then
+        passed=$((passed + 1))
+        echo "ok   $name"
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name (exit $rc; run the command without --quiet for the counterexamples)"
+    fi
+}
+
+run "PAN attacker" --with "faults=0;timers=0;inject;attacks=2" --depth 3 --walks 60 \
+    --walk-depth 40 --seconds 1.5
+run "dishonest PN GW" \
+    --with "faults=0;timers=0;dgw;attacks=2;mut=setup_type+invited+caps+hash_pne+wrapped+pn_id+rand_server" \
+    --depth 3 --walks 40 --walk-depth 40 --seconds 1.5
+
+echo "$passed passed, $failed failed"
+((failed == 0))
