@@ -74,12 +74,7 @@ void Gateway::send(Out& out, const std::string& to, pb::Envelope env, bool must_
 
 void Gateway::send_error(Out& out, const std::string& to, const std::string& pn_id,
                          pb::FailureReason reason, const std::string& detail) {
-    pb::Envelope env;
-    auto* e = env.mutable_error();
-    e->set_pn_id(pn_id);
-    e->set_reason(reason);
-    e->set_detail(detail);
-    send(out, to, std::move(env));
+    send(out, to, error_report(pn_id, reason, detail));
 }
 
 std::string Gateway::new_pn_id() {

@@ -439,14 +439,7 @@ void Pne::finish(Out& out, bool success, pb::FailureReason reason, std::string d
 }
 
 void Pne::abort(Out& out, pb::FailureReason reason, std::string detail, bool tell_gw) {
-    if (tell_gw && !s_.gw_id.empty()) {
-        pb::Envelope env;
-        auto* e = env.mutable_error();
-        e->set_pn_id(s_.pn_id);
-        e->set_reason(reason);
-        e->set_detail(detail);
-        send(out, s_.gw_id, std::move(env));
-    }
+    if (tell_gw && !s_.gw_id.empty()) send(out, s_.gw_id, error_report(s_.pn_id, reason, detail));
     finish(out, false, reason, std::move(detail));
 }
 

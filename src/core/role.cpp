@@ -67,4 +67,14 @@ std::optional<PskIdentity> parse_psk_identity(std::string_view identity) {
     return out;
 }
 
+pb::Envelope error_report(const std::string& pn_id, pb::FailureReason reason,
+                          const std::string& detail) {
+    pb::Envelope env;
+    auto* e = env.mutable_error();
+    e->set_pn_id(pn_id);
+    e->set_reason(reason);
+    e->set_detail(detail);
+    return env;
+}
+
 }  // namespace cpns

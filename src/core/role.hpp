@@ -187,6 +187,10 @@ enum class NeighbourUpdate { kRecorded, kNotTheSender, kTableFull };
 NeighbourUpdate record_neighbour(std::map<std::string, Neighbour>& table, const std::string& from,
                                  const pb::Envelope& env, Millis now);
 
+// An ErrorReport about `pn_id` ("" when the sender does not know it yet).
+pb::Envelope error_report(const std::string& pn_id, pb::FailureReason reason,
+                          const std::string& detail);
+
 // Conversions between schema enums and key-schedule enums.
 Flow to_flow(pb::Flow f);
 PneRole to_role(pb::PneRoleInFlow r);

@@ -130,12 +130,7 @@ void Server::send_error(Out& out, const std::string& to, const std::string& pn_i
     counters_.count(reason);
     log(LogLevel::kWarn, "refusing " + (pn_id.empty() ? std::string("request") : pn_id) + " from " +
                              to + ": " + std::string(reason_name(reason)) + " (" + detail + ")");
-    pb::Envelope env;
-    auto* e = env.mutable_error();
-    e->set_pn_id(pn_id);
-    e->set_reason(reason);
-    e->set_detail(detail);
-    send(out, to, std::move(env));
+    send(out, to, error_report(pn_id, reason, detail));
 }
 
 void Server::remember(const Key& key, Millis now) {
