@@ -210,7 +210,9 @@ TEST(ExplorerHolds, InventoryGivenToPneAuthenticated) {
     // what remains is that it stays registered at the server and the PN GW (docs/security.md,
     // known limitations: no authenticated rejection message yet).
     const auto* cx = r.find("agreement");
-    if (cx) EXPECT_EQ(cx->text.find("stores"), std::string::npos) << cx->text;
+    if (cx) {
+        EXPECT_EQ(cx->text.find("stores"), std::string::npos) << cx->text;
+    }
 }
 
 // The earlier run's LocalEUKey copy opened in a new run. Fixed: the KEK binds rand_PNE.
