@@ -255,5 +255,27 @@ TEST(Codec, DiscoveryListsManyPnsUpToTheBound) {
     EXPECT_TRUE(std::holds_alternative<pb::Envelope>(decoded));
 }
 
+// Device state carries SK_PNE and LocalEUKeys in bytes fields: after a save they are zeroed
+// in place, every other field left as it was.
+TEST(Codec, WipeBytesFieldsZeroesEveryKeyInPlace) {
+    pb::PneState st;
+    st.set_pne_id("pne-1");
+    for (int i = 0; i < 2; ++i) {
+        auto* m = st.add_memberships();
+        m->set_pn_id("pn-" + std::to_string(i));
+        m->set_sk_pne(std::string(32, 'k'));
+        m->set_local_eukey(std::string(32, 'l'));
+    }
+    const char* sk0 = st.memberships(0).sk_pne().data();
+    wipe_bytes_fields(st);
+    EXPECT_EQ(st.memberships(0).sk_pne().data(), sk0);  // the same buffer, overwritten
+    for (const auto& m : st.memberships()) {
+        EXPECT_EQ(m.sk_pne(), std::string(32, '\0'));
+        EXPECT_EQ(m.local_eukey(), std::string(32, '\0'));
+    }
+    EXPECT_EQ(st.pne_id(), "pne-1");
+    EXPECT_EQ(st.memberships(1).pn_id(), "pn-1");
+}
+
 }  // namespace
 }  // namespace cpns

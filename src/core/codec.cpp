@@ -415,4 +415,31 @@ std::array<std::uint8_t, 32> inventory_digest(const pb::PnInventory& inventory) 
     return sha256(as_bytes(deterministic_bytes(inventory)));
 }
 
+void wipe_bytes_fields(google::protobuf::Message& m) {
+    const auto* d = m.GetDescriptor();
+    const auto* r = m.GetReflection();
+    using FD = google::protobuf::FieldDescriptor;
+    for (int i = 0; i < d->field_count(); ++i) {
+        const FD* f = d->field(i);
+        if (f->type() == FD::TYPE_BYTES) {
+            const int n = f->is_repeated() ? r->FieldSize(m, f) : (r->HasField(m, f) ? 1 : 0);
+            for (int j = 0; j < n; ++j) {
+                std::string scratch;
+                const std::string& v = f->is_repeated()
+                                           ? r->GetRepeatedStringReference(m, f, j, &scratch)
+                                           : r->GetStringReference(m, f, &scratch);
+                // The reference is to the field's own buffer (not scratch) for bytes fields.
+                wipe(const_cast<char*>(v.data()), v.size());
+            }
+        } else if (f->type() == FD::TYPE_MESSAGE) {
+            if (f->is_repeated()) {
+                for (int j = 0; j < r->FieldSize(m, f); ++j)
+                    wipe_bytes_fields(*r->MutableRepeatedMessage(&m, f, j));
+            } else if (r->HasField(m, f)) {
+                wipe_bytes_fields(*r->MutableMessage(&m, f));
+            }
+        }
+    }
+}
+
 }  // namespace cpns

@@ -77,6 +77,9 @@ std::string_view message_name(const pb::Envelope& env);
 // fields) and its SHA-256: the join digest of what a PNE sent and the inventory digest of
 // what the server registered (docs/key-schedule.md).
 std::string deterministic_bytes(const google::protobuf::Message& m);
+// Overwrites every `bytes` field of `m` (and of its sub-messages) with zeros in place: the
+// schema keeps keys (LocalEUKeys, SK_PNE in device state) only in bytes fields.
+void wipe_bytes_fields(google::protobuf::Message& m);
 std::array<std::uint8_t, 32> join_digest(const pb::PneJoin& join);
 std::array<std::uint8_t, 32> inventory_digest(const pb::PnInventory& inventory);
 std::string_view reason_name(pb::FailureReason r);

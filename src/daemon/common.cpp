@@ -92,22 +92,34 @@ SecretKey parse_key(const std::string& hex, const std::string& what) {
     for (char c : hex)
         if (!std::isspace(static_cast<unsigned char>(c))) trimmed += c;
     auto k = SecretKey::from_hex(trimmed);
+    wipe(trimmed.data(), trimmed.size());
     if (!k) throw ConfigError(what + " must be 64 hex digits (a 256-bit key)");
     return *k;
 }
 
 std::optional<SecretKey> Config::key(std::string_view key, std::string_view file_key) const {
-    const std::string inline_hex = str(key);
+    std::string inline_hex = str(key);
     const std::string file = str(file_key);
     if (!inline_hex.empty() && !file.empty())
         throw ConfigError(where(key) + " and '" + std::string(file_key) +
                           "' are both set; keep one");
-    if (!inline_hex.empty()) return parse_key(inline_hex, where(key));
+    if (!inline_hex.empty()) {
+        auto k = parse_key(inline_hex, where(key));
+        wipe(inline_hex.data(), inline_hex.size());
+        return k;
+    }
     if (file.empty()) return std::nullopt;
     std::ifstream in(file);
     if (!in) throw ConfigError(where(file_key) + ": cannot read " + file);
     std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return parse_key(content, "key file " + file);
+    try {
+        auto k = parse_key(content, "key file " + file);
+        wipe(content.data(), content.size());
+        return k;
+    } catch (...) {
+        wipe(content.data(), content.size());
+        throw;
+    }
 }
 
 DeviceOptions device_options_from(const Config& c) {

@@ -146,10 +146,11 @@ void StateWriter::save(Bytes plaintext) {
     cv_.notify_all();
 }
 
-void StateWriter::save(const google::protobuf::Message& state) {
+void StateWriter::save(google::protobuf::Message&& state) {
     std::string bytes = state.SerializeAsString();
     save(Bytes(bytes.begin(), bytes.end()));
     wipe(bytes.data(), bytes.size());
+    wipe_bytes_fields(state);
 }
 
 void StateWriter::flush() {

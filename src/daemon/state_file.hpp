@@ -36,7 +36,8 @@ class StateWriter {
     // Queues the newest state; an older pending one is dropped (only the latest matters).
     void save(Bytes plaintext);
     // The same for a state message (serialized here; the serialized copy is wiped).
-    void save(const google::protobuf::Message& state);
+    // Serializes `state` for the next write, then wipes its key bytes (wipe_bytes_fields).
+    void save(google::protobuf::Message&& state);
     // Blocks until everything queued so far is on disk (tests, shutdown).
     void flush();
     std::uint64_t written() const;
@@ -69,6 +70,7 @@ std::unique_ptr<StateWriter> open_device_state(const std::string& path, const Se
         const bool ok = st.ParseFromArray(plain->data(), static_cast<int>(plain->size())) &&
                         role.import_state(st);
         wipe(plain->data(), plain->size());
+        wipe_bytes_fields(st);
         if (!ok) throw ConfigError("state file " + path + " is not the state of " + device_id);
     }
     return std::make_unique<StateWriter>(path, key, device_id);
