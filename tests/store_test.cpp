@@ -506,6 +506,19 @@ TYPED_TEST(StoreTest, ListFilters) {
     }
 }
 
+// Bounded state at the server: a PNE in kMaxPnsPerPne PNs is registered in no more; the
+// refused PN leaves nothing behind.
+TYPED_TEST(StoreTest, RegisterPnRefusesAPneAtItsPnBound) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
+    for (std::size_t i = 0; i < kMaxPnsPerPne; ++i)
+        ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-" + std::to_string(i), {"pne-1"})),
+                  PutResult::kOk);
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-over", {"pne-2", "pne-1"})), PutResult::kLimit);
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-over"));
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-other", {"pne-2"})), PutResult::kOk);
+}
+
 TYPED_TEST(StoreTest, RegisterPnIsAtomicAndRefusesDuplicates) {
     const auto s = this->open();
     provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-boom"});

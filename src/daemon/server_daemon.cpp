@@ -382,6 +382,9 @@ void ServerDaemon::persist_effect(PersistPnEffect& p) {
                 case store::PutResult::kDuplicate:
                     *result = pb::DUPLICATE_PN;
                     break;
+                case store::PutResult::kLimit:
+                    *result = pb::LIMIT_EXCEEDED;
+                    break;
                 case store::PutResult::kError:
                     *result = pb::INTERNAL_ERROR;
                     break;

@@ -231,6 +231,15 @@ class SqlStore final : public Store {
              Param::of(static_cast<std::int64_t>(inv.registered_at_ms())),
              Param::blob(serialize(header, "the PN Inventory"))});
         if (inserted.changed == 0) return PutResult::kDuplicate;  // rolled back (nothing written)
+        // Bounded state: PNs per PN GW and per PNE (this PN included), counted in the same
+        // transaction; over the bound nothing is written.
+        if (count("SELECT COUNT(*) FROM pns WHERE gw_id = $1", inv.gw_id()) >
+            static_cast<std::int64_t>(kMaxPnsPerGw))
+            return PutResult::kLimit;
+        for (const pb::PnMember& m : inv.members())
+            if (count("SELECT COUNT(*) FROM pn_members WHERE pne_id = $1", m.pne_id()) >=
+                static_cast<std::int64_t>(kMaxPnsPerPne))
+                return PutResult::kLimit;
 
         std::int64_t index = 0;
         for (const pb::PnMember& m : inv.members()) {
@@ -247,6 +256,11 @@ class SqlStore final : public Store {
         }
         txn.commit();
         return PutResult::kOk;
+    }
+
+    std::int64_t count(const char* sql, const std::string& id) {
+        const detail::Result r = db_->run(sql, {Param::of(id)});
+        return r.rows.empty() ? 0 : integer(r.rows[0][0]);
     }
 
     bool pn_exists(const std::string& gw_id, const std::string& pn_id) override {

@@ -68,6 +68,7 @@ enum class PutResult {
     kOk,         // registered, and durable
     kDuplicate,  // (gw_id, pn_id) is registered already; nothing was written
     kError,      // the inventory was refused (see register_pn); nothing was written
+    kLimit,  // the PN GW already has kMaxPnsPerGw PNs, or a member kMaxPnsPerPne; nothing written
 };
 
 // Connection and SQL failures, unreadable rows, bad configuration (URL, master key).
