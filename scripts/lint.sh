@@ -54,7 +54,8 @@ if ! printf '%s\0' "${core[@]}" | xargs -0 -n 1 -P "${CPNS_LINT_JOBS:-2}" sh -c 
 fi
 cat "$tidy_out"
 # A finding in a header is reported once per file that includes it: count distinct ones.
-findings=$(grep -E ': (warning|error): ' "$tidy_out" | sort -u | wc -l)
+# (grep finds nothing on a clean run: under pipefail that must not end the script.)
+findings=$({ grep -E ': (warning|error): ' "$tidy_out" || true; } | sort -u | wc -l)
 if ((findings)); then
   echo "lint: clang-tidy: $findings distinct finding(s) in src/core:"
   grep -E ': (warning|error): ' "$tidy_out" | sed "s#^$PWD/##" | sort -u | sed 's/^/  /'
