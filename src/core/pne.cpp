@@ -338,7 +338,11 @@ static void add_others(PneEffects& out, const std::string& self, const pb::PnRes
 // In kWaitAuthRequest, kTlsBeforeAuthResp and kWaitResult; a success only in kWaitResult.
 void Pne::handle_result(Out& out, const std::string& from, const pb::PnResult& r,
                         Protection protection) {
-    if (from != s_.gw_id || r.pn_id() != s_.pn_id) {
+    // While PSK-TLS with the PN GW is up, a result in clear is not from it (the PN GW sends
+    // through the session): a PAN attacker's replayed or forged notice must not end the run.
+    const bool clear_beside_tls =
+        tls_needed() && protection != Protection::kTls && tls_peer_ == from;
+    if (from != s_.gw_id || r.pn_id() != s_.pn_id || clear_beside_tls) {
         ++counters_.ignored;
         return;
     }
