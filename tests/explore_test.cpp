@@ -257,6 +257,19 @@ TEST(ExplorerHolds, ReplayedSetupRequestDoesNotAbortAJoinedInitiator) {
     EXPECT_EQ(r.find("agreement"), nullptr) << describe(r);
 }
 
+// A compromised PNE: the attacker holds pne-c's EUKey and drives it (it asks for PNs of every
+// setup type with any invitation list, and its traffic can be replayed and rewritten). Every
+// property holds for the honest parties: none is made a member without consent, none loses a
+// key, no PN is registered beyond what its initiator asked for.
+TEST(ExplorerHolds, CompromisedPneGetsNothingFromTheHonestOnes) {
+    Explorer ex(scenario("pne-all-insecure-ui-3;faults=0;timers=0;cpne=pne-c;attacks=2;replay;"
+                         "mut=setup_type+invited+caps;new_pns=3;sessions=3"),
+                bounded(3, 150, 50, {}));
+    const Report r = ex.run();
+    EXPECT_TRUE(r.violations.empty()) << describe(r);
+    EXPECT_GE(r.depth_exhausted, 3);
+}
+
 // --- The explorer can fail: deliberately weakened servers -------------------------------------
 // Each weakening (core/server.hpp, tests only) reopens one hole; the explorer must find it
 // within these bounds, and print it as a minimal, replayable counterexample.

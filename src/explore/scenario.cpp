@@ -184,8 +184,8 @@ std::vector<Scenario> standard_scenarios() {
 }
 
 std::string_view to_string(ActionKind k) {
-    static constexpr std::array<std::string_view, 8> kNames{
-        "deliver", "drop", "duplicate", "timer", "tls", "replay", "rewrite", "inject"};
+    static constexpr std::array<std::string_view, 9> kNames{
+        "deliver", "drop", "duplicate", "timer", "tls", "replay", "rewrite", "inject", "command"};
     const auto i = static_cast<std::size_t>(k);
     return i < kNames.size() ? kNames[i] : "invalid";
 }
@@ -224,7 +224,7 @@ std::optional<Action> parse_action(std::string_view line) {
     if (words.size() != 5) return std::nullopt;
     Action a;
     bool known = false;
-    for (int k = 0; k < 8; ++k)
+    for (int k = 0; k < 9; ++k)
         if (to_string(static_cast<ActionKind>(k)) == words[0]) {
             a.kind = static_cast<ActionKind>(k);
             known = true;

@@ -75,6 +75,9 @@ enum class ActionKind : std::uint8_t {
     kReplay,     // the attacker sends a known frame again, to `party`
     kRewrite,    // the attacker rewrites `field` := `value` of an in-flight message
     kInject,     // the attacker sends a known frame with `field` := `value`, to `party`
+    kCommand,    // the compromised PNE `party`, driven by the attacker with its own EUKey,
+                 // asks its PN GW for a PN: setup type `field` ("1-1", "all", "list"),
+                 // invitation list `value` (IDs joined by ',')
 };
 std::string_view to_string(ActionKind k);
 

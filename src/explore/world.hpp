@@ -155,6 +155,8 @@ class World {
     bool do_replay(const Action& a);
     bool do_rewrite(const Action& a);
     bool do_inject(const Action& a);
+    bool do_command(const Action& a);
+    void add_commands(std::vector<Action>& out) const;
     std::vector<Message>::iterator find_flight(std::uint64_t id);
     const Known* find_known(std::uint64_t id) const;
     bool is_pne(const std::string& id) const { return pnes_.count(id) != 0; }

@@ -76,6 +76,9 @@ bool World::apply(const Action& a) {
         case ActionKind::kInject:
             ok = attack_left && scn_.inject && do_inject(a);
             break;
+        case ActionKind::kCommand:
+            ok = attack_left && do_command(a);
+            break;
     }
     if (!ok) --step_;
     return ok;
@@ -185,6 +188,35 @@ bool World::do_rewrite(const Action& a) {
     ++attacks_;
     trace_line(m.from, m.to, "attacker rewrites " + m.name, a.field, true);
     deliver(m);
+    return true;
+}
+
+bool World::do_command(const Action& a) {
+    if (a.party.empty() || a.party != scn_.compromised_pne || !is_pne(a.party)) return false;
+    Pne& p = *pnes_.at(a.party);
+    if (p.busy()) return false;
+    const pb::SetupType type = a.field == "1-1"    ? pb::SETUP_ONE_TO_ONE
+                               : a.field == "all"  ? pb::SETUP_ALL
+                               : a.field == "list" ? pb::SETUP_INVITE_LIST
+                                                   : pb::SETUP_UNSPECIFIED;
+    if (type == pb::SETUP_UNSPECIFIED) return false;
+    std::vector<std::string> invited;
+    std::string id;
+    for (char c : a.value + ",") {
+        if (c != ',') {
+            id += c;
+        } else if (!id.empty()) {
+            invited.push_back(id);
+            id.clear();
+        }
+    }
+    ++attacks_;
+    trace_line(a.party, kGwId, "command",
+               "the compromised PNE asks for a PN (" + a.field +
+                   (a.value.empty() ? "" : " " + a.value) + ")",
+               true);
+    apply_effects(a.party, p.start_setup(kGwId, type, invited, now_));
+    // Its own requests count as consent: the attacker decides for the device it holds.
     return true;
 }
 

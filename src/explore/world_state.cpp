@@ -65,8 +65,23 @@ void World::add_network_actions(std::vector<Action>& out) const {
         }
 }
 
+// The compromised PNE can ask for any PN its own key lets it ask for: each setup type, with
+// the other PNEs (or no one else) invited.
+void World::add_commands(std::vector<Action>& out) const {
+    const std::string& id = scn_.compromised_pne;
+    if (id.empty() || !is_pne(id) || pne(id).busy()) return;
+    std::string others;
+    for (const auto& p : scn_.pne_ids())
+        if (p != id) others += (others.empty() ? "" : ",") + p;
+    const std::string& mine = id;
+    for (const auto& [type, list] : std::vector<std::pair<std::string, std::string>>{
+             {"1-1", ""}, {"all", ""}, {"list", others}, {"list", mine}})
+        out.push_back(Action{ActionKind::kCommand, 0, id, type, list});
+}
+
 void World::add_attacker_actions(std::vector<Action>& out) const {
     if (attacks_ >= scn_.max_attacks) return;
+    add_commands(out);
     if (scn_.replay)
         for (const auto& k : known_)
             for (const auto& t : replay_targets(k))

@@ -313,7 +313,7 @@ void Simulator::on_transition(TransitionEffect t) {
 void Simulator::apply(const std::string& id, PneEffects effects) {
     for (auto& eff : effects)
         std::visit(Overloaded{
-                       
+                       [&](SendEffect& s) { route(id, std::move(s)); },
                        [&](StartTlsEffect& t) { on_start_tls(id, t); },
                        [&](StoreLocalKeyEffect& k) {
                            pne_lk_[{k.pn_id, id}] = k.key;
