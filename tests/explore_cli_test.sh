@@ -3,7 +3,8 @@
 # bounded in time (at most a few seconds per scenario; the whole test well under 3 minutes on
 # two cores). It prints the states explored, the depth exhausted in every scenario and the time.
 #   1. an active attacker on every insecure PAN: replays, rewrites of every field, injections;
-#   2. a dishonest PN GW rewriting what it relays (two rewrites per run).
+#   2. a dishonest PN GW rewriting what it relays (two rewrites per run), every property but
+#      agreement (see below).
 # Timers and network faults are left out here: with them agreement fails in the documented
 # known limitations (docs/security.md, section 4: a result lost or refused leaves the PNE
 # registered); so do the result-corrupting rewrites (hash_server, inventory, success), which
@@ -32,11 +33,18 @@ run() {
     fi
 }
 
-run "PAN attacker" --with "faults=0;timers=0;inject;attacks=2" --depth 3 --walks 60 \
-    --walk-depth 40 --seconds 1.5
-run "dishonest PN GW" \
+run "PAN attacker, every property" --with "faults=0;timers=0;inject;attacks=2" --depth 4 \
+    --walks 300 --walk-depth 50 --seconds 2
+# A dishonest PN GW can always make a PNE refuse its result (it holds the PNE's session and
+# can hand it another PNE's): the PNE then stays registered, which agreement reports (known
+# limitation L4, docs/security.md). Every other property is checked here; agreement's own part
+# — a PNE never stores a member list the server did not register — is
+# ExplorerHolds.InventoryGivenToPneAuthenticated.
+run "dishonest PN GW, every property but agreement" \
     --with "faults=0;timers=0;dgw;attacks=2;mut=setup_type+invited+caps+hash_pne+wrapped+pn_id+rand_server" \
-    --depth 3 --walks 40 --walk-depth 40 --seconds 1.5
+    --depth 3 --walks 200 --walk-depth 50 --seconds 2.5 --property consent \
+    --property initiator_authenticity --property setup_fidelity --property secrecy \
+    --property freshness --property bounded_state
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
