@@ -442,4 +442,10 @@ void wipe_bytes_fields(google::protobuf::Message& m) {
     }
 }
 
+std::optional<pb::Envelope> decoded_envelope(std::span<const std::uint8_t> frame) {
+    auto d = decode_frame(frame);
+    if (auto* env = std::get_if<pb::Envelope>(&d)) return std::move(*env);
+    return std::nullopt;
+}
+
 }  // namespace cpns

@@ -46,6 +46,9 @@ using Bytes = std::vector<std::uint8_t>;
 // Serialize and frame. The caller sets body and sender; version is filled in here.
 Bytes encode_frame(pb::Envelope env);
 
+// The envelope of a whole frame, or nullopt for any decode error (when the reason does not
+// matter: the simulator's and the explorer's bookkeeping).
+std::optional<pb::Envelope> decoded_envelope(std::span<const std::uint8_t> frame);
 // Decode one whole frame (header included).
 std::variant<pb::Envelope, DecodeError> decode_frame(std::span<const std::uint8_t> frame);
 // Decode a body without header (length already checked by the caller).

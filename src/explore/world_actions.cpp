@@ -8,12 +8,6 @@ namespace cpns::explore {
 
 namespace {
 
-std::optional<pb::Envelope> decode(const Bytes& frame) {
-    auto d = decode_frame(frame);
-    if (auto* env = std::get_if<pb::Envelope>(&d)) return std::move(*env);
-    return std::nullopt;
-}
-
 std::string_view prot_word(Protection p) {
     return p == Protection::kTls ? "tls" : "clear";
 }
@@ -85,7 +79,7 @@ bool World::apply(const Action& a) {
 }
 
 bool World::deliver(const Message& m) {
-    auto env = decode(m.frame);
+    auto env = decoded_envelope(m.frame);
     trace_line(m.from, m.to, m.name,
                std::string(prot_word(m.protection)) + (m.forged ? ", forged" : ""), false);
     if (!env) {
@@ -178,7 +172,7 @@ bool World::do_rewrite(const Action& a) {
     if (it == flight_.end() || !attacker_sees(it->from, it->to, it->protection) ||
         !attacker_sends(it->from, it->to))
         return false;
-    auto env = decode(it->frame);
+    auto env = decoded_envelope(it->frame);
     Message m = *it;
     if (!env || !forge(*env, m.from, m.to, a)) return false;
     m.frame = encode_frame(std::move(*env));
@@ -225,7 +219,7 @@ bool World::do_inject(const Action& a) {
     if (!k) return false;
     const auto targets = replay_targets(*k);
     if (std::find(targets.begin(), targets.end(), a.party) == targets.end()) return false;
-    auto env = decode(k->frame);
+    auto env = decoded_envelope(k->frame);
     std::string from = k->from;
     if (!env || !forge(*env, from, a.party, a)) return false;
     Message m{from,    a.party, attacker_protection(from, a.party), encode_frame(*env), 0,

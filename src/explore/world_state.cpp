@@ -8,12 +8,6 @@ namespace cpns::explore {
 
 namespace {
 
-std::optional<pb::Envelope> decode(const Bytes& frame) {
-    auto d = decode_frame(frame);
-    if (auto* env = std::get_if<pb::Envelope>(&d)) return std::move(*env);
-    return std::nullopt;
-}
-
 void put(std::string& buf, std::string_view s) {
     buf += s;
     buf += '\x1f';
@@ -100,7 +94,7 @@ void World::add_attacker_actions(std::vector<Action>& out) const {
 
 void World::add_rewrites(std::vector<Action>& out, const Bytes& frame, std::uint64_t id,
                          ActionKind kind, const std::string& from, const std::string& to) const {
-    const auto env = decode(frame);
+    const auto env = decoded_envelope(frame);
     if (!env) return;
     const std::string party = kind == ActionKind::kInject ? to : "";
     const std::string before = env->SerializeAsString();
