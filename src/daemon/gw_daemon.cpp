@@ -75,7 +75,8 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     server.keylog_path = keylog;
     server.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
         if (throttle_.blocked(std::string(identity), mono_now())) {
-            spdlog::warn("PSK-TLS as {} refused: backing off after repeated failures", identity);
+            spdlog::warn("PSK-TLS as {} refused: backing off after repeated failures",
+                         printable(identity));
             return std::nullopt;
         }
         return gw_->tls_psk_for(identity);
@@ -209,17 +210,17 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
     const std::string pne = parsed ? parsed->pne_id : "";
     if (failed) {
         spdlog::warn("PSK-TLS from {}{} failed: {} ({})", conn->remote(),
-                     identity.empty() ? "" : " as " + identity, tls::to_string(failed->tls),
-                     failed->detail);
+                     identity.empty() ? "" : " as " + printable(identity),
+                     tls::to_string(failed->tls), failed->detail);
         if (failed->tls == tls::TlsError::kBadPsk && !identity.empty() &&
             throttle_.failed(identity, mono_now()))
             spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
-                         identity, kPskBackoff / 1000);
+                         printable(identity), kPskBackoff / 1000);
         if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
         co_return false;
     }
     if (pne.empty() || pne == opt_.role.server_id || pne == opt_.role.gw_id) {
-        spdlog::warn("PSK-TLS identity '{}' names no PNE; closing", identity);
+        spdlog::warn("PSK-TLS identity '{}' names no PNE; closing", printable(identity));
         co_return false;
     }
     conn->peer_id = pne;
@@ -367,25 +368,76 @@ void GwDaemon::outcome_effect(const OutcomeEffect& o) {
 }
 
 void GwDaemon::apply(GatewayEffects effects) {
-    for (auto& e : effects)
-        std::visit(Overloaded{
-                       [&](const SendEffect& s) { send_effect(s); },
-                       [&](const OutcomeEffect& o) { outcome_effect(o); },
-                       [&](const CloseLinkEffect& c) {
-                           if (auto it = pan_conns_.find(c.peer); it != pan_conns_.end())
-                               for (auto& conn : it->second) conn->close();
-                       },
-                       [&](const StoreInventoryEffect& inv) {
-                           spdlog::info("PN Inventory of {} stored ({} member(s))",
-                                        inv.inventory.pn_id(), inv.inventory.members_size());
-                           if (state_) state_->save(gw_->export_state());
-                       },
-                       // The LocalEUKey stays in the role's memory (never logged).
-                       [&](const StoreLocalKeyEffect&) {},
-                       [&](const TransitionEffect& t) { trace_->transition(t); },
-                   },
-                   e);
+    for (auto& e : effects) held_.push_back(std::move(e));
+    carry_out();
     timer_.arm(gw_->next_deadline());
+}
+
+// Carries out the held effects in order, stopping at a state save until it is durable.
+void GwDaemon::carry_out() {
+    while (!saving_ && !held_.empty()) {
+        GatewayEffect e = std::move(held_.front());
+        held_.pop_front();
+        carry_out(e);
+    }
+}
+
+void GwDaemon::carry_out(GatewayEffect& effect) {
+    std::visit(Overloaded{
+                   [&](const SendEffect& s) { send_effect(s); },
+                   [&](const OutcomeEffect& o) { outcome_effect(o); },
+                   [&](const CloseLinkEffect& c) {
+                       if (auto it = pan_conns_.find(c.peer); it != pan_conns_.end())
+                           for (auto& conn : it->second) conn->close();
+                   },
+                   [&](const StoreInventoryEffect& inv) {
+                       spdlog::info("PN Inventory of {} stored ({} member(s))",
+                                    inv.inventory.pn_id(), inv.inventory.members_size());
+                       if (!state_) return;
+                       saving_ = true;
+                       const std::string pn = inv.inventory.pn_id();
+                       state_->save(gw_->export_state(), [this, pn](const std::string& error) {
+                           asio::post(io_, [this, pn, error] { state_saved(pn, error); });
+                       });
+                   },
+                   // The LocalEUKey stays in the role's memory (never logged).
+                   [&](const StoreLocalKeyEffect&) {},
+                   [&](const TransitionEffect& t) { trace_->transition(t); },
+               },
+               effect);
+}
+
+// The save of `pn_id`'s inventory ended. If it failed, the held reports of that PN become
+// failures (INTERNAL_ERROR): neither the operator nor a PNE is told of a PN that would not
+// survive a restart of this PN GW.
+void GwDaemon::state_saved(const std::string& pn_id, const std::string& error) {
+    saving_ = false;
+    if (!error.empty()) {
+        const std::string detail =
+            "registered by the CPNS Server, but the PN GW could not save it: " + error;
+        spdlog::error("PN {} reported as failed: {}", pn_id, detail);
+        for (auto& e : held_) {
+            if (auto* o = std::get_if<OutcomeEffect>(&e); o && o->pn_id == pn_id && o->success) {
+                o->success = false;
+                o->reason = pb::INTERNAL_ERROR;
+                o->detail = detail;
+                for (auto& p : o->pnes)
+                    if (p.joined) p = PneOutcome{p.pne_id, false, pb::INTERNAL_ERROR};
+            } else if (auto* s = std::get_if<SendEffect>(&e)) {
+                const pb::PnResult* r =
+                    s->msg.has_setup_response()         ? &s->msg.setup_response().result()
+                    : s->msg.has_establishment_notify() ? &s->msg.establishment_notify().result()
+                                                        : nullptr;
+                if (!r || r->pn_id() != pn_id || !r->success()) continue;
+                pb::Envelope report = error_report(pn_id, pb::INTERNAL_ERROR,
+                                                   "the PN GW could not save the PN durably");
+                report.set_version(s->msg.version());
+                report.set_sender_id(s->msg.sender_id());
+                s->msg = std::move(report);
+            }
+        }
+    }
+    carry_out();
 }
 
 asio::awaitable<void> GwDaemon::discovery_loop() {
@@ -446,6 +498,8 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
     if (ec) co_return;
     line.resize(n > 0 ? n - 1 : 0);
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    // The request is untrusted text: logged only through printable(), answered only as JSON
+    // built by the protobuf printer (error_json), and every PNE ID checked by valid_id().
     std::istringstream in(line);
     std::string cmd;
     in >> cmd;
@@ -453,9 +507,21 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
         answer(socket, message_json(status()));
     } else if (cmd == "invite") {
         std::vector<std::string> ids;
-        for (std::string id; in >> id;) ids.push_back(id);
+        for (std::string id; in >> id;) {
+            if (!valid_id(id)) {
+                spdlog::warn("control: invite refused: '{}' is not a valid PNE ID", printable(id));
+                answer(socket, error_json("invite: '" + printable(id) +
+                                          "' is not a valid PNE ID (letters, digits, '-', '_', "
+                                          "'.'; at most " +
+                                          std::to_string(kMaxIdLength) + " characters)"));
+                co_return;
+            }
+            ids.push_back(id);
+        }
+        std::string named;
+        for (const auto& id : ids) named += (named.empty() ? "" : " ") + id;
         spdlog::info("control: invite {}",
-                     ids.empty() ? std::string("every discovered PNE") : line.substr(7));
+                     ids.empty() ? std::string("every discovered PNE") : named);
         GatewayEffects fx = gw_->invite(ids, mono_now());
         const std::string pn = gw_->last_pn_id();
         if (pn.empty()) {
@@ -465,8 +531,9 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
         }
         apply(std::move(fx));
     } else {
-        answer(socket,
-               "{\"error\":\"unknown command '" + cmd + "'; use: invite [pne ...] | status\"}");
+        spdlog::warn("control: unknown command '{}'", printable(cmd));
+        answer(socket, error_json("unknown command '" + printable(cmd) +
+                                  "'; use: invite [pne ...] | status"));
     }
 }
 

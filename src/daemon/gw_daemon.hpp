@@ -3,6 +3,7 @@
 // endpoint for operators ("invite", "status").
 #pragma once
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -64,6 +65,9 @@ class GwDaemon {
     asio::awaitable<void> discovery_loop();
     asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
     void apply(GatewayEffects effects);
+    void carry_out();
+    void carry_out(GatewayEffect& effect);
+    void state_saved(const std::string& pn_id, const std::string& error);
     void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
@@ -91,6 +95,10 @@ class GwDaemon {
     std::uint16_t pan_port_ = 0, control_port_ = 0;
     std::unique_ptr<net::PskClientLink> server_link_;
     std::unique_ptr<StateWriter> state_;
+    // Effects held back, in order, while a saved PN Inventory is not yet durable: nothing
+    // about a PN (control answer, result to a PNE) is reported before its state is on disk.
+    std::deque<GatewayEffect> held_;
+    bool saving_ = false;
     PskThrottle throttle_;  // failed PSK attempts per PAN identity
 };
 

@@ -116,7 +116,7 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
             to_role(r.entity_id(), env, Protection::kClear);
             if (r.mode() != pb::MODE_PN_GW && r.mode() != pb::MODE_BOTH) continue;
             if (auto hp = net::parse_host_port(r.endpoint())) {
-                spdlog::info("found PN GW {} at {}", r.entity_id(), r.endpoint());
+                spdlog::info("found PN GW {} at {}", r.entity_id(), printable(r.endpoint()));
                 found = hp;
             }
         }
@@ -318,28 +318,67 @@ void PneDaemon::outcome_effect(const OutcomeEffect& o) {
 }
 
 void PneDaemon::apply(PneEffects effects) {
-    for (auto& e : effects)
-        std::visit(Overloaded{
-                       [&](const SendEffect& s) { send_effect(s); },
-                       [&](StartTlsEffect& t) {
-                           asio::co_spawn(
-                               io_, start_tls(std::make_shared<const StartTlsEffect>(std::move(t))),
-                               asio::detached);
-                       },
-                       [&](const OutcomeEffect& o) { outcome_effect(o); },
-                       [&](const StoreLocalKeyEffect& k) {
-                           spdlog::info(
-                               "LocalEUKey for {} with {} received (kept in memory, never logged)",
-                               k.pn_id, k.peer_id);
-                       },
-                       [&](const SessionKeyEffect& sk) {
-                           spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk.pn_id);
-                           if (state_) state_->save(pne_->export_state());
-                       },
-                       [&](const TransitionEffect& t) { trace_->transition(t); },
-                   },
-                   e);
+    for (auto& e : effects) held_.push_back(std::move(e));
+    carry_out();
     timer_.arm(pne_->next_deadline());
+}
+
+// Carries out the held effects in order, stopping at a state save until it is durable.
+void PneDaemon::carry_out() {
+    while (!saving_ && !held_.empty()) {
+        PneEffect e = std::move(held_.front());
+        held_.pop_front();
+        carry_out(e);
+    }
+}
+
+void PneDaemon::carry_out(PneEffect& effect) {
+    std::visit(
+        Overloaded{
+            [&](const SendEffect& s) { send_effect(s); },
+            [&](StartTlsEffect& t) {
+                asio::co_spawn(io_, start_tls(std::make_shared<const StartTlsEffect>(std::move(t))),
+                               asio::detached);
+            },
+            [&](const OutcomeEffect& o) { outcome_effect(o); },
+            [&](const StoreLocalKeyEffect& k) {
+                spdlog::info("LocalEUKey for {} with {} received (kept in memory, never logged)",
+                             k.pn_id, k.peer_id);
+            },
+            [&](const SessionKeyEffect& sk) {
+                spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk.pn_id);
+                if (!state_) return;
+                saving_ = true;
+                const std::string pn = sk.pn_id;
+                state_->save(pne_->export_state(), [this, pn](const std::string& error) {
+                    asio::post(io_, [this, pn, error] { state_saved(pn, error); });
+                });
+            },
+            [&](const TransitionEffect& t) { trace_->transition(t); },
+        },
+        effect);
+}
+
+// The save of the membership in `pn_id` ended. If it failed, the held outcome of that PN
+// becomes a failure (INTERNAL_ERROR): this PNE would not know the PN after a restart.
+void PneDaemon::state_saved(const std::string& pn_id, const std::string& error) {
+    saving_ = false;
+    if (!error.empty()) {
+        const std::string detail = "joined, but this PNE could not save the membership: " + error;
+        spdlog::error("PN {} reported as failed: {}", pn_id, detail);
+        for (auto& e : held_)
+            if (auto* o = std::get_if<OutcomeEffect>(&e); o && o->pn_id == pn_id && o->success) {
+                o->success = false;
+                o->reason = pb::INTERNAL_ERROR;
+                o->detail = detail;
+                for (auto& p : o->pnes)
+                    if (p.pne_id == opt_.role.pne_id) {
+                        p.joined = false;
+                        p.reason = pb::INTERNAL_ERROR;
+                    }
+            }
+    }
+    carry_out();
 }
 
 }  // namespace cpns::daemon

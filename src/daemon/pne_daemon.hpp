@@ -4,6 +4,7 @@
 // answers invitations, and can start a PN itself.
 #pragma once
 
+#include <deque>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -62,6 +63,9 @@ class PneDaemon {
     asio::awaitable<void> read_link(std::shared_ptr<net::Connection> conn);
     asio::awaitable<void> start_tls(std::shared_ptr<const StartTlsEffect> eff);
     void apply(PneEffects effects);
+    void carry_out();
+    void carry_out(PneEffect& effect);
+    void state_saved(const std::string& pn_id, const std::string& error);
     void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
@@ -84,6 +88,10 @@ class PneDaemon {
     bool stopping_ = false;
     asio::steady_timer wait_;
     std::unique_ptr<StateWriter> state_;
+    // Effects held back, in order, while a saved membership is not yet durable: the PNE
+    // reports a joined PN (its outcome, the exit status of `setup`) only once it is on disk.
+    std::deque<PneEffect> held_;
+    bool saving_ = false;
 };
 
 }  // namespace cpns::daemon

@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 
 #include "daemon/common.hpp"
@@ -109,17 +108,56 @@ std::optional<Bytes> open_state(const SecretKey& key, std::string_view device_id
 
 std::optional<Bytes> load_state_file(const std::string& path, const SecretKey& key,
                                      std::string_view device_id) {
-    std::error_code ec;
-    if (!std::filesystem::exists(path, ec)) return std::nullopt;
-    std::ifstream in(path, std::ios::binary);
-    Bytes file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in && !in.eof()) throw ConfigError("cannot read state file " + path);
+    auto content =
+        read_file_if_exists(path, "state file", kMaxStateFileBytes, FileSecrecy::kSealed);
+    if (!content) return std::nullopt;
+    const Bytes file(content->content.begin(), content->content.end());
     auto plain = open_state(key, device_id, file);
     if (!plain)
         throw ConfigError("state file " + path +
                           " does not open with this device's key (another "
                           "device's file, a different EUKey, or corrupted)");
     return plain;
+}
+
+void write_state_file(const std::string& path, const SecretKey& key, std::string_view device_id,
+                      ByteView plaintext) {
+    const Bytes sealed = seal_state(key, device_id, plaintext);
+    const std::string tmp = path + ".tmp";
+    // A left-over temporary file (or anything else planted under its name: a FIFO, a link)
+    // is removed, and the new one created exclusively: open() never blocks or follows a link.
+    if (::unlink(tmp.c_str()) != 0 && errno != ENOENT)
+        throw std::runtime_error("cannot remove " + tmp + ": " + std::strerror(errno));
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) throw std::runtime_error("cannot create " + tmp + ": " + std::strerror(errno));
+    try {
+        write_all(fd, sealed, tmp);
+    } catch (...) {
+        ::close(fd);
+        throw;
+    }
+    if (::fsync(fd) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw std::runtime_error("cannot sync " + tmp + ": " + std::strerror(err));
+    }
+    if (::close(fd) != 0)
+        throw std::runtime_error("cannot close " + tmp + ": " + std::strerror(errno));
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+        throw std::runtime_error("cannot replace " + path + ": " + std::strerror(errno));
+    // The rename is durable only once the directory entry is.
+    const auto dir = std::filesystem::path(path).parent_path();
+    const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        throw std::runtime_error("cannot open the directory of " + path + ": " +
+                                 std::strerror(errno));
+    const int synced = ::fsync(dfd);
+    const int err = errno;
+    ::close(dfd);
+    if (synced != 0)
+        throw std::runtime_error("cannot sync the directory of " + path + ": " +
+                                 std::strerror(err));
+    spdlog::debug("state saved to {} ({} bytes sealed)", path, sealed.size());
 }
 
 StateWriter::StateWriter(std::string path, SecretKey key, std::string device_id)
@@ -137,18 +175,19 @@ StateWriter::~StateWriter() {
     thread_.join();
 }
 
-void StateWriter::save(Bytes plaintext) {
+void StateWriter::save(Bytes plaintext, Done done) {
     {
         std::lock_guard lk(mu_);
         if (pending_) wipe(pending_->data(), pending_->size());
         pending_ = std::move(plaintext);
+        if (done) pending_done_.push_back(std::move(done));
     }
     cv_.notify_all();
 }
 
-void StateWriter::save(google::protobuf::Message&& state) {
+void StateWriter::save(google::protobuf::Message&& state, Done done) {
     std::string bytes = state.SerializeAsString();
-    save(Bytes(bytes.begin(), bytes.end()));
+    save(Bytes(bytes.begin(), bytes.end()), std::move(done));
     wipe(bytes.data(), bytes.size());
     wipe_bytes_fields(state);
 }
@@ -166,37 +205,25 @@ std::uint64_t StateWriter::written() const {
 void StateWriter::loop() {
     for (;;) {
         Bytes plain;
+        std::vector<Done> done;
         {
             std::unique_lock lk(mu_);
             cv_.wait(lk, [this] { return pending_ || stop_; });
             if (!pending_) return;  // stopping, nothing left
             plain = std::move(*pending_);
             pending_.reset();
+            done.swap(pending_done_);
             busy_ = true;
         }
+        std::string error;
         try {
-            const Bytes sealed = seal_state(key_, device_id_, plain);
-            const std::string tmp = path_ + ".tmp";
-            const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-            if (fd < 0)
-                throw std::runtime_error("cannot create " + tmp + ": " + std::strerror(errno));
-            write_all(fd, sealed, tmp);
-            if (::fsync(fd) != 0 || ::close(fd) != 0)
-                throw std::runtime_error("cannot sync " + tmp + ": " + std::strerror(errno));
-            if (std::rename(tmp.c_str(), path_.c_str()) != 0)
-                throw std::runtime_error("cannot replace " + path_ + ": " + std::strerror(errno));
-            const auto dir = std::filesystem::path(path_).parent_path();
-            const int dfd =
-                ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (dfd >= 0) {
-                ::fsync(dfd);
-                ::close(dfd);
-            }
-            spdlog::debug("state saved to {} ({} bytes sealed)", path_, sealed.size());
+            write_state_file(path_, key_, device_id_, plain);
         } catch (const std::exception& e) {
-            spdlog::error("state not saved: {}", e.what());
+            error = e.what();
+            spdlog::error("state not saved: {}", error);
         }
         wipe(plain.data(), plain.size());
+        for (const auto& d : done) d(error);
         {
             std::lock_guard lk(mu_);
             busy_ = false;
