@@ -126,6 +126,24 @@ bool valid_id(std::string_view id) {
     });
 }
 
+std::string printable(std::string_view text, std::size_t max_shown) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out;
+    out.reserve(std::min(text.size(), max_shown) + 3);
+    for (std::size_t i = 0; i < text.size() && i < max_shown; ++i) {
+        const auto c = static_cast<unsigned char>(text[i]);
+        if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'' && c != '"') {
+            out.push_back(static_cast<char>(c));
+        } else {
+            out += "\\x";
+            out.push_back(kHex[c >> 4]);
+            out.push_back(kHex[c & 0x0f]);
+        }
+    }
+    if (text.size() > max_shown) out += "...";
+    return out;
+}
+
 namespace {
 
 // One check per message body: IDs well formed, lists and texts bounded, fixed-size fields of

@@ -57,6 +57,11 @@ std::variant<pb::Envelope, DecodeError> decode_body(std::span<const std::uint8_t
 // Checks IDs, sizes and counts of every field of a decoded envelope.
 std::optional<DecodeError> validate(const pb::Envelope& env);
 bool valid_id(std::string_view id);
+// Untrusted text (from the network or a local client) as one printable line for logs and
+// error details: printable ASCII kept, every other byte (newline, ESC, the quote ', the
+// backslash, non-ASCII) shown as \xNN, at most max_shown bytes, then "...". Every string that
+// did not pass valid_id() goes through this before it is logged.
+std::string printable(std::string_view text, std::size_t max_shown = 64);
 
 // Incremental decoder for a byte stream (TCP/TLS). Bounded when next() is drained after each
 // feed(): it then holds at most one partial frame (<= kMaxFrameSize + header) plus the bytes

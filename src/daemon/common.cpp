@@ -1,14 +1,135 @@
 #include "daemon/common.hpp"
 
+#include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 namespace cpns::daemon {
+
+namespace {
+
+std::atomic<bool> logging_ready{false};
+
+std::string file_type_name(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
+std::string mode_text(unsigned mode) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%04o", mode & 07777U);
+    return buf;
+}
+
+struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+};
+
+// Top-level keys (and keys of [[pne]] / [[entity]] entries) that hold a key in the clear.
+bool holds_inline_secret(const toml::table& t) {
+    for (const char* k : {"eukey", "preassigned_key", "master_key"})
+        if (t.contains(k)) return true;
+    for (const char* list : {"pne", "entity"})
+        if (const auto* arr = t[list].as_array())
+            for (const auto& node : *arr)
+                if (const auto* e = node.as_table())
+                    if (e->contains("eukey") || e->contains("preassigned_key")) return true;
+    return false;
+}
+
+}  // namespace
+
+void warn_operator(const std::string& text) {
+    if (logging_ready.load())
+        spdlog::warn("{}", text);
+    else
+        std::cerr << "warning: " << text << "\n";
+}
+
+std::optional<CheckedFile> read_file_if_exists(const std::string& path, std::string_view what,
+                                               std::size_t max_bytes, FileSecrecy secrecy) {
+    const std::string name = std::string(what) + " " + path;
+    // O_NONBLOCK: opening a FIFO does not wait for a writer; O_NOCTTY: a terminal is not
+    // adopted. Both are harmless for the regular file we require.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return std::nullopt;
+        throw ConfigError("cannot open " + name + ": " + std::strerror(errno));
+    }
+    FdCloser closer{fd};
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+        throw ConfigError("cannot stat " + name + ": " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        throw ConfigError(name + " is " + file_type_name(st.st_mode) + ", not a regular file");
+    const unsigned mode = static_cast<unsigned>(st.st_mode) & 07777U;
+    if ((mode & S_IWOTH) != 0)
+        throw ConfigError(name + " is writable by every user (mode " + mode_text(mode) +
+                          "); fix it: chmod o-w " + path);
+    if (secrecy == FileSecrecy::kSecret && (mode & 077U) != 0)
+        warn_operator(name + " holds a key and is accessible by group or others (mode " +
+                      mode_text(mode) + "); restrict it to its owner: chmod 600 " + path);
+    if (st.st_size < 0 || static_cast<std::uint64_t>(st.st_size) > max_bytes)
+        throw ConfigError(name + " is " + std::to_string(st.st_size) + " bytes; at most " +
+                          std::to_string(max_bytes) + " are accepted");
+    CheckedFile out;
+    out.mode = mode;
+    out.content.resize(static_cast<std::size_t>(st.st_size));
+    std::size_t got = 0;
+    // Read to the end, but never past the bound (the file may grow while we read).
+    for (;;) {
+        if (got == out.content.size()) {
+            if (out.content.size() >= max_bytes + 1) break;
+            out.content.resize(std::min(max_bytes + 1, out.content.size() + 4096));
+        }
+        const ssize_t n = ::read(fd, out.content.data() + got, out.content.size() - got);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            const int err = errno;
+            if (secrecy == FileSecrecy::kSecret) wipe(out.content.data(), out.content.size());
+            throw ConfigError("cannot read " + name + ": " + std::strerror(err));
+        }
+        if (n == 0) break;
+        got += static_cast<std::size_t>(n);
+    }
+    if (got > max_bytes) {
+        if (secrecy == FileSecrecy::kSecret) wipe(out.content.data(), out.content.size());
+        throw ConfigError(name + " is larger than the " + std::to_string(max_bytes) +
+                          " bytes accepted");
+    }
+    if (secrecy == FileSecrecy::kSecret && got < out.content.size())
+        wipe(out.content.data() + got, out.content.size() - got);
+    out.content.resize(got);
+    return out;
+}
+
+CheckedFile read_checked_file(const std::string& path, std::string_view what, std::size_t max_bytes,
+                              FileSecrecy secrecy) {
+    auto f = read_file_if_exists(path, what, max_bytes, secrecy);
+    if (!f)
+        throw ConfigError("cannot open " + std::string(what) + " " + path + ": " +
+                          std::strerror(ENOENT));
+    return std::move(*f);
+}
 
 void init_logging(const std::string& name, const std::string& level) {
     auto logger = spdlog::stderr_color_mt(name);
@@ -20,10 +141,14 @@ void init_logging(const std::string& name, const std::string& level) {
     logger->set_level(lvl);
     logger->flush_on(spdlog::level::trace);
     spdlog::set_default_logger(logger);
+    logging_ready = true;
 }
 
 LogSink core_log_sink() {
-    return [](LogLevel level, const std::string& text) {
+    // The core's messages quote what peers sent (an ErrorReport's detail, capability texts):
+    // escaped here, once, so that no peer can end a log line or send terminal controls.
+    return [](LogLevel level, const std::string& raw) {
+        const std::string text = printable(raw, kMaxLogLine);
         switch (level) {
             case LogLevel::kDebug:
                 spdlog::debug("{}", text);
@@ -51,14 +176,23 @@ Millis mono_now() {
 Config Config::load(const std::string& path) {
     Config c;
     c.path_ = path;
+    // Configuration and entities files may hold keys inline: treated as secret until parsed.
+    CheckedFile file =
+        read_checked_file(path, "configuration file", kMaxConfigFileBytes, FileSecrecy::kPlain);
     try {
-        c.table_ = toml::parse_file(path);
+        c.table_ = toml::parse(file.content, path);
     } catch (const toml::parse_error& e) {
+        wipe(file.content.data(), file.content.size());
         std::ostringstream o;
         o << path << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
           << e.description();
         throw ConfigError(o.str());
     }
+    wipe(file.content.data(), file.content.size());
+    if ((file.mode & 077U) != 0 && holds_inline_secret(c.table_))
+        warn_operator("configuration file " + path +
+                      " holds a key and is accessible by group or others (mode " +
+                      mode_text(file.mode) + "); restrict it to its owner: chmod 600 " + path);
     return c;
 }
 
@@ -109,9 +243,13 @@ std::optional<SecretKey> Config::key(std::string_view key, std::string_view file
         return k;
     }
     if (file.empty()) return std::nullopt;
-    std::ifstream in(file);
-    if (!in) throw ConfigError(where(file_key) + ": cannot read " + file);
-    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string content;
+    try {
+        content =
+            read_checked_file(file, "key file", kMaxKeyFileBytes, FileSecrecy::kSecret).content;
+    } catch (const ConfigError& e) {
+        throw ConfigError(where(file_key) + ": " + e.what());
+    }
     try {
         auto k = parse_key(content, "key file " + file);
         wipe(content.data(), content.size());
@@ -184,6 +322,7 @@ std::uint16_t listen_on(net::Listener& listener, const net::HostPort& at, std::s
 void write_ready_file(const std::string& path, const std::string& address) {
     if (path.empty()) return;
     const std::string tmp = path + ".tmp";
+    std::remove(tmp.c_str());  // whatever is there (a FIFO would block the write below)
     {
         std::ofstream out(tmp, std::ios::trunc);
         out << address << "\n";
@@ -267,6 +406,12 @@ pb::OutcomeReport to_report(const std::string& entity_id, const OutcomeEffect& o
 
 std::string outcome_json(const std::string& entity_id, const OutcomeEffect& o) {
     return message_json(to_report(entity_id, o));
+}
+
+std::string error_json(const std::string& text) {
+    google::protobuf::Struct answer;
+    (*answer.mutable_fields())["error"].set_string_value(text);
+    return message_json(answer);
 }
 
 std::string report_text(const pb::OutcomeReport& r) {

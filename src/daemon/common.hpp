@@ -24,9 +24,41 @@ struct ConfigError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Bounds on the files the programs read: a file over its bound is refused before it is read.
+inline constexpr std::size_t kMaxConfigFileBytes = 1
+                                                   << 20;  // a TOML configuration or entities file
+inline constexpr std::size_t kMaxKeyFileBytes = 4096;      // a key file: 64 hex digits (+ spaces)
+inline constexpr std::size_t kMaxStateFileBytes = 64 << 20;  // a sealed device state file
+
+// What a file holds, for the permission checks of read_checked_file.
+enum class FileSecrecy {
+    kPlain,   // nothing secret: refused if others may write it
+    kSecret,  // a key: also a warning when group or others may read it
+    kSealed,  // encrypted at rest (device state): refused if others may write it
+};
+struct CheckedFile {
+    std::string content;  // wipe() it when it held a secret
+    unsigned mode = 0;    // st_mode & 07777
+};
+// Reads a whole file named in the configuration without ever hanging or exhausting memory:
+// opened non-blocking (a FIFO does not wait for a writer), then required to be a regular
+// file (not a FIFO, device, directory or socket) of at most max_bytes, and read with that
+// bound. ConfigError naming `what`, the path and the problem; nullopt only when the file does
+// not exist. World-writable files are refused; a kSecret file readable by group or others is
+// accepted with a warning (warn_operator).
+std::optional<CheckedFile> read_file_if_exists(const std::string& path, std::string_view what,
+                                               std::size_t max_bytes, FileSecrecy secrecy);
+// The same for a file that must exist.
+CheckedFile read_checked_file(const std::string& path, std::string_view what, std::size_t max_bytes,
+                              FileSecrecy secrecy);
+// A warning for the operator: through the log once init_logging has run, else on stderr.
+void warn_operator(const std::string& text);
+
 // stderr logger named after the entity; level: trace, debug, info, warn, error.
 void init_logging(const std::string& name, const std::string& level);
-// The core's LogSink, writing to spdlog.
+// The longest core log message written whole (longer ones end in "...").
+inline constexpr std::size_t kMaxLogLine = 2048;
+// The core's LogSink, writing to spdlog; the text goes through printable().
 LogSink core_log_sink();
 
 // Milliseconds on the monotonic clock since the process started (the core's `now`).
@@ -93,6 +125,8 @@ std::string message_json(const google::protobuf::Message& m);
 bool parse_json(const std::string& json, google::protobuf::Message& m);
 // One line of JSON for logs and control answers.
 std::string outcome_json(const std::string& entity_id, const OutcomeEffect& o);
+// {"error": text} as one line of JSON, `text` escaped by the protobuf JSON printer.
+std::string error_json(const std::string& text);
 
 // How long a stopping daemon lets its coroutines unwind (their sockets and timers are
 // closed first) before the process exits. Keeps SIGTERM-to-exit well under a second.

@@ -136,7 +136,8 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
         const std::string id(identity);
         if (throttle_.blocked(id, mono_now())) {
             links_.count(pb::LIMIT_EXCEEDED);
-            spdlog::warn("PN GW link as {} refused: backing off after repeated PSK failures", id);
+            spdlog::warn("PN GW link as {} refused: backing off after repeated PSK failures",
+                         printable(id));
             return std::nullopt;
         }
         auto rec = dir_.find(id);
@@ -313,10 +314,10 @@ void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& er
     if (error.tls == tls::TlsError::kBadPsk && !identity.empty() &&
         throttle_.failed(identity, mono_now()))
         spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
-                     identity, kPskBackoff / 1000);
+                     printable(identity), kPskBackoff / 1000);
     spdlog::warn("refused PN GW link from {}{}: {} - {} (refused so far: {})", conn.remote(),
-                 identity.empty() ? "" : " as " + identity, reason_name(error.reason), why,
-                 links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
+                 identity.empty() ? "" : " as " + printable(identity), reason_name(error.reason),
+                 why, links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
 }
 
 asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn) {

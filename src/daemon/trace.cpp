@@ -111,8 +111,19 @@ void TraceWriter::open(const std::string& path, WallClock wall_clock) {
     path_ = path;
     wall_clock_ = wall_clock ? std::move(wall_clock) : WallClock(system_ms);
     if (path.empty()) return;
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (fd < 0) throw ConfigError("cannot open trace file " + path + ": " + std::strerror(errno));
+    // O_NONBLOCK: a FIFO without a reader is an error now, not a daemon hanging at start;
+    // the flag is cleared once open, so that each line is still written whole.
+    const int fd = ::open(path.c_str(),
+                          O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600);
+    if (fd < 0)
+        throw ConfigError("cannot open trace file " + path + ": " + std::strerror(errno) +
+                          (errno == ENXIO ? " (a FIFO that no process reads)" : ""));
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw ConfigError("cannot open trace file " + path + ": " + std::strerror(err));
+    }
     fd_ = fd;
 }
 

@@ -46,7 +46,8 @@ SecretKey parse_key(std::string_view hex, const std::string& source) {
 
 SecretKey load_from_file(const std::string& path) {
     const std::string source = "master key file " + path;
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO does not make open() wait for a writer (fstat then refuses it).
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) throw StoreError("cannot open " + source + ": " + std::strerror(errno));
     struct Closer {
         int fd;
@@ -56,7 +57,14 @@ SecretKey load_from_file(const std::string& path) {
     struct stat st {};
     if (::fstat(fd, &st) != 0)
         throw StoreError("cannot stat " + source + ": " + std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) throw StoreError(source + " is not a regular file");
+    if (!S_ISREG(st.st_mode)) {
+        throw StoreError(source + " is not a regular file (" +
+                         (S_ISFIFO(st.st_mode)  ? "a FIFO"
+                          : S_ISCHR(st.st_mode) ? "a character device"
+                          : S_ISDIR(st.st_mode) ? "a directory"
+                                                : "a device or socket") +
+                         ")");
+    }
     if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
         throw StoreError(source + " is accessible by group or others (mode " +
                          mode_string(st.st_mode) + "); restrict it to its owner: chmod 600 " +

@@ -18,6 +18,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/codec.hpp"
+
 namespace cpns::tls {
 
 namespace {
@@ -42,26 +44,6 @@ constexpr std::uint8_t kPskDheKe = 1;
 constexpr unsigned int kTls13Wire = 0x0304;
 
 constexpr std::size_t kReadChunk = 16 * 1024;
-
-// Identity bytes as printable text for error details (identities are not secret, but
-// they come from the network).
-std::string printable(std::string_view text) {
-    constexpr std::size_t kMaxShown = 64;
-    std::string out;
-    for (std::size_t i = 0; i < text.size() && i < kMaxShown; ++i) {
-        const auto c = static_cast<unsigned char>(text[i]);
-        if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
-            out.push_back(static_cast<char>(c));
-        } else {
-            static constexpr char kHex[] = "0123456789abcdef";
-            out += "\\x";
-            out.push_back(kHex[c >> 4]);
-            out.push_back(kHex[c & 0x0f]);
-        }
-    }
-    if (text.size() > kMaxShown) out += "...";
-    return out;
-}
 
 bool valid_identity(std::string_view identity) {
     return !identity.empty() && identity.size() <= kMaxIdentityLength &&

@@ -1,0 +1,108 @@
+"""A daemon given a key or state file that is a FIFO, a device or a directory exits at once with
+a clear message naming the file and the problem (status 2), instead of hanging on the FIFO or
+reading /dev/zero until memory runs out. Each run is bounded in time and, as a safety net for a
+regression, in address space.
+"""
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
+from cpnslab import cleanup, make_lab, new_key  # noqa: E402
+
+BIN = Path(os.environ.get("CPNS_BINARY_DIR", "build/dev")) / "apps"
+EXIT_TIMEOUT_S = 20.0           # generous; a correct daemon exits in milliseconds
+ADDRESS_SPACE = 2 << 30         # 2 GiB: a runaway read fails instead of exhausting memory
+
+
+def limit_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+
+def run_bounded(args):
+    """(exit status, stderr, seconds); status None if it had to be killed."""
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=EXIT_TIMEOUT_S,
+                           preexec_fn=limit_memory)
+        return r.returncode, r.stderr, time.monotonic() - t0
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return None, err, time.monotonic() - t0
+
+
+class ConfigFilesTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="cpns-config-files-"))
+        self.fifo = self.dir / "fifo"
+        os.mkfifo(self.fifo, 0o600)
+
+    def tearDown(self):
+        for p in sorted(self.dir.rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+        self.dir.rmdir()
+
+    def pne_config(self, **keys) -> Path:
+        lines = ['id = "pne-1"', 'gw = "127.0.0.1:9"', 'enough_ui = true']
+        lines += [f'{k} = "{v}"' for k, v in keys.items()]
+        cfg = self.dir / "pne.toml"
+        cfg.write_text("\n".join(lines) + "\n")
+        os.chmod(cfg, 0o600)
+        return cfg
+
+    def assert_refused(self, args, *expected):
+        status, err, secs = run_bounded(args)
+        self.assertIsNotNone(status, f"{Path(args[0]).name} still running after "
+                                     f"{EXIT_TIMEOUT_S}s (hangs): {err[-1000:]}")
+        self.assertEqual(status, 2, f"exit status {status}: {err[-1000:]}")
+        for text in expected:
+            self.assertIn(text, err)
+
+    def test_pne_key_file_fifo(self):
+        cfg = self.pne_config(eukey_file=self.fifo)
+        self.assert_refused([str(BIN / "cpns-pne" / "cpns-pne"), "--config", str(cfg), "run"],
+                            f"key file {self.fifo} is a FIFO, not a regular file", "'eukey_file'")
+
+    def test_pne_key_file_dev_zero(self):
+        cfg = self.pne_config(eukey_file="/dev/zero")
+        self.assert_refused([str(BIN / "cpns-pne" / "cpns-pne"), "--config", str(cfg), "run"],
+                            "key file /dev/zero is a character device, not a regular file")
+
+    def test_pne_key_file_directory(self):
+        cfg = self.pne_config(eukey_file=self.dir)
+        self.assert_refused([str(BIN / "cpns-pne" / "cpns-pne"), "--config", str(cfg), "run"],
+                            f"key file {self.dir} is a directory, not a regular file")
+
+    def test_pne_state_file_fifo_and_device(self):
+        for state, problem in ((self.fifo, "a FIFO"), ("/dev/zero", "a character device")):
+            cfg = self.pne_config(eukey=new_key(), state_file=state)
+            self.assert_refused([str(BIN / "cpns-pne" / "cpns-pne"), "--config", str(cfg), "run"],
+                                f"state file {state} is {problem}, not a regular file")
+
+    def test_pne_config_file_fifo(self):
+        self.assert_refused([str(BIN / "cpns-pne" / "cpns-pne"), "--config", str(self.fifo),
+                             "run"], f"configuration file {self.fifo} is a FIFO")
+
+    def test_server_master_key_fifo(self):
+        lab = make_lab(str(BIN), [])
+        try:
+            cfg = lab.workdir / "server.toml"
+            cfg.write_text(cfg.read_text().replace(str(lab.workdir / "master.key"),
+                                                   str(self.fifo)))
+            status, err, _ = run_bounded([str(BIN / "cpns-server" / "cpns-server"),
+                                          "--config", str(cfg)])
+            self.assertIsNotNone(status, f"cpns-server hangs on a FIFO master key: {err}")
+            self.assertNotEqual(status, 0)
+            self.assertIn(f"master key file {self.fifo} is not a regular file (a FIFO)", err)
+        finally:
+            cleanup(lab)
+
+
+if __name__ == "__main__":
+    unittest.main()
