@@ -70,16 +70,18 @@ def kill_gw(lab):
 class DurabilityTest(unittest.TestCase):
     maxDiff = None
 
-    def run_lab(self, pnes, body):
+    def run_lab(self, pnes, body, running=None):
+        """`running`: the PNEs started as daemons (default: all)."""
         lab = make_lab(BIN, pnes)
         try:
             lab.start_server()
             lab.start_gw()
             keep_pan_port(lab)
             self.assertTrue(lab.wait_server_link().get("server_link"), "PN GW not linked")
-            for p in pnes:
+            running = pnes if running is None else running
+            for p in running:
                 lab.start_pne(p)
-            lab.wait_linked([p.id for p in pnes], timeout=LINK_TIMEOUT_S)
+            lab.wait_linked([p.id for p in running], timeout=LINK_TIMEOUT_S)
             body(lab)
             lab.stop_all()
         except BaseException:
@@ -145,6 +147,25 @@ class DurabilityTest(unittest.TestCase):
             self.assertIn(out["pn_id"], inv)
 
         self.run_lab(pnes, body)
+
+    def test_pne_reports_join_only_when_saved(self):
+        pnes = [PneSpec("pne-1"), PneSpec("pne-2", pan_secure=True)]
+
+        def body(lab):
+            # pne-1's `setup` cannot write its state file: it must not report the PN as joined.
+            blocker = lab.workdir / "pne-1.state.tmp"
+            blocker.mkdir()
+            (blocker / "keep").write_text("x")
+            rc, out, err = lab.pne_setup(pnes[0], "1-1", timeout=ANSWER_TIMEOUT_S)
+            self.assertEqual(rc, 1, f"an unsaved membership reported as joined: {out} {err[-2000:]}")
+            self.assertEqual(out.get("reason"), "INTERNAL_ERROR", out)
+            self.assertIn("could not save the membership", out.get("detail", ""), out)
+            shutil.rmtree(blocker)
+            rc, out, err = lab.pne_setup(pnes[0], "1-1", timeout=ANSWER_TIMEOUT_S)
+            self.assertEqual(rc, 0, f"{out} {err[-2000:]}")
+            self.assertTrue((lab.workdir / "pne-1.state").exists())
+
+        self.run_lab(pnes, body, running=pnes[1:])
 
 
 if __name__ == "__main__":
