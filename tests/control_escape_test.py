@@ -67,7 +67,9 @@ class ControlEscapeTest(unittest.TestCase):
                 except ValueError as e:
                     self.fail(f"answer to {raw!r} is not JSON ({e}): {answer!r}")
             self.assertIn("unknown command", answers[0]["error"])
-            self.assertIn("not a valid PNE ID", answers[1]["error"])
+            # An invalid ID ends the invitation with a typed failure, before anything starts.
+            self.assertFalse(answers[1].get("success"), answers[1])
+            self.assertEqual(answers[1].get("reason"), "MALFORMED_MESSAGE", answers[1])
             self.assertEqual(answers[2]["gw_id"], "gw-1")
             self.assertIn("unknown command", answers[3]["error"])
             # Nothing reached the PN GW's role from the refused invitation.
@@ -79,10 +81,14 @@ class ControlEscapeTest(unittest.TestCase):
             lines = log.decode().splitlines()
             self.assertFalse([ln for ln in lines if ln.startswith(FORGED[:23])],
                              "a request made up a log line")
-            refused = [ln for ln in lines if "is not a valid PNE ID" in ln]
+            # The request and the role's refusal: one line each, the hostile ID escaped.
+            escaped = "\\x22\\x1b[31m\\x27\\x07" + FORGED.split()[0]
+            invite = [ln for ln in lines if "control: invite" in ln]
+            self.assertEqual(len(invite), 1, invite)
+            self.assertIn("control: invite pne-1 " + escaped, invite[0])
+            refused = [ln for ln in lines if "cannot invite: invalid PNE ID" in ln]
             self.assertEqual(len(refused), 1, refused)
-            # The ID ends at the first blank; what it holds is shown escaped.
-            self.assertIn("'\\x22\\x1b[31m\\x27\\x07" + FORGED.split()[0] + "'", refused[0])
+            self.assertIn(escaped, refused[0])
             unknown = [ln for ln in lines if "unknown command" in ln]
             self.assertEqual(len(unknown), 2, unknown)
             self.assertIn("bogus\\x22}" + "\\x1b[31m\\x27x", unknown[0])

@@ -498,30 +498,23 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
     if (ec) co_return;
     line.resize(n > 0 ? n - 1 : 0);
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    // The request is untrusted text: logged only through printable(), answered only as JSON
-    // built by the protobuf printer (error_json), and every PNE ID checked by valid_id().
+    // The request is untrusted text: logged only through printable(), answered only with JSON
+    // from the protobuf printer (message_json, outcome_json, error_json).
     std::istringstream in(line);
     std::string cmd;
     in >> cmd;
     if (cmd == "status") {
         answer(socket, message_json(status()));
     } else if (cmd == "invite") {
+        // IDs are checked by the role (an invalid one ends in a MALFORMED_MESSAGE outcome).
         std::vector<std::string> ids;
-        for (std::string id; in >> id;) {
-            if (!valid_id(id)) {
-                spdlog::warn("control: invite refused: '{}' is not a valid PNE ID", printable(id));
-                answer(socket, error_json("invite: '" + printable(id) +
-                                          "' is not a valid PNE ID (letters, digits, '-', '_', "
-                                          "'.'; at most " +
-                                          std::to_string(kMaxIdLength) + " characters)"));
-                co_return;
-            }
-            ids.push_back(id);
-        }
         std::string named;
-        for (const auto& id : ids) named += (named.empty() ? "" : " ") + id;
-        spdlog::info("control: invite {}",
-                     ids.empty() ? std::string("every discovered PNE") : named);
+        for (std::string id; in >> id;) {
+            named += (named.empty() ? "" : " ") + id;
+            ids.push_back(std::move(id));
+        }
+        spdlog::info("control: invite {}", ids.empty() ? std::string("every discovered PNE")
+                                                       : printable(named, kMaxControlLine));
         GatewayEffects fx = gw_->invite(ids, mono_now());
         const std::string pn = gw_->last_pn_id();
         if (pn.empty()) {
