@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import unittest
@@ -77,7 +76,8 @@ class DurabilityTest(unittest.TestCase):
             lab.start_server()
             lab.start_gw()
             keep_pan_port(lab)
-            self.assertTrue(lab.wait_server_link().get("server_link"), "PN GW not linked")
+            linked = lab.wait_server_link(timeout=LINK_TIMEOUT_S)
+            self.assertTrue(linked.get("server_link"), f"PN GW not linked: {linked}")
             running = pnes if running is None else running
             for p in running:
                 lab.start_pne(p)
@@ -104,7 +104,7 @@ class DurabilityTest(unittest.TestCase):
                 self.assertTrue(out.get("success"), f"round {n}: {answer}")
                 reported.append(out["pn_id"])
                 lab.start_gw()
-                lab.wait_server_link()
+                lab.wait_server_link(timeout=LINK_TIMEOUT_S)
                 inv = sorted(i["pn_id"] for i in lab.gw_status().get("inventory", []))
                 missing = sorted(set(reported) - set(inv))
                 self.assertEqual(missing, [], f"round {n}: reported as established, but not "
@@ -142,7 +142,7 @@ class DurabilityTest(unittest.TestCase):
             kill_gw(lab)
             self.assertTrue(out.get("success"), answer)
             lab.start_gw()
-            lab.wait_server_link()
+            lab.wait_server_link(timeout=LINK_TIMEOUT_S)
             inv = [i["pn_id"] for i in lab.gw_status().get("inventory", [])]
             self.assertIn(out["pn_id"], inv)
 
