@@ -369,6 +369,12 @@ void GwDaemon::outcome_effect(const OutcomeEffect& o) {
 
 void GwDaemon::apply(GatewayEffects effects) {
     for (auto& e : effects) held_.push_back(std::move(e));
+    if (saving_ && held_.size() > kMaxHeldEffects) {
+        spdlog::warn("{} effects wait for the state file: waiting for the disk", held_.size());
+        state_->flush();  // the writer has run the save's completion: its result is set
+        const std::string pn = pn_saving_, error = *save_error_;
+        state_saved(save_, pn, error);
+    }
     carry_out();
     timer_.arm(gw_->next_deadline());
 }
@@ -395,10 +401,15 @@ void GwDaemon::carry_out(GatewayEffect& effect) {
                                     inv.inventory.pn_id(), inv.inventory.members_size());
                        if (!state_) return;
                        saving_ = true;
-                       const std::string pn = inv.inventory.pn_id();
-                       state_->save(gw_->export_state(), [this, pn](const std::string& error) {
-                           asio::post(io_, [this, pn, error] { state_saved(pn, error); });
-                       });
+                       const std::uint64_t save = ++save_;
+                       const std::string pn = pn_saving_ = inv.inventory.pn_id();
+                       auto result = save_error_ = std::make_shared<std::string>();
+                       state_->save(
+                           gw_->export_state(), [this, save, pn, result](const std::string& error) {
+                               *result = error;
+                               asio::post(
+                                   io_, [this, save, pn, error] { state_saved(save, pn, error); });
+                           });
                    },
                    // The LocalEUKey stays in the role's memory (never logged).
                    [&](const StoreLocalKeyEffect&) {},
@@ -410,7 +421,8 @@ void GwDaemon::carry_out(GatewayEffect& effect) {
 // The save of `pn_id`'s inventory ended. If it failed, the held reports of that PN become
 // failures (INTERNAL_ERROR): neither the operator nor a PNE is told of a PN that would not
 // survive a restart of this PN GW.
-void GwDaemon::state_saved(const std::string& pn_id, const std::string& error) {
+void GwDaemon::state_saved(std::uint64_t save, const std::string& pn_id, const std::string& error) {
+    if (!saving_ || save != save_) return;  // already completed (by flush() in apply)
     saving_ = false;
     if (!error.empty()) {
         const std::string detail =

@@ -26,6 +26,9 @@ inline constexpr Millis kServerReconnectMin = 500;      // first retry after a l
 inline constexpr Millis kServerReconnectMax = 30'000;   // retries back off up to this
 inline constexpr std::size_t kMaxPanConnections = 512;
 inline constexpr std::size_t kMaxControlLine = 4096;
+// Effects held back behind a state save that is not yet durable; past this many the event loop
+// waits for the write instead (a slow disk slows the PN GW down, it does not grow its memory).
+inline constexpr std::size_t kMaxHeldEffects = 4096;
 
 // The PN GW role's configuration (its ID, EUKey, server ID, PAN links, capabilities) and
 // what the daemon around it needs.
@@ -67,7 +70,7 @@ class GwDaemon {
     void apply(GatewayEffects effects);
     void carry_out();
     void carry_out(GatewayEffect& effect);
-    void state_saved(const std::string& pn_id, const std::string& error);
+    void state_saved(std::uint64_t save, const std::string& pn_id, const std::string& error);
     void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
@@ -99,7 +102,10 @@ class GwDaemon {
     // about a PN (control answer, result to a PNE) is reported before its state is on disk.
     std::deque<GatewayEffect> held_;
     bool saving_ = false;
-    PskThrottle throttle_;  // failed PSK attempts per PAN identity
+    std::uint64_t save_ = 0;  // the save in progress (its completion may also come by flush())
+    std::string pn_saving_;   // the PN whose inventory it saves
+    std::shared_ptr<std::string> save_error_;  // its result, set by the writer thread
+    PskThrottle throttle_;                     // failed PSK attempts per PAN identity
 };
 
 }  // namespace cpns::daemon
