@@ -148,33 +148,31 @@ class LoadGw {
 
     void apply_gw(GatewayEffects fx) {
         for (auto& e : fx)
-            std::visit(Overloaded{
-                           [&](const SendEffect& s) { gw_send(s); },
-                           [&](const OutcomeEffect& o) {
-                               if (!o.success && retryable(o.reason) && tries_left_ > 0) {
-                                   --tries_left_;
-                                   retried_(o.reason);
-                                   retry_timer_.expires_after(
-                                       std::chrono::milliseconds(retry_.delay));
-                                   retry_timer_.async_wait([this](const std::error_code& ec) {
-                                       if (!ec) apply_gw(gw_->invite({}, mono_now()));
-                                   });
-                                   return;
-                               }
-                               Result r{id_, o.pn_id, o.success, o.reason, mono_now() - started_,
-                                        {}};
-                               for (const auto& m : o.inventory.members())
-                                   r.members.push_back(m.pne_id());
-                               report_(r);
-                               next();
-                           },
-                           // The simulated PAN has no TLS links to close; state stays in memory.
-                           [&](const CloseLinkEffect&) {},
-                           [&](const StoreInventoryEffect&) {},
-                           [&](const StoreLocalKeyEffect&) {},
-                           [&](const TransitionEffect&) {},
-                       },
-                       e);
+            std::visit(
+                Overloaded{
+                    [&](const SendEffect& s) { gw_send(s); },
+                    [&](const OutcomeEffect& o) {
+                        if (!o.success && retryable(o.reason) && tries_left_ > 0) {
+                            --tries_left_;
+                            retried_(o.reason);
+                            retry_timer_.expires_after(std::chrono::milliseconds(retry_.delay));
+                            retry_timer_.async_wait([this](const std::error_code& ec) {
+                                if (!ec) apply_gw(gw_->invite({}, mono_now()));
+                            });
+                            return;
+                        }
+                        Result r{id_, o.pn_id, o.success, o.reason, mono_now() - started_, {}};
+                        for (const auto& m : o.inventory.members()) r.members.push_back(m.pne_id());
+                        report_(r);
+                        next();
+                    },
+                    // The simulated PAN has no TLS links to close; state stays in memory.
+                    [&](const CloseLinkEffect&) {},
+                    [&](const StoreInventoryEffect&) {},
+                    [&](const StoreLocalKeyEffect&) {},
+                    [&](const TransitionEffect&) {},
+                },
+                e);
         gw_timer_.arm(gw_->next_deadline());
     }
 

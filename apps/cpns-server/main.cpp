@@ -53,7 +53,8 @@ int main(int argc, char** argv) {
         o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;
         o.ready_file = ready_file.empty() ? cfg.str("ready_file") : ready_file;
         o.trace_file = trace_file.empty() ? cfg.str("trace_file") : trace_file;
-        if (const std::string c = control_listen.empty() ? cfg.str("control_listen") : control_listen;
+        if (const std::string c =
+                control_listen.empty() ? cfg.str("control_listen") : control_listen;
             !c.empty())
             o.control_listen = parse_address(c, "control_listen");
         asio::io_context io;

@@ -205,7 +205,8 @@ void ServerDaemon::note_store(StoreFailure failure, bool write) {
     health_.retries = persist_retries_.load(std::memory_order_relaxed);
     if (!failure || *failure != store::StoreError::Kind::kUnavailable) {
         if (!health_.reachable)
-            spdlog::warn("store reachable again after {} ms; ready", mono_now() - health_.down_since);
+            spdlog::warn("store reachable again after {} ms; ready",
+                         mono_now() - health_.down_since);
         health_.reachable = true;
     }
     if (!failure) {
@@ -242,13 +243,12 @@ void ServerDaemon::flush_audit() {
     audit_writing_ = true;
     auto batch = std::make_shared<std::vector<store::AuditRecord>>(std::move(audit_pending_));
     audit_pending_.clear();
-    store_job(
-        [batch](store::Store& st) { st.audit_many(*batch); },
-        [this](StoreFailure) {
-            audit_writing_ = false;
-            flush_audit();
-        },
-        true);
+    store_job([batch](store::Store& st) { st.audit_many(*batch); },
+              [this](StoreFailure) {
+                  audit_writing_ = false;
+                  flush_audit();
+              },
+              true);
 }
 
 void ServerDaemon::refresh_gateways() {
@@ -545,9 +545,9 @@ asio::awaitable<void> ServerDaemon::control_serve(std::shared_ptr<net::tcp::sock
     });
     std::string line;
     std::error_code ec;
-    const std::size_t n = co_await asio::async_read_until(
-        *socket, asio::dynamic_buffer(line, kMaxServerControlLine), '\n',
-        asio::redirect_error(asio::use_awaitable, ec));
+    const std::size_t n =
+        co_await asio::async_read_until(*socket, asio::dynamic_buffer(line, kMaxServerControlLine),
+                                        '\n', asio::redirect_error(asio::use_awaitable, ec));
     std::string answer;
     if (ec) {
         if (ec != asio::error::not_found) co_return;  // closed, timed out

@@ -145,11 +145,11 @@ class PgDb final : public Db {
     explicit PgDb(const std::string& conninfo) {
         // Our defaults come first: settings in the caller's conninfo/URL override them.
         const char* const keywords[] = {
-            "connect_timeout", "tcp_user_timeout",    "keepalives_idle", "keepalives_interval",
+            "connect_timeout",  "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
             "keepalives_count", "application_name", "dbname",          nullptr};
-        const char* const values[] = {kConnectTimeoutS, kTcpUserTimeoutMs, kKeepalivesIdleS,
-                                      kKeepalivesIntervalS, kKeepalivesCount, "cpns-store",
-                                      conninfo.c_str(), nullptr};
+        const char* const values[] = {
+            kConnectTimeoutS, kTcpUserTimeoutMs, kKeepalivesIdleS, kKeepalivesIntervalS,
+            kKeepalivesCount, "cpns-store",      conninfo.c_str(), nullptr};
         conn_ = PQconnectdbParams(keywords, values, 1);
         if (!conn_) throw StoreError("cannot connect to PostgreSQL: out of memory");
         if (PQstatus(conn_) != CONNECTION_OK) {
@@ -258,13 +258,13 @@ class PgDb final : public Db {
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
             const char* state = PQresultErrorField(res.get(), PG_DIAG_SQLSTATE);
             // A broken connection is "unavailable" whatever SQLSTATE libpq made up for it.
-            const StoreError::Kind kind = PQstatus(conn_) != CONNECTION_OK
-                                              ? StoreError::Kind::kUnavailable
-                                              : classify(state);
-            throw StoreError("PostgreSQL statement failed" +
-                                 (state ? " (SQLSTATE " + std::string(state) + ")" : std::string()) +
-                                 ": " + trimmed(PQresultErrorMessage(res.get())),
-                             kind);
+            const StoreError::Kind kind =
+                PQstatus(conn_) != CONNECTION_OK ? StoreError::Kind::kUnavailable : classify(state);
+            throw StoreError(
+                "PostgreSQL statement failed" +
+                    (state ? " (SQLSTATE " + std::string(state) + ")" : std::string()) + ": " +
+                    trimmed(PQresultErrorMessage(res.get())),
+                kind);
         }
 
         Result result;

@@ -232,8 +232,7 @@ class SqliteDb final : public Db {
     static constexpr int kMaxIntegrityProblems = 3;
     void check_integrity() {
         if (path_ == ":memory:") return;
-        const Result r =
-            run("PRAGMA quick_check(" + std::to_string(kMaxIntegrityProblems) + ")");
+        const Result r = run("PRAGMA quick_check(" + std::to_string(kMaxIntegrityProblems) + ")");
         std::string problems;
         for (const Row& row : r.rows) {
             const std::string line = row.empty() || !row[0] ? std::string() : *row[0];
@@ -278,8 +277,9 @@ class SqliteDb final : public Db {
             const int err = errno;
             std::string why = std::strerror(err);
             if (err == EROFS || err == EACCES || err == EPERM)
-                why += " (the server writes its store: the file and its directory must be "
-                       "writable by this user, on a file system mounted read-write)";
+                why +=
+                    " (the server writes its store: the file and its directory must be "
+                    "writable by this user, on a file system mounted read-write)";
             throw StoreError("cannot open SQLite database " + path_ + " for writing: " + why,
                              StoreError::Kind::kUnavailable);
         }
