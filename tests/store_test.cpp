@@ -509,6 +509,26 @@ TYPED_TEST(StoreTest, ListFilters) {
 
 // Bounded state at the server: a PNE in kMaxPnsPerPne PNs is registered in no more; the
 // refused PN leaves nothing behind.
+TYPED_TEST(StoreTest, WithdrawPnRemovesOnlyThePnStoredWithExactlyThatContent) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
+    const pb::PnInventory inv = inventory("gw-1", "pn-1", {"pne-1", "pne-2"});
+    pb::PnInventory other = inv;
+    other.set_registered_at_ms(inv.registered_at_ms() + 1);
+    EXPECT_FALSE(s->withdraw_pn(inv));  // not there
+    ASSERT_EQ(s->register_pn(inv), PutResult::kOk);
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-2", {"pne-1"})), PutResult::kOk);
+    EXPECT_FALSE(s->withdraw_pn(other));  // another registration under the same PN ID
+    EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
+    EXPECT_TRUE(s->withdraw_pn(inv));
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-1"));
+    EXPECT_FALSE(s->withdraw_pn(inv));
+    // Its members went with it; the other PN is untouched; the PN ID may be registered again.
+    EXPECT_TRUE(s->check().empty());
+    EXPECT_EQ(s->list_pns().size(), 1u);
+    EXPECT_EQ(s->register_pn(inv), PutResult::kOk);
+}
+
 TYPED_TEST(StoreTest, RegisterPnRefusesAPneAtItsPnBound) {
     const auto s = this->open();
     provision(*s, {"gw-1"}, {"pne-1", "pne-2"});

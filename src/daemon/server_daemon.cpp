@@ -181,6 +181,7 @@ void ServerDaemon::store_job(std::function<void(store::Store&)> job,
     asio::post(store_thread_,
                [this, job = std::move(job), done = std::move(done), write]() mutable {
                    StoreFailure failure;
+                   withdraw_unacknowledged(*store_);
                    try {
                        job(*store_);
                    } catch (const store::StoreError& e) {
@@ -203,6 +204,7 @@ void ServerDaemon::store_job(std::function<void(store::Store&)> job,
 // readiness comes back without traffic).
 void ServerDaemon::note_store(StoreFailure failure, bool write) {
     health_.retries = persist_retries_.load(std::memory_order_relaxed);
+    health_.withdrawn = withdrawn_.load(std::memory_order_relaxed);
     if (!failure || *failure != store::StoreError::Kind::kUnavailable) {
         if (!health_.reachable)
             spdlog::warn("store reachable again after {} ms; ready",
@@ -462,9 +464,11 @@ void ServerDaemon::persist_effect(PersistPnEffect& p) {
                         }
                     }
                 } catch (const store::StoreError& e) {
-                    if (e.kind() != store::StoreError::Kind::kUnavailable ||
-                        attempt >= kPersistAttempts)
+                    if (e.kind() != store::StoreError::Kind::kUnavailable) throw;
+                    if (attempt >= kPersistAttempts) {
+                        remember_unacknowledged(*inv);
                         throw;
+                    }
                     persist_retries_.fetch_add(1, std::memory_order_relaxed);
                     spdlog::warn("store: registering PN {} of {} failed ({}); trying again",
                                  inv->pn_id(), inv->gw_id(), e.what());
@@ -493,6 +497,38 @@ void ServerDaemon::persist_effect(PersistPnEffect& p) {
             apply(server_->on_persisted(gw, inv->pn_id(), *result, mono_now()));
         },
         true);
+}
+
+void ServerDaemon::remember_unacknowledged(const pb::PnInventory& inv) {
+    if (unacknowledged_.size() >= kMaxUnacknowledged) {
+        const auto& old = unacknowledged_.front();
+        spdlog::error(
+            "store: more than {} registrations with an unknown outcome: PN {} of {} is no longer "
+            "tracked (if its commit happened it stays registered unacknowledged)",
+            kMaxUnacknowledged, old.pn_id(), old.gw_id());
+        unacknowledged_.pop_front();
+    }
+    unacknowledged_.push_back(inv);
+}
+
+void ServerDaemon::withdraw_unacknowledged(store::Store& st) {
+    while (!unacknowledged_.empty()) {
+        const pb::PnInventory& inv = unacknowledged_.front();
+        try {
+            if (st.withdraw_pn(inv)) {
+                withdrawn_.fetch_add(1, std::memory_order_relaxed);
+                spdlog::warn(
+                    "store: PN {} of {} had been committed although its PN GW was told 'store "
+                    "unavailable' (the answer was lost with the connection): withdrawn",
+                    inv.pn_id(), inv.gw_id());
+            }
+        } catch (const store::StoreError& e) {
+            if (e.kind() == store::StoreError::Kind::kUnavailable) return;  // next job
+            spdlog::error("store: cannot withdraw PN {} of {}: {}", inv.pn_id(), inv.gw_id(),
+                          e.what());
+        }
+        unacknowledged_.pop_front();
+    }
 }
 
 net::Listener::Hooks ServerDaemon::control_hooks() {
@@ -527,6 +563,7 @@ std::string ServerDaemon::status_json() const {
     errors["full"] = num(health_.full_errors);
     errors["other"] = num(health_.other_errors);
     f["store_retries"] = num(health_.retries);
+    f["store_withdrawn"] = num(health_.withdrawn);
     f["store_queue"] = num(store_queue_);
     f["registered"] = num(registered_);
     f["gw_links"] = num(gws_.size());

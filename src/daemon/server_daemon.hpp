@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -33,6 +34,11 @@ inline constexpr std::size_t kMaxPendingLookups = 256;
 // loss, then backs off). A retry that finds the PN already stored with exactly this content
 // counts it as registered: the broken attempt had committed before its answer was lost.
 inline constexpr int kPersistAttempts = 2;
+// Registrations answered STORE_UNAVAILABLE whose COMMIT may have happened anyway (the
+// connection broke during it, e.g. the primary died after the standby had the commit) are
+// kept, at most this many (the oldest dropped), and withdrawn from the store when it is back,
+// so that the store holds exactly the PNs the PN GWs were told are registered.
+inline constexpr std::size_t kMaxUnacknowledged = 10'000;
 // The status port (control_listen; off unless configured): connections open at once, the
 // longest request line, and how long a connection may take to send it.
 inline constexpr std::size_t kMaxServerControlConnections = 16;
@@ -64,8 +70,9 @@ struct StoreHealth {
     bool reachable = true;  // false from a job failing with kUnavailable to the next success
     bool full = false;      // a write refused for lack of space, until a write succeeds
     std::uint64_t unavailable = 0, full_errors = 0, other_errors = 0;  // failed jobs, by kind
-    std::uint64_t retries = 0;  // registrations tried again on a new connection
-    Millis down_since = 0;      // mono_now() when reachable became false
+    std::uint64_t retries = 0;    // registrations tried again on a new connection
+    std::uint64_t withdrawn = 0;  // committed but answered "store unavailable", then removed
+    Millis down_since = 0;        // mono_now() when reachable became false
 };
 
 // The failure reason a PN GW gets for a store failure of `kind`.
@@ -121,6 +128,9 @@ class ServerDaemon {
     void store_job(std::function<void(store::Store&)> job,
                    std::function<void(StoreFailure)> done = {}, bool write = false);
     void note_store(StoreFailure failure, bool write);
+    // Store thread: kMaxUnacknowledged bookkeeping and withdrawal (see there).
+    void remember_unacknowledged(const pb::PnInventory& inv);
+    void withdraw_unacknowledged(store::Store& st);
     net::Listener::Hooks control_hooks();
     asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
     void deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env);
@@ -137,6 +147,8 @@ class ServerDaemon {
     std::size_t registered_ = 0;
     StoreHealth health_;
     std::atomic<std::uint64_t> persist_retries_{0};  // counted on the store thread
+    std::atomic<std::uint64_t> withdrawn_{0};        // counted on the store thread
+    std::deque<pb::PnInventory> unacknowledged_;     // store thread only
     // Audit records wait here while one batch is being written (one transaction per batch).
     std::vector<store::AuditRecord> audit_pending_;
     bool audit_writing_ = false;

@@ -118,6 +118,12 @@ class Store {  // one instance per thread; not thread-safe
     // entity of this store. Database failures throw StoreError (nothing written either).
     virtual PutResult register_pn(const pb::PnInventory& inv) = 0;
     virtual bool pn_exists(const std::string& gw_id, const std::string& pn_id) = 0;
+    // Removes the PN (inv.gw_id, inv.pn_id) with its members, in one transaction, if it is
+    // stored with exactly this content (the header and every member, in order); false, and
+    // nothing changed, when it is absent or differs. For a registration whose COMMIT outcome
+    // was lost with the connection and whose PN GW was then told it failed: the server takes
+    // back what it never acknowledged.
+    virtual bool withdraw_pn(const pb::PnInventory& inv) = 0;
     // The inventory as registered, members in their original order.
     virtual std::optional<pb::PnInventory> get_pn(const std::string& gw_id,
                                                   const std::string& pn_id) = 0;

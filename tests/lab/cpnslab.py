@@ -75,6 +75,7 @@ class Lab:
     gw_pan_tls: str = ""  # "tls13" or "tls12" for the PN GW's PAN side; "" keeps its default
     trace: str = "off"  # "on": every process writes an event trace; "auto": where supported
     server_control: dict[str, int] = field(default_factory=dict)  # server name -> status port
+    ready_timeout: float = READY_TIMEOUT_S  # e.g. longer for a server importing many entities
 
     # --- provisioning -------------------------------------------------------------
     def provision(self) -> None:
@@ -212,7 +213,7 @@ class Lab:
         return proc
 
     def _wait_ready(self, path: Path, proc: Proc) -> str:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if path.exists():
                 return path.read_text().strip()
@@ -220,7 +221,8 @@ class Lab:
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n"
                                    + proc.log.read_text())
             time.sleep(0.02)
-        raise RuntimeError(f"{proc.name} not ready after {READY_TIMEOUT_S}s:\n" + proc.log.read_text())
+        raise RuntimeError(f"{proc.name} not ready after {self.ready_timeout}s:\n"
+                           + proc.log.read_text())
 
     def start_server(self, name: str = "server") -> Proc:
         ready = self.workdir / f"{name}.ready"
