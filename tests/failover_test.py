@@ -107,6 +107,7 @@ def failover():
         # Both servers notice by themselves and say they are not ready.
         for n in names:
             wait_for(f"{n} not ready", lambda n=n: lab.server_status(n).get("ready") is False, 30)
+        not_ready_s = time.monotonic() - t_kill
         time.sleep(max(0.0, GAP_S - (time.monotonic() - t_kill)))
         during = {n: lab.server_status(n) for n in names}
         for n, st in during.items():
@@ -154,7 +155,8 @@ def failover():
         assert r.returncode == 0 and r.stdout.startswith("consistent"), r.stdout + r.stderr
         status = {n: lab.server_status(n) for n in names}
         print(f"  killed after {killed_at} acknowledged ({acked_in_gap} by the end of the gap); "
-              f"servers ready {reconnect_s:.1f} s after the promotion; load {summary}; "
+              f"both not ready {not_ready_s:.1f} s after the kill, "
+              f"ready again {reconnect_s:.1f} s after the promotion; load {summary}; "
               f"{len(stored)} PN(s) stored, {len(acked_keys)} acknowledged; status during the gap {during}; after {status}")
         lab.stop_all()
     except Exception:
