@@ -180,7 +180,9 @@ stop() {
   bin=$(pg_bin)
   for node in primary standby; do
     pid=$(postmaster_pid "$node")
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || continue
+    if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+      continue
+    fi
     if ! as_pg "$bin/pg_ctl" -D "$dir/$node" -m immediate -w -t 30 stop >&2; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
