@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "store/db.hpp"
 #include "store/sealed.hpp"
 #include "store/store.hpp"
 
@@ -508,6 +509,26 @@ TYPED_TEST(StoreTest, ListFilters) {
 
 // Bounded state at the server: a PNE in kMaxPnsPerPne PNs is registered in no more; the
 // refused PN leaves nothing behind.
+TYPED_TEST(StoreTest, WithdrawPnRemovesOnlyThePnStoredWithExactlyThatContent) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
+    const pb::PnInventory inv = inventory("gw-1", "pn-1", {"pne-1", "pne-2"});
+    pb::PnInventory other = inv;
+    other.set_registered_at_ms(inv.registered_at_ms() + 1);
+    EXPECT_FALSE(s->withdraw_pn(inv));  // not there
+    ASSERT_EQ(s->register_pn(inv), PutResult::kOk);
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-2", {"pne-1"})), PutResult::kOk);
+    EXPECT_FALSE(s->withdraw_pn(other));  // another registration under the same PN ID
+    EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
+    EXPECT_TRUE(s->withdraw_pn(inv));
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-1"));
+    EXPECT_FALSE(s->withdraw_pn(inv));
+    // Its members went with it; the other PN is untouched; the PN ID may be registered again.
+    EXPECT_TRUE(s->check().empty());
+    EXPECT_EQ(s->list_pns().size(), 1u);
+    EXPECT_EQ(s->register_pn(inv), PutResult::kOk);
+}
+
 TYPED_TEST(StoreTest, RegisterPnRefusesAPneAtItsPnBound) {
     const auto s = this->open();
     provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
@@ -1108,6 +1129,111 @@ TEST_F(StorePostgresql, ReconnectsOnTheNextCallAfterTheConnectionBroke) {
     EXPECT_TRUE(s->check().empty());
 }
 
+StoreError::Kind kind_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const StoreError& e) {
+        return e.kind();
+    }
+    ADD_FAILURE() << "no StoreError";
+    return StoreError::Kind::kOther;
+}
+
+TEST_F(StorePostgresql, ALostConnectionIsUnavailableAndTheNextCallReconnects) {
+    const std::string app = "cpns_lost_" + unique_suffix();
+    const auto s = open_store(backend_.url_with("application_name", app), master_);
+    provision(*s, {"gw-1"}, {"pne-1"});
+    backend_.query(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+        "WHERE application_name = '" +
+        app + "'");
+    // What the server turns into STORE_UNAVAILABLE for the PN GW.
+    EXPECT_EQ(kind_of([&] { s->get_entity("pne-1"); }), StoreError::Kind::kUnavailable);
+    EXPECT_TRUE(s->get_entity("pne-1"));  // reconnected at once (the first attempt)
+    // A statement error on a healthy connection is not "unavailable".
+    EXPECT_EQ(kind_of([&] { s->put_entity(entity("", EntityKind::kPne)); }),
+              StoreError::Kind::kOther);
+}
+
+TEST_F(StorePostgresql, AConnectionBrokenMidTransactionWritesNothingAndTheRetryRegisters) {
+    const std::string app = "cpns_mid_" + unique_suffix();
+    const auto s = open_store(backend_.url_with("application_name", app), master_);
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
+    // The second member's insert waits, so that the transaction is open (the PN row written,
+    // uncommitted) when its backend is terminated.
+    backend_.exec(
+        "CREATE FUNCTION slow_member() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF "
+        "NEW.pne_id = 'pne-2' THEN PERFORM pg_sleep(30); END IF; RETURN NEW; END $$;"
+        " CREATE TRIGGER slow_member BEFORE INSERT ON pn_members FOR EACH ROW EXECUTE "
+        "FUNCTION slow_member();");
+    std::atomic<bool> done{false};
+    StoreError::Kind kind = StoreError::Kind::kOther;
+    std::thread writer([&] {
+        kind = kind_of([&] { s->register_pn(inventory("gw-1", "pn-1", {"pne-1", "pne-2"})); });
+        done = true;
+    });
+    bool terminated = false;
+    for (int i = 0; i < 300 && !terminated; ++i) {  // up to 30 s
+        const Rows r = backend_.query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE "
+            "application_name = '" +
+            app + "' AND wait_event = 'PgSleep'");
+        terminated = !r.empty();
+        if (!terminated) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    writer.join();
+    ASSERT_TRUE(terminated);
+    ASSERT_TRUE(done);
+    EXPECT_EQ(kind, StoreError::Kind::kUnavailable);
+    backend_.exec("DROP TRIGGER slow_member ON pn_members");
+    // Nothing of the broken transaction is there; the same registration now succeeds once.
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-1"));
+    EXPECT_EQ(backend_.query("SELECT COUNT(*) FROM pn_members"), (Rows{{"0"}}));
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1", "pne-2"})), PutResult::kOk);
+    EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1", "pne-2"})), PutResult::kDuplicate);
+    EXPECT_TRUE(s->check().empty());
+}
+
+TEST_F(StorePostgresql, WhileTheDatabaseIsDownCallsFailAsUnavailableWithBackOffThenRecover) {
+    std::string url = backend_.url();
+    if (url.rfind("postgres", 0) != 0 || url.find("://") == std::string::npos)
+        GTEST_SKIP() << "needs CPNS_TEST_PG_URL as a URL";
+    // A database of its own, which the test makes refuse connections (the server down).
+    const std::string app = "cpns_down_" + unique_suffix();
+    const std::string db = "cpns_down_" + unique_suffix();
+    backend_.exec("CREATE DATABASE " + db);
+    url = url.substr(0, url.find('?'));
+    url = url.substr(0, url.rfind('/')) + "/" + db + "?application_name=" + app;
+    {
+        const auto s = open_store(url, master_);
+        provision(*s, {"gw-1"}, {"pne-1"});
+        backend_.exec("ALTER DATABASE " + db + " ALLOW_CONNECTIONS false");
+        backend_.query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE application_name = '" +
+            app + "'");
+        // The first call finds the connection lost; the next tries to reconnect and fails;
+        // the one after fails at once (back-off) without a connection attempt.
+        for (int i = 0; i < 2; ++i)
+            EXPECT_EQ(kind_of([&] { s->get_entity("pne-1"); }), StoreError::Kind::kUnavailable);
+        const std::string why = error_of([&] { s->get_entity("pne-1"); });
+        EXPECT_NE(why.find("next reconnection attempt"), std::string::npos) << why;
+        backend_.exec("ALTER DATABASE " + db + " ALLOW_CONNECTIONS true");
+        // Within the longest back-off, it is back by itself.
+        bool back = false;
+        for (int i = 0; i < 100 && !back; ++i) {  // up to 10 s
+            try {
+                back = s->get_entity("pne-1").has_value();
+            } catch (const StoreError& e) {
+                EXPECT_EQ(e.kind(), StoreError::Kind::kUnavailable) << e.what();
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            }
+        }
+        EXPECT_TRUE(back);
+    }
+    backend_.exec("DROP DATABASE " + db + " WITH (FORCE)");
+}
+
 // --- Sealing ---------------------------------------------------------------------------------
 
 TEST(StoreSealed, AtRestKeyIsHkdfSha256OfTheMasterKey) {
@@ -1330,6 +1456,71 @@ TEST(StoreOpen, PostgresqlUrlsAndConninfoGoToLibpq) {
         const std::string why = error_of([&] { open_store(url, master); });
         EXPECT_EQ(why.rfind("cannot connect to PostgreSQL", 0), 0u) << url << ": " << why;
     }
+}
+
+TEST(StoreOpen, ASqliteDatabaseOutOfSpaceFailsAsFullAndTakesWritesAgainAfterwards) {
+    const std::string dir = make_temp_dir();
+    const auto db = detail::open_sqlite(dir + "/full.db");
+    db->run("CREATE TABLE t (b BLOB)");
+    const std::int64_t pages = std::stoll(*db->run("PRAGMA page_count").rows[0][0]);
+    // The file may not grow: as a full file system would answer (SQLite maps ENOSPC to this).
+    db->run("PRAGMA max_page_count = " + std::to_string(pages + 2));
+    const std::string blob(64 * 1024, 'x');
+    StoreError::Kind kind = StoreError::Kind::kOther;
+    bool failed = false;
+    for (int i = 0; i < 10 && !failed; ++i) {
+        try {
+            detail::Transaction txn(*db, detail::Transaction::Kind::kWrite);
+            db->run("INSERT INTO t VALUES ($1)", {detail::Param::blob(blob)});
+            txn.commit();
+        } catch (const StoreError& e) {
+            failed = true;
+            kind = e.kind();
+        }
+    }
+    ASSERT_TRUE(failed);
+    EXPECT_EQ(kind, StoreError::Kind::kFull);
+    db->run("PRAGMA max_page_count = 1000000");  // space returns
+    detail::Transaction txn(*db, detail::Transaction::Kind::kWrite);
+    db->run("INSERT INTO t VALUES ($1)", {detail::Param::blob(blob)});
+    txn.commit();
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+}
+
+// Overwrites `n` bytes at `offset` of `path`.
+void damage(const std::string& path, std::size_t offset, std::size_t n) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(offset));
+    const std::string junk(n, '\x5a');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+}
+
+TEST(StoreOpen, ACorruptedSqliteFileIsRefusedAtOpenWithAClearMessage) {
+    const std::string dir = make_temp_dir();
+    const SecretKey master = random_key();
+    for (const bool header : {true, false}) {
+        const std::string path = dir + (header ? "/header.db" : "/page.db");
+        {
+            const auto s = open_store("sqlite:" + path, master);
+            provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
+            ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1", "pne-2"})),
+                      PutResult::kOk);
+        }  // closed: the WAL is checkpointed into the file
+        ASSERT_FALSE(fs::exists(path + "-wal") && fs::file_size(path + "-wal") > 0);
+        // The header's magic string; or the b-tree page header of page 2 (a table's root).
+        const std::size_t page = 4096;
+        if (header)
+            damage(path, 0, 16);
+        else
+            damage(path, page, 12);
+        const std::string why = error_of([&] { open_store("sqlite:" + path, master); });
+        EXPECT_NE(why.find("is corrupted or not a SQLite database"), std::string::npos)
+            << (header ? "header: " : "page: ") << why;
+        EXPECT_NE(why.find(path), std::string::npos) << why;
+    }
+    std::error_code ec;
+    fs::remove_all(dir, ec);
 }
 
 TEST(StoreOpen, RefusesADatabaseFromANewerProgram) {

@@ -21,6 +21,17 @@ namespace {
 // How long one PN GW keeps retrying its server link before giving up, and how often.
 constexpr Millis kLoadConnectTimeout = 5'000;
 constexpr Millis kLoadRetry = 200;
+// --retries: what a failed establishment may be tried again for (a new PN ID each time): the
+// server's store was unreachable or full, or the server was busy.
+bool retryable(pb::FailureReason r) {
+    return r == pb::STORE_UNAVAILABLE || r == pb::STORAGE_FULL || r == pb::BUSY;
+}
+
+// Retries: how many times an establishment may be tried again, and after how long.
+struct RetryPolicy {
+    int retries = 0;
+    Millis delay = 500;
+};
 
 struct Result {
     std::string gw_id, pn_id;
@@ -34,14 +45,19 @@ class LoadGw {
   public:
     LoadGw(asio::io_context& io, std::string id, SecretKey eukey,
            std::vector<std::pair<std::string, SecretKey>> pnes, net::HostPort server,
-           const tls::TlsContext& tls, int pns, std::function<void(const Result&)> report)
+           const tls::TlsContext& tls, int pns, RetryPolicy retry,
+           std::function<void(const Result&)> report,
+           std::function<void(pb::FailureReason)> retried)
         : io_(io),
           id_(std::move(id)),
           eukey_(eukey),
           server_(std::move(server)),
           tls_(tls),
           pns_left_(pns),
+          retry_(retry),
           report_(std::move(report)),
+          retried_(std::move(retried)),
+          retry_timer_(io),
           gw_timer_(io.get_executor(), [this](Millis now) { apply_gw(gw_->on_timer(now)); }) {
         GatewayConfig gc;
         gc.gw_id = id_;
@@ -103,6 +119,7 @@ class LoadGw {
     void stop() {
         if (link_) link_->stop();
         gw_timer_.cancel();
+        retry_timer_.cancel();
         for (auto& [id, t] : timers_) t->cancel();
     }
 
@@ -124,29 +141,38 @@ class LoadGw {
         }
         --pns_left_;
         started_ = mono_now();
+        tries_left_ = retry_.retries;
         // Wait a turn so that discovery answers are in before the first invitation.
         asio::post(io_, [this] { apply_gw(gw_->invite({}, mono_now())); });
     }
 
     void apply_gw(GatewayEffects fx) {
         for (auto& e : fx)
-            std::visit(Overloaded{
-                           [&](const SendEffect& s) { gw_send(s); },
-                           [&](const OutcomeEffect& o) {
-                               Result r{id_, o.pn_id, o.success, o.reason, mono_now() - started_,
-                                        {}};
-                               for (const auto& m : o.inventory.members())
-                                   r.members.push_back(m.pne_id());
-                               report_(r);
-                               next();
-                           },
-                           // The simulated PAN has no TLS links to close; state stays in memory.
-                           [&](const CloseLinkEffect&) {},
-                           [&](const StoreInventoryEffect&) {},
-                           [&](const StoreLocalKeyEffect&) {},
-                           [&](const TransitionEffect&) {},
-                       },
-                       e);
+            std::visit(
+                Overloaded{
+                    [&](const SendEffect& s) { gw_send(s); },
+                    [&](const OutcomeEffect& o) {
+                        if (!o.success && retryable(o.reason) && tries_left_ > 0) {
+                            --tries_left_;
+                            retried_(o.reason);
+                            retry_timer_.expires_after(std::chrono::milliseconds(retry_.delay));
+                            retry_timer_.async_wait([this](const std::error_code& ec) {
+                                if (!ec) apply_gw(gw_->invite({}, mono_now()));
+                            });
+                            return;
+                        }
+                        Result r{id_, o.pn_id, o.success, o.reason, mono_now() - started_, {}};
+                        for (const auto& m : o.inventory.members()) r.members.push_back(m.pne_id());
+                        report_(r);
+                        next();
+                    },
+                    // The simulated PAN has no TLS links to close; state stays in memory.
+                    [&](const CloseLinkEffect&) {},
+                    [&](const StoreInventoryEffect&) {},
+                    [&](const StoreLocalKeyEffect&) {},
+                    [&](const TransitionEffect&) {},
+                },
+                e);
         gw_timer_.arm(gw_->next_deadline());
     }
 
@@ -205,7 +231,11 @@ class LoadGw {
     net::HostPort server_;
     const tls::TlsContext& tls_;
     int pns_left_;
+    RetryPolicy retry_;
+    int tries_left_ = 0;
     std::function<void(const Result&)> report_;
+    std::function<void(pb::FailureReason)> retried_;
+    asio::steady_timer retry_timer_;
     OsRandom random_;
     std::unique_ptr<Gateway> gw_;
     std::map<std::string, std::unique_ptr<Pne>> pnes_;
@@ -279,7 +309,8 @@ void append_acked(std::ofstream& out, const Result& r) {
 
 // Prints the run's JSON summary; returns how many PNs were registered.
 std::size_t print_summary(const std::vector<Result>& results, std::size_t gateways,
-                          std::size_t expected, double secs) {
+                          std::size_t expected, double secs,
+                          const std::map<std::string, std::size_t>& retried) {
     std::map<std::string, std::size_t> failures;
     std::vector<Millis> lat;
     std::size_t ok = 0;
@@ -309,7 +340,16 @@ std::size_t print_summary(const std::vector<Result>& results, std::size_t gatewa
         std::cout << (first ? "" : ",") << "\"" << k << "\":" << v;
         first = false;
     }
-    std::cout << "}}\n";
+    // Attempts that failed and were tried again (--retries), by reason.
+    std::size_t retries = 0;
+    std::cout << "},\"retried\":{";
+    first = true;
+    for (const auto& [k, v] : retried) {
+        std::cout << (first ? "" : ",") << "\"" << k << "\":" << v;
+        first = false;
+        retries += v;
+    }
+    std::cout << "},\"retries\":" << retries << "}\n";
     return ok;
 }
 
@@ -334,6 +374,13 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 100000));
     run->add_option("--acked", acked, "append each acknowledged PN here as a JSON line, at once");
     run->add_option("--log-level", log_level, "log level of the roles (default warn)");
+    RetryPolicy retry;
+    run->add_option("--retries", retry.retries,
+                    "try an establishment that failed with 'store unavailable', 'storage full' "
+                    "or 'busy' again, up to this many times (a new PN ID each time; default 0)")
+        ->check(CLI::Range(0, 1000));
+    run->add_option("--retry-delay-ms", retry.delay, "wait this long before a retry (default 500)")
+        ->check(CLI::Range(0, 60'000));
     CLI11_PARSE(app, argc, argv);
     if (*prov) return provision(gws, pnes, out);
 
@@ -356,6 +403,8 @@ int main(int argc, char** argv) {
         std::vector<Result> results;
         std::size_t expected = gw_keys.size() * static_cast<std::size_t>(pns);
         std::vector<std::unique_ptr<LoadGw>> loads;
+        std::map<std::string, std::size_t> retried;
+        auto count_retry = [&](pb::FailureReason r) { ++retried[std::string(reason_name(r))]; };
         const auto t0 = std::chrono::steady_clock::now();
         auto report = [&](const Result& r) {
             results.push_back(r);
@@ -365,7 +414,8 @@ int main(int argc, char** argv) {
         std::size_t i = 0;
         for (const auto& [gid, key] : gw_keys) {
             loads.push_back(std::make_unique<LoadGw>(io, gid, key, groups[gid],
-                                                     addrs[i++ % addrs.size()], tls, pns, report));
+                                                     addrs[i++ % addrs.size()], tls, pns, retry,
+                                                     report, count_retry));
             asio::co_spawn(io, loads.back()->run(), asio::detached);
         }
         run_until_stopped(io, [&] {
@@ -373,7 +423,7 @@ int main(int argc, char** argv) {
         });
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        const std::size_t ok = print_summary(results, gw_keys.size(), expected, secs);
+        const std::size_t ok = print_summary(results, gw_keys.size(), expected, secs, retried);
         return ok == expected ? 0 : 1;
     } catch (const std::exception& e) {
         std::cerr << "cpns-load: " << e.what() << "\n";

@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
         "out LocalEUKeys and registers PNs in the PN Inventory. Settings come from a TOML file "
         "(see docs/operations.md); flags override it. Stops cleanly on SIGTERM or SIGINT."};
     std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key,
-        trace_file;
+        trace_file, control_listen;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
     app.add_option("--id", id, "server ID (default cpns-server)");
     app.add_option("--listen", listen,
@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
     app.add_option("--ready-file", ready_file, "write the listening address here once ready");
     app.add_option("--trace-file", trace_file,
                    "append a JSON-lines event trace (state transitions, messages, outcomes)");
+    app.add_option("--control-listen", control_listen,
+                   "status port, host:port on loopback (port 0: any free port); answers the line "
+                   "'status' with JSON: ready, store health (default: off)");
     CLI11_PARSE(app, argc, argv);
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
@@ -50,6 +53,10 @@ int main(int argc, char** argv) {
         o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;
         o.ready_file = ready_file.empty() ? cfg.str("ready_file") : ready_file;
         o.trace_file = trace_file.empty() ? cfg.str("trace_file") : trace_file;
+        if (const std::string c =
+                control_listen.empty() ? cfg.str("control_listen") : control_listen;
+            !c.empty())
+            o.control_listen = parse_address(c, "control_listen");
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();

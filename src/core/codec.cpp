@@ -407,6 +407,10 @@ std::string_view reason_name(pb::FailureReason r) {
             return "initiator not authenticated";
         case pb::SETUP_VIOLATION:
             return "setup violation";
+        case pb::STORE_UNAVAILABLE:
+            return "store unavailable";
+        case pb::STORAGE_FULL:
+            return "storage full";
         default:
             break;
     }

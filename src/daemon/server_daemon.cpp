@@ -1,5 +1,8 @@
 #include "daemon/server_daemon.hpp"
 
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/message_differencer.h>
+
 namespace cpns::daemon {
 
 // SK_PNE values kept for use after establishment (bounded; when full, the entry with the
@@ -93,6 +96,7 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     : io_(io),
       opt_(std::move(options)),
       listener_(io.get_executor(), kMaxGwConnections, listener_hooks()),
+      control_listener_(io.get_executor(), kMaxServerControlConnections, control_hooks()),
       timer_(io.get_executor(), [this](Millis now) { apply(server_->on_timer(now)); }),
       refresh_(io) {
     try {
@@ -146,7 +150,7 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
             // Not cached (provisioned after the last refresh): fetch it for the PN GW's retry.
             auto found = std::make_shared<std::optional<store::StoredEntity>>();
             store_job([id, found](store::Store& st) { *found = st.get_entity(id); },
-                      [this, id, found] {
+                      [this, id, found](StoreFailure) {
                           lookups_.erase(id);
                           if (*found) dir_.put(id, to_record(*found));
                       });
@@ -160,19 +164,81 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
         spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
 }
 
-void ServerDaemon::store_job(std::function<void(store::Store&)> job, std::function<void()> done) {
+pb::FailureReason store_failure_reason(store::StoreError::Kind kind) {
+    switch (kind) {
+        case store::StoreError::Kind::kUnavailable:
+            return pb::STORE_UNAVAILABLE;
+        case store::StoreError::Kind::kFull:
+            return pb::STORAGE_FULL;
+        case store::StoreError::Kind::kOther:
+            break;
+    }
+    return pb::INTERNAL_ERROR;
+}
+
+void ServerDaemon::store_job(std::function<void(store::Store&)> job,
+                             std::function<void(StoreFailure)> done, bool write) {
     ++store_queue_;
-    asio::post(store_thread_, [this, job = std::move(job), done = std::move(done)]() mutable {
-        try {
-            job(*store_);
-        } catch (const std::exception& e) {
-            spdlog::error("store: {}", e.what());
-        }
-        asio::post(io_, [this, done = std::move(done)] {
-            --store_queue_;
-            if (done) done();
-        });
-    });
+    asio::post(store_thread_,
+               [this, job = std::move(job), done = std::move(done), write]() mutable {
+                   StoreFailure failure;
+                   withdraw_unacknowledged(*store_);
+                   try {
+                       job(*store_);
+                   } catch (const store::StoreError& e) {
+                       failure = e.kind();
+                       spdlog::error("store: {}", e.what());
+                   } catch (const std::exception& e) {
+                       failure = store::StoreError::Kind::kOther;
+                       spdlog::error("store: {}", e.what());
+                   }
+                   asio::post(io_, [this, done = std::move(done), failure, write] {
+                       --store_queue_;
+                       note_store(failure, write);
+                       if (done) done(failure);
+                   });
+               });
+}
+
+// Readiness follows the store: unreachable from the first job that could not reach it to the
+// next job that ran to its end (the directory refresh every kGwDirectoryRefresh is one, so
+// readiness comes back without traffic).
+void ServerDaemon::note_store(StoreFailure failure, bool write) {
+    health_.retries = persist_retries_.load(std::memory_order_relaxed);
+    health_.withdrawn = withdrawn_.load(std::memory_order_relaxed);
+    if (!failure || *failure != store::StoreError::Kind::kUnavailable) {
+        if (!health_.reachable)
+            spdlog::warn("store reachable again after {} ms; ready",
+                         mono_now() - health_.down_since);
+        health_.reachable = true;
+    }
+    if (!failure) {
+        if (write && health_.full) spdlog::warn("store accepts writes again (space returned)");
+        if (write) health_.full = false;
+        return;
+    }
+    switch (*failure) {
+        case store::StoreError::Kind::kUnavailable:
+            ++health_.unavailable;
+            if (health_.reachable) {
+                health_.down_since = mono_now();
+                spdlog::error(
+                    "store unreachable: not ready; registrations fail with 'store unavailable' "
+                    "until it is back (reconnecting by itself)");
+            }
+            health_.reachable = false;
+            break;
+        case store::StoreError::Kind::kFull:
+            ++health_.full_errors;
+            if (!health_.full)
+                spdlog::error(
+                    "store full: registrations fail with 'storage full' until space returns");
+            health_.full = true;
+            break;
+        case store::StoreError::Kind::kOther:
+            ++health_.other_errors;
+            break;
+    }
 }
 
 void ServerDaemon::flush_audit() {
@@ -181,16 +247,17 @@ void ServerDaemon::flush_audit() {
     auto batch = std::make_shared<std::vector<store::AuditRecord>>(std::move(audit_pending_));
     audit_pending_.clear();
     store_job([batch](store::Store& st) { st.audit_many(*batch); },
-              [this] {
+              [this](StoreFailure) {
                   audit_writing_ = false;
                   flush_audit();
-              });
+              },
+              true);
 }
 
 void ServerDaemon::refresh_gateways() {
     auto gws = std::make_shared<std::vector<store::StoredEntity>>();
     store_job([gws](store::Store& st) { *gws = st.list_entities(EntityKind::kGw); },
-              [this, gws] {
+              [this, gws](StoreFailure) {
                   for (const auto& e : *gws) {
                       dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status});
                       // A PN GW disabled or revoked since it connected loses its link now.
@@ -234,20 +301,17 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
     std::vector<std::string> ids{gw};
     for (const auto& p : env->registration_request().pnes()) ids.push_back(p.join().pne_id());
     auto found = std::make_shared<std::vector<std::optional<store::StoredEntity>>>();
-    auto failed = std::make_shared<bool>(false);
     store_job(
-        [ids, found, failed](store::Store& st) {
-            try {
-                for (const auto& id : ids) found->push_back(st.get_entity(id));
-            } catch (const std::exception& e) {
-                *failed = true;
-                spdlog::error("store: reading entities failed: {}", e.what());
-            }
+        [ids, found](store::Store& st) {
+            for (const auto& id : ids) found->push_back(st.get_entity(id));
         },
-        [this, gw, env, ids, found, failed] {
-            if (*failed) {
-                refuse_registration(gw, *env, pb::INTERNAL_ERROR,
-                                    "the server's store is unavailable");
+        [this, gw, env, ids, found](StoreFailure failure) {
+            if (failure) {
+                const pb::FailureReason reason = store_failure_reason(*failure);
+                refuse_registration(gw, *env, reason,
+                                    reason == pb::STORE_UNAVAILABLE
+                                        ? "the server's store is unavailable; retry later"
+                                        : "the server could not read its store");
                 return;
             }
             for (std::size_t i = 0; i < ids.size(); ++i) dir_.put(ids[i], to_record((*found)[i]));
@@ -260,6 +324,12 @@ void ServerDaemon::start() {
     const std::string addr = opt_.listen.host + ":" + std::to_string(port_);
     spdlog::info("CPNS Server {} listening for PN GWs on {} (TLS 1.3 external PSK)",
                  opt_.role.server_id, addr);
+    if (opt_.control_listen) {
+        control_port_ = listen_on(control_listener_, *opt_.control_listen, "control_listen");
+        spdlog::info("status on {}:{} (one request line: status)", opt_.control_listen->host,
+                     control_port_);
+        asio::co_spawn(io_, control_listener_.run(), asio::detached);
+    }
     write_ready_file(opt_.ready_file, addr);
     asio::co_spawn(io_, listener_.run(), asio::detached);
     refresh_.expires_after(std::chrono::milliseconds(kGwDirectoryRefresh));
@@ -270,6 +340,7 @@ void ServerDaemon::start() {
 
 void ServerDaemon::stop() {
     listener_.close();
+    control_listener_.close();
     timer_.cancel();
     refresh_.cancel();
     for (auto& [id, c] : gws_) c->close();
@@ -369,32 +440,167 @@ void ServerDaemon::send_effect(const SendEffect& s) {
         spdlog::debug("server -> {}: {}", s.to, message_name(s.msg));
 }
 
-// The Registration Response leaves only once the store has committed the PN.
+// The Registration Response leaves only once the store has committed the PN. A connection
+// broken during the transaction is retried once on a new connection (kPersistAttempts); the
+// PN GW learns STORE_UNAVAILABLE / STORAGE_FULL / INTERNAL_ERROR when it still fails, and is
+// never told "registered" for a PN whose commit was not confirmed.
 void ServerDaemon::persist_effect(PersistPnEffect& p) {
     auto inv = std::make_shared<pb::PnInventory>(std::move(p.inventory));
     auto result = std::make_shared<pb::FailureReason>(pb::INTERNAL_ERROR);
     const std::string gw = p.gw_id;
     store_job(
-        [inv, result](store::Store& st) {
-            switch (st.register_pn(*inv)) {
-                case store::PutResult::kOk:
-                    *result = pb::REASON_NONE;
-                    break;
-                case store::PutResult::kDuplicate:
-                    *result = pb::DUPLICATE_PN;
-                    break;
-                case store::PutResult::kLimit:
-                    *result = pb::LIMIT_EXCEEDED;
-                    break;
-                case store::PutResult::kError:
-                    *result = pb::INTERNAL_ERROR;
-                    break;
+        [this, inv, result](store::Store& st) {
+            for (int attempt = 1;; ++attempt) {
+                store::PutResult put = store::PutResult::kError;
+                try {
+                    put = st.register_pn(*inv);
+                    if (put == store::PutResult::kDuplicate && attempt > 1) {
+                        // The broken attempt may have committed before its answer was lost.
+                        const auto stored = st.get_pn(inv->gw_id(), inv->pn_id());
+                        if (stored &&
+                            google::protobuf::util::MessageDifferencer::Equals(*stored, *inv)) {
+                            spdlog::info("store: PN {} of {} was committed by the broken attempt",
+                                         inv->pn_id(), inv->gw_id());
+                            put = store::PutResult::kOk;
+                        }
+                    }
+                } catch (const store::StoreError& e) {
+                    if (e.kind() != store::StoreError::Kind::kUnavailable) throw;
+                    if (attempt >= kPersistAttempts) {
+                        remember_unacknowledged(*inv);
+                        throw;
+                    }
+                    persist_retries_.fetch_add(1, std::memory_order_relaxed);
+                    spdlog::warn("store: registering PN {} of {} failed ({}); trying again",
+                                 inv->pn_id(), inv->gw_id(), e.what());
+                    continue;
+                }
+                switch (put) {
+                    case store::PutResult::kOk:
+                        *result = pb::REASON_NONE;
+                        break;
+                    case store::PutResult::kDuplicate:
+                        *result = pb::DUPLICATE_PN;
+                        break;
+                    case store::PutResult::kLimit:
+                        *result = pb::LIMIT_EXCEEDED;
+                        break;
+                    case store::PutResult::kError:
+                        *result = pb::INTERNAL_ERROR;
+                        break;
+                }
+                return;
             }
         },
-        [this, gw, inv, result] {
+        [this, gw, inv, result](StoreFailure failure) {
+            if (failure) *result = store_failure_reason(*failure);
             if (*result == pb::REASON_NONE) ++registered_;
             apply(server_->on_persisted(gw, inv->pn_id(), *result, mono_now()));
-        });
+        },
+        true);
+}
+
+void ServerDaemon::remember_unacknowledged(const pb::PnInventory& inv) {
+    if (unacknowledged_.size() >= kMaxUnacknowledged) {
+        const auto& old = unacknowledged_.front();
+        spdlog::error(
+            "store: more than {} registrations with an unknown outcome: PN {} of {} is no longer "
+            "tracked (if its commit happened it stays registered unacknowledged)",
+            kMaxUnacknowledged, old.pn_id(), old.gw_id());
+        unacknowledged_.pop_front();
+    }
+    unacknowledged_.push_back(inv);
+}
+
+void ServerDaemon::withdraw_unacknowledged(store::Store& st) {
+    while (!unacknowledged_.empty()) {
+        const pb::PnInventory& inv = unacknowledged_.front();
+        try {
+            if (st.withdraw_pn(inv)) {
+                withdrawn_.fetch_add(1, std::memory_order_relaxed);
+                spdlog::warn(
+                    "store: PN {} of {} had been committed although its PN GW was told 'store "
+                    "unavailable' (the answer was lost with the connection): withdrawn",
+                    inv.pn_id(), inv.gw_id());
+            }
+        } catch (const store::StoreError& e) {
+            if (e.kind() == store::StoreError::Kind::kUnavailable) return;  // next job
+            spdlog::error("store: cannot withdraw PN {} of {}: {}", inv.pn_id(), inv.gw_id(),
+                          e.what());
+        }
+        unacknowledged_.pop_front();
+    }
+}
+
+net::Listener::Hooks ServerDaemon::control_hooks() {
+    net::Listener::Hooks hooks;
+    hooks.on_socket = [this](net::tcp::socket socket) {
+        asio::co_spawn(io_, control_serve(std::make_shared<net::tcp::socket>(std::move(socket))),
+                       asio::detached);
+    };
+    hooks.on_refused = [](std::size_t open) {
+        spdlog::warn("refusing a status connection: {} open (limit)", open);
+    };
+    return hooks;
+}
+
+std::string ServerDaemon::status_json() const {
+    // A Struct printed by the protobuf JSON printer: every string escaped by it.
+    google::protobuf::Struct st;
+    auto& f = *st.mutable_fields();
+    const auto num = [](std::uint64_t v) {
+        google::protobuf::Value x;
+        x.set_number_value(static_cast<double>(v));
+        return x;
+    };
+    f["server_id"].set_string_value(opt_.role.server_id);
+    f["ready"].set_bool_value(ready());
+    f["store_backend"].set_string_value(store_->backend());
+    f["store_reachable"].set_bool_value(health_.reachable);
+    f["store_full"].set_bool_value(health_.full);
+    f["store_down_ms"] = num(health_.reachable ? 0 : mono_now() - health_.down_since);
+    auto& errors = *f["store_errors"].mutable_struct_value()->mutable_fields();
+    errors["unavailable"] = num(health_.unavailable);
+    errors["full"] = num(health_.full_errors);
+    errors["other"] = num(health_.other_errors);
+    f["store_retries"] = num(health_.retries);
+    f["store_withdrawn"] = num(health_.withdrawn);
+    f["store_queue"] = num(store_queue_);
+    f["registered"] = num(registered_);
+    f["gw_links"] = num(gws_.size());
+    return message_json(st);
+}
+
+// One request line per connection ("status"), answered with one line; bounded in line length
+// (kMaxServerControlLine), time (kServerControlTimeout) and connections.
+asio::awaitable<void> ServerDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket) {
+    const auto held = control_listener_.hold();
+    asio::steady_timer deadline(io_);
+    deadline.expires_after(std::chrono::milliseconds(kServerControlTimeout));
+    deadline.async_wait([socket](const std::error_code& ec) {
+        std::error_code ignored;
+        if (!ec) socket->close(ignored);
+    });
+    std::string line;
+    std::error_code ec;
+    const std::size_t n =
+        co_await asio::async_read_until(*socket, asio::dynamic_buffer(line, kMaxServerControlLine),
+                                        '\n', asio::redirect_error(asio::use_awaitable, ec));
+    std::string answer;
+    if (ec) {
+        if (ec != asio::error::not_found) co_return;  // closed, timed out
+        answer = R"({"error":"request line too long"})";
+    } else {
+        line.resize(n - 1);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        answer = line == "status" ? status_json() : R"({"error":"unknown command; use: status"})";
+    }
+    answer += '\n';
+    co_await asio::async_write(*socket, asio::buffer(answer),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    deadline.cancel();
+    socket->shutdown(net::tcp::socket::shutdown_both, ec);
+    socket->close(ec);
 }
 
 // The audit log: one record per PNE, plus one for the PN itself.

@@ -1,8 +1,11 @@
 // cpns-server: the CPNS Server role behind a PSK-TLS listener for PN GWs.
 #pragma once
 
+#include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "core/server.hpp"
@@ -26,6 +29,21 @@ inline constexpr Millis kGwDirectoryRefresh = 2'000;
 inline constexpr std::size_t kMaxStoreQueue = 10'000;
 // PN GW IDs looked up at once after TLS cache misses (unknown identities cannot queue more).
 inline constexpr std::size_t kMaxPendingLookups = 256;
+// A registration whose store connection broke (kUnavailable) is tried this many times in all,
+// the next attempt on a new connection (the PostgreSQL backend reconnects at once after a
+// loss, then backs off). A retry that finds the PN already stored with exactly this content
+// counts it as registered: the broken attempt had committed before its answer was lost.
+inline constexpr int kPersistAttempts = 2;
+// Registrations answered STORE_UNAVAILABLE whose COMMIT may have happened anyway (the
+// connection broke during it, e.g. the primary died after the standby had the commit) are
+// kept, at most this many (the oldest dropped), and withdrawn from the store when it is back,
+// so that the store holds exactly the PNs the PN GWs were told are registered.
+inline constexpr std::size_t kMaxUnacknowledged = 10'000;
+// The status port (control_listen; off unless configured): connections open at once, the
+// longest request line, and how long a connection may take to send it.
+inline constexpr std::size_t kMaxServerControlConnections = 16;
+inline constexpr std::size_t kMaxServerControlLine = 256;
+inline constexpr Millis kServerControlTimeout = 5'000;
 
 // The store URL with any password replaced, for logs.
 std::string redact_url(const std::string& url);
@@ -42,7 +60,23 @@ struct ServerOptions {
     std::string keylog;
     std::string ready_file;
     std::string trace_file;  // JSON-lines event trace; "" = off
+    // Loopback status port answering "status" with one JSON line (ready, store health);
+    // nullopt = off.
+    std::optional<net::HostPort> control_listen;
 };
+
+// The store as the event loop sees it, from the outcome of each store job.
+struct StoreHealth {
+    bool reachable = true;  // false from a job failing with kUnavailable to the next success
+    bool full = false;      // a write refused for lack of space, until a write succeeds
+    std::uint64_t unavailable = 0, full_errors = 0, other_errors = 0;  // failed jobs, by kind
+    std::uint64_t retries = 0;    // registrations tried again on a new connection
+    std::uint64_t withdrawn = 0;  // committed but answered "store unavailable", then removed
+    Millis down_since = 0;        // mono_now() when reachable became false
+};
+
+// The failure reason a PN GW gets for a store failure of `kind`.
+pb::FailureReason store_failure_reason(store::StoreError::Kind kind);
 
 // Loads a provisioning file into a directory. ConfigError on any bad entry.
 void load_entities(const std::string& path, MemoryDirectory& dir);
@@ -68,7 +102,13 @@ class ServerDaemon {
     void start();  // binds and listens; ConfigError if it cannot
     void stop();
     std::uint16_t port() const { return port_; }
+    std::uint16_t control_port() const { return control_port_; }
     const Counters& link_counters() const { return links_; }
+    // Ready: listening, and the store reachable. The status port's "ready".
+    bool ready() const { return port_ != 0 && health_.reachable; }
+    const StoreHealth& store_health() const { return health_; }
+    // The status port's answer: one JSON object.
+    std::string status_json() const;
 
   private:
     net::Listener::Hooks listener_hooks();
@@ -80,8 +120,19 @@ class ServerDaemon {
     void send_effect(const SendEffect& s);
     void persist_effect(PersistPnEffect& p);
     void outcome_effect(const OutcomeEffect& o);
-    // Runs `job` on the store thread, then `done` on the event loop.
-    void store_job(std::function<void(store::Store&)> job, std::function<void()> done = {});
+    // How a store job ended: nullopt when it ran to its end, else the kind of its StoreError
+    // (any other exception is kOther).
+    using StoreFailure = std::optional<store::StoreError::Kind>;
+    // Runs `job` on the store thread, then `done` on the event loop with how it ended (after
+    // the store's health was updated from it). `write`: the job writes (for health_.full).
+    void store_job(std::function<void(store::Store&)> job,
+                   std::function<void(StoreFailure)> done = {}, bool write = false);
+    void note_store(StoreFailure failure, bool write);
+    // Store thread: kMaxUnacknowledged bookkeeping and withdrawal (see there).
+    void remember_unacknowledged(const pb::PnInventory& inv);
+    void withdraw_unacknowledged(store::Store& st);
+    net::Listener::Hooks control_hooks();
+    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
     void deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env);
     void refuse_registration(const std::string& gw, const pb::Envelope& request,
                              pb::FailureReason reason, const std::string& detail);
@@ -94,6 +145,10 @@ class ServerDaemon {
     asio::thread_pool store_thread_{1};
     std::size_t store_queue_ = 0;
     std::size_t registered_ = 0;
+    StoreHealth health_;
+    std::atomic<std::uint64_t> persist_retries_{0};  // counted on the store thread
+    std::atomic<std::uint64_t> withdrawn_{0};        // counted on the store thread
+    std::deque<pb::PnInventory> unacknowledged_;     // store thread only
     // Audit records wait here while one batch is being written (one transaction per batch).
     std::vector<store::AuditRecord> audit_pending_;
     bool audit_writing_ = false;
@@ -105,6 +160,8 @@ class ServerDaemon {
     std::unique_ptr<RoleTrace> trace_;
     std::optional<tls::TlsContext> tls_;
     net::Listener listener_;
+    net::Listener control_listener_;
+    std::uint16_t control_port_ = 0;
     RoleTimer timer_;
     asio::steady_timer refresh_;
     std::map<std::string, std::shared_ptr<net::Connection>> gws_;

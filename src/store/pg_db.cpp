@@ -3,6 +3,8 @@
 // columns are decoded from their hex form.
 #include <libpq-fe.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
 
@@ -11,6 +13,22 @@
 
 namespace cpns::store::detail {
 namespace {
+
+// Reconnection after a lost connection: the first attempt is immediate (a terminated backend,
+// a restarted server); after a failed one, calls fail at once with kUnavailable until the
+// back-off has passed, doubling from kReconnectBackoffMin up to kReconnectBackoffMax. So a
+// database that is down costs one connection attempt per back-off, not one per call.
+constexpr std::chrono::milliseconds kReconnectBackoffMin{100};
+constexpr std::chrono::milliseconds kReconnectBackoffMax{2'000};
+// Defaults for the connection (the conninfo/URL may override them): seconds to wait for one
+// host to accept a connection, and how long unacknowledged data or a silent peer may last
+// before the kernel declares the connection dead, so that a statement to a vanished host
+// fails within about half a minute instead of hanging on TCP retransmissions.
+constexpr const char* kConnectTimeoutS = "5";
+constexpr const char* kTcpUserTimeoutMs = "20000";
+constexpr const char* kKeepalivesIdleS = "10";
+constexpr const char* kKeepalivesIntervalS = "5";
+constexpr const char* kKeepalivesCount = "3";
 
 constexpr Oid kByteaOid = 17;  // pg_type.oid of bytea (catalog/pg_type_d.h: BYTEAOID)
 // pg_advisory_xact_lock key that serialises schema migrations ("cpnsStor").
@@ -107,19 +125,39 @@ std::string trimmed(const char* message) {
     return s;
 }
 
+// What a failed statement means to the caller, from its SQLSTATE (Appendix A of the
+// PostgreSQL manual): connection exceptions (08), operator intervention such as a shutdown or
+// a server not accepting connections yet (57P), a write on a read-only server (25006: a
+// standby, or a primary demoted under us), system I/O errors (58) and too many connections
+// (53300) are "unavailable"; disk full (53100) is "full".
+StoreError::Kind classify(const char* sqlstate) {
+    if (!sqlstate) return StoreError::Kind::kOther;
+    const std::string_view s(sqlstate);
+    if (s == "53100") return StoreError::Kind::kFull;
+    if (s.starts_with("08") || s.starts_with("57P") || s.starts_with("58") || s == "25006" ||
+        s == "53300")
+        return StoreError::Kind::kUnavailable;
+    return StoreError::Kind::kOther;
+}
+
 class PgDb final : public Db {
   public:
     explicit PgDb(const std::string& conninfo) {
         // Our defaults come first: settings in the caller's conninfo/URL override them.
-        const char* const keywords[] = {"connect_timeout", "application_name", "dbname", nullptr};
-        const char* const values[] = {"10", "cpns-store", conninfo.c_str(), nullptr};
+        const char* const keywords[] = {
+            "connect_timeout",  "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
+            "keepalives_count", "application_name", "dbname",          nullptr};
+        const char* const values[] = {
+            kConnectTimeoutS, kTcpUserTimeoutMs, kKeepalivesIdleS, kKeepalivesIntervalS,
+            kKeepalivesCount, "cpns-store",      conninfo.c_str(), nullptr};
         conn_ = PQconnectdbParams(keywords, values, 1);
         if (!conn_) throw StoreError("cannot connect to PostgreSQL: out of memory");
         if (PQstatus(conn_) != CONNECTION_OK) {
             const std::string why = trimmed(PQerrorMessage(conn_));
             PQfinish(conn_);
             conn_ = nullptr;
-            throw StoreError("cannot connect to PostgreSQL: " + why);
+            throw StoreError("cannot connect to PostgreSQL: " + why,
+                             StoreError::Kind::kUnavailable);
         }
         try {
             configure_session();
@@ -160,7 +198,16 @@ class PgDb final : public Db {
     void commit() override {
         in_transaction_ = false;  // COMMIT ends the transaction whether it succeeds or not
         // Never on a fresh connection: a COMMIT there would "succeed" without a transaction.
-        exec("COMMIT", {});
+        try {
+            exec("COMMIT", {});
+        } catch (const StoreError& e) {
+            // The connection broke while committing: the transaction may or may not be
+            // committed (and, with synchronous replication, on the standby). The caller must
+            // treat it as not acknowledged and find out on retry (register_pn: duplicate).
+            if (e.kind() != StoreError::Kind::kUnavailable) throw;
+            throw StoreError(std::string("PostgreSQL COMMIT outcome unknown: ") + e.what(),
+                             StoreError::Kind::kUnavailable);
+        }
     }
     void rollback() noexcept override {
         if (!in_transaction_) return;
@@ -203,13 +250,21 @@ class PgDb final : public Db {
         const std::string text(sql);
         const PgResult res(PQexecParams(conn_, text.c_str(), static_cast<int>(params.size()),
                                         nullptr, values.data(), lengths.data(), formats.data(), 0));
-        if (!res) throw StoreError("PostgreSQL: " + trimmed(PQerrorMessage(conn_)));
+        if (!res)
+            throw StoreError("PostgreSQL: " + trimmed(PQerrorMessage(conn_)),
+                             PQstatus(conn_) == CONNECTION_OK ? StoreError::Kind::kOther
+                                                              : StoreError::Kind::kUnavailable);
         const ExecStatusType status = PQresultStatus(res.get());
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
             const char* state = PQresultErrorField(res.get(), PG_DIAG_SQLSTATE);
-            throw StoreError("PostgreSQL statement failed" +
-                             (state ? " (SQLSTATE " + std::string(state) + ")" : std::string()) +
-                             ": " + trimmed(PQresultErrorMessage(res.get())));
+            // A broken connection is "unavailable" whatever SQLSTATE libpq made up for it.
+            const StoreError::Kind kind =
+                PQstatus(conn_) != CONNECTION_OK ? StoreError::Kind::kUnavailable : classify(state);
+            throw StoreError(
+                "PostgreSQL statement failed" +
+                    (state ? " (SQLSTATE " + std::string(state) + ")" : std::string()) + ": " +
+                    trimmed(PQresultErrorMessage(res.get())),
+                kind);
         }
 
         Result result;
@@ -254,19 +309,38 @@ class PgDb final : public Db {
         exec("SET client_min_messages = warning", {});
     }
 
-    // A connection that broke (server restart, network) is re-established before the next
-    // statement outside a transaction; the failed call itself has thrown StoreError.
+    // A connection that broke (server restart, failover, network) is re-established before the
+    // next statement outside a transaction, never inside one; the failed call itself has
+    // thrown StoreError (kUnavailable). PQreset tries every host of a multi-host conninfo in
+    // turn, honouring target_session_attrs (read-write: the new primary after a failover).
+    // Attempts after a failed one wait for the back-off (kReconnectBackoffMin..Max).
     void reconnect_if_broken() {
         if (PQstatus(conn_) == CONNECTION_OK) return;
+        const auto now = std::chrono::steady_clock::now();
+        if (now < next_attempt_) {
+            throw StoreError("PostgreSQL connection lost (next reconnection attempt within " +
+                                 std::to_string(backoff_.count()) + " ms): " + last_error_,
+                             StoreError::Kind::kUnavailable);
+        }
         PQreset(conn_);
         if (PQstatus(conn_) != CONNECTION_OK) {
-            throw StoreError("PostgreSQL connection lost: " + trimmed(PQerrorMessage(conn_)));
+            last_error_ = trimmed(PQerrorMessage(conn_));
+            backoff_ = std::clamp(backoff_ * 2, kReconnectBackoffMin, kReconnectBackoffMax);
+            next_attempt_ = std::chrono::steady_clock::now() + backoff_;
+            throw StoreError("PostgreSQL connection lost: " + last_error_,
+                             StoreError::Kind::kUnavailable);
         }
+        backoff_ = {};
+        next_attempt_ = {};
+        last_error_.clear();
         configure_session();
     }
 
     PGconn* conn_ = nullptr;
     bool in_transaction_ = false;
+    std::chrono::milliseconds backoff_{0};
+    std::chrono::steady_clock::time_point next_attempt_{};
+    std::string last_error_;
 };
 
 }  // namespace

@@ -1,5 +1,7 @@
 // The store's logic, written once over the Db surface (db.hpp) for both backends, and
 // open_store, which picks the backend from the URL.
+#include <google/protobuf/util/message_differencer.h>
+
 #include <algorithm>
 #include <charconv>
 #include <chrono>
@@ -267,6 +269,21 @@ class SqlStore final : public Store {
         const detail::Result r = db_->run("SELECT 1 FROM pns WHERE gw_id = $1 AND pn_id = $2",
                                           {Param::of(gw_id), Param::of(pn_id)});
         return !r.rows.empty();
+    }
+
+    bool withdraw_pn(const pb::PnInventory& inv) override {
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        const std::vector<pb::PnInventory> found =
+            read_pns(" WHERE p.gw_id = $1 AND p.pn_id = $2",
+                     {Param::of(inv.gw_id()), Param::of(inv.pn_id())});
+        if (found.empty() ||
+            !google::protobuf::util::MessageDifferencer::Equals(found.front(), inv))
+            return false;
+        // Members go with the PN (ON DELETE CASCADE), in the same transaction.
+        db_->run("DELETE FROM pns WHERE gw_id = $1 AND pn_id = $2",
+                 {Param::of(inv.gw_id()), Param::of(inv.pn_id())});
+        txn.commit();
+        return true;
     }
 
     std::optional<pb::PnInventory> get_pn(const std::string& gw_id,

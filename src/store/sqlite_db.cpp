@@ -91,6 +91,7 @@ class SqliteDb final : public Db {
         const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
         const int rc = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
         if (rc != SQLITE_OK) {
+            last_rc_ = rc;
             const std::string why = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
             sqlite3_close(db_);
             db_ = nullptr;
@@ -112,6 +113,10 @@ class SqliteDb final : public Db {
             if (fk.rows.empty() || fk.rows[0][0] != std::optional<std::string>("1")) {
                 throw StoreError("SQLite without foreign key support");
             }
+            check_integrity();
+        } catch (const StoreError& e) {
+            close();
+            throw StoreError(explain_open_failure(e), e.kind());
         } catch (...) {
             close();
             throw;
@@ -220,13 +225,63 @@ class SqliteDb final : public Db {
     const std::vector<Migration>& migrations() const override { return kSqliteMigrations; }
 
   private:
+    // A damaged file is refused at open, not when a registration first touches the damaged
+    // page: PRAGMA quick_check reads every page once (b-tree structure, record formats; not
+    // the index contents, which integrity_check would also compare). Reports at most
+    // kMaxIntegrityProblems problems.
+    static constexpr int kMaxIntegrityProblems = 3;
+    void check_integrity() {
+        if (path_ == ":memory:") return;
+        const Result r = run("PRAGMA quick_check(" + std::to_string(kMaxIntegrityProblems) + ")");
+        std::string problems;
+        for (const Row& row : r.rows) {
+            const std::string line = row.empty() || !row[0] ? std::string() : *row[0];
+            if (line == "ok") continue;
+            problems += (problems.empty() ? "" : "; ") + line;
+        }
+        if (!problems.empty()) {
+            last_rc_ = SQLITE_CORRUPT;
+            throw StoreError("integrity check failed: " + problems);
+        }
+    }
+
+    // The message of a failed open, for the operator: what is wrong with the file and what to
+    // do about it, then SQLite's own words.
+    std::string explain_open_failure(const StoreError& e) const {
+        switch (last_rc_ & 0xff) {
+            case SQLITE_CORRUPT:
+            case SQLITE_NOTADB:
+                return "SQLite database " + path_ +
+                       " is corrupted or not a SQLite database; restore it from a backup "
+                       "(cpnsctl check verifies a restored copy): " +
+                       e.what();
+            case SQLITE_READONLY:
+            case SQLITE_CANTOPEN:
+            case SQLITE_PERM:
+            case SQLITE_AUTH:
+                return "SQLite database " + path_ +
+                       " cannot be written: the file, its directory (for the -wal and -shm "
+                       "files) or the file system is read-only for this user: " +
+                       e.what();
+            default:
+                return e.what();
+        }
+    }
+
     // A new database file is created readable by its owner only; SQLite creates the -wal and
     // -shm files with the same permissions.
     void create_private_file() const {
         if (path_.empty() || path_ == ":memory:") return;
         const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0) {
-            throw StoreError("cannot open SQLite database " + path_ + ": " + std::strerror(errno));
+            const int err = errno;
+            std::string why = std::strerror(err);
+            if (err == EROFS || err == EACCES || err == EPERM)
+                why +=
+                    " (the server writes its store: the file and its directory must be "
+                    "writable by this user, on a file system mounted read-write)";
+            throw StoreError("cannot open SQLite database " + path_ + " for writing: " + why,
+                             StoreError::Kind::kUnavailable);
         }
         ::close(fd);
     }
@@ -243,10 +298,31 @@ class SqliteDb final : public Db {
         return stmt;
     }
 
-    [[noreturn]] void fail(const char* what, std::string_view sql, int rc) const {
+    [[noreturn]] void fail(const char* what, std::string_view sql, int rc) {
+        last_rc_ = rc;
         std::string first_words(sql.substr(0, sql.find_first_of("(\n")));
         throw StoreError("SQLite " + std::string(what) + " failed (" + sqlite3_errstr(rc) +
-                         "): " + sqlite3_errmsg(db_) + " [in: " + first_words + "]");
+                             "): " + sqlite3_errmsg(db_) + " [in: " + first_words + "]",
+                         classify(rc));
+    }
+
+    // SQLITE_FULL (the file system is full, or the database at its size limit) is "full";
+    // I/O errors, a lock held too long, a file that cannot be opened or written now are
+    // "unavailable"; a corrupted file and everything else are "other".
+    static StoreError::Kind classify(int rc) {
+        switch (rc & 0xff) {
+            case SQLITE_FULL:
+                return StoreError::Kind::kFull;
+            case SQLITE_IOERR:
+            case SQLITE_BUSY:
+            case SQLITE_LOCKED:
+            case SQLITE_CANTOPEN:
+            case SQLITE_READONLY:
+            case SQLITE_PROTOCOL:
+                return StoreError::Kind::kUnavailable;
+            default:
+                return StoreError::Kind::kOther;
+        }
     }
 
     void close() noexcept {
@@ -260,6 +336,7 @@ class SqliteDb final : public Db {
     }
 
     std::string path_;
+    int last_rc_ = SQLITE_OK;  // of the last failure (explain_open_failure)
     sqlite3* db_ = nullptr;
     std::map<std::string, sqlite3_stmt*, std::less<>> statements_;
 };

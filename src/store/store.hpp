@@ -72,9 +72,23 @@ enum class PutResult {
 };
 
 // Connection and SQL failures, unreadable rows, bad configuration (URL, master key).
+// kind() tells a caller what it may do about it:
+//  - kUnavailable: the database could not be reached or the connection broke (PostgreSQL
+//    connection lost, SQLSTATE classes 08 and 57P, a read-only standby; SQLite I/O, lock and
+//    busy errors, a file it cannot open). Nothing of the failed call is known to be committed;
+//    the same call may succeed later (the PostgreSQL backend reconnects by itself).
+//  - kFull: the database has no space left (SQLite SQLITE_FULL, PostgreSQL class 53).
+//    Nothing was written; it may succeed once space returns.
+//  - kOther: anything else (a bad row, a constraint, a corrupted file, configuration).
 class StoreError : public std::runtime_error {
   public:
-    using runtime_error::runtime_error;
+    enum class Kind { kOther, kUnavailable, kFull };
+    explicit StoreError(const std::string& what, Kind kind = Kind::kOther)
+        : std::runtime_error(what), kind_(kind) {}
+    Kind kind() const { return kind_; }
+
+  private:
+    Kind kind_;
 };
 
 class Store {  // one instance per thread; not thread-safe
@@ -104,6 +118,12 @@ class Store {  // one instance per thread; not thread-safe
     // entity of this store. Database failures throw StoreError (nothing written either).
     virtual PutResult register_pn(const pb::PnInventory& inv) = 0;
     virtual bool pn_exists(const std::string& gw_id, const std::string& pn_id) = 0;
+    // Removes the PN (inv.gw_id, inv.pn_id) with its members, in one transaction, if it is
+    // stored with exactly this content (the header and every member, in order); false, and
+    // nothing changed, when it is absent or differs. For a registration whose COMMIT outcome
+    // was lost with the connection and whose PN GW was then told it failed: the server takes
+    // back what it never acknowledged.
+    virtual bool withdraw_pn(const pb::PnInventory& inv) = 0;
     // The inventory as registered, members in their original order.
     virtual std::optional<pb::PnInventory> get_pn(const std::string& gw_id,
                                                   const std::string& pn_id) = 0;

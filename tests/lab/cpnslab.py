@@ -74,6 +74,8 @@ class Lab:
     store_url: str = ""  # "" = SQLite file in the lab's folder; else e.g. a PostgreSQL URL
     gw_pan_tls: str = ""  # "tls13" or "tls12" for the PN GW's PAN side; "" keeps its default
     trace: str = "off"  # "on": every process writes an event trace; "auto": where supported
+    server_control: dict[str, int] = field(default_factory=dict)  # server name -> status port
+    ready_timeout: float = READY_TIMEOUT_S  # e.g. longer for a server importing many entities
 
     # --- provisioning -------------------------------------------------------------
     def provision(self) -> None:
@@ -93,18 +95,41 @@ class Lab:
         os.chmod(master, 0o600)
         self.write_server_config()
 
-    def write_server_config(self, name: str = "server", store_url: str = "") -> Path:
-        """A server configuration; several servers may share one PostgreSQL store."""
+    def write_server_config(self, name: str = "server", store_url: str = "",
+                            control_port: int = 0) -> Path:
+        """A server configuration; several servers may share one PostgreSQL store.
+        control_port: also answer `status` on 127.0.0.1:control_port (see server_status)."""
         store = store_url or self.store_url or f"sqlite:{self.workdir / 'server.db'}"
         path = self.workdir / f"{name}.toml"
-        path.write_text(
+        text = (
             f'id = "{"cpns-server" if name == "server" else name}"\nlisten = "127.0.0.1:0"\n'
             f'store = "{store}"\n'
             f'master_key_file = "{self.workdir / "master.key"}"\n'
             f'entities = "{self.workdir / "entities.toml"}"\n'
             f'ready_file = "{self.workdir / (name + ".ready")}"\n'
             f'log_level = "{self.log_level}"\n')
+        if control_port:
+            text += f'control_listen = "127.0.0.1:{control_port}"\n'
+            self.server_control[name] = control_port
+        path.write_text(text)
         return path
+
+    def server_status(self, name: str = "server", timeout: float = 5.0) -> dict:
+        """The server's answer to `status` on its control port ({} if it does not answer)."""
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", self.server_control[name]),
+                                          timeout=timeout) as s:
+                s.sendall(b"status\n")
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            return json.loads(data) if data.strip() else {}
+        except (OSError, ValueError):
+            return {}
 
     def _gw_config(self) -> str:
         gw_key = new_key() if self.gw_wrong_eukey else self.gw_key
@@ -188,7 +213,7 @@ class Lab:
         return proc
 
     def _wait_ready(self, path: Path, proc: Proc) -> str:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if path.exists():
                 return path.read_text().strip()
@@ -196,7 +221,8 @@ class Lab:
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n"
                                    + proc.log.read_text())
             time.sleep(0.02)
-        raise RuntimeError(f"{proc.name} not ready after {READY_TIMEOUT_S}s:\n" + proc.log.read_text())
+        raise RuntimeError(f"{proc.name} not ready after {self.ready_timeout}s:\n"
+                           + proc.log.read_text())
 
     def start_server(self, name: str = "server") -> Proc:
         ready = self.workdir / f"{name}.ready"
@@ -357,6 +383,14 @@ def cleanup(lab: Lab) -> None:
         lab.stop_all()
     finally:
         shutil.rmtree(lab.workdir, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for options that need a fixed port)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def new_pg_database(admin_url: str) -> str:
