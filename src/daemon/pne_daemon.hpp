@@ -62,7 +62,8 @@ class PneDaemon {
     asio::awaitable<void> read_link(std::shared_ptr<net::Connection> conn);
     asio::awaitable<void> start_tls(std::shared_ptr<const StartTlsEffect> eff);
     void apply(PneEffects effects);
-    void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
+    void to_role(const std::string& from, const pb::Envelope& env, Protection protection,
+                 const Origin& origin = {});
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
     void fail_early(pb::FailureReason reason, const std::string& detail);
