@@ -41,17 +41,18 @@ pb::Envelope discovery_request(const std::string& id) {
 // Receives one datagram on `sock` (bounded: 10 s).
 std::optional<DiscoverySocket::Datagram> receive_one(asio::io_context& io, DiscoverySocket& sock) {
     std::optional<DiscoverySocket::Datagram> got;
+    asio::steady_timer guard(io, std::chrono::seconds(10));
+    guard.async_wait([&](const std::error_code& ec) {
+        if (!ec) sock.close();
+    });
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
             auto r = co_await sock.receive();
             if (auto* d = std::get_if<DiscoverySocket::Datagram>(&r)) got = std::move(*d);
+            guard.cancel();
         },
         asio::detached);
-    asio::steady_timer guard(io, std::chrono::seconds(10));
-    guard.async_wait([&](const std::error_code& ec) {
-        if (!ec) sock.close();
-    });
     io.run_for(std::chrono::seconds(11));
     io.restart();
     return got;
