@@ -1,7 +1,6 @@
 #include "core/neighbours.hpp"
 
 #include <algorithm>
-#include <optional>
 
 namespace cpns {
 
@@ -41,16 +40,16 @@ bool NeighbourTable::make_room(NeighbourVia via, const std::string& address, Mil
     expire(now);
     // One address holds at most kMaxNeighboursPerAddress datagram entries: its oldest goes.
     if (via == NeighbourVia::kDatagram && !address.empty()) {
-        std::optional<std::map<std::string, Neighbour>::iterator> oldest;
+        auto oldest = table_.end();
         std::size_t from_address = 0;
         for (auto it = table_.begin(); it != table_.end(); ++it) {
             const Neighbour& n = it->second;
             if (n.via != NeighbourVia::kDatagram || n.linked || n.address != address) continue;
             ++from_address;
-            if (!oldest || n.seen_at < (*oldest)->second.seen_at) oldest = it;
+            if (oldest == table_.end() || n.seen_at < oldest->second.seen_at) oldest = it;
         }
         if (from_address >= kMaxNeighboursPerAddress) {
-            table_.erase(*oldest);
+            table_.erase(oldest);
             ++evicted_;
         }
     }
