@@ -84,10 +84,10 @@ class GatewayRole : public testing::Test {
     }
 
     GatewayEffects feed(const std::string& from, pb::Envelope env,
-                        Protection p = Protection::kClear) {
+                        Protection p = Protection::kClear, const Origin& origin = {}) {
         env.set_version(kProtocolVersion);
         env.set_sender_id(from);
-        return keep(gw->on_message(from, env, p, now));
+        return keep(gw->on_message(from, env, p, now, origin));
     }
     GatewayEffects keep(GatewayEffects out) {
         for (const auto& e : out)
@@ -303,6 +303,74 @@ TEST_F(GatewayRole, DiscoveryNamingAnotherEntityIsIgnored) {
     EXPECT_TRUE(gw->neighbours().empty());
 }
 
+// Finding 7: hundreds of discovery datagrams with made-up IDs (from one address, then from many)
+// neither push out a PNE known over its PAN link nor keep a real PNE that announces itself
+// afterwards out of the table: 'All' and invitations still reach them.
+TEST_F(GatewayRole, DiscoveryFloodKeepsRealNeighbours) {
+    feed(kA, discovery(kA, true));  // over its PAN link
+    for (int i = 0; i < 400; ++i) {
+        const std::string id = "ghost-" + std::to_string(i);
+        feed(id, discovery(id, true), Protection::kClear,
+             Origin{true, i < 100 ? "10.0.0.66" : "10.0.1." + std::to_string(i % 250)});
+    }
+    EXPECT_LE(gw->neighbours().size(), kMaxNeighbours);
+    feed(kB, discovery(kB, true));  // a real PNE linking after the flood
+    EXPECT_EQ(gw->neighbours().count(kA), 1u);
+    EXPECT_EQ(gw->neighbours().count(kB), 1u);
+    std::size_t from_one = 0;
+    for (const auto& [id, n] : gw->neighbours()) from_one += n.address == "10.0.0.66";
+    EXPECT_LE(from_one, kMaxNeighboursPerAddress);
+    keep(gw->invite({kA, kB}, now));
+    pn = gw->last_pn_id();
+    EXPECT_EQ(gw->member_state(pn, kA), MState::kInvited);
+    EXPECT_EQ(gw->member_state(pn, kB), MState::kInvited);
+}
+
+// Entities heard only by datagram age out after kNeighbourTtl (each new request refreshes
+// them); one held by a PAN link stays until the link goes, then ages too.
+TEST_F(GatewayRole, NeighboursHeardOnlyByDatagramAgeOut) {
+    const Origin udp{true, "10.0.0.5"};
+    feed(kB, discovery(kB, true), Protection::kClear, udp);
+    feed(kA, discovery(kA, true));  // over its link
+    now += kNeighbourTtl - 1;
+    feed(kB, discovery(kB, true), Protection::kClear, udp);  // refreshed
+    now += kNeighbourTtl - 1;
+    gw->on_timer(now);
+    EXPECT_EQ(gw->neighbours().count(kB), 1u);
+    EXPECT_EQ(gw->neighbours().count(kA), 1u);
+    now += 1;
+    gw->on_timer(now);
+    EXPECT_EQ(gw->neighbours().count(kB), 0u);
+    EXPECT_EQ(gw->neighbours().count(kA), 1u);
+    const auto* o = find_outcome(gw->invite({kB}, now));
+    ASSERT_NE(o, nullptr);  // not discovered any more: it fails at once
+    EXPECT_EQ(o->pnes.at(0).reason, pb::UNKNOWN_ENTITY);
+    gw->on_link_down(kA, now);
+    now += kNeighbourTtl;
+    gw->on_timer(now);
+    EXPECT_TRUE(gw->neighbours().empty());
+}
+
+// A datagram naming a PNE known over a PSK-TLS link changes nothing about it (it cannot, e.g.,
+// turn it into a PN GW so that 'All' leaves it out).
+TEST_F(GatewayRole, DatagramCannotRewriteANeighbourKnownOverTls) {
+    feed(kC, discovery(kC, true), Protection::kTls);
+    auto fake = discovery(kC, true);
+    fake.mutable_discovery_request()->set_mode(pb::MODE_PN_GW);
+    feed(kC, fake, Protection::kClear, Origin{true, "10.0.0.66"});
+    EXPECT_EQ(gw->neighbours().at(kC).mode, pb::MODE_PNE);
+    EXPECT_EQ(gw->neighbours().at(kC).via, NeighbourVia::kTlsLink);
+}
+
+TEST_F(GatewayRole, OnlyDiscoveryIsTakenFromADatagram) {
+    const auto ignored = gw->counters().ignored;
+    EXPECT_EQ(describe(feed(kA, setup_request(kA, pb::SETUP_ONE_TO_ONE), Protection::kClear,
+                            Origin{true, "10.0.0.5"})),
+              Lines{});
+    EXPECT_EQ(gw->active_sessions(), 0u);
+    EXPECT_EQ(gw->counters().ignored, ignored + 1);
+}
+
 TEST_F(GatewayRole, InviteWithNothingDiscoveredFailsAtOnce) {
     const auto out = gw->invite({}, now);
     ASSERT_EQ(describe(out), Lines{"outcome unknown entity"});
@@ -393,7 +461,7 @@ TEST_F(GatewayRole, SetupRequestNotNamingItsSenderOrOverTheLimitGetsAnError) {
     EXPECT_EQ(msg(out, 0).error().reason(), pb::MALFORMED_MESSAGE);
     for (std::size_t i = 0; i < kMaxGwSessions; ++i) {
         const std::string id = "pne-" + std::to_string(i);
-        feed(id, setup_request(id, pb::SETUP_ONE_TO_ONE));
+        feed(id, setup_request(id, pb::SETUP_ONE_TO_ONE), Protection::kTls);
     }
     ASSERT_EQ(gw->active_sessions(), kMaxGwSessions);
     out = feed(kA, setup_request(kA, pb::SETUP_ONE_TO_ONE));
@@ -418,6 +486,47 @@ TEST_F(GatewayRole, AtItsPnBoundThePnGwRefusesSetupAndInvite) {
     ASSERT_NE(o, nullptr);
     EXPECT_EQ(o->reason, pb::LIMIT_EXCEEDED);
     EXPECT_EQ(gw->active_sessions(), 0u);
+}
+
+// Finding 5: unauthenticated setup requests in clear (made-up IDs, each on its own link, from
+// many addresses) cannot take the slots kept for PSK-TLS requests and the PN GW's invitations.
+TEST_F(GatewayRole, ClearSetupRequestsCannotTakeTheSlotsReservedForPskTls) {
+    const std::size_t clear_room = kMaxGwSessions - kGwSessionsReservedForAuthenticated;
+    for (std::size_t i = 0; i < kMaxGwSessions; ++i) {
+        const std::string id = "made-up-" + std::to_string(i);
+        const auto out = feed(id, setup_request(id, pb::SETUP_ONE_TO_ONE), Protection::kClear,
+                              Origin{false, "10.0.0." + std::to_string(i)});
+        if (i < clear_room) continue;
+        ASSERT_EQ(describe(out), Lines{"send " + id + " ErrorReport"}) << i;
+        EXPECT_EQ(msg(out, 0).error().reason(), pb::LIMIT_EXCEEDED);
+    }
+    EXPECT_EQ(gw->active_sessions(), clear_room);
+    // A PNE over PSK-TLS still gets its PN, and so does the operator's invitation.
+    const auto tls = feed(kC, setup_request(kC, pb::SETUP_ONE_TO_ONE), Protection::kTls);
+    ASSERT_FALSE(tls.empty());
+    EXPECT_EQ(describe(tls).at(0), "none->collect_joins");
+    discovered(kA);
+    keep(gw->invite({kA}, now));
+    EXPECT_NE(gw->last_pn_id(), "");
+    EXPECT_EQ(gw->active_sessions(), clear_room + 2);
+}
+
+// ...and one source (address) holds at most kMaxGwClearSessionsPerSource of the clear ones.
+TEST_F(GatewayRole, ClearSetupRequestsFromOneAddressAreCapped) {
+    const Origin attacker{false, "10.0.0.66"};
+    for (std::size_t i = 0; i <= kMaxGwClearSessionsPerSource; ++i) {
+        const std::string id = "made-up-" + std::to_string(i);
+        const auto out =
+            feed(id, setup_request(id, pb::SETUP_ONE_TO_ONE), Protection::kClear, attacker);
+        if (i < kMaxGwClearSessionsPerSource) continue;
+        ASSERT_EQ(describe(out), Lines{"send " + id + " ErrorReport"});
+        EXPECT_EQ(msg(out, 0).error().reason(), pb::LIMIT_EXCEEDED);
+    }
+    EXPECT_EQ(gw->active_sessions(), kMaxGwClearSessionsPerSource);
+    const auto out = feed(kA, setup_request(kA, pb::SETUP_ONE_TO_ONE), Protection::kClear,
+                          Origin{false, "10.0.0.7"});
+    ASSERT_FALSE(out.empty());
+    EXPECT_EQ(describe(out).at(0), "none->collect_joins");
 }
 
 TEST_F(GatewayRole, NewSetupRequestFromPneAlreadyJoiningGetsBusy) {
@@ -811,17 +920,82 @@ TEST_F(GatewayRole, TlsIdentityNamingAnotherPeerClosesTheLink) {
     EXPECT_EQ(gw->counters()[pb::TLS_HANDSHAKE_FAILED], 1u);
 }
 
-TEST_F(GatewayRole, TlsFailureOfInviteeFailsItAndRegistersTheRest) {
+// A failed handshake names a PNE, but anyone can send that ClientHello: it changes no member's
+// state. If the PNE stays silent, its deadline fails it with the handshake's reason.
+TEST_F(GatewayRole, TlsFailureOfInviteeIsItsReasonIfItNeverAnswers) {
     to_collect_joins();
-    ASSERT_EQ(describe(keep(gw->on_tls_failed(kB, now))),
-              (Lines{"pne-b invited->failed"} + kRegister));
+    ASSERT_EQ(describe(keep(gw->on_tls_failed(kB, now))), Lines{});
+    EXPECT_EQ(gw->member_state(pn, kB), MState::kInvited);
+    now += kJoinResponseTimeout;
+    const auto out = keep(gw->on_timer(now));
+    ASSERT_EQ(describe(out), (Lines{"pne-b invited->failed"} + kRegister));
+    EXPECT_EQ(std::get<TransitionEffect>(out[0]).reason.rfind("tls handshake failed", 0), 0u)
+        << std::get<TransitionEffect>(out[0]).reason;
 }
 
-TEST_F(GatewayRole, TlsFailureOfPendingPneFailsItAndSendsTheAggregate) {
+TEST_F(GatewayRole, TlsFailureOfPendingPneIsItsReasonIfItNeverAnswers) {
     to_collect_auth();
     feed(kA, auth_response(kA));
-    ASSERT_EQ(describe(keep(gw->on_tls_failed(kB, now))),
-              (Lines{"pne-b auth_pending->failed"} + kAggregate));
+    ASSERT_EQ(describe(keep(gw->on_tls_failed(kB, now))), Lines{});
+    EXPECT_EQ(gw->member_state(pn, kB), MState::kAuthPending);
+    now += kPneAuthResponseTimeout;
+    const auto out = keep(gw->on_timer(now));
+    ASSERT_EQ(describe(out), (Lines{"pne-b auth_pending->failed"} + kAggregate));
+    EXPECT_EQ(msg(out, 1).auth_response().results(1).failure(), pb::TLS_HANDSHAKE_FAILED);
+}
+
+// Finding 6: one ClientHello with a wrong key for pne-c's identity, from anyone, while pne-c
+// has its own working PSK-TLS link: pne-c stays in the PN, joins over its link and is told.
+TEST_F(GatewayRole, ForgedTlsFailureLeavesAPneWithAWorkingTlsLinkInThePn) {
+    make_gateway(false);
+    ASSERT_EQ(describe(gw->on_tls_established(kC, preassigned_identity(kC), now)), Lines{});
+    feed(kC, discovery(kC, false), Protection::kTls);
+    discovered(kA);
+    keep(gw->invite({kA, kC}, now));
+    pn = gw->last_pn_id();
+    ASSERT_EQ(gw->member_state(pn, kC), MState::kInvited);
+    EXPECT_EQ(describe(keep(gw->on_tls_failed(kC, now))), Lines{});  // the forged handshake
+    EXPECT_EQ(gw->member_state(pn, kC), MState::kInvited);
+    feed(kA, join_response(kA));
+    ASSERT_EQ(describe(feed(kC, join_response(kC), Protection::kTls)),
+              (Lines{"pne-c invited->joined"} + kRegister));
+    feed(kServer, auth_request({kA, kC}));
+    feed(kA, auth_response(kA), Protection::kTls);
+    feed(kC, auth_response(kC), Protection::kTls);
+    const auto out = feed(kServer, registration(true, {kA, kC}));
+    const auto* o = find_outcome(out);
+    ASSERT_NE(o, nullptr);
+    ASSERT_TRUE(o->success);
+    std::vector<std::string> joined;
+    for (const auto& p : o->pnes)
+        if (p.joined) joined.push_back(p.pne_id);
+    EXPECT_EQ(joined, (std::vector<std::string>{kA, kC}));
+    // pne-c's result goes to it over its PSK-TLS link (not withheld as if it had none).
+    bool told = false;
+    for (const auto& e : out)
+        if (const auto* sEff = std::get_if<SendEffect>(&e))
+            told = told || (sEff->to == kC && sEff->msg.has_establishment_notify() &&
+                            sEff->protection == Protection::kTls);
+    EXPECT_TRUE(told);
+}
+
+// The same in clear: an ErrorReport under the name of a PNE that has a working PSK-TLS link on
+// an insecure PAN (anyone can open a clear link and claim the name) changes nothing.
+TEST_F(GatewayRole, ClearErrorReportUnderTheNameOfAPneWithTlsIsIgnored) {
+    make_gateway(false);
+    gw->on_tls_established(kC, preassigned_identity(kC), now);
+    feed(kC, discovery(kC, false), Protection::kTls);
+    discovered(kA);
+    keep(gw->invite({kA, kC}, now));
+    pn = gw->last_pn_id();
+    const auto ignored = gw->counters().ignored;
+    EXPECT_EQ(describe(feed(kC, error(pb::DECLINED))), Lines{});
+    EXPECT_EQ(describe(feed(kC, join_response(kC, false))), Lines{});
+    EXPECT_EQ(gw->member_state(pn, kC), MState::kInvited);
+    EXPECT_EQ(gw->counters().ignored, ignored + 2);
+    // Over its link the same decline counts.
+    EXPECT_EQ(describe(feed(kC, join_response(kC, false), Protection::kTls)),
+              Lines{"pne-c invited->failed"});
 }
 
 TEST_F(GatewayRole, ServerLinkDownEndsThePnWaitingForTheServer) {

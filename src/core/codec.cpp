@@ -206,7 +206,8 @@ bool valid_body(const pb::Envelope& env) {
     using B = pb::Envelope::BodyCase;
     switch (env.body_case()) {
         case B::kDiscoveryRequest:
-            return valid_discovery(env.discovery_request());
+            return valid_discovery(env.discovery_request()) &&
+                   env.discovery_request().padding().size() <= kMaxDiscoveryPadding;
         case B::kDiscoveryResponse:
             return valid_discovery(env.discovery_response());
         case B::kSetupRequest:

@@ -21,10 +21,11 @@ namespace pb = ::cpns::v1;
 
 inline constexpr std::uint32_t kProtocolVersion = 1;
 inline constexpr std::size_t kFrameHeaderSize = 4;
-inline constexpr std::size_t kMaxFrameSize = 64 * 1024;  // hard maximum body size
-inline constexpr std::size_t kMaxIdLength = 64;          // PNE, PN GW and PN IDs
-inline constexpr std::size_t kMaxPnesPerPn = 64;         // members of one PN
-inline constexpr std::size_t kMaxPnsListed = 256;        // PN IDs in one discovery message
+inline constexpr std::size_t kMaxFrameSize = 64 * 1024;    // hard maximum body size
+inline constexpr std::size_t kMaxIdLength = 64;            // PNE, PN GW and PN IDs
+inline constexpr std::size_t kMaxPnesPerPn = 64;           // members of one PN
+inline constexpr std::size_t kMaxPnsListed = 256;          // PN IDs in one discovery message
+inline constexpr std::size_t kMaxDiscoveryPadding = 8192;  // padding of one discovery request
 inline constexpr std::size_t kMaxContentsPerPne = 32;
 inline constexpr std::size_t kMaxTextLength = 256;  // free-text capability fields
 

@@ -129,16 +129,26 @@ GatewayEffects Gateway::discover(Millis /*now*/) {
 }
 
 void Gateway::handle_discovery(Out& out, const std::string& from, const pb::Envelope& env,
-                               Millis now) {
+                               Protection protection, Millis now, const Origin& origin) {
     const bool is_request = env.has_discovery_request();
-    switch (record_neighbour(neighbours_, from, env, now)) {
+    const NeighbourVia via = origin.datagram                  ? NeighbourVia::kDatagram
+                             : protection == Protection::kTls ? NeighbourVia::kTlsLink
+                                                              : NeighbourVia::kClearLink;
+    switch (neighbours_.record(from, env, via, origin.address, now)) {
         case NeighbourUpdate::kNotTheSender:
             ++counters_.ignored;
             return;
         case NeighbourUpdate::kTableFull:
             counters_.count(pb::LIMIT_EXCEEDED);
-            log(LogLevel::kWarn, "neighbour table full; " + from + " not recorded");
+            log(LogLevel::kWarn, "neighbour table full of better-trusted entries; " + from + " (" +
+                                     std::string(cpns::to_string(via)) + ") not recorded");
             break;
+        case NeighbourUpdate::kEndpointConflict:
+            log(LogLevel::kWarn, "discovery message from " + from +
+                                     " names another endpoint than " +
+                                     "the one kept for it; keeping the known one");
+            break;
+        case NeighbourUpdate::kKept:
         case NeighbourUpdate::kRecorded:
             break;
     }
@@ -157,21 +167,24 @@ void Gateway::handle_discovery(Out& out, const std::string& from, const pb::Enve
 }
 
 // The discovered PNE-mode neighbours other than `except` ("All" and an empty invitation).
-std::vector<std::string> Gateway::live_pnes(const std::string& except) const {
+std::vector<std::string> Gateway::live_pnes(const std::string& except, Millis now) const {
     std::vector<std::string> ids;
-    for (const auto& [id, n] : neighbours_)
-        if (id != except && (n.mode == pb::MODE_PNE || n.mode == pb::MODE_BOTH)) ids.push_back(id);
+    for (const auto& [id, n] : neighbours_.entries())
+        if (id != except && (n.mode == pb::MODE_PNE || n.mode == pb::MODE_BOTH) &&
+            neighbours_.live(id, now))
+            ids.push_back(id);
     return ids;
 }
 
 // Makes a member of each target and invites it (PN Setup Notify in 5.2.1.1 step 2, PN Setup
 // Request/Invite in 5.2.1.2 steps 1-2); one that cannot be reached or is busy fails at once.
-void Gateway::add_invitees(Out& out, Session& s, const std::vector<std::string>& targets) {
+void Gateway::add_invitees(Out& out, Session& s, const std::vector<std::string>& targets,
+                           Millis now) {
     for (const auto& id : targets) {
         Member& mem = s.members[id];
         mem.pne_id = id;
         mem.role = PneRole::kInvitee;
-        if (!neighbours_.count(id)) {
+        if (!neighbours_.live(id, now)) {
             mem.reachable = false;
             const auto why = unreachable_reason(id);
             fail_member(out, s, mem, why,
@@ -205,26 +218,52 @@ Gateway::Session& Gateway::open_session(Out& out, Session s, Millis now, const s
     return it->second;
 }
 
+// Admission of a new establishment. Requests in clear name a sender nobody checked, so they
+// may hold at most kMaxGwSessions - kGwSessionsReservedForAuthenticated sessions, and at most
+// kMaxGwClearSessionsPerSource from one source: requests over PSK-TLS and the PN GW's own
+// invitations always find room while clear ones fill theirs.
+std::optional<std::pair<pb::FailureReason, std::string>> Gateway::admission(
+    bool authenticated, const std::string& source) const {
+    using R = std::pair<pb::FailureReason, std::string>;
+    if (sessions_.size() >= kMaxGwSessions)
+        return R{pb::LIMIT_EXCEEDED, "too many PNs being established"};
+    if (inventory_.size() + sessions_.size() >= kMaxPnsPerGw)
+        return R{pb::LIMIT_EXCEEDED, "this PN GW keeps as many PNs as it may"};
+    if (authenticated) return std::nullopt;
+    std::size_t clear = 0, from_source = 0;
+    for (const auto& [pn, s] : sessions_) {
+        if (s.authenticated) continue;
+        ++clear;
+        from_source += s.source == source;
+    }
+    if (clear >= kMaxGwSessions - kGwSessionsReservedForAuthenticated)
+        return R{pb::LIMIT_EXCEEDED,
+                 "too many PNs being established from requests in clear (PSK-TLS ones are "
+                 "still taken)"};
+    if (from_source >= kMaxGwClearSessionsPerSource)
+        return R{pb::LIMIT_EXCEEDED, "too many PNs being established from " + source};
+    return std::nullopt;
+}
+
 // Why a PN Setup Request must be refused before a session exists, if it must.
 std::optional<std::pair<pb::FailureReason, std::string>> Gateway::check_setup_request(
-    const std::string& from, const pb::PnSetupRequest& m, Protection protection) const {
+    const std::string& from, const pb::PnSetupRequest& m, Protection protection,
+    const std::string& source) const {
     using R = std::pair<pb::FailureReason, std::string>;
     if (m.join().pne_id() != from)
         return R{pb::MALFORMED_MESSAGE, "PNE ID differs from the sender"};
     if (!pan_secure(from) && !m.join().local_eukey_requested() && protection != Protection::kTls)
         return R{pb::TLS_REQUIRED, "PSK-TLS with the pre-assigned key required"};
-    if (sessions_.size() >= kMaxGwSessions)
-        return R{pb::LIMIT_EXCEEDED, "too many PNs being established"};
-    if (inventory_.size() + sessions_.size() >= kMaxPnsPerGw)
-        return R{pb::LIMIT_EXCEEDED, "this PN GW keeps as many PNs as it may"};
+    if (auto refused = admission(protection == Protection::kTls, source)) return refused;
     if (m.setup_type() == pb::SETUP_UNSPECIFIED) return R{pb::MALFORMED_MESSAGE, "no setup type"};
     return std::nullopt;
 }
 
 // 5.2.1.1 step 1 arrives; steps 2 and 4 follow. Only from a PNE in no session.
 void Gateway::handle_setup_request(Out& out, const std::string& from, const pb::PnSetupRequest& m,
-                                   Protection protection, Millis now) {
-    if (auto refused = check_setup_request(from, m, protection)) {
+                                   Protection protection, Millis now, const Origin& origin) {
+    const std::string source = origin.address.empty() ? from : origin.address;
+    if (auto refused = check_setup_request(from, m, protection, source)) {
         counters_.count(refused->first);
         send_error(out, from, "", refused->first, refused->second);
         if (refused->first == pb::TLS_REQUIRED) {
@@ -239,6 +278,8 @@ void Gateway::handle_setup_request(Out& out, const std::string& from, const pb::
     fresh.initiator = from;
     fresh.setup_type = m.setup_type();
     fresh.invited.assign(m.invited_pne_ids().begin(), m.invited_pne_ids().end());
+    fresh.authenticated = protection == Protection::kTls;
+    fresh.source = source;
     Session& s = open_session(out, std::move(fresh), now, "PN Setup Request from " + from);
     Member& init = s.members[from];
     init.pne_id = from;
@@ -249,7 +290,7 @@ void Gateway::handle_setup_request(Out& out, const std::string& from, const pb::
 
     std::vector<std::string> targets;
     if (m.setup_type() == pb::SETUP_ALL) {
-        targets = live_pnes(from);
+        targets = live_pnes(from, now);
     } else if (m.setup_type() == pb::SETUP_INVITE_LIST) {
         for (const auto& id : s.invited)
             if (id != from && std::find(targets.begin(), targets.end(), id) == targets.end())
@@ -259,7 +300,7 @@ void Gateway::handle_setup_request(Out& out, const std::string& from, const pb::
     log(LogLevel::kInfo, "PN Setup Request from " + from + " (" +
                              std::string(pb::SetupType_Name(m.setup_type())) + "): allocated " +
                              s.pn_id + ", notifying " + std::to_string(targets.size()) + " PNE(s)");
-    add_invitees(out, s, targets);
+    add_invitees(out, s, targets, now);
     maybe_register(out, s, now);
 }
 
@@ -273,11 +314,8 @@ GatewayEffects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
         out.push_back(OutcomeEffect{"", "", false, r, why, {}, {}});
         return out;
     };
-    if (sessions_.size() >= kMaxGwSessions)
-        return fail_now(pb::LIMIT_EXCEEDED, "too many PNs being established");
-    if (inventory_.size() + sessions_.size() >= kMaxPnsPerGw)
-        return fail_now(pb::LIMIT_EXCEEDED, "this PN GW keeps as many PNs as it may");
-    if (pne_ids.empty()) pne_ids = live_pnes("");
+    if (auto refused = admission(true, "")) return fail_now(refused->first, refused->second);
+    if (pne_ids.empty()) pne_ids = live_pnes("", now);
     std::sort(pne_ids.begin(), pne_ids.end());
     pne_ids.erase(std::unique(pne_ids.begin(), pne_ids.end()), pne_ids.end());
     if (pne_ids.empty()) return fail_now(pb::UNKNOWN_ENTITY, "no PNE to invite (run discovery)");
@@ -292,7 +330,7 @@ GatewayEffects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
     log(LogLevel::kInfo,
         "inviting " + std::to_string(pne_ids.size()) + " PNE(s) into " + fresh.pn_id);
     Session& s = open_session(out, std::move(fresh), now, "invitation by the PN GW");
-    add_invitees(out, s, pne_ids);
+    add_invitees(out, s, pne_ids, now);
     maybe_register(out, s, now);
     return out;
 }
@@ -686,11 +724,30 @@ void Gateway::refuse(Out& out, const std::string& from, const pb::Envelope& env)
 }
 
 GatewayEffects Gateway::on_message(const std::string& from, const pb::Envelope& env,
-                                   Protection protection, Millis now) {
+                                   Protection protection, Millis now, const Origin& origin) {
     Out out;
     ++counters_.messages_in;
+    if (origin.datagram && !env.has_discovery_request() && !env.has_discovery_response()) {
+        ++counters_.ignored;  // a datagram carries Entity Discovery only
+        log(LogLevel::kDebug,
+            std::string(message_name(env)) + " by datagram from " + from + " refused here");
+        return out;
+    }
+    // On an insecure PAN a PNE with a working PSK-TLS link speaks inside it: a failure in clear
+    // under its name (anyone can open a clear link and claim it) changes nothing.
+    const bool failure =
+        env.has_error() ||
+        (env.has_setup_notify_response() && !env.setup_notify_response().accept()) ||
+        (env.has_pne_auth_response() && env.pne_auth_response().failure() != pb::REASON_NONE);
+    if (failure && from != cfg_.server_id && protection == Protection::kClear &&
+        !pan_secure(from) && tls_up(from)) {
+        ++counters_.ignored;
+        log(LogLevel::kWarn, std::string(message_name(env)) + " in clear under the name of " +
+                                 from + ", which has a working PSK-TLS link: ignored");
+        return out;
+    }
     if (accepts(from == cfg_.server_id, phase_for(from, env), env.body_case()))
-        dispatch(out, from, env, protection, now);
+        dispatch(out, from, env, protection, now, origin);
     else
         refuse(out, from, env);
     return out;
@@ -698,11 +755,11 @@ GatewayEffects Gateway::on_message(const std::string& from, const pb::Envelope& 
 
 // Runs the handler of a message that accepts() allows in the addressed session's state.
 void Gateway::dispatch(Out& out, const std::string& from, const pb::Envelope& env,
-                       Protection protection, Millis now) {
+                       Protection protection, Millis now, const Origin& origin) {
     using B = pb::Envelope::BodyCase;
     switch (env.body_case()) {
         case B::kSetupRequest:
-            return handle_setup_request(out, from, env.setup_request(), protection, now);
+            return handle_setup_request(out, from, env.setup_request(), protection, now, origin);
         case B::kSetupNotifyResponse:
             return handle_join_response(out, from, env.setup_notify_response(), protection, now);
         case B::kPneAuthResponse:
@@ -714,7 +771,7 @@ void Gateway::dispatch(Out& out, const std::string& from, const pb::Envelope& en
         case B::kError:
             return handle_error(out, from, env.error(), now);
         default:  // discovery
-            return handle_discovery(out, from, env, now);
+            return handle_discovery(out, from, env, protection, now, origin);
     }
 }
 
@@ -764,26 +821,26 @@ pb::FailureReason Gateway::unreachable_reason(const std::string& pne_id) const {
     return it == link_failures_.end() ? pb::UNKNOWN_ENTITY : it->second;
 }
 
-GatewayEffects Gateway::on_tls_failed(const std::string& peer, Millis now) {
+// A failed handshake names a PNE in its ClientHello, but anyone can send that: it never ends a
+// working PSK-TLS session of that PNE and never changes a member's state. A PNE whose own
+// handshake failed ends its run and says so (an ErrorReport), or stays silent until the
+// member's deadline, which then fails it with this reason instead of a bare timeout.
+GatewayEffects Gateway::on_tls_failed(const std::string& peer, Millis /*now*/) {
     Out out;
-    tls_links_.erase(peer);
-    log(LogLevel::kWarn, "PSK-TLS handshake with " + peer + " failed");
-    if (link_failures_.size() < kMaxNeighbours || link_failures_.count(peer))
-        link_failures_[peer] = pb::TLS_HANDSHAKE_FAILED;
-    auto p = pne_session_.find(peer);
-    if (p == pne_session_.end()) {
-        counters_.count(pb::TLS_HANDSHAKE_FAILED);
+    counters_.count(pb::TLS_HANDSHAKE_FAILED);
+    if (tls_up(peer)) {
+        log(LogLevel::kWarn, "a PSK-TLS handshake naming " + peer +
+                                 " failed; its working PSK-TLS link is kept and it is unaffected");
         return out;
     }
-    Session& s = sessions_.at(p->second);
-    Member& mem = s.members.at(peer);
-    if (mem.state == MemberState::kInvited || mem.state == MemberState::kAuthPending ||
-        mem.state == MemberState::kJoined) {
-        fail_member(out, s, mem, pb::TLS_HANDSHAKE_FAILED, "tls handshake failed");
-        maybe_register(out, s, now);
-        maybe_send_aggregate(out, s, now);
-    } else {
-        counters_.count(pb::TLS_HANDSHAKE_FAILED);
+    log(LogLevel::kWarn, "PSK-TLS handshake naming " + peer + " failed");
+    if (link_failures_.size() < kMaxNeighbours || link_failures_.count(peer))
+        link_failures_[peer] = pb::TLS_HANDSHAKE_FAILED;
+    if (auto p = pne_session_.find(peer); p != pne_session_.end()) {
+        Member& mem = sessions_.at(p->second).members.at(peer);
+        if (mem.state == MemberState::kInvited || mem.state == MemberState::kJoined ||
+            mem.state == MemberState::kAuthPending)
+            mem.tls_failed = true;
     }
     return out;
 }
@@ -792,6 +849,7 @@ GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
                                      pb::FailureReason reason) {
     Out out;
     tls_links_.erase(peer);
+    neighbours_.unlink(peer, now);
     if (peer == cfg_.server_id) {
         std::vector<std::string> pns;
         for (const auto& [pn, s] : sessions_)
@@ -820,6 +878,7 @@ GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
 
 GatewayEffects Gateway::on_timer(Millis now) {
     Out out;
+    neighbours_.expire(now);
     std::vector<std::string> due;
     for (const auto& [pn, s] : sessions_)
         if (now >= s.deadline) due.push_back(pn);
@@ -831,13 +890,17 @@ GatewayEffects Gateway::on_timer(Millis now) {
             case Phase::kCollectJoins:
                 for (auto& [id, m] : s.members)
                     if (m.state == MemberState::kInvited)
-                        fail_member(out, s, m, pb::TIMEOUT, "no answer to the invitation");
+                        fail_member(out, s, m,
+                                    m.tls_failed ? pb::TLS_HANDSHAKE_FAILED : pb::TIMEOUT,
+                                    "no answer to the invitation");
                 maybe_register(out, s, now);
                 break;
             case Phase::kCollectAuth:
                 for (auto& [id, m] : s.members)
                     if (m.state == MemberState::kAuthPending)
-                        fail_member(out, s, m, pb::TIMEOUT, "no Authentication Response");
+                        fail_member(out, s, m,
+                                    m.tls_failed ? pb::TLS_HANDSHAKE_FAILED : pb::TIMEOUT,
+                                    "no Authentication Response");
                 maybe_send_aggregate(out, s, now);
                 break;
             case Phase::kWaitAuthRequest:
@@ -906,7 +969,7 @@ Bytes Gateway::snapshot() const {
         put_s(id);
         if (link.preassigned_key) put(link.preassigned_key->view());
     }
-    for (const auto& [id, n] : neighbours_) put_s(id);
+    for (const auto& [id, n] : neighbours_.entries()) put_s(id);
     for (const auto& [pn, s] : sessions_) {
         put_s(pn);
         for (const auto& [id, m] : s.members) {

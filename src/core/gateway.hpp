@@ -43,8 +43,10 @@ class Gateway {
     GatewayEffects invite(std::vector<std::string> pne_ids, Millis now);
     const std::string& last_pn_id() const { return last_pn_id_; }
 
+    // `origin` (how and from which address it came) only bounds admission and the neighbour
+    // table; a caller that cannot tell leaves it empty.
     GatewayEffects on_message(const std::string& from, const pb::Envelope& env,
-                              Protection protection, Millis now);
+                              Protection protection, Millis now, const Origin& origin = {});
     GatewayEffects on_tls_established(const std::string& peer, const std::string& identity,
                                       Millis now);
     GatewayEffects on_tls_failed(const std::string& peer, Millis now);
@@ -66,7 +68,10 @@ class Gateway {
     const std::map<std::string, std::vector<std::string>>& routing_table() const {
         return routing_;
     }
-    const std::map<std::string, Neighbour>& neighbours() const { return neighbours_; }
+    // The entities discovered on the PAN (entries not held by a link age out after
+    // kNeighbourTtl; see core/neighbours.hpp).
+    const std::map<std::string, Neighbour>& neighbours() const { return neighbours_.entries(); }
+    std::uint64_t neighbours_evicted() const { return neighbours_.evicted(); }
     std::optional<SecretKey> local_eukey(const std::string& pn_id, const std::string& pne_id) const;
     std::size_t active_sessions() const { return sessions_.size(); }
     const Counters& counters() const { return counters_; }
@@ -110,6 +115,9 @@ class Gateway {
         std::string hash_pne;
         pb::FailureReason reason = pb::REASON_NONE;
         bool reachable = true;  // a result can be sent to it
+        // A PSK-TLS handshake naming it failed while it had no working PSK-TLS link: its
+        // reason if it never answers (the failure itself may come from anyone).
+        bool tls_failed = false;
     };
     struct Session {
         std::string pn_id;
@@ -120,6 +128,9 @@ class Gateway {
         Phase phase = Phase::kNone;
         std::map<std::string, Member> members;
         Millis deadline = kNever;
+        // Admission: opened over PSK-TLS or by the PN GW itself, else the source it came from.
+        bool authenticated = true;
+        std::string source;
     };
 
     // The only places a session's or a member's state changes: set it (and the session's
@@ -131,7 +142,7 @@ class Gateway {
     static bool accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body);
     void refuse(Out& out, const std::string& from, const pb::Envelope& env);
     void dispatch(Out& out, const std::string& from, const pb::Envelope& env, Protection protection,
-                  Millis now);
+                  Millis now, const Origin& origin);
 
     void log(LogLevel level, const std::string& text) const;
     void send(Out& out, const std::string& to, pb::Envelope env, bool must_protect = false);
@@ -145,14 +156,19 @@ class Gateway {
     void fail_member(Out& out, Session& s, Member& m, pb::FailureReason reason,
                      const std::string& why);
     Session& open_session(Out& out, Session s, Millis now, const std::string& why);
-    void add_invitees(Out& out, Session& s, const std::vector<std::string>& targets);
-    std::vector<std::string> live_pnes(const std::string& except) const;
+    void add_invitees(Out& out, Session& s, const std::vector<std::string>& targets, Millis now);
+    std::vector<std::string> live_pnes(const std::string& except, Millis now) const;
+    // Why a new establishment may not start (nullopt: it may).
+    std::optional<std::pair<pb::FailureReason, std::string>> admission(
+        bool authenticated, const std::string& source) const;
 
-    void handle_discovery(Out& out, const std::string& from, const pb::Envelope& env, Millis now);
+    void handle_discovery(Out& out, const std::string& from, const pb::Envelope& env,
+                          Protection protection, Millis now, const Origin& origin);
     std::optional<std::pair<pb::FailureReason, std::string>> check_setup_request(
-        const std::string& from, const pb::PnSetupRequest& m, Protection protection) const;
+        const std::string& from, const pb::PnSetupRequest& m, Protection protection,
+        const std::string& source) const;
     void handle_setup_request(Out& out, const std::string& from, const pb::PnSetupRequest& m,
-                              Protection protection, Millis now);
+                              Protection protection, Millis now, const Origin& origin);
     void handle_join_response(Out& out, const std::string& from, const pb::PnSetupNotifyResponse& m,
                               Protection protection, Millis now);
     void handle_auth_request(Out& out, const pb::AuthenticationRequest& m, Millis now);
@@ -178,7 +194,7 @@ class Gateway {
     std::map<std::string, Session> sessions_;         // by PN ID, being established
     std::map<std::string, std::string> pne_session_;  // PNE ID -> PN ID it is joining
     std::map<std::string, std::string> tls_links_;    // PNE ID -> TLS identity in use
-    std::map<std::string, Neighbour> neighbours_;
+    NeighbourTable neighbours_;
     std::map<std::string, pb::PnInventory> inventory_;
     std::map<std::string, std::vector<std::string>> routing_;
     std::map<std::string, std::map<std::string, SecretKey>> local_keys_;  // PN -> PNE -> key

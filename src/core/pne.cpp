@@ -196,11 +196,29 @@ PneEffects Pne::start_setup(const std::string& gw_id, pb::SetupType type,
     return out;
 }
 
-void Pne::handle_discovery(Out& out, const std::string& from, const pb::Envelope& env, Millis now) {
+void Pne::handle_discovery(Out& out, const std::string& from, const pb::Envelope& env,
+                           Protection protection, const Origin& origin, Millis now) {
     const bool is_request = env.has_discovery_request();
-    if (record_neighbour(neighbours_, from, env, now) == NeighbourUpdate::kNotTheSender) {
-        ++counters_.ignored;
-        return;
+    const NeighbourVia via = origin.datagram                  ? NeighbourVia::kDatagram
+                             : protection == Protection::kTls ? NeighbourVia::kTlsLink
+                                                              : NeighbourVia::kClearLink;
+    switch (neighbours_.record(from, env, via, origin.address, now)) {
+        case NeighbourUpdate::kNotTheSender:
+            ++counters_.ignored;
+            return;
+        case NeighbourUpdate::kEndpointConflict:
+            log(LogLevel::kWarn,
+                "discovery answer from " + from + " (" + std::string(cpns::to_string(via)) +
+                    ") names another endpoint than the one kept for it (" +
+                    neighbours_.entries().at(from).endpoint + "); keeping the known one");
+            break;
+        case NeighbourUpdate::kTableFull:
+            counters_.count(pb::LIMIT_EXCEEDED);
+            log(LogLevel::kWarn, "neighbour table full; " + from + " not recorded");
+            break;
+        case NeighbourUpdate::kKept:
+        case NeighbourUpdate::kRecorded:
+            break;
     }
     if (is_request) {
         pb::Envelope reply;
@@ -448,11 +466,15 @@ void Pne::abort(Out& out, pb::FailureReason reason, std::string detail, bool tel
 }
 
 PneEffects Pne::on_message(const std::string& from, const pb::Envelope& env, Protection protection,
-                           Millis now) {
+                           Millis now, const Origin& origin) {
     Out out;
     ++counters_.messages_in;
+    if (origin.datagram && !env.has_discovery_request() && !env.has_discovery_response()) {
+        ++counters_.ignored;  // a datagram carries Entity Discovery only
+        return out;
+    }
     if (accepts(state_, env.body_case()))
-        dispatch(out, from, env, protection, now);
+        dispatch(out, from, env, protection, origin, now);
     else
         refuse(out, from, env);
     return out;
@@ -460,7 +482,7 @@ PneEffects Pne::on_message(const std::string& from, const pb::Envelope& env, Pro
 
 // Runs the handler of a message that accepts() allows in the current state.
 void Pne::dispatch(Out& out, const std::string& from, const pb::Envelope& env,
-                   Protection protection, Millis now) {
+                   Protection protection, const Origin& origin, Millis now) {
     using B = pb::Envelope::BodyCase;
     switch (env.body_case()) {
         case B::kSetupNotify:
@@ -485,7 +507,7 @@ void Pne::dispatch(Out& out, const std::string& from, const pb::Envelope& env,
         case B::kError:
             return handle_error(out, from, env.error());
         default:  // discovery
-            return handle_discovery(out, from, env, now);
+            return handle_discovery(out, from, env, protection, origin, now);
     }
 }
 
@@ -525,8 +547,9 @@ PneEffects Pne::on_tls_failed(const std::string& peer, Millis /*now*/) {
     return out;
 }
 
-PneEffects Pne::on_link_down(const std::string& peer, Millis /*now*/) {
+PneEffects Pne::on_link_down(const std::string& peer, Millis now) {
     Out out;
+    neighbours_.unlink(peer, now);
     if (tls_peer_ == peer) tls_peer_.clear(), tls_identity_.clear();
     if (busy() && peer == s_.gw_id)
         finish(out, false, pb::PEER_UNREACHABLE, "link to " + peer + " went down");
@@ -535,6 +558,7 @@ PneEffects Pne::on_link_down(const std::string& peer, Millis /*now*/) {
 
 PneEffects Pne::on_timer(Millis now) {
     Out out;
+    neighbours_.expire(now);
     if (busy() && now >= s_.deadline) {
         const char* what = state_ == State::kWaitAuthRequest ? "Authentication Request"
                            : state_ == State::kWaitResult    ? "PN result"

@@ -41,8 +41,9 @@ class Pne {
     PneEffects start_setup(const std::string& gw_id, pb::SetupType type,
                            std::vector<std::string> invited, Millis now);
 
+    // `origin`: how and from which address it came (discovery bounds only; may be left empty).
     PneEffects on_message(const std::string& from, const pb::Envelope& env, Protection protection,
-                          Millis now);
+                          Millis now, const Origin& origin = {});
     PneEffects on_tls_established(const std::string& peer, Millis now);
     PneEffects on_tls_failed(const std::string& peer, Millis now);
     PneEffects on_link_down(const std::string& peer, Millis now);
@@ -53,7 +54,10 @@ class Pne {
     bool busy() const { return state_ != State::kIdle; }
     bool requests_local_eukey() const { return cfg_.capabilities.enough_ui(); }
     bool pan_secure() const { return cfg_.pan_secure; }
-    const std::map<std::string, Neighbour>& neighbours() const { return neighbours_; }
+    // Entities discovered; an endpoint learned once is never replaced by a datagram (see
+    // core/neighbours.hpp), so a PN GW's entry keeps the endpoint first heard or reached over
+    // a PSK-TLS link.
+    const std::map<std::string, Neighbour>& neighbours() const { return neighbours_.entries(); }
     const std::map<std::string, PneMembership>& memberships() const { return memberships_; }
     const Counters& counters() const { return counters_; }
     // What survives a restart: the PNs joined, with their LocalEUKey and SK_PNE. The caller
@@ -98,7 +102,7 @@ class Pne {
     static bool accepts(State state, pb::Envelope::BodyCase body);
     void refuse(Out& out, const std::string& from, const pb::Envelope& env);
     void dispatch(Out& out, const std::string& from, const pb::Envelope& env, Protection protection,
-                  Millis now);
+                  const Origin& origin, Millis now);
 
     void log(LogLevel level, const std::string& text) const;
     void send(Out& out, const std::string& to, pb::Envelope env);
@@ -115,7 +119,8 @@ class Pne {
     void abort(Out& out, pb::FailureReason reason, std::string detail, bool tell_gw);
     PneContext context() const;
 
-    void handle_discovery(Out& out, const std::string& from, const pb::Envelope& env, Millis now);
+    void handle_discovery(Out& out, const std::string& from, const pb::Envelope& env,
+                          Protection protection, const Origin& origin, Millis now);
     void decline(Out& out, const std::string& to, const std::string& pn_id,
                  pb::FailureReason reason);
     void handle_invitation(Out& out, const std::string& from, const std::string& pn_id,
@@ -136,7 +141,7 @@ class Pne {
     Session s_;
     std::string tls_peer_;
     std::string tls_identity_;
-    std::map<std::string, Neighbour> neighbours_;
+    NeighbourTable neighbours_;
     std::map<std::string, PneMembership> memberships_;
     Counters counters_;
 };

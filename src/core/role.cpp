@@ -23,22 +23,6 @@ SetupKind to_setup_kind(pb::SetupType t) {
     }
 }
 
-NeighbourUpdate record_neighbour(std::map<std::string, Neighbour>& table, const std::string& from,
-                                 const pb::Envelope& env, Millis now) {
-    const bool is_request = env.has_discovery_request();
-    const auto& id =
-        is_request ? env.discovery_request().entity_id() : env.discovery_response().entity_id();
-    if (id != from) return NeighbourUpdate::kNotTheSender;
-    if (table.size() >= kMaxNeighbours && !table.count(id)) return NeighbourUpdate::kTableFull;
-    const auto& pns =
-        is_request ? env.discovery_request().pn_ids() : env.discovery_response().pn_ids();
-    auto& n = table[id];
-    n.mode = is_request ? env.discovery_request().mode() : env.discovery_response().mode();
-    n.pn_ids.assign(pns.begin(), pns.end());
-    n.seen_at = now;
-    return NeighbourUpdate::kRecorded;
-}
-
 std::string preassigned_identity(std::string_view pne_id) {
     return "pre:" + std::string(pne_id);
 }

@@ -19,6 +19,7 @@
 
 #include "core/codec.hpp"
 #include "core/crypto.hpp"
+#include "core/neighbours.hpp"
 
 namespace cpns {
 
@@ -46,15 +47,29 @@ inline constexpr Millis kResultTimeout = 60'000;
 inline constexpr Millis kReplayMemory = 10 * 60'000;
 
 // --- Bounds -----------------------------------------------------------------------------
-inline constexpr std::size_t kMaxGwSessions = 16;           // PNs being established at one PN GW
+inline constexpr std::size_t kMaxGwSessions = 16;  // PNs being established at one PN GW
+// Of those, how many only requests over PSK-TLS and the PN GW's own invitations may take: PN
+// Setup Requests in clear (no authenticated sender) get at most the rest...
+inline constexpr std::size_t kGwSessionsReservedForAuthenticated = 4;
+// ...and at most this many of them from one network address (or one sender ID, where the
+// transport gives no address).
+inline constexpr std::size_t kMaxGwClearSessionsPerSource = 4;
 inline constexpr std::size_t kMaxServerSessions = 100'000;  // establishments in flight at a server
-inline constexpr std::size_t kMaxNeighbours = 256;          // discovered entities at a PN GW
 inline constexpr std::size_t kMaxReplayMemory = 100'000;    // remembered finished PN IDs
 inline constexpr std::size_t kMaxPnsPerPne = 64;            // PNs one PNE is a member of
 inline constexpr std::size_t kMaxPnsPerGw = 4'096;          // PNs one PN GW keeps (and opens)
 
 // How a message crossed the PAN.
 enum class Protection { kClear, kTls };
+
+// Where a PAN message came from, as far as the transport can tell: over a PAN link (TCP) or in
+// a discovery datagram (UDP), and the sender's network address ("" unknown). The roles use it
+// only for bounds (per-address admission and neighbour limits) and to trust a datagram
+// less than a link, never to trust a sender more.
+struct Origin {
+    bool datagram = false;
+    std::string address;
+};
 
 // --- Effects ------------------------------------------------------------------------------
 // Send `msg` to entity `to` ("*" = broadcast on the PAN, for discovery). When `protection`
@@ -174,18 +189,6 @@ struct Counters {
 enum class LogLevel { kDebug, kInfo, kWarn, kError };
 // Optional: the roles describe what they do and why. Never called with secret material.
 using LogSink = std::function<void(LogLevel, const std::string&)>;
-
-// An entity seen through CPNS Entity Discovery (step 0).
-struct Neighbour {
-    pb::EntityMode mode = pb::MODE_UNSPECIFIED;
-    std::vector<std::string> pn_ids;
-    Millis seen_at = 0;
-};
-enum class NeighbourUpdate { kRecorded, kNotTheSender, kTableFull };
-// Records the entity an Entity Discovery Request or Response describes, if it is its sender
-// and the table (bounded by kMaxNeighbours) has room.
-NeighbourUpdate record_neighbour(std::map<std::string, Neighbour>& table, const std::string& from,
-                                 const pb::Envelope& env, Millis now);
 
 // An ErrorReport about `pn_id` ("" when the sender does not know it yet).
 pb::Envelope error_report(const std::string& pn_id, pb::FailureReason reason,

@@ -262,7 +262,9 @@ asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn)
             if (!bind_sender(*conn, *env)) break;
             spdlog::debug("{} -> {}: {} ({})", conn->peer_id, opt_.role.gw_id, message_name(*env),
                           conn->is_tls() ? "tls" : "clear");
-            to_role(conn->peer_id, *env, conn->is_tls() ? Protection::kTls : Protection::kClear);
+            const auto& remote = conn->remote();
+            to_role(conn->peer_id, *env, conn->is_tls() ? Protection::kTls : Protection::kClear,
+                    Origin{false, remote.substr(0, remote.rfind(':'))});
             continue;
         }
         if (auto* de = std::get_if<DecodeError>(&r)) {
@@ -323,9 +325,10 @@ void GwDaemon::send_to_pne(const SendEffect& s) {
                   conn->is_tls() ? "tls" : "clear");
 }
 
-void GwDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection) {
+void GwDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection,
+                       const Origin& origin) {
     trace_->message("recv", env, from, protection);
-    apply(gw_->on_message(from, env, protection, mono_now()));
+    apply(gw_->on_message(from, env, protection, mono_now(), origin));
 }
 
 void GwDaemon::send_effect(const SendEffect& s) {
@@ -344,7 +347,9 @@ void GwDaemon::send_effect(const SendEffect& s) {
             spdlog::debug("{} -> server: {}", opt_.role.gw_id, message_name(s.msg));
         }
     } else if (udp_reply_to_ && s.to == udp_reply_peer_ && s.msg.has_discovery_response()) {
-        if (discovery_) discovery_->send_to(s.msg, *udp_reply_to_);
+        if (discovery_ && !discovery_->answer(s.msg, *udp_reply_to_, udp_request_size_))
+            spdlog::debug("discovery request from {} too small ({} octets) for an answer", s.to,
+                          udp_request_size_);
     } else if (s.to == "*") {
         if (discovery_) discovery_->send_to_group(s.msg);
     } else {
@@ -456,13 +461,14 @@ asio::awaitable<void> GwDaemon::discovery_loop() {
     for (;;) {
         auto got = co_await discovery_->receive();
         if (net::error_of(got)) co_return;  // socket closed
-        auto& [env, from] = std::get<net::DiscoverySocket::Datagram>(got);
+        auto& [env, from, size] = std::get<net::DiscoverySocket::Datagram>(got);
         if (!env.has_discovery_request() || env.sender_id() == opt_.role.gw_id) continue;
-        spdlog::debug("discovery request from {} at {}", env.sender_id(),
-                      from.address().to_string());
+        spdlog::debug("discovery request from {} at {} ({} octets)", env.sender_id(),
+                      from.address().to_string(), size);
         udp_reply_to_ = from;
+        udp_request_size_ = size;
         udp_reply_peer_ = env.sender_id();
-        to_role(env.sender_id(), env, Protection::kClear);
+        to_role(env.sender_id(), env, Protection::kClear, Origin{true, from.address().to_string()});
         udp_reply_to_.reset();
         udp_reply_peer_.clear();
     }

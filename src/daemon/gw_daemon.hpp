@@ -71,7 +71,8 @@ class GwDaemon {
     void carry_out();
     void carry_out(GatewayEffect& effect);
     void state_saved(std::uint64_t save, const std::string& pn_id, const std::string& error);
-    void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
+    void to_role(const std::string& from, const pb::Envelope& env, Protection protection,
+                 const Origin& origin = {});
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
     void send_to_pne(const SendEffect& s);
@@ -93,6 +94,7 @@ class GwDaemon {
     std::map<std::string, std::vector<std::shared_ptr<net::Connection>>> pan_conns_;
     std::map<std::string, std::vector<std::shared_ptr<net::tcp::socket>>> waiters_;  // by PN ID
     std::optional<net::udp::endpoint> udp_reply_to_;
+    std::size_t udp_request_size_ = 0;  // an answer by datagram is never bigger
     std::string udp_reply_peer_;
     bool stopping_ = false;
     std::uint16_t pan_port_ = 0, control_port_ = 0;

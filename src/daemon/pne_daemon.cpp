@@ -98,7 +98,7 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
         PneEffects rest;
         for (auto& e : pne_->discover(mono_now())) {
             if (auto* s = std::get_if<SendEffect>(&e))
-                sock->send_to_group(s->msg);
+                sock->send_to_group(s->msg);  // padded: the answer may be as big
             else
                 rest.push_back(std::move(e));
         }
@@ -110,13 +110,20 @@ asio::awaitable<std::optional<net::HostPort>> PneDaemon::discover_gateway() {
         while (!found) {
             auto got = co_await sock->receive();
             if (net::error_of(got)) break;  // the round ended
-            const auto& env = std::get<net::DiscoverySocket::Datagram>(got).first;
+            const auto& d = std::get<net::DiscoverySocket::Datagram>(got);
+            const auto& env = d.envelope;
             if (!env.has_discovery_response()) continue;
             const auto& r = env.discovery_response();
-            to_role(r.entity_id(), env, Protection::kClear);
+            to_role(r.entity_id(), env, Protection::kClear,
+                    Origin{true, d.from.address().to_string()});
             if (r.mode() != pb::MODE_PN_GW && r.mode() != pb::MODE_BOTH) continue;
-            if (auto hp = net::parse_host_port(r.endpoint())) {
-                spdlog::info("found PN GW {} at {}", r.entity_id(), printable(r.endpoint()));
+            // The endpoint the role keeps for it: an answer fills an unknown one, never
+            // replaces a known one (the role logs a disagreeing answer).
+            const auto& known = pne_->neighbours();
+            const auto it = known.find(r.entity_id());
+            if (it == known.end()) continue;
+            if (auto hp = net::parse_host_port(it->second.endpoint)) {
+                spdlog::info("found PN GW {} at {}", r.entity_id(), printable(it->second.endpoint));
                 found = hp;
             }
         }
@@ -166,6 +173,14 @@ asio::awaitable<void> PneDaemon::main() {
     if (opt_.gw) {
         gw_addr_ = *opt_.gw;
     } else {
+        std::error_code ec;
+        const auto iface = asio::ip::make_address_v4(opt_.device.discovery_interface, ec);
+        if (ec || !net::interface_subnet(iface)) {
+            fail_early(pb::PEER_UNREACHABLE, "discovery_interface " +
+                                                 opt_.device.discovery_interface +
+                                                 " is not an address of this host");
+            co_return;
+        }
         auto found = co_await discover_gateway();
         if (!found) {
             fail_early(pb::PEER_UNREACHABLE,
@@ -278,9 +293,10 @@ asio::awaitable<void> PneDaemon::start_tls(std::shared_ptr<const StartTlsEffect>
     }
 }
 
-void PneDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection) {
+void PneDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection,
+                        const Origin& origin) {
     trace_->message("recv", env, from, protection);
-    apply(pne_->on_message(from, env, protection, mono_now()));
+    apply(pne_->on_message(from, env, protection, mono_now(), origin));
 }
 
 void PneDaemon::send_effect(const SendEffect& s) {

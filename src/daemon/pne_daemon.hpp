@@ -66,7 +66,8 @@ class PneDaemon {
     void carry_out();
     void carry_out(PneEffect& effect);
     void state_saved(const std::string& pn_id, const std::string& error);
-    void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
+    void to_role(const std::string& from, const pb::Envelope& env, Protection protection,
+                 const Origin& origin = {});
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
     void fail_early(pb::FailureReason reason, const std::string& detail);
