@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
         o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;
         o.ready_file = ready_file.empty() ? cfg.str("ready_file") : ready_file;
         o.trace_file = trace_file.empty() ? cfg.str("trace_file") : trace_file;
+        o.max_connections_per_source = connection_limit(
+            cfg, "max_connections_per_source", kDefaultGwConnectionsPerSource, kMaxGwConnections);
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();

@@ -20,11 +20,20 @@
 
 namespace cpns::daemon {
 
-inline constexpr Millis kPanHandshakeTimeout = 10'000;  // PNE's TLS handshake / first byte
-inline constexpr Millis kServerReconnectMin = 500;      // first retry after a lost server link
-inline constexpr Millis kServerReconnectMax = 30'000;   // retries back off up to this
+// From accept to the end of a PNE's TLS handshake (or its first octet on a clear link).
+inline constexpr Millis kPanHandshakeTimeout = 10'000;
+inline constexpr Millis kServerReconnectMin = 500;     // first retry after a lost server link
+inline constexpr Millis kServerReconnectMax = 30'000;  // retries back off up to this
 inline constexpr std::size_t kMaxPanConnections = 512;
+// Default of `pan_max_connections_per_source` (an eighth of kMaxPanConnections).
+inline constexpr std::size_t kDefaultPanConnectionsPerSource = 64;
 inline constexpr std::size_t kMaxControlLine = 4096;
+// Control connections open at once (a waiting "invite" holds one), and per source by default
+// (`control_max_connections_per_source`).
+inline constexpr std::size_t kMaxControlConnections = 64;
+inline constexpr std::size_t kDefaultControlConnectionsPerSource = 32;
+// How long a control connection may take to send its request line.
+inline constexpr Millis kControlIdleTimeout = 10'000;
 
 // The PN GW role's configuration (its ID, EUKey, server ID, PAN links, capabilities) and
 // what the daemon around it needs.
@@ -35,6 +44,9 @@ struct GwOptions {
     net::HostPort control_listen{"127.0.0.1", 7101};
     DeviceOptions device;    // discovery_group "" = off
     std::string ready_file;  // "pan=host:port control=host:port"
+    // Connections open at once from one IP address, per listener.
+    std::size_t pan_max_connections_per_source = kDefaultPanConnectionsPerSource;
+    std::size_t control_max_connections_per_source = kDefaultControlConnectionsPerSource;
 };
 
 GwOptions gw_options_from(const Config& c);
@@ -59,10 +71,12 @@ class GwDaemon {
     net::Listener::Hooks control_hooks();
     void start_discovery();
     asio::awaitable<void> pan_serve(std::shared_ptr<net::Connection> conn);
-    asio::awaitable<bool> pan_handshake(const std::shared_ptr<net::Connection>& conn);
+    asio::awaitable<bool> pan_handshake(const std::shared_ptr<net::Connection>& conn,
+                                        Millis timeout);
     bool bind_sender(net::Connection& conn, const pb::Envelope& env);
     asio::awaitable<void> discovery_loop();
-    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
+    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket,
+                                        std::shared_ptr<net::Listener::Slot> slot);
     void apply(GatewayEffects effects);
     void to_role(const std::string& from, const pb::Envelope& env, Protection protection);
     void send_effect(const SendEffect& s);
@@ -85,13 +99,15 @@ class GwDaemon {
     pb::FailureReason server_down_reason_ = pb::PEER_UNREACHABLE;
     std::map<std::string, std::vector<std::shared_ptr<net::Connection>>> pan_conns_;
     std::map<std::string, std::vector<std::shared_ptr<net::tcp::socket>>> waiters_;  // by PN ID
+    // The listener slots of control connections that sent a request, until answered.
+    std::map<const net::tcp::socket*, std::shared_ptr<net::Listener::Slot>> control_slots_;
     std::optional<net::udp::endpoint> udp_reply_to_;
     std::string udp_reply_peer_;
     bool stopping_ = false;
     std::uint16_t pan_port_ = 0, control_port_ = 0;
     std::unique_ptr<net::PskClientLink> server_link_;
     std::unique_ptr<StateWriter> state_;
-    PskThrottle throttle_;  // failed PSK attempts per PAN identity
+    PskThrottle throttle_;  // failed PSK attempts per (source, PAN identity)
 };
 
 }  // namespace cpns::daemon

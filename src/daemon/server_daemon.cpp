@@ -92,7 +92,8 @@ std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& 
 ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     : io_(io),
       opt_(std::move(options)),
-      listener_(io.get_executor(), kMaxGwConnections, listener_hooks()),
+      listener_(io.get_executor(), {kMaxGwConnections, opt_.max_connections_per_source},
+                listener_hooks()),
       timer_(io.get_executor(), [this](Millis now) { apply(server_->on_timer(now)); }),
       refresh_(io) {
     try {
@@ -132,13 +133,15 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     tc.mode = tls::Mode::kTls13;
     tc.keylog_path = keylog_path(opt_.keylog);
     // PN GW Authentication: the PSK of identity <gw_id> is derived from that PN GW's EUKey.
-    tc.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
-        const std::string id(identity);
-        if (throttle_.blocked(id, mono_now())) {
-            links_.count(pb::LIMIT_EXCEEDED);
-            spdlog::warn("PN GW link as {} refused: backing off after repeated PSK failures", id);
-            return std::nullopt;
-        }
+    tc.psk_lookup = [this](std::string_view identity) { return gw_psk(identity); };
+    tls_.emplace(tc);
+    if (!tc.keylog_path.empty())
+        spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+}
+
+std::optional<SecretKey> ServerDaemon::gw_psk(std::string_view identity) {
+    const std::string id(identity);
+    {
         auto rec = dir_.find(id);
         if (!rec && valid_id(id) && lookups_.size() < kMaxPendingLookups &&
             lookups_.insert(id).second) {
@@ -153,10 +156,7 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
         if (!rec || rec->kind != EntityKind::kGw || rec->status != EntityStatus::kActive)
             return std::nullopt;
         return derive_gw_server_psk(rec->eukey, identity);
-    };
-    tls_.emplace(tc);
-    if (!tc.keylog_path.empty())
-        spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+    }
 }
 
 void ServerDaemon::store_job(std::function<void(store::Store&)> job, std::function<void()> done) {
@@ -288,47 +288,79 @@ void ServerDaemon::stop() {
 
 net::Listener::Hooks ServerDaemon::listener_hooks() {
     net::Listener::Hooks hooks;
-    hooks.on_socket = [this](net::tcp::socket socket) {
-        asio::co_spawn(io_, serve(std::make_shared<net::Connection>(std::move(socket))),
-                       asio::detached);
+    hooks.on_socket = [this](net::tcp::socket socket, net::Listener::Slot slot) {
+        auto conn = std::make_shared<net::Connection>(std::move(socket));
+        conn->hold(std::move(slot));
+        asio::co_spawn(io_, serve(std::move(conn)), asio::detached);
     };
-    hooks.on_refused = [this](std::size_t open) {
+    hooks.on_refused = [this](const std::string& source, net::Listener::Refusal why,
+                              std::size_t open, std::size_t count) {
         links_.count(pb::LIMIT_EXCEEDED);
-        spdlog::warn("refusing connection: {} PN GW links open (limit)", open);
+        if (why == net::Listener::Refusal::kPerSource)
+            spdlog::warn("refused {} connection(s): {} open from {} (max_connections_per_source)",
+                         count, opt_.max_connections_per_source, source);
+        else
+            spdlog::warn("refused {} connection(s): {} PN GW links open (limit)", count, open);
     };
-    hooks.on_error = [](const std::error_code& ec) {
-        spdlog::warn("accept failed: {}", ec.message());
+    hooks.on_evicted = [](const std::string& source, std::size_t count) {
+        spdlog::warn("full: closed {} connection(s) not yet authenticated (last from {})", count,
+                     source);
+    };
+    hooks.on_error = [](const std::error_code& ec, std::size_t count) {
+        spdlog::warn("accept failed {} time(s): {}{}", count, ec.message(),
+                     ec == std::errc::too_many_files_open ? " (raise the descriptor limit)" : "");
     };
     return hooks;
 }
 
-void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& error) {
+void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& error, bool blocked) {
     const std::string identity = conn.tls_identity();
     std::string why = error.detail;
-    if (error.tls == tls::TlsError::kUnknownIdentity)
+    auto started = PskThrottle::Block::kNone;
+    if (blocked) {
+        why = "backing off after repeated PSK failures from " + conn.source();
+        links_.count(pb::LIMIT_EXCEEDED);
+    } else if (error.tls == tls::TlsError::kUnknownIdentity) {
         why = "unknown, disabled or revoked PN GW identity";
-    else if (error.tls == tls::TlsError::kBadPsk)
+        started = throttle_.failed_unknown(conn.source(), mono_now());
+    } else if (error.tls == tls::TlsError::kBadPsk) {
         why = "wrong PSK (the PN GW's EUKey differs)";
+        if (!identity.empty()) started = throttle_.failed(conn.source(), identity, mono_now());
+    }
     links_.count(error.reason);
-    if (error.tls == tls::TlsError::kBadPsk && !identity.empty() &&
-        throttle_.failed(identity, mono_now()))
-        spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
-                     identity, kPskBackoff / 1000);
+    if (started == PskThrottle::Block::kIdentity)
+        spdlog::warn("{} failed PSK attempts as {} from {}: refused for {} s",
+                     kMaxFailedPskAttempts, identity, conn.source(), kPskBackoff / 1000);
+    else if (started == PskThrottle::Block::kSource)
+        spdlog::warn("{} failed PSK attempts from {}: the address is refused for {} s",
+                     kMaxFailedPskAttemptsPerSource, conn.source(), kPskBackoff / 1000);
     spdlog::warn("refused PN GW link from {}{}: {} - {} (refused so far: {})", conn.remote(),
                  identity.empty() ? "" : " as " + identity, reason_name(error.reason), why,
                  links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
 }
 
 asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn) {
-    const auto held = listener_.hold();
+    // The back-off is per (source, identity): replaying a wrong key from elsewhere cannot
+    // lock the key holder out. A refused identity fails like a wrong key on the wire.
+    auto blocked = std::make_shared<bool>(false);
+    const tls::PskLookup lookup = [this, conn = conn.get(),
+                                   blocked](std::string_view identity) -> std::optional<SecretKey> {
+        if (throttle_.blocked(conn->source(), std::string(identity), mono_now()) !=
+            PskThrottle::Block::kNone) {
+            *blocked = true;
+            return std::nullopt;
+        }
+        return gw_psk(identity);
+    };
     if (auto error = co_await conn->server_handshake(*tls_, kGwHandshakeTimeout,
-                                                     net::PskLink::kServerOfGateway)) {
-        refused(*conn, *error);
+                                                     net::PskLink::kServerOfGateway, lookup)) {
+        refused(*conn, *error, *blocked);
         co_return;
     }
+    conn->authenticated();
     const std::string gw = conn->tls_identity();
     conn->peer_id = gw;
-    throttle_.succeeded(gw);
+    throttle_.succeeded(conn->source(), gw);
     if (auto old = gws_.find(gw); old != gws_.end()) {
         spdlog::info("PN GW {} reconnected; closing its previous link", gw);
         old->second->close();

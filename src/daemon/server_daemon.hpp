@@ -19,6 +19,9 @@ namespace cpns::daemon {
 inline constexpr Millis kGwHandshakeTimeout = 10'000;
 // Connections from PN GWs open at once.
 inline constexpr std::size_t kMaxGwConnections = 10'000;
+// Default of `max_connections_per_source`: connections open at once from one IP address (a
+// tenth of kMaxGwConnections, so one source cannot fill the server).
+inline constexpr std::size_t kDefaultGwConnectionsPerSource = 1'000;
 // How often the PN GW records (for the TLS PSK lookup) are re-read from the store, so that
 // provisioning, disabling and revoking reach a running server.
 inline constexpr Millis kGwDirectoryRefresh = 2'000;
@@ -42,6 +45,8 @@ struct ServerOptions {
     std::string keylog;
     std::string ready_file;
     std::string trace_file;  // JSON-lines event trace; "" = off
+    // Connections open at once from one IP address (`max_connections_per_source`).
+    std::size_t max_connections_per_source = kDefaultGwConnectionsPerSource;
 };
 
 // Loads a provisioning file into a directory. ConfigError on any bad entry.
@@ -73,8 +78,11 @@ class ServerDaemon {
   private:
     net::Listener::Hooks listener_hooks();
     asio::awaitable<void> serve(std::shared_ptr<net::Connection> conn);
-    // Counts and logs a PN GW link whose PSK-TLS handshake failed.
-    void refused(const net::Connection& conn, const net::LinkError& error);
+    // Counts and logs a PN GW link whose PSK-TLS handshake failed (`blocked`: refused by the
+    // back-off without looking at its PSK).
+    void refused(const net::Connection& conn, const net::LinkError& error, bool blocked);
+    // The PSK of PN GW `identity`, or nullopt if it is not an active PN GW.
+    std::optional<SecretKey> gw_psk(std::string_view identity);
     void apply(ServerEffects effects);
     void to_role(const std::string& gw, const pb::Envelope& env);
     void send_effect(const SendEffect& s);
@@ -98,7 +106,7 @@ class ServerDaemon {
     std::vector<store::AuditRecord> audit_pending_;
     bool audit_writing_ = false;
     std::set<std::string> lookups_;  // PN GW IDs being fetched after a cache miss (bounded)
-    PskThrottle throttle_;           // failed PSK attempts per PN GW identity
+    PskThrottle throttle_;           // failed PSK attempts per (source, PN GW identity)
     void flush_audit();
     OsRandom random_;
     std::unique_ptr<Server> server_;
