@@ -308,7 +308,7 @@ net::Listener::Hooks ServerDaemon::listener_hooks() {
     };
     hooks.on_error = [](const std::error_code& ec, std::size_t count) {
         spdlog::warn("accept failed {} time(s): {}{}", count, ec.message(),
-                     ec == std::errc::too_many_files_open ? " (raise the descriptor limit)" : "");
+                     ec == asio::error::no_descriptors ? " (raise the descriptor limit)" : "");
     };
     return hooks;
 }

@@ -1,5 +1,7 @@
 #include "net/listener.hpp"
 
+#include <cerrno>
+
 namespace cpns::net {
 
 using tcp = asio::ip::tcp;
@@ -133,9 +135,13 @@ std::optional<Listener::Refusal> Listener::admit(const std::string& source) {
 
 namespace {
 // accept() failures that mean "no descriptors or memory now": retrying at once would spin.
+// (Asio reports them in its own "asio.system" category, which std::errc does not match.)
 bool out_of_resources(const std::error_code& ec) {
-    return ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system ||
-           ec == std::errc::no_buffer_space || ec == std::errc::not_enough_memory;
+    if (ec.category() != asio::error::get_system_category() &&
+        ec.category() != std::system_category())
+        return false;
+    const int e = ec.value();
+    return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
 }
 }  // namespace
 
