@@ -265,9 +265,12 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
             started = throttle_.failed_unknown(conn->source(), mono_now());
         else if (failed->tls == tls::TlsError::kBadPsk && !identity.empty())
             started = throttle_.failed(conn->source(), identity, mono_now());
-        spdlog::warn("PSK-TLS from {}{} failed: {} ({})", conn->remote(),
-                     identity.empty() ? "" : " as " + identity, tls::to_string(failed->tls),
-                     detail);
+        // A handshake that timed out or was lost before any TLS verdict (a scan, a slow-loris,
+        // an eviction when full) is not worth a warning per connection.
+        spdlog::log(
+            failed->tls == tls::TlsError::kNone ? spdlog::level::debug : spdlog::level::warn,
+            "PSK-TLS from {}{} failed: {} ({})", conn->remote(),
+            identity.empty() ? "" : " as " + identity, tls::to_string(failed->tls), detail);
         if (started == PskThrottle::Block::kIdentity)
             spdlog::warn("{} failed PSK attempts as {} from {}: refused for {} s",
                          kMaxFailedPskAttempts, identity, conn->source(), kPskBackoff / 1000);

@@ -334,9 +334,13 @@ void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& er
     else if (started == PskThrottle::Block::kSource)
         spdlog::warn("{} failed PSK attempts from {}: the address is refused for {} s",
                      kMaxFailedPskAttemptsPerSource, conn.source(), kPskBackoff / 1000);
-    spdlog::warn("refused PN GW link from {}{}: {} - {} (refused so far: {})", conn.remote(),
-                 identity.empty() ? "" : " as " + identity, reason_name(error.reason), why,
-                 links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
+    // A handshake that timed out or was lost before any TLS verdict (a scan, a slow-loris,
+    // an eviction when full) is counted but not worth a warning per connection.
+    spdlog::log(
+        error.tls == tls::TlsError::kNone && !blocked ? spdlog::level::debug : spdlog::level::warn,
+        "refused PN GW link from {}{}: {} - {} (refused so far: {})", conn.remote(),
+        identity.empty() ? "" : " as " + identity, reason_name(error.reason), why,
+        links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
 }
 
 asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn) {
