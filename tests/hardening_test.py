@@ -209,7 +209,26 @@ class HardeningTest(unittest.TestCase):
                       (lab.workdir / "gw.log").read_text())
         lab.start_pne(pnes[1])
         lab.wait_linked(["pne-2"])
-        rc, out, _ = lab.pne_setup(pnes[0], "all")
+        # The flood goes on from ever new addresses while pne-2 joins: its failures are not
+        # pne-2's (it is linked from 127.0.0.1), so they must not end its membership.
+        stop = threading.Event()
+
+        def flood():
+            i = 0
+            while not stop.is_set():
+                try:
+                    replay(lab.pan_addr, hello, f"127.0.2.{1 + i % 200}")
+                except OSError:
+                    pass
+                i += 1
+
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        try:
+            rc, out, _ = lab.pne_setup(pnes[0], "all")
+        finally:
+            stop.set()
+            flooder.join()
         self.assertEqual(rc, 0, out)
         members = sorted(m["pne_id"] for m in out.get("inventory", {}).get("members", []))
         self.assertEqual(members, ["pne-1", "pne-2"], "pne-2's PSK-TLS was not blocked")

@@ -277,7 +277,13 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
         else if (started == PskThrottle::Block::kSource)
             spdlog::warn("{} failed PSK attempts from {}: the address is refused for {} s",
                          kMaxFailedPskAttemptsPerSource, conn->source(), kPskBackoff / 1000);
-        if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
+        // A failure from another address than the one the PNE is linked from is not the PNE's:
+        // someone replaying its identity must not end its membership.
+        bool linked_elsewhere = false;
+        if (auto it = pan_conns_.find(pne); !pne.empty() && it != pan_conns_.end())
+            for (const auto& c : it->second)
+                linked_elsewhere |= c->is_open() && c->source() != conn->source();
+        if (!pne.empty() && !linked_elsewhere) apply(gw_->on_tls_failed(pne, mono_now()));
         co_return false;
     }
     if (pne.empty() || pne == opt_.role.server_id || pne == opt_.role.gw_id) {
