@@ -12,6 +12,7 @@
 # Prints how many honest establishments succeeded and their p50/p99 latency, plus what the
 # attack did. Bounded in time (the run stops after RUN_LIMIT_S; the whole script < 2 min).
 # Usage: scripts/bench-attack.sh [BUILD_DIR]   (default build/release; built if missing)
+#        BENCH_ATTACK=0 scripts/bench-attack.sh ...   the same honest run without the attack
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +52,7 @@ RUN_LIMIT_S = 90           # the honest run stops here, done or not
 REOPEN_PER_TICK = 100      # slow-loris reopened per 0.2 s at most (the attacker's rate)
 
 build = Path(sys.argv[1])
+ATTACK = os.environ.get("BENCH_ATTACK", "1") != "0"
 stop = threading.Event()
 stats = {"loris_open": 0, "loris_opened": 0, "loris_closed": 0, "loris_failed": 0,
          "replays": 0, "replay_answers": 0}
@@ -176,9 +178,12 @@ try:
                    (lab.pan_addr, capture_client_hello("pre:victim", new_key()))]
     attackers = [threading.Thread(target=slow_loris, args=([lab.pan_addr, lab.server_addr],)),
                  threading.Thread(target=replay_flood, args=(replay_jobs,))]
+    if not ATTACK:
+        attackers = []
     for t in attackers:
         t.start()
-    time.sleep(3)  # let the flood fill the listeners
+    if attackers:
+        time.sleep(3)  # let the flood fill the listeners
     with lock:
         at_start = dict(stats)
     print(f"attack running: {at_start['loris_open']} slow-loris connections open, "
@@ -208,7 +213,8 @@ try:
     def pct(v, q):
         return v[min(len(v) - 1, int(round(q * (len(v) - 1))))] if v else float("nan")
     print()
-    print(f"== honest establishments under attack ({os.cpu_count()} CPU(s), "
+    print(f"== honest establishments {'under attack' if ATTACK else 'without attack'} "
+          f"({os.cpu_count()} CPU(s), "
           f"{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}) ==")
     print(f"{'succeeded':34} {len(ok)} of {len(results)} run ({HONEST} planned, "
           f"{WORKERS} at a time, {honest_wall:.1f} s)")

@@ -1,5 +1,7 @@
 #include "net/connection.hpp"
 
+#include <algorithm>
+
 namespace cpns::net {
 
 namespace {
@@ -241,7 +243,7 @@ awaitable<void> Connection::drain() {
         out_.pop_front();
         co_await asio::async_write(socket_, asio::buffer(b),
                                    asio::redirect_error(asio::use_awaitable, ec));
-        queued_ -= b.size();
+        queued_ -= std::min(queued_, b.size());  // finish() may have reset it
         if (ec) {
             open_ = false;
             finish();
