@@ -49,7 +49,8 @@ HONEST = 200               # establishments
 WORKERS = 4                # at a time
 PNES = 8                   # honest PNEs (each in HONEST / PNES PNs, under kMaxPnsPerPne)
 RUN_LIMIT_S = 90           # the honest run stops here, done or not
-REOPEN_PER_TICK = 100      # slow-loris reopened per 0.2 s at most (the attacker's rate)
+# Slow-loris reopened per 0.2 s at most (the attacker's rate; BENCH_REOPEN overrides).
+REOPEN_PER_TICK = int(os.environ.get("BENCH_REOPEN", "100"))
 
 build = Path(sys.argv[1])
 ATTACK = os.environ.get("BENCH_ATTACK", "1") != "0"
@@ -184,10 +185,10 @@ try:
         t.start()
     if attackers:
         time.sleep(3)  # let the flood fill the listeners
-    with lock:
-        at_start = dict(stats)
-    print(f"attack running: {at_start['loris_open']} slow-loris connections open, "
-          f"{at_start['replays']} wrong-key replays so far", flush=True)
+        with lock:
+            at_start = dict(stats)
+        print(f"attack running: {at_start['loris_open']} slow-loris connections open, "
+              f"{at_start['replays']} wrong-key replays so far", flush=True)
 
     results = []
     deadline = time.monotonic() + RUN_LIMIT_S
