@@ -279,6 +279,10 @@ void Connection::finish() {
     finished_ = true;
     linger_.cancel();
     std::error_code ec;
+    // Take what the peer sent and nobody read, so that closing sends FIN, not a reset.
+    socket_.non_blocking(true, ec);
+    for (std::size_t discarded = 0; !ec && discarded < kMaxDiscardOnClose;)
+        discarded += socket_.receive(asio::buffer(buf_), 0, ec);
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
     out_.clear();

@@ -33,6 +33,9 @@ inline constexpr Millis kFrameTimeout = 10'000;
 // How long close() keeps sending what is queued (an ErrorReport, close_notify) before it
 // shuts the socket anyway.
 inline constexpr Millis kCloseLinger = 1'000;
+// Unread input a closing connection reads and discards first (closing a TCP socket with unread
+// input sends a reset, which can destroy what the peer has not read yet, e.g. an ErrorReport).
+inline constexpr std::size_t kMaxDiscardOnClose = 256 * 1024;
 
 // A decoded message, a decode error (the connection must then be closed), or the end of the
 // link (closed, lost, or its TLS failed).
