@@ -400,7 +400,9 @@ TEST(TlsEngine, Tls13WrongPskFailsOnBothSidesAsBadPsk) {
     EXPECT_EQ(server.peer_identity(), "pne-1");
 }
 
-TEST(TlsEngine, UnknownIdentityIsReportedOnBothSides) {
+// The server knows locally that the identity is unknown; the client cannot tell it from a
+// wrong key (no unknown_psk_identity alert that would let it enumerate identities).
+TEST(TlsEngine, UnknownIdentityIsKnownToTheServerOnlyAndLooksLikeAWrongKey) {
     for (Mode mode : {Mode::kTls13, Mode::kTls12Psk}) {
         SCOPED_TRACE(std::string(to_string(mode)));
         const KeyTable table = default_table();
@@ -410,10 +412,69 @@ TEST(TlsEngine, UnknownIdentityIsReportedOnBothSides) {
         TlsEngine server(server_ctx);
         pump(client, server);
         EXPECT_EQ(server.error(), TlsError::kUnknownIdentity) << server.error_detail();
-        EXPECT_EQ(client.error(), TlsError::kUnknownIdentity) << client.error_detail();
+        EXPECT_EQ(client.error(), TlsError::kBadPsk) << client.error_detail();
+        EXPECT_FALSE(client.handshake_done());
+        EXPECT_FALSE(server.handshake_done());
         EXPECT_NE(server.error_detail().find("'stranger'"), std::string::npos);
         EXPECT_EQ(server.peer_identity(), "");
         EXPECT_EQ(*table.lookups, 1);
+    }
+}
+
+// What a client sees of one failed handshake: every flight the server sent, and its verdict.
+struct SeenByClient {
+    std::vector<std::size_t> flight_sizes;  // sizes of the server's flights, in order
+    Bytes last_flight;                      // the one carrying the alert
+    TlsError error = TlsError::kNone;
+};
+
+SeenByClient failed_handshake(Mode mode, const std::string& identity, const SecretKey& key,
+                              PskLookup engine_lookup = {}) {
+    const KeyTable table = default_table();
+    TlsContext server_ctx = server_context(mode, table);
+    TlsContext client_ctx = client_context(mode);
+    TlsEngine client(client_ctx, {identity, key});
+    TlsEngine server(server_ctx, std::move(engine_lookup));
+    SeenByClient seen;
+    for (int round = 0; round < 50; ++round) {
+        Bytes from_client = client.take_output();
+        if (!from_client.empty()) server.feed(from_client);
+        Bytes from_server = server.take_output();
+        if (from_client.empty() && from_server.empty()) break;
+        if (!from_server.empty()) {
+            seen.flight_sizes.push_back(from_server.size());
+            seen.last_flight = from_server;
+            client.feed(from_server);
+        }
+    }
+    EXPECT_TRUE(server.failed());
+    seen.error = client.error();
+    return seen;
+}
+
+// Finding 9: unknown, wrong-key and blocked identities got different alerts, which let an
+// attacker enumerate identities and see when a back-off ends. On the wire they are now alike.
+TEST(TlsEngine, UnknownWrongKeyAndBlockedIdentitiesAreIndistinguishableToTheClient) {
+    // "Blocked": the owner's lookup refuses a known identity (a back-off).
+    const PskLookup refuse_all = [](std::string_view) { return std::optional<SecretKey>(); };
+    for (Mode mode : {Mode::kTls13, Mode::kTls12Psk}) {
+        SCOPED_TRACE(std::string(to_string(mode)));
+        const SeenByClient wrong_key = failed_handshake(mode, "pne-1", make_key(99));
+        const SeenByClient unknown = failed_handshake(mode, "pne-9", make_key(1));
+        const SeenByClient blocked = failed_handshake(mode, "pne-1", make_key(1), refuse_all);
+        EXPECT_EQ(wrong_key.error, TlsError::kBadPsk);
+        EXPECT_EQ(unknown.error, TlsError::kBadPsk);
+        EXPECT_EQ(blocked.error, TlsError::kBadPsk);
+        // Same message sequence (same flights, same sizes; the identities have equal length).
+        EXPECT_EQ(unknown.flight_sizes, wrong_key.flight_sizes);
+        EXPECT_EQ(blocked.flight_sizes, wrong_key.flight_sizes);
+        ASSERT_FALSE(wrong_key.last_flight.empty());
+        if (mode == Mode::kTls13) {
+            // The alert is in clear (the binder fails on the ClientHello): the same octets.
+            EXPECT_EQ(unknown.last_flight, wrong_key.last_flight);
+            EXPECT_EQ(blocked.last_flight, wrong_key.last_flight);
+            EXPECT_EQ(wrong_key.flight_sizes.size(), 1u);
+        }
     }
 }
 
@@ -1151,8 +1212,9 @@ TEST(TlsInterop, OpenSslClientFailuresAreTyped) {
         server_against(Mode::kTls13, s_client({"-tls1_3"}, "stranger", key_hex()), run, table);
         EXPECT_EQ(run.handshake, IoStatus::kTlsError);
         EXPECT_EQ(run.engine->error(), TlsError::kUnknownIdentity) << run.engine->error_detail();
-        EXPECT_TRUE(run.peer->wait_for_text("unknown psk identity", kIoTimeout))
-            << run.peer->output();
+        // The client sees what a wrong key gets (the binder fails), not unknown_psk_identity.
+        EXPECT_TRUE(run.peer->wait_for_text("illegal parameter", kIoTimeout)) << run.peer->output();
+        EXPECT_EQ(run.peer->output().find("unknown psk identity"), std::string::npos);
     }
     {
         ServerRun run;
@@ -1217,7 +1279,8 @@ TEST(TlsInterop, GnuTlsClientFailuresAreTyped) {
         server_against(Mode::kTls13, gnutls_cli(kGnuTls13, "stranger", key_hex()), run, table);
         EXPECT_EQ(run.handshake, IoStatus::kTlsError);
         EXPECT_EQ(run.engine->error(), TlsError::kUnknownIdentity) << run.engine->error_detail();
-        EXPECT_TRUE(run.peer->wait_for_text("Received alert [115]", kIoTimeout))
+        // Alert 47 (illegal_parameter), as for a wrong key; never 115 (unknown_psk_identity).
+        EXPECT_TRUE(run.peer->wait_for_text("Received alert [47]", kIoTimeout))
             << run.peer->output();
     }
 }

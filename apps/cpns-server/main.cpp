@@ -57,6 +57,8 @@ int main(int argc, char** argv) {
                 control_listen.empty() ? cfg.str("control_listen") : control_listen;
             !c.empty())
             o.control_listen = parse_address(c, "control_listen");
+        o.max_connections_per_source = connection_limit(
+            cfg, "max_connections_per_source", kDefaultGwConnectionsPerSource, kMaxGwConnections);
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();

@@ -314,6 +314,14 @@ std::string keylog_path(const std::string& configured) {
     return "";
 }
 
+std::size_t connection_limit(const Config& c, std::string_view key, std::size_t def,
+                             std::size_t max) {
+    const std::int64_t v = c.integer(key, static_cast<std::int64_t>(def));
+    if (v < 1 || static_cast<std::uint64_t>(v) > max)
+        throw ConfigError(c.where(key) + " must be 1.." + std::to_string(max));
+    return static_cast<std::size_t>(v);
+}
+
 std::uint16_t listen_on(net::Listener& listener, const net::HostPort& at, std::string_view what) {
     if (auto error = listener.listen(at, what)) throw ConfigError(error->detail);
     return listener.port();

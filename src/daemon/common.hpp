@@ -101,6 +101,9 @@ tls::Mode parse_tls_mode(const std::string& text, const std::string& what);
 pb::DeviceCapabilities capabilities_from(const toml::table& t, bool enough_ui);
 // The key-log path: the configured one, else $SSLKEYLOGFILE, else "" (off).
 std::string keylog_path(const std::string& configured);
+// A connection limit from the configuration: `key` as an integer in 1..`max`, else `def`.
+std::size_t connection_limit(const Config& c, std::string_view key, std::size_t def,
+                             std::size_t max);
 // Binds `listener` to `at` and returns the port; ConfigError naming the setting `what` if
 // it cannot.
 std::uint16_t listen_on(net::Listener& listener, const net::HostPort& at, std::string_view what);

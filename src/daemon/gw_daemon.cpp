@@ -16,6 +16,11 @@ GwOptions gw_options_from(const Config& c) {
         parse_address(c.str("control_listen", o.control_listen.str()), c.where("control_listen"));
     o.role.default_pan_secure = c.boolean("default_pan_secure", false);
     o.ready_file = c.str("ready_file");
+    o.pan_max_connections_per_source = connection_limit(
+        c, "pan_max_connections_per_source", kDefaultPanConnectionsPerSource, kMaxPanConnections);
+    o.control_max_connections_per_source =
+        connection_limit(c, "control_max_connections_per_source",
+                         kDefaultControlConnectionsPerSource, kMaxControlConnections);
     o.role.capabilities = capabilities_from(c.table(), true);
     if (o.role.capabilities.device_type().empty()) o.role.capabilities.set_device_type("pn-gw");
     if (auto sub = c.table()["subscription"].as_table()) {
@@ -45,8 +50,11 @@ GwOptions gw_options_from(const Config& c) {
 GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     : io_(io),
       opt_(std::move(options)),
-      pan_listener_(io.get_executor(), kMaxPanConnections, pan_hooks()),
-      control_listener_(io.get_executor(), net::kUnbounded, control_hooks()),
+      pan_listener_(io.get_executor(), {kMaxPanConnections, opt_.pan_max_connections_per_source},
+                    pan_hooks()),
+      control_listener_(io.get_executor(),
+                        {kMaxControlConnections, opt_.control_max_connections_per_source},
+                        control_hooks()),
       timer_(io.get_executor(), [this](Millis now) { apply(gw_->on_timer(now)); }) {
     opt_.role.log = core_log_sink();
     gw_ = std::make_unique<Gateway>(opt_.role, random_);
@@ -73,14 +81,7 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     server.role = tls::Role::kServer;
     server.mode = opt_.device.pan_tls;
     server.keylog_path = keylog;
-    server.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
-        if (throttle_.blocked(std::string(identity), mono_now())) {
-            spdlog::warn("PSK-TLS as {} refused: backing off after repeated failures",
-                         printable(identity));
-            return std::nullopt;
-        }
-        return gw_->tls_psk_for(identity);
-    };
+    server.psk_lookup = [this](std::string_view identity) { return gw_->tls_psk_for(identity); };
     pan_tls_.emplace(server);
 }
 
@@ -171,52 +172,120 @@ void GwDaemon::log_server_down(const net::LinkError& error, net::PskClientLink::
     } else if (error.reason != pb::GATEWAY_AUTHENTICATION_FAILED) {
         spdlog::warn("TLS with the CPNS Server failed: {}", error.detail);
     } else {
-        spdlog::error("the CPNS Server refused this PN GW: gateway authentication failed - {}",
-                      error.tls == tls::TlsError::kBadPsk
-                          ? "the EUKey configured here differs from the one provisioned for " +
-                                opt_.role.gw_id
-                          : "the server does not know " + opt_.role.gw_id +
-                                " as an active PN GW (not provisioned, disabled or revoked)");
+        // The server answers an unknown, inactive or backed-off identity exactly like a wrong
+        // key, so this side cannot tell which it was (the server's log says).
+        spdlog::error(
+            "the CPNS Server refused this PN GW: gateway authentication failed - authentication "
+            "refused: unknown identity or wrong key (is {} provisioned and active there, with "
+            "the EUKey configured here? after repeated failures the server also refuses it for "
+            "{} s)",
+            opt_.role.gw_id, kPskBackoff / 1000);
     }
 }
 
 net::Listener::Hooks GwDaemon::pan_hooks() {
     net::Listener::Hooks h;
-    h.on_socket = [this](net::tcp::socket socket) {
-        asio::co_spawn(io_, pan_serve(std::make_shared<net::Connection>(std::move(socket))),
-                       asio::detached);
+    h.on_socket = [this](net::tcp::socket socket, net::Listener::Slot slot) {
+        auto conn = std::make_shared<net::Connection>(std::move(socket));
+        conn->hold(std::move(slot));
+        asio::co_spawn(io_, pan_serve(std::move(conn)), asio::detached);
     };
-    h.on_refused = [](std::size_t open) {
-        spdlog::warn("refusing PAN connection: {} open (limit)", open);
+    h.on_refused = [this](const std::string& source, net::Listener::Refusal why, std::size_t open,
+                          std::size_t count) {
+        if (why == net::Listener::Refusal::kPerSource)
+            spdlog::warn(
+                "refused {} PAN connection(s): {} open from {} (pan_max_connections_per_source)",
+                count, opt_.pan_max_connections_per_source, source);
+        else
+            spdlog::warn("refused {} PAN connection(s): {} open (limit)", count, open);
+    };
+    h.on_evicted = [](const std::string& source, std::size_t count) {
+        spdlog::warn("PAN full: closed {} connection(s) not yet authenticated (last from {})",
+                     count, source);
+    };
+    h.on_error = [](const std::error_code& ec, std::size_t count) {
+        spdlog::warn("PAN accept failed {} time(s): {}", count, ec.message());
     };
     return h;
 }
 
 net::Listener::Hooks GwDaemon::control_hooks() {
     net::Listener::Hooks h;
-    h.on_socket = [this](net::tcp::socket socket) {
-        asio::co_spawn(io_, control_serve(std::make_shared<net::tcp::socket>(std::move(socket))),
-                       asio::detached);
+    h.on_socket = [this](net::tcp::socket socket, net::Listener::Slot slot) {
+        auto sock = std::make_shared<net::tcp::socket>(std::move(socket));
+        // Evicted (when full) while it has not sent its request: closed.
+        slot.on_evict([weak = std::weak_ptr<net::tcp::socket>(sock)] {
+            std::error_code ec;
+            if (auto s = weak.lock()) s->close(ec);
+        });
+        asio::co_spawn(
+            io_,
+            control_serve(std::move(sock), std::make_shared<net::Listener::Slot>(std::move(slot))),
+            asio::detached);
+    };
+    h.on_refused = [this](const std::string& source, net::Listener::Refusal why, std::size_t open,
+                          std::size_t count) {
+        spdlog::warn("refused {} control connection(s): {}", count,
+                     why == net::Listener::Refusal::kPerSource
+                         ? std::to_string(opt_.control_max_connections_per_source) + " open from " +
+                               source + " (control_max_connections_per_source)"
+                         : std::to_string(open) + " open (limit)");
+    };
+    h.on_error = [](const std::error_code& ec, std::size_t count) {
+        spdlog::warn("control accept failed {} time(s): {}", count, ec.message());
     };
     return h;
 }
 
 // Runs the PSK-TLS handshake of a PAN link and binds the link to the PNE its identity names.
-asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connection>& conn) {
-    auto failed =
-        co_await conn->server_handshake(*pan_tls_, kPanHandshakeTimeout, net::PskLink::kPan);
+// The back-off is per (source, identity): replaying a wrong key from elsewhere cannot lock the
+// PNE out. A refused identity fails like a wrong key on the wire.
+asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connection>& conn,
+                                              Millis timeout) {
+    auto blocked = std::make_shared<bool>(false);
+    const tls::PskLookup lookup = [this, conn = conn.get(),
+                                   blocked](std::string_view identity) -> std::optional<SecretKey> {
+        if (throttle_.blocked(conn->source(), std::string(identity), mono_now()) !=
+            PskThrottle::Block::kNone) {
+            *blocked = true;
+            return std::nullopt;
+        }
+        return gw_->tls_psk_for(identity);
+    };
+    auto failed = co_await conn->server_handshake(*pan_tls_, timeout, net::PskLink::kPan, lookup);
     const std::string identity = conn->tls_identity();
     const auto parsed = parse_psk_identity(identity);
     const std::string pne = parsed ? parsed->pne_id : "";
     if (failed) {
-        spdlog::warn("PSK-TLS from {}{} failed: {} ({})", conn->remote(),
-                     identity.empty() ? "" : " as " + printable(identity),
-                     tls::to_string(failed->tls), failed->detail);
-        if (failed->tls == tls::TlsError::kBadPsk && !identity.empty() &&
-            throttle_.failed(identity, mono_now()))
-            spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
-                         printable(identity), kPskBackoff / 1000);
-        if (!pne.empty()) apply(gw_->on_tls_failed(pne, mono_now()));
+        auto started = PskThrottle::Block::kNone;
+        std::string detail = failed->detail;
+        if (*blocked)
+            detail = "backing off after repeated PSK failures from " + conn->source();
+        else if (failed->tls == tls::TlsError::kUnknownIdentity)
+            started = throttle_.failed_unknown(conn->source(), mono_now());
+        else if (failed->tls == tls::TlsError::kBadPsk && !identity.empty())
+            started = throttle_.failed(conn->source(), identity, mono_now());
+        // A handshake that timed out or was lost before any TLS verdict (a scan, a slow-loris,
+        // an eviction when full) is not worth a warning per connection.
+        spdlog::log(
+            failed->tls == tls::TlsError::kNone ? spdlog::level::debug : spdlog::level::warn,
+            "PSK-TLS from {}{} failed: {} ({})", conn->remote(),
+            identity.empty() ? "" : " as " + printable(identity), tls::to_string(failed->tls),
+            detail);
+        if (started == PskThrottle::Block::kIdentity)
+            spdlog::warn("{} failed PSK attempts as {} from {}: refused for {} s",
+                         kMaxFailedPskAttempts, printable(identity), conn->source(),
+                         kPskBackoff / 1000);
+        else if (started == PskThrottle::Block::kSource)
+            spdlog::warn("{} failed PSK attempts from {}: the address is refused for {} s",
+                         kMaxFailedPskAttemptsPerSource, conn->source(), kPskBackoff / 1000);
+        // A failure from another address than the one the PNE is linked from is not the PNE's:
+        // someone replaying its identity must not end its membership.
+        bool linked_elsewhere = false;
+        if (auto it = pan_conns_.find(pne); !pne.empty() && it != pan_conns_.end())
+            for (const auto& c : it->second)
+                linked_elsewhere |= c->is_open() && c->source() != conn->source();
+        if (!pne.empty() && !linked_elsewhere) apply(gw_->on_tls_failed(pne, mono_now()));
         co_return false;
     }
     if (pne.empty() || pne == opt_.role.server_id || pne == opt_.role.gw_id) {
@@ -224,7 +293,8 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
         co_return false;
     }
     conn->peer_id = pne;
-    throttle_.succeeded(identity);
+    conn->authenticated();
+    throttle_.succeeded(conn->source(), identity);
     pan_conns_[pne].push_back(conn);
     spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
     apply(gw_->on_tls_established(pne, identity, mono_now()));
@@ -246,16 +316,18 @@ bool GwDaemon::bind_sender(net::Connection& conn, const pb::Envelope& env) {
         return false;
     }
     conn.peer_id = env.sender_id();
+    conn.authenticated();
     pan_conns_[conn.peer_id].push_back(conn.shared_from_this());
     spdlog::info("clear PAN link from {} as {}", conn.remote(), conn.peer_id);
     return true;
 }
 
 asio::awaitable<void> GwDaemon::pan_serve(std::shared_ptr<net::Connection> conn) {
-    const auto held = pan_listener_.hold();
+    // One deadline from accept to the end of the handshake (or the first octet in clear).
+    const Millis until = mono_now() + kPanHandshakeTimeout;
     auto tls = co_await conn->sniff_tls(kPanHandshakeTimeout);
     if (!tls) co_return;
-    if (*tls && !co_await pan_handshake(conn)) co_return;
+    if (*tls && !co_await pan_handshake(conn, std::max<Millis>(0, until - mono_now()))) co_return;
     for (;;) {
         auto r = co_await conn->read();
         if (auto* env = std::get_if<pb::Envelope>(&r)) {
@@ -477,10 +549,11 @@ asio::awaitable<void> GwDaemon::discovery_loop() {
 void GwDaemon::answer(const std::shared_ptr<net::tcp::socket>& socket, std::string line) {
     auto buf = std::make_shared<std::string>(std::move(line) + "\n");
     asio::async_write(*socket, asio::buffer(*buf),
-                      [socket, buf](const std::error_code&, std::size_t) {
+                      [this, socket, buf](const std::error_code&, std::size_t) {
                           std::error_code ec;
                           socket->shutdown(net::tcp::socket::shutdown_both, ec);
                           socket->close(ec);
+                          control_slots_.erase(socket.get());
                       });
 }
 
@@ -508,12 +581,29 @@ pb::GwStatus GwDaemon::status() const {
 }
 
 // One request line per connection: "invite [pne ...]" (waits for the outcome) or "status".
-asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket) {
+// The connection counts against the control listener's limits until it is closed; it must
+// send its request within kControlIdleTimeout.
+asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket,
+                                              std::shared_ptr<net::Listener::Slot> slot) {
     std::string line;
     std::error_code ec;
+    asio::steady_timer idle(io_, std::chrono::milliseconds(kControlIdleTimeout));
+    idle.async_wait([weak = std::weak_ptr<net::tcp::socket>(socket)](const std::error_code& e) {
+        std::error_code ignored;
+        if (auto s = weak.lock(); s && !e) s->close(ignored);
+    });
     auto n = co_await asio::async_read_until(*socket, asio::dynamic_buffer(line, kMaxControlLine),
                                              '\n', asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) co_return;
+    idle.cancel();
+    if (ec) {
+        if (ec == asio::error::operation_aborted && !stopping_)
+            spdlog::warn("control connection closed: no request within {} s",
+                         kControlIdleTimeout / 1000);
+        co_return;
+    }
+    slot->authenticated();  // a request came: it may wait for its answer
+    // The slot is freed with the socket (answer() closes it; a waiter is closed at stop()).
+    control_slots_[socket.get()] = std::move(slot);
     line.resize(n > 0 ? n - 1 : 0);
     if (!line.empty() && line.back() == '\r') line.pop_back();
     // The request is untrusted text: logged only through printable(), answered only with JSON

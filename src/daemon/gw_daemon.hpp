@@ -21,14 +21,23 @@
 
 namespace cpns::daemon {
 
-inline constexpr Millis kPanHandshakeTimeout = 10'000;  // PNE's TLS handshake / first byte
-inline constexpr Millis kServerReconnectMin = 500;      // first retry after a lost server link
-inline constexpr Millis kServerReconnectMax = 30'000;   // retries back off up to this
+// From accept to the end of a PNE's TLS handshake (or its first octet on a clear link).
+inline constexpr Millis kPanHandshakeTimeout = 10'000;
+inline constexpr Millis kServerReconnectMin = 500;     // first retry after a lost server link
+inline constexpr Millis kServerReconnectMax = 30'000;  // retries back off up to this
 inline constexpr std::size_t kMaxPanConnections = 512;
+// Default of `pan_max_connections_per_source` (an eighth of kMaxPanConnections).
+inline constexpr std::size_t kDefaultPanConnectionsPerSource = 64;
 inline constexpr std::size_t kMaxControlLine = 4096;
 // Effects held back behind a state save that is not yet durable; past this many the event loop
 // waits for the write instead (a slow disk slows the PN GW down, it does not grow its memory).
 inline constexpr std::size_t kMaxHeldEffects = 4096;
+// Control connections open at once (a waiting "invite" holds one), and per source by default
+// (`control_max_connections_per_source`).
+inline constexpr std::size_t kMaxControlConnections = 64;
+inline constexpr std::size_t kDefaultControlConnectionsPerSource = 32;
+// How long a control connection may take to send its request line.
+inline constexpr Millis kControlIdleTimeout = 10'000;
 
 // The PN GW role's configuration (its ID, EUKey, server ID, PAN links, capabilities) and
 // what the daemon around it needs.
@@ -39,6 +48,9 @@ struct GwOptions {
     net::HostPort control_listen{"127.0.0.1", 7101};
     DeviceOptions device;    // discovery_group "" = off
     std::string ready_file;  // "pan=host:port control=host:port"
+    // Connections open at once from one IP address, per listener.
+    std::size_t pan_max_connections_per_source = kDefaultPanConnectionsPerSource;
+    std::size_t control_max_connections_per_source = kDefaultControlConnectionsPerSource;
 };
 
 GwOptions gw_options_from(const Config& c);
@@ -63,10 +75,12 @@ class GwDaemon {
     net::Listener::Hooks control_hooks();
     void start_discovery();
     asio::awaitable<void> pan_serve(std::shared_ptr<net::Connection> conn);
-    asio::awaitable<bool> pan_handshake(const std::shared_ptr<net::Connection>& conn);
+    asio::awaitable<bool> pan_handshake(const std::shared_ptr<net::Connection>& conn,
+                                        Millis timeout);
     bool bind_sender(net::Connection& conn, const pb::Envelope& env);
     asio::awaitable<void> discovery_loop();
-    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
+    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket,
+                                        std::shared_ptr<net::Listener::Slot> slot);
     void apply(GatewayEffects effects);
     void carry_out();
     void carry_out(GatewayEffect& effect);
@@ -93,6 +107,8 @@ class GwDaemon {
     pb::FailureReason server_down_reason_ = pb::PEER_UNREACHABLE;
     std::map<std::string, std::vector<std::shared_ptr<net::Connection>>> pan_conns_;
     std::map<std::string, std::vector<std::shared_ptr<net::tcp::socket>>> waiters_;  // by PN ID
+    // The listener slots of control connections that sent a request, until answered.
+    std::map<const net::tcp::socket*, std::shared_ptr<net::Listener::Slot>> control_slots_;
     std::optional<net::udp::endpoint> udp_reply_to_;
     std::size_t udp_request_size_ = 0;  // an answer by datagram is never bigger
     std::string udp_reply_peer_;
@@ -107,7 +123,7 @@ class GwDaemon {
     std::uint64_t save_ = 0;  // the save in progress (its completion may also come by flush())
     std::string pn_saving_;   // the PN whose inventory it saves
     std::shared_ptr<std::string> save_error_;  // its result, set by the writer thread
-    PskThrottle throttle_;                     // failed PSK attempts per PAN identity
+    PskThrottle throttle_;                     // failed PSK attempts per (source, PAN identity)
 };
 
 }  // namespace cpns::daemon

@@ -95,8 +95,11 @@ std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& 
 ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     : io_(io),
       opt_(std::move(options)),
-      listener_(io.get_executor(), kMaxGwConnections, listener_hooks()),
-      control_listener_(io.get_executor(), kMaxServerControlConnections, control_hooks()),
+      listener_(io.get_executor(), {kMaxGwConnections, opt_.max_connections_per_source},
+                listener_hooks()),
+      control_listener_(io.get_executor(),
+                        {kMaxServerControlConnections, kMaxServerControlConnections},
+                        control_hooks()),
       timer_(io.get_executor(), [this](Millis now) { apply(server_->on_timer(now)); }),
       refresh_(io) {
     try {
@@ -136,14 +139,15 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     tc.mode = tls::Mode::kTls13;
     tc.keylog_path = keylog_path(opt_.keylog);
     // PN GW Authentication: the PSK of identity <gw_id> is derived from that PN GW's EUKey.
-    tc.psk_lookup = [this](std::string_view identity) -> std::optional<SecretKey> {
-        const std::string id(identity);
-        if (throttle_.blocked(id, mono_now())) {
-            links_.count(pb::LIMIT_EXCEEDED);
-            spdlog::warn("PN GW link as {} refused: backing off after repeated PSK failures",
-                         printable(id));
-            return std::nullopt;
-        }
+    tc.psk_lookup = [this](std::string_view identity) { return gw_psk(identity); };
+    tls_.emplace(tc);
+    if (!tc.keylog_path.empty())
+        spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+}
+
+std::optional<SecretKey> ServerDaemon::gw_psk(std::string_view identity) {
+    const std::string id(identity);
+    {
         auto rec = dir_.find(id);
         if (!rec && valid_id(id) && lookups_.size() < kMaxPendingLookups &&
             lookups_.insert(id).second) {
@@ -158,10 +162,7 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
         if (!rec || rec->kind != EntityKind::kGw || rec->status != EntityStatus::kActive)
             return std::nullopt;
         return derive_gw_server_psk(rec->eukey, identity);
-    };
-    tls_.emplace(tc);
-    if (!tc.keylog_path.empty())
-        spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+    }
 }
 
 pb::FailureReason store_failure_reason(store::StoreError::Kind kind) {
@@ -360,47 +361,83 @@ void ServerDaemon::stop() {
 
 net::Listener::Hooks ServerDaemon::listener_hooks() {
     net::Listener::Hooks hooks;
-    hooks.on_socket = [this](net::tcp::socket socket) {
-        asio::co_spawn(io_, serve(std::make_shared<net::Connection>(std::move(socket))),
-                       asio::detached);
+    hooks.on_socket = [this](net::tcp::socket socket, net::Listener::Slot slot) {
+        auto conn = std::make_shared<net::Connection>(std::move(socket));
+        conn->hold(std::move(slot));
+        asio::co_spawn(io_, serve(std::move(conn)), asio::detached);
     };
-    hooks.on_refused = [this](std::size_t open) {
+    hooks.on_refused = [this](const std::string& source, net::Listener::Refusal why,
+                              std::size_t open, std::size_t count) {
         links_.count(pb::LIMIT_EXCEEDED);
-        spdlog::warn("refusing connection: {} PN GW links open (limit)", open);
+        if (why == net::Listener::Refusal::kPerSource)
+            spdlog::warn("refused {} connection(s): {} open from {} (max_connections_per_source)",
+                         count, opt_.max_connections_per_source, source);
+        else
+            spdlog::warn("refused {} connection(s): {} PN GW links open (limit)", count, open);
     };
-    hooks.on_error = [](const std::error_code& ec) {
-        spdlog::warn("accept failed: {}", ec.message());
+    hooks.on_evicted = [](const std::string& source, std::size_t count) {
+        spdlog::warn("full: closed {} connection(s) not yet authenticated (last from {})", count,
+                     source);
+    };
+    hooks.on_error = [](const std::error_code& ec, std::size_t count) {
+        spdlog::warn("accept failed {} time(s): {}{}", count, ec.message(),
+                     ec == asio::error::no_descriptors ? " (raise the descriptor limit)" : "");
     };
     return hooks;
 }
 
-void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& error) {
+void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& error, bool blocked) {
     const std::string identity = conn.tls_identity();
     std::string why = error.detail;
-    if (error.tls == tls::TlsError::kUnknownIdentity)
+    auto started = PskThrottle::Block::kNone;
+    if (blocked) {
+        why = "backing off after repeated PSK failures from " + conn.source();
+        links_.count(pb::LIMIT_EXCEEDED);
+    } else if (error.tls == tls::TlsError::kUnknownIdentity) {
         why = "unknown, disabled or revoked PN GW identity";
-    else if (error.tls == tls::TlsError::kBadPsk)
+        started = throttle_.failed_unknown(conn.source(), mono_now());
+    } else if (error.tls == tls::TlsError::kBadPsk) {
         why = "wrong PSK (the PN GW's EUKey differs)";
+        if (!identity.empty()) started = throttle_.failed(conn.source(), identity, mono_now());
+    }
     links_.count(error.reason);
-    if (error.tls == tls::TlsError::kBadPsk && !identity.empty() &&
-        throttle_.failed(identity, mono_now()))
-        spdlog::warn("{} failed PSK attempts as {}: refused for {} s", kMaxFailedPskAttempts,
-                     printable(identity), kPskBackoff / 1000);
-    spdlog::warn("refused PN GW link from {}{}: {} - {} (refused so far: {})", conn.remote(),
-                 identity.empty() ? "" : " as " + printable(identity), reason_name(error.reason),
-                 why, links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
+    if (started == PskThrottle::Block::kIdentity)
+        spdlog::warn("{} failed PSK attempts as {} from {}: refused for {} s",
+                     kMaxFailedPskAttempts, printable(identity), conn.source(), kPskBackoff / 1000);
+    else if (started == PskThrottle::Block::kSource)
+        spdlog::warn("{} failed PSK attempts from {}: the address is refused for {} s",
+                     kMaxFailedPskAttemptsPerSource, conn.source(), kPskBackoff / 1000);
+    // A handshake that timed out or was lost before any TLS verdict (a scan, a slow-loris,
+    // an eviction when full) is counted but not worth a warning per connection.
+    spdlog::log(
+        error.tls == tls::TlsError::kNone && !blocked ? spdlog::level::debug : spdlog::level::warn,
+        "refused PN GW link from {}{}: {} - {} (refused so far: {})", conn.remote(),
+        identity.empty() ? "" : " as " + printable(identity), reason_name(error.reason), why,
+        links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
 }
 
 asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn) {
-    const auto held = listener_.hold();
+    // The back-off is per (source, identity): replaying a wrong key from elsewhere cannot
+    // lock the key holder out. A refused identity fails like a wrong key on the wire.
+    auto blocked = std::make_shared<bool>(false);
+    const tls::PskLookup lookup = [this, conn = conn.get(),
+                                   blocked](std::string_view identity) -> std::optional<SecretKey> {
+        if (throttle_.blocked(conn->source(), std::string(identity), mono_now()) !=
+            PskThrottle::Block::kNone) {
+            *blocked = true;
+            return std::nullopt;
+        }
+        return gw_psk(identity);
+    };
     if (auto error = co_await conn->server_handshake(*tls_, kGwHandshakeTimeout,
-                                                     net::PskLink::kServerOfGateway)) {
-        refused(*conn, *error);
+                                                     net::PskLink::kServerOfGateway, lookup)) {
+        refused(*conn, *error, *blocked);
         co_return;
     }
+    conn->authenticated();
     const std::string gw = conn->tls_identity();
     conn->peer_id = gw;
-    throttle_.succeeded(gw);
+    throttle_.succeeded(conn->source(), gw);
     if (auto old = gws_.find(gw); old != gws_.end()) {
         spdlog::info("PN GW {} reconnected; closing its previous link", gw);
         old->second->close();
@@ -534,12 +571,16 @@ void ServerDaemon::withdraw_unacknowledged(store::Store& st) {
 
 net::Listener::Hooks ServerDaemon::control_hooks() {
     net::Listener::Hooks hooks;
-    hooks.on_socket = [this](net::tcp::socket socket) {
-        asio::co_spawn(io_, control_serve(std::make_shared<net::tcp::socket>(std::move(socket))),
+    hooks.on_socket = [this](net::tcp::socket socket, net::Listener::Slot slot) {
+        asio::co_spawn(io_,
+                       control_serve(std::make_shared<net::tcp::socket>(std::move(socket)),
+                                     std::make_shared<net::Listener::Slot>(std::move(slot))),
                        asio::detached);
     };
-    hooks.on_refused = [](std::size_t open) {
-        spdlog::warn("refusing a status connection: {} open (limit)", open);
+    hooks.on_refused = [](const std::string& source, net::Listener::Refusal, std::size_t open,
+                          std::size_t count) {
+        spdlog::warn("refused {} status connection(s) (last from {}): {} open (limit)", count,
+                     source, open);
     };
     return hooks;
 }
@@ -573,8 +614,9 @@ std::string ServerDaemon::status_json() const {
 
 // One request line per connection ("status"), answered with one line; bounded in line length
 // (kMaxServerControlLine), time (kServerControlTimeout) and connections.
-asio::awaitable<void> ServerDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket) {
-    const auto held = control_listener_.hold();
+// The slot counts the connection against the status port's limit until this returns.
+asio::awaitable<void> ServerDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket,
+                                                  std::shared_ptr<net::Listener::Slot> slot) {
     asio::steady_timer deadline(io_);
     deadline.expires_after(std::chrono::milliseconds(kServerControlTimeout));
     deadline.async_wait([socket](const std::error_code& ec) {
@@ -596,6 +638,7 @@ asio::awaitable<void> ServerDaemon::control_serve(std::shared_ptr<net::tcp::sock
         answer = line == "status" ? status_json() : R"({"error":"unknown command; use: status"})";
     }
     answer += '\n';
+    slot->authenticated();  // answered: not evicted while the answer is written
     co_await asio::async_write(*socket, asio::buffer(answer),
                                asio::redirect_error(asio::use_awaitable, ec));
     deadline.cancel();

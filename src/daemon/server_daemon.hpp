@@ -22,6 +22,9 @@ namespace cpns::daemon {
 inline constexpr Millis kGwHandshakeTimeout = 10'000;
 // Connections from PN GWs open at once.
 inline constexpr std::size_t kMaxGwConnections = 10'000;
+// Default of `max_connections_per_source`: connections open at once from one IP address (a
+// tenth of kMaxGwConnections, so one source cannot fill the server).
+inline constexpr std::size_t kDefaultGwConnectionsPerSource = 1'000;
 // How often the PN GW records (for the TLS PSK lookup) are re-read from the store, so that
 // provisioning, disabling and revoking reach a running server.
 inline constexpr Millis kGwDirectoryRefresh = 2'000;
@@ -63,6 +66,8 @@ struct ServerOptions {
     // Loopback status port answering "status" with one JSON line (ready, store health);
     // nullopt = off.
     std::optional<net::HostPort> control_listen;
+    // Connections open at once from one IP address (`max_connections_per_source`).
+    std::size_t max_connections_per_source = kDefaultGwConnectionsPerSource;
 };
 
 // The store as the event loop sees it, from the outcome of each store job.
@@ -113,8 +118,11 @@ class ServerDaemon {
   private:
     net::Listener::Hooks listener_hooks();
     asio::awaitable<void> serve(std::shared_ptr<net::Connection> conn);
-    // Counts and logs a PN GW link whose PSK-TLS handshake failed.
-    void refused(const net::Connection& conn, const net::LinkError& error);
+    // Counts and logs a PN GW link whose PSK-TLS handshake failed (`blocked`: refused by the
+    // back-off without looking at its PSK).
+    void refused(const net::Connection& conn, const net::LinkError& error, bool blocked);
+    // The PSK of PN GW `identity`, or nullopt if it is not an active PN GW.
+    std::optional<SecretKey> gw_psk(std::string_view identity);
     void apply(ServerEffects effects);
     void to_role(const std::string& gw, const pb::Envelope& env);
     void send_effect(const SendEffect& s);
@@ -132,7 +140,8 @@ class ServerDaemon {
     void remember_unacknowledged(const pb::PnInventory& inv);
     void withdraw_unacknowledged(store::Store& st);
     net::Listener::Hooks control_hooks();
-    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket);
+    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket,
+                                        std::shared_ptr<net::Listener::Slot> slot);
     void deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env);
     void refuse_registration(const std::string& gw, const pb::Envelope& request,
                              pb::FailureReason reason, const std::string& detail);
@@ -153,7 +162,7 @@ class ServerDaemon {
     std::vector<store::AuditRecord> audit_pending_;
     bool audit_writing_ = false;
     std::set<std::string> lookups_;  // PN GW IDs being fetched after a cache miss (bounded)
-    PskThrottle throttle_;           // failed PSK attempts per PN GW identity
+    PskThrottle throttle_;           // failed PSK attempts per (source, PN GW identity)
     void flush_audit();
     OsRandom random_;
     std::unique_ptr<Server> server_;

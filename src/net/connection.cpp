@@ -1,5 +1,7 @@
 #include "net/connection.hpp"
 
+#include <algorithm>
+
 namespace cpns::net {
 
 namespace {
@@ -39,15 +41,38 @@ class Deadline {
 };
 }  // namespace
 
-Connection::Connection(tcp::socket socket) : socket_(std::move(socket)) {
+Connection::Connection(tcp::socket socket)
+    : socket_(std::move(socket)), linger_(socket_.get_executor()) {
     std::error_code ec;
     auto ep = socket_.remote_endpoint(ec);
-    if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+    if (!ec) {
+        source_ = ep.address().to_string();
+        remote_ = source_ + ":" + std::to_string(ep.port());
+    }
     socket_.set_option(tcp::no_delay(true), ec);
 }
 
 Connection::~Connection() {
-    close();
+    // Nothing is being written (a write in progress holds a reference): only close_notify is
+    // left to send, without waiting.
+    if (open_ && tls_ && tls_->handshake_done() && !tls_->failed()) {
+        tls_->close();
+        if (tls_->has_output()) {
+            std::error_code ec;
+            socket_.non_blocking(true, ec);
+            Bytes b = tls_->take_output();
+            socket_.send(asio::buffer(b), 0, ec);
+        }
+    }
+    open_ = false;
+    finish();
+}
+
+void Connection::hold(Listener::Slot slot) {
+    slot_ = std::move(slot);
+    slot_.on_evict([weak = weak_from_this()] {
+        if (auto self = weak.lock()) self->close();
+    });
 }
 
 std::string Connection::tls_summary() const {
@@ -70,8 +95,9 @@ awaitable<std::optional<LinkError>> Connection::client_handshake(const tls::TlsC
 }
 
 awaitable<std::optional<LinkError>> Connection::server_handshake(const tls::TlsContext& ctx,
-                                                                 Millis timeout, PskLink link) {
-    tls_.emplace(ctx);
+                                                                 Millis timeout, PskLink link,
+                                                                 const tls::PskLookup& lookup) {
+    tls_.emplace(ctx, lookup);
     co_return co_await handshake(timeout, link);
 }
 
@@ -121,6 +147,11 @@ awaitable<std::optional<bool>> Connection::sniff_tls(Millis timeout) {
 awaitable<ReadResult> Connection::read() {
     for (;;) {
         if (auto r = reader_.next()) {
+            // The next frame starts with the octets already buffered, if any.
+            if (reader_.buffered() == 0)
+                frame_started_.reset();
+            else
+                frame_started_ = std::chrono::steady_clock::now();
             if (std::holds_alternative<pb::Envelope>(*r))
                 co_return std::get<pb::Envelope>(std::move(*r));
             co_return std::get<DecodeError>(*r);
@@ -129,14 +160,27 @@ awaitable<ReadResult> Connection::read() {
         if (tls_ && tls_->error() == tls::TlsError::kPeerClosed)
             co_return LinkError{pb::PEER_UNREACHABLE, "peer closed the TLS session"};
         std::error_code ec;
+        std::optional<Deadline> deadline;
+        if (frame_started_) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                *frame_started_ + ms(kFrameTimeout) - std::chrono::steady_clock::now());
+            deadline.emplace(socket_, std::max<Millis>(0, left.count()));
+        }
         const std::size_t n = co_await socket_.async_read_some(
             asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+        if (deadline && deadline->expired()) {
+            close();
+            co_return LinkError{pb::TIMEOUT, "a frame did not arrive whole within " +
+                                                 std::to_string(kFrameTimeout / 1000) + " s"};
+        }
+        deadline.reset();
         if (ec) {
             close();
             co_return LinkError{pb::PEER_UNREACHABLE, ec == asio::error::eof
                                                           ? "peer closed the connection"
                                                           : ec.message()};
         }
+        if (!frame_started_) frame_started_ = std::chrono::steady_clock::now();
         if (auto error = take_in(n)) co_return std::move(*error);
     }
 }
@@ -175,10 +219,11 @@ void Connection::flush_tls() {
 }
 
 void Connection::queue_raw(Bytes bytes) {
-    if (!open_ || bytes.empty()) return;
+    if (finished_ || bytes.empty()) return;
     queued_ += bytes.size();
-    if (queued_ > kMaxQueuedBytes) {  // the peer is too slow: give up on it
-        close();
+    if (queued_ > kMaxQueuedBytes) {  // the peer is too slow: give up on it at once
+        open_ = false;
+        finish();
         return;
     }
     out_.push_back(std::move(bytes));
@@ -193,35 +238,56 @@ void Connection::queue_raw(Bytes bytes) {
 
 awaitable<void> Connection::drain() {
     std::error_code ec;
-    while (!out_.empty() && open_) {
+    while (!out_.empty() && !finished_) {
         Bytes b = std::move(out_.front());
         out_.pop_front();
         co_await asio::async_write(socket_, asio::buffer(b),
                                    asio::redirect_error(asio::use_awaitable, ec));
-        queued_ -= b.size();
+        queued_ -= std::min(queued_, b.size());  // finish() may have reset it
         if (ec) {
-            close();
+            open_ = false;
+            finish();
             break;
         }
     }
     writing_ = false;
+    if (!open_) finish();  // closed while writing: what was queued is out now
 }
 
 void Connection::close() {
     if (!open_) return;
     open_ = false;
-    std::error_code ec;
     if (tls_ && tls_->handshake_done() && !tls_->failed()) {
         tls_->close();
-        if (tls_->has_output()) {
-            Bytes b = tls_->take_output();
-            socket_.send(asio::buffer(b), 0, ec);  // best effort close_notify
-        }
+        flush_tls();  // close_notify after anything queued
     }
+    if (out_.empty() && !writing_) {
+        finish();
+        return;
+    }
+    // Let the queue drain (drain() finishes), for at most kCloseLinger. Reads end now.
+    std::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_receive, ec);
+    linger_.expires_after(ms(kCloseLinger));
+    linger_.async_wait([self = shared_from_this()](const std::error_code& error) {
+        if (!error) self->finish();
+    });
+}
+
+void Connection::finish() {
+    if (finished_) return;
+    finished_ = true;
+    linger_.cancel();
+    std::error_code ec;
+    // Take what the peer sent and nobody read, so that closing sends FIN, not a reset.
+    socket_.non_blocking(true, ec);
+    for (std::size_t discarded = 0; !ec && discarded < kMaxDiscardOnClose;)
+        discarded += socket_.receive(asio::buffer(buf_), 0, ec);
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
     out_.clear();
     queued_ = 0;
+    slot_.release();
 }
 
 awaitable<Result<tcp::socket>> connect_tcp(const HostPort& at, Millis timeout) {

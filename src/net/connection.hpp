@@ -14,6 +14,7 @@
 #include "core/role.hpp"
 #include "net/address.hpp"
 #include "net/link_error.hpp"
+#include "net/listener.hpp"
 #include "tls/tls.hpp"
 
 namespace cpns::net {
@@ -26,6 +27,15 @@ inline constexpr std::size_t kMaxQueuedBytes = 1 << 20;  // unsent bytes before 
 inline constexpr std::size_t kReadChunk = 16 * 1024;
 // How long a TCP connect may take.
 inline constexpr Millis kConnectTimeout = 5'000;
+// How long one frame may take to arrive, from its first octet to its last (a peer that
+// trickles a frame, or stops inside one, is cut off: slow-loris).
+inline constexpr Millis kFrameTimeout = 10'000;
+// How long close() keeps sending what is queued (an ErrorReport, close_notify) before it
+// shuts the socket anyway.
+inline constexpr Millis kCloseLinger = 1'000;
+// Unread input a closing connection reads and discards first (closing a TCP socket with unread
+// input sends a reset, which can destroy what the peer has not read yet, e.g. an ErrorReport).
+inline constexpr std::size_t kMaxDiscardOnClose = 256 * 1024;
 
 // A decoded message, a decode error (the connection must then be closed), or the end of the
 // link (closed, lost, or its TLS failed).
@@ -44,23 +54,37 @@ class Connection : public std::enable_shared_from_this<Connection> {
     awaitable<std::optional<LinkError>> client_handshake(const tls::TlsContext& ctx,
                                                          const tls::ClientPsk& psk, Millis timeout,
                                                          PskLink link);
+    // `lookup`, if not empty, replaces the context's PSK lookup for this connection.
     awaitable<std::optional<LinkError>> server_handshake(const tls::TlsContext& ctx, Millis timeout,
-                                                         PskLink link);
+                                                         PskLink link,
+                                                         const tls::PskLookup& lookup = {});
     // Waits for the first byte without consuming it: true if it starts a TLS record
     // (handshake content type 0x16), false for a clear CPNS frame.
     awaitable<std::optional<bool>> sniff_tls(Millis timeout);
 
+    // The next message. A frame must arrive whole within kFrameTimeout of its first octet,
+    // else the connection is closed (TIMEOUT).
     awaitable<ReadResult> read();
     // Encodes, encrypts if TLS, and queues for sending. False if the connection is closed
     // or its send queue is over kMaxQueuedBytes (then it is closed).
     bool send(const pb::Envelope& env);
+    // Stops reading and sending; what is already queued (and a TLS close_notify) is still
+    // sent, for at most kCloseLinger, then the socket is shut. Idempotent.
     void close();
+
+    // Counts this connection against its listener's limits until the socket is shut; the
+    // listener may evict it (close it) while it is not authenticated().
+    void hold(Listener::Slot slot);
+    // The peer proved who it is (PSK-TLS done, or a first valid message on a clear link).
+    void authenticated() { slot_.authenticated(); }
 
     bool is_open() const { return open_; }
     bool is_tls() const { return tls_.has_value(); }
     std::string tls_identity() const { return tls_ ? tls_->peer_identity() : std::string(); }
     std::string tls_summary() const;  // "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"
     const std::string& remote() const { return remote_; }
+    // The peer's IP address alone (no port); "" if unknown.
+    const std::string& source() const { return source_; }
 
     // What the owner knows of the peer.
     std::string peer_id;
@@ -72,15 +96,22 @@ class Connection : public std::enable_shared_from_this<Connection> {
     void queue_raw(Bytes bytes);
     void flush_tls();
     awaitable<void> drain();
+    // Shuts and closes the socket now, dropping anything still queued.
+    void finish();
 
     tcp::socket socket_;
+    asio::steady_timer linger_;
+    Listener::Slot slot_;
+    // When the frame being read started (its first octet arrived); unset between frames.
+    std::optional<std::chrono::steady_clock::time_point> frame_started_;
+    bool finished_ = false;
     std::optional<tls::TlsEngine> tls_;
     FrameReader reader_;
     std::deque<Bytes> out_;
     std::size_t queued_ = 0;
     bool writing_ = false;
     bool open_ = true;
-    std::string remote_;
+    std::string remote_, source_;
     std::array<std::uint8_t, kReadChunk> buf_{};
 };
 

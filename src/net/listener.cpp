@@ -1,11 +1,100 @@
 #include "net/listener.hpp"
 
+#include <cerrno>
+
 namespace cpns::net {
 
 using tcp = asio::ip::tcp;
 
-Listener::Listener(asio::any_io_executor ex, std::size_t max_open, Hooks hooks)
-    : acceptor_(std::move(ex)), max_open_(max_open), hooks_(std::move(hooks)) {}
+// Counts shared by the listener and its slots (a slot may outlive its listener).
+struct Listener::State {
+    std::size_t open = 0;
+    std::map<std::string, std::size_t> per_source;
+    // Connections not yet authenticated, oldest first: the candidates for eviction.
+    std::list<std::weak_ptr<Entry>> pending;
+};
+
+struct Listener::Entry {
+    std::weak_ptr<State> state;
+    std::string source;
+    bool counted = true;
+    bool in_pending = true;
+    std::list<std::weak_ptr<Entry>>::iterator pos;
+    std::function<void()> evict;
+
+    void leave_pending(State& st) {
+        if (!in_pending) return;
+        st.pending.erase(pos);
+        in_pending = false;
+    }
+    void uncount() {
+        if (!counted) return;
+        counted = false;
+        evict = nullptr;
+        auto st = state.lock();
+        if (!st) return;
+        leave_pending(*st);
+        --st->open;
+        if (auto it = st->per_source.find(source); it != st->per_source.end() && --it->second == 0)
+            st->per_source.erase(it);
+    }
+};
+
+Listener::Slot& Listener::Slot::operator=(Slot&& other) noexcept {
+    if (this != &other) {
+        release();
+        entry_ = std::move(other.entry_);
+    }
+    return *this;
+}
+
+void Listener::Slot::authenticated() {
+    if (!entry_) return;
+    if (auto st = entry_->state.lock()) entry_->leave_pending(*st);
+    entry_->evict = nullptr;
+}
+
+void Listener::Slot::on_evict(std::function<void()> evict) {
+    if (entry_ && entry_->in_pending) entry_->evict = std::move(evict);
+}
+
+void Listener::Slot::release() {
+    if (entry_) entry_->uncount();
+    entry_.reset();
+}
+
+const std::string& Listener::Slot::source() const {
+    static const std::string none;
+    return entry_ ? entry_->source : none;
+}
+
+std::optional<std::size_t> Listener::LogGate::pass() {
+    ++held;
+    const auto now = std::chrono::steady_clock::now();
+    if (last != std::chrono::steady_clock::time_point{} &&
+        now - last < std::chrono::milliseconds(kListenerLogInterval))
+        return std::nullopt;
+    last = now;
+    return std::exchange(held, 0);
+}
+
+Listener::Listener(asio::any_io_executor ex, Limits limits, Hooks hooks)
+    : acceptor_(ex),
+      backoff_timer_(ex),
+      limits_(limits),
+      hooks_(std::move(hooks)),
+      state_(std::make_shared<State>()) {}
+
+Listener::~Listener() = default;
+
+std::size_t Listener::open() const {
+    return state_->open;
+}
+
+std::size_t Listener::open_from(const std::string& source) const {
+    auto it = state_->per_source.find(source);
+    return it == state_->per_source.end() ? 0 : it->second;
+}
 
 std::optional<LinkError> Listener::listen(const HostPort& at, std::string_view what) {
     std::error_code ec;
@@ -23,27 +112,84 @@ std::optional<LinkError> Listener::listen(const HostPort& at, std::string_view w
     return std::nullopt;
 }
 
+std::optional<Listener::Refusal> Listener::admit(const std::string& source) {
+    State& st = *state_;
+    if (open_from(source) >= limits_.max_per_source) return Refusal::kPerSource;
+    if (st.open >= limits_.max_open) {
+        // Make room by evicting the oldest connection that has not proved who it is.
+        for (auto it = st.pending.begin(); it != st.pending.end(); ++it) {
+            auto victim = it->lock();
+            if (!victim || !victim->evict) continue;
+            auto evict = std::move(victim->evict);
+            const std::string victim_source = victim->source;
+            victim->uncount();
+            evict();
+            if (hooks_.on_evicted)
+                if (auto n = evicted_log_.pass()) hooks_.on_evicted(victim_source, *n);
+            break;
+        }
+        if (st.open >= limits_.max_open) return Refusal::kFull;
+    }
+    return std::nullopt;
+}
+
+namespace {
+// accept() failures that mean "no descriptors or memory now": retrying at once would spin.
+// (Asio reports them in its own "asio.system" category, which std::errc does not match.)
+bool out_of_resources(const std::error_code& ec) {
+    if (ec.category() != asio::error::get_system_category() &&
+        ec.category() != std::system_category())
+        return false;
+    const int e = ec.value();
+    return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+}
+}  // namespace
+
 asio::awaitable<void> Listener::run() {
+    Millis backoff = 0;
     for (;;) {
         std::error_code ec;
         auto socket =
             co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
         if (ec) {
             if (!acceptor_.is_open()) co_return;
-            if (hooks_.on_error) hooks_.on_error(ec);
+            if (hooks_.on_error)
+                if (auto n = error_log_.pass()) hooks_.on_error(ec, *n);
+            if (!out_of_resources(ec)) continue;
+            backoff = backoff == 0 ? kAcceptBackoffMin : std::min(2 * backoff, kAcceptBackoffMax);
+            backoff_timer_.expires_after(std::chrono::milliseconds(backoff));
+            co_await backoff_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (!acceptor_.is_open()) co_return;
             continue;
         }
-        if (open_ >= max_open_) {
-            if (hooks_.on_refused) hooks_.on_refused(open_);
+        backoff = 0;
+        std::error_code peer_ec;
+        const auto peer = socket.remote_endpoint(peer_ec);
+        if (peer_ec) continue;  // already gone
+        std::string source = peer.address().to_string();
+        if (auto refused = admit(source)) {
+            std::error_code ignored;
+            socket.close(ignored);
+            if (hooks_.on_refused)
+                if (auto n = refused_log_.pass())
+                    hooks_.on_refused(source, *refused, state_->open, *n);
             continue;
         }
-        hooks_.on_socket(std::move(socket));
+        auto entry = std::make_shared<Entry>();
+        entry->state = state_;
+        entry->source = source;
+        State& st = *state_;
+        ++st.open;
+        ++st.per_source[source];
+        entry->pos = st.pending.insert(st.pending.end(), entry);
+        hooks_.on_socket(std::move(socket), Slot(std::move(entry)));
     }
 }
 
 void Listener::close() {
     std::error_code ec;
     acceptor_.close(ec);
+    backoff_timer_.cancel();
 }
 
 }  // namespace cpns::net

@@ -1,15 +1,34 @@
 // A TCP listener: binds an address, accepts until closed, and bounds the connections its
-// owner serves at once. The one accept loop of the daemons.
+// owner serves at once — in total and per source address — so that neither a flood of idle
+// connections nor running out of file descriptors can take the daemon down. The one accept
+// loop of the daemons.
+//
+// Bounds and what happens at them:
+//  - `max_open` connections at once. When full, the oldest connection that has not yet
+//    proved who it is (no Slot::authenticated() yet, and evictable: Slot::on_evict set) is
+//    evicted to make room, so honest newcomers still get through a flood of half-open or
+//    slow connections; if there is none, the new connection is refused (closed at once).
+//  - `max_per_source` connections at once from one IP address; more are refused.
+//  - accept() failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+//    the loop waits kAcceptBackoffMin, doubling up to kAcceptBackoffMax, instead of spinning.
+//  - on_refused / on_error are called at most once per kListenerLogInterval each, with the
+//    number of events folded into that call, so a flood cannot flood the log.
 #pragma once
 
 #include <asio.hpp>
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <limits>
+#include <list>
+#include <map>
+#include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <utility>
 
+#include "core/role.hpp"
 #include "net/address.hpp"
 #include "net/link_error.hpp"
 
@@ -17,35 +36,66 @@ namespace cpns::net {
 
 // For a listener without a bound on its connections.
 inline constexpr std::size_t kUnbounded = std::numeric_limits<std::size_t>::max();
+// Waits of the accept loop after running out of descriptors or memory: first, and longest.
+inline constexpr Millis kAcceptBackoffMin = 100;
+inline constexpr Millis kAcceptBackoffMax = 1'000;
+// Refusals and accept errors are reported at most once per this interval (with a count).
+inline constexpr Millis kListenerLogInterval = 1'000;
 
 class Listener {
   public:
-    struct Hooks {
-        // Each accepted socket, while fewer than `max_open` connections are held (see hold()).
-        std::function<void(asio::ip::tcp::socket)> on_socket;
-        // A socket dropped at once because `max_open` are held; gets that number.
-        std::function<void(std::size_t open)> on_refused;
-        // An accept that failed while the listener is open (it goes on accepting).
-        std::function<void(const std::error_code&)> on_error;
+    struct Limits {
+        std::size_t max_open = kUnbounded;
+        std::size_t max_per_source = kUnbounded;
     };
 
-    // One connection counted against `max_open` for as long as it lives.
-    class Hold {
+    enum class Refusal { kFull, kPerSource };
+
+    struct State;
+    struct Entry;
+
+    // One accepted connection, counted against the limits for as long as the Slot lives (or
+    // until the connection is evicted).
+    class Slot {
       public:
-        explicit Hold(std::size_t& open) : open_(&open) { ++*open_; }
-        Hold(Hold&& other) noexcept : open_(std::exchange(other.open_, nullptr)) {}
-        Hold(const Hold&) = delete;
-        Hold& operator=(const Hold&) = delete;
-        Hold& operator=(Hold&&) = delete;
-        ~Hold() {
-            if (open_) --*open_;
-        }
+        Slot() = default;
+        explicit Slot(std::shared_ptr<Entry> entry) : entry_(std::move(entry)) {}
+        Slot(Slot&&) noexcept = default;
+        Slot& operator=(Slot&& other) noexcept;
+        Slot(const Slot&) = delete;
+        Slot& operator=(const Slot&) = delete;
+        ~Slot() { release(); }
+
+        // The peer proved who it is: it is never evicted to make room.
+        void authenticated();
+        // How to evict this connection (e.g. close it) when the listener is full. A slot
+        // without it is never evicted.
+        void on_evict(std::function<void()> evict);
+        // Stops counting now (also done by the destructor).
+        void release();
+        const std::string& source() const;
 
       private:
-        std::size_t* open_;
+        std::shared_ptr<Entry> entry_;
     };
 
-    Listener(asio::any_io_executor ex, std::size_t max_open, Hooks hooks);
+    struct Hooks {
+        // Each accepted socket within the limits, with the slot that counts it.
+        std::function<void(asio::ip::tcp::socket, Slot)> on_socket;
+        // Connections dropped at once (full, or too many from one source): the last one's
+        // source and why, how many are open, and how many refusals this call stands for.
+        std::function<void(const std::string& source, Refusal why, std::size_t open,
+                           std::size_t count)>
+            on_refused;
+        // accept() failed while the listener is open (it goes on accepting): the last error and
+        // how many failures this call stands for.
+        std::function<void(const std::error_code&, std::size_t count)> on_error;
+        // A not yet authenticated connection from `source` was evicted to make room.
+        std::function<void(const std::string& source, std::size_t count)> on_evicted;
+    };
+
+    Listener(asio::any_io_executor ex, Limits limits, Hooks hooks);
+    ~Listener();
 
     // Binds `at` and listens. The error's detail names the address as `what` when it is not
     // an IP address ("pan_listen '...' is not an IP address"), else "cannot listen on ...".
@@ -55,14 +105,27 @@ class Listener {
     asio::awaitable<void> run();
     void close();
 
-    Hold hold() { return Hold(open_); }
-    std::size_t open() const { return open_; }
+    std::size_t open() const;
+    std::size_t open_from(const std::string& source) const;
+    const Limits& limits() const { return limits_; }
 
   private:
+    // Reports at most once per kListenerLogInterval; counts what it holds back.
+    struct LogGate {
+        std::chrono::steady_clock::time_point last{};
+        std::size_t held = 0;
+        std::optional<std::size_t> pass();  // the count to report now, or nullopt
+    };
+
+    // A slot for `source`, or why not (after evicting if full).
+    std::optional<Refusal> admit(const std::string& source);
+
     asio::ip::tcp::acceptor acceptor_;
-    std::size_t max_open_;
+    asio::steady_timer backoff_timer_;
+    Limits limits_;
     Hooks hooks_;
-    std::size_t open_ = 0;
+    std::shared_ptr<State> state_;
+    LogGate refused_log_, error_log_, evicted_log_;
     std::uint16_t port_ = 0;
 };
 

@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/tls1.h>
 #include <unistd.h>
@@ -243,7 +244,12 @@ struct TlsEngine::Impl {
     // HelloRetryRequest, wiped when the handshake ends).
     std::optional<SecretKey> found_key;
     bool identity_found = false;
+    // The lookup did not give a key (unknown identity, or one the owner refuses, e.g. during
+    // a back-off): the handshake goes on with dummy_psk() so that it fails on the wire exactly
+    // like a wrong key, while error() still says kUnknownIdentity here.
     bool lookup_missed = false;
+    // The engine's own lookup (server), instead of the context's; empty: the context's.
+    PskLookup lookup;
     // A callback's own verdict when it aborted the handshake (kNone: none).
     TlsError callback_error = TlsError::kNone;
     std::string callback_detail;
@@ -308,7 +314,7 @@ std::optional<SecretKey> run_lookup(TlsEngine::Impl& engine, std::string_view id
                                     bool& threw) {
     threw = false;
     try {
-        auto key = engine.context->lookup(identity);
+        auto key = engine.lookup ? engine.lookup(identity) : engine.context->lookup(identity);
         if (!key || !key->is_zero()) return key;
         // An all-zero key is an uninitialised one, never a real PSK.
         engine.callback_error = TlsError::kProtocolError;
@@ -323,6 +329,22 @@ std::optional<SecretKey> run_lookup(TlsEngine::Impl& engine, std::string_view id
     }
     threw = true;
     return std::nullopt;
+}
+
+// The key an unknown or refused identity gets, so that its handshake fails exactly like one
+// with a wrong key (same alert, same messages): HMAC-SHA256 under a random secret drawn once
+// per process, so it is stable per identity and unknown to anyone outside this process.
+SecretKey dummy_psk(std::string_view identity) {
+    static const std::array<std::uint8_t, kKeySize> secret = [] {
+        std::array<std::uint8_t, kKeySize> s{};
+        if (RAND_bytes(s.data(), static_cast<int>(s.size())) != 1)
+            throw std::runtime_error("RAND_bytes failed for the dummy PSK secret");
+        return s;
+    }();
+    auto mac = hmac_sha256(ByteView(secret.data(), secret.size()), as_bytes(identity));
+    SecretKey key(ByteView(mac.data(), mac.size()));
+    wipe(mac.data(), mac.size());
+    return key;
 }
 
 void keylog_callback(const SSL* ssl, const char* line) {
@@ -448,8 +470,15 @@ int lookup_offered_identities(TlsEngine::Impl& engine, ByteView psk, int* alert)
     }
     engine.lookup_missed = true;
     engine.callback_detail = "unknown PSK identity '" + printable(first_offered) + "'";
-    *alert = SSL_AD_UNKNOWN_PSK_IDENTITY;
-    return SSL_CLIENT_HELLO_ERROR;
+    if (first_offered.empty()) {
+        *alert = SSL_AD_UNKNOWN_PSK_IDENTITY;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    // Go on with a dummy key: the binder fails as it would for a wrong key.
+    engine.found_key = dummy_psk(first_offered);
+    engine.identity = std::move(first_offered);
+    engine.identity_found = true;
+    return SSL_CLIENT_HELLO_SUCCESS;
 }
 
 // TLS 1.3 server, first look at the ClientHello: look the offered identities up here, so
@@ -524,18 +553,14 @@ unsigned int server_psk_tls12(SSL* ssl, const char* identity, unsigned char* psk
     constexpr unsigned int kInternalError = PSK_MAX_PSK_LEN + 1;
     if (engine == nullptr || identity == nullptr || max_psk_len < kKeySize) return kInternalError;
     const std::string_view id(identity);
-    if (!valid_identity(id)) {
-        engine->lookup_missed = true;
-        engine->callback_detail = "unknown PSK identity '" + printable(id) + "'";
-        return 0;
-    }
     bool threw = false;
-    auto key = run_lookup(*engine, id, threw);
+    auto key = valid_identity(id) ? run_lookup(*engine, id, threw) : std::nullopt;
     if (threw) return kInternalError;
     if (!key) {
+        // Go on with a dummy key: the Finished fails as it would for a wrong key.
         engine->lookup_missed = true;
         engine->callback_detail = "unknown PSK identity '" + printable(id) + "'";
-        return 0;
+        key = dummy_psk(id);
     }
     std::memcpy(psk, key->data(), kKeySize);  // OpenSSL wipes its buffer; *key wipes itself
     engine->identity = std::string(id);
@@ -647,6 +672,8 @@ TlsContext::TlsContext(TlsConfig config) : impl_(std::make_shared<Impl>()) {
         throw std::invalid_argument("TLS server context needs a PSK lookup");
     }
     impl.lookup = std::move(config.psk_lookup);
+    // Draw the dummy-PSK secret now (it throws here, never inside an OpenSSL callback).
+    if (config.role == Role::kServer) (void)dummy_psk("-");
     impl.suites = chosen_suites(config);
 
     ERR_clear_error();
@@ -752,6 +779,10 @@ void TlsEngine::Impl::on_handshake_complete() {
         fail(TlsError::kProtocolError, "the handshake completed without PSK authentication");
         return;
     }
+    if (lookup_missed) {  // never with a dummy key
+        fail(TlsError::kUnknownIdentity, callback_detail);
+        return;
+    }
     handshake_complete = true;
     release_secrets();
 }
@@ -806,6 +837,10 @@ void TlsEngine::Impl::advance() {
         break;
     }
     wipe(buffer.data(), buffer.size());
+}
+
+TlsEngine::TlsEngine(const TlsContext& context, PskLookup lookup) : TlsEngine(context) {
+    impl_->lookup = std::move(lookup);
 }
 
 TlsEngine::TlsEngine(const TlsContext& context) : impl_(std::make_unique<Impl>()) {
@@ -942,7 +977,7 @@ const std::string& TlsEngine::error_detail() const noexcept {
 }
 
 std::string TlsEngine::peer_identity() const {
-    if (impl_->role == Role::kServer && !impl_->identity_found) return {};
+    if (impl_->role == Role::kServer && (!impl_->identity_found || impl_->lookup_missed)) return {};
     return impl_->identity;
 }
 

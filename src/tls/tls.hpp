@@ -35,8 +35,9 @@ enum class Mode : std::uint8_t { kTls13, kTls12Psk };
 // Why an engine stopped. kNone while it works (or has finished cleanly on our side).
 enum class TlsError : std::uint8_t {
     kNone = 0,
-    // Server: the PSK lookup did not know the identity the client offered (or the client
-    // offered none). Client: the server answered with an unknown_psk_identity alert.
+    // Server: the PSK lookup did not know (or refused) the identity the client offered, or
+    // the client offered none. Client: the server answered with an unknown_psk_identity alert
+    // (our servers send it only to a client that offers no identity at all).
     kUnknownIdentity,
     // The identity is known but the keys differ: TLS 1.3 binder check, TLS 1.2 Finished
     // decryption (bad_record_mac), or the matching alert received from the peer.
@@ -61,7 +62,11 @@ inline constexpr std::size_t kMaxIdentitiesLookedUp = 4;
 // The suites a mode allows, in the server's order of preference (OpenSSL names).
 std::span<const std::string_view> allowed_suites(Mode mode) noexcept;
 
-// Server side: the PSK for an identity, or std::nullopt if the identity is unknown. Called
+// Server side: the PSK for an identity, or std::nullopt if the identity is unknown or refused
+// (e.g. backing off). An identity without a key is not refused with unknown_psk_identity: the
+// handshake goes on with a per-process dummy key and fails on the wire exactly like a wrong
+// key (same messages, same alert), so a client cannot tell known identities from unknown or
+// blocked ones; the server's engine still reports kUnknownIdentity locally. Called
 // from inside TlsEngine::feed(); it must be safe to call from every thread that drives an
 // engine of the context. An exception it throws, or an all-zero key, fails that handshake
 // (kProtocolError, internal_error alert).
@@ -112,6 +117,9 @@ class TlsEngine {
   public:
     // Server engine (the context's role must be kServer).
     explicit TlsEngine(const TlsContext& context);
+    // Server engine with its own PSK lookup instead of the context's (e.g. one that knows the
+    // peer's address, for a back-off per source). An empty `lookup` uses the context's.
+    TlsEngine(const TlsContext& context, PskLookup lookup);
     // Client engine (the context's role must be kClient). The ClientHello is ready in
     // take_output() as soon as the constructor returns. std::invalid_argument for an
     // identity that is empty, too long or contains a NUL byte, or an all-zero key.
