@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
         "out LocalEUKeys and registers PNs in the PN Inventory. Settings come from a TOML file "
         "(see docs/operations.md); flags override it. Stops cleanly on SIGTERM or SIGINT."};
     std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key,
-        trace_file;
+        trace_file, crash_at;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
     app.add_option("--id", id, "server ID (default cpns-server)");
     app.add_option("--listen", listen,
@@ -35,6 +35,10 @@ int main(int argc, char** argv) {
     app.add_option("--ready-file", ready_file, "write the listening address here once ready");
     app.add_option("--trace-file", trace_file,
                    "append a JSON-lines event trace (state transitions, messages, outcomes)");
+    app.add_option(
+        "--crash-at", crash_at,
+        "testing aid: SIGKILL this process at a message boundary, WHEN:MESSAGE[:N] with WHEN "
+        "before-send, send or recv (docs/operations.md, Crash points)");
     CLI11_PARSE(app, argc, argv);
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
@@ -50,6 +54,7 @@ int main(int argc, char** argv) {
         o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;
         o.ready_file = ready_file.empty() ? cfg.str("ready_file") : ready_file;
         o.trace_file = trace_file.empty() ? cfg.str("trace_file") : trace_file;
+        o.crash_at = crash_at;
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();

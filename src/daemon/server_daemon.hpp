@@ -42,6 +42,7 @@ struct ServerOptions {
     std::string keylog;
     std::string ready_file;
     std::string trace_file;  // JSON-lines event trace; "" = off
+    std::string crash_at;    // --crash-at (daemon/trace.hpp); "" = none
 };
 
 // Loads a provisioning file into a directory. ConfigError on any bad entry.
