@@ -382,7 +382,12 @@ void GwDaemon::apply(GatewayEffects effects) {
                        [&](const StoreInventoryEffect& inv) {
                            spdlog::info("PN Inventory of {} stored ({} member(s))",
                                         inv.inventory.pn_id(), inv.inventory.members_size());
-                           if (state_) state_->save(gw_->export_state());
+                           // On disk before the effects that follow it (the PNEs' results,
+                           // the outcome): a PN reported established survives a crash.
+                           if (state_) {
+                               state_->save(gw_->export_state());
+                               state_->flush();
+                           }
                        },
                        // The LocalEUKey stays in the role's memory (never logged).
                        [&](const StoreLocalKeyEffect&) {},
