@@ -338,7 +338,12 @@ void PneDaemon::apply(PneEffects effects) {
                        },
                        [&](const SessionKeyEffect& sk) {
                            spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk.pn_id);
-                           if (state_) state_->save(pne_->export_state());
+                           // On disk before the outcome that follows it: a PN reported
+                           // joined survives a crash.
+                           if (state_) {
+                               state_->save(pne_->export_state());
+                               state_->flush();
+                           }
                        },
                        [&](const TransitionEffect& t) { trace_->transition(t); },
                    },
