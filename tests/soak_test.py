@@ -26,13 +26,19 @@ Every SAMPLE_S seconds it reads VmRSS (/proc/PID/status) and the number of open 
     descriptors held at the quietest moment, which a leak raises and traffic does not.
 
 Each must grow by less than GROWTH_LIMIT (5%). Also at least MIN_SUCCESS of the honest
-establishments must succeed. The figures are printed as a table either way.
+establishments must succeed or be refused because the PNEs are full: with no removal message
+yet, every PNE is a member of at most kMaxPnsPerPne (64) PNs, which pne-1 and pne-2 reach
+after about 64 establishments (in the first minute or so); from then on the PN GW initiated
+flow ends with "limit exceeded" and the PNE initiated one makes PNs of pne-3 alone until it
+is full too. So the state the daemons keep stops growing early, and the later part of a long
+run soaks the refusal paths and the attacks. The figures are printed as a table either way.
 
 Python 3 standard library only (unittest).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -70,6 +76,13 @@ def proc_figures(pid: int) -> tuple[int, int]:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def at_the_bound(out: dict) -> bool:
+    """A refusal because the PNEs are members of kMaxPnsPerPne PNs already (no removal
+    message yet): the right answer once the soak has made that many, not a failure."""
+    text = json.dumps(out)
+    return not out.get("success") and ("limit exceeded" in text or "LIMIT_EXCEEDED" in text)
 
 
 def addr(text: str) -> tuple[str, int]:
@@ -246,7 +259,7 @@ class SoakTest(unittest.TestCase):
             attacker.start()
 
             samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
-            ok = failed = 0
+            ok = at_bound = failed = 0
             failures: list[str] = []
             t0 = time.monotonic()
             next_sample = t0
@@ -264,6 +277,8 @@ class SoakTest(unittest.TestCase):
                 flow += 1
                 if out.get("success"):
                     ok += 1
+                elif at_the_bound(out):
+                    at_bound += 1
                 else:
                     failed += 1
                     if len(failures) < 5:
@@ -276,10 +291,11 @@ class SoakTest(unittest.TestCase):
             attacker.close()
             attacker = None
 
-            verdicts = self.report(samples, ok, failed, failures, lab)
+            verdicts = self.report(samples, ok, at_bound, failed, failures, lab)
             self.assertGreaterEqual(ok, 1, "no establishment succeeded")
-            self.assertGreaterEqual(ok / (ok + failed), MIN_SUCCESS,
-                                    f"{failed} of {ok + failed} establishments failed: {failures}")
+            total = ok + at_bound + failed
+            self.assertGreaterEqual((ok + at_bound) / total, MIN_SUCCESS,
+                                    f"{failed} of {total} establishments failed: {failures}")
             for name, what, before, after, growth in verdicts:
                 self.assertLess(growth, GROWTH_LIMIT,
                                 f"{name} {what} grew {growth:.1%} after warm-up "
@@ -292,12 +308,13 @@ class SoakTest(unittest.TestCase):
                 attacker.close()
             cleanup(lab)
 
-    def report(self, samples, ok, failed, failures, lab):
+    def report(self, samples, ok, at_bound, failed, failures, lab):
         n = len(samples)
         q = max(1, n // 4)
         second, last = samples[q:2 * q] or samples[:1], samples[-q:]
         print(f"\nsoak: {DURATION_S:.0f} s, {n} samples every {SAMPLE_S:.0f} s; "
-              f"establishments {ok} ok, {failed} failed", flush=True)
+              f"establishments {ok} ok, {at_bound} refused at the PNEs' bound, {failed} failed",
+              flush=True)
         print("attacks: " + ", ".join(f"{k} {v}" for k, v in sorted(self.attacks.items())),
               flush=True)
         print(f"{'daemon':8} {'RSS KiB start':>14} {'RSS Q2 med':>11} {'RSS Q4 med':>11} "
