@@ -86,7 +86,7 @@ pb::TraceEvent trace_message(std::string_view entity, std::string_view role, std
 //   before-send:M  instead of handing the Nth M to its link: everything the daemon did before
 //                  that send (a state file written, a PN committed) is done, the peer gets nothing
 //   send:M         once the Nth M has been written to the socket (the peer receives it), before
-//                  the daemon handles anything it receives after that
+//                  the daemon handles any message it receives after that
 //   recv:M         once the role has handled the Nth M received and the daemon has carried out
 //                  its effects (state saved, replies queued; queued replies may not leave)
 // Every hit is logged at critical level ("crash point ... reached") just before the kill.
