@@ -5,6 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -204,6 +207,53 @@ TEST_F(TraceTest, AppendsToAnExistingFileAndCreatesItPrivate) {
 
 TEST_F(TraceTest, UnopenableFileIsAConfigError) {
     EXPECT_THROW(TraceWriter((dir_ / "no-such-dir" / "t.jsonl").string()), ConfigError);
+}
+
+// --crash-at: what an operator may write, and what is refused with a ConfigError.
+TEST(CrashPointTest, ParsesEveryForm) {
+    EXPECT_FALSE(parse_crash_point("").has_value());
+    const auto a = parse_crash_point("send:PnRegistrationRequest");
+    ASSERT_TRUE(a.has_value());
+    EXPECT_EQ(a->when, CrashPoint::When::kAfterSend);
+    EXPECT_EQ(a->message, "PnRegistrationRequest");
+    EXPECT_EQ(a->nth, 1u);
+    const auto b = parse_crash_point("recv:PneAuthenticationResponse:2");
+    ASSERT_TRUE(b.has_value());
+    EXPECT_EQ(b->when, CrashPoint::When::kAfterRecv);
+    EXPECT_EQ(b->message, "PneAuthenticationResponse");
+    EXPECT_EQ(b->nth, 2u);
+    const auto c = parse_crash_point("before-send:PnRegistrationResponse:1");
+    ASSERT_TRUE(c.has_value());
+    EXPECT_EQ(c->when, CrashPoint::When::kBeforeSend);
+}
+
+TEST(CrashPointTest, RefusesMalformedSpecs) {
+    for (const char* bad :
+         {"send", "send:", "crash:PnSetupRequest", "recv:PnSetupRequest:0", "recv:PnSetupRequest:x",
+          "recv:PnSetupRequest:1:2", "recv:Pn Setup", "recv:PnSetupRequest:-1"})
+        EXPECT_THROW(parse_crash_point(bad), ConfigError) << bad;
+    EXPECT_THROW(RoleTrace("gw-1", "gw", "", "after:PnSetupRequest"), ConfigError);
+}
+
+// A role trace with no file still carries its crash point: a `recv` point kills the process
+// once the Nth matching message was handled, and not before.
+TEST(CrashPointTest, RecvPointKillsAtTheNthHandledMessage) {
+    pb::Envelope env;
+    env.set_sender_id("pne-1");
+    env.mutable_setup_request()->set_setup_type(pb::SETUP_ALL);
+    pb::Envelope other;
+    other.set_sender_id("pne-1");
+    other.mutable_error()->set_pn_id("pn-1");
+    EXPECT_EXIT(
+        {
+            RoleTrace t("gw-1", "gw", "", "recv:PnSetupRequest:2");
+            t.handled(other);
+            t.handled(env);
+            std::fputs("after the first\n", stderr);
+            t.handled(env);
+            std::exit(0);  // not reached
+        },
+        ::testing::KilledBySignal(SIGKILL), "after the first");
 }
 
 }  // namespace

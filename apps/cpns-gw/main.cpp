@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
 
     auto* run = app.add_subcommand("run", "run the PN GW daemon (stops on SIGTERM/SIGINT)");
-    std::string id, server, pan_listen, control_listen, keylog, ready_file, discovery, trace_file;
+    std::string id, server, pan_listen, control_listen, keylog, ready_file, discovery, trace_file,
+        crash_at;
     run->add_option("--id", id, "PN GW ID");
     run->add_option("--server", server, "CPNS Server address, host:port");
     run->add_option("--pan-listen", pan_listen, "PAN address for PNEs, host:port (0: any port)");
@@ -59,6 +60,10 @@ int main(int argc, char** argv) {
     run->add_option("--ready-file", ready_file, "write 'pan=ADDR control=ADDR' here once ready");
     run->add_option("--trace-file", trace_file,
                     "append a JSON-lines event trace (state transitions, messages, outcomes)");
+    run->add_option(
+        "--crash-at", crash_at,
+        "testing aid: SIGKILL this process at a message boundary, WHEN:MESSAGE[:N] with WHEN "
+        "before-send, send or recv (docs/operations.md, Crash points)");
 
     auto* invite =
         app.add_subcommand("invite", "invite PNEs into a new PN (5.2.1.2) and print the outcome");
@@ -110,6 +115,7 @@ int main(int argc, char** argv) {
         if (!keylog.empty()) o.device.keylog = keylog;
         if (!ready_file.empty()) o.ready_file = ready_file;
         if (!trace_file.empty()) o.device.trace_file = trace_file;
+        o.device.crash_at = crash_at;
         asio::io_context io;
         GwDaemon daemon(io, o);
         daemon.start();

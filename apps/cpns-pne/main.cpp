@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
         "'run' waits for invitations (5.2.1.2); 'setup' asks the PN GW for a PN (5.2.1.1), "
         "prints the outcome and exits 0 only if this PNE joined."};
     app.require_subcommand(1);
-    std::string config_path, log_level, id, gw, keylog, pan_tls, trace_file;
+    std::string config_path, log_level, id, gw, keylog, pan_tls, trace_file, crash_at;
     app.add_option("-c,--config", config_path, "TOML configuration file")
         ->required()
         ->check(CLI::ExistingFile);
@@ -28,6 +28,10 @@ int main(int argc, char** argv) {
     app.add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
     app.add_option("--trace-file", trace_file,
                    "append a JSON-lines event trace (state transitions, messages, outcomes)");
+    app.add_option(
+        "--crash-at", crash_at,
+        "testing aid: SIGKILL this process at a message boundary, WHEN:MESSAGE[:N] with WHEN "
+        "before-send, send or recv (docs/operations.md, Crash points)");
     app.add_option("--pan-tls", pan_tls, "tls13 (default) or tls12 (RFC 5487/5489 PSK suites)");
     app.add_subcommand("run", "stay linked to the PN GW and answer invitations");
     auto* setup = app.add_subcommand("setup", "ask the PN GW for a PN and print the outcome");
@@ -50,6 +54,7 @@ int main(int argc, char** argv) {
         if (!gw.empty()) o.gw = parse_address(gw, "--gw");
         if (!keylog.empty()) o.device.keylog = keylog;
         if (!trace_file.empty()) o.device.trace_file = trace_file;
+        o.device.crash_at = crash_at;
         if (!pan_tls.empty()) o.device.pan_tls = parse_tls_mode(pan_tls, "--pan-tls");
         init_logging(o.role.pne_id, log_level.empty() ? cfg.str("log_level", "info") : log_level);
         PneTask task;

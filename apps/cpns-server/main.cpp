@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
         "out LocalEUKeys and registers PNs in the PN Inventory. Settings come from a TOML file "
         "(see docs/operations.md); flags override it. Stops cleanly on SIGTERM or SIGINT."};
     std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key,
-        trace_file, control_listen;
+        trace_file, control_listen, crash_at;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
     app.add_option("--id", id, "server ID (default cpns-server)");
     app.add_option("--listen", listen,
@@ -38,6 +38,10 @@ int main(int argc, char** argv) {
     app.add_option("--control-listen", control_listen,
                    "status port, host:port on loopback (port 0: any free port); answers the line "
                    "'status' with JSON: ready, store health (default: off)");
+    app.add_option(
+        "--crash-at", crash_at,
+        "testing aid: SIGKILL this process at a message boundary, WHEN:MESSAGE[:N] with WHEN "
+        "before-send, send or recv (docs/operations.md, Crash points)");
     CLI11_PARSE(app, argc, argv);
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
@@ -59,6 +63,7 @@ int main(int argc, char** argv) {
             o.control_listen = parse_address(c, "control_listen");
         o.max_connections_per_source = connection_limit(
             cfg, "max_connections_per_source", kDefaultGwConnectionsPerSource, kMaxGwConnections);
+        o.crash_at = crash_at;
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();

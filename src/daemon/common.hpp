@@ -92,6 +92,7 @@ struct DeviceOptions {
     std::string keylog;                     // see keylog_path()
     std::string state_file;                 // the sealed device state; "" = memory only
     std::string trace_file;                 // JSON-lines event trace; "" = off
+    std::string crash_at;                   // --crash-at (daemon/trace.hpp); "" = none
 };
 DeviceOptions device_options_from(const Config& c);
 // A device's 'id' (a valid entity ID) and 'eukey' / 'eukey_file', both required.

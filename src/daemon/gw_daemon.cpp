@@ -58,7 +58,8 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
       timer_(io.get_executor(), [this](Millis now) { apply(gw_->on_timer(now)); }) {
     opt_.role.log = core_log_sink();
     gw_ = std::make_unique<Gateway>(opt_.role, random_);
-    trace_ = std::make_unique<RoleTrace>(opt_.role.gw_id, "gw", opt_.device.trace_file);
+    trace_ = std::make_unique<RoleTrace>(opt_.role.gw_id, "gw", opt_.device.trace_file,
+                                         opt_.device.crash_at);
     state_ = open_device_state<pb::GwState>(opt_.device.state_file, opt_.role.eukey,
                                             opt_.role.gw_id, *gw_);
     if (state_) {
@@ -395,12 +396,14 @@ void GwDaemon::send_to_pne(const SendEffect& s) {
     }
     spdlog::debug("{} -> {}: {} ({})", opt_.role.gw_id, s.to, message_name(s.msg),
                   conn->is_tls() ? "tls" : "clear");
+    trace_->sent(s.msg, conn, io_.get_executor());
 }
 
 void GwDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection,
                        const Origin& origin) {
     trace_->message("recv", env, from, protection);
     apply(gw_->on_message(from, env, protection, mono_now(), origin));
+    trace_->handled(env);
 }
 
 void GwDaemon::send_effect(const SendEffect& s) {
@@ -417,6 +420,7 @@ void GwDaemon::send_effect(const SendEffect& s) {
             });
         } else {
             spdlog::debug("{} -> server: {}", opt_.role.gw_id, message_name(s.msg));
+            trace_->sent(s.msg, server_conn_, io_.get_executor());
         }
     } else if (udp_reply_to_ && s.to == udp_reply_peer_ && s.msg.has_discovery_response()) {
         if (discovery_ && !discovery_->answer(s.msg, *udp_reply_to_, udp_request_size_))

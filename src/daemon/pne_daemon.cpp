@@ -40,7 +40,8 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
       wait_(io) {
     opt_.role.log = core_log_sink();
     pne_ = std::make_unique<Pne>(opt_.role, random_);
-    trace_ = std::make_unique<RoleTrace>(opt_.role.pne_id, "pne", opt_.device.trace_file);
+    trace_ = std::make_unique<RoleTrace>(opt_.role.pne_id, "pne", opt_.device.trace_file,
+                                         opt_.device.crash_at);
     state_ = open_device_state<pb::PneState>(opt_.device.state_file, opt_.role.eukey,
                                              opt_.role.pne_id, *pne_);
     if (state_)
@@ -297,6 +298,7 @@ void PneDaemon::to_role(const std::string& from, const pb::Envelope& env, Protec
                         const Origin& origin) {
     trace_->message("recv", env, from, protection);
     apply(pne_->on_message(from, env, protection, mono_now(), origin));
+    trace_->handled(env);
 }
 
 void PneDaemon::send_effect(const SendEffect& s) {
@@ -315,9 +317,11 @@ void PneDaemon::send_effect(const SendEffect& s) {
     auto conn = tls_conn ? tls_conn : clear_conn;
     if (!conn || !conn->send(s.msg))
         spdlog::warn("cannot send {}: no PAN link", message_name(s.msg));
-    else
+    else {
         spdlog::debug("{} -> {}: {} ({})", opt_.role.pne_id, s.to == "*" ? "PAN" : s.to,
                       message_name(s.msg), conn->is_tls() ? "tls" : "clear");
+        trace_->sent(s.msg, conn, io_.get_executor());
+    }
 }
 
 void PneDaemon::outcome_effect(const OutcomeEffect& o) {

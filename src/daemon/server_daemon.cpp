@@ -133,7 +133,8 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
                                               .count());
     };
     server_ = std::make_unique<Server>(opt_.role, dir_, random_);
-    trace_ = std::make_unique<RoleTrace>(opt_.role.server_id, "server", opt_.trace_file);
+    trace_ =
+        std::make_unique<RoleTrace>(opt_.role.server_id, "server", opt_.trace_file, opt_.crash_at);
     tls::TlsConfig tc;
     tc.role = tls::Role::kServer;
     tc.mode = tls::Mode::kTls13;
@@ -466,6 +467,7 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
 void ServerDaemon::to_role(const std::string& gw, const pb::Envelope& env) {
     trace_->message("recv", env, gw, Protection::kTls);
     apply(server_->on_message(gw, env, mono_now()));
+    trace_->handled(env);
 }
 
 void ServerDaemon::send_effect(const SendEffect& s) {
@@ -473,8 +475,10 @@ void ServerDaemon::send_effect(const SendEffect& s) {
     auto it = gws_.find(s.to);
     if (it == gws_.end() || !it->second->send(s.msg))
         spdlog::warn("cannot send {} to {}: no link", message_name(s.msg), s.to);
-    else
+    else {
         spdlog::debug("server -> {}: {}", s.to, message_name(s.msg));
+        trace_->sent(s.msg, it->second, io_.get_executor());
+    }
 }
 
 // The Registration Response leaves only once the store has committed the PN. A connection

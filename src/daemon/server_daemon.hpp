@@ -68,6 +68,7 @@ struct ServerOptions {
     std::optional<net::HostPort> control_listen;
     // Connections open at once from one IP address (`max_connections_per_source`).
     std::size_t max_connections_per_source = kDefaultGwConnectionsPerSource;
+    std::string crash_at;  // --crash-at (daemon/trace.hpp); "" = none
 };
 
 // The store as the event loop sees it, from the outcome of each store job.

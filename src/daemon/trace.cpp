@@ -5,8 +5,11 @@
 #include <unistd.h>
 
 #include <array>
+#include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 
 #include "daemon/common.hpp"
@@ -236,6 +239,91 @@ std::string pn_id_of(const pb::Envelope& env) {
     return "";
 }
 
+std::optional<CrashPoint> parse_crash_point(std::string_view spec) {
+    if (spec.empty()) return std::nullopt;
+    const auto bad = [&](std::string_view why) {
+        return ConfigError("--crash-at '" + std::string(spec) + "': " + std::string(why) +
+                           " (expected before-send:MESSAGE[:N], send:MESSAGE[:N] or "
+                           "recv:MESSAGE[:N])");
+    };
+    const auto colon = spec.find(':');
+    if (colon == std::string_view::npos) throw bad("no message");
+    CrashPoint p;
+    const std::string_view when = spec.substr(0, colon);
+    if (when == "before-send")
+        p.when = CrashPoint::When::kBeforeSend;
+    else if (when == "send")
+        p.when = CrashPoint::When::kAfterSend;
+    else if (when == "recv")
+        p.when = CrashPoint::When::kAfterRecv;
+    else
+        throw bad("unknown event '" + std::string(when) + "'");
+    std::string_view rest = spec.substr(colon + 1);
+    if (const auto c2 = rest.find(':'); c2 != std::string_view::npos) {
+        const std::string_view n = rest.substr(c2 + 1);
+        const auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), p.nth);
+        if (ec != std::errc{} || end != n.data() + n.size() || p.nth == 0)
+            throw bad("N must be a whole number from 1");
+        rest = rest.substr(0, c2);
+    }
+    if (rest.empty()) throw bad("no message");
+    for (const char c : rest)
+        if (!std::isalnum(static_cast<unsigned char>(c))) throw bad("not a message name");
+    p.message = std::string(rest);
+    return p;
+}
+
+RoleTrace::RoleTrace(std::string entity, std::string role, const std::string& path,
+                     std::string_view crash_at)
+    : entity_(std::move(entity)),
+      role_(std::move(role)),
+      writer_(path),
+      crash_(parse_crash_point(crash_at)) {
+    if (crash_)
+        spdlog::warn("crash point armed (--crash-at {}): this process will kill itself there",
+                     crash_at);
+}
+
+bool RoleTrace::hit(CrashPoint::When when, const pb::Envelope& env) {
+    if (!crash_ || crash_->when != when || message_name(env) != crash_->message) return false;
+    return ++crash_hits_ == crash_->nth;
+}
+
+void RoleTrace::crash(std::string_view why) const {
+    spdlog::critical("crash point {}:{}:{} reached ({}): SIGKILL",
+                     crash_->when == CrashPoint::When::kBeforeSend  ? "before-send"
+                     : crash_->when == CrashPoint::When::kAfterSend ? "send"
+                                                                    : "recv",
+                     crash_->message, crash_->nth, why);
+    spdlog::default_logger()->flush();
+    std::raise(SIGKILL);
+    std::abort();  // not reached
+}
+
+void RoleTrace::sent(const pb::Envelope& env, const std::shared_ptr<net::Connection>& conn,
+                     const asio::any_io_executor& ex) {
+    if (!hit(CrashPoint::When::kAfterSend, env)) return;
+    crash_pending_ = true;
+    asio::co_spawn(
+        ex,
+        [this, conn, ex]() -> asio::awaitable<void> {
+            asio::steady_timer t(ex);
+            const auto limit =
+                std::chrono::steady_clock::now() + std::chrono::milliseconds(kCrashFlushLimit);
+            while (conn->is_open() && conn->sending() && std::chrono::steady_clock::now() < limit) {
+                t.expires_after(std::chrono::milliseconds(kCrashFlushPoll));
+                std::error_code ec;
+                co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            }
+            crash(conn->sending() ? "not all written" : "written to the socket");
+        },
+        asio::detached);
+}
+
+void RoleTrace::handled(const pb::Envelope& env) {
+    if (hit(CrashPoint::When::kAfterRecv, env)) crash("handled");
+}
+
 void RoleTrace::transition(const TransitionEffect& t) {
     if (!enabled()) return;
     writer_.write(trace_transition(entity_, role_, t.pn_id, t.subject, t.from, t.to, t.reason));
@@ -243,6 +331,8 @@ void RoleTrace::transition(const TransitionEffect& t) {
 
 void RoleTrace::message(std::string_view event, const pb::Envelope& env, std::string_view peer,
                         Protection protection) {
+    if (event == "recv" && crash_pending_) crash("a message arrived before the send was written");
+    if (event == "send" && hit(CrashPoint::When::kBeforeSend, env)) crash("not sent");
     if (!enabled()) return;
     writer_.write(trace_message(entity_, role_, event, pn_id_of(env), message_name(env), peer,
                                 protection == Protection::kTls ? "tls" : "clear"));

@@ -79,6 +79,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     void authenticated() { slot_.authenticated(); }
 
     bool is_open() const { return open_; }
+    // Whether queued bytes are still waiting to be written to the socket.
+    bool sending() const { return writing_; }
     bool is_tls() const { return tls_.has_value(); }
     std::string tls_identity() const { return tls_ ? tls_->peer_identity() : std::string(); }
     std::string tls_summary() const;  // "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"

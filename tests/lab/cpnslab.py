@@ -76,6 +76,14 @@ class Lab:
     trace: str = "off"  # "on": every process writes an event trace; "auto": where supported
     server_control: dict[str, int] = field(default_factory=dict)  # server name -> status port
     ready_timeout: float = READY_TIMEOUT_S  # e.g. longer for a server importing many entities
+    # Crash points (docs/operations.md, "Crash points"): process name ("server", "gw" or a
+    # PNE ID) -> `--crash-at` spec for its next start; see crash_at() and restart_*().
+    crash_points: dict[str, str] = field(default_factory=dict)
+    # Listening addresses; "127.0.0.1:0" = any free port. restart_server()/restart_gw() pin
+    # them to the addresses of the previous run so that the peers find the restarted process.
+    server_listen: str = "127.0.0.1:0"
+    gw_pan_listen: str = "127.0.0.1:0"
+    gw_control_listen: str = "127.0.0.1:0"
 
     # --- provisioning -------------------------------------------------------------
     def provision(self) -> None:
@@ -102,7 +110,8 @@ class Lab:
         store = store_url or self.store_url or f"sqlite:{self.workdir / 'server.db'}"
         path = self.workdir / f"{name}.toml"
         text = (
-            f'id = "{"cpns-server" if name == "server" else name}"\nlisten = "127.0.0.1:0"\n'
+            f'id = "{"cpns-server" if name == "server" else name}"\n'
+            f'listen = "{self.server_listen if name == "server" else "127.0.0.1:0"}"\n'
             f'store = "{store}"\n'
             f'master_key_file = "{self.workdir / "master.key"}"\n'
             f'entities = "{self.workdir / "entities.toml"}"\n'
@@ -135,7 +144,7 @@ class Lab:
         gw_key = new_key() if self.gw_wrong_eukey else self.gw_key
         lines = [
             f'id = "{self.gw_id}"', f'eukey = "{gw_key}"', f'server = "{self.server_addr}"',
-            'pan_listen = "127.0.0.1:0"', 'control_listen = "127.0.0.1:0"',
+            f'pan_listen = "{self.gw_pan_listen}"', f'control_listen = "{self.gw_control_listen}"',
             f'discovery_group = "{self.discovery_group}"',
             f'ready_file = "{self.workdir / "gw.ready"}"', f'log_level = "{self.log_level}"',
             f'state_file = "{self.workdir / "gw.state"}"',
@@ -199,6 +208,48 @@ class Lab:
         """Every event in a process's trace file, in order ([] when there is none)."""
         return read_trace_file(self.trace_path(name))
 
+    # --- crash points -----------------------------------------------------------------
+    def crash_at(self, name: str, spec: str) -> None:
+        """The next start of `name` gets `--crash-at spec` ("" = none)."""
+        if spec:
+            self.crash_points[name] = spec
+        else:
+            self.crash_points.pop(name, None)
+
+    def _crash_args(self, name: str) -> list[str]:
+        spec = self.crash_points.get(name, "")
+        return ["--crash-at", spec] if spec else []
+
+    def proc(self, name: str) -> Proc | None:
+        """The newest process started under `name`."""
+        for p in reversed(self.procs):
+            if p.name == name:
+                return p
+        return None
+
+    def restart_server(self) -> Proc:
+        """Starts the server again on the address it had (same store)."""
+        if self.server_addr:
+            self.server_listen = self.server_addr
+        self.write_server_config()
+        return self.start_server()
+
+    def restart_gw(self) -> Proc:
+        """Starts the PN GW again on the addresses it had (same state file)."""
+        if self.pan_addr:
+            self.gw_pan_listen, self.gw_control_listen = self.pan_addr, self.control_addr
+        return self.start_gw()
+
+    def store_pns(self) -> list[dict]:
+        """The server store's PN Inventory (`cpnsctl export`): one dict per registered PN."""
+        store = self.store_url or f"sqlite:{self.workdir / 'server.db'}"
+        r = subprocess.run([str(self.bindir / "cpnsctl" / "cpnsctl"), "--store", store,
+                            "--master-key-file", str(self.workdir / "master.key"), "export"],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"cpnsctl export failed ({r.returncode}): {r.stderr}")
+        return json.loads(r.stdout)
+
     # --- processes ----------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log = self.workdir / f"{name}.log"
@@ -229,7 +280,7 @@ class Lab:
         ready.unlink(missing_ok=True)
         binary = self.bindir / "cpns-server" / "cpns-server"
         p = self._spawn(name, [str(binary), "--config", str(self.workdir / f"{name}.toml")]
-                        + self._trace_args(name, [str(binary)]))
+                        + self._trace_args(name, [str(binary)]) + self._crash_args(name))
         addr = self._wait_ready(ready, p)
         if name == "server":
             self.server_addr = addr
@@ -243,7 +294,7 @@ class Lab:
         ready.unlink(missing_ok=True)
         binary = self.bindir / "cpns-gw" / "cpns-gw"
         p = self._spawn("gw", [str(binary), "--config", str(cfg), "run"]
-                        + self._trace_args("gw", [str(binary), "run"]))
+                        + self._trace_args("gw", [str(binary), "run"]) + self._crash_args("gw"))
         fields = dict(kv.split("=", 1) for kv in self._wait_ready(ready, p).split())
         self.pan_addr, self.control_addr = fields["pan"], fields["control"]
         return p
@@ -252,7 +303,8 @@ class Lab:
         cfg = self._pne_config(p)
         binary = self.bindir / "cpns-pne" / "cpns-pne"
         return self._spawn(p.id, [str(binary), "--config", str(cfg)]
-                           + self._trace_args(p.id, [str(binary)]) + ["run"])
+                           + self._trace_args(p.id, [str(binary)]) + self._crash_args(p.id)
+                           + ["run"])
 
     def wait_linked(self, ids: list[str], timeout: float = 10.0) -> dict:
         """Waits until the PN GW has a PAN link to every PNE in ids."""
@@ -279,8 +331,8 @@ class Lab:
                   timeout: float = 120.0) -> tuple[int, dict, str]:
         cfg = self._pne_config(p)
         binary = self.bindir / "cpns-pne" / "cpns-pne"
-        args = [str(binary), "--config", str(cfg)] + self._trace_args(p.id, [str(binary)]) + [
-            "setup", "--type", setup_type, "--json"]
+        args = [str(binary), "--config", str(cfg)] + self._trace_args(p.id, [str(binary)]) + \
+            self._crash_args(p.id) + ["setup", "--type", setup_type, "--json"]
         if invite:
             args += ["--invite", ",".join(invite)]
         env = dict(os.environ)
