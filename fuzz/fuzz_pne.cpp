@@ -22,6 +22,8 @@ using namespace cpns;
 using namespace cpns::fuzz;
 constexpr const char* kTarget = "cpns-fuzz-pne";
 
+std::size_t g_established = 0;  // successful outcomes of this input
+
 void check_effects(const PneEffects& fx) {
     const EffectChecker check(kTarget);
     for (const auto& e : fx)
@@ -34,7 +36,10 @@ void check_effects(const PneEffects& fx) {
                        },
                        [&](const StoreLocalKeyEffect& k) { check.key(k.key, "LocalEUKey"); },
                        [&](const SessionKeyEffect& k) { check.key(k.sk, "SK_PNE"); },
-                       [&](const OutcomeEffect& o) { check.outcome(o); },
+                       [&](const OutcomeEffect& o) {
+                           check.outcome(o);
+                           if (o.success) ++g_established;
+                       },
                        [&](const TransitionEffect&) {},
                    },
                    e);
@@ -50,6 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     Pne pne(pne_config(kIds[which]), random);
     EventReader in(std::span<const std::uint8_t>(data + 1, size - 1));
     Millis now = kStart;
+    g_established = 0;
 
     for (std::size_t n = 0; n < kMaxEvents && !in.done(); ++n) {
         PneEffects fx;
@@ -114,5 +120,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (!again.import_state(state)) fail(kTarget, "a PNE refuses its own exported state");
     if (deterministic_bytes(again.export_state()) != deterministic_bytes(state))
         fail(kTarget, "export -> import -> export changed the PNE state");
+    if (std::getenv("CPNS_FUZZ_VERBOSE"))  // make_corpus.sh: do the seeds establish PNs?
+        std::fprintf(stderr, "%s: %zu establishment(s) succeeded\n", kTarget, g_established);
     return 0;
 }

@@ -20,6 +20,8 @@ using namespace cpns;
 using namespace cpns::fuzz;
 constexpr const char* kTarget = "cpns-fuzz-server";
 
+std::size_t g_established = 0;  // successful outcomes of this input
+
 void check_effects(const ServerEffects& fx) {
     const EffectChecker check(kTarget);
     for (const auto& e : fx)
@@ -32,7 +34,10 @@ void check_effects(const ServerEffects& fx) {
                                fail(kTarget, "persist request for another PN GW's inventory");
                        },
                        [&](const SessionKeyEffect& k) { check.key(k.sk, "SK_PNE"); },
-                       [&](const OutcomeEffect& o) { check.outcome(o); },
+                       [&](const OutcomeEffect& o) {
+                           check.outcome(o);
+                           if (o.success) ++g_established;
+                       },
                        [&](const TransitionEffect&) {},
                    },
                    e);
@@ -50,6 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     Server server(server_config(), directory, random);
     EventReader in(std::span<const std::uint8_t>(data, size));
     Millis now = kStart;
+    g_established = 0;
 
     for (std::size_t n = 0; n < kMaxEvents && !in.done(); ++n) {
         ServerEffects fx;
@@ -91,5 +97,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (server.active_sessions() > 0 && server.next_deadline() == kNever)
             fail(kTarget, "a session waits without a timeout");
     }
+    if (std::getenv("CPNS_FUZZ_VERBOSE"))  // make_corpus.sh: do the seeds establish PNs?
+        std::fprintf(stderr, "%s: %zu establishment(s) succeeded\n", kTarget, g_established);
     return 0;
 }

@@ -109,9 +109,18 @@ std::optional<SecretKey> Config::key(std::string_view key, std::string_view file
         return k;
     }
     if (file.empty()) return std::nullopt;
-    std::ifstream in(file);
+    std::ifstream in(file, std::ios::binary);
     if (!in) throw ConfigError(where(file_key) + ": cannot read " + file);
-    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // Read at most one octet past the bound: a key file named by mistake (a log, a device
+    // such as /dev/zero) is refused instead of read without end.
+    std::string content(kMaxKeyFileSize + 1, '\0');
+    in.read(content.data(), static_cast<std::streamsize>(content.size()));
+    content.resize(static_cast<std::size_t>(in.gcount()));
+    if (content.size() > kMaxKeyFileSize) {
+        wipe(content.data(), content.size());
+        throw ConfigError(where(file_key) + ": " + file + " is larger than a key file (" +
+                          std::to_string(kMaxKeyFileSize) + " octets at most)");
+    }
     try {
         auto k = parse_key(content, "key file " + file);
         wipe(content.data(), content.size());

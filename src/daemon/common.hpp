@@ -32,6 +32,9 @@ LogSink core_log_sink();
 // Milliseconds on the monotonic clock since the process started (the core's `now`).
 Millis mono_now();
 
+// The largest key file read (64 hex digits and their whitespace fit many times over).
+inline constexpr std::size_t kMaxKeyFileSize = 4096;
+
 // Configuration access with clear errors ("pne.toml: 'eukey' must be 64 hex digits").
 class Config {
   public:
@@ -42,7 +45,8 @@ class Config {
     std::string str(std::string_view key, std::string def = "") const;
     bool boolean(std::string_view key, bool def) const;
     std::int64_t integer(std::string_view key, std::int64_t def) const;
-    // A 256-bit key from `key` (hex) or `key_file` (a file holding the hex); nullopt if neither.
+    // A 256-bit key from `key` (hex) or `key_file` (a file holding the hex, at most
+    // kMaxKeyFileSize octets); nullopt if neither.
     std::optional<SecretKey> key(std::string_view key, std::string_view file_key) const;
     std::string where(std::string_view key) const;
 
