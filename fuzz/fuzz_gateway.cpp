@@ -98,7 +98,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     if (in.truncated()) break;
                     fx = gw.on_tls_failed(peer, now);
                 } else {
-                    const pb::FailureReason reason = in.reason();
+                    // The daemon passes a reason for every link it loses.
+                    pb::FailureReason reason = in.reason();
+                    if (reason == pb::REASON_NONE) reason = pb::PEER_UNREACHABLE;
                     if (in.truncated()) break;
                     fx = gw.on_link_down(peer, now, reason);
                 }

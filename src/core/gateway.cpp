@@ -443,6 +443,17 @@ void Gateway::handle_pne_auth_response(Out& out, const std::string& from,
     maybe_send_aggregate(out, s, now);
 }
 
+// After a member failed: register what is left, or send the aggregate. maybe_register() may
+// conclude the session (no PNE left), which erases it: look it up again before going on.
+void Gateway::settle_after_failure(Out& out, const std::string& pn_id, Millis now) {
+    const std::string pn = pn_id;  // `pn_id` may be the session's own, erased below
+    auto it = sessions_.find(pn);
+    if (it == sessions_.end()) return;
+    maybe_register(out, it->second, now);
+    it = sessions_.find(pn);
+    if (it != sessions_.end()) maybe_send_aggregate(out, it->second, now);
+}
+
 // Step 10 (5.2.1.1) / 11 (5.2.1.2).
 void Gateway::maybe_send_aggregate(Out& out, Session& s, Millis now) {
     if (s.phase != Phase::kCollectAuth) return;
@@ -595,8 +606,7 @@ void Gateway::handle_error(Out& out, const std::string& from, const pb::ErrorRep
     }
     Member& mem = s->members.at(from);
     fail_member(out, *s, mem, m.reason(), "reported by the PNE: " + m.detail());
-    maybe_register(out, *s, now);
-    maybe_send_aggregate(out, *s, now);
+    settle_after_failure(out, s->pn_id, now);
 }
 
 Gateway::Phase Gateway::phase_for(const std::string& from, const pb::Envelope& env) const {
@@ -780,8 +790,7 @@ GatewayEffects Gateway::on_tls_failed(const std::string& peer, Millis now) {
     if (mem.state == MemberState::kInvited || mem.state == MemberState::kAuthPending ||
         mem.state == MemberState::kJoined) {
         fail_member(out, s, mem, pb::TLS_HANDSHAKE_FAILED, "tls handshake failed");
-        maybe_register(out, s, now);
-        maybe_send_aggregate(out, s, now);
+        settle_after_failure(out, s.pn_id, now);
     } else {
         counters_.count(pb::TLS_HANDSHAKE_FAILED);
     }
@@ -812,8 +821,7 @@ GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
     mem.reachable = false;
     if (mem.state == MemberState::kInvited || mem.state == MemberState::kAuthPending) {
         fail_member(out, s, mem, pb::PEER_UNREACHABLE, "link went down");
-        maybe_register(out, s, now);
-        maybe_send_aggregate(out, s, now);
+        settle_after_failure(out, s.pn_id, now);
     }
     return out;
 }
