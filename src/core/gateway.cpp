@@ -446,7 +446,8 @@ void Gateway::handle_pne_auth_response(Out& out, const std::string& from,
 // After a member failed: register what is left, or send the aggregate. maybe_register() may
 // conclude the session (no PNE left), which erases it: look it up again before going on.
 void Gateway::settle_after_failure(Out& out, const std::string& pn_id, Millis now) {
-    const std::string pn = pn_id;  // `pn_id` may be the session's own, erased below
+    // A copy on purpose: `pn_id` may be the session's own string, erased below.
+    const std::string pn = pn_id;  // NOLINT(performance-unnecessary-copy-initialization)
     auto it = sessions_.find(pn);
     if (it == sessions_.end()) return;
     maybe_register(out, it->second, now);
