@@ -482,7 +482,8 @@ TEST_F(GatewayRole, AtItsPnBoundThePnGwRefusesSetupAndInvite) {
     const auto out = feed(kA, setup_request(kA, pb::SETUP_ONE_TO_ONE));
     ASSERT_EQ(describe(out), Lines{"send pne-a ErrorReport"});
     EXPECT_EQ(msg(out, 0).error().reason(), pb::LIMIT_EXCEEDED);
-    const auto* o = find_outcome(gw->invite({kA}, now));
+    const auto refused = gw->invite({kA}, now);  // find_outcome points into it
+    const auto* o = find_outcome(refused);
     ASSERT_NE(o, nullptr);
     EXPECT_EQ(o->reason, pb::LIMIT_EXCEEDED);
     EXPECT_EQ(gw->active_sessions(), 0u);

@@ -481,6 +481,18 @@ void Gateway::handle_pne_auth_response(Out& out, const std::string& from,
     maybe_send_aggregate(out, s, now);
 }
 
+// After a member failed: register what is left, or send the aggregate. maybe_register() may
+// conclude the session (no PNE left), which erases it: look it up again before going on.
+void Gateway::settle_after_failure(Out& out, const std::string& pn_id, Millis now) {
+    // A copy on purpose: `pn_id` may be the session's own string, erased below.
+    const std::string pn = pn_id;  // NOLINT(performance-unnecessary-copy-initialization)
+    auto it = sessions_.find(pn);
+    if (it == sessions_.end()) return;
+    maybe_register(out, it->second, now);
+    it = sessions_.find(pn);
+    if (it != sessions_.end()) maybe_send_aggregate(out, it->second, now);
+}
+
 // Step 10 (5.2.1.1) / 11 (5.2.1.2).
 void Gateway::maybe_send_aggregate(Out& out, Session& s, Millis now) {
     if (s.phase != Phase::kCollectAuth) return;
@@ -576,9 +588,17 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
     settle_members(out, s, registered, reason, resp);
     OutcomeEffect outcome{s.pn_id, "", registered, reason, detail, {}, {}};
     if (registered) {
-        inventory_[s.pn_id] = resp->inventory();
-        out.push_back(StoreInventoryEffect{resp->inventory()});
-        outcome.inventory = resp->inventory();
+        // Kept under this PN's ID whatever the response's inventory names: the saved state
+        // (inventory and LocalEUKeys by PN ID) must load again after a restart.
+        pb::PnInventory inv = resp->inventory();
+        if (inv.pn_id() != s.pn_id) {
+            log(LogLevel::kWarn, "the server's inventory for " + s.pn_id + " names PN '" +
+                                     inv.pn_id() + "'; kept under " + s.pn_id);
+            inv.set_pn_id(s.pn_id);
+        }
+        inventory_[s.pn_id] = inv;
+        out.push_back(StoreInventoryEffect{inv});
+        outcome.inventory = std::move(inv);
     }
     std::vector<std::string> route;
     for (auto& [id, mem] : s.members) {
@@ -633,8 +653,7 @@ void Gateway::handle_error(Out& out, const std::string& from, const pb::ErrorRep
     }
     Member& mem = s->members.at(from);
     fail_member(out, *s, mem, m.reason(), "reported by the PNE: " + m.detail());
-    maybe_register(out, *s, now);
-    maybe_send_aggregate(out, *s, now);
+    settle_after_failure(out, s->pn_id, now);
 }
 
 Gateway::Phase Gateway::phase_for(const std::string& from, const pb::Envelope& env) const {
@@ -870,8 +889,7 @@ GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
     mem.reachable = false;
     if (mem.state == MemberState::kInvited || mem.state == MemberState::kAuthPending) {
         fail_member(out, s, mem, pb::PEER_UNREACHABLE, "link went down");
-        maybe_register(out, s, now);
-        maybe_send_aggregate(out, s, now);
+        settle_after_failure(out, s.pn_id, now);
     }
     return out;
 }

@@ -182,6 +182,7 @@ class Gateway {
 
     void maybe_register(Out& out, Session& s, Millis now);
     void maybe_send_aggregate(Out& out, Session& s, Millis now);
+    void settle_after_failure(Out& out, const std::string& pn_id, Millis now);
     void conclude(Out& out, Session& s, bool registered, pb::FailureReason reason,
                   const std::string& detail, const pb::PnRegistrationResponse* resp);
     void settle_members(Out& out, Session& s, bool registered, pb::FailureReason reason,

@@ -74,7 +74,8 @@ class Config {
     std::string str(std::string_view key, std::string def = "") const;
     bool boolean(std::string_view key, bool def) const;
     std::int64_t integer(std::string_view key, std::int64_t def) const;
-    // A 256-bit key from `key` (hex) or `key_file` (a file holding the hex); nullopt if neither.
+    // A 256-bit key from `key` (hex) or `key_file` (a file holding the hex, at most
+    // kMaxKeyFileBytes octets); nullopt if neither.
     std::optional<SecretKey> key(std::string_view key, std::string_view file_key) const;
     std::string where(std::string_view key) const;
 
