@@ -588,13 +588,15 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
     settle_members(out, s, registered, reason, resp);
     OutcomeEffect outcome{s.pn_id, "", registered, reason, detail, {}, {}};
     if (registered) {
-        // Kept under this PN's ID whatever the response's inventory names: the saved state
-        // (inventory and LocalEUKeys by PN ID) must load again after a restart.
+        // Kept as this PN of this PN GW whatever the response's inventory names: the saved
+        // state (inventory and LocalEUKeys by PN ID, for this PN GW) must load after a restart.
         pb::PnInventory inv = resp->inventory();
-        if (inv.pn_id() != s.pn_id) {
+        if (inv.pn_id() != s.pn_id || inv.gw_id() != cfg_.gw_id) {
             log(LogLevel::kWarn, "the server's inventory for " + s.pn_id + " names PN '" +
-                                     inv.pn_id() + "'; kept under " + s.pn_id);
+                                     inv.pn_id() + "' of PN GW '" + inv.gw_id() + "'; kept as " +
+                                     s.pn_id + " of " + cfg_.gw_id);
             inv.set_pn_id(s.pn_id);
+            inv.set_gw_id(cfg_.gw_id);
         }
         inventory_[s.pn_id] = inv;
         out.push_back(StoreInventoryEffect{inv});
