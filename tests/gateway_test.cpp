@@ -342,7 +342,8 @@ TEST_F(GatewayRole, NeighboursHeardOnlyByDatagramAgeOut) {
     gw->on_timer(now);
     EXPECT_EQ(gw->neighbours().count(kB), 0u);
     EXPECT_EQ(gw->neighbours().count(kA), 1u);
-    const auto* o = find_outcome(gw->invite({kB}, now));
+    const auto fx = gw->invite({kB}, now);
+    const auto* o = find_outcome(fx);
     ASSERT_NE(o, nullptr);  // not discovered any more: it fails at once
     EXPECT_EQ(o->pnes.at(0).reason, pb::UNKNOWN_ENTITY);
     gw->on_link_down(kA, now);

@@ -57,6 +57,7 @@ BIN = os.path.join(os.environ.get("CPNS_BINARY_DIR", "build/dev"), "apps")
 DURATION_S = float(os.environ.get("CPNS_SOAK_SECONDS", "120"))
 SAMPLE_S = 2.0 if DURATION_S <= 600 else 10.0
 GROWTH_LIMIT = 0.05
+UNDER_ASAN = os.environ.get("CPNS_SANITIZER") == "1"  # scripts/sanitize.sh
 MIN_SUCCESS = 0.90
 ATTACKS_PER_S = 4.0
 SLOW_HOLD_S = 3.0
@@ -297,6 +298,12 @@ class SoakTest(unittest.TestCase):
             self.assertGreaterEqual((ok + at_bound) / total, MIN_SUCCESS,
                                     f"{failed} of {total} establishments failed: {failures}")
             for name, what, before, after, growth in verdicts:
+                if what == "RSS" and UNDER_ASAN:
+                    # AddressSanitizer keeps freed memory in its quarantine (256 MiB by
+                    # default) instead of reusing it, so RSS grows by design there; the
+                    # RSS bound is checked by the plain build's run of this test.
+                    print(f"{name} RSS growth {growth:.1%} not checked under ASan", flush=True)
+                    continue
                 self.assertLess(growth, GROWTH_LIMIT,
                                 f"{name} {what} grew {growth:.1%} after warm-up "
                                 f"({before} -> {after})")
