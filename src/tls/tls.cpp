@@ -245,7 +245,7 @@ struct TlsEngine::Impl {
     std::optional<SecretKey> found_key;
     bool identity_found = false;
     // The lookup did not give a key (unknown identity, or one the owner refuses, e.g. during
-    // a back-off): the handshake goes on with dummy_psk() so that it fails on the wire exactly
+    // a back-off): the handshake goes on with decoy_psk() so that it fails on the wire exactly
     // like a wrong key, while error() still says kUnknownIdentity here.
     bool lookup_missed = false;
     // The engine's own lookup (server), instead of the context's; empty: the context's.
@@ -334,11 +334,11 @@ std::optional<SecretKey> run_lookup(TlsEngine::Impl& engine, std::string_view id
 // The key an unknown or refused identity gets, so that its handshake fails exactly like one
 // with a wrong key (same alert, same messages): HMAC-SHA256 under a random secret drawn once
 // per process, so it is stable per identity and unknown to anyone outside this process.
-SecretKey dummy_psk(std::string_view identity) {
+SecretKey decoy_psk(std::string_view identity) {
     static const std::array<std::uint8_t, kKeySize> secret = [] {
         std::array<std::uint8_t, kKeySize> s{};
         if (RAND_bytes(s.data(), static_cast<int>(s.size())) != 1)
-            throw std::runtime_error("RAND_bytes failed for the dummy PSK secret");
+            throw std::runtime_error("RAND_bytes failed for the decoy PSK secret");
         return s;
     }();
     auto mac = hmac_sha256(ByteView(secret.data(), secret.size()), as_bytes(identity));
@@ -474,8 +474,8 @@ int lookup_offered_identities(TlsEngine::Impl& engine, ByteView psk, int* alert)
         *alert = SSL_AD_UNKNOWN_PSK_IDENTITY;
         return SSL_CLIENT_HELLO_ERROR;
     }
-    // Go on with a dummy key: the binder fails as it would for a wrong key.
-    engine.found_key = dummy_psk(first_offered);
+    // Go on with a decoy key: the binder fails as it would for a wrong key.
+    engine.found_key = decoy_psk(first_offered);
     engine.identity = std::move(first_offered);
     engine.identity_found = true;
     return SSL_CLIENT_HELLO_SUCCESS;
@@ -557,10 +557,10 @@ unsigned int server_psk_tls12(SSL* ssl, const char* identity, unsigned char* psk
     auto key = valid_identity(id) ? run_lookup(*engine, id, threw) : std::nullopt;
     if (threw) return kInternalError;
     if (!key) {
-        // Go on with a dummy key: the Finished fails as it would for a wrong key.
+        // Go on with a decoy key: the Finished fails as it would for a wrong key.
         engine->lookup_missed = true;
         engine->callback_detail = "unknown PSK identity '" + printable(id) + "'";
-        key = dummy_psk(id);
+        key = decoy_psk(id);
     }
     std::memcpy(psk, key->data(), kKeySize);  // OpenSSL wipes its buffer; *key wipes itself
     engine->identity = std::string(id);
@@ -672,8 +672,8 @@ TlsContext::TlsContext(TlsConfig config) : impl_(std::make_shared<Impl>()) {
         throw std::invalid_argument("TLS server context needs a PSK lookup");
     }
     impl.lookup = std::move(config.psk_lookup);
-    // Draw the dummy-PSK secret now (it throws here, never inside an OpenSSL callback).
-    if (config.role == Role::kServer) (void)dummy_psk("-");
+    // Draw the decoy-PSK secret now (it throws here, never inside an OpenSSL callback).
+    if (config.role == Role::kServer) (void)decoy_psk("-");
     impl.suites = chosen_suites(config);
 
     ERR_clear_error();
@@ -779,7 +779,7 @@ void TlsEngine::Impl::on_handshake_complete() {
         fail(TlsError::kProtocolError, "the handshake completed without PSK authentication");
         return;
     }
-    if (lookup_missed) {  // never with a dummy key
+    if (lookup_missed) {  // never with a decoy key
         fail(TlsError::kUnknownIdentity, callback_detail);
         return;
     }

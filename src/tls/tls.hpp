@@ -64,7 +64,7 @@ std::span<const std::string_view> allowed_suites(Mode mode) noexcept;
 
 // Server side: the PSK for an identity, or std::nullopt if the identity is unknown or refused
 // (e.g. backing off). An identity without a key is not refused with unknown_psk_identity: the
-// handshake goes on with a per-process dummy key and fails on the wire exactly like a wrong
+// handshake goes on with a per-process decoy key and fails on the wire exactly like a wrong
 // key (same messages, same alert), so a client cannot tell known identities from unknown or
 // blocked ones; the server's engine still reports kUnknownIdentity locally. Called
 // from inside TlsEngine::feed(); it must be safe to call from every thread that drives an
