@@ -41,6 +41,10 @@ void check_effects(const PneEffects& fx) {
                            if (o.success) ++g_established;
                        },
                        [&](const TransitionEffect&) {},
+                       [&](const MembershipEffect& m) {
+                           if (!valid_id(m.pn_id))
+                               fail(kTarget, "membership change of an invalid PN");
+                       },
                    },
                    e);
 }

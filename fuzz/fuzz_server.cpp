@@ -39,6 +39,10 @@ void check_effects(const ServerEffects& fx) {
                            if (o.success) ++g_established;
                        },
                        [&](const TransitionEffect&) {},
+                       [&](const ChangePnEffect& c) {
+                           if (!valid_id(c.gw_id) || !valid_id(c.pn_id))
+                               fail(kTarget, "change request with an invalid ID");
+                       },
                    },
                    e);
 }

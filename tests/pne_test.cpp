@@ -46,6 +46,9 @@ std::string describe(const PneEffect& e) {
                        (o.success ? std::string("joined") : std::string(reason_name(o.reason)));
             },
             [](const TransitionEffect& t) { return "transition " + t.from + " -> " + t.to; },
+            [](const MembershipEffect& m) {
+                return "membership " + m.pn_id + " " + pb::NoticeKind_Name(m.kind);
+            },
         },
         e);
 }

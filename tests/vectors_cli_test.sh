@@ -216,9 +216,10 @@ check "openssl SHA-256 of no octets" \
 # same run, without a LocalEUKey; set 3 (gwinit_): the invitee of a PN GW-initiated run.
 input_keys=(eukey_pne eukey_gw local_eukey rand_pne rand_server pne_id gw_id pn_id flow role
     setup local_key_requested invited_0 invited_1 join_encoding inventory_encoding
-    device_state_label)
+    device_state_label leave_revision leave_rand_pne after_inventory_encoding)
 output_keys=(setup_binding id_list join_digest inventory_digest sk_pne hash_pne hash_server_pne
-    kek_pne kek_gw wrapped_local_eukey_pne wrapped_local_eukey_gw gw_server_psk device_state_key)
+    kek_pne kek_gw wrapped_local_eukey_pne wrapped_local_eukey_gw gw_server_psk device_state_key
+    after_inventory_digest leave_proof notice_left_proof notice_updated_proof)
 invitee_input_keys=(invitee_eukey_pne invitee_rand_pne invitee_rand_server invitee_pne_id
     invitee_gw_id invitee_pn_id invitee_flow invitee_role invitee_setup
     invitee_local_key_requested invitee_join_encoding invitee_inventory_encoding)
@@ -383,6 +384,22 @@ check "device_state_label = \"cpns device state v1\"" "$(ascii_hex 'cpns device 
 state_key=$(kdf "${kv[eukey_pne]}" 56 "$(ascii_hex 'cpns device state v1')" "${kv[pne_id]}")
 check "device_state_key = KDF(EUKey_PNE, 0x56, \"cpns device state v1\", PNE ID)" \
     "${kv[device_state_key]}" "$state_key"
+
+# PN lifecycle (docs/key-schedule.md, "PN lifecycle proofs"): the initiator of set 1 leaves.
+check "leave_revision = 0 as eight octets" 0000000000000000 "${kv[leave_revision]}"
+after_digest=$(sha256_hex "${kv[after_inventory_encoding]}")
+check "after_inventory_digest = SHA-256(after_inventory_encoding)" \
+    "${kv[after_inventory_digest]}" "$after_digest"
+leave=$(kdf "${kv[eukey_pne]}" 5a "${kv[pne_id]}" "${kv[gw_id]}" "${kv[pn_id]}" \
+    "${kv[leave_revision]}" "${kv[leave_rand_pne]}")
+check "leave_proof = KDF(EUKey_PNE, 0x5a, PNE ID, PN GW ID, PN ID, revision, rand_PNE)" \
+    "${kv[leave_proof]}" "$leave"
+left=$(kdf "${kv[eukey_pne]}" 5b 01 "${kv[pne_id]}" "$after_digest" "${kv[leave_rand_pne]}")
+check "notice_left_proof = KDF(EUKey_PNE, 0x5b, 0x01, PNE ID, digest, rand_PNE)" \
+    "${kv[notice_left_proof]}" "$left"
+updated=$(kdf "${kv[invitee_eukey_pne]}" 5b 04 "${kv[invitee_pne_id]}" "$after_digest" "")
+check "notice_updated_proof = KDF(invitee EUKey_PNE, 0x5b, 0x04, PNE ID, digest, empty)" \
+    "${kv[notice_updated_proof]}" "$updated"
 
 # How the sets relate: the invitee is of the same run and registered PN as the initiator.
 check "invitee_: same PN, PN GW, rand_server and inventory as set 1" \

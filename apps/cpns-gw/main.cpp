@@ -74,11 +74,24 @@ int main(int argc, char** argv) {
     invite->add_flag("--json", json, "print the outcome as JSON");
     auto* status = app.add_subcommand("status", "print the running PN GW's state as JSON");
     status->add_option("--control", control, "control address of the running cpns-gw");
+    std::string pn_id, pne_id;
+    auto* remove = app.add_subcommand(
+        "remove",
+        "remove a PNE from a PN (recorded by the CPNS Server first) and print the outcome");
+    remove->add_option("--pn", pn_id, "PN ID")->required();
+    remove->add_option("--pne", pne_id, "PNE ID")->required();
+    remove->add_option("--control", control, "control address of the running cpns-gw");
+    remove->add_flag("--json", json, "print the outcome as JSON");
+    auto* dissolve = app.add_subcommand(
+        "dissolve", "end a PN for every member (recorded by the CPNS Server first)");
+    dissolve->add_option("--pn", pn_id, "PN ID")->required();
+    dissolve->add_option("--control", control, "control address of the running cpns-gw");
+    dissolve->add_flag("--json", json, "print the outcome as JSON");
     CLI11_PARSE(app, argc, argv);
 
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
-        if (*invite || *status) {
+        if (*invite || *status || *remove || *dissolve) {
             const auto at = parse_address(
                 control.empty() ? cfg.str("control_listen", "127.0.0.1:7101") : control, "control");
             if (*status) {
@@ -87,6 +100,8 @@ int main(int argc, char** argv) {
             }
             std::string line = "invite";
             for (const auto& p : pnes) line += " " + p;
+            if (*remove) line = "remove " + pn_id + " " + pne_id;
+            if (*dissolve) line = "dissolve " + pn_id;
             const std::string answer = control_request(at, line);
             pb::OutcomeReport report;
             if (!parse_json(answer, report)) {

@@ -207,10 +207,10 @@ class LoadGw {
                                    apply_pne(*raw, raw->on_tls_failed(peer, mono_now()));
                                });
                            },
-                           [&](const StoreLocalKeyEffect&) {},
-                           [&](const SessionKeyEffect&) {},
+                           [&](const StoreLocalKeyEffect&) {}, [&](const SessionKeyEffect&) {},
                            [&](const OutcomeEffect&) {},  // counted at the PN GW
                            [&](const TransitionEffect&) {},
+                           [&](const MembershipEffect&) {},  // no lifecycle under load
                        },
                        e);
         timers_.at(pne.id())->arm(pne.next_deadline());

@@ -42,6 +42,11 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"1-1", "all", "list"}));
     setup->add_option("--invite", invite, "PNE IDs to invite (with --type list)")->delimiter(',');
     setup->add_flag("--json", json, "print the outcome as JSON");
+    auto* leave = app.add_subcommand(
+        "leave", "leave a PN (proven to the CPNS Server under the EUKey) and print the outcome");
+    std::string leave_pn;
+    leave->add_option("--pn", leave_pn, "the PN to leave")->required();
+    leave->add_flag("--json", json, "print the outcome as JSON");
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -64,6 +69,12 @@ int main(int argc, char** argv) {
             task.invited = invite;
             if (task.setup_type == pb::SETUP_INVITE_LIST && invite.empty())
                 throw ConfigError("--type list needs --invite PNE[,PNE...]");
+        }
+        if (*leave) {
+            if (!valid_id(leave_pn))
+                throw ConfigError("--pn '" + leave_pn + "' is not a valid PN ID");
+            task.kind = PneTask::Kind::kLeave;
+            task.pn_id = leave_pn;
         }
         asio::io_context io;
         PneDaemon daemon(io, o, task);

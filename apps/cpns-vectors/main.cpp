@@ -10,6 +10,7 @@
 //   gwinit_      the invitee of a PN GW-initiated run, with a LocalEUKey.
 #include "core/codec.hpp"
 #include "core/crypto.hpp"
+#include "core/lifecycle.hpp"
 #include "cpns/messages.pb.h"
 
 #include <algorithm>
@@ -494,6 +495,56 @@ std::vector<VectorSet> compute() {
     first.outputs.push_back({"device_state_key", "device-state key",
                              "KDF(EUKey_PNE, 0x56, device-state label, PNE ID)",
                              state_key.to_hex()});
+
+    // PN lifecycle: the initiator leaves the PN of set 1 at revision 0, and the server's
+    // NOTICE_LEFT (kind 1) answers it over the inventory after the change (revision 1, the
+    // invitee alone). NOTICE_UPDATED (kind 4) tells the invitee, without a random.
+    pb::PnLeaveRequest leave;
+    leave.set_pn_id(init.ctx.pn_id);
+    leave.set_gw_id(init.ctx.gw_id);
+    leave.set_revision(0);
+    const cpns::Bytes leave_rand = counting_bytes(0x90, cpns::kRandSize);
+    leave.set_rand_pne(cpns::to_field(leave_rand));
+    const cpns::Hash leave_proof = cpns::leave_proof(init.eukey_pne, init.ctx.pne_id, leave);
+    pb::PnInventory after = init.inventory;
+    after.mutable_members()->DeleteSubrange(0, 1);
+    after.set_revision(1);
+    const std::string after_bytes = cpns::deterministic_bytes(after);
+    const cpns::Hash after_digest = cpns::inventory_digest(after);
+    const auto rev = cpns::encode_u64(0);
+    first.inputs.push_back({"leave_revision", "revision the leave names", "0",
+                            cpns::to_hex(cpns::ByteView{rev})});
+    first.inputs.push_back({"leave_rand_pne", "rand_PNE of the leave", "0x90 0x91 ... 0x9f",
+                            cpns::to_hex(leave_rand)});
+    first.inputs.push_back({"after_inventory_encoding", "PN after the leave (revision 1)",
+                            "set 1's inventory without the initiator, revision 1",
+                            cpns::to_hex(cpns::as_bytes(after_bytes))});
+    pb::PnChangeNotice left;
+    left.set_pne_id(init.ctx.pne_id);
+    left.set_kind(pb::NOTICE_LEFT);
+    *left.mutable_inventory() = after;
+    left.set_rand_pne(cpns::to_field(leave_rand));
+    pb::PnChangeNotice updated;
+    updated.set_pne_id(inv.ctx.pne_id);
+    updated.set_kind(pb::NOTICE_UPDATED);
+    *updated.mutable_inventory() = after;
+    first.outputs.push_back({"after_inventory_digest", "digest of the PN after the leave",
+                             "SHA-256(after inventory encoding)",
+                             cpns::to_hex(cpns::ByteView{after_digest})});
+    first.outputs.push_back(
+        {"leave_proof", "leave proof",
+         "KDF(EUKey_PNE, 0x5a, PNE ID, PN GW ID, PN ID, revision, rand_PNE of the leave)",
+         cpns::to_hex(cpns::ByteView{leave_proof})});
+    const cpns::Hash left_proof = cpns::notice_proof(init.eukey_pne, left);
+    first.outputs.push_back({"notice_left_proof", "NOTICE_LEFT proof (to the initiator)",
+                             "KDF(EUKey_PNE, 0x5b, 0x01, PNE ID, after digest, rand_PNE of the "
+                             "leave)",
+                             cpns::to_hex(cpns::ByteView{left_proof})});
+    const cpns::Hash updated_proof = cpns::notice_proof(inv.eukey_pne, updated);
+    first.outputs.push_back({"notice_updated_proof", "NOTICE_UPDATED proof (to the invitee)",
+                             "KDF(invitee EUKey_PNE, 0x5b, 0x04, invitee PNE ID, after digest, "
+                             "empty)",
+                             cpns::to_hex(cpns::ByteView{updated_proof})});
     return sets;
 }
 

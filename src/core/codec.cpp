@@ -202,6 +202,39 @@ bool valid_body(const pb::PnRegistrationResponse& m) {
            });
 }
 
+// Lifecycle (docs/protocol.md, "PN lifecycle").
+bool valid_body(const pb::PnLeaveRequest& m) {
+    return valid_id(m.pn_id()) && valid_id(m.gw_id()) && m.rand_pne().size() == 16 &&
+           m.proof().size() == 32;
+}
+
+bool valid_notice(const pb::PnChangeNotice& n) {
+    return valid_id(n.pne_id()) && n.kind() != pb::NOTICE_UNSPECIFIED &&
+           pb::NoticeKind_IsValid(n.kind()) && valid_id(n.inventory().pn_id()) &&
+           valid_id(n.inventory().gw_id()) && valid_inventory(n.inventory()) &&
+           (n.rand_pne().empty() || n.rand_pne().size() == 16) && n.proof().size() == 32;
+}
+
+bool valid_body(const pb::PnLeaveResponse& m) {
+    return valid_id(m.pn_id()) && (!m.has_notice() || valid_notice(m.notice()));
+}
+
+bool valid_body(const pb::PnChangeRequest& m) {
+    const bool needs_pne = m.op() == pb::CHANGE_LEAVE || m.op() == pb::CHANGE_REMOVE;
+    return valid_id(m.pn_id()) && m.op() != pb::CHANGE_UNSPECIFIED &&
+           pb::ChangeOp_IsValid(m.op()) &&
+           (needs_pne ? valid_id(m.pne_id()) : m.pne_id().empty()) &&
+           (m.op() == pb::CHANGE_LEAVE ? m.has_leave() && valid_body(m.leave()) : !m.has_leave());
+}
+
+bool valid_body(const pb::PnChangeResponse& m) {
+    return valid_id(m.pn_id()) && pb::ChangeOp_IsValid(m.op()) && valid_opt_id(m.pne_id()) &&
+           valid_inventory(m.inventory()) &&
+           static_cast<std::size_t>(m.notices_size()) <= kMaxPnesPerPn &&
+           std::all_of(m.notices().begin(), m.notices().end(),
+                       [](const auto& n) { return valid_notice(n); });
+}
+
 bool valid_body(const pb::Envelope& env) {
     using B = pb::Envelope::BodyCase;
     switch (env.body_case()) {
@@ -241,6 +274,16 @@ bool valid_body(const pb::Envelope& env) {
             return valid_body(env.registration_response());
         case B::kError:
             return valid_opt_id(env.error().pn_id()) && valid_text(env.error().detail());
+        case B::kLeaveRequest:
+            return valid_body(env.leave_request());
+        case B::kLeaveResponse:
+            return valid_body(env.leave_response());
+        case B::kChangeNotify:
+            return valid_notice(env.change_notify().notice());
+        case B::kChangeRequest:
+            return valid_body(env.change_request());
+        case B::kChangeResponse:
+            return valid_body(env.change_response());
         case B::BODY_NOT_SET:
             return false;
     }
@@ -350,6 +393,16 @@ std::string_view message_name(const pb::Envelope& env) {
             return "PnRegistrationResponse";
         case B::kError:
             return "ErrorReport";
+        case B::kLeaveRequest:
+            return "PnLeaveRequest";
+        case B::kLeaveResponse:
+            return "PnLeaveResponse";
+        case B::kChangeNotify:
+            return "PnChangeNotify";
+        case B::kChangeRequest:
+            return "PnChangeRequest";
+        case B::kChangeResponse:
+            return "PnChangeResponse";
         case B::BODY_NOT_SET:
             break;
     }
@@ -412,6 +465,12 @@ std::string_view reason_name(pb::FailureReason r) {
             return "store unavailable";
         case pb::STORAGE_FULL:
             return "storage full";
+        case pb::UNKNOWN_PN:
+            return "unknown pn";
+        case pb::NOT_A_MEMBER:
+            return "not a member";
+        case pb::STALE_REVISION:
+            return "stale revision";
         default:
             break;
     }

@@ -425,6 +425,25 @@ SecretKey derive_gw_server_psk(const SecretKey& eukey_gw, std::string_view gw_id
     return key_from_block(block);
 }
 
+std::array<std::uint8_t, 8> encode_u64(std::uint64_t v) {
+    std::array<std::uint8_t, 8> out{};
+    for (int i = 7; i >= 0; --i, v >>= 8) out[static_cast<std::size_t>(i)] = v & 0xff;
+    return out;
+}
+
+Hash derive_leave_proof(const SecretKey& eukey_pne, std::string_view pne_id, std::string_view gw_id,
+                        std::string_view pn_id, std::uint64_t revision, ByteView rand_pne) {
+    const auto rev = encode_u64(revision);
+    return kdf(eukey_pne, Fc::kLeaveProof,
+               {as_bytes(pne_id), as_bytes(gw_id), as_bytes(pn_id), ByteView{rev}, rand_pne});
+}
+
+Hash derive_notice_proof(const SecretKey& eukey_pne, std::uint8_t kind, std::string_view pne_id,
+                         const Hash& inventory_digest, ByteView rand_pne) {
+    return kdf(eukey_pne, Fc::kChangeNotice,
+               {ByteView{&kind, 1}, as_bytes(pne_id), ByteView{inventory_digest}, rand_pne});
+}
+
 // --- Key wrap ------------------------------------------------------------------------------
 
 namespace detail {

@@ -99,7 +99,9 @@ enum class Fc : std::uint8_t {
     kHashServerPne = 0x53,
     kKek = 0x54,
     kGwServerPsk = 0x55,
-    kDeviceState = 0x56,  // a PN GW's or PNE's key for its own state file (docs/operations.md)
+    kDeviceState = 0x56,   // a PN GW's or PNE's key for its own state file (docs/operations.md)
+    kLeaveProof = 0x5a,    // a PNE's proof of a PnLeaveRequest (PN lifecycle)
+    kChangeNotice = 0x5b,  // the server's proof of a PnChangeNotice to one PNE (PN lifecycle)
 };
 std::array<std::uint8_t, 32> kdf(const SecretKey& key, Fc fc,
                                  std::initializer_list<ByteView> params);
@@ -157,6 +159,17 @@ SecretKey derive_kek(const SecretKey& eukey_recipient, Recipient recipient, std:
                      ByteView rand_pne);
 // The PN GW's external PSK towards the CPNS Server: KDF(EUKey_GW, 0x55, PN GW ID)
 SecretKey derive_gw_server_psk(const SecretKey& eukey_gw, std::string_view gw_id);
+
+// --- PN lifecycle (docs/key-schedule.md, "PN lifecycle proofs") ---------------------------
+// Eight octets, big-endian: how a revision enters the KDF.
+std::array<std::uint8_t, 8> encode_u64(std::uint64_t v);
+// leave proof = KDF(EUKey_PNE, 0x5a, PNE ID, PN GW ID, PN ID, revision (8 octets), rand_PNE)
+Hash derive_leave_proof(const SecretKey& eukey_pne, std::string_view pne_id, std::string_view gw_id,
+                        std::string_view pn_id, std::uint64_t revision, ByteView rand_pne);
+// notice proof = KDF(EUKey_PNE, 0x5b, kind (1 octet), PNE ID, inventory digest, rand_PNE)
+// where kind is the NoticeKind number and rand_PNE is empty except for NOTICE_LEFT.
+Hash derive_notice_proof(const SecretKey& eukey_pne, std::uint8_t kind, std::string_view pne_id,
+                         const Hash& inventory_digest, ByteView rand_pne);
 
 // AES-256-KWP (RFC 5649) of a 32-byte key under a KEK. Output kWrappedKeySize bytes.
 Bytes wrap_key(const SecretKey& kek, const SecretKey& key);

@@ -311,7 +311,7 @@ GatewayEffects Gateway::invite(std::vector<std::string> pne_ids, Millis now) {
     auto fail_now = [&](pb::FailureReason r, const std::string& why) {
         counters_.count(r);
         log(LogLevel::kWarn, "cannot invite: " + why);
-        out.push_back(OutcomeEffect{"", "", false, r, why, {}, {}});
+        out.push_back(OutcomeEffect{"", "", false, r, why, {}, {}, {}});
         return out;
     };
     if (auto refused = admission(true, "")) return fail_now(refused->first, refused->second);
@@ -585,8 +585,11 @@ void Gateway::notify_member(Out& out, const Session& s, const Member& mem,
 
 void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason reason,
                        const std::string& detail, const pb::PnRegistrationResponse* resp) {
+    // A refusal always has a typed reason: a server (or a caller) that gives none is reported
+    // as INTERNAL_ERROR rather than as a failure "for no reason" (found by cpns-fuzz-gateway).
+    if (!registered && reason == pb::REASON_NONE) reason = pb::INTERNAL_ERROR;
     settle_members(out, s, registered, reason, resp);
-    OutcomeEffect outcome{s.pn_id, "", registered, reason, detail, {}, {}};
+    OutcomeEffect outcome{s.pn_id, "", registered, reason, detail, {}, {}, {}};
     if (registered) {
         // Kept as this PN of this PN GW whatever the response's inventory names: the saved
         // state (inventory and LocalEUKeys by PN ID, for this PN GW) must load after a restart.
@@ -706,6 +709,10 @@ bool Gateway::accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body
         case B::kRegistrationResponse:
             return from_server &&
                    (phase == Phase::kWaitRegistration || phase == Phase::kWaitAuthRequest);
+        case B::kLeaveRequest:  // lifecycle: about registered PNs, not sessions
+            return !from_server;
+        case B::kChangeResponse:
+            return from_server;
         case B::kError:
             // Once the PN GW has answered the server for a PN, a PNE's report can no longer
             // change who is in it (the parties would disagree): the result tells the PNE.
@@ -791,6 +798,10 @@ void Gateway::dispatch(Out& out, const std::string& from, const pb::Envelope& en
             return handle_registration_response(out, env.registration_response());
         case B::kError:
             return handle_error(out, from, env.error(), now);
+        case B::kLeaveRequest:
+            return handle_leave_request(out, from, env.leave_request(), protection, now);
+        case B::kChangeResponse:
+            return handle_change_response(out, env.change_response());
         default:  // discovery
             return handle_discovery(out, from, env, protection, now, origin);
     }
@@ -899,6 +910,7 @@ GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
 GatewayEffects Gateway::on_timer(Millis now) {
     Out out;
     neighbours_.expire(now);
+    expire_changes(out, now);
     std::vector<std::string> due;
     for (const auto& [pn, s] : sessions_)
         if (now >= s.deadline) due.push_back(pn);
@@ -939,6 +951,7 @@ GatewayEffects Gateway::on_timer(Millis now) {
 Millis Gateway::next_deadline() const {
     Millis d = kNever;
     for (const auto& [pn, s] : sessions_) d = std::min(d, s.deadline);
+    for (const auto& [pn, c] : changes_) d = std::min(d, c.deadline);
     return d;
 }
 

@@ -56,6 +56,13 @@ class Gateway {
                                 pb::FailureReason reason = pb::PEER_UNREACHABLE);
     GatewayEffects on_timer(Millis now);
     Millis next_deadline() const;
+
+    // PN lifecycle (docs/protocol.md, "PN lifecycle"): remove a PNE from a registered PN, or
+    // dissolve it. The server records the change before anyone is told; the outcome
+    // (operation "remove" / "dissolve") comes when it answers, or after kChangeResponseTimeout.
+    GatewayEffects remove(const std::string& pn_id, const std::string& pne_id, Millis now);
+    GatewayEffects dissolve(const std::string& pn_id, Millis now);
+    bool change_pending(const std::string& pn_id) const { return changes_.count(pn_id) != 0; }
     // The PAN endpoint announced in discovery ("host:port"), set by the transport.
     void set_endpoint(std::string endpoint) { endpoint_ = std::move(endpoint); }
 
@@ -189,6 +196,28 @@ class Gateway {
                         const pb::PnRegistrationResponse* resp);
     void notify_member(Out& out, const Session& s, const Member& mem,
                        const pb::PnRegistrationResponse* resp);
+
+    // Lifecycle (gateway_lifecycle.cpp).
+    struct PendingChange {
+        pb::ChangeOp op = pb::CHANGE_UNSPECIFIED;
+        std::string pne_id;
+        std::string requester;  // the PNE that asked to leave; "" for this PN GW's own command
+        Millis deadline = kNever;
+    };
+    std::optional<std::pair<pb::FailureReason, std::string>> check_change(
+        const std::string& pn_id, const std::string& pne_id) const;
+    GatewayEffects start_change(pb::ChangeOp op, const std::string& pn_id,
+                                const std::string& pne_id, Millis now);
+    void handle_leave_request(Out& out, const std::string& from, const pb::PnLeaveRequest& m,
+                              Protection protection, Millis now);
+    void handle_change_response(Out& out, const pb::PnChangeResponse& m);
+    // Returns the PNEs whose PSK-TLS session used a LocalEUKey the change dropped.
+    std::vector<std::string> adopt(Out& out, const pb::PnChangeResponse& m);
+    void finish_change(Out& out, const std::string& pn_id, const PendingChange& c, bool accepted,
+                       pb::FailureReason reason, const std::string& detail,
+                       const pb::PnChangeResponse* resp);
+    void expire_changes(Out& out, Millis now);
+    std::map<std::string, PendingChange> changes_;  // by PN ID: one change at a time per PN
 
     GatewayConfig cfg_;
     Random& random_;

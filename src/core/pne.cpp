@@ -40,6 +40,9 @@ bool Pne::accepts(State state, pb::Envelope::BodyCase body) {
                    state == State::kWaitResult;
         case B::kError:
             return state != State::kIdle;
+        case B::kLeaveResponse:  // lifecycle: about memberships, in any state
+        case B::kChangeNotify:
+            return true;
         default:
             return false;
     }
@@ -176,7 +179,7 @@ PneEffects Pne::start_setup(const std::string& gw_id, pb::SetupType type,
     if (auto refused = check_setup(gw_id, type, invited)) {
         counters_.count(refused->first);
         log(LogLevel::kWarn, "cannot start PN setup: " + refused->second);
-        out.push_back(OutcomeEffect{"", "", false, refused->first, refused->second, {}, {}});
+        out.push_back(OutcomeEffect{"", "", false, refused->first, refused->second, {}, {}, {}});
         return out;
     }
     s_ = Session{};
@@ -506,6 +509,10 @@ void Pne::dispatch(Out& out, const std::string& from, const pb::Envelope& env,
             return handle_result(out, from, env.establishment_notify().result(), protection);
         case B::kError:
             return handle_error(out, from, env.error());
+        case B::kLeaveResponse:
+            return handle_leave_response(out, from, env.leave_response(), now);
+        case B::kChangeNotify:
+            return handle_change_notify(out, from, env.change_notify().notice());
         default:  // discovery
             return handle_discovery(out, from, env, protection, origin, now);
     }
@@ -559,6 +566,11 @@ PneEffects Pne::on_link_down(const std::string& peer, Millis now) {
 PneEffects Pne::on_timer(Millis now) {
     Out out;
     neighbours_.expire(now);
+    if (leave_ && now >= leave_->deadline) {
+        const std::string pn = leave_->pn_id;
+        leave_.reset();
+        finish_leave(out, pn, false, pb::TIMEOUT, "no answer from the PN GW");
+    }
     if (busy() && now >= s_.deadline) {
         const char* what = state_ == State::kWaitAuthRequest ? "Authentication Request"
                            : state_ == State::kWaitResult    ? "PN result"
@@ -603,7 +615,8 @@ bool Pne::import_state(const pb::PneState& st) {
 }
 
 Millis Pne::next_deadline() const {
-    return busy() ? s_.deadline : kNever;
+    const Millis d = busy() ? s_.deadline : kNever;
+    return leave_ ? std::min(d, leave_->deadline) : d;
 }
 
 }  // namespace cpns

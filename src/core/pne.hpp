@@ -50,6 +50,12 @@ class Pne {
     PneEffects on_timer(Millis now);
     Millis next_deadline() const;
 
+    // PN lifecycle (docs/protocol.md, "PN lifecycle"): leave a PN this PNE is a member of. The
+    // outcome (operation "leave") comes when the server's proven answer arrives through the PN
+    // GW, or after kLeaveResponseTimeout. One leave at a time.
+    PneEffects leave(const std::string& pn_id, Millis now);
+    bool leaving() const { return leave_.has_value(); }
+
     const std::string& id() const { return cfg_.pne_id; }
     bool busy() const { return state_ != State::kIdle; }
     bool requests_local_eukey() const { return cfg_.capabilities.enough_ui(); }
@@ -134,6 +140,25 @@ class Pne {
     void accept_result(Out& out, const pb::PnResult& r);
     std::optional<std::string> check_inventory(const pb::PnInventory& inv) const;
     void handle_error(Out& out, const std::string& from, const pb::ErrorReport& m);
+
+    // Lifecycle (pne_lifecycle.cpp).
+    struct PendingLeave {
+        std::string pn_id;
+        std::string gw_id;
+        Bytes rand_pne;
+        Millis deadline = kNever;
+        bool retried = false;  // asked again once after a STALE_REVISION refusal
+    };
+    void send_leave(Out& out, const PneMembership& m, Millis now);
+    void handle_leave_response(Out& out, const std::string& from, const pb::PnLeaveResponse& m,
+                               Millis now);
+    void handle_change_notify(Out& out, const std::string& from, const pb::PnChangeNotice& n);
+    // Checks a notice (the server's proof, this PNE, the PN and PN GW of the membership, a newer
+    // revision, what its kind implies) and applies it; false, nothing changed, if it fails.
+    bool apply_notice(Out& out, const std::string& from, const pb::PnChangeNotice& n);
+    void finish_leave(Out& out, const std::string& pn_id, bool left, pb::FailureReason reason,
+                      const std::string& detail);
+    std::optional<PendingLeave> leave_;
 
     PneConfig cfg_;
     Random& random_;

@@ -87,6 +87,15 @@ struct StartTlsEffect {
     std::string identity;
     SecretKey psk;
 };
+// Server: apply a lifecycle change to a registered PN in the store (core/lifecycle.hpp,
+// change_inventory, at `revision`), durably, and report with Server::on_changed().
+struct ChangePnEffect {
+    std::string gw_id;
+    std::string pn_id;
+    pb::ChangeOp op = pb::CHANGE_UNSPECIFIED;
+    std::string pne_id;
+    std::uint64_t revision = 0;
+};
 // Durable state: the caller stores it and (server) confirms with on_persisted().
 struct PersistPnEffect {  // server: register the PN (must be durable before the response)
     std::string gw_id;
@@ -94,6 +103,13 @@ struct PersistPnEffect {  // server: register the PN (must be durable before the
 };
 struct StoreInventoryEffect {  // PN GW: keep the PN Inventory locally (step 13/14)
     pb::PnInventory inventory;
+    bool forgotten = false;  // the PN was dissolved: it is gone from the PN GW's state
+};
+// PNE: a membership changed after its establishment (left, removed, dissolved, updated); the
+// caller saves the PNE's state before what follows.
+struct MembershipEffect {
+    std::string pn_id;
+    pb::NoticeKind kind = pb::NOTICE_UNSPECIFIED;
 };
 struct StoreLocalKeyEffect {  // PNE and PN GW: keep a LocalEUKey
     std::string pn_id;
@@ -120,6 +136,8 @@ struct OutcomeEffect {
     std::string detail;
     pb::PnInventory inventory;     // when success
     std::vector<PneOutcome> pnes;  // PN GW and server: per PNE
+    // "" for an establishment; "leave", "remove" or "dissolve" for a lifecycle change.
+    std::string operation;
 };
 // A link to a peer must be closed (protocol violation on it).
 struct CloseLinkEffect {
@@ -144,11 +162,11 @@ struct TransitionEffect {
 // over an Overloaded set with one handler per alternative and no catch-all, so an effect
 // added here is a compile error in every adapter until it is handled.
 using PneEffect = std::variant<SendEffect, StartTlsEffect, StoreLocalKeyEffect, SessionKeyEffect,
-                               OutcomeEffect, TransitionEffect>;
+                               OutcomeEffect, TransitionEffect, MembershipEffect>;
 using GatewayEffect = std::variant<SendEffect, CloseLinkEffect, StoreInventoryEffect,
                                    StoreLocalKeyEffect, OutcomeEffect, TransitionEffect>;
-using ServerEffect =
-    std::variant<SendEffect, PersistPnEffect, SessionKeyEffect, OutcomeEffect, TransitionEffect>;
+using ServerEffect = std::variant<SendEffect, PersistPnEffect, SessionKeyEffect, OutcomeEffect,
+                                  TransitionEffect, ChangePnEffect>;
 using PneEffects = std::vector<PneEffect>;
 using GatewayEffects = std::vector<GatewayEffect>;
 using ServerEffects = std::vector<ServerEffect>;
@@ -193,6 +211,13 @@ using LogSink = std::function<void(LogLevel, const std::string&)>;
 // An ErrorReport about `pn_id` ("" when the sender does not know it yet).
 pb::Envelope error_report(const std::string& pn_id, pb::FailureReason reason,
                           const std::string& detail);
+
+// How long a PN GW waits for the server's answer to a lifecycle change, and a PNE for its PN
+// GW's answer to a leave (the PN GW's wait, plus the PAN).
+inline constexpr Millis kChangeResponseTimeout = 20'000;
+inline constexpr Millis kLeaveResponseTimeout = 30'000;
+// Lifecycle changes in flight at one server (each waits for its store commit).
+inline constexpr std::size_t kMaxServerChanges = 10'000;
 
 // Conversions between schema enums and key-schedule enums.
 Flow to_flow(pb::Flow f);

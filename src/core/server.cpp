@@ -46,6 +46,21 @@ bool MemoryDirectory::register_pn(const std::string& gw_id, const pb::PnInventor
     return pns_.emplace(gw_id + "/" + inv.pn_id(), inv).second;
 }
 
+ChangeResult MemoryDirectory::change_pn(const std::string& gw_id, const std::string& pn_id,
+                                        pb::ChangeOp op, const std::string& pne_id,
+                                        std::uint64_t revision) {
+    auto it = pns_.find(gw_id + "/" + pn_id);
+    ChangeResult r = change_inventory(
+        it == pns_.end() ? std::nullopt : std::optional<pb::PnInventory>(it->second), op, pne_id,
+        revision);
+    if (r.reason != pb::REASON_NONE) return r;
+    if (r.dissolved)
+        pns_.erase(it);
+    else
+        it->second = r.inventory;
+    return r;
+}
+
 Server::Server(ServerConfig config, const Directory& directory, Random& random)
     : cfg_(std::move(config)), dir_(directory), random_(random) {
     if (cfg_.weaken.any())
@@ -394,7 +409,7 @@ void Server::finish(Out& out, Session& s, bool registered, pb::FailureReason rea
     r->set_pn_id(s.pn_id);
     r->set_registered(registered);
     if (!registered) r->set_reason(reason);
-    OutcomeEffect outcome{s.pn_id, s.gw_id, registered, reason, detail, {}, {}};
+    OutcomeEffect outcome{s.pn_id, s.gw_id, registered, reason, detail, {}, {}, {}};
     for (auto& [id, p] : s.pnes) {
         auto* res = r->add_results();
         res->set_pne_id(id);
@@ -435,6 +450,8 @@ bool Server::accepts(Phase phase, pb::Envelope::BodyCase body) {
             return phase == Phase::kNone;
         case B::kAuthResponse:
             return phase == Phase::kWaitAuthResponse;
+        case B::kChangeRequest:  // of a registered PN, not of one being established
+            return phase == Phase::kNone;
         case B::kError:
             return true;
         default:
@@ -453,6 +470,9 @@ void Server::refuse(Out& out, const std::string& from, const pb::Envelope& env, 
         ++counters_.ignored;  // duplicate, or late
         return;
     }
+    if (env.body_case() == B::kChangeRequest)
+        return refuse_change(out, from, env.change_request(), pb::BUSY,
+                             "the PN is being established");
     if (env.body_case() == B::kAuthResponse) {
         const auto& pn = env.auth_response().pn_id();
         if (ended_recently({from, pn}, now))
@@ -472,6 +492,7 @@ ServerEffects Server::on_message(const std::string& from, const pb::Envelope& en
     std::string pn_id;
     if (env.body_case() == B::kRegistrationRequest) pn_id = env.registration_request().pn_id();
     if (env.body_case() == B::kAuthResponse) pn_id = env.auth_response().pn_id();
+    if (env.body_case() == B::kChangeRequest) pn_id = env.change_request().pn_id();
     auto it = sessions_.find({from, pn_id});
     const Phase phase = it == sessions_.end() ? Phase::kNone : it->second.phase;
     if (!accepts(phase, env.body_case())) {
@@ -485,6 +506,9 @@ ServerEffects Server::on_message(const std::string& from, const pb::Envelope& en
         case B::kAuthResponse:
             handle_auth_response(out, from, env.auth_response(), now);
             break;
+        case B::kChangeRequest:
+            handle_change_request(out, from, env.change_request(), now);
+            break;
         default:  // kError
             counters_.count(env.error().reason());
             log(LogLevel::kWarn, from + " reports " +
@@ -497,6 +521,7 @@ ServerEffects Server::on_message(const std::string& from, const pb::Envelope& en
 
 ServerEffects Server::on_timer(Millis now) {
     Out out;
+    expire_changes(out, now);
     while (!timers_.empty() && timers_.begin()->first <= now) {
         const Key key = timers_.begin()->second;
         timers_.erase(timers_.begin());
@@ -518,7 +543,9 @@ ServerEffects Server::on_timer(Millis now) {
 }
 
 Millis Server::next_deadline() const {
-    return timers_.empty() ? kNever : timers_.begin()->first;
+    const Millis a = timers_.empty() ? kNever : timers_.begin()->first;
+    const Millis b = change_timers_.empty() ? kNever : change_timers_.begin()->first;
+    return std::min(a, b);
 }
 
 }  // namespace cpns

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/lifecycle.hpp"
 #include "core/role.hpp"
 
 namespace cpns {
@@ -49,6 +50,9 @@ class MemoryDirectory final : public Directory {
     bool pn_registered(const std::string& gw_id, const std::string& pn_id) const override;
     // Registers a PN; false when (gw, pn) is already registered.
     bool register_pn(const std::string& gw_id, const pb::PnInventory& inv);
+    // Applies a lifecycle change as the store does (core/lifecycle.hpp, change_inventory).
+    ChangeResult change_pn(const std::string& gw_id, const std::string& pn_id, pb::ChangeOp op,
+                           const std::string& pne_id, std::uint64_t revision);
     const std::map<std::string, pb::PnInventory>& pns() const { return pns_; }
 
   private:
@@ -86,8 +90,14 @@ class Server {
                                pb::FailureReason result, Millis now);
     ServerEffects on_timer(Millis now);
     Millis next_deadline() const;
+    // The store applied (or refused) a ChangePnEffect (core/lifecycle.hpp). A result that comes
+    // after kPersistTimeout, when the PN GW was already told STORE_UNAVAILABLE, is sent too: the
+    // PN GW adopts any accepted change newer than what it holds.
+    ServerEffects on_changed(const std::string& gw_id, const std::string& pn_id,
+                             const ChangeResult& result, Millis now);
 
     std::size_t active_sessions() const { return sessions_.size(); }
+    std::size_t pending_changes() const { return changes_.size(); }
     const Counters& counters() const { return counters_; }
 
     // A session's states (none -> wait_auth_response -> wait_persist -> done) and each
@@ -160,6 +170,21 @@ class Server {
     void request_persist(Out& out, Session& s, Millis now);
     void prove_server(Session& s);
     const PneState* initiator(const Session& s) const;
+
+    // Lifecycle (server_lifecycle.cpp).
+    struct PendingChange {
+        pb::ChangeOp op = pb::CHANGE_UNSPECIFIED;
+        std::string pne_id;
+        std::string rand_pne;  // a leave's, for the NOTICE_LEFT that answers it
+        Millis deadline = kNever;
+    };
+    void handle_change_request(Out& out, const std::string& from, const pb::PnChangeRequest& m,
+                               Millis now);
+    void refuse_change(Out& out, const std::string& gw_id, const pb::PnChangeRequest& m,
+                       pb::FailureReason reason, const std::string& why);
+    void expire_changes(Out& out, Millis now);
+    std::map<Key, PendingChange> changes_;
+    std::set<std::pair<Millis, Key>> change_timers_;
 
     ServerConfig cfg_;
     const Directory& dir_;

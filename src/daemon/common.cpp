@@ -401,6 +401,7 @@ pb::OutcomeReport to_report(const std::string& entity_id, const OutcomeEffect& o
     r.set_reason(o.reason);
     r.set_reason_text(std::string(reason_name(o.reason)));
     r.set_detail(o.detail);
+    r.set_operation(o.operation);
     for (const auto& p : o.pnes) {
         auto* x = r.add_pnes();
         x->set_pne_id(p.pne_id);
@@ -424,6 +425,24 @@ std::string error_json(const std::string& text) {
 
 std::string report_text(const pb::OutcomeReport& r) {
     std::ostringstream s;
+    if (!r.operation().empty()) {
+        // A lifecycle change: "leave PN pn-1: done" / "remove PN pn-1 (pne-a): failed: ...".
+        s << r.operation() << " PN " << r.pn_id();
+        for (const auto& p : r.pnes()) s << " (" << p.pne_id() << ")";
+        if (r.success()) {
+            s << ": done";
+            if (r.detail() == "dissolved" || r.operation() == "dissolve")
+                s << ", the PN is dissolved";
+            else if (!r.inventory().pn_id().empty())
+                s << ", revision " << r.inventory().revision() << ", "
+                  << r.inventory().members_size() << " member(s) left";
+        } else {
+            s << ": failed: " << r.reason_text();
+            if (!r.detail().empty()) s << " (" << r.detail() << ")";
+        }
+        s << "\n";
+        return s.str();
+    }
     if (r.success()) {
         s << "PN " << r.pn_id() << " established";
         if (!r.inventory().gw_id().empty()) s << " through PN GW " << r.inventory().gw_id();

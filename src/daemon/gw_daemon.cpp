@@ -436,7 +436,10 @@ void GwDaemon::send_effect(const SendEffect& s) {
 void GwDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
     const std::string json = outcome_json(opt_.role.gw_id, o);
-    if (o.success)
+    if (!o.operation.empty())
+        spdlog::log(o.success ? spdlog::level::info : spdlog::level::warn, "{} {}: {}", o.operation,
+                    o.pn_id, json);
+    else if (o.success)
         spdlog::info("PN {} established: {}", o.pn_id, json);
     else if (o.pn_id.empty())
         spdlog::warn("establishment not started: {}", json);
@@ -478,8 +481,13 @@ void GwDaemon::carry_out(GatewayEffect& effect) {
                            for (auto& conn : it->second) conn->close();
                    },
                    [&](const StoreInventoryEffect& inv) {
-                       spdlog::info("PN Inventory of {} stored ({} member(s))",
-                                    inv.inventory.pn_id(), inv.inventory.members_size());
+                       if (inv.forgotten)
+                           spdlog::info("PN {} dissolved: removed from the saved state",
+                                        inv.inventory.pn_id());
+                       else
+                           spdlog::info("PN Inventory of {} stored (revision {}, {} member(s))",
+                                        inv.inventory.pn_id(), inv.inventory.revision(),
+                                        inv.inventory.members_size());
                        if (!state_) return;
                        saving_ = true;
                        const std::uint64_t save = ++save_;
@@ -635,10 +643,29 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
             waiters_[pn].push_back(socket);
         }
         apply(std::move(fx));
+    } else if (cmd == "remove" || cmd == "dissolve") {
+        // PN lifecycle: "remove PN PNE" and "dissolve PN" (IDs are checked by the role).
+        std::string pn, pne, extra;
+        in >> pn;
+        if (cmd == "remove") in >> pne;
+        if (pn.empty() || (cmd == "remove" && pne.empty()) || (in >> extra)) {
+            answer(socket, error_json("usage: remove PN PNE | dissolve PN"));
+            co_return;
+        }
+        spdlog::info("control: {} {}{}", cmd, printable(pn, kMaxControlLine),
+                     pne.empty() ? "" : " " + printable(pne, kMaxControlLine));
+        GatewayEffects fx =
+            cmd == "remove" ? gw_->remove(pn, pne, mono_now()) : gw_->dissolve(pn, mono_now());
+        if (gw_->change_pending(pn) && find_outcome(fx) == nullptr)
+            waiters_[pn].push_back(socket);
+        else if (const auto* o = find_outcome(fx))
+            answer(socket, outcome_json(opt_.role.gw_id, *o));
+        apply(std::move(fx));
     } else {
         spdlog::warn("control: unknown command '{}'", printable(cmd));
         answer(socket, error_json("unknown command '" + printable(cmd) +
-                                  "'; use: invite [pne ...] | status"));
+                                  "'; use: invite [pne ...] | remove PN PNE | dissolve PN | "
+                                  "status"));
     }
 }
 

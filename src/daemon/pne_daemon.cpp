@@ -196,7 +196,7 @@ asio::awaitable<void> PneDaemon::main() {
         const std::string identity = pre_tls ? preassigned_identity(opt_.role.pne_id) : "";
         if (auto failed =
                 co_await open_link(identity, pre_tls ? &*opt_.role.preassigned_key : nullptr)) {
-            if (task_.kind == PneTask::Kind::kSetup) {
+            if (task_.kind != PneTask::Kind::kRun) {
                 fail_early(failed->reason, failed->detail);
                 co_return;
             }
@@ -209,7 +209,7 @@ asio::awaitable<void> PneDaemon::main() {
             co_await wait_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
             if (stopping_) co_return;
             if (gw_id_.empty()) {
-                if (task_.kind == PneTask::Kind::kSetup) {
+                if (task_.kind != PneTask::Kind::kRun) {
                     fail_early(pb::TIMEOUT, "the PN GW at " + gw_addr_.str() +
                                                 " did not answer Entity Discovery");
                     co_return;
@@ -220,6 +220,10 @@ asio::awaitable<void> PneDaemon::main() {
             } else if (task_.kind == PneTask::Kind::kSetup && !setup_started_) {
                 setup_started_ = true;
                 apply(pne_->start_setup(gw_id_, task_.setup_type, task_.invited, mono_now()));
+                co_return;
+            } else if (task_.kind == PneTask::Kind::kLeave && !setup_started_) {
+                setup_started_ = true;
+                apply(pne_->leave(task_.pn_id, mono_now()));
                 co_return;
             } else {
                 spdlog::info("ready: PNE {} linked to PN GW {}; waiting for invitations",
@@ -327,11 +331,18 @@ void PneDaemon::send_effect(const SendEffect& s) {
 void PneDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
     const std::string json = outcome_json(opt_.role.pne_id, o);
-    if (o.success)
+    if (!o.operation.empty())
+        spdlog::log(o.success ? spdlog::level::info : spdlog::level::warn, "{} {}: {}", o.operation,
+                    o.pn_id, json);
+    else if (o.success)
         spdlog::info("joined PN {}: {}", o.pn_id, json);
     else
         spdlog::warn("establishment failed: {}", json);
-    if (task_.kind == PneTask::Kind::kSetup && setup_started_ && !result_) {
+    // The one-shot tasks end with their own outcome: an establishment's for "setup", the
+    // leave's for "leave".
+    const bool mine =
+        task_.kind == PneTask::Kind::kLeave ? o.operation == "leave" : o.operation.empty();
+    if (task_.kind != PneTask::Kind::kRun && setup_started_ && !result_ && mine) {
         result_ = o;
         finish();
     }
@@ -367,16 +378,24 @@ void PneDaemon::carry_out(PneEffect& effect) {
             },
             [&](const SessionKeyEffect& sk) {
                 spdlog::info("SK_PNE agreed with the CPNS Server for {}", sk.pn_id);
-                if (!state_) return;
-                saving_ = true;
-                const std::string pn = sk.pn_id;
-                state_->save(pne_->export_state(), [this, pn](const std::string& error) {
-                    asio::post(io_, [this, pn, error] { state_saved(pn, error); });
-                });
+                save_state(sk.pn_id);
+            },
+            [&](const MembershipEffect& m) {
+                spdlog::info("membership of {} changed ({}): saving", m.pn_id,
+                             pb::NoticeKind_Name(m.kind));
+                save_state(m.pn_id);
             },
             [&](const TransitionEffect& t) { trace_->transition(t); },
         },
         effect);
+}
+
+void PneDaemon::save_state(const std::string& pn_id) {
+    if (!state_) return;
+    saving_ = true;
+    state_->save(pne_->export_state(), [this, pn_id](const std::string& error) {
+        asio::post(io_, [this, pn_id, error] { state_saved(pn_id, error); });
+    });
 }
 
 // The save of the membership in `pn_id` ended. If it failed, the held outcome of that PN
@@ -384,10 +403,13 @@ void PneDaemon::carry_out(PneEffect& effect) {
 void PneDaemon::state_saved(const std::string& pn_id, const std::string& error) {
     saving_ = false;
     if (!error.empty()) {
-        const std::string detail = "joined, but this PNE could not save the membership: " + error;
-        spdlog::error("PN {} reported as failed: {}", pn_id, detail);
+        spdlog::error("PN {}: this PNE could not save its state: {}", pn_id, error);
         for (auto& e : held_)
             if (auto* o = std::get_if<OutcomeEffect>(&e); o && o->pn_id == pn_id && o->success) {
+                const std::string detail =
+                    (o->operation.empty() ? std::string("joined")
+                                          : o->operation + " recorded by the CPNS Server") +
+                    ", but this PNE could not save it: " + error;
                 o->success = false;
                 o->reason = pb::INTERNAL_ERROR;
                 o->detail = detail;

@@ -35,9 +35,10 @@ PneOptions pne_options_from(const Config& c);
 
 // What the caller wants from the process.
 struct PneTask {
-    enum class Kind { kRun, kSetup } kind = Kind::kRun;
+    enum class Kind { kRun, kSetup, kLeave } kind = Kind::kRun;
     pb::SetupType setup_type = pb::SETUP_ALL;
     std::vector<std::string> invited;
+    std::string pn_id;  // kLeave
 };
 
 class PneDaemon {
@@ -85,7 +86,8 @@ class PneDaemon {
     std::string gw_id_;
     std::vector<Link> links_;
     std::optional<OutcomeEffect> result_, early_;
-    bool setup_started_ = false;
+    bool setup_started_ = false;  // the one-shot task (setup, leave) has been started
+    void save_state(const std::string& pn_id);
     bool stopping_ = false;
     asio::steady_timer wait_;
     std::unique_ptr<StateWriter> state_;

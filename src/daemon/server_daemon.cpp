@@ -541,6 +541,28 @@ void ServerDaemon::persist_effect(PersistPnEffect& p) {
         true);
 }
 
+// A lifecycle change: the store applies it at the named revision in one transaction; the PN
+// GW (and through it each PNE) is told only once it is committed. A broken connection is
+// answered STORE_UNAVAILABLE: a change is never retried blindly, since the PN GW (or the PNE)
+// asks again at the revision it then holds, and a change committed before the break is
+// refused as STALE_REVISION with the PN as it is, which brings the asker up to date.
+void ServerDaemon::change_effect(const ChangePnEffect& c) {
+    auto result = std::make_shared<ChangeResult>();
+    result->reason = pb::INTERNAL_ERROR;
+    store_job(
+        [c, result](store::Store& st) {
+            *result = st.change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision);
+        },
+        [this, c, result](StoreFailure failure) {
+            if (failure) {
+                result->reason = store_failure_reason(*failure);
+                result->inventory.Clear();
+            }
+            apply(server_->on_changed(c.gw_id, c.pn_id, *result, mono_now()));
+        },
+        true);
+}
+
 void ServerDaemon::remember_unacknowledged(const pb::PnInventory& inv) {
     if (unacknowledged_.size() >= kMaxUnacknowledged) {
         const auto& old = unacknowledged_.front();
@@ -653,16 +675,24 @@ asio::awaitable<void> ServerDaemon::control_serve(std::shared_ptr<net::tcp::sock
 // The audit log: one record per PNE, plus one for the PN itself.
 void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
-    spdlog::info("establishment {}: {}", o.pn_id, outcome_json(opt_.role.server_id, o));
+    const bool lifecycle = !o.operation.empty();
+    spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
+                 outcome_json(opt_.role.server_id, o));
     const auto now_ms =
         static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                       std::chrono::system_clock::now().time_since_epoch())
                                       .count());
+    // A lifecycle change is audited under its operation ("leave", "remove", "dissolve"); the
+    // PNE it concerns gets a record of its own.
+    const std::string detail =
+        lifecycle ? o.operation + (o.detail.empty() ? "" : ": " + o.detail) : o.detail;
     audit_pending_.push_back({now_ms, opt_.role.server_id, o.gw_id, o.pn_id, "", o.success,
-                              std::string(reason_name(o.reason)), o.detail});
+                              std::string(reason_name(o.reason)), detail});
     for (const auto& pne : o.pnes)
         audit_pending_.push_back({now_ms, opt_.role.server_id, o.gw_id, o.pn_id, pne.pne_id,
-                                  pne.joined, std::string(reason_name(pne.reason)), ""});
+                                  lifecycle ? o.success : pne.joined,
+                                  std::string(reason_name(pne.reason)),
+                                  lifecycle ? o.operation : ""});
     flush_audit();
 }
 
@@ -671,6 +701,7 @@ void ServerDaemon::apply(ServerEffects effects) {
         std::visit(Overloaded{
                        [&](const SendEffect& s) { send_effect(s); },
                        [&](PersistPnEffect& p) { persist_effect(p); },
+                       [&](const ChangePnEffect& c) { change_effect(c); },
                        [&](const SessionKeyEffect& k) {
                            if (session_keys_.size() >= kMaxSessionKeys)
                                session_keys_.erase(session_keys_.begin());

@@ -139,6 +139,7 @@ class ServerDaemon {
     void note_store(StoreFailure failure, bool write);
     // Store thread: kMaxUnacknowledged bookkeeping and withdrawal (see there).
     void remember_unacknowledged(const pb::PnInventory& inv);
+    void change_effect(const ChangePnEffect& c);
     void withdraw_unacknowledged(store::Store& st);
     net::Listener::Hooks control_hooks();
     asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket,

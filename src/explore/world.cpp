@@ -163,6 +163,7 @@ void World::apply_effects(const std::string& party, PneEffects effects) {
                        [&](SessionKeyEffect& k) { observe(party, std::move(k)); },
                        [&](OutcomeEffect& o) { observe(party, std::move(o)); },
                        [&](TransitionEffect& t) { observe(party, std::move(t)); },
+                       [&](MembershipEffect&) {},  // lifecycle: not explored yet
                    },
                    eff);
 }
@@ -202,6 +203,12 @@ void World::apply_effects(const std::string& party, ServerEffects effects) {
                        [&](SessionKeyEffect& k) { observe(party, std::move(k)); },
                        [&](OutcomeEffect& o) { observe(party, std::move(o)); },
                        [&](TransitionEffect& t) { observe(party, std::move(t)); },
+                       [&](ChangePnEffect& c) {
+                           const std::string gw = c.gw_id, pn = c.pn_id;
+                           const ChangeResult r =
+                               dir_->change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision);
+                           apply_effects(party, server_->on_changed(gw, pn, r, now_));
+                       },
                    },
                    eff);
 }

@@ -21,7 +21,7 @@ struct Simulator::Node {
 };
 
 struct Simulator::Event {
-    enum class Kind { kDeliver, kTimer, kTlsDone, kPersisted };
+    enum class Kind { kDeliver, kTimer, kTlsDone, kPersisted, kChanged };
     Kind kind = Kind::kDeliver;
     Millis at = 0;
     std::uint64_t seq = 0;
@@ -31,6 +31,7 @@ struct Simulator::Event {
     std::string identity;
     bool ok = false;
     pb::FailureReason reason = pb::REASON_NONE;
+    std::shared_ptr<ChangeResult> change;  // kChanged
 };
 
 bool Simulator::EventOrder::operator()(const Event* a, const Event* b) const {
@@ -298,6 +299,18 @@ void Simulator::on_persist(const PersistPnEffect& p) {
     push(e);
 }
 
+void Simulator::on_change(const ChangePnEffect& c) {
+    auto* e = new Event;
+    e->kind = Event::Kind::kChanged;
+    e->at = now_ + kStoreLatency;
+    e->from = c.gw_id;
+    e->to = kServerId;
+    e->identity = c.pn_id;
+    e->change = std::make_shared<ChangeResult>(
+        dir_.change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision));
+    push(e);
+}
+
 void Simulator::on_outcome(const std::string& id, OutcomeEffect o) {
     if (trace_on_)
         note(id, id, "outcome",
@@ -323,6 +336,8 @@ void Simulator::apply(const std::string& id, PneEffects effects) {
                        },
                        [&](OutcomeEffect& o) { on_outcome(id, std::move(o)); },
                        [&](TransitionEffect& t) { on_transition(std::move(t)); },
+                       // The PNE keeps its memberships in memory; nothing to simulate.
+                       [&](MembershipEffect&) {},
                    },
                    eff);
     arm(id);
@@ -353,6 +368,7 @@ void Simulator::apply(const std::string& id, ServerEffects effects) {
         std::visit(Overloaded{
                        [&](SendEffect& s) { route(id, std::move(s)); },
                        [&](PersistPnEffect& p) { on_persist(p); },
+                       [&](ChangePnEffect& c) { on_change(c); },
                        [&](SessionKeyEffect& sk) {
                            server_sk_[{sk.pn_id, sk.pne_id}] = sk.sk;
                        },
@@ -411,6 +427,9 @@ void Simulator::deliver(const Event& e) {
         case Event::Kind::kPersisted:
             apply(kServerId, server_->on_persisted(e.from, e.identity, e.reason, now_));
             return;
+        case Event::Kind::kChanged:
+            apply(kServerId, server_->on_changed(e.from, e.identity, *e.change, now_));
+            return;
         case Event::Kind::kDeliver:
             break;
     }
@@ -444,6 +463,19 @@ void Simulator::start_pne_setup(const std::string& pne_id, pb::SetupType type,
 
 void Simulator::start_gw_invite(const std::string& gw_id, std::vector<std::string> pne_ids) {
     apply(gw_id, node(gw_id).gw->invite(std::move(pne_ids), now_));
+}
+
+void Simulator::start_pne_leave(const std::string& pne_id, const std::string& pn_id) {
+    apply(pne_id, node(pne_id).pne->leave(pn_id, now_));
+}
+
+void Simulator::start_gw_remove(const std::string& gw_id, const std::string& pn_id,
+                                const std::string& pne_id) {
+    apply(gw_id, node(gw_id).gw->remove(pn_id, pne_id, now_));
+}
+
+void Simulator::start_gw_dissolve(const std::string& gw_id, const std::string& pn_id) {
+    apply(gw_id, node(gw_id).gw->dissolve(pn_id, now_));
 }
 
 void Simulator::inject(const std::string& from, const std::string& to, Bytes frame,

@@ -116,6 +116,11 @@ class Simulator {
                          std::vector<std::string> invited = {});
     // 5.2.1.2 step 1 at `gw_id` (empty list: every discovered PNE).
     void start_gw_invite(const std::string& gw_id, std::vector<std::string> pne_ids = {});
+    // PN lifecycle: a PNE leaves a PN; a PN GW removes a PNE or dissolves a PN.
+    void start_pne_leave(const std::string& pne_id, const std::string& pn_id);
+    void start_gw_remove(const std::string& gw_id, const std::string& pn_id,
+                         const std::string& pne_id);
+    void start_gw_dissolve(const std::string& gw_id, const std::string& pn_id);
     // Runs until nothing is left to do or `limit` of virtual time has passed.
     void run(Millis limit = 10 * 60'000);
 
@@ -169,6 +174,7 @@ class Simulator {
     void apply(const std::string& node, ServerEffects effects);
     void on_start_tls(const std::string& id, const StartTlsEffect& t);
     void on_persist(const PersistPnEffect& p);
+    void on_change(const ChangePnEffect& c);
     void on_outcome(const std::string& id, OutcomeEffect o);
     void on_transition(TransitionEffect t);
     void deliver(const Event& e);

@@ -286,6 +286,38 @@ class SqlStore final : public Store {
         return true;
     }
 
+    ChangeResult change_pn(const std::string& gw_id, const std::string& pn_id, pb::ChangeOp op,
+                           const std::string& pne_id, std::uint64_t revision) override {
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        // The PN's row is held until the commit: on PostgreSQL by the row lock, on SQLite by the
+        // write transaction itself (one writer at a time).
+        if (db_->backend() == "postgresql")
+            db_->run("SELECT 1 FROM pns WHERE gw_id = $1 AND pn_id = $2 FOR UPDATE",
+                     {Param::of(gw_id), Param::of(pn_id)});
+        std::vector<pb::PnInventory> found =
+            read_pns(" WHERE p.gw_id = $1 AND p.pn_id = $2", {Param::of(gw_id), Param::of(pn_id)});
+        std::optional<pb::PnInventory> current;
+        if (!found.empty()) current = std::move(found.front());
+        ChangeResult r = change_inventory(current, op, pne_id, revision);
+        if (r.reason != pb::REASON_NONE) return r;  // rolled back: nothing written
+        if (r.dissolved) {
+            db_->run("DELETE FROM pn_members WHERE gw_id = $1 AND pn_id = $2",
+                     {Param::of(gw_id), Param::of(pn_id)});
+            db_->run("DELETE FROM pns WHERE gw_id = $1 AND pn_id = $2",
+                     {Param::of(gw_id), Param::of(pn_id)});
+        } else {
+            pb::PnInventory header = r.inventory;
+            header.clear_members();
+            db_->run("UPDATE pns SET inventory = $3 WHERE gw_id = $1 AND pn_id = $2",
+                     {Param::of(gw_id), Param::of(pn_id),
+                      Param::blob(serialize(header, "the PN Inventory"))});
+            db_->run("DELETE FROM pn_members WHERE gw_id = $1 AND pn_id = $2 AND pne_id = $3",
+                     {Param::of(gw_id), Param::of(pn_id), Param::of(pne_id)});
+        }
+        txn.commit();
+        return r;
+    }
+
     std::optional<pb::PnInventory> get_pn(const std::string& gw_id,
                                           const std::string& pn_id) override {
         std::vector<pb::PnInventory> found =

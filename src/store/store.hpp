@@ -124,6 +124,13 @@ class Store {  // one instance per thread; not thread-safe
     // was lost with the connection and whose PN GW was then told it failed: the server takes
     // back what it never acknowledged.
     virtual bool withdraw_pn(const pb::PnInventory& inv) = 0;
+    // A lifecycle change (core/lifecycle.hpp): applies `op` to the PN (gw_id, pn_id) if it is at
+    // `revision`, in one transaction holding the PN's row, durable when it returns an applied
+    // result. A refused change (UNKNOWN_PN, STALE_REVISION, NOT_A_MEMBER) writes nothing. A PN
+    // left without members is deleted. Database failures throw StoreError (nothing written).
+    virtual ChangeResult change_pn(const std::string& gw_id, const std::string& pn_id,
+                                   pb::ChangeOp op, const std::string& pne_id,
+                                   std::uint64_t revision) = 0;
     // The inventory as registered, members in their original order.
     virtual std::optional<pb::PnInventory> get_pn(const std::string& gw_id,
                                                   const std::string& pn_id) = 0;

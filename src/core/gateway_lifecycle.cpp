@@ -1,0 +1,236 @@
+// The PN GW's part of the PN lifecycle (docs/protocol.md, "PN lifecycle"): it asks the CPNS
+// Server for a change (its own remove or dissolve, or a PNE's leave, which it relays with the
+// PNE's proof), and only when the server answers that the change is durable does it change its
+// own inventory, routing table and LocalEUKeys, save them, and pass each PNE its notice.
+#include <algorithm>
+
+#include "core/gateway.hpp"
+#include "core/lifecycle.hpp"
+
+namespace cpns {
+
+std::optional<std::pair<pb::FailureReason, std::string>> Gateway::check_change(
+    const std::string& pn_id, const std::string& pne_id) const {
+    auto it = inventory_.find(pn_id);
+    if (it == inventory_.end()) return {{pb::UNKNOWN_PN, "no PN " + pn_id + " at this PN GW"}};
+    if (changes_.count(pn_id))
+        return {{pb::BUSY, "another change of " + pn_id + " is in progress"}};
+    if (!pne_id.empty()) {
+        const auto& ms = it->second.members();
+        if (std::none_of(ms.begin(), ms.end(),
+                         [&](const pb::PnMember& m) { return m.pne_id() == pne_id; }))
+            return {{pb::NOT_A_MEMBER, pne_id + " is not a member of " + pn_id}};
+    }
+    return std::nullopt;
+}
+
+GatewayEffects Gateway::remove(const std::string& pn_id, const std::string& pne_id, Millis now) {
+    return start_change(pb::CHANGE_REMOVE, pn_id, pne_id, now);
+}
+
+GatewayEffects Gateway::dissolve(const std::string& pn_id, Millis now) {
+    return start_change(pb::CHANGE_DISSOLVE, pn_id, "", now);
+}
+
+GatewayEffects Gateway::start_change(pb::ChangeOp op, const std::string& pn_id,
+                                     const std::string& pne_id, Millis now) {
+    Out out;
+    const std::string name(cpns::to_string(op));
+    std::optional<std::pair<pb::FailureReason, std::string>> refused;
+    if (!valid_id(pn_id) || (op == pb::CHANGE_REMOVE && !valid_id(pne_id)))
+        refused = {pb::MALFORMED_MESSAGE, "not a valid PN or PNE ID"};
+    else
+        refused = check_change(pn_id, pne_id);
+    if (refused) {
+        counters_.count(refused->first);
+        log(LogLevel::kWarn, "cannot " + name + ": " + refused->second);
+        out.push_back(OutcomeEffect{valid_id(pn_id) ? pn_id : "",
+                                    cfg_.gw_id,
+                                    false,
+                                    refused->first,
+                                    refused->second,
+                                    {},
+                                    {},
+                                    name});
+        return out;
+    }
+    const std::uint64_t revision = inventory_.at(pn_id).revision();
+    changes_[pn_id] = PendingChange{op, pne_id, "", now + kChangeResponseTimeout};
+    log(LogLevel::kInfo, name + " " + pn_id + (pne_id.empty() ? "" : " " + pne_id) +
+                             ": asking the CPNS Server (revision " + std::to_string(revision) +
+                             ")");
+    pb::Envelope env;
+    auto& r = *env.mutable_change_request();
+    r.set_pn_id(pn_id);
+    r.set_op(op);
+    r.set_pne_id(pne_id);
+    r.set_revision(revision);
+    send(out, cfg_.server_id, std::move(env));
+    return out;
+}
+
+// A PNE asks to leave. The proof is the server's to check; the PN GW only relays what it can
+// tell is about one of its PNs and comes from that PNE: on an insecure PAN, a PNE with a
+// working PSK-TLS link must ask inside it (a request in clear under its name is dropped, so
+// that nobody can keep its PN busy with bad proofs).
+void Gateway::handle_leave_request(Out& out, const std::string& from, const pb::PnLeaveRequest& m,
+                                   Protection protection, Millis now) {
+    if (protection == Protection::kClear && !pan_secure(from) && tls_up(from)) {
+        ++counters_.ignored;
+        log(LogLevel::kWarn, "PnLeaveRequest in clear under the name of " + from +
+                                 ", which has a working PSK-TLS link: ignored");
+        return;
+    }
+    auto answer = [&](pb::FailureReason reason, const std::string& why) {
+        counters_.count(reason);
+        log(LogLevel::kWarn, "leave of " + m.pn_id() + " by " + from + " refused: " + why);
+        pb::Envelope env;
+        auto& r = *env.mutable_leave_response();
+        r.set_pn_id(m.pn_id());
+        r.set_accepted(false);
+        r.set_reason(reason);
+        send(out, from, std::move(env));
+    };
+    if (m.gw_id() != cfg_.gw_id) return answer(pb::UNKNOWN_PN, "it names PN GW " + m.gw_id());
+    if (auto refused = check_change(m.pn_id(), from))
+        return answer(refused->first, refused->second);
+    changes_[m.pn_id()] = PendingChange{pb::CHANGE_LEAVE, from, from, now + kChangeResponseTimeout};
+    log(LogLevel::kInfo, from + " asks to leave " + m.pn_id() + ": relayed to the CPNS Server");
+    pb::Envelope env;
+    auto& r = *env.mutable_change_request();
+    r.set_pn_id(m.pn_id());
+    r.set_op(pb::CHANGE_LEAVE);
+    r.set_pne_id(from);
+    r.set_revision(m.revision());
+    *r.mutable_leave() = m;
+    send(out, cfg_.server_id, std::move(env));
+}
+
+// Takes the server's PN as its own when it is newer than the one held: after an accepted
+// change, and after a refusal that shows this PN GW's view was out of date.
+std::vector<std::string> Gateway::adopt(Out& out, const pb::PnChangeResponse& m) {
+    std::vector<std::string> close;
+    auto it = inventory_.find(m.pn_id());
+    if (it == inventory_.end()) return close;
+    pb::PnInventory inv = m.inventory();
+    if (inv.revision() <= it->second.revision()) return close;
+    inv.set_pn_id(m.pn_id());  // kept as this PN of this PN GW (see conclude())
+    inv.set_gw_id(cfg_.gw_id);
+    std::set<std::string> stay;
+    for (const auto& mem : inv.members()) stay.insert(mem.pne_id());
+    // A PNE no longer in the PN loses its LocalEUKey here, and a PSK-TLS session made with it.
+    if (auto keys = local_keys_.find(m.pn_id()); keys != local_keys_.end()) {
+        for (auto k = keys->second.begin(); k != keys->second.end();) {
+            if (stay.count(k->first)) {
+                ++k;
+                continue;
+            }
+            auto link = tls_links_.find(k->first);
+            if (link != tls_links_.end() &&
+                link->second == local_eukey_identity(m.pn_id(), k->first))
+                close.push_back(k->first);
+            k = keys->second.erase(k);
+        }
+        if (keys->second.empty()) local_keys_.erase(keys);
+    }
+    if (m.dissolved() || inv.members().empty()) {
+        inventory_.erase(it);
+        routing_.erase(m.pn_id());
+        local_keys_.erase(m.pn_id());
+        log(LogLevel::kInfo, "PN " + m.pn_id() + " dissolved: forgotten");
+        out.push_back(StoreInventoryEffect{inv, true});
+        return close;
+    }
+    routing_[m.pn_id()] = {stay.begin(), stay.end()};
+    it->second = inv;
+    log(LogLevel::kInfo, "PN " + m.pn_id() + " now at revision " + std::to_string(inv.revision()) +
+                             " with " + std::to_string(inv.members_size()) + " PNE(s)");
+    out.push_back(StoreInventoryEffect{inv, false});
+    return close;
+}
+
+void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m) {
+    // The state is changed and saved first; the notices and the outcome follow the save (the
+    // daemons hold effects behind a StoreInventoryEffect until it is durable).
+    const std::vector<std::string> close = adopt(out, m);
+    auto it = changes_.find(m.pn_id());
+    PendingChange c;
+    if (it != changes_.end() && it->second.op == m.op() && it->second.pne_id == m.pne_id()) {
+        c = it->second;
+        changes_.erase(it);
+    } else {
+        // Late (after kChangeResponseTimeout) or not asked for: adopted if newer, and the
+        // notices still go to the PNEs, which check them themselves.
+        c = PendingChange{m.op(), m.pne_id(), m.op() == pb::CHANGE_LEAVE ? m.pne_id() : "", kNever};
+        log(LogLevel::kInfo, "change response for " + m.pn_id() + " that is not pending");
+    }
+    for (const auto& n : m.notices()) {
+        pb::Envelope env;
+        if (c.op == pb::CHANGE_LEAVE && n.pne_id() == c.requester) {
+            auto& r = *env.mutable_leave_response();
+            r.set_pn_id(m.pn_id());
+            r.set_accepted(m.accepted());
+            r.set_reason(m.reason());
+            *r.mutable_notice() = n;
+        } else {
+            *env.mutable_change_notify()->mutable_notice() = n;
+        }
+        send(out, n.pne_id(), std::move(env));
+    }
+    const bool told = std::any_of(m.notices().begin(), m.notices().end(),
+                                  [&](const auto& n) { return n.pne_id() == c.requester; });
+    if (c.op == pb::CHANGE_LEAVE && !c.requester.empty() && !told) {
+        pb::Envelope env;
+        auto& r = *env.mutable_leave_response();
+        r.set_pn_id(m.pn_id());
+        r.set_accepted(m.accepted());
+        r.set_reason(m.reason());
+        send(out, c.requester, std::move(env));
+    }
+    // The PSK-TLS sessions made with a dropped LocalEUKey close after their last notice (the
+    // transport flushes what is queued before it closes).
+    for (const auto& peer : close) out.push_back(CloseLinkEffect{peer, pb::NOT_A_MEMBER});
+    if (c.deadline != kNever || c.op == pb::CHANGE_LEAVE)
+        finish_change(out, m.pn_id(), c, m.accepted(), m.reason(), m.dissolved() ? "dissolved" : "",
+                      &m);
+}
+
+void Gateway::finish_change(Out& out, const std::string& pn_id, const PendingChange& c,
+                            bool accepted, pb::FailureReason reason, const std::string& detail,
+                            const pb::PnChangeResponse* resp) {
+    const std::string name(cpns::to_string(c.op));
+    if (!accepted) counters_.count(reason);
+    log(accepted ? LogLevel::kInfo : LogLevel::kWarn,
+        name + " of " + pn_id + (c.pne_id.empty() ? "" : " (" + c.pne_id + ")") +
+            (accepted ? " done" : " failed: " + std::string(reason_name(reason))) +
+            (detail.empty() ? "" : " (" + detail + ")"));
+    OutcomeEffect o{pn_id,  cfg_.gw_id, accepted, accepted ? pb::REASON_NONE : reason,
+                    detail, {},         {},       name};
+    if (resp) o.inventory = resp->inventory();
+    if (!c.pne_id.empty()) o.pnes.push_back(PneOutcome{c.pne_id, false, o.reason});
+    out.push_back(std::move(o));
+}
+
+void Gateway::expire_changes(Out& out, Millis now) {
+    for (auto it = changes_.begin(); it != changes_.end();) {
+        if (it->second.deadline > now) {
+            ++it;
+            continue;
+        }
+        const PendingChange c = it->second;
+        const std::string pn = it->first;
+        it = changes_.erase(it);
+        if (c.op == pb::CHANGE_LEAVE) {
+            pb::Envelope env;
+            auto& r = *env.mutable_leave_response();
+            r.set_pn_id(pn);
+            r.set_accepted(false);
+            r.set_reason(pb::TIMEOUT);
+            send(out, c.requester, std::move(env));
+        }
+        finish_change(out, pn, c, false, pb::TIMEOUT, "the CPNS Server did not answer in time",
+                      nullptr);
+    }
+}
+
+}  // namespace cpns

@@ -1,0 +1,95 @@
+#include "core/lifecycle.hpp"
+
+#include <algorithm>
+
+namespace cpns {
+
+ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb::ChangeOp op,
+                              const std::string& pne_id, std::uint64_t expected_revision) {
+    ChangeResult r;
+    if (!current) {
+        r.reason = pb::UNKNOWN_PN;
+        return r;
+    }
+    r.inventory = *current;
+    if (current->revision() != expected_revision) {
+        r.reason = pb::STALE_REVISION;
+        return r;
+    }
+    auto& members = *r.inventory.mutable_members();
+    for (const auto& m : members) r.before.push_back(m.pne_id());
+    if (op == pb::CHANGE_LEAVE || op == pb::CHANGE_REMOVE) {
+        auto it = std::find_if(members.begin(), members.end(),
+                               [&](const pb::PnMember& m) { return m.pne_id() == pne_id; });
+        if (it == members.end()) {
+            r.reason = pb::NOT_A_MEMBER;
+            r.before.clear();
+            return r;
+        }
+        members.erase(it);
+    } else if (op == pb::CHANGE_DISSOLVE) {
+        members.Clear();
+    } else {
+        r.reason = pb::MALFORMED_MESSAGE;
+        r.before.clear();
+        return r;
+    }
+    r.inventory.set_revision(current->revision() + 1);
+    r.dissolved = r.inventory.members().empty();
+    return r;
+}
+
+std::string_view to_string(pb::ChangeOp op) {
+    switch (op) {
+        case pb::CHANGE_LEAVE:
+            return "leave";
+        case pb::CHANGE_REMOVE:
+            return "remove";
+        case pb::CHANGE_DISSOLVE:
+            return "dissolve";
+        default:
+            return "change";
+    }
+}
+
+std::vector<pb::PnChangeNotice> change_notices(const ChangeResult& r, pb::ChangeOp op,
+                                               const std::string& pne_id,
+                                               const std::string& rand_pne) {
+    std::vector<pb::PnChangeNotice> out;
+    auto add = [&](const std::string& id, pb::NoticeKind kind) {
+        pb::PnChangeNotice n;
+        n.set_pne_id(id);
+        n.set_kind(kind);
+        *n.mutable_inventory() = r.inventory;
+        if (kind == pb::NOTICE_LEFT) n.set_rand_pne(rand_pne);
+        out.push_back(std::move(n));
+    };
+    if (r.reason == pb::STALE_REVISION && op == pb::CHANGE_LEAVE) {
+        for (const auto& m : r.inventory.members())
+            if (m.pne_id() == pne_id) add(pne_id, pb::NOTICE_UPDATED);
+        return out;
+    }
+    if (r.reason != pb::REASON_NONE) return out;
+    if (op == pb::CHANGE_LEAVE) add(pne_id, pb::NOTICE_LEFT);
+    if (op == pb::CHANGE_REMOVE) add(pne_id, pb::NOTICE_REMOVED);
+    if (r.dissolved) {
+        for (const auto& id : r.before)
+            if (id != pne_id || op == pb::CHANGE_DISSOLVE) add(id, pb::NOTICE_DISSOLVED);
+    } else {
+        for (const auto& m : r.inventory.members()) add(m.pne_id(), pb::NOTICE_UPDATED);
+    }
+    return out;
+}
+
+Hash notice_proof(const SecretKey& eukey_pne, const pb::PnChangeNotice& n) {
+    return derive_notice_proof(eukey_pne, static_cast<std::uint8_t>(n.kind()), n.pne_id(),
+                               inventory_digest(n.inventory()), as_bytes(n.rand_pne()));
+}
+
+Hash leave_proof(const SecretKey& eukey_pne, const std::string& pne_id,
+                 const pb::PnLeaveRequest& m) {
+    return derive_leave_proof(eukey_pne, pne_id, m.gw_id(), m.pn_id(), m.revision(),
+                              as_bytes(m.rand_pne()));
+}
+
+}  // namespace cpns

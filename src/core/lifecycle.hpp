@@ -1,0 +1,53 @@
+// The life of a PN after its establishment (docs/protocol.md, "PN lifecycle"), the parts the
+// three roles, the store and the simulator share: the one rule that applies a change to a PN
+// Inventory, and the proofs that make a change authentic end to end. I/O-free.
+//
+// A change is decided by the CPNS Server and made durable in its store before anyone is told.
+// Every PN carries a revision (PnInventory.revision): 0 when registered, +1 per change. A
+// change names the revision it applies to; the store applies it only to that revision
+// (compare-and-set), so a replayed or stale change is refused (STALE_REVISION), and two changes
+// racing on one PN cannot both win.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/codec.hpp"
+#include "core/crypto.hpp"
+
+namespace cpns {
+
+// The result of applying one change to a PN.
+struct ChangeResult {
+    pb::FailureReason reason = pb::REASON_NONE;  // REASON_NONE: applied
+    // Applied: the PN after the change (revision + 1; no members when dissolved). Refused as
+    // STALE_REVISION or NOT_A_MEMBER: the PN as it is. UNKNOWN_PN: empty.
+    pb::PnInventory inventory;
+    bool dissolved = false;           // applied, and the PN no longer exists
+    std::vector<std::string> before;  // the members before the change (applied only)
+};
+
+// Applies `op` (for LEAVE and REMOVE: of `pne_id`) to `current` (nullopt: the PN does not
+// exist) if `current` is at `expected_revision`. A PN left without members is dissolved. Pure:
+// the SQL store and the simulator's directory both decide with it.
+ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb::ChangeOp op,
+                              const std::string& pne_id, std::uint64_t expected_revision);
+
+// "leave", "remove", "dissolve": the word used in logs, outcomes and the audit log.
+std::string_view to_string(pb::ChangeOp op);
+// The notice each PNE concerned by an applied change gets (in this order: the PNE that left or
+// was removed, then every remaining member, or every former member of a dissolved PN), without
+// proofs. For a STALE_REVISION refusal of a leave: NOTICE_UPDATED to the leaver, if the current
+// PN lists it, so that it can bring its view up to date.
+std::vector<pb::PnChangeNotice> change_notices(const ChangeResult& r, pb::ChangeOp op,
+                                               const std::string& pne_id,
+                                               const std::string& rand_pne);
+// The server's proof of a notice, under the EUKey of the PNE it is for.
+Hash notice_proof(const SecretKey& eukey_pne, const pb::PnChangeNotice& n);
+// A PNE's leave proof over its request (pn_id, gw_id, revision, rand_pne).
+Hash leave_proof(const SecretKey& eukey_pne, const std::string& pne_id,
+                 const pb::PnLeaveRequest& m);
+
+}  // namespace cpns

@@ -1,0 +1,160 @@
+// The PNE's part of the PN lifecycle (docs/protocol.md, "PN lifecycle"): it asks to leave with a
+// proof under its EUKey, and it believes a change of its membership (left, removed, dissolved,
+// updated) only from a notice proven by the CPNS Server under that same key, for a newer
+// revision of the PN than the one it holds. Its PN GW relays both but can forge neither.
+#include <algorithm>
+
+#include "core/lifecycle.hpp"
+#include "core/pne.hpp"
+
+namespace cpns {
+
+PneEffects Pne::leave(const std::string& pn_id, Millis now) {
+    Out out;
+    auto it = memberships_.find(pn_id);
+    if (it == memberships_.end()) {
+        finish_leave(out, pn_id, false, pb::UNKNOWN_PN, "this PNE is not a member of " + pn_id);
+        return out;
+    }
+    if (leave_) {
+        finish_leave(out, pn_id, false, pb::BUSY, "already leaving " + leave_->pn_id);
+        return out;
+    }
+    send_leave(out, it->second, now);
+    return out;
+}
+
+void Pne::send_leave(Out& out, const PneMembership& m, Millis now) {
+    const bool retried = leave_ && leave_->retried;
+    leave_ = PendingLeave{m.pn_id, m.gw_id, random_.bytes(kRandSize), now + kLeaveResponseTimeout,
+                          retried};
+    pb::Envelope env;
+    auto& r = *env.mutable_leave_request();
+    r.set_pn_id(m.pn_id);
+    r.set_gw_id(m.gw_id);
+    r.set_revision(m.inventory.revision());
+    r.set_rand_pne(to_field(leave_->rand_pne));
+    const Hash proof = leave_proof(cfg_.eukey, cfg_.pne_id, r);
+    r.set_proof(to_field(ByteView{proof}));
+    log(LogLevel::kInfo, "asking " + m.gw_id + " to leave " + m.pn_id + " (revision " +
+                             std::to_string(m.inventory.revision()) + ")");
+    send(out, m.gw_id, std::move(env));
+}
+
+void Pne::finish_leave(Out& out, const std::string& pn_id, bool left, pb::FailureReason reason,
+                       const std::string& detail) {
+    if (!left) counters_.count(reason);
+    log(left ? LogLevel::kInfo : LogLevel::kWarn,
+        "leave " + pn_id + (left ? ": done" : ": failed, " + std::string(reason_name(reason))) +
+            (detail.empty() ? "" : " (" + detail + ")"));
+    OutcomeEffect o{pn_id, "", left, left ? pb::REASON_NONE : reason, detail, {}, {}, "leave"};
+    o.pnes.push_back(PneOutcome{cfg_.pne_id, false, o.reason});
+    out.push_back(std::move(o));
+}
+
+bool Pne::apply_notice(Out& out, const std::string& from, const pb::PnChangeNotice& n) {
+    const std::string& pn = n.inventory().pn_id();
+    auto it = memberships_.find(pn);
+    auto refuse = [&](const std::string& why) {
+        counters_.count(pb::SERVER_AUTHENTICATION_FAILED);
+        log(LogLevel::kWarn, std::string(pb::NoticeKind_Name(n.kind())) + " for " + pn + " from " +
+                                 from + " refused: " + why);
+        return false;
+    };
+    if (it == memberships_.end()) {
+        ++counters_.ignored;  // not (or no longer) a member: nothing to change
+        log(LogLevel::kDebug, "notice for " + pn + ", of which this PNE is not a member: ignored");
+        return false;
+    }
+    PneMembership& mem = it->second;
+    const Hash expected = notice_proof(cfg_.eukey, n);
+    if (!ct_equal(ByteView{expected}, as_bytes(n.proof())) || n.pne_id() != cfg_.pne_id)
+        return refuse("the server's proof does not verify");
+    if (n.inventory().gw_id() != mem.gw_id || from != mem.gw_id)
+        return refuse("it is not about this PNE's PN GW " + mem.gw_id);
+    const auto& ms = n.inventory().members();
+    const bool listed = std::any_of(
+        ms.begin(), ms.end(), [&](const pb::PnMember& m) { return m.pne_id() == cfg_.pne_id; });
+    switch (n.kind()) {
+        case pb::NOTICE_LEFT:
+            if (!leave_ || leave_->pn_id != pn ||
+                !ct_equal(ByteView{leave_->rand_pne}, as_bytes(n.rand_pne())))
+                return refuse("it answers no leave this PNE asked for");
+            if (listed) return refuse("the PN still lists this PNE");
+            break;
+        case pb::NOTICE_REMOVED:
+        case pb::NOTICE_DISSOLVED:
+            if (listed || (n.kind() == pb::NOTICE_DISSOLVED && !ms.empty()))
+                return refuse("the PN it shows does not match");
+            break;
+        case pb::NOTICE_UPDATED:
+            if (!listed) return refuse("the PN it shows does not list this PNE");
+            break;
+        default:
+            return refuse("unknown kind");
+    }
+    if (n.kind() != pb::NOTICE_LEFT && n.inventory().revision() <= mem.inventory.revision())
+        return refuse("revision " + std::to_string(n.inventory().revision()) +
+                      " is not newer than the one held (" +
+                      std::to_string(mem.inventory.revision()) + "): replayed");
+    if (n.kind() == pb::NOTICE_UPDATED) {
+        mem.inventory = n.inventory();
+        log(LogLevel::kInfo, "PN " + pn + " changed: revision " +
+                                 std::to_string(n.inventory().revision()) + ", " +
+                                 std::to_string(ms.size()) + " member(s)");
+    } else {
+        log(LogLevel::kInfo, "no longer a member of " + pn + " (" +
+                                 std::string(pb::NoticeKind_Name(n.kind())) + ")");
+        memberships_.erase(it);  // its LocalEUKey and SK_PNE go with it (wiped)
+    }
+    out.push_back(MembershipEffect{pn, n.kind()});
+    return true;
+}
+
+void Pne::handle_leave_response(Out& out, const std::string& from, const pb::PnLeaveResponse& m,
+                                Millis now) {
+    if (!leave_ || leave_->pn_id != m.pn_id() || from != leave_->gw_id) {
+        ++counters_.ignored;
+        log(LogLevel::kDebug, "PnLeaveResponse for " + m.pn_id() + " not asked for: ignored");
+        return;
+    }
+    const std::string pn = m.pn_id();
+    if (m.has_notice() && m.notice().kind() == pb::NOTICE_LEFT) {
+        if (apply_notice(out, from, m.notice())) {
+            leave_.reset();
+            finish_leave(out, pn, true, pb::REASON_NONE, "");
+        }
+        return;  // an unproven "left" changes nothing: the leave is still pending
+    }
+    if (m.accepted()) {
+        ++counters_.ignored;  // "accepted" without the server's proof proves nothing
+        log(LogLevel::kWarn, "PnLeaveResponse for " + pn + " without the server's proof: ignored");
+        return;
+    }
+    // Refused. A STALE_REVISION refusal carries the current PN, proven: take it, and ask once
+    // more at the new revision.
+    if (m.reason() == pb::STALE_REVISION && m.has_notice() && !leave_->retried &&
+        apply_notice(out, from, m.notice())) {
+        if (auto it = memberships_.find(pn); it != memberships_.end()) {
+            leave_->retried = true;
+            send_leave(out, it->second, now);
+            return;
+        }
+    }
+    leave_.reset();
+    finish_leave(out, pn, false,
+                 m.reason() == pb::REASON_NONE ? pb::UNEXPECTED_MESSAGE : m.reason(),
+                 "refused by the PN GW or the CPNS Server");
+}
+
+void Pne::handle_change_notify(Out& out, const std::string& from, const pb::PnChangeNotice& n) {
+    const std::string pn = n.inventory().pn_id();
+    const bool leaving_it = leave_ && leave_->pn_id == pn;
+    if (apply_notice(out, from, n) && leaving_it && !memberships_.count(pn)) {
+        // Removed or dissolved while asking to leave: the PNE is out either way.
+        leave_.reset();
+        finish_leave(out, pn, true, pb::REASON_NONE, std::string(pb::NoticeKind_Name(n.kind())));
+    }
+}
+
+}  // namespace cpns

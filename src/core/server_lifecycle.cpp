@@ -1,0 +1,127 @@
+// The CPNS Server's part of the PN lifecycle (docs/protocol.md, "PN lifecycle"): it checks a
+// leave's proof, has the store apply the change at the named revision, and answers the PN GW
+// with a notice for each PNE concerned, proven under that PNE's EUKey.
+#include "core/server.hpp"
+
+namespace cpns {
+
+void Server::refuse_change(Out& out, const std::string& gw_id, const pb::PnChangeRequest& m,
+                           pb::FailureReason reason, const std::string& why) {
+    counters_.count(reason);
+    log(LogLevel::kWarn, std::string(cpns::to_string(m.op())) + " of " + m.pn_id() + " from " +
+                             gw_id + " refused: " + std::string(reason_name(reason)) + " (" + why +
+                             ")");
+    pb::Envelope env;
+    auto& r = *env.mutable_change_response();
+    r.set_pn_id(m.pn_id());
+    r.set_op(m.op());
+    r.set_pne_id(m.pne_id());
+    r.set_accepted(false);
+    r.set_reason(reason);
+    send(out, gw_id, std::move(env));
+    out.push_back(OutcomeEffect{
+        m.pn_id(), gw_id, false, reason, why, {}, {}, std::string(cpns::to_string(m.op()))});
+}
+
+void Server::handle_change_request(Out& out, const std::string& from, const pb::PnChangeRequest& m,
+                                   Millis now) {
+    const Key key{from, m.pn_id()};
+    if (changes_.count(key))
+        return refuse_change(out, from, m, pb::BUSY, "another change of this PN is in progress");
+    if (changes_.size() >= kMaxServerChanges)
+        return refuse_change(out, from, m, pb::LIMIT_EXCEEDED, "too many changes in progress");
+    const auto gw = dir_.find(from);
+    if (!gw || gw->kind != EntityKind::kGw || gw->status != EntityStatus::kActive)
+        return refuse_change(out, from, m, pb::REVOKED, "the PN GW is not active");
+    PendingChange p{m.op(), m.pne_id(), {}, now + kPersistTimeout};
+    if (m.op() == pb::CHANGE_LEAVE) {
+        // Only the PNE can leave: its proof is over this PN GW, this PN, the revision it holds
+        // and a fresh random, under its EUKey, which the PN GW does not have.
+        const pb::PnLeaveRequest& leave = m.leave();
+        const auto pne = dir_.find(m.pne_id());
+        if (!pne || pne->kind != EntityKind::kPne)
+            return refuse_change(out, from, m, pb::UNKNOWN_ENTITY, "no such PNE");
+        const Hash expected = leave_proof(pne->eukey, m.pne_id(), leave);
+        const bool bound =
+            leave.gw_id() == from && leave.pn_id() == m.pn_id() && leave.revision() == m.revision();
+        if (!ct_equal(ByteView{expected}, as_bytes(leave.proof())) || !bound)
+            return refuse_change(out, from, m, pb::AUTHENTICATION_FAILED,
+                                 "the leave request's proof does not verify");
+        p.rand_pne = leave.rand_pne();
+    }
+    log(LogLevel::kInfo, std::string(cpns::to_string(m.op())) + " of " + m.pn_id() + " from " +
+                             from + (m.pne_id().empty() ? "" : " (PNE " + m.pne_id() + ")") +
+                             " at revision " + std::to_string(m.revision()) + ": to the store");
+    changes_[key] = p;
+    change_timers_.insert({p.deadline, key});
+    out.push_back(ChangePnEffect{from, m.pn_id(), m.op(), m.pne_id(), m.revision()});
+}
+
+ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn_id,
+                                 const ChangeResult& result, Millis /*now*/) {
+    Out out;
+    const Key key{gw_id, pn_id};
+    auto it = changes_.find(key);
+    if (it == changes_.end()) {
+        log(LogLevel::kWarn, "store result for a change of " + pn_id + " of " + gw_id +
+                                 " that is not pending: ignored");
+        return out;
+    }
+    const PendingChange p = it->second;
+    change_timers_.erase({p.deadline, key});
+    changes_.erase(it);
+    pb::Envelope env;
+    auto& r = *env.mutable_change_response();
+    r.set_pn_id(pn_id);
+    r.set_op(p.op);
+    r.set_pne_id(p.pne_id);
+    r.set_accepted(result.reason == pb::REASON_NONE);
+    r.set_reason(result.reason);
+    *r.mutable_inventory() = result.inventory;
+    r.set_dissolved(result.dissolved);
+    for (auto& n : change_notices(result, p.op, p.pne_id, p.rand_pne)) {
+        const auto pne = dir_.find(n.pne_id());
+        if (!pne || pne->kind != EntityKind::kPne) continue;  // deleted since: nobody to tell
+        const Hash proof = notice_proof(pne->eukey, n);
+        n.set_proof(to_field(ByteView{proof}));
+        *r.add_notices() = std::move(n);
+    }
+    const std::string op(cpns::to_string(p.op));
+    if (result.reason == pb::REASON_NONE) {
+        log(LogLevel::kInfo, op + " of " + pn_id + " of " + gw_id + " recorded: revision " +
+                                 std::to_string(result.inventory.revision()) + ", " +
+                                 std::to_string(result.inventory.members_size()) + " member(s)" +
+                                 (result.dissolved ? ", dissolved" : ""));
+    } else {
+        counters_.count(result.reason);
+        log(LogLevel::kWarn, op + " of " + pn_id + " of " + gw_id + " refused by the store: " +
+                                 std::string(reason_name(result.reason)));
+    }
+    std::vector<PneOutcome> pnes;
+    if (!p.pne_id.empty()) pnes.push_back(PneOutcome{p.pne_id, false, result.reason});
+    out.push_back(OutcomeEffect{pn_id, gw_id, result.reason == pb::REASON_NONE, result.reason,
+                                result.dissolved ? "dissolved" : "", result.inventory,
+                                std::move(pnes), op});
+    send(out, gw_id, std::move(env));
+    return out;
+}
+
+// A change whose store result has not come within kPersistTimeout: the PN GW learns
+// STORE_UNAVAILABLE now; the result, when it comes, is still sent (on_changed).
+void Server::expire_changes(Out& out, Millis now) {
+    while (!change_timers_.empty() && change_timers_.begin()->first <= now) {
+        const Key key = change_timers_.begin()->second;
+        change_timers_.erase(change_timers_.begin());
+        auto it = changes_.find(key);
+        if (it == changes_.end()) continue;
+        it->second.deadline = kNever;
+        pb::PnChangeRequest m;
+        m.set_pn_id(key.second);
+        m.set_op(it->second.op);
+        m.set_pne_id(it->second.pne_id);
+        refuse_change(out, key.first, m, pb::STORE_UNAVAILABLE,
+                      "the store did not confirm the change in time");
+    }
+}
+
+}  // namespace cpns

@@ -1,0 +1,353 @@
+// The PN lifecycle after establishment (leave, remove, dissolve) in the deterministic simulator:
+// every change ends with the CPNS Server, the PN GW and every remaining member agreeing on the
+// membership and its revision, and a departed PNE holding no key for the PN. Forged and
+// replayed changes are refused.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "core/lifecycle.hpp"
+#include "sim/sim.hpp"
+
+namespace cpns::sim {
+namespace {
+
+enum class Pan { kSecure, kInsecure };
+enum class Ui { kYes, kNo };  // kYes: the PNEs get a LocalEUKey; kNo: pre-assigned keys
+
+const std::string kGw = "gw";
+
+GwSpec make_gw(int n, Ui ui, Pan pan) {
+    GwSpec g;
+    g.id = kGw;
+    for (int i = 1; i <= n; ++i) {
+        PneSpec p;
+        p.id = "pne-" + std::to_string(i);
+        p.enough_ui = ui == Ui::kYes;
+        p.pan_secure = pan == Pan::kSecure;
+        g.pnes.push_back(p);
+    }
+    return g;
+}
+
+std::set<std::string> ids(const pb::PnInventory& inv) {
+    std::set<std::string> out;
+    for (const auto& m : inv.members()) out.insert(m.pne_id());
+    return out;
+}
+
+// A PN of pne-1..pne-n, established by the PN GW (every discovered PNE).
+struct Lab {
+    Simulator sim;
+    std::string pn;
+    int n;
+    Lab(std::uint64_t seed, int pnes, Ui ui, Pan pan, FaultConfig faults = {})
+        : sim(seed, std::move(faults)), n(pnes) {
+        sim.add_gateway(make_gw(pnes, ui, pan));
+        sim.discover_all();
+        sim.run();
+        sim.start_gw_invite(kGw, {});
+        sim.run();
+        EXPECT_EQ(sim.directory().pns().size(), 1u);
+        if (!sim.directory().pns().empty()) pn = sim.directory().pns().begin()->second.pn_id();
+    }
+    std::string pne(int i) const { return "pne-" + std::to_string(i); }
+    const pb::PnInventory* server_pn() {
+        auto it = sim.directory().pns().find(kGw + "/" + pn);
+        return it == sim.directory().pns().end() ? nullptr : &it->second;
+    }
+    const OutcomeEffect* last(const std::string& node) const {
+        const auto& o = sim.outcomes(node);
+        return o.empty() ? nullptr : &o.back();
+    }
+    // Server, PN GW and every PNE agree: the members are `expected` at `revision` (empty: the
+    // PN is dissolved everywhere), and a PNE outside `expected` holds nothing of the PN.
+    void expect_agreement(const std::set<std::string>& expected, std::uint64_t revision) {
+        SCOPED_TRACE("PN " + pn);
+        const pb::PnInventory* s = server_pn();
+        auto& gw = sim.gateway(kGw);
+        if (expected.empty()) {
+            EXPECT_EQ(s, nullptr) << "the server still has the PN";
+            EXPECT_EQ(gw.inventory().count(pn), 0u) << "the PN GW still has the PN";
+            EXPECT_EQ(gw.routing_table().count(pn), 0u);
+        } else {
+            ASSERT_NE(s, nullptr) << "the server lost the PN";
+            EXPECT_EQ(ids(*s), expected);
+            EXPECT_EQ(s->revision(), revision);
+            ASSERT_EQ(gw.inventory().count(pn), 1u);
+            EXPECT_EQ(ids(gw.inventory().at(pn)), expected);
+            EXPECT_EQ(gw.inventory().at(pn).revision(), revision);
+            const auto& route = gw.routing_table().at(pn);
+            EXPECT_EQ(std::set<std::string>(route.begin(), route.end()), expected);
+        }
+        for (int i = 1; i <= n; ++i) {
+            const std::string id = pne(i);
+            const auto& ms = sim.pne(id).memberships();
+            if (expected.count(id)) {
+                ASSERT_EQ(ms.count(pn), 1u) << id << " lost its membership";
+                EXPECT_EQ(ids(ms.at(pn).inventory), expected) << id;
+                EXPECT_EQ(ms.at(pn).inventory.revision(), revision) << id;
+            } else {
+                EXPECT_EQ(ms.count(pn), 0u) << id << " still holds the PN (and its keys)";
+                EXPECT_FALSE(gw.local_eukey(pn, id).has_value())
+                    << "the PN GW still holds " << id << "'s LocalEUKey";
+            }
+        }
+    }
+    std::set<std::string> all_but(std::set<int> gone) const {
+        std::set<std::string> out;
+        for (int i = 1; i <= n; ++i)
+            if (!gone.count(i)) out.insert(pne(i));
+        return out;
+    }
+};
+
+struct Mode {
+    Pan pan;
+    Ui ui;
+};
+
+class Lifecycle : public testing::TestWithParam<Mode> {};
+
+std::string mode_name(const testing::TestParamInfo<Mode>& info) {
+    return std::string(info.param.pan == Pan::kSecure ? "SecurePan" : "InsecurePan") +
+           (info.param.ui == Ui::kYes ? "_LocalEUKey" : "_PreassignedKey");
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, Lifecycle,
+                         testing::Values(Mode{Pan::kSecure, Ui::kYes}, Mode{Pan::kSecure, Ui::kNo},
+                                         Mode{Pan::kInsecure, Ui::kYes},
+                                         Mode{Pan::kInsecure, Ui::kNo}),
+                         mode_name);
+
+TEST_P(Lifecycle, APneLeavesAndEveryoneAgrees) {
+    Lab lab(31, 3, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.expect_agreement(lab.all_but({}), 0);
+    lab.sim.start_pne_leave("pne-1", lab.pn);
+    lab.sim.run();
+    const OutcomeEffect* o = lab.last("pne-1");
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->operation, "leave");
+    EXPECT_TRUE(o->success) << reason_name(o->reason) << " " << o->detail;
+    lab.expect_agreement(lab.all_but({1}), 1);
+}
+
+TEST_P(Lifecycle, ThePnGwRemovesAPneAndEveryoneAgrees) {
+    Lab lab(32, 3, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_remove(kGw, lab.pn, "pne-2");
+    lab.sim.run();
+    const OutcomeEffect* o = lab.last(kGw);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->operation, "remove");
+    EXPECT_TRUE(o->success) << reason_name(o->reason) << " " << o->detail;
+    lab.expect_agreement(lab.all_but({2}), 1);
+}
+
+TEST_P(Lifecycle, ThePnGwDissolvesThePnAndEveryoneForgetsIt) {
+    Lab lab(33, 3, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_dissolve(kGw, lab.pn);
+    lab.sim.run();
+    const OutcomeEffect* o = lab.last(kGw);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->operation, "dissolve");
+    EXPECT_TRUE(o->success) << reason_name(o->reason);
+    lab.expect_agreement({}, 0);
+}
+
+TEST_P(Lifecycle, ThePnEndsWhenItsLastMemberLeaves) {
+    Lab lab(34, 2, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_pne_leave("pne-1", lab.pn);
+    lab.sim.run();
+    lab.expect_agreement({"pne-2"}, 1);
+    lab.sim.start_pne_leave("pne-2", lab.pn);
+    lab.sim.run();
+    ASSERT_NE(lab.last("pne-2"), nullptr);
+    EXPECT_TRUE(lab.last("pne-2")->success);
+    lab.expect_agreement({}, 0);
+}
+
+TEST_P(Lifecycle, ALeaveWithAStaleViewIsBroughtUpToDateAndSucceeds) {
+    // pne-3 never hears that pne-1 left (its notice is lost): it asks to leave at revision 0,
+    // is refused STALE_REVISION with the current PN (proven), takes it and asks again.
+    FaultConfig f;
+    FaultRule lost;
+    lost.action = FaultRule::Action::kDrop;
+    lost.message = "PnChangeNotify";
+    lost.to = "pne-3";
+    lost.count = 1;
+    f.rules.push_back(lost);
+    Lab lab(35, 3, GetParam().ui, GetParam().pan, f);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_pne_leave("pne-1", lab.pn);
+    lab.sim.run();
+    EXPECT_EQ(lab.sim.pne("pne-3").memberships().at(lab.pn).inventory.revision(), 0u);
+    lab.sim.start_pne_leave("pne-3", lab.pn);
+    lab.sim.run();
+    ASSERT_NE(lab.last("pne-3"), nullptr);
+    EXPECT_TRUE(lab.last("pne-3")->success) << reason_name(lab.last("pne-3")->reason);
+    lab.expect_agreement({"pne-2"}, 2);
+}
+
+TEST(Lifecycle, RemovingOrLeavingWhatIsNotThereFailsWithItsReason) {
+    Lab lab(36, 2, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_remove(kGw, lab.pn, "pne-9");
+    lab.sim.run();
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_FALSE(lab.last(kGw)->success);
+    EXPECT_EQ(lab.last(kGw)->reason, pb::NOT_A_MEMBER);
+    lab.sim.start_gw_dissolve(kGw, "pn-unknown");
+    lab.sim.run();
+    EXPECT_EQ(lab.last(kGw)->reason, pb::UNKNOWN_PN);
+    lab.sim.start_pne_leave("pne-1", "pn-unknown");
+    lab.sim.run();
+    ASSERT_NE(lab.last("pne-1"), nullptr);
+    EXPECT_EQ(lab.last("pne-1")->reason, pb::UNKNOWN_PN);
+    lab.expect_agreement(lab.all_but({}), 0);
+}
+
+// --- Forgery and replay ----------------------------------------------------------------------
+
+pb::Envelope envelope(const std::string& sender) {
+    pb::Envelope env;
+    env.set_version(kProtocolVersion);
+    env.set_sender_id(sender);
+    return env;
+}
+
+TEST(LifecycleAttacks, ALeaveForgedByThePnGwIsRefused) {
+    Lab lab(41, 2, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    // The PN GW (or anyone on its server link) claims pne-1 asked to leave; it cannot make the
+    // proof, which needs pne-1's EUKey.
+    pb::Envelope env = envelope(kGw);
+    auto& r = *env.mutable_change_request();
+    r.set_pn_id(lab.pn);
+    r.set_op(pb::CHANGE_LEAVE);
+    r.set_pne_id("pne-1");
+    r.set_revision(0);
+    auto& leave = *r.mutable_leave();
+    leave.set_pn_id(lab.pn);
+    leave.set_gw_id(kGw);
+    leave.set_revision(0);
+    leave.set_rand_pne(std::string(16, 'r'));
+    leave.set_proof(std::string(32, 'p'));
+    lab.sim.inject(kGw, "cpns-server", encode_frame(env), Protection::kTls);
+    lab.sim.run();
+    EXPECT_EQ(lab.sim.server().counters()[pb::AUTHENTICATION_FAILED], 1u);
+    lab.expect_agreement(lab.all_but({}), 0);
+}
+
+TEST(LifecycleAttacks, ALeaveProofMadeForAnotherPnOrPnGwIsRefused) {
+    Lab lab(42, 2, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    // A real proof by pne-1, but over another PN: the server binds the proof to the PN named.
+    pb::PnLeaveRequest other;
+    other.set_pn_id("pn-other");
+    other.set_gw_id(kGw);
+    other.set_revision(0);
+    other.set_rand_pne(std::string(16, 'r'));
+    const Hash proof = leave_proof(lab.sim.device_eukey("pne-1"), "pne-1", other);
+    pb::Envelope env = envelope("pne-1");
+    auto& leave = *env.mutable_leave_request();
+    leave = other;
+    leave.set_pn_id(lab.pn);
+    leave.set_proof(std::string(proof.begin(), proof.end()));
+    lab.sim.inject("pne-1", kGw, encode_frame(env), Protection::kTls);
+    lab.sim.run();
+    EXPECT_EQ(lab.sim.server().counters()[pb::AUTHENTICATION_FAILED], 1u);
+    lab.expect_agreement(lab.all_but({}), 0);
+}
+
+TEST(LifecycleAttacks, ALeaveReplayedFromAnEarlierRevisionIsRefused) {
+    Lab lab(43, 3, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    // pne-1's leave request as it was at revision 0 (recorded by an attacker, or held back by
+    // the PN GW), sent after pne-2 has left (revision 1).
+    pb::Envelope env = envelope("pne-1");
+    auto& leave = *env.mutable_leave_request();
+    leave.set_pn_id(lab.pn);
+    leave.set_gw_id(kGw);
+    leave.set_revision(0);
+    leave.set_rand_pne(std::string(16, 'r'));
+    const Hash proof = leave_proof(lab.sim.device_eukey("pne-1"), "pne-1", leave);
+    leave.set_proof(std::string(proof.begin(), proof.end()));
+    lab.sim.start_pne_leave("pne-2", lab.pn);
+    lab.sim.run();
+    lab.expect_agreement({"pne-1", "pne-3"}, 1);
+    lab.sim.inject("pne-1", kGw, encode_frame(env), Protection::kTls);
+    lab.sim.run();
+    EXPECT_EQ(lab.sim.server().counters()[pb::STALE_REVISION], 1u);
+    lab.expect_agreement({"pne-1", "pne-3"}, 1);
+}
+
+TEST(LifecycleAttacks, APneRefusesARemovalNoticeNotProvenByTheServer) {
+    Lab lab(44, 2, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    // The PN GW tells pne-1 it was removed, without the server: it cannot make the proof.
+    pb::Envelope env = envelope(kGw);
+    auto& n = *env.mutable_change_notify()->mutable_notice();
+    n.set_pne_id("pne-1");
+    n.set_kind(pb::NOTICE_REMOVED);
+    *n.mutable_inventory() = lab.sim.gateway(kGw).inventory().at(lab.pn);
+    n.mutable_inventory()->set_revision(1);
+    n.mutable_inventory()->mutable_members()->DeleteSubrange(0, 1);
+    n.set_proof(std::string(32, 'p'));
+    lab.sim.inject(kGw, "pne-1", encode_frame(env), Protection::kTls);
+    lab.sim.run();
+    EXPECT_EQ(lab.sim.pne("pne-1").memberships().count(lab.pn), 1u);
+    EXPECT_EQ(lab.sim.pne("pne-1").counters()[pb::SERVER_AUTHENTICATION_FAILED], 1u);
+}
+
+TEST(LifecycleAttacks, AReplayedNoticeOfAnOlderRevisionIsRefused) {
+    Lab lab(45, 3, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.set_capture(true);
+    lab.sim.start_pne_leave("pne-1", lab.pn);  // revision 1: pne-3 is told "updated"
+    lab.sim.run();
+    Bytes old_notice;
+    for (const auto& c : lab.sim.captured())
+        if (c.to == "pne-3") {
+            auto d = decode_frame(c.frame);
+            if (auto* e = std::get_if<pb::Envelope>(&d); e && e->has_change_notify())
+                old_notice = c.frame;
+        }
+    ASSERT_FALSE(old_notice.empty());
+    lab.sim.start_pne_leave("pne-2", lab.pn);  // revision 2
+    lab.sim.run();
+    lab.expect_agreement({"pne-3"}, 2);
+    const auto refused = lab.sim.pne("pne-3").counters()[pb::SERVER_AUTHENTICATION_FAILED];
+    lab.sim.inject(kGw, "pne-3", old_notice, Protection::kTls);
+    lab.sim.run();
+    EXPECT_EQ(lab.sim.pne("pne-3").counters()[pb::SERVER_AUTHENTICATION_FAILED], refused + 1);
+    lab.expect_agreement({"pne-3"}, 2);
+}
+
+TEST(LifecycleAttacks, AnAcceptedLeaveResponseWithoutTheServersProofChangesNothing) {
+    // The PN GW drops pne-1's leave and answers "accepted" itself.
+    FaultConfig f;
+    FaultRule drop;
+    drop.action = FaultRule::Action::kDrop;
+    drop.message = "PnLeaveRequest";
+    f.rules.push_back(drop);
+    Lab lab(46, 2, Ui::kYes, Pan::kInsecure, f);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_pne_leave("pne-1", lab.pn);
+    pb::Envelope env = envelope(kGw);
+    env.mutable_leave_response()->set_pn_id(lab.pn);
+    env.mutable_leave_response()->set_accepted(true);
+    lab.sim.inject(kGw, "pne-1", encode_frame(env), Protection::kTls);
+    lab.sim.run();
+    // Without the server's proven NOTICE_LEFT the PNE stays a member, and its leave times out.
+    ASSERT_NE(lab.last("pne-1"), nullptr);
+    EXPECT_FALSE(lab.last("pne-1")->success);
+    EXPECT_EQ(lab.last("pne-1")->reason, pb::TIMEOUT);
+    lab.expect_agreement(lab.all_but({}), 0);
+}
+
+}  // namespace
+}  // namespace cpns::sim
