@@ -509,6 +509,49 @@ TYPED_TEST(StoreTest, ListFilters) {
 
 // Bounded state at the server: a PNE in kMaxPnsPerPne PNs is registered in no more; the
 // refused PN leaves nothing behind.
+// PN lifecycle (core/lifecycle.hpp): a change applies only at the PN's current revision, is
+// durable at once (a second connection sees it), and a refused one writes nothing.
+TYPED_TEST(StoreTest, LifecycleChangesApplyAtTheirRevisionOnly) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-3"});
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1", "pne-2", "pne-3"})),
+              PutResult::kOk);
+    ChangeResult r = s->change_pn("gw-1", "pn-1", pb::CHANGE_LEAVE, "pne-1", 0);
+    ASSERT_EQ(r.reason, pb::REASON_NONE);
+    EXPECT_EQ(r.inventory.revision(), 1u);
+    EXPECT_FALSE(r.dissolved);
+    const auto other = this->open();  // another connection: committed
+    auto stored = other->get_pn("gw-1", "pn-1");
+    ASSERT_TRUE(stored);
+    EXPECT_EQ(stored->revision(), 1u);
+    ASSERT_EQ(stored->members_size(), 2);
+    EXPECT_EQ(stored->members(0).pne_id(), "pne-2");
+    // Replayed (revision 0 again), not a member, unknown PN: refused, nothing written.
+    r = s->change_pn("gw-1", "pn-1", pb::CHANGE_REMOVE, "pne-2", 0);
+    EXPECT_EQ(r.reason, pb::STALE_REVISION);
+    EXPECT_EQ(r.inventory.revision(), 1u);  // the current PN comes back
+    EXPECT_EQ(s->change_pn("gw-1", "pn-1", pb::CHANGE_REMOVE, "pne-1", 1).reason, pb::NOT_A_MEMBER);
+    EXPECT_EQ(s->change_pn("gw-1", "pn-9", pb::CHANGE_DISSOLVE, "", 0).reason, pb::UNKNOWN_PN);
+    EXPECT_EQ(s->change_pn("gw-2", "pn-1", pb::CHANGE_DISSOLVE, "", 1).reason, pb::UNKNOWN_PN);
+    EXPECT_EQ(other->get_pn("gw-1", "pn-1")->members_size(), 2);
+    // Removing the last members dissolves the PN: gone with its member rows.
+    ASSERT_EQ(s->change_pn("gw-1", "pn-1", pb::CHANGE_REMOVE, "pne-2", 1).reason, pb::REASON_NONE);
+    r = s->change_pn("gw-1", "pn-1", pb::CHANGE_LEAVE, "pne-3", 2);
+    ASSERT_EQ(r.reason, pb::REASON_NONE);
+    EXPECT_TRUE(r.dissolved);
+    EXPECT_EQ(r.inventory.revision(), 3u);
+    EXPECT_FALSE(other->pn_exists("gw-1", "pn-1"));
+    EXPECT_EQ(this->count("pn_members"), "0");
+    EXPECT_TRUE(s->check().empty());
+    // Dissolving by the PN GW.
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-2", {"pne-1", "pne-2"})), PutResult::kOk);
+    r = s->change_pn("gw-1", "pn-2", pb::CHANGE_DISSOLVE, "", 0);
+    ASSERT_EQ(r.reason, pb::REASON_NONE);
+    EXPECT_TRUE(r.dissolved);
+    EXPECT_EQ(r.before, (std::vector<std::string>{"pne-1", "pne-2"}));
+    EXPECT_TRUE(s->list_pns().empty());
+}
+
 TYPED_TEST(StoreTest, WithdrawPnRemovesOnlyThePnStoredWithExactlyThatContent) {
     const auto s = this->open();
     provision(*s, {"gw-1"}, {"pne-1", "pne-2"});

@@ -504,7 +504,7 @@ std::vector<VectorSet> compute() {
     leave.set_gw_id(init.ctx.gw_id);
     leave.set_revision(0);
     const cpns::Bytes leave_rand = counting_bytes(0x90, cpns::kRandSize);
-    leave.set_rand_pne(cpns::to_field(leave_rand));
+    leave.set_rand_pne(std::string(leave_rand.begin(), leave_rand.end()));
     const cpns::Hash leave_proof = cpns::leave_proof(init.eukey_pne, init.ctx.pne_id, leave);
     pb::PnInventory after = init.inventory;
     after.mutable_members()->DeleteSubrange(0, 1);
@@ -512,8 +512,8 @@ std::vector<VectorSet> compute() {
     const std::string after_bytes = cpns::deterministic_bytes(after);
     const cpns::Hash after_digest = cpns::inventory_digest(after);
     const auto rev = cpns::encode_u64(0);
-    first.inputs.push_back({"leave_revision", "revision the leave names", "0",
-                            cpns::to_hex(cpns::ByteView{rev})});
+    first.inputs.push_back(
+        {"leave_revision", "revision the leave names", "0", cpns::to_hex(cpns::ByteView{rev})});
     first.inputs.push_back({"leave_rand_pne", "rand_PNE of the leave", "0x90 0x91 ... 0x9f",
                             cpns::to_hex(leave_rand)});
     first.inputs.push_back({"after_inventory_encoding", "PN after the leave (revision 1)",
@@ -523,7 +523,7 @@ std::vector<VectorSet> compute() {
     left.set_pne_id(init.ctx.pne_id);
     left.set_kind(pb::NOTICE_LEFT);
     *left.mutable_inventory() = after;
-    left.set_rand_pne(cpns::to_field(leave_rand));
+    left.set_rand_pne(std::string(leave_rand.begin(), leave_rand.end()));
     pb::PnChangeNotice updated;
     updated.set_pne_id(inv.ctx.pne_id);
     updated.set_kind(pb::NOTICE_UPDATED);
