@@ -192,6 +192,33 @@ TEST_P(Lifecycle, ALeaveWithAStaleViewIsBroughtUpToDateAndSucceeds) {
     lab.expect_agreement({"pne-2"}, 2);
 }
 
+TEST_P(Lifecycle, RevokingAPneRemovesItFromItsPnAndItsSessionEnds) {
+    Lab lab(37, 3, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    const std::string identity = local_eukey_identity(lab.pn, "pne-2");
+    const bool leuk = GetParam().ui == Ui::kYes && GetParam().pan == Pan::kInsecure;
+    if (leuk) {
+        EXPECT_TRUE(lab.sim.gateway(kGw).tls_psk_for(identity).has_value());
+    }
+    lab.sim.revoke("pne-2");
+    lab.sim.run();
+    lab.expect_agreement(lab.all_but({2}), 1);
+    // A new PSK-TLS handshake with its LocalEUKey finds no key at the PN GW.
+    EXPECT_FALSE(lab.sim.gateway(kGw).tls_psk_for(identity).has_value());
+    const auto& server_out = lab.sim.outcomes("cpns-server");
+    ASSERT_FALSE(server_out.empty());
+    EXPECT_EQ(server_out.back().operation, "remove");
+    EXPECT_TRUE(server_out.back().success);
+}
+
+TEST_P(Lifecycle, RevokingTheLastMemberDissolvesThePn) {
+    Lab lab(38, 1, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.revoke("pne-1", EntityStatus::kDisabled);
+    lab.sim.run();
+    lab.expect_agreement({}, 0);
+}
+
 TEST(Lifecycle, RemovingOrLeavingWhatIsNotThereFailsWithItsReason) {
     Lab lab(36, 2, Ui::kYes, Pan::kInsecure);
     ASSERT_FALSE(lab.pn.empty());

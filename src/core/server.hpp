@@ -95,6 +95,16 @@ class Server {
     // PN GW adopts any accepted change newer than what it holds.
     ServerEffects on_changed(const std::string& gw_id, const std::string& pn_id,
                              const ChangeResult& result, Millis now);
+    // A change the server decides itself: a revoked or disabled PNE is removed from a PN
+    // (op CHANGE_REMOVE, `why` REVOKED). It goes to the store like a PN GW's request, at
+    // `revision`, and the PN GW is told with an unsolicited PnChangeResponse. When the store
+    // finds it already done (by another server instance) the PN GW is sent the PN as it is.
+    ServerEffects push_change(const std::string& gw_id, const std::string& pn_id, pb::ChangeOp op,
+                              const std::string& pne_id, std::uint64_t revision,
+                              pb::FailureReason why, Millis now);
+    // A change already made in the store by someone else (cpnsctl pn delete): the PN GW is told.
+    ServerEffects announce(const std::string& gw_id, pb::ChangeOp op, const std::string& pne_id,
+                           const ChangeResult& result, const std::string& detail);
 
     std::size_t active_sessions() const { return sessions_.size(); }
     std::size_t pending_changes() const { return changes_.size(); }
@@ -177,7 +187,11 @@ class Server {
         std::string pne_id;
         std::string rand_pne;  // a leave's, for the NOTICE_LEFT that answers it
         Millis deadline = kNever;
+        pb::FailureReason pushed = pb::REASON_NONE;  // decided by the server: why
+        int attempts = 0;
     };
+    void respond(Out& out, const std::string& gw_id, const std::string& pn_id,
+                 const PendingChange& p, const ChangeResult& result, const std::string& detail);
     void handle_change_request(Out& out, const std::string& from, const pb::PnChangeRequest& m,
                                Millis now);
     void refuse_change(Out& out, const std::string& gw_id, const pb::PnChangeRequest& m,

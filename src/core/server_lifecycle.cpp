@@ -58,7 +58,7 @@ void Server::handle_change_request(Out& out, const std::string& from, const pb::
 }
 
 ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn_id,
-                                 const ChangeResult& result, Millis /*now*/) {
+                                 const ChangeResult& result, Millis now) {
     Out out;
     const Key key{gw_id, pn_id};
     auto it = changes_.find(key);
@@ -67,9 +67,35 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
                                  " that is not pending: ignored");
         return out;
     }
-    const PendingChange p = it->second;
+    PendingChange p = it->second;
     change_timers_.erase({p.deadline, key});
     changes_.erase(it);
+    if (p.pushed != pb::REASON_NONE && p.op == pb::CHANGE_REMOVE) {
+        // The server's own removal raced with another change: try again at the revision the
+        // store has, or, when the PNE is already gone (another server instance removed it),
+        // tell the PN GW the PN as it is.
+        if (result.reason == pb::STALE_REVISION && p.attempts < 3) {
+            Out again = push_change(gw_id, pn_id, p.op, p.pne_id, result.inventory.revision(),
+                                    p.pushed, now);
+            changes_[key].attempts = p.attempts + 1;
+            return again;
+        }
+        if (result.reason == pb::NOT_A_MEMBER) {
+            ChangeResult as_is = result;
+            as_is.reason = pb::REASON_NONE;
+            as_is.dissolved = false;
+            respond(out, gw_id, pn_id, p, as_is, "already removed");
+            return out;
+        }
+    }
+    respond(out, gw_id, pn_id, p, result,
+            p.pushed != pb::REASON_NONE ? std::string(reason_name(p.pushed)) : "");
+    return out;
+}
+
+void Server::respond(Out& out, const std::string& gw_id, const std::string& pn_id,
+                     const PendingChange& p, const ChangeResult& result,
+                     const std::string& detail) {
     pb::Envelope env;
     auto& r = *env.mutable_change_response();
     r.set_pn_id(pn_id);
@@ -91,7 +117,8 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
         log(LogLevel::kInfo, op + " of " + pn_id + " of " + gw_id + " recorded: revision " +
                                  std::to_string(result.inventory.revision()) + ", " +
                                  std::to_string(result.inventory.members_size()) + " member(s)" +
-                                 (result.dissolved ? ", dissolved" : ""));
+                                 (result.dissolved ? ", dissolved" : "") +
+                                 (detail.empty() ? "" : " (" + detail + ")"));
     } else {
         counters_.count(result.reason);
         log(LogLevel::kWarn, op + " of " + pn_id + " of " + gw_id + " refused by the store: " +
@@ -99,10 +126,38 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
     }
     std::vector<PneOutcome> pnes;
     if (!p.pne_id.empty()) pnes.push_back(PneOutcome{p.pne_id, false, result.reason});
-    out.push_back(OutcomeEffect{pn_id, gw_id, result.reason == pb::REASON_NONE, result.reason,
-                                result.dissolved ? "dissolved" : "", result.inventory,
-                                std::move(pnes), op});
+    std::string text = result.dissolved ? "dissolved" : "";
+    if (!detail.empty()) text += (text.empty() ? "" : ", ") + detail;
+    out.push_back(OutcomeEffect{pn_id, gw_id, result.reason == pb::REASON_NONE, result.reason, text,
+                                result.inventory, std::move(pnes), op});
     send(out, gw_id, std::move(env));
+}
+
+ServerEffects Server::push_change(const std::string& gw_id, const std::string& pn_id,
+                                  pb::ChangeOp op, const std::string& pne_id,
+                                  std::uint64_t revision, pb::FailureReason why, Millis now) {
+    Out out;
+    const Key key{gw_id, pn_id};
+    if (changes_.count(key) || changes_.size() >= kMaxServerChanges) {
+        log(LogLevel::kWarn, std::string(cpns::to_string(op)) + " of " + pn_id +
+                                 " postponed: another change of it is in progress");
+        return out;  // the caller's next poll asks again
+    }
+    PendingChange p{op, pne_id, {}, now + kPersistTimeout, why, 0};
+    log(LogLevel::kInfo, std::string(cpns::to_string(op)) + " of " + pn_id + " of " + gw_id +
+                             (pne_id.empty() ? "" : " (PNE " + pne_id + ")") + ": " +
+                             std::string(reason_name(why)) + ", to the store");
+    changes_[key] = p;
+    change_timers_.insert({p.deadline, key});
+    out.push_back(ChangePnEffect{gw_id, pn_id, op, pne_id, revision});
+    return out;
+}
+
+ServerEffects Server::announce(const std::string& gw_id, pb::ChangeOp op, const std::string& pne_id,
+                               const ChangeResult& result, const std::string& detail) {
+    Out out;
+    PendingChange p{op, pne_id, {}, kNever, pb::REASON_NONE, 0};
+    respond(out, gw_id, result.inventory.pn_id(), p, result, detail);
     return out;
 }
 

@@ -478,6 +478,17 @@ void Simulator::start_gw_dissolve(const std::string& gw_id, const std::string& p
     apply(gw_id, node(gw_id).gw->dissolve(pn_id, now_));
 }
 
+void Simulator::revoke(const std::string& id, EntityStatus status) {
+    dir_.set_status(id, status);
+    std::vector<pb::PnInventory> pns;
+    for (const auto& [key, inv] : dir_.pns())
+        for (const auto& m : inv.members())
+            if (m.pne_id() == id) pns.push_back(inv);
+    for (const auto& inv : pns)
+        apply(kServerId, server_->push_change(inv.gw_id(), inv.pn_id(), pb::CHANGE_REMOVE, id,
+                                              inv.revision(), pb::REVOKED, now_));
+}
+
 void Simulator::inject(const std::string& from, const std::string& to, Bytes frame,
                        Protection protection) {
     auto* e = new Event;

@@ -121,6 +121,9 @@ class Simulator {
     void start_gw_remove(const std::string& gw_id, const std::string& pn_id,
                          const std::string& pne_id);
     void start_gw_dissolve(const std::string& gw_id, const std::string& pn_id);
+    // The operator revokes (or disables) an entity at the server: a PNE is removed by the
+    // server from every PN it is in, as the server daemon does when its store reports it.
+    void revoke(const std::string& id, EntityStatus status = EntityStatus::kRevoked);
     // Runs until nothing is left to do or `limit` of virtual time has passed.
     void run(Millis limit = 10 * 60'000);
 
