@@ -8,6 +8,7 @@ PneOptions pne_options_from(const Config& c) {
     o.device = device_options_from(c);
     o.role.preassigned_key = c.key("preassigned_key", "preassigned_key_file");
     o.role.pan_secure = c.boolean("pan_secure", false);
+    o.role.neighbour_ttl = neighbour_ttl_from(c);
     const std::string gw = c.str("gw");
     if (!gw.empty()) o.gw = parse_address(gw, c.where("gw"));
     o.role.accept_invitations = c.boolean("accept_invitations", true);
@@ -340,7 +341,8 @@ void PneDaemon::outcome_effect(const OutcomeEffect& o) {
 void PneDaemon::apply(PneEffects effects) {
     for (auto& e : effects) held_.push_back(std::move(e));
     carry_out();
-    timer_.arm(pne_->next_deadline());
+    // The role's waits, and the next neighbour to age out (on_timer drops it).
+    timer_.arm(std::min(pne_->next_deadline(), pne_->neighbour_expiry()));
 }
 
 // Carries out the held effects in order, stopping at a state save until it is durable.

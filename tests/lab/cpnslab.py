@@ -84,6 +84,8 @@ class Lab:
     server_listen: str = "127.0.0.1:0"
     gw_pan_listen: str = "127.0.0.1:0"
     gw_control_listen: str = "127.0.0.1:0"
+    # `neighbour_ttl_ms` of the PN GW and every PNE (0: not set, the daemons' default of 5 min).
+    neighbour_ttl_ms: int = 0
 
     # --- provisioning -------------------------------------------------------------
     def provision(self) -> None:
@@ -151,6 +153,8 @@ class Lab:
         ]
         if self.gw_pan_tls:
             lines.append(f'pan_tls = "{self.gw_pan_tls}"')
+        if self.neighbour_ttl_ms:
+            lines.append(f'neighbour_ttl_ms = {self.neighbour_ttl_ms}')
         lines += [
             '',
             '[capabilities]', 'device_type = "home-hub"', 'manufacturer = "cpnslab"', '',
@@ -180,6 +184,8 @@ class Lab:
             lines.append(f'preassigned_key = "{key}"')
         if p.keylog or self.keylog:
             lines.append(f'keylog = "{p.keylog or self.keylog}"')
+        if self.neighbour_ttl_ms:
+            lines.append(f'neighbour_ttl_ms = {self.neighbour_ttl_ms}')
         lines += ['', '[capabilities]', f'device_type = "{p.device_type}"',
                   'manufacturer = "cpnslab"', '', '[[content]]', f'id = "content-of-{p.id}"',
                   'media_type = "audio/mpeg"', 'title = "demo track"', '']
@@ -352,6 +358,12 @@ class Lab:
 
     def gw_status(self) -> dict:
         r = subprocess.run([str(self.bindir / "cpns-gw" / "cpns-gw"), "status", "--control",
+                            self.control_addr], capture_output=True, text=True, timeout=10)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+    def gw_neighbours(self) -> dict:
+        """`cpns-gw neighbours`: the PN GW's live neighbours ({} if it does not answer)."""
+        r = subprocess.run([str(self.bindir / "cpns-gw" / "cpns-gw"), "neighbours", "--control",
                             self.control_addr], capture_output=True, text=True, timeout=10)
         return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
 
