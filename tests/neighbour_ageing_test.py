@@ -4,18 +4,22 @@ PN GW by UDP multicast, all with a short `neighbour_ttl_ms`. A PNE killed with S
 link closes, nothing else is said) disappears from the PN GW's neighbours once the TTL has passed
 since its link went down - not before -, while the PNE still linked stays however long it is
 quiet; an invitation of "every discovered PNE" then invites only the live one: the dead one is
-not invited at all (no member, no "peer unreachable"). Python 3 standard library only.
+not invited at all (no member, no "peer unreachable"). The surviving PNE's own view
+(`cpns-pne neighbours`) lists its PN GW, linked. Python 3 standard library only.
 """
 
 import os
+import secrets
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import unittest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
-from cpnslab import PneSpec, cleanup, make_lab  # noqa: E402
+from cpnslab import PneSpec, cleanup, free_port, make_lab  # noqa: E402
 
 BIN = os.path.join(os.environ.get("CPNS_BINARY_DIR", "build/dev"), "apps")
 TTL_MS = 3000
@@ -30,7 +34,7 @@ def ids(listing: dict) -> set[str]:
 class NeighbourAgeingTest(unittest.TestCase):
     def test_killed_pne_ages_out_and_is_not_invited(self):
         port = 43000 + (os.getpid() % 2000)  # a group of its own: parallel runs do not mix
-        lab = make_lab(BIN, [PneSpec("pne-a", use_discovery=True),
+        lab = make_lab(BIN, [PneSpec("pne-a", use_discovery=True, control_port=free_port()),
                              PneSpec("pne-b", use_discovery=True)],
                        discovery_group=f"239.255.67.81:{port}", neighbour_ttl_ms=TTL_MS)
         try:
@@ -89,12 +93,39 @@ class NeighbourAgeingTest(unittest.TestCase):
             self.assertNotIn("pne-b excluded", gw_log)
             self.assertNotIn("PnSetupInvite to pne-b", gw_log)
             self.assertNotIn("cannot send PnSetupInvite to pne-b", gw_log)
+            # The PNE's view: its PN GW, found by multicast and held by the PAN link.
+            view = lab.pne_neighbours(lab.pnes[0])
+            self.assertEqual(view.get("entity_id"), "pne-a", view)
+            self.assertEqual(view.get("ttl_ms"), TTL_MS, view)
+            gws = [n for n in view.get("neighbours", []) if n["id"] == lab.gw_id]
+            self.assertEqual(len(gws), 1, view)
+            self.assertEqual(gws[0]["mode"], "MODE_PN_GW")
+            self.assertTrue(gws[0]["linked"], gws[0])
+            self.assertEqual(gws[0]["endpoint"], lab.pan_addr)
             lab.stop_all()
         except BaseException:
             print(lab.logs()[-8000:], flush=True)
             raise
         finally:
             cleanup(lab)
+
+    def test_ttl_outside_its_bounds_is_refused_at_start(self):
+        """neighbour_ttl_ms below 1 s, above 24 h or not an integer: exit status 2, named"""
+        with tempfile.TemporaryDirectory(prefix="cpns-ttl-") as d:
+            for program, extra, value, why in [
+                ("cpns-gw", "", "999", "must be 1000..86400000"),
+                ("cpns-gw", "", "86400001", "must be 1000..86400000"),
+                ("cpns-pne", 'gw = "127.0.0.1:1"\n', '"3s"', "must be an integer"),
+                ("cpns-pne", 'gw = "127.0.0.1:1"\n', "0", "must be 1000..86400000"),
+            ]:
+                cfg = Path(d) / f"{program}.toml"
+                cfg.write_text(f'id = "x-1"\neukey = "{secrets.token_hex(32)}"\n{extra}'
+                               f"neighbour_ttl_ms = {value}\n")
+                os.chmod(cfg, 0o600)
+                r = subprocess.run([str(Path(BIN) / program / program), "--config", str(cfg),
+                                    "run"], capture_output=True, text=True, timeout=10)
+                self.assertEqual(r.returncode, 2, f"{program} {value}: {r.stderr}")
+                self.assertIn(f"'neighbour_ttl_ms' {why}", r.stderr)
 
 
 if __name__ == "__main__":

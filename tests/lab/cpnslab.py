@@ -44,6 +44,7 @@ class PneSpec:
     use_discovery: bool = False  # find the PN GW by multicast instead of its address
     pan_tls: str = "tls13"
     keylog: str = ""  # this PNE's own NSS key-log file ("" = none)
+    control_port: int = 0  # answer `neighbours` on 127.0.0.1:control_port (0 = no endpoint)
     # filled by provisioning
     eukey: str = ""
     device_eukey: str = ""
@@ -186,6 +187,8 @@ class Lab:
             lines.append(f'keylog = "{p.keylog or self.keylog}"')
         if self.neighbour_ttl_ms:
             lines.append(f'neighbour_ttl_ms = {self.neighbour_ttl_ms}')
+        if p.control_port:
+            lines.append(f'control_listen = "127.0.0.1:{p.control_port}"')
         lines += ['', '[capabilities]', f'device_type = "{p.device_type}"',
                   'manufacturer = "cpnslab"', '', '[[content]]', f'id = "content-of-{p.id}"',
                   'media_type = "audio/mpeg"', 'title = "demo track"', '']
@@ -365,6 +368,13 @@ class Lab:
         """`cpns-gw neighbours`: the PN GW's live neighbours ({} if it does not answer)."""
         r = subprocess.run([str(self.bindir / "cpns-gw" / "cpns-gw"), "neighbours", "--control",
                             self.control_addr], capture_output=True, text=True, timeout=10)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+    def pne_neighbours(self, p: PneSpec) -> dict:
+        """`cpns-pne neighbours` of a running PNE with a control_port ({} if no answer)."""
+        r = subprocess.run([str(self.bindir / "cpns-pne" / "cpns-pne"), "--config",
+                            str(self.workdir / f"{p.id}.toml"), "neighbours"],
+                           capture_output=True, text=True, timeout=10)
         return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
 
     def stop(self, proc: Proc) -> float:
