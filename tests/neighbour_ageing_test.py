@@ -8,9 +8,11 @@ not invited at all (no member, no "peer unreachable"). The surviving PNE's own v
 (`cpns-pne neighbours`) lists its PN GW, linked. Python 3 standard library only.
 """
 
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -102,6 +104,17 @@ class NeighbourAgeingTest(unittest.TestCase):
             self.assertEqual(gws[0]["mode"], "MODE_PN_GW")
             self.assertTrue(gws[0]["linked"], gws[0])
             self.assertEqual(gws[0]["endpoint"], lab.pan_addr)
+            # Anything else gets one line of JSON naming what it does answer.
+            with socket.create_connection(("127.0.0.1", lab.pnes[0].control_port),
+                                          timeout=10) as c:
+                c.sendall(b"status\x01\n")
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            self.assertIn("use: neighbours", json.loads(data)["error"])
             lab.stop_all()
         except BaseException:
             print(lab.logs()[-8000:], flush=True)

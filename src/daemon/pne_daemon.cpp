@@ -77,6 +77,10 @@ void PneDaemon::start() {
 void PneDaemon::stop() {
     stopping_ = true;
     control_listener_.close();
+    for (auto& [raw, weak] : control_sockets_) {
+        std::error_code ec;
+        if (auto sock = weak.lock()) sock->close(ec);
+    }
     if (state_) state_->flush();
     timer_.cancel();
     wait_.cancel();
@@ -112,6 +116,9 @@ net::Listener::Hooks PneDaemon::control_hooks() {
 // live Entity Discovery neighbours). The request must come within kPneControlIdleTimeout.
 asio::awaitable<void> PneDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket,
                                                std::shared_ptr<net::Listener::Slot> slot) {
+    // Forgotten when served (not in a destructor: a frame destroyed with the io_context, after
+    // this daemon, must not touch it).
+    control_sockets_[socket.get()] = socket;
     std::string line;
     std::error_code ec;
     asio::steady_timer idle(io_, std::chrono::milliseconds(kPneControlIdleTimeout));
@@ -123,7 +130,10 @@ asio::awaitable<void> PneDaemon::control_serve(std::shared_ptr<net::tcp::socket>
         co_await asio::async_read_until(*socket, asio::dynamic_buffer(line, kMaxPneControlLine),
                                         '\n', asio::redirect_error(asio::use_awaitable, ec));
     idle.cancel();
-    if (ec) co_return;
+    if (ec) {
+        control_sockets_.erase(socket.get());
+        co_return;
+    }
     slot->authenticated();
     line.resize(n > 0 ? n - 1 : 0);
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -142,6 +152,7 @@ asio::awaitable<void> PneDaemon::control_serve(std::shared_ptr<net::tcp::socket>
                                asio::redirect_error(asio::use_awaitable, ec));
     socket->shutdown(net::tcp::socket::shutdown_both, ec);
     socket->close(ec);
+    control_sockets_.erase(socket.get());
 }
 
 void PneDaemon::fail_early(pb::FailureReason reason, const std::string& detail) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -107,6 +108,8 @@ class PneDaemon {
     bool saving_ = false;
     net::Listener control_listener_;
     std::uint16_t control_port_ = 0;
+    // Control connections being served (at most kMaxPneControlConnections), closed at stop().
+    std::map<const net::tcp::socket*, std::weak_ptr<net::tcp::socket>> control_sockets_;
 };
 
 }  // namespace cpns::daemon
