@@ -73,8 +73,9 @@ const pb::Envelope& msg(const GatewayEffects& out, std::size_t i) {
 class GatewayRole : public testing::Test {
   protected:
     void SetUp() override { make_gateway(true); }
-    void make_gateway(bool pan_secure) {
+    void make_gateway(bool pan_secure, Millis neighbour_ttl = kNeighbourTtl) {
         GatewayConfig c;
+        c.neighbour_ttl = neighbour_ttl;
         c.gw_id = kGw;
         c.eukey = gw_key;
         c.server_id = kServer;
@@ -350,6 +351,79 @@ TEST_F(GatewayRole, NeighboursHeardOnlyByDatagramAgeOut) {
     now += kNeighbourTtl;
     gw->on_timer(now);
     EXPECT_TRUE(gw->neighbours().empty());
+}
+
+// Issue 10 item 7: with a configured TTL, a PNE whose PAN link went down (its process was
+// killed) ages out after that TTL - not after kNeighbourTtl -, the role says when
+// (neighbour_expiry) so that the daemon's timer drops it, and an empty invitation then invites
+// only the PNE still linked: the other is not invited at all (no member, no failure).
+TEST_F(GatewayRole, ConfiguredTtlAgesOutAPneWhoseLinkWentDownAndEmptyInviteSkipsIt) {
+    constexpr Millis kTtl = 3'000;
+    make_gateway(true, kTtl);
+    EXPECT_EQ(gw->neighbour_table().ttl(), kTtl);
+    feed(kA, discovery(kA, true));  // both announce themselves on their PAN links
+    feed(kB, discovery(kB, true));
+    EXPECT_EQ(gw->neighbour_expiry(), kNoExpiry);  // links hold them
+    now += 10 * kNeighbourTtl;
+    gw->on_timer(now);
+    EXPECT_EQ(gw->neighbours().size(), 2u);
+    gw->on_link_down(kB, now);  // pne-b killed: its link closes
+    EXPECT_EQ(gw->neighbour_expiry(), now + kTtl);
+    now += kTtl - 1;
+    gw->on_timer(now);
+    EXPECT_EQ(gw->neighbours().count(kB), 1u);
+    now += 1;
+    gw->on_timer(now);
+    EXPECT_EQ(gw->neighbours().count(kB), 0u);
+    EXPECT_EQ(gw->neighbours().count(kA), 1u);
+    EXPECT_EQ(gw->neighbour_expiry(), kNoExpiry);
+    const auto out = keep(gw->invite({}, now));
+    pn = gw->last_pn_id();
+    ASSERT_EQ(describe(out),
+              (Lines{"none->collect_joins", "pne-a none->invited", "send pne-a PnSetupInvite"}));
+    EXPECT_EQ(gw->member_state(pn, kB), std::nullopt);
+    EXPECT_EQ(gw->counters()[pb::UNKNOWN_ENTITY], 0u);
+    EXPECT_EQ(gw->counters()[pb::PEER_UNREACHABLE], 0u);
+}
+
+// The configured TTL is kept within kMinNeighbourTtl..kMaxNeighbourTtl by the role itself.
+TEST_F(GatewayRole, NeighbourTtlOutsideItsBoundsIsClamped) {
+    make_gateway(true, 1);
+    EXPECT_EQ(gw->neighbour_table().ttl(), kMinNeighbourTtl);
+    make_gateway(true, 1'000 * kMaxNeighbourTtl);
+    EXPECT_EQ(gw->neighbour_table().ttl(), kMaxNeighbourTtl);
+}
+
+// 'All' and an empty invitation go to live neighbours in PNE mode only: MODE_PNE and
+// MODE_BOTH, never a PN GW, never the initiator, never one that aged out.
+TEST_F(GatewayRole, AllAndEmptyInvitationGoOnlyToLivePneModeNeighbours) {
+    auto announce = [&](const std::string& id, pb::EntityMode mode, const Origin& origin) {
+        auto env = discovery(id, true);
+        env.mutable_discovery_request()->set_mode(mode);
+        feed(id, env, Protection::kClear, origin);
+    };
+    const Origin udp{true, "10.0.0.5"};
+    announce("pne-old", pb::MODE_PNE, udp);
+    now += kNeighbourTtl / 2;
+    announce(kA, pb::MODE_PNE, {});
+    announce(kB, pb::MODE_BOTH, {});
+    announce("gw-2", pb::MODE_PN_GW, {});
+    announce("pne-udp", pb::MODE_PNE, udp);
+    now += kNeighbourTtl / 2;  // pne-old is past its TTL (not yet dropped: no on_timer)
+    auto out = keep(gw->invite({}, now));
+    pn = gw->last_pn_id();
+    EXPECT_EQ(describe(out),
+              (Lines{"none->collect_joins", "pne-a none->invited", "send pne-a PnSetupInvite",
+                     "pne-b none->invited", "send pne-b PnSetupInvite", "pne-udp none->invited",
+                     "send pne-udp PnSetupInvite"}));
+    make_gateway(true);
+    now = 0;
+    announce(kA, pb::MODE_PNE, {});
+    announce(kB, pb::MODE_BOTH, {});
+    announce("gw-2", pb::MODE_PN_GW, {});
+    out = open(setup_request(kA, pb::SETUP_ALL));
+    EXPECT_EQ(describe(out), (Lines{"none->collect_joins", "pne-a none->joined",
+                                    "pne-b none->invited", "send pne-b PnSetupNotify"}));
 }
 
 // A datagram naming a PNE known over a PSK-TLS link changes nothing about it (it cannot, e.g.,

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "core/neighbours.hpp"
 #include "core/pne.hpp"
@@ -95,6 +96,47 @@ TEST(NeighbourTable, EntriesAgeUnlessALinkHoldsThem) {
     EXPECT_TRUE(t.live("link", 11 * kNeighbourTtl - 1));
     t.expire(11 * kNeighbourTtl);
     EXPECT_EQ(t.size(), 0u);
+}
+
+// A table with a configured TTL ages its unlinked entries after that TTL, says when the next
+// one goes (the daemons arm their timer for it), and expire() names what it dropped.
+TEST(NeighbourTable, ConfiguredTtlSetsWhenEntriesAgeOut) {
+    constexpr Millis kTtl = 2'500;
+    NeighbourTable t(kTtl);
+    EXPECT_EQ(t.ttl(), kTtl);
+    EXPECT_EQ(t.next_expiry(), kNoExpiry);
+    t.record("link", request("link"), NeighbourVia::kClearLink, "10.0.0.2", 0);
+    EXPECT_EQ(t.next_expiry(), kNoExpiry);  // a link holds it
+    t.record("udp", request("udp"), NeighbourVia::kDatagram, "10.0.0.1", 100);
+    EXPECT_EQ(t.next_expiry(), 100 + kTtl);
+    EXPECT_EQ(t.expires_at(t.entries().at("udp")), 100 + kTtl);
+    EXPECT_TRUE(t.live("udp", 100 + kTtl - 1));
+    EXPECT_FALSE(t.live("udp", 100 + kTtl));
+    t.unlink("link", 1'000);
+    EXPECT_EQ(t.next_expiry(), 100 + kTtl);
+    EXPECT_TRUE(t.expire(100 + kTtl - 1).empty());
+    EXPECT_EQ(t.expire(100 + kTtl), std::vector<std::string>{"udp"});
+    EXPECT_EQ(t.next_expiry(), 1'000 + kTtl);
+    EXPECT_EQ(t.expire(1'000 + kTtl), std::vector<std::string>{"link"});
+    EXPECT_EQ(t.size(), 0u);
+    EXPECT_EQ(NeighbourTable(0).ttl(), kMinNeighbourTtl);
+    EXPECT_EQ(NeighbourTable(kMaxNeighbourTtl + 1).ttl(), kMaxNeighbourTtl);
+}
+
+// The PNE's table takes its TTL from the PNE's configuration too.
+TEST(NeighbourTable, PneUsesItsConfiguredTtl) {
+    DeterministicRandom rnd{7};
+    PneConfig c;
+    c.pne_id = "pne-a";
+    c.eukey = rnd.key();
+    c.neighbour_ttl = 4'000;
+    Pne pne(c, rnd);
+    EXPECT_EQ(pne.neighbour_table().ttl(), 4'000);
+    pne.on_message("gw-1", answer("gw-1", "127.0.0.1:7100"), Protection::kClear, 10,
+                   Origin{true, "127.0.0.1"});
+    EXPECT_EQ(pne.neighbour_expiry(), 10 + 4'000);
+    pne.on_timer(10 + 4'000);
+    EXPECT_TRUE(pne.neighbours().empty());
 }
 
 TEST(NeighbourTable, AnswerFillsAnUnknownEndpointButNeverReplacesOne) {

@@ -1,4 +1,5 @@
-// cpns-gw: the PN GW daemon ("run") and its operator commands ("invite", "status").
+// cpns-gw: the PN GW daemon ("run") and its operator commands ("invite", "status",
+// "neighbours").
 #include <CLI/CLI.hpp>
 
 #include <csignal>
@@ -41,7 +42,8 @@ int main(int argc, char** argv) {
         "cpns-gw: the PN GW of OMA CPNS PN Establishment. 'run' keeps the PAN side (PNEs over TCP, "
         "in clear or PSK-TLS; UDP multicast Entity Discovery) and the authenticated link to the "
         "CPNS Server; 'invite' starts the PN GW initiated flow (5.2.1.2) on a running cpns-gw and "
-        "prints the outcome; 'status' prints its links, neighbours and PN Inventory."};
+        "prints the outcome; 'status' prints its links, neighbours and PN Inventory; 'neighbours' "
+        "lists its live Entity Discovery neighbours in detail."};
     app.require_subcommand(1);
     std::string config_path, log_level = "", control;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
@@ -87,15 +89,19 @@ int main(int argc, char** argv) {
     dissolve->add_option("--pn", pn_id, "PN ID")->required();
     dissolve->add_option("--control", control, "control address of the running cpns-gw");
     dissolve->add_flag("--json", json, "print the outcome as JSON");
+    auto* neighbours = app.add_subcommand(
+        "neighbours",
+        "print the running PN GW's live neighbours as JSON (mode, how learnt, link, expiry)");
+    neighbours->add_option("--control", control, "control address of the running cpns-gw");
     CLI11_PARSE(app, argc, argv);
 
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
-        if (*invite || *status || *remove || *dissolve) {
+        if (*invite || *status || *neighbours || *remove || *dissolve) {
             const auto at = parse_address(
                 control.empty() ? cfg.str("control_listen", "127.0.0.1:7101") : control, "control");
-            if (*status) {
-                std::cout << control_request(at, "status") << "\n";
+            if (*status || *neighbours) {
+                std::cout << control_request(at, *status ? "status" : "neighbours") << "\n";
                 return 0;
             }
             std::string line = "invite";

@@ -1,4 +1,5 @@
-// cpns-pne: a PNE ("run": answer invitations; "setup": start a PN and print the outcome).
+// cpns-pne: a PNE ("run": answer invitations; "setup": start a PN and print the outcome;
+// "neighbours": list a running PNE's Entity Discovery neighbours).
 #include <CLI/CLI.hpp>
 
 #include <csignal>
@@ -10,13 +11,38 @@
 using namespace cpns;
 using namespace cpns::daemon;
 
+namespace {
+
+// How long `neighbours` waits for the running PNE's answer (it answers at once).
+constexpr int kControlAnswerTimeoutS = 10;
+
+// Sends one control line to a running cpns-pne and returns its one-line answer.
+std::string control_request(const net::HostPort& at, const std::string& line) {
+    asio::io_context io;
+    net::tcp::socket s(io);
+    net::tcp::resolver resolver(io);
+    asio::connect(s, resolver.resolve(at.host, std::to_string(at.port)));
+    timeval tv{kControlAnswerTimeoutS, 0};
+    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    asio::write(s, asio::buffer(line + "\n"));
+    std::string answer;
+    std::error_code ec;
+    asio::read_until(s, asio::dynamic_buffer(answer, 1 << 20), '\n', ec);
+    if (ec && answer.empty()) throw std::runtime_error("no answer from cpns-pne: " + ec.message());
+    while (!answer.empty() && (answer.back() == '\n' || answer.back() == '\r')) answer.pop_back();
+    return answer;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
     CLI::App app{
         "cpns-pne: a PNE of OMA CPNS PN Establishment. It finds its PN GW (configured address or "
         "UDP multicast Entity Discovery) and keeps a PAN link to it: in clear on a secure PAN, "
         "PSK-TLS otherwise (pre-assigned key for a PNE without UI, LocalEUKey once assigned). "
         "'run' waits for invitations (5.2.1.2); 'setup' asks the PN GW for a PN (5.2.1.1), "
-        "prints the outcome and exits 0 only if this PNE joined."};
+        "prints the outcome and exits 0 only if this PNE joined; 'neighbours' asks a running PNE "
+        "(its control_listen) for its live Entity Discovery neighbours."};
     app.require_subcommand(1);
     std::string config_path, log_level, id, gw, keylog, pan_tls, trace_file, crash_at;
     app.add_option("-c,--config", config_path, "TOML configuration file")
@@ -47,10 +73,26 @@ int main(int argc, char** argv) {
     std::string leave_pn;
     leave->add_option("--pn", leave_pn, "the PN to leave")->required();
     leave->add_flag("--json", json, "print the outcome as JSON");
+    auto* neighbours = app.add_subcommand(
+        "neighbours", "print a running PNE's live neighbours as JSON (from its control_listen)");
+    std::string control;
+    neighbours->add_option("--control", control,
+                           "control address of the running cpns-pne (default: control_listen)");
     CLI11_PARSE(app, argc, argv);
 
     try {
         Config cfg = Config::load(config_path);
+        if (*neighbours) {
+            if (control.empty()) control = cfg.str("control_listen");
+            if (control.empty())
+                throw ConfigError(cfg.where("control_listen") +
+                                  ": not set (the PNE has no control endpoint); or give --control");
+            const auto at = parse_address(control, "control");
+            if (at.port == 0)
+                throw ConfigError("control_listen has port 0: give the PNE's port with --control");
+            std::cout << control_request(at, "neighbours") << "\n";
+            return 0;
+        }
         PneOptions o = pne_options_from(cfg);
         if (!id.empty()) {
             if (!valid_id(id)) throw ConfigError("--id '" + id + "' is not a valid entity ID");

@@ -4,7 +4,8 @@
 
 namespace cpns {
 
-Gateway::Gateway(GatewayConfig config, Random& random) : cfg_(std::move(config)), random_(random) {}
+Gateway::Gateway(GatewayConfig config, Random& random)
+    : cfg_(std::move(config)), random_(random), neighbours_(cfg_.neighbour_ttl) {}
 
 std::string_view Gateway::to_string(Phase p) {
     static constexpr std::array<std::string_view, 6> kNames{
@@ -909,7 +910,9 @@ GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
 
 GatewayEffects Gateway::on_timer(Millis now) {
     Out out;
-    neighbours_.expire(now);
+    for (const auto& id : neighbours_.expire(now))
+        log(LogLevel::kInfo, "neighbour " + id + " aged out: no PAN link and not heard for " +
+                                 std::to_string(neighbours_.ttl()) + " ms");
     expire_changes(out, now);
     std::vector<std::string> due;
     for (const auto& [pn, s] : sessions_)

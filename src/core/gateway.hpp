@@ -29,6 +29,9 @@ struct GatewayConfig {
     std::map<std::string, PanLinkConfig> pan_links;  // by PNE ID
     bool default_pan_secure = false;                 // for PNEs not listed
     pb::EntityMode mode = pb::MODE_PN_GW;
+    // How long a neighbour not held by a PAN link stays without being heard again (clamped to
+    // kMinNeighbourTtl..kMaxNeighbourTtl).
+    Millis neighbour_ttl = kNeighbourTtl;
     LogSink log;
 };
 
@@ -55,7 +58,12 @@ class Gateway {
     GatewayEffects on_link_down(const std::string& peer, Millis now,
                                 pb::FailureReason reason = pb::PEER_UNREACHABLE);
     GatewayEffects on_timer(Millis now);
+    // The next wait of an establishment that ends (kNever: none).
     Millis next_deadline() const;
+    // When the next neighbour not held by a link ages out (kNoExpiry: none). Not a wait of the
+    // protocol, so not in next_deadline(): a caller that lists neighbours also calls
+    // on_timer() then, which drops them.
+    Millis neighbour_expiry() const { return neighbours_.next_expiry(); }
 
     // PN lifecycle (docs/protocol.md, "PN lifecycle"): remove a PNE from a registered PN, or
     // dissolve it. The server records the change before anyone is told; the outcome
@@ -76,8 +84,10 @@ class Gateway {
         return routing_;
     }
     // The entities discovered on the PAN (entries not held by a link age out after
-    // kNeighbourTtl; see core/neighbours.hpp).
+    // neighbour_table().ttl(); see core/neighbours.hpp). Entries past their time may remain
+    // until the next on_timer(); live_pnes() and invitations never count them.
     const std::map<std::string, Neighbour>& neighbours() const { return neighbours_.entries(); }
+    const NeighbourTable& neighbour_table() const { return neighbours_; }
     std::uint64_t neighbours_evicted() const { return neighbours_.evicted(); }
     std::optional<SecretKey> local_eukey(const std::string& pn_id, const std::string& pne_id) const;
     std::size_t active_sessions() const { return sessions_.size(); }

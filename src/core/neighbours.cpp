@@ -16,8 +16,21 @@ std::string_view to_string(NeighbourVia via) {
     return "invalid";
 }
 
+NeighbourTable::NeighbourTable(Millis ttl)
+    : ttl_(std::clamp(ttl, kMinNeighbourTtl, kMaxNeighbourTtl)) {}
+
+Millis NeighbourTable::expires_at(const Neighbour& n) const {
+    return n.linked ? kNoExpiry : n.seen_at + ttl_;
+}
+
+Millis NeighbourTable::next_expiry() const {
+    Millis next = kNoExpiry;
+    for (const auto& [id, n] : table_) next = std::min(next, expires_at(n));
+    return next;
+}
+
 bool NeighbourTable::expired(const Neighbour& n, Millis now) const {
-    return !n.linked && now - n.seen_at >= kNeighbourTtl;
+    return now >= expires_at(n);
 }
 
 bool NeighbourTable::live(const std::string& id, Millis now) const {
@@ -25,8 +38,17 @@ bool NeighbourTable::live(const std::string& id, Millis now) const {
     return it != table_.end() && !expired(it->second, now);
 }
 
-void NeighbourTable::expire(Millis now) {
-    std::erase_if(table_, [&](const auto& kv) { return expired(kv.second, now); });
+std::vector<std::string> NeighbourTable::expire(Millis now) {
+    std::vector<std::string> gone;
+    for (auto it = table_.begin(); it != table_.end();) {
+        if (expired(it->second, now)) {
+            gone.push_back(it->first);
+            it = table_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    return gone;
 }
 
 void NeighbourTable::unlink(const std::string& id, Millis now) {

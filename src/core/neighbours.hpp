@@ -2,15 +2,17 @@
 // discovery answers sent by datagram.
 //
 // Anyone on the PAN can send a discovery datagram naming any ID, so the table is bounded in
-// every direction: entries age out (kNeighbourTtl, refreshed by every new request or answer
-// from the entity) unless a live PAN link holds them; one network address holds at most
-// kMaxNeighboursPerAddress entries learned by datagram; the table holds at most kMaxNeighbours
-// and, when full, evicts the oldest entry that is no more trusted than the newcomer. Trust
-// grows with how an entry was learned: a datagram, a PAN link in clear, a PSK-TLS link. A PSK-
-// TLS link binds the entity's ID (its PSK identity names it); the others do not.
+// every direction: entries age out (after the table's TTL, kNeighbourTtl unless configured;
+// refreshed by every new request or answer from the entity) unless a live PAN link holds them; one
+// network address holds at most kMaxNeighboursPerAddress entries learned by datagram; the table
+// holds at most kMaxNeighbours and, when full, evicts the oldest entry that is no more trusted than
+// the newcomer. Trust grows with how an entry was learned: a datagram, a PAN link in clear, a
+// PSK-TLS link. A PSK- TLS link binds the entity's ID (its PSK identity names it); the others do
+// not.
 #pragma once
 
 #include <cstddef>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -21,8 +23,15 @@ namespace cpns {
 
 using Millis = std::int64_t;
 
-// How long an entity heard only through discovery stays a neighbour without being heard again.
+// How long an entity heard only through discovery (or whose PAN link is gone) stays a neighbour
+// without being heard again: the default of the daemons' `neighbour_ttl_ms`.
 inline constexpr Millis kNeighbourTtl = 5 * 60'000;
+// The bounds of a configured TTL: at least a second (shorter would drop entities between two of
+// their own announcements), at most a day (longer keeps entities that left for good).
+inline constexpr Millis kMinNeighbourTtl = 1'000;
+inline constexpr Millis kMaxNeighbourTtl = 24 * 3'600'000;
+// No entry ages out (every entry is held by a link, or the table is empty).
+inline constexpr Millis kNoExpiry = std::numeric_limits<Millis>::max();
 inline constexpr std::size_t kMaxNeighbours = 256;           // entities in one table
 inline constexpr std::size_t kMaxNeighboursPerAddress = 16;  // learned by datagram from one address
 // A discovery request sent by datagram is padded to at least this size (octets of the frame),
@@ -54,6 +63,9 @@ enum class NeighbourUpdate {
 
 class NeighbourTable {
   public:
+    // `ttl` is clamped to kMinNeighbourTtl..kMaxNeighbourTtl.
+    explicit NeighbourTable(Millis ttl = kNeighbourTtl);
+    Millis ttl() const { return ttl_; }
     // Records (or refreshes) the entity an Entity Discovery Request or Response describes, if
     // it is its sender. `address` is the network address it came from ("" unknown). An
     // endpoint is only ever filled in where none is known, or where the new message is better
@@ -63,9 +75,13 @@ class NeighbourTable {
                            const std::string& address, Millis now);
     // The link that held `id` is gone: from now on it ages like a datagram entry.
     void unlink(const std::string& id, Millis now);
-    // Drops every entry not held by a link and not heard for kNeighbourTtl.
-    void expire(Millis now);
+    // Drops every entry not held by a link and not heard for ttl(); returns their IDs.
+    std::vector<std::string> expire(Millis now);
     bool live(const std::string& id, Millis now) const;
+    // When `n` ages out unless heard again (kNoExpiry: a link holds it).
+    Millis expires_at(const Neighbour& n) const;
+    // The earliest expires_at() of all entries: when expire() next has something to drop.
+    Millis next_expiry() const;
     // The entries (some may have expired since the last expire()).
     const std::map<std::string, Neighbour>& entries() const { return table_; }
     std::size_t size() const { return table_.size(); }
@@ -77,6 +93,7 @@ class NeighbourTable {
     // Frees one slot for a newcomer learned `via` from `address`; false if none may go.
     bool make_room(NeighbourVia via, const std::string& address, Millis now);
 
+    Millis ttl_;
     std::map<std::string, Neighbour> table_;
     std::uint64_t evicted_ = 0;
 };

@@ -4,7 +4,8 @@
 
 namespace cpns {
 
-Pne::Pne(PneConfig config, Random& random) : cfg_(std::move(config)), random_(random) {}
+Pne::Pne(PneConfig config, Random& random)
+    : cfg_(std::move(config)), random_(random), neighbours_(cfg_.neighbour_ttl) {}
 
 std::string_view Pne::to_string(State s) {
     static constexpr std::array<std::string_view, 5> kNames{
@@ -565,7 +566,9 @@ PneEffects Pne::on_link_down(const std::string& peer, Millis now) {
 
 PneEffects Pne::on_timer(Millis now) {
     Out out;
-    neighbours_.expire(now);
+    for (const auto& id : neighbours_.expire(now))
+        log(LogLevel::kInfo, "neighbour " + id + " aged out: no PAN link and not heard for " +
+                                 std::to_string(neighbours_.ttl()) + " ms");
     if (leave_ && now >= leave_->deadline) {
         const std::string pn = leave_->pn_id;
         leave_.reset();

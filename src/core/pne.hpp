@@ -19,6 +19,9 @@ struct PneConfig {
     bool pan_secure = false;         // the PAN to the PN GW protects the CPNS messages itself
     bool accept_invitations = true;  // answer PN Setup Notify / Invite with accept
     pb::EntityMode mode = pb::MODE_PNE;
+    // How long a neighbour not held by a PAN link stays without being heard again (clamped to
+    // kMinNeighbourTtl..kMaxNeighbourTtl).
+    Millis neighbour_ttl = kNeighbourTtl;
     LogSink log;
 };
 
@@ -48,7 +51,11 @@ class Pne {
     PneEffects on_tls_failed(const std::string& peer, Millis now);
     PneEffects on_link_down(const std::string& peer, Millis now);
     PneEffects on_timer(Millis now);
+    // The next wait of an establishment that ends (kNever: none).
     Millis next_deadline() const;
+    // When the next neighbour not held by a link ages out (kNoExpiry: none); see
+    // Gateway::neighbour_expiry().
+    Millis neighbour_expiry() const { return neighbours_.next_expiry(); }
 
     // PN lifecycle (docs/protocol.md, "PN lifecycle"): leave a PN this PNE is a member of. The
     // outcome (operation "leave") comes when the server's proven answer arrives through the PN
@@ -64,6 +71,7 @@ class Pne {
     // core/neighbours.hpp), so a PN GW's entry keeps the endpoint first heard or reached over
     // a PSK-TLS link.
     const std::map<std::string, Neighbour>& neighbours() const { return neighbours_.entries(); }
+    const NeighbourTable& neighbour_table() const { return neighbours_; }
     const std::map<std::string, PneMembership>& memberships() const { return memberships_; }
     const Counters& counters() const { return counters_; }
     // What survives a restart: the PNs joined, with their LocalEUKey and SK_PNE. The caller

@@ -322,6 +322,15 @@ std::size_t connection_limit(const Config& c, std::string_view key, std::size_t 
     return static_cast<std::size_t>(v);
 }
 
+Millis neighbour_ttl_from(const Config& c) {
+    const std::int64_t v = c.integer("neighbour_ttl_ms", kNeighbourTtl);
+    if (v < kMinNeighbourTtl || v > kMaxNeighbourTtl)
+        throw ConfigError(c.where("neighbour_ttl_ms") + " must be " +
+                          std::to_string(kMinNeighbourTtl) + ".." +
+                          std::to_string(kMaxNeighbourTtl) + " (milliseconds)");
+    return v;
+}
+
 std::uint16_t listen_on(net::Listener& listener, const net::HostPort& at, std::string_view what) {
     if (auto error = listener.listen(at, what)) throw ConfigError(error->detail);
     return listener.port();

@@ -106,6 +106,9 @@ std::string keylog_path(const std::string& configured);
 // A connection limit from the configuration: `key` as an integer in 1..`max`, else `def`.
 std::size_t connection_limit(const Config& c, std::string_view key, std::size_t def,
                              std::size_t max);
+// The neighbour TTL of a PN GW or PNE: `neighbour_ttl_ms` in kMinNeighbourTtl..kMaxNeighbourTtl,
+// else kNeighbourTtl.
+Millis neighbour_ttl_from(const Config& c);
 // Binds `listener` to `at` and returns the port; ConfigError naming the setting `what` if
 // it cannot.
 std::uint16_t listen_on(net::Listener& listener, const net::HostPort& at, std::string_view what);

@@ -3,6 +3,8 @@
 #include <limits>
 #include <sstream>
 
+#include "daemon/neighbour_report.hpp"
+
 namespace cpns::daemon {
 
 GwOptions gw_options_from(const Config& c) {
@@ -15,6 +17,7 @@ GwOptions gw_options_from(const Config& c) {
     o.control_listen =
         parse_address(c.str("control_listen", o.control_listen.str()), c.where("control_listen"));
     o.role.default_pan_secure = c.boolean("default_pan_secure", false);
+    o.role.neighbour_ttl = neighbour_ttl_from(c);
     o.ready_file = c.str("ready_file");
     o.pan_max_connections_per_source = connection_limit(
         c, "pan_max_connections_per_source", kDefaultPanConnectionsPerSource, kMaxPanConnections);
@@ -460,7 +463,9 @@ void GwDaemon::apply(GatewayEffects effects) {
         state_saved(save_, pn, error);
     }
     carry_out();
-    timer_.arm(gw_->next_deadline());
+    // The role's waits, and the next neighbour to age out (on_timer drops it, so that listings
+    // and 'All' never show an entity that left).
+    timer_.arm(std::min(gw_->next_deadline(), gw_->neighbour_expiry()));
 }
 
 // Carries out the held effects in order, stopping at a state save until it is durable.
@@ -579,7 +584,9 @@ pb::GwStatus GwDaemon::status() const {
         auto& sessions = (*st.mutable_pan_links())[id];
         for (const auto& c : conns) sessions.add_values()->set_string_value(c->tls_summary());
     }
-    for (const auto& [id, n] : gw_->neighbours()) st.add_neighbours(id);
+    const Millis now = mono_now();
+    for (const auto& [id, n] : gw_->neighbours())
+        if (gw_->neighbour_table().live(id, now)) st.add_neighbours(id);
     st.set_active_establishments(static_cast<std::uint32_t>(gw_->active_sessions()));
     for (const auto& [pn, inv] : gw_->inventory()) *st.add_inventory() = inv;
     const auto& c = gw_->counters();
@@ -592,7 +599,8 @@ pb::GwStatus GwDaemon::status() const {
     return st;
 }
 
-// One request line per connection: "invite [pne ...]" (waits for the outcome) or "status".
+// One request line per connection: "invite [pne ...]" (waits for the outcome), "status" or
+// "neighbours".
 // The connection counts against the control listener's limits until it is closed; it must
 // send its request within kControlIdleTimeout.
 asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket,
@@ -625,6 +633,8 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
     in >> cmd;
     if (cmd == "status") {
         answer(socket, message_json(status()));
+    } else if (cmd == "neighbours") {
+        answer(socket, neighbours_json(opt_.role.gw_id, gw_->neighbour_table(), mono_now()));
     } else if (cmd == "invite") {
         // IDs are checked by the role (an invalid one ends in a MALFORMED_MESSAGE outcome).
         std::vector<std::string> ids;
@@ -665,7 +675,7 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
         spdlog::warn("control: unknown command '{}'", printable(cmd));
         answer(socket, error_json("unknown command '" + printable(cmd) +
                                   "'; use: invite [pne ...] | remove PN PNE | dissolve PN | "
-                                  "status"));
+                                  "status | neighbours"));
     }
 }
 

@@ -1,5 +1,9 @@
 #include "daemon/pne_daemon.hpp"
 
+#include <sstream>
+
+#include "daemon/neighbour_report.hpp"
+
 namespace cpns::daemon {
 
 PneOptions pne_options_from(const Config& c) {
@@ -8,8 +12,11 @@ PneOptions pne_options_from(const Config& c) {
     o.device = device_options_from(c);
     o.role.preassigned_key = c.key("preassigned_key", "preassigned_key_file");
     o.role.pan_secure = c.boolean("pan_secure", false);
+    o.role.neighbour_ttl = neighbour_ttl_from(c);
     const std::string gw = c.str("gw");
     if (!gw.empty()) o.gw = parse_address(gw, c.where("gw"));
+    const std::string control = c.str("control_listen");
+    if (!control.empty()) o.control_listen = parse_address(control, c.where("control_listen"));
     o.role.accept_invitations = c.boolean("accept_invitations", true);
     o.role.capabilities = capabilities_from(c.table(), c.boolean("enough_ui", true));
     if (auto arr = c.table()["content"].as_array())
@@ -37,7 +44,9 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
       opt_(std::move(options)),
       task_(std::move(task)),
       timer_(io.get_executor(), [this](Millis now) { apply(pne_->on_timer(now)); }),
-      wait_(io) {
+      wait_(io),
+      control_listener_(io.get_executor(), {kMaxPneControlConnections, kMaxPneControlConnections},
+                        control_hooks()) {
     opt_.role.log = core_log_sink();
     pne_ = std::make_unique<Pne>(opt_.role, random_);
     trace_ = std::make_unique<RoleTrace>(opt_.role.pne_id, "pne", opt_.device.trace_file,
@@ -57,16 +66,93 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
 }
 
 void PneDaemon::start() {
+    if (opt_.control_listen) {
+        control_port_ = listen_on(control_listener_, *opt_.control_listen, "control_listen");
+        spdlog::info("control on {}:{} (neighbours)", opt_.control_listen->host, control_port_);
+        asio::co_spawn(io_, control_listener_.run(), asio::detached);
+    }
     asio::co_spawn(io_, main(), asio::detached);
 }
 
 void PneDaemon::stop() {
     stopping_ = true;
+    control_listener_.close();
+    for (auto& [raw, weak] : control_sockets_) {
+        std::error_code ec;
+        if (auto sock = weak.lock()) sock->close(ec);
+    }
     if (state_) state_->flush();
     timer_.cancel();
     wait_.cancel();
     for (auto& l : links_) l.conn->close();
     links_.clear();
+}
+
+net::Listener::Hooks PneDaemon::control_hooks() {
+    net::Listener::Hooks h;
+    h.on_socket = [this](net::tcp::socket socket, net::Listener::Slot slot) {
+        auto sock = std::make_shared<net::tcp::socket>(std::move(socket));
+        slot.on_evict([weak = std::weak_ptr<net::tcp::socket>(sock)] {
+            std::error_code ec;
+            if (auto s = weak.lock()) s->close(ec);
+        });
+        asio::co_spawn(
+            io_,
+            control_serve(std::move(sock), std::make_shared<net::Listener::Slot>(std::move(slot))),
+            asio::detached);
+    };
+    h.on_refused = [](const std::string& source, net::Listener::Refusal, std::size_t open,
+                      std::size_t count) {
+        spdlog::warn("refused {} control connection(s): {} open (limit; last from {})", count, open,
+                     source);
+    };
+    h.on_error = [](const std::error_code& ec, std::size_t count) {
+        spdlog::warn("control accept failed {} time(s): {}", count, ec.message());
+    };
+    return h;
+}
+
+// One request line per connection, answered with one line of JSON: "neighbours" (this PNE's
+// live Entity Discovery neighbours). The request must come within kPneControlIdleTimeout.
+asio::awaitable<void> PneDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket,
+                                               std::shared_ptr<net::Listener::Slot> slot) {
+    // Forgotten when served (not in a destructor: a frame destroyed with the io_context, after
+    // this daemon, must not touch it).
+    control_sockets_[socket.get()] = socket;
+    std::string line;
+    std::error_code ec;
+    asio::steady_timer idle(io_, std::chrono::milliseconds(kPneControlIdleTimeout));
+    idle.async_wait([weak = std::weak_ptr<net::tcp::socket>(socket)](const std::error_code& e) {
+        std::error_code ignored;
+        if (auto s = weak.lock(); s && !e) s->close(ignored);
+    });
+    auto n =
+        co_await asio::async_read_until(*socket, asio::dynamic_buffer(line, kMaxPneControlLine),
+                                        '\n', asio::redirect_error(asio::use_awaitable, ec));
+    idle.cancel();
+    if (ec) {
+        control_sockets_.erase(socket.get());
+        co_return;
+    }
+    slot->authenticated();
+    line.resize(n > 0 ? n - 1 : 0);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::istringstream in(line);
+    std::string cmd;
+    in >> cmd;
+    std::string answer;
+    if (cmd == "neighbours") {
+        answer = neighbours_json(opt_.role.pne_id, pne_->neighbour_table(), mono_now());
+    } else {
+        spdlog::warn("control: unknown command '{}'", printable(cmd));
+        answer = error_json("unknown command '" + printable(cmd) + "'; use: neighbours");
+    }
+    answer += "\n";
+    co_await asio::async_write(*socket, asio::buffer(answer),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    socket->shutdown(net::tcp::socket::shutdown_both, ec);
+    socket->close(ec);
+    control_sockets_.erase(socket.get());
 }
 
 void PneDaemon::fail_early(pb::FailureReason reason, const std::string& detail) {
@@ -351,7 +437,8 @@ void PneDaemon::outcome_effect(const OutcomeEffect& o) {
 void PneDaemon::apply(PneEffects effects) {
     for (auto& e : effects) held_.push_back(std::move(e));
     carry_out();
-    timer_.arm(pne_->next_deadline());
+    // The role's waits, and the next neighbour to age out (on_timer drops it).
+    timer_.arm(std::min(pne_->next_deadline(), pne_->neighbour_expiry()));
 }
 
 // Carries out the held effects in order, stopping at a state save until it is durable.

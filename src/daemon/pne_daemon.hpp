@@ -5,6 +5,7 @@
 #pragma once
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "daemon/trace.hpp"
 #include "net/connection.hpp"
 #include "net/discovery.hpp"
+#include "net/listener.hpp"
 
 namespace cpns::daemon {
 
@@ -22,6 +24,11 @@ inline constexpr Millis kDiscoveryTimeout = 10'000;    // finding a PN GW by mul
 inline constexpr Millis kDiscoveryRepeat = 1'000;      // re-send the request this often
 inline constexpr Millis kGatewayHelloTimeout = 5'000;  // the PN GW answers discovery on the link
 inline constexpr Millis kPneReconnectDelay = 2'000;    // run mode: retry a lost PAN link
+// The optional local control endpoint (`control_listen`): connections open at once (in all and
+// per source), the longest request line, and how long a connection may take to send it.
+inline constexpr std::size_t kMaxPneControlConnections = 8;
+inline constexpr std::size_t kMaxPneControlLine = 256;
+inline constexpr Millis kPneControlIdleTimeout = 10'000;
 
 // The PNE role's configuration (its ID, keys, capabilities - enough_ui among them -, PAN
 // security, contents) and what the daemon around it needs.
@@ -29,6 +36,8 @@ struct PneOptions {
     PneConfig role;
     std::optional<net::HostPort> gw;  // none: discover by multicast
     DeviceOptions device;             // state_file: memberships, LocalEUKeys, SK_PNE
+    // Where to answer "neighbours" for operators (none: no control endpoint).
+    std::optional<net::HostPort> control_listen;
 };
 
 PneOptions pne_options_from(const Config& c);
@@ -46,6 +55,7 @@ class PneDaemon {
     PneDaemon(asio::io_context& io, PneOptions options, PneTask task);
     void start();
     void stop();
+    std::uint16_t control_port() const { return control_port_; }
     // kSetup: the outcome, once known. Exit status 0 iff success.
     const std::optional<OutcomeEffect>& result() const { return result_; }
     // Set when the process could not even start an establishment (no PN GW, TLS refused).
@@ -72,6 +82,9 @@ class PneDaemon {
     void send_effect(const SendEffect& s);
     void outcome_effect(const OutcomeEffect& o);
     void fail_early(pb::FailureReason reason, const std::string& detail);
+    net::Listener::Hooks control_hooks();
+    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket,
+                                        std::shared_ptr<net::Listener::Slot> slot);
     void finish();
 
     asio::io_context& io_;
@@ -95,6 +108,10 @@ class PneDaemon {
     // reports a joined PN (its outcome, the exit status of `setup`) only once it is on disk.
     std::deque<PneEffect> held_;
     bool saving_ = false;
+    net::Listener control_listener_;
+    std::uint16_t control_port_ = 0;
+    // Control connections being served (at most kMaxPneControlConnections), closed at stop().
+    std::map<const net::tcp::socket*, std::weak_ptr<net::tcp::socket>> control_sockets_;
 };
 
 }  // namespace cpns::daemon

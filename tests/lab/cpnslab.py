@@ -44,6 +44,7 @@ class PneSpec:
     use_discovery: bool = False  # find the PN GW by multicast instead of its address
     pan_tls: str = "tls13"
     keylog: str = ""  # this PNE's own NSS key-log file ("" = none)
+    control_port: int = 0  # answer `neighbours` on 127.0.0.1:control_port (0 = no endpoint)
     # filled by provisioning
     eukey: str = ""
     device_eukey: str = ""
@@ -84,6 +85,8 @@ class Lab:
     server_listen: str = "127.0.0.1:0"
     gw_pan_listen: str = "127.0.0.1:0"
     gw_control_listen: str = "127.0.0.1:0"
+    # `neighbour_ttl_ms` of the PN GW and every PNE (0: not set, the daemons' default of 5 min).
+    neighbour_ttl_ms: int = 0
 
     # --- provisioning -------------------------------------------------------------
     def provision(self) -> None:
@@ -151,6 +154,8 @@ class Lab:
         ]
         if self.gw_pan_tls:
             lines.append(f'pan_tls = "{self.gw_pan_tls}"')
+        if self.neighbour_ttl_ms:
+            lines.append(f'neighbour_ttl_ms = {self.neighbour_ttl_ms}')
         lines += [
             '',
             '[capabilities]', 'device_type = "home-hub"', 'manufacturer = "cpnslab"', '',
@@ -180,6 +185,10 @@ class Lab:
             lines.append(f'preassigned_key = "{key}"')
         if p.keylog or self.keylog:
             lines.append(f'keylog = "{p.keylog or self.keylog}"')
+        if self.neighbour_ttl_ms:
+            lines.append(f'neighbour_ttl_ms = {self.neighbour_ttl_ms}')
+        if p.control_port:
+            lines.append(f'control_listen = "127.0.0.1:{p.control_port}"')
         lines += ['', '[capabilities]', f'device_type = "{p.device_type}"',
                   'manufacturer = "cpnslab"', '', '[[content]]', f'id = "content-of-{p.id}"',
                   'media_type = "audio/mpeg"', 'title = "demo track"', '']
@@ -353,6 +362,19 @@ class Lab:
     def gw_status(self) -> dict:
         r = subprocess.run([str(self.bindir / "cpns-gw" / "cpns-gw"), "status", "--control",
                             self.control_addr], capture_output=True, text=True, timeout=10)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+    def gw_neighbours(self) -> dict:
+        """`cpns-gw neighbours`: the PN GW's live neighbours ({} if it does not answer)."""
+        r = subprocess.run([str(self.bindir / "cpns-gw" / "cpns-gw"), "neighbours", "--control",
+                            self.control_addr], capture_output=True, text=True, timeout=10)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+    def pne_neighbours(self, p: PneSpec) -> dict:
+        """`cpns-pne neighbours` of a running PNE with a control_port ({} if no answer)."""
+        r = subprocess.run([str(self.bindir / "cpns-pne" / "cpns-pne"), "--config",
+                            str(self.workdir / f"{p.id}.toml"), "neighbours"],
+                           capture_output=True, text=True, timeout=10)
         return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
 
     def stop(self, proc: Proc) -> float:
