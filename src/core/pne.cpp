@@ -286,8 +286,15 @@ bool Pne::open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m) {
         abort(out, pb::KEY_UNWRAP_FAILED, "no LocalEUKey copy in the Authentication Request", true);
         return false;
     }
-    auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
-                                  s_.rand_server, s_.rand_pne, bytes_of(m.wrapped_local_eukey()));
+    auto unwrap = [&](const std::string& copy) {
+        return unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
+                                  s_.rand_server, s_.rand_pne, bytes_of(copy));
+    };
+    auto key = unwrap(m.wrapped_local_eukey());
+    // Within an EUKey rotation's grace the server adds a copy under the previous EUKey: a PNE
+    // still on that key opens this one.
+    if (!key && !m.wrapped_local_eukey_previous().empty())
+        key = unwrap(m.wrapped_local_eukey_previous());
     if (!key) {
         // The copy was made under the EUKey the server holds for this PNE: if it does not
         // open, the two EUKeys differ, which is what hash_PNE would have shown too.
