@@ -353,6 +353,23 @@ TEST(PneRole, AuthRequestInWaitAuthRequestOpensLocalEuKeyAndStartsTls) {
     EXPECT_EQ(h.pne().next_deadline(), h.now + kTlsHandshakeTimeout);
 }
 
+TEST(PneRole, AuthRequestOpensTheCopyUnderItsEuKeyWhenTheOtherIsUnderARotatedOne) {
+    // EUKey rotation grace: the first copy is under the PNE's new EUKey (which this device
+    // does not hold yet), the second under the one it holds.
+    Harness h(Ui::kYes, Pan::kInsecure);
+    h.to_wait_auth_request(As::kInvited);
+    auto env = h.auth_request();
+    auto* m = env.mutable_pne_auth_request();
+    m->set_wrapped_local_eukey_previous(m->wrapped_local_eukey());
+    m->set_wrapped_local_eukey(to_field(
+        wrap_local_eukey(h.pre, Recipient::kPne, kPn, kMe, kGw, h.rand_server, h.rand(), h.local)));
+    const auto fx = h.feed(env);
+    ASSERT_EQ(describe(fx), (Lines{"store_local_key " + kPn + " gw-1",
+                                   "transition wait_auth_request -> tls_before_auth_response",
+                                   "start_tls gw-1 " + local_eukey_identity(kPn, kMe)}));
+    EXPECT_TRUE(nth<StoreLocalKeyEffect>(fx, 0).key == h.local);
+}
+
 TEST(PneRole, AuthRequestOnSecurePanWithUiStoresKeyAndSendsHashPneInClear) {
     Harness h(Ui::kYes, Pan::kSecure);
     h.to_wait_auth_request(As::kInvited);
