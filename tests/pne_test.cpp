@@ -370,6 +370,24 @@ TEST(PneRole, AuthRequestOpensTheCopyUnderItsEuKeyWhenTheOtherIsUnderARotatedOne
     EXPECT_TRUE(nth<StoreLocalKeyEffect>(fx, 0).key == h.local);
 }
 
+TEST(PneRole, AuthRequestWithAnExpiryNoticeUnderItsEuKeyEndsWithKeyExpired) {
+    // After the grace period the server sends, under the rotated-out EUKey this device still
+    // holds, 32 zero octets instead of the LocalEUKey.
+    Harness h(Ui::kYes, Pan::kInsecure);
+    h.to_wait_auth_request(As::kInvited);
+    auto env = h.auth_request();
+    auto* m = env.mutable_pne_auth_request();
+    m->set_wrapped_local_eukey(to_field(
+        wrap_local_eukey(h.pre, Recipient::kPne, kPn, kMe, kGw, h.rand_server, h.rand(), h.local)));
+    m->set_wrapped_local_eukey_previous(to_field(wrap_local_eukey(
+        h.eukey, Recipient::kPne, kPn, kMe, kGw, h.rand_server, h.rand(), SecretKey())));
+    const auto fx = h.feed(env);
+    ASSERT_EQ(describe(fx), (Lines{"send PneAuthenticationResponse to gw-1 clear",
+                                   "transition wait_auth_request -> idle", "outcome key expired"}));
+    EXPECT_EQ(nth<SendEffect>(fx, 0).msg.pne_auth_response().failure(), pb::KEY_EXPIRED);
+    EXPECT_TRUE(nth<SendEffect>(fx, 0).msg.pne_auth_response().hash_pne().empty());
+}
+
 TEST(PneRole, AuthRequestOnSecurePanWithUiStoresKeyAndSendsHashPneInClear) {
     Harness h(Ui::kYes, Pan::kSecure);
     h.to_wait_auth_request(As::kInvited);

@@ -581,7 +581,12 @@ TEST_F(ServerRole, PneOnItsPreviousEukeyAfterTheGraceFailsWithKeyExpired) {
 
     const ServerEffects first = start();
     const auto& k = std::get<SendEffect>(first.back()).msg.auth_request().local_eukeys(0);
-    EXPECT_TRUE(k.for_pne_previous().empty());  // no copy under an expired EUKey
+    // Under the expired EUKey: no LocalEUKey, an expiry notice (32 zero octets) instead.
+    auto notice =
+        unwrap_local_eukey(pnes_["pne-b"].eukey, Recipient::kPne, kPn, "pne-b", kGw, rand_server_,
+                           pnes_["pne-b"].rand_pne, bytes_of(k.for_pne_previous()));
+    ASSERT_TRUE(notice);
+    EXPECT_TRUE(notice->is_zero());
     const ServerEffects out = send(all_good(), kT0 + 100);
     EXPECT_EQ(auth("pne-a"), PneAuth::kAuthenticated);
     EXPECT_EQ(auth("pne-b"), PneAuth::kFailed);

@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
             (e->kind == EntityKind::kGw ? rec.gw_id : rec.pne_id) = rotate_id;
             rec.success = true;
             rec.reason = "key rotated";
-            rec.detail = "key version " + std::to_string(*version) +
+            rec.detail = "EUKey rotated: key version " + std::to_string(*version) +
                          "; the previous EUKey is valid until " + time_text(now + grace);
             store->audit(rec);
             std::cout << "rotated the EUKey of " << kind_name(e->kind) << " " << rotate_id

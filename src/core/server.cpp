@@ -246,9 +246,14 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
                                                 s.rand_server, rand_pne, local)));
         // Rotation grace: which EUKey a party holds shows only later (hash_PNE), so a party
         // with a previous EUKey in grace gets a second copy under it; it opens the one it can.
-        if (const SecretKey* prev = rec->previous_in_grace(wall_ms(now)))
+        // After the grace period the copy under the previous EUKey is an expiry notice: 32
+        // zero octets instead of the LocalEUKey. Only a holder of that key opens it, and it
+        // tells it why it cannot take part ('key expired'), where a PNE with a wrong key can
+        // only say that nothing opens.
+        if (rec->previous)
             k->set_for_pne_previous(to_field(wrap_local_eukey(
-                *prev, Recipient::kPne, s.pn_id, id, s.gw_id, s.rand_server, rand_pne, local)));
+                rec->previous->eukey, Recipient::kPne, s.pn_id, id, s.gw_id, s.rand_server,
+                rand_pne, rec->previous_in_grace(wall_ms(now)) ? local : SecretKey())));
         if (const SecretKey* prev = gw.previous_in_grace(wall_ms(now)))
             k->set_for_gw_previous(to_field(wrap_local_eukey(
                 *prev, Recipient::kGw, s.pn_id, id, s.gw_id, s.rand_server, rand_pne, local)));
