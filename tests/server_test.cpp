@@ -604,7 +604,9 @@ TEST_F(ServerRole, PneOnItsPreviousEukeyAfterTheGraceFailsWithKeyExpired) {
     const OutcomeEffect* o = find_outcome(done);
     ASSERT_TRUE(o);
     for (const auto& p : o->pnes) {
-        if (p.pne_id == "pne-b") EXPECT_EQ(p.reason, pb::KEY_EXPIRED);
+        if (p.pne_id == "pne-b") {
+            EXPECT_EQ(p.reason, pb::KEY_EXPIRED);
+        }
     }
 }
 

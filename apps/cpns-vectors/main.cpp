@@ -494,6 +494,14 @@ std::vector<VectorSet> compute() {
     first.outputs.push_back({"device_state_key", "device-state key",
                              "KDF(EUKey_PNE, 0x56, device-state label, PNE ID)",
                              state_key.to_hex()});
+    // EUKey rotation: what the CPNS Server sends in place of the LocalEUKey under a PNE's
+    // rotated-out EUKey once its grace period has ended (here as if set 1's EUKey_PNE were
+    // that key): 32 zero octets under the KEK of the PNE copy.
+    const Bytes notice = cpns::wrap_local_eukey(init.eukey_pne, cpns::Recipient::kPne,
+                                                init.ctx.pn_id, init.ctx.pne_id, init.ctx.gw_id,
+                                                init.rand_server, init.rand_pne, cpns::SecretKey());
+    first.outputs.push_back({"expiry_notice_pne", "expiry notice (PNE copy, EUKey rotation)",
+                             "AES-256-KWP(KEK (PNE copy), 32 zero octets)", cpns::to_hex(notice)});
     return sets;
 }
 
