@@ -102,7 +102,7 @@ class Rotation(unittest.TestCase):
             assert "cpnsctl      pne-1  ok  EUKey rotated: key version 2" in so, so
             assert "pne-1  FAILED: key expired" in so, so
             rc, so, _ = ctl(lab, "show", "pne-1")
-            assert "key version 2" in so, so
+            assert "key version 2" in so and "previous: EUKey of key version 1, expired at" in so, so
             rc, so, _ = ctl(lab, "check")
             assert rc == 0, so
         except BaseException:

@@ -288,6 +288,15 @@ int main(int argc, char** argv) {
                       << "\ndevice:   " << e->capabilities.device_type()
                       << "\nEUKey:    (sealed in the store), key version " << e->key_version
                       << "\n";
+            if (e->previous) {
+                const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::system_clock::now().time_since_epoch())
+                                                .count();
+                std::cout << "previous: EUKey of key version " << e->key_version - 1
+                          << (now_ms < e->previous->expires_at_ms ? ", valid until "
+                                                                  : ", expired at ")
+                          << time_text(e->previous->expires_at_ms) << "\n";
+            }
             int member_of = 0;
             for (const auto& inv : store->list_pns())
                 for (const auto& m : inv.members())
