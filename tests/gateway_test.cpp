@@ -699,6 +699,30 @@ TEST_F(GatewayRole, AuthRequestKeepsGwCopyAndRelaysEachPneItsOwnCopy) {
     EXPECT_EQ(gw->next_deadline(), now + kPneAuthResponseTimeout);
 }
 
+TEST_F(GatewayRole, AuthRequestOpensThePreviousKeyCopyAndRelaysBothPneCopies) {
+    // EUKey rotation grace: the server made the first PN GW copy under the PN GW's new EUKey
+    // (this PN GW still holds the previous one) and a second copy under the previous one.
+    to_wait_auth_request();
+    auto env = auth_request({kA, kB});
+    for (auto& k : *env.mutable_auth_request()->mutable_local_eukeys()) {
+        k.set_for_gw_previous(k.for_gw());
+        k.set_for_gw(to_field(wrap_local_eukey(rnd.key(), Recipient::kGw, pn, k.pne_id(), kGw,
+                                               bytes_of(rand_server),
+                                               bytes_of(rand_pne[k.pne_id()]), leuk[k.pne_id()])));
+        k.set_for_pne_previous(std::string(40, 'p'));
+    }
+    const auto out = feed(kServer, env);
+    ASSERT_EQ(describe(out),
+              (Lines{"store key pne-a", "pne-a joined->auth_pending",
+                     "send pne-a PneAuthenticationRequest", "store key pne-b",
+                     "pne-b joined->auth_pending", "send pne-b PneAuthenticationRequest",
+                     "wait_auth_request->collect_auth"}));
+    EXPECT_TRUE(nth<StoreLocalKeyEffect>(out, 0).key == leuk[kA]);
+    const auto& r = msg(out, 5).pne_auth_request();
+    EXPECT_EQ(r.wrapped_local_eukey(), env.auth_request().local_eukeys(1).for_pne());
+    EXPECT_EQ(r.wrapped_local_eukey_previous(), std::string(40, 'p'));
+}
+
 TEST_F(GatewayRole, ExcludedOrUnlistedMembersFailAndTheAggregateGoesAtOnce) {
     to_wait_auth_request();
     auto env = auth_request({});

@@ -184,5 +184,96 @@ TEST(Connection, CloseSendsWhatIsQueuedBeforeEof) {
     l.close();
 }
 
+// --- PskRetry (EUKey rotation on the PN GW's server link) ----------------------------------
+
+struct RetryOutcome {
+    std::optional<LinkError> server, client;
+    bool server_done = false, client_done = false;
+    bool used_retry = false;
+};
+
+// One TLS 1.3 handshake: the client offers identity gw-1 with `client_key`; the server's
+// lookup answers `current`, its retry lookup `retry` (if any).
+RetryOutcome handshake_with_retry(const SecretKey& client_key, const SecretKey& current,
+                                  std::optional<PskRetry> retry) {
+    asio::io_context io;
+    Accepted a;
+    Listener l(io.get_executor(), {10, 10}, hooks_into(a));
+    EXPECT_FALSE(l.listen({"127.0.0.1", 0}, "test"));
+    asio::co_spawn(io, l.run(), asio::detached);
+    tls::TlsConfig sc;
+    sc.role = tls::Role::kServer;
+    sc.psk_lookup = [](std::string_view) { return std::optional<SecretKey>(); };
+    const tls::TlsContext server_ctx(sc);
+    tls::TlsConfig cc;
+    cc.role = tls::Role::kClient;
+    const tls::TlsContext client_ctx(cc);
+
+    auto socket = connect_from(io, "127.0.0.1", l.port());
+    auto client = std::make_shared<Connection>(std::move(*socket));
+    RetryOutcome out;
+    const tls::ClientPsk psk{"gw-1", client_key};
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            out.client = co_await client->client_handshake(client_ctx, psk, 10'000,
+                                                           PskLink::kGatewayToServer);
+            out.client_done = true;
+        },
+        asio::detached);
+    EXPECT_TRUE(run_until(io, [&] { return a.conns.size() == 1; }));
+    const tls::PskLookup lookup = [&](std::string_view) { return std::optional(current); };
+    const PskRetryLookup retry_lookup = [&](std::string_view identity) {
+        EXPECT_EQ(identity, "gw-1");
+        return retry;
+    };
+    auto server = a.conns.at(0);
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            out.server = co_await server->server_handshake(
+                server_ctx, 10'000, PskLink::kServerOfGateway, lookup, retry_lookup);
+            out.used_retry = server->used_retry_psk();
+            out.server_done = true;
+        },
+        asio::detached);
+    EXPECT_TRUE(run_until(io, [&] { return out.server_done && out.client_done; }));
+    client->close();
+    server->close();
+    l.close();
+    io.run_for(std::chrono::milliseconds(50));
+    return out;
+}
+
+TEST(Connection, PskRetryAcceptsThePreviousKeyOnTheSameClientHello) {
+    const SecretKey old_key = OsRandom().key(), new_key = OsRandom().key();
+    const RetryOutcome r = handshake_with_retry(old_key, new_key, PskRetry{old_key, true});
+    EXPECT_FALSE(r.server) << r.server->detail;
+    EXPECT_FALSE(r.client) << r.client->detail;
+    EXPECT_TRUE(r.used_retry);
+    // The current key needs no retry.
+    const RetryOutcome now = handshake_with_retry(new_key, new_key, PskRetry{old_key, true});
+    EXPECT_FALSE(now.server || now.client);
+    EXPECT_FALSE(now.used_retry);
+}
+
+TEST(Connection, PskRetryRecognisesAnExpiredKeyButFailsItLikeAWrongKey) {
+    const SecretKey old_key = OsRandom().key(), new_key = OsRandom().key();
+    const SecretKey wrong = OsRandom().key();
+    const RetryOutcome expired = handshake_with_retry(old_key, new_key, PskRetry{old_key, false});
+    const RetryOutcome wrong_key = handshake_with_retry(wrong, new_key, PskRetry{old_key, false});
+    ASSERT_TRUE(expired.server && expired.client && wrong_key.server && wrong_key.client);
+    // The server names it...
+    EXPECT_EQ(expired.server->reason, pb::KEY_EXPIRED);
+    EXPECT_EQ(expired.server->tls, tls::TlsError::kBadPsk);  // counted by the back-off
+    EXPECT_EQ(wrong_key.server->reason, pb::GATEWAY_AUTHENTICATION_FAILED);
+    // ...the client cannot tell the two apart.
+    EXPECT_EQ(expired.client->reason, pb::GATEWAY_AUTHENTICATION_FAILED);
+    EXPECT_EQ(expired.client->reason, wrong_key.client->reason);
+    EXPECT_EQ(expired.client->tls, wrong_key.client->tls);
+    EXPECT_EQ(expired.client->detail, wrong_key.client->detail);
+    EXPECT_FALSE(expired.used_retry);
+}
+
 }  // namespace
 }  // namespace cpns::net

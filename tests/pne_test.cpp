@@ -356,6 +356,41 @@ TEST(PneRole, AuthRequestInWaitAuthRequestOpensLocalEuKeyAndStartsTls) {
     EXPECT_EQ(h.pne().next_deadline(), h.now + kTlsHandshakeTimeout);
 }
 
+TEST(PneRole, AuthRequestOpensTheCopyUnderItsEuKeyWhenTheOtherIsUnderARotatedOne) {
+    // EUKey rotation grace: the first copy is under the PNE's new EUKey (which this device
+    // does not hold yet), the second under the one it holds.
+    Harness h(Ui::kYes, Pan::kInsecure);
+    h.to_wait_auth_request(As::kInvited);
+    auto env = h.auth_request();
+    auto* m = env.mutable_pne_auth_request();
+    m->set_wrapped_local_eukey_previous(m->wrapped_local_eukey());
+    m->set_wrapped_local_eukey(to_field(
+        wrap_local_eukey(h.pre, Recipient::kPne, kPn, kMe, kGw, h.rand_server, h.rand(), h.local)));
+    const auto fx = h.feed(env);
+    ASSERT_EQ(describe(fx), (Lines{"store_local_key " + kPn + " gw-1",
+                                   "transition wait_auth_request -> tls_before_auth_response",
+                                   "start_tls gw-1 " + local_eukey_identity(kPn, kMe)}));
+    EXPECT_TRUE(nth<StoreLocalKeyEffect>(fx, 0).key == h.local);
+}
+
+TEST(PneRole, AuthRequestWithAnExpiryNoticeUnderItsEuKeyEndsWithKeyExpired) {
+    // After the grace period the server sends, under the rotated-out EUKey this device still
+    // holds, 32 zero octets instead of the LocalEUKey.
+    Harness h(Ui::kYes, Pan::kInsecure);
+    h.to_wait_auth_request(As::kInvited);
+    auto env = h.auth_request();
+    auto* m = env.mutable_pne_auth_request();
+    m->set_wrapped_local_eukey(to_field(
+        wrap_local_eukey(h.pre, Recipient::kPne, kPn, kMe, kGw, h.rand_server, h.rand(), h.local)));
+    m->set_wrapped_local_eukey_previous(to_field(wrap_local_eukey(
+        h.eukey, Recipient::kPne, kPn, kMe, kGw, h.rand_server, h.rand(), SecretKey())));
+    const auto fx = h.feed(env);
+    ASSERT_EQ(describe(fx), (Lines{"send PneAuthenticationResponse to gw-1 clear",
+                                   "transition wait_auth_request -> idle", "outcome key expired"}));
+    EXPECT_EQ(nth<SendEffect>(fx, 0).msg.pne_auth_response().failure(), pb::KEY_EXPIRED);
+    EXPECT_TRUE(nth<SendEffect>(fx, 0).msg.pne_auth_response().hash_pne().empty());
+}
+
 TEST(PneRole, AuthRequestOnSecurePanWithUiStoresKeyAndSendsHashPneInClear) {
     Harness h(Ui::kYes, Pan::kSecure);
     h.to_wait_auth_request(As::kInvited);

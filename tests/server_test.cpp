@@ -529,6 +529,108 @@ TEST_F(ServerRole, PersistedInWaitPersistAnswersRegisteredWithHashServerAndSessi
     EXPECT_EQ(server_.next_deadline(), kNever);
 }
 
+// --- EUKey rotation -----------------------------------------------------------------------
+
+// `id` was rotated at the server: it holds a fresh EUKey, and the PNE's own (the test's) key
+// becomes its previous one, valid until `expires_at_ms` (wall clock).
+void rotate_at_server(MemoryDirectory& dir, const std::string& id, EntityKind kind,
+                      const SecretKey& held_by_device, std::int64_t expires_at_ms) {
+    DeterministicRandom fresh{99};
+    dir.add(id, EntityRecord{kind, fresh.key(), EntityStatus::kActive,
+                             PreviousEuKey{held_by_device, expires_at_ms}});
+}
+
+TEST_F(ServerRole, PneOnItsPreviousEukeyWithinTheGraceIsAuthenticatedUnderIt) {
+    pne_initiated_pair();
+    const auto in_grace = static_cast<std::int64_t>(kWallClock) + 1;
+    rotate_at_server(dir_, "pne-b", EntityKind::kPne, pnes_["pne-b"].eukey, in_grace);
+
+    // Its LocalEUKey: the first copy is under the new EUKey, which it does not hold; the
+    // second, under the previous one, opens, and is the PN GW's LocalEUKey.
+    const ServerEffects first = start();
+    const auto& k = std::get<SendEffect>(first.back()).msg.auth_request().local_eukeys(0);
+    ASSERT_EQ(k.pne_id(), "pne-b");
+    const Bytes& rand_pne = pnes_["pne-b"].rand_pne;
+    EXPECT_FALSE(unwrap_local_eukey(pnes_["pne-b"].eukey, Recipient::kPne, kPn, "pne-b", kGw,
+                                    rand_server_, rand_pne, bytes_of(k.for_pne())));
+    auto for_pne = unwrap_local_eukey(pnes_["pne-b"].eukey, Recipient::kPne, kPn, "pne-b", kGw,
+                                      rand_server_, rand_pne, bytes_of(k.for_pne_previous()));
+    auto for_gw = unwrap_local_eukey(gw_eukey_, Recipient::kGw, kPn, "pne-b", kGw, rand_server_,
+                                     rand_pne, bytes_of(k.for_gw()));
+    ASSERT_TRUE(for_pne && for_gw);
+    EXPECT_TRUE(*for_pne == *for_gw);
+    EXPECT_TRUE(k.for_gw_previous().empty());  // the PN GW was not rotated
+
+    // hash_PNE under the previous EUKey verifies; SK_PNE and hash_server_PNE are under it.
+    send(all_good(), kT0 + 100);
+    EXPECT_EQ(auth("pne-b"), PneAuth::kAuthenticated);
+    const ServerEffects out = server_.on_persisted(kGw, kPn, pb::REASON_NONE, kT0 + 200);
+    const auto& r = response(out);
+    ASSERT_TRUE(r.registered());
+    for (const auto& res : r.results()) {
+        EXPECT_TRUE(res.authenticated()) << res.pne_id();
+        EXPECT_EQ(res.hash_server_pne(), to_field(hash_server(res.pne_id(), r.inventory())));
+    }
+    for (const auto& sk : all<SessionKeyEffect>(out))
+        EXPECT_TRUE(sk.sk == sk_pne(sk.pne_id, context(sk.pne_id))) << sk.pne_id;
+}
+
+TEST_F(ServerRole, PneOnItsPreviousEukeyAfterTheGraceFailsWithKeyExpired) {
+    pne_initiated_pair();
+    add_pne("pne-c", false);
+    const auto expired = static_cast<std::int64_t>(kWallClock);  // the grace ends now
+    rotate_at_server(dir_, "pne-b", EntityKind::kPne, pnes_["pne-b"].eukey, expired);
+    // pne-c was rotated too, but its device holds neither key: a wrong key stays a wrong key.
+    rotate_at_server(dir_, "pne-c", EntityKind::kPne, keys_.key(), expired + 1'000'000);
+
+    const ServerEffects first = start();
+    const auto& k = std::get<SendEffect>(first.back()).msg.auth_request().local_eukeys(0);
+    // Under the expired EUKey: no LocalEUKey, an expiry notice (32 zero octets) instead.
+    auto notice =
+        unwrap_local_eukey(pnes_["pne-b"].eukey, Recipient::kPne, kPn, "pne-b", kGw, rand_server_,
+                           pnes_["pne-b"].rand_pne, bytes_of(k.for_pne_previous()));
+    ASSERT_TRUE(notice);
+    EXPECT_TRUE(notice->is_zero());
+    const ServerEffects out = send(all_good(), kT0 + 100);
+    EXPECT_EQ(auth("pne-a"), PneAuth::kAuthenticated);
+    EXPECT_EQ(auth("pne-b"), PneAuth::kFailed);
+    EXPECT_EQ(auth("pne-c"), PneAuth::kFailed);
+    EXPECT_EQ(server_.counters().by_reason[pb::KEY_EXPIRED], 1u);
+    EXPECT_EQ(server_.counters().by_reason[pb::AUTHENTICATION_FAILED], 1u);
+    const ServerEffects done = server_.on_persisted(kGw, kPn, pb::REASON_NONE, kT0 + 200);
+    const auto& r = response(done);
+    ASSERT_TRUE(r.registered());  // with pne-a alone
+    EXPECT_EQ(r.inventory().members_size(), 1);
+    std::map<std::string, std::string> reasons;
+    for (const auto& res : r.results()) reasons[res.pne_id()] = reason_name(res.reason());
+    EXPECT_EQ(reasons["pne-b"], "key expired");
+    EXPECT_EQ(reasons["pne-c"], "authentication failed");
+    const OutcomeEffect* o = find_outcome(done);
+    ASSERT_TRUE(o);
+    for (const auto& p : o->pnes) {
+        if (p.pne_id == "pne-b") {
+            EXPECT_EQ(p.reason, pb::KEY_EXPIRED);
+        }
+    }
+}
+
+TEST_F(ServerRole, GwOnItsPreviousEukeyWithinTheGraceGetsACopyItCanOpen) {
+    pne_initiated_pair();
+    rotate_at_server(dir_, kGw, EntityKind::kGw, gw_eukey_,
+                     static_cast<std::int64_t>(kWallClock) + 1);
+    const ServerEffects first = start();
+    const auto& k = std::get<SendEffect>(first.back()).msg.auth_request().local_eukeys(0);
+    const Bytes& rand_pne = pnes_["pne-b"].rand_pne;
+    EXPECT_FALSE(unwrap_local_eukey(gw_eukey_, Recipient::kGw, kPn, "pne-b", kGw, rand_server_,
+                                    rand_pne, bytes_of(k.for_gw())));
+    auto for_gw = unwrap_local_eukey(gw_eukey_, Recipient::kGw, kPn, "pne-b", kGw, rand_server_,
+                                     rand_pne, bytes_of(k.for_gw_previous()));
+    auto for_pne = unwrap_local_eukey(pnes_["pne-b"].eukey, Recipient::kPne, kPn, "pne-b", kGw,
+                                      rand_server_, rand_pne, bytes_of(k.for_pne()));
+    ASSERT_TRUE(for_gw && for_pne);
+    EXPECT_TRUE(*for_gw == *for_pne);
+}
+
 TEST_F(ServerRole, PersistFailureInWaitPersistAnswersNotRegisteredWithTheStoresReason) {
     pne_initiated_pair();
     to_wait_persist();

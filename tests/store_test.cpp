@@ -977,6 +977,95 @@ std::string seal_v1_hex(const SecretKey& master, const std::string& id, const Se
     return to_hex(out);
 }
 
+// --- EUKey rotation ------------------------------------------------------------------------
+
+TYPED_TEST(StoreTest, RotationKeepsThePreviousEukeySealedWithItsExpiry) {
+    const auto s = this->open();
+    const StoredEntity first = entity("pne-1", EntityKind::kPne);
+    s->put_entity(first);
+    provision(*s, {"gw-1"}, {});
+    const SecretKey second = random_key();
+    EXPECT_EQ(s->rotate_eukey("pne-1", second, 1'800'000'000'000), 2);
+
+    // Read back by another connection: the new EUKey under key version 2, the old one as the
+    // previous EUKey with its expiry; nothing else changed.
+    std::optional<StoredEntity> got = this->open()->get_entity("pne-1");
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(got->eukey == second);
+    EXPECT_EQ(got->key_version, 2);
+    EXPECT_EQ(got->status, EntityStatus::kActive);
+    EXPECT_TRUE(same(got->capabilities, first.capabilities));
+    ASSERT_TRUE(got->previous);
+    EXPECT_TRUE(got->previous->eukey == first.eukey);
+    EXPECT_EQ(got->previous->expires_at_ms, 1'800'000'000'000);
+    EXPECT_FALSE(s->get_entity("gw-1")->previous);
+    EXPECT_TRUE(s->check().empty());
+
+    EXPECT_EQ(this->backend_.query("SELECT id FROM entities WHERE previous_sealed_eukey IS NOT "
+                                   "NULL AND previous_expires_at_ms IS NOT NULL"),
+              (Rows{{"pne-1"}}));
+
+    // A status change keeps the previous EUKey; a second rotation replaces it; a revocation
+    // destroys it; a replacement (put_entity) drops it.
+    ASSERT_TRUE(s->set_status("pne-1", EntityStatus::kDisabled));
+    EXPECT_TRUE(s->get_entity("pne-1")->previous->eukey == first.eukey);
+    const SecretKey third = random_key();
+    EXPECT_EQ(s->rotate_eukey("pne-1", third, 1'900'000'000'000), 3);
+    got = s->get_entity("pne-1");
+    ASSERT_TRUE(got && got->previous);
+    EXPECT_TRUE(got->eukey == third);
+    EXPECT_EQ(got->status, EntityStatus::kDisabled);
+    EXPECT_TRUE(got->previous->eukey == second);
+    EXPECT_EQ(got->previous->expires_at_ms, 1'900'000'000'000);
+    s->put_entity(entity("pne-1", EntityKind::kPne));
+    EXPECT_FALSE(s->get_entity("pne-1")->previous);
+    EXPECT_EQ(s->rotate_eukey("pne-1", random_key(), 1), 5);
+    ASSERT_TRUE(s->set_status("pne-1", EntityStatus::kRevoked));
+    EXPECT_FALSE(s->get_entity("pne-1")->previous);
+    EXPECT_TRUE(s->check().empty());
+
+    // Refused: a revoked entity, an unknown one (nullopt), the all-zero key.
+    EXPECT_NE(error_of([&] { s->rotate_eukey("pne-1", random_key(), 1); }).find("revoked"),
+              std::string::npos);
+    EXPECT_FALSE(s->rotate_eukey("nobody", random_key(), 1));
+    EXPECT_NE(error_of([&] { s->rotate_eukey("gw-1", SecretKey(), 1); }), "<no StoreError>");
+}
+
+TYPED_TEST(StoreTest, APreviousEukeyAlteredInTheDatabaseIsRefused) {
+    const auto s = this->open();
+    provision(*s, {}, {"pne-1", "pne-2"});
+    ASSERT_TRUE(s->rotate_eukey("pne-1", random_key(), 1'800'000'000'000));
+    ASSERT_TRUE(s->rotate_eukey("pne-2", random_key(), 1'800'000'000'000));
+    this->backend_.exec("CREATE TABLE old_row AS SELECT * FROM entities WHERE id = 'pne-1'");
+
+    // A longer grace written into the database: refused.
+    this->backend_.exec(
+        "UPDATE entities SET previous_expires_at_ms = 4000000000000 WHERE id = 'pne-1'");
+    expect_refused(*s, "pne-1", "grace extended");
+    this->backend_.exec(
+        "DELETE FROM entities WHERE id = 'pne-1'; INSERT INTO entities SELECT * FROM old_row");
+    EXPECT_TRUE(s->get_entity("pne-1"));
+
+    // The previous EUKey removed (so that an old row without it could be copied back) or
+    // swapped with another entity's: refused.
+    this->backend_.exec(
+        "UPDATE entities SET previous_sealed_eukey = NULL, previous_expires_at_ms = NULL WHERE "
+        "id = 'pne-1'");
+    expect_refused(*s, "pne-1", "previous EUKey removed");
+    this->backend_.exec(
+        "DELETE FROM entities WHERE id = 'pne-1'; INSERT INTO entities SELECT * FROM old_row");
+    this->backend_.exec(
+        "UPDATE entities SET previous_sealed_eukey = (SELECT previous_sealed_eukey FROM old_row)"
+        " WHERE id = 'pne-2'");
+    expect_refused(*s, "pne-2", "another entity's previous EUKey");
+
+    // The current and the previous sealed EUKeys swapped (back to the old key): refused.
+    this->backend_.exec(
+        "UPDATE entities SET sealed_eukey = (SELECT previous_sealed_eukey FROM old_row),"
+        " previous_sealed_eukey = (SELECT sealed_eukey FROM old_row) WHERE id = 'pne-1'");
+    expect_refused(*s, "pne-1", "current and previous EUKeys swapped");
+}
+
 TYPED_TEST(StoreTest, ADatabaseOfSchemaVersion1IsUpgradedWhenOpenedWithItsMasterKey) {
     std::vector<StoredEntity> entities = {entity("gw-1", EntityKind::kGw),
                                           entity("pne-1", EntityKind::kPne),
@@ -990,6 +1079,8 @@ TYPED_TEST(StoreTest, ADatabaseOfSchemaVersion1IsUpgradedWhenOpenedWithItsMaster
     // Back to what the previous version left: schema version 1, blobs sealed its way.
     this->backend_.exec(
         "DROP TABLE entity_versions; ALTER TABLE entities DROP COLUMN row_mac;"
+        " ALTER TABLE entities DROP COLUMN previous_sealed_eukey;"
+        " ALTER TABLE entities DROP COLUMN previous_expires_at_ms;"
         " ALTER TABLE entities DROP COLUMN revision; ALTER TABLE entities DROP COLUMN "
         "key_version; DELETE FROM schema_version WHERE version > 1");
     for (const StoredEntity& e : entities) {
@@ -1016,7 +1107,7 @@ TYPED_TEST(StoreTest, ADatabaseOfSchemaVersion1IsUpgradedWhenOpenedWithItsMaster
     EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
     EXPECT_TRUE(s->check().empty());
     EXPECT_EQ(this->backend_.query("SELECT version FROM schema_version ORDER BY version"),
-              (Rows{{"1"}, {"2"}}));
+              (Rows{{"1"}, {"2"}, {"3"}}));
     EXPECT_EQ(this->count("entity_versions"), "3");
 
     // Protected from now on; a row stripped of its MAC is not upgraded again either.
@@ -1040,7 +1131,7 @@ TYPED_TEST(StoreTest, MigrationsAreIdempotentAndSafeToRace) {
         EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
     }
     EXPECT_EQ(this->backend_.query("SELECT version FROM schema_version ORDER BY version"),
-              (Rows{{"1"}, {"2"}}));
+              (Rows{{"1"}, {"2"}, {"3"}}));
 
     // Several processes opening a new database at once: each one migrates or waits.
     TypeParam fresh;
@@ -1063,7 +1154,7 @@ TYPED_TEST(StoreTest, MigrationsAreIdempotentAndSafeToRace) {
     for (std::thread& t : threads) t.join();
     for (const std::string& e : errors) EXPECT_EQ(e, "");
     EXPECT_EQ(fresh.query("SELECT version FROM schema_version ORDER BY version"),
-              (Rows{{"1"}, {"2"}}));
+              (Rows{{"1"}, {"2"}, {"3"}}));
     EXPECT_EQ(fresh.query("SELECT COUNT(*) FROM entities"), (Rows{{"4"}}));
     fresh.teardown();
 }

@@ -231,7 +231,10 @@ gwinit_input_keys=(gwinit_eukey_pne gwinit_eukey_gw gwinit_local_eukey gwinit_ra
 gwinit_output_keys=(gwinit_setup_binding gwinit_join_digest gwinit_inventory_digest
     gwinit_sk_pne gwinit_hash_pne gwinit_hash_server_pne gwinit_kek_pne gwinit_kek_gw
     gwinit_wrapped_local_eukey_pne gwinit_wrapped_local_eukey_gw)
-all_keys=("${input_keys[@]}" "${output_keys[@]}" "${invitee_input_keys[@]}"
+# EUKey rotation (set 1's inputs): the expiry notice under a rotated-out EUKey.
+rotation_output_keys=(expiry_notice_pne)
+all_keys=("${input_keys[@]}" "${output_keys[@]}" "${rotation_output_keys[@]}"
+    "${invitee_input_keys[@]}"
     "${invitee_output_keys[@]}" "${gwinit_input_keys[@]}" "${gwinit_output_keys[@]}")
 
 declare -A kv=()
@@ -375,6 +378,21 @@ ${#kv[${p}setup]} ${#lkr}"
 check_set "" 2 yes
 check_set invitee_ 0 no
 check_set gwinit_ 0 yes
+
+# The expiry notice: 32 zero octets under the KEK of set 1's PNE copy; it opens under that
+# KEK to zeros, and no other KEK (the PN GW's) opens it.
+notice_kek=$(kdf "${kv[eukey_pne]}" 54 01 "${kv[pn_id]}" "${kv[pne_id]}" "${kv[gw_id]}" \
+    "${kv[rand_server]}" "${kv[rand_pne]}")
+zeros=$(printf '%064d' 0)
+check "expiry_notice_pne = AES-256-KWP(kek_pne, 32 zero octets)" "${kv[expiry_notice_pne]}" \
+    "$(kwp_wrap id-aes256-wrap-pad "$notice_kek" "$zeros")"
+check "the PNE's KEK opens the expiry notice to 32 zero octets" "$zeros" \
+    "$(kwp_unwrap id-aes256-wrap-pad "$notice_kek" "${kv[expiry_notice_pne]}" || true)"
+if kwp_unwrap id-aes256-wrap-pad "${kv[kek_gw]}" "${kv[expiry_notice_pne]}" >/dev/null; then
+    fail "the PN GW's KEK does not open the expiry notice"
+else
+    pass "the PN GW's KEK does not open the expiry notice"
+fi
 
 gw_psk=$(kdf "${kv[eukey_gw]}" 55 "${kv[gw_id]}")
 check "gw_server_psk = KDF(EUKey_GW, 0x55, PN GW ID)" "${kv[gw_server_psk]}" "$gw_psk"

@@ -495,7 +495,6 @@ std::vector<VectorSet> compute() {
     first.outputs.push_back({"device_state_key", "device-state key",
                              "KDF(EUKey_PNE, 0x56, device-state label, PNE ID)",
                              state_key.to_hex()});
-
     // PN lifecycle: the initiator leaves the PN of set 1 at revision 0, and the server's
     // NOTICE_LEFT (kind 1) answers it over the inventory after the change (revision 1, the
     // invitee alone). NOTICE_UPDATED (kind 4) tells the invitee, without a random.
@@ -545,6 +544,15 @@ std::vector<VectorSet> compute() {
                              "KDF(invitee EUKey_PNE, 0x5b, 0x04, invitee PNE ID, after digest, "
                              "empty)",
                              cpns::to_hex(cpns::ByteView{updated_proof})});
+
+    // EUKey rotation: what the CPNS Server sends in place of the LocalEUKey under a PNE's
+    // rotated-out EUKey once its grace period has ended (here as if set 1's EUKey_PNE were
+    // that key): 32 zero octets under the KEK of the PNE copy.
+    const Bytes notice = cpns::wrap_local_eukey(init.eukey_pne, cpns::Recipient::kPne,
+                                                init.ctx.pn_id, init.ctx.pne_id, init.ctx.gw_id,
+                                                init.rand_server, init.rand_pne, cpns::SecretKey());
+    first.outputs.push_back({"expiry_notice_pne", "expiry notice (PNE copy, EUKey rotation)",
+                             "AES-256-KWP(KEK (PNE copy), 32 zero octets)", cpns::to_hex(notice)});
     return sets;
 }
 

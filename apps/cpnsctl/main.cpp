@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 
@@ -57,6 +58,35 @@ void write_key_file(const std::string& path, const SecretKey& key) {
     if (!ok) throw std::runtime_error("cannot write " + path);
 }
 
+// A duration for --grace: a non-negative integer with a unit (ms, s, m, h, d), e.g. "24h",
+// "3s"; at most kMaxRotationGrace.
+Millis parse_duration(const std::string& text) {
+    std::size_t digits = 0;
+    while (digits < text.size() && digits < 12 &&
+           std::isdigit(static_cast<unsigned char>(text[digits])))
+        ++digits;
+    const std::string unit = text.substr(digits);
+    Millis scale = 0;
+    if (unit == "ms")
+        scale = 1;
+    else if (unit == "s")
+        scale = 1000;
+    else if (unit == "m")
+        scale = 60'000;
+    else if (unit == "h")
+        scale = 3'600'000;
+    else if (unit == "d")
+        scale = 86'400'000;
+    if (digits == 0 || scale == 0)
+        throw ConfigError("--grace '" + text +
+                          "': want a number and a unit (ms, s, m, h or d), e.g. 24h");
+    const Millis value = std::stoll(text.substr(0, digits));
+    if (value > kMaxRotationGrace / scale)
+        throw ConfigError("--grace '" + text + "': longer than the maximum of " +
+                          std::to_string(kMaxRotationGrace / 86'400'000) + " days");
+    return value * scale;
+}
+
 // Every entity must load under the master key given (its sealed EUKey opens and its row is
 // authentic), before anything new is sealed under it: a wrong key would otherwise seal new
 // entries the server cannot read. A row refused by the integrity check stops it too: run
@@ -95,6 +125,18 @@ int main(int argc, char** argv) {
     prov->add_option("--kind", kind, "pne or gw")->check(CLI::IsMember(kind_words()));
     prov->add_option("--key-out", key_out, "device key file to write (default <id>.key)");
     prov->add_option("--device-type", device_type, "device type recorded with the entity");
+
+    auto* rotate = app.add_subcommand(
+        "rotate",
+        "give an entity a fresh EUKey and write the device's new key file; the old EUKey stays "
+        "valid for the grace period, then fails with 'key expired'");
+    std::string rotate_id, rotate_out, grace_text = "24h";
+    rotate->add_option("id", rotate_id, "entity ID")->required();
+    rotate->add_option("--grace", grace_text,
+                       "how long the old EUKey stays valid (ms, s, m, h, d; default 24h; 0s: "
+                       "refused at once)");
+    rotate->add_option("--key-out", rotate_out,
+                       "new device key file to write (default <id>.key; never overwritten)");
 
     auto* imp = app.add_subcommand("import",
                                    "import an entities file ([[entity]] id, kind, eukey, status)");
@@ -146,7 +188,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         auto store = store::open_store(url, store::load_master_key(master_key_file));
-        if (*prov || *imp) require_master_key_matches(*store);
+        if (*prov || *imp || *rotate) require_master_key_matches(*store);
         if (*prov) {
             if (!valid_id(id)) throw ConfigError("'" + id + "' is not a valid entity ID");
             if (store->get_entity(id))
@@ -162,6 +204,50 @@ int main(int argc, char** argv) {
             store->put_entity(e);
             std::cout << "provisioned " << kind << " " << id << "; its EUKey is in " << out
                       << " (give it to the device as eukey_file; mode 0600)\n";
+        } else if (*rotate) {
+            const Millis grace = parse_duration(grace_text);
+            const auto e = store->get_entity(rotate_id);
+            if (!e) {
+                std::cerr << "cpnsctl: no entity " << rotate_id << "\n";
+                return 1;
+            }
+            if (e->status == EntityStatus::kRevoked)
+                throw ConfigError(rotate_id +
+                                  " is revoked; revocation is final (provision a new entity)");
+            OsRandom rnd;
+            const SecretKey fresh = rnd.key();
+            const std::string out = rotate_out.empty() ? rotate_id + ".key" : rotate_out;
+            // The key file first (refusing to replace one): the device can be given the key
+            // only if the store then takes it; a failed store write leaves a file to delete.
+            write_key_file(out, fresh);
+            const std::int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count();
+            std::optional<std::int64_t> version;
+            try {
+                version = store->rotate_eukey(rotate_id, fresh, now + grace);
+            } catch (...) {
+                ::unlink(out.c_str());
+                throw;
+            }
+            if (!version) {
+                ::unlink(out.c_str());
+                std::cerr << "cpnsctl: no entity " << rotate_id << "\n";
+                return 1;
+            }
+            store::AuditRecord rec;
+            rec.server_id = "cpnsctl";
+            (e->kind == EntityKind::kGw ? rec.gw_id : rec.pne_id) = rotate_id;
+            rec.success = true;
+            rec.reason = "key rotated";
+            rec.detail = "EUKey rotated: key version " + std::to_string(*version) +
+                         "; the previous EUKey is valid until " + time_text(now + grace);
+            store->audit(rec);
+            std::cout << "rotated the EUKey of " << kind_name(e->kind) << " " << rotate_id
+                      << ": key version " << *version << ", new EUKey in " << out
+                      << " (mode 0600); the previous EUKey is valid until "
+                      << time_text(now + grace) << " (" << grace / 1000
+                      << " s), then refused with 'key expired'\n";
         } else if (*imp) {
             std::size_t added = 0, replaced = 0, kept = 0;
             for (auto e : read_entities(import_file)) {
@@ -202,6 +288,15 @@ int main(int argc, char** argv) {
                       << "\ndevice:   " << e->capabilities.device_type()
                       << "\nEUKey:    (sealed in the store), key version " << e->key_version
                       << "\n";
+            if (e->previous) {
+                const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::system_clock::now().time_since_epoch())
+                                                .count();
+                std::cout << "previous: EUKey of key version " << e->key_version - 1
+                          << (now_ms < e->previous->expires_at_ms ? ", valid until "
+                                                                  : ", expired at ")
+                          << time_text(e->previous->expires_at_ms) << "\n";
+            }
             int member_of = 0;
             for (const auto& inv : store->list_pns())
                 for (const auto& m : inv.members())
@@ -259,8 +354,11 @@ int main(int argc, char** argv) {
         } else if (*audit) {
             for (const auto& r : store->audit_log(audit_limit))
                 std::cout << time_text(r.at_ms) << "  " << r.server_id << "  " << r.gw_id << "  "
-                          << r.pn_id << "  " << (r.pne_id.empty() ? "(PN)" : r.pne_id) << "  "
-                          << (r.success ? "ok" : "FAILED: " + r.reason)
+                          << r.pn_id << "  "
+                          << (!r.pne_id.empty() ? r.pne_id
+                              : r.pn_id.empty() ? "-"
+                                                : "(PN)")
+                          << "  " << (r.success ? "ok" : "FAILED: " + r.reason)
                           << (r.detail.empty() ? "" : "  " + r.detail) << "\n";
         } else if (*check) {
             std::vector<std::string> problems;

@@ -160,7 +160,8 @@ bool valid_body(const pb::PnSetupNotify& m) {
 
 bool valid_body(const pb::PneAuthenticationRequest& m) {
     return valid_id(m.pn_id()) && m.rand_server().size() == 16 &&
-           valid_bytes(m.wrapped_local_eukey(), 64);
+           valid_bytes(m.wrapped_local_eukey(), 64) &&
+           valid_bytes(m.wrapped_local_eukey_previous(), 64);
 }
 
 bool valid_body(const pb::PnRegistrationRequest& m) {
@@ -181,7 +182,9 @@ bool valid_body(const pb::AuthenticationRequest& m) {
            std::all_of(m.local_eukeys().begin(), m.local_eukeys().end(),
                        [](const auto& k) {
                            return valid_id(k.pne_id()) && valid_bytes(k.for_pne(), 64) &&
-                                  valid_bytes(k.for_gw(), 64);
+                                  valid_bytes(k.for_gw(), 64) &&
+                                  valid_bytes(k.for_pne_previous(), 64) &&
+                                  valid_bytes(k.for_gw_previous(), 64);
                        }) &&
            std::all_of(m.excluded().begin(), m.excluded().end(),
                        [](const auto& x) { return valid_id(x.pne_id()); });
@@ -465,6 +468,8 @@ std::string_view reason_name(pb::FailureReason r) {
             return "store unavailable";
         case pb::STORAGE_FULL:
             return "storage full";
+        case pb::KEY_EXPIRED:
+            return "key expired";
         case pb::UNKNOWN_PN:
             return "unknown pn";
         case pb::NOT_A_MEMBER:

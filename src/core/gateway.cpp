@@ -414,16 +414,22 @@ bool Gateway::relay_auth_request(Out& out, Session& s, Member& mem,
     r->set_pn_id(s.pn_id);
     r->set_rand_server(m.rand_server());
     if (keys) {
-        auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kGw, s.pn_id, mem.pne_id, cfg_.gw_id,
+        auto unwrap = [&](const std::string& copy) {
+            return unwrap_local_eukey(cfg_.eukey, Recipient::kGw, s.pn_id, mem.pne_id, cfg_.gw_id,
                                       bytes_of(m.rand_server()), bytes_of(mem.join.rand_pne()),
-                                      bytes_of(keys->for_gw()));
+                                      bytes_of(copy));
+        };
+        auto key = unwrap(keys->for_gw());
+        // Within an EUKey rotation's grace the server adds a copy under our previous EUKey.
+        if (!key && !keys->for_gw_previous().empty()) key = unwrap(keys->for_gw_previous());
         if (!key) {
             fail_member(out, s, mem, pb::KEY_UNWRAP_FAILED, "PN GW copy does not decrypt");
             return false;
         }
         mem.local_eukey = std::move(*key);
         out.push_back(StoreLocalKeyEffect{s.pn_id, mem.pne_id, *mem.local_eukey});
-        r->set_wrapped_local_eukey(keys->for_pne());  // only this PNE's own copy
+        r->set_wrapped_local_eukey(keys->for_pne());  // only this PNE's own copies
+        r->set_wrapped_local_eukey_previous(keys->for_pne_previous());
     } else if (mem.join.local_eukey_requested()) {
         fail_member(out, s, mem, pb::KEY_UNWRAP_FAILED, "server sent no LocalEUKey");
         return false;

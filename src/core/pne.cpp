@@ -290,8 +290,31 @@ bool Pne::open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m) {
         abort(out, pb::KEY_UNWRAP_FAILED, "no LocalEUKey copy in the Authentication Request", true);
         return false;
     }
-    auto key = unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
-                                  s_.rand_server, s_.rand_pne, bytes_of(m.wrapped_local_eukey()));
+    auto unwrap = [&](const std::string& copy) {
+        return unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
+                                  s_.rand_server, s_.rand_pne, bytes_of(copy));
+    };
+    auto key = unwrap(m.wrapped_local_eukey());
+    // Within an EUKey rotation's grace the server adds a copy under the previous EUKey: a PNE
+    // still on that key opens this one.
+    if (!key && !m.wrapped_local_eukey_previous().empty()) {
+        key = unwrap(m.wrapped_local_eukey_previous());
+        if (key && key->is_zero()) {
+            // The server's expiry notice: it knows this EUKey only as one rotated out whose
+            // grace period has ended. Nothing secret was received; the device needs its new
+            // key file.
+            pb::Envelope env;
+            auto* r = env.mutable_pne_auth_response();
+            r->set_pn_id(s_.pn_id);
+            r->set_pne_id(cfg_.pne_id);
+            r->set_failure(pb::KEY_EXPIRED);
+            send(out, s_.gw_id, std::move(env));
+            finish(out, false, pb::KEY_EXPIRED,
+                   "this PNE's EUKey was rotated and its grace period has ended: give the "
+                   "device the key file `cpnsctl rotate` wrote");
+            return false;
+        }
+    }
     if (!key) {
         // The copy was made under the EUKey the server holds for this PNE: if it does not
         // open, the two EUKeys differ, which is what hash_PNE would have shown too.

@@ -225,7 +225,7 @@ std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registrat
 // Step 5 (6 of 5.2.1.2): every known, active PNE is asked to authenticate; a LocalEUKey is
 // made for each that asked for one, with one copy for the PNE and one for the PN GW.
 std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
-                               pb::AuthenticationRequest& a) {
+                               pb::AuthenticationRequest& a, Millis now) {
     std::size_t asked = 0;
     for (const auto& p : s.request.pnes()) {
         const std::string& id = p.join().pne_id();
@@ -259,6 +259,19 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
                                                  s.rand_server, rand_pne, local)));
         k->set_for_gw(to_field(wrap_local_eukey(gw.eukey, Recipient::kGw, s.pn_id, id, s.gw_id,
                                                 s.rand_server, rand_pne, local)));
+        // Rotation grace: which EUKey a party holds shows only later (hash_PNE), so a party
+        // with a previous EUKey in grace gets a second copy under it; it opens the one it can.
+        // After the grace period the copy under the previous EUKey is an expiry notice: 32
+        // zero octets instead of the LocalEUKey. Only a holder of that key opens it, and it
+        // tells it why it cannot take part ('key expired'), where a PNE with a wrong key can
+        // only say that nothing opens.
+        if (rec->previous)
+            k->set_for_pne_previous(to_field(wrap_local_eukey(
+                rec->previous->eukey, Recipient::kPne, s.pn_id, id, s.gw_id, s.rand_server,
+                rand_pne, rec->previous_in_grace(wall_ms(now)) ? local : SecretKey())));
+        if (const SecretKey* prev = gw.previous_in_grace(wall_ms(now)))
+            k->set_for_gw_previous(to_field(wrap_local_eukey(
+                *prev, Recipient::kGw, s.pn_id, id, s.gw_id, s.rand_server, rand_pne, local)));
     }
     return asked;
 }
@@ -283,7 +296,7 @@ void Server::handle_registration(Out& out, const std::string& from,
     auto* a = env.mutable_auth_request();
     a->set_pn_id(s.pn_id);
     a->set_rand_server(to_field(s.rand_server));
-    const std::size_t asked = admit_pnes(out, s, *gw, *a);
+    const std::size_t asked = admit_pnes(out, s, *gw, *a, now);
     log(LogLevel::kInfo, "PN Registration Request " + s.pn_id + " from " + from + ": " +
                              std::to_string(asked) + " of " + std::to_string(m.pnes_size()) +
                              " PNE(s) to authenticate");
@@ -300,8 +313,12 @@ void Server::handle_registration(Out& out, const std::string& from,
 }
 
 // One PNE's hash_PNE (or the failure the PN GW reports for it).
+std::int64_t Server::wall_ms(Millis now) const {
+    return cfg_.wall_clock_ms ? static_cast<std::int64_t>(cfg_.wall_clock_ms()) : now;
+}
+
 void Server::verify_pne(Out& out, Session& s, const std::string& id, PneState& p,
-                        const pb::PneAuthResult* result) {
+                        const pb::PneAuthResult* result, Millis now) {
     if (!result) return enter(out, s, id, p, PneAuth::kFailed, pb::TIMEOUT);
     if (result->failure() != pb::REASON_NONE)
         return enter(out, s, id, p, PneAuth::kFailed, result->failure());
@@ -312,7 +329,22 @@ void Server::verify_pne(Out& out, Session& s, const std::string& id, PneState& p
     const ByteView rand_pne = bytes_of(p.join.rand_pne());
     p.sk = derive_sk_pne(rec->eukey, rand_pne, s.rand_server, ctx);
     p.hash_pne = derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
-    if (!ct_equal(p.hash_pne, bytes_of(result->hash_pne())) && !cfg_.weaken.skip_hash_pne_check)
+    bool proved = ct_equal(p.hash_pne, bytes_of(result->hash_pne()));
+    if (!proved && rec->previous) {
+        // After a rotation: the previous EUKey authenticates within its grace period; after it,
+        // a hash_PNE under it is only recognised, to name the failure.
+        SecretKey sk = derive_sk_pne(rec->previous->eukey, rand_pne, s.rand_server, ctx);
+        const Hash hash = derive_hash_pne(rec->previous->eukey, rand_pne, s.rand_server, sk, ctx);
+        if (ct_equal(hash, bytes_of(result->hash_pne()))) {
+            if (!rec->previous_in_grace(wall_ms(now)))
+                return enter(out, s, id, p, PneAuth::kFailed, pb::KEY_EXPIRED);
+            p.sk = std::move(sk);
+            p.hash_pne = hash;
+            p.previous_key = true;
+            proved = true;
+        }
+    }
+    if (!proved && !cfg_.weaken.skip_hash_pne_check)
         return enter(out, s, id, p, PneAuth::kFailed, pb::AUTHENTICATION_FAILED);
     // hash_server_PNE follows once the inventory it covers is known (prove_server).
     enter(out, s, id, p, PneAuth::kAuthenticated, pb::REASON_NONE);
@@ -328,7 +360,7 @@ void Server::handle_auth_response(Out& out, const std::string& from,
     for (auto& [id, p] : s.pnes) {
         if (p.auth != PneAuth::kPending) continue;
         auto r = results.find(id);
-        verify_pne(out, s, id, p, r == results.end() ? nullptr : r->second);
+        verify_pne(out, s, id, p, r == results.end() ? nullptr : r->second, now);
         ok += p.auth == PneAuth::kAuthenticated;
     }
     if (ok == 0) {
@@ -357,11 +389,14 @@ void Server::prove_server(Session& s) {
     for (auto& [id, p] : s.pnes) {
         if (p.auth != PneAuth::kAuthenticated) continue;
         const auto rec = dir_.find(id);  // found a moment ago, in the same call
-        if (!rec) throw std::logic_error("entity vanished during one call");
+        if (!rec || (p.previous_key && !rec->previous))
+            throw std::logic_error("entity vanished during one call");
+        // The EUKey the PNE proved itself with (its previous one, within the grace period).
+        const SecretKey& eukey = p.previous_key ? rec->previous->eukey : rec->eukey;
         PneContext ctx = context(s, id, p);
         ctx.inventory_digest = digest;
-        p.hash_server = derive_hash_server_pne(rec->eukey, bytes_of(p.join.rand_pne()),
-                                               s.rand_server, p.sk, p.hash_pne, ctx);
+        p.hash_server = derive_hash_server_pne(eukey, bytes_of(p.join.rand_pne()), s.rand_server,
+                                               p.sk, p.hash_pne, ctx);
     }
 }
 

@@ -26,10 +26,37 @@ std::string_view to_string(EntityStatus status);
 std::optional<EntityKind> parse_entity_kind(std::string_view word);
 std::optional<EntityStatus> parse_entity_status(std::string_view word);
 
+// EUKey rotation (docs/operations.md, "EUKey rotation"): how long the previous EUKey of an
+// entity stays valid after `cpnsctl rotate`, unless --grace says otherwise, and the longest
+// grace accepted.
+inline constexpr Millis kDefaultRotationGrace = 24LL * 60 * 60 * 1000;   // 24 h
+inline constexpr Millis kMaxRotationGrace = 30LL * 24 * 60 * 60 * 1000;  // 30 days
+
+// The EUKey an entity had before its last rotation. It authenticates until expires_at_ms
+// (wall clock, ms since the Unix epoch); after that it authenticates nothing and is only
+// recognised, so that a device still using it fails with KEY_EXPIRED instead of a bare
+// authentication failure.
+struct PreviousEuKey {
+    SecretKey eukey;
+    std::int64_t expires_at_ms = 0;
+};
+
 struct EntityRecord {
+    EntityRecord() = default;
+    // (A constructor, not an aggregate: callers that predate `previous` give three values.)
+    EntityRecord(EntityKind k, SecretKey key, EntityStatus st,
+                 std::optional<PreviousEuKey> prev = std::nullopt)
+        : kind(k), eukey(std::move(key)), status(st), previous(std::move(prev)) {}
+
     EntityKind kind = EntityKind::kPne;
     SecretKey eukey;
     EntityStatus status = EntityStatus::kActive;
+    std::optional<PreviousEuKey> previous;  // set after a rotation (sealed in the store)
+
+    // The previous EUKey if it is still within its grace period at `wall_ms`, else nullptr.
+    const SecretKey* previous_in_grace(std::int64_t wall_ms) const {
+        return previous && wall_ms < previous->expires_at_ms ? &previous->eukey : nullptr;
+    }
 };
 
 // Read access to the server's entity database (EUKeys) and PN Inventory. Lookups are
@@ -133,6 +160,7 @@ class Server {
         Hash join_digest{};
         Hash hash_pne{};
         Hash hash_server{};
+        bool previous_key = false;  // proved with its previous EUKey, within the grace period
     };
     struct Session {
         std::string gw_id;
@@ -172,11 +200,13 @@ class Server {
     void handle_registration(Out& out, const std::string& from, const pb::PnRegistrationRequest& m,
                              Millis now);
     std::size_t admit_pnes(Out& out, Session& s, const EntityRecord& gw,
-                           pb::AuthenticationRequest& a);
+                           pb::AuthenticationRequest& a, Millis now);
     void handle_auth_response(Out& out, const std::string& from,
                               const pb::AuthenticationResponse& m, Millis now);
     void verify_pne(Out& out, Session& s, const std::string& id, PneState& p,
-                    const pb::PneAuthResult* result);
+                    const pb::PneAuthResult* result, Millis now);
+    // Wall-clock milliseconds for key expiry (cfg_.wall_clock_ms; unset: `now`).
+    std::int64_t wall_ms(Millis now) const;
     void request_persist(Out& out, Session& s, Millis now);
     void prove_server(Session& s);
     const PneState* initiator(const Session& s) const;

@@ -268,6 +268,7 @@ DeviceOptions device_options_from(const Config& c) {
     o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
     o.keylog = c.str("keylog");
     o.state_file = c.str("state_file");
+    o.previous_eukey = c.key("previous_eukey", "previous_eukey_file");
     return o;
 }
 

@@ -94,6 +94,9 @@ struct DeviceOptions {
     std::string state_file;                 // the sealed device state; "" = memory only
     std::string trace_file;                 // JSON-lines event trace; "" = off
     std::string crash_at;                   // --crash-at (daemon/trace.hpp); "" = none
+    // 'previous_eukey' / 'previous_eukey_file': the EUKey before a rotation (cpnsctl rotate),
+    // only to open a state file sealed under it, which is then re-sealed under 'eukey'.
+    std::optional<SecretKey> previous_eukey;
 };
 DeviceOptions device_options_from(const Config& c);
 // A device's 'id' (a valid entity ID) and 'eukey' / 'eukey_file', both required.

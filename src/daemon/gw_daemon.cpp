@@ -64,7 +64,7 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     trace_ = std::make_unique<RoleTrace>(opt_.role.gw_id, "gw", opt_.device.trace_file,
                                          opt_.device.crash_at);
     state_ = open_device_state<pb::GwState>(opt_.device.state_file, opt_.role.eukey,
-                                            opt_.role.gw_id, *gw_);
+                                            opt_.role.gw_id, *gw_, opt_.device.previous_eukey);
     if (state_) {
         spdlog::info("state file {}: {} PN(s) restored", opt_.device.state_file,
                      gw_->inventory().size());

@@ -52,7 +52,7 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
     trace_ = std::make_unique<RoleTrace>(opt_.role.pne_id, "pne", opt_.device.trace_file,
                                          opt_.device.crash_at);
     state_ = open_device_state<pb::PneState>(opt_.device.state_file, opt_.role.eukey,
-                                             opt_.role.pne_id, *pne_);
+                                             opt_.role.pne_id, *pne_, opt_.device.previous_eukey);
     if (state_)
         spdlog::info("state file {}: {} PN membership(s) restored", opt_.device.state_file,
                      pne_->memberships().size());

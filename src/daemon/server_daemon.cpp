@@ -88,7 +88,7 @@ std::string redact_url(const std::string& url) {
 namespace {
 std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& e) {
     if (!e) return std::nullopt;
-    return EntityRecord{e->kind, e->eukey, e->status};
+    return EntityRecord{e->kind, e->eukey, e->status, e->previous};
 }
 }  // namespace
 
@@ -120,7 +120,7 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
                          opt_.entities_file, added, kept);
         }
         for (const auto& e : store_->list_entities(EntityKind::kGw))
-            dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status});
+            dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status, e.previous});
     } catch (const store::StoreError& e) {
         throw ConfigError(std::string("store: ") + e.what());
     }
@@ -164,6 +164,21 @@ std::optional<SecretKey> ServerDaemon::gw_psk(std::string_view identity) {
             return std::nullopt;
         return derive_gw_server_psk(rec->eukey, identity);
     }
+}
+
+std::optional<net::PskRetry> ServerDaemon::gw_previous_psk(std::string_view identity) const {
+    const auto rec = dir_.find(std::string(identity));
+    if (!rec || !rec->previous || rec->kind != EntityKind::kGw ||
+        rec->status != EntityStatus::kActive)
+        return std::nullopt;
+    return net::PskRetry{derive_gw_server_psk(rec->previous->eukey, identity),
+                         rec->previous_in_grace(wall_now_ms()) != nullptr};
+}
+
+std::int64_t ServerDaemon::wall_now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
 }
 
 pb::FailureReason store_failure_reason(store::StoreError::Kind kind) {
@@ -261,9 +276,23 @@ void ServerDaemon::refresh_gateways() {
     store_job([gws](store::Store& st) { *gws = st.list_entities(EntityKind::kGw); },
               [this, gws](StoreFailure) {
                   for (const auto& e : *gws) {
-                      dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status});
+                      dir_.put(e.id, EntityRecord{e.kind, e.eukey, e.status, e.previous});
                       // A PN GW disabled or revoked since it connected loses its link now.
                       auto link = gws_.find(e.id);
+                      // So does one on an EUKey that is neither its current one nor its
+                      // previous one within the grace period (rotated, grace ended).
+                      if (auto used = gw_link_eukeys_.find(e.id);
+                          link != gws_.end() && used != gw_link_eukeys_.end() &&
+                          !(used->second == e.eukey) &&
+                          !(e.previous && used->second == e.previous->eukey &&
+                            wall_now_ms() < e.previous->expires_at_ms)) {
+                          spdlog::warn(
+                              "PN GW {}: its link uses an EUKey that was rotated and "
+                              "whose grace period has ended ({}): closing it",
+                              e.id, reason_name(pb::KEY_EXPIRED));
+                          gw_link_eukeys_.erase(used);
+                          link->second->close();
+                      }
                       if (e.status != EntityStatus::kActive && link != gws_.end()) {
                           spdlog::warn("PN GW {} is {} in the store: closing its link", e.id,
                                        to_string(e.status));
@@ -357,7 +386,8 @@ void ServerDaemon::stop() {
         "stopped: {} PN(s) registered by this process, {} establishment(s) in flight "
         "dropped, {} PN GW link(s) refused",
         registered_, server_->active_sessions(),
-        links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
+        links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY] +
+            links_[pb::KEY_EXPIRED]);
 }
 
 net::Listener::Hooks ServerDaemon::listener_hooks() {
@@ -397,6 +427,11 @@ void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& er
     } else if (error.tls == tls::TlsError::kUnknownIdentity) {
         why = "unknown, disabled or revoked PN GW identity";
         started = throttle_.failed_unknown(conn.source(), mono_now());
+    } else if (error.reason == pb::KEY_EXPIRED) {
+        why =
+            "the PN GW uses its previous EUKey, whose grace period has ended: give it the key "
+            "file `cpnsctl rotate` wrote";
+        if (!identity.empty()) started = throttle_.failed(conn.source(), identity, mono_now());
     } else if (error.tls == tls::TlsError::kBadPsk) {
         why = "wrong PSK (the PN GW's EUKey differs)";
         if (!identity.empty()) started = throttle_.failed(conn.source(), identity, mono_now());
@@ -414,7 +449,8 @@ void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& er
         error.tls == tls::TlsError::kNone && !blocked ? spdlog::level::debug : spdlog::level::warn,
         "refused PN GW link from {}{}: {} - {} (refused so far: {})", conn.remote(),
         identity.empty() ? "" : " as " + printable(identity), reason_name(error.reason), why,
-        links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY]);
+        links_[pb::GATEWAY_AUTHENTICATION_FAILED] + links_[pb::UNKNOWN_ENTITY] +
+            links_[pb::KEY_EXPIRED]);
 }
 
 asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn) {
@@ -430,8 +466,14 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
         }
         return gw_psk(identity);
     };
-    if (auto error = co_await conn->server_handshake(*tls_, kGwHandshakeTimeout,
-                                                     net::PskLink::kServerOfGateway, lookup)) {
+    // EUKey rotation: a PN GW still on its previous EUKey fails the first key's binder check;
+    // the same ClientHello is then tried under the previous EUKey's PSK (accepted within the
+    // grace period, only recognised after it: KEY_EXPIRED in our log, a wrong key on the wire).
+    const net::PskRetryLookup retry = [this](std::string_view identity) {
+        return gw_previous_psk(identity);
+    };
+    if (auto error = co_await conn->server_handshake(
+            *tls_, kGwHandshakeTimeout, net::PskLink::kServerOfGateway, lookup, retry)) {
         refused(*conn, *error, *blocked);
         co_return;
     }
@@ -444,7 +486,13 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
         old->second->close();
     }
     gws_[gw] = conn;
-    spdlog::info("PN GW {} authenticated from {} ({})", gw, conn->remote(), conn->tls_summary());
+    if (const auto rec = dir_.find(gw))
+        gw_link_eukeys_[gw] =
+            conn->used_retry_psk() && rec->previous ? rec->previous->eukey : rec->eukey;
+    spdlog::info("PN GW {} authenticated from {} ({}){}", gw, conn->remote(), conn->tls_summary(),
+                 conn->used_retry_psk()
+                     ? " with its previous EUKey (rotated; valid until the grace period ends)"
+                     : "");
     for (;;) {
         auto r = co_await conn->read();
         if (auto* env = std::get_if<pb::Envelope>(&r)) {
@@ -461,7 +509,10 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
         break;
     }
     conn->close();
-    if (auto it = gws_.find(gw); it != gws_.end() && it->second == conn) gws_.erase(it);
+    if (auto it = gws_.find(gw); it != gws_.end() && it->second == conn) {
+        gws_.erase(it);
+        gw_link_eukeys_.erase(gw);
+    }
 }
 
 void ServerDaemon::to_role(const std::string& gw, const pb::Envelope& env) {

@@ -124,6 +124,10 @@ class ServerDaemon {
     void refused(const net::Connection& conn, const net::LinkError& error, bool blocked);
     // The PSK of PN GW `identity`, or nullopt if it is not an active PN GW.
     std::optional<SecretKey> gw_psk(std::string_view identity);
+    // The PSK of PN GW `identity`'s previous EUKey after a rotation (accept: within its grace
+    // period), or nullopt.
+    std::optional<net::PskRetry> gw_previous_psk(std::string_view identity) const;
+    static std::int64_t wall_now_ms();
     void apply(ServerEffects effects);
     void to_role(const std::string& gw, const pb::Envelope& env);
     void send_effect(const SendEffect& s);
@@ -176,6 +180,9 @@ class ServerDaemon {
     RoleTimer timer_;
     asio::steady_timer refresh_;
     std::map<std::string, std::shared_ptr<net::Connection>> gws_;
+    // The EUKey each open PN GW link authenticated with: after a rotation, a link on the
+    // previous EUKey is closed once its grace period has ended (refresh_gateways).
+    std::map<std::string, SecretKey> gw_link_eukeys_;
     Counters links_;  // refused PN GW links, by reason
     std::uint16_t port_ = 0;
     std::map<std::pair<std::string, std::string>, SecretKey> session_keys_;

@@ -76,20 +76,37 @@ class StateWriter {
 // later saves (nullptr when `path` is empty: the state stays in memory). `Role` has
 // import_state(const StateMsg&) returning false for a state that is not its own.
 // ConfigError when the file does not open under this device's key or is not its state.
+// EUKey rotation: a file that does not open under `eukey` but under `previous_eukey` (the key
+// before `cpnsctl rotate`, if configured) is restored and re-sealed under `eukey` at once.
 template <class StateMsg, class Role>
-std::unique_ptr<StateWriter> open_device_state(const std::string& path, const SecretKey& eukey,
-                                               const std::string& device_id, Role& role) {
+std::unique_ptr<StateWriter> open_device_state(
+    const std::string& path, const SecretKey& eukey, const std::string& device_id, Role& role,
+    const std::optional<SecretKey>& previous_eukey = {}) {
     if (path.empty()) return nullptr;
     const SecretKey key = device_state_key(eukey, device_id);
-    if (auto plain = load_state_file(path, key, device_id)) {
+    std::optional<Bytes> plain;
+    bool reseal = false;
+    try {
+        plain = load_state_file(path, key, device_id);
+    } catch (const ConfigError&) {
+        if (!previous_eukey) throw;
+        plain = load_state_file(path, device_state_key(*previous_eukey, device_id), device_id);
+        reseal = true;
+    }
+    auto writer = std::make_unique<StateWriter>(path, key, device_id);
+    if (plain) {
         StateMsg st;
         const bool ok = st.ParseFromArray(plain->data(), static_cast<int>(plain->size())) &&
                         role.import_state(st);
+        if (ok && reseal) {
+            writer->save(*plain);
+            writer->flush();
+        }
         wipe(plain->data(), plain->size());
         wipe_bytes_fields(st);
         if (!ok) throw ConfigError("state file " + path + " is not the state of " + device_id);
     }
-    return std::make_unique<StateWriter>(path, key, device_id);
+    return writer;
 }
 
 }  // namespace cpns::daemon

@@ -96,16 +96,24 @@ awaitable<std::optional<LinkError>> Connection::client_handshake(const tls::TlsC
 
 awaitable<std::optional<LinkError>> Connection::server_handshake(const tls::TlsContext& ctx,
                                                                  Millis timeout, PskLink link,
-                                                                 const tls::PskLookup& lookup) {
+                                                                 const tls::PskLookup& lookup,
+                                                                 const PskRetryLookup& retry) {
     tls_.emplace(ctx, lookup);
-    co_return co_await handshake(timeout, link);
+    co_return co_await handshake(timeout, link, &ctx, retry ? &retry : nullptr);
 }
 
-awaitable<std::optional<LinkError>> Connection::handshake(Millis timeout, PskLink link) {
+awaitable<std::optional<LinkError>> Connection::handshake(Millis timeout, PskLink link,
+                                                          const tls::TlsContext* ctx,
+                                                          const PskRetryLookup* retry) {
     Deadline deadline(socket_, timeout);
     std::error_code ec;
+    // PskRetry: the client's first flight, kept until the server answers.
+    Bytes hello;
+    bool retry_open = ctx && retry;
+    bool expired_key = false;
     for (;;) {
         if (tls_->has_output()) {
+            retry_open = false;  // the server answered: the ClientHello was taken
             Bytes out = tls_->take_output();
             co_await asio::async_write(socket_, asio::buffer(out),
                                        asio::redirect_error(asio::use_awaitable, ec));
@@ -116,6 +124,26 @@ awaitable<std::optional<LinkError>> Connection::handshake(Millis timeout, PskLin
             asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
         if (ec) break;
         tls_->feed(ByteView(buf_.data(), n));
+        if (!retry_open) continue;
+        if (hello.size() + n > kMaxRetainedHello) {
+            retry_open = false;
+            continue;
+        }
+        hello.insert(hello.end(), buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(n));
+        if (!tls_->failed() || tls_->error() != tls::TlsError::kBadPsk) continue;
+        retry_open = false;
+        const auto second = (*retry)(tls_->peer_identity());
+        if (!second) continue;  // the first engine's alert goes out
+        tls::TlsEngine engine(
+            *ctx, [key = second->key](std::string_view) { return std::optional<SecretKey>(key); });
+        engine.feed(hello);
+        if (second->accept) {
+            tls_.emplace(std::move(engine));  // its answer replaces the first engine's alert
+            used_retry_psk_ = true;
+            continue;
+        }
+        // Recognised only: the client gets the first engine's alert, as for any wrong key.
+        expired_key = !engine.failed();
     }
     const bool expired = deadline.expired();
     deadline.disarm();
@@ -126,6 +154,10 @@ awaitable<std::optional<LinkError>> Connection::handshake(Millis timeout, PskLin
         co_return std::nullopt;
     }
     LinkError error{to_reason(tls_->error(), link), tls_->error_detail(), tls_->error()};
+    if (expired_key) {
+        error.reason = pb::KEY_EXPIRED;
+        error.detail = "the peer proved its previous EUKey, whose grace period has ended";
+    }
     if (!tls_->failed())
         error.detail = expired ? "TLS handshake timed out" : "connection lost during TLS handshake";
     close();

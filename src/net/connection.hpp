@@ -37,6 +37,21 @@ inline constexpr Millis kCloseLinger = 1'000;
 // input sends a reset, which can destroy what the peer has not read yet, e.g. an ErrorReport).
 inline constexpr std::size_t kMaxDiscardOnClose = 256 * 1024;
 
+// EUKey rotation on a PSK-TLS link (server side): a second PSK for the identity the client
+// offered. When the ClientHello fails the binder check under the first key, before the server
+// sent anything, the same ClientHello goes through a second engine under this key. accept:
+// the handshake goes on under it (the previous EUKey, within its grace period). !accept: the
+// key is only recognised (a previous EUKey whose grace has ended): the client sees exactly the
+// failure of the first key, and the LinkError says KEY_EXPIRED when the second key verified.
+struct PskRetry {
+    SecretKey key;
+    bool accept = true;
+};
+using PskRetryLookup = std::function<std::optional<PskRetry>(std::string_view identity)>;
+// What a server keeps of the client's first flight for a PskRetry; a longer first flight
+// gets no retry.
+inline constexpr std::size_t kMaxRetainedHello = 64 * 1024;
+
 // A decoded message, a decode error (the connection must then be closed), or the end of the
 // link (closed, lost, or its TLS failed).
 using ReadResult = std::variant<pb::Envelope, DecodeError, LinkError>;
@@ -55,9 +70,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                                          const tls::ClientPsk& psk, Millis timeout,
                                                          PskLink link);
     // `lookup`, if not empty, replaces the context's PSK lookup for this connection.
+    // `retry`, if not empty, gives a second key for the offered identity (PskRetry).
     awaitable<std::optional<LinkError>> server_handshake(const tls::TlsContext& ctx, Millis timeout,
                                                          PskLink link,
-                                                         const tls::PskLookup& lookup = {});
+                                                         const tls::PskLookup& lookup = {},
+                                                         const PskRetryLookup& retry = {});
     // Waits for the first byte without consuming it: true if it starts a TLS record
     // (handshake content type 0x16), false for a clear CPNS frame.
     awaitable<std::optional<bool>> sniff_tls(Millis timeout);
@@ -83,6 +100,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     bool sending() const { return writing_; }
     bool is_tls() const { return tls_.has_value(); }
     std::string tls_identity() const { return tls_ ? tls_->peer_identity() : std::string(); }
+    // Server: the handshake succeeded under the PskRetry key (a previous EUKey in grace).
+    bool used_retry_psk() const { return used_retry_psk_; }
     std::string tls_summary() const;  // "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"
     const std::string& remote() const { return remote_; }
     // The peer's IP address alone (no port); "" if unknown.
@@ -92,7 +111,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::string peer_id;
 
   private:
-    awaitable<std::optional<LinkError>> handshake(Millis timeout, PskLink link);
+    awaitable<std::optional<LinkError>> handshake(Millis timeout, PskLink link,
+                                                  const tls::TlsContext* ctx = nullptr,
+                                                  const PskRetryLookup* retry = nullptr);
     // Feeds received ciphertext or clear bytes to the frame reader; a LinkError if TLS failed.
     std::optional<LinkError> take_in(std::size_t n);
     void queue_raw(Bytes bytes);
@@ -107,6 +128,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // When the frame being read started (its first octet arrived); unset between frames.
     std::optional<std::chrono::steady_clock::time_point> frame_started_;
     bool finished_ = false;
+    bool used_retry_psk_ = false;
     std::optional<tls::TlsEngine> tls_;
     FrameReader reader_;
     std::deque<Bytes> out_;

@@ -87,6 +87,13 @@ const std::vector<Migration> kPgMigrations = {
          " revision BIGINT NOT NULL,"
          " mac BYTEA NOT NULL)",
      }},
+    // Migration 3: EUKey rotation. The EUKey before the last rotation, sealed for the key
+    // version before the current one, and when its grace period ends (sql_store.cpp).
+    {3,
+     {
+         "ALTER TABLE entities ADD COLUMN previous_sealed_eukey BYTEA",
+         "ALTER TABLE entities ADD COLUMN previous_expires_at_ms BIGINT",
+     }},
 };
 
 struct ResultFree {

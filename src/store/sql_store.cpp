@@ -83,13 +83,17 @@ std::string pn_name(const std::string& gw_id, const std::string& pn_id) {
 // An entity row with its version record (columns in the order of RawEntity).
 constexpr const char* kEntityColumns =
     "SELECT e.id, e.kind, e.sealed_eukey, e.status, e.capabilities, e.created_at_ms,"
-    " e.updated_at_ms, e.key_version, e.revision, e.row_mac, v.key_version, v.revision, v.mac"
+    " e.updated_at_ms, e.key_version, e.revision, e.row_mac, v.key_version, v.revision, v.mac,"
+    " e.previous_sealed_eukey, e.previous_expires_at_ms"
     " FROM entities e LEFT JOIN entity_versions v ON v.id = e.id";
 
 // The schema version whose migration re-seals the rows of schema version 1 (see migrate).
 constexpr int kIntegrityMigration = 2;
 
 constexpr std::string_view kRowLabel = "cpns-entity-row-v1";
+// The row MAC of a row that holds a previous EUKey (after a rotation): the fields of
+// kRowLabel, then the sealed previous EUKey and its expiry (decimal ms).
+constexpr std::string_view kRotatedRowLabel = "cpns-entity-row-v2";
 constexpr std::string_view kVersionLabel = "cpns-entity-version-v1";
 
 // Key version: +1 on every EUKey replacement. Revision: +1 on every change of the row.
@@ -107,6 +111,16 @@ struct RawEntity {
     Cell row_mac;
     std::optional<Versions> recorded;  // the version record, if any
     Cell recorded_mac;
+    // After a rotation: the previous EUKey, sealed for key version versions.key - 1, and the
+    // end of its grace period. Both or neither.
+    Cell previous_sealed;
+    Cell previous_expires;
+};
+
+// The previous EUKey columns of a row as they are written: sealed blob and expiry.
+struct PreviousColumns {
+    std::string sealed;
+    std::int64_t expires_at_ms = 0;
 };
 
 RawEntity raw_entity(const Row& row) {
@@ -122,6 +136,8 @@ RawEntity raw_entity(const Row& row) {
     r.row_mac = row[9];
     if (row.at(12)) r.recorded = Versions{integer(row[10]), integer(row[11])};
     r.recorded_mac = row[12];
+    r.previous_sealed = row.at(13);
+    r.previous_expires = row.at(14);
     return r;
 }
 
@@ -136,6 +152,7 @@ bool same_mac(const RowMac& expected, const Cell& stored) {
 // A verified row: its EUKey, or why it is refused.
 struct Opened {
     std::optional<SecretKey> eukey;
+    std::optional<PreviousEuKey> previous;
     std::string problem;     // empty: authentic
     bool wrong_key = false;  // the EUKey does not open and nothing shows the master key right
 };
@@ -158,7 +175,7 @@ class SqlStore final : public Store {
         const Versions v = next_versions(e.id, true);
         const Bytes sealed = sealer_.seal({e.id, e.kind, v.key}, e.eukey);
         const std::string caps = serialize(e.capabilities, "capabilities");
-        const RowMac mac = row_mac(e.id, e.kind, e.status, v, as_text(sealed), caps);
+        const RowMac mac = row_mac(e.id, e.kind, e.status, v, as_text(sealed), caps, nullptr);
         const std::int64_t now = now_ms();
         db_->run(
             "INSERT INTO entities (id, kind, sealed_eukey, status, capabilities, created_at_ms,"
@@ -170,7 +187,8 @@ class SqlStore final : public Store {
             " capabilities = excluded.capabilities,"
             " created_at_ms = COALESCE(CAST($6 AS BIGINT), entities.created_at_ms),"
             " updated_at_ms = excluded.updated_at_ms, key_version = excluded.key_version,"
-            " revision = excluded.revision, row_mac = excluded.row_mac",
+            " revision = excluded.revision, row_mac = excluded.row_mac,"
+            " previous_sealed_eukey = NULL, previous_expires_at_ms = NULL",
             {Param::of(e.id), Param::of(word(e.kind)), Param::blob(sealed),
              Param::of(word(e.status)), Param::blob(caps),
              e.created_at_ms != 0 ? Param::of(e.created_at_ms) : Param::null(), Param::of(now),
@@ -209,6 +227,36 @@ class SqlStore final : public Store {
             if (const std::optional<bool> done = try_set_status(id, status)) return *done;
         }
         throw StoreError("set_status: entity " + id + " keeps changing concurrently; try again");
+    }
+
+    std::optional<std::int64_t> rotate_eukey(const std::string& id, const SecretKey& eukey,
+                                             std::int64_t expires_at_ms) override {
+        if (eukey.is_zero()) throw StoreError("rotate_eukey: refusing an all-zero EUKey for " + id);
+        for (int attempt = 0; attempt < 5; ++attempt) {
+            Transaction txn(*db_, Transaction::Kind::kWrite);
+            const detail::Result r =
+                db_->run(std::string(kEntityColumns) + " WHERE e.id = $1", {Param::of(id)});
+            if (r.rows.empty()) return std::nullopt;
+            const RawEntity raw = raw_entity(r.rows.front());
+            const Opened opened = open_row(raw);
+            if (!opened.problem.empty())
+                throw StoreError(refusal(raw.id, opened) + "; nothing changed");
+            const EntityStatus status = *parse_entity_status(raw.status);
+            if (status == EntityStatus::kRevoked)
+                throw StoreError("entity " + id + " is revoked; its EUKey is not rotated");
+            if (ct_equal(eukey.view(), opened.eukey->view()))
+                throw StoreError("rotate_eukey: the new EUKey of " + id +
+                                 " equals the current one");
+            // The current sealed EUKey moves as it is (sealed for its own key version, which
+            // becomes versions.key - 1); an older previous EUKey is dropped.
+            const Versions v{raw.versions.key + 1, raw.versions.revision + 1};
+            const PreviousColumns previous{raw.sealed, expires_at_ms};
+            if (!reseal(raw, *parse_entity_kind(raw.kind), status, eukey, v, true, &previous))
+                continue;  // changed meanwhile (rolled back); read it again
+            txn.commit();
+            return v.key;
+        }
+        throw StoreError("rotate_eukey: entity " + id + " keeps changing concurrently; try again");
     }
 
     PutResult register_pn(const pb::PnInventory& inv) override {
@@ -477,13 +525,17 @@ class SqlStore final : public Store {
             throw StoreError("the database's schema version " + std::to_string(current) +
                              " is newer than this program's (" + std::to_string(latest) + ")");
         }
+        bool legacy_rows = false;
         for (const detail::Migration& m : migrations) {
             if (m.version <= current) continue;
             for (const std::string& statement : m.statements) db_->run(statement);
-            if (m.version == kIntegrityMigration) seal_legacy_rows();
+            legacy_rows = legacy_rows || m.version == kIntegrityMigration;
             db_->run("INSERT INTO schema_version (version, applied_at_ms) VALUES ($1, $2)",
                      {Param::of(std::int64_t{m.version}), Param::of(now_ms())});
         }
+        // After every migration's statements (the rows are written with today's columns),
+        // in the same transaction.
+        if (legacy_rows) seal_legacy_rows();
         txn.commit();
     }
 
@@ -528,7 +580,13 @@ class SqlStore final : public Store {
         bool written = false;
         if (opened.problem.empty()) {
             const Versions v{raw.versions.key, raw.versions.revision + 1};
-            written = reseal(raw, *parse_entity_kind(raw.kind), status, *opened.eukey, v);
+            std::optional<PreviousColumns> previous;
+            if (opened.previous)
+                previous = PreviousColumns{*raw.previous_sealed, opened.previous->expires_at_ms};
+            // A revocation destroys a previous EUKey too; other changes keep it.
+            if (status == EntityStatus::kRevoked) previous.reset();
+            written = reseal(raw, *parse_entity_kind(raw.kind), status, *opened.eukey, v, true,
+                             previous ? &*previous : nullptr);
         } else if (opened.wrong_key || status != EntityStatus::kRevoked) {
             throw StoreError(refusal(raw.id, opened) +
                              "; nothing changed (only a revocation, which destroys its EUKey, "
@@ -547,19 +605,24 @@ class SqlStore final : public Store {
     // Seals `eukey` for (id, kind, v.key) and writes sealed key, kind, status, versions and
     // row MAC (over the capabilities read in `raw`) into the row, if its revision is still
     // raw's, and then the version record. false: the row changed meanwhile (nothing written).
+    // `previous`: the previous EUKey columns to write (nullptr: none, NULL in both).
     bool reseal(const RawEntity& raw, EntityKind kind, EntityStatus status, const SecretKey& eukey,
-                const Versions& v, bool touch = true) {
+                const Versions& v, bool touch = true, const PreviousColumns* previous = nullptr) {
         const Bytes sealed = sealer_.seal({raw.id, kind, v.key}, eukey);
-        const RowMac mac = row_mac(raw.id, kind, status, v, as_text(sealed), raw.capabilities);
+        const RowMac mac =
+            row_mac(raw.id, kind, status, v, as_text(sealed), raw.capabilities, previous);
         const detail::Result r = db_->run(
             "UPDATE entities SET kind = $1, sealed_eukey = $2, status = $3, key_version = $4,"
             " revision = $5, row_mac = $6,"
-            " updated_at_ms = COALESCE(CAST($7 AS BIGINT), updated_at_ms)"
+            " updated_at_ms = COALESCE(CAST($7 AS BIGINT), updated_at_ms),"
+            " previous_sealed_eukey = $11, previous_expires_at_ms = CAST($12 AS BIGINT)"
             " WHERE id = $8 AND revision = $9 AND capabilities = $10",
             {Param::of(word(kind)), Param::blob(sealed), Param::of(word(status)), Param::of(v.key),
              Param::of(v.revision), Param::blob(ByteView(mac)),
              touch ? Param::of(now_ms()) : Param::null(), Param::of(raw.id),
-             Param::of(raw.versions.revision), Param::blob(raw.capabilities)});
+             Param::of(raw.versions.revision), Param::blob(raw.capabilities),
+             previous ? Param::blob(previous->sealed) : Param::null(),
+             previous ? Param::of(previous->expires_at_ms) : Param::null()});
         if (r.changed == 0) return false;
         record_versions(raw.id, v);
         return true;
@@ -591,10 +654,16 @@ class SqlStore final : public Store {
     }
 
     RowMac row_mac(const std::string& id, EntityKind kind, EntityStatus status, const Versions& v,
-                   std::string_view sealed, std::string_view caps) const {
+                   std::string_view sealed, std::string_view caps,
+                   const PreviousColumns* previous) const {
         const std::string kind_word = word(kind), status_word = word(status);
         const std::string key = std::to_string(v.key), revision = std::to_string(v.revision);
-        return sealer_.mac(kRowLabel, {id, kind_word, status_word, key, revision, sealed, caps});
+        if (!previous)
+            return sealer_.mac(kRowLabel,
+                               {id, kind_word, status_word, key, revision, sealed, caps});
+        const std::string expires = std::to_string(previous->expires_at_ms);
+        return sealer_.mac(kRotatedRowLabel, {id, kind_word, status_word, key, revision, sealed,
+                                              caps, previous->sealed, expires});
     }
 
     RowMac version_mac(const std::string& id, const Versions& v) const {
@@ -621,15 +690,42 @@ class SqlStore final : public Store {
                             : "unreadable sealed EUKey (wrong master key or corrupted)";
             return o;
         }
-        o.problem = integrity_problem(raw, *kind, key_shown_right);
-        if (!o.problem.empty()) o.eukey.reset();
+        std::optional<PreviousColumns> previous;
+        if (raw.previous_sealed.has_value() != raw.previous_expires.has_value()) {
+            o.problem = "integrity check failed: half of its previous EUKey is missing";
+        } else if (raw.previous_sealed) {
+            previous = PreviousColumns{*raw.previous_sealed, 0};
+            try {
+                previous->expires_at_ms = integer(raw.previous_expires);
+            } catch (const StoreError&) {
+                o.problem = "integrity check failed: unreadable expiry of its previous EUKey";
+            }
+            if (o.problem.empty()) {
+                auto prev = sealer_.unseal({raw.id, *kind, raw.versions.key - 1},
+                                           bytes_of(*raw.previous_sealed));
+                if (!prev)
+                    o.problem =
+                        "integrity check failed: its previous EUKey does not open for this "
+                        "entity, kind and key version";
+                else
+                    o.previous = PreviousEuKey{std::move(*prev), previous->expires_at_ms};
+            }
+        }
+        if (o.problem.empty())
+            o.problem =
+                integrity_problem(raw, *kind, key_shown_right, previous ? &*previous : nullptr);
+        if (!o.problem.empty()) {
+            o.eukey.reset();
+            o.previous.reset();
+        }
         return o;
     }
 
-    std::string integrity_problem(const RawEntity& raw, EntityKind kind,
-                                  bool record_authentic) const {
+    std::string integrity_problem(const RawEntity& raw, EntityKind kind, bool record_authentic,
+                                  const PreviousColumns* previous) const {
         const std::optional<EntityStatus> status = parse_entity_status(raw.status);
-        if (!same_mac(row_mac(raw.id, kind, *status, raw.versions, raw.sealed, raw.capabilities),
+        if (!same_mac(row_mac(raw.id, kind, *status, raw.versions, raw.sealed, raw.capabilities,
+                              previous),
                       raw.row_mac)) {
             return "integrity check failed: its row MAC does not match (kind, status, key "
                    "version, sealed EUKey or capabilities changed outside the CPNS tools)";
@@ -664,6 +760,7 @@ class SqlStore final : public Store {
         e.created_at_ms = raw.created_at_ms;
         e.updated_at_ms = raw.updated_at_ms;
         e.key_version = raw.versions.key;
+        e.previous = std::move(opened.previous);
         return e;
     }
 

@@ -72,6 +72,13 @@ const std::vector<Migration> kSqliteMigrations = {
          " revision INTEGER NOT NULL,"
          " mac BLOB NOT NULL)",
      }},
+    // Migration 3: EUKey rotation. The EUKey before the last rotation, sealed for the key
+    // version before the current one, and when its grace period ends (sql_store.cpp).
+    {3,
+     {
+         "ALTER TABLE entities ADD COLUMN previous_sealed_eukey BLOB",
+         "ALTER TABLE entities ADD COLUMN previous_expires_at_ms INTEGER",
+     }},
 };
 
 // $1..$n (the store's placeholder style) -> ?1..?n (SQLite's numbered parameters). The SQL text

@@ -54,6 +54,10 @@ struct StoredEntity {
     // Read back: 1 for the first EUKey, +1 for each replacement. put_entity ignores it (it
     // gives the next version itself).
     std::int64_t key_version = 0;
+    // Read back: the EUKey before the last rotate_eukey and the end of its grace period
+    // (sealed for key version key_version - 1 and covered by the row MAC). put_entity ignores
+    // it and drops any previous EUKey (a replaced key has no grace).
+    std::optional<PreviousEuKey> previous;
 };
 
 struct AuditRecord {
@@ -109,6 +113,14 @@ class Store {  // one instance per thread; not thread-safe
     // false: no such entity. The row is verified first; a refused row takes only kRevoked
     // (its EUKey is then replaced by a fresh random one nobody holds), else StoreError.
     virtual bool set_status(const std::string& id, EntityStatus status) = 0;
+    // EUKey rotation: `eukey` becomes the entity's EUKey under the next key version, and the
+    // EUKey it replaces its previous EUKey until `expires_at_ms` (wall clock, ms since the Unix
+    // epoch); the previous EUKey of an earlier rotation is dropped. Status and capabilities stay.
+    // Returns the new key version; nullopt: no such entity. StoreError (nothing changed) for a
+    // revoked entity, a row refused by the integrity check, an all-zero EUKey or the current one.
+    // A revocation (set_status) destroys the previous EUKey with the entity's.
+    virtual std::optional<std::int64_t> rotate_eukey(const std::string& id, const SecretKey& eukey,
+                                                     std::int64_t expires_at_ms) = 0;
 
     // Atomic and durable when it returns kOk (one transaction: the PN row and all member rows,
     // or nothing). kDuplicate when (gw_id, pn_id) exists already — decided by a UNIQUE

@@ -45,6 +45,7 @@ class PneSpec:
     pan_tls: str = "tls13"
     keylog: str = ""  # this PNE's own NSS key-log file ("" = none)
     control_port: int = 0  # answer `neighbours` on 127.0.0.1:control_port (0 = no endpoint)
+    previous_eukey: str = ""  # after `cpnsctl rotate`: the old EUKey, to open its state file
     # filled by provisioning
     eukey: str = ""
     device_eukey: str = ""
@@ -65,6 +66,7 @@ class Lab:
     gw_id: str = "gw-1"
     pnes: list[PneSpec] = field(default_factory=list)
     gw_wrong_eukey: bool = False
+    gw_previous_key: str = ""  # after `cpnsctl rotate`: the old EUKey, to open its state file
     discovery_group: str = ""
     log_level: str = "debug"
     procs: list[Proc] = field(default_factory=list)
@@ -152,6 +154,8 @@ class Lab:
             f'ready_file = "{self.workdir / "gw.ready"}"', f'log_level = "{self.log_level}"',
             f'state_file = "{self.workdir / "gw.state"}"',
         ]
+        if self.gw_previous_key:
+            lines.append(f'previous_eukey = "{self.gw_previous_key}"')
         if self.gw_pan_tls:
             lines.append(f'pan_tls = "{self.gw_pan_tls}"')
         if self.neighbour_ttl_ms:
@@ -176,6 +180,8 @@ class Lab:
             f'pan_tls = "{p.pan_tls}"', f'log_level = "{self.log_level}"',
             f'state_file = "{self.workdir / (p.id + ".state")}"'
         ]
+        if p.previous_eukey:
+            lines.append(f'previous_eukey = "{p.previous_eukey}"')
         if p.use_discovery:
             lines.append(f'discovery_group = "{self.discovery_group}"')
         else:
