@@ -17,6 +17,7 @@ fi
 if [[ "${1:-}" == "--with-tests" ]]; then
   packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps python3
              postgresql postgresql-client
+             python3-cryptography  # tests/revocation_process_test.py opens a PNE's state file
              clang-format clang-tidy  # scripts/lint.sh (Debian 12: version 14)
              clang libclang-rt-14-dev llvm)  # scripts/sanitize.sh: sanitizers, libFuzzer, symbolizer
 fi

@@ -552,6 +552,41 @@ TYPED_TEST(StoreTest, LifecycleChangesApplyAtTheirRevisionOnly) {
     EXPECT_TRUE(s->list_pns().empty());
 }
 
+// The change log the servers poll: every status change and every PN the operator deletes, in
+// order, visible to another connection once committed; pns_of finds a PNE's PNs.
+TYPED_TEST(StoreTest, ChangeLogRecordsStatusChangesAndDeletedPns) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1", "pne-2"})), PutResult::kOk);
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-2", {"pne-2"})), PutResult::kOk);
+    const std::int64_t head = s->change_log_head();
+    EXPECT_EQ(s->pns_of("pne-2").size(), 2u);
+    EXPECT_EQ(s->pns_of("pne-1").size(), 1u);
+    EXPECT_TRUE(s->pns_of("pne-9").empty());
+    ASSERT_TRUE(s->set_status("pne-1", EntityStatus::kRevoked));
+    const ChangeResult r = s->delete_pn("gw-1", "pn-2");
+    ASSERT_EQ(r.reason, pb::REASON_NONE);
+    EXPECT_TRUE(r.dissolved);
+    EXPECT_EQ(s->delete_pn("gw-1", "pn-2").reason, pb::UNKNOWN_PN);
+    const auto other = this->open();
+    const auto events = other->change_log_after(head, 10);
+    ASSERT_EQ(events.size(), 2u);
+    EXPECT_EQ(events[0].kind, "status");
+    EXPECT_EQ(events[0].entity_id, "pne-1");
+    EXPECT_EQ(events[0].payload, "revoked");
+    EXPECT_EQ(events[1].kind, "pn_deleted");
+    EXPECT_EQ(events[1].gw_id, "gw-1");
+    EXPECT_EQ(events[1].pn_id, "pn-2");
+    pb::PnInventory before;
+    ASSERT_TRUE(before.ParseFromString(events[1].payload));
+    EXPECT_EQ(before.members_size(), 1);
+    EXPECT_LT(events[0].seq, events[1].seq);
+    EXPECT_EQ(other->change_log_head(), events[1].seq);
+    EXPECT_TRUE(other->change_log_after(events[1].seq, 10).empty());
+    EXPECT_FALSE(other->pn_exists("gw-1", "pn-2"));
+    EXPECT_TRUE(s->check().empty());
+}
+
 TYPED_TEST(StoreTest, WithdrawPnRemovesOnlyThePnStoredWithExactlyThatContent) {
     const auto s = this->open();
     provision(*s, {"gw-1"}, {"pne-1", "pne-2"});
@@ -1078,7 +1113,8 @@ TYPED_TEST(StoreTest, ADatabaseOfSchemaVersion1IsUpgradedWhenOpenedWithItsMaster
     }
     // Back to what the previous version left: schema version 1, blobs sealed its way.
     this->backend_.exec(
-        "DROP TABLE entity_versions; ALTER TABLE entities DROP COLUMN row_mac;"
+        "DROP TABLE change_log; DROP TABLE entity_versions; ALTER TABLE entities DROP COLUMN "
+        "row_mac;"
         " ALTER TABLE entities DROP COLUMN previous_sealed_eukey;"
         " ALTER TABLE entities DROP COLUMN previous_expires_at_ms;"
         " ALTER TABLE entities DROP COLUMN revision; ALTER TABLE entities DROP COLUMN "
@@ -1107,7 +1143,7 @@ TYPED_TEST(StoreTest, ADatabaseOfSchemaVersion1IsUpgradedWhenOpenedWithItsMaster
     EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
     EXPECT_TRUE(s->check().empty());
     EXPECT_EQ(this->backend_.query("SELECT version FROM schema_version ORDER BY version"),
-              (Rows{{"1"}, {"2"}, {"3"}}));
+              (Rows{{"1"}, {"2"}, {"3"}, {"4"}}));
     EXPECT_EQ(this->count("entity_versions"), "3");
 
     // Protected from now on; a row stripped of its MAC is not upgraded again either.
@@ -1131,7 +1167,7 @@ TYPED_TEST(StoreTest, MigrationsAreIdempotentAndSafeToRace) {
         EXPECT_TRUE(s->pn_exists("gw-1", "pn-1"));
     }
     EXPECT_EQ(this->backend_.query("SELECT version FROM schema_version ORDER BY version"),
-              (Rows{{"1"}, {"2"}, {"3"}}));
+              (Rows{{"1"}, {"2"}, {"3"}, {"4"}}));
 
     // Several processes opening a new database at once: each one migrates or waits.
     TypeParam fresh;
@@ -1154,7 +1190,7 @@ TYPED_TEST(StoreTest, MigrationsAreIdempotentAndSafeToRace) {
     for (std::thread& t : threads) t.join();
     for (const std::string& e : errors) EXPECT_EQ(e, "");
     EXPECT_EQ(fresh.query("SELECT version FROM schema_version ORDER BY version"),
-              (Rows{{"1"}, {"2"}, {"3"}}));
+              (Rows{{"1"}, {"2"}, {"3"}, {"4"}}));
     EXPECT_EQ(fresh.query("SELECT COUNT(*) FROM entities"), (Rows{{"4"}}));
     fresh.teardown();
 }

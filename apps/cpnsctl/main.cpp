@@ -167,7 +167,19 @@ int main(int argc, char** argv) {
 
     auto* pns = app.add_subcommand("pns", "list the registered PNs");
     std::string pns_gw;
+    bool pns_orphaned = false;
     pns->add_option("--gw", pns_gw, "only the PNs of this PN GW");
+    pns->add_flag("--orphaned", pns_orphaned,
+                  "only the PNs whose PN GW is disabled, revoked or no longer provisioned");
+    auto* pn = app.add_subcommand("pn", "act on one registered PN");
+    pn->require_subcommand(1);
+    auto* pn_delete = pn->add_subcommand(
+        "delete",
+        "delete a PN: it is dissolved in the store at once, and the running servers tell its PN "
+        "GW (which tells its members)");
+    std::string pn_delete_id, pn_delete_gw;
+    pn_delete->add_option("id", pn_delete_id, "PN ID")->required();
+    pn_delete->add_option("--gw", pn_delete_gw, "its PN GW (needed when two PN GWs use the ID)");
     auto* exp = app.add_subcommand("export", "export the PN Inventory as JSON");
     std::string export_out;
     exp->add_option("--out", export_out, "file to write (default stdout)");
@@ -328,14 +340,56 @@ int main(int argc, char** argv) {
                       << "\n";
         } else if (*pns) {
             const auto all = pns_gw.empty() ? store->list_pns() : store->list_pns(pns_gw);
+            // A PN is orphaned when its PN GW is no longer active (disabled, revoked, gone):
+            // nobody keeps it; `cpnsctl pn delete` removes it.
+            std::map<std::string, std::string> gw_state;
+            std::size_t shown = 0;
             for (const auto& inv : all) {
+                auto it = gw_state.find(inv.gw_id());
+                if (it == gw_state.end()) {
+                    std::string state = "gone";
+                    try {
+                        if (const auto gw = store->get_entity(inv.gw_id()))
+                            state = std::string(to_string(gw->status));
+                    } catch (const store::StoreError&) {
+                        state = "refused";
+                    }
+                    it = gw_state.emplace(inv.gw_id(), state).first;
+                }
+                const bool orphaned = it->second != "active";
+                if (pns_orphaned && !orphaned) continue;
+                ++shown;
                 std::cout << inv.pn_id() << "  " << inv.gw_id() << "  "
                           << time_text(static_cast<std::int64_t>(inv.registered_at_ms()))
-                          << "  members:";
+                          << "  revision " << inv.revision() << "  members:";
                 for (const auto& m : inv.members()) std::cout << " " << m.pne_id();
+                if (orphaned) std::cout << "  ORPHANED (PN GW " << it->second << ")";
                 std::cout << "\n";
             }
-            std::cerr << all.size() << " PN(s)\n";
+            std::cerr << shown << " PN(s)\n";
+        } else if (*pn_delete) {
+            std::string gw = pn_delete_gw;
+            if (gw.empty()) {
+                std::vector<std::string> gws;
+                for (const auto& inv : store->list_pns())
+                    if (inv.pn_id() == pn_delete_id) gws.push_back(inv.gw_id());
+                if (gws.size() > 1)
+                    throw std::runtime_error(
+                        "PN " + pn_delete_id +
+                        " is registered by several PN GWs; name one with --gw");
+                if (!gws.empty()) gw = gws.front();
+            }
+            const ChangeResult r = gw.empty() ? ChangeResult{pb::UNKNOWN_PN, {}, false, {}}
+                                              : store->delete_pn(gw, pn_delete_id);
+            if (r.reason != pb::REASON_NONE) {
+                std::cerr << "cpnsctl: PN " << pn_delete_id
+                          << " not deleted: " << reason_name(r.reason) << "\n";
+                return 1;
+            }
+            store->audit({0, "cpnsctl", gw, pn_delete_id, "", true, "none",
+                          "pn delete: dissolved by the operator"});
+            std::cout << "PN " << pn_delete_id << " of " << gw << " deleted (" << r.before.size()
+                      << " member(s) told through the PN GW by the running servers)\n";
         } else if (*exp) {
             const auto all = store->list_pns();
             std::ostringstream o;

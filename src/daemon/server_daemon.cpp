@@ -101,7 +101,8 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
                         {kMaxServerControlConnections, kMaxServerControlConnections},
                         control_hooks()),
       timer_(io.get_executor(), [this](Millis now) { apply(server_->on_timer(now)); }),
-      refresh_(io) {
+      refresh_(io),
+      change_poll_(io) {
     try {
         store_ = store::open_store(opt_.store, store::load_master_key(opt_.master_key_file));
         if (!opt_.entities_file.empty()) {
@@ -306,6 +307,107 @@ void ServerDaemon::refresh_gateways() {
               });
 }
 
+// The change log (store.hpp): what cpnsctl (or another server) wrote that this server must
+// act on. A revoked or disabled PNE is removed from each of its PNs by the server itself
+// (Server::push_change: through the store at the PN's revision, then an unsolicited
+// PnChangeResponse to the PN GW, which closes the PNE's PSK-TLS session and drops its
+// LocalEUKey); a disabled or revoked PN GW loses its link; a PN the operator deleted is
+// announced to its PN GW as dissolved. Every server instance on one store acts on every row:
+// the store's compare-and-set makes one removal win, and the others send their PN GW the PN as
+// it is.
+void ServerDaemon::poll_changes() {
+    const std::int64_t from = change_seq_;
+    auto polled = std::make_shared<std::vector<PolledChange>>();
+    auto head = std::make_shared<std::int64_t>(from);
+    store_job(
+        [from, polled, head](store::Store& st) {
+            std::int64_t after = from;
+            if (after < 0)
+                after = std::max<std::int64_t>(0, st.change_log_head() - kChangeLogStartReplay);
+            else
+                after = std::max<std::int64_t>(0, after - kChangeLogWindow);
+            for (auto& e : st.change_log_after(after, kChangeLogBatch)) {
+                PolledChange c;
+                *head = std::max(*head, e.seq);
+                if (e.kind == "status") {
+                    try {
+                        c.entity = st.get_entity(e.entity_id);
+                    } catch (const store::StoreError& err) {
+                        if (err.kind() == store::StoreError::Kind::kUnavailable) throw;
+                        spdlog::warn("change log: entity {}: {}", e.entity_id, err.what());
+                    }
+                    if (c.entity && c.entity->kind == EntityKind::kPne &&
+                        c.entity->status != EntityStatus::kActive)
+                        c.pns = st.pns_of(e.entity_id);
+                } else if (e.kind == "pn_deleted") {
+                    pb::PnInventory before;
+                    if (before.ParseFromString(e.payload)) c.pns.push_back(std::move(before));
+                }
+                std::set<std::string> ids;
+                for (const auto& inv : c.pns)
+                    for (const auto& m : inv.members()) ids.insert(m.pne_id());
+                for (const auto& id : ids) {
+                    try {
+                        c.members.push_back(st.get_entity(id));
+                    } catch (const store::StoreError& err) {
+                        if (err.kind() == store::StoreError::Kind::kUnavailable) throw;
+                        c.members.push_back(std::nullopt);
+                    }
+                }
+                c.event = std::move(e);
+                polled->push_back(std::move(c));
+            }
+            if (*head < 0) *head = st.change_log_head();
+        },
+        [this, polled, head](StoreFailure failure) {
+            if (!failure) {
+                for (const auto& c : *polled) {
+                    if (!change_seen_.insert(c.event.seq).second) continue;
+                    act_on(c);
+                }
+                change_seq_ = std::max(change_seq_, *head);
+                while (!change_seen_.empty() &&
+                       *change_seen_.begin() < change_seq_ - kChangeLogStartReplay)
+                    change_seen_.erase(change_seen_.begin());
+            }
+            change_poll_.expires_after(std::chrono::milliseconds(kChangeLogPoll));
+            change_poll_.async_wait([this](const std::error_code& ec) {
+                if (!ec) poll_changes();
+            });
+        });
+}
+
+void ServerDaemon::act_on(const PolledChange& c) {
+    for (const auto& m : c.members)
+        if (m) dir_.put(m->id, to_record(m));
+    const store::ChangeEvent& e = c.event;
+    if (e.kind == "status" && c.entity) {
+        dir_.put(c.entity->id, to_record(c.entity));
+        if (c.entity->status == EntityStatus::kActive) return;
+        if (c.entity->kind == EntityKind::kGw) {
+            if (auto link = gws_.find(c.entity->id); link != gws_.end()) {
+                spdlog::warn("PN GW {} is {} in the store: closing its link; its PNs are orphaned",
+                             c.entity->id, to_string(c.entity->status));
+                link->second->close();
+            }
+            return;
+        }
+        if (!c.pns.empty())
+            spdlog::warn("PNE {} is {}: removing it from {} PN(s)", c.entity->id,
+                         to_string(c.entity->status), c.pns.size());
+        for (const auto& inv : c.pns)
+            apply(server_->push_change(inv.gw_id(), inv.pn_id(), pb::CHANGE_REMOVE, c.entity->id,
+                                       inv.revision(), pb::REVOKED, mono_now()));
+    } else if (e.kind == "pn_deleted" && !c.pns.empty()) {
+        const pb::PnInventory& before = c.pns.front();
+        const ChangeResult r = change_inventory(before, pb::CHANGE_DISSOLVE, "", before.revision());
+        spdlog::warn("PN {} of {} deleted by the operator: telling its PN GW", before.pn_id(),
+                     before.gw_id());
+        apply(server_->announce(before.gw_id(), pb::CHANGE_DISSOLVE, "", r,
+                                "deleted by the operator"));
+    }
+}
+
 // Answers a registration the store cannot take with an ErrorReport.
 void ServerDaemon::refuse_registration(const std::string& gw, const pb::Envelope& request,
                                        pb::FailureReason reason, const std::string& detail) {
@@ -320,6 +422,17 @@ void ServerDaemon::refuse_registration(const std::string& gw, const pb::Envelope
 // A registration first brings the records of the PN GW and of every PNE it names into the
 // cache (on the store thread), then goes to the core.
 void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> env) {
+    if (env->has_change_request() && env->change_request().op() == pb::CHANGE_LEAVE) {
+        // A leave's proof is checked under the PNE's EUKey: its record first.
+        const std::string id = env->change_request().pne_id();
+        auto found = std::make_shared<std::optional<store::StoredEntity>>();
+        store_job([id, found](store::Store& st) { *found = st.get_entity(id); },
+                  [this, gw, env, id, found](StoreFailure) {
+                      if (*found) dir_.put(id, to_record(*found));
+                      to_role(gw, *env);
+                  });
+        return;
+    }
     if (!env->has_registration_request()) {
         to_role(gw, *env);
         return;
@@ -367,6 +480,7 @@ void ServerDaemon::start() {
     refresh_.async_wait([this](const std::error_code& error) {
         if (!error) refresh_gateways();
     });
+    poll_changes();
 }
 
 void ServerDaemon::stop() {
@@ -374,6 +488,7 @@ void ServerDaemon::stop() {
     control_listener_.close();
     timer_.cancel();
     refresh_.cancel();
+    change_poll_.cancel();
     for (auto& [id, c] : gws_) c->close();
     gws_.clear();
     // The job running now finishes (a registration commits or not, atomically); jobs still
@@ -600,15 +715,30 @@ void ServerDaemon::persist_effect(PersistPnEffect& p) {
 void ServerDaemon::change_effect(const ChangePnEffect& c) {
     auto result = std::make_shared<ChangeResult>();
     result->reason = pb::INTERNAL_ERROR;
+    // The records of every PNE to be told come with the result: the server proves each notice
+    // under that PNE's EUKey.
+    auto records = std::make_shared<std::vector<std::optional<store::StoredEntity>>>();
     store_job(
-        [c, result](store::Store& st) {
+        [c, result, records](store::Store& st) {
             *result = st.change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision);
+            std::set<std::string> ids(result->before.begin(), result->before.end());
+            for (const auto& m : result->inventory.members()) ids.insert(m.pne_id());
+            for (const auto& id : ids) {
+                try {
+                    records->push_back(st.get_entity(id));
+                } catch (const store::StoreError& e) {
+                    if (e.kind() == store::StoreError::Kind::kUnavailable) throw;
+                    records->push_back(std::nullopt);  // refused row: that PNE is not told
+                }
+            }
         },
-        [this, c, result](StoreFailure failure) {
+        [this, c, result, records](StoreFailure failure) {
             if (failure) {
                 result->reason = store_failure_reason(*failure);
                 result->inventory.Clear();
             }
+            for (const auto& r : *records)
+                if (r) dir_.put(r->id, to_record(r));
             apply(server_->on_changed(c.gw_id, c.pn_id, *result, mono_now()));
         },
         true);

@@ -28,6 +28,14 @@ inline constexpr std::size_t kDefaultGwConnectionsPerSource = 1'000;
 // How often the PN GW records (for the TLS PSK lookup) are re-read from the store, so that
 // provisioning, disabling and revoking reach a running server.
 inline constexpr Millis kGwDirectoryRefresh = 2'000;
+// How often a server reads its store's change log (revocations and disablings to push to the
+// PN GWs, PNs deleted by the operator): a revocation takes effect within about this long.
+inline constexpr Millis kChangeLogPoll = 200;
+inline constexpr std::size_t kChangeLogBatch = 256;  // change-log rows read per poll
+// Rows re-read behind the newest seen (PostgreSQL can make a row visible after a later one),
+// and rows replayed at start (what happened while this server was down; replays are harmless).
+inline constexpr std::int64_t kChangeLogWindow = 64;
+inline constexpr std::int64_t kChangeLogStartReplay = 1'024;
 // Store jobs queued at once; past this a registration is refused with "busy".
 inline constexpr std::size_t kMaxStoreQueue = 10'000;
 // PN GW IDs looked up at once after TLS cache misses (unknown identities cannot queue more).
@@ -152,6 +160,15 @@ class ServerDaemon {
     void refuse_registration(const std::string& gw, const pb::Envelope& request,
                              pb::FailureReason reason, const std::string& detail);
     void refresh_gateways();
+    // Reads the change log and pushes what it says to the PN GWs (see kChangeLogPoll).
+    void poll_changes();
+    struct PolledChange {
+        store::ChangeEvent event;
+        std::optional<store::StoredEntity> entity;                // "status": the entity as stored
+        std::vector<pb::PnInventory> pns;                         // "status" of a PNE: its PNs
+        std::vector<std::optional<store::StoredEntity>> members;  // every PNE named above
+    };
+    void act_on(const PolledChange& c);
 
     asio::io_context& io_;
     ServerOptions opt_;
@@ -179,6 +196,9 @@ class ServerDaemon {
     std::uint16_t control_port_ = 0;
     RoleTimer timer_;
     asio::steady_timer refresh_;
+    asio::steady_timer change_poll_;
+    std::int64_t change_seq_ = -1;        // newest change-log seq read (-1: not yet)
+    std::set<std::int64_t> change_seen_;  // seqs within kChangeLogWindow already acted on
     std::map<std::string, std::shared_ptr<net::Connection>> gws_;
     // The EUKey each open PN GW link authenticated with: after a rotation, a link on the
     // previous EUKey is closed once its grace period has ended (refresh_gateways).

@@ -94,6 +94,20 @@ const std::vector<Migration> kPgMigrations = {
          "ALTER TABLE entities ADD COLUMN previous_sealed_eukey BYTEA",
          "ALTER TABLE entities ADD COLUMN previous_expires_at_ms BIGINT",
      }},
+    // Migration 4: the change log the servers poll (Store::change_log_after). A row's seq is
+    // taken at insert time, so rows can become visible out of seq order when transactions
+    // commit out of order: the pollers re-read a short window behind their last seq.
+    {4,
+     {
+         "CREATE TABLE change_log ("
+         " seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+         " at_ms BIGINT NOT NULL,"
+         " kind TEXT NOT NULL,"
+         " entity_id TEXT NOT NULL,"
+         " gw_id TEXT NOT NULL,"
+         " pn_id TEXT NOT NULL,"
+         " payload BYTEA NOT NULL)",
+     }},
 };
 
 struct ResultFree {

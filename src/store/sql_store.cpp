@@ -598,8 +598,68 @@ class SqlStore final : public Store {
             written = reseal(raw, kind.value_or(EntityKind::kPne), status, OsRandom().key(), next);
         }
         if (!written) return std::nullopt;  // rolled back
+        log_change("status", id, "", "", std::string(to_string(status)));
         txn.commit();
         return true;
+    }
+
+    // Appends a change-log row (inside the caller's write transaction) and prunes old ones.
+    void log_change(const std::string& kind, const std::string& entity_id, const std::string& gw_id,
+                    const std::string& pn_id, std::string payload) {
+        db_->run(
+            "INSERT INTO change_log (at_ms, kind, entity_id, gw_id, pn_id, payload)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            {Param::of(now_ms()), Param::of(kind), Param::of(entity_id), Param::of(gw_id),
+             Param::of(pn_id), Param::blob(std::move(payload))});
+        db_->run("DELETE FROM change_log WHERE seq <= (SELECT MAX(seq) FROM change_log) - $1",
+                 {Param::of(kChangeLogKeep)});
+    }
+
+    ChangeResult delete_pn(const std::string& gw_id, const std::string& pn_id) override {
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        if (db_->backend() == "postgresql")
+            db_->run("SELECT 1 FROM pns WHERE gw_id = $1 AND pn_id = $2 FOR UPDATE",
+                     {Param::of(gw_id), Param::of(pn_id)});
+        std::vector<pb::PnInventory> found =
+            read_pns(" WHERE p.gw_id = $1 AND p.pn_id = $2", {Param::of(gw_id), Param::of(pn_id)});
+        if (found.empty()) {
+            ChangeResult r;
+            r.reason = pb::UNKNOWN_PN;
+            return r;
+        }
+        const pb::PnInventory before = found.front();
+        ChangeResult r = change_inventory(before, pb::CHANGE_DISSOLVE, "", before.revision());
+        if (r.reason != pb::REASON_NONE) return r;
+        db_->run("DELETE FROM pn_members WHERE gw_id = $1 AND pn_id = $2",
+                 {Param::of(gw_id), Param::of(pn_id)});
+        db_->run("DELETE FROM pns WHERE gw_id = $1 AND pn_id = $2",
+                 {Param::of(gw_id), Param::of(pn_id)});
+        log_change("pn_deleted", "", gw_id, pn_id, serialize(before, "the PN Inventory"));
+        txn.commit();
+        return r;
+    }
+
+    std::vector<pb::PnInventory> pns_of(const std::string& pne_id) override {
+        return read_pns(
+            " WHERE (p.gw_id, p.pn_id) IN (SELECT gw_id, pn_id FROM pn_members WHERE pne_id = $1)",
+            {Param::of(pne_id)});
+    }
+
+    std::int64_t change_log_head() override {
+        const detail::Result r = db_->run("SELECT COALESCE(MAX(seq), 0) FROM change_log", {});
+        return r.rows.empty() ? 0 : integer(r.rows[0][0]);
+    }
+
+    std::vector<ChangeEvent> change_log_after(std::int64_t seq, std::size_t limit) override {
+        const detail::Result r = db_->run(
+            "SELECT seq, at_ms, kind, entity_id, gw_id, pn_id, payload FROM change_log"
+            " WHERE seq > $1 ORDER BY seq LIMIT $2",
+            {Param::of(seq), Param::of(static_cast<std::int64_t>(limit))});
+        std::vector<ChangeEvent> out;
+        for (const Row& row : r.rows)
+            out.push_back(ChangeEvent{integer(row[0]), integer(row[1]), text(row[2]), text(row[3]),
+                                      text(row[4]), text(row[5]), text(row[6])});
+        return out;
     }
 
     // Seals `eukey` for (id, kind, v.key) and writes sealed key, kind, status, versions and

@@ -79,6 +79,19 @@ const std::vector<Migration> kSqliteMigrations = {
          "ALTER TABLE entities ADD COLUMN previous_sealed_eukey BLOB",
          "ALTER TABLE entities ADD COLUMN previous_expires_at_ms INTEGER",
      }},
+    // Migration 4: the change log the servers poll (Store::change_log_after): status changes
+    // of entities and PNs deleted by the operator, in commit order.
+    {4,
+     {
+         "CREATE TABLE change_log ("
+         " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+         " at_ms INTEGER NOT NULL,"
+         " kind TEXT NOT NULL,"
+         " entity_id TEXT NOT NULL,"
+         " gw_id TEXT NOT NULL,"
+         " pn_id TEXT NOT NULL,"
+         " payload BLOB NOT NULL)",
+     }},
 };
 
 // $1..$n (the store's placeholder style) -> ?1..?n (SQLite's numbered parameters). The SQL text

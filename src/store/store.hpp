@@ -68,6 +68,22 @@ struct AuditRecord {
     std::string detail;
 };
 
+// Change-log rows kept (older ones are pruned as new ones are added): far more than the servers'
+// polls ever lag behind.
+inline constexpr std::int64_t kChangeLogKeep = 100'000;
+
+// One row of the change log (Store::change_log_after): what the servers must act on that
+// someone else wrote — an entity's status changed (kind "status", payload the new status word),
+// or the operator deleted a PN (kind "pn_deleted", payload the PN as it was, serialized).
+struct ChangeEvent {
+    std::int64_t seq = 0;
+    std::int64_t at_ms = 0;
+    std::string kind;
+    std::string entity_id;
+    std::string gw_id, pn_id;
+    std::string payload;
+};
+
 enum class PutResult {
     kOk,         // registered, and durable
     kDuplicate,  // (gw_id, pn_id) is registered already; nothing was written
@@ -112,6 +128,7 @@ class Store {  // one instance per thread; not thread-safe
         std::optional<EntityKind> kind = std::nullopt) = 0;
     // false: no such entity. The row is verified first; a refused row takes only kRevoked
     // (its EUKey is then replaced by a fresh random one nobody holds), else StoreError.
+    // The change log records each applied status change (kind "status").
     virtual bool set_status(const std::string& id, EntityStatus status) = 0;
     // EUKey rotation: `eukey` becomes the entity's EUKey under the next key version, and the
     // EUKey it replaces its previous EUKey until `expires_at_ms` (wall clock, ms since the Unix
@@ -143,6 +160,16 @@ class Store {  // one instance per thread; not thread-safe
     virtual ChangeResult change_pn(const std::string& gw_id, const std::string& pn_id,
                                    pb::ChangeOp op, const std::string& pne_id,
                                    std::uint64_t revision) = 0;
+    // The operator deletes a PN (cpnsctl pn delete): dissolved at its current revision, and a
+    // "pn_deleted" row in the change log (with the PN as it was) in the same transaction, so
+    // that the servers tell its PN GW. UNKNOWN_PN when there is no such PN.
+    virtual ChangeResult delete_pn(const std::string& gw_id, const std::string& pn_id) = 0;
+    // The PNs that list `pne_id` as a member (at most kMaxPnsPerPne), ordered by (gw_id, pn_id).
+    virtual std::vector<pb::PnInventory> pns_of(const std::string& pne_id) = 0;
+    // Change log: the newest seq (0 when empty), and the rows after `seq`, oldest first, at most
+    // `limit`. Rows older than kChangeLogKeep entries are pruned as new ones are added.
+    virtual std::int64_t change_log_head() = 0;
+    virtual std::vector<ChangeEvent> change_log_after(std::int64_t seq, std::size_t limit) = 0;
     // The inventory as registered, members in their original order.
     virtual std::optional<pb::PnInventory> get_pn(const std::string& gw_id,
                                                   const std::string& pn_id) = 0;
