@@ -219,6 +219,26 @@ TEST_P(Lifecycle, RevokingTheLastMemberDissolvesThePn) {
     lab.expect_agreement({}, 0);
 }
 
+TEST_P(Lifecycle, APneWhoseResultIsLostWithdrawsAndEveryoneAgrees) {
+    // The server registered pne-2, but its result never arrives: after kResultTimeout it
+    // withdraws (a leave at the registered revision, proven under its EUKey).
+    FaultConfig f;
+    FaultRule lost;
+    lost.action = FaultRule::Action::kDrop;
+    lost.message = "PnEstablishmentNotify";
+    lost.to = "pne-2";
+    f.rules.push_back(lost);
+    Lab lab(39, 3, GetParam().ui, GetParam().pan, f);
+    ASSERT_FALSE(lab.pn.empty());
+    const auto& outcomes = lab.sim.outcomes("pne-2");
+    ASSERT_EQ(outcomes.size(), 2u);
+    EXPECT_EQ(outcomes.front().reason, pb::TIMEOUT);
+    EXPECT_EQ(outcomes.back().operation, "withdraw");
+    EXPECT_TRUE(outcomes.back().success) << reason_name(outcomes.back().reason);
+    lab.expect_agreement(lab.all_but({2}), 1);
+    EXPECT_FALSE(lab.sim.gateway(kGw).tls_psk_for(local_eukey_identity(lab.pn, "pne-2")));
+}
+
 TEST(Lifecycle, RemovingOrLeavingWhatIsNotThereFailsWithItsReason) {
     Lab lab(36, 2, Ui::kYes, Pan::kInsecure);
     ASSERT_FALSE(lab.pn.empty());

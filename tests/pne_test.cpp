@@ -482,8 +482,9 @@ TEST(PneRole, InventoryAlteredByTheGatewayFailsServerAuthentication) {
         ->set_pne_id("pne-9");
     EXPECT_EQ(describe(h.feed(env)),
               (Lines{"send ErrorReport to gw-1 clear", "transition wait_result -> idle",
-                     "outcome server authentication failed"}));
+                     "outcome server authentication failed", "send PnLeaveRequest to gw-1 clear"}));
     EXPECT_TRUE(h.pne().memberships().empty());
+    EXPECT_TRUE(h.pne().leaving());  // it withdraws from what the server registered
 }
 
 // Setup fidelity at the initiator: a 1-1 PN handed back with another member is refused, even
@@ -497,8 +498,9 @@ TEST(PneRole, InitiatorRefusesAnInventoryBeyondItsSetupType) {
     r->set_hash_server_pne(to_field(h.hash_server(r->inventory())));
     EXPECT_EQ(describe(h.feed(env)),
               (Lines{"send ErrorReport to gw-1 tls", "transition wait_result -> idle",
-                     "outcome setup violation"}));
+                     "outcome setup violation", "send PnLeaveRequest to gw-1 tls"}));
     EXPECT_TRUE(h.pne().memberships().empty());
+    EXPECT_TRUE(h.pne().leaving());
 }
 
 TEST(PneRole, SuccessEstablishmentNotifyOnSecurePanJoinsWithLocalEuKey) {
@@ -518,9 +520,15 @@ TEST(PneRole, SuccessResultWithWrongHashServerPneEndsWithServerAuthenticationFai
     env.mutable_establishment_notify()->mutable_result()->set_hash_server_pne(
         to_field(h.hash_pne()));
     const auto fx = h.feed(env);
-    ASSERT_EQ(describe(fx), (Lines{"send ErrorReport to gw-1 tls", "transition wait_result -> idle",
-                                   "outcome server authentication failed"}));
+    ASSERT_EQ(describe(fx),
+              (Lines{"send ErrorReport to gw-1 tls", "transition wait_result -> idle",
+                     "outcome server authentication failed", "send PnLeaveRequest to gw-1 tls"}));
     EXPECT_EQ(nth<SendEffect>(fx, 0).msg.error().reason(), pb::SERVER_AUTHENTICATION_FAILED);
+    // The withdrawal names the PN at its registered revision, proven under the EUKey.
+    const auto& leave = nth<SendEffect>(fx, 3).msg.leave_request();
+    EXPECT_EQ(leave.pn_id(), kPn);
+    EXPECT_EQ(leave.revision(), 0u);
+    EXPECT_EQ(leave.proof().size(), 32u);
     EXPECT_TRUE(h.pne().memberships().empty());
 }
 
@@ -675,9 +683,14 @@ TEST(PneRole, TimerAtEachBusyStatesDeadlineEndsWithTimeout) {
         const Millis deadline = h->now + wait[i];
         EXPECT_EQ(h->pne().next_deadline(), deadline);
         EXPECT_EQ(describe(h->pne().on_timer(deadline - 1)), Lines{});
-        EXPECT_EQ(describe(h->pne().on_timer(deadline)),
-                  (Lines{"transition " + name(kBusy[i]) + " -> idle", "outcome timeout"}));
-        EXPECT_EQ(h->pne().next_deadline(), kNever);
+        // After hash_PNE (wait_result) the server may have registered this PNE: it withdraws,
+        // and waits for the answer (docs/protocol.md, "PN lifecycle").
+        const bool withdraws = kBusy[i] == State::kWaitResult;
+        Lines expected{"transition " + name(kBusy[i]) + " -> idle", "outcome timeout"};
+        if (withdraws) expected.push_back("send PnLeaveRequest to gw-1 tls");
+        EXPECT_EQ(describe(h->pne().on_timer(deadline)), expected);
+        EXPECT_EQ(h->pne().next_deadline(), withdraws ? deadline + kLeaveResponseTimeout : kNever);
+        EXPECT_EQ(h->pne().leaving(), withdraws);
     }
     auto idle = in_state(State::kIdle);
     EXPECT_EQ(idle->pne().next_deadline(), kNever);

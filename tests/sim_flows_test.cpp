@@ -321,11 +321,21 @@ TEST(SimFlows, PneRejectsServerWhoseHashServerIsAltered) {
         else
             sim.start_pne_setup("gw-pne-1", pb::SETUP_ALL);
         sim.run();
-        const auto& o = last_outcome(sim, "gw-pne-1");
+        // The establishment's outcome, then the withdrawal's: the server had registered the
+        // PNE, which refused the result; it withdraws, proven under its EUKey.
+        const auto& all = sim.outcomes("gw-pne-1");
+        ASSERT_EQ(all.size(), 2u);
+        const auto& o = all.front();
         EXPECT_FALSE(o.success);
         EXPECT_EQ(o.reason, pb::SERVER_AUTHENTICATION_FAILED);
+        EXPECT_EQ(all.back().operation, "withdraw");
+        EXPECT_TRUE(all.back().success) << reason_name(all.back().reason);
         EXPECT_TRUE(sim.pne("gw-pne-1").memberships().empty());
-        EXPECT_FALSE(sim.pne_sk(sim.directory().pns().begin()->first.substr(3), "gw-pne-1"));
+        ASSERT_EQ(sim.directory().pns().size(), 1u);
+        const pb::PnInventory& inv = sim.directory().pns().begin()->second;
+        EXPECT_FALSE(sim.pne_sk(inv.pn_id(), "gw-pne-1"));
+        EXPECT_EQ(members(inv), std::set<std::string>{"gw-pne-2"});  // withdrawn at the server
+        EXPECT_EQ(members(sim.gateway("gw").inventory().at(inv.pn_id())), members(inv));
         // The other PNE is unaffected.
         EXPECT_TRUE(last_outcome(sim, "gw-pne-2").success);
         // The PNE told its PN GW why.
@@ -736,6 +746,13 @@ TEST(SimFlows, RandomFaultSoakKeepsInvariants) {
                 const std::string id = gw + "-" + pne_name(i);
                 EXPECT_FALSE(sim.pne(id).busy()) << id << " seed " << seed;
                 for (const auto& o : sim.outcomes(id)) {
+                    if (o.operation == "withdraw") {
+                        // Refused or lost result: withdrawn, and no longer registered.
+                        if (o.success) {
+                            EXPECT_FALSE(registered_members.count(o.pn_id + "/" + id)) << id;
+                        }
+                        continue;
+                    }
                     if (o.success) {
                         ++successes;
                         EXPECT_TRUE(registered_members.count(o.pn_id + "/" + id)) << id;

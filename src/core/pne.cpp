@@ -373,7 +373,11 @@ void Pne::send_auth_response(Out& out, Millis now) {
 
 // The PN GW tells who else is in or out; the outcome carries it for the user.
 static void add_others(PneEffects& out, const std::string& self, const pb::PnResult& r) {
-    auto& o = std::get<OutcomeEffect>(out.back());
+    OutcomeEffect* found = nullptr;
+    for (auto it = out.rbegin(); it != out.rend() && !found; ++it)
+        found = std::get_if<OutcomeEffect>(&*it);
+    if (!found) return;
+    auto& o = *found;
     for (const auto& m : r.inventory().members())
         if (m.pne_id() != self) o.pnes.push_back(PneOutcome{m.pne_id(), true, pb::REASON_NONE});
     for (const auto& x : r.excluded())
@@ -433,6 +437,7 @@ void Pne::accept_result(Out& out, const pb::PnResult& r) {
     ctx.inventory_digest = inventory_digest(r.inventory());
     const Hash expected =
         derive_hash_server_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk, s_.hash_pne, ctx);
+    withdraw_on_failure_ = true;  // either refusal below leaves a registration behind
     if (!ct_equal(expected, bytes_of(r.hash_server_pne()))) {
         abort(out, pb::SERVER_AUTHENTICATION_FAILED,
               "hash_server_PNE does not verify over the inventory received", true);
@@ -442,6 +447,7 @@ void Pne::accept_result(Out& out, const pb::PnResult& r) {
         abort(out, pb::SETUP_VIOLATION, *wrong, true);
         return;
     }
+    withdraw_on_failure_ = false;
     out.push_back(SessionKeyEffect{s_.pn_id, cfg_.pne_id, s_.sk});
     PneMembership mem;
     mem.pn_id = s_.pn_id;
@@ -469,6 +475,13 @@ void Pne::handle_error(Out& out, const std::string& from, const pb::ErrorReport&
 
 void Pne::finish(Out& out, bool success, pb::FailureReason reason, std::string detail,
                  const pb::PnInventory* inventory) {
+    // This PNE sent hash_PNE, so the server may have registered it, but it refuses the result
+    // (its own check failed) or never got one: it withdraws, proven like a leave
+    // (docs/protocol.md, "PN lifecycle"). A failure the PN GW reports is not withdrawn from.
+    const bool withdraw = !success && state_ == State::kWaitResult && !s_.pn_id.empty() &&
+                          !s_.gw_id.empty() && withdraw_on_failure_;
+    withdraw_on_failure_ = false;
+    const std::string withdraw_pn = s_.pn_id, withdraw_gw = s_.gw_id;
     if (!success) {
         counters_.count(reason);
         log(LogLevel::kWarn, "establishment of " + (s_.pn_id.empty() ? "PN" : s_.pn_id) +
@@ -485,6 +498,8 @@ void Pne::finish(Out& out, bool success, pb::FailureReason reason, std::string d
     enter(out, State::kIdle, kNever, success ? "joined" : std::string(reason_name(reason)));
     out.push_back(std::move(o));
     s_ = Session{};  // wipes SK, LocalEUKey copies held by the session
+    if (withdraw && !leave_ && !memberships_.count(withdraw_pn))
+        start_withdraw(out, withdraw_pn, withdraw_gw, now_);
 }
 
 void Pne::abort(Out& out, pb::FailureReason reason, std::string detail, bool tell_gw) {
@@ -495,6 +510,7 @@ void Pne::abort(Out& out, pb::FailureReason reason, std::string detail, bool tel
 PneEffects Pne::on_message(const std::string& from, const pb::Envelope& env, Protection protection,
                            Millis now, const Origin& origin) {
     Out out;
+    now_ = now;
     ++counters_.messages_in;
     if (origin.datagram && !env.has_discovery_request() && !env.has_discovery_response()) {
         ++counters_.ignored;  // a datagram carries Entity Discovery only
@@ -589,18 +605,21 @@ PneEffects Pne::on_link_down(const std::string& peer, Millis now) {
 
 PneEffects Pne::on_timer(Millis now) {
     Out out;
+    now_ = now;
     for (const auto& id : neighbours_.expire(now))
         log(LogLevel::kInfo, "neighbour " + id + " aged out: no PAN link and not heard for " +
                                  std::to_string(neighbours_.ttl()) + " ms");
     if (leave_ && now >= leave_->deadline) {
         const std::string pn = leave_->pn_id;
+        const bool withdraw = leave_->withdraw;
         leave_.reset();
-        finish_leave(out, pn, false, pb::TIMEOUT, "no answer from the PN GW");
+        finish_leave(out, pn, false, pb::TIMEOUT, "no answer from the PN GW", withdraw);
     }
     if (busy() && now >= s_.deadline) {
         const char* what = state_ == State::kWaitAuthRequest ? "Authentication Request"
                            : state_ == State::kWaitResult    ? "PN result"
                                                              : "PSK-TLS handshake";
+        withdraw_on_failure_ = state_ == State::kWaitResult;  // the result may have been lost
         finish(out, false, pb::TIMEOUT, std::string("no ") + what + " from " + s_.gw_id);
     }
     return out;

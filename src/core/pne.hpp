@@ -156,7 +156,17 @@ class Pne {
         Bytes rand_pne;
         Millis deadline = kNever;
         bool retried = false;  // asked again once after a STALE_REVISION refusal
+        // A withdrawal: this PNE sent hash_PNE for the PN but refused its result, or the result
+        // never came, so the server may have registered it; it holds no membership.
+        bool withdraw = false;
     };
+    // Starts a withdrawal from `pn_id` (see PendingLeave::withdraw).
+    void start_withdraw(Out& out, const std::string& pn_id, const std::string& gw_id, Millis now);
+    // Checks a notice answering a withdrawal (no membership to check it against).
+    bool withdraw_notice_ok(const std::string& from, const pb::PnChangeNotice& n,
+                            pb::NoticeKind kind);
+    Millis now_ = 0;  // of the call being handled (a withdrawal starts from finish())
+    bool withdraw_on_failure_ = false;  // the next finish() after hash_PNE withdraws
     void send_leave(Out& out, const PneMembership& m, Millis now);
     void handle_leave_response(Out& out, const std::string& from, const pb::PnLeaveResponse& m,
                                Millis now);
@@ -165,7 +175,7 @@ class Pne {
     // revision, what its kind implies) and applies it; false, nothing changed, if it fails.
     bool apply_notice(Out& out, const std::string& from, const pb::PnChangeNotice& n);
     void finish_leave(Out& out, const std::string& pn_id, bool left, pb::FailureReason reason,
-                      const std::string& detail);
+                      const std::string& detail, bool withdraw = false);
     std::optional<PendingLeave> leave_;
 
     PneConfig cfg_;

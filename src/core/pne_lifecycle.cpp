@@ -24,10 +24,42 @@ PneEffects Pne::leave(const std::string& pn_id, Millis now) {
     return out;
 }
 
+void Pne::start_withdraw(Out& out, const std::string& pn_id, const std::string& gw_id, Millis now) {
+    log(LogLevel::kInfo, "withdrawing from " + pn_id +
+                             ": the server may have registered this PNE, which did not join");
+    PneMembership m;
+    m.pn_id = pn_id;
+    m.gw_id = gw_id;  // revision 0: as registered; a later one comes back proven if it moved
+    leave_ = PendingLeave{pn_id, gw_id, {}, kNever, false, true};
+    send_leave(out, m, now);
+}
+
+bool Pne::withdraw_notice_ok(const std::string& from, const pb::PnChangeNotice& n,
+                             pb::NoticeKind kind) {
+    const Hash expected = notice_proof(cfg_.eukey, n);
+    const auto& ms = n.inventory().members();
+    const bool listed = std::any_of(
+        ms.begin(), ms.end(), [&](const pb::PnMember& m) { return m.pne_id() == cfg_.pne_id; });
+    const bool ok = ct_equal(ByteView{expected}, as_bytes(n.proof())) &&
+                    n.pne_id() == cfg_.pne_id && n.kind() == kind && from == leave_->gw_id &&
+                    n.inventory().pn_id() == leave_->pn_id &&
+                    n.inventory().gw_id() == leave_->gw_id &&
+                    (kind == pb::NOTICE_UPDATED
+                         ? listed
+                         : !listed && ct_equal(ByteView{leave_->rand_pne}, as_bytes(n.rand_pne())));
+    if (!ok) {
+        counters_.count(pb::SERVER_AUTHENTICATION_FAILED);
+        log(LogLevel::kWarn, "answer to the withdrawal from " + leave_->pn_id +
+                                 " refused: the server's proof does not verify");
+    }
+    return ok;
+}
+
 void Pne::send_leave(Out& out, const PneMembership& m, Millis now) {
     const bool retried = leave_ && leave_->retried;
+    const bool withdraw = leave_ && leave_->withdraw;
     leave_ = PendingLeave{m.pn_id, m.gw_id, random_.bytes(kRandSize), now + kLeaveResponseTimeout,
-                          retried};
+                          retried, withdraw};
     pb::Envelope env;
     auto& r = *env.mutable_leave_request();
     r.set_pn_id(m.pn_id);
@@ -42,12 +74,13 @@ void Pne::send_leave(Out& out, const PneMembership& m, Millis now) {
 }
 
 void Pne::finish_leave(Out& out, const std::string& pn_id, bool left, pb::FailureReason reason,
-                       const std::string& detail) {
+                       const std::string& detail, bool withdraw) {
+    const std::string op = withdraw ? "withdraw" : "leave";
     if (!left) counters_.count(reason);
     log(left ? LogLevel::kInfo : LogLevel::kWarn,
-        "leave " + pn_id + (left ? ": done" : ": failed, " + std::string(reason_name(reason))) +
+        op + " " + pn_id + (left ? ": done" : ": failed, " + std::string(reason_name(reason))) +
             (detail.empty() ? "" : " (" + detail + ")"));
-    OutcomeEffect o{pn_id, "", left, left ? pb::REASON_NONE : reason, detail, {}, {}, "leave"};
+    OutcomeEffect o{pn_id, "", left, left ? pb::REASON_NONE : reason, detail, {}, {}, op};
     o.pnes.push_back(PneOutcome{cfg_.pne_id, false, o.reason});
     out.push_back(std::move(o));
 }
@@ -118,7 +151,39 @@ void Pne::handle_leave_response(Out& out, const std::string& from, const pb::PnL
         log(LogLevel::kDebug, "PnLeaveResponse for " + m.pn_id() + " not asked for: ignored");
         return;
     }
-    const std::string pn = m.pn_id();
+    const std::string& pn = m.pn_id();
+    if (leave_->withdraw) {
+        // No membership to change: the server's proof of NOTICE_LEFT over this request ends
+        // it; a STALE_REVISION refusal carries the PN's revision (proven), to ask once more.
+        if (m.has_notice() && m.notice().kind() == pb::NOTICE_LEFT) {
+            if (!withdraw_notice_ok(from, m.notice(), pb::NOTICE_LEFT)) return;
+            leave_.reset();
+            finish_leave(out, pn, true, pb::REASON_NONE, "withdrawn at the CPNS Server", true);
+            return;
+        }
+        if (m.reason() == pb::STALE_REVISION && m.has_notice() && !leave_->retried &&
+            withdraw_notice_ok(from, m.notice(), pb::NOTICE_UPDATED)) {
+            PneMembership at;
+            at.pn_id = pn;
+            at.gw_id = leave_->gw_id;
+            at.inventory.set_revision(m.notice().inventory().revision());
+            leave_->retried = true;
+            send_leave(out, at, now);
+            return;
+        }
+        if (m.accepted()) return;  // "accepted" without the server's proof proves nothing
+        leave_.reset();
+        // Only the server's proof says it is withdrawn. NOT_A_MEMBER or UNKNOWN_PN come from
+        // the PN GW, which may not hold what the server registered (it gave up waiting).
+        const pb::FailureReason why =
+            m.reason() == pb::REASON_NONE ? pb::UNEXPECTED_MESSAGE : m.reason();
+        finish_leave(out, pn, false, why,
+                     why == pb::NOT_A_MEMBER || why == pb::UNKNOWN_PN
+                         ? "the PN GW does not hold this PNE in the PN"
+                         : "refused",
+                     true);
+        return;
+    }
     if (m.has_notice() && m.notice().kind() == pb::NOTICE_LEFT) {
         if (apply_notice(out, from, m.notice())) {
             leave_.reset();

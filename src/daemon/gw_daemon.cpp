@@ -599,6 +599,29 @@ pb::GwStatus GwDaemon::status() const {
     return st;
 }
 
+// PN lifecycle on the control endpoint: "remove PN PNE" and "dissolve PN" (IDs are checked by
+// the role); the answer is the outcome once the server has answered. (Not in the coroutine
+// below: GCC 12 reports a false mismatched-new-delete on its frame when it grows.)
+void GwDaemon::control_change(const std::shared_ptr<net::tcp::socket>& socket,
+                              const std::string& cmd, std::istringstream& in) {
+    std::string pn, pne, extra;
+    in >> pn;
+    if (cmd == "remove") in >> pne;
+    if (pn.empty() || (cmd == "remove" && pne.empty()) || (in >> extra)) {
+        answer(socket, error_json("usage: remove PN PNE | dissolve PN"));
+        return;
+    }
+    spdlog::info("control: {} {}{}", cmd, printable(pn, kMaxControlLine),
+                 pne.empty() ? "" : " " + printable(pne, kMaxControlLine));
+    GatewayEffects fx =
+        cmd == "remove" ? gw_->remove(pn, pne, mono_now()) : gw_->dissolve(pn, mono_now());
+    if (gw_->change_pending(pn) && find_outcome(fx) == nullptr)
+        waiters_[pn].push_back(socket);
+    else if (const auto* o = find_outcome(fx))
+        answer(socket, outcome_json(opt_.role.gw_id, *o));
+    apply(std::move(fx));
+}
+
 // One request line per connection: "invite [pne ...]" (waits for the outcome), "status" or
 // "neighbours".
 // The connection counts against the control listener's limits until it is closed; it must
@@ -654,23 +677,7 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
         }
         apply(std::move(fx));
     } else if (cmd == "remove" || cmd == "dissolve") {
-        // PN lifecycle: "remove PN PNE" and "dissolve PN" (IDs are checked by the role).
-        std::string pn, pne, extra;
-        in >> pn;
-        if (cmd == "remove") in >> pne;
-        if (pn.empty() || (cmd == "remove" && pne.empty()) || (in >> extra)) {
-            answer(socket, error_json("usage: remove PN PNE | dissolve PN"));
-            co_return;
-        }
-        spdlog::info("control: {} {}{}", cmd, printable(pn, kMaxControlLine),
-                     pne.empty() ? "" : " " + printable(pne, kMaxControlLine));
-        GatewayEffects fx =
-            cmd == "remove" ? gw_->remove(pn, pne, mono_now()) : gw_->dissolve(pn, mono_now());
-        if (gw_->change_pending(pn) && find_outcome(fx) == nullptr)
-            waiters_[pn].push_back(socket);
-        else if (const auto* o = find_outcome(fx))
-            answer(socket, outcome_json(opt_.role.gw_id, *o));
-        apply(std::move(fx));
+        control_change(socket, cmd, in);
     } else {
         spdlog::warn("control: unknown command '{}'", printable(cmd));
         answer(socket, error_json("unknown command '" + printable(cmd) +

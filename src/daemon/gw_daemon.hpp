@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <vector>
 
 #include "core/gateway.hpp"
@@ -79,6 +80,8 @@ class GwDaemon {
                                         Millis timeout);
     bool bind_sender(net::Connection& conn, const pb::Envelope& env);
     asio::awaitable<void> discovery_loop();
+    void control_change(const std::shared_ptr<net::tcp::socket>& socket, const std::string& cmd,
+                        std::istringstream& in);
     asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket,
                                         std::shared_ptr<net::Listener::Slot> slot);
     void apply(GatewayEffects effects);

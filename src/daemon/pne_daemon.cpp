@@ -430,6 +430,14 @@ void PneDaemon::outcome_effect(const OutcomeEffect& o) {
         task_.kind == PneTask::Kind::kLeave ? o.operation == "leave" : o.operation.empty();
     if (task_.kind != PneTask::Kind::kRun && setup_started_ && !result_ && mine) {
         result_ = o;
+        // A failed setup after hash_PNE withdraws from the PN (the server may have registered
+        // this PNE): the process stays until the withdrawal is answered or times out.
+        if (pne_->leaving()) {
+            spdlog::info("withdrawing from {} before exiting", o.pn_id);
+            return;
+        }
+        finish();
+    } else if (task_.kind == PneTask::Kind::kSetup && result_ && o.operation == "withdraw") {
         finish();
     }
 }

@@ -85,7 +85,7 @@ Text consent(const World& w, const Since& s) {
 Text initiator_authenticity(const World& w, const Since& s) {
     return each_new<OutcomeEffect>(
         w, s, [&](const std::string& party, const OutcomeEffect& o) -> Text {
-            if (party != kServerId || !o.success) return std::nullopt;
+            if (party != kServerId || !o.success || !o.operation.empty()) return std::nullopt;
             auto r = w.facts().registrations.find(o.pn_id);
             if (r == w.facts().registrations.end() || r->second.flow() != pb::FLOW_PNE_INITIATED)
                 return std::nullopt;
@@ -128,7 +128,8 @@ Text unfaithful(const World& w, const std::string& initiator, const std::set<std
 Text setup_fidelity(const World& w, const Since& s) {
     return each_new<OutcomeEffect>(
         w, s, [&](const std::string& party, const OutcomeEffect& o) -> Text {
-            if (!o.success || o.pn_id.empty()) return std::nullopt;
+            // Establishment outcomes only (a lifecycle change names its operation).
+            if (!o.success || !o.operation.empty() || o.pn_id.empty()) return std::nullopt;
             if (party == kServerId) {
                 auto r = w.facts().registrations.find(o.pn_id);
                 if (r == w.facts().registrations.end()) return std::nullopt;

@@ -67,7 +67,9 @@ Text agreement(const World& w, const Since& s) {
     if (t) return t;
     t = each_new<OutcomeEffect>(
         w, s, [&](const std::string& party, const OutcomeEffect& o) -> Text {
-            if (!o.success || party == kServerId || party == kGwId) return std::nullopt;
+            // Establishment outcomes only (a lifecycle change names its operation).
+            if (!o.success || !o.operation.empty() || party == kServerId || party == kGwId)
+                return std::nullopt;
             const auto* reg = detail::registered_pn(w, o.pn_id);
             const auto ids = detail::ids_string(detail::member_ids_of(o.inventory));
             if (!reg) return party + " joined " + o.pn_id + " which the server did not register";
@@ -160,7 +162,9 @@ Text old_hash_accepted(const World& w, const Since& s) {
     if (!env) return std::nullopt;
     auto t = each_new<OutcomeEffect>(
         w, s, [&](const std::string& party, const OutcomeEffect& o) -> Text {
-            if (!o.success || party == kServerId || party == kGwId) return std::nullopt;
+            // Establishment outcomes only (a lifecycle change names its operation).
+            if (!o.success || !o.operation.empty() || party == kServerId || party == kGwId)
+                return std::nullopt;
             const pb::PnResult* r = env->has_setup_response() ? &env->setup_response().result()
                                     : env->has_establishment_notify()
                                         ? &env->establishment_notify().result()
