@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <string>
+#include <thread>
 
 #include "store/db.hpp"
 #include "store/store.hpp"
@@ -16,6 +18,11 @@ namespace cpns::store::detail {
 namespace {
 
 constexpr int kBusyTimeoutMs = 5000;
+// Switching to WAL needs the database to itself for a moment, and SQLite answers SQLITE_BUSY
+// at once (without its busy handler) while another connection is opening or migrating it:
+// the switch is tried again this many times, kWalRetryDelayMs apart (within kBusyTimeoutMs).
+constexpr int kWalAttempts = 100;
+constexpr int kWalRetryDelayMs = 50;
 
 // Migration 1: the tables of the store. Kinds and statuses are stored as words, the blobs are
 // serialized protobuf (capabilities, inventory header, members) or sealed EUKeys.
@@ -120,7 +127,17 @@ class SqliteDb final : public Db {
         try {
             sqlite3_extended_result_codes(db_, 1);
             sqlite3_busy_timeout(db_, kBusyTimeoutMs);
-            const Result mode = run("PRAGMA journal_mode=WAL");
+            Result mode;
+            for (int attempt = 1;; ++attempt) {
+                try {
+                    mode = run("PRAGMA journal_mode=WAL");
+                    break;
+                } catch (const StoreError& e) {
+                    if (e.kind() != StoreError::Kind::kUnavailable || attempt >= kWalAttempts)
+                        throw;
+                    std::this_thread::sleep_for(std::chrono::milliseconds(kWalRetryDelayMs));
+                }
+            }
             const std::string got =
                 mode.rows.empty() || !mode.rows[0][0] ? std::string() : *mode.rows[0][0];
             if (got != "wal" && path != ":memory:") {
