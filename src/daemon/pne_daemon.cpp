@@ -502,9 +502,12 @@ void PneDaemon::state_saved(const std::string& pn_id, const std::string& error) 
         for (auto& e : held_)
             if (auto* o = std::get_if<OutcomeEffect>(&e); o && o->pn_id == pn_id && o->success) {
                 const std::string detail =
-                    (o->operation.empty() ? std::string("joined")
-                                          : o->operation + " recorded by the CPNS Server") +
-                    ", but this PNE could not save it: " + error;
+                    o->operation.empty()
+                        ? "joined, but this PNE could not save the membership: " + error
+                        : o->operation +
+                              " recorded by the CPNS Server, but this PNE could not save its "
+                              "state: " +
+                              error;
                 o->success = false;
                 o->reason = pb::INTERNAL_ERROR;
                 o->detail = detail;
