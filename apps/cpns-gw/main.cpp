@@ -16,25 +16,6 @@ namespace {
 // an establishment added up (invitation, server, PNE authentication, registration).
 constexpr int kControlAnswerTimeoutS = 180;
 
-// Sends one control line to a running cpns-gw and returns its one-line answer.
-std::string control_request(const net::HostPort& at, const std::string& line) {
-    if (at.port == 0)
-        throw std::runtime_error("no control port (the PN GW listens on port 0: use --control)");
-    asio::io_context io;
-    net::tcp::socket s(io);
-    net::tcp::resolver resolver(io);
-    asio::connect(s, resolver.resolve(at.host, std::to_string(at.port)));
-    timeval tv{kControlAnswerTimeoutS, 0};
-    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    asio::write(s, asio::buffer(line + "\n"));
-    std::string answer;
-    std::error_code ec;
-    asio::read_until(s, asio::dynamic_buffer(answer, 1 << 20), '\n', ec);
-    if (ec && answer.empty()) throw std::runtime_error("no answer from cpns-gw: " + ec.message());
-    while (!answer.empty() && (answer.back() == '\n' || answer.back() == '\r')) answer.pop_back();
-    return answer;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -101,14 +82,16 @@ int main(int argc, char** argv) {
             const auto at = parse_address(
                 control.empty() ? cfg.str("control_listen", "127.0.0.1:7101") : control, "control");
             if (*status || *neighbours) {
-                std::cout << control_request(at, *status ? "status" : "neighbours") << "\n";
+                std::cout << control_request(at, *status ? "status" : "neighbours", "cpns-gw",
+                                             kControlAnswerTimeoutS)
+                          << "\n";
                 return 0;
             }
             std::string line = "invite";
             for (const auto& p : pnes) line += " " + p;
             if (*remove) line = "remove " + pn_id + " " + pne_id;
             if (*dissolve) line = "dissolve " + pn_id;
-            const std::string answer = control_request(at, line);
+            const std::string answer = control_request(at, line, "cpns-gw", kControlAnswerTimeoutS);
             pb::OutcomeReport report;
             if (!parse_json(answer, report)) {
                 std::cerr << "cpns-gw: " << answer << "\n";

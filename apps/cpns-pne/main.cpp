@@ -16,23 +16,6 @@ namespace {
 // How long `neighbours` waits for the running PNE's answer (it answers at once).
 constexpr int kControlAnswerTimeoutS = 10;
 
-// Sends one control line to a running cpns-pne and returns its one-line answer.
-std::string control_request(const net::HostPort& at, const std::string& line) {
-    asio::io_context io;
-    net::tcp::socket s(io);
-    net::tcp::resolver resolver(io);
-    asio::connect(s, resolver.resolve(at.host, std::to_string(at.port)));
-    timeval tv{kControlAnswerTimeoutS, 0};
-    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    asio::write(s, asio::buffer(line + "\n"));
-    std::string answer;
-    std::error_code ec;
-    asio::read_until(s, asio::dynamic_buffer(answer, 1 << 20), '\n', ec);
-    if (ec && answer.empty()) throw std::runtime_error("no answer from cpns-pne: " + ec.message());
-    while (!answer.empty() && (answer.back() == '\n' || answer.back() == '\r')) answer.pop_back();
-    return answer;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -90,7 +73,8 @@ int main(int argc, char** argv) {
             const auto at = parse_address(control, "control");
             if (at.port == 0)
                 throw ConfigError("control_listen has port 0: give the PNE's port with --control");
-            std::cout << control_request(at, "neighbours") << "\n";
+            std::cout << control_request(at, "neighbours", "cpns-pne", kControlAnswerTimeoutS)
+                      << "\n";
             return 0;
         }
         PneOptions o = pne_options_from(cfg);

@@ -481,4 +481,25 @@ std::string report_text(const pb::OutcomeReport& r) {
     return s.str();
 }
 
+std::string control_request(const net::HostPort& at, const std::string& line,
+                            const std::string& daemon, int timeout_s) {
+    if (at.port == 0)
+        throw std::runtime_error("no control port (" + daemon +
+                                 " listens on port 0: use --control)");
+    asio::io_context io;
+    asio::ip::tcp::socket s(io);
+    asio::ip::tcp::resolver resolver(io);
+    asio::connect(s, resolver.resolve(at.host, std::to_string(at.port)));
+    timeval tv{timeout_s, 0};
+    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    asio::write(s, asio::buffer(line + "\n"));
+    std::string answer;
+    std::error_code ec;
+    asio::read_until(s, asio::dynamic_buffer(answer, 1 << 20), '\n', ec);
+    if (ec && answer.empty())
+        throw std::runtime_error("no answer from " + daemon + ": " + ec.message());
+    while (!answer.empty() && (answer.back() == '\n' || answer.back() == '\r')) answer.pop_back();
+    return answer;
+}
+
 }  // namespace cpns::daemon

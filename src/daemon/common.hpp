@@ -102,6 +102,13 @@ DeviceOptions device_options_from(const Config& c);
 // A device's 'id' (a valid entity ID) and 'eukey' / 'eukey_file', both required.
 std::pair<std::string, SecretKey> device_identity(const Config& c);
 net::HostPort parse_address(const std::string& text, const std::string& what);
+
+// The operator commands' side of a daemon's control endpoint: sends one request line to
+// `daemon` (its name, for errors) at `at` and returns its one-line answer, waiting at most
+// `timeout_s` seconds for it. std::runtime_error when there is no port, no connection or no
+// answer.
+std::string control_request(const net::HostPort& at, const std::string& line,
+                            const std::string& daemon, int timeout_s);
 tls::Mode parse_tls_mode(const std::string& text, const std::string& what);
 pb::DeviceCapabilities capabilities_from(const toml::table& t, bool enough_ui);
 // The key-log path: the configured one, else $SSLKEYLOGFILE, else "" (off).
