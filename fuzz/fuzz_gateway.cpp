@@ -112,6 +112,32 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     fx = gw.discover(now);
                     break;
                 }
+                if (kind == Command::kLifecycle) {
+                    // A PN it holds (or, holding none, any text), then add / remove / dissolve.
+                    const std::uint8_t which = in.byte();
+                    const std::uint8_t op = in.byte() % 3;
+                    std::string pn;
+                    if (gw.inventory().empty()) {
+                        pn = in.str();
+                    } else {
+                        auto it = gw.inventory().begin();
+                        std::advance(it, which % gw.inventory().size());
+                        pn = it->first;
+                    }
+                    if (op == 0) {
+                        auto pnes = in.peer_list();
+                        if (in.truncated()) break;
+                        fx = gw.add(pn, std::move(pnes), now);
+                    } else if (op == 1) {
+                        const std::string pne = in.peer();
+                        if (in.truncated()) break;
+                        fx = gw.remove(pn, pne, now);
+                    } else {
+                        if (in.truncated()) break;
+                        fx = gw.dissolve(pn, now);
+                    }
+                    break;
+                }
                 auto pnes = in.peer_list();
                 if (in.truncated()) break;
                 fx = gw.invite(std::move(pnes), now);

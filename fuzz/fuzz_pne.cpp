@@ -101,6 +101,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     fx = pne.discover(now);
                     break;
                 }
+                if (kind == Command::kLifecycle) {
+                    // Leave a PN it holds (or, holding none, any text).
+                    const std::uint8_t which = in.byte();
+                    std::string pn;
+                    if (pne.memberships().empty()) {
+                        pn = in.str();
+                    } else {
+                        auto it = pne.memberships().begin();
+                        std::advance(it, which % pne.memberships().size());
+                        pn = it->first;
+                    }
+                    if (in.truncated()) break;
+                    fx = pne.leave(pn, now);
+                    break;
+                }
                 const std::string gw = in.peer();
                 const auto type = static_cast<pb::SetupType>(in.byte() % 4);
                 auto invited = in.peer_list();

@@ -71,8 +71,9 @@ enum class Op : std::uint8_t { kMessage, kAdvance, kTimer, kLink, kCommand, kCou
 // failed (peer), down (peer, reason). Server: persisted (gw peer, pn id, reason).
 enum class Link : std::uint8_t { kEstablished, kFailed, kDown, kPersisted, kCount };
 // kCommand kinds. PNE: discover, start_setup (gw peer, type, invited peers). PN GW: discover,
-// invite (peers).
-enum class Command : std::uint8_t { kDiscover, kSetup, kInvite, kCount };
+// invite (peers), a lifecycle command on a PN it holds (PN GW: add peers, remove a peer,
+// dissolve; PNE: leave).
+enum class Command : std::uint8_t { kDiscover, kSetup, kInvite, kLifecycle, kCount };
 
 struct Cast {
     SecretKey gw_eukey;

@@ -94,6 +94,33 @@ class ConfigFilesTest(unittest.TestCase):
         self.assert_refused([str(BIN / "cpns-pne" / "cpns-pne"), "--config", str(self.fifo),
                              "run"], f"configuration file {self.fifo} is a FIFO")
 
+    def test_pne_capability_and_content_over_the_codec_limits(self):
+        # Texts and lists the PN GW would drop as malformed (the codec's limits: 256 characters
+        # per text, 32 contents, 16 PAN technologies) are refused at start, naming the setting
+        # (found by cpns-fuzz-config; before, the PNE started and its joins were dropped).
+        pne = [str(BIN / "cpns-pne" / "cpns-pne"), "--config"]
+        cases = [
+            ('[capabilities]\ndevice_type = "' + "x" * 257 + '"\n',
+             "'capabilities.device_type' is 257 characters long; at most 256"),
+            ('[capabilities]\npan_technologies = [' + ", ".join(['"ble"'] * 17) + "]\n",
+             "'capabilities.pan_technologies' has 17 entries; at most 16"),
+            ("".join(f'[[content]]\nid = "c{i}"\n' for i in range(33)),
+             "'content' has 33 entries; at most 32"),
+            ('[[content]]\nid = "c0"\n[[content]]\nid = "c1"\ntitle = "' + "t" * 300 + '"\n',
+             "'content[1].title' is 300 characters long; at most 256"),
+        ]
+        for extra, expected in cases:
+            cfg = self.pne_config(eukey=new_key())
+            cfg.write_text(cfg.read_text() + extra)
+            self.assert_refused(pne + [str(cfg), "run"], expected)
+        # At the limits the file is accepted: the configuration is read whole, and only the
+        # command line's PN ID, checked after it, is refused.
+        cfg = self.pne_config(eukey=new_key())
+        cfg.write_text(cfg.read_text() + '[capabilities]\ndevice_type = "' + "x" * 256 + '"\n'
+                       + "".join(f'[[content]]\nid = "c{i}"\n' for i in range(32)))
+        self.assert_refused(pne + [str(cfg), "leave", "--pn", "not a PN"],
+                            "--pn 'not a PN' is not a valid PN ID")
+
     def test_server_master_key_fifo(self):
         lab = make_lab(str(BIN), [])
         try:

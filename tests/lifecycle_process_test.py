@@ -1,5 +1,5 @@
-"""The life of a PN with real daemons (docs/protocol.md, "PN lifecycle"): a PN of three PNEs is
-established; one PNE leaves (`cpns-pne leave`), the PN GW removes another (`cpns-gw remove`) and
+"""The life of a PN with real daemons (docs/protocol.md, "PN lifecycle"): a PN of two PNEs is
+established and the PN GW adds a third (`cpns-gw add`); one PNE leaves (`cpns-pne leave`), the PN GW removes another (`cpns-gw remove`) and
 then dissolves the PN (`cpns-gw dissolve`). After each step the CPNS Server's store, the PN GW's
 status and the PNEs agree on the members and the revision; the audit log names each operation;
 a departed PNE holds nothing of the PN (a second leave fails with "unknown pn").
@@ -115,11 +115,25 @@ class LifecycleProcessTest(unittest.TestCase):
         self.assertEqual(revision(store), rev)
 
     def test_leave_remove_dissolve(self):
-        rc, out = self.lab.gw_invite([p.id for p in self.pnes])
+        rc, out = self.lab.gw_invite(["pne-a", "pne-b"])
         self.assertEqual(rc, 0, out)
         pn = out["pn_id"]
+        self.expect_agreement(pn, {"pne-a", "pne-b"}, 0)
+
+        # The PN GW adds pne-c (pre-assigned key, no UI) to the PN: authenticated as in an
+        # establishment, recorded at revision 1; the earlier members are told, proven.
+        rc, out = self.gw_command("add", "--pn", pn, "pne-c")
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.get("operation"), "add")
         everyone = {p.id for p in self.pnes}
-        self.expect_agreement(pn, everyone, 0)
+        self.expect_agreement(pn, everyone, 1)
+        self.assertTrue(self.wait_log("pne-a", f"PN {pn} changed: revision 1"))
+        self.assertTrue(self.wait_log("pne-b", f"PN {pn} changed: revision 1"))
+        # Adding a member again is refused with its reason and changes nothing.
+        rc, out = self.gw_command("add", "--pn", pn, "pne-a")
+        self.assertEqual(rc, 1, out)
+        self.assertEqual(out.get("reason"), "ALREADY_A_MEMBER", out)
+        self.expect_agreement(pn, everyone, 1)
 
         # pne-a leaves: its running daemon is stopped first (one process per PNE and state
         # file); the one-shot 'leave' loads the saved membership, asks, and saves.
@@ -128,10 +142,10 @@ class LifecycleProcessTest(unittest.TestCase):
         self.assertEqual(rc, 0, out)
         self.assertEqual(out.get("operation"), "leave")
         self.assertTrue(out.get("success"), out)
-        self.expect_agreement(pn, {"pne-b", "pne-c"}, 1)
+        self.expect_agreement(pn, {"pne-b", "pne-c"}, 2)
         # The remaining members were told by the server (through the PN GW), proven.
-        self.assertTrue(self.wait_log("pne-b", f"PN {pn} changed: revision 1"))
-        self.assertTrue(self.wait_log("pne-c", f"PN {pn} changed: revision 1"))
+        self.assertTrue(self.wait_log("pne-b", f"PN {pn} changed: revision 2"))
+        self.assertTrue(self.wait_log("pne-c", f"PN {pn} changed: revision 2"))
         # pne-a keeps nothing of the PN: asking again fails with the typed reason.
         rc, out = self.leave(self.pnes[0], pn)
         self.assertEqual(rc, 1, out)
@@ -141,15 +155,15 @@ class LifecycleProcessTest(unittest.TestCase):
         rc, out = self.gw_command("remove", "--pn", pn, "--pne", "pne-b")
         self.assertEqual(rc, 0, out)
         self.assertEqual(out.get("operation"), "remove")
-        self.expect_agreement(pn, {"pne-c"}, 2)
+        self.expect_agreement(pn, {"pne-c"}, 3)
         self.assertTrue(self.wait_log("pne-b", f"no longer a member of {pn} (NOTICE_REMOVED)"))
-        self.assertTrue(self.wait_log("pne-c", f"PN {pn} changed: revision 2"))
+        self.assertTrue(self.wait_log("pne-c", f"PN {pn} changed: revision 3"))
 
         # Removing someone who is not there fails with its reason and changes nothing.
         rc, out = self.gw_command("remove", "--pn", pn, "--pne", "pne-b")
         self.assertEqual(rc, 1, out)
         self.assertEqual(out.get("reason"), "NOT_A_MEMBER", out)
-        self.expect_agreement(pn, {"pne-c"}, 2)
+        self.expect_agreement(pn, {"pne-c"}, 3)
 
         # The PN GW dissolves the PN: gone at the server, the PN GW and pne-c.
         rc, out = self.gw_command("dissolve", "--pn", pn)

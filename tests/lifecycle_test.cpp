@@ -36,17 +36,20 @@ std::set<std::string> ids(const pb::PnInventory& inv) {
     return out;
 }
 
-// A PN of pne-1..pne-n, established by the PN GW (every discovered PNE).
+// A PN of pne-1..pne-n, established by the PN GW (every discovered PNE; or, with `in_pn`, the
+// PN of pne-1..pne-in_pn while the others stay outside it).
 struct Lab {
     Simulator sim;
     std::string pn;
     int n;
-    Lab(std::uint64_t seed, int pnes, Ui ui, Pan pan, FaultConfig faults = {})
+    Lab(std::uint64_t seed, int pnes, Ui ui, Pan pan, FaultConfig faults = {}, int in_pn = 0)
         : sim(seed, std::move(faults)), n(pnes) {
         sim.add_gateway(make_gw(pnes, ui, pan));
         sim.discover_all();
         sim.run();
-        sim.start_gw_invite(kGw, {});
+        std::vector<std::string> invited;
+        for (int i = 1; i <= in_pn; ++i) invited.push_back(pne(i));
+        sim.start_gw_invite(kGw, invited);
         sim.run();
         EXPECT_EQ(sim.directory().pns().size(), 1u);
         if (!sim.directory().pns().empty()) pn = sim.directory().pns().begin()->second.pn_id();
@@ -239,6 +242,46 @@ TEST_P(Lifecycle, APneWhoseResultIsLostWithdrawsAndEveryoneAgrees) {
     EXPECT_FALSE(lab.sim.gateway(kGw).tls_psk_for(local_eukey_identity(lab.pn, "pne-2")));
 }
 
+TEST_P(Lifecycle, ThePnGwAddsPnesAndEveryoneAgrees) {
+    const Mode m = GetParam();
+    Lab lab(51, 4, m.ui, m.pan, {}, 2);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.expect_agreement({"pne-1", "pne-2"}, 0);
+    lab.sim.start_gw_add(kGw, lab.pn, {"pne-3", "pne-4"});
+    lab.sim.run();
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_TRUE(lab.last(kGw)->success) << reason_name(lab.last(kGw)->reason);
+    EXPECT_EQ(lab.last(kGw)->operation, "add");
+    // One PN, now with four members at revision 1: the new ones authenticated as in 5.2.1.2,
+    // the earlier ones told by a notice the server proved.
+    EXPECT_EQ(lab.sim.directory().pns().size(), 1u);
+    lab.expect_agreement(lab.all_but({}), 1);
+    for (const std::string id : {"pne-3", "pne-4"}) {
+        EXPECT_EQ(lab.sim.gateway(kGw).local_eukey(lab.pn, id).has_value(), m.ui == Ui::kYes) << id;
+        ASSERT_NE(lab.last(id), nullptr) << id;
+        EXPECT_TRUE(lab.last(id)->success) << id;
+    }
+    // The grown PN goes on living: a new member can be removed again.
+    lab.sim.start_gw_remove(kGw, lab.pn, "pne-3");
+    lab.sim.run();
+    EXPECT_TRUE(lab.last(kGw)->success);
+    lab.expect_agreement(lab.all_but({3}), 2);
+}
+
+TEST(Lifecycle, AddingAMemberOrToAnUnknownPnIsRefusedAndChangesNothing) {
+    Lab lab(52, 3, Ui::kYes, Pan::kInsecure, {}, 2);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_add(kGw, lab.pn, {"pne-3", "pne-1"});
+    lab.sim.run();
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_FALSE(lab.last(kGw)->success);
+    EXPECT_EQ(lab.last(kGw)->reason, pb::ALREADY_A_MEMBER);
+    lab.sim.start_gw_add(kGw, "pn-unknown", {"pne-3"});
+    lab.sim.run();
+    EXPECT_EQ(lab.last(kGw)->reason, pb::UNKNOWN_PN);
+    lab.expect_agreement({"pne-1", "pne-2"}, 0);
+}
+
 TEST(Lifecycle, RemovingOrLeavingWhatIsNotThereFailsWithItsReason) {
     Lab lab(36, 2, Ui::kYes, Pan::kInsecure);
     ASSERT_FALSE(lab.pn.empty());
@@ -394,6 +437,55 @@ TEST(LifecycleAttacks, AnAcceptedLeaveResponseWithoutTheServersProofChangesNothi
     EXPECT_FALSE(lab.last("pne-1")->success);
     EXPECT_EQ(lab.last("pne-1")->reason, pb::TIMEOUT);
     lab.expect_agreement(lab.all_but({}), 0);
+}
+
+TEST(LifecycleAttacks, ARefusalThatNamesNoReasonIsReportedAsAnInternalError) {
+    // The PN GW's change request is lost and a refusal naming no reason arrives on its server
+    // link (found by cpns-fuzz-gateway): the outcome is a failure with a reason, never a
+    // failure "for no reason", and the PN is left as it was.
+    FaultConfig f;
+    FaultRule drop;
+    drop.action = FaultRule::Action::kDrop;
+    drop.message = "PnChangeRequest";
+    f.rules.push_back(drop);
+    Lab lab(47, 2, Ui::kYes, Pan::kInsecure, f);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_remove(kGw, lab.pn, "pne-2");
+    pb::Envelope env = envelope("cpns-server");
+    auto& r = *env.mutable_change_response();
+    r.set_pn_id(lab.pn);
+    r.set_op(pb::CHANGE_REMOVE);
+    r.set_pne_id("pne-2");
+    r.set_accepted(false);
+    lab.sim.inject("cpns-server", kGw, encode_frame(env), Protection::kTls);
+    lab.sim.run();
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_FALSE(lab.last(kGw)->success);
+    EXPECT_EQ(lab.last(kGw)->reason, pb::INTERNAL_ERROR);
+    lab.expect_agreement(lab.all_but({}), 0);
+}
+
+TEST(LifecycleAttacks, AnAddNamingAnotherRevisionIsRefusedAndChangesNothing) {
+    // The PN GW's view (or a rewritten request) names a revision the PN is not at: the store
+    // refuses it as stale, so no PNE is added to a PN it was not invited into as it is.
+    FaultConfig f;
+    FaultRule rewrite;
+    rewrite.action = FaultRule::Action::kMutate;
+    rewrite.message = "PnRegistrationRequest";
+    rewrite.mutate = [](pb::Envelope& env) {
+        if (env.registration_request().add()) env.mutable_registration_request()->set_revision(7);
+    };
+    f.rules.push_back(rewrite);
+    Lab lab(53, 3, Ui::kYes, Pan::kInsecure, f, 2);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_add(kGw, lab.pn, {"pne-3"});
+    lab.sim.run();
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_FALSE(lab.last(kGw)->success);
+    EXPECT_EQ(lab.last(kGw)->reason, pb::STALE_REVISION);
+    ASSERT_NE(lab.last("pne-3"), nullptr);
+    EXPECT_FALSE(lab.last("pne-3")->success);
+    lab.expect_agreement({"pne-1", "pne-2"}, 0);
 }
 
 }  // namespace

@@ -552,6 +552,54 @@ TYPED_TEST(StoreTest, LifecycleChangesApplyAtTheirRevisionOnly) {
     EXPECT_TRUE(s->list_pns().empty());
 }
 
+// PN update (CHANGE_ADD): the new members are added at the PN's revision only, after the earlier
+// ones, durable at once; a PNE already in the PN, a stale revision or an unknown PN write
+// nothing; a member that is not a known PNE is refused by the store.
+TYPED_TEST(StoreTest, AddingMembersAppliesAtTheirRevisionOnly) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-3", "pne-4"});
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-1", {"pne-1", "pne-2"})), PutResult::kOk);
+    auto member = [](const std::string& id) {
+        pb::PnMember m;
+        m.set_pne_id(id);
+        return m;
+    };
+    ChangeResult r = s->change_pn("gw-1", "pn-1", pb::CHANGE_ADD, "", 0, {member("pne-3")});
+    ASSERT_EQ(r.reason, pb::REASON_NONE);
+    EXPECT_EQ(r.inventory.revision(), 1u);
+    EXPECT_EQ(r.before, (std::vector<std::string>{"pne-1", "pne-2"}));
+    const auto other = this->open();
+    auto stored = other->get_pn("gw-1", "pn-1");
+    ASSERT_TRUE(stored);
+    EXPECT_EQ(stored->revision(), 1u);
+    ASSERT_EQ(stored->members_size(), 3);
+    EXPECT_EQ(stored->members(2).pne_id(), "pne-3");
+    // Stale, already a member (even with a new one beside it), unknown PN: nothing written.
+    EXPECT_EQ(s->change_pn("gw-1", "pn-1", pb::CHANGE_ADD, "", 0, {member("pne-4")}).reason,
+              pb::STALE_REVISION);
+    EXPECT_EQ(
+        s->change_pn("gw-1", "pn-1", pb::CHANGE_ADD, "", 1, {member("pne-4"), member("pne-1")})
+            .reason,
+        pb::ALREADY_A_MEMBER);
+    EXPECT_EQ(s->change_pn("gw-1", "pn-9", pb::CHANGE_ADD, "", 0, {member("pne-4")}).reason,
+              pb::UNKNOWN_PN);
+    EXPECT_EQ(other->get_pn("gw-1", "pn-1")->members_size(), 3);
+    EXPECT_EQ(other->get_pn("gw-1", "pn-1")->revision(), 1u);
+    EXPECT_THROW(s->change_pn("gw-1", "pn-1", pb::CHANGE_ADD, "", 1, {member("pne-x")}),
+                 StoreError);
+    EXPECT_EQ(other->get_pn("gw-1", "pn-1")->members_size(), 3);
+    // After a removal the next member still goes last, and the PN reads back in order.
+    ASSERT_EQ(s->change_pn("gw-1", "pn-1", pb::CHANGE_REMOVE, "pne-1", 1).reason, pb::REASON_NONE);
+    ASSERT_EQ(s->change_pn("gw-1", "pn-1", pb::CHANGE_ADD, "", 2, {member("pne-4")}).reason,
+              pb::REASON_NONE);
+    stored = other->get_pn("gw-1", "pn-1");
+    ASSERT_EQ(stored->members_size(), 3);
+    EXPECT_EQ(stored->members(0).pne_id(), "pne-2");
+    EXPECT_EQ(stored->members(2).pne_id(), "pne-4");
+    EXPECT_EQ(stored->revision(), 3u);
+    EXPECT_TRUE(s->check().empty());
+}
+
 // The change log the servers poll: every status change and every PN the operator deletes, in
 // order, visible to another connection once committed; pns_of finds a PNE's PNs.
 TYPED_TEST(StoreTest, ChangeLogRecordsStatusChangesAndDeletedPns) {

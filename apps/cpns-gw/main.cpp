@@ -65,6 +65,15 @@ int main(int argc, char** argv) {
     remove->add_option("--pne", pne_id, "PNE ID")->required();
     remove->add_option("--control", control, "control address of the running cpns-gw");
     remove->add_flag("--json", json, "print the outcome as JSON");
+    auto* add = app.add_subcommand(
+        "add",
+        "invite PNEs into an existing PN (authenticated as in 5.2.1.2; recorded by the CPNS "
+        "Server, which tells the earlier members) and print the outcome");
+    add->add_option("--pn", pn_id, "PN ID")->required();
+    std::vector<std::string> add_pnes;
+    add->add_option("pne", add_pnes, "PNE IDs to add (none: every discovered PNE not in the PN)");
+    add->add_option("--control", control, "control address of the running cpns-gw");
+    add->add_flag("--json", json, "print the outcome as JSON");
     auto* dissolve = app.add_subcommand(
         "dissolve", "end a PN for every member (recorded by the CPNS Server first)");
     dissolve->add_option("--pn", pn_id, "PN ID")->required();
@@ -78,7 +87,7 @@ int main(int argc, char** argv) {
 
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
-        if (*invite || *status || *neighbours || *remove || *dissolve) {
+        if (*invite || *status || *neighbours || *remove || *dissolve || *add) {
             const auto at = parse_address(
                 control.empty() ? cfg.str("control_listen", "127.0.0.1:7101") : control, "control");
             if (*status || *neighbours) {
@@ -91,6 +100,10 @@ int main(int argc, char** argv) {
             for (const auto& p : pnes) line += " " + p;
             if (*remove) line = "remove " + pn_id + " " + pne_id;
             if (*dissolve) line = "dissolve " + pn_id;
+            if (*add) {
+                line = "add " + pn_id;
+                for (const auto& p : add_pnes) line += " " + p;
+            }
             const std::string answer = control_request(at, line, "cpns-gw", kControlAnswerTimeoutS);
             pb::OutcomeReport report;
             if (!parse_json(answer, report)) {

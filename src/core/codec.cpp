@@ -68,7 +68,9 @@ bool valid_text(const std::string& s) {
 bool valid_caps(const pb::DeviceCapabilities& c) {
     if (!valid_text(c.device_type()) || !valid_text(c.manufacturer()) || !valid_text(c.model()))
         return false;
-    if (c.pan_technologies_size() > 16 || c.services_size() > 32) return false;
+    if (static_cast<std::size_t>(c.pan_technologies_size()) > kMaxPanTechnologies ||
+        static_cast<std::size_t>(c.services_size()) > kMaxServices)
+        return false;
     for (const auto& t : c.pan_technologies())
         if (!valid_text(t)) return false;
     for (const auto& t : c.services())
@@ -169,7 +171,8 @@ bool valid_body(const pb::PnRegistrationRequest& m) {
                     valid_caps(m.gw().capabilities()) && valid_ids(m.invited_pne_ids()) &&
                     static_cast<std::size_t>(m.pnes_size()) <= kMaxPnesPerPn &&
                     valid_text(m.gw().subscription().subscriber_id()) &&
-                    valid_text(m.gw().subscription().service_plan());
+                    valid_text(m.gw().subscription().service_plan()) &&
+                    (m.add() || m.revision() == 0);
     return ok && std::all_of(m.pnes().begin(), m.pnes().end(),
                              [](const auto& p) { return valid_join(p.join()); });
 }
@@ -197,9 +200,14 @@ bool valid_body(const pb::AuthenticationResponse& m) {
            });
 }
 
+bool valid_notice(const pb::PnChangeNotice& n);
+
 bool valid_body(const pb::PnRegistrationResponse& m) {
     return valid_id(m.pn_id()) && static_cast<std::size_t>(m.results_size()) <= kMaxPnesPerPn &&
            valid_inventory(m.inventory()) &&
+           static_cast<std::size_t>(m.notices_size()) <= kMaxPnesPerPn &&
+           std::all_of(m.notices().begin(), m.notices().end(),
+                       [](const auto& n) { return valid_notice(n); }) &&
            std::all_of(m.results().begin(), m.results().end(), [](const auto& r) {
                return valid_id(r.pne_id()) && valid_bytes(r.hash_server_pne(), 32);
            });
@@ -224,7 +232,7 @@ bool valid_body(const pb::PnLeaveResponse& m) {
 
 bool valid_body(const pb::PnChangeRequest& m) {
     const bool needs_pne = m.op() == pb::CHANGE_LEAVE || m.op() == pb::CHANGE_REMOVE;
-    return valid_id(m.pn_id()) && m.op() != pb::CHANGE_UNSPECIFIED &&
+    return valid_id(m.pn_id()) && m.op() != pb::CHANGE_UNSPECIFIED && m.op() != pb::CHANGE_ADD &&
            pb::ChangeOp_IsValid(m.op()) &&
            (needs_pne ? valid_id(m.pne_id()) : m.pne_id().empty()) &&
            (m.op() == pb::CHANGE_LEAVE ? m.has_leave() && valid_body(m.leave()) : !m.has_leave());
@@ -476,6 +484,8 @@ std::string_view reason_name(pb::FailureReason r) {
             return "not a member";
         case pb::STALE_REVISION:
             return "stale revision";
+        case pb::ALREADY_A_MEMBER:
+            return "already a member";
         default:
             break;
     }

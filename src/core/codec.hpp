@@ -27,7 +27,9 @@ inline constexpr std::size_t kMaxPnesPerPn = 64;           // members of one PN
 inline constexpr std::size_t kMaxPnsListed = 256;          // PN IDs in one discovery message
 inline constexpr std::size_t kMaxDiscoveryPadding = 8192;  // padding of one discovery request
 inline constexpr std::size_t kMaxContentsPerPne = 32;
-inline constexpr std::size_t kMaxTextLength = 256;  // free-text capability fields
+inline constexpr std::size_t kMaxTextLength = 256;      // free-text capability fields
+inline constexpr std::size_t kMaxPanTechnologies = 16;  // in one DeviceCapabilities
+inline constexpr std::size_t kMaxServices = 32;         // in one DeviceCapabilities
 
 enum class DecodeError {
     kTruncated,           // fewer bytes than the header or the announced length

@@ -379,6 +379,11 @@ void Gateway::maybe_register(Out& out, Session& s, Millis now) {
         conclude(out, s, false, reason, "no PNE accepted", nullptr);
         return;
     }
+    if (s.add && !inventory_.count(s.pn_id)) {
+        // The PN ended while the new PNEs were joining (the server dissolved it).
+        conclude(out, s, false, pb::UNKNOWN_PN, "the PN ended meanwhile", nullptr);
+        return;
+    }
     pb::Envelope env;
     auto* r = env.mutable_registration_request();
     r->set_pn_id(s.pn_id);
@@ -387,8 +392,12 @@ void Gateway::maybe_register(Out& out, Session& s, Millis now) {
     *r->mutable_gw()->mutable_subscription() = cfg_.subscription;
     r->set_flow(s.flow == Flow::kGwInitiated ? pb::FLOW_GW_INITIATED : pb::FLOW_PNE_INITIATED);
     r->set_setup_type(s.setup_type);
+    r->set_add(s.add);
+    r->set_revision(s.revision);
     for (const auto& id : s.invited) r->add_invited_pne_ids(id);
     std::vector<std::string> route;
+    if (s.add)  // the members already in the PN stay reachable while the new ones join
+        for (const auto& m : inventory_[s.pn_id].members()) route.push_back(m.pne_id());
     for (const auto& [id, m] : s.members) {
         if (m.state != MemberState::kJoined) continue;
         auto* p = r->add_pnes();
@@ -597,6 +606,7 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
     if (!registered && reason == pb::REASON_NONE) reason = pb::INTERNAL_ERROR;
     settle_members(out, s, registered, reason, resp);
     OutcomeEffect outcome{s.pn_id, "", registered, reason, detail, {}, {}, {}};
+    if (s.add) outcome.operation = "add";
     if (registered) {
         // Kept as this PN of this PN GW whatever the response's inventory names: the saved
         // state (inventory and LocalEUKeys by PN ID, for this PN GW) must load after a restart.
@@ -608,11 +618,18 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
             inv.set_pn_id(s.pn_id);
             inv.set_gw_id(cfg_.gw_id);
         }
+        // An add's answer may come after a newer change of the PN was adopted: the newer stays.
+        if (auto it = inventory_.find(s.pn_id);
+            s.add && it != inventory_.end() && it->second.revision() >= inv.revision())
+            inv = it->second;
         inventory_[s.pn_id] = inv;
         out.push_back(StoreInventoryEffect{inv});
         outcome.inventory = std::move(inv);
     }
     std::vector<std::string> route;
+    if (s.add && registered)
+        for (const auto& m : outcome.inventory.members())
+            if (!s.members.count(m.pne_id())) route.push_back(m.pne_id());
     for (auto& [id, mem] : s.members) {
         const bool joined = mem.state == MemberState::kMember;
         outcome.pnes.push_back(PneOutcome{id, joined, mem.reason});
@@ -622,11 +639,41 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
         }
         notify_member(out, s, mem, resp);
     }
-    if (registered) {
+    if (registered && s.add) {
+        routing_[s.pn_id] = route;
+        ++counters_.established;
+        log(LogLevel::kInfo, "PN " + s.pn_id + " updated: revision " +
+                                 std::to_string(outcome.inventory.revision()) + ", " +
+                                 std::to_string(route.size()) + " PNE(s)");
+        // The earlier members learn the new member list, proven by the server, after the state
+        // holding it is saved (the daemons hold effects behind a StoreInventoryEffect).
+        for (const auto& n : resp->notices()) {
+            pb::Envelope env;
+            *env.mutable_change_notify()->mutable_notice() = n;
+            send(out, n.pne_id(), std::move(env));
+        }
+    } else if (registered) {
         routing_[s.pn_id] = route;
         ++counters_.established;
         log(LogLevel::kInfo,
             "PN " + s.pn_id + " registered with " + std::to_string(route.size()) + " PNE(s)");
+    } else if (s.add) {
+        // The PN stays as it was; a refusal as stale brings its newer revision.
+        std::vector<std::string> stay;
+        if (auto it = inventory_.find(s.pn_id); it != inventory_.end())
+            for (const auto& m : it->second.members()) stay.push_back(m.pne_id());
+        routing_[s.pn_id] = std::move(stay);
+        if (resp && reason == pb::STALE_REVISION) {
+            pb::PnChangeResponse as_is;
+            as_is.set_pn_id(s.pn_id);
+            *as_is.mutable_inventory() = resp->inventory();
+            for (const auto& peer : adopt(out, as_is))
+                out.push_back(CloseLinkEffect{peer, pb::NOT_A_MEMBER});
+        }
+        counters_.count(reason);
+        log(LogLevel::kWarn, "adding to PN " + s.pn_id +
+                                 " failed: " + std::string(reason_name(reason)) +
+                                 (detail.empty() ? "" : " (" + detail + ")"));
     } else {
         routing_.erase(s.pn_id);
         counters_.count(reason);

@@ -70,6 +70,11 @@ class Gateway {
     // (operation "remove" / "dissolve") comes when it answers, or after kChangeResponseTimeout.
     GatewayEffects remove(const std::string& pn_id, const std::string& pne_id, Millis now);
     GatewayEffects dissolve(const std::string& pn_id, Millis now);
+    // PN update (docs/protocol.md, "Adding PNEs to a PN"): invite PNEs into the registered PN
+    // `pn_id`, through the same authentication as 5.2.1.2; the server adds those that
+    // authenticate at the PN's current revision, and the earlier members are told. Empty list:
+    // every live neighbour not yet in the PN. Outcome operation "add".
+    GatewayEffects add(const std::string& pn_id, std::vector<std::string> pne_ids, Millis now);
     bool change_pending(const std::string& pn_id) const { return changes_.count(pn_id) != 0; }
     // The PAN endpoint announced in discovery ("host:port"), set by the transport.
     void set_endpoint(std::string endpoint) { endpoint_ = std::move(endpoint); }
@@ -148,6 +153,9 @@ class Gateway {
         // Admission: opened over PSK-TLS or by the PN GW itself, else the source it came from.
         bool authenticated = true;
         std::string source;
+        // A PN update: the PNEs join the registered PN pn_id, which was at `revision`.
+        bool add = false;
+        std::uint64_t revision = 0;
     };
 
     // The only places a session's or a member's state changes: set it (and the session's

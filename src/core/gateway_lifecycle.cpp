@@ -13,7 +13,7 @@ std::optional<std::pair<pb::FailureReason, std::string>> Gateway::check_change(
     const std::string& pn_id, const std::string& pne_id) const {
     auto it = inventory_.find(pn_id);
     if (it == inventory_.end()) return {{pb::UNKNOWN_PN, "no PN " + pn_id + " at this PN GW"}};
-    if (changes_.count(pn_id))
+    if (changes_.count(pn_id) || sessions_.count(pn_id))
         return {{pb::BUSY, "another change of " + pn_id + " is in progress"}};
     if (!pne_id.empty()) {
         const auto& ms = it->second.members();
@@ -30,6 +30,54 @@ GatewayEffects Gateway::remove(const std::string& pn_id, const std::string& pne_
 
 GatewayEffects Gateway::dissolve(const std::string& pn_id, Millis now) {
     return start_change(pb::CHANGE_DISSOLVE, pn_id, "", now);
+}
+
+GatewayEffects Gateway::add(const std::string& pn_id, std::vector<std::string> pne_ids,
+                            Millis now) {
+    Out out;
+    auto fail_now = [&](pb::FailureReason r, const std::string& why) {
+        counters_.count(r);
+        log(LogLevel::kWarn, "cannot add to " + pn_id + ": " + why);
+        out.push_back(
+            OutcomeEffect{valid_id(pn_id) ? pn_id : "", cfg_.gw_id, false, r, why, {}, {}, "add"});
+        return out;
+    };
+    if (!valid_id(pn_id)) return fail_now(pb::MALFORMED_MESSAGE, "not a valid PN ID");
+    if (auto refused = check_change(pn_id, "")) return fail_now(refused->first, refused->second);
+    if (sessions_.count(pn_id))
+        return fail_now(pb::BUSY, "PNEs are already being added to " + pn_id);
+    if (auto refused = admission(true, "")) return fail_now(refused->first, refused->second);
+    const pb::PnInventory& inv = inventory_.at(pn_id);
+    std::set<std::string> members;
+    for (const auto& m : inv.members()) members.insert(m.pne_id());
+    if (pne_ids.empty())
+        for (auto& id : live_pnes("", now))
+            if (!members.count(id)) pne_ids.push_back(std::move(id));
+    std::sort(pne_ids.begin(), pne_ids.end());
+    pne_ids.erase(std::unique(pne_ids.begin(), pne_ids.end()), pne_ids.end());
+    if (pne_ids.empty())
+        return fail_now(pb::UNKNOWN_ENTITY, "no PNE to add (run discovery, or name them)");
+    for (const auto& id : pne_ids) {
+        if (!valid_id(id)) return fail_now(pb::MALFORMED_MESSAGE, "invalid PNE ID " + id);
+        if (members.count(id))
+            return fail_now(pb::ALREADY_A_MEMBER, id + " is already a member of " + pn_id);
+        if (pne_session_.count(id))
+            return fail_now(pb::BUSY, id + " is taking part in another establishment");
+    }
+    if (members.size() + pne_ids.size() > kMaxPnesPerPn)
+        return fail_now(pb::LIMIT_EXCEEDED,
+                        "the PN would have more than " + std::to_string(kMaxPnesPerPn) + " PNEs");
+    Session fresh;
+    fresh.pn_id = pn_id;
+    fresh.flow = Flow::kGwInitiated;
+    fresh.add = true;
+    fresh.revision = inv.revision();
+    log(LogLevel::kInfo, "inviting " + std::to_string(pne_ids.size()) + " PNE(s) into " + pn_id +
+                             " (revision " + std::to_string(inv.revision()) + ")");
+    Session& s = open_session(out, std::move(fresh), now, "PN update by the PN GW");
+    add_invitees(out, s, pne_ids, now);
+    maybe_register(out, s, now);
+    return out;
 }
 
 GatewayEffects Gateway::start_change(pb::ChangeOp op, const std::string& pn_id,
@@ -199,13 +247,13 @@ void Gateway::finish_change(Out& out, const std::string& pn_id, const PendingCha
                             bool accepted, pb::FailureReason reason, const std::string& detail,
                             const pb::PnChangeResponse* resp) {
     const std::string name(cpns::to_string(c.op));
+    reason = outcome_reason(accepted, reason);
     if (!accepted) counters_.count(reason);
     log(accepted ? LogLevel::kInfo : LogLevel::kWarn,
         name + " of " + pn_id + (c.pne_id.empty() ? "" : " (" + c.pne_id + ")") +
             (accepted ? " done" : " failed: " + std::string(reason_name(reason))) +
             (detail.empty() ? "" : " (" + detail + ")"));
-    OutcomeEffect o{pn_id,  cfg_.gw_id, accepted, accepted ? pb::REASON_NONE : reason,
-                    detail, {},         {},       name};
+    OutcomeEffect o{pn_id, cfg_.gw_id, accepted, reason, detail, {}, {}, name};
     if (resp) o.inventory = resp->inventory();
     if (!c.pne_id.empty()) o.pnes.push_back(PneOutcome{c.pne_id, false, o.reason});
     out.push_back(std::move(o));

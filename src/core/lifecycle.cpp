@@ -5,7 +5,8 @@
 namespace cpns {
 
 ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb::ChangeOp op,
-                              const std::string& pne_id, std::uint64_t expected_revision) {
+                              const std::string& pne_id, std::uint64_t expected_revision,
+                              const std::vector<pb::PnMember>& added) {
     ChangeResult r;
     if (!current) {
         r.reason = pb::UNKNOWN_PN;
@@ -29,6 +30,18 @@ ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb:
         members.erase(it);
     } else if (op == pb::CHANGE_DISSOLVE) {
         members.Clear();
+    } else if (op == pb::CHANGE_ADD && !added.empty()) {
+        for (const auto& a : added) {
+            const bool there =
+                std::any_of(members.begin(), members.end(),
+                            [&](const pb::PnMember& m) { return m.pne_id() == a.pne_id(); });
+            if (there) {
+                r.reason = pb::ALREADY_A_MEMBER;
+                r.before.clear();
+                return r;
+            }
+            *members.Add() = a;
+        }
     } else {
         r.reason = pb::MALFORMED_MESSAGE;
         r.before.clear();
@@ -47,6 +60,8 @@ std::string_view to_string(pb::ChangeOp op) {
             return "remove";
         case pb::CHANGE_DISSOLVE:
             return "dissolve";
+        case pb::CHANGE_ADD:
+            return "add";
         default:
             return "change";
     }
@@ -70,6 +85,10 @@ std::vector<pb::PnChangeNotice> change_notices(const ChangeResult& r, pb::Change
         return out;
     }
     if (r.reason != pb::REASON_NONE) return out;
+    if (op == pb::CHANGE_ADD) {
+        for (const auto& id : r.before) add(id, pb::NOTICE_UPDATED);
+        return out;
+    }
     if (op == pb::CHANGE_LEAVE) add(pne_id, pb::NOTICE_LEFT);
     if (op == pb::CHANGE_REMOVE) add(pne_id, pb::NOTICE_REMOVED);
     if (r.dissolved) {

@@ -76,11 +76,12 @@ void Pne::send_leave(Out& out, const PneMembership& m, Millis now) {
 void Pne::finish_leave(Out& out, const std::string& pn_id, bool left, pb::FailureReason reason,
                        const std::string& detail, bool withdraw) {
     const std::string op = withdraw ? "withdraw" : "leave";
+    reason = outcome_reason(left, reason);
     if (!left) counters_.count(reason);
     log(left ? LogLevel::kInfo : LogLevel::kWarn,
         op + " " + pn_id + (left ? ": done" : ": failed, " + std::string(reason_name(reason))) +
             (detail.empty() ? "" : " (" + detail + ")"));
-    OutcomeEffect o{pn_id, "", left, left ? pb::REASON_NONE : reason, detail, {}, {}, op};
+    OutcomeEffect o{pn_id, "", left, reason, detail, {}, {}, op};
     o.pnes.push_back(PneOutcome{cfg_.pne_id, false, o.reason});
     out.push_back(std::move(o));
 }

@@ -95,6 +95,7 @@ struct ChangePnEffect {
     pb::ChangeOp op = pb::CHANGE_UNSPECIFIED;
     std::string pne_id;
     std::uint64_t revision = 0;
+    std::vector<pb::PnMember> added;  // CHANGE_ADD: the members that join
 };
 // Durable state: the caller stores it and (server) confirms with on_persisted().
 struct PersistPnEffect {  // server: register the PN (must be durable before the response)

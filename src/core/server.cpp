@@ -48,11 +48,12 @@ bool MemoryDirectory::register_pn(const std::string& gw_id, const pb::PnInventor
 
 ChangeResult MemoryDirectory::change_pn(const std::string& gw_id, const std::string& pn_id,
                                         pb::ChangeOp op, const std::string& pne_id,
-                                        std::uint64_t revision) {
+                                        std::uint64_t revision,
+                                        const std::vector<pb::PnMember>& added) {
     auto it = pns_.find(gw_id + "/" + pn_id);
     ChangeResult r = change_inventory(
         it == pns_.end() ? std::nullopt : std::optional<pb::PnInventory>(it->second), op, pne_id,
-        revision);
+        revision, added);
     if (r.reason != pb::REASON_NONE) return r;
     if (r.dissolved)
         pns_.erase(it);
@@ -191,8 +192,16 @@ std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registrat
     const auto gw = dir_.find(from);
     if (!gw || gw->kind != EntityKind::kGw) return R{pb::UNKNOWN_ENTITY, "unknown PN GW"};
     if (gw->status != EntityStatus::kActive) return R{pb::REVOKED, "PN GW is disabled or revoked"};
-    if (ended_recently({from, m.pn_id()}, now) || dir_.pn_registered(from, m.pn_id()))
+    if (m.add()) {
+        // A PN update: the store decides at the end whether the PN exists at that revision
+        // (UNKNOWN_PN, STALE_REVISION) and whether a PNE is already in it (ALREADY_A_MEMBER).
+        if (m.flow() != pb::FLOW_GW_INITIATED)
+            return R{pb::MALFORMED_MESSAGE, "a PN update is PN GW initiated"};
+        if (changes_.count({from, m.pn_id()}))
+            return R{pb::BUSY, "a change of this PN is in progress"};
+    } else if (ended_recently({from, m.pn_id()}, now) || dir_.pn_registered(from, m.pn_id())) {
         return R{pb::DUPLICATE_PN, "PN ID already used by this PN GW"};
+    }
     if (sessions_.size() >= kMaxServerSessions)
         return R{pb::LIMIT_EXCEEDED, "too many establishments"};
     if (m.pnes().empty()) return R{pb::MALFORMED_MESSAGE, "no PNE in the request"};
@@ -417,10 +426,44 @@ void Server::request_persist(Out& out, Session& s, Millis now) {
         mem->set_joined_at_ms(stamp);
         mem->set_local_eukey_assigned(p.join.local_eukey_requested());
     }
+    if (s.request.add()) {
+        // The store adds them to the PN as it is at the named revision; the proofs are over
+        // the PN with every member, so they follow the store's answer (finish_add).
+        enter(out, s, Phase::kWaitPersist, now + kPersistTimeout,
+              std::to_string(s.inventory.members_size()) +
+                  " PNE(s) authenticated; adding them to the PN");
+        ChangePnEffect c{s.gw_id, s.pn_id, pb::CHANGE_ADD, "", s.request.revision(), {}};
+        c.added.assign(s.inventory.members().begin(), s.inventory.members().end());
+        out.push_back(std::move(c));
+        return;
+    }
     prove_server(s);
     enter(out, s, Phase::kWaitPersist, now + kPersistTimeout,
           std::to_string(s.inventory.members_size()) + " PNE(s) authenticated; storing the PN");
     out.push_back(PersistPnEffect{s.gw_id, s.inventory});
+}
+
+void Server::finish_add(Out& out, Session& s, const ChangeResult& result, Millis now) {
+    if (result.reason != pb::REASON_NONE) {
+        // STALE_REVISION: the PN GW learns the PN as it is, for its next attempt.
+        if (result.reason == pb::STALE_REVISION) s.inventory = result.inventory;
+        return finish(out, s, false, result.reason,
+                      result.reason == pb::STALE_REVISION
+                          ? "the PN changed since revision " + std::to_string(s.request.revision())
+                          : "the PNEs could not be added",
+                      now);
+    }
+    s.inventory = result.inventory;
+    prove_server(s);
+    for (auto& n : change_notices(result, pb::CHANGE_ADD, "", "")) {
+        const auto pne = dir_.find(n.pne_id());
+        if (!pne || pne->kind != EntityKind::kPne) continue;  // deleted since: nobody to tell
+        const Hash proof = notice_proof(pne->eukey, n);
+        n.set_proof(to_field(ByteView{proof}));
+        s.notices.push_back(std::move(n));
+    }
+    finish(out, s, true, pb::REASON_NONE,
+           "added at revision " + std::to_string(result.inventory.revision()), now);
 }
 
 ServerEffects Server::on_persisted(const std::string& gw_id, const std::string& pn_id,
@@ -458,13 +501,18 @@ void Server::finish(Out& out, Session& s, bool registered, pb::FailureReason rea
         }
         outcome.pnes.push_back(PneOutcome{id, joined, joined ? pb::REASON_NONE : res->reason()});
     }
+    if (s.request.add()) outcome.operation = "add";
     if (registered) {
         *r->mutable_inventory() = s.inventory;
+        for (auto& n : s.notices) *r->add_notices() = std::move(n);
         outcome.inventory = s.inventory;
         ++counters_.established;
-        log(LogLevel::kInfo, "PN " + s.pn_id + " of " + s.gw_id + " registered with " +
+        log(LogLevel::kInfo, "PN " + s.pn_id + " of " + s.gw_id +
+                                 (s.request.add() ? " updated: " : " registered with ") +
                                  std::to_string(s.inventory.members_size()) + " PNE(s)");
     } else {
+        // A PN update refused as stale: the PN as it is, for the PN GW's next attempt.
+        if (s.request.add() && reason == pb::STALE_REVISION) *r->mutable_inventory() = s.inventory;
         counters_.count(reason);
         log(LogLevel::kWarn, "PN " + s.pn_id + " of " + s.gw_id + " not registered: " +
                                  std::string(reason_name(reason)) + " (" + detail + ")");

@@ -79,7 +79,8 @@ class MemoryDirectory final : public Directory {
     bool register_pn(const std::string& gw_id, const pb::PnInventory& inv);
     // Applies a lifecycle change as the store does (core/lifecycle.hpp, change_inventory).
     ChangeResult change_pn(const std::string& gw_id, const std::string& pn_id, pb::ChangeOp op,
-                           const std::string& pne_id, std::uint64_t revision);
+                           const std::string& pne_id, std::uint64_t revision,
+                           const std::vector<pb::PnMember>& added = {});
     const std::map<std::string, pb::PnInventory>& pns() const { return pns_; }
 
   private:
@@ -171,6 +172,8 @@ class Server {
         Phase phase = Phase::kNone;
         Millis deadline = kNever;
         pb::PnInventory inventory;
+        // A PN update (request.add): NOTICE_UPDATED for each earlier member, proven.
+        std::vector<pb::PnChangeNotice> notices;
     };
     using Key = std::pair<std::string, std::string>;  // (gw_id, pn_id)
 
@@ -209,6 +212,8 @@ class Server {
     std::int64_t wall_ms(Millis now) const;
     void request_persist(Out& out, Session& s, Millis now);
     void prove_server(Session& s);
+    // A PN update's store result (request.add): the PN with its new members, or the refusal.
+    void finish_add(Out& out, Session& s, const ChangeResult& result, Millis now);
     const PneState* initiator(const Session& s) const;
 
     // Lifecycle (server_lifecycle.cpp).

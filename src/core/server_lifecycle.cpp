@@ -54,7 +54,7 @@ void Server::handle_change_request(Out& out, const std::string& from, const pb::
                              " at revision " + std::to_string(m.revision()) + ": to the store");
     changes_[key] = p;
     change_timers_.insert({p.deadline, key});
-    out.push_back(ChangePnEffect{from, m.pn_id(), m.op(), m.pne_id(), m.revision()});
+    out.push_back(ChangePnEffect{from, m.pn_id(), m.op(), m.pne_id(), m.revision(), {}});
 }
 
 ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn_id,
@@ -62,6 +62,12 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
     Out out;
     const Key key{gw_id, pn_id};
     auto it = changes_.find(key);
+    if (auto s = sessions_.find(key); it == changes_.end() && s != sessions_.end() &&
+                                      s->second.request.add() &&
+                                      s->second.phase == Phase::kWaitPersist) {
+        finish_add(out, s->second, result, now);
+        return out;
+    }
     if (it == changes_.end()) {
         log(LogLevel::kWarn, "store result for a change of " + pn_id + " of " + gw_id +
                                  " that is not pending: ignored");
@@ -149,7 +155,7 @@ ServerEffects Server::push_change(const std::string& gw_id, const std::string& p
                              std::string(reason_name(why)) + ", to the store");
     changes_[key] = p;
     change_timers_.insert({p.deadline, key});
-    out.push_back(ChangePnEffect{gw_id, pn_id, op, pne_id, revision});
+    out.push_back(ChangePnEffect{gw_id, pn_id, op, pne_id, revision, {}});
     return out;
 }
 

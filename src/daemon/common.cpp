@@ -292,21 +292,74 @@ tls::Mode parse_tls_mode(const std::string& text, const std::string& what) {
     throw ConfigError(what + " must be tls13 or tls12, got '" + text + "'");
 }
 
-pb::DeviceCapabilities capabilities_from(const toml::table& t, bool enough_ui) {
-    pb::DeviceCapabilities c;
-    c.set_enough_ui(enough_ui);
-    if (auto caps = t["capabilities"].as_table()) {
-        c.set_device_type((*caps)["device_type"].value_or(std::string()));
-        c.set_manufacturer((*caps)["manufacturer"].value_or(std::string()));
-        c.set_model((*caps)["model"].value_or(std::string()));
-        if (auto arr = (*caps)["pan_technologies"].as_array())
-            for (const auto& v : *arr)
-                if (auto s = v.value<std::string>()) c.add_pan_technologies(*s);
-        if (auto arr = (*caps)["services"].as_array())
-            for (const auto& v : *arr)
-                if (auto s = v.value<std::string>()) c.add_services(*s);
+namespace {
+
+// A free-text setting that the PNE or PN GW sends in its join or inventory: longer than the
+// codec's limit, its peer would drop the message as malformed, so it is refused here.
+std::string text_setting(const toml::node_view<const toml::node>& node, const Config& c,
+                         const std::string& key) {
+    std::string v = node.value_or(std::string());
+    if (v.size() > kMaxTextLength)
+        throw ConfigError(c.where(key) + " is " + std::to_string(v.size()) +
+                          " characters long; at most " + std::to_string(kMaxTextLength));
+    return v;
+}
+
+void text_list(const toml::node_view<const toml::node>& node, const Config& c,
+               const std::string& key, std::size_t max,
+               google::protobuf::RepeatedPtrField<std::string>& out) {
+    const auto* arr = node.as_array();
+    if (!arr) return;
+    if (arr->size() > max)
+        throw ConfigError(c.where(key) + " has " + std::to_string(arr->size()) +
+                          " entries; at most " + std::to_string(max));
+    for (std::size_t i = 0; i < arr->size(); ++i)
+        if (auto s = (*arr)[i].value<std::string>()) {
+            if (s->size() > kMaxTextLength)
+                throw ConfigError(c.where(key) + " entry " + std::to_string(i + 1) + " is " +
+                                  std::to_string(s->size()) + " characters long; at most " +
+                                  std::to_string(kMaxTextLength));
+            out.Add(std::move(*s));
+        }
+}
+
+}  // namespace
+
+pb::DeviceCapabilities capabilities_from(const Config& c, bool enough_ui) {
+    pb::DeviceCapabilities caps;
+    caps.set_enough_ui(enough_ui);
+    const toml::node_view<const toml::node> t = c.table()["capabilities"];
+    if (t.as_table()) {
+        caps.set_device_type(text_setting(t["device_type"], c, "capabilities.device_type"));
+        caps.set_manufacturer(text_setting(t["manufacturer"], c, "capabilities.manufacturer"));
+        caps.set_model(text_setting(t["model"], c, "capabilities.model"));
+        text_list(t["pan_technologies"], c, "capabilities.pan_technologies", kMaxPanTechnologies,
+                  *caps.mutable_pan_technologies());
+        text_list(t["services"], c, "capabilities.services", kMaxServices,
+                  *caps.mutable_services());
     }
-    return c;
+    return caps;
+}
+
+std::vector<pb::ContentInfo> contents_from(const Config& c) {
+    std::vector<pb::ContentInfo> out;
+    const auto* arr = c.table()["content"].as_array();
+    if (!arr) return out;
+    if (arr->size() > kMaxContentsPerPne)
+        throw ConfigError(c.where("content") + " has " + std::to_string(arr->size()) +
+                          " entries; at most " + std::to_string(kMaxContentsPerPne));
+    for (std::size_t i = 0; i < arr->size(); ++i) {
+        const auto* t = (*arr)[i].as_table();
+        if (!t) continue;
+        const std::string key = "content[" + std::to_string(i) + "].";
+        pb::ContentInfo ci;
+        ci.set_content_id(text_setting((*t)["id"], c, key + "id"));
+        ci.set_media_type(text_setting((*t)["media_type"], c, key + "media_type"));
+        ci.set_title(text_setting((*t)["title"], c, key + "title"));
+        ci.set_size_bytes(static_cast<std::uint64_t>((*t)["size_bytes"].value_or(std::int64_t{0})));
+        out.push_back(std::move(ci));
+    }
+    return out;
 }
 
 std::string keylog_path(const std::string& configured) {
@@ -435,6 +488,19 @@ std::string error_json(const std::string& text) {
 
 std::string report_text(const pb::OutcomeReport& r) {
     std::ostringstream s;
+    if (r.operation() == "add") {
+        // "add PN pn-1: done, revision 1, 3 member(s)", then the PNEs that did not join.
+        s << "add PN " << r.pn_id();
+        if (r.success())
+            s << ": done, revision " << r.inventory().revision() << ", "
+              << r.inventory().members_size() << " member(s)\n";
+        else
+            s << ": failed: " << r.reason_text()
+              << (r.detail().empty() ? "" : " (" + r.detail() + ")") << "\n";
+        for (const auto& p : r.pnes())
+            if (!p.joined()) s << "  not joined: " << p.pne_id() << ": " << p.reason_text() << "\n";
+        return s.str();
+    }
     if (!r.operation().empty()) {
         // A lifecycle change: "leave PN pn-1: done" / "remove PN pn-1 (pne-a): failed: ...".
         s << r.operation() << " PN " << r.pn_id();

@@ -110,7 +110,11 @@ net::HostPort parse_address(const std::string& text, const std::string& what);
 std::string control_request(const net::HostPort& at, const std::string& line,
                             const std::string& daemon, int timeout_s);
 tls::Mode parse_tls_mode(const std::string& text, const std::string& what);
-pb::DeviceCapabilities capabilities_from(const toml::table& t, bool enough_ui);
+// The device's capabilities ([capabilities]) and contents ([[content]]), checked against the
+// codec's limits (kMaxTextLength, kMaxPanTechnologies, kMaxServices, kMaxContentsPerPne): a
+// setting over them is a ConfigError naming it, not a join the peer drops as malformed.
+pb::DeviceCapabilities capabilities_from(const Config& c, bool enough_ui);
+std::vector<pb::ContentInfo> contents_from(const Config& c);
 // The key-log path: the configured one, else $SSLKEYLOGFILE, else "" (off).
 std::string keylog_path(const std::string& configured);
 // A connection limit from the configuration: `key` as an integer in 1..`max`, else `def`.

@@ -24,7 +24,7 @@ GwOptions gw_options_from(const Config& c) {
     o.control_max_connections_per_source =
         connection_limit(c, "control_max_connections_per_source",
                          kDefaultControlConnectionsPerSource, kMaxControlConnections);
-    o.role.capabilities = capabilities_from(c.table(), true);
+    o.role.capabilities = capabilities_from(c, true);
     if (o.role.capabilities.device_type().empty()) o.role.capabilities.set_device_type("pn-gw");
     if (auto sub = c.table()["subscription"].as_table()) {
         o.role.subscription.set_subscriber_id((*sub)["subscriber_id"].value_or(std::string()));
@@ -599,13 +599,36 @@ pb::GwStatus GwDaemon::status() const {
     return st;
 }
 
-// PN lifecycle on the control endpoint: "remove PN PNE" and "dissolve PN" (IDs are checked by
-// the role); the answer is the outcome once the server has answered. (Not in the coroutine
+// PN lifecycle on the control endpoint: "remove PN PNE", "dissolve PN" and "add PN [PNE ...]"
+// (IDs are checked by the role); the answer is the outcome once the server has answered (for
+// add: once the PNEs have joined and the server has recorded them). (Not in the coroutine
 // below: GCC 12 reports a false mismatched-new-delete on its frame when it grows.)
 void GwDaemon::control_change(const std::shared_ptr<net::tcp::socket>& socket,
                               const std::string& cmd, std::istringstream& in) {
     std::string pn, pne, extra;
     in >> pn;
+    if (cmd == "add") {
+        std::vector<std::string> ids;
+        std::string named;
+        for (std::string id; in >> id;) {
+            named += (named.empty() ? "" : " ") + id;
+            ids.push_back(std::move(id));
+        }
+        if (pn.empty()) {
+            answer(socket, error_json("usage: add PN [PNE ...]"));
+            return;
+        }
+        spdlog::info("control: add {} {}", printable(pn, kMaxControlLine),
+                     ids.empty() ? std::string("every discovered PNE not in it")
+                                 : printable(named, kMaxControlLine));
+        GatewayEffects fx = gw_->add(pn, ids, mono_now());
+        if (const auto* o = find_outcome(fx))
+            answer(socket, outcome_json(opt_.role.gw_id, *o));
+        else
+            waiters_[pn].push_back(socket);
+        apply(std::move(fx));
+        return;
+    }
     if (cmd == "remove") in >> pne;
     if (pn.empty() || (cmd == "remove" && pne.empty()) || (in >> extra)) {
         answer(socket, error_json("usage: remove PN PNE | dissolve PN"));
@@ -676,13 +699,13 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
             waiters_[pn].push_back(socket);
         }
         apply(std::move(fx));
-    } else if (cmd == "remove" || cmd == "dissolve") {
+    } else if (cmd == "remove" || cmd == "dissolve" || cmd == "add") {
         control_change(socket, cmd, in);
     } else {
         spdlog::warn("control: unknown command '{}'", printable(cmd));
         answer(socket, error_json("unknown command '" + printable(cmd) +
-                                  "'; use: invite [pne ...] | remove PN PNE | dissolve PN | "
-                                  "status | neighbours"));
+                                  "'; use: invite [pne ...] | add PN [pne ...] | remove PN PNE | "
+                                  "dissolve PN | status | neighbours"));
     }
 }
 

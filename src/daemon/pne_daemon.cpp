@@ -18,18 +18,8 @@ PneOptions pne_options_from(const Config& c) {
     const std::string control = c.str("control_listen");
     if (!control.empty()) o.control_listen = parse_address(control, c.where("control_listen"));
     o.role.accept_invitations = c.boolean("accept_invitations", true);
-    o.role.capabilities = capabilities_from(c.table(), c.boolean("enough_ui", true));
-    if (auto arr = c.table()["content"].as_array())
-        for (const auto& node : *arr)
-            if (const auto* t = node.as_table()) {
-                pb::ContentInfo ci;
-                ci.set_content_id((*t)["id"].value_or(std::string()));
-                ci.set_media_type((*t)["media_type"].value_or(std::string()));
-                ci.set_title((*t)["title"].value_or(std::string()));
-                ci.set_size_bytes(
-                    static_cast<std::uint64_t>((*t)["size_bytes"].value_or(std::int64_t{0})));
-                o.role.contents.push_back(std::move(ci));
-            }
+    o.role.capabilities = capabilities_from(c, c.boolean("enough_ui", true));
+    o.role.contents = contents_from(c);
     if (!o.role.pan_secure && !o.role.capabilities.enough_ui() && !o.role.preassigned_key)
         throw ConfigError(c.where("preassigned_key") +
                           " is required: this PNE has no UI and its PAN is insecure, so it must "

@@ -720,7 +720,7 @@ void ServerDaemon::change_effect(const ChangePnEffect& c) {
     auto records = std::make_shared<std::vector<std::optional<store::StoredEntity>>>();
     store_job(
         [c, result, records](store::Store& st) {
-            *result = st.change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision);
+            *result = st.change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision, c.added);
             std::set<std::string> ids(result->before.begin(), result->before.end());
             for (const auto& m : result->inventory.members()) ids.insert(m.pne_id());
             for (const auto& id : ids) {

@@ -205,8 +205,8 @@ void World::apply_effects(const std::string& party, ServerEffects effects) {
                        [&](TransitionEffect& t) { observe(party, std::move(t)); },
                        [&](ChangePnEffect& c) {
                            const std::string gw = c.gw_id, pn = c.pn_id;
-                           const ChangeResult r =
-                               dir_->change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision);
+                           const ChangeResult r = dir_->change_pn(c.gw_id, c.pn_id, c.op, c.pne_id,
+                                                                  c.revision, c.added);
                            apply_effects(party, server_->on_changed(gw, pn, r, now_));
                        },
                    },

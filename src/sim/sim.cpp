@@ -307,7 +307,7 @@ void Simulator::on_change(const ChangePnEffect& c) {
     e->to = kServerId;
     e->identity = c.pn_id;
     e->change = std::make_shared<ChangeResult>(
-        dir_.change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision));
+        dir_.change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision, c.added));
     push(e);
 }
 
@@ -476,6 +476,11 @@ void Simulator::start_gw_remove(const std::string& gw_id, const std::string& pn_
 
 void Simulator::start_gw_dissolve(const std::string& gw_id, const std::string& pn_id) {
     apply(gw_id, node(gw_id).gw->dissolve(pn_id, now_));
+}
+
+void Simulator::start_gw_add(const std::string& gw_id, const std::string& pn_id,
+                             const std::vector<std::string>& pne_ids) {
+    apply(gw_id, node(gw_id).gw->add(pn_id, pne_ids, now_));
 }
 
 void Simulator::revoke(const std::string& id, EntityStatus status) {

@@ -121,6 +121,9 @@ class Simulator {
     void start_gw_remove(const std::string& gw_id, const std::string& pn_id,
                          const std::string& pne_id);
     void start_gw_dissolve(const std::string& gw_id, const std::string& pn_id);
+    // The PN GW invites `pne_ids` into its registered PN `pn_id` (PN update).
+    void start_gw_add(const std::string& gw_id, const std::string& pn_id,
+                      const std::vector<std::string>& pne_ids);
     // The operator revokes (or disables) an entity at the server: a PNE is removed by the
     // server from every PN it is in, as the server daemon does when its store reports it.
     void revoke(const std::string& id, EntityStatus status = EntityStatus::kRevoked);

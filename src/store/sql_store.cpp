@@ -308,6 +308,32 @@ class SqlStore final : public Store {
         return PutResult::kOk;
     }
 
+    // A PN update's new members, after the PN's last one; false (the caller rolls back) when a
+    // PNE would be in more than kMaxPnsPerPne PNs. A member that is not a known PNE throws.
+    bool insert_members(const std::string& gw_id, const std::string& pn_id,
+                        const std::vector<pb::PnMember>& added) {
+        const detail::Result last = db_->run(
+            "SELECT COALESCE(MAX(member_index) + 1, 0) FROM pn_members WHERE gw_id = $1 AND "
+            "pn_id = $2",
+            {Param::of(gw_id), Param::of(pn_id)});
+        std::int64_t index = last.rows.empty() ? 0 : integer(last.rows[0][0]);
+        for (const pb::PnMember& m : added) {
+            if (count("SELECT COUNT(*) FROM pn_members WHERE pne_id = $1", m.pne_id()) >=
+                static_cast<std::int64_t>(kMaxPnsPerPne))
+                return false;
+            const detail::Result found =
+                db_->run(std::string(kEntityColumns) + " WHERE e.id = $1", {Param::of(m.pne_id())});
+            if (found.rows.empty() || decode_entity(found.rows[0]).kind != EntityKind::kPne)
+                throw StoreError("PN update: " + m.pne_id() + " is not a known PNE");
+            db_->run(
+                "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                {Param::of(gw_id), Param::of(pn_id), Param::of(m.pne_id()), Param::of(index++),
+                 Param::blob(serialize(m, "a PN member"))});
+        }
+        return true;
+    }
+
     std::int64_t count(const char* sql, const std::string& id) {
         const detail::Result r = db_->run(sql, {Param::of(id)});
         return r.rows.empty() ? 0 : integer(r.rows[0][0]);
@@ -335,7 +361,8 @@ class SqlStore final : public Store {
     }
 
     ChangeResult change_pn(const std::string& gw_id, const std::string& pn_id, pb::ChangeOp op,
-                           const std::string& pne_id, std::uint64_t revision) override {
+                           const std::string& pne_id, std::uint64_t revision,
+                           const std::vector<pb::PnMember>& added = {}) override {
         Transaction txn(*db_, Transaction::Kind::kWrite);
         // The PN's row is held until the commit: on PostgreSQL by the row lock, on SQLite by the
         // write transaction itself (one writer at a time).
@@ -346,7 +373,7 @@ class SqlStore final : public Store {
             read_pns(" WHERE p.gw_id = $1 AND p.pn_id = $2", {Param::of(gw_id), Param::of(pn_id)});
         std::optional<pb::PnInventory> current;
         if (!found.empty()) current = std::move(found.front());
-        ChangeResult r = change_inventory(current, op, pne_id, revision);
+        ChangeResult r = change_inventory(current, op, pne_id, revision, added);
         if (r.reason != pb::REASON_NONE) return r;  // rolled back: nothing written
         if (r.dissolved) {
             db_->run("DELETE FROM pn_members WHERE gw_id = $1 AND pn_id = $2",
@@ -359,8 +386,17 @@ class SqlStore final : public Store {
             db_->run("UPDATE pns SET inventory = $3 WHERE gw_id = $1 AND pn_id = $2",
                      {Param::of(gw_id), Param::of(pn_id),
                       Param::blob(serialize(header, "the PN Inventory"))});
-            db_->run("DELETE FROM pn_members WHERE gw_id = $1 AND pn_id = $2 AND pne_id = $3",
-                     {Param::of(gw_id), Param::of(pn_id), Param::of(pne_id)});
+            if (op == pb::CHANGE_ADD) {
+                // Over a PNE's bound of PNs the add is refused whole (rolled back).
+                if (!insert_members(gw_id, pn_id, added)) {
+                    ChangeResult limit;
+                    limit.reason = pb::LIMIT_EXCEEDED;
+                    limit.inventory = *current;
+                    return limit;
+                }
+            } else
+                db_->run("DELETE FROM pn_members WHERE gw_id = $1 AND pn_id = $2 AND pne_id = $3",
+                         {Param::of(gw_id), Param::of(pn_id), Param::of(pne_id)});
         }
         txn.commit();
         return r;

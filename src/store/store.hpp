@@ -157,9 +157,11 @@ class Store {  // one instance per thread; not thread-safe
     // `revision`, in one transaction holding the PN's row, durable when it returns an applied
     // result. A refused change (UNKNOWN_PN, STALE_REVISION, NOT_A_MEMBER) writes nothing. A PN
     // left without members is deleted. Database failures throw StoreError (nothing written).
+    // CHANGE_ADD inserts the members `added` (each a known PNE, else StoreError).
     virtual ChangeResult change_pn(const std::string& gw_id, const std::string& pn_id,
                                    pb::ChangeOp op, const std::string& pne_id,
-                                   std::uint64_t revision) = 0;
+                                   std::uint64_t revision,
+                                   const std::vector<pb::PnMember>& added = {}) = 0;
     // The operator deletes a PN (cpnsctl pn delete): dissolved at its current revision, and a
     // "pn_deleted" row in the change log (with the PN as it was) in the same transaction, so
     // that the servers tell its PN GW. UNKNOWN_PN when there is no such PN.
