@@ -297,6 +297,11 @@ TEST(Lifecycle, RemovingOrLeavingWhatIsNotThereFailsWithItsReason) {
     lab.sim.run();
     ASSERT_NE(lab.last("pne-1"), nullptr);
     EXPECT_EQ(lab.last("pne-1")->reason, pb::UNKNOWN_PN);
+    // Not a PN ID at all (found by cpns-fuzz-pne): refused, and not quoted in the outcome.
+    lab.sim.start_pne_leave("pne-1", std::string(300, 'x'));
+    lab.sim.run();
+    EXPECT_EQ(lab.last("pne-1")->reason, pb::MALFORMED_MESSAGE);
+    EXPECT_TRUE(lab.last("pne-1")->pn_id.empty());
     lab.expect_agreement(lab.all_but({}), 0);
 }
 

@@ -11,6 +11,10 @@ namespace cpns {
 
 PneEffects Pne::leave(const std::string& pn_id, Millis now) {
     Out out;
+    if (!valid_id(pn_id)) {  // not quoted back: an outcome names only a valid PN (cpns-fuzz-pne)
+        finish_leave(out, "", false, pb::MALFORMED_MESSAGE, "not a valid PN ID");
+        return out;
+    }
     auto it = memberships_.find(pn_id);
     if (it == memberships_.end()) {
         finish_leave(out, pn_id, false, pb::UNKNOWN_PN, "this PNE is not a member of " + pn_id);
