@@ -462,7 +462,8 @@ local EXPECTED_WIRE = {
 
 -- What a frame's decoding found, for the Info column and the checks after decoding.
 local function new_summary()
-    return { version = 0, body = nil, pn_id = nil, pne_ids = {}, setup_type = nil, reasons = {} }
+    return { version = 0, body = nil, pn_id = nil, pne_ids = {}, pne_seen = {}, setup_type = nil,
+        reasons = {} }
 end
 
 local decode_message
@@ -480,7 +481,10 @@ local function add_scalar(tree, pinfo, summary, mname, num, f, range, value, u64
         end
         if PNE_ID_FIELDS[f.name] then
             tree:add(F.pne_id, range, text):set_hidden()
-            summary.pne_ids[#summary.pne_ids + 1] = text
+            if not summary.pne_seen[text] then
+                summary.pne_seen[text] = true
+                summary.pne_ids[#summary.pne_ids + 1] = text
+            end
         end
     elseif f.kind == "bytes" then
         if range:len() > 0 then

@@ -10,6 +10,7 @@ use. The table sits in cpns.lua between the lines "-- BEGIN GENERATED SCHEMA" an
 Usage:
   gen_schema.py          rewrite the table in cpns.lua from the .proto
   gen_schema.py --check  exit 1 (and say what differs) if cpns.lua is not what the .proto gives
+  --proto FILE, --lua FILE: other files than the repository's (the test checks a changed copy)
 
 The parser understands the subset of proto3 the schema uses (top-level messages and enums,
 scalar, enum and message fields, repeated, optional, oneof, map). Anything else stops it with
@@ -186,30 +187,36 @@ def lua_table(enums: dict, messages: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
+    import argparse
+    ap = argparse.ArgumentParser(description="The dissector's message table from the .proto")
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 if different")
+    ap.add_argument("--proto", type=Path, default=PROTO)
+    ap.add_argument("--lua", type=Path, default=LUA)
+    args = ap.parse_args(argv)
+    check, proto, lua_path = args.check, args.proto, args.lua
     try:
-        enums, messages = parse(PROTO.read_text())
+        enums, messages = parse(proto.read_text())
         table = lua_table(enums, messages)
     except SchemaError as e:
-        print(f"gen_schema.py: {PROTO}: {e}", file=sys.stderr)
+        print(f"gen_schema.py: {proto}: {e}", file=sys.stderr)
         return 2
-    lua = LUA.read_text()
+    lua = lua_path.read_text()
     start, stop = lua.find(BEGIN), lua.find(END)
     if start < 0 or stop < start:
-        print(f"gen_schema.py: {LUA} has no generated-schema markers", file=sys.stderr)
+        print(f"gen_schema.py: {lua_path} has no generated-schema markers", file=sys.stderr)
         return 2
     current = lua[start:stop + len(END)]
     if check:
         if current != table:
             import difflib
             diff = difflib.unified_diff(current.splitlines(), table.splitlines(),
-                                        "cpns.lua (current)", "from messages.proto", lineterm="")
+                                        "cpns.lua (current)", f"from {proto.name}", lineterm="")
             print("gen_schema.py: the dissector's message table is out of date with "
-                  f"{PROTO.name}; run tools/wireshark/gen_schema.py", file=sys.stderr)
+                  f"{proto.name}; run tools/wireshark/gen_schema.py", file=sys.stderr)
             print("\n".join(diff), file=sys.stderr)
             return 1
         return 0
-    LUA.write_text(lua[:start] + table + lua[stop + len(END):])
+    lua_path.write_text(lua[:start] + table + lua[stop + len(END):])
     return 0
 
 
