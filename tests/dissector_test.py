@@ -135,11 +135,12 @@ class Frame:
                 if f.get("name") == "_ws.expert"]
 
 
-def dissect(capture: Path, keylog: Path, ports: dict) -> tuple[list[Frame], str, str]:
+def dissect(capture: Path, keylog: Path, ports: dict,
+            extra: list[str] | None = None) -> tuple[list[Frame], str, str]:
     args = [TSHARK, "-r", str(capture), "-X", f"lua_script:{LUA}",
             "-o", f"tls.keylog_file:{keylog}",
             "-o", f"cpns.pan_port:{ports['pan']}", "-o", f"cpns.server_port:{ports['server']}",
-            "-o", f"cpns.discovery_port:{ports['discovery']}", "-T", "pdml"]
+            "-o", f"cpns.discovery_port:{ports['discovery']}", "-T", "pdml"] + (extra or [])
     r = subprocess.run(args, capture_output=True, text=True, timeout=TSHARK_TIMEOUT_S)
     if r.returncode != 0:
         raise RuntimeError(f"tshark failed ({r.returncode}): {r.stderr}")
@@ -406,6 +407,24 @@ class DissectorCaptureTest(unittest.TestCase):
         for f in self.good_frames():
             for e in f.experts():
                 self.assertNotIn("(Error/", e, f"packet {f.packet}: {f.msgtype}: {e}")
+
+    def test_wiresharks_protobuf_view_with_the_proto(self):
+        """cpns.protobuf_view: Wireshark's Protobuf dissector shows each body from messages.proto"""
+        wkt = Path("/usr/include/google/protobuf/struct.proto")  # libprotobuf-dev (build dep)
+        self.assertTrue(wkt.exists(), f"{wkt} missing: scripts/deps.sh installs libprotobuf-dev")
+        frames, pdml, stderr = dissect(self.capture, self.keylog, self.ports, [
+            "-o", "cpns.protobuf_view:TRUE",
+            "-o", f'uat:protobuf_search_paths:"{wkt.parent.parent.parent}","FALSE"',
+            "-o", f'uat:protobuf_search_paths:"{SOURCE_DIR / "proto"}","TRUE"'])
+        good = [f for f in frames if f.msgtype]
+        self.assertEqual(len(good), len(self.good_frames()))
+        for f in good:
+            names = {e.get("show") for e in f.proto.iter("field")
+                     if e.get("name") == "protobuf.message.name"}
+            self.assertIn(f"cpns.v1.{f.msgtype}", names, f"packet {f.packet}: {names}")
+        self.assertNotIn("Lua Error", pdml)
+        self.assertNotIn("cpns.internal_error", pdml)
+        self.assertNotIn("Lua", stderr)
 
 
 class SchemaTableTest(unittest.TestCase):

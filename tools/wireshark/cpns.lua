@@ -414,6 +414,14 @@ cpns.prefs.discovery_port = Pref.uint("Entity Discovery port (UDP)", DEFAULT_DIS
     "The port of the discovery_group (multicast requests, unicast answers)")
 cpns.prefs.heuristic = Pref.bool("Heuristic on other ports", true,
     "Find CPNS frames on any TCP/UDP port by their length prefix and version field")
+cpns.prefs.protobuf_view = Pref.bool("Also show Wireshark's Protobuf view", false,
+    "Hand each well-formed Envelope to Wireshark's Protobuf dissector as well (a subtree " ..
+    "'Protocol Buffers: cpns.v1.Envelope'). Needs Protobuf search paths: the repository's " ..
+    "proto/ folder (load all files) and the folder holding google/protobuf/struct.proto")
+
+-- Wireshark's own Protobuf dissector (optional view; nil if this Wireshark has none).
+local protobuf_ok, protobuf_handle = pcall(Dissector.get, "protobuf")
+if not protobuf_ok then protobuf_handle = nil end
 
 -- Protocol Buffers wire format ---------------------------------------------------------------
 
@@ -661,6 +669,14 @@ local function dissect_frame(tvb, pinfo, tree, transport)
         end
         item:append_text(", Malformed")
         return
+    end
+    if cpns.prefs.protobuf_view and protobuf_handle then
+        pinfo.private["pb_msg_type"] = "message,cpns.v1.Envelope"
+        local pb_ok, pb_err = pcall(protobuf_handle.call, protobuf_handle,
+            tvb(FRAME_HEADER_SIZE, body_len):tvb(), pinfo, item)
+        if not pb_ok then
+            item:add_proto_expert_info(E.internal, "Protobuf dissector: " .. tostring(pb_err))
+        end
     end
     if summary.body then
         item:add(F.msgtype, summary.body):set_generated()
