@@ -23,9 +23,11 @@ capture on the loopback interface (root, or dumpcap's capabilities).
 
 import collections
 import os
+import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -54,6 +56,7 @@ FLUSH_WAIT_S = 0.5              # after the last packet, before dumpcap is stopp
 TSHARK_TIMEOUT_S = 120.0
 COMMAND_TIMEOUT_S = 90.0        # one establishment or change on a busy 2-core machine
 LINK_TIMEOUT_S = 30.0 if not SANITIZER else 60.0
+MUTATIONS = 400                 # mutated frames dissected (well under a second of tshark)
 GW_ID = "gw-1"
 SERVER_ID = "cpns-server"
 
@@ -141,7 +144,8 @@ def dissect(capture: Path, keylog: Path, ports: dict,
             "-o", f"tls.keylog_file:{keylog}",
             "-o", f"cpns.pan_port:{ports['pan']}", "-o", f"cpns.server_port:{ports['server']}",
             "-o", f"cpns.discovery_port:{ports['discovery']}", "-T", "pdml"] + (extra or [])
-    r = subprocess.run(args, capture_output=True, text=True, timeout=TSHARK_TIMEOUT_S)
+    r = subprocess.run(args, capture_output=True, text=True, errors="replace",
+                       timeout=TSHARK_TIMEOUT_S)
     if r.returncode != 0:
         raise RuntimeError(f"tshark failed ({r.returncode}): {r.stderr}")
     frames = []
@@ -425,6 +429,56 @@ class DissectorCaptureTest(unittest.TestCase):
         self.assertNotIn("Lua Error", pdml)
         self.assertNotIn("cpns.internal_error", pdml)
         self.assertNotIn("Lua", stderr)
+
+    def test_mutated_frames_never_raise_a_lua_error(self):
+        """frames of this run, cut and flipped at random, give expert info and no Lua error"""
+        r = subprocess.run([TSHARK, "-r", str(self.capture), "-X", f"lua_script:{LUA}",
+                            "-o", f"cpns.pan_port:{self.ports['pan']}", "-Y",
+                            "cpns && !tls && tcp.len > 0", "-T", "fields", "-e", "tcp.payload"],
+                           capture_output=True, text=True, timeout=TSHARK_TIMEOUT_S)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        originals = [b for b in (bytes.fromhex(line.replace(":", ""))
+                                 for line in r.stdout.split()) if len(b) >= 8]
+        self.assertGreater(len(originals), 10)
+        rng = random.Random(20261207)
+        mutated = []
+        for _ in range(MUTATIONS):
+            frame = bytearray(rng.choice(originals))
+            how = rng.randrange(3)
+            if how == 0:  # cut the body short, length prefix kept
+                del frame[rng.randrange(5, len(frame)):]
+            elif how == 1:  # flip octets of the body
+                for _ in range(rng.randrange(1, 6)):
+                    frame[rng.randrange(4, len(frame))] = rng.randrange(256)
+            else:  # cut the body and fix the length: a frame whose fields run out early
+                del frame[rng.randrange(6, len(frame)):]
+                frame[0:4] = (len(frame) - 4).to_bytes(4, "big")
+            mutated.append(bytes(frame))
+        pcap = self.work / "mutated.pcap"
+        write_udp_pcap(pcap, mutated, self.ports["discovery"])
+        frames, pdml, stderr = dissect(pcap, self.keylog, self.ports)
+        self.assertEqual(len(frames), len(mutated))
+        self.assertNotIn("Lua Error", pdml)
+        self.assertNotIn("cpns.internal_error", pdml)
+        self.assertNotIn("Lua", stderr)
+        unexplained = [f.packet for f in frames if not f.msgtype and not f.experts()]
+        self.assertEqual(unexplained, [], "undecoded frames without an expert-info item")
+        flagged = sum(1 for f in frames if any("(Error/" in e for e in f.experts()))
+        print(f"{len(mutated)} mutated frames: {flagged} flagged as errors, "
+              f"{len(mutated) - flagged} still well-formed", flush=True)
+        self.assertGreater(flagged, len(mutated) // 3)
+
+
+def write_udp_pcap(path: Path, payloads: list[bytes], port: int) -> None:
+    """A pcap (link type Ethernet) with one UDP datagram 127.0.0.1:40000 -> port per payload."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for n, payload in enumerate(payloads):
+        udp = struct.pack(">HHHH", 40000, port, 8 + len(payload), 0) + payload
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n & 0xFFFF, 0, 64, 17, 0,
+                         bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]))
+        pkt = b"\0" * 12 + b"\x08\x00" + ip + udp
+        out.append(struct.pack("<IIII", n, 0, len(pkt), len(pkt)) + pkt)
+    path.write_bytes(b"".join(out))
 
 
 class SchemaTableTest(unittest.TestCase):

@@ -474,13 +474,55 @@ local function new_summary()
         reasons = {} }
 end
 
+-- Whether s (raw octets) is well-formed UTF-8: proto3 string fields must be, and the daemons'
+-- decoder rejects the message otherwise (docs/protocol.md, "Decoding and typed errors").
+local function valid_utf8(s)
+    local i, n = 1, #s
+    while i <= n do
+        local c = s:byte(i)
+        local len, min
+        if c < 0x80 then
+            len, min = 1, 0
+        elseif c >= 0xC2 and c <= 0xDF then
+            len, min = 2, 0x80
+        elseif c >= 0xE0 and c <= 0xEF then
+            len, min = 3, 0x800
+        elseif c >= 0xF0 and c <= 0xF4 then
+            len, min = 4, 0x10000
+        else
+            return false
+        end
+        if i + len - 1 > n then return false end
+        local cp = len == 1 and c or c % (2 ^ (7 - len))
+        for k = 1, len - 1 do
+            local cc = s:byte(i + k)
+            if cc < 0x80 or cc > 0xBF then return false end
+            cp = cp * 64 + cc % 64
+        end
+        if cp < min or cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then return false end
+        i = i + len
+    end
+    return true
+end
+
+-- Octets as printable text: ASCII kept, anything else as \xNN.
+local function escaped(s)
+    return (s:gsub("[^\32-\126]", function(ch) return string.format("\\x%02x", ch:byte()) end))
+end
+
 local decode_message
 
 local function add_scalar(tree, pinfo, summary, mname, num, f, range, value, u64)
     local pf = MSG_FIELDS[mname][num]
     if f.kind == "string" then
-        local text = range:len() > 0 and range:string(ENC_UTF_8) or ""
-        tree:add(pf, range, text)
+        local text = range:len() > 0 and range:raw() or ""
+        if not valid_utf8(text) then
+            text = escaped(text)
+            tree:add(pf, range, text):add_proto_expert_info(E.malformed, string.format(
+                "%s.%s is not valid UTF-8 (the receiver rejects the message)", mname, f.name))
+        else
+            tree:add(pf, range, text)
+        end
         if f.name == "pn_id" then
             tree:add(F.pn_id, range, text):set_hidden()
             if summary.pn_id == nil and text ~= "" then summary.pn_id = text end
