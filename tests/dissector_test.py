@@ -3,7 +3,7 @@
 A CPNS Server, a PN GW and four PNEs (as in the main job, scripts/demo.py: PSK-TLS with a
 LocalEUKey, PSK-TLS with a pre-assigned key, two clear PAN links, one PNE that finds its PN GW by
 Entity Discovery) run on 127.0.0.1 with SSLKEYLOGFILE set while dumpcap captures their ports on
-the loopback interface. They establish a PN with each flow (5.2.1.1 `cpns-pne setup --type all`,
+the loopback interface (once with TLS 1.3 on the PAN, once with TLS 1.2). They establish a PN with each flow (5.2.1.1 `cpns-pne setup --type all`,
 5.2.1.2 `cpns-gw invite`); then a PNE leaves that second PN and the PN GW dissolves it. Two
 malformed frames are sent to the PAN port. tshark then dissects the capture with the dissector
 and the key log, and the test checks what an operator would rely on:
@@ -169,6 +169,8 @@ def dissect(capture: Path, keylog: Path, ports: dict,
                  "tshark is not installed (scripts/deps.sh --with-tests installs it; "
                  "CPNS_REQUIRE_TSHARK=1 makes this a failure)")
 class DissectorCaptureTest(unittest.TestCase):
+    PAN_TLS = "tls13"  # the PSK-TLS of the PAN links (the server link is always TLS 1.3)
+
     @classmethod
     def setUpClass(cls):
         if not TSHARK or not DUMPCAP:
@@ -183,9 +185,11 @@ class DissectorCaptureTest(unittest.TestCase):
             PneSpec("pne-4", enough_ui=False, pan_secure=True, device_type="sensor",
                     use_discovery=True),
         ]
+        for p in cls.pnes:
+            p.pan_tls = cls.PAN_TLS
         lab = make_lab(BIN, cls.pnes, discovery_group=f"239.255.67.81:{cls.ports['discovery']}",
                        trace="on", server_listen=f"127.0.0.1:{cls.ports['server']}",
-                       gw_pan_listen=f"127.0.0.1:{cls.ports['pan']}")
+                       gw_pan_listen=f"127.0.0.1:{cls.ports['pan']}", gw_pan_tls=cls.PAN_TLS)
         cls.lab = lab
         cls.keylog = lab.workdir / "keys.log"
         lab.keylog = str(cls.keylog)
@@ -324,8 +328,10 @@ class DissectorCaptureTest(unittest.TestCase):
         clear = {f.sender for f in self.good_frames()
                  if self.ports["pan"] in f.tcp_ports and not f.tls}
         self.assertTrue({"pne-3", "pne-4"} <= clear, clear)
-        identities = self.keylog.read_text()
-        self.assertIn("CLIENT_TRAFFIC_SECRET_0", identities)
+        secrets = self.keylog.read_text()
+        self.assertIn("CLIENT_TRAFFIC_SECRET_0", secrets)  # the server link: TLS 1.3
+        if self.PAN_TLS == "tls12":
+            self.assertIn("CLIENT_RANDOM", secrets)
 
     def test_frames_match_the_pn_gw_trace(self):
         """the dissected messages are those the PN GW traced: type, PN, sender, protection"""
@@ -467,6 +473,11 @@ class DissectorCaptureTest(unittest.TestCase):
         print(f"{len(mutated)} mutated frames: {flagged} flagged as errors, "
               f"{len(mutated) - flagged} still well-formed", flush=True)
         self.assertGreater(flagged, len(mutated) // 3)
+
+
+class DissectorTls12Test(DissectorCaptureTest):
+    """The same run with TLS 1.2 PSK on the PAN (pan_tls = "tls12"): key-log CLIENT_RANDOM lines."""
+    PAN_TLS = "tls12"
 
 
 def write_udp_pcap(path: Path, payloads: list[bytes], port: int) -> None:
