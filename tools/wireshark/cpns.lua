@@ -590,7 +590,7 @@ decode_message = function(tvb, offset, stop, mname, tree, pinfo, summary, depth)
             vstart = offset + nlen
             if n > stop - vstart then
                 malformed(tvb(start, stop - start), string.format(
-                    "field %d announces %d octets, %d left in %s", num, n, stop - vstart, mname))
+                    "field %d announces %d octets; %d left in %s", num, n, stop - vstart, mname))
             end
             vlen = n
         elseif wire == WIRE_I64 or wire == WIRE_I32 then
@@ -635,16 +635,16 @@ end
 
 -- Frames ---------------------------------------------------------------------------------------
 
-local last_info_packet = -1
-
+-- The first CPNS frame of a packet sets the Info column, the others add to it. The protocol
+-- column tells which: it is "CPNS" only once this dissection of the packet showed a frame
+-- (columns start empty at every dissection, also when Wireshark dissects a packet again).
 local function set_info(pinfo, text)
-    pinfo.cols.protocol = "CPNS"
-    if last_info_packet ~= pinfo.number then
-        last_info_packet = pinfo.number
+    if tostring(pinfo.cols.protocol) == "CPNS" then
+        pinfo.cols.info:append(", " .. text)
+    else
+        pinfo.cols.protocol = "CPNS"
         pinfo.cols.info:clear_fence()
         pinfo.cols.info:set(text)
-    else
-        pinfo.cols.info:append(", " .. text)
     end
 end
 
@@ -688,7 +688,7 @@ local function dissect_frame(tvb, pinfo, tree, transport)
     end
     if len - FRAME_HEADER_SIZE < body_len then
         item:add_proto_expert_info(E.malformed, string.format(
-            "truncated: length %d, %d octets present", body_len, len - FRAME_HEADER_SIZE))
+            "truncated: length %d but %d octets present", body_len, len - FRAME_HEADER_SIZE))
         set_info(pinfo, "Malformed (truncated frame)")
         return
     end
@@ -787,7 +787,6 @@ local inside_tls = false -- set while the TLS dissector runs for us: what it han
 
 function cpns.init()
     tls_streams = {}
-    last_info_packet = -1
     inside_tls = false
 end
 
