@@ -27,6 +27,7 @@ capture on the loopback interface (root, or dumpcap's capabilities).
 """
 
 import collections
+import json
 import os
 import random
 import shutil
@@ -212,7 +213,8 @@ class DissectorCaptureTest(unittest.TestCase):
             lab.stop_all()
         finally:
             cls.gw_trace = lab.read_trace("gw")
-            cls.logs = lab.logs()
+            cls.gw_log = (lab.workdir / "gw.log").read_text(errors="replace")
+            cls.server_log = (lab.workdir / "server.log").read_text(errors="replace")
             time.sleep(FLUSH_WAIT_S)
             cls.stop_capture(dumpcap)
         t0 = time.monotonic()
@@ -434,6 +436,28 @@ class DissectorCaptureTest(unittest.TestCase):
                       {f.first("cpns.EntityDiscoveryResponse.endpoint") for f in resp})
         self.assertEqual({f.enum_name("cpns.EntityDiscoveryResponse.mode") for f in resp},
                          {"MODE_PN_GW"})
+
+    def test_field_values_equal_the_daemons_log_lines(self):
+        """what the PN GW and the server logged, rebuilt from the dissected fields"""
+        frames = self.good_frames()
+        setup = next(f for f in frames if f.msgtype == "PnSetupRequest")
+        notify = next(f for f in frames if f.msgtype == "PnSetupNotify")
+        self.assertIn(f"PN Setup Request from {setup.sender} "
+                      f"({setup.enum_name('cpns.PnSetupRequest.setup_type')}): allocated "
+                      f"{notify.pn_id()}, notifying", self.gw_log)
+        for reg in (f for f in frames if f.msgtype == "PnRegistrationRequest"):
+            n = len(reg.all("cpns.PneJoin.pne_id"))
+            self.assertIn(f"PN Registration Request {reg.pn_id()} from "
+                          f"{reg.first('cpns.GwInfo.gw_id')}: {n} of {n} PNE(s)",
+                          self.server_log)
+        for resp in (f for f in frames if f.msgtype == "PnRegistrationResponse"):
+            line = next((ln for ln in self.gw_log.splitlines()
+                         if f"PN {resp.pn_id()} established: {{" in ln), None)
+            self.assertIsNotNone(line, f"no 'PN {resp.pn_id()} established' in gw.log")
+            logged = json.loads(line.split(" established: ", 1)[1])
+            self.assertEqual({m["pne_id"] for m in logged["inventory"]["members"]},
+                             set(resp.all("cpns.PnMember.pne_id")))
+            self.assertEqual(logged["inventory"]["gw_id"], resp.first("cpns.PnInventory.gw_id"))
 
     def test_malformed_frames_are_expert_errors_not_lua_errors(self):
         """each malformed frame: an expert-info error; the dissector raises no Lua error"""
