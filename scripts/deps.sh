@@ -19,7 +19,8 @@ if [[ "${1:-}" == "--with-tests" ]]; then
              postgresql postgresql-client
              python3-cryptography  # tests/revocation_process_test.py opens a PNE's state file
              clang-format clang-tidy  # scripts/lint.sh (Debian 12: version 14)
-             clang libclang-rt-14-dev llvm)  # scripts/sanitize.sh: sanitizers, libFuzzer, symbolizer
+             clang libclang-rt-14-dev llvm  # scripts/sanitize.sh: sanitizers, libFuzzer, symbolizer
+             tshark)  # tests/dissector_test.py: dumpcap captures, tshark runs tools/wireshark/cpns.lua
 fi
 
 missing=()
@@ -36,6 +37,8 @@ if ((${#missing[@]})); then
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
+  # wireshark-common (with tshark) asks whether non-root users may capture: no.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   echo "deps: done"
