@@ -20,7 +20,8 @@ if [[ "${1:-}" == "--with-tests" ]]; then
              python3-cryptography  # tests/revocation_process_test.py opens a PNE's state file
              clang-format clang-tidy  # scripts/lint.sh (Debian 12: version 14)
              clang libclang-rt-14-dev llvm  # scripts/sanitize.sh: sanitizers, libFuzzer, symbolizer
-             tshark)  # tests/dissector_test.py: dumpcap captures, tshark runs tools/wireshark/cpns.lua
+             tshark  # tests/dissector_test.py: dumpcap captures, tshark runs tools/wireshark/cpns.lua
+             gnuplot-nox time)  # scripts/sim-scale.sh: the plot; each run's CPU time and peak RSS
 fi
 
 missing=()

@@ -933,5 +933,97 @@ TEST(SimFlowsEarly, StrippedTlsUpgradeNeverContinuesInClear) {
     }
 }
 
+// Runs both flows on three PN GWs (the second has a PNE with a wrong EUKey); with `waves`,
+// each PN GW is retired as soon as its flows end, as cpns-sim --wave 1 does.
+Summary run_three(Simulator& sim, bool waves) {
+    std::vector<GwSpec> gws{mixed_gw("gw-a"), mixed_gw("gw-b"), mixed_gw("gw-c")};
+    gws[1].pnes[2].wrong_eukey = true;  // gw-b-pne-3
+    auto flows = [&](const std::vector<std::string>& ids) {
+        sim.discover_all();
+        sim.run();
+        for (const auto& id : ids) sim.start_pne_setup(id + "-pne-1", pb::SETUP_ALL);
+        sim.run();
+        for (const auto& id : ids) sim.start_gw_invite(id);
+        sim.run();
+    };
+    if (waves) {
+        for (const auto& g : gws) {
+            sim.add_gateway(g);
+            flows({g.id});
+            if (g.id != "gw-c") sim.retire({g.id});
+        }
+    } else {
+        for (const auto& g : gws) sim.add_gateway(g);
+        flows({"gw-a", "gw-b", "gw-c"});
+    }
+    return sim.summary();
+}
+
+TEST(SimFlows, RetiredWavesAreCountedAndCheckedThenFreed) {
+    Simulator at_once(21);
+    const Summary a = run_three(at_once, false);
+    Simulator in_waves(21);
+    const Summary w = run_three(in_waves, true);
+
+    // Every figure and every invariant check of the run at once, from the counts alone.
+    EXPECT_EQ(a.pns_registered, 6u);
+    EXPECT_EQ(a.pnes_authenticated, 22u);
+    EXPECT_EQ(a.sk_checked, 22u);
+    EXPECT_EQ(a.sk_agree, 22u);
+    EXPECT_EQ(a.local_key_checked, 12u);
+    EXPECT_EQ(a.local_key_agree, 12u);
+    EXPECT_EQ(w.pns_registered, a.pns_registered);
+    EXPECT_EQ(w.pnes_authenticated, a.pnes_authenticated);
+    // The PN ids are random: compare which PNE was excluded and why.
+    auto excluded = [](const Summary& s) {
+        std::multiset<std::string> out;
+        for (const auto& [pn_pne, why] : s.excluded)
+            out.insert(pn_pne.substr(pn_pne.find('/') + 1) + ": " + why);
+        return out;
+    };
+    EXPECT_EQ(excluded(w), (std::multiset<std::string>{"gw-b-pne-3: authentication failed",
+                                                       "gw-b-pne-3: authentication failed"}));
+    EXPECT_EQ(excluded(w), excluded(a));
+    EXPECT_EQ(w.sk_checked, a.sk_checked);
+    EXPECT_EQ(w.sk_agree, a.sk_agree);
+    EXPECT_EQ(w.local_key_checked, a.local_key_checked);
+    EXPECT_EQ(w.local_key_agree, a.local_key_agree);
+    EXPECT_EQ(w.tls_ok, a.tls_ok);
+    EXPECT_EQ(w.messages, a.messages);
+    EXPECT_EQ(w.bytes, a.bytes);
+    EXPECT_EQ(w.protection_violations, 0u);
+    EXPECT_EQ(a.gateways_retired, 0u);
+    EXPECT_EQ(w.gateways_retired, 2u);
+
+    // Nothing of a retired PN GW or its PNEs is left: roles, keys, records, registrations.
+    EXPECT_THROW(in_waves.pne("gw-a-pne-1"), std::out_of_range);
+    EXPECT_THROW(in_waves.gateway("gw-b"), std::out_of_range);
+    EXPECT_FALSE(in_waves.directory().find("gw-a"));
+    EXPECT_FALSE(in_waves.directory().find("gw-b-pne-2"));
+    ASSERT_EQ(in_waves.directory().pns().size(), 2u);
+    for (const auto& [key, inv] : in_waves.directory().pns()) EXPECT_EQ(inv.gw_id(), "gw-c");
+    for (const auto& t : in_waves.tls_records()) EXPECT_EQ(t.gw_id, "gw-c");
+    for (const auto& o : in_waves.outcomes("cpns-server")) EXPECT_EQ(o.gw_id, "gw-c");
+    for (const auto& [key, inv] : at_once.directory().pns())
+        if (inv.gw_id() == "gw-a") {
+            EXPECT_TRUE(at_once.server_sk(inv.pn_id(), "gw-a-pne-1"));
+            EXPECT_FALSE(in_waves.server_sk(inv.pn_id(), "gw-a-pne-1"));
+        }
+    // The live wave is still whole.
+    EXPECT_TRUE(in_waves.directory().find("gw-c-pne-4"));
+    EXPECT_EQ(in_waves.pne("gw-c-pne-4").memberships().size(), 2u);
+
+    // A late frame for a retired PNE is lost with a note, not delivered to freed memory.
+    in_waves.inject("gw-a", "gw-a-pne-1", Bytes{0x01, 0x02});
+    in_waves.run();
+    EXPECT_EQ(in_waves.summary().decode_errors, 0u);
+    const auto& trace = in_waves.trace();
+    EXPECT_TRUE(std::any_of(trace.begin(), trace.end(), [](const TraceEntry& t) {
+        return t.to == "gw-a-pne-1" && t.note == "lost: the entity was retired";
+    }));
+    EXPECT_THROW(in_waves.retire({"gw-a"}), std::out_of_range);
+    EXPECT_THROW(in_waves.retire({"gw-c-pne-1"}), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace cpns::sim

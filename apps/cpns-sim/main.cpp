@@ -11,8 +11,13 @@ using namespace cpns::sim;
 
 namespace {
 
+// PN GWs simulated at once by default: a wave is discovered, runs every flow to its end and
+// is freed before the next one starts, so memory stays flat however many PN GWs there are.
+constexpr int kDefaultWave = 100;
+
 struct Options {
     int gws = 1;
+    int wave = kDefaultWave;
     int pnes_per_gw = 4;
     std::string flow = "both";
     std::string setup = "all";
@@ -41,6 +46,24 @@ void print_inventory(const pb::PnInventory& inv) {
                   << (m.local_eukey_assigned() ? "  LocalEUKey" : "  pre-assigned key") << "\n";
 }
 
+std::string add_gateway(Simulator& sim, const Options& o, int g) {
+    GwSpec spec;
+    spec.id = "gw-" + std::to_string(g);
+    spec.pnes.reserve(static_cast<std::size_t>(o.pnes_per_gw));
+    for (int i = 1; i <= o.pnes_per_gw; ++i) {
+        PneSpec p;
+        p.id = spec.id + "-pne-" + std::to_string(i);
+        p.enough_ui = pick(o.ui, i % 2 == 1);
+        p.pan_secure = pick(o.pan, ((i - 1) / 2) % 2 == 0);
+        p.wrong_eukey = i > o.pnes_per_gw - o.wrong_eukey;
+        p.wrong_preassigned = i > o.pnes_per_gw - o.wrong_preassigned;
+        p.accept_invitations = i == 1 || i > o.decline + 1;
+        spec.pnes.push_back(p);
+    }
+    sim.add_gateway(spec);
+    return spec.id;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -52,6 +75,10 @@ int main(int argc, char** argv) {
         "JSON summary. Exit status 1 if an invariant breaks (SK_PNE or LocalEUKey disagree, a "
         "protected message would have crossed an insecure PAN in clear)."};
     app.add_option("--gws", o.gws, "number of PN GWs")->check(CLI::Range(1, 100000));
+    app.add_option("--wave", o.wave,
+                   "PN GWs simulated at once: each wave runs every flow to its end, is counted "
+                   "and checked, and is freed before the next (memory stays flat in --gws)")
+        ->check(CLI::Range(1, 100000));
     app.add_option("--pnes-per-gw", o.pnes_per_gw, "PNEs on each PN GW's PAN")
         ->check(CLI::Range(1, static_cast<int>(kMaxPnesPerPn)));
     app.add_option("--flow", o.flow, "pne (5.2.1.1), gw (5.2.1.2) or both, one after the other")
@@ -94,26 +121,6 @@ int main(int argc, char** argv) {
     faults.flip = o.flip;
     Simulator sim(o.seed, faults, o.trace != "none");
 
-    std::vector<std::string> gws;
-    for (int g = 1; g <= o.gws; ++g) {
-        GwSpec spec;
-        spec.id = "gw-" + std::to_string(g);
-        for (int i = 1; i <= o.pnes_per_gw; ++i) {
-            PneSpec p;
-            p.id = spec.id + "-pne-" + std::to_string(i);
-            p.enough_ui = pick(o.ui, i % 2 == 1);
-            p.pan_secure = pick(o.pan, ((i - 1) / 2) % 2 == 0);
-            p.wrong_eukey = i > o.pnes_per_gw - o.wrong_eukey;
-            p.wrong_preassigned = i > o.pnes_per_gw - o.wrong_preassigned;
-            p.accept_invitations = i == 1 || i > o.decline + 1;
-            spec.pnes.push_back(p);
-        }
-        sim.add_gateway(spec);
-        gws.push_back(spec.id);
-    }
-    sim.discover_all();
-    sim.run();
-
     const auto setup = *parse_setup_type(o.setup);
     auto every_other = [&](const std::string& gw, int first) {
         std::vector<std::string> ids;
@@ -121,25 +128,34 @@ int main(int argc, char** argv) {
             ids.push_back(gw + "-pne-" + std::to_string(i));
         return ids;
     };
-    if (o.flow == "pne" || o.flow == "both") {
-        for (const auto& gw : gws) {
-            std::vector<std::string> invited;
-            if (setup == pb::SETUP_INVITE_LIST) {
-                invited = every_other(gw, 2);
-                if (invited.empty()) invited.push_back("pne-not-on-this-pan");
+    for (int first = 1; first <= o.gws; first += o.wave) {
+        std::vector<std::string> gws;
+        for (int g = first; g <= std::min(o.gws, first + o.wave - 1); ++g)
+            gws.push_back(add_gateway(sim, o, g));
+        sim.discover_all();
+        sim.run();
+        if (o.flow == "pne" || o.flow == "both") {
+            for (const auto& gw : gws) {
+                std::vector<std::string> invited;
+                if (setup == pb::SETUP_INVITE_LIST) {
+                    invited = every_other(gw, 2);
+                    if (invited.empty()) invited.push_back("pne-not-on-this-pan");
+                }
+                sim.start_pne_setup(gw + "-pne-1", setup, invited);
             }
-            sim.start_pne_setup(gw + "-pne-1", setup, invited);
+            sim.run();
         }
-        sim.run();
-    }
-    if (o.flow == "gw" || o.flow == "both") {
-        for (const auto& gw : gws) {
-            std::vector<std::string> ids;  // empty: all discovered PNEs
-            if (setup == pb::SETUP_ONE_TO_ONE) ids = {gw + "-pne-1"};
-            if (setup == pb::SETUP_INVITE_LIST) ids = every_other(gw, 1);
-            sim.start_gw_invite(gw, ids);
+        if (o.flow == "gw" || o.flow == "both") {
+            for (const auto& gw : gws) {
+                std::vector<std::string> ids;  // empty: all discovered PNEs
+                if (setup == pb::SETUP_ONE_TO_ONE) ids = {gw + "-pne-1"};
+                if (setup == pb::SETUP_INVITE_LIST) ids = every_other(gw, 1);
+                sim.start_gw_invite(gw, ids);
+            }
+            sim.run();
         }
-        sim.run();
+        // The last wave stays, for the trace and the PN Inventory below.
+        if (first + o.wave <= o.gws) sim.retire(gws);
     }
 
     if (o.trace == "text" || o.trace == "both")

@@ -46,6 +46,16 @@ bool MemoryDirectory::register_pn(const std::string& gw_id, const pb::PnInventor
     return pns_.emplace(gw_id + "/" + inv.pn_id(), inv).second;
 }
 
+std::size_t MemoryDirectory::remove_pns_of(const std::string& gw_id) {
+    const std::string prefix = gw_id + "/";
+    auto first = pns_.lower_bound(prefix);
+    auto last = first;
+    std::size_t n = 0;
+    while (last != pns_.end() && last->first.compare(0, prefix.size(), prefix) == 0) ++last, ++n;
+    pns_.erase(first, last);
+    return n;
+}
+
 ChangeResult MemoryDirectory::change_pn(const std::string& gw_id, const std::string& pn_id,
                                         pb::ChangeOp op, const std::string& pne_id,
                                         std::uint64_t revision,

@@ -73,6 +73,9 @@ class MemoryDirectory final : public Directory {
   public:
     void add(const std::string& id, EntityRecord rec) { entities_[id] = std::move(rec); }
     void set_status(const std::string& id, EntityStatus st) { entities_.at(id).status = st; }
+    // Forgets an entity, and every PN of a PN GW (the simulator frees a finished wave).
+    void remove(const std::string& id) { entities_.erase(id); }
+    std::size_t remove_pns_of(const std::string& gw_id);
     std::optional<EntityRecord> find(const std::string& id) const override;
     bool pn_registered(const std::string& gw_id, const std::string& pn_id) const override;
     // Registers a PN; false when (gw, pn) is already registered.

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <sstream>
 #include <stdexcept>
+#include <unordered_set>
 
 namespace cpns::sim {
 
@@ -18,6 +19,10 @@ struct Simulator::Node {
     std::vector<std::string> pan;  // PN GW: its PNEs
     Millis armed = kNever;
     std::vector<OutcomeEffect> outcomes;
+    SecretKey server_eukey;  // what the server holds for this entity
+    SecretKey device_eukey;  // what the device holds
+    std::optional<SecretKey> preassigned;
+    std::map<std::string, PairKeys> keys;  // PNE: by PN id
 };
 
 struct Simulator::Event {
@@ -83,11 +88,13 @@ std::string Simulator::gw_of(const std::string& pne_id) const {
 void Simulator::add_gateway(const GwSpec& spec) {
     GatewayConfig gc;
     gc.gw_id = spec.id;
+    auto gw_node = std::make_unique<Node>();
+    gw_node->id = spec.id;
     SecretKey gw_key = rng_.key();
-    server_eukeys_[spec.id] = gw_key;
+    gw_node->server_eukey = gw_key;
     dir_.add(spec.id, EntityRecord{EntityKind::kGw, gw_key, EntityStatus::kActive});
     gc.eukey = spec.wrong_eukey ? rng_.key() : gw_key;
-    device_eukeys_[spec.id] = gc.eukey;
+    gw_node->device_eukey = gc.eukey;
     gc.capabilities.set_device_type("home-hub");
     gc.capabilities.set_manufacturer("sim");
     gc.capabilities.set_enough_ui(true);
@@ -95,22 +102,22 @@ void Simulator::add_gateway(const GwSpec& spec) {
     gc.subscription.set_service_plan("cpns-basic");
     gc.server_id = kServerId;
 
-    auto gw_node = std::make_unique<Node>();
-    gw_node->id = spec.id;
+    gw_node->pan.reserve(spec.pnes.size());
     for (const auto& p : spec.pnes) {
+        auto n = std::make_unique<Node>();
         SecretKey eukey = rng_.key();
-        server_eukeys_[p.id] = eukey;
+        n->server_eukey = eukey;
         if (!p.unknown_to_server)
             dir_.add(p.id, EntityRecord{EntityKind::kPne, eukey, EntityStatus::kActive});
         PneConfig pc;
         pc.pne_id = p.id;
         pc.eukey = p.wrong_eukey ? rng_.key() : eukey;
-        device_eukeys_[p.id] = pc.eukey;
+        n->device_eukey = pc.eukey;
         PanLinkConfig link;
         link.pan_secure = p.pan_secure_at_gw.value_or(p.pan_secure);
         if (!p.enough_ui) {
             SecretKey pre = rng_.key();
-            preassigned_[p.id] = pre;
+            n->preassigned = pre;
             link.preassigned_key = pre;
             pc.preassigned_key = p.wrong_preassigned ? rng_.key() : pre;
         }
@@ -125,7 +132,6 @@ void Simulator::add_gateway(const GwSpec& spec) {
         pc.contents.push_back(content);
         pc.pan_secure = p.pan_secure;
         pc.accept_invitations = p.accept_invitations;
-        auto n = std::make_unique<Node>();
         n->id = p.id;
         n->gw_id = spec.id;
         n->pne = std::make_unique<Pne>(std::move(pc), rng_);
@@ -328,12 +334,8 @@ void Simulator::apply(const std::string& id, PneEffects effects) {
         std::visit(Overloaded{
                        [&](SendEffect& s) { route(id, std::move(s)); },
                        [&](StartTlsEffect& t) { on_start_tls(id, t); },
-                       [&](StoreLocalKeyEffect& k) {
-                           pne_lk_[{k.pn_id, id}] = k.key;
-                       },
-                       [&](SessionKeyEffect& sk) {
-                           pne_sk_[{sk.pn_id, sk.pne_id}] = sk.sk;
-                       },
+                       [&](StoreLocalKeyEffect& k) { pair_keys(k.pn_id, id).pne_lk = k.key; },
+                       [&](SessionKeyEffect& sk) { pair_keys(sk.pn_id, sk.pne_id).pne_sk = sk.sk; },
                        [&](OutcomeEffect& o) { on_outcome(id, std::move(o)); },
                        [&](TransitionEffect& t) { on_transition(std::move(t)); },
                        // The PNE keeps its memberships in memory; nothing to simulate.
@@ -353,9 +355,7 @@ void Simulator::apply(const std::string& id, GatewayEffects effects) {
                        },
                        // The PN GW keeps the inventory in memory; nothing to simulate.
                        [&](StoreInventoryEffect&) {},
-                       [&](StoreLocalKeyEffect& k) {
-                           gw_lk_[{k.pn_id, k.peer_id}] = k.key;
-                       },
+                       [&](StoreLocalKeyEffect& k) { pair_keys(k.pn_id, k.peer_id).gw_lk = k.key; },
                        [&](OutcomeEffect& o) { on_outcome(id, std::move(o)); },
                        [&](TransitionEffect& t) { on_transition(std::move(t)); },
                    },
@@ -365,17 +365,16 @@ void Simulator::apply(const std::string& id, GatewayEffects effects) {
 
 void Simulator::apply(const std::string& id, ServerEffects effects) {
     for (auto& eff : effects)
-        std::visit(Overloaded{
-                       [&](SendEffect& s) { route(id, std::move(s)); },
-                       [&](PersistPnEffect& p) { on_persist(p); },
-                       [&](ChangePnEffect& c) { on_change(c); },
-                       [&](SessionKeyEffect& sk) {
-                           server_sk_[{sk.pn_id, sk.pne_id}] = sk.sk;
-                       },
-                       [&](OutcomeEffect& o) { on_outcome(id, std::move(o)); },
-                       [&](TransitionEffect& t) { on_transition(std::move(t)); },
-                   },
-                   eff);
+        std::visit(
+            Overloaded{
+                [&](SendEffect& s) { route(id, std::move(s)); },
+                [&](PersistPnEffect& p) { on_persist(p); },
+                [&](ChangePnEffect& c) { on_change(c); },
+                [&](SessionKeyEffect& sk) { pair_keys(sk.pn_id, sk.pne_id).server_sk = sk.sk; },
+                [&](OutcomeEffect& o) { on_outcome(id, std::move(o)); },
+                [&](TransitionEffect& t) { on_transition(std::move(t)); },
+            },
+            eff);
     arm(id);
 }
 
@@ -512,6 +511,11 @@ void Simulator::run(Millis limit) {
     while (!queue_.empty() && queue_.top()->at <= end) {
         std::unique_ptr<Event> e(queue_.top());
         queue_.pop();
+        if (!nodes_.count(e->to)) {
+            now_ = std::max(now_, e->at);
+            note(e->from, e->to, "event", "lost: the entity was retired");
+            continue;
+        }
         if (e->kind == Event::Kind::kTimer) {
             // A timer whose wait has ended already does not move virtual time.
             Node& n = node(e->to);
@@ -535,62 +539,108 @@ const std::vector<OutcomeEffect>& Simulator::outcomes(const std::string& id) con
     return nodes_.at(id)->outcomes;
 }
 
-namespace {
-std::optional<SecretKey> find_key(const std::map<std::pair<std::string, std::string>, SecretKey>& m,
-                                  const std::string& a, const std::string& b) {
-    auto it = m.find({a, b});
-    if (it == m.end()) return std::nullopt;
-    return it->second;
+Simulator::PairKeys& Simulator::pair_keys(const std::string& pn, const std::string& pne) {
+    auto it = nodes_.find(pne);
+    if (it == nodes_.end() || !it->second->pne) return stray_keys_[{pn, pne}];
+    return it->second->keys[pn];
 }
-}  // namespace
+
+const Simulator::PairKeys* Simulator::find_pair(const std::string& pn,
+                                                const std::string& pne) const {
+    auto it = nodes_.find(pne);
+    if (it == nodes_.end() || !it->second->pne) {
+        auto s = stray_keys_.find({pn, pne});
+        return s == stray_keys_.end() ? nullptr : &s->second;
+    }
+    auto k = it->second->keys.find(pn);
+    return k == it->second->keys.end() ? nullptr : &k->second;
+}
 
 std::optional<SecretKey> Simulator::server_sk(const std::string& pn, const std::string& p) const {
-    return find_key(server_sk_, pn, p);
+    const PairKeys* k = find_pair(pn, p);
+    return k ? k->server_sk : std::nullopt;
 }
 std::optional<SecretKey> Simulator::pne_sk(const std::string& pn, const std::string& p) const {
-    return find_key(pne_sk_, pn, p);
+    const PairKeys* k = find_pair(pn, p);
+    return k ? k->pne_sk : std::nullopt;
 }
 std::optional<SecretKey> Simulator::pne_local_key(const std::string& pn,
                                                   const std::string& p) const {
-    return find_key(pne_lk_, pn, p);
+    const PairKeys* k = find_pair(pn, p);
+    return k ? k->pne_lk : std::nullopt;
 }
 std::optional<SecretKey> Simulator::gw_local_key(const std::string& pn,
                                                  const std::string& p) const {
-    return find_key(gw_lk_, pn, p);
+    const PairKeys* k = find_pair(pn, p);
+    return k ? k->gw_lk : std::nullopt;
 }
 SecretKey Simulator::server_eukey(const std::string& id) const {
-    return server_eukeys_.at(id);
+    return nodes_.at(id)->server_eukey;
 }
 SecretKey Simulator::device_eukey(const std::string& id) const {
-    return device_eukeys_.at(id);
+    return nodes_.at(id)->device_eukey;
 }
 std::optional<SecretKey> Simulator::preassigned_key(const std::string& id) const {
-    auto it = preassigned_.find(id);
-    if (it == preassigned_.end()) return std::nullopt;
-    return it->second;
+    return nodes_.at(id)->preassigned;
+}
+
+void Simulator::count_pair(const PairKeys& k, Summary& s) {
+    if (!k.server_sk) return;  // only PNEs the server derived SK_PNE for (that joined)
+    ++s.sk_checked;
+    if (k.pne_sk && *k.pne_sk == *k.server_sk) ++s.sk_agree;
+    if (!k.pne_lk) return;
+    ++s.local_key_checked;
+    if (k.gw_lk && *k.gw_lk == *k.pne_lk) ++s.local_key_agree;
+}
+
+void Simulator::count_outcome(const OutcomeEffect& o, Summary& s) {
+    for (const auto& p : o.pnes) {
+        if (p.joined)
+            ++s.pnes_authenticated;
+        else
+            s.excluded[o.pn_id + "/" + p.pne_id] = std::string(reason_name(p.reason));
+    }
+}
+
+void Simulator::retire(const std::vector<std::string>& gw_ids) {
+    std::unordered_set<std::string> gws, gone;
+    for (const auto& gw : gw_ids) {
+        Node& g = node(gw);
+        if (!g.gw) throw std::invalid_argument(gw + " is not a simulated PN GW");
+        gws.insert(gw);
+        gone.insert(gw);
+        for (const auto& p : g.pan) {
+            gone.insert(p);
+            for (const auto& [pn, keys] : node(p).keys) count_pair(keys, stats_);
+            dir_.remove(p);
+            tls_links_.erase(p);
+        }
+        stats_.pns_registered += dir_.remove_pns_of(gw);
+        dir_.remove(gw);
+        ++stats_.gateways_retired;
+    }
+    auto& server_outcomes = node(kServerId).outcomes;
+    std::erase_if(server_outcomes, [&](const OutcomeEffect& o) {
+        if (!gws.count(o.gw_id)) return false;
+        count_outcome(o, stats_);
+        return true;
+    });
+    std::erase_if(tls_, [&](const TlsRecord& t) { return gws.count(t.gw_id) != 0; });
+    std::erase_if(gw_order_, [&](const std::string& id) { return gws.count(id) != 0; });
+    for (const auto& id : gone) {
+        // The trace still names them: remember what they were, for the sequence diagram.
+        if (trace_on_) retired_rank_[id] = gws.count(id) ? 1 : 0;
+        nodes_.erase(id);
+    }
 }
 
 Summary Simulator::summary() const {
-    Summary s = stats_;
-    s.pns_registered = dir_.pns().size();
-    for (const auto& o : nodes_.at(kServerId)->outcomes)
-        for (const auto& p : o.pnes) {
-            if (p.joined)
-                ++s.pnes_authenticated;
-            else
-                s.excluded[o.pn_id + "/" + p.pne_id] = std::string(reason_name(p.reason));
-        }
-    for (const auto& [k, sk] : server_sk_) {
-        ++s.sk_checked;
-        auto it = pne_sk_.find(k);
-        if (it != pne_sk_.end() && it->second == sk) ++s.sk_agree;
-    }
-    for (const auto& [k, key] : pne_lk_) {
-        if (!server_sk_.count(k)) continue;  // only PNEs that joined
-        ++s.local_key_checked;
-        auto it = gw_lk_.find(k);
-        if (it != gw_lk_.end() && it->second == key) ++s.local_key_agree;
-    }
+    Summary s = stats_;  // what retired PN GWs left as counts, and the running counters
+    s.pns_registered += dir_.pns().size();
+    for (const auto& o : nodes_.at(kServerId)->outcomes) count_outcome(o, s);
+    for (const auto& [id, n] : nodes_)
+        for (const auto& [pn, keys] : n->keys) count_pair(keys, s);
+    for (const auto& [pair, keys] : stray_keys_) count_pair(keys, s);
     s.virtual_ms = now_;
     s.wall_ms = wall_ms_;
     struct rusage ru {};
@@ -636,6 +686,7 @@ std::string Summary::to_json() const {
       << "  \"faults_injected\": " << faults << ",\n"
       << "  \"decode_errors\": " << decode_errors << ",\n"
       << "  \"protection_violations\": " << protection_violations << ",\n"
+      << "  \"gateways_retired\": " << gateways_retired << ",\n"
       << "  \"virtual_time_ms\": " << virtual_ms << ",\n"
       << "  \"wall_time_ms\": " << static_cast<long long>(wall_ms) << ",\n"
       << "  \"peak_rss_kb\": " << peak_rss_kb << "\n"
@@ -671,7 +722,12 @@ std::string Simulator::trace_mermaid() const {
     // PNEs first, then PN GWs, then the server, as in the source's figures.
     std::stable_sort(order.begin(), order.end(), [&](const std::string& a, const std::string& b) {
         auto rank = [&](const std::string& id) {
-            const Node& n = *nodes_.at(id);
+            auto it = nodes_.find(id);
+            if (it == nodes_.end()) {
+                auto r = retired_rank_.find(id);
+                return r == retired_rank_.end() ? 3 : r->second;
+            }
+            const Node& n = *it->second;
             return n.pne ? 0 : n.gw ? 1 : 2;
         };
         return rank(a) < rank(b);

@@ -97,6 +97,7 @@ struct Summary {
     std::size_t tls_ok = 0, tls_failed = 0;
     std::size_t messages = 0, bytes = 0;
     std::size_t faults = 0, decode_errors = 0, protection_violations = 0;
+    std::size_t gateways_retired = 0;  // freed by Simulator::retire, their results kept as counts
     Millis virtual_ms = 0;
     double wall_ms = 0;
     long peak_rss_kb = 0;
@@ -129,6 +130,12 @@ class Simulator {
     void revoke(const std::string& id, EntityStatus status = EntityStatus::kRevoked);
     // Runs until nothing is left to do or `limit` of virtual time has passed.
     void run(Millis limit = 10 * 60'000);
+    // Frees finished PN GWs, their PNEs and everything kept about them (role objects, keys,
+    // TLS records, outcomes, directory entries and registered PNs), after folding what the
+    // summary reports into counts: the invariants are checked for each key pair here, and
+    // only the counts stay. A message or timer still due for a retired entity is lost (noted).
+    // This is how a run of a million PNEs fits in memory: PN GWs run in waves.
+    void retire(const std::vector<std::string>& gw_ids);
 
     Millis now() const { return now_; }
     Pne& pne(const std::string& id);
@@ -169,6 +176,15 @@ class Simulator {
   private:
     struct Node;
     struct Event;
+    // What was observed for one (PN, PNE) pair: kept on the PNE's node until it is retired.
+    struct PairKeys {
+        std::optional<SecretKey> server_sk, pne_sk, pne_lk, gw_lk;
+    };
+    PairKeys& pair_keys(const std::string& pn, const std::string& pne);
+    const PairKeys* find_pair(const std::string& pn, const std::string& pne) const;
+    // Adds one pair's agreement checks, and one server outcome's PNEs, to a summary.
+    static void count_pair(const PairKeys& k, Summary& s);
+    static void count_outcome(const OutcomeEffect& o, Summary& s);
     struct EventOrder {
         bool operator()(const Event* a, const Event* b) const;
     };
@@ -220,9 +236,10 @@ class Simulator {
     std::vector<TransitionEffect> transitions_;
     std::vector<TlsRecord> tls_;
     std::vector<Captured> captured_;
-    std::map<std::pair<std::string, std::string>, SecretKey> server_sk_, pne_sk_, pne_lk_, gw_lk_;
-    std::map<std::string, SecretKey> server_eukeys_, device_eukeys_, preassigned_;
-    Summary stats_;
+    // Pairs whose PNE is not (or no longer) simulated: a key for an unknown id.
+    std::map<std::pair<std::string, std::string>, PairKeys> stray_keys_;
+    std::unordered_map<std::string, int> retired_rank_;  // traced runs: 0 PNE, 1 PN GW
+    Summary stats_;  // counters, plus everything folded in from retired PN GWs
     double wall_ms_ = 0;
 };
 
