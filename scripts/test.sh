@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh --with-tests
+# deps.sh installed them: a test that finds its tool missing fails instead of skipping.
+export CPNS_REQUIRE_TSHARK=1
 cmake --preset ci
 cmake --build --preset ci -j "$(nproc)"
 
