@@ -260,17 +260,49 @@ class SqlStore final : public Store {
     }
 
     PutResult register_pn(const pb::PnInventory& inv) override {
-        if (inv.gw_id().empty() || inv.pn_id().empty() || inv.members().empty()) {
-            return PutResult::kError;
+        if (!registrable(inv)) return PutResult::kError;
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        const PutResult r = insert_pn(inv);
+        if (r == PutResult::kOk) txn.commit();  // else rolled back: nothing written
+        return r;
+    }
+
+    // Group commit: one transaction for all. A PN refused inside it (duplicate, limit, not
+    // registrable) leaves nothing behind: insert_pn refuses before it writes any member, so
+    // only its PN row (if it inserted one) is deleted again, in the same transaction; the
+    // others commit. (No savepoint per PN: each would cost two more round trips to
+    // PostgreSQL on every registration, for the rare refusal.)
+    std::vector<PutResult> register_pns(const std::vector<const pb::PnInventory*>& invs) override {
+        std::vector<PutResult> results(invs.size(), PutResult::kError);
+        if (invs.empty()) return results;
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        for (std::size_t i = 0; i < invs.size(); ++i) {
+            const pb::PnInventory& inv = *invs[i];
+            if (!registrable(inv)) continue;  // kError, nothing written
+            results[i] = insert_pn(inv);
+            if (results[i] == PutResult::kLimit || results[i] == PutResult::kError)
+                db_->run("DELETE FROM pns WHERE gw_id = $1 AND pn_id = $2",
+                         {Param::of(inv.gw_id()), Param::of(inv.pn_id())});
         }
+        txn.commit();
+        return results;
+    }
+
+    static bool registrable(const pb::PnInventory& inv) {
+        if (inv.gw_id().empty() || inv.pn_id().empty() || inv.members().empty()) return false;
         std::set<std::string> seen;
         for (const pb::PnMember& m : inv.members()) {
-            if (m.pne_id().empty() || !seen.insert(m.pne_id()).second) return PutResult::kError;
+            if (m.pne_id().empty() || !seen.insert(m.pne_id()).second) return false;
         }
+        return true;
+    }
+
+    // register_pn's writes inside the caller's write transaction. kDuplicate writes nothing;
+    // kLimit and kError have written the PN row and no member (every check comes before the
+    // members' insert): the caller rolls back or deletes that row.
+    PutResult insert_pn(const pb::PnInventory& inv) {
         pb::PnInventory header = inv;
         header.clear_members();
-
-        Transaction txn(*db_, Transaction::Kind::kWrite);
         // The UNIQUE (gw_id, pn_id) constraint decides: a concurrent registration of the same
         // PN (another connection, another server) either commits first and this insert does
         // nothing, or waits for this one.
@@ -280,31 +312,53 @@ class SqlStore final : public Store {
             {Param::of(inv.gw_id()), Param::of(inv.pn_id()),
              Param::of(static_cast<std::int64_t>(inv.registered_at_ms())),
              Param::blob(serialize(header, "the PN Inventory"))});
-        if (inserted.changed == 0) return PutResult::kDuplicate;  // rolled back (nothing written)
+        if (inserted.changed == 0) return PutResult::kDuplicate;  // nothing written
         // Bounded state: PNs per PN GW and per PNE (this PN included), counted in the same
         // transaction; over the bound nothing is written.
         if (count("SELECT COUNT(*) FROM pns WHERE gw_id = $1", inv.gw_id()) >
             static_cast<std::int64_t>(kMaxPnsPerGw))
             return PutResult::kLimit;
-        for (const pb::PnMember& m : inv.members())
-            if (count("SELECT COUNT(*) FROM pn_members WHERE pne_id = $1", m.pne_id()) >=
-                static_cast<std::int64_t>(kMaxPnsPerPne))
+        // The members take one statement each for all of them (not one per member): their PN
+        // counts, their entity rows, their insert. Placeholders $1..$n are the member IDs.
+        std::string in;
+        std::vector<Param> ids;
+        for (const pb::PnMember& m : inv.members()) {
+            in += (ids.empty() ? "$" : ", $") + std::to_string(ids.size() + 1);
+            ids.push_back(Param::of(m.pne_id()));
+        }
+        const detail::Result counts = db_->run(
+            "SELECT pne_id, COUNT(*) FROM pn_members WHERE pne_id IN (" + in + ") GROUP BY pne_id",
+            ids);
+        for (const detail::Row& row : counts.rows)
+            if (integer(row.at(1)) >= static_cast<std::int64_t>(kMaxPnsPerPne))
                 return PutResult::kLimit;
-
+        // The kind as authenticated: a refused member row throws (nothing written).
+        const detail::Result found =
+            db_->run(std::string(kEntityColumns) + " WHERE e.id IN (" + in + ")", ids);
+        std::set<std::string> pnes;
+        for (const detail::Row& row : found.rows) {
+            const StoredEntity e = decode_entity(row);
+            if (e.kind == EntityKind::kPne) pnes.insert(e.id);
+        }
+        std::string values;
+        std::vector<Param> params;
+        params.reserve(5 * static_cast<std::size_t>(inv.members_size()));
         std::int64_t index = 0;
         for (const pb::PnMember& m : inv.members()) {
-            // The kind as authenticated: a refused member row throws (nothing written).
-            const detail::Result found =
-                db_->run(std::string(kEntityColumns) + " WHERE e.id = $1", {Param::of(m.pne_id())});
-            if (found.rows.empty() || decode_entity(found.rows[0]).kind != EntityKind::kPne)
-                return PutResult::kError;
-            db_->run(
-                "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                {Param::of(inv.gw_id()), Param::of(inv.pn_id()), Param::of(m.pne_id()),
-                 Param::of(index++), Param::blob(serialize(m, "a PN member"))});
+            if (pnes.count(m.pne_id()) == 0) return PutResult::kError;
+            const std::size_t at = params.size();
+            values += std::string(index == 0 ? "" : ", ") + "($" + std::to_string(at + 1) + ", $" +
+                      std::to_string(at + 2) + ", $" + std::to_string(at + 3) + ", $" +
+                      std::to_string(at + 4) + ", $" + std::to_string(at + 5) + ")";
+            params.push_back(Param::of(inv.gw_id()));
+            params.push_back(Param::of(inv.pn_id()));
+            params.push_back(Param::of(m.pne_id()));
+            params.push_back(Param::of(index++));
+            params.push_back(Param::blob(serialize(m, "a PN member")));
         }
-        txn.commit();
+        db_->run(
+            "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member) VALUES " + values,
+            params);
         return PutResult::kOk;
     }
 
