@@ -228,11 +228,13 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
                                pb::AuthenticationRequest& a, Millis now) {
     std::size_t asked = 0;
     std::optional<KeyedHmac> gw_mac;  // EUKey_GW keyed once for every PN GW copy of this PN
-    for (const auto& p : s.request.pnes()) {
-        const std::string& id = p.join().pne_id();
-        auto& st = s.pnes[id];
-        st.join = p.join();
-        st.join_digest = join_digest(p.join());
+    // Each join moves from the request into its PNE's state (not copied: nothing reads the
+    // request's joins afterwards).
+    for (auto& p : *s.request.mutable_pnes()) {
+        auto& st = s.pnes[p.join().pne_id()];
+        st.join.Swap(p.mutable_join());
+        const std::string& id = st.join.pne_id();
+        st.join_digest = join_digest(st.join);
         st.role = to_role(p.role());
         auto rec = dir_.find(id);
         const auto refusal = (!rec || rec->kind != EntityKind::kPne)  ? pb::UNKNOWN_ENTITY
@@ -248,14 +250,14 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
         enter(out, s, id, st, PneAuth::kPending, pb::REASON_NONE);
         ++asked;
         a.add_pne_ids(id);
-        if (!p.join().local_eukey_requested()) continue;
+        if (!st.join.local_eukey_requested()) continue;
         SecretKey local = cfg_.weaken.leak_sk_to_gw
-                              ? derive_sk_pne(rec->eukey, bytes_of(p.join().rand_pne()),
+                              ? derive_sk_pne(rec->eukey, bytes_of(st.join.rand_pne()),
                                               s.rand_server, context(s, id, st))
                               : random_.key();
         auto* k = a.add_local_eukeys();
         k->set_pne_id(id);
-        const ByteView rand_pne = bytes_of(p.join().rand_pne());
+        const ByteView rand_pne = bytes_of(st.join.rand_pne());
         st.eukey_mac.emplace(rec->eukey);
         if (!gw_mac) gw_mac.emplace(gw.eukey);
         k->set_for_pne(to_field(wrap_local_eukey(*st.eukey_mac, Recipient::kPne, s.pn_id, id,
@@ -472,11 +474,11 @@ void Server::finish(Out& out, Session& s, bool registered, pb::FailureReason rea
         outcome.pnes.push_back(PneOutcome{id, joined, joined ? pb::REASON_NONE : res->reason()});
     }
     if (registered) {
-        *r->mutable_inventory() = s.inventory;
-        outcome.inventory = s.inventory;
         ++counters_.established;
         log(LogLevel::kInfo, "PN " + s.pn_id + " of " + s.gw_id + " registered with " +
                                  std::to_string(s.inventory.members_size()) + " PNE(s)");
+        *r->mutable_inventory() = s.inventory;
+        outcome.inventory = std::move(s.inventory);  // the session ends below
     } else {
         counters_.count(reason);
         log(LogLevel::kWarn, "PN " + s.pn_id + " of " + s.gw_id + " not registered: " +
