@@ -330,7 +330,8 @@ std::array<std::uint8_t, 32> hmac_sha256(ByteView key, ByteView data) {
 
 // --- KeyedHmac -----------------------------------------------------------------------------
 
-KeyedHmac::KeyedHmac(const SecretKey& key) : key_(key) {
+KeyedHmac::KeyedHmac(const SecretKey& key) {
+    key_ = key;  // the copy this object keeps (keyed_with), wiped with it
     thread_local const HmacTemplate hmac_template;
     std::unique_ptr<EVP_MAC_CTX, MacCtxFree> ctx(EVP_MAC_CTX_dup(hmac_template.get()));
     if (!ctx) throw std::bad_alloc();
