@@ -102,7 +102,7 @@ filter='-BM_Bound_Bare(Sqlite|Pg)Insert'
 
 # Rows c and d, and the table.
 python3 - "$build" "$work" "$tiny" "$min_time" "$pg_url" "$load_gws" "$load_pnes" "$load_pns" <<'PY'
-import json, os, secrets, signal, socket, subprocess, sys, time
+import json, os, resource, secrets, signal, socket, subprocess, sys, time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -178,6 +178,7 @@ def e2e(label, store_url, bare_filter, bare_env):
                 raise RuntimeError(f"cpns-server did not start; see its log:\n{(d / 'server.log').read_text()[-2000:]}")
             time.sleep(0.05)
         cpu0 = cpu_seconds(server.pid)
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         run = subprocess.run([str(apps / "cpns-load" / "cpns-load"), "run", "--entities", str(ent),
                               "--servers", ready.read_text().strip(), "--pns-per-gw", str(pns)],
                              capture_output=True, text=True, timeout=LOAD_TIMEOUT_S)
@@ -185,6 +186,8 @@ def e2e(label, store_url, bare_filter, bare_env):
             raise RuntimeError(f"cpns-load failed ({run.returncode}): {run.stdout[-500:]} {run.stderr[-500:]}")
         summary = json.loads(run.stdout.strip().splitlines()[-1])
         cpu = cpu_seconds(server.pid) - cpu0
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # cpns-load, waited for
+        load_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
         st = status(port)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -203,7 +206,8 @@ def e2e(label, store_url, bare_filter, bare_env):
                                     "CPNS_BENCH_MEMBERS": str(pnes)})
     return {"project": summary["pns_per_second"], "bound": bare["pns/s"], "group": group,
             "registered": registered, "attempted": summary["attempted"],
-            "latency_ms": summary["latency_ms"], "server_cpu_ms_per_pn": 1000 * cpu / max(registered, 1)}
+            "latency_ms": summary["latency_ms"], "server_cpu_ms_per_pn": 1000 * cpu / max(registered, 1),
+            "load_cpu_ms_per_pn": 1000 * load_cpu / max(registered, 1)}
 
 
 rows = {}
@@ -280,7 +284,8 @@ for key in ("c", "d"):
     if r:
         lat = r["latency_ms"]
         print(f"\nrow {key}: {r['registered']} of {r['attempted']} PNs registered; latency p50/p95/p99 "
-              f"{lat['p50']}/{lat['p95']}/{lat['p99']} ms; server CPU {r['server_cpu_ms_per_pn']:.2f} ms per PN")
+              f"{lat['p50']}/{lat['p95']}/{lat['p99']} ms; CPU per PN: cpns-server {r['server_cpu_ms_per_pn']:.2f} ms, "
+              f"cpns-load {r['load_cpu_ms_per_pn']:.2f} ms")
 if "d" not in rows and not pg_url:
     print("\nrow d: no PostgreSQL (set CPNS_BENCH_PG_URL or CPNS_TEST_PG_URL)")
 (work / "rows.json").write_text(json.dumps(rows))
