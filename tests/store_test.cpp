@@ -648,8 +648,28 @@ TYPED_TEST(StoreTest, RegisterPnsCommitsAGroupWithAResultForEach) {
     EXPECT_TRUE(s->check().empty());
     EXPECT_TRUE(s->register_pns({}).empty());
 
+    // Limits count the PNs accepted earlier in the same group: pne-lim one PN short of its
+    // bound takes the first of two PNs and refuses the second, which writes nothing.
+    s->put_entity(entity("pne-lim", EntityKind::kPne));
+    std::vector<pb::PnInventory> fill;
+    for (std::size_t i = 0; i + 1 < kMaxPnsPerPne; ++i)
+        fill.push_back(inventory("gw-1", "pn-fill-" + std::to_string(i), {"pne-lim"}));
+    std::vector<const pb::PnInventory*> fill_ptrs;
+    for (const auto& inv : fill) fill_ptrs.push_back(&inv);
+    const std::vector<PutResult> filled = s->register_pns(fill_ptrs);
+    EXPECT_EQ(std::count(filled.begin(), filled.end(), PutResult::kOk),
+              static_cast<std::ptrdiff_t>(kMaxPnsPerPne - 1));
+    const pb::PnInventory last = inventory("gw-1", "pn-last", {"pne-lim", "pne-1"});
+    const pb::PnInventory over = inventory("gw-1", "pn-over", {"pne-2", "pne-lim"});
+    EXPECT_EQ(s->register_pns({&last, &over}),
+              (std::vector<PutResult>{PutResult::kOk, PutResult::kLimit}));
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-over"));
+    EXPECT_EQ(s->pns_of("pne-lim").size(), kMaxPnsPerPne);
+    EXPECT_TRUE(s->check().empty());
+
     // A statement failing inside the group: StoreError, and nothing of the group is written
     // (the caller then registers each alone).
+    const std::string pns_before = this->count("pns");
     this->backend_.exec(TypeParam::failing_member_trigger("pne-boom"));
     const pb::PnInventory c = inventory("gw-1", "pn-c", {"pne-1"});
     const pb::PnInventory boom = inventory("gw-1", "pn-boom", {"pne-2", "pne-boom"});
@@ -657,7 +677,7 @@ TYPED_TEST(StoreTest, RegisterPnsCommitsAGroupWithAResultForEach) {
     EXPECT_NE(why.find("injected failure"), std::string::npos) << why;
     EXPECT_FALSE(s->pn_exists("gw-1", "pn-c"));
     EXPECT_FALSE(s->pn_exists("gw-1", "pn-boom"));
-    EXPECT_EQ(this->count("pns"), "3");
+    EXPECT_EQ(this->count("pns"), pns_before);
     // The store is usable afterwards: the good one alone commits.
     EXPECT_EQ(s->register_pns({&c}), std::vector<PutResult>{PutResult::kOk});
 }
