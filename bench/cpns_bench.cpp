@@ -5,14 +5,20 @@
 // in docs/benchmarks.md; scripts/bench.sh builds the release preset and runs everything.
 #include <benchmark/benchmark.h>
 
+#include <libpq-fe.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <sqlite3.h>
 #include <time.h>
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,6 +29,7 @@
 
 #include "core/codec.hpp"
 #include "core/crypto.hpp"
+#include "core/server.hpp"
 #include "sim/sim.hpp"
 #ifdef CPNS_BENCH_HAVE_TLS
 #include "tls/tls.hpp"
@@ -132,6 +139,82 @@ void BM_Kdf_SkPneParams(benchmark::State& state) {
     state.counters["kdf/s"] = rate(1);
 }
 BENCHMARK(BM_Kdf_SkPneParams);
+
+// Row a of scripts/bench.sh's table (docs/benchmarks.md): the KDF with the parameters of
+// SK_PNE under an EUKey keyed once (KeyedHmac), as the server and the PNE call it: the pads
+// are hashed once per EUKey per session, and each KDF call builds S and hashes it.
+void BM_Kdf_SkPneParams_Keyed(benchmark::State& state) {
+    DeterministicRandom random(kSeed);
+    const PneParams p(random);
+    const Bytes binding = encode_setup_binding(p.ctx);
+    const Bytes invited = encode_id_list(p.ctx.invited);
+    KeyedHmac keyed(p.eukey);
+    for (auto _ : state) {
+        auto out = kdf(keyed, Fc::kSkPne,
+                       {p.rand_pne, p.rand_server, as_bytes(p.ctx.pne_id), as_bytes(p.ctx.gw_id),
+                        as_bytes(p.ctx.pn_id), binding, invited});
+        benchmark::DoNotOptimize(out);
+    }
+    state.counters["kdf/s"] = rate(1);
+}
+BENCHMARK(BM_Kdf_SkPneParams_Keyed);
+
+// S = FC || P0 || L0 || ... exactly as the KDF builds it (docs/key-schedule.md), made here
+// independently so that the bound below hashes the very bytes the KDF hashes.
+Bytes kdf_input_bytes(Fc fc, std::initializer_list<ByteView> params) {
+    Bytes s{static_cast<std::uint8_t>(fc)};
+    for (const ByteView v : params) {
+        s.insert(s.end(), v.begin(), v.end());
+        s.push_back(static_cast<std::uint8_t>(v.size() >> 8));
+        s.push_back(static_cast<std::uint8_t>(v.size() & 0xFF));
+    }
+    return s;
+}
+
+// The bound of row a, not project code: a bare HMAC-SHA-256 over the same S, OpenSSL's
+// EVP_MAC context keyed once and re-initialised per call (EVP_MAC_init with a NULL key).
+// Checks once that it computes the KDF's output.
+void BM_Bound_BareHmac_SkPneInput(benchmark::State& state) {
+    DeterministicRandom random(kSeed);
+    const PneParams p(random);
+    const Bytes binding = encode_setup_binding(p.ctx);
+    const Bytes invited = encode_id_list(p.ctx.invited);
+    const Bytes s = kdf_input_bytes(
+        Fc::kSkPne, {p.rand_pne, p.rand_server, as_bytes(p.ctx.pne_id), as_bytes(p.ctx.gw_id),
+                     as_bytes(p.ctx.pn_id), binding, invited});
+    EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    EVP_MAC_CTX* ctx = mac != nullptr ? EVP_MAC_CTX_new(mac) : nullptr;
+    char digest_name[] = "SHA256";
+    const OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
+        OSSL_PARAM_construct_end()};
+    std::array<std::uint8_t, 32> out{};
+    std::size_t len = 0;
+    if (ctx == nullptr || EVP_MAC_init(ctx, p.eukey.view().data(), kKeySize, params) != 1 ||
+        EVP_MAC_update(ctx, s.data(), s.size()) != 1 ||
+        EVP_MAC_final(ctx, out.data(), &len, out.size()) != 1) {
+        state.SkipWithError("cannot set up OpenSSL HMAC");
+    } else if (out != kdf(p.eukey, Fc::kSkPne,
+                          {p.rand_pne, p.rand_server, as_bytes(p.ctx.pne_id), as_bytes(p.ctx.gw_id),
+                           as_bytes(p.ctx.pn_id), binding, invited})) {
+        state.SkipWithError("the bound does not hash the KDF's input");
+    } else {
+        for (auto _ : state) {
+            if (EVP_MAC_init(ctx, nullptr, 0, nullptr) != 1 ||
+                EVP_MAC_update(ctx, s.data(), s.size()) != 1 ||
+                EVP_MAC_final(ctx, out.data(), &len, out.size()) != 1) {
+                state.SkipWithError("OpenSSL HMAC failed");
+                break;
+            }
+            benchmark::DoNotOptimize(out);
+        }
+        state.counters["hmac/s"] = rate(1);
+        state.counters["input_bytes"] = static_cast<double>(s.size());
+    }
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+}
+BENCHMARK(BM_Bound_BareHmac_SkPneInput);
 
 // What the CPNS Server derives for every PNE it authenticates: SK_PNE, the expected hash_PNE
 // and hash_server_PNE (three KDF calls plus the P-encodings).
@@ -279,6 +362,182 @@ void BM_DecodeFrame(benchmark::State& state) {
 BENCHMARK(BM_DecodeFrame<registration_request_10>)->Name("BM_DecodeFrame/PnRegistrationRequest_10");
 BENCHMARK(BM_DecodeFrame<setup_request_small>)->Name("BM_DecodeFrame/PnSetupRequest");
 
+// --- PNE authentication through the real Server role (row b) ---------------------------------
+
+// The PNE mix of rows b: a PN of kRowBPnes PNEs (PN GW initiated, 'All'), the odd-numbered ones
+// with enough UI (a LocalEUKey, wrapped for the PNE and for the PN GW), the others without.
+constexpr int kRowBPnes = 10;
+
+std::string row_b_pne_id(int i) {
+    return "gw-1-pne-" + std::to_string(i);
+}
+
+// CPU time of the calling thread (see thread_cpu_seconds below for why a CPU clock).
+double row_b_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// What the PN GW and the PNEs would answer: each PNE's hash_PNE over what the server sent.
+// Computed by the benchmark between the timed parts (it is not the server's work).
+pb::Envelope row_b_auth_response(const pb::PnRegistrationRequest& req,
+                                 const pb::AuthenticationRequest& a,
+                                 const std::map<std::string, SecretKey>& keys) {
+    pb::Envelope env;
+    env.set_sender_id("gw-1");
+    auto& r = *env.mutable_auth_response();
+    r.set_pn_id(a.pn_id());
+    const ByteView rand_server = bytes_of(a.rand_server());
+    for (const auto& info : req.pnes()) {
+        const pb::PneJoin& join = info.join();
+        PneContext ctx;
+        ctx.pne_id = join.pne_id();
+        ctx.gw_id = "gw-1";
+        ctx.pn_id = a.pn_id();
+        ctx.flow = Flow::kGwInitiated;
+        ctx.role = PneRole::kInvitee;
+        ctx.local_key_requested = join.local_eukey_requested();
+        ctx.join_digest = join_digest(join);
+        const SecretKey& eukey = keys.at(join.pne_id());
+        const SecretKey sk = derive_sk_pne(eukey, bytes_of(join.rand_pne()), rand_server, ctx);
+        const Hash h = derive_hash_pne(eukey, bytes_of(join.rand_pne()), rand_server, sk, ctx);
+        auto& res = *r.add_results();
+        res.set_pne_id(join.pne_id());
+        res.set_hash_pne(h.data(), h.size());
+    }
+    return env;
+}
+
+// Row b of scripts/bench.sh's table: PNE authentications per second through the real Server
+// role, no I/O. Timed (CPU time of this thread): decoding the PN Registration Request frame,
+// Server::on_message, encoding the Authentication Request; decoding the Authentication
+// Response, Server::on_message (verify each hash_PNE), Server::on_persisted (each
+// hash_server_PNE) and encoding every message the role returns. Not timed: the PN GW's and
+// the PNEs' side (their frames and hash_PNE).
+void BM_ServerRole_PneAuth(benchmark::State& state) {
+    DeterministicRandom random(kSeed);
+    MemoryDirectory dir;
+    dir.add("gw-1", EntityRecord{EntityKind::kGw, random.key(), EntityStatus::kActive});
+    std::map<std::string, SecretKey> keys;
+    for (int i = 1; i <= kRowBPnes; ++i) {
+        keys.emplace(row_b_pne_id(i), random.key());
+        dir.add(row_b_pne_id(i),
+                EntityRecord{EntityKind::kPne, keys.at(row_b_pne_id(i)), EntityStatus::kActive});
+    }
+    DeterministicRandom server_random(kSeed + 1);
+    ServerConfig cfg;
+    cfg.wall_clock_ms = [] { return std::uint64_t{1'700'000'000'000}; };
+    Server server(cfg, dir, server_random);
+
+    pb::Envelope request = registration_request_10(random);
+    auto& req = *request.mutable_registration_request();
+    req.set_flow(pb::FLOW_GW_INITIATED);
+    req.set_setup_type(pb::SETUP_UNSPECIFIED);
+    for (auto& info : *req.mutable_pnes()) info.set_role(pb::ROLE_INVITEE);
+
+    Millis now = 1;
+    std::uint64_t n = 0;
+    std::string error;
+    std::size_t authenticated = 0;
+    for (auto _ : state) {
+        req.set_pn_id("pn-" + std::to_string(++n));
+        const Bytes reg_frame = encode_frame(request);
+        double cpu = 0;
+        double t0 = row_b_cpu_seconds();
+        auto decoded = decode_frame(reg_frame);
+        ServerEffects fx = server.on_message("gw-1", std::get<pb::Envelope>(decoded), ++now);
+        const pb::AuthenticationRequest* auth = nullptr;
+        std::size_t out_bytes = 0;
+        for (const auto& e : fx) {
+            if (const auto* send = std::get_if<SendEffect>(&e)) {
+                out_bytes += encode_frame(send->msg).size();
+                if (send->msg.has_auth_request()) auth = &send->msg.auth_request();
+            }
+        }
+        cpu += row_b_cpu_seconds() - t0;
+        if (auth == nullptr) {
+            error = "the server did not ask the PNEs to authenticate";
+            state.SkipWithError(error.c_str());
+            break;
+        }
+        const Bytes resp_frame = encode_frame(row_b_auth_response(req, *auth, keys));
+
+        t0 = row_b_cpu_seconds();
+        decoded = decode_frame(resp_frame);
+        fx = server.on_message("gw-1", std::get<pb::Envelope>(decoded), ++now);
+        std::string persisted_gw;
+        for (const auto& e : fx)
+            if (const auto* persist = std::get_if<PersistPnEffect>(&e))
+                persisted_gw = persist->gw_id;
+        fx = server.on_persisted("gw-1", req.pn_id(), pb::REASON_NONE, ++now);
+        std::size_t registered = 0;
+        for (const auto& e : fx) {
+            if (const auto* send = std::get_if<SendEffect>(&e)) {
+                out_bytes += encode_frame(send->msg).size();
+                if (send->msg.has_registration_response())
+                    for (const auto& r : send->msg.registration_response().results())
+                        registered += r.authenticated();
+            }
+        }
+        cpu += row_b_cpu_seconds() - t0;
+        state.SetIterationTime(cpu);
+        benchmark::DoNotOptimize(out_bytes);
+        if (persisted_gw != "gw-1" || registered != kRowBPnes) {
+            error = "not every PNE was authenticated and registered (" +
+                    std::to_string(registered) + " of " + std::to_string(kRowBPnes) + ")";
+            state.SkipWithError(error.c_str());
+            break;
+        }
+        authenticated += registered;
+    }
+    state.counters["pne_auth/s"] = rate(kRowBPnes);
+    state.counters["pnes_checked"] = static_cast<double>(authenticated);
+}
+BENCHMARK(BM_ServerRole_PneAuth)->UseManualTime();
+
+// The bound of row b: only the key-schedule calls the server makes for the same PN, the
+// same mix: per PNE its EUKey keyed once, SK_PNE, hash_PNE, hash_server_PNE; per PNE with a
+// LocalEUKey a fresh key and two copies (KEK and AES-KWP for the PNE, and for the PN GW under
+// EUKey_GW keyed once per PN). No codec, no role, no digests of messages.
+void BM_Bound_KeySchedule_PneMix(benchmark::State& state) {
+    DeterministicRandom random(kSeed);
+    const SecretKey gw_eukey = random.key();
+    std::vector<PneParams> pnes;
+    for (int i = 1; i <= kRowBPnes; ++i) {
+        pnes.emplace_back(random);
+        pnes.back().ctx.pne_id = row_b_pne_id(i);
+        pnes.back().ctx.flow = Flow::kGwInitiated;
+        pnes.back().ctx.role = PneRole::kInvitee;
+        pnes.back().ctx.setup = SetupKind::kNone;
+        pnes.back().ctx.local_key_requested = i % 2 == 1;
+    }
+    for (auto _ : state) {
+        const double t0 = row_b_cpu_seconds();
+        std::optional<KeyedHmac> gw_mac;
+        for (const PneParams& p : pnes) {
+            KeyedHmac keyed(p.eukey);
+            if (p.ctx.local_key_requested) {
+                if (!gw_mac) gw_mac.emplace(gw_eukey);
+                const SecretKey local = random.key();
+                Bytes a = wrap_local_eukey(keyed, Recipient::kPne, p.ctx.pn_id, p.ctx.pne_id,
+                                           p.ctx.gw_id, p.rand_server, p.rand_pne, local);
+                Bytes b = wrap_local_eukey(*gw_mac, Recipient::kGw, p.ctx.pn_id, p.ctx.pne_id,
+                                           p.ctx.gw_id, p.rand_server, p.rand_pne, local);
+                benchmark::DoNotOptimize(a.data());
+                benchmark::DoNotOptimize(b.data());
+            }
+            SecretKey sk = derive_sk_pne(keyed, p.rand_pne, p.rand_server, p.ctx);
+            const Hash h = derive_hash_pne(keyed, p.rand_pne, p.rand_server, sk, p.ctx);
+            const Hash hs = derive_hash_server_pne(keyed, p.rand_pne, p.rand_server, sk, h, p.ctx);
+            benchmark::DoNotOptimize(hs);
+        }
+        state.SetIterationTime(row_b_cpu_seconds() - t0);  // the same clock as the project's
+    }
+    state.counters["pne_auth/s"] = rate(kRowBPnes);
+}
+BENCHMARK(BM_Bound_KeySchedule_PneMix)->UseManualTime();
+
 // --- PSK-TLS handshakes in memory -------------------------------------------------------------
 #ifdef CPNS_BENCH_HAVE_TLS
 
@@ -387,6 +646,197 @@ BENCHMARK_TEMPLATE(BM_TlsHandshake, &kTls12EcdhePskChacha, true)
     ->UseManualTime();
 
 #endif  // CPNS_BENCH_HAVE_TLS
+
+// --- Bare database insert loops: the bounds of rows c and d -------------------------------------
+//
+// Not project code. What a durable registration costs the database at least: per PN one row
+// in a PN table and one row per member in a member table (blobs of the size the store writes),
+// CPNS_BENCH_GROUP PNs per transaction, each commit durable. The project's figure is the same
+// number of PNs through a real cpns-server (scripts/bench.sh runs both in one run and passes
+// the server's mean group size here). Configured by the environment, since the figures depend on
+// where the database is:
+//   CPNS_BENCH_STORE_DIR  directory for the SQLite file (same disk as the server's store)
+//   CPNS_BENCH_PG_URL     libpq URL of the PostgreSQL database (tables cpns_bench_*)
+//   CPNS_BENCH_GROUP      PNs per commit (default 1)
+//   CPNS_BENCH_MEMBERS    member rows per PN (default 2, as scripts/bench.sh's load)
+
+std::size_t env_size(const char* name, std::size_t fallback) {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') return fallback;
+    const long long n = std::atoll(v);
+    return n > 0 ? static_cast<std::size_t>(n) : fallback;
+}
+
+// The blobs a registration writes: a PN header and a member (sizes as the store's serialized
+// messages for scripts/bench.sh's load, rounded up).
+constexpr std::size_t kBarePnBlob = 96;
+constexpr std::size_t kBareMemberBlob = 64;
+
+void sqlite_exec(sqlite3* db, const char* sql, benchmark::State& state, std::string& error) {
+    char* msg = nullptr;
+    if (sqlite3_exec(db, sql, nullptr, nullptr, &msg) != SQLITE_OK) {
+        error = std::string("SQLite: ") + sql + ": " + (msg ? msg : "?");
+        sqlite3_free(msg);
+        state.SkipWithError(error.c_str());
+    }
+}
+
+void BM_Bound_BareSqliteInsert(benchmark::State& state) {
+    const char* dir = std::getenv("CPNS_BENCH_STORE_DIR");
+    static std::string error;
+    if (dir == nullptr || *dir == '\0') {
+        state.SkipWithError("CPNS_BENCH_STORE_DIR is not set (scripts/bench.sh sets it)");
+        return;
+    }
+    const std::size_t group = env_size("CPNS_BENCH_GROUP", 1);
+    const std::size_t members = env_size("CPNS_BENCH_MEMBERS", 2);
+    const std::string path = std::string(dir) + "/bare-insert.db";
+    std::remove(path.c_str());
+    sqlite3* db = nullptr;
+    if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) {
+        error = "cannot open " + path;
+        state.SkipWithError(error.c_str());
+        sqlite3_close(db);
+        return;
+    }
+    // The store's settings (src/store/sqlite_db.cpp): WAL, synchronous=FULL.
+    for (const char* sql :
+         {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+          "CREATE TABLE pns (gw_id TEXT, pn_id TEXT, at INTEGER, inventory BLOB, "
+          "PRIMARY KEY (gw_id, pn_id))",
+          "CREATE TABLE members (gw_id TEXT, pn_id TEXT, pne_id TEXT, idx INTEGER, member BLOB, "
+          "PRIMARY KEY (gw_id, pn_id, pne_id))"}) {
+        sqlite_exec(db, sql, state, error);
+        if (!error.empty()) break;
+    }
+    sqlite3_stmt* ins_pn = nullptr;
+    sqlite3_stmt* ins_member = nullptr;
+    sqlite3_prepare_v2(db, "INSERT INTO pns VALUES (?1, ?2, ?3, ?4)", -1, &ins_pn, nullptr);
+    sqlite3_prepare_v2(db, "INSERT INTO members VALUES (?1, ?2, ?3, ?4, ?5)", -1, &ins_member,
+                       nullptr);
+    const std::string pn_blob(kBarePnBlob, 'p');
+    const std::string member_blob(kBareMemberBlob, 'm');
+    std::uint64_t n = 0;
+    for (auto _ : state) {
+        if (!error.empty()) break;
+        sqlite_exec(db, "BEGIN IMMEDIATE", state, error);
+        for (std::size_t g = 0; g < group && error.empty(); ++g) {
+            const std::string gw = "gw-" + std::to_string(n % 200);
+            const std::string pn = "pn-" + std::to_string(n++);
+            sqlite3_bind_text(ins_pn, 1, gw.c_str(), -1, SQLITE_TRANSIENT);
+            sqlite3_bind_text(ins_pn, 2, pn.c_str(), -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(ins_pn, 3, static_cast<sqlite3_int64>(n));
+            sqlite3_bind_blob(ins_pn, 4, pn_blob.data(), static_cast<int>(pn_blob.size()),
+                              SQLITE_STATIC);
+            if (sqlite3_step(ins_pn) != SQLITE_DONE) error = sqlite3_errmsg(db);
+            sqlite3_reset(ins_pn);
+            for (std::size_t m = 0; m < members && error.empty(); ++m) {
+                const std::string pne = gw + "-pne-" + std::to_string(m);
+                sqlite3_bind_text(ins_member, 1, gw.c_str(), -1, SQLITE_TRANSIENT);
+                sqlite3_bind_text(ins_member, 2, pn.c_str(), -1, SQLITE_TRANSIENT);
+                sqlite3_bind_text(ins_member, 3, pne.c_str(), -1, SQLITE_TRANSIENT);
+                sqlite3_bind_int64(ins_member, 4, static_cast<sqlite3_int64>(m));
+                sqlite3_bind_blob(ins_member, 5, member_blob.data(),
+                                  static_cast<int>(member_blob.size()), SQLITE_STATIC);
+                if (sqlite3_step(ins_member) != SQLITE_DONE) error = sqlite3_errmsg(db);
+                sqlite3_reset(ins_member);
+            }
+        }
+        if (!error.empty()) {
+            state.SkipWithError(error.c_str());
+            break;
+        }
+        sqlite_exec(db, "COMMIT", state, error);
+    }
+    sqlite3_finalize(ins_pn);
+    sqlite3_finalize(ins_member);
+    sqlite3_close(db);
+    std::remove(path.c_str());
+    std::remove((path + "-wal").c_str());
+    std::remove((path + "-shm").c_str());
+    state.counters["pns/s"] = rate(static_cast<double>(group));
+    state.counters["group"] = static_cast<double>(group);
+}
+BENCHMARK(BM_Bound_BareSqliteInsert)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// One statement; false (and `error` set) when it failed.
+bool pg_run(PGconn* conn, const std::string& sql, const std::vector<std::string>& params,
+            std::string& error) {
+    std::vector<const char*> values;
+    std::vector<int> lengths;
+    std::vector<int> formats;
+    for (const std::string& p : params) {
+        values.push_back(p.data());
+        lengths.push_back(static_cast<int>(p.size()));
+        formats.push_back(1);  // binary: text columns take the bytes as they are
+    }
+    PGresult* r = PQexecParams(conn, sql.c_str(), static_cast<int>(params.size()), nullptr,
+                               values.data(), lengths.data(), formats.data(), 0);
+    const ExecStatusType st = PQresultStatus(r);
+    const bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!ok) error = "PostgreSQL: " + sql + ": " + PQresultErrorMessage(r);
+    PQclear(r);
+    return ok;
+}
+
+void BM_Bound_BarePgInsert(benchmark::State& state) {
+    const char* url = std::getenv("CPNS_BENCH_PG_URL");
+    static std::string error;
+    if (url == nullptr || *url == '\0') {
+        state.SkipWithError("CPNS_BENCH_PG_URL is not set (scripts/bench.sh sets it)");
+        return;
+    }
+    const std::size_t group = env_size("CPNS_BENCH_GROUP", 1);
+    const std::size_t members = env_size("CPNS_BENCH_MEMBERS", 2);
+    PGconn* conn = PQconnectdb(url);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        error = std::string("cannot connect to PostgreSQL: ") + PQerrorMessage(conn);
+        state.SkipWithError(error.c_str());
+        PQfinish(conn);
+        return;
+    }
+    bool ok = true;
+    for (const char* sql :
+         {"SET synchronous_commit = on", "DROP TABLE IF EXISTS cpns_bench_members",
+          "DROP TABLE IF EXISTS cpns_bench_pns",
+          "CREATE TABLE cpns_bench_pns (gw_id TEXT, pn_id TEXT, at BIGINT, inventory BYTEA, "
+          "PRIMARY KEY (gw_id, pn_id))",
+          "CREATE TABLE cpns_bench_members (gw_id TEXT, pn_id TEXT, pne_id TEXT, idx BIGINT, "
+          "member BYTEA, PRIMARY KEY (gw_id, pn_id, pne_id))"})
+        ok = ok && pg_run(conn, sql, {}, error);
+    const std::string pn_blob(kBarePnBlob, 'p');
+    const std::string member_blob(kBareMemberBlob, 'm');
+    // Binary parameters: BIGINT as 8 octets big-endian.
+    auto be64 = [](std::uint64_t v) {
+        std::string b(8, '\0');
+        for (int i = 7; i >= 0; --i, v >>= 8) b[static_cast<std::size_t>(i)] = static_cast<char>(v);
+        return b;
+    };
+    std::uint64_t n = 0;
+    for (auto _ : state) {
+        if (!ok) break;
+        ok = pg_run(conn, "BEGIN", {}, error);
+        for (std::size_t g = 0; g < group && ok; ++g) {
+            const std::string gw = "gw-" + std::to_string(n % 200);
+            const std::string pn = "pn-" + std::to_string(n++);
+            ok = pg_run(conn, "INSERT INTO cpns_bench_pns VALUES ($1, $2, $3, $4)",
+                        {gw, pn, be64(n), pn_blob}, error);
+            for (std::size_t m = 0; m < members && ok; ++m)
+                ok =
+                    pg_run(conn, "INSERT INTO cpns_bench_members VALUES ($1, $2, $3, $4, $5)",
+                           {gw, pn, gw + "-pne-" + std::to_string(m), be64(m), member_blob}, error);
+        }
+        ok = ok && pg_run(conn, "COMMIT", {}, error);
+    }
+    if (!ok) state.SkipWithError(error.c_str());
+    std::string ignored;
+    pg_run(conn, "DROP TABLE IF EXISTS cpns_bench_members", {}, ignored);
+    pg_run(conn, "DROP TABLE IF EXISTS cpns_bench_pns", {}, ignored);
+    PQfinish(conn);
+    state.counters["pns/s"] = rate(static_cast<double>(group));
+    state.counters["group"] = static_cast<double>(group);
+}
+BENCHMARK(BM_Bound_BarePgInsert)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // --- Whole establishment in the simulator ----------------------------------------------------
 

@@ -258,6 +258,72 @@ TEST(Kdf, ParameterLongerThan65535BytesThrows) {
     EXPECT_THROW(derive_gw_server_psk(key, std::string(65536, 'g')), std::invalid_argument);
 }
 
+// --- KeyedHmac: the key set up once, the same results as the one-shot calls ----------------
+
+TEST(KeyedHmac, EveryUseGivesTheOneShotResult) {
+    const SecretKey key = key_counting_from(0x00);
+    KeyedHmac keyed(key);
+    // Several uses of one keyed state, with inputs of different lengths (on both sides of the
+    // 64-byte block and of the KDF's stack buffer), each equal to a fresh one-shot HMAC: no use
+    // leaks into the next.
+    for (const std::size_t n : {0, 1, 55, 64, 65, 300, 511, 512, 2000}) {
+        const Bytes data = repeat(static_cast<std::uint8_t>(n), n);
+        EXPECT_EQ(keyed.mac({data}), hmac_sha256(key.view(), data)) << n << " bytes";
+    }
+    // Pieces are concatenated.
+    EXPECT_EQ(keyed.mac({ascii("ab"), Bytes{}, ascii("c")}), hmac_sha256(key.view(), ascii("abc")));
+}
+
+TEST(KeyedHmac, KdfAndDerivationsAgreeWithTheOneShotForms) {
+    const SecretKey eukey = key_counting_from(0x20);
+    KeyedHmac keyed(eukey);
+    const Bytes big(1000, 0x42);  // past the stack buffer: the heap path
+    EXPECT_EQ(kdf(keyed, Fc::kKek, {ascii("abc"), Bytes{}, big}),
+              kdf(eukey, Fc::kKek, {ascii("abc"), Bytes{}, big}));
+    EXPECT_EQ(kdf(keyed, Fc::kGwServerPsk, {}), kdf(eukey, Fc::kGwServerPsk, {}));
+    PneContext ctx;
+    ctx.pne_id = "pne-1";
+    ctx.gw_id = "gw-1";
+    ctx.pn_id = "pn-1";
+    ctx.invited = {"pne-2", "pne-3"};
+    ctx.join_digest.fill(0xd4);
+    ctx.inventory_digest.fill(0xe5);
+    const Bytes rp = repeat(0xa1, kRandSize);
+    const Bytes rs = repeat(0xb2, kRandSize);
+    const SecretKey sk = derive_sk_pne(keyed, rp, rs, ctx);
+    EXPECT_EQ(sk, derive_sk_pne(eukey, rp, rs, ctx));
+    const Hash h = derive_hash_pne(keyed, rp, rs, sk, ctx);
+    EXPECT_EQ(h, derive_hash_pne(eukey, rp, rs, sk, ctx));
+    EXPECT_EQ(derive_hash_server_pne(keyed, rp, rs, sk, h, ctx),
+              derive_hash_server_pne(eukey, rp, rs, sk, h, ctx));
+    EXPECT_EQ(derive_kek(keyed, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, rp),
+              derive_kek(eukey, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, rp));
+    // A copy wrapped under the keyed state opens with the one-shot form, and the other way.
+    const SecretKey local = key_counting_from(0x80);
+    const Bytes w =
+        wrap_local_eukey(keyed, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, rp, local);
+    EXPECT_EQ(unwrap_local_eukey(eukey, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, rp, w),
+              local);
+    EXPECT_EQ(unwrap_local_eukey(keyed, Recipient::kPne, "pn-1", "pne-1", "gw-1", rs, rp, w),
+              local);
+    EXPECT_FALSE(unwrap_local_eukey(keyed, Recipient::kGw, "pn-1", "pne-1", "gw-1", rs, rp, w));
+}
+
+TEST(KeyedHmac, KnowsItsKeyAndSurvivesAMove) {
+    const SecretKey a = key_counting_from(0x00);
+    const SecretKey b = key_counting_from(0x01);
+    KeyedHmac keyed(a);
+    EXPECT_TRUE(keyed.keyed_with(a));
+    EXPECT_FALSE(keyed.keyed_with(b));
+    KeyedHmac moved(std::move(keyed));
+    EXPECT_TRUE(moved.keyed_with(a));
+    EXPECT_EQ(moved.mac({ascii("x")}), hmac_sha256(a.view(), ascii("x")));
+    EXPECT_THROW(keyed.mac({ascii("x")}), std::logic_error);  // NOLINT(bugprone-use-after-move)
+    KeyedHmac other(b);
+    other = std::move(moved);
+    EXPECT_EQ(other.mac({ascii("x")}), hmac_sha256(a.view(), ascii("x")));
+}
+
 // --- Encodings -------------------------------------------------------------------------------
 
 TEST(Encoding, SetupBindingIsFourOctets) {

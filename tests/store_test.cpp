@@ -666,6 +666,70 @@ TYPED_TEST(StoreTest, RegisterPnRefusesAPneAtItsPnBound) {
     EXPECT_EQ(s->register_pn(inventory("gw-1", "pn-other", {"pne-2"})), PutResult::kOk);
 }
 
+// Group commit: one transaction for several PNs, each with its own result; a refused one
+// writes nothing and costs the others nothing, a failing statement fails the whole group.
+TYPED_TEST(StoreTest, RegisterPnsCommitsAGroupWithAResultForEach) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-3", "pne-boom"});
+    ASSERT_EQ(s->register_pn(inventory("gw-1", "pn-old", {"pne-3"})), PutResult::kOk);
+
+    const pb::PnInventory a = inventory("gw-1", "pn-a", {"pne-1", "pne-2"});
+    const pb::PnInventory dup_old = inventory("gw-1", "pn-old", {"pne-1"});
+    const pb::PnInventory unknown = inventory("gw-1", "pn-u", {"pne-1", "pne-unknown"});
+    const pb::PnInventory empty = inventory("gw-1", "pn-e", {});
+    const pb::PnInventory b = inventory("gw-1", "pn-b", {"pne-2", "pne-3"});
+    const pb::PnInventory a_again = inventory("gw-1", "pn-a", {"pne-3"});
+    const std::vector<PutResult> r =
+        s->register_pns({&a, &dup_old, &unknown, &empty, &b, &a_again});
+    EXPECT_EQ(r,
+              (std::vector<PutResult>{PutResult::kOk, PutResult::kDuplicate, PutResult::kError,
+                                      PutResult::kError, PutResult::kOk, PutResult::kDuplicate}));
+    // Exactly the accepted ones, as given; the refused ones left nothing behind.
+    ASSERT_TRUE(s->get_pn("gw-1", "pn-a"));
+    EXPECT_TRUE(same(*s->get_pn("gw-1", "pn-a"), a));
+    ASSERT_TRUE(s->get_pn("gw-1", "pn-b"));
+    EXPECT_TRUE(same(*s->get_pn("gw-1", "pn-b"), b));
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-u"));
+    EXPECT_EQ(s->get_pn("gw-1", "pn-old")->members_size(), 1);
+    EXPECT_EQ(this->count("pns"), "3");
+    EXPECT_EQ(this->count("pn_members"), "5");
+    EXPECT_TRUE(s->check().empty());
+    EXPECT_TRUE(s->register_pns({}).empty());
+
+    // Limits count the PNs accepted earlier in the same group: pne-lim one PN short of its
+    // bound takes the first of two PNs and refuses the second, which writes nothing.
+    s->put_entity(entity("pne-lim", EntityKind::kPne));
+    std::vector<pb::PnInventory> fill;
+    for (std::size_t i = 0; i + 1 < kMaxPnsPerPne; ++i)
+        fill.push_back(inventory("gw-1", "pn-fill-" + std::to_string(i), {"pne-lim"}));
+    std::vector<const pb::PnInventory*> fill_ptrs;
+    for (const auto& inv : fill) fill_ptrs.push_back(&inv);
+    const std::vector<PutResult> filled = s->register_pns(fill_ptrs);
+    EXPECT_EQ(std::count(filled.begin(), filled.end(), PutResult::kOk),
+              static_cast<std::ptrdiff_t>(kMaxPnsPerPne - 1));
+    const pb::PnInventory last = inventory("gw-1", "pn-last", {"pne-lim", "pne-1"});
+    const pb::PnInventory over = inventory("gw-1", "pn-over", {"pne-2", "pne-lim"});
+    EXPECT_EQ(s->register_pns({&last, &over}),
+              (std::vector<PutResult>{PutResult::kOk, PutResult::kLimit}));
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-over"));
+    EXPECT_EQ(s->pns_of("pne-lim").size(), kMaxPnsPerPne);
+    EXPECT_TRUE(s->check().empty());
+
+    // A statement failing inside the group: StoreError, and nothing of the group is written
+    // (the caller then registers each alone).
+    const std::string pns_before = this->count("pns");
+    this->backend_.exec(TypeParam::failing_member_trigger("pne-boom"));
+    const pb::PnInventory c = inventory("gw-1", "pn-c", {"pne-1"});
+    const pb::PnInventory boom = inventory("gw-1", "pn-boom", {"pne-2", "pne-boom"});
+    const std::string why = error_of([&] { s->register_pns({&c, &boom}); });
+    EXPECT_NE(why.find("injected failure"), std::string::npos) << why;
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-c"));
+    EXPECT_FALSE(s->pn_exists("gw-1", "pn-boom"));
+    EXPECT_EQ(this->count("pns"), pns_before);
+    // The store is usable afterwards: the good one alone commits.
+    EXPECT_EQ(s->register_pns({&c}), std::vector<PutResult>{PutResult::kOk});
+}
+
 TYPED_TEST(StoreTest, RegisterPnIsAtomicAndRefusesDuplicates) {
     const auto s = this->open();
     provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-boom"});

@@ -42,8 +42,13 @@ pb::FailureReason to_reason(DecodeError e) {
     }
 }
 
-Bytes encode_frame(pb::Envelope env) {
-    env.set_version(kProtocolVersion);
+Bytes encode_frame(const pb::Envelope& env) {
+    // The roles set the version when they make a message; only an envelope without it is copied.
+    if (env.version() != kProtocolVersion) {
+        pb::Envelope versioned = env;
+        versioned.set_version(kProtocolVersion);
+        return encode_frame(versioned);
+    }
     const std::size_t size = env.ByteSizeLong();
     Bytes out(kFrameHeaderSize + size);
     out[0] = static_cast<std::uint8_t>(size >> 24);

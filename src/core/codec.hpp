@@ -46,8 +46,9 @@ pb::FailureReason to_reason(DecodeError e);
 
 using Bytes = std::vector<std::uint8_t>;
 
-// Serialize and frame. The caller sets body and sender; version is filled in here.
-Bytes encode_frame(pb::Envelope env);
+// Serialize and frame. The caller sets body and sender; version is filled in here (an envelope
+// that already carries kProtocolVersion, as every role's messages do, is not copied).
+Bytes encode_frame(const pb::Envelope& env);
 
 // The envelope of a whole frame, or nullopt for any decode error (when the reason does not
 // matter: the simulator's and the explorer's bookkeeping).

@@ -17,6 +17,7 @@
 #include <memory>
 #include <new>
 #include <stdexcept>
+#include <utility>
 
 namespace cpns {
 
@@ -327,8 +328,72 @@ std::array<std::uint8_t, 32> hmac_sha256(ByteView key, ByteView data) {
     return hmac_pieces(key, {data});
 }
 
-std::array<std::uint8_t, 32> kdf(const SecretKey& key, Fc fc,
-                                 std::initializer_list<ByteView> params) {
+// --- KeyedHmac -----------------------------------------------------------------------------
+
+KeyedHmac::KeyedHmac(const SecretKey& key) {
+    key_ = key;  // the copy this object keeps (keyed_with), wiped with it
+    thread_local const HmacTemplate hmac_template;
+    std::unique_ptr<EVP_MAC_CTX, MacCtxFree> ctx(EVP_MAC_CTX_dup(hmac_template.get()));
+    if (!ctx) throw std::bad_alloc();
+    if (EVP_MAC_init(ctx.get(), key_.view().data(), key_.view().size(), nullptr) != 1) {
+        ERR_clear_error();
+        throw std::runtime_error("OpenSSL: HMAC init failed");
+    }
+    ctx_ = ctx.release();
+}
+
+KeyedHmac::KeyedHmac(KeyedHmac&& other) noexcept
+    : ctx_(std::exchange(other.ctx_, nullptr)), key_(std::move(other.key_)) {}
+
+KeyedHmac& KeyedHmac::operator=(KeyedHmac&& other) noexcept {
+    if (this != &other) {
+        EVP_MAC_CTX_free(ctx_);
+        ctx_ = std::exchange(other.ctx_, nullptr);
+        key_ = std::move(other.key_);
+    }
+    return *this;
+}
+
+// EVP_MAC_CTX_free cleanses OpenSSL's keyed state; key_ wipes itself.
+KeyedHmac::~KeyedHmac() {
+    EVP_MAC_CTX_free(ctx_);
+}
+
+std::array<std::uint8_t, 32> KeyedHmac::mac(std::initializer_list<ByteView> pieces) {
+    if (ctx_ == nullptr) throw std::logic_error("KeyedHmac used after it was moved from");
+    // A null key restarts from the keyed state set at construction (the pads are not hashed
+    // again).
+    if (EVP_MAC_init(ctx_, nullptr, 0, nullptr) != 1) {
+        ERR_clear_error();
+        throw std::runtime_error("OpenSSL: HMAC re-init failed");
+    }
+    for (const ByteView piece : pieces) {
+        if (piece.empty()) continue;
+        if (EVP_MAC_update(ctx_, piece.data(), piece.size()) != 1) {
+            ERR_clear_error();
+            throw std::runtime_error("OpenSSL: HMAC update failed");
+        }
+    }
+    std::array<std::uint8_t, 32> out{};
+    std::size_t out_len = 0;
+    if (EVP_MAC_final(ctx_, out.data(), &out_len, out.size()) != 1 || out_len != out.size()) {
+        wipe(out.data(), out.size());
+        ERR_clear_error();
+        throw std::runtime_error("OpenSSL: HMAC final failed");
+    }
+    return out;
+}
+
+namespace {
+
+// S = FC || P0 || L0 || ... (the KDF's input) in one buffer, then mac(S). Up to
+// kKdfStackInput bytes (every KDF of the profile) the buffer is on the stack; beyond it on the
+// heap, reserved up front so it is never reallocated and copied. Either way it can hold
+// SK_PNE and is wiped before it is released.
+constexpr std::size_t kKdfStackInput = 512;
+
+template <typename Mac>
+std::array<std::uint8_t, 32> kdf_input(Fc fc, std::initializer_list<ByteView> params, Mac&& mac) {
     std::size_t total = 1;
     for (const ByteView p : params) {
         if (p.size() > kMaxParamSize) {
@@ -336,24 +401,41 @@ std::array<std::uint8_t, 32> kdf(const SecretKey& key, Fc fc,
         }
         total += p.size() + 2;
     }
-    // S = FC || P0 || L0 || ... ; reserved up front so the buffer (which can hold SK_PNE) is never
-    // reallocated and copied, then wiped before it is released.
-    Bytes s;
-    s.reserve(total);
-    s.push_back(static_cast<std::uint8_t>(fc));
+    std::array<std::uint8_t, kKdfStackInput> stack_buf;  // NOLINT(*-member-init): filled below
+    Bytes heap_buf;
+    std::uint8_t* s = stack_buf.data();
+    if (total > stack_buf.size()) {
+        heap_buf.resize(total);
+        s = heap_buf.data();
+    }
+    std::size_t at = 0;
+    s[at++] = static_cast<std::uint8_t>(fc);
     for (const ByteView p : params) {
-        s.insert(s.end(), p.begin(), p.end());
-        append_u16(s, p.size());
+        if (!p.empty()) std::copy(p.begin(), p.end(), s + at);
+        at += p.size();
+        s[at++] = static_cast<std::uint8_t>((p.size() >> 8) & 0xFF);
+        s[at++] = static_cast<std::uint8_t>(p.size() & 0xFF);
     }
     std::array<std::uint8_t, 32> out{};
     try {
-        out = hmac_pieces(key.view(), {ByteView{s}});
+        out = mac(ByteView{s, total});
     } catch (...) {
-        wipe(s.data(), s.size());
+        wipe(s, total);
         throw;
     }
-    wipe(s.data(), s.size());
+    wipe(s, total);
     return out;
+}
+
+}  // namespace
+
+std::array<std::uint8_t, 32> kdf(KeyedHmac& key, Fc fc, std::initializer_list<ByteView> params) {
+    return kdf_input(fc, params, [&key](ByteView s) { return key.mac({s}); });
+}
+
+std::array<std::uint8_t, 32> kdf(const SecretKey& key, Fc fc,
+                                 std::initializer_list<ByteView> params) {
+    return kdf_input(fc, params, [&key](ByteView s) { return hmac_pieces(key.view(), {s}); });
 }
 
 // --- Encodings -----------------------------------------------------------------------------
@@ -384,7 +466,7 @@ Bytes encode_id_list(const std::vector<std::string>& ids) {
 
 // --- Derived values ------------------------------------------------------------------------
 
-SecretKey derive_sk_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
+SecretKey derive_sk_pne(KeyedHmac& eukey_pne, ByteView rand_pne, ByteView rand_server,
                         const PneContext& ctx) {
     const ContextParams c = context_params(ctx);
     auto block = kdf(eukey_pne, Fc::kSkPne,
@@ -393,7 +475,13 @@ SecretKey derive_sk_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView 
     return key_from_block(block);
 }
 
-Hash derive_hash_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
+SecretKey derive_sk_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
+                        const PneContext& ctx) {
+    KeyedHmac keyed(eukey_pne);
+    return derive_sk_pne(keyed, rand_pne, rand_server, ctx);
+}
+
+Hash derive_hash_pne(KeyedHmac& eukey_pne, ByteView rand_pne, ByteView rand_server,
                      const SecretKey& sk_pne, const PneContext& ctx) {
     const ContextParams c = context_params(ctx);
     return kdf(eukey_pne, Fc::kHashPne,
@@ -401,7 +489,13 @@ Hash derive_hash_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView ran
                 as_bytes(ctx.pn_id), c.binding, c.invited, ctx.join_digest});
 }
 
-Hash derive_hash_server_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
+Hash derive_hash_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
+                     const SecretKey& sk_pne, const PneContext& ctx) {
+    KeyedHmac keyed(eukey_pne);
+    return derive_hash_pne(keyed, rand_pne, rand_server, sk_pne, ctx);
+}
+
+Hash derive_hash_server_pne(KeyedHmac& eukey_pne, ByteView rand_pne, ByteView rand_server,
                             const SecretKey& sk_pne, ByteView hash_pne, const PneContext& ctx) {
     const ContextParams c = context_params(ctx);
     return kdf(
@@ -410,7 +504,13 @@ Hash derive_hash_server_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteV
          as_bytes(ctx.pn_id), c.binding, c.invited, ctx.join_digest, ctx.inventory_digest});
 }
 
-SecretKey derive_kek(const SecretKey& eukey_recipient, Recipient recipient, std::string_view pn_id,
+Hash derive_hash_server_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
+                            const SecretKey& sk_pne, ByteView hash_pne, const PneContext& ctx) {
+    KeyedHmac keyed(eukey_pne);
+    return derive_hash_server_pne(keyed, rand_pne, rand_server, sk_pne, hash_pne, ctx);
+}
+
+SecretKey derive_kek(KeyedHmac& eukey_recipient, Recipient recipient, std::string_view pn_id,
                      std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
                      ByteView rand_pne) {
     const auto recipient_byte = static_cast<std::uint8_t>(recipient);
@@ -418,6 +518,13 @@ SecretKey derive_kek(const SecretKey& eukey_recipient, Recipient recipient, std:
                      {ByteView{&recipient_byte, 1}, as_bytes(pn_id), as_bytes(pne_id),
                       as_bytes(gw_id), rand_server, rand_pne});
     return key_from_block(block);
+}
+
+SecretKey derive_kek(const SecretKey& eukey_recipient, Recipient recipient, std::string_view pn_id,
+                     std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
+                     ByteView rand_pne) {
+    KeyedHmac keyed(eukey_recipient);
+    return derive_kek(keyed, recipient, pn_id, pne_id, gw_id, rand_server, rand_pne);
 }
 
 SecretKey derive_gw_server_psk(const SecretKey& eukey_gw, std::string_view gw_id) {
@@ -486,15 +593,23 @@ std::optional<SecretKey> unwrap_key(const SecretKey& kek, ByteView wrapped) {
     return key;
 }
 
-Bytes wrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
-                       std::string_view pn_id, std::string_view pne_id, std::string_view gw_id,
-                       ByteView rand_server, ByteView rand_pne, const SecretKey& local_eukey) {
+Bytes wrap_local_eukey(KeyedHmac& eukey_recipient, Recipient recipient, std::string_view pn_id,
+                       std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
+                       ByteView rand_pne, const SecretKey& local_eukey) {
     const SecretKey kek =
         derive_kek(eukey_recipient, recipient, pn_id, pne_id, gw_id, rand_server, rand_pne);
     return wrap_key(kek, local_eukey);
 }
 
-std::optional<SecretKey> unwrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
+Bytes wrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
+                       std::string_view pn_id, std::string_view pne_id, std::string_view gw_id,
+                       ByteView rand_server, ByteView rand_pne, const SecretKey& local_eukey) {
+    KeyedHmac keyed(eukey_recipient);
+    return wrap_local_eukey(keyed, recipient, pn_id, pne_id, gw_id, rand_server, rand_pne,
+                            local_eukey);
+}
+
+std::optional<SecretKey> unwrap_local_eukey(KeyedHmac& eukey_recipient, Recipient recipient,
                                             std::string_view pn_id, std::string_view pne_id,
                                             std::string_view gw_id, ByteView rand_server,
                                             ByteView rand_pne, ByteView wrapped) {
@@ -503,6 +618,20 @@ std::optional<SecretKey> unwrap_local_eukey(const SecretKey& eukey_recipient, Re
         const SecretKey kek =
             derive_kek(eukey_recipient, recipient, pn_id, pne_id, gw_id, rand_server, rand_pne);
         return unwrap_key(kek, wrapped);
+    } catch (...) {
+        return std::nullopt;
+    }
+}
+
+std::optional<SecretKey> unwrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
+                                            std::string_view pn_id, std::string_view pne_id,
+                                            std::string_view gw_id, ByteView rand_server,
+                                            ByteView rand_pne, ByteView wrapped) {
+    try {
+        if (wrapped.size() != kWrappedKeySize) return std::nullopt;
+        KeyedHmac keyed(eukey_recipient);
+        return unwrap_local_eukey(keyed, recipient, pn_id, pne_id, gw_id, rand_server, rand_pne,
+                                  wrapped);
     } catch (...) {
         return std::nullopt;
     }

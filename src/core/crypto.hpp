@@ -16,6 +16,8 @@
 #include <string_view>
 #include <vector>
 
+struct evp_mac_ctx_st;  // OpenSSL's EVP_MAC_CTX (its header stays out of this one)
+
 namespace cpns {
 
 using Bytes = std::vector<std::uint8_t>;
@@ -92,7 +94,8 @@ class DeterministicRandom final : public Random {
 // --- The generic KDF (3GPP TS 33.220 Annex B style) ---------------------------------------
 // KDF(K, FC, P0..Pn) = HMAC-SHA-256(K, FC || P0 || L0 || ... || Pn || Ln), Li = len(Pi) as
 // two octets big-endian. Each Pi must be at most 65535 bytes (std::invalid_argument).
-// The HMAC context is fetched once per thread and reused.
+// The HMAC context is fetched once per thread and reused; a caller that uses one key several
+// times keys a KeyedHmac once and passes it instead.
 enum class Fc : std::uint8_t {
     kSkPne = 0x51,
     kHashPne = 0x52,
@@ -107,6 +110,32 @@ std::array<std::uint8_t, 32> kdf(const SecretKey& key, Fc fc,
                                  std::initializer_list<ByteView> params);
 // Plain HMAC-SHA-256, exposed for known-answer tests.
 std::array<std::uint8_t, 32> hmac_sha256(ByteView key, ByteView data);
+
+// HMAC-SHA-256 keyed once: the key's inner and outer pads are hashed at construction, and each
+// mac() starts again from that keyed state, so a key used several times (an EUKey's three or
+// four KDF calls per PNE in one session) pays for the key schedule once. The same results as
+// kdf()/hmac_sha256() with the same key. Holds the key (for keyed_with) and OpenSSL's keyed
+// state; both are wiped on destruction. Not thread-safe: one object per session, one thread.
+class KeyedHmac {
+  public:
+    explicit KeyedHmac(const SecretKey& key);
+    KeyedHmac(KeyedHmac&& other) noexcept;
+    KeyedHmac& operator=(KeyedHmac&& other) noexcept;
+    KeyedHmac(const KeyedHmac&) = delete;
+    KeyedHmac& operator=(const KeyedHmac&) = delete;
+    ~KeyedHmac();
+
+    // HMAC-SHA-256(key, pieces concatenated).
+    std::array<std::uint8_t, 32> mac(std::initializer_list<ByteView> pieces);
+    // Constant-time: whether this state was made from `key`.
+    bool keyed_with(const SecretKey& key) const noexcept { return key_ == key; }
+
+  private:
+    evp_mac_ctx_st* ctx_ = nullptr;  // OpenSSL's EVP_MAC_CTX, keyed
+    SecretKey key_;
+};
+// kdf() under a key already set up in `key`.
+std::array<std::uint8_t, 32> kdf(KeyedHmac& key, Fc fc, std::initializer_list<ByteView> params);
 
 // --- Context bound into every per-PNE value --------------------------------------------------
 enum class Flow : std::uint8_t { kPneInitiated = 1, kGwInitiated = 2 };
@@ -149,12 +178,23 @@ Hash derive_hash_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView ran
 //                       PN GW ID, PN ID, binding, invited, join digest, inventory digest)
 Hash derive_hash_server_pne(const SecretKey& eukey_pne, ByteView rand_pne, ByteView rand_server,
                             const SecretKey& sk_pne, ByteView hash_pne, const PneContext& ctx);
+// The same three under an EUKey keyed once (KeyedHmac): what the server and the PNE use, one
+// KeyedHmac per PNE per session.
+SecretKey derive_sk_pne(KeyedHmac& eukey_pne, ByteView rand_pne, ByteView rand_server,
+                        const PneContext& ctx);
+Hash derive_hash_pne(KeyedHmac& eukey_pne, ByteView rand_pne, ByteView rand_server,
+                     const SecretKey& sk_pne, const PneContext& ctx);
+Hash derive_hash_server_pne(KeyedHmac& eukey_pne, ByteView rand_pne, ByteView rand_server,
+                            const SecretKey& sk_pne, ByteView hash_pne, const PneContext& ctx);
 
 // Who a LocalEUKey copy is for.
 enum class Recipient : std::uint8_t { kPne = 1, kGw = 2 };
 // KEK = KDF(EUKey_recipient, 0x54, recipient, PN ID, PNE ID, PN GW ID, rand_server, rand_PNE)
 // Both runs' randoms: a copy made for one run never opens in another.
 SecretKey derive_kek(const SecretKey& eukey_recipient, Recipient recipient, std::string_view pn_id,
+                     std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
+                     ByteView rand_pne);
+SecretKey derive_kek(KeyedHmac& eukey_recipient, Recipient recipient, std::string_view pn_id,
                      std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
                      ByteView rand_pne);
 // The PN GW's external PSK towards the CPNS Server: KDF(EUKey_GW, 0x55, PN GW ID)
@@ -181,6 +221,14 @@ Bytes wrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
                        std::string_view pn_id, std::string_view pne_id, std::string_view gw_id,
                        ByteView rand_server, ByteView rand_pne, const SecretKey& local_eukey);
 std::optional<SecretKey> unwrap_local_eukey(const SecretKey& eukey_recipient, Recipient recipient,
+                                            std::string_view pn_id, std::string_view pne_id,
+                                            std::string_view gw_id, ByteView rand_server,
+                                            ByteView rand_pne, ByteView wrapped);
+// The same under a recipient EUKey keyed once.
+Bytes wrap_local_eukey(KeyedHmac& eukey_recipient, Recipient recipient, std::string_view pn_id,
+                       std::string_view pne_id, std::string_view gw_id, ByteView rand_server,
+                       ByteView rand_pne, const SecretKey& local_eukey);
+std::optional<SecretKey> unwrap_local_eukey(KeyedHmac& eukey_recipient, Recipient recipient,
                                             std::string_view pn_id, std::string_view pne_id,
                                             std::string_view gw_id, ByteView rand_server,
                                             ByteView rand_pne, ByteView wrapped);

@@ -284,6 +284,11 @@ void Pne::handle_invitation(Out& out, const std::string& from, const std::string
     begin_join(out, std::move(reply), now, "accepted the invitation of " + from);
 }
 
+KeyedHmac& Pne::eukey_mac() {
+    if (!s_.eukey_mac) s_.eukey_mac.emplace(cfg_.eukey);
+    return *s_.eukey_mac;
+}
+
 // Opens this PNE's LocalEUKey copy. False when the establishment ended here.
 bool Pne::open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m) {
     if (m.wrapped_local_eukey().empty()) {
@@ -291,7 +296,7 @@ bool Pne::open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m) {
         return false;
     }
     auto unwrap = [&](const std::string& copy) {
-        return unwrap_local_eukey(cfg_.eukey, Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
+        return unwrap_local_eukey(eukey_mac(), Recipient::kPne, s_.pn_id, cfg_.pne_id, s_.gw_id,
                                   s_.rand_server, s_.rand_pne, bytes_of(copy));
     };
     auto key = unwrap(m.wrapped_local_eukey());
@@ -360,8 +365,8 @@ void Pne::handle_auth_request(Out& out, const std::string& from,
 
 void Pne::send_auth_response(Out& out, Millis now) {
     const PneContext ctx = context();
-    s_.sk = derive_sk_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, ctx);
-    s_.hash_pne = derive_hash_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk, ctx);
+    s_.sk = derive_sk_pne(eukey_mac(), s_.rand_pne, s_.rand_server, ctx);
+    s_.hash_pne = derive_hash_pne(eukey_mac(), s_.rand_pne, s_.rand_server, s_.sk, ctx);
     pb::Envelope env;
     auto* r = env.mutable_pne_auth_response();
     r->set_pn_id(s_.pn_id);
@@ -436,7 +441,7 @@ void Pne::accept_result(Out& out, const pb::PnResult& r) {
     PneContext ctx = context();
     ctx.inventory_digest = inventory_digest(r.inventory());
     const Hash expected =
-        derive_hash_server_pne(cfg_.eukey, s_.rand_pne, s_.rand_server, s_.sk, s_.hash_pne, ctx);
+        derive_hash_server_pne(eukey_mac(), s_.rand_pne, s_.rand_server, s_.sk, s_.hash_pne, ctx);
     withdraw_on_failure_ = true;  // either refusal below leaves a registration behind
     if (!ct_equal(expected, bytes_of(r.hash_server_pne()))) {
         abort(out, pb::SERVER_AUTHENTICATION_FAILED,

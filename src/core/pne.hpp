@@ -106,6 +106,9 @@ class Pne {
         std::optional<SecretKey> local_eukey;
         SecretKey sk;
         Hash hash_pne{};
+        // This PNE's EUKey keyed once for the session's KDF calls (the KEK of its LocalEUKey
+        // copy, SK_PNE, hash_PNE, hash_server_PNE); wiped with the session.
+        std::optional<KeyedHmac> eukey_mac;
         pb::Envelope pending;  // first message, held until TLS is up
         Millis deadline = kNever;
     };
@@ -143,6 +146,7 @@ class Pne {
                              const pb::PneAuthenticationRequest& m, Millis now);
     bool open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m);
     void send_auth_response(Out& out, Millis now);
+    KeyedHmac& eukey_mac();  // the session's, made at its first use
     void handle_result(Out& out, const std::string& from, const pb::PnResult& r,
                        Protection protection);
     void accept_result(Out& out, const pb::PnResult& r);

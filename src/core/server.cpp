@@ -246,11 +246,14 @@ std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registrat
 std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
                                pb::AuthenticationRequest& a, Millis now) {
     std::size_t asked = 0;
-    for (const auto& p : s.request.pnes()) {
-        const std::string& id = p.join().pne_id();
-        auto& st = s.pnes[id];
-        st.join = p.join();
-        st.join_digest = join_digest(p.join());
+    std::optional<KeyedHmac> gw_mac;  // EUKey_GW keyed once for every PN GW copy of this PN
+    // Each join moves from the request into its PNE's state (not copied: nothing reads the
+    // request's joins afterwards).
+    for (auto& p : *s.request.mutable_pnes()) {
+        auto& st = s.pnes[p.join().pne_id()];
+        st.join.Swap(p.mutable_join());
+        const std::string& id = st.join.pne_id();
+        st.join_digest = join_digest(st.join);
         st.role = to_role(p.role());
         auto rec = dir_.find(id);
         const auto refusal = (!rec || rec->kind != EntityKind::kPne)  ? pb::UNKNOWN_ENTITY
@@ -266,17 +269,19 @@ std::size_t Server::admit_pnes(Out& out, Session& s, const EntityRecord& gw,
         enter(out, s, id, st, PneAuth::kPending, pb::REASON_NONE);
         ++asked;
         a.add_pne_ids(id);
-        if (!p.join().local_eukey_requested()) continue;
+        if (!st.join.local_eukey_requested()) continue;
         SecretKey local = cfg_.weaken.leak_sk_to_gw
-                              ? derive_sk_pne(rec->eukey, bytes_of(p.join().rand_pne()),
+                              ? derive_sk_pne(rec->eukey, bytes_of(st.join.rand_pne()),
                                               s.rand_server, context(s, id, st))
                               : random_.key();
         auto* k = a.add_local_eukeys();
         k->set_pne_id(id);
-        const ByteView rand_pne = bytes_of(p.join().rand_pne());
-        k->set_for_pne(to_field(wrap_local_eukey(rec->eukey, Recipient::kPne, s.pn_id, id, s.gw_id,
-                                                 s.rand_server, rand_pne, local)));
-        k->set_for_gw(to_field(wrap_local_eukey(gw.eukey, Recipient::kGw, s.pn_id, id, s.gw_id,
+        const ByteView rand_pne = bytes_of(st.join.rand_pne());
+        st.eukey_mac.emplace(rec->eukey);
+        if (!gw_mac) gw_mac.emplace(gw.eukey);
+        k->set_for_pne(to_field(wrap_local_eukey(*st.eukey_mac, Recipient::kPne, s.pn_id, id,
+                                                 s.gw_id, s.rand_server, rand_pne, local)));
+        k->set_for_gw(to_field(wrap_local_eukey(*gw_mac, Recipient::kGw, s.pn_id, id, s.gw_id,
                                                 s.rand_server, rand_pne, local)));
         // Rotation grace: which EUKey a party holds shows only later (hash_PNE), so a party
         // with a previous EUKey in grace gets a second copy under it; it opens the one it can.
@@ -346,25 +351,33 @@ void Server::verify_pne(Out& out, Session& s, const std::string& id, PneState& p
         return enter(out, s, id, p, PneAuth::kFailed, rec ? pb::REVOKED : pb::UNKNOWN_ENTITY);
     const PneContext ctx = context(s, id, p);
     const ByteView rand_pne = bytes_of(p.join.rand_pne());
-    p.sk = derive_sk_pne(rec->eukey, rand_pne, s.rand_server, ctx);
-    p.hash_pne = derive_hash_pne(rec->eukey, rand_pne, s.rand_server, p.sk, ctx);
+    // The state keyed when its LocalEUKey was wrapped, unless the EUKey changed since.
+    if (!p.eukey_mac || !p.eukey_mac->keyed_with(rec->eukey)) p.eukey_mac.emplace(rec->eukey);
+    p.sk = derive_sk_pne(*p.eukey_mac, rand_pne, s.rand_server, ctx);
+    p.hash_pne = derive_hash_pne(*p.eukey_mac, rand_pne, s.rand_server, p.sk, ctx);
     bool proved = ct_equal(p.hash_pne, bytes_of(result->hash_pne()));
     if (!proved && rec->previous) {
         // After a rotation: the previous EUKey authenticates within its grace period; after it,
         // a hash_PNE under it is only recognised, to name the failure.
-        SecretKey sk = derive_sk_pne(rec->previous->eukey, rand_pne, s.rand_server, ctx);
-        const Hash hash = derive_hash_pne(rec->previous->eukey, rand_pne, s.rand_server, sk, ctx);
+        KeyedHmac previous(rec->previous->eukey);
+        SecretKey sk = derive_sk_pne(previous, rand_pne, s.rand_server, ctx);
+        const Hash hash = derive_hash_pne(previous, rand_pne, s.rand_server, sk, ctx);
         if (ct_equal(hash, bytes_of(result->hash_pne()))) {
-            if (!rec->previous_in_grace(wall_ms(now)))
+            if (!rec->previous_in_grace(wall_ms(now))) {
+                p.eukey_mac.reset();
                 return enter(out, s, id, p, PneAuth::kFailed, pb::KEY_EXPIRED);
+            }
             p.sk = std::move(sk);
             p.hash_pne = hash;
             p.previous_key = true;
+            p.eukey_mac = std::move(previous);
             proved = true;
         }
     }
-    if (!proved && !cfg_.weaken.skip_hash_pne_check)
+    if (!proved && !cfg_.weaken.skip_hash_pne_check) {
+        p.eukey_mac.reset();
         return enter(out, s, id, p, PneAuth::kFailed, pb::AUTHENTICATION_FAILED);
+    }
     // hash_server_PNE follows once the inventory it covers is known (prove_server).
     enter(out, s, id, p, PneAuth::kAuthenticated, pb::REASON_NONE);
 }
@@ -414,8 +427,10 @@ void Server::prove_server(Session& s) {
         const SecretKey& eukey = p.previous_key ? rec->previous->eukey : rec->eukey;
         PneContext ctx = context(s, id, p);
         ctx.inventory_digest = digest;
-        p.hash_server = derive_hash_server_pne(eukey, bytes_of(p.join.rand_pne()), s.rand_server,
-                                               p.sk, p.hash_pne, ctx);
+        if (!p.eukey_mac || !p.eukey_mac->keyed_with(eukey)) p.eukey_mac.emplace(eukey);
+        p.hash_server = derive_hash_server_pne(*p.eukey_mac, bytes_of(p.join.rand_pne()),
+                                               s.rand_server, p.sk, p.hash_pne, ctx);
+        p.eukey_mac.reset();  // its last use in this session: the keyed state is wiped now
     }
 }
 
@@ -513,13 +528,13 @@ void Server::finish(Out& out, Session& s, bool registered, pb::FailureReason rea
     }
     if (s.request.add()) outcome.operation = "add";
     if (registered) {
-        *r->mutable_inventory() = s.inventory;
-        for (auto& n : s.notices) *r->add_notices() = std::move(n);
-        outcome.inventory = s.inventory;
         ++counters_.established;
         log(LogLevel::kInfo, "PN " + s.pn_id + " of " + s.gw_id +
                                  (s.request.add() ? " updated: " : " registered with ") +
                                  std::to_string(s.inventory.members_size()) + " PNE(s)");
+        *r->mutable_inventory() = s.inventory;
+        for (auto& n : s.notices) *r->add_notices() = std::move(n);
+        outcome.inventory = std::move(s.inventory);  // the session ends below
     } else {
         // A PN update refused as stale: the PN as it is, for the PN GW's next attempt.
         if (s.request.add() && reason == pb::STALE_REVISION) *r->mutable_inventory() = s.inventory;

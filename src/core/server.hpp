@@ -165,6 +165,9 @@ class Server {
         Hash hash_pne{};
         Hash hash_server{};
         bool previous_key = false;  // proved with its previous EUKey, within the grace period
+        // Its EUKey keyed once for this session's three or four KDF calls (the KEK of its
+        // LocalEUKey copy, SK_PNE, hash_PNE, hash_server_PNE); dropped after the last one.
+        std::optional<KeyedHmac> eukey_mac;
     };
     struct Session {
         std::string gw_id;

@@ -647,64 +647,156 @@ void ServerDaemon::send_effect(const SendEffect& s) {
     }
 }
 
-// The Registration Response leaves only once the store has committed the PN. A connection
+// The Registration Response leaves only once the store has committed the PN. Registrations
+// are committed in groups (kMaxCommitGroup): those that arrive while a commit is in progress
+// go together into the next one, and each is answered only after that commit. A connection
 // broken during the transaction is retried once on a new connection (kPersistAttempts); the
 // PN GW learns STORE_UNAVAILABLE / STORAGE_FULL / INTERNAL_ERROR when it still fails, and is
 // never told "registered" for a PN whose commit was not confirmed.
 void ServerDaemon::persist_effect(PersistPnEffect& p) {
-    auto inv = std::make_shared<pb::PnInventory>(std::move(p.inventory));
-    auto result = std::make_shared<pb::FailureReason>(pb::INTERNAL_ERROR);
-    const std::string gw = p.gw_id;
-    store_job(
-        [this, inv, result](store::Store& st) {
-            for (int attempt = 1;; ++attempt) {
-                store::PutResult put = store::PutResult::kError;
-                try {
-                    put = st.register_pn(*inv);
-                    if (put == store::PutResult::kDuplicate && attempt > 1) {
-                        // The broken attempt may have committed before its answer was lost.
-                        const auto stored = st.get_pn(inv->gw_id(), inv->pn_id());
-                        if (stored &&
-                            google::protobuf::util::MessageDifferencer::Equals(*stored, *inv)) {
-                            spdlog::info("store: PN {} of {} was committed by the broken attempt",
-                                         inv->pn_id(), inv->gw_id());
-                            put = store::PutResult::kOk;
-                        }
-                    }
-                } catch (const store::StoreError& e) {
-                    if (e.kind() != store::StoreError::Kind::kUnavailable) throw;
-                    if (attempt >= kPersistAttempts) {
-                        remember_unacknowledged(*inv);
-                        throw;
-                    }
-                    persist_retries_.fetch_add(1, std::memory_order_relaxed);
-                    spdlog::warn("store: registering PN {} of {} failed ({}); trying again",
-                                 inv->pn_id(), inv->gw_id(), e.what());
-                    continue;
-                }
-                switch (put) {
-                    case store::PutResult::kOk:
-                        *result = pb::REASON_NONE;
-                        break;
-                    case store::PutResult::kDuplicate:
-                        *result = pb::DUPLICATE_PN;
-                        break;
-                    case store::PutResult::kLimit:
-                        *result = pb::LIMIT_EXCEEDED;
-                        break;
-                    case store::PutResult::kError:
-                        *result = pb::INTERNAL_ERROR;
-                        break;
-                }
-                return;
+    ++store_queue_;  // a waiting registration counts towards kMaxStoreQueue like a job
+    persist_pending_.push_back(PendingPersist{p.gw_id, std::move(p.inventory)});
+    flush_persist();
+}
+
+void ServerDaemon::flush_persist() {
+    if (persist_writing_ || persist_pending_.empty()) return;
+    persist_writing_ = true;
+    auto group = std::make_shared<std::vector<PendingPersist>>();
+    const std::size_t n = std::min(persist_pending_.size(), kMaxCommitGroup);
+    group->reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        group->push_back(std::move(persist_pending_.front()));
+        persist_pending_.pop_front();
+    }
+    store_job([this, group](store::Store& st) { commit_group(st, *group); },
+              [this, group](StoreFailure) {
+                  persist_writing_ = false;
+                  store_queue_ -= group->size();
+                  health_.group_commits = group_commits_.load(std::memory_order_relaxed);
+                  health_.grouped_pns = grouped_pns_.load(std::memory_order_relaxed);
+                  for (const PendingPersist& m : *group) {
+                      if (m.result == pb::REASON_NONE) ++registered_;
+                      apply(server_->on_persisted(m.gw, m.inventory.pn_id(), m.result, mono_now()));
+                  }
+                  flush_persist();
+              },
+              true);
+}
+
+namespace {
+
+pb::FailureReason put_reason(store::PutResult put) {
+    switch (put) {
+        case store::PutResult::kOk:
+            return pb::REASON_NONE;
+        case store::PutResult::kDuplicate:
+            return pb::DUPLICATE_PN;
+        case store::PutResult::kLimit:
+            return pb::LIMIT_EXCEEDED;
+        case store::PutResult::kError:
+            break;
+    }
+    return pb::INTERNAL_ERROR;
+}
+
+// Which failure a group reports for the store's health when members failed differently: an
+// unreachable store first, then a full one.
+int severity(store::StoreError::Kind kind) {
+    switch (kind) {
+        case store::StoreError::Kind::kUnavailable:
+            return 2;
+        case store::StoreError::Kind::kFull:
+            return 1;
+        case store::StoreError::Kind::kOther:
+            break;
+    }
+    return 0;
+}
+
+}  // namespace
+
+void ServerDaemon::commit_group(store::Store& st, std::vector<PendingPersist>& group) {
+    int attempt = 1;
+    if (group.size() > 1) {
+        std::vector<const pb::PnInventory*> invs;
+        invs.reserve(group.size());
+        for (const PendingPersist& m : group) invs.push_back(&m.inventory);
+        try {
+            const std::vector<store::PutResult> put = st.register_pns(invs);
+            for (std::size_t i = 0; i < group.size(); ++i) group[i].result = put_reason(put.at(i));
+            group_commits_.fetch_add(1, std::memory_order_relaxed);
+            grouped_pns_.fetch_add(group.size(), std::memory_order_relaxed);
+            return;
+        } catch (const store::StoreError& e) {
+            // Nothing of the group is known to be committed; each is tried alone for its own
+            // result. A broken connection counts as each one's first attempt (its COMMIT may
+            // have happened: register_alone then recognises the PN as its own).
+            if (e.kind() == store::StoreError::Kind::kUnavailable) {
+                attempt = 2;
+                persist_retries_.fetch_add(group.size(), std::memory_order_relaxed);
             }
-        },
-        [this, gw, inv, result](StoreFailure failure) {
-            if (failure) *result = store_failure_reason(*failure);
-            if (*result == pb::REASON_NONE) ++registered_;
-            apply(server_->on_persisted(gw, inv->pn_id(), *result, mono_now()));
-        },
-        true);
+            spdlog::warn(
+                "store: the group commit of {} registrations failed ({}); registering "
+                "each alone",
+                group.size(), e.what());
+        }
+    }
+    std::optional<store::StoreError> worst;
+    std::size_t failed = 0;
+    for (PendingPersist& m : group) {
+        try {
+            m.result = register_alone(st, m.inventory, attempt);
+        } catch (const store::StoreError& e) {
+            m.result = store_failure_reason(e.kind());
+            ++failed;
+            if (!worst || severity(e.kind()) > severity(worst->kind())) worst = e;
+            if (group.size() > 1)
+                spdlog::error("store: registering PN {} of {}: {}", m.inventory.pn_id(),
+                              m.inventory.gw_id(), e.what());
+        } catch (const std::exception& e) {
+            m.result = pb::INTERNAL_ERROR;
+            ++failed;
+            if (!worst) worst = store::StoreError(e.what());
+            spdlog::error("store: registering PN {} of {}: {}", m.inventory.pn_id(),
+                          m.inventory.gw_id(), e.what());
+        }
+    }
+    if (!worst) return;
+    if (group.size() == 1) throw *worst;  // store_job logs it and notes the store's health
+    throw store::StoreError(std::to_string(failed) + " of " + std::to_string(group.size()) +
+                                " registrations failed, e.g. " + worst->what(),
+                            worst->kind());
+}
+
+pb::FailureReason ServerDaemon::register_alone(store::Store& st, const pb::PnInventory& inv,
+                                               int attempt) {
+    for (;; ++attempt) {
+        store::PutResult put = store::PutResult::kError;
+        try {
+            put = st.register_pn(inv);
+            if (put == store::PutResult::kDuplicate && attempt > 1) {
+                // The broken attempt may have committed before its answer was lost.
+                const auto stored = st.get_pn(inv.gw_id(), inv.pn_id());
+                if (stored && google::protobuf::util::MessageDifferencer::Equals(*stored, inv)) {
+                    spdlog::info("store: PN {} of {} was committed by the broken attempt",
+                                 inv.pn_id(), inv.gw_id());
+                    put = store::PutResult::kOk;
+                }
+            }
+        } catch (const store::StoreError& e) {
+            if (e.kind() != store::StoreError::Kind::kUnavailable) throw;
+            if (attempt >= kPersistAttempts) {
+                remember_unacknowledged(inv);
+                throw;
+            }
+            persist_retries_.fetch_add(1, std::memory_order_relaxed);
+            spdlog::warn("store: registering PN {} of {} failed ({}); trying again", inv.pn_id(),
+                         inv.gw_id(), e.what());
+            continue;
+        }
+        return put_reason(put);
+    }
 }
 
 // A lifecycle change: the store applies it at the named revision in one transaction; the PN
@@ -813,6 +905,8 @@ std::string ServerDaemon::status_json() const {
     errors["other"] = num(health_.other_errors);
     f["store_retries"] = num(health_.retries);
     f["store_withdrawn"] = num(health_.withdrawn);
+    f["group_commits"] = num(health_.group_commits);
+    f["grouped_pns"] = num(health_.grouped_pns);
     f["store_queue"] = num(store_queue_);
     f["registered"] = num(registered_);
     f["gw_links"] = num(gws_.size());

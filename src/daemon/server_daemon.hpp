@@ -45,6 +45,11 @@ inline constexpr std::size_t kMaxPendingLookups = 256;
 // loss, then backs off). A retry that finds the PN already stored with exactly this content
 // counts it as registered: the broken attempt had committed before its answer was lost.
 inline constexpr int kPersistAttempts = 2;
+// Group commit: registrations that arrive while a commit is in progress wait, and the next
+// commit takes all of them at once (Store::register_pns, one transaction), at most this many.
+// Each is still answered only after its own commit. A group that fails as a whole is tried
+// again one registration at a time, so that each gets its own result.
+inline constexpr std::size_t kMaxCommitGroup = 256;
 // Registrations answered STORE_UNAVAILABLE whose COMMIT may have happened anyway (the
 // connection broke during it, e.g. the primary died after the standby had the commit) are
 // kept, at most this many (the oldest dropped), and withdrawn from the store when it is back,
@@ -84,9 +89,11 @@ struct StoreHealth {
     bool reachable = true;  // false from a job failing with kUnavailable to the next success
     bool full = false;      // a write refused for lack of space, until a write succeeds
     std::uint64_t unavailable = 0, full_errors = 0, other_errors = 0;  // failed jobs, by kind
-    std::uint64_t retries = 0;    // registrations tried again on a new connection
-    std::uint64_t withdrawn = 0;  // committed but answered "store unavailable", then removed
-    Millis down_since = 0;        // mono_now() when reachable became false
+    std::uint64_t retries = 0;        // registrations tried again on a new connection
+    std::uint64_t withdrawn = 0;      // committed but answered "store unavailable", then removed
+    std::uint64_t group_commits = 0;  // group commits that succeeded as one transaction
+    std::uint64_t grouped_pns = 0;    // registrations they carried (mean group size: the ratio)
+    Millis down_since = 0;            // mono_now() when reachable became false
 };
 
 // The failure reason a PN GW gets for a store failure of `kind`.
@@ -140,6 +147,19 @@ class ServerDaemon {
     void to_role(const std::string& gw, const pb::Envelope& env);
     void send_effect(const SendEffect& s);
     void persist_effect(PersistPnEffect& p);
+    // Group commit (kMaxCommitGroup): the registrations waiting for the store.
+    struct PendingPersist {
+        std::string gw;
+        pb::PnInventory inventory;
+        pb::FailureReason result = pb::INTERNAL_ERROR;
+    };
+    void flush_persist();
+    // Store thread: registers a group in one transaction, each member's result in `result`;
+    // throws StoreError (the worst kind among the members) when any failed that way.
+    void commit_group(store::Store& st, std::vector<PendingPersist>& group);
+    // Store thread: one registration alone, `attempt` being its first try's number (a group
+    // that broke counts as the first); kPersistAttempts in all. Throws StoreError.
+    pb::FailureReason register_alone(store::Store& st, const pb::PnInventory& inv, int attempt);
     void outcome_effect(const OutcomeEffect& o);
     // How a store job ended: nullopt when it ran to its end, else the kind of its StoreError
     // (any other exception is kOther).
@@ -180,6 +200,10 @@ class ServerDaemon {
     StoreHealth health_;
     std::atomic<std::uint64_t> persist_retries_{0};  // counted on the store thread
     std::atomic<std::uint64_t> withdrawn_{0};        // counted on the store thread
+    std::atomic<std::uint64_t> group_commits_{0};    // counted on the store thread
+    std::atomic<std::uint64_t> grouped_pns_{0};      // counted on the store thread
+    std::deque<PendingPersist> persist_pending_;     // waiting for the next group commit
+    bool persist_writing_ = false;                   // a group commit is in progress
     std::deque<pb::PnInventory> unacknowledged_;     // store thread only
     // Audit records wait here while one batch is being written (one transaction per batch).
     std::vector<store::AuditRecord> audit_pending_;

@@ -260,17 +260,201 @@ class SqlStore final : public Store {
     }
 
     PutResult register_pn(const pb::PnInventory& inv) override {
-        if (inv.gw_id().empty() || inv.pn_id().empty() || inv.members().empty()) {
-            return PutResult::kError;
+        if (!registrable(inv)) return PutResult::kError;
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        const PutResult r = insert_pn(inv);
+        if (r == PutResult::kOk) txn.commit();  // else rolled back: nothing written
+        return r;
+    }
+
+    // Group commit: one transaction for all, and a handful of statements for the whole group
+    // rather than several per PN (each statement is a round trip to PostgreSQL): which PNs
+    // exist already, the PN GWs' and the members' PN counts, the members' entity rows, then
+    // one insert of the PN rows and one of the member rows (chunked, kGroupRowsPerStatement).
+    // Each PN gets the result register_pn would give it, in the same order of checks;
+    // duplicates, limits and refused members are decided before anything is written, the
+    // limits counting the PNs accepted earlier in the same group. A PN that another
+    // connection inserts meanwhile is found by ON CONFLICT DO NOTHING RETURNING and is a
+    // duplicate like any other.
+    static constexpr std::size_t kGroupRowsPerStatement = 500;
+
+    // "$k, $k+1, ..." for n placeholders starting after `used`.
+    static std::string placeholders(std::size_t used, std::size_t n) {
+        std::string out;
+        for (std::size_t i = 0; i < n; ++i) out += (i ? ", $" : "$") + std::to_string(used + i + 1);
+        return out;
+    }
+
+    // Runs `sql_head + " (" placeholders ")" + sql_tail` over `ids` in chunks; all rows.
+    std::vector<detail::Row> run_in(const std::string& sql_head, const std::string& sql_tail,
+                                    const std::vector<std::string>& ids) {
+        std::vector<detail::Row> rows;
+        for (std::size_t at = 0; at < ids.size(); at += kGroupRowsPerStatement) {
+            const std::size_t n = std::min(kGroupRowsPerStatement, ids.size() - at);
+            std::vector<Param> params;
+            params.reserve(n);
+            for (std::size_t i = 0; i < n; ++i) params.push_back(Param::of(ids[at + i]));
+            detail::Result r =
+                db_->run(sql_head + " (" + placeholders(0, n) + ")" + sql_tail, params);
+            for (auto& row : r.rows) rows.push_back(std::move(row));
         }
-        std::set<std::string> seen;
-        for (const pb::PnMember& m : inv.members()) {
-            if (m.pne_id().empty() || !seen.insert(m.pne_id()).second) return PutResult::kError;
+        return rows;
+    }
+
+    std::vector<PutResult> register_pns(const std::vector<const pb::PnInventory*>& invs) override {
+        std::vector<PutResult> results(invs.size(), PutResult::kError);
+        if (invs.empty()) return results;
+        std::set<std::string> gws;
+        std::set<std::string> pnes;
+        std::set<std::pair<std::string, std::string>> keys;
+        for (const pb::PnInventory* inv : invs) {
+            if (!registrable(*inv)) continue;
+            gws.insert(inv->gw_id());
+            keys.emplace(inv->gw_id(), inv->pn_id());
+            for (const pb::PnMember& m : inv->members()) pnes.insert(m.pne_id());
         }
-        pb::PnInventory header = inv;
-        header.clear_members();
+        if (keys.empty()) return results;  // none registrable: nothing to write
+        const std::vector<std::string> gw_ids(gws.begin(), gws.end());
+        const std::vector<std::string> pne_ids(pnes.begin(), pnes.end());
 
         Transaction txn(*db_, Transaction::Kind::kWrite);
+        // The PN GWs' PN counts, and which PNs of the group are registered already.
+        std::map<std::string, std::int64_t> gw_count;
+        for (const detail::Row& row :
+             run_in("SELECT gw_id, COUNT(*) FROM pns WHERE gw_id IN", " GROUP BY gw_id", gw_ids))
+            gw_count[row.at(0).value_or("")] = integer(row.at(1));
+        std::set<std::pair<std::string, std::string>> existing;
+        const std::vector<std::pair<std::string, std::string>> key_list(keys.begin(), keys.end());
+        for (std::size_t at = 0; at < key_list.size(); at += kGroupRowsPerStatement) {
+            const std::size_t n = std::min(kGroupRowsPerStatement, key_list.size() - at);
+            std::string pairs;
+            std::vector<Param> params;
+            params.reserve(2 * n);
+            for (std::size_t j = 0; j < n; ++j) {
+                pairs += (j ? ", (" : "(") + placeholders(params.size(), 2) + ")";
+                params.push_back(Param::of(key_list[at + j].first));
+                params.push_back(Param::of(key_list[at + j].second));
+            }
+            const detail::Result r = db_->run(
+                "SELECT gw_id, pn_id FROM pns WHERE (gw_id, pn_id) IN (VALUES " + pairs + ")",
+                params);
+            for (const detail::Row& row : r.rows)
+                existing.emplace(row.at(0).value_or(""), row.at(1).value_or(""));
+        }
+        std::map<std::string, std::int64_t> pne_count;
+        for (const detail::Row& row :
+             run_in("SELECT pne_id, COUNT(*) FROM pn_members WHERE pne_id IN", " GROUP BY pne_id",
+                    pne_ids))
+            pne_count[row.at(0).value_or("")] = integer(row.at(1));
+        // The kind as authenticated: a refused member row throws (nothing written).
+        std::set<std::string> known_pnes;
+        for (const detail::Row& row :
+             run_in(std::string(kEntityColumns) + " WHERE e.id IN", "", pne_ids)) {
+            const StoredEntity e = decode_entity(row);
+            if (e.kind == EntityKind::kPne) known_pnes.insert(e.id);
+        }
+
+        // register_pn's checks, in its order, PN by PN.
+        std::vector<std::size_t> accepted;
+        for (std::size_t i = 0; i < invs.size(); ++i) {
+            const pb::PnInventory& inv = *invs[i];
+            if (!registrable(inv)) continue;  // kError
+            const auto key = std::make_pair(inv.gw_id(), inv.pn_id());
+            if (existing.count(key) != 0) {
+                results[i] = PutResult::kDuplicate;
+                continue;
+            }
+            if (gw_count[inv.gw_id()] + 1 > static_cast<std::int64_t>(kMaxPnsPerGw) ||
+                std::any_of(inv.members().begin(), inv.members().end(), [&](const auto& m) {
+                    return pne_count[m.pne_id()] >= static_cast<std::int64_t>(kMaxPnsPerPne);
+                })) {
+                results[i] = PutResult::kLimit;
+                continue;
+            }
+            if (std::any_of(inv.members().begin(), inv.members().end(),
+                            [&](const auto& m) { return known_pnes.count(m.pne_id()) == 0; }))
+                continue;  // kError
+            results[i] = PutResult::kOk;
+            existing.insert(key);  // a second entry for this PN in the group is a duplicate
+            ++gw_count[inv.gw_id()];
+            for (const pb::PnMember& m : inv.members()) ++pne_count[m.pne_id()];
+            accepted.push_back(i);
+        }
+
+        // The PN rows; those another connection registered meanwhile come back as duplicates.
+        std::set<std::pair<std::string, std::string>> inserted;
+        for (std::size_t at = 0; at < accepted.size(); at += kGroupRowsPerStatement) {
+            const std::size_t n = std::min(kGroupRowsPerStatement, accepted.size() - at);
+            std::string values;
+            std::vector<Param> params;
+            params.reserve(4 * n);
+            for (std::size_t j = 0; j < n; ++j) {
+                const pb::PnInventory& inv = *invs[accepted[at + j]];
+                pb::PnInventory header = inv;
+                header.clear_members();
+                values += (j ? ", (" : "(") + placeholders(params.size(), 4) + ")";
+                params.push_back(Param::of(inv.gw_id()));
+                params.push_back(Param::of(inv.pn_id()));
+                params.push_back(Param::of(static_cast<std::int64_t>(inv.registered_at_ms())));
+                params.push_back(Param::blob(serialize(header, "the PN Inventory")));
+            }
+            const detail::Result r = db_->run(
+                "INSERT INTO pns (gw_id, pn_id, registered_at_ms, inventory) VALUES " + values +
+                    " ON CONFLICT (gw_id, pn_id) DO NOTHING RETURNING gw_id, pn_id",
+                params);
+            for (const detail::Row& row : r.rows)
+                inserted.emplace(row.at(0).value_or(""), row.at(1).value_or(""));
+        }
+        // The member rows of the PNs inserted.
+        std::string values;
+        std::vector<Param> params;
+        std::size_t rows = 0;
+        auto flush = [&] {
+            if (rows == 0) return;
+            db_->run("INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member) VALUES " +
+                         values,
+                     params);
+            values.clear();
+            params.clear();
+            rows = 0;
+        };
+        for (const std::size_t i : accepted) {
+            const pb::PnInventory& inv = *invs[i];
+            if (inserted.count({inv.gw_id(), inv.pn_id()}) == 0) {
+                results[i] = PutResult::kDuplicate;
+                continue;
+            }
+            std::int64_t index = 0;
+            for (const pb::PnMember& m : inv.members()) {
+                values += (rows ? ", (" : "(") + placeholders(params.size(), 5) + ")";
+                params.push_back(Param::of(inv.gw_id()));
+                params.push_back(Param::of(inv.pn_id()));
+                params.push_back(Param::of(m.pne_id()));
+                params.push_back(Param::of(index++));
+                params.push_back(Param::blob(serialize(m, "a PN member")));
+                if (++rows == kGroupRowsPerStatement) flush();
+            }
+        }
+        flush();
+        txn.commit();
+        return results;
+    }
+
+    static bool registrable(const pb::PnInventory& inv) {
+        if (inv.gw_id().empty() || inv.pn_id().empty() || inv.members().empty()) return false;
+        std::set<std::string> seen;
+        for (const pb::PnMember& m : inv.members()) {
+            if (m.pne_id().empty() || !seen.insert(m.pne_id()).second) return false;
+        }
+        return true;
+    }
+
+    // register_pn's writes inside the caller's write transaction. kDuplicate writes nothing;
+    // kLimit and kError have written the PN row and no member (every check comes before the
+    // members' insert): the caller rolls back or deletes that row.
+    PutResult insert_pn(const pb::PnInventory& inv) {
+        pb::PnInventory header = inv;
+        header.clear_members();
         // The UNIQUE (gw_id, pn_id) constraint decides: a concurrent registration of the same
         // PN (another connection, another server) either commits first and this insert does
         // nothing, or waits for this one.
@@ -280,31 +464,53 @@ class SqlStore final : public Store {
             {Param::of(inv.gw_id()), Param::of(inv.pn_id()),
              Param::of(static_cast<std::int64_t>(inv.registered_at_ms())),
              Param::blob(serialize(header, "the PN Inventory"))});
-        if (inserted.changed == 0) return PutResult::kDuplicate;  // rolled back (nothing written)
+        if (inserted.changed == 0) return PutResult::kDuplicate;  // nothing written
         // Bounded state: PNs per PN GW and per PNE (this PN included), counted in the same
         // transaction; over the bound nothing is written.
         if (count("SELECT COUNT(*) FROM pns WHERE gw_id = $1", inv.gw_id()) >
             static_cast<std::int64_t>(kMaxPnsPerGw))
             return PutResult::kLimit;
-        for (const pb::PnMember& m : inv.members())
-            if (count("SELECT COUNT(*) FROM pn_members WHERE pne_id = $1", m.pne_id()) >=
-                static_cast<std::int64_t>(kMaxPnsPerPne))
+        // The members take one statement each for all of them (not one per member): their PN
+        // counts, their entity rows, their insert. Placeholders $1..$n are the member IDs.
+        std::string in;
+        std::vector<Param> ids;
+        for (const pb::PnMember& m : inv.members()) {
+            in += (ids.empty() ? "$" : ", $") + std::to_string(ids.size() + 1);
+            ids.push_back(Param::of(m.pne_id()));
+        }
+        const detail::Result counts = db_->run(
+            "SELECT pne_id, COUNT(*) FROM pn_members WHERE pne_id IN (" + in + ") GROUP BY pne_id",
+            ids);
+        for (const detail::Row& row : counts.rows)
+            if (integer(row.at(1)) >= static_cast<std::int64_t>(kMaxPnsPerPne))
                 return PutResult::kLimit;
-
+        // The kind as authenticated: a refused member row throws (nothing written).
+        const detail::Result found =
+            db_->run(std::string(kEntityColumns) + " WHERE e.id IN (" + in + ")", ids);
+        std::set<std::string> pnes;
+        for (const detail::Row& row : found.rows) {
+            const StoredEntity e = decode_entity(row);
+            if (e.kind == EntityKind::kPne) pnes.insert(e.id);
+        }
+        std::string values;
+        std::vector<Param> params;
+        params.reserve(5 * static_cast<std::size_t>(inv.members_size()));
         std::int64_t index = 0;
         for (const pb::PnMember& m : inv.members()) {
-            // The kind as authenticated: a refused member row throws (nothing written).
-            const detail::Result found =
-                db_->run(std::string(kEntityColumns) + " WHERE e.id = $1", {Param::of(m.pne_id())});
-            if (found.rows.empty() || decode_entity(found.rows[0]).kind != EntityKind::kPne)
-                return PutResult::kError;
-            db_->run(
-                "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                {Param::of(inv.gw_id()), Param::of(inv.pn_id()), Param::of(m.pne_id()),
-                 Param::of(index++), Param::blob(serialize(m, "a PN member"))});
+            if (pnes.count(m.pne_id()) == 0) return PutResult::kError;
+            const std::size_t at = params.size();
+            values += std::string(index == 0 ? "" : ", ") + "($" + std::to_string(at + 1) + ", $" +
+                      std::to_string(at + 2) + ", $" + std::to_string(at + 3) + ", $" +
+                      std::to_string(at + 4) + ", $" + std::to_string(at + 5) + ")";
+            params.push_back(Param::of(inv.gw_id()));
+            params.push_back(Param::of(inv.pn_id()));
+            params.push_back(Param::of(m.pne_id()));
+            params.push_back(Param::of(index++));
+            params.push_back(Param::blob(serialize(m, "a PN member")));
         }
-        txn.commit();
+        db_->run(
+            "INSERT INTO pn_members (gw_id, pn_id, pne_id, member_index, member) VALUES " + values,
+            params);
         return PutResult::kOk;
     }
 

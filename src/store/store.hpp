@@ -146,6 +146,20 @@ class Store {  // one instance per thread; not thread-safe
     // members, a member without pne_id, a PNE listed twice, or a member that is not a PNE
     // entity of this store. Database failures throw StoreError (nothing written either).
     virtual PutResult register_pn(const pb::PnInventory& inv) = 0;
+    // Group commit: each inventory as register_pn would register it, all in ONE transaction
+    // (one commit, one WAL flush for the group), each with its own result: one refused
+    // (kDuplicate, kError, kLimit; also a second entry for the same PN) writes nothing and
+    // does not affect the others. Every kOk is durable when it returns. A database failure
+    // throws StoreError for the whole group: nothing of it is known to be committed (and with
+    // kUnavailable during the COMMIT, all of it may be), so the caller tries each one again
+    // alone. The default implementation (for other Store implementations) registers them one
+    // by one.
+    virtual std::vector<PutResult> register_pns(const std::vector<const pb::PnInventory*>& invs) {
+        std::vector<PutResult> results;
+        results.reserve(invs.size());
+        for (const pb::PnInventory* inv : invs) results.push_back(register_pn(*inv));
+        return results;
+    }
     virtual bool pn_exists(const std::string& gw_id, const std::string& pn_id) = 0;
     // Removes the PN (inv.gw_id, inv.pn_id) with its members, in one transaction, if it is
     // stored with exactly this content (the header and every member, in order); false, and
