@@ -7,7 +7,8 @@ PN GW as a bare PORT (which must mean 127.0.0.1). The Debian `prometheus` binary
 127.0.0.1 with a generated configuration (scrape_interval 1s, its own storage folder) scraping
 all five endpoints. Then:
 
-  - PNE initiated (5.2.1.1): pne-1 asks for a PN of type All, then pne-2 one of type 1-1;
+  - PNE initiated (5.2.1.1): pne-a asks for a PN of type All (pne-1..3 are notified), then
+    pne-b one of type 1-1 (both run only `cpns-pne setup`);
   - PN GW initiated (5.2.1.2): the PN GW invites pne-1, pne-2 and pne-3;
   - one establishment that fails: pne-4, whose EUKey is not the one provisioned, asks for a
     1-1 PN (the server cannot authenticate it).
@@ -104,13 +105,17 @@ class MetricsTest(unittest.TestCase):
             raise RuntimeError("CPNS_REQUIRE_PROMETHEUS is set but prometheus/promtool are "
                                "missing: install the Debian package 'prometheus'")
         cls.pnes = [PneSpec("pne-1"), PneSpec("pne-2"), PneSpec("pne-3", enough_ui=False)]
-        # Only ever runs `setup` (never a daemon), after the others: never in their PNs.
+        # PNEs that only run one-shot `setup` (a running `cpns-pne run` of the same PNE would
+        # hold a second PAN link under its ID): two that ask, and one the server cannot
+        # authenticate (its EUKey is not the provisioned one).
+        cls.askers = [PneSpec("pne-a"), PneSpec("pne-b")]
         cls.impostor = PneSpec("pne-4", wrong_eukey=True)
         ports = {name: free_port() for name in ["server", "gw"] + [p.id for p in cls.pnes]}
         cls.ports = ports
         metrics = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         metrics["gw"] = str(ports["gw"])  # a bare port: loopback
-        cls.lab = make_lab(BIN, cls.pnes + [cls.impostor], metrics=metrics, log_level="info")
+        cls.lab = make_lab(BIN, cls.pnes + cls.askers + [cls.impostor], metrics=metrics,
+                           log_level="info")
         cls.prom = None
         cls.promdir = Path(tempfile.mkdtemp(prefix="cpns-prometheus-"))
         try:
@@ -172,9 +177,9 @@ class MetricsTest(unittest.TestCase):
         lab.wait_server_link()
         cls._start_prometheus()
         cls.outcomes = []
-        rc, out, _ = lab.pne_setup(cls.pnes[0], "all")
+        rc, out, _ = lab.pne_setup(cls.askers[0], "all")
         cls.outcomes.append(("5.2.1.1 all", rc, out))
-        rc, out, _ = lab.pne_setup(cls.pnes[1], "1-1")
+        rc, out, _ = lab.pne_setup(cls.askers[1], "1-1")
         cls.outcomes.append(("5.2.1.1 1-1", rc, out))
         rc, out = lab.gw_invite([p.id for p in cls.pnes])
         cls.outcomes.append(("5.2.1.2", rc, out))
@@ -254,8 +259,9 @@ class MetricsTest(unittest.TestCase):
                                outcome="success"), n)
         self.assertEqual(total(gw, "cpns_establishments_started_total", flow="pne_initiated",
                                setup="all"), 1)
+        # pne-b's and the impostor's.
         self.assertEqual(total(gw, "cpns_establishments_started_total", flow="pne_initiated",
-                               setup="one_to_one"), 1)
+                               setup="one_to_one"), 2, gw)
         self.assertEqual(total(gw, "cpns_establishments_started_total", flow="gw_initiated"), 1)
         # The failed one (an initiator the server cannot authenticate), by its typed reason.
         failed = [(labels, v) for labels, v in samples(gw, "cpns_establishments_finished_total")
@@ -290,7 +296,7 @@ class MetricsTest(unittest.TestCase):
             self.assertTrue(info[0][0].get("version") and info[0][0].get("openssl"), info)
 
     def test_no_device_id_in_any_label(self):
-        ids = ["gw-1", "cpns-server"] + [p.id for p in self.pnes + [self.impostor]]
+        ids = ["gw-1", "cpns-server"] + [p.id for p in self.pnes + self.askers + [self.impostor]]
         for name, text in self.texts.items():
             for line in text.splitlines():
                 if line.startswith("#"):

@@ -1,5 +1,6 @@
 #include "daemon/log_json.hpp"
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -110,7 +111,7 @@ class JsonFormatter final : public spdlog::formatter {
                         1000;
         std::tm tm{};
         gmtime_r(&t, &tm);
-        char when[40];
+        char when[96];
         std::snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
                       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                       tm.tm_sec, static_cast<int>(ms));

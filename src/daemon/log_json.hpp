@@ -5,6 +5,7 @@
 // names a PN ID or a failure reason of the schema, and event is "log".
 #pragma once
 
+#include <spdlog/formatter.h>
 #include <spdlog/spdlog.h>
 
 #include <memory>

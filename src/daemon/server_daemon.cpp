@@ -272,7 +272,7 @@ void ServerDaemon::flush_audit() {
     audit_writing_ = true;
     auto batch = std::make_shared<std::vector<store::AuditRecord>>(std::move(audit_pending_));
     audit_pending_.clear();
-    metrics_.registry().histogram("cpns_store_batch_size", {"audit"}).observe(batch->size());
+    metrics_.registry().histogram("cpns_store_batch_size", {"audit"}).observe(static_cast<double>(batch->size()));
     store_job([batch](store::Store& st) { st.audit_many(*batch); },
               [this](StoreFailure) {
                   audit_writing_ = false;
