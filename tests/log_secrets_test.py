@@ -3,8 +3,9 @@
 A CPNS Server, a PN GW and three PNEs run as processes on 127.0.0.1 (tests/lab/cpnslab.py) at
 log level debug with `log_format = "json"`: pne-1 and pne-2 with enough UI on an insecure PAN
 (PSK-TLS with a LocalEUKey), pne-3 without UI (PSK-TLS with its pre-assigned key). Both flows
-run: pne-1 asks for a PN of type All (5.2.1.1), the PN GW invites all three (5.2.1.2); then an
-impostor PNE (an EUKey other than the provisioned one) asks for a 1-1 PN and fails.
+run: pne-a (a one-shot `cpns-pne setup`) asks for a PN of type All (5.2.1.1), the PN GW invites
+the three (5.2.1.2); then an impostor PNE (an EUKey other than the provisioned one) asks for a
+1-1 PN and fails.
 
 Checks, over every log the processes wrote (the daemons' and each `cpns-pne setup`'s):
   - each line parses as a JSON object with exactly the fields time, level, daemon, event, pn,
@@ -105,8 +106,11 @@ class LogSecretsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.pnes = [PneSpec("pne-1"), PneSpec("pne-2"), PneSpec("pne-3", enough_ui=False)]
+        # Run only one-shot `setup` (a daemon of the same ID would hold a second PAN link).
+        cls.asker = PneSpec("pne-a")
         cls.impostor = PneSpec("pne-4", wrong_eukey=True)
-        cls.lab = make_lab(BIN, cls.pnes + [cls.impostor], log_format="json", log_level="debug")
+        cls.lab = make_lab(BIN, cls.pnes + [cls.asker, cls.impostor], log_format="json",
+                           log_level="debug")
         try:
             lab = cls.lab
             lab.start_server()
@@ -115,7 +119,7 @@ class LogSecretsTest(unittest.TestCase):
                 lab.start_pne(p)
             lab.wait_linked([p.id for p in cls.pnes])
             lab.wait_server_link()
-            cls.setup = lab.pne_setup(cls.pnes[0], "all")
+            cls.setup = lab.pne_setup(cls.asker, "all")
             cls.invite = lab.gw_invite([p.id for p in cls.pnes])
             cls.failed = lab.pne_setup(cls.impostor, "1-1")
             cls.names = [p.name for p in lab.procs]
@@ -147,7 +151,7 @@ class LogSecretsTest(unittest.TestCase):
         self.assertNotEqual(rc, 0, out)
         # The daemons' logs and each one-shot setup's.
         for name in ("server.log", "gw.log", "pne-1.log", "pne-2.log", "pne-3.log",
-                     "pne-1.setup.log", "pne-4.setup.log"):
+                     "pne-a.setup.log", "pne-4.setup.log"):
             self.assertIn(name, self.logs)
 
     def test_every_line_is_one_json_object_with_the_fields(self):
@@ -171,7 +175,7 @@ class LogSecretsTest(unittest.TestCase):
         recs = self.records()
         self.assertTrue(any(r["level"] == "debug" for _, r in recs), "no debug line")
         daemons = {r["daemon"] for _, r in recs}
-        self.assertTrue({"server", "gw-1", "pne-1", "pne-2", "pne-3", "pne-4"} <= daemons,
+        self.assertTrue({"server", "gw-1", "pne-1", "pne-2", "pne-3", "pne-a", "pne-4"} <= daemons,
                         daemons)
         # The PN GW's outcomes: each names its PN; the messages it handled name their peer.
         pn = self.invite[1]["pn_id"]
@@ -194,7 +198,7 @@ class LogSecretsTest(unittest.TestCase):
         secrets["server PSK of gw-1"] = kdf(gw_key, 0x55, lab.gw_id.encode())
         secrets["state key of gw-1"] = kdf(gw_key, 0x56, b"cpns device state v1",
                                            lab.gw_id.encode())
-        for p in self.pnes + [self.impostor]:
+        for p in self.pnes + [self.asker, self.impostor]:
             for what, hexkey in (("EUKey", p.eukey), ("device EUKey", p.device_eukey),
                                  ("pre-assigned key", p.preassigned)):
                 if hexkey:
@@ -203,7 +207,7 @@ class LogSecretsTest(unittest.TestCase):
             secrets[f"state key of {p.id}"] = kdf(key, 0x56, b"cpns device state v1",
                                                   p.id.encode())
         leuks = 0
-        for p in self.pnes:
+        for p in self.pnes + [self.asker]:
             for i, k in enumerate(local_eukeys(lab.workdir / f"{p.id}.state", p.id,
                                                bytes.fromhex(p.eukey))):
                 secrets[f"LocalEUKey {i} of {p.id}"] = k

@@ -271,7 +271,7 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
     const auto parsed = parse_psk_identity(identity);
     const std::string pne = parsed ? parsed->pne_id : "";
     if (failed) {
-        const LogScope scope("tls", "", conn->remote(), reason_name(failed->reason));
+        const LogScope scope("tls", "", conn->remote(), pb::FailureReason_Name(failed->reason));
         metrics_.tls_handshake("pan", failed->reason);
         if (*blocked) metrics_.psk_throttled("pan");
         auto started = PskThrottle::Block::kNone;
@@ -458,7 +458,7 @@ void GwDaemon::send_effect(const SendEffect& s) {
 void GwDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
     const LogScope scope(o.operation.empty() ? "outcome" : o.operation, o.pn_id, "",
-                         reason_name(o.reason));
+                         pb::FailureReason_Name(o.reason));
     if (o.operation.empty()) metrics_.finished(o.pn_id, o.success, o.reason, mono_now());
     const std::string json = outcome_json(opt_.role.gw_id, o);
     if (!o.operation.empty())

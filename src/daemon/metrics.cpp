@@ -419,7 +419,7 @@ void DaemonMetrics::finished(const std::string& key, bool success, pb::FailureRe
     registry_
         .counter("cpns_establishments_finished_total",
                  {flow, std::string(setup_label(t.setup)), outcome,
-                  std::string(reason_name(success ? pb::REASON_NONE : reason))})
+                  pb::FailureReason_Name(success ? pb::REASON_NONE : reason)})
         .inc();
     if (it == timings_.end()) return;
     registry_.histogram("cpns_establishment_duration_seconds", {flow, outcome})
@@ -442,7 +442,7 @@ void DaemonMetrics::tls_handshake(std::string_view link, pb::FailureReason reaso
     registry_
         .counter("cpns_tls_handshakes_total",
                  {std::string(link),
-                  reason == pb::REASON_NONE ? std::string("ok") : std::string(reason_name(reason))})
+                  reason == pb::REASON_NONE ? std::string("ok") : pb::FailureReason_Name(reason)})
         .inc();
 }
 

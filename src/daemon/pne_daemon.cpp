@@ -436,7 +436,7 @@ void PneDaemon::send_effect(const SendEffect& s) {
 void PneDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
     const LogScope scope(o.operation.empty() ? "outcome" : o.operation, o.pn_id, "",
-                         reason_name(o.reason));
+                         pb::FailureReason_Name(o.reason));
     if (o.operation.empty()) metrics_.finished("pne", o.success, o.reason, mono_now());
     const std::string json = outcome_json(opt_.role.pne_id, o);
     if (!o.operation.empty())

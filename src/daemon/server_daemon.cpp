@@ -883,7 +883,7 @@ void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
     const bool lifecycle = !o.operation.empty();
     const LogScope scope(lifecycle ? o.operation : "outcome", o.pn_id, o.gw_id,
-                         reason_name(o.reason));
+                         pb::FailureReason_Name(o.reason));
     if (!lifecycle) metrics_.finished(o.gw_id + "/" + o.pn_id, o.success, o.reason, mono_now());
     spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
                  outcome_json(opt_.role.server_id, o));
