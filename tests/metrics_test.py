@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
 from cpnslab import PneSpec, cleanup, free_port, make_lab  # noqa: E402
 
 BIN = os.path.join(os.environ.get("CPNS_BINARY_DIR", "build/dev"), "apps")
+SOURCE_DIR = Path(os.environ.get("CPNS_SOURCE_DIR", Path(__file__).resolve().parent.parent))
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 REQUIRED = bool(os.environ.get("CPNS_REQUIRE_PROMETHEUS"))
@@ -281,6 +282,12 @@ class MetricsTest(unittest.TestCase):
                                 3)
         self.assertGreaterEqual(total(self.texts["pne-3"], "cpns_tls_handshakes_total",
                                       link="pan", result="ok"), 1)
+        # pne-1 joined the All PN (notified: 5.2.1.1) and the invited one (5.2.1.2).
+        pne1 = self.texts["pne-1"]
+        for flow in ("pne_initiated", "gw_initiated"):
+            self.assertEqual(total(pne1, "cpns_establishments_finished_total", flow=flow,
+                                   outcome="success"), 1, pne1)
+        self.assertEqual(total(pne1, "cpns_establishment_duration_seconds_count"), 2)
         self.assertEqual(total(server, "cpns_store_errors_total"), 0)
         self.assertGreaterEqual(total(server, "cpns_store_commit_seconds_count"), n)
         self.assertGreaterEqual(total(gw, "cpns_connections_open", listener="pan"), 3)
@@ -322,6 +329,32 @@ class MetricsTest(unittest.TestCase):
         head = raw_request(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
         self.assertTrue(head.startswith("HTTP/1.0 200"), head)
         self.assertTrue(head.endswith("\r\n\r\n"), "HEAD has no body")
+
+    def test_documented_configuration_and_rules_are_valid(self):
+        """docs/operations.md, "Prometheus configuration": the scrape configuration passes
+        `promtool check config` (with the alert rules beside it, as it names them) and the rules
+        `promtool check rules`; every metric the rules use is one a daemon exports."""
+        doc = (SOURCE_DIR / "docs" / "operations.md").read_text()
+        section = doc[doc.index("### Prometheus configuration"):doc.index("### JSON logs")]
+        blocks = [b.split("\n", 1)[1] for b in section.split("```yaml")[1:]]
+        blocks = [b[:b.index("```")] for b in blocks]
+        config = next(b for b in blocks if "scrape_configs:" in b)
+        rules = next(b for b in blocks if "groups:" in b)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "prometheus.yml").write_text(config)
+            (Path(d) / "cpns-alerts.yml").write_text(rules)
+            for args in (["check", "config", "prometheus.yml"],
+                         ["check", "rules", "cpns-alerts.yml"]):
+                r = subprocess.run([PROMTOOL] + args, cwd=d, capture_output=True, text=True,
+                                   timeout=30)
+                self.assertEqual(r.returncode, 0, f"promtool {args}: {r.stdout}{r.stderr}")
+        exported = set()
+        for text in self.texts.values():
+            for line in text.splitlines():
+                if line.startswith("# TYPE "):
+                    exported.add(line.split()[2])
+        for name in set(re.findall(r"\b(cpns_[a-z_]+?)(?:_bucket)?\b[\[{ ]", rules)):
+            self.assertIn(name, exported, f"the rules use {name}, which nothing exports")
 
     def test_bare_port_means_loopback(self):
         self.assertIn("metrics on http://127.0.0.1:" + str(self.ports["gw"]),

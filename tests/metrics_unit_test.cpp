@@ -141,8 +141,9 @@ TEST(JsonLog, FormatterWritesOneObjectPerLineWithScopeFields) {
     spdlog::details::log_msg plain("server", spdlog::level::info, "refused: UNKNOWN_ENTITY - no");
     f->format(plain, out);
     const std::string second(out.data(), out.size());
-    EXPECT_NE(second.find("\"event\":\"log\",\"pn\":\"\",\"peer\":\"\",\"reason\":\"UNKNOWN_ENTITY\""),
-              std::string::npos)
+    EXPECT_NE(
+        second.find("\"event\":\"log\",\"pn\":\"\",\"peer\":\"\",\"reason\":\"UNKNOWN_ENTITY\""),
+        std::string::npos)
         << second;
     EXPECT_EQ(parse_log_format("json"), LogFormat::kJson);
     EXPECT_EQ(parse_log_format("human"), LogFormat::kHuman);

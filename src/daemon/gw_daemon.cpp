@@ -107,7 +107,8 @@ void GwDaemon::start() {
     metrics_.watch_listener("control", control_listener_);
     metrics_.watch_listener("metrics", metrics_server_.listener());
     if (!opt_.device.metrics.empty())
-        metrics_port_ = metrics_server_.start(parse_metrics_address(opt_.device.metrics, "metrics"));
+        metrics_port_ =
+            metrics_server_.start(parse_metrics_address(opt_.device.metrics, "metrics"));
 }
 
 void GwDaemon::start_discovery() {

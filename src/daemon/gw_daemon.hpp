@@ -129,7 +129,7 @@ class GwDaemon {
     std::string pn_saving_;   // the PN whose inventory it saves
     std::shared_ptr<std::string> save_error_;  // its result, set by the writer thread
     PskThrottle throttle_;                     // failed PSK attempts per (source, PAN identity)
-    DaemonMetrics metrics_{"PN GW"};          // Prometheus metrics (--metrics)
+    DaemonMetrics metrics_{"PN GW"};           // Prometheus metrics (--metrics)
     MetricsServer metrics_server_{io_, metrics_.registry()};
     std::uint16_t metrics_port_ = 0;
 };

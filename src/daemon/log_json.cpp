@@ -67,8 +67,8 @@ std::string reason_in(std::string_view text) {
             continue;
         }
         std::size_t end = i;
-        while (end < text.size() && (std::isupper(static_cast<unsigned char>(text[end])) != 0 ||
-                                     text[end] == '_'))
+        while (end < text.size() &&
+               (std::isupper(static_cast<unsigned char>(text[end])) != 0 || text[end] == '_'))
             ++end;
         pb::FailureReason r{};
         const std::string word(text.substr(i, end - i));
@@ -105,16 +105,16 @@ class JsonFormatter final : public spdlog::formatter {
         const std::string_view text(msg.payload.data(), msg.payload.size());
         const auto& f = LogScope::current();
         const auto t = std::chrono::system_clock::to_time_t(msg.time);
-        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            msg.time.time_since_epoch())
-                            .count() %
-                        1000;
+        const auto ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch())
+                .count() %
+            1000;
         std::tm tm{};
         gmtime_r(&t, &tm);
         char when[96];
-        std::snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                      tm.tm_sec, static_cast<int>(ms));
+        std::snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                      static_cast<int>(ms));
         std::string line = "{\"time\":\"";
         line += when;
         line += "\",\"level\":\"";

@@ -29,9 +29,10 @@ std::string format_value(double v) {
         std::snprintf(buf, sizeof buf, "%.0f", v);
         return buf;
     }
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.9g", v);
-    return buf;
+    // The shortest text that reads back as the same double.
+    char buf[64];
+    const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+    return ec == std::errc{} ? std::string(buf, end) : std::string("NaN");
 }
 
 std::string label_text(const Labels& names, const Labels& values,
@@ -141,8 +142,8 @@ void Registry::declare_histogram(const std::string& name, const std::string& hel
     families_.push_back(std::move(f));
 }
 
-void Registry::declare_sampled(const std::string& name, const std::string& help,
-                               Labels label_names, Sampler read, std::string_view type) {
+void Registry::declare_sampled(const std::string& name, const std::string& help, Labels label_names,
+                               Sampler read, std::string_view type) {
     auto f = std::make_unique<Family>();
     f->name = name;
     f->help = help;
@@ -263,8 +264,8 @@ Registry::Sampler one(std::function<double()> f) {
 }  // namespace
 
 void declare_process_metrics(Registry& r) {
-    r.declare_sampled("process_cpu_seconds_total", "User and system CPU time spent in seconds.",
-                      {}, one([] { return read_proc_stat().cpu_seconds; }), "counter");
+    r.declare_sampled("process_cpu_seconds_total", "User and system CPU time spent in seconds.", {},
+                      one([] { return read_proc_stat().cpu_seconds; }), "counter");
     r.declare_sampled("process_resident_memory_bytes", "Resident memory size in bytes.", {},
                       one([] { return read_proc_stat().resident_bytes; }));
     r.declare_sampled("process_virtual_memory_bytes", "Virtual memory size in bytes.", {},
@@ -280,12 +281,12 @@ void declare_process_metrics(Registry& r) {
     r.declare_sampled("process_start_time_seconds",
                       "Start time of the process since unix epoch in seconds.", {},
                       one([start] { return start; }));
-    r.declare_sampled(
-        "cpns_build_info", "The cpns version and the OpenSSL library it runs with (always 1).",
-        {"version", "openssl"}, [] {
-            return std::vector<Registry::Sample>{
-                {{CPNS_VERSION, OpenSSL_version(OPENSSL_VERSION_STRING)}, 1.0}};
-        });
+    r.declare_sampled("cpns_build_info",
+                      "The cpns version and the OpenSSL library it runs with (always 1).",
+                      {"version", "openssl"}, [] {
+                          return std::vector<Registry::Sample>{
+                              {{CPNS_VERSION, OpenSSL_version(OPENSSL_VERSION_STRING)}, 1.0}};
+                      });
 }
 
 net::HostPort parse_metrics_address(const std::string& text, const std::string& what) {
@@ -366,10 +367,10 @@ DaemonMetrics::DaemonMetrics(std::string_view daemon) {
         "Establishments this " + who +
             " saw end, by outcome (success or failure) and typed reason (REASON_NONE on success).",
         {"flow", "setup", "outcome", "reason"});
-    r.declare_histogram("cpns_establishment_duration_seconds",
-                        "Whole establishments as this " + who +
-                            " saw them, from their start to their outcome.",
-                        {"flow", "outcome"}, latency_buckets());
+    r.declare_histogram(
+        "cpns_establishment_duration_seconds",
+        "Whole establishments as this " + who + " saw them, from their start to their outcome.",
+        {"flow", "outcome"}, latency_buckets());
     r.declare_histogram(
         "cpns_establishment_phase_seconds",
         "Phases of establishments at the PN GW: setup (to the Registration Request), "
@@ -480,7 +481,8 @@ void DaemonMetrics::declare_listener_metrics() {
         {"listener", "limit"},
         each([](std::vector<Sample>& out, const std::string& name, const net::Listener& l) {
             out.push_back({{name, "total"}, static_cast<double>(l.stats().refused_full)});
-            out.push_back({{name, "per_source"}, static_cast<double>(l.stats().refused_per_source)});
+            out.push_back(
+                {{name, "per_source"}, static_cast<double>(l.stats().refused_per_source)});
         }),
         "counter");
     registry_.declare_sampled(
@@ -524,8 +526,8 @@ std::uint16_t MetricsServer::start(const net::HostPort& at) {
 namespace {
 std::string http_answer(std::string_view status, std::string_view type, const std::string& body,
                         bool head_only) {
-    std::string out = "HTTP/1.0 " + std::string(status) + "\r\nContent-Type: " +
-                      std::string(type) + "\r\nContent-Length: " + std::to_string(body.size()) +
+    std::string out = "HTTP/1.0 " + std::string(status) + "\r\nContent-Type: " + std::string(type) +
+                      "\r\nContent-Length: " + std::to_string(body.size()) +
                       "\r\nConnection: close\r\n\r\n";
     if (!head_only) out += body;
     return out;

@@ -75,7 +75,8 @@ void PneDaemon::start() {
     metrics_.watch_listener("control", control_listener_);
     metrics_.watch_listener("metrics", metrics_server_.listener());
     if (!opt_.device.metrics.empty())
-        metrics_port_ = metrics_server_.start(parse_metrics_address(opt_.device.metrics, "metrics"));
+        metrics_port_ =
+            metrics_server_.start(parse_metrics_address(opt_.device.metrics, "metrics"));
     asio::co_spawn(io_, main(), asio::detached);
 }
 
@@ -313,8 +314,8 @@ asio::awaitable<void> PneDaemon::main() {
                 for (auto& l : links_) l.conn->close();
             } else if (task_.kind == PneTask::Kind::kSetup && !setup_started_) {
                 setup_started_ = true;
-                PneEffects fx = pne_->start_setup(gw_id_, task_.setup_type, task_.invited,
-                                                  mono_now());
+                PneEffects fx =
+                    pne_->start_setup(gw_id_, task_.setup_type, task_.invited, mono_now());
                 metrics_.started_in(fx, "idle", FlowLabel::kPneInitiated, task_.setup_type,
                                     mono_now(), "pne");
                 apply(std::move(fx));
@@ -402,10 +403,9 @@ void PneDaemon::to_role(const std::string& from, const pb::Envelope& env, Protec
     const LogScope scope("message", pn_id_of(env), from);
     PneEffects fx = pne_->on_message(from, env, protection, mono_now(), origin);
     if (env.has_setup_notify() || env.has_setup_invite())
-        metrics_.started_in(fx, "idle",
-                            env.has_setup_notify() ? FlowLabel::kPneInitiated
-                                                   : FlowLabel::kGwInitiated,
-                            pb::SETUP_UNSPECIFIED, mono_now(), "pne");
+        metrics_.started_in(
+            fx, "idle", env.has_setup_notify() ? FlowLabel::kPneInitiated : FlowLabel::kGwInitiated,
+            pb::SETUP_UNSPECIFIED, mono_now(), "pne");
     apply(std::move(fx));
     trace_->handled(env);
 }

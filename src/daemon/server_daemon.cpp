@@ -88,6 +88,18 @@ std::string redact_url(const std::string& url) {
 }
 
 namespace {
+// `job`, observing into `seconds` how long it ran when it ends without an exception (on the
+// store thread: Histogram::observe is atomic).
+std::function<void(store::Store&)> timed(std::function<void(store::Store&)> job,
+                                         Histogram& seconds) {
+    return [job = std::move(job), &seconds](store::Store& st) {
+        const auto began = std::chrono::steady_clock::now();
+        job(st);
+        seconds.observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+    };
+}
+
 std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& e) {
     if (!e) return std::nullopt;
     return EntityRecord{e->kind, e->eukey, e->status, e->previous};
@@ -200,17 +212,13 @@ pb::FailureReason store_failure_reason(store::StoreError::Kind kind) {
 void ServerDaemon::store_job(std::function<void(store::Store&)> job,
                              std::function<void(StoreFailure)> done, bool write) {
     ++store_queue_;
+    if (write) job = timed(std::move(job), *store_commit_);
     asio::post(store_thread_,
                [this, job = std::move(job), done = std::move(done), write]() mutable {
                    StoreFailure failure;
                    withdraw_unacknowledged(*store_);
-                   const auto began = std::chrono::steady_clock::now();
                    try {
                        job(*store_);
-                       if (write)
-                           store_commit_->observe(std::chrono::duration<double>(
-                                                      std::chrono::steady_clock::now() - began)
-                                                      .count());
                    } catch (const store::StoreError& e) {
                        failure = e.kind();
                        spdlog::error("store: {}", e.what());
@@ -272,7 +280,9 @@ void ServerDaemon::flush_audit() {
     audit_writing_ = true;
     auto batch = std::make_shared<std::vector<store::AuditRecord>>(std::move(audit_pending_));
     audit_pending_.clear();
-    metrics_.registry().histogram("cpns_store_batch_size", {"audit"}).observe(static_cast<double>(batch->size()));
+    metrics_.registry()
+        .histogram("cpns_store_batch_size", {"audit"})
+        .observe(static_cast<double>(batch->size()));
     store_job([batch](store::Store& st) { st.audit_many(*batch); },
               [this](StoreFailure) {
                   audit_writing_ = false;
@@ -954,15 +964,16 @@ void ServerDaemon::declare_metrics() {
     r.declare_sampled("cpns_store_up", "1 while the store is reachable, else 0.", {}, [this] {
         return std::vector<Sample>{{{}, health_.reachable ? 1.0 : 0.0}};
     });
-    r.declare_sampled(
-        "cpns_pns", "PNs registered in the store (counted every 30 s, plus registrations since).",
-        {}, [this] { return std::vector<Sample>{{{}, pns_}}; });
-    r.declare_sampled("cpns_entities",
-                      "Entities provisioned in the store, by kind (counted every 30 s).", {"kind"},
-                      [this] {
-                          return std::vector<Sample>{{{"gw"}, entities_gw_},
-                                                     {{"pne"}, entities_pne_}};
+    r.declare_sampled("cpns_pns",
+                      "PNs registered in the store (counted every 30 s, plus registrations since).",
+                      {}, [this] {
+                          return std::vector<Sample>{{{}, pns_}};
                       });
+    r.declare_sampled(
+        "cpns_entities", "Entities provisioned in the store, by kind (counted every 30 s).",
+        {"kind"}, [this] {
+            return std::vector<Sample>{{{"gw"}, entities_gw_}, {{"pne"}, entities_pne_}};
+        });
     r.declare_sampled("cpns_gw_links", "PN GWs linked to this server now.", {}, [this] {
         return std::vector<Sample>{{{}, static_cast<double>(gws_.size())}};
     });

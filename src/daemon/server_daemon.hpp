@@ -77,7 +77,7 @@ struct ServerOptions {
     std::optional<net::HostPort> control_listen;
     // Connections open at once from one IP address (`max_connections_per_source`).
     std::size_t max_connections_per_source = kDefaultGwConnectionsPerSource;
-    std::string crash_at;  // --crash-at (daemon/trace.hpp); "" = none
+    std::string crash_at;                  // --crash-at (daemon/trace.hpp); "" = none
     std::optional<net::HostPort> metrics;  // --metrics: Prometheus endpoint; nullopt = off
 };
 // How often the server counts the PNs and entities in its store for its gauges (a registration
