@@ -137,14 +137,14 @@ class DaemonMetrics {
 
     // An establishment began (key: its PN ID, or the one session a PNE has).
     void started(const std::string& key, FlowLabel flow, pb::SetupType setup, Millis now);
-    // Starts timing every establishment `fx` opened: a session transition (no subject) out of
-    // `idle_state`; key: its PN ID, or `key` when given.
+    // Starts timing every establishment `fx` opened: a transition of a session (no subject) or
+    // of the party itself (a PNE's own state) out of `idle_state`; key: its PN ID, or `key`.
     template <class Effects>
     void started_in(const Effects& fx, std::string_view idle_state, FlowLabel flow,
                     pb::SetupType setup, Millis now, const std::string& key = {}) {
         for (const auto& e : fx)
             if (const auto* t = std::get_if<TransitionEffect>(&e);
-                t && t->subject.empty() && t->from == idle_state)
+                t && (t->subject.empty() || t->subject == t->entity) && t->from == idle_state)
                 started(key.empty() ? t->pn_id : key, flow, setup, now);
     }
     // `key` reached the end of phase `p` (the time since the previous mark is observed).
