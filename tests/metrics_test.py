@@ -269,6 +269,9 @@ class MetricsTest(unittest.TestCase):
                   if labels.get("outcome") == "failure"]
         self.assertEqual(sum(v for _, v in failed), 1, failed)
         self.assertNotEqual(failed[0][0]["reason"], "REASON_NONE", failed)
+        # ... and the impostor among the PNEs of finished establishments, at the server.
+        self.assertEqual(total(server, "cpns_establishment_pnes_total", result="excluded",
+                               reason="AUTHENTICATION_FAILED"), 1, server)
         # Each phase at the PN GW, once per registered PN.
         for phase in ("setup", "server_authentication", "result_delivery"):
             self.assertGreaterEqual(total(gw, "cpns_establishment_phase_seconds_count",

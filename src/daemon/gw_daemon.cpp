@@ -460,7 +460,7 @@ void GwDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
     const LogScope scope(o.operation.empty() ? "outcome" : o.operation, o.pn_id, "",
                          pb::FailureReason_Name(o.reason));
-    if (o.operation.empty()) metrics_.finished(o.pn_id, o.success, o.reason, mono_now());
+    if (o.operation.empty()) metrics_.finished(o.pn_id, o, mono_now());
     const std::string json = outcome_json(opt_.role.gw_id, o);
     if (!o.operation.empty())
         spdlog::log(o.success ? spdlog::level::info : spdlog::level::warn, "{} {}: {}", o.operation,

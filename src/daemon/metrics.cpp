@@ -376,6 +376,10 @@ DaemonMetrics::DaemonMetrics(std::string_view daemon) {
         "Phases of establishments at the PN GW: setup (to the Registration Request), "
         "server_authentication (to the Authentication Response), result_delivery (to the results).",
         {"flow", "phase"}, latency_buckets());
+    r.declare_counter("cpns_establishment_pnes_total",
+                      "PNEs named in establishments that ended here (PN GW and server): joined, or "
+                      "excluded with the typed reason (AUTHENTICATION_FAILED, DECLINED, ...).",
+                      {"result", "reason"});
     r.declare_counter("cpns_tls_handshakes_total",
                       "PSK-TLS handshakes by link (pan, server) and result (ok or a typed reason).",
                       {"link", "result"});
@@ -427,6 +431,16 @@ void DaemonMetrics::finished(const std::string& key, bool success, pb::FailureRe
         .observe(seconds(now - t.started));
     order_.erase(t.order);
     timings_.erase(it);
+}
+
+void DaemonMetrics::finished(const std::string& key, const OutcomeEffect& o, Millis now) {
+    finished(key, o.success, o.reason, now);
+    for (const auto& p : o.pnes)
+        registry_
+            .counter("cpns_establishment_pnes_total",
+                     {p.joined ? "joined" : "excluded",
+                      pb::FailureReason_Name(p.joined ? pb::REASON_NONE : p.reason)})
+            .inc();
 }
 
 void DaemonMetrics::gw_transition(const TransitionEffect& t, Millis now) {

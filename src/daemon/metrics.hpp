@@ -152,6 +152,9 @@ class DaemonMetrics {
     // An establishment ended: counted by flow, setup type, outcome and reason; its whole
     // duration observed when its start was seen.
     void finished(const std::string& key, bool success, pb::FailureReason reason, Millis now);
+    // The same from a PN GW's or the server's outcome, which also counts its PNEs: joined, or
+    // the reason each was left out (cpns_establishment_pnes_total).
+    void finished(const std::string& key, const OutcomeEffect& o, Millis now);
     // The PN GW: marks phases from its session transitions (none -> collect_joins starts,
     // wait_auth_request / wait_registration / done end the three phases).
     void gw_transition(const TransitionEffect& t, Millis now);

@@ -894,7 +894,7 @@ void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
     const bool lifecycle = !o.operation.empty();
     const LogScope scope(lifecycle ? o.operation : "outcome", o.pn_id, o.gw_id,
                          pb::FailureReason_Name(o.reason));
-    if (!lifecycle) metrics_.finished(o.gw_id + "/" + o.pn_id, o.success, o.reason, mono_now());
+    if (!lifecycle) metrics_.finished(o.gw_id + "/" + o.pn_id, o, mono_now());
     spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
                  outcome_json(opt_.role.server_id, o));
     const auto now_ms =
