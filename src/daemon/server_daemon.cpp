@@ -556,6 +556,7 @@ net::Listener::Hooks ServerDaemon::listener_hooks() {
 }
 
 void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& error, bool blocked) {
+    const LogScope scope("tls", "", conn.remote(), pb::FailureReason_Name(error.reason));
     const std::string identity = conn.tls_identity();
     std::string why = error.detail;
     auto started = PskThrottle::Block::kNone;
