@@ -17,7 +17,8 @@ fi
 if [[ "${1:-}" == "--with-tests" ]]; then
   packages+=(googletest libgtest-dev libgmock-dev libbenchmark-dev xxd gnutls-bin procps python3
              postgresql postgresql-client
-             python3-cryptography  # tests/revocation_process_test.py opens a PNE's state file
+             python3-cryptography  # revocation_process_test, log_secrets_test open PNEs' state files
+             prometheus  # tests/metrics_test.py: a real Prometheus scrapes the daemons; promtool
              clang-format clang-tidy  # scripts/lint.sh (Debian 12: version 14)
              clang libclang-rt-14-dev llvm  # scripts/sanitize.sh: sanitizers, libFuzzer, symbolizer
              tshark  # tests/dissector_test.py: dumpcap captures, tshark runs tools/wireshark/cpns.lua

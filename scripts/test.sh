@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 scripts/deps.sh --with-tests
 # deps.sh installed them: a test that finds its tool missing fails instead of skipping.
-export CPNS_REQUIRE_TSHARK=1
+export CPNS_REQUIRE_TSHARK=1 CPNS_REQUIRE_PROMETHEUS=1
 cmake --preset ci
 cmake --build --preset ci -j "$(nproc)"
 

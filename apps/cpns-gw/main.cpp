@@ -31,13 +31,19 @@ int main(int argc, char** argv) {
 
     auto* run = app.add_subcommand("run", "run the PN GW daemon (stops on SIGTERM/SIGINT)");
     std::string id, server, pan_listen, control_listen, keylog, ready_file, discovery, trace_file,
-        crash_at;
+        crash_at, metrics, log_format;
     run->add_option("--id", id, "PN GW ID");
     run->add_option("--server", server, "CPNS Server address, host:port");
     run->add_option("--pan-listen", pan_listen, "PAN address for PNEs, host:port (0: any port)");
     run->add_option("--control-listen", control_listen, "control address, host:port (loopback)");
     run->add_option("--discovery-group", discovery, "multicast group:port for discovery, or 'off'");
     run->add_option("--log-level", log_level, "trace, debug, info, warn or error");
+    run->add_option("--log-format", log_format,
+                    "human (default) or json: one JSON object per line (time, level, daemon, "
+                    "event, pn, peer, reason, msg)");
+    run->add_option("--metrics", metrics,
+                    "serve Prometheus metrics on http://ADDR:PORT/metrics; a bare PORT means "
+                    "127.0.0.1:PORT (default: off)");
     run->add_option("--keylog", keylog,
                     "append TLS secrets in NSS key-log format (debugging only)");
     run->add_option("--ready-file", ready_file, "write 'pan=ADDR control=ADDR' here once ready");
@@ -114,7 +120,8 @@ int main(int argc, char** argv) {
             return report.success() ? 0 : 1;
         }
         init_logging(cfg.str("id", "gw"),
-                     log_level.empty() ? cfg.str("log_level", "info") : log_level);
+                     log_level.empty() ? cfg.str("log_level", "info") : log_level,
+                     log_format.empty() ? cfg.str("log_format", "human") : log_format);
         GwOptions o = [&] {
             if (config_path.empty())
                 throw ConfigError("cpns-gw run needs --config (see docs/operations.md)");
@@ -133,6 +140,8 @@ int main(int argc, char** argv) {
         if (!ready_file.empty()) o.ready_file = ready_file;
         if (!trace_file.empty()) o.device.trace_file = trace_file;
         o.device.crash_at = crash_at;
+        if (!metrics.empty()) o.device.metrics = metrics;
+        if (!o.device.metrics.empty()) parse_metrics_address(o.device.metrics, "metrics");
         asio::io_context io;
         GwDaemon daemon(io, o);
         daemon.start();

@@ -27,13 +27,20 @@ int main(int argc, char** argv) {
         "prints the outcome and exits 0 only if this PNE joined; 'neighbours' asks a running PNE "
         "(its control_listen) for its live Entity Discovery neighbours."};
     app.require_subcommand(1);
-    std::string config_path, log_level, id, gw, keylog, pan_tls, trace_file, crash_at;
+    std::string config_path, log_level, id, gw, keylog, pan_tls, trace_file, crash_at, metrics,
+        log_format;
     app.add_option("-c,--config", config_path, "TOML configuration file")
         ->required()
         ->check(CLI::ExistingFile);
     app.add_option("--id", id, "PNE ID (overrides the file)");
     app.add_option("--gw", gw, "PN GW address host:port (default: multicast discovery)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error");
+    app.add_option("--log-format", log_format,
+                   "human (default) or json: one JSON object per line (time, level, daemon, "
+                   "event, pn, peer, reason, msg)");
+    app.add_option("--metrics", metrics,
+                   "run only: serve Prometheus metrics on http://ADDR:PORT/metrics; a bare PORT "
+                   "means 127.0.0.1:PORT (default: off)");
     app.add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
     app.add_option("--trace-file", trace_file,
                    "append a JSON-lines event trace (state transitions, messages, outcomes)");
@@ -42,7 +49,7 @@ int main(int argc, char** argv) {
         "testing aid: SIGKILL this process at a message boundary, WHEN:MESSAGE[:N] with WHEN "
         "before-send, send or recv (docs/operations.md, Crash points)");
     app.add_option("--pan-tls", pan_tls, "tls13 (default) or tls12 (RFC 5487/5489 PSK suites)");
-    app.add_subcommand("run", "stay linked to the PN GW and answer invitations");
+    auto* run = app.add_subcommand("run", "stay linked to the PN GW and answer invitations");
     auto* setup = app.add_subcommand("setup", "ask the PN GW for a PN and print the outcome");
     std::string type = "all";
     std::vector<std::string> invite;
@@ -86,8 +93,13 @@ int main(int argc, char** argv) {
         if (!keylog.empty()) o.device.keylog = keylog;
         if (!trace_file.empty()) o.device.trace_file = trace_file;
         o.device.crash_at = crash_at;
+        if (!metrics.empty()) o.device.metrics = metrics;
+        // The one-shot commands never serve metrics: they would take the running PNE's port.
+        if (!*run) o.device.metrics.clear();
+        if (!o.device.metrics.empty()) parse_metrics_address(o.device.metrics, "metrics");
         if (!pan_tls.empty()) o.device.pan_tls = parse_tls_mode(pan_tls, "--pan-tls");
-        init_logging(o.role.pne_id, log_level.empty() ? cfg.str("log_level", "info") : log_level);
+        init_logging(o.role.pne_id, log_level.empty() ? cfg.str("log_level", "info") : log_level,
+                     log_format.empty() ? cfg.str("log_format", "human") : log_format);
         PneTask task;
         if (*setup) {
             task.kind = PneTask::Kind::kSetup;

@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
         "out LocalEUKeys and registers PNs in the PN Inventory. Settings come from a TOML file "
         "(see docs/operations.md); flags override it. Stops cleanly on SIGTERM or SIGINT."};
     std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key,
-        trace_file, control_listen, crash_at;
+        trace_file, control_listen, crash_at, metrics, log_format;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
     app.add_option("--id", id, "server ID (default cpns-server)");
     app.add_option("--listen", listen,
@@ -31,6 +31,12 @@ int main(int argc, char** argv) {
     app.add_option("--entities", entities,
                    "optional: import these entities into the store at start");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error (default info)");
+    app.add_option("--log-format", log_format,
+                   "human (default) or json: one JSON object per line (time, level, daemon, "
+                   "event, pn, peer, reason, msg)");
+    app.add_option("--metrics", metrics,
+                   "serve Prometheus metrics on http://ADDR:PORT/metrics; a bare PORT means "
+                   "127.0.0.1:PORT (default: off)");
     app.add_option("--keylog", keylog, "append TLS secrets in NSS key-log format (debugging only)");
     app.add_option("--ready-file", ready_file, "write the listening address here once ready");
     app.add_option("--trace-file", trace_file,
@@ -45,7 +51,8 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
-        init_logging("server", log_level.empty() ? cfg.str("log_level", "info") : log_level);
+        init_logging("server", log_level.empty() ? cfg.str("log_level", "info") : log_level,
+                     log_format.empty() ? cfg.str("log_format", "human") : log_format);
         ServerOptions o;
         o.role.server_id = id.empty() ? cfg.str("id", o.role.server_id) : id;
         o.listen =
@@ -64,6 +71,8 @@ int main(int argc, char** argv) {
         o.max_connections_per_source = connection_limit(
             cfg, "max_connections_per_source", kDefaultGwConnectionsPerSource, kMaxGwConnections);
         o.crash_at = crash_at;
+        if (const std::string m = metrics.empty() ? cfg.str("metrics") : metrics; !m.empty())
+            o.metrics = parse_metrics_address(m, "metrics");
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();

@@ -18,6 +18,8 @@
 #include <iostream>
 #include <sstream>
 
+#include "daemon/log_json.hpp"
+
 namespace cpns::daemon {
 
 namespace {
@@ -131,9 +133,13 @@ CheckedFile read_checked_file(const std::string& path, std::string_view what, st
     return std::move(*f);
 }
 
-void init_logging(const std::string& name, const std::string& level) {
+void init_logging(const std::string& name, const std::string& level, const std::string& format) {
+    const LogFormat fmt = parse_log_format(format);
     auto logger = spdlog::stderr_color_mt(name);
-    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ [%n] %v");
+    if (fmt == LogFormat::kJson)
+        logger->set_formatter(json_log_formatter());
+    else
+        logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ [%n] %v");
     const auto lvl = spdlog::level::from_str(level);
     if (lvl == spdlog::level::off && level != "off")
         throw ConfigError("log level '" + level +
@@ -268,6 +274,7 @@ DeviceOptions device_options_from(const Config& c) {
     o.pan_tls = parse_tls_mode(c.str("pan_tls", "tls13"), c.where("pan_tls"));
     o.keylog = c.str("keylog");
     o.state_file = c.str("state_file");
+    o.metrics = c.str("metrics");
     o.previous_eukey = c.key("previous_eukey", "previous_eukey_file");
     return o;
 }

@@ -54,8 +54,10 @@ CheckedFile read_checked_file(const std::string& path, std::string_view what, st
 // A warning for the operator: through the log once init_logging has run, else on stderr.
 void warn_operator(const std::string& text);
 
-// stderr logger named after the entity; level: trace, debug, info, warn, error.
-void init_logging(const std::string& name, const std::string& level);
+// stderr logger named after the entity; level: trace, debug, info, warn, error; format: human
+// (default) or json (one JSON object per line, daemon/log_json.hpp).
+void init_logging(const std::string& name, const std::string& level,
+                  const std::string& format = "human");
 // The longest core log message written whole (longer ones end in "...").
 inline constexpr std::size_t kMaxLogLine = 2048;
 // The core's LogSink, writing to spdlog; the text goes through printable().
@@ -94,6 +96,7 @@ struct DeviceOptions {
     std::string state_file;                 // the sealed device state; "" = memory only
     std::string trace_file;                 // JSON-lines event trace; "" = off
     std::string crash_at;                   // --crash-at (daemon/trace.hpp); "" = none
+    std::string metrics;  // --metrics / 'metrics': Prometheus endpoint, HOST:PORT or PORT; "" = off
     // 'previous_eukey' / 'previous_eukey_file': the EUKey before a rotation (cpnsctl rotate),
     // only to open a state file sealed under it, which is then re-sealed under 'eukey'.
     std::optional<SecretKey> previous_eukey;

@@ -3,6 +3,7 @@
 #include <limits>
 #include <sstream>
 
+#include "daemon/log_json.hpp"
 #include "daemon/neighbour_report.hpp"
 
 namespace cpns::daemon {
@@ -102,6 +103,12 @@ void GwDaemon::start() {
     asio::co_spawn(io_, server_link_->run(), asio::detached);
     asio::co_spawn(io_, pan_listener_.run(), asio::detached);
     asio::co_spawn(io_, control_listener_.run(), asio::detached);
+    metrics_.watch_listener("pan", pan_listener_);
+    metrics_.watch_listener("control", control_listener_);
+    metrics_.watch_listener("metrics", metrics_server_.listener());
+    if (!opt_.device.metrics.empty())
+        metrics_port_ =
+            metrics_server_.start(parse_metrics_address(opt_.device.metrics, "metrics"));
 }
 
 void GwDaemon::start_discovery() {
@@ -122,6 +129,7 @@ void GwDaemon::stop() {
     stopping_ = true;
     pan_listener_.close();
     control_listener_.close();
+    metrics_server_.close();
     server_link_->stop();
     timer_.cancel();
     if (discovery_) discovery_->close();
@@ -148,6 +156,7 @@ net::PskClientLink::Options GwDaemon::server_link_options() const {
 net::PskClientLink::Hooks GwDaemon::server_link_hooks() {
     net::PskClientLink::Hooks h;
     h.on_up = [this](const std::shared_ptr<net::Connection>& conn) {
+        metrics_.tls_handshake("server", pb::REASON_NONE);
         spdlog::info("authenticated to the CPNS Server at {} ({})", opt_.server.str(),
                      conn->tls_summary());
         server_conn_ = conn;
@@ -160,6 +169,8 @@ net::PskClientLink::Hooks GwDaemon::server_link_hooks() {
         server_conn_.reset();
         server_down_reason_ = error.reason;
         if (stopping_ && stage == net::PskClientLink::Stage::kLost) return false;
+        if (stage == net::PskClientLink::Stage::kHandshake)
+            metrics_.tls_handshake("server", error.reason);
         log_server_down(error, stage);
         apply(gw_->on_link_down(opt_.role.server_id, mono_now(), server_down_reason_));
         return true;
@@ -261,6 +272,9 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
     const auto parsed = parse_psk_identity(identity);
     const std::string pne = parsed ? parsed->pne_id : "";
     if (failed) {
+        const LogScope scope("tls", "", conn->remote(), pb::FailureReason_Name(failed->reason));
+        metrics_.tls_handshake("pan", failed->reason);
+        if (*blocked) metrics_.psk_throttled("pan");
         auto started = PskThrottle::Block::kNone;
         std::string detail = failed->detail;
         if (*blocked)
@@ -298,6 +312,7 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
     }
     conn->peer_id = pne;
     conn->authenticated();
+    metrics_.tls_handshake("pan", pb::REASON_NONE);
     throttle_.succeeded(conn->source(), identity);
     pan_conns_[pne].push_back(conn);
     spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
@@ -405,7 +420,12 @@ void GwDaemon::send_to_pne(const SendEffect& s) {
 void GwDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection,
                        const Origin& origin) {
     trace_->message("recv", env, from, protection);
-    apply(gw_->on_message(from, env, protection, mono_now(), origin));
+    const LogScope scope("message", pn_id_of(env), from);
+    GatewayEffects fx = gw_->on_message(from, env, protection, mono_now(), origin);
+    if (env.has_setup_request())
+        metrics_.started_in(fx, "none", FlowLabel::kPneInitiated, env.setup_request().setup_type(),
+                            mono_now());
+    apply(std::move(fx));
     trace_->handled(env);
 }
 
@@ -438,6 +458,9 @@ void GwDaemon::send_effect(const SendEffect& s) {
 
 void GwDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
+    const LogScope scope(o.operation.empty() ? "outcome" : o.operation, o.pn_id, "",
+                         pb::FailureReason_Name(o.reason));
+    if (o.operation.empty()) metrics_.finished(o.pn_id, o, mono_now());
     const std::string json = outcome_json(opt_.role.gw_id, o);
     if (!o.operation.empty())
         spdlog::log(o.success ? spdlog::level::info : spdlog::level::warn, "{} {}: {}", o.operation,
@@ -507,7 +530,10 @@ void GwDaemon::carry_out(GatewayEffect& effect) {
                    },
                    // The LocalEUKey stays in the role's memory (never logged).
                    [&](const StoreLocalKeyEffect&) {},
-                   [&](const TransitionEffect& t) { trace_->transition(t); },
+                   [&](const TransitionEffect& t) {
+                       trace_->transition(t);
+                       metrics_.gw_transition(t, mono_now());
+                   },
                },
                effect);
 }
@@ -692,6 +718,7 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
         spdlog::info("control: invite {}", ids.empty() ? std::string("every discovered PNE")
                                                        : printable(named, kMaxControlLine));
         GatewayEffects fx = gw_->invite(ids, mono_now());
+        metrics_.started_in(fx, "none", FlowLabel::kGwInitiated, pb::SETUP_UNSPECIFIED, mono_now());
         const std::string pn = gw_->last_pn_id();
         if (pn.empty()) {
             if (const auto* o = find_outcome(fx)) answer(socket, outcome_json(opt_.role.gw_id, *o));

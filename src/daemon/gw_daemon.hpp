@@ -13,6 +13,7 @@
 #include "core/gateway.hpp"
 #include "core/throttle.hpp"
 #include "daemon/common.hpp"
+#include "daemon/metrics.hpp"
 #include "daemon/state_file.hpp"
 #include "daemon/trace.hpp"
 #include "net/connection.hpp"
@@ -63,6 +64,7 @@ class GwDaemon {
     void stop();
     std::uint16_t pan_port() const { return pan_port_; }
     std::uint16_t control_port() const { return control_port_; }
+    std::uint16_t metrics_port() const { return metrics_port_; }
 
   private:
     struct ControlWaiter {
@@ -127,6 +129,9 @@ class GwDaemon {
     std::string pn_saving_;   // the PN whose inventory it saves
     std::shared_ptr<std::string> save_error_;  // its result, set by the writer thread
     PskThrottle throttle_;                     // failed PSK attempts per (source, PAN identity)
+    DaemonMetrics metrics_{"PN GW"};           // Prometheus metrics (--metrics)
+    MetricsServer metrics_server_{io_, metrics_.registry()};
+    std::uint16_t metrics_port_ = 0;
 };
 
 }  // namespace cpns::daemon

@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "daemon/log_json.hpp"
 #include "daemon/neighbour_report.hpp"
 
 namespace cpns::daemon {
@@ -61,12 +62,18 @@ void PneDaemon::start() {
         spdlog::info("control on {}:{} (neighbours)", opt_.control_listen->host, control_port_);
         asio::co_spawn(io_, control_listener_.run(), asio::detached);
     }
+    metrics_.watch_listener("control", control_listener_);
+    metrics_.watch_listener("metrics", metrics_server_.listener());
+    if (!opt_.device.metrics.empty())
+        metrics_port_ =
+            metrics_server_.start(parse_metrics_address(opt_.device.metrics, "metrics"));
     asio::co_spawn(io_, main(), asio::detached);
 }
 
 void PneDaemon::stop() {
     stopping_ = true;
     control_listener_.close();
+    metrics_server_.close();
     for (auto& [raw, weak] : control_sockets_) {
         std::error_code ec;
         if (auto sock = weak.lock()) sock->close(ec);
@@ -222,6 +229,7 @@ asio::awaitable<std::optional<net::LinkError>> PneDaemon::open_link(const std::s
         const tls::ClientPsk credentials{identity, *psk};
         if (auto failed = co_await conn->client_handshake(*tls_, credentials, kTlsHandshakeTimeout,
                                                           net::PskLink::kPan)) {
+            metrics_.tls_handshake("pan", failed->reason);
             spdlog::warn("PSK-TLS with the PN GW at {} as {} failed: {} ({})", gw_addr_.str(),
                          identity, tls::to_string(failed->tls), failed->detail);
             failed->detail = "PSK-TLS as " + identity +
@@ -229,6 +237,7 @@ asio::awaitable<std::optional<net::LinkError>> PneDaemon::open_link(const std::s
                              failed->detail + ")";
             co_return failed;
         }
+        metrics_.tls_handshake("pan", pb::REASON_NONE);
         spdlog::info("PSK-TLS with the PN GW at {} as {} ({})", gw_addr_.str(), identity,
                      conn->tls_summary());
     } else if (opt_.role.pan_secure) {
@@ -295,7 +304,11 @@ asio::awaitable<void> PneDaemon::main() {
                 for (auto& l : links_) l.conn->close();
             } else if (task_.kind == PneTask::Kind::kSetup && !setup_started_) {
                 setup_started_ = true;
-                apply(pne_->start_setup(gw_id_, task_.setup_type, task_.invited, mono_now()));
+                PneEffects fx =
+                    pne_->start_setup(gw_id_, task_.setup_type, task_.invited, mono_now());
+                metrics_.started_in(fx, "idle", FlowLabel::kPneInitiated, task_.setup_type,
+                                    mono_now(), "pne");
+                apply(std::move(fx));
                 co_return;
             } else if (task_.kind == PneTask::Kind::kLeave && !setup_started_) {
                 setup_started_ = true;
@@ -377,7 +390,13 @@ asio::awaitable<void> PneDaemon::start_tls(std::shared_ptr<const StartTlsEffect>
 void PneDaemon::to_role(const std::string& from, const pb::Envelope& env, Protection protection,
                         const Origin& origin) {
     trace_->message("recv", env, from, protection);
-    apply(pne_->on_message(from, env, protection, mono_now(), origin));
+    const LogScope scope("message", pn_id_of(env), from);
+    PneEffects fx = pne_->on_message(from, env, protection, mono_now(), origin);
+    if (env.has_setup_notify() || env.has_setup_invite())
+        metrics_.started_in(
+            fx, "idle", env.has_setup_notify() ? FlowLabel::kPneInitiated : FlowLabel::kGwInitiated,
+            pb::SETUP_UNSPECIFIED, mono_now(), "pne");
+    apply(std::move(fx));
     trace_->handled(env);
 }
 
@@ -406,6 +425,9 @@ void PneDaemon::send_effect(const SendEffect& s) {
 
 void PneDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
+    const LogScope scope(o.operation.empty() ? "outcome" : o.operation, o.pn_id, "",
+                         pb::FailureReason_Name(o.reason));
+    if (o.operation.empty()) metrics_.finished("pne", o.success, o.reason, mono_now());
     const std::string json = outcome_json(opt_.role.pne_id, o);
     if (!o.operation.empty())
         spdlog::log(o.success ? spdlog::level::info : spdlog::level::warn, "{} {}: {}", o.operation,

@@ -12,6 +12,7 @@
 
 #include "core/pne.hpp"
 #include "daemon/common.hpp"
+#include "daemon/metrics.hpp"
 #include "daemon/state_file.hpp"
 #include "daemon/trace.hpp"
 #include "net/connection.hpp"
@@ -56,6 +57,7 @@ class PneDaemon {
     void start();
     void stop();
     std::uint16_t control_port() const { return control_port_; }
+    std::uint16_t metrics_port() const { return metrics_port_; }
     // kSetup: the outcome, once known. Exit status 0 iff success.
     const std::optional<OutcomeEffect>& result() const { return result_; }
     // Set when the process could not even start an establishment (no PN GW, TLS refused).
@@ -109,7 +111,9 @@ class PneDaemon {
     std::deque<PneEffect> held_;
     bool saving_ = false;
     net::Listener control_listener_;
-    std::uint16_t control_port_ = 0;
+    std::uint16_t control_port_ = 0, metrics_port_ = 0;
+    DaemonMetrics metrics_{"PNE"};  // Prometheus metrics (--metrics)
+    MetricsServer metrics_server_{io_, metrics_.registry()};
     // Control connections being served (at most kMaxPneControlConnections), closed at stop().
     std::map<const net::tcp::socket*, std::weak_ptr<net::tcp::socket>> control_sockets_;
 };

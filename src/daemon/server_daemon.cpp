@@ -3,6 +3,8 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/message_differencer.h>
 
+#include "daemon/log_json.hpp"
+
 namespace cpns::daemon {
 
 // SK_PNE values kept for use after establishment (bounded; when full, the entry with the
@@ -86,6 +88,18 @@ std::string redact_url(const std::string& url) {
 }
 
 namespace {
+// `job`, observing into `seconds` how long it ran when it ends without an exception (on the
+// store thread: Histogram::observe is atomic).
+std::function<void(store::Store&)> timed(std::function<void(store::Store&)> job,
+                                         Histogram& seconds) {
+    return [job = std::move(job), &seconds](store::Store& st) {
+        const auto began = std::chrono::steady_clock::now();
+        job(st);
+        seconds.observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+    };
+}
+
 std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& e) {
     if (!e) return std::nullopt;
     return EntityRecord{e->kind, e->eukey, e->status, e->previous};
@@ -145,6 +159,7 @@ ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     tls_.emplace(tc);
     if (!tc.keylog_path.empty())
         spdlog::warn("TLS key log enabled: {} (debugging only)", tc.keylog_path);
+    declare_metrics();
 }
 
 std::optional<SecretKey> ServerDaemon::gw_psk(std::string_view identity) {
@@ -197,6 +212,7 @@ pb::FailureReason store_failure_reason(store::StoreError::Kind kind) {
 void ServerDaemon::store_job(std::function<void(store::Store&)> job,
                              std::function<void(StoreFailure)> done, bool write) {
     ++store_queue_;
+    if (write) job = timed(std::move(job), *store_commit_);
     asio::post(store_thread_,
                [this, job = std::move(job), done = std::move(done), write]() mutable {
                    StoreFailure failure;
@@ -264,6 +280,9 @@ void ServerDaemon::flush_audit() {
     audit_writing_ = true;
     auto batch = std::make_shared<std::vector<store::AuditRecord>>(std::move(audit_pending_));
     audit_pending_.clear();
+    metrics_.registry()
+        .histogram("cpns_store_batch_size", {"audit"})
+        .observe(static_cast<double>(batch->size()));
     store_job([batch](store::Store& st) { st.audit_many(*batch); },
               [this](StoreFailure) {
                   audit_writing_ = false;
@@ -474,6 +493,8 @@ void ServerDaemon::start() {
                      control_port_);
         asio::co_spawn(io_, control_listener_.run(), asio::detached);
     }
+    if (opt_.metrics) metrics_port_ = metrics_server_.start(*opt_.metrics);
+    count_inventory();
     write_ready_file(opt_.ready_file, addr);
     asio::co_spawn(io_, listener_.run(), asio::detached);
     refresh_.expires_after(std::chrono::milliseconds(kGwDirectoryRefresh));
@@ -486,6 +507,8 @@ void ServerDaemon::start() {
 void ServerDaemon::stop() {
     listener_.close();
     control_listener_.close();
+    metrics_server_.close();
+    count_timer_.cancel();
     timer_.cancel();
     refresh_.cancel();
     change_poll_.cancel();
@@ -533,6 +556,7 @@ net::Listener::Hooks ServerDaemon::listener_hooks() {
 }
 
 void ServerDaemon::refused(const net::Connection& conn, const net::LinkError& error, bool blocked) {
+    const LogScope scope("tls", "", conn.remote(), pb::FailureReason_Name(error.reason));
     const std::string identity = conn.tls_identity();
     std::string why = error.detail;
     auto started = PskThrottle::Block::kNone;
@@ -590,9 +614,12 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
     if (auto error = co_await conn->server_handshake(
             *tls_, kGwHandshakeTimeout, net::PskLink::kServerOfGateway, lookup, retry)) {
         refused(*conn, *error, *blocked);
+        metrics_.tls_handshake("server", error->reason);
+        if (*blocked) metrics_.psk_throttled("server");
         co_return;
     }
     conn->authenticated();
+    metrics_.tls_handshake("server", pb::REASON_NONE);
     const std::string gw = conn->tls_identity();
     conn->peer_id = gw;
     throttle_.succeeded(conn->source(), gw);
@@ -632,6 +659,11 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
 
 void ServerDaemon::to_role(const std::string& gw, const pb::Envelope& env) {
     trace_->message("recv", env, gw, Protection::kTls);
+    const LogScope scope("message", pn_id_of(env), gw);
+    if (env.has_registration_request())
+        metrics_.started(gw + "/" + env.registration_request().pn_id(),
+                         flow_of(env.registration_request().flow()),
+                         env.registration_request().setup_type(), mono_now());
     apply(server_->on_message(gw, env, mono_now()));
     trace_->handled(env);
 }
@@ -669,6 +701,9 @@ void ServerDaemon::flush_persist() {
         group->push_back(std::move(persist_pending_.front()));
         persist_pending_.pop_front();
     }
+    metrics_.registry()
+        .histogram("cpns_store_batch_size", {"registration"})
+        .observe(static_cast<double>(group->size()));
     store_job([this, group](store::Store& st) { commit_group(st, *group); },
               [this, group](StoreFailure) {
                   persist_writing_ = false;
@@ -676,7 +711,11 @@ void ServerDaemon::flush_persist() {
                   health_.group_commits = group_commits_.load(std::memory_order_relaxed);
                   health_.grouped_pns = grouped_pns_.load(std::memory_order_relaxed);
                   for (const PendingPersist& m : *group) {
-                      if (m.result == pb::REASON_NONE) ++registered_;
+                      if (m.result == pb::REASON_NONE) {
+                          ++registered_;
+                          metrics_.registry().counter("cpns_pn_registrations_total").inc();
+                          ++pns_;
+                      }
                       apply(server_->on_persisted(m.gw, m.inventory.pn_id(), m.result, mono_now()));
                   }
                   flush_persist();
@@ -951,6 +990,9 @@ asio::awaitable<void> ServerDaemon::control_serve(std::shared_ptr<net::tcp::sock
 void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
     trace_->outcome(o);
     const bool lifecycle = !o.operation.empty();
+    const LogScope scope(lifecycle ? o.operation : "outcome", o.pn_id, o.gw_id,
+                         pb::FailureReason_Name(o.reason));
+    if (!lifecycle) metrics_.finished(o.gw_id + "/" + o.pn_id, o, mono_now());
     spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
                  outcome_json(opt_.role.server_id, o));
     const auto now_ms =
@@ -987,6 +1029,80 @@ void ServerDaemon::apply(ServerEffects effects) {
                    },
                    e);
     timer_.arm(server_->next_deadline());
+}
+
+// The server's own metrics besides those of every daemon (DaemonMetrics): registrations, the
+// store (commit latency, batch sizes, queue, errors), the PN and entity counts, PN GW links.
+void ServerDaemon::declare_metrics() {
+    using Sample = Registry::Sample;
+    Registry& r = metrics_.registry();
+    r.declare_counter("cpns_pn_registrations_total",
+                      "PNs this server registered (committed to its store and answered).", {});
+    r.counter("cpns_pn_registrations_total");
+    r.declare_histogram("cpns_store_commit_seconds",
+                        "Store write jobs (registrations, lifecycle changes, audit batches) from "
+                        "their start on the store thread to their commit.",
+                        {}, latency_buckets());
+    store_commit_ = &r.histogram("cpns_store_commit_seconds");
+    r.declare_histogram("cpns_store_batch_size", "Records written in one store transaction.",
+                        {"kind"}, batch_buckets());
+    r.declare_sampled("cpns_store_queue_depth", "Store jobs queued or running now.", {}, [this] {
+        return std::vector<Sample>{{{}, static_cast<double>(store_queue_)}};
+    });
+    r.declare_sampled(
+        "cpns_store_errors_total",
+        "Store jobs that failed, by kind: unavailable (no connection), full (no space), other.",
+        {"kind"},
+        [this] {
+            return std::vector<Sample>{{{"unavailable"}, static_cast<double>(health_.unavailable)},
+                                       {{"full"}, static_cast<double>(health_.full_errors)},
+                                       {{"other"}, static_cast<double>(health_.other_errors)}};
+        },
+        "counter");
+    r.declare_sampled("cpns_store_up", "1 while the store is reachable, else 0.", {}, [this] {
+        return std::vector<Sample>{{{}, health_.reachable ? 1.0 : 0.0}};
+    });
+    r.declare_sampled("cpns_pns",
+                      "PNs registered in the store (counted every 30 s, plus registrations since).",
+                      {}, [this] {
+                          return std::vector<Sample>{{{}, pns_}};
+                      });
+    r.declare_sampled(
+        "cpns_entities", "Entities provisioned in the store, by kind (counted every 30 s).",
+        {"kind"}, [this] {
+            return std::vector<Sample>{{{"gw"}, entities_gw_}, {{"pne"}, entities_pne_}};
+        });
+    r.declare_sampled("cpns_gw_links", "PN GWs linked to this server now.", {}, [this] {
+        return std::vector<Sample>{{{}, static_cast<double>(gws_.size())}};
+    });
+    metrics_.watch_listener("server", listener_);
+    metrics_.watch_listener("control", control_listener_);
+    metrics_.watch_listener("metrics", metrics_server_.listener());
+}
+
+// Counts PNs and entities on the store thread every kInventoryCountInterval (never per scrape).
+void ServerDaemon::count_inventory() {
+    struct Counts {
+        double pns = 0, gw = 0, pne = 0;
+    };
+    auto counts = std::make_shared<Counts>();
+    store_job(
+        [counts](store::Store& st) {
+            counts->pns = static_cast<double>(st.list_pns().size());
+            counts->gw = static_cast<double>(st.list_entities(EntityKind::kGw).size());
+            counts->pne = static_cast<double>(st.list_entities(EntityKind::kPne).size());
+        },
+        [this, counts](StoreFailure failure) {
+            if (!failure) {
+                pns_ = counts->pns;
+                entities_gw_ = counts->gw;
+                entities_pne_ = counts->pne;
+            }
+            count_timer_.expires_after(std::chrono::milliseconds(kInventoryCountInterval));
+            count_timer_.async_wait([this](const std::error_code& ec) {
+                if (!ec) count_inventory();
+            });
+        });
 }
 
 }  // namespace cpns::daemon

@@ -11,6 +11,7 @@
 #include "core/server.hpp"
 #include "core/throttle.hpp"
 #include "daemon/common.hpp"
+#include "daemon/metrics.hpp"
 #include "daemon/trace.hpp"
 #include "net/connection.hpp"
 #include "net/listener.hpp"
@@ -81,8 +82,12 @@ struct ServerOptions {
     std::optional<net::HostPort> control_listen;
     // Connections open at once from one IP address (`max_connections_per_source`).
     std::size_t max_connections_per_source = kDefaultGwConnectionsPerSource;
-    std::string crash_at;  // --crash-at (daemon/trace.hpp); "" = none
+    std::string crash_at;                  // --crash-at (daemon/trace.hpp); "" = none
+    std::optional<net::HostPort> metrics;  // --metrics: Prometheus endpoint; nullopt = off
 };
+// How often the server counts the PNs and entities in its store for its gauges (a registration
+// adds to the PN count at once; the count corrects it, e.g. after deletions).
+inline constexpr Millis kInventoryCountInterval = 30'000;
 
 // The store as the event loop sees it, from the outcome of each store job.
 struct StoreHealth {
@@ -124,6 +129,7 @@ class ServerDaemon {
     void stop();
     std::uint16_t port() const { return port_; }
     std::uint16_t control_port() const { return control_port_; }
+    std::uint16_t metrics_port() const { return metrics_port_; }
     const Counters& link_counters() const { return links_; }
     // Ready: listening, and the store reachable. The status port's "ready".
     bool ready() const { return port_ != 0 && health_.reachable; }
@@ -230,6 +236,15 @@ class ServerDaemon {
     Counters links_;  // refused PN GW links, by reason
     std::uint16_t port_ = 0;
     std::map<std::pair<std::string, std::string>, SecretKey> session_keys_;
+    // Prometheus metrics (declare_metrics); the store thread updates only the histogram below.
+    void declare_metrics();
+    void count_inventory();
+    DaemonMetrics metrics_{"CPNS Server"};
+    Histogram* store_commit_ = nullptr;
+    MetricsServer metrics_server_{io_, metrics_.registry()};
+    std::uint16_t metrics_port_ = 0;
+    double pns_ = 0, entities_gw_ = 0, entities_pne_ = 0;  // counted, plus registrations since
+    asio::steady_timer count_timer_{io_};
 };
 
 }  // namespace cpns::daemon

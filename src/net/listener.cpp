@@ -124,6 +124,7 @@ std::optional<Listener::Refusal> Listener::admit(const std::string& source) {
             const std::string victim_source = victim->source;
             victim->uncount();
             evict();
+            ++stats_.evicted;
             if (hooks_.on_evicted)
                 if (auto n = evicted_log_.pass()) hooks_.on_evicted(victim_source, *n);
             break;
@@ -170,6 +171,7 @@ asio::awaitable<void> Listener::run() {
         if (auto refused = admit(source)) {
             std::error_code ignored;
             socket.close(ignored);
+            ++(*refused == Refusal::kFull ? stats_.refused_full : stats_.refused_per_source);
             if (hooks_.on_refused)
                 if (auto n = refused_log_.pass())
                     hooks_.on_refused(source, *refused, state_->open, *n);
@@ -180,6 +182,7 @@ asio::awaitable<void> Listener::run() {
         entry->source = source;
         State& st = *state_;
         ++st.open;
+        ++stats_.accepted;
         ++st.per_source[source];
         entry->pos = st.pending.insert(st.pending.end(), entry);
         hooks_.on_socket(std::move(socket), Slot(std::move(entry)));

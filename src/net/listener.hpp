@@ -105,6 +105,11 @@ class Listener {
     asio::awaitable<void> run();
     void close();
 
+    // What the listener did since it was created (for the daemons' metrics).
+    struct Stats {
+        std::uint64_t accepted = 0, refused_full = 0, refused_per_source = 0, evicted = 0;
+    };
+    const Stats& stats() const { return stats_; }
     std::size_t open() const;
     std::size_t open_from(const std::string& source) const;
     const Limits& limits() const { return limits_; }
@@ -127,6 +132,7 @@ class Listener {
     std::shared_ptr<State> state_;
     LogGate refused_log_, error_log_, evicted_log_;
     std::uint16_t port_ = 0;
+    Stats stats_;
 };
 
 }  // namespace cpns::net

@@ -89,6 +89,11 @@ class Lab:
     gw_control_listen: str = "127.0.0.1:0"
     # `neighbour_ttl_ms` of the PN GW and every PNE (0: not set, the daemons' default of 5 min).
     neighbour_ttl_ms: int = 0
+    # Every daemon's log format ("" keeps the default, human; "json": one object per line).
+    log_format: str = ""
+    # Prometheus endpoints: process name ("server", "gw" or a PNE ID) -> the value of its
+    # `metrics` setting ("127.0.0.1:PORT", or a bare "PORT"); absent = no endpoint.
+    metrics: dict[str, str] = field(default_factory=dict)
 
     # --- provisioning -------------------------------------------------------------
     def provision(self) -> None:
@@ -122,6 +127,7 @@ class Lab:
             f'entities = "{self.workdir / "entities.toml"}"\n'
             f'ready_file = "{self.workdir / (name + ".ready")}"\n'
             f'log_level = "{self.log_level}"\n')
+        text += self._observability_lines(name)
         if control_port:
             text += f'control_listen = "127.0.0.1:{control_port}"\n'
             self.server_control[name] = control_port
@@ -154,6 +160,7 @@ class Lab:
             f'ready_file = "{self.workdir / "gw.ready"}"', f'log_level = "{self.log_level}"',
             f'state_file = "{self.workdir / "gw.state"}"',
         ]
+        lines += self._observability_lines("gw").splitlines()
         if self.gw_previous_key:
             lines.append(f'previous_eukey = "{self.gw_previous_key}"')
         if self.gw_pan_tls:
@@ -180,6 +187,7 @@ class Lab:
             f'pan_tls = "{p.pan_tls}"', f'log_level = "{self.log_level}"',
             f'state_file = "{self.workdir / (p.id + ".state")}"'
         ]
+        lines += self._observability_lines(p.id).splitlines()
         if p.previous_eukey:
             lines.append(f'previous_eukey = "{p.previous_eukey}"')
         if p.use_discovery:
@@ -202,6 +210,13 @@ class Lab:
         path.write_text("\n".join(lines))
         os.chmod(path, 0o600)
         return path
+
+    def _observability_lines(self, name: str) -> str:
+        """The `log_format` and `metrics` settings of process `name` (TOML lines, or "")."""
+        text = f'log_format = "{self.log_format}"\n' if self.log_format else ""
+        if name in self.metrics:
+            text += f'metrics = "{self.metrics[name]}"\n'
+        return text
 
     # --- event traces ---------------------------------------------------------------
     def trace_path(self, name: str) -> Path:
