@@ -60,9 +60,11 @@ GatewayEffects Gateway::add(const std::string& pn_id, std::vector<std::string> p
     for (const auto& id : pne_ids) {
         if (!valid_id(id)) return fail_now(pb::MALFORMED_MESSAGE, "invalid PNE ID " + id);
         if (members.count(id))
-            return fail_now(pb::ALREADY_A_MEMBER, id + " is already a member of " + pn_id);
+            return fail_now(pb::ALREADY_A_MEMBER,
+                            std::string(id).append(" is already a member of ").append(pn_id));
         if (pne_session_.count(id))
-            return fail_now(pb::BUSY, id + " is taking part in another establishment");
+            return fail_now(pb::BUSY,
+                            std::string(id).append(" is taking part in another establishment"));
     }
     if (members.size() + pne_ids.size() > kMaxPnesPerPn)
         return fail_now(pb::LIMIT_EXCEEDED,
