@@ -39,6 +39,7 @@ local ENUMS = {
     [1] = "CHANGE_LEAVE",
     [2] = "CHANGE_REMOVE",
     [3] = "CHANGE_DISSOLVE",
+    [4] = "CHANGE_ADD",
   },
   EntityMode = {
     [0] = "MODE_UNSPECIFIED",
@@ -78,6 +79,7 @@ local ENUMS = {
     [28] = "UNKNOWN_PN",
     [29] = "NOT_A_MEMBER",
     [30] = "STALE_REVISION",
+    [31] = "ALREADY_A_MEMBER",
   },
   Flow = {
     [0] = "FLOW_UNSPECIFIED",
@@ -242,6 +244,8 @@ local MESSAGES = {
     [4] = { name = "setup_type", kind = "enum", type = "SetupType" },
     [5] = { name = "invited_pne_ids", kind = "string", type = "string", repeated = true },
     [6] = { name = "pnes", kind = "message", type = "PneInfo", repeated = true },
+    [7] = { name = "add", kind = "bool", type = "bool" },
+    [8] = { name = "revision", kind = "uint64", type = "uint64" },
   },
   PnRegistrationResponse = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
@@ -249,6 +253,7 @@ local MESSAGES = {
     [3] = { name = "reason", kind = "enum", type = "FailureReason" },
     [4] = { name = "results", kind = "message", type = "PneRegistrationResult", repeated = true },
     [5] = { name = "inventory", kind = "message", type = "PnInventory" },
+    [6] = { name = "notices", kind = "message", type = "PnChangeNotice", repeated = true },
   },
   PnResult = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
