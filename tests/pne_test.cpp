@@ -584,6 +584,18 @@ TEST(PneRole, ErrorReportFromGatewayEndsEveryBusyState) {
     }
 }
 
+// An ErrorReport naming no reason (no role sends one; found by cpns-fuzz-pne) still ends with a
+// typed failure: the outcome's success and reason always agree.
+TEST(PneRole, ErrorReportNamingNoReasonEndsAsAnInternalError) {
+    for (State s : kBusy) {
+        SCOPED_TRACE(name(s));
+        auto h = in_state(s);
+        const auto fx = h->feed(Harness::error(kPn, pb::REASON_NONE));
+        EXPECT_EQ(describe(fx),
+                  (Lines{"transition " + name(s) + " -> idle", "outcome internal error"}));
+    }
+}
+
 TEST(PneRole, ErrorReportWithoutPnIdEndsTheInitiatorBeforeItKnowsThePn) {
     Harness h(Ui::kNo, Pan::kInsecure);
     h.start();

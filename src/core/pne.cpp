@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/lifecycle.hpp"
+
 namespace cpns {
 
 Pne::Pne(PneConfig config, Random& random)
@@ -480,6 +482,9 @@ void Pne::handle_error(Out& out, const std::string& from, const pb::ErrorReport&
 
 void Pne::finish(Out& out, bool success, pb::FailureReason reason, std::string detail,
                  const pb::PnInventory* inventory) {
+    // A failure always has a typed reason: an ErrorReport naming none (which no role sends) ends
+    // the establishment as INTERNAL_ERROR, not as a failure "for no reason" (cpns-fuzz-pne).
+    reason = outcome_reason(success, reason);
     // This PNE sent hash_PNE, so the server may have registered it, but it refuses the result
     // (its own check failed) or never got one: it withdraws, proven like a leave
     // (docs/protocol.md, "PN lifecycle"). A failure the PN GW reports is not withdrawn from.
