@@ -114,14 +114,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 }
                 if (kind == Command::kLifecycle) {
                     // A PN it holds (or, holding none, any text), then add / remove / dissolve.
-                    const std::uint8_t which = in.byte();
+                    const std::uint8_t pick = in.byte();
                     const std::uint8_t op = in.byte() % 3;
                     std::string pn;
                     if (gw.inventory().empty()) {
                         pn = in.str();
                     } else {
                         auto it = gw.inventory().begin();
-                        std::advance(it, which % gw.inventory().size());
+                        std::advance(it, pick % gw.inventory().size());
                         pn = it->first;
                     }
                     if (op == 0) {

@@ -103,13 +103,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 }
                 if (kind == Command::kLifecycle) {
                     // Leave a PN it holds (or, holding none, any text).
-                    const std::uint8_t which = in.byte();
+                    const std::uint8_t pick = in.byte();
                     std::string pn;
                     if (pne.memberships().empty()) {
                         pn = in.str();
                     } else {
                         auto it = pne.memberships().begin();
-                        std::advance(it, which % pne.memberships().size());
+                        std::advance(it, pick % pne.memberships().size());
                         pn = it->first;
                     }
                     if (in.truncated()) break;
