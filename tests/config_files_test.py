@@ -108,6 +108,13 @@ class ConfigFilesTest(unittest.TestCase):
              "'content' has 33 entries; at most 32"),
             ('[[content]]\nid = "c0"\n[[content]]\nid = "c1"\ntitle = "' + "t" * 300 + '"\n',
              "'content[1].title' is 300 characters long; at most 256"),
+            # A float where an integer belongs (toml++ would cast 8.1e29 out of range: undefined
+            # behaviour found by cpns-fuzz-config), and a negative size.
+            ('[[content]]\nid = "c0"\nsize_bytes = 81e29\n',
+             "'content[0].size_bytes' must be a non-negative integer"),
+            ('[[content]]\nid = "c0"\nsize_bytes = -1\n',
+             "'content[0].size_bytes' must be a non-negative integer"),
+            ('neighbour_ttl_ms = 81e29\n', "'neighbour_ttl_ms' must be an integer"),
         ]
         for extra, expected in cases:
             cfg = self.pne_config(eukey=new_key())

@@ -223,7 +223,9 @@ bool Config::boolean(std::string_view key, bool def) const {
 std::int64_t Config::integer(std::string_view key, std::int64_t def) const {
     auto node = table_.at_path(key);
     if (!node) return def;
-    if (auto v = node.value<std::int64_t>()) return *v;
+    // An integer node only: toml++'s own float-to-integer conversion casts before it checks the
+    // range (undefined behaviour for 8.1e29; found by cpns-fuzz-config).
+    if (const auto* v = node.as_integer()) return v->get();
     throw ConfigError(where(key) + " must be an integer");
 }
 
@@ -363,7 +365,14 @@ std::vector<pb::ContentInfo> contents_from(const Config& c) {
         ci.set_content_id(text_setting((*t)["id"], c, key + "id"));
         ci.set_media_type(text_setting((*t)["media_type"], c, key + "media_type"));
         ci.set_title(text_setting((*t)["title"], c, key + "title"));
-        ci.set_size_bytes(static_cast<std::uint64_t>((*t)["size_bytes"].value_or(std::int64_t{0})));
+        std::int64_t size = 0;  // an integer node only (see Config::integer)
+        if (const auto node = (*t)["size_bytes"]) {
+            const auto* v = node.as_integer();
+            if (!v || v->get() < 0)
+                throw ConfigError(c.where(key + "size_bytes") + " must be a non-negative integer");
+            size = v->get();
+        }
+        ci.set_size_bytes(static_cast<std::uint64_t>(size));
         out.push_back(std::move(ci));
     }
     return out;
