@@ -134,9 +134,9 @@ def reachable(messages: dict, enums: dict):
     """Messages and enums reachable from the Envelope, in a stable order."""
     seen_m: list[str] = []
     seen_e: list[str] = []
-    todo = [ROOT]
-    while todo:
-        name = todo.pop(0)
+    pending = [ROOT]
+    while pending:
+        name = pending.pop(0)
         if name in seen_m:
             continue
         seen_m.append(name)
@@ -151,7 +151,7 @@ def reachable(messages: dict, enums: dict):
                 if t not in seen_e:
                     seen_e.append(t)
             elif t in messages:
-                todo.append(t)
+                pending.append(t)
             else:
                 raise SchemaError(f"{name}.{f['name']}: unknown type {t}")
     return seen_m, seen_e
