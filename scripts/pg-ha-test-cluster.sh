@@ -66,15 +66,29 @@ free_port() {
   exit 1
 }
 
-# start_node NAME PORT EXTRA_OPTIONS
+# Attempts at starting a node, each on a fresh port: another process may take the port between
+# free_port's check and the server's bind (tests run in parallel), so a failed start is retried.
+START_ATTEMPTS=5
+
+# start_node NAME EXTRA_OPTIONS: start the node on a free port and print that port. After each
+# failed attempt the node's log is printed, so a failure in CI says why.
 start_node() {
-  local name=$1 port=$2 extra=$3 bin
+  local name=$1 extra=$2 bin port attempt
   bin=$(pg_bin)
   mkdir -p "$dir/$name.sock"
   [[ $(id -u) -eq 0 ]] && chown postgres: "$dir/$name.sock"
-  as_pg "$bin/pg_ctl" -D "$dir/$name" -l "$dir/$name.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/$name.sock -c fsync=on -c full_page_writes=on -c max_connections=100 -c wal_level=replica -c max_wal_senders=5 -c hot_standby=on $extra" \
-    start >&2
+  for attempt in $(seq 1 $START_ATTEMPTS); do
+    port=$(free_port)
+    if as_pg "$bin/pg_ctl" -D "$dir/$name" -l "$dir/$name.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir/$name.sock -c fsync=on -c full_page_writes=on -c max_connections=100 -c wal_level=replica -c max_wal_senders=5 -c hot_standby=on $extra" \
+      start >&2; then
+      echo "$port"
+      return 0
+    fi
+    echo "pg-ha-test-cluster: $name did not start on port $port (attempt $attempt of $START_ATTEMPTS); its log:" >&2
+    tail -n 15 "$dir/$name.log" >&2 || true
+  done
+  exit 1
 }
 
 psql_at() {  # psql_at PORT SQL...
@@ -106,8 +120,7 @@ start() {
     cat "$dir/initdb.log" >&2
     exit 1
   }
-  pport=$(free_port)
-  start_node primary "$pport" "-c synchronous_commit=on -c synchronous_standby_names=*"
+  pport=$(start_node primary "-c synchronous_commit=on -c synchronous_standby_names=*")
   echo "$pport" >"$dir/primary.port"
 
   as_pg "$bin/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -D "$dir/standby" -R \
@@ -116,9 +129,7 @@ start() {
     cat "$dir/basebackup.log" >&2
     exit 1
   }
-  sport=$(free_port)
-  while [[ "$sport" == "$pport" ]]; do sport=$(free_port); done
-  start_node standby "$sport" "-c synchronous_commit=on"
+  sport=$(start_node standby "-c synchronous_commit=on")
   echo "$sport" >"$dir/standby.port"
 
   for _ in $(seq 1 $((SYNC_WAIT_S * 10))); do
