@@ -173,15 +173,41 @@ TEST_P(Lifecycle, ThePnEndsWhenItsLastMemberLeaves) {
     lab.expect_agreement({}, 0);
 }
 
-TEST_P(Lifecycle, ALeaveWithAStaleViewIsBroughtUpToDateAndSucceeds) {
-    // pne-3 never hears that pne-1 left (its notice is lost): it asks to leave at revision 0,
-    // is refused STALE_REVISION with the current PN (proven), takes it and asks again.
+// A lost notice is repeated until the PNE acknowledges it: pne-3 misses the first notice of
+// pne-1's leave (and pne-2 loses its acknowledgement), and both still end at revision 1, with
+// nothing left pending at the PN GW.
+TEST_P(Lifecycle, ALostNoticeIsRepeatedUntilAcknowledged) {
     FaultConfig f;
     FaultRule lost;
     lost.action = FaultRule::Action::kDrop;
     lost.message = "PnChangeNotify";
     lost.to = "pne-3";
-    lost.count = 1;
+    lost.count = kNoticeAttempts - 1;
+    f.rules.push_back(lost);
+    FaultRule no_ack;
+    no_ack.action = FaultRule::Action::kDrop;
+    no_ack.message = "PnChangeNotifyAck";
+    no_ack.from = "pne-2";
+    no_ack.count = 1;
+    f.rules.push_back(no_ack);
+    Lab lab(36, 3, GetParam().ui, GetParam().pan, f);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_pne_leave("pne-1", lab.pn);
+    lab.sim.run();
+    lab.expect_agreement({"pne-2", "pne-3"}, 1);
+    EXPECT_EQ(lab.sim.gateway(kGw).notices_pending(), 0u);
+}
+
+TEST_P(Lifecycle, ALeaveWithAStaleViewIsBroughtUpToDateAndSucceeds) {
+    // pne-3 never hears that pne-1 left (the notice and every repeat of it are lost): it asks
+    // to leave at revision 0, is refused STALE_REVISION with the current PN (proven), takes it
+    // and asks again.
+    FaultConfig f;
+    FaultRule lost;
+    lost.action = FaultRule::Action::kDrop;
+    lost.message = "PnChangeNotify";
+    lost.to = "pne-3";
+    lost.count = kNoticeAttempts;
     f.rules.push_back(lost);
     Lab lab(35, 3, GetParam().ui, GetParam().pan, f);
     ASSERT_FALSE(lab.pn.empty());
@@ -266,6 +292,91 @@ TEST_P(Lifecycle, ThePnGwAddsPnesAndEveryoneAgrees) {
     lab.sim.run();
     EXPECT_TRUE(lab.last(kGw)->success);
     lab.expect_agreement(lab.all_but({3}), 2);
+}
+
+// A repeated 5.2.1.1 setup by the same initiator supersedes its earlier PN when the new PN
+// holds every member of the earlier one: the earlier PN is dissolved (through the server, like
+// a dissolve by the PN GW), so the same PNEs are never in two parallel PNs set up by one PNE.
+TEST_P(Lifecycle, ARepeatedSetupSupersedesTheEarlierPnOfTheSameInitiator) {
+    const Mode m = GetParam();
+    Simulator sim(61);
+    sim.add_gateway(make_gw(3, m.ui, m.pan));
+    sim.discover_all();
+    sim.run();
+    auto setup = [&](pb::SetupType type, std::vector<std::string> invited) {
+        sim.start_pne_setup("pne-1", type, std::move(invited));
+        sim.run();
+        const auto& o = sim.outcomes("pne-1");
+        EXPECT_FALSE(o.empty());
+        if (o.empty()) return std::string();
+        EXPECT_TRUE(o.back().success) << reason_name(o.back().reason);
+        return o.back().pn_id;
+    };
+    auto server_has = [&](const std::string& pn) {
+        return sim.directory().pns().count(kGw + "/" + pn) != 0;
+    };
+    auto& gw = sim.gateway(kGw);
+    const std::string first = setup(pb::SETUP_INVITE_LIST, {"pne-2"});
+    ASSERT_FALSE(first.empty());
+    ASSERT_TRUE(server_has(first));
+
+    // The same setup again: a new PN with the same members; the first one ends everywhere.
+    const std::string second = setup(pb::SETUP_INVITE_LIST, {"pne-2"});
+    ASSERT_FALSE(second.empty());
+    EXPECT_NE(second, first);
+    EXPECT_FALSE(server_has(first)) << "the server still has the superseded PN";
+    EXPECT_EQ(gw.inventory().count(first), 0u) << "the PN GW still has the superseded PN";
+    for (const std::string id : {"pne-1", "pne-2"}) {
+        EXPECT_EQ(sim.pne(id).memberships().count(first), 0u) << id << " still holds " << first;
+        EXPECT_EQ(sim.pne(id).memberships().count(second), 1u) << id;
+        EXPECT_FALSE(gw.local_eukey(first, id).has_value()) << id;
+    }
+    EXPECT_EQ(sim.directory().pns().size(), 1u);
+
+    // A setup that leaves a member out is another PN, not a repetition: both stay.
+    const std::string alone = setup(pb::SETUP_ONE_TO_ONE, {});
+    ASSERT_FALSE(alone.empty());
+    EXPECT_TRUE(server_has(second));
+    EXPECT_TRUE(server_has(alone));
+    EXPECT_EQ(gw.inventory().count(second), 1u);
+
+    // The PN GW remembers who set up what across a restart (its saved state): after it, a
+    // setup with everyone supersedes both earlier PNs of pne-1.
+    const pb::GwState saved = gw.export_state();
+    ASSERT_EQ(saved.initiators_size(), 2);
+    ASSERT_TRUE(gw.import_state(saved));
+    const std::string all = setup(pb::SETUP_ALL, {});
+    ASSERT_FALSE(all.empty());
+    EXPECT_FALSE(server_has(second));
+    EXPECT_FALSE(server_has(alone));
+    EXPECT_TRUE(server_has(all));
+    EXPECT_EQ(sim.directory().pns().size(), 1u);
+    EXPECT_EQ(gw.inventory().size(), 1u);
+    EXPECT_EQ(gw.export_state().initiators_size(), 1);
+    for (const std::string id : {"pne-1", "pne-2", "pne-3"})
+        EXPECT_EQ(sim.pne(id).memberships().size(), 1u) << id;
+}
+
+// A PN set up by the PN GW (5.2.1.2) is never superseded by a PNE's setup, nor is a PN its
+// initiator has left.
+TEST(Lifecycle, OnlyThePnsAPneSetUpAndIsStillInAreSuperseded) {
+    Lab lab(62, 2, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_pne_setup("pne-1", pb::SETUP_ALL, {});
+    lab.sim.run();
+    ASSERT_NE(lab.last("pne-1"), nullptr);
+    const std::string mine = lab.last("pne-1")->pn_id;
+    EXPECT_TRUE(lab.last("pne-1")->success);
+    lab.expect_agreement({"pne-1", "pne-2"}, 0);  // the PN GW's PN is still there
+    lab.sim.start_pne_leave("pne-1", mine);
+    lab.sim.run();
+    lab.sim.start_pne_setup("pne-1", pb::SETUP_ALL, {});
+    lab.sim.run();
+    EXPECT_TRUE(lab.last("pne-1")->success)
+        << reason_name(lab.last("pne-1")->reason) << ": " << lab.last("pne-1")->detail;
+    EXPECT_EQ(lab.sim.directory().pns().count(kGw + "/" + mine), 1u)
+        << "a PN its initiator left is not its to supersede";
+    EXPECT_EQ(lab.sim.directory().pns().size(), 3u);
 }
 
 TEST(Lifecycle, AddingAMemberOrToAnUnknownPnIsRefusedAndChangesNothing) {
@@ -491,6 +602,57 @@ TEST(LifecycleAttacks, AnAddNamingAnotherRevisionIsRefusedAndChangesNothing) {
     ASSERT_NE(lab.last("pne-3"), nullptr);
     EXPECT_FALSE(lab.last("pne-3")->success);
     lab.expect_agreement({"pne-1", "pne-2"}, 0);
+}
+
+// The server's answer to a removal is lost: the PN GW asks again after kChangeRetryInterval,
+// and the server answers with the same answer instead of applying the change a second time (a
+// second removal would be refused NOT_A_MEMBER and the PN GW would report a failure).
+TEST(LifecycleAttacks, ARepeatedChangeRequestGetsTheSameAnswerAndChangesNothingTwice) {
+    FaultConfig f;
+    FaultRule lost;
+    lost.action = FaultRule::Action::kDrop;
+    lost.message = "PnChangeResponse";
+    lost.count = 1;
+    f.rules.push_back(lost);
+    FaultRule twice;  // and a request arriving twice while the first is in the store
+    twice.action = FaultRule::Action::kDuplicate;
+    twice.message = "PnChangeRequest";
+    twice.count = 1;
+    f.rules.push_back(twice);
+    Lab lab(54, 3, Ui::kYes, Pan::kInsecure, f);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_remove(kGw, lab.pn, "pne-3");
+    lab.sim.run();
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_TRUE(lab.last(kGw)->success) << reason_name(lab.last(kGw)->reason);
+    lab.expect_agreement({"pne-1", "pne-2"}, 1);  // one change: revision 1, not 2
+    std::size_t server_removals = 0;
+    for (const auto& o : lab.sim.outcomes("cpns-server"))
+        server_removals += o.operation == "remove";
+    EXPECT_EQ(server_removals, 1u);
+    EXPECT_EQ(lab.sim.gateway(kGw).changes_pending(), 0u);
+}
+
+// A notice rewritten on an insecure PAN fails its proof: the PNE neither takes it nor
+// acknowledges it, so the PN GW repeats the real one, which the PNE takes.
+TEST(LifecycleAttacks, ARewrittenNoticeIsNotAcknowledgedAndTheRealOneStillArrives) {
+    FaultConfig f;
+    FaultRule rewrite;
+    rewrite.action = FaultRule::Action::kMutate;
+    rewrite.message = "PnChangeNotify";
+    rewrite.to = "pne-3";
+    rewrite.count = 1;
+    rewrite.mutate = [](pb::Envelope& env) {
+        env.mutable_change_notify()->mutable_notice()->mutable_inventory()->clear_members();
+    };
+    f.rules.push_back(rewrite);
+    Lab lab(55, 3, Ui::kNo, Pan::kSecure, f);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_remove(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    EXPECT_GE(lab.sim.pne("pne-3").counters()[pb::SERVER_AUTHENTICATION_FAILED], 1u);
+    lab.expect_agreement({"pne-2", "pne-3"}, 1);
+    EXPECT_EQ(lab.sim.gateway(kGw).notices_pending(), 0u);
 }
 
 }  // namespace

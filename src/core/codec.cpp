@@ -296,6 +296,8 @@ bool valid_body(const pb::Envelope& env) {
             return valid_body(env.leave_response());
         case B::kChangeNotify:
             return valid_notice(env.change_notify().notice());
+        case B::kChangeNotifyAck:
+            return valid_id(env.change_notify_ack().pn_id());
         case B::kChangeRequest:
             return valid_body(env.change_request());
         case B::kChangeResponse:
@@ -415,6 +417,8 @@ std::string_view message_name(const pb::Envelope& env) {
             return "PnLeaveResponse";
         case B::kChangeNotify:
             return "PnChangeNotify";
+        case B::kChangeNotifyAck:
+            return "PnChangeNotifyAck";
         case B::kChangeRequest:
             return "PnChangeRequest";
         case B::kChangeResponse:

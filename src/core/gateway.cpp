@@ -376,12 +376,12 @@ void Gateway::maybe_register(Out& out, Session& s, Millis now) {
                 reason = m.reason;
                 break;
             }
-        conclude(out, s, false, reason, "no PNE accepted", nullptr);
+        conclude(out, s, false, reason, "no PNE accepted", nullptr, now);
         return;
     }
     if (s.add && !inventory_.count(s.pn_id)) {
         // The PN ended while the new PNEs were joining (the server dissolved it).
-        conclude(out, s, false, pb::UNKNOWN_PN, "the PN ended meanwhile", nullptr);
+        conclude(out, s, false, pb::UNKNOWN_PN, "the PN ended meanwhile", nullptr, now);
         return;
     }
     pb::Envelope env;
@@ -536,14 +536,58 @@ void Gateway::maybe_send_aggregate(Out& out, Session& s, Millis now) {
 // Steps 12-15 (5.2.1.1) / 13-16 (5.2.1.2). In kWaitRegistration; in kWaitAuthRequest only a
 // refusal (the server answers at once, without an Authentication Request, when it refuses
 // every PNE up front).
-void Gateway::handle_registration_response(Out& out, const pb::PnRegistrationResponse& m) {
+void Gateway::handle_registration_response(Out& out, const pb::PnRegistrationResponse& m,
+                                           Millis now) {
     Session& s = sessions_.at(m.pn_id());
     if (s.phase == Phase::kWaitAuthRequest && m.registered()) {
         ++counters_.ignored;
         return;
     }
+    const std::string initiator =
+        s.flow == Flow::kPneInitiated && !s.add ? s.initiator : std::string();
+    const std::string pn_id = s.pn_id;
     conclude(out, s, m.registered(), m.registered() ? pb::REASON_NONE : m.reason(),
-             m.registered() ? "" : "server did not register the PN", &m);
+             m.registered() ? "" : "server did not register the PN", &m, now);  // ends the session
+    if (m.registered() && !initiator.empty() && inventory_.count(pn_id))
+        supersede(out, initiator, pn_id, now);
+}
+
+void Gateway::supersede(Out& out, const std::string& initiator, const std::string& pn_id,
+                        Millis now) {
+    auto members_of = [this](const std::string& pn) {
+        std::set<std::string> ids;
+        for (const auto& m : inventory_.at(pn).members()) ids.insert(m.pne_id());
+        return ids;
+    };
+    const std::set<std::string> now_in = members_of(pn_id);
+    std::vector<std::string> earlier;
+    if (auto it = initiated_.find(initiator); it != initiated_.end())
+        for (const auto& old : it->second)
+            if (old != pn_id && inventory_.count(old)) earlier.push_back(old);
+    initiator_of_[pn_id] = initiator;
+    initiated_[initiator].insert(pn_id);
+    for (const auto& old : earlier) {
+        const std::set<std::string> was_in = members_of(old);
+        if (!was_in.count(initiator) ||
+            !std::includes(now_in.begin(), now_in.end(), was_in.begin(), was_in.end())) {
+            log(LogLevel::kInfo, "PN " + pn_id + " set up again by " + initiator + ": " + old +
+                                     " stays (other members, or without " + initiator + ")");
+            continue;
+        }
+        log(LogLevel::kInfo, "PN " + pn_id + " set up again by " + initiator +
+                                 " with every member of " + old + ": dissolving " + old);
+        for (auto& e : start_change(pb::CHANGE_DISSOLVE, old, "", now)) out.push_back(std::move(e));
+    }
+}
+
+void Gateway::forget_initiator(const std::string& pn_id) {
+    auto it = initiator_of_.find(pn_id);
+    if (it == initiator_of_.end()) return;
+    if (auto pns = initiated_.find(it->second); pns != initiated_.end()) {
+        pns->second.erase(pn_id);
+        if (pns->second.empty()) initiated_.erase(pns);
+    }
+    initiator_of_.erase(it);
 }
 
 // Final state of every member, before any notification, so that each lists the others.
@@ -600,7 +644,8 @@ void Gateway::notify_member(Out& out, const Session& s, const Member& mem,
 }
 
 void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason reason,
-                       const std::string& detail, const pb::PnRegistrationResponse* resp) {
+                       const std::string& detail, const pb::PnRegistrationResponse* resp,
+                       Millis now) {
     // A refusal always has a typed reason: a server (or a caller) that gives none is reported
     // as INTERNAL_ERROR rather than as a failure "for no reason" (found by cpns-fuzz-gateway).
     if (!registered && reason == pb::REASON_NONE) reason = pb::INTERNAL_ERROR;
@@ -647,11 +692,7 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
                                  std::to_string(route.size()) + " PNE(s)");
         // The earlier members learn the new member list, proven by the server, after the state
         // holding it is saved (the daemons hold effects behind a StoreInventoryEffect).
-        for (const auto& n : resp->notices()) {
-            pb::Envelope env;
-            *env.mutable_change_notify()->mutable_notice() = n;
-            send(out, n.pne_id(), std::move(env));
-        }
+        for (const auto& n : resp->notices()) tell(out, n, now);
     } else if (registered) {
         routing_[s.pn_id] = route;
         ++counters_.established;
@@ -700,7 +741,7 @@ void Gateway::handle_error(Out& out, const std::string& from, const pb::ErrorRep
             return;
         }
         log(LogLevel::kWarn, "server refused " + m.pn_id() + ": " + m.detail());
-        conclude(out, it->second, false, m.reason(), "server: " + m.detail(), nullptr);
+        conclude(out, it->second, false, m.reason(), "server: " + m.detail(), nullptr, now);
         return;
     }
     Session* s = session_of_pne(from, m.pn_id());
@@ -767,6 +808,8 @@ bool Gateway::accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body
             return !from_server;
         case B::kChangeResponse:
             return from_server;
+        case B::kChangeNotifyAck:
+            return !from_server;
         case B::kError:
             // Once the PN GW has answered the server for a PN, a PNE's report can no longer
             // change who is in it (the parties would disagree): the result tells the PNE.
@@ -849,13 +892,15 @@ void Gateway::dispatch(Out& out, const std::string& from, const pb::Envelope& en
         case B::kAuthRequest:
             return handle_auth_request(out, env.auth_request(), now);
         case B::kRegistrationResponse:
-            return handle_registration_response(out, env.registration_response());
+            return handle_registration_response(out, env.registration_response(), now);
         case B::kError:
             return handle_error(out, from, env.error(), now);
         case B::kLeaveRequest:
             return handle_leave_request(out, from, env.leave_request(), protection, now);
         case B::kChangeResponse:
-            return handle_change_response(out, env.change_response());
+            return handle_change_response(out, env.change_response(), now);
+        case B::kChangeNotifyAck:
+            return handle_notice_ack(from, env.change_notify_ack());
         default:  // discovery
             return handle_discovery(out, from, env, protection, now, origin);
     }
@@ -886,7 +931,7 @@ std::optional<SecretKey> Gateway::local_eukey(const std::string& pn_id,
 }
 
 GatewayEffects Gateway::on_tls_established(const std::string& peer, const std::string& identity,
-                                           Millis /*now*/) {
+                                           Millis now) {
     Out out;
     // The identity must name the peer: "pre:<pne>" or "leuk:<pn>:<pne>".
     const auto id = parse_psk_identity(identity);
@@ -899,6 +944,7 @@ GatewayEffects Gateway::on_tls_established(const std::string& peer, const std::s
     tls_links_[peer] = identity;
     link_failures_.erase(peer);
     log(LogLevel::kInfo, "PSK-TLS with " + peer + " established");
+    repeat_notices(out, now, peer);  // what it missed while its link was down
     return out;
 }
 
@@ -946,7 +992,7 @@ GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
                      reason == pb::GATEWAY_AUTHENTICATION_FAILED
                          ? "the CPNS Server refused this PN GW's PSK"
                          : "link to the CPNS Server is down",
-                     nullptr);
+                     nullptr, now);
         return out;
     }
     auto p = pne_session_.find(peer);
@@ -967,6 +1013,7 @@ GatewayEffects Gateway::on_timer(Millis now) {
         log(LogLevel::kInfo, "neighbour " + id + " aged out: no PAN link and not heard for " +
                                  std::to_string(neighbours_.ttl()) + " ms");
     expire_changes(out, now);
+    repeat_notices(out, now);
     std::vector<std::string> due;
     for (const auto& [pn, s] : sessions_)
         if (now >= s.deadline) due.push_back(pn);
@@ -993,11 +1040,11 @@ GatewayEffects Gateway::on_timer(Millis now) {
                 break;
             case Phase::kWaitAuthRequest:
                 conclude(out, s, false, pb::TIMEOUT, "no Authentication Request from the server",
-                         nullptr);
+                         nullptr, now);
                 break;
             default:  // kWaitRegistration (kNone and kDone have no session)
                 conclude(out, s, false, pb::TIMEOUT, "no PN Registration Response from the server",
-                         nullptr);
+                         nullptr, now);
                 break;
         }
     }
@@ -1007,7 +1054,8 @@ GatewayEffects Gateway::on_timer(Millis now) {
 Millis Gateway::next_deadline() const {
     Millis d = kNever;
     for (const auto& [pn, s] : sessions_) d = std::min(d, s.deadline);
-    for (const auto& [pn, c] : changes_) d = std::min(d, c.deadline);
+    for (const auto& [pn, c] : changes_) d = std::min({d, c.deadline, c.retry});
+    for (const auto& [key, n] : notices_) d = std::min(d, n.next);
     return d;
 }
 
@@ -1022,6 +1070,7 @@ pb::GwState Gateway::export_state() const {
             k->set_peer_id(pne);
             k->set_key(to_field(key.view()));
         }
+    for (const auto& [pn, initiator] : initiator_of_) (*st.mutable_initiators())[pn] = initiator;
     return st;
 }
 
@@ -1040,9 +1089,18 @@ bool Gateway::import_state(const pb::GwState& st) {
         if (k.key().size() != kKeySize || !inventory.count(k.pn_id())) return false;
         keys[k.pn_id()].emplace(k.peer_id(), SecretKey(bytes_of(k.key())));
     }
+    std::map<std::string, std::string> initiator_of;
+    std::map<std::string, std::set<std::string>> initiated;
+    for (const auto& [pn, initiator] : st.initiators()) {
+        if (!inventory.count(pn) || !valid_id(initiator)) return false;
+        initiator_of[pn] = initiator;
+        initiated[initiator].insert(pn);
+    }
     inventory_ = std::move(inventory);
     routing_ = std::move(routing);
     local_keys_ = std::move(keys);
+    initiator_of_ = std::move(initiator_of);
+    initiated_ = std::move(initiated);
     log(LogLevel::kInfo,
         "restored " + std::to_string(inventory_.size()) + " PN(s) from saved state");
     return true;
@@ -1073,6 +1131,7 @@ Bytes Gateway::snapshot() const {
         for (const auto& id : route) put_s(id);
     for (const auto& [pn, keys] : local_keys_)
         for (const auto& [id, k] : keys) put(k.view());
+    for (const auto& [pn, initiator] : initiator_of_) put_s(pn + initiator);
     for (const auto& [id, identity] : tls_links_) put_s(identity);
     return out;
 }

@@ -76,6 +76,10 @@ class Gateway {
     // every live neighbour not yet in the PN. Outcome operation "add".
     GatewayEffects add(const std::string& pn_id, std::vector<std::string> pne_ids, Millis now);
     bool change_pending(const std::string& pn_id) const { return changes_.count(pn_id) != 0; }
+    // Change notices sent and not yet acknowledged by their PNE (repeated until they are).
+    std::size_t notices_pending() const { return notices_.size(); }
+    // Lifecycle changes asked of the server and not yet answered.
+    std::size_t changes_pending() const { return changes_.size(); }
     // The PAN endpoint announced in discovery ("host:port"), set by the transport.
     void set_endpoint(std::string endpoint) { endpoint_ = std::move(endpoint); }
 
@@ -202,14 +206,18 @@ class Gateway {
     void handle_pne_auth_response(Out& out, const std::string& from,
                                   const pb::PneAuthenticationResponse& m, Protection protection,
                                   Millis now);
-    void handle_registration_response(Out& out, const pb::PnRegistrationResponse& m);
+    void handle_registration_response(Out& out, const pb::PnRegistrationResponse& m, Millis now);
+    // A repeated setup: after PN `pn_id`, set up by `initiator`, is registered, dissolves each
+    // earlier PN that `initiator` set up here, is still a member of, and whose members are all
+    // in `pn_id` (docs/protocol.md, "A repeated setup").
+    void supersede(Out& out, const std::string& initiator, const std::string& pn_id, Millis now);
     void handle_error(Out& out, const std::string& from, const pb::ErrorReport& m, Millis now);
 
     void maybe_register(Out& out, Session& s, Millis now);
     void maybe_send_aggregate(Out& out, Session& s, Millis now);
     void settle_after_failure(Out& out, const std::string& pn_id, Millis now);
     void conclude(Out& out, Session& s, bool registered, pb::FailureReason reason,
-                  const std::string& detail, const pb::PnRegistrationResponse* resp);
+                  const std::string& detail, const pb::PnRegistrationResponse* resp, Millis now);
     void settle_members(Out& out, Session& s, bool registered, pb::FailureReason reason,
                         const pb::PnRegistrationResponse* resp);
     void notify_member(Out& out, const Session& s, const Member& mem,
@@ -221,6 +229,8 @@ class Gateway {
         std::string pne_id;
         std::string requester;  // the PNE that asked to leave; "" for this PN GW's own command
         Millis deadline = kNever;
+        pb::PnChangeRequest request;  // as sent, for the repeats
+        Millis retry = kNever;        // the next repeat (kChangeRetryInterval)
     };
     std::optional<std::pair<pb::FailureReason, std::string>> check_change(
         const std::string& pn_id, const std::string& pne_id) const;
@@ -228,13 +238,25 @@ class Gateway {
                                 const std::string& pne_id, Millis now);
     void handle_leave_request(Out& out, const std::string& from, const pb::PnLeaveRequest& m,
                               Protection protection, Millis now);
-    void handle_change_response(Out& out, const pb::PnChangeResponse& m);
+    void handle_change_response(Out& out, const pb::PnChangeResponse& m, Millis now);
     // Returns the PNEs whose PSK-TLS session used a LocalEUKey the change dropped.
     std::vector<std::string> adopt(Out& out, const pb::PnChangeResponse& m);
     void finish_change(Out& out, const std::string& pn_id, const PendingChange& c, bool accepted,
                        pb::FailureReason reason, const std::string& detail,
                        const pb::PnChangeResponse* resp);
     void expire_changes(Out& out, Millis now);
+    // Sends a change notice to its PNE and keeps it, repeated until acknowledged.
+    void tell(Out& out, const pb::PnChangeNotice& n, Millis now);
+    void handle_notice_ack(const std::string& from, const pb::PnChangeNotifyAck& m);
+    // Repeats the notices due (all of `pne_id`'s at once when it is given).
+    void repeat_notices(Out& out, Millis now, const std::string& pne_id = "");
+    struct PendingNotice {
+        pb::PnChangeNotice notice;
+        int sent = 0;
+        Millis next = kNever;
+    };
+    // (PNE ID, PN ID) -> the newest notice of that PN for that PNE, until acknowledged.
+    std::map<std::pair<std::string, std::string>, PendingNotice> notices_;
     std::map<std::string, PendingChange> changes_;  // by PN ID: one change at a time per PN
 
     GatewayConfig cfg_;
@@ -246,6 +268,11 @@ class Gateway {
     std::map<std::string, pb::PnInventory> inventory_;
     std::map<std::string, std::vector<std::string>> routing_;
     std::map<std::string, std::map<std::string, SecretKey>> local_keys_;  // PN -> PNE -> key
+    // The PNs set up by a PNE (5.2.1.1): PN ID -> initiator, and initiator -> its PN IDs. Only
+    // for PNs in inventory_ (forgotten with them).
+    std::map<std::string, std::string> initiator_of_;
+    std::map<std::string, std::set<std::string>> initiated_;
+    void forget_initiator(const std::string& pn_id);
     Counters counters_;
     std::string last_pn_id_;
     std::string endpoint_;

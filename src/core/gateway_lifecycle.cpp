@@ -105,7 +105,6 @@ GatewayEffects Gateway::start_change(pb::ChangeOp op, const std::string& pn_id,
         return out;
     }
     const std::uint64_t revision = inventory_.at(pn_id).revision();
-    changes_[pn_id] = PendingChange{op, pne_id, "", now + kChangeResponseTimeout};
     log(LogLevel::kInfo, name + " " + pn_id + (pne_id.empty() ? "" : " " + pne_id) +
                              ": asking the CPNS Server (revision " + std::to_string(revision) +
                              ")");
@@ -115,6 +114,8 @@ GatewayEffects Gateway::start_change(pb::ChangeOp op, const std::string& pn_id,
     r.set_op(op);
     r.set_pne_id(pne_id);
     r.set_revision(revision);
+    changes_[pn_id] =
+        PendingChange{op, pne_id, "", now + kChangeResponseTimeout, r, now + kChangeRetryInterval};
     send(out, cfg_.server_id, std::move(env));
     return out;
 }
@@ -144,7 +145,6 @@ void Gateway::handle_leave_request(Out& out, const std::string& from, const pb::
     if (m.gw_id() != cfg_.gw_id) return answer(pb::UNKNOWN_PN, "it names PN GW " + m.gw_id());
     if (auto refused = check_change(m.pn_id(), from))
         return answer(refused->first, refused->second);
-    changes_[m.pn_id()] = PendingChange{pb::CHANGE_LEAVE, from, from, now + kChangeResponseTimeout};
     log(LogLevel::kInfo, from + " asks to leave " + m.pn_id() + ": relayed to the CPNS Server");
     pb::Envelope env;
     auto& r = *env.mutable_change_request();
@@ -153,6 +153,8 @@ void Gateway::handle_leave_request(Out& out, const std::string& from, const pb::
     r.set_pne_id(from);
     r.set_revision(m.revision());
     *r.mutable_leave() = m;
+    changes_[m.pn_id()] = PendingChange{
+        pb::CHANGE_LEAVE, from, from, now + kChangeResponseTimeout, r, now + kChangeRetryInterval};
     send(out, cfg_.server_id, std::move(env));
 }
 
@@ -185,6 +187,7 @@ std::vector<std::string> Gateway::adopt(Out& out, const pb::PnChangeResponse& m)
     }
     if (m.dissolved() || inv.members().empty()) {
         inventory_.erase(it);
+        forget_initiator(m.pn_id());
         routing_.erase(m.pn_id());
         local_keys_.erase(m.pn_id());
         log(LogLevel::kInfo, "PN " + m.pn_id() + " dissolved: forgotten");
@@ -199,19 +202,32 @@ std::vector<std::string> Gateway::adopt(Out& out, const pb::PnChangeResponse& m)
     return close;
 }
 
-void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m) {
+void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m, Millis now) {
+    auto it = changes_.find(m.pn_id());
+    const bool pending =
+        it != changes_.end() && it->second.op == m.op() && it->second.pne_id == m.pne_id();
+    const auto held = inventory_.find(m.pn_id());
+    if (!pending &&
+        (held == inventory_.end() || m.inventory().revision() <= held->second.revision())) {
+        // A repeat of an answer already taken (the server answers a repeated request again),
+        // or news older than what is held: nothing to change, nobody to tell again.
+        ++counters_.ignored;
+        log(LogLevel::kDebug, "change response for " + m.pn_id() + " that is not pending and " +
+                                  "not newer than what is held: ignored");
+        return;
+    }
     // The state is changed and saved first; the notices and the outcome follow the save (the
     // daemons hold effects behind a StoreInventoryEffect until it is durable).
     const std::vector<std::string> close = adopt(out, m);
-    auto it = changes_.find(m.pn_id());
     PendingChange c;
-    if (it != changes_.end() && it->second.op == m.op() && it->second.pne_id == m.pne_id()) {
+    if (pending) {
         c = it->second;
         changes_.erase(it);
     } else {
         // Late (after kChangeResponseTimeout) or not asked for: adopted if newer, and the
         // notices still go to the PNEs, which check them themselves.
-        c = PendingChange{m.op(), m.pne_id(), m.op() == pb::CHANGE_LEAVE ? m.pne_id() : "", kNever};
+        c = PendingChange{m.op(), m.pne_id(), m.op() == pb::CHANGE_LEAVE ? m.pne_id() : "",
+                          kNever, {},         kNever};
         log(LogLevel::kInfo, "change response for " + m.pn_id() + " that is not pending");
     }
     for (const auto& n : m.notices()) {
@@ -223,7 +239,8 @@ void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m) {
             r.set_reason(m.reason());
             *r.mutable_notice() = n;
         } else {
-            *env.mutable_change_notify()->mutable_notice() = n;
+            tell(out, n, now);
+            continue;
         }
         send(out, n.pne_id(), std::move(env));
     }
@@ -264,6 +281,14 @@ void Gateway::finish_change(Out& out, const std::string& pn_id, const PendingCha
 void Gateway::expire_changes(Out& out, Millis now) {
     for (auto it = changes_.begin(); it != changes_.end();) {
         if (it->second.deadline > now) {
+            if (it->second.retry <= now) {  // the request or its answer may have been lost
+                it->second.retry = now + kChangeRetryInterval;
+                log(LogLevel::kInfo,
+                    "no answer yet about " + it->first + ": asking the CPNS Server again");
+                pb::Envelope env;
+                *env.mutable_change_request() = it->second.request;
+                send(out, cfg_.server_id, std::move(env));
+            }
             ++it;
             continue;
         }
@@ -280,6 +305,55 @@ void Gateway::expire_changes(Out& out, Millis now) {
         }
         finish_change(out, pn, c, false, pb::TIMEOUT, "the CPNS Server did not answer in time",
                       nullptr);
+    }
+}
+
+void Gateway::tell(Out& out, const pb::PnChangeNotice& n, Millis now) {
+    pb::Envelope env;
+    *env.mutable_change_notify()->mutable_notice() = n;
+    send(out, n.pne_id(), std::move(env));
+    const auto key = std::make_pair(n.pne_id(), n.inventory().pn_id());
+    if (!notices_.count(key) && notices_.size() >= kMaxPendingNotices) {
+        log(LogLevel::kWarn, "too many unacknowledged notices: the one of " + key.second + " for " +
+                                 key.first + " is sent once");
+        return;
+    }
+    // The newest notice of a PN replaces an older one: it says all the PNE needs.
+    notices_[key] = PendingNotice{n, 1, now + kNoticeRepeatInterval};
+}
+
+void Gateway::handle_notice_ack(const std::string& from, const pb::PnChangeNotifyAck& m) {
+    auto it = notices_.find({from, m.pn_id()});
+    if (it == notices_.end() || it->second.notice.inventory().revision() > m.revision()) {
+        ++counters_.ignored;  // nothing pending, or an older notice's acknowledgement
+        return;
+    }
+    log(LogLevel::kDebug, from + " acknowledged the notice of " + m.pn_id() + " (revision " +
+                              std::to_string(m.revision()) + ")");
+    notices_.erase(it);
+}
+
+void Gateway::repeat_notices(Out& out, Millis now, const std::string& pne_id) {
+    for (auto it = notices_.begin(); it != notices_.end();) {
+        PendingNotice& p = it->second;
+        const bool for_it = !pne_id.empty() && it->first.first == pne_id;
+        if (!for_it && now < p.next) {
+            ++it;
+            continue;
+        }
+        if (!for_it && p.sent >= kNoticeAttempts) {
+            log(LogLevel::kWarn, it->first.first + " did not acknowledge the notice of " +
+                                     it->first.second + " after " + std::to_string(p.sent) +
+                                     " sends: given up (it holds a stale view of the PN)");
+            it = notices_.erase(it);
+            continue;
+        }
+        pb::Envelope env;
+        *env.mutable_change_notify()->mutable_notice() = p.notice;
+        send(out, it->first.first, std::move(env));
+        if (!for_it) ++p.sent;
+        p.next = now + kNoticeRepeatInterval;
+        ++it;
     }
 }
 

@@ -225,6 +225,15 @@ void Pne::handle_change_notify(Out& out, const std::string& from, const pb::PnCh
         leave_.reset();
         finish_leave(out, pn, true, pb::REASON_NONE, std::string(pb::NoticeKind_Name(n.kind())));
     }
+    // Acknowledged once the server's proof verifies, whether it changed anything or not (a
+    // repeat of one already taken, a PN already left): the PN GW stops repeating it. A notice
+    // whose proof fails is not acknowledged, so the PN GW goes on sending the real one.
+    const Hash expected = notice_proof(cfg_.eukey, n);
+    if (n.pne_id() != cfg_.pne_id || !ct_equal(ByteView{expected}, as_bytes(n.proof()))) return;
+    pb::Envelope ack;
+    ack.mutable_change_notify_ack()->set_pn_id(pn);
+    ack.mutable_change_notify_ack()->set_revision(n.inventory().revision());
+    send(out, from, std::move(ack));
 }
 
 }  // namespace cpns

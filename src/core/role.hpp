@@ -216,7 +216,19 @@ pb::Envelope error_report(const std::string& pn_id, pb::FailureReason reason,
 // How long a PN GW waits for the server's answer to a lifecycle change, and a PNE for its PN
 // GW's answer to a leave (the PN GW's wait, plus the PAN).
 inline constexpr Millis kChangeResponseTimeout = 20'000;
+// Within that wait the PN GW sends its PnChangeRequest again every kChangeRetryInterval (a lost
+// request or answer); the server answers a repeat of a change it has answered with the same
+// answer, for kChangeAnswerMemory, and ignores a repeat of one still in progress.
+inline constexpr Millis kChangeRetryInterval = 5'000;
+inline constexpr Millis kChangeAnswerMemory = 60'000;
 inline constexpr Millis kLeaveResponseTimeout = 30'000;
+// A change notice (PnChangeNotify) is repeated to a PNE that has not acknowledged it, every
+// kNoticeRepeatInterval, at most kNoticeAttempts sends in all, and once more at once when the
+// PNE's PSK-TLS session comes up again. A PN GW tracks at most kMaxPendingNotices; past that a
+// notice is sent once, untracked.
+inline constexpr Millis kNoticeRepeatInterval = 2'000;
+inline constexpr int kNoticeAttempts = 5;
+inline constexpr std::size_t kMaxPendingNotices = 4'096;
 // Lifecycle changes in flight at one server (each waits for its store commit).
 inline constexpr std::size_t kMaxServerChanges = 10'000;
 

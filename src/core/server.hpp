@@ -230,9 +230,21 @@ class Server {
         Millis deadline = kNever;
         pb::FailureReason pushed = pb::REASON_NONE;  // decided by the server: why
         int attempts = 0;
+        pb::PnChangeRequest request;  // the PN GW's (not for the server's own changes)
     };
+    // The answers to the PN GWs' changes, for their repeats (kChangeAnswerMemory, at most
+    // kMaxServerChanges): a repeat of the same request gets the same answer.
+    struct AnsweredChange {
+        pb::PnChangeRequest request;
+        pb::Envelope answer;
+        Millis until = 0;
+    };
+    std::map<Key, AnsweredChange> answered_;
+    std::deque<std::pair<Millis, Key>> answered_order_;
+    static bool same_request(const pb::PnChangeRequest& a, const pb::PnChangeRequest& b);
     void respond(Out& out, const std::string& gw_id, const std::string& pn_id,
-                 const PendingChange& p, const ChangeResult& result, const std::string& detail);
+                 const PendingChange& p, const ChangeResult& result, const std::string& detail,
+                 Millis now);
     void handle_change_request(Out& out, const std::string& from, const pb::PnChangeRequest& m,
                                Millis now);
     void refuse_change(Out& out, const std::string& gw_id, const pb::PnChangeRequest& m,

@@ -23,9 +23,29 @@ void Server::refuse_change(Out& out, const std::string& gw_id, const pb::PnChang
         m.pn_id(), gw_id, false, reason, why, {}, {}, std::string(cpns::to_string(m.op()))});
 }
 
+bool Server::same_request(const pb::PnChangeRequest& a, const pb::PnChangeRequest& b) {
+    return a.pn_id() == b.pn_id() && a.op() == b.op() && a.pne_id() == b.pne_id() &&
+           a.revision() == b.revision() && a.leave().rand_pne() == b.leave().rand_pne() &&
+           a.leave().proof() == b.leave().proof();
+}
+
 void Server::handle_change_request(Out& out, const std::string& from, const pb::PnChangeRequest& m,
                                    Millis now) {
     const Key key{from, m.pn_id()};
+    // A PN GW repeats a request it has no answer to (kChangeRetryInterval): the answer was
+    // lost, or is still on its way.
+    if (auto a = answered_.find(key);
+        a != answered_.end() && a->second.until > now && same_request(a->second.request, m)) {
+        log(LogLevel::kInfo, std::string(cpns::to_string(m.op())) + " of " + m.pn_id() + " from " +
+                                 from + " asked again: the same answer again");
+        send(out, from, a->second.answer);
+        return;
+    }
+    if (auto c = changes_.find(key); c != changes_.end() && c->second.pushed == pb::REASON_NONE &&
+                                     same_request(c->second.request, m)) {
+        ++counters_.ignored;  // still in the store: its answer will come
+        return;
+    }
     if (changes_.count(key))
         return refuse_change(out, from, m, pb::BUSY, "another change of this PN is in progress");
     if (changes_.size() >= kMaxServerChanges)
@@ -33,7 +53,7 @@ void Server::handle_change_request(Out& out, const std::string& from, const pb::
     const auto gw = dir_.find(from);
     if (!gw || gw->kind != EntityKind::kGw || gw->status != EntityStatus::kActive)
         return refuse_change(out, from, m, pb::REVOKED, "the PN GW is not active");
-    PendingChange p{m.op(), m.pne_id(), {}, now + kPersistTimeout};
+    PendingChange p{m.op(), m.pne_id(), {}, now + kPersistTimeout, pb::REASON_NONE, 0, m};
     if (m.op() == pb::CHANGE_LEAVE) {
         // Only the PNE can leave: its proof is over this PN GW, this PN, the revision it holds
         // and a fresh random, under its EUKey, which the PN GW does not have.
@@ -90,18 +110,18 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
             ChangeResult as_is = result;
             as_is.reason = pb::REASON_NONE;
             as_is.dissolved = false;
-            respond(out, gw_id, pn_id, p, as_is, "already removed");
+            respond(out, gw_id, pn_id, p, as_is, "already removed", now);
             return out;
         }
     }
     respond(out, gw_id, pn_id, p, result,
-            p.pushed != pb::REASON_NONE ? std::string(reason_name(p.pushed)) : "");
+            p.pushed != pb::REASON_NONE ? std::string(reason_name(p.pushed)) : "", now);
     return out;
 }
 
 void Server::respond(Out& out, const std::string& gw_id, const std::string& pn_id,
-                     const PendingChange& p, const ChangeResult& result,
-                     const std::string& detail) {
+                     const PendingChange& p, const ChangeResult& result, const std::string& detail,
+                     Millis now) {
     pb::Envelope env;
     auto& r = *env.mutable_change_response();
     r.set_pn_id(pn_id);
@@ -136,6 +156,18 @@ void Server::respond(Out& out, const std::string& gw_id, const std::string& pn_i
     if (!detail.empty()) text += (text.empty() ? "" : ", ") + detail;
     out.push_back(OutcomeEffect{pn_id, gw_id, result.reason == pb::REASON_NONE, result.reason, text,
                                 result.inventory, std::move(pnes), op});
+    if (p.pushed == pb::REASON_NONE && p.request.op() != pb::CHANGE_UNSPECIFIED) {
+        const Key key{gw_id, pn_id};
+        answered_[key] = AnsweredChange{p.request, env, now + kChangeAnswerMemory};
+        answered_order_.emplace_back(now + kChangeAnswerMemory, key);
+        while (!answered_order_.empty() && (answered_order_.size() > kMaxServerChanges ||
+                                            answered_order_.front().first <= now)) {
+            auto [until, k] = answered_order_.front();
+            answered_order_.pop_front();
+            if (auto it = answered_.find(k); it != answered_.end() && it->second.until == until)
+                answered_.erase(it);
+        }
+    }
     send(out, gw_id, std::move(env));
 }
 
@@ -149,7 +181,7 @@ ServerEffects Server::push_change(const std::string& gw_id, const std::string& p
                                  " postponed: another change of it is in progress");
         return out;  // the caller's next poll asks again
     }
-    PendingChange p{op, pne_id, {}, now + kPersistTimeout, why, 0};
+    PendingChange p{op, pne_id, {}, now + kPersistTimeout, why, 0, {}};
     log(LogLevel::kInfo, std::string(cpns::to_string(op)) + " of " + pn_id + " of " + gw_id +
                              (pne_id.empty() ? "" : " (PNE " + pne_id + ")") + ": " +
                              std::string(reason_name(why)) + ", to the store");
@@ -162,8 +194,9 @@ ServerEffects Server::push_change(const std::string& gw_id, const std::string& p
 ServerEffects Server::announce(const std::string& gw_id, pb::ChangeOp op, const std::string& pne_id,
                                const ChangeResult& result, const std::string& detail) {
     Out out;
-    PendingChange p{op, pne_id, {}, kNever, pb::REASON_NONE, 0};
-    respond(out, gw_id, result.inventory.pn_id(), p, result, detail);
+    PendingChange p{op, pne_id, {}, kNever, pb::REASON_NONE, 0, {}};
+    // Not a PN GW's request: nothing to remember for repeats, so no time is needed.
+    respond(out, gw_id, result.inventory.pn_id(), p, result, detail, 0);
     return out;
 }
 

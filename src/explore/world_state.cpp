@@ -189,6 +189,8 @@ std::uint64_t World::state_hash() const {
 bool World::quiescent() const {
     if (!flight_.empty() || !tls_pending_.empty()) return false;
     if (gw_->active_sessions() != 0 || server_->active_sessions() != 0) return false;
+    // Repeated until acknowledged, or answered.
+    if (gw_->notices_pending() != 0 || gw_->changes_pending() != 0) return false;
     for (const auto& [id, p] : pnes_)
         if (p->busy()) return false;
     return true;

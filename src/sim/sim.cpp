@@ -26,7 +26,7 @@ struct Simulator::Node {
 };
 
 struct Simulator::Event {
-    enum class Kind { kDeliver, kTimer, kTlsDone, kPersisted, kChanged };
+    enum class Kind { kDeliver, kTimer, kTlsDone, kPersisted, kChanged, kLinkDown };
     Kind kind = Kind::kDeliver;
     Millis at = 0;
     std::uint64_t seq = 0;
@@ -350,8 +350,19 @@ void Simulator::apply(const std::string& id, GatewayEffects effects) {
         std::visit(Overloaded{
                        [&](SendEffect& s) { route(id, std::move(s)); },
                        [&](CloseLinkEffect& c) {
-                           tls_links_.erase(c.peer);
+                           const bool had_tls = tls_links_.erase(c.peer) != 0;
                            note(id, c.peer, "link closed", std::string(reason_name(c.reason)));
+                           // A closed PSK-TLS session: both ends see it go down one PAN
+                           // latency later, as the daemons see the connection end after the
+                           // PN GW closes it. (A clear PAN is modelled without connections.)
+                           if (had_tls && nodes_.count(c.peer) && node(c.peer).pne) {
+                               auto* e = new Event;
+                               e->kind = Event::Kind::kLinkDown;
+                               e->at = now_ + kPanLatency;
+                               e->from = id;
+                               e->to = c.peer;
+                               push(e);
+                           }
                        },
                        // The PN GW keeps the inventory in memory; nothing to simulate.
                        [&](StoreInventoryEffect&) {},
@@ -428,6 +439,13 @@ void Simulator::deliver(const Event& e) {
             return;
         case Event::Kind::kChanged:
             apply(kServerId, server_->on_changed(e.from, e.identity, *e.change, now_));
+            return;
+        case Event::Kind::kLinkDown:
+            // Unless a new PSK-TLS session came up meanwhile.
+            if (!link_tls(e.to, e.from)) {
+                apply(e.from, node(e.from).gw->on_link_down(e.to, now_));
+                apply(e.to, node(e.to).pne->on_link_down(e.from, now_));
+            }
             return;
         case Event::Kind::kDeliver:
             break;

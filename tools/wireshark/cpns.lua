@@ -168,6 +168,7 @@ local MESSAGES = {
     [27] = { name = "change_notify", kind = "message", type = "PnChangeNotify", oneof = "body" },
     [28] = { name = "change_request", kind = "message", type = "PnChangeRequest", oneof = "body" },
     [29] = { name = "change_response", kind = "message", type = "PnChangeResponse", oneof = "body" },
+    [30] = { name = "change_notify_ack", kind = "message", type = "PnChangeNotifyAck", oneof = "body" },
   },
   ErrorReport = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
@@ -188,6 +189,10 @@ local MESSAGES = {
   },
   PnChangeNotify = {
     [1] = { name = "notice", kind = "message", type = "PnChangeNotice" },
+  },
+  PnChangeNotifyAck = {
+    [1] = { name = "pn_id", kind = "string", type = "string" },
+    [2] = { name = "revision", kind = "uint64", type = "uint64" },
   },
   PnChangeRequest = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
