@@ -22,7 +22,9 @@ if [[ "${1:-}" == "--with-tests" ]]; then
              clang-format clang-tidy  # scripts/lint.sh (Debian 12: version 14)
              clang libclang-rt-14-dev llvm  # scripts/sanitize.sh: sanitizers, libFuzzer, symbolizer
              tshark  # tests/dissector_test.py: dumpcap captures, tshark runs tools/wireshark/cpns.lua
-             gnuplot-nox time)  # scripts/sim-scale.sh: the plot; each run's CPU time and peak RSS
+             gnuplot-nox time  # scripts/sim-scale.sh: the plot; each run's CPU time and peak RSS
+             chromium  # tests/console_test.py: drives the web console headless (DevTools protocol)
+             )
 fi
 
 missing=()

@@ -238,7 +238,8 @@ function contentList(contents) {
     }
     const id = c.content_id || c.id || '';
     const title = c.title || '';
-    const extra = [c.media_type, Number.isFinite(c.size_bytes) ? `${c.size_bytes} B` : '']
+    const size = Number(c.size_bytes);
+    const extra = [c.media_type, c.size_bytes !== undefined && Number.isFinite(size) ? `${size} B` : '']
       .filter(Boolean).join(', ');
     ul.append(el('li', {}, el('span', { className: 'mono' }, id),
       title ? ` ${title}` : '', extra ? el('span', { className: 'muted' }, ` (${extra})`) : ''));
@@ -254,7 +255,8 @@ function pnCard(pn) {
     el('span', { className: 'pn-gw' }, 'PN GW ', el('span', { className: 'mono' }, pn.gw_id)),
     Number.isFinite(pn.revision) ? el('span', { className: 'muted' }, `revision ${pn.revision}`) : '',
     el('span', { className: 'muted' }, plural(members.length, 'member')),
-    pn.orphaned ? badge('orphaned', 'bad') : '');
+    pn.orphaned ? badge('orphaned', 'bad') : '',
+    pn.gw_status && pn.gw_status !== 'active' ? badge(`PN GW ${pn.gw_status}`, 'warn') : '');
   const when = pn.registered_at || (pn.registered_at_ms ? fmtTime(Number(pn.registered_at_ms)) : '');
   if (when) head.append(el('span', { className: 'muted' }, `registered ${when}`));
   if (state.role === 'admin' && pn.orphaned) {
@@ -368,6 +370,8 @@ function entityRow(ent) {
     el('td', {}, ent.kind === 'gw' ? 'PN GW' : ent.kind === 'pne' ? 'PNE' : String(ent.kind)),
     el('td', { className: 'status' }, statusBadge(ent.status)),
     el('td', {}, ent.device_type || el('span', { className: 'muted' }, '—')),
+    el('td', { className: 'muted nowrap' }, fmtTime(Number(ent.created_at_ms))),
+    el('td', { className: 'muted' }, ent.key_version === undefined ? '' : String(ent.key_version)),
     actions);
 }
 
@@ -423,8 +427,9 @@ function confirmAction(title, text, label, danger = true) {
 // Audit log ---------------------------------------------------------------------------------
 
 // Whether an audit record reports a failure, and its reason ("" when it reports none).
+// The API's records carry `success`, and as `action` the reason ("authentication failed").
 function auditFailure(rec) {
-  if (rec.success === false) return { failed: true, reason: rec.reason || '' };
+  if (rec.success === false) return { failed: true, reason: rec.action || '' };
   const m = /\bFAILED\b:?\s*(.*)$/i.exec(String(rec.detail || ''));
   if (m) return { failed: true, reason: m[1].trim() };
   if (/\bfail/i.test(String(rec.action || ''))) return { failed: true, reason: rec.reason || '' };
@@ -574,10 +579,13 @@ async function loadCharts() {
   drawCharts();
 }
 
-// An establishment outcome as the audit log records it (not an operator's change).
+// An establishment's outcome as the server audits it: one record for the PN (a PN ID and no
+// PNE ID) besides one per PNE. Lifecycle changes and operators' actions are audited too; their
+// detail starts with what was done.
+const NOT_ESTABLISHMENT = /^(leave|remove|dissolve|add|withdraw|revoke|disable|enable|pn delete|provision|key rotat)/i;
 function isEstablishmentRecord(r) {
-  const action = String(r.action || '').toLowerCase();
-  return /establish|register/.test(action) || (!action && /^(ok|failed)/i.test(String(r.detail || '')));
+  if (typeof r.success !== 'boolean' || !r.pn_id || r.pne_id) return false;
+  return !NOT_ESTABLISHMENT.test(String(r.detail || '')) && !NOT_ESTABLISHMENT.test(String(r.action || ''));
 }
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
