@@ -54,6 +54,7 @@ UI_TIMEOUT_S = 90.0 if SANITIZER else 30.0
 API_READY_TIMEOUT_S = 60.0 if SANITIZER else 20.0  # the API answers /health after start
 POLL_S = 0.1
 VIEWPORT = (1280, 860)
+RATE_BURST_CLICKS = 300  # Refresh clicks at once: far over the API's per-token burst
 # A device-supplied text with markup: the console must show it as text.
 MARKUP_DEVICE_TYPE = "<img src=x id=injected>tv"
 
@@ -337,9 +338,37 @@ class ConsoleTest(unittest.TestCase):
         self.assertTrue(reasons and failed["reason"] in reasons, reasons)
         self.assert_no_banner(page)
         self.shot(page, "07-charts")
+
+        # 6. Revoke the PN GW through the UI: its PNs are orphaned; delete one through the UI.
+        page.click(".nav-btn[data-view=entities]")
+        self.wait(page, "document.querySelector('button[data-action=\"revoke\"]"
+                  "[data-entity=\"gw-1\"]')", "the Revoke button of gw-1")
+        page.click('button[data-action="revoke"][data-entity="gw-1"]')
+        self.wait(page, "document.getElementById('confirm').open", "the confirmation dialog")
+        page.click("#confirm-ok")
+        self.wait(page, "document.querySelector('tr[data-entity=\"gw-1\"]').dataset.status "
+                  "=== 'revoked'", "gw-1 revoked on the page")
+        page.click(".nav-btn[data-view=pns]")
+        before = [pn["pn_id"] for pn in self.lab.store_pns()]
+        self.assertTrue(before)
+        self.wait(page, f"document.querySelectorAll('.pn-card.pn-orphaned').length === "
+                  f"{len(before)}", "every PN of gw-1 marked orphaned")
+        victim = before[0]
+        sel = f'.pn-card[data-pn="{victim}"] button.admin-action'
+        page.click(sel)
+        self.wait(page, "document.getElementById('confirm').open", "the confirmation dialog")
+        self.assertIn(victim, page.eval("document.getElementById('confirm-text').textContent"))
+        page.click("#confirm-ok")
+        self.wait(page, f"!document.querySelector('.pn-card[data-pn=\"{victim}\"]') && "
+                  f"document.querySelectorAll('.pn-card').length === {len(before) - 1}",
+                  f"PN {victim} gone from the page")
+        after = [pn["pn_id"] for pn in self.lab.store_pns()]
+        self.assertEqual(sorted(after), sorted(set(before) - {victim}), "deleted in the store")
+        self.assert_no_banner(page)
+        self.shot(page, "08-orphaned")
         self.assert_no_problems(page)
 
-        # 6. A read-only token: the same data, no enabled admin button.
+        # 7. A read-only token: the same data, no enabled admin button.
         ro = self.open_console(self.read_token)
         self.assertIn("read", ro.eval("document.getElementById('whoami').textContent"))
         self.wait(ro, "document.querySelectorAll('.pn-card').length > 0", "the PN cards")
@@ -353,8 +382,17 @@ class ConsoleTest(unittest.TestCase):
         self.assertEqual(enabled, [], "a read token sees no enabled admin button")
         self.assertFalse(ro.eval("document.getElementById('entities-readonly').hidden"))
         self.assert_no_banner(ro)
-        self.shot(ro, "08-read-only")
+        self.shot(ro, "09-read-only")
         self.assert_no_problems(ro)
+
+        # 8. An API error reaches the user in words: more requests at once than the token's
+        # rate limit allows (docs/api.md) get RATE_LIMITED, shown in the banner.
+        ro.eval("(() => { const b = document.getElementById('entities-refresh');"
+                f" for (let i = 0; i < {RATE_BURST_CLICKS}; i++) b.click(); }})()")
+        banner = self.wait(ro, "!document.getElementById('banner').hidden && "
+                           "document.getElementById('banner-text').textContent", "the banner")
+        self.assertIn("Too many requests with this token", banner)
+        self.assertIn("RATE_LIMITED, HTTP 429", banner)
 
 
 if __name__ == "__main__":
