@@ -289,7 +289,7 @@ class ConsoleTest(unittest.TestCase):
 
         # 4. Revoke pne-3 through the UI: the Revoke button, then the confirmation.
         page.click(".nav-btn[data-view=entities]")
-        self.wait(page, "document.querySelector('tr[data-entity=\"pne-3\"]')", "the entities")
+        self.wait(page, "!!document.querySelector('tr[data-entity=\"pne-3\"]')", "the entities")
         self.assertEqual(page.eval(
             "document.querySelector('tr[data-entity=\"pne-3\"]').dataset.status"), "active")
         page.click('button[data-action="revoke"][data-entity="pne-3"]')
@@ -330,7 +330,7 @@ class ConsoleTest(unittest.TestCase):
         self.assert_no_banner(page)
         self.shot(page, "06-audit")
         page.click(".nav-btn[data-view=charts]")
-        self.wait(page, "document.querySelector('#chart-rate svg')", "the per-minute chart")
+        self.wait(page, "!!document.querySelector('#chart-rate svg')", "the per-minute chart")
         label = page.eval("document.querySelector('#chart-rate svg').getAttribute('aria-label')")
         total = int(re.search(r"(\d+) in all", label).group(1))
         self.assertGreaterEqual(total, 2, label)
@@ -342,12 +342,12 @@ class ConsoleTest(unittest.TestCase):
 
         # 6. Revoke the PN GW through the UI: its PNs are orphaned; delete one through the UI.
         page.click(".nav-btn[data-view=entities]")
-        self.wait(page, "document.querySelector('button[data-action=\"revoke\"]"
+        self.wait(page, "!!document.querySelector('button[data-action=\"revoke\"]"
                   "[data-entity=\"gw-1\"]')", "the Revoke button of gw-1")
         page.click('button[data-action="revoke"][data-entity="gw-1"]')
         self.wait(page, "document.getElementById('confirm').open", "the confirmation dialog")
         page.click("#confirm-ok")
-        self.wait(page, "document.querySelector('tr[data-entity=\"gw-1\"]').dataset.status "
+        self.wait(page, "document.querySelector('tr[data-entity=\"gw-1\"]')?.dataset.status "
                   "=== 'revoked'", "gw-1 revoked on the page")
         page.click(".nav-btn[data-view=pns]")
         before = [pn["pn_id"] for pn in self.lab.store_pns()]

@@ -306,10 +306,21 @@ class SqliteDb final : public Db {
     }
 
     // A new database file is created readable by its owner only; SQLite creates the -wal and
-    // -shm files with the same permissions.
+    // -shm files with the same permissions. An existing file is only checked for writing, never
+    // opened here: close() drops every POSIX lock the process holds on the file, also those of
+    // another connection of this process (the management API opens its own next to the
+    // server's). Without its SHARED lock, another process closing its last connection (cpnsctl)
+    // takes the file for unused, checkpoints and unlinks the -wal file that this process goes on
+    // writing to: its later commits are never seen by anyone else.
     void create_private_file() const {
         if (path_.empty() || path_ == ":memory:") return;
-        const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        int fd = -1;
+        if (::access(path_.c_str(), F_OK) == 0) {
+            if (::access(path_.c_str(), W_OK) == 0) return;
+        } else {
+            fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+            if (fd < 0 && errno == EEXIST) return;  // created by someone else meanwhile
+        }
         if (fd < 0) {
             const int err = errno;
             std::string why = std::strerror(err);
