@@ -436,6 +436,20 @@ function auditFailure(rec) {
   return { failed: false, reason: '' };
 }
 
+// What a record is about and its result, in words. The server's own records (establishments
+// and lifecycle changes, with a PN ID) carry the failure reason as their action ("none" when it
+// succeeded); operators' records carry what was done ("revoked", "provisioned", ...).
+const LIFECYCLE_DETAIL = /^(leave|remove|dissolve|add|withdraw|pn delete)\b/i;
+function describeAudit(r) {
+  const f = auditFailure(r);
+  const result = f.failed ? `failed: ${f.reason || 'no reason given'}` : 'ok';
+  if (r.pn_id) {
+    const m = LIFECYCLE_DETAIL.exec(String(r.detail || ''));
+    return { what: m ? m[1].toLowerCase() : 'establishment', failed: f.failed, result };
+  }
+  return { what: r.action || '', failed: f.failed, result };
+}
+
 async function loadAudit() {
   const limit = $('audit-limit').value;
   $('audit-summary').textContent = 'Loading…';
@@ -444,13 +458,14 @@ async function loadAudit() {
     const recs = Array.isArray(data.records) ? data.records : [];
     const body = $('audit-table').tBodies[0];
     body.replaceChildren(...recs.map((r) => {
-      const f = auditFailure(r);
-      return el('tr', { className: f.failed ? 'row-bad' : '' },
+      const d = describeAudit(r);
+      return el('tr', { className: d.failed ? 'row-bad' : '' },
         el('td', { className: 'mono nowrap' }, String(r.time || '').replace('T', ' ')),
         el('td', {}, r.actor || ''),
-        el('td', {}, r.action || ''),
+        el('td', {}, d.what),
         el('td', { className: 'mono' }, r.subject || ''),
-        el('td', {}, f.failed ? badge('failed', 'bad') : '', f.failed ? ' ' : '', r.detail || ''));
+        el('td', {}, badge(d.result, d.failed ? 'bad' : 'ok')),
+        el('td', { className: 'muted' }, r.detail || ''));
     }));
     const failed = recs.filter((r) => auditFailure(r).failed).length;
     $('audit-summary').textContent = `${plural(recs.length, 'record')}, newest first` +
@@ -580,12 +595,11 @@ async function loadCharts() {
 }
 
 // An establishment's outcome as the server audits it: one record for the PN (a PN ID and no
-// PNE ID) besides one per PNE. Lifecycle changes and operators' actions are audited too; their
-// detail starts with what was done.
-const NOT_ESTABLISHMENT = /^(leave|remove|dissolve|add|withdraw|revoke|disable|enable|pn delete|provision|key rotat)/i;
+// PNE ID) besides one per PNE. Lifecycle changes of a PN are audited alike; their detail starts
+// with the operation (LIFECYCLE_DETAIL).
 function isEstablishmentRecord(r) {
-  if (typeof r.success !== 'boolean' || !r.pn_id || r.pne_id) return false;
-  return !NOT_ESTABLISHMENT.test(String(r.detail || '')) && !NOT_ESTABLISHMENT.test(String(r.action || ''));
+  return typeof r.success === 'boolean' && !!r.pn_id && !r.pne_id &&
+    !LIFECYCLE_DETAIL.test(String(r.detail || ''));
 }
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
