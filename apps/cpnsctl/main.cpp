@@ -235,8 +235,8 @@ int main(int argc, char** argv) {
             if (gw) q += "gw=" + api::url_encode(*gw);
             if (only_orphaned) q += std::string(q.empty() ? "" : "&") + "orphaned=true";
             std::vector<api::PnView> out;
-            for (const auto& j : client->get(v1 + "/pns" + (q.empty() ? "" : "?" + q)).at("pns"))
-                out.push_back(api::pn_from_json(j));
+            const auto answer = client->get(v1 + "/pns" + (q.empty() ? "" : "?" + q));
+            for (const auto& j : answer.at("pns")) out.push_back(api::pn_from_json(j));
             return out;
         };
         try {
@@ -324,9 +324,9 @@ int main(int argc, char** argv) {
                 if (!list_kind.empty()) k = parse_entity_kind(list_kind);
                 std::vector<store::StoredEntity> all;
                 if (client) {
-                    for (const auto& j :
-                         client->get(v1 + "/entities" + (k ? "?kind=" + list_kind : ""))
-                             .at("entities"))
+                    const auto answer =
+                        client->get(v1 + "/entities" + (k ? "?kind=" + list_kind : ""));
+                    for (const auto& j : answer.at("entities"))
                         all.push_back(api::entity_from_json(j));
                 } else {
                     all = store->list_entities(k);
@@ -449,9 +449,9 @@ int main(int argc, char** argv) {
             } else if (*audit) {
                 std::vector<store::AuditRecord> records;
                 if (client) {
-                    for (const auto& j :
-                         client->get(v1 + "/audit?limit=" + std::to_string(audit_limit))
-                             .at("records"))
+                    const auto answer =
+                        client->get(v1 + "/audit?limit=" + std::to_string(audit_limit));
+                    for (const auto& j : answer.at("records"))
                         records.push_back(api::audit_from_json(j));
                 } else {
                     records = store->audit_log(audit_limit);

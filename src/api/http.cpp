@@ -118,6 +118,8 @@ const char* code_for(int status) {
 
 void send_json(httplib::Response& res, int status, const json& body) {
     res.status = status;
+    res.set_header("Cache-Control", "no-store");
+    res.set_header("X-Content-Type-Options", "nosniff");
     res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n",
                     "application/json");
 }
@@ -195,15 +197,31 @@ std::string string_field(const json& j, const std::string& name, bool required) 
     return j.at(name).get<std::string>();
 }
 
-// Query parameters: only those in `allowed`, each at most once.
-void check_params(const httplib::Request& req, const std::set<std::string>& allowed) {
+// The query string's parameters only (httplib adds a form body's fields to req.params).
+httplib::Params query_of(const httplib::Request& req) {
+    httplib::Params q;
+    if (const auto mark = req.target.find('?'); mark != std::string::npos)
+        httplib::detail::parse_query_text(req.target.substr(mark + 1), q);
+    return q;
+}
+
+// The query parameters, checked: only those in `allowed`, each at most once.
+httplib::Params check_params(const httplib::Request& req, const std::set<std::string>& allowed) {
     std::set<std::string> seen;
-    for (const auto& [key, value] : req.params) {
+    httplib::Params q = query_of(req);
+    for (const auto& [key, value] : q) {
         if (!allowed.count(key))
             throw Refusal{400, "MALFORMED_REQUEST", "unknown query parameter '" + printable(key) + "'"};
         if (!seen.insert(key).second)
             throw Refusal{400, "MALFORMED_REQUEST", "query parameter '" + key + "' twice"};
     }
+    return q;
+}
+
+std::optional<std::string> param(const httplib::Params& q, const std::string& key) {
+    const auto it = q.find(key);
+    if (it == q.end()) return std::nullopt;
+    return it->second;
 }
 
 }  // namespace
@@ -222,11 +240,13 @@ struct ApiServer::Impl {
                                         Role needed, bool query_token = false) {
         std::string token;
         const std::string auth = req.get_header_value("Authorization");
+        bool token_given = false;
         if (auth.rfind("Bearer ", 0) == 0)
             token = auth.substr(7);
-        else if (query_token && req.has_param("access_token"))
-            token = req.get_param_value("access_token");
+        else if (const auto q = query_token ? param(query_of(req), "access_token") : std::nullopt)
+            token = *q;
         std::optional<TokenEntry> who;
+        token_given = !auth.empty() || !token.empty();
         if (!token.empty()) who = tokens.authenticate(token);
         wipe(token.data(), token.size());
         if (!who) {
@@ -237,7 +257,7 @@ struct ApiServer::Impl {
             }
             res.set_header("WWW-Authenticate", "Bearer");
             send_error(res, 401, "UNAUTHORIZED",
-                       auth.empty() && !req.has_param("access_token")
+                       !token_given
                            ? "no token: send Authorization: Bearer TOKEN"
                            : "the token is not valid");
             return std::nullopt;
@@ -327,10 +347,10 @@ void ApiServer::Impl::routes() {
     });
     s.Get(v1 + "/entities", [this](const httplib::Request& req, httplib::Response& res) {
         guarded(req, res, Role::kRead, [&](const TokenEntry&) {
-            check_params(req, {"kind"});
+            const auto q = check_params(req, {"kind"});
             std::optional<EntityKind> kind;
-            if (req.has_param("kind")) {
-                kind = parse_entity_kind(req.get_param_value("kind"));
+            if (const auto k = param(q, "kind")) {
+                kind = parse_entity_kind(*k);
                 if (!kind) throw Refusal{400, "MALFORMED_REQUEST", "kind must be pne or gw"};
             }
             Lease st(*stores);
@@ -406,15 +426,13 @@ void ApiServer::Impl::routes() {
            });
     s.Get(v1 + "/pns", [this](const httplib::Request& req, httplib::Response& res) {
         guarded(req, res, Role::kRead, [&](const TokenEntry&) {
-            check_params(req, {"gw", "orphaned"});
-            std::optional<std::string> gw;
-            if (req.has_param("gw")) gw = req.get_param_value("gw");
+            const auto q = check_params(req, {"gw", "orphaned"});
+            const std::optional<std::string> gw = param(q, "gw");
             bool orphaned = false;
-            if (req.has_param("orphaned")) {
-                const std::string o = req.get_param_value("orphaned");
-                if (o != "true" && o != "false")
+            if (const auto o = param(q, "orphaned")) {
+                if (*o != "true" && *o != "false")
                     throw Refusal{400, "MALFORMED_REQUEST", "orphaned must be true or false"};
-                orphaned = o == "true";
+                orphaned = *o == "true";
             }
             Lease st(*stores);
             json list = json::array();
@@ -448,10 +466,10 @@ void ApiServer::Impl::routes() {
     });
     s.Get(v1 + "/audit", [this](const httplib::Request& req, httplib::Response& res) {
         guarded(req, res, Role::kRead, [&](const TokenEntry&) {
-            check_params(req, {"limit"});
+            const auto q = check_params(req, {"limit"});
             std::size_t limit = kAuditDefaultLimit;
-            if (req.has_param("limit")) {
-                const std::string t = req.get_param_value("limit");
+            if (const auto lim = param(q, "limit")) {
+                const std::string& t = *lim;
                 if (t.empty() || t.size() > 6 ||
                     !std::all_of(t.begin(), t.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
                     std::stoul(t) == 0 || std::stoul(t) > kAuditMaxLimit)
@@ -612,7 +630,6 @@ std::uint16_t ApiServer::start() {
     s.set_write_timeout(kApiWriteTimeoutS, 0);
     s.set_keep_alive_timeout(kApiKeepAliveTimeoutS);
     s.set_keep_alive_max_count(kApiKeepAliveMaxRequests);
-    s.set_default_headers({{"Cache-Control", "no-store"}, {"X-Content-Type-Options", "nosniff"}});
     s.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
         t_note.start = std::chrono::steady_clock::now();
         t_note.token_name.clear();
