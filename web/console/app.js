@@ -534,7 +534,7 @@ function onEvent(type, raw) {
     const ok = d.outcome === 'registered';
     if (ok) state.live.ok += 1;
     else state.live.failed += 1;
-    state.outcomes.push({ time_ms: t, ok, reason: ok ? '' : String(d.reason || 'unknown') });
+    state.outcomes.push({ time_ms: t, ok, reason: ok ? '' : String(d.reason || 'unknown'), pn_id: d.pn_id });
     if (state.outcomes.length > CHART_EVENTS_MAX) state.outcomes.shift();
   } else {
     state.live.lifecycle += 1;
@@ -578,10 +578,11 @@ async function loadCharts() {
   try {
     const data = await api('GET', `/audit?limit=${AUDIT_CHART_LIMIT}`);
     auditOutcomes = [];
+    const streamed = new Set(state.outcomes.map((o) => o.pn_id));
     for (const r of data.records || []) {
-      const t = Date.parse(r.time);
-      // Records after the page was opened are counted from the event stream instead.
-      if (!Number.isFinite(t) || t >= state.openedAt) continue;
+      const t = Number.isFinite(r.time_ms) ? r.time_ms : Date.parse(r.time);
+      // Establishments after the page was opened are counted from the event stream instead.
+      if (!Number.isFinite(t) || t >= state.openedAt || streamed.has(r.pn_id)) continue;
       if (!isEstablishmentRecord(r)) continue;
       const f = auditFailure(r);
       auditOutcomes.push({ time_ms: t, ok: !f.failed, reason: f.failed ? reasonName(f.reason) : '' });
