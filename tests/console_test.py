@@ -12,11 +12,17 @@ Then, in Debian's chromium:
    text (no element is made from it);
 3. the live view shows an establishment made while the page is open (registered) and a failed
    one, whose reason is a FailureReason name and is highlighted;
-4. a PNE is revoked through the UI (Revoke, then the confirmation dialog): the page shows it
-   revoked and `cpnsctl show` / `cpnsctl list` on the store say revoked;
-5. the audit log and the charts show the run;
-6. a read-only token sees the data and no enabled admin button.
-No uncaught script error and no CSP refusal happens on the page.
+4. a PNE is revoked through the UI (Revoke, then the confirmation dialog; Cancel first changes
+   nothing): the page shows it revoked, `cpnsctl show` / `cpnsctl list` on the store say
+   revoked, and its lifecycle event reaches the live view;
+5. the audit log shows the revocation under the token's name and the failure highlighted; the
+   charts count each establishment once, with the failure's reason;
+6. the PN GW revoked through the UI leaves its PNs orphaned on the page; one is deleted through
+   the UI and is gone from the store (`cpnsctl export`);
+7. a read-only token sees the data and no enabled admin button;
+8. more Refresh clicks at once than the token's rate limit allows bring the API's RATE_LIMITED
+   error to the user in words.
+No uncaught script error and no CSP refusal happens on the pages.
 
 Screenshots (PNG) of each view go to $CPNS_SCREENSHOT_DIR (default: the test's temp dir); their
 paths are printed.
@@ -285,7 +291,6 @@ class ConsoleTest(unittest.TestCase):
         self.assertEqual(failed["reasonColor"], "rgb(180, 35, 24)", "its reason in red")
         failed_count = page.eval("document.getElementById('live-failed').textContent")
         self.assertGreaterEqual(int(failed_count), 1)
-        self.shot(page, "03-live")
 
         # 4. Revoke pne-3 through the UI: the Revoke button, then the confirmation.
         page.click(".nav-btn[data-view=entities]")
@@ -321,12 +326,20 @@ class ConsoleTest(unittest.TestCase):
         page.click(".nav-btn[data-view=live]")
         self.wait(page, """[...document.querySelectorAll('#live-list .ev-lifecycle')]
                   .some(l => l.textContent.includes('pne-3'))""", "the lifecycle event of pne-3")
+        self.shot(page, "03-live")
 
         # 5. The audit log and the charts.
         page.click(".nav-btn[data-view=audit]")
         rows = self.wait(page, "document.querySelectorAll('#audit-table tbody tr').length",
                          "the audit records")
         self.assertGreater(rows, 0)
+        audit = page.eval("""[...document.querySelectorAll('#audit-table tbody tr')].map(r =>
+            ({cells: [...r.cells].map(c => c.textContent), bad: r.classList.contains('row-bad')}))""")
+        # The revocation, under the token's name; pne-bad's failure, highlighted, with its reason.
+        self.assertIn(["console-admin", "revoked", "pne-3", "ok"], [a["cells"][1:5] for a in audit])
+        bad = [a for a in audit if a["cells"][3] == "pne-bad"]
+        self.assertTrue(bad and all(a["bad"] for a in bad), audit)
+        self.assertTrue(all(a["cells"][4].startswith("failed: ") for a in bad), bad)
         self.assert_no_banner(page)
         self.shot(page, "06-audit")
         page.click(".nav-btn[data-view=charts]")
