@@ -48,7 +48,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
-from cdp import CHROMIUM, Browser  # noqa: E402
+from cdp import CHROMIUM, Browser, CdpError  # noqa: E402
 from cpnslab import PneSpec, cleanup, free_port, make_lab  # noqa: E402
 
 BIN = os.path.join(os.environ.get("CPNS_BINARY_DIR", "build/dev"), "apps")
@@ -181,15 +181,26 @@ class ConsoleTest(unittest.TestCase):
     def open_console(self, token: str):
         page = self.browser.new_page(*VIEWPORT)
         page.goto(self.base + "/")
-        page.wait_for("!document.getElementById('view-login').hidden", UI_TIMEOUT_S,
-                      "the login form")
+        self.wait(page, "!document.getElementById('view-login').hidden", "the login form")
         page.type_into("#token", token)
         page.press_enter()
-        page.wait_for("!document.getElementById('session').hidden", UI_TIMEOUT_S, "logged in")
+        self.wait(page, "!document.getElementById('session').hidden", "logged in")
         return page
 
     def wait(self, page, expression: str, what: str):
-        return page.wait_for(expression, UI_TIMEOUT_S, what)
+        try:
+            return page.wait_for(expression, UI_TIMEOUT_S, what)
+        except CdpError:
+            # What the user saw: the page as a picture, its banner, and the daemons' logs.
+            try:
+                print(f"waiting for {what} failed; the page: "
+                      f"{page.screenshot(self.shots / 'failure.png')}; banner: "
+                      + repr(page.eval("document.getElementById('banner-text').textContent"))
+                      + f"; problems: {page.problems()}")
+            except CdpError as e:
+                print(f"the page does not answer either: {e}")
+            print(self.lab.logs()[-6000:])
+            raise
 
     def assert_no_banner(self, page) -> None:
         banner = page.eval("document.getElementById('banner').hidden ? '' : "
