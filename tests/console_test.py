@@ -330,6 +330,14 @@ class ConsoleTest(unittest.TestCase):
         listing = self.ctl("list")
         line = next(ln for ln in listing.stdout.splitlines() if ln.split()[0] == "pne-3")
         self.assertEqual(line.split()[2], "revoked", listing.stdout)
+        # Disable and enable pne-bad: each asks first, and the store follows.
+        for verb, status in (("disable", "disabled"), ("enable", "active")):
+            page.click(f'button[data-action="{verb}"][data-entity="pne-bad"]')
+            self.wait(page, "document.getElementById('confirm').open", "the confirmation dialog")
+            page.click("#confirm-ok")
+            self.wait(page, "document.querySelector('tr[data-entity=\"pne-bad\"]')?.dataset"
+                      f".status === '{status}'", f"pne-bad {status} on the page")
+            self.assertIn(f"\nstatus:   {status}", self.ctl("show", "pne-bad").stdout)
         self.assert_no_banner(page)
         self.shot(page, "05-entities")
 
@@ -348,7 +356,7 @@ class ConsoleTest(unittest.TestCase):
             ({cells: [...r.cells].map(c => c.textContent), bad: r.classList.contains('row-bad')}))""")
         # The revocation, under the token's name; pne-bad's failure, highlighted, with its reason.
         self.assertIn(["console-admin", "revoked", "pne-3", "ok"], [a["cells"][1:5] for a in audit])
-        bad = [a for a in audit if a["cells"][3] == "pne-bad"]
+        bad = [a for a in audit if a["cells"][2:4] == ["establishment", "pne-bad"]]
         self.assertTrue(bad and all(a["bad"] for a in bad), audit)
         self.assertTrue(all(a["cells"][4].startswith("failed: ") for a in bad), bad)
         self.assert_no_banner(page)
