@@ -202,6 +202,13 @@ class ConsoleTest(unittest.TestCase):
             print(self.lab.logs()[-6000:])
             raise
 
+    def show_view(self, page, name: str) -> None:
+        """Opens a view from the menu and waits until it has loaded (aria-busy cleared)."""
+        page.click(f".nav-btn[data-view={name}]")
+        self.wait(page, f"(() => {{ const v = document.getElementById('view-{name}');"
+                  " return !v.hidden && v.getAttribute('aria-busy') !== 'true'; })()",
+                  f"the {name} view loaded")
+
     def assert_no_banner(self, page) -> None:
         banner = page.eval("document.getElementById('banner').hidden ? '' : "
                            "document.getElementById('banner-text').textContent")
@@ -267,7 +274,7 @@ class ConsoleTest(unittest.TestCase):
         self.shot(page, "02-pn-inventory")
 
         # 3. Live: an establishment made while the page is open, and a failed one.
-        page.click(".nav-btn[data-view=live]")
+        self.show_view(page, "live")
         self.wait(page, "document.getElementById('live-state').textContent === 'live'",
                   "the event stream open")
         rc, ok_out = self.lab.gw_invite(["pne-2"])
@@ -304,7 +311,7 @@ class ConsoleTest(unittest.TestCase):
         self.assertGreaterEqual(int(failed_count), 1)
 
         # 4. Revoke pne-3 through the UI: the Revoke button, then the confirmation.
-        page.click(".nav-btn[data-view=entities]")
+        self.show_view(page, "entities")
         self.wait(page, "!!document.querySelector('tr[data-entity=\"pne-3\"]')", "the entities")
         self.assertEqual(page.eval(
             "document.querySelector('tr[data-entity=\"pne-3\"]').dataset.status"), "active")
@@ -342,13 +349,13 @@ class ConsoleTest(unittest.TestCase):
         self.shot(page, "05-entities")
 
         # The revocation reaches the live view as a lifecycle event.
-        page.click(".nav-btn[data-view=live]")
+        self.show_view(page, "live")
         self.wait(page, """[...document.querySelectorAll('#live-list .ev-lifecycle')]
                   .some(l => l.textContent.includes('pne-3'))""", "the lifecycle event of pne-3")
         self.shot(page, "03-live")
 
         # 5. The audit log and the charts.
-        page.click(".nav-btn[data-view=audit]")
+        self.show_view(page, "audit")
         rows = self.wait(page, "document.querySelectorAll('#audit-table tbody tr').length",
                          "the audit records")
         self.assertGreater(rows, 0)
@@ -361,7 +368,7 @@ class ConsoleTest(unittest.TestCase):
         self.assertTrue(all(a["cells"][4].startswith("failed: ") for a in bad), bad)
         self.assert_no_banner(page)
         self.shot(page, "06-audit")
-        page.click(".nav-btn[data-view=charts]")
+        self.show_view(page, "charts")
         self.wait(page, "!!document.querySelector('#chart-rate svg')", "the per-minute chart")
         label = page.eval("document.querySelector('#chart-rate svg').getAttribute('aria-label')")
         # Two PNs before the page was opened (from the audit log), one registered and one
@@ -374,7 +381,7 @@ class ConsoleTest(unittest.TestCase):
         self.shot(page, "07-charts")
 
         # 6. Revoke the PN GW through the UI: its PNs are orphaned; delete one through the UI.
-        page.click(".nav-btn[data-view=entities]")
+        self.show_view(page, "entities")
         self.wait(page, "!!document.querySelector('button[data-action=\"revoke\"]"
                   "[data-entity=\"gw-1\"]')", "the Revoke button of gw-1")
         page.click('button[data-action="revoke"][data-entity="gw-1"]')
@@ -382,7 +389,7 @@ class ConsoleTest(unittest.TestCase):
         page.click("#confirm-ok")
         self.wait(page, "document.querySelector('tr[data-entity=\"gw-1\"]')?.dataset.status "
                   "=== 'revoked'", "gw-1 revoked on the page")
-        page.click(".nav-btn[data-view=pns]")
+        self.show_view(page, "pns")
         before = [pn["pn_id"] for pn in self.lab.store_pns()]
         self.assertTrue(before)
         self.wait(page, f"document.querySelectorAll('.pn-card.pn-orphaned').length === "
@@ -406,7 +413,7 @@ class ConsoleTest(unittest.TestCase):
         ro = self.open_console(self.read_token)
         self.assertIn("read", ro.eval("document.getElementById('whoami').textContent"))
         self.wait(ro, "document.querySelectorAll('.pn-card').length > 0", "the PN cards")
-        ro.click(".nav-btn[data-view=entities]")
+        self.show_view(ro, "entities")
         self.wait(ro, "document.querySelectorAll('#entities-table tbody tr').length >= 5",
                   "the entities")
         enabled = ro.eval("[...document.querySelectorAll('button')].filter(b => "

@@ -86,6 +86,17 @@ function plural(n, word) {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
+// Marks a view as loading (aria-busy) while `work` runs; a view is never left marked.
+async function busy(viewId, work) {
+  const view = $(viewId);
+  view.setAttribute('aria-busy', 'true');
+  try {
+    return await work();
+  } finally {
+    view.setAttribute('aria-busy', 'false');
+  }
+}
+
 function badge(text, kind) {
   return el('span', { className: `badge badge-${kind}` }, text);
 }
@@ -282,7 +293,11 @@ function pnCard(pn) {
   }, head, table);
 }
 
-async function loadPns() {
+function loadPns() {
+  return busy('view-pns', loadPnsNow);
+}
+
+async function loadPnsNow() {
   const gw = $('pns-gw').value;
   const params = new URLSearchParams();
   if (gw) params.set('gw', gw);
@@ -375,7 +390,11 @@ function entityRow(ent) {
     actions);
 }
 
-async function loadEntities() {
+function loadEntities() {
+  return busy('view-entities', loadEntitiesNow);
+}
+
+async function loadEntitiesNow() {
   const kind = $('entities-kind').value;
   $('entities-summary').textContent = 'Loading…';
   $('entities-readonly').hidden = state.role === 'admin';
@@ -450,7 +469,11 @@ function describeAudit(r) {
   return { what: r.action || '', failed: f.failed, result };
 }
 
-async function loadAudit() {
+function loadAudit() {
+  return busy('view-audit', loadAuditNow);
+}
+
+async function loadAuditNow() {
   const limit = $('audit-limit').value;
   $('audit-summary').textContent = 'Loading…';
   try {
@@ -574,7 +597,11 @@ function eventItem(type, d, t) {
 
 let auditOutcomes = []; // {time_ms, ok, reason} from the audit log, before the page was opened
 
-async function loadCharts() {
+function loadCharts() {
+  return busy('view-charts', loadChartsNow);
+}
+
+async function loadChartsNow() {
   try {
     const data = await api('GET', `/audit?limit=${AUDIT_CHART_LIMIT}`);
     auditOutcomes = [];
