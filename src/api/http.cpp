@@ -626,6 +626,7 @@ std::uint16_t ApiServer::start() {
     httplib::Server& s = *m.server;
     s.new_task_queue = [] { return new BoundedPool(); };
     s.set_payload_max_length(kMaxBodyBytes);
+    s.set_tcp_nodelay(true);
     s.set_read_timeout(kApiReadTimeoutS, 0);
     s.set_write_timeout(kApiWriteTimeoutS, 0);
     s.set_keep_alive_timeout(kApiKeepAliveTimeoutS);
