@@ -325,6 +325,15 @@ class HttpsApiTest(unittest.TestCase):
         self.assertEqual(data["action"], "revoke")
         # Without a token: refused.
         self.api.call("GET", "/api/v1/events", expect=401, code="UNAUTHORIZED")
+        # At most four streams at once: the fifth is refused (the four stay open to the end).
+        more = [EventReader(self.api, self.reader) for _ in range(3)]
+        for r in more:
+            r.start()
+            self.assertTrue(r.opened.wait(HTTP_TIMEOUT_S))
+            self.assertEqual(r.status, 200, r.error)
+        a = self.api.call("GET", "/api/v1/events", f"/api/v1/events?access_token={self.reader}",
+                          expect=429, code="RATE_LIMITED")
+        self.assertIn("too many event streams", a.json["error"]["message"])
 
     def test_03_entities(self):
         a = self.api.call("GET", "/api/v1/entities", token=self.reader, expect=200)
@@ -531,7 +540,21 @@ class HttpsApiTest(unittest.TestCase):
         self.assertIn(429, statuses)
         # Another token has its own bucket.
         self.api.call("GET", "/api/v1/whoami", token=self.admin, expect=200)
-        time.sleep(1.0)
+        # Failed authentications are limited per client address.
+        refused = []
+
+        def guesser():
+            for _ in range(20):
+                refused.append(self.api.raw("GET", "/api/v1/whoami", token="e" * 64).status)
+
+        threads = [threading.Thread(target=guesser) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        self.assertIn(429, refused)
+        self.assertEqual(set(refused), {401, 429})
+        time.sleep(2.5)  # both buckets full again for the tests that follow
 
     def test_08_console(self):
         a = self.api.raw("GET", "/")
