@@ -198,8 +198,8 @@ int main(int argc, char** argv) {
                                                    FileSecrecy::kSecret)) {
                 for (const auto& e : api::TokenFile::parse(f->content, token_tokens).entries())
                     if (e.name == token_name)
-                        throw ConfigError("token name '" + token_name + "' is in " +
-                                          token_tokens + " already");
+                        throw ConfigError("token name '" + token_name + "' is in " + token_tokens +
+                                          " already");
             }
             OsRandom rnd;
             std::array<std::uint8_t, api::kTokenOctets> raw{};
@@ -222,8 +222,8 @@ int main(int argc, char** argv) {
             if (*imp || *exp || *check)
                 throw ConfigError("this subcommand works on the database only, not with --api");
             if (token_file.empty()) throw ConfigError("--api needs --token-file");
-            client = std::make_unique<api::ApiClient>(api_url, api::read_token_file(token_file),
-                                                      api_ca);
+            client =
+                std::make_unique<api::ApiClient>(api_url, api::read_token_file(token_file), api_ca);
         } else {
             store = store::open_store(url, store::load_master_key(master_key_file));
         }
@@ -246,8 +246,9 @@ int main(int argc, char** argv) {
                 if (client) {
                     require_absent(out);
                     api::ApiClient& c = *client;
-                    const auto j = c.post(v1 + "/entities",
-                                          {{"id", id}, {"kind", kind}, {"device_type", device_type}});
+                    const auto j =
+                        c.post(v1 + "/entities",
+                               {{"id", id}, {"kind", kind}, {"device_type", device_type}});
                     std::string hex = j.at("key").get<std::string>();
                     const auto key = SecretKey::from_hex(hex);
                     wipe(hex.data(), hex.size());
@@ -268,9 +269,9 @@ int main(int argc, char** argv) {
                 std::int64_t version = 0, until = 0;
                 if (client) {
                     require_absent(out);
-                    const auto j = client->post(v1 + "/entities/" + api::url_encode(rotate_id) +
-                                                    "/rotate",
-                                                {{"grace", grace_text}});
+                    const auto j =
+                        client->post(v1 + "/entities/" + api::url_encode(rotate_id) + "/rotate",
+                                     {{"grace", grace_text}});
                     std::string hex = j.at("key").get<std::string>();
                     const auto key = SecretKey::from_hex(hex);
                     wipe(hex.data(), hex.size());
@@ -342,7 +343,8 @@ int main(int argc, char** argv) {
             } else if (*show) {
                 std::optional<store::StoredEntity> e;
                 if (client)
-                    e = api::entity_from_json(client->get(v1 + "/entities/" + api::url_encode(show_id)));
+                    e = api::entity_from_json(
+                        client->get(v1 + "/entities/" + api::url_encode(show_id)));
                 else
                     e = store->get_entity(show_id);
                 if (!e) refused("no entity " + show_id, true);
@@ -376,8 +378,9 @@ int main(int argc, char** argv) {
                                           : EntityStatus::kDisabled;
                 if (client) {
                     const std::string action = *enable ? "enable" : *revoke ? "revoke" : "disable";
-                    (void)client->post(v1 + "/entities/" + api::url_encode(status_id) + "/" + action,
-                                       nlohmann::json::object());
+                    (void)client->post(
+                        v1 + "/entities/" + api::url_encode(status_id) + "/" + action,
+                        nlohmann::json::object());
                 } else {
                     (void)api::set_status(*store, status_id, st, actor);
                 }
@@ -399,39 +402,41 @@ int main(int argc, char** argv) {
                     std::cout << "\n";
                 }
                 std::cerr << shown.size() << " PN(s)\n";
-            } else if (*pn_delete) try {
-                std::string gw;
-                std::size_t members = 0;
-                if (client) {
-                    gw = pn_delete_gw;
-                    if (gw.empty()) {
-                        std::vector<std::string> gws;
-                        for (const auto& p : pn_views(std::nullopt, false))
-                            if (p.inventory.pn_id() == pn_delete_id)
-                                gws.push_back(p.inventory.gw_id());
-                        if (gws.size() > 1)
-                            refused("PN " + pn_delete_id +
-                                        " is registered by several PN GWs; name one with --gw",
-                                    false);
-                        if (gws.empty())
-                            refused("PN " + pn_delete_id + " not deleted: unknown pn", true);
-                        gw = gws.front();
+            } else if (*pn_delete)
+                try {
+                    std::string gw;
+                    std::size_t members = 0;
+                    if (client) {
+                        gw = pn_delete_gw;
+                        if (gw.empty()) {
+                            std::vector<std::string> gws;
+                            for (const auto& p : pn_views(std::nullopt, false))
+                                if (p.inventory.pn_id() == pn_delete_id)
+                                    gws.push_back(p.inventory.gw_id());
+                            if (gws.size() > 1)
+                                refused("PN " + pn_delete_id +
+                                            " is registered by several PN GWs; name one with --gw",
+                                        false);
+                            if (gws.empty())
+                                refused("PN " + pn_delete_id + " not deleted: unknown pn", true);
+                            gw = gws.front();
+                        }
+                        const auto j = client->del(v1 + "/pns/" + api::url_encode(gw) + "/" +
+                                                   api::url_encode(pn_delete_id));
+                        members = j.at("members").get<std::size_t>();
+                    } else {
+                        const auto d = api::delete_pn(*store, pn_delete_gw, pn_delete_id, actor);
+                        gw = d.gw_id;
+                        members = d.members;
                     }
-                    const auto j = client->del(v1 + "/pns/" + api::url_encode(gw) + "/" +
-                                               api::url_encode(pn_delete_id));
-                    members = j.at("members").get<std::size_t>();
-                } else {
-                    const auto d = api::delete_pn(*store, pn_delete_gw, pn_delete_id, actor);
-                    gw = d.gw_id;
-                    members = d.members;
+                    std::cout << "PN " << pn_delete_id << " of " << gw << " deleted (" << members
+                              << " member(s) told through the PN GW by the running servers)\n";
+                } catch (const api::AdminError& e) {
+                    refused(e.what(), true);  // every refused deletion: status 1
+                } catch (const api::ApiError& e) {
+                    refused(e.what(), true);
                 }
-                std::cout << "PN " << pn_delete_id << " of " << gw << " deleted (" << members
-                          << " member(s) told through the PN GW by the running servers)\n";
-            } catch (const api::AdminError& e) {
-                refused(e.what(), true);  // every refused deletion: status 1
-            } catch (const api::ApiError& e) {
-                refused(e.what(), true);
-            } else if (*exp) {
+            else if (*exp) {
                 const auto all = store->list_pns();
                 std::ostringstream o;
                 o << "[";

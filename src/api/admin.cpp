@@ -206,17 +206,17 @@ Deleted delete_pn(store::Store& st, const std::string& gw_in, const std::string&
         for (const auto& inv : st.list_pns())
             if (inv.pn_id() == pn_id) gws.push_back(inv.gw_id());
         if (gws.size() > 1)
-            throw AdminError(AdminError::Code::kConflict,
-                             "PN " + pn_id + " is registered by several PN GWs; name one with --gw");
+            throw AdminError(
+                AdminError::Code::kConflict,
+                "PN " + pn_id + " is registered by several PN GWs; name one with --gw");
         if (!gws.empty()) gw = gws.front();
     }
     const ChangeResult r =
         gw.empty() ? ChangeResult{pb::UNKNOWN_PN, {}, false, {}} : st.delete_pn(gw, pn_id);
     if (r.reason != pb::REASON_NONE)
-        throw AdminError(r.reason == pb::UNKNOWN_PN ? AdminError::Code::kNotFound
-                                                    : AdminError::Code::kConflict,
-                         "PN " + printable(pn_id) + " not deleted: " +
-                             std::string(reason_name(r.reason)));
+        throw AdminError(
+            r.reason == pb::UNKNOWN_PN ? AdminError::Code::kNotFound : AdminError::Code::kConflict,
+            "PN " + printable(pn_id) + " not deleted: " + std::string(reason_name(r.reason)));
     st.audit({0, actor, gw, pn_id, "", true, "none", "pn delete: dissolved by the operator"});
     return Deleted{gw, r.before.size()};
 }
@@ -254,20 +254,17 @@ json pn_json(const PnView& p) {
                            {"contents", contents},
                            {"joined_at_ms", m.joined_at_ms()}});
     }
-    return json{{"gw_id", inv.gw_id()},
-                {"pn_id", inv.pn_id()},
-                {"revision", inv.revision()},
-                {"registered_at_ms", inv.registered_at_ms()},
-                {"members", members},
-                {"orphaned", p.orphaned},
+    return json{{"gw_id", inv.gw_id()},       {"pn_id", inv.pn_id()},
+                {"revision", inv.revision()}, {"registered_at_ms", inv.registered_at_ms()},
+                {"members", members},         {"orphaned", p.orphaned},
                 {"gw_status", p.gw_status}};
 }
 
 json audit_json(const store::AuditRecord& r) {
     const std::string subject = !r.pne_id.empty() ? r.pne_id : !r.pn_id.empty() ? r.pn_id : r.gw_id;
-    return json{{"time", time_text(r.at_ms)}, {"time_ms", r.at_ms},  {"actor", r.server_id},
-                {"action", r.reason},         {"subject", subject},  {"detail", r.detail},
-                {"success", r.success},       {"gw_id", r.gw_id},    {"pn_id", r.pn_id},
+    return json{{"time", time_text(r.at_ms)}, {"time_ms", r.at_ms}, {"actor", r.server_id},
+                {"action", r.reason},         {"subject", subject}, {"detail", r.detail},
+                {"success", r.success},       {"gw_id", r.gw_id},   {"pn_id", r.pn_id},
                 {"pne_id", r.pne_id}};
 }
 

@@ -178,8 +178,7 @@ struct Lease {
 json body_object(const httplib::Request& req, const std::set<std::string>& allowed) {
     if (req.body.empty()) return json::object();
     json j = json::parse(req.body, nullptr, false);
-    if (j.is_discarded())
-        throw Refusal{400, "MALFORMED_REQUEST", "the body is not valid JSON"};
+    if (j.is_discarded()) throw Refusal{400, "MALFORMED_REQUEST", "the body is not valid JSON"};
     if (!j.is_object()) throw Refusal{400, "MALFORMED_REQUEST", "the body must be a JSON object"};
     for (const auto& [key, value] : j.items())
         if (!allowed.count(key))
@@ -211,7 +210,8 @@ httplib::Params check_params(const httplib::Request& req, const std::set<std::st
     httplib::Params q = query_of(req);
     for (const auto& [key, value] : q) {
         if (!allowed.count(key))
-            throw Refusal{400, "MALFORMED_REQUEST", "unknown query parameter '" + printable(key) + "'"};
+            throw Refusal{400, "MALFORMED_REQUEST",
+                          "unknown query parameter '" + printable(key) + "'"};
         if (!seen.insert(key).second)
             throw Refusal{400, "MALFORMED_REQUEST", "query parameter '" + key + "' twice"};
     }
@@ -257,9 +257,8 @@ struct ApiServer::Impl {
             }
             res.set_header("WWW-Authenticate", "Bearer");
             send_error(res, 401, "UNAUTHORIZED",
-                       !token_given
-                           ? "no token: send Authorization: Bearer TOKEN"
-                           : "the token is not valid");
+                       !token_given ? "no token: send Authorization: Bearer TOKEN"
+                                    : "the token is not valid");
             return std::nullopt;
         }
         t_note.token_name = who->name;
@@ -279,8 +278,7 @@ struct ApiServer::Impl {
 
     // Runs a handler after authorization, mapping refusals and store failures to errors.
     void guarded(const httplib::Request& req, httplib::Response& res, Role needed,
-                 const std::function<void(const TokenEntry&)>& handler,
-                 bool query_token = false) {
+                 const std::function<void(const TokenEntry&)>& handler, bool query_token = false) {
         const auto who = authorize(req, res, needed, query_token);
         if (!who) return;
         try {
@@ -402,28 +400,28 @@ void ApiServer::Impl::routes() {
                    });
                });
     }
-    s.Post(v1 + "/entities/([^/]+)/rotate",
-           [this](const httplib::Request& req, httplib::Response& res) {
-               guarded(req, res, Role::kAdmin, [&](const TokenEntry& who) {
-                   check_params(req, {});
-                   const json body = body_object(req, {"grace"});
-                   std::string grace_text = string_field(body, "grace", false);
-                   const Millis grace = parse_duration(grace_text.empty() ? "24h" : grace_text);
-                   OsRandom rnd;
-                   const SecretKey fresh = rnd.key();
-                   Lease st(*stores);
-                   const auto r = rotate(*st, req.matches[1], fresh, grace, who.name);
-                   std::string hex = fresh.to_hex();
-                   send_json(res, 200,
-                             json{{"entity", entity_json(r.entity)},
-                                  {"key", hex},
-                                  {"key_version", r.key_version},
-                                  {"previous_key_valid_until", time_text(r.previous_valid_until_ms)},
-                                  {"previous_key_valid_until_ms", r.previous_valid_until_ms}});
-                   wipe(hex.data(), hex.size());
-                   spdlog::info("api: {} rotated the EUKey of {}", who.name, r.entity.id);
-               });
-           });
+    s.Post(v1 + "/entities/([^/]+)/rotate", [this](const httplib::Request& req,
+                                                   httplib::Response& res) {
+        guarded(req, res, Role::kAdmin, [&](const TokenEntry& who) {
+            check_params(req, {});
+            const json body = body_object(req, {"grace"});
+            std::string grace_text = string_field(body, "grace", false);
+            const Millis grace = parse_duration(grace_text.empty() ? "24h" : grace_text);
+            OsRandom rnd;
+            const SecretKey fresh = rnd.key();
+            Lease st(*stores);
+            const auto r = rotate(*st, req.matches[1], fresh, grace, who.name);
+            std::string hex = fresh.to_hex();
+            send_json(res, 200,
+                      json{{"entity", entity_json(r.entity)},
+                           {"key", hex},
+                           {"key_version", r.key_version},
+                           {"previous_key_valid_until", time_text(r.previous_valid_until_ms)},
+                           {"previous_key_valid_until_ms", r.previous_valid_until_ms}});
+            wipe(hex.data(), hex.size());
+            spdlog::info("api: {} rotated the EUKey of {}", who.name, r.entity.id);
+        });
+    });
     s.Get(v1 + "/pns", [this](const httplib::Request& req, httplib::Response& res) {
         guarded(req, res, Role::kRead, [&](const TokenEntry&) {
             const auto q = check_params(req, {"gw", "orphaned"});
@@ -440,27 +438,28 @@ void ApiServer::Impl::routes() {
             send_json(res, 200, json{{"pns", list}});
         });
     });
-    s.Get(v1 + R"(/pns/([^/]+)/([^/]+))", [this](const httplib::Request& req,
-                                                   httplib::Response& res) {
-        guarded(req, res, Role::kRead, [&](const TokenEntry&) {
-            check_params(req, {});
-            Lease st(*stores);
-            const auto p = get_pn(*st, req.matches[1], req.matches[2]);
-            if (!p)
-                throw Refusal{404, "NOT_FOUND",
-                              "no PN " + printable(req.matches[2].str()) + " of " +
-                                  printable(req.matches[1].str())};
-            send_json(res, 200, pn_json(*p));
-        });
-    });
+    s.Get(v1 + R"(/pns/([^/]+)/([^/]+))",
+          [this](const httplib::Request& req, httplib::Response& res) {
+              guarded(req, res, Role::kRead, [&](const TokenEntry&) {
+                  check_params(req, {});
+                  Lease st(*stores);
+                  const auto p = get_pn(*st, req.matches[1], req.matches[2]);
+                  if (!p)
+                      throw Refusal{404, "NOT_FOUND",
+                                    "no PN " + printable(req.matches[2].str()) + " of " +
+                                        printable(req.matches[1].str())};
+                  send_json(res, 200, pn_json(*p));
+              });
+          });
     s.Delete(v1 + R"(/pns/([^/]+)/([^/]+))", [this](const httplib::Request& req,
-                                                     httplib::Response& res) {
+                                                    httplib::Response& res) {
         guarded(req, res, Role::kAdmin, [&](const TokenEntry& who) {
             check_params(req, {});
             (void)body_object(req, {});
             Lease st(*stores);
             const auto d = delete_pn(*st, req.matches[1], req.matches[2], who.name);
-            send_json(res, 200, json{{"deleted", true}, {"gw_id", d.gw_id}, {"members", d.members}});
+            send_json(res, 200,
+                      json{{"deleted", true}, {"gw_id", d.gw_id}, {"members", d.members}});
             spdlog::info("api: {} deleted PN {} of {}", who.name, req.matches[2].str(), d.gw_id);
         });
     });
@@ -473,9 +472,9 @@ void ApiServer::Impl::routes() {
                 if (t.empty() || t.size() > 6 ||
                     !std::all_of(t.begin(), t.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
                     std::stoul(t) == 0 || std::stoul(t) > kAuditMaxLimit)
-                    throw Refusal{400, "MALFORMED_REQUEST",
-                                  "limit must be a whole number from 1 to " +
-                                      std::to_string(kAuditMaxLimit)};
+                    throw Refusal{
+                        400, "MALFORMED_REQUEST",
+                        "limit must be a whole number from 1 to " + std::to_string(kAuditMaxLimit)};
                 limit = std::stoul(t);
             }
             Lease st(*stores);
@@ -484,9 +483,8 @@ void ApiServer::Impl::routes() {
             send_json(res, 200, json{{"records", list}});
         });
     });
-    s.Get(v1 + "/events", [this](const httplib::Request& req, httplib::Response& res) {
-        serve_events(req, res);
-    });
+    s.Get(v1 + "/events",
+          [this](const httplib::Request& req, httplib::Response& res) { serve_events(req, res); });
     // Everything else under /api/ is NOT_FOUND (the error handler gives it its JSON body).
     // The web console, embedded at build time.
     const auto console = [](const httplib::Request& req, httplib::Response& res) {
@@ -531,7 +529,7 @@ void ApiServer::Impl::serve_events(const httplib::Request& req, httplib::Respons
             res.set_chunked_content_provider(
                 "text/event-stream",
                 [hub, next, opened = std::make_shared<bool>(false)](std::size_t,
-                                                                     httplib::DataSink& sink) {
+                                                                    httplib::DataSink& sink) {
                     if (!*opened) {
                         *opened = true;
                         const std::string hello = ": cpns event stream\nretry: 2000\n\n";
@@ -583,20 +581,23 @@ std::uint16_t ApiServer::start() {
     const ApiOptions& o = m.opt;
     if (o.insecure_http) {
         if (!is_loopback_host(o.listen.host))
-            throw ConfigError("api_insecure_http: plain HTTP is only allowed on a loopback "
-                              "address, not " +
-                              o.listen.host + "; give api_cert and api_key for HTTPS");
+            throw ConfigError(
+                "api_insecure_http: plain HTTP is only allowed on a loopback "
+                "address, not " +
+                o.listen.host + "; give api_cert and api_key for HTTPS");
     } else if (o.cert_file.empty() || o.key_file.empty()) {
         throw ConfigError(
             "api: HTTPS needs api_cert and api_key (PEM files); plain HTTP on loopback only "
             "with api_insecure_http");
     }
     if (o.tokens_file.empty())
-        throw ConfigError("api: api_tokens (the token file) is required; make one with "
-                          "`cpnsctl token new`");
+        throw ConfigError(
+            "api: api_tokens (the token file) is required; make one with "
+            "`cpnsctl token new`");
     m.tokens = TokenFile::load(o.tokens_file);
     if (m.tokens.entries().empty())
-        daemon::warn_operator("api_tokens " + o.tokens_file + " holds no token: every request is refused");
+        daemon::warn_operator("api_tokens " + o.tokens_file +
+                              " holds no token: every request is refused");
     m.stores = std::make_unique<StorePool>(o.store_url, store::load_master_key(o.master_key_file));
 
     if (o.insecure_http) {
@@ -626,6 +627,7 @@ std::uint16_t ApiServer::start() {
     httplib::Server& s = *m.server;
     s.new_task_queue = [] { return new BoundedPool(); };
     s.set_payload_max_length(kMaxBodyBytes);
+    s.set_tcp_nodelay(true);
     s.set_read_timeout(kApiReadTimeoutS, 0);
     s.set_write_timeout(kApiWriteTimeoutS, 0);
     s.set_keep_alive_timeout(kApiKeepAliveTimeoutS);

@@ -24,11 +24,13 @@ inline constexpr std::size_t kApiQueuedConnections = 64;
 // The largest request body (a bigger one is refused with 413 BODY_TOO_LARGE, unread).
 inline constexpr std::size_t kMaxBodyBytes = 16 * 1024;
 // Socket timeouts (seconds): reading a request, writing an answer, an idle keep-alive
-// connection; requests on one keep-alive connection.
+// connection; requests on one connection. One: an idle keep-alive TLS connection would hold a
+// worker thread for kApiKeepAliveTimeoutS and delay the server's stop by as much (cpp-httplib
+// notices a stop only between requests); a management API does not need the saved handshakes.
 inline constexpr int kApiReadTimeoutS = 10;
 inline constexpr int kApiWriteTimeoutS = 10;
-inline constexpr int kApiKeepAliveTimeoutS = 5;
-inline constexpr std::size_t kApiKeepAliveMaxRequests = 100;
+inline constexpr int kApiKeepAliveTimeoutS = 1;
+inline constexpr std::size_t kApiKeepAliveMaxRequests = 1;
 // An event stream sends a comment line when nothing happened for this long (which also finds
 // clients that went away).
 inline constexpr int kSseKeepAliveMs = 5'000;

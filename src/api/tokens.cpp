@@ -53,31 +53,35 @@ TokenFile TokenFile::parse(std::string_view text, const std::string& where) {
     while (std::getline(in, line)) {
         ++lineno;
         const std::string at = where + ":" + std::to_string(lineno) + ": ";
+        // The line's error: "FILE:LINE: " and the parts given.
+        const auto bad = [&at](std::initializer_list<std::string_view> parts) {
+            std::string text = at;
+            for (const auto part : parts) text += part;
+            return ConfigError(text);
+        };
         std::istringstream words(line);
         std::string name, role, hex, extra;
         words >> name;
         if (name.empty() || name.front() == '#') continue;
         words >> role >> hex >> extra;
-        if (hex.empty() || !extra.empty())
-            throw ConfigError(at + "want three words: NAME ROLE SHA256HEX");
+        if (hex.empty() || !extra.empty()) throw bad({"want three words: NAME ROLE SHA256HEX"});
         if (!valid_token_name(name))
-            throw ConfigError(at + "token name '" + name +
-                              "' is not 1 to 64 letters, digits, '-', '_', '.' or '@'");
+            throw bad(
+                {"token name '", name, "' is not 1 to 64 letters, digits, '-', '_', '.' or '@'"});
         const auto r = parse_role(role);
-        if (!r) throw ConfigError(at + "role '" + role + "' is neither admin nor read");
+        if (!r) throw bad({"role '", role, "' is neither admin nor read"});
         const auto raw = from_hex(hex);
         if (!raw || raw->size() != kHashSize)
-            throw ConfigError(at + "the hash is not 64 hex digits (SHA-256 of the token)");
-        if (!names.insert(name).second) throw ConfigError(at + "token name '" + name + "' twice");
+            throw bad({"the hash is not 64 hex digits (SHA-256 of the token)"});
+        if (!names.insert(name).second) throw bad({"token name '", name, "' twice"});
         TokenEntry e;
         e.name = name;
         e.role = *r;
         std::copy(raw->begin(), raw->end(), e.hash.begin());
         for (const auto& other : f.entries_)
-            if (ct_equal(other.hash, e.hash))
-                throw ConfigError(at + "the same token as '" + other.name + "'");
+            if (ct_equal(other.hash, e.hash)) throw bad({"the same token as '", other.name, "'"});
         if (f.entries_.size() >= kMaxTokens)
-            throw ConfigError(at + "more than " + std::to_string(kMaxTokens) + " tokens");
+            throw bad({"more than ", std::to_string(kMaxTokens), " tokens"});
         f.entries_.push_back(std::move(e));
     }
     return f;
@@ -107,8 +111,8 @@ std::string token_line(const std::string& name, Role role, std::string_view toke
 }
 
 void append_token_line(const std::string& path, const std::string& line) {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-                          0600);
+    const int fd =
+        ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) throw ConfigError("cannot open " + path + ": " + std::strerror(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077) != 0) {

@@ -1020,15 +1020,17 @@ void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
                          pb::FailureReason_Name(o.reason));
     if (opt_.events) {
         if (lifecycle)
-            opt_.events->publish("lifecycle", lifecycle_event_json(
-                                                wall_now_ms(), o.operation, o.gw_id, o.pn_id,
-                                                o.pnes.empty() ? o.pn_id : o.pnes.front().pne_id));
+            opt_.events->publish(
+                "lifecycle",
+                lifecycle_event_json(wall_now_ms(), o.operation, o.gw_id, o.pn_id,
+                                     o.pnes.empty() ? o.pn_id : o.pnes.front().pne_id));
         else
             opt_.events->publish(
                 "establishment",
                 establishment_event_json(
                     wall_now_ms(), flow_label(metrics_.flow(o.gw_id + "/" + o.pn_id)), o.gw_id,
-                    o.pn_id, o.success, pb::FailureReason_Name(o.success ? pb::REASON_NONE : o.reason),
+                    o.pn_id, o.success,
+                    pb::FailureReason_Name(o.success ? pb::REASON_NONE : o.reason),
                     static_cast<std::size_t>(o.inventory.members_size())));
     }
     if (!lifecycle) metrics_.finished(o.gw_id + "/" + o.pn_id, o, mono_now());
