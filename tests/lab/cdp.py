@@ -217,8 +217,12 @@ class Page:
         return r[0], r[1]
 
     def click(self, selector: str) -> None:
-        """A real mouse click (pressed and released) at the element's centre."""
+        """A real mouse click at the element's centre: the pointer moves there, then the left
+        button is pressed and released, in this tab brought to the front (a tab in the
+        background of a headless browser may let a click go unhandled)."""
+        self.send("Page.bringToFront")
         x, y = self.center(selector)
+        self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent",
                       {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
