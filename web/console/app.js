@@ -574,9 +574,10 @@ function onEvent(type, raw) {
 function eventItem(type, d, t) {
   const time = el('time', { className: 'mono ev-time', dateTime: new Date(t).toISOString() },
     new Date(t).toISOString().slice(11, 19));
-  const where = el('span', { className: 'ev-where' },
+  const where = d.gw_id || d.pn_id ? el('span', { className: 'ev-where' },
     d.gw_id ? el('span', {}, 'PN GW ', el('span', { className: 'mono' }, d.gw_id)) : '',
-    d.pn_id ? el('span', {}, ' · PN ', el('span', { className: 'mono' }, d.pn_id)) : '');
+    d.gw_id && d.pn_id ? ' · ' : '',
+    d.pn_id ? el('span', {}, 'PN ', el('span', { className: 'mono' }, d.pn_id)) : '') : '';
   if (type === 'establishment') {
     const ok = d.outcome === 'registered';
     const flow = { pne_initiated: 'PNE initiated', gw_initiated: 'PN GW initiated' }[d.flow] ||
