@@ -310,6 +310,12 @@ class ConsoleTest(unittest.TestCase):
         page.click("#confirm-cancel")
         self.wait(page, "!document.getElementById('confirm').open", "the dialog closed")
         self.assertIn("\nstatus:   active", self.ctl("show", "pne-3").stdout)
+        # The keyboard alone: the dialog has the focus on Cancel, and Escape closes it.
+        page.click('button[data-action="revoke"][data-entity="pne-3"]')
+        self.wait(page, "document.activeElement?.id === 'confirm-cancel'", "Cancel focused")
+        page.press("Escape")
+        self.wait(page, "!document.getElementById('confirm').open", "the dialog closed by Escape")
+        self.assertIn("\nstatus:   active", self.ctl("show", "pne-3").stdout)
         page.click('button[data-action="revoke"][data-entity="pne-3"]')
         self.wait(page, "document.getElementById('confirm').open", "the confirmation dialog")
         page.click("#confirm-ok")

@@ -232,11 +232,19 @@ class Page:
         self.click(selector)
         self.send("Input.insertText", {"text": text})
 
-    def press_enter(self) -> None:
+    KEYS = {"Enter": (13, "\r"), "Escape": (27, ""), "Tab": (9, "")}
+
+    def press(self, key: str) -> None:
+        """A key pressed and released in the focused element (one of KEYS)."""
+        code, text = self.KEYS[key]
         for kind in ("keyDown", "keyUp"):
-            self.send("Input.dispatchKeyEvent",
-                      {"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13,
-                       **({"text": "\r"} if kind == "keyDown" else {})})
+            ev = {"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code}
+            if kind == "keyDown" and text:
+                ev["text"] = text
+            self.send("Input.dispatchKeyEvent", ev)
+
+    def press_enter(self) -> None:
+        self.press("Enter")
 
     def screenshot(self, path: Path) -> Path:
         """A PNG of the whole page (not only the viewport)."""
