@@ -242,6 +242,9 @@ class ConsoleTest(unittest.TestCase):
             title: c.querySelector('.pn-id').textContent,
             members: [...c.querySelectorAll('tbody tr')].map(r => r.dataset.pne),
             text: c.textContent}))""")
+        newest_first = sorted(store, key=lambda p: (-int(p.get("registered_at_ms", 0)),
+                                                    p["gw_id"], p["pn_id"]))
+        self.assertEqual([s["pn"] for s in shown], [p["pn_id"] for p in newest_first])
         by_pn = {s["pn"]: s for s in shown}
         for pn in store:
             s = by_pn.get(pn["pn_id"])

@@ -307,6 +307,9 @@ async function loadPnsNow() {
   try {
     const data = await api('GET', `/pns${query}`);
     const pns = Array.isArray(data.pns) ? data.pns : [];
+    // Newest first, then by PN GW and PN ID: the same order on every load.
+    pns.sort((a, b) => (Number(b.registered_at_ms) || 0) - (Number(a.registered_at_ms) || 0) ||
+      String(a.gw_id).localeCompare(String(b.gw_id)) || String(a.pn_id).localeCompare(String(b.pn_id)));
     const list = $('pns-list');
     clear(list);
     for (const pn of pns) list.append(pnCard(pn));
