@@ -82,8 +82,8 @@ function fmtTime(ms) {
   return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 }
 
-function plural(n, word) {
-  return `${n} ${word}${n === 1 ? '' : 's'}`;
+function plural(n, word, many = `${word}s`) {
+  return `${n} ${n === 1 ? word : many}`;
 }
 
 // Marks a view as loading (aria-busy) while `work` runs; a view is never left marked.
@@ -273,6 +273,7 @@ function pnCard(pn) {
   if (state.role === 'admin' && pn.orphaned) {
     head.append(el('button', {
       type: 'button', className: 'btn btn-danger btn-small admin-action',
+      ariaLabel: `Delete PN ${pn.pn_id}`,
       onclick: () => deletePn(pn),
     }, 'Delete'));
   }
@@ -407,7 +408,7 @@ async function loadEntitiesNow() {
     const body = $('entities-table').tBodies[0];
     body.replaceChildren(...ents.map(entityRow));
     const count = (s) => ents.filter((e) => e.status === s).length;
-    $('entities-summary').textContent = `${plural(ents.length, 'entity').replace('entitys', 'entities')}:` +
+    $('entities-summary').textContent = `${plural(ents.length, 'entity', 'entities')}:` +
       ` ${count('active')} active, ${count('disabled')} disabled, ${count('revoked')} revoked`;
   } catch (e) {
     $('entities-summary').textContent = '';
