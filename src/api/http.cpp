@@ -725,7 +725,9 @@ ApiClient::ApiClient(const std::string& url, std::string token, const std::strin
     : impl_(std::make_unique<Impl>()) {
     if (url.rfind("https://", 0) != 0 && url.rfind("http://", 0) != 0)
         throw ConfigError("--api '" + url + "': want https://HOST:PORT or http://HOST:PORT");
-    impl_->client = std::make_unique<httplib::Client>(url);
+    std::string base = url;
+    while (!base.empty() && base.back() == '/') base.pop_back();  // "https://host:8443/"
+    impl_->client = std::make_unique<httplib::Client>(base);
     if (!impl_->client->is_valid()) throw ConfigError("--api '" + url + "': not a usable URL");
     impl_->token = std::move(token);
     impl_->client->set_connection_timeout(kClientConnectTimeoutS, 0);
