@@ -584,6 +584,26 @@ class HttpAndConfigTest(unittest.TestCase):
             t.api.call("GET", "/api/v1/whoami", token=t.admin, expect=200)
             for args in (["list"], ["audit"]):
                 self.assertEqual(t.ctl_api(*args), t.ctl_db(*args))
+            # One request per connection.
+            a = t.api.call("GET", "/api/v1/health", expect=200)
+            self.assertEqual(dict((k.lower(), v) for k, v in a.headers).get("connection"),
+                             "close")
+            # A client that stops in the middle of its request is dropped after the read
+            # timeout (kApiReadTimeoutS, 10 s).
+            import socket
+            with socket.create_connection(("127.0.0.1", t.port), timeout=30) as sock:
+                sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+                start = time.monotonic()
+                data = b""
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                waited = time.monotonic() - start
+            self.assertGreaterEqual(waited, 8.0)
+            self.assertLess(waited, 25.0)
+            self.assertNotIn(b"200 OK", data)
         finally:
             cleanup(t.lab)
 
