@@ -294,6 +294,11 @@ class HttpsApiTest(unittest.TestCase):
         a = self.api.call("GET", "/api/v1/whoami", token=self.reader, expect=200)
         self.assertEqual(a.json, {"name": "viewer", "role": "read"})
         self.api.call("GET", "/api/v1/whoami", expect=401, code="UNAUTHORIZED")
+        # The scheme is case-insensitive; anything but Bearer is no token.
+        a = self.api.call("GET", "/api/v1/whoami", headers={"Authorization": f"bearer {self.reader}"},
+                          expect=200)
+        self.api.call("GET", "/api/v1/whoami", headers={"Authorization": f"Basic {self.reader}"},
+                      expect=401, code="UNAUTHORIZED")
         self.api.call("GET", "/api/v1/whoami", token="0" * 64, expect=401, code="UNAUTHORIZED")
         self.api.call("GET", "/api/v1/whoami", target="/api/v1/whoami?x=1", token=self.reader,
                       expect=400, code="MALFORMED_REQUEST")

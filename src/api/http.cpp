@@ -241,7 +241,11 @@ struct ApiServer::Impl {
         std::string token;
         const std::string auth = req.get_header_value("Authorization");
         bool token_given = false;
-        if (auth.rfind("Bearer ", 0) == 0)
+        // The scheme is case-insensitive (RFC 9110, 11.1).
+        if (auth.size() > 7 && auth[6] == ' ' &&
+            std::equal(auth.begin(), auth.begin() + 6, "bearer", [](char a, char b) {
+                return std::tolower(static_cast<unsigned char>(a)) == b;
+            }))
             token = auth.substr(7);
         else if (const auto q = query_token ? param(query_of(req), "access_token") : std::nullopt)
             token = *q;
