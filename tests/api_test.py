@@ -307,6 +307,7 @@ class HttpsApiTest(unittest.TestCase):
 
     def test_02_events_establishment_and_revoke(self):
         reader = EventReader(self.api, self.reader)
+        type(self).events = reader  # test_05 reads the deletion from it
         reader.start()
         self.assertTrue(reader.opened.wait(HTTP_TIMEOUT_S))
         self.assertEqual(reader.status, 200, reader.error)
@@ -491,6 +492,12 @@ class HttpsApiTest(unittest.TestCase):
         a = self.api.call("DELETE", "/api/v1/pns/{gw_id}/{pn_id}", path, token=self.admin,
                           expect=200)
         self.assertTrue(a.json["deleted"])
+        if getattr(type(self), "events", None):
+            kind, data = self.events.wait_for(
+                lambda k, d: k == "lifecycle" and d["action"] == "delete"
+                and d["pn_id"] == pn["pn_id"])
+            validate_schema_named("LifecycleEvent", data)
+            self.assertEqual(data["gw_id"], "gw-1")
         self.api.call("DELETE", "/api/v1/pns/{gw_id}/{pn_id}", path, token=self.admin,
                       expect=404, code="NOT_FOUND")
         a = self.api.call("GET", "/api/v1/audit", "/api/v1/audit?limit=5", token=self.reader,
