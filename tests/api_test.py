@@ -321,6 +321,13 @@ class HttpsApiTest(unittest.TestCase):
         self.assertEqual(data["flow"], "pne_initiated")
         self.assertEqual(data["gw_id"], "gw-1")
         self.assertEqual(data["members"], 2)
+        # A PN GW initiated establishment (5.2.1.2) too.
+        rc, out = self.t.lab.gw_invite(["pne-2"])
+        self.assertEqual(rc, 0, out)
+        kind, data = reader.wait_for(lambda k, d: k == "establishment"
+                                     and d["flow"] == "gw_initiated")
+        validate_schema_named("EstablishmentEvent", data)
+        self.assertEqual(data["outcome"], "registered")
         # A revocation through the API reaches the stream as a lifecycle event.
         self.api.call("POST", "/api/v1/entities", token=self.admin,
                       body={"id": "pne-rev", "kind": "pne"}, expect=201)
@@ -449,7 +456,8 @@ class HttpsApiTest(unittest.TestCase):
             self.assertEqual(rc, 0, err[-2000:])
         a = self.api.call("GET", "/api/v1/pns", token=self.reader, expect=200)
         self.assertTrue(a.json["pns"])
-        pn = a.json["pns"][0]
+        # The PN pne-1 asked for (test_02 also made one of the PN GW's with pne-2 alone).
+        pn = next(p for p in a.json["pns"] if any(m["pne_id"] == "pne-1" for m in p["members"]))
         self.assertEqual(pn["gw_id"], "gw-1")
         self.assertFalse(pn["orphaned"])
         a = self.api.call("GET", "/api/v1/pns", "/api/v1/pns?gw=gw-1", token=self.reader,
