@@ -444,6 +444,11 @@ class HttpsApiTest(unittest.TestCase):
                       code="UNKNOWN_FIELD")
         self.api.call("POST", "/api/v1/entities/{id}/disable", "/api/v1/entities/pne-1/disable",
                       token=self.admin, body={"why": "test"}, expect=400, code="UNKNOWN_FIELD")
+        # An over-long request line, an over-long header.
+        self.api.call("GET", "/api/v1/entities/{id}", "/api/v1/entities/" + "a" * 9000,
+                      token=self.admin, expect=400, code="MALFORMED_REQUEST")
+        self.api.call("GET", "/api/v1/whoami", token=self.admin, headers={"X-Big": "b" * 9000},
+                      expect=400, code="MALFORMED_REQUEST")
         # An over-long body.
         big = {"id": "pne-bad", "kind": "pne", "device_type": "x" * (17 * 1024)}
         self.api.call("POST", "/api/v1/entities", token=self.admin, body=big, expect=413,

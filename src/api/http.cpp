@@ -648,6 +648,12 @@ std::uint16_t ApiServer::start() {
                        "the body is longer than " + std::to_string(kMaxBodyBytes) + " bytes");
         else if (res.status == 404 || res.status == 405)
             send_error(res, 404, "NOT_FOUND", "no such endpoint: " + printable(req.path, 200));
+        else if (res.status == 414)
+            send_error(res, 400, "MALFORMED_REQUEST", "the request line is longer than 8 KiB");
+        else if (res.status == 400)
+            send_error(res, 400, "MALFORMED_REQUEST",
+                       "not a valid HTTP request (a header longer than 8 KiB, or an unknown "
+                       "method)");
         else
             send_error(res, res.status, code_for(res.status), "the request was refused");
     });
