@@ -294,6 +294,11 @@ class HttpsApiTest(unittest.TestCase):
         a = self.api.call("GET", "/api/v1/whoami", token=self.reader, expect=200)
         self.assertEqual(a.json, {"name": "viewer", "role": "read"})
         self.api.call("GET", "/api/v1/whoami", expect=401, code="UNAUTHORIZED")
+        # The scheme is case-insensitive; anything but Bearer is no token.
+        a = self.api.call("GET", "/api/v1/whoami", headers={"Authorization": f"bearer {self.reader}"},
+                          expect=200)
+        self.api.call("GET", "/api/v1/whoami", headers={"Authorization": f"Basic {self.reader}"},
+                      expect=401, code="UNAUTHORIZED")
         self.api.call("GET", "/api/v1/whoami", token="0" * 64, expect=401, code="UNAUTHORIZED")
         self.api.call("GET", "/api/v1/whoami", target="/api/v1/whoami?x=1", token=self.reader,
                       expect=400, code="MALFORMED_REQUEST")
@@ -302,6 +307,7 @@ class HttpsApiTest(unittest.TestCase):
 
     def test_02_events_establishment_and_revoke(self):
         reader = EventReader(self.api, self.reader)
+        type(self).events = reader  # test_05 reads the deletion from it
         reader.start()
         self.assertTrue(reader.opened.wait(HTTP_TIMEOUT_S))
         self.assertEqual(reader.status, 200, reader.error)
@@ -315,6 +321,13 @@ class HttpsApiTest(unittest.TestCase):
         self.assertEqual(data["flow"], "pne_initiated")
         self.assertEqual(data["gw_id"], "gw-1")
         self.assertEqual(data["members"], 2)
+        # A PN GW initiated establishment (5.2.1.2) too.
+        rc, out = self.t.lab.gw_invite(["pne-2"])
+        self.assertEqual(rc, 0, out)
+        kind, data = reader.wait_for(lambda k, d: k == "establishment"
+                                     and d["flow"] == "gw_initiated")
+        validate_schema_named("EstablishmentEvent", data)
+        self.assertEqual(data["outcome"], "registered")
         # A revocation through the API reaches the stream as a lifecycle event.
         self.api.call("POST", "/api/v1/entities", token=self.admin,
                       body={"id": "pne-rev", "kind": "pne"}, expect=201)
@@ -431,6 +444,11 @@ class HttpsApiTest(unittest.TestCase):
                       code="UNKNOWN_FIELD")
         self.api.call("POST", "/api/v1/entities/{id}/disable", "/api/v1/entities/pne-1/disable",
                       token=self.admin, body={"why": "test"}, expect=400, code="UNKNOWN_FIELD")
+        # An over-long request line, an over-long header.
+        self.api.call("GET", "/api/v1/entities/{id}", "/api/v1/entities/" + "a" * 9000,
+                      token=self.admin, expect=400, code="MALFORMED_REQUEST")
+        self.api.call("GET", "/api/v1/whoami", token=self.admin, headers={"X-Big": "b" * 9000},
+                      expect=400, code="MALFORMED_REQUEST")
         # An over-long body.
         big = {"id": "pne-bad", "kind": "pne", "device_type": "x" * (17 * 1024)}
         self.api.call("POST", "/api/v1/entities", token=self.admin, body=big, expect=413,
@@ -443,7 +461,8 @@ class HttpsApiTest(unittest.TestCase):
             self.assertEqual(rc, 0, err[-2000:])
         a = self.api.call("GET", "/api/v1/pns", token=self.reader, expect=200)
         self.assertTrue(a.json["pns"])
-        pn = a.json["pns"][0]
+        # The PN pne-1 asked for (test_02 also made one of the PN GW's with pne-2 alone).
+        pn = next(p for p in a.json["pns"] if any(m["pne_id"] == "pne-1" for m in p["members"]))
         self.assertEqual(pn["gw_id"], "gw-1")
         self.assertFalse(pn["orphaned"])
         a = self.api.call("GET", "/api/v1/pns", "/api/v1/pns?gw=gw-1", token=self.reader,
@@ -486,6 +505,12 @@ class HttpsApiTest(unittest.TestCase):
         a = self.api.call("DELETE", "/api/v1/pns/{gw_id}/{pn_id}", path, token=self.admin,
                           expect=200)
         self.assertTrue(a.json["deleted"])
+        if getattr(type(self), "events", None):
+            kind, data = self.events.wait_for(
+                lambda k, d: k == "lifecycle" and d["action"] == "delete"
+                and d["pn_id"] == pn["pn_id"])
+            validate_schema_named("LifecycleEvent", data)
+            self.assertEqual(data["gw_id"], "gw-1")
         self.api.call("DELETE", "/api/v1/pns/{gw_id}/{pn_id}", path, token=self.admin,
                       expect=404, code="NOT_FOUND")
         a = self.api.call("GET", "/api/v1/audit", "/api/v1/audit?limit=5", token=self.reader,
@@ -584,6 +609,26 @@ class HttpAndConfigTest(unittest.TestCase):
             t.api.call("GET", "/api/v1/whoami", token=t.admin, expect=200)
             for args in (["list"], ["audit"]):
                 self.assertEqual(t.ctl_api(*args), t.ctl_db(*args))
+            # One request per connection.
+            a = t.api.call("GET", "/api/v1/health", expect=200)
+            self.assertEqual(dict((k.lower(), v) for k, v in a.headers).get("connection"),
+                             "close")
+            # A client that stops in the middle of its request is dropped after the read
+            # timeout (kApiReadTimeoutS, 10 s).
+            import socket
+            with socket.create_connection(("127.0.0.1", t.port), timeout=30) as sock:
+                sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+                start = time.monotonic()
+                data = b""
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                waited = time.monotonic() - start
+            self.assertGreaterEqual(waited, 8.0)
+            self.assertLess(waited, 25.0)
+            self.assertNotIn(b"200 OK", data)
         finally:
             cleanup(t.lab)
 

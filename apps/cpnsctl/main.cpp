@@ -432,7 +432,8 @@ int main(int argc, char** argv) {
                     std::cout << "PN " << pn_delete_id << " of " << gw << " deleted (" << members
                               << " member(s) told through the PN GW by the running servers)\n";
                 } catch (const api::AdminError& e) {
-                    refused(e.what(), true);  // every refused deletion: status 1
+                    // A deletion the store refused: status 1; an ambiguous PN ID: 2.
+                    refused(e.what(), e.code() != api::AdminError::Code::kInvalid);
                 } catch (const api::ApiError& e) {
                     refused(e.what(), true);
                 }

@@ -207,7 +207,7 @@ Deleted delete_pn(store::Store& st, const std::string& gw_in, const std::string&
             if (inv.pn_id() == pn_id) gws.push_back(inv.gw_id());
         if (gws.size() > 1)
             throw AdminError(
-                AdminError::Code::kConflict,
+                AdminError::Code::kInvalid,
                 "PN " + pn_id + " is registered by several PN GWs; name one with --gw");
         if (!gws.empty()) gw = gws.front();
     }

@@ -241,7 +241,11 @@ struct ApiServer::Impl {
         std::string token;
         const std::string auth = req.get_header_value("Authorization");
         bool token_given = false;
-        if (auth.rfind("Bearer ", 0) == 0)
+        // The scheme is case-insensitive (RFC 9110, 11.1).
+        if (auth.size() > 7 && auth[6] == ' ' &&
+            std::equal(auth.begin(), auth.begin() + 6, "bearer", [](char a, char b) {
+                return std::tolower(static_cast<unsigned char>(a)) == b;
+            }))
             token = auth.substr(7);
         else if (const auto q = query_token ? param(query_of(req), "access_token") : std::nullopt)
             token = *q;
@@ -644,6 +648,12 @@ std::uint16_t ApiServer::start() {
                        "the body is longer than " + std::to_string(kMaxBodyBytes) + " bytes");
         else if (res.status == 404 || res.status == 405)
             send_error(res, 404, "NOT_FOUND", "no such endpoint: " + printable(req.path, 200));
+        else if (res.status == 414)
+            send_error(res, 400, "MALFORMED_REQUEST", "the request line is longer than 8 KiB");
+        else if (res.status == 400)
+            send_error(res, 400, "MALFORMED_REQUEST",
+                       "not a valid HTTP request (a header longer than 8 KiB, or an unknown "
+                       "method)");
         else
             send_error(res, res.status, code_for(res.status), "the request was refused");
     });
@@ -725,7 +735,9 @@ ApiClient::ApiClient(const std::string& url, std::string token, const std::strin
     : impl_(std::make_unique<Impl>()) {
     if (url.rfind("https://", 0) != 0 && url.rfind("http://", 0) != 0)
         throw ConfigError("--api '" + url + "': want https://HOST:PORT or http://HOST:PORT");
-    impl_->client = std::make_unique<httplib::Client>(url);
+    std::string base = url;
+    while (!base.empty() && base.back() == '/') base.pop_back();  // "https://host:8443/"
+    impl_->client = std::make_unique<httplib::Client>(base);
     if (!impl_->client->is_valid()) throw ConfigError("--api '" + url + "': not a usable URL");
     impl_->token = std::move(token);
     impl_->client->set_connection_timeout(kClientConnectTimeoutS, 0);
