@@ -22,6 +22,7 @@ Then, in Debian's chromium:
 7. a read-only token sees the data and no enabled admin button;
 8. more Refresh clicks at once than the token's rate limit allows bring the API's RATE_LIMITED
    error to the user in words.
+9. Log out forgets the token; a kept token the server refuses brings back the sign-in form.
 No uncaught script error and no CSP refusal happens on the pages.
 
 Screenshots (PNG) of each view go to $CPNS_SCREENSHOT_DIR (default: a new temporary directory,
@@ -430,6 +431,19 @@ class ConsoleTest(unittest.TestCase):
                            "document.getElementById('banner-text').textContent", "the banner")
         self.assertIn("Too many requests with this token", banner)
         self.assertIn("RATE_LIMITED, HTTP 429", banner)
+
+        # 9. Log out forgets the token; a kept token the server does not accept (here: made up)
+        # brings the sign-in form back with the reason.
+        ro.click("#logout")
+        self.wait(ro, "!document.getElementById('view-login').hidden && "
+                  "sessionStorage.length === 0", "signed out")
+        self.assertTrue(ro.eval("document.getElementById('nav').hidden"))
+        ro.eval(f"sessionStorage.setItem('cpns.console.token', '{'1' * 64}')")
+        ro.goto(self.base + "/")
+        err = self.wait(ro, "!document.getElementById('login-error').hidden && "
+                        "document.getElementById('login-error').textContent", "the login error")
+        self.assertIn("UNAUTHORIZED", err)
+        self.assertEqual(ro.eval("sessionStorage.length"), 0)
 
 
 if __name__ == "__main__":
