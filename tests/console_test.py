@@ -261,6 +261,23 @@ class ConsoleTest(unittest.TestCase):
         # The device's markup is text: no element was made from it.
         self.assertIn(MARKUP_DEVICE_TYPE, page.eval("document.body.textContent"))
         self.assertFalse(page.eval("!!document.getElementById('injected')"))
+        # The filters: no PN is orphaned yet; the PN GW filter lists gw-1 and keeps every PN.
+        page.click("#pns-orphaned")
+        self.wait(page, "document.getElementById('view-pns').getAttribute('aria-busy') === "
+                  "'false' && document.querySelectorAll('.pn-card').length === 0 && "
+                  "document.getElementById('pns-list').textContent.includes('No registered PNs')",
+                  "no orphaned PN")
+        page.click("#pns-orphaned")
+        self.wait(page, f"document.querySelectorAll('.pn-card').length === {len(store)}",
+                  "every PN again")
+        self.wait(page, "[...document.querySelectorAll('#pns-gw option')]"
+                  ".some(o => o.value === 'gw-1')", "gw-1 in the PN GW filter")
+        page.eval("(() => { const s = document.getElementById('pns-gw'); s.value = 'gw-1';"
+                  " s.dispatchEvent(new Event('change')); })()")
+        self.wait(page, "document.getElementById('pns-gw').value === 'gw-1' && "
+                  "document.getElementById('pns-summary').textContent.endsWith('at PN GW gw-1') "
+                  f"&& document.querySelectorAll('.pn-card').length === {len(store)}",
+                  "the PNs of gw-1")
         self.assert_no_banner(page)
         self.shot(page, "02-pn-inventory")
 
