@@ -93,15 +93,15 @@ class ConsoleTest(unittest.TestCase):
                          or tempfile.mkdtemp(prefix="cpns-console-shots-"))
         cls.shots.mkdir(parents=True, exist_ok=True)
         cls.tokens = lab.workdir / "api-tokens"
-        cls.admin_token = cls.new_token("console-admin", "admin")
-        cls.read_token = cls.new_token("console-viewer", "read")
-        cls.port = free_port()
-        with open(lab.workdir / "server.toml", "a") as f:
-            f.write(f'api = "127.0.0.1:{cls.port}"\napi_insecure_http = true\n'
-                    f'api_tokens = "{cls.tokens}"\n')
-        cls.base = f"http://127.0.0.1:{cls.port}"
         cls.browser = None
         try:
+            cls.admin_token = cls.new_token("console-admin", "admin")
+            cls.read_token = cls.new_token("console-viewer", "read")
+            cls.port = free_port()
+            with open(lab.workdir / "server.toml", "a") as f:
+                f.write(f'api = "127.0.0.1:{cls.port}"\napi_insecure_http = true\n'
+                        f'api_tokens = "{cls.tokens}"\n')
+            cls.base = f"http://127.0.0.1:{cls.port}"
             lab.start_server()
             cls.wait_api()
             lab.start_gw()
@@ -158,7 +158,8 @@ class ConsoleTest(unittest.TestCase):
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         lab = self.lab
         return subprocess.run(
-            [os.path.join(BIN, "cpnsctl", "cpnsctl"), "--store", f"sqlite:{lab.workdir}/server.db",
+            [os.path.join(BIN, "cpnsctl", "cpnsctl"), "--store",
+             lab.store_url or f"sqlite:{lab.workdir}/server.db",
              "--master-key-file", str(lab.workdir / "master.key"), *args],
             capture_output=True, text=True, timeout=30)
 
@@ -374,7 +375,8 @@ class ConsoleTest(unittest.TestCase):
                          "the audit records")
         self.assertGreater(rows, 0)
         audit = page.eval("""[...document.querySelectorAll('#audit-table tbody tr')].map(r =>
-            ({cells: [...r.cells].map(c => c.textContent), bad: r.classList.contains('row-bad')}))""")
+            ({cells: [...r.cells].map(c => c.textContent),
+              bad: r.classList.contains('row-bad')}))""")
         # The revocation, under the token's name; pne-bad's failure, highlighted, with its reason.
         self.assertIn(["console-admin", "revoked", "pne-3", "ok"], [a["cells"][1:5] for a in audit])
         bad = [a for a in audit if a["cells"][2:4] == ["establishment", "pne-bad"]]
