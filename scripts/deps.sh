@@ -10,6 +10,8 @@ packages=(
   libsqlite3-dev
   libpq-dev
   libasio-dev libcli11-dev libspdlog-dev libtomlplusplus-dev
+  libcpp-httplib-dev  # src/api/: the management API's HTTP(S) server and cpnsctl's client
+  nlohmann-json3-dev  # src/api/, src/daemon/event_hub.cpp: the management API's JSON
 )
 if [[ "${1:-}" == "--with-runtime" || "${1:-}" == "--with-tests" ]]; then
   packages+=(python3 procps)
@@ -22,7 +24,10 @@ if [[ "${1:-}" == "--with-tests" ]]; then
              clang-format clang-tidy  # scripts/lint.sh (Debian 12: version 14)
              clang libclang-rt-14-dev llvm  # scripts/sanitize.sh: sanitizers, libFuzzer, symbolizer
              tshark  # tests/dissector_test.py: dumpcap captures, tshark runs tools/wireshark/cpns.lua
-             gnuplot-nox time)  # scripts/sim-scale.sh: the plot; each run's CPU time and peak RSS
+             gnuplot-nox time  # scripts/sim-scale.sh: the plot; each run's CPU time and peak RSS
+             python3-jsonschema python3-yaml  # tests/api_test.py: answers checked against docs/api.yaml
+             chromium  # tests/console_test.py: drives the web console headless (DevTools protocol)
+             )
 fi
 
 missing=()

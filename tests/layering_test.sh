@@ -7,6 +7,7 @@
 #   net     core, tls, net
 #   store   core, store
 #   daemon  everything but sim
+#   api     core, tls, net, store, daemon, api (the management API of cpns-server)
 #   sim     core, sim
 # Prints every violation with its file and line; exits 1 if there is any.
 set -euo pipefail
@@ -19,6 +20,7 @@ declare -A allowed=(
   [net]="core tls net cpns"
   [store]="core store cpns"
   [daemon]="core tls net store daemon cpns"
+  [api]="core tls net store daemon api cpns"
   [sim]="core sim cpns"
 )
 # System headers the I/O-free core must not use (extended regular expression on the name).

@@ -1729,6 +1729,48 @@ TEST(StoreOpen, SqliteUrlsAndFileSettings) {
     fs::remove_all(dir, ec);
 }
 
+// The number of entities another process sees in the SQLite file at `path` (-1: it could not
+// read them): a new program (python3's sqlite3 module) that opens the file, counts and closes
+// it, as cpnsctl does. Not a fork() of this process: the child would inherit SQLite's own table
+// of the locks this process holds and take them for its own.
+int entities_seen_by_another_process(const std::string& path) {
+    const std::string cmd =
+        "python3 -c 'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "print(c.execute(\"SELECT COUNT(*) FROM entities\").fetchone()[0]); c.close()' " +
+        path + " 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) return -1;
+    std::array<char, 256> buf{};
+    std::string out;
+    while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
+    if (::pclose(p) != 0) {
+        ADD_FAILURE() << "python3 could not read " << path << ": " << out;
+        return -1;
+    }
+    return std::atoi(out.c_str());
+}
+
+// A second connection of the same process (the management API's, next to the server's) must
+// not drop the first one's locks: a raw open()/close() of the file did (close() releases every
+// POSIX lock of the process on it), and another process closing the file then took it for
+// unused and unlinked the -wal file the first connection went on writing to. Its later commits
+// were never seen by another process.
+TEST(StoreOpen, ASecondConnectionLeavesTheFirstOnesWritesVisibleToOtherProcesses) {
+    const std::string dir = make_temp_dir();
+    const std::string path = dir + "/shared.db";
+    const SecretKey master = random_key();
+    const auto first = open_store("sqlite:" + path, master);
+    first->put_entity(entity("pne-1", EntityKind::kPne));
+    const auto second = open_store("sqlite:" + path, master);
+    EXPECT_EQ(entities_seen_by_another_process(path), 1);
+    first->put_entity(entity("pne-2", EntityKind::kPne));
+    EXPECT_EQ(entities_seen_by_another_process(path), 2);
+    second->put_entity(entity("pne-3", EntityKind::kPne));
+    EXPECT_EQ(entities_seen_by_another_process(path), 3);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+}
+
 TEST(StoreOpen, PostgresqlUrlsAndConninfoGoToLibpq) {
     const SecretKey master = random_key();
     // Nothing listens on port 1: the errors come from libpq.

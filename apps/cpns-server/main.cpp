@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "api/server.hpp"
 #include "daemon/server_daemon.hpp"
 
 using namespace cpns;
@@ -17,7 +18,9 @@ int main(int argc, char** argv) {
         "out LocalEUKeys and registers PNs in the PN Inventory. Settings come from a TOML file "
         "(see docs/operations.md); flags override it. Stops cleanly on SIGTERM or SIGINT."};
     std::string config_path, listen, entities, log_level, keylog, ready_file, id, store, master_key,
-        trace_file, control_listen, crash_at, metrics, log_format;
+        trace_file, control_listen, crash_at, metrics, log_format, api, api_cert, api_key,
+        api_tokens;
+    bool api_insecure_http = false;
     app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
     app.add_option("--id", id, "server ID (default cpns-server)");
     app.add_option("--listen", listen,
@@ -48,6 +51,16 @@ int main(int argc, char** argv) {
         "--crash-at", crash_at,
         "testing aid: SIGKILL this process at a message boundary, WHEN:MESSAGE[:N] with WHEN "
         "before-send, send or recv (docs/operations.md, Crash points)");
+    app.add_option("--api", api,
+                   "serve the management API and web console on ADDR:PORT (HTTPS; a bare PORT "
+                   "means 127.0.0.1:PORT; default: off; docs/api.md)");
+    app.add_option("--api-cert", api_cert, "the API's TLS certificate chain (PEM)");
+    app.add_option("--api-key", api_key, "the API's TLS private key (PEM)");
+    app.add_option("--api-tokens", api_tokens,
+                   "the API's token file: NAME ROLE SHA256HEX lines, mode 0600 (make tokens with "
+                   "`cpnsctl token new`)");
+    app.add_flag("--api-insecure-http", api_insecure_http,
+                 "serve the API over plain HTTP instead of HTTPS; only on a loopback address");
     CLI11_PARSE(app, argc, argv);
     try {
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
@@ -73,10 +86,29 @@ int main(int argc, char** argv) {
         o.crash_at = crash_at;
         if (const std::string m = metrics.empty() ? cfg.str("metrics") : metrics; !m.empty())
             o.metrics = parse_metrics_address(m, "metrics");
+        std::unique_ptr<api::ApiServer> api_server;
+        if (const std::string a = api.empty() ? cfg.str("api") : api; !a.empty()) {
+            api::ApiOptions ao;
+            ao.listen = parse_metrics_address(a, "api");
+            ao.cert_file = api_cert.empty() ? cfg.str("api_cert") : api_cert;
+            ao.key_file = api_key.empty() ? cfg.str("api_key") : api_key;
+            ao.tokens_file = api_tokens.empty() ? cfg.str("api_tokens") : api_tokens;
+            ao.insecure_http = api_insecure_http || cfg.boolean("api_insecure_http", false);
+            ao.store_url = o.store;
+            ao.master_key_file = o.master_key_file;
+            ao.version = CPNS_VERSION;
+            ao.events = o.events = std::make_shared<EventHub>();
+            ao.readiness = o.readiness = std::make_shared<Readiness>();
+            api_server = std::make_unique<api::ApiServer>(std::move(ao));
+        }
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();
-        run_until_stopped(io, [&] { daemon.stop(); });
+        if (api_server) api_server->start();
+        run_until_stopped(io, [&] {
+            if (api_server) api_server->stop();
+            daemon.stop();
+        });
         return 0;
     } catch (const ConfigError& e) {
         std::cerr << "cpns-server: " << e.what() << "\n";

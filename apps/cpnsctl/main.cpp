@@ -14,6 +14,9 @@
 #include <iomanip>
 #include <iostream>
 
+#include "api/admin.hpp"
+#include "api/client.hpp"
+#include "api/tokens.hpp"
 #include "daemon/common.hpp"
 #include "daemon/server_daemon.hpp"
 #include "store/store.hpp"
@@ -33,15 +36,7 @@ std::vector<std::string> kind_words() {
 std::string status_name(EntityStatus s) {
     return std::string(to_string(s));
 }
-std::string time_text(std::int64_t ms) {
-    if (ms <= 0) return "-";
-    const std::time_t t = static_cast<std::time_t>(ms / 1000);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    std::ostringstream o;
-    o << std::put_time(&tm, "%Y-%m-%dT%H:%M:%SZ");
-    return o.str();
-}
+using api::time_text;
 
 // Writes a key file readable by its owner only (created 0600, never world-readable even
 // for a moment). Refuses to replace an existing file.
@@ -58,46 +53,19 @@ void write_key_file(const std::string& path, const SecretKey& key) {
     if (!ok) throw std::runtime_error("cannot write " + path);
 }
 
-// A duration for --grace: a non-negative integer with a unit (ms, s, m, h, d), e.g. "24h",
-// "3s"; at most kMaxRotationGrace.
-Millis parse_duration(const std::string& text) {
-    std::size_t digits = 0;
-    while (digits < text.size() && digits < 12 &&
-           std::isdigit(static_cast<unsigned char>(text[digits])))
-        ++digits;
-    const std::string unit = text.substr(digits);
-    Millis scale = 0;
-    if (unit == "ms")
-        scale = 1;
-    else if (unit == "s")
-        scale = 1000;
-    else if (unit == "m")
-        scale = 60'000;
-    else if (unit == "h")
-        scale = 3'600'000;
-    else if (unit == "d")
-        scale = 86'400'000;
-    if (digits == 0 || scale == 0)
-        throw ConfigError("--grace '" + text +
-                          "': want a number and a unit (ms, s, m, h or d), e.g. 24h");
-    const Millis value = std::stoll(text.substr(0, digits));
-    if (value > kMaxRotationGrace / scale)
-        throw ConfigError("--grace '" + text + "': longer than the maximum of " +
-                          std::to_string(kMaxRotationGrace / 86'400'000) + " days");
-    return value * scale;
+// Refuses to go on when a key file to be written exists (before the API is asked to make the
+// key, which it returns only once).
+void require_absent(const std::string& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0)
+        throw ConfigError(path + " exists already; not overwriting a key file");
 }
 
-// Every entity must load under the master key given (its sealed EUKey opens and its row is
-// authentic), before anything new is sealed under it: a wrong key would otherwise seal new
-// entries the server cannot read. A row refused by the integrity check stops it too: run
-// `cpnsctl check`, then revoke that entity (which destroys its EUKey).
-void require_master_key_matches(store::Store& st) {
-    try {
-        (void)st.list_entities();
-    } catch (const store::StoreError& e) {
-        throw ConfigError(std::string("the store does not load under this master key (") +
-                          e.what() + "); nothing written. Run `cpnsctl check`");
-    }
+// Ends cpnsctl after a refusal: status 1 for "no such entity/PN", 2 for anything else, with the
+// same message whether it came from the store or from the API.
+[[noreturn]] void refused(const std::string& message, bool not_found) {
+    std::cerr << "cpnsctl: " << message << "\n";
+    std::exit(not_found ? 1 : 2);
 }
 
 }  // namespace
@@ -113,6 +81,16 @@ int main(int argc, char** argv) {
     std::string master_key_file;
     app.add_option("--store", url, "the store (default $CPNS_STORE, else sqlite:cpns-server.db)");
     app.add_option("--master-key-file", master_key_file, "master key file (else $CPNS_MASTER_KEY)");
+    std::string api_url, token_file, api_ca;
+    app.add_option("--api", api_url,
+                   "work through a server's management API instead of the database, e.g. "
+                   "https://127.0.0.1:8443 (list, show, provision, rotate, disable, enable, "
+                   "revoke, pns, pn delete, audit; the output is the same)");
+    app.add_option("--token-file", token_file,
+                   "with --api: file holding the API token (64 hex digits, mode 0600)");
+    app.add_option("--api-ca", api_ca,
+                   "with --api over HTTPS: CA certificate (PEM) to verify the server with, e.g. "
+                   "its self-signed certificate (default: the system's CAs)");
 
     auto* gen_master = app.add_subcommand("new-master-key", "write a fresh master key file (0600)");
     std::string master_out;
@@ -189,6 +167,18 @@ int main(int argc, char** argv) {
     auto* check = app.add_subcommand(
         "check",
         "check the store's consistency and the integrity of every entity row (exit 1 if not)");
+    auto* token = app.add_subcommand("token", "management API tokens");
+    token->require_subcommand(1);
+    auto* token_new = token->add_subcommand(
+        "new",
+        "make a random API token, print it once (64 hex digits) and append its hash to the token "
+        "file (created with mode 0600)");
+    std::string token_name, token_role, token_tokens;
+    token_new->add_option("--name", token_name, "the token's name (who uses it)")->required();
+    token_new->add_option("--role", token_role, "admin or read")
+        ->required()
+        ->check(CLI::IsMember({"admin", "read"}));
+    token_new->add_option("--tokens", token_tokens, "the server's api_tokens file")->required();
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -199,236 +189,307 @@ int main(int argc, char** argv) {
                       << " (mode 0600); keep it apart from the database\n";
             return 0;
         }
-        auto store = store::open_store(url, store::load_master_key(master_key_file));
-        if (*prov || *imp || *rotate) require_master_key_matches(*store);
-        if (*prov) {
-            if (!valid_id(id)) throw ConfigError("'" + id + "' is not a valid entity ID");
-            if (store->get_entity(id))
-                throw ConfigError(id + " exists already; choose another ID (IDs are never reused)");
+        if (*token_new) {
+            if (!api::valid_token_name(token_name))
+                throw ConfigError("--name '" + token_name +
+                                  "': 1 to 64 letters, digits, '-', '_', '.' or '@'");
+            // Refuse a name the file has already (the server would refuse the file).
+            if (const auto f = read_file_if_exists(token_tokens, "token file", 256 * 1024,
+                                                   FileSecrecy::kSecret)) {
+                for (const auto& e : api::TokenFile::parse(f->content, token_tokens).entries())
+                    if (e.name == token_name)
+                        throw ConfigError("token name '" + token_name + "' is in " + token_tokens +
+                                          " already");
+            }
             OsRandom rnd;
-            store::StoredEntity e;
-            e.id = id;
-            e.kind = parse_entity_kind(kind).value();  // --kind is checked by CLI11
-            e.eukey = rnd.key();
-            e.capabilities.set_device_type(device_type);
-            const std::string out = key_out.empty() ? id + ".key" : key_out;
-            write_key_file(out, e.eukey);
-            store->put_entity(e);
-            std::cout << "provisioned " << kind << " " << id << "; its EUKey is in " << out
-                      << " (give it to the device as eukey_file; mode 0600)\n";
-        } else if (*rotate) {
-            const Millis grace = parse_duration(grace_text);
-            const auto e = store->get_entity(rotate_id);
-            if (!e) {
-                std::cerr << "cpnsctl: no entity " << rotate_id << "\n";
-                return 1;
-            }
-            if (e->status == EntityStatus::kRevoked)
-                throw ConfigError(rotate_id +
-                                  " is revoked; revocation is final (provision a new entity)");
-            OsRandom rnd;
-            const SecretKey fresh = rnd.key();
-            const std::string out = rotate_out.empty() ? rotate_id + ".key" : rotate_out;
-            // The key file first (refusing to replace one): the device can be given the key
-            // only if the store then takes it; a failed store write leaves a file to delete.
-            write_key_file(out, fresh);
-            const std::int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                         std::chrono::system_clock::now().time_since_epoch())
-                                         .count();
-            std::optional<std::int64_t> version;
-            try {
-                version = store->rotate_eukey(rotate_id, fresh, now + grace);
-            } catch (...) {
-                ::unlink(out.c_str());
-                throw;
-            }
-            if (!version) {
-                ::unlink(out.c_str());
-                std::cerr << "cpnsctl: no entity " << rotate_id << "\n";
-                return 1;
-            }
-            store::AuditRecord rec;
-            rec.server_id = "cpnsctl";
-            (e->kind == EntityKind::kGw ? rec.gw_id : rec.pne_id) = rotate_id;
-            rec.success = true;
-            rec.reason = "key rotated";
-            rec.detail = "EUKey rotated: key version " + std::to_string(*version) +
-                         "; the previous EUKey is valid until " + time_text(now + grace);
-            store->audit(rec);
-            std::cout << "rotated the EUKey of " << kind_name(e->kind) << " " << rotate_id
-                      << ": key version " << *version << ", new EUKey in " << out
-                      << " (mode 0600); the previous EUKey is valid until "
-                      << time_text(now + grace) << " (" << grace / 1000
-                      << " s), then refused with 'key expired'\n";
-        } else if (*imp) {
-            std::size_t added = 0, replaced = 0, kept = 0;
-            for (auto e : read_entities(import_file)) {
-                const auto old = store->get_entity(e.id);
-                if (old && !replace) {
-                    ++kept;
-                    continue;
-                }
-                if (old && old->status == EntityStatus::kRevoked) e.status = EntityStatus::kRevoked;
-                store->put_entity(e);
-                ++(old ? replaced : added);
-            }
-            std::cout << "imported into " << store->backend() << ": " << added << " added, "
-                      << replaced << " replaced, " << kept
-                      << " already stored and kept (use --replace to change their keys)\n";
-        } else if (*list) {
-            std::optional<EntityKind> k;
-            if (!list_kind.empty()) k = parse_entity_kind(list_kind);
-            const auto all = store->list_entities(k);
-            std::cout << std::left << std::setw(24) << "ID" << std::setw(6) << "KIND"
-                      << std::setw(10) << "STATUS"
-                      << "CREATED\n";
-            for (const auto& e : all)
-                std::cout << std::setw(24) << e.id << std::setw(6) << kind_name(e.kind)
-                          << std::setw(10) << status_name(e.status) << time_text(e.created_at_ms)
-                          << "\n";
-            std::cerr << all.size() << " entit" << (all.size() == 1 ? "y" : "ies") << "\n";
-        } else if (*show) {
-            auto e = store->get_entity(show_id);
-            if (!e) {
-                std::cerr << "cpnsctl: no entity " << show_id << "\n";
-                return 1;
-            }
-            std::cout << "id:       " << e->id << "\nkind:     " << kind_name(e->kind)
-                      << "\nstatus:   " << status_name(e->status)
-                      << "\ncreated:  " << time_text(e->created_at_ms)
-                      << "\nupdated:  " << time_text(e->updated_at_ms)
-                      << "\ndevice:   " << e->capabilities.device_type()
-                      << "\nEUKey:    (sealed in the store), key version " << e->key_version
-                      << "\n";
-            if (e->previous) {
-                const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                std::chrono::system_clock::now().time_since_epoch())
-                                                .count();
-                std::cout << "previous: EUKey of key version " << e->key_version - 1
-                          << (now_ms < e->previous->expires_at_ms ? ", valid until "
-                                                                  : ", expired at ")
-                          << time_text(e->previous->expires_at_ms) << "\n";
-            }
-            int member_of = 0;
-            for (const auto& inv : store->list_pns())
-                for (const auto& m : inv.members())
-                    if (m.pne_id() == show_id) {
-                        std::cout << "member of " << inv.pn_id() << " at " << inv.gw_id() << "\n";
-                        ++member_of;
-                    }
-            if (e->kind == EntityKind::kGw)
-                std::cout << "PNs:      " << store->list_pns(show_id).size() << "\n";
-            (void)member_of;
-        } else if (*disable || *revoke || *enable) {
-            const auto st = *enable   ? EntityStatus::kActive
-                            : *revoke ? EntityStatus::kRevoked
-                                      : EntityStatus::kDisabled;
-            if (*enable) {
-                auto e = store->get_entity(status_id);
-                if (e && e->status == EntityStatus::kRevoked)
-                    throw ConfigError(status_id +
-                                      " is revoked; revocation is final (provision a new entity)");
-            }
-            if (!store->set_status(status_id, st)) {
-                std::cerr << "cpnsctl: no entity " << status_id << "\n";
-                return 1;
-            }
-            std::cout << status_id << " is now " << status_name(st)
-                      << (st == EntityStatus::kActive
-                              ? ""
-                              : "; its next authentication fails with 'revoked'")
-                      << "\n";
-        } else if (*pns) {
-            const auto all = pns_gw.empty() ? store->list_pns() : store->list_pns(pns_gw);
-            // A PN is orphaned when its PN GW is no longer active (disabled, revoked, gone):
-            // nobody keeps it; `cpnsctl pn delete` removes it.
-            std::map<std::string, std::string> gw_state;
-            std::size_t shown = 0;
-            for (const auto& inv : all) {
-                auto it = gw_state.find(inv.gw_id());
-                if (it == gw_state.end()) {
-                    std::string state = "gone";
-                    try {
-                        if (const auto gw = store->get_entity(inv.gw_id()))
-                            state = std::string(to_string(gw->status));
-                    } catch (const store::StoreError&) {
-                        state = "refused";
-                    }
-                    it = gw_state.emplace(inv.gw_id(), state).first;
-                }
-                const bool orphaned = it->second != "active";
-                if (pns_orphaned && !orphaned) continue;
-                ++shown;
-                std::cout << inv.pn_id() << "  " << inv.gw_id() << "  "
-                          << time_text(static_cast<std::int64_t>(inv.registered_at_ms()))
-                          << "  revision " << inv.revision() << "  members:";
-                for (const auto& m : inv.members()) std::cout << " " << m.pne_id();
-                if (orphaned) std::cout << "  ORPHANED (PN GW " << it->second << ")";
-                std::cout << "\n";
-            }
-            std::cerr << shown << " PN(s)\n";
-        } else if (*pn_delete) {
-            std::string gw = pn_delete_gw;
-            if (gw.empty()) {
-                std::vector<std::string> gws;
-                for (const auto& inv : store->list_pns())
-                    if (inv.pn_id() == pn_delete_id) gws.push_back(inv.gw_id());
-                if (gws.size() > 1)
-                    throw std::runtime_error(
-                        "PN " + pn_delete_id +
-                        " is registered by several PN GWs; name one with --gw");
-                if (!gws.empty()) gw = gws.front();
-            }
-            const ChangeResult r = gw.empty() ? ChangeResult{pb::UNKNOWN_PN, {}, false, {}}
-                                              : store->delete_pn(gw, pn_delete_id);
-            if (r.reason != pb::REASON_NONE) {
-                std::cerr << "cpnsctl: PN " << pn_delete_id
-                          << " not deleted: " << reason_name(r.reason) << "\n";
-                return 1;
-            }
-            store->audit({0, "cpnsctl", gw, pn_delete_id, "", true, "none",
-                          "pn delete: dissolved by the operator"});
-            std::cout << "PN " << pn_delete_id << " of " << gw << " deleted (" << r.before.size()
-                      << " member(s) told through the PN GW by the running servers)\n";
-        } else if (*exp) {
-            const auto all = store->list_pns();
-            std::ostringstream o;
-            o << "[";
-            for (std::size_t i = 0; i < all.size(); ++i)
-                o << (i ? ",\n " : "\n ") << message_json(all[i]);
-            o << "\n]\n";
-            if (export_out.empty()) {
-                std::cout << o.str();
-            } else {
-                std::ofstream f(export_out);
-                f << o.str();
-                if (!f) throw std::runtime_error("cannot write " + export_out);
-                std::cerr << "exported " << all.size() << " PN(s) to " << export_out << "\n";
-            }
-        } else if (*audit) {
-            for (const auto& r : store->audit_log(audit_limit))
-                std::cout << time_text(r.at_ms) << "  " << r.server_id << "  " << r.gw_id << "  "
-                          << r.pn_id << "  "
-                          << (!r.pne_id.empty() ? r.pne_id
-                              : r.pn_id.empty() ? "-"
-                                                : "(PN)")
-                          << "  " << (r.success ? "ok" : "FAILED: " + r.reason)
-                          << (r.detail.empty() ? "" : "  " + r.detail) << "\n";
-        } else if (*check) {
-            std::vector<std::string> problems;
-            try {
-                problems = store->check();
-            } catch (const store::StoreError& e) {
-                problems.push_back(e.what());
-            }
-            for (const auto& p : problems) std::cout << "problem: " << p << "\n";
-            if (!problems.empty()) {
-                std::cout << problems.size() << " problem(s)\n";
-                return 1;
-            }
-            std::cout << "consistent (" << store->list_pns().size() << " PN(s), "
-                      << store->list_entities().size() << " entities)\n";
+            std::array<std::uint8_t, api::kTokenOctets> raw{};
+            rnd.fill(raw);
+            std::string tok = to_hex(raw);
+            wipe(raw.data(), raw.size());
+            api::append_token_line(token_tokens,
+                                   api::token_line(token_name, *api::parse_role(token_role), tok));
+            std::cout << tok << "\n";
+            wipe(tok.data(), tok.size());
+            std::cerr << "token '" << token_name << "' (" << token_role << ") added to "
+                      << token_tokens
+                      << "; it is shown only this once (the file keeps its SHA-256)\n";
             return 0;
+        }
+        const std::string actor = "cpnsctl";
+        std::unique_ptr<api::ApiClient> client;
+        std::unique_ptr<store::Store> store;
+        if (!api_url.empty()) {
+            if (*imp || *exp || *check)
+                throw ConfigError("this subcommand works on the database only, not with --api");
+            if (token_file.empty()) throw ConfigError("--api needs --token-file");
+            client =
+                std::make_unique<api::ApiClient>(api_url, api::read_token_file(token_file), api_ca);
+        } else {
+            store = store::open_store(url, store::load_master_key(master_key_file));
+        }
+        const std::string v1 = "/api/v1";
+        // The PNs as the printers take them, from either source.
+        const auto pn_views = [&](const std::optional<std::string>& gw, bool only_orphaned) {
+            if (!client) return api::list_pns(*store, gw, only_orphaned);
+            std::string q;
+            if (gw) q += "gw=" + api::url_encode(*gw);
+            if (only_orphaned) q += std::string(q.empty() ? "" : "&") + "orphaned=true";
+            std::vector<api::PnView> out;
+            const auto answer = client->get(v1 + "/pns" + (q.empty() ? "" : "?" + q));
+            for (const auto& j : answer.at("pns")) out.push_back(api::pn_from_json(j));
+            return out;
+        };
+        try {
+            if (*prov) {
+                const auto k = parse_entity_kind(kind).value();  // --kind is checked by CLI11
+                const std::string out = key_out.empty() ? id + ".key" : key_out;
+                if (client) {
+                    require_absent(out);
+                    api::ApiClient& c = *client;
+                    const auto j =
+                        c.post(v1 + "/entities",
+                               {{"id", id}, {"kind", kind}, {"device_type", device_type}});
+                    std::string hex = j.at("key").get<std::string>();
+                    const auto key = SecretKey::from_hex(hex);
+                    wipe(hex.data(), hex.size());
+                    if (!key) throw std::runtime_error("the API returned no usable key");
+                    write_key_file(out, *key);
+                } else {
+                    OsRandom rnd;
+                    const SecretKey key = rnd.key();
+                    (void)api::provision(*store, id, k, device_type, key, actor,
+                                         [&] { write_key_file(out, key); });
+                }
+                std::cout << "provisioned " << kind << " " << id << "; its EUKey is in " << out
+                          << " (give it to the device as eukey_file; mode 0600)\n";
+            } else if (*rotate) {
+                const Millis grace = api::parse_duration(grace_text);
+                const std::string out = rotate_out.empty() ? rotate_id + ".key" : rotate_out;
+                EntityKind k = EntityKind::kPne;
+                std::int64_t version = 0, until = 0;
+                if (client) {
+                    require_absent(out);
+                    const auto j =
+                        client->post(v1 + "/entities/" + api::url_encode(rotate_id) + "/rotate",
+                                     {{"grace", grace_text}});
+                    std::string hex = j.at("key").get<std::string>();
+                    const auto key = SecretKey::from_hex(hex);
+                    wipe(hex.data(), hex.size());
+                    if (!key) throw std::runtime_error("the API returned no usable key");
+                    write_key_file(out, *key);
+                    k = api::entity_from_json(j.at("entity")).kind;
+                    version = j.at("key_version").get<std::int64_t>();
+                    until = j.at("previous_key_valid_until_ms").get<std::int64_t>();
+                } else {
+                    OsRandom rnd;
+                    const SecretKey fresh = rnd.key();
+                    // The key file first (refusing to replace one): the device can be given the
+                    // key only if the store then takes it; a failed store write removes it.
+                    bool written = false;
+                    try {
+                        const auto r = api::rotate(*store, rotate_id, fresh, grace, actor, [&] {
+                            write_key_file(out, fresh);
+                            written = true;
+                        });
+                        k = r.entity.kind;
+                        version = r.key_version;
+                        until = r.previous_valid_until_ms;
+                    } catch (...) {
+                        if (written) ::unlink(out.c_str());
+                        throw;
+                    }
+                }
+                std::cout << "rotated the EUKey of " << kind_name(k) << " " << rotate_id
+                          << ": key version " << version << ", new EUKey in " << out
+                          << " (mode 0600); the previous EUKey is valid until " << time_text(until)
+                          << " (" << grace / 1000 << " s), then refused with 'key expired'\n";
+            } else if (*imp) {
+                std::size_t added = 0, replaced = 0, kept = 0;
+                api::require_master_key_matches(*store);
+                for (auto e : read_entities(import_file)) {
+                    const auto old = store->get_entity(e.id);
+                    if (old && !replace) {
+                        ++kept;
+                        continue;
+                    }
+                    if (old && old->status == EntityStatus::kRevoked)
+                        e.status = EntityStatus::kRevoked;
+                    store->put_entity(e);
+                    ++(old ? replaced : added);
+                }
+                std::cout << "imported into " << store->backend() << ": " << added << " added, "
+                          << replaced << " replaced, " << kept
+                          << " already stored and kept (use --replace to change their keys)\n";
+            } else if (*list) {
+                std::optional<EntityKind> k;
+                if (!list_kind.empty()) k = parse_entity_kind(list_kind);
+                std::vector<store::StoredEntity> all;
+                if (client) {
+                    const auto answer =
+                        client->get(v1 + "/entities" + (k ? "?kind=" + list_kind : ""));
+                    for (const auto& j : answer.at("entities"))
+                        all.push_back(api::entity_from_json(j));
+                } else {
+                    all = store->list_entities(k);
+                }
+                std::cout << std::left << std::setw(24) << "ID" << std::setw(6) << "KIND"
+                          << std::setw(10) << "STATUS"
+                          << "CREATED\n";
+                for (const auto& e : all)
+                    std::cout << std::setw(24) << e.id << std::setw(6) << kind_name(e.kind)
+                              << std::setw(10) << status_name(e.status)
+                              << time_text(e.created_at_ms) << "\n";
+                std::cerr << all.size() << " entit" << (all.size() == 1 ? "y" : "ies") << "\n";
+            } else if (*show) {
+                std::optional<store::StoredEntity> e;
+                if (client)
+                    e = api::entity_from_json(
+                        client->get(v1 + "/entities/" + api::url_encode(show_id)));
+                else
+                    e = store->get_entity(show_id);
+                if (!e) refused("no entity " + show_id, true);
+                std::cout << "id:       " << e->id << "\nkind:     " << kind_name(e->kind)
+                          << "\nstatus:   " << status_name(e->status)
+                          << "\ncreated:  " << time_text(e->created_at_ms)
+                          << "\nupdated:  " << time_text(e->updated_at_ms)
+                          << "\ndevice:   " << e->capabilities.device_type()
+                          << "\nEUKey:    (sealed in the store), key version " << e->key_version
+                          << "\n";
+                if (e->previous) {
+                    const std::int64_t now_ms = api::wall_now_ms();
+                    std::cout << "previous: EUKey of key version " << e->key_version - 1
+                              << (now_ms < e->previous->expires_at_ms ? ", valid until "
+                                                                      : ", expired at ")
+                              << time_text(e->previous->expires_at_ms) << "\n";
+                }
+                const auto all = pn_views(std::nullopt, false);
+                std::size_t own = 0;
+                for (const auto& p : all) {
+                    if (p.inventory.gw_id() == show_id) ++own;
+                    for (const auto& m : p.inventory.members())
+                        if (m.pne_id() == show_id)
+                            std::cout << "member of " << p.inventory.pn_id() << " at "
+                                      << p.inventory.gw_id() << "\n";
+                }
+                if (e->kind == EntityKind::kGw) std::cout << "PNs:      " << own << "\n";
+            } else if (*disable || *revoke || *enable) {
+                const auto st = *enable   ? EntityStatus::kActive
+                                : *revoke ? EntityStatus::kRevoked
+                                          : EntityStatus::kDisabled;
+                if (client) {
+                    const std::string action = *enable ? "enable" : *revoke ? "revoke" : "disable";
+                    (void)client->post(
+                        v1 + "/entities/" + api::url_encode(status_id) + "/" + action,
+                        nlohmann::json::object());
+                } else {
+                    (void)api::set_status(*store, status_id, st, actor);
+                }
+                std::cout << status_id << " is now " << status_name(st)
+                          << (st == EntityStatus::kActive
+                                  ? ""
+                                  : "; its next authentication fails with 'revoked'")
+                          << "\n";
+            } else if (*pns) {
+                const auto shown =
+                    pn_views(pns_gw.empty() ? std::nullopt : std::optional(pns_gw), pns_orphaned);
+                for (const auto& p : shown) {
+                    const auto& inv = p.inventory;
+                    std::cout << inv.pn_id() << "  " << inv.gw_id() << "  "
+                              << time_text(static_cast<std::int64_t>(inv.registered_at_ms()))
+                              << "  revision " << inv.revision() << "  members:";
+                    for (const auto& m : inv.members()) std::cout << " " << m.pne_id();
+                    if (p.orphaned) std::cout << "  ORPHANED (PN GW " << p.gw_status << ")";
+                    std::cout << "\n";
+                }
+                std::cerr << shown.size() << " PN(s)\n";
+            } else if (*pn_delete)
+                try {
+                    std::string gw;
+                    std::size_t members = 0;
+                    if (client) {
+                        gw = pn_delete_gw;
+                        if (gw.empty()) {
+                            std::vector<std::string> gws;
+                            for (const auto& p : pn_views(std::nullopt, false))
+                                if (p.inventory.pn_id() == pn_delete_id)
+                                    gws.push_back(p.inventory.gw_id());
+                            if (gws.size() > 1)
+                                refused("PN " + pn_delete_id +
+                                            " is registered by several PN GWs; name one with --gw",
+                                        false);
+                            if (gws.empty())
+                                refused("PN " + pn_delete_id + " not deleted: unknown pn", true);
+                            gw = gws.front();
+                        }
+                        const auto j = client->del(v1 + "/pns/" + api::url_encode(gw) + "/" +
+                                                   api::url_encode(pn_delete_id));
+                        members = j.at("members").get<std::size_t>();
+                    } else {
+                        const auto d = api::delete_pn(*store, pn_delete_gw, pn_delete_id, actor);
+                        gw = d.gw_id;
+                        members = d.members;
+                    }
+                    std::cout << "PN " << pn_delete_id << " of " << gw << " deleted (" << members
+                              << " member(s) told through the PN GW by the running servers)\n";
+                } catch (const api::AdminError& e) {
+                    // A deletion the store refused: status 1; an ambiguous PN ID: 2.
+                    refused(e.what(), e.code() != api::AdminError::Code::kInvalid);
+                } catch (const api::ApiError& e) {
+                    refused(e.what(), true);
+                }
+            else if (*exp) {
+                const auto all = store->list_pns();
+                std::ostringstream o;
+                o << "[";
+                for (std::size_t i = 0; i < all.size(); ++i)
+                    o << (i ? ",\n " : "\n ") << message_json(all[i]);
+                o << "\n]\n";
+                if (export_out.empty()) {
+                    std::cout << o.str();
+                } else {
+                    std::ofstream f(export_out);
+                    f << o.str();
+                    if (!f) throw std::runtime_error("cannot write " + export_out);
+                    std::cerr << "exported " << all.size() << " PN(s) to " << export_out << "\n";
+                }
+            } else if (*audit) {
+                std::vector<store::AuditRecord> records;
+                if (client) {
+                    const auto answer =
+                        client->get(v1 + "/audit?limit=" + std::to_string(audit_limit));
+                    for (const auto& j : answer.at("records"))
+                        records.push_back(api::audit_from_json(j));
+                } else {
+                    records = store->audit_log(audit_limit);
+                }
+                for (const auto& r : records)
+                    std::cout << time_text(r.at_ms) << "  " << r.server_id << "  " << r.gw_id
+                              << "  " << r.pn_id << "  "
+                              << (!r.pne_id.empty() ? r.pne_id
+                                  : r.pn_id.empty() ? "-"
+                                                    : "(PN)")
+                              << "  " << (r.success ? "ok" : "FAILED: " + r.reason)
+                              << (r.detail.empty() ? "" : "  " + r.detail) << "\n";
+            } else if (*check) {
+                std::vector<std::string> problems;
+                try {
+                    problems = store->check();
+                } catch (const store::StoreError& e) {
+                    problems.push_back(e.what());
+                }
+                for (const auto& p : problems) std::cout << "problem: " << p << "\n";
+                if (!problems.empty()) {
+                    std::cout << problems.size() << " problem(s)\n";
+                    return 1;
+                }
+                std::cout << "consistent (" << store->list_pns().size() << " PN(s), "
+                          << store->list_entities().size() << " entities)\n";
+                return 0;
+            }
+        } catch (const api::AdminError& e) {
+            refused(e.what(), e.code() == api::AdminError::Code::kNotFound);
+        } catch (const api::ApiError& e) {
+            refused(e.what(), e.status() == 404);
         }
         return 0;
     } catch (const ConfigError& e) {

@@ -433,6 +433,11 @@ void DaemonMetrics::finished(const std::string& key, bool success, pb::FailureRe
     timings_.erase(it);
 }
 
+FlowLabel DaemonMetrics::flow(const std::string& key) const {
+    const auto it = timings_.find(key);
+    return it == timings_.end() ? FlowLabel::kUnknown : it->second.flow;
+}
+
 void DaemonMetrics::finished(const std::string& key, const OutcomeEffect& o, Millis now) {
     finished(key, o.success, o.reason, now);
     for (const auto& p : o.pnes)

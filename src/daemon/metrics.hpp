@@ -155,6 +155,8 @@ class DaemonMetrics {
     // The same from a PN GW's or the server's outcome, which also counts its PNEs: joined, or
     // the reason each was left out (cpns_establishment_pnes_total).
     void finished(const std::string& key, const OutcomeEffect& o, Millis now);
+    // The flow of the establishment `key` whose start was seen (kUnknown otherwise).
+    FlowLabel flow(const std::string& key) const;
     // The PN GW: marks phases from its session transitions (none -> collect_joins starts,
     // wait_auth_request / wait_registration / done end the three phases).
     void gw_transition(const TransitionEffect& t, Millis now);

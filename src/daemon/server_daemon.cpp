@@ -245,6 +245,10 @@ void ServerDaemon::note_store(StoreFailure failure, bool write) {
             spdlog::warn("store reachable again after {} ms; ready",
                          mono_now() - health_.down_since);
         health_.reachable = true;
+        if (opt_.readiness) {
+            opt_.readiness->store_reachable = true;
+            opt_.readiness->store_down_since_ms = 0;
+        }
     }
     if (!failure) {
         if (write && health_.full) spdlog::warn("store accepts writes again (space returned)");
@@ -261,6 +265,8 @@ void ServerDaemon::note_store(StoreFailure failure, bool write) {
                     "until it is back (reconnecting by itself)");
             }
             health_.reachable = false;
+            if (opt_.readiness && opt_.readiness->store_reachable.exchange(false))
+                opt_.readiness->store_down_since_ms = wall_now_ms();
             break;
         case store::StoreError::Kind::kFull:
             ++health_.full_errors;
@@ -396,12 +402,30 @@ void ServerDaemon::poll_changes() {
         });
 }
 
+void ServerDaemon::publish_lifecycle(std::string_view action, const std::string& gw_id,
+                                     const std::string& pn_id, const std::string& subject) {
+    if (opt_.events)
+        opt_.events->publish("lifecycle",
+                             lifecycle_event_json(wall_now_ms(), action, gw_id, pn_id, subject));
+}
+
 void ServerDaemon::act_on(const PolledChange& c) {
     for (const auto& m : c.members)
         if (m) dir_.put(m->id, to_record(m));
     const store::ChangeEvent& e = c.event;
+    // Changes replayed at start (made while this server was down) are not news to the API's
+    // event stream; those read after the first poll are.
+    const bool news = change_seq_ >= 0;
     if (e.kind == "status" && c.entity) {
         dir_.put(c.entity->id, to_record(c.entity));
+        if (news) {
+            const EntityStatus st = c.entity->status;
+            publish_lifecycle(st == EntityStatus::kRevoked    ? "revoke"
+                              : st == EntityStatus::kDisabled ? "disable"
+                                                              : "enable",
+                              c.entity->kind == EntityKind::kGw ? c.entity->id : "", "",
+                              c.entity->id);
+        }
         if (c.entity->status == EntityStatus::kActive) return;
         if (c.entity->kind == EntityKind::kGw) {
             if (auto link = gws_.find(c.entity->id); link != gws_.end()) {
@@ -419,6 +443,7 @@ void ServerDaemon::act_on(const PolledChange& c) {
                                        inv.revision(), pb::REVOKED, mono_now()));
     } else if (e.kind == "pn_deleted" && !c.pns.empty()) {
         const pb::PnInventory& before = c.pns.front();
+        if (news) publish_lifecycle("delete", before.gw_id(), before.pn_id(), before.pn_id());
         const ChangeResult r = change_inventory(before, pb::CHANGE_DISSOLVE, "", before.revision());
         spdlog::warn("PN {} of {} deleted by the operator: telling its PN GW", before.pn_id(),
                      before.gw_id());
@@ -484,6 +509,7 @@ void ServerDaemon::deliver(const std::string& gw, std::shared_ptr<pb::Envelope> 
 
 void ServerDaemon::start() {
     port_ = listen_on(listener_, opt_.listen, "listen address");
+    if (opt_.readiness) opt_.readiness->listening = true;
     const std::string addr = opt_.listen.host + ":" + std::to_string(port_);
     spdlog::info("CPNS Server {} listening for PN GWs on {} (TLS 1.3 external PSK)",
                  opt_.role.server_id, addr);
@@ -992,6 +1018,21 @@ void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
     const bool lifecycle = !o.operation.empty();
     const LogScope scope(lifecycle ? o.operation : "outcome", o.pn_id, o.gw_id,
                          pb::FailureReason_Name(o.reason));
+    if (opt_.events) {
+        if (lifecycle)
+            opt_.events->publish(
+                "lifecycle",
+                lifecycle_event_json(wall_now_ms(), o.operation, o.gw_id, o.pn_id,
+                                     o.pnes.empty() ? o.pn_id : o.pnes.front().pne_id));
+        else
+            opt_.events->publish(
+                "establishment",
+                establishment_event_json(
+                    wall_now_ms(), flow_label(metrics_.flow(o.gw_id + "/" + o.pn_id)), o.gw_id,
+                    o.pn_id, o.success,
+                    pb::FailureReason_Name(o.success ? pb::REASON_NONE : o.reason),
+                    static_cast<std::size_t>(o.inventory.members_size())));
+    }
     if (!lifecycle) metrics_.finished(o.gw_id + "/" + o.pn_id, o, mono_now());
     spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
                  outcome_json(opt_.role.server_id, o));

@@ -11,6 +11,7 @@
 #include "core/server.hpp"
 #include "core/throttle.hpp"
 #include "daemon/common.hpp"
+#include "daemon/event_hub.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/trace.hpp"
 #include "net/connection.hpp"
@@ -84,6 +85,10 @@ struct ServerOptions {
     std::size_t max_connections_per_source = kDefaultGwConnectionsPerSource;
     std::string crash_at;                  // --crash-at (daemon/trace.hpp); "" = none
     std::optional<net::HostPort> metrics;  // --metrics: Prometheus endpoint; nullopt = off
+    // For the management API (src/api/), when it runs: establishment outcomes and lifecycle
+    // changes are published to `events`, readiness to `readiness`. Null: not published.
+    std::shared_ptr<EventHub> events;
+    std::shared_ptr<Readiness> readiness;
 };
 // How often the server counts the PNs and entities in its store for its gauges (a registration
 // adds to the PN count at once; the count corrects it, e.g. after deletions).
@@ -195,6 +200,8 @@ class ServerDaemon {
         std::vector<std::optional<store::StoredEntity>> members;  // every PNE named above
     };
     void act_on(const PolledChange& c);
+    void publish_lifecycle(std::string_view action, const std::string& gw_id,
+                           const std::string& pn_id, const std::string& subject);
 
     asio::io_context& io_;
     ServerOptions opt_;

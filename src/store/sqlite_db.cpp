@@ -307,11 +307,22 @@ class SqliteDb final : public Db {
 
     // A new database file is created readable by its owner only; SQLite creates the -wal and
     // -shm files with the same permissions.
+    // Creates the file (mode 0600) if it does not exist; else checks that it is writable
+    // WITHOUT opening it: closing any descriptor of the database file drops every POSIX lock
+    // this process holds on it, including the shared lock of another connection of this
+    // process (the management API opens one per worker thread next to the server's). Without
+    // that lock, another process closing its connection believes it is the last one,
+    // checkpoints and deletes the WAL under this process's connections, and their later
+    // commits are lost to every other reader.
     void create_private_file() const {
         if (path_.empty() || path_ == ":memory:") return;
-        const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        int err = errno;
+        if (fd < 0 && err == EEXIST) {
+            if (::faccessat(AT_FDCWD, path_.c_str(), R_OK | W_OK, AT_EACCESS) == 0) return;
+            err = errno;
+        }
         if (fd < 0) {
-            const int err = errno;
             std::string why = std::strerror(err);
             if (err == EROFS || err == EACCES || err == EPERM)
                 why +=
