@@ -55,9 +55,9 @@ TokenFile TokenFile::parse(std::string_view text, const std::string& where) {
         const std::string at = where + ":" + std::to_string(lineno) + ": ";
         // The line's error: "FILE:LINE: " and the parts given.
         const auto bad = [&at](std::initializer_list<std::string_view> parts) {
-            std::string text = at;
-            for (const auto part : parts) text += part;
-            return ConfigError(text);
+            std::string message = at;
+            for (const auto part : parts) message += part;
+            return ConfigError(message);
         };
         std::istringstream words(line);
         std::string name, role, hex, extra;
