@@ -5,9 +5,9 @@
 #include <csignal>
 #include <iostream>
 
+#include "common/version.hpp"
 #include "daemon/config_check.hpp"
 #include "daemon/gw_daemon.hpp"
-#include "common/version.hpp"
 
 using namespace cpns;
 using namespace cpns::daemon;
@@ -114,7 +114,8 @@ int main(int argc, char** argv) {
         "print the running PN GW's live neighbours as JSON (mode, how learnt, link, expiry)");
     neighbours->add_option("--control", control, kControlHelp);
     neighbours->add_option("--token-file", token_file, kTokenHelp);
-    app.set_version_flag("--version", cpns::version_text("cpns-gw"), "print the version and the OpenSSL version, and exit");
+    app.set_version_flag("--version", cpns::version_text("cpns-gw"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -197,7 +198,21 @@ int main(int argc, char** argv) {
         asio::io_context io;
         GwDaemon daemon(io, o);
         daemon.start();
-        run_until_stopped(io, [&] { daemon.stop(); });
+        const auto reload = [&] {
+            reload_config(cfg, !log_level.empty(),
+                          {"log_level", "pan_max_connections_per_source",
+                           "control_max_connections_per_source"},
+                          [&](const Config& fresh) -> std::function<void()> {
+                              check_known_keys(fresh, Program::kGw);
+                              const GwOptions next = gw_options_from(fresh);
+                              return [&daemon, pan = next.pan_max_connections_per_source,
+                                      ctl = next.control_max_connections_per_source] {
+                                  daemon.set_connection_limits(pan, ctl);
+                              };
+                          });
+        };
+        run_until_stopped(
+            io, [&] { daemon.stop(); }, reload);
         return 0;
     } catch (const ConfigError& e) {
         std::cerr << "cpns-gw: " << e.what() << "\n";

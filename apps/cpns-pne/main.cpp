@@ -5,10 +5,10 @@
 #include <csignal>
 #include <iostream>
 
+#include "common/version.hpp"
 #include "daemon/config_check.hpp"
 #include "daemon/pne_daemon.hpp"
 #include "sim/sim.hpp"
-#include "common/version.hpp"
 
 using namespace cpns;
 using namespace cpns::daemon;
@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
     neighbours->add_option("--token-file", token_file,
                            "for a TCP control endpoint: the file holding its token (as "
                            "control_token_file)");
-    app.set_version_flag("--version", cpns::version_text("cpns-pne"), "print the version and the OpenSSL version, and exit");
+    app.set_version_flag("--version", cpns::version_text("cpns-pne"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -115,7 +116,7 @@ int main(int argc, char** argv) {
             return 2;
         }
         if (config_path.empty()) throw ConfigError("--config (-c) is required");
-        Config cfg = Config::load(config_path);
+        Config cfg = Config::load(config_path);  // replaced by each reload (SIGHUP)
         if (*neighbours) {
             const ControlAddress at = control_address_from(cfg, "cpns-pne", control);
             if (token_file.empty()) token_file = cfg.str("control_token_file");
@@ -164,7 +165,16 @@ int main(int argc, char** argv) {
         asio::io_context io;
         PneDaemon daemon(io, o, task);
         daemon.start();
-        run_until_stopped(io, [&] { daemon.stop(); });
+        const auto reload = [&] {
+            reload_config(cfg, !log_level.empty(), {"log_level"},
+                          [](const Config& fresh) -> std::function<void()> {
+                              check_known_keys(fresh, Program::kPne);
+                              (void)pne_options_from(fresh);
+                              return {};
+                          });
+        };
+        run_until_stopped(
+            io, [&] { daemon.stop(); }, reload);
         if (task.kind == PneTask::Kind::kRun) return 0;
         const auto& outcome = daemon.result() ? daemon.result() : daemon.early_failure();
         if (!outcome) {

@@ -5,9 +5,9 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "common/version.hpp"
 #include "daemon/config_check.hpp"
 #include "daemon/server_daemon.hpp"
-#include "common/version.hpp"
 
 using namespace cpns;
 using namespace cpns::daemon;
@@ -50,7 +50,8 @@ int main(int argc, char** argv) {
         "--crash-at", crash_at,
         "testing aid: SIGKILL this process at a message boundary, WHEN:MESSAGE[:N] with WHEN "
         "before-send, send or recv (docs/operations.md, Crash points)");
-    app.set_version_flag("--version", cpns::version_text("cpns-server"), "print the version and the OpenSSL version, and exit");
+    app.set_version_flag("--version", cpns::version_text("cpns-server"),
+                         "print the version and the OpenSSL version, and exit");
     std::string check_config;
     bool print_default = false;
     app.add_option("--check-config", check_config,
@@ -66,7 +67,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         const bool checking = !check_config.empty();
-        Config cfg = checking            ? Config::load(check_config)
+        Config cfg = checking              ? Config::load(check_config)
                      : config_path.empty() ? Config{}
                                            : Config::load(config_path);
         if (checking) {
@@ -120,7 +121,28 @@ int main(int argc, char** argv) {
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();
-        run_until_stopped(io, [&] { daemon.stop(); });
+        const auto reload = [&] {
+            reload_config(
+                cfg, !log_level.empty(), {"log_level", "max_connections_per_source", "entities"},
+                [&](const Config& fresh) -> std::function<void()> {
+                    check_known_keys(fresh, Program::kServer);
+                    const std::size_t per_source =
+                        connection_limit(fresh, "max_connections_per_source",
+                                         kDefaultGwConnectionsPerSource, kMaxGwConnections);
+                    // --entities on the command line wins over the file, as at start.
+                    std::string file = entities.empty() ? fresh.str("entities") : entities;
+                    if (!file.empty()) {
+                        try {
+                            (void)read_entities(file);
+                        } catch (const std::exception& e) {
+                            throw ConfigError(fresh.where("entities") + ": " + e.what());
+                        }
+                    }
+                    return [&daemon, per_source, file] { daemon.reload(per_source, file); };
+                });
+        };
+        run_until_stopped(
+            io, [&] { daemon.stop(); }, reload);
         return 0;
     } catch (const ConfigError& e) {
         std::cerr << "cpns-server: " << e.what() << "\n";

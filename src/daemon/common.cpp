@@ -16,6 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include "daemon/log_json.hpp"
@@ -457,21 +458,117 @@ void write_ready_file(const std::string& path, const std::string& address) {
         throw ConfigError("cannot write ready file " + path);
 }
 
-void run_until_stopped(asio::io_context& io, const std::function<void()>& stop) {
+void run_until_stopped(asio::io_context& io, const std::function<void()>& stop,
+                       const std::function<void()>& reload) {
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](const std::error_code& ec, int sig) {
         if (ec) return;
         spdlog::info("signal {}: stopping", sig);
         io.stop();
     });
+    asio::signal_set hangup(io, SIGHUP);
+    std::function<void(const std::error_code&, int)> on_hangup = [&](const std::error_code& ec,
+                                                                     int) {
+        if (ec) return;
+        if (reload)
+            reload();
+        else
+            spdlog::warn("SIGHUP: this program has no configuration to reload");
+        hangup.async_wait(on_hangup);
+    };
+    hangup.async_wait(on_hangup);
     io.run();
     std::error_code ec;
     signals.cancel(ec);
+    hangup.cancel(ec);
     stop();
     // Closed sockets and cancelled timers complete their operations with an error: run those
     // handlers so that every coroutine leaves before the objects it uses are destroyed.
     io.restart();
     io.run_for(std::chrono::milliseconds(kShutdownDrain));
+}
+
+void reload_config(Config& running, bool log_level_overridden,
+                   const std::vector<std::string_view>& live,
+                   const std::function<std::function<void()>(const Config&)>& prepare) {
+    const std::string path = running.path();
+    if (path.empty()) {
+        spdlog::warn("SIGHUP: started without --config, nothing to reload");
+        return;
+    }
+    spdlog::info("SIGHUP: reloading {}", path);
+    try {
+        Config fresh = Config::load(path);
+        check_log_settings(fresh);
+        const std::function<void()> apply = prepare(fresh);
+        ReloadReport report = classify_reload(running, fresh, live);
+        if (log_level_overridden) {
+            if (std::erase(report.applied, "log_level") > 0)
+                spdlog::warn(
+                    "reload of {}: 'log_level' changed but --log-level on the command "
+                    "line overrides it",
+                    path);
+        } else {
+            set_log_level(fresh.str("log_level", "info"));
+        }
+        if (apply) apply();
+        log_reload(report, path);
+        running = std::move(fresh);
+    } catch (const std::exception& e) {
+        spdlog::error("reload of {} failed, nothing changed: {}", path, e.what());
+    }
+}
+
+void set_log_level(const std::string& level) {
+    spdlog::default_logger()->set_level(spdlog::level::from_str(level));
+}
+
+namespace {
+
+bool same(const toml::node& x, const toml::node& y) {
+    if (x.type() != y.type()) return false;
+    return x.visit([&](const auto& xv) {
+        using T = std::remove_cvref_t<decltype(xv)>;
+        return xv == *static_cast<const T*>(&y);
+    });
+}
+
+void changed_keys(const toml::table& a, const toml::table& b, const std::string& prefix,
+                  std::vector<std::string>& out) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : a) keys.insert(std::string(k.str()));
+    for (const auto& [k, v] : b) keys.insert(std::string(k.str()));
+    for (const auto& k : keys) {
+        const toml::node* x = a.get(k);
+        const toml::node* y = b.get(k);
+        if (x && y && x->is_table() && y->is_table()) {
+            changed_keys(*x->as_table(), *y->as_table(), prefix + k + ".", out);
+            continue;
+        }
+        if (!x || !y || !same(*x, *y)) out.push_back(prefix + k);
+    }
+}
+
+}  // namespace
+
+ReloadReport classify_reload(const Config& running, const Config& fresh,
+                             const std::vector<std::string_view>& live) {
+    std::vector<std::string> changed;
+    changed_keys(running.table(), fresh.table(), "", changed);
+    ReloadReport r;
+    for (auto& k : changed)
+        (std::find(live.begin(), live.end(), k) != live.end() ? r.applied : r.restart)
+            .push_back(std::move(k));
+    return r;
+}
+
+void log_reload(const ReloadReport& report, const std::string& path) {
+    if (report.applied.empty() && report.restart.empty())
+        spdlog::info("reload of {}: no change", path);
+    for (const auto& k : report.applied) spdlog::info("reload of {}: '{}' applied", path, k);
+    for (const auto& k : report.restart)
+        spdlog::warn("reload of {}: '{}' changed but needs a restart (the running value is kept)",
+                     path, k);
 }
 
 RoleTimer::RoleTimer(asio::any_io_executor ex, std::function<void(Millis)> fire)
@@ -627,9 +724,10 @@ std::string default_control_path(const std::string& daemon) {
     if (::geteuid() == 0) return "/run/" + daemon + "/control.sock";
     if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg)
         return std::string(xdg) + "/" + daemon + "/control.sock";
-    throw ConfigError("no default place for the control socket ($RUNTIME_DIRECTORY and "
-                      "$XDG_RUNTIME_DIR are not set, and this is not root): set 'control' (e.g. "
-                      "control = \"unix:/some/dir/control.sock\") or give --control");
+    throw ConfigError(
+        "no default place for the control socket ($RUNTIME_DIRECTORY and "
+        "$XDG_RUNTIME_DIR are not set, and this is not root): set 'control' (e.g. "
+        "control = \"unix:/some/dir/control.sock\") or give --control");
 }
 
 ControlAddress control_address_from(const Config& c, const std::string& daemon,
@@ -673,9 +771,8 @@ std::optional<std::string> strip_control_token(std::string& line, const SecretKe
     std::optional<std::string> out;
     if (line.rfind(kPrefix, 0) == 0) {
         const std::size_t end = line.find(' ', kPrefix.size());
-        std::string hex = line.substr(kPrefix.size(), end == std::string::npos
-                                                          ? std::string::npos
-                                                          : end - kPrefix.size());
+        std::string hex = line.substr(
+            kPrefix.size(), end == std::string::npos ? std::string::npos : end - kPrefix.size());
         const auto given = SecretKey::from_hex(hex);
         wipe(hex.data(), hex.size());
         if (given && *given == token)

@@ -204,8 +204,33 @@ std::string error_json(const std::string& text);
 // closed first) before the process exits. Keeps SIGTERM-to-exit well under a second.
 inline constexpr Millis kShutdownDrain = 300;
 // Runs `io` until SIGTERM/SIGINT (or until something calls io.stop()), then calls `stop`
-// and lets every coroutine finish before returning.
-void run_until_stopped(asio::io_context& io, const std::function<void()>& stop);
+// and lets every coroutine finish before returning. `reload`, if set, is called on the event
+// loop for each SIGHUP.
+void run_until_stopped(asio::io_context& io, const std::function<void()>& stop,
+                       const std::function<void()>& reload = {});
+
+// Sets the level of the running logger (trace, debug, info, warn, error).
+void set_log_level(const std::string& level);
+// A configuration reload (SIGHUP): the keys (dotted for tables; an array of tables counts as
+// one key) whose values differ between `running` and `fresh`, sorted into those in `live`
+// (applied at once) and the others (they need a restart). Values are never logged (some are
+// keys).
+struct ReloadReport {
+    std::vector<std::string> applied, restart;
+};
+ReloadReport classify_reload(const Config& running, const Config& fresh,
+                             const std::vector<std::string_view>& live);
+// One log line per changed key ("applied" or "needs a restart"), or "no change".
+void log_reload(const ReloadReport& report, const std::string& path);
+// The SIGHUP of a daemon: loads running.path() again and checks it (check_log_settings, then
+// `prepare`, which validates the rest and returns what applies it: it throws ConfigError and
+// changes nothing when something is wrong). Then sets the log level (unless
+// `log_level_overridden` by the command line), runs what `prepare` returned, logs per key
+// (log_reload) and keeps the fresh file as `running`. Any error is logged with its position
+// and nothing changes.
+void reload_config(Config& running, bool log_level_overridden,
+                   const std::vector<std::string_view>& live,
+                   const std::function<std::function<void()>(const Config&)>& prepare);
 // What a person reads: the PN, its inventory, who joined and why the others did not.
 std::string report_text(const pb::OutcomeReport& r);
 

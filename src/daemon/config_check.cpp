@@ -36,8 +36,7 @@ const Keys kDeviceKeys = {"id",
                           "control",
                           "control_token_file",
                           "control_listen"};  // deprecated alias of 'control' (TCP)
-const Keys kCapabilities = {"device_type", "manufacturer", "model", "pan_technologies",
-                            "services"};
+const Keys kCapabilities = {"device_type", "manufacturer", "model", "pan_technologies", "services"};
 
 Keys with(Keys base, const Keys& more) {
     base.insert(base.end(), more.begin(), more.end());
@@ -45,14 +44,15 @@ Keys with(Keys base, const Keys& more) {
 }
 
 const Schema& schema(Program p) {
-    static const Schema server{{"id", "listen", "store", "master_key_file", "entities",
-                                "log_level", "log_format", "max_connections_per_source",
-                                "control_listen", "metrics", "ready_file", "trace_file", "keylog"},
+    static const Schema server{{"id", "listen", "store", "master_key_file", "entities", "log_level",
+                                "log_format", "max_connections_per_source", "control_listen",
+                                "metrics", "ready_file", "trace_file", "keylog"},
                                {},
                                {}};
     static const Schema gw{
-        with(kDeviceKeys, {"server", "server_id", "pan_listen", "control_max_connections_per_source",
-                           "default_pan_secure", "pan_max_connections_per_source", "ready_file"}),
+        with(kDeviceKeys,
+             {"server", "server_id", "pan_listen", "control_max_connections_per_source",
+              "default_pan_secure", "pan_max_connections_per_source", "ready_file"}),
         {{"capabilities", kCapabilities}, {"subscription", {"subscriber_id", "service_plan"}}},
         {{"pne", {"id", "pan_secure", "preassigned_key"}}}};
     static const Schema pne{
@@ -137,8 +137,8 @@ void scan(const toml::table& t, const Keys& known, const std::string& prefix,
             for (const auto& [name, keys] : nested->tables) candidates.push_back(name);
             for (const auto& [name, keys] : nested->arrays) candidates.push_back(name);
         }
-        keep_first(first, Unknown{k.source().begin, prefix + std::string(key),
-                                  closest(key, candidates)});
+        keep_first(first,
+                   Unknown{k.source().begin, prefix + std::string(key), closest(key, candidates)});
     }
 }
 

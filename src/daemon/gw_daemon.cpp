@@ -124,6 +124,13 @@ void GwDaemon::start() {
             metrics_server_.start(parse_metrics_address(opt_.device.metrics, "metrics"));
 }
 
+void GwDaemon::set_connection_limits(std::size_t pan_per_source, std::size_t control_per_source) {
+    opt_.pan_max_connections_per_source = pan_per_source;
+    opt_.control_max_connections_per_source = control_per_source;
+    pan_listener_.set_max_per_source(pan_per_source);
+    control_listener_.set_max_per_source(control_per_source);
+}
+
 void GwDaemon::start_discovery() {
     const auto group = parse_address(opt_.device.discovery_group, "discovery_group");
     try {
@@ -244,11 +251,11 @@ void GwDaemon::control_accepted(std::shared_ptr<ControlSocket> sock, net::Listen
         std::error_code ec;
         if (auto s = weak.lock()) s->close(ec);
     });
-    asio::co_spawn(io_,
-                   control_serve(std::move(sock),
-                                 std::make_shared<net::Listener::Slot>(std::move(slot)),
-                                 std::move(peer)),
-                   asio::detached);
+    asio::co_spawn(
+        io_,
+        control_serve(std::move(sock), std::make_shared<net::Listener::Slot>(std::move(slot)),
+                      std::move(peer)),
+        asio::detached);
 }
 
 net::Listener::Hooks GwDaemon::control_hooks() {
@@ -654,8 +661,8 @@ pb::GwStatus GwDaemon::status() const {
 // (IDs are checked by the role); the answer is the outcome once the server has answered (for
 // add: once the PNEs have joined and the server has recorded them). (Not in the coroutine
 // below: GCC 12 reports a false mismatched-new-delete on its frame when it grows.)
-void GwDaemon::control_change(const std::shared_ptr<ControlSocket>& socket,
-                              const std::string& cmd, std::istringstream& in) {
+void GwDaemon::control_change(const std::shared_ptr<ControlSocket>& socket, const std::string& cmd,
+                              std::istringstream& in) {
     std::string pn, pne, extra;
     in >> pn;
     if (cmd == "add") {

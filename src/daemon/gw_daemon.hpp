@@ -68,6 +68,8 @@ class GwDaemon {
     std::uint16_t pan_port() const { return pan_port_; }
     std::uint16_t control_port() const { return control_port_; }
     std::uint16_t metrics_port() const { return metrics_port_; }
+    // Configuration reload: the per-source connection bounds of the PAN and control listeners.
+    void set_connection_limits(std::size_t pan_per_source, std::size_t control_per_source);
 
   private:
     using ControlSocket = asio::generic::stream_protocol::socket;

@@ -123,6 +123,9 @@ class Listener {
     std::size_t open() const;
     std::size_t open_from(const std::string& source) const;
     const Limits& limits() const { return limits_; }
+    // A new per-source bound (configuration reload): applies to the next connections; those
+    // already open stay.
+    void set_max_per_source(std::size_t n) { limits_.max_per_source = n; }
 
   private:
     // Reports at most once per kListenerLogInterval; counts what it holds back.
