@@ -15,6 +15,7 @@ skipped with that reason.
 import json
 import os
 import secrets
+import socket
 import stat
 import subprocess
 import sys
@@ -123,20 +124,51 @@ class ControlSocketTest(unittest.TestCase):
         status = lab.gw_status()
         self.assertEqual(status.get("active_establishments", 0), 0)
 
-        # At stop the sockets are removed.
+        # At stop the sockets are removed; a command then says there is none.
         lab.stop_all()
         self.assertFalse(gw_sock.exists())
         self.assertFalse(pne_sock.exists())
+        r = run([PNE, "--config", lab.workdir / "pne-a.toml", "neighbours"])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("cannot connect to the control socket of cpns-pne", r.stderr)
+        self.assertIn("No such file or directory", r.stderr)
 
-    def test_a_path_that_is_not_a_socket_is_refused(self):
+    def test_socket_path_checks(self):
         lab = self.lab()
         lab.start_server()
-        blocker = lab.workdir / "gw-control.sock"
-        blocker.write_text("not a socket\n")
+        rundir = lab.workdir / "run"
+        sock = rundir / "control.sock"
+        lab.gw_control_listen = f"unix:{sock}"
+        gw = lab.start_gw()
+        # The missing directory is created 0750, the socket 0660.
+        self.assertEqual(stat.S_IMODE(os.stat(rundir).st_mode), 0o750)
+        self.assertEqual(stat.S_IMODE(os.lstat(sock).st_mode), 0o660)
+        # A second daemon on the same path does not take the socket over.
+        cfg = lab.workdir / "second.toml"
+        cfg.write_text(f'id = "{lab.gw_id}"\neukey = "{lab.gw_key}"\n'
+                       f'server = "{lab.server_addr}"\npan_listen = "127.0.0.1:0"\n'
+                       f'control = "unix:{sock}"\ndiscovery_group = ""\n')
+        os.chmod(cfg, 0o600)
+        r = run([GW, "--config", cfg, "run"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("another process is listening on it", r.stderr)
+        self.assertTrue(lab.gw_status(), "the first PN GW still answers on its socket")
+        lab.stop(gw)
+        self.assertFalse(sock.exists())
+        # A stale socket (its daemon died, nothing answers) is replaced.
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(sock))
+        stale.close()
+        self.assertTrue(stat.S_ISSOCK(os.lstat(sock).st_mode))
+        gw = lab.start_gw()
+        self.assertTrue(lab.gw_status(), "started on the stale socket's path")
+        lab.stop(gw)
+        # A path that is not a socket is refused and left alone.
+        sock.write_text("not a socket\n")
         with self.assertRaises(RuntimeError) as ctx:
             lab.start_gw()
         self.assertIn("exists and is not a socket", str(ctx.exception))
-        self.assertEqual(blocker.read_text(), "not a socket\n", "the file is left alone")
+        self.assertEqual(sock.read_text(), "not a socket\n", "the file is left alone")
 
     def test_tcp_needs_a_token(self):
         lab = self.lab()
