@@ -4,8 +4,8 @@
 #include <fstream>
 #include <iostream>
 
-#include "sim/sim.hpp"
 #include "common/version.hpp"
+#include "sim/sim.hpp"
 
 using namespace cpns;
 using namespace cpns::sim;
@@ -110,7 +110,8 @@ int main(int argc, char** argv) {
                    "none, text, mermaid, both, or auto (both for up to 32 PNEs, else none)")
         ->check(CLI::IsMember({"none", "text", "mermaid", "both", "auto"}));
     app.add_option("--json", o.json_path, "also write the JSON summary to this file");
-    app.set_version_flag("--version", cpns::version_text("cpns-sim"), "print the version and the OpenSSL version, and exit");
+    app.set_version_flag("--version", cpns::version_text("cpns-sim"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
 
     const long total = static_cast<long>(o.gws) * o.pnes_per_gw;

@@ -8,11 +8,11 @@
 //                and a LocalEUKey request, plus the PN GW server PSK and a device-state key;
 //   invitee_     an invitee of the same run (no UI, so no LocalEUKey);
 //   gwinit_      the invitee of a PN GW-initiated run, with a LocalEUKey.
+#include "common/version.hpp"
 #include "core/codec.hpp"
 #include "core/crypto.hpp"
 #include "core/lifecycle.hpp"
 #include "cpns/messages.pb.h"
-#include "common/version.hpp"
 
 #include <algorithm>
 #include <cstdint>

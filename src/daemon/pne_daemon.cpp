@@ -101,11 +101,11 @@ void PneDaemon::control_accepted(std::shared_ptr<ControlSocket> sock, net::Liste
         std::error_code ec;
         if (auto s = weak.lock()) s->close(ec);
     });
-    asio::co_spawn(io_,
-                   control_serve(std::move(sock),
-                                 std::make_shared<net::Listener::Slot>(std::move(slot)),
-                                 std::move(peer)),
-                   asio::detached);
+    asio::co_spawn(
+        io_,
+        control_serve(std::move(sock), std::make_shared<net::Listener::Slot>(std::move(slot)),
+                      std::move(peer)),
+        asio::detached);
 }
 
 net::Listener::Hooks PneDaemon::control_hooks() {
