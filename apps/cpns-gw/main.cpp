@@ -178,7 +178,7 @@ int main(int argc, char** argv) {
         GwOptions o = [&] {
             if (config_path.empty())
                 throw ConfigError("cpns-gw run needs --config (see docs/operations.md)");
-            return gw_options_from(cfg);
+            return gw_options_from(cfg, control_listen);
         }();
         if (!id.empty()) {
             if (!valid_id(id)) throw ConfigError("--id '" + id + "' is not a valid entity ID");
@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
                            "control_max_connections_per_source"},
                           [&](const Config& fresh) -> std::function<void()> {
                               check_known_keys(fresh, Program::kGw);
-                              const GwOptions next = gw_options_from(fresh);
+                              const GwOptions next = gw_options_from(fresh, control_listen);
                               return [&daemon, pan = next.pan_max_connections_per_source,
                                       ctl = next.control_max_connections_per_source] {
                                   daemon.set_connection_limits(pan, ctl);

@@ -8,14 +8,14 @@
 
 namespace cpns::daemon {
 
-GwOptions gw_options_from(const Config& c) {
+GwOptions gw_options_from(const Config& c, const std::string& control_override) {
     GwOptions o;
     std::tie(o.role.gw_id, o.role.eukey) = device_identity(c);
     o.device = device_options_from(c);
     o.server = parse_address(c.str("server", o.server.str()), c.where("server"));
     o.role.server_id = c.str("server_id", o.role.server_id);
     o.pan_listen = parse_address(c.str("pan_listen", o.pan_listen.str()), c.where("pan_listen"));
-    o.control = control_address_from(c, "cpns-gw");
+    o.control = control_address_from(c, "cpns-gw", control_override);
     if (const std::string token = c.str("control_token_file"); !token.empty())
         o.control_token = read_control_token(token, c.where("control_token_file"));
     o.role.default_pan_secure = c.boolean("default_pan_secure", false);

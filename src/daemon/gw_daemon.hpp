@@ -58,7 +58,9 @@ struct GwOptions {
     std::size_t control_max_connections_per_source = kDefaultControlConnectionsPerSource;
 };
 
-GwOptions gw_options_from(const Config& c);
+// `control_override`: a control endpoint from the command line (--control-listen), used
+// instead of the file's (and of the default, which then need not exist).
+GwOptions gw_options_from(const Config& c, const std::string& control_override = "");
 
 class GwDaemon {
   public:
