@@ -15,6 +15,7 @@ skipped with that reason.
 import json
 import os
 import secrets
+import shutil
 import socket
 import stat
 import subprocess
@@ -90,6 +91,8 @@ class ControlSocketTest(unittest.TestCase):
             self.assertEqual(stat.S_IMODE(st.st_mode), 0o660, f"{sock}: {oct(st.st_mode)}")
             self.assertEqual(st.st_uid, os.geteuid())
         self.assertEqual(stat.S_IMODE(os.stat(lab.workdir).st_mode), 0o755)
+        for parent in lab.workdir.parents:  # every directory above is traversable too
+            self.assertTrue(os.stat(parent).st_mode & 0o001, f"{parent} is not traversable")
 
         # The owner's commands work.
         r = run([GW, "status", "--control", lab.control_addr])
@@ -103,10 +106,15 @@ class ControlSocketTest(unittest.TestCase):
                       (lab.workdir / "gw.log").read_text())
 
         user = self.other_user()
+        # The other user runs a copy of cpns-gw in the open directory (the build tree may not
+        # be readable by it).
+        gw_copy = lab.workdir / "cpns-gw"
+        shutil.copy2(GW, gw_copy)
+        os.chmod(gw_copy, 0o755)
         # Another user reaches the directory but not the sockets: the command fails with a
         # permission error naming the socket ...
         for sock in (gw_sock, pne_sock):
-            r = run(["runuser", "-u", user, "--", GW, "status", "--control", f"unix:{sock}"])
+            r = run(["runuser", "-u", user, "--", gw_copy, "status", "--control", f"unix:{sock}"])
             self.assertNotEqual(r.returncode, 0, r.stdout)
             self.assertIn("cannot connect to the control socket", r.stderr)
             self.assertIn("Permission denied", r.stderr)

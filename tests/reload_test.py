@@ -5,8 +5,9 @@ level debug, control_max_connections_per_source = 2, and pan_listen, which needs
 then SIGHUP: the log says per key what was applied and what needs a restart, debug lines
 appear, and a third connection from the same user is refused. Then a broken file and SIGHUP:
 the precise error is logged, the PN GW keeps running with the settings it had (still debug,
-still 2 per source). The server re-reads its entities file on SIGHUP: a PN GW added to it can
-link.
+still 2 per source). A PNE reloads its log level the same way. The server re-reads its
+entities file on SIGHUP: a PN GW added to it can link. A --log-level on the command line keeps
+precedence over the file.
 """
 
 import os
@@ -77,9 +78,16 @@ class ReloadTest(unittest.TestCase):
         self.assertIn("'log_level' applied", after)
         self.assertIn("'control_max_connections_per_source' applied", after)
         # New behaviour: debug lines (a PNE links: the PN GW logs its messages at debug) ...
-        lab.start_pne(lab.pnes[0])
+        pne = lab.start_pne(lab.pnes[0])
         lab.wait_linked(["pne-a"])
         self.assertTrue(wait_for(lambda: " debug " in log.read_text(), LOG_WAIT_S))
+        # (The PNE reloads its log level the same way.)
+        pne_cfg, pne_log = lab.workdir / "pne-a.toml", lab.workdir / "pne-a.log"
+        pne_cfg.write_text(pne_cfg.read_text().replace('log_level = "info"',
+                                                       'log_level = "debug"'))
+        os.kill(pne.popen.pid, signal.SIGHUP)
+        self.assertTrue(wait_for(lambda: "'log_level' applied" in pne_log.read_text(),
+                                 LOG_WAIT_S), pne_log.read_text()[-2000:])
         # ... and at most 2 control connections from this user: the third is closed at once.
         held = [control_connect(lab.control_addr, 5.0) for _ in range(3)]
         try:
@@ -110,6 +118,22 @@ class ReloadTest(unittest.TestCase):
             for s in held:
                 s.close()
         self.assertTrue(lab.gw_status(), "still answering")
+
+    def test_the_command_line_keeps_precedence(self):
+        lab = make_lab(BIN, [], log_level="info")
+        self.addCleanup(cleanup, lab)
+        binary = Path(BIN) / "cpns-server" / "cpns-server"
+        server = lab._spawn("server", [str(binary), "--config", str(lab.workdir / "server.toml"),
+                                       "--log-level", "warn"])
+        lab._wait_ready(lab.workdir / "server.ready", server)
+        cfg, log = lab.workdir / "server.toml", lab.workdir / "server.log"
+        cfg.write_text(cfg.read_text().replace('log_level = "info"', 'log_level = "debug"'))
+        os.kill(server.popen.pid, signal.SIGHUP)
+        self.assertTrue(wait_for(lambda: "'log_level' changed but --log-level on the command "
+                                 "line overrides it" in log.read_text(), LOG_WAIT_S),
+                        log.read_text()[-2000:])
+        self.assertNotIn(" debug ", log.read_text())
+        self.assertNotIn(" info ", log.read_text(), "still at warn")
 
     def test_server_reload_reads_its_entities_file_again(self):
         lab = make_lab(BIN, [])
