@@ -59,7 +59,9 @@ TEST(ControlAddress, DefaultFollowsTheRuntimeDirectory) {
         daemon::default_control_path("cpns-pne"),
         ::geteuid() == 0 ? "/run/cpns-pne/control.sock" : "/run/user/1000/cpns-pne/control.sock");
     ::unsetenv("XDG_RUNTIME_DIR");
-    if (::geteuid() != 0) EXPECT_THROW(daemon::default_control_path("cpns-pne"), ConfigError);
+    if (::geteuid() != 0) {
+        EXPECT_THROW(daemon::default_control_path("cpns-pne"), ConfigError);
+    }
     if (xdg) ::setenv("XDG_RUNTIME_DIR", saved_xdg.c_str(), 1);
 }
 
