@@ -14,6 +14,7 @@ skipped with that reason.
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -200,6 +201,15 @@ class ControlSocketTest(unittest.TestCase):
         r = run([GW, "--config", cfg, "run"])
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("accessible by group or others", r.stderr)
+
+        # The same for a PNE's control endpoint.
+        pne_cfg = lab._pne_config(PneSpec("pne-t", device_eukey=new_key()))
+        text = re.sub(r'^control = .*$', 'control = "127.0.0.1:0"', pne_cfg.read_text(),
+                      flags=re.M)
+        pne_cfg.write_text(text)
+        r = run([PNE, "--config", pne_cfg, "run"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("needs control_token_file", r.stderr)
 
         # With a proper token file the PN GW starts; only the token opens the endpoint.
         lab.gw_control_listen = "127.0.0.1:0"
