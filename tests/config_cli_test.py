@@ -130,6 +130,18 @@ class ConfigCliTest(unittest.TestCase):
                                 "FILE:1:12: key 'entities': ")
         self.assert_first_error("cpns-server", 'store = 5\n',
                                 "FILE:1:9: key 'store' must be a string, got an integer")
+        # The old key control_listen is a TCP alias of control: with a warning, not both.
+        token = self.write("ok.token", os.urandom(32).hex() + "\n")
+        legacy = self.write("legacy.toml", head + 'control_listen = "127.0.0.1:7101"\n'
+                            f'control_token_file = "{token}"\n')
+        r = self.check("cpns-gw", legacy)
+        self.assertEqual((r.returncode, r.stdout), (0, f"{legacy}: OK\n"), r.stderr)
+        self.assertIn("key 'control_listen' is deprecated: write control = \"127.0.0.1:7101\"",
+                      r.stderr)
+        self.assert_first_error("cpns-gw", head + 'control = "unix:/tmp/c.sock"\n'
+                                'control_listen = "127.0.0.1:7101"\n',
+                                "FILE:4:18: key 'control_listen': deprecated alias of 'control', "
+                                "which is set too")
         # A TOML syntax error has its position too.
         self.assert_first_error("cpns-server", 'listen = "127.0.0.1:7000\n', "FILE:1:")
 
