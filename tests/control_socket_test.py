@@ -116,7 +116,7 @@ class ControlSocketTest(unittest.TestCase):
         # permission error naming the socket ...
         for sock in (gw_sock, pne_sock):
             r = run(["runuser", "-u", user, "--", gw_copy, "status", "--control", f"unix:{sock}"])
-            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertEqual(r.returncode, 3, r.stdout)
             self.assertIn("cannot connect to the control socket", r.stderr)
             self.assertIn("Permission denied", r.stderr)
             # ... and so does a direct connect().
@@ -162,6 +162,10 @@ class ControlSocketTest(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("another process is listening on it", r.stderr)
         self.assertTrue(lab.gw_status(), "the first PN GW still answers on its socket")
+        # A command finds the socket in the runtime directory without being told.
+        r = run([GW, "status"], env=dict(os.environ, RUNTIME_DIRECTORY=str(rundir)))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["gw_id"], lab.gw_id)
         lab.stop(gw)
         self.assertFalse(sock.exists())
         # A stale socket (its daemon died, nothing answers) is replaced.
