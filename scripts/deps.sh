@@ -27,6 +27,7 @@ if [[ "${1:-}" == "--with-tests" ]]; then
              gnuplot-nox time  # scripts/sim-scale.sh: the plot; each run's CPU time and peak RSS
              python3-jsonschema python3-yaml  # tests/api_test.py: answers checked against docs/api.yaml
              chromium  # tests/console_test.py: drives the web console headless (DevTools protocol)
+             passwd util-linux  # tests/control_socket_test.py: useradd/userdel, runuser (a 2nd local user)
              )
 fi
 

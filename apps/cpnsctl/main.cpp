@@ -17,6 +17,7 @@
 #include "api/admin.hpp"
 #include "api/client.hpp"
 #include "api/tokens.hpp"
+#include "common/version.hpp"
 #include "daemon/common.hpp"
 #include "daemon/server_daemon.hpp"
 #include "store/store.hpp"
@@ -179,6 +180,8 @@ int main(int argc, char** argv) {
         ->required()
         ->check(CLI::IsMember({"admin", "read"}));
     token_new->add_option("--tokens", token_tokens, "the server's api_tokens file")->required();
+    app.set_version_flag("--version", cpns::version_text("cpnsctl"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
 
     try {
