@@ -434,6 +434,8 @@ class PackageTest:
     # --- 6: purge ----------------------------------------------------------------------
     def purge(self, before: set[str]) -> None:
         step("systemctl enable the units (offline), then dpkg --purge the three packages")
+        wants = "/etc/systemd/system/multi-user.target.wants"
+        wants_existed = os.path.isdir(wants)
         r = run(["systemctl", "enable"] + [f"{p}.service" for p in PACKAGES], check=False)
         print("  " + (r.stdout + r.stderr).strip().replace("\n", "\n  "))
         links = [f"/etc/systemd/system/multi-user.target.wants/{p}.service" for p in PACKAGES]
@@ -442,6 +444,8 @@ class PackageTest:
         r = run(["dpkg", "--purge"] + PACKAGES, timeout=DPKG_TIMEOUT_S)
         print("  " + (r.stdout + r.stderr).strip().replace("\n", "\n  "))
         self.we_installed = False
+        if not wants_existed and os.path.isdir(wants) and not os.listdir(wants):
+            os.rmdir(wants)  # made by `systemctl enable` above (the operator), not by a package
         after = snapshot()
         still = [p for p in PACKAGES if installed(p)]
         if still:
@@ -473,7 +477,9 @@ class PackageTest:
         if self.we_installed:
             r = run(["dpkg", "--purge"] + PACKAGES, timeout=DPKG_TIMEOUT_S, check=False)
             print(f"  dpkg --purge: exit {r.returncode}")
-        for path in self.made_paths + KEPT_STATE + ["/etc/cpns"]:
+        # The links of the test's `systemctl enable`, should the purge have left them.
+        links = [f"/etc/systemd/system/multi-user.target.wants/{p}.service" for p in PACKAGES]
+        for path in self.made_paths + KEPT_STATE + ["/etc/cpns"] + links:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             elif os.path.lexists(path):
