@@ -2,10 +2,11 @@
 packages").
 
 1. cpack builds cpns-server, cpns-gw and cpns-pne .debs from this build tree's binaries; each
-   holds what it should (binaries stripped, conffiles, unit, copyright, changelog.gz) and
+   holds what it should (conffiles, unit, copyright, changelog.gz) and
    depends on the libraries dpkg-shlibdeps found and on adduser.
 2. lintian on each .deb: no error (E:) lines; the warnings are printed.
-3. dpkg -i all three; the postinst made each service's system user and state directory.
+3. dpkg -i all three; the binaries are stripped; the postinst made each service's system
+   user and state directory.
 4. systemd-analyze verify on each installed unit: no error and no complaint at all (systemd
    is not PID 1 here: verify loads the unit files offline); systemd-analyze security
    --offline prints each unit's exposure, which must stay at or below MAX_EXPOSURE.
@@ -155,7 +156,8 @@ class PackageTest:
         step("Preconditions: root, no cpns package or leftover of one on this machine")
         if os.geteuid() != 0:
             raise AssertionError("the package test installs packages: run it as root")
-        for tool in ["cpack", "lintian", "dpkg-shlibdeps", "systemd-analyze", "setpriv"]:
+        for tool in ["cpack", "lintian", "dpkg-shlibdeps", "systemd-analyze", "setpriv",
+                     "readelf"]:
             if shutil.which(tool) is None:
                 raise AssertionError(f"{tool} is missing: run scripts/deps.sh --with-tests")
         present = [p for p in PACKAGES if installed(p)]
@@ -238,6 +240,11 @@ class PackageTest:
                 if not os.path.exists(path):
                     raise AssertionError(f"{path} missing after installing {pkg}")
             self.users_made.append(pkg)
+            for path in PACKAGE_FILES[pkg]:
+                if path.startswith("/usr/bin/"):
+                    sections = run(["readelf", "-S", "-W", path]).stdout
+                    if ".symtab" in sections or ".debug_info" in sections:
+                        raise AssertionError(f"{path} is not stripped")
             u = pwd.getpwnam(pkg)
             st = os.stat(f"/var/lib/{pkg}")
             if not (u.pw_uid < 1000 and u.pw_dir == f"/var/lib/{pkg}"
@@ -246,7 +253,7 @@ class PackageTest:
             if st.st_uid != u.pw_uid or stat.S_IMODE(st.st_mode) != 0o750:
                 raise AssertionError(f"/var/lib/{pkg}: owner {st.st_uid}, mode "
                                      f"{stat.S_IMODE(st.st_mode):o}")
-            print(f"  {pkg}: installed; system user {pkg} (uid {u.pw_uid}, {u.pw_shell}); "
+            print(f"  {pkg}: installed, binaries stripped; system user {pkg} (uid {u.pw_uid}, {u.pw_shell}); "
                   f"/var/lib/{pkg} 0750")
 
     # --- 4: systemd-analyze ---------------------------------------------------------------
