@@ -16,7 +16,10 @@ packages").
    users with what their unit gives them (credentials in $CREDENTIALS_DIRECTORY, state and
    runtime directories, working directory, no capabilities, no new privileges); a PN
    established with each flow (5.2.1.1, 5.2.1.2) and found in the server's store.
-6. `systemctl enable` on the three units (offline), then dpkg --purge: nothing of the
+6. An upgrade: the same binaries packed as a newer version and installed over the first;
+   the operator's edited configuration, keys, users and store stay, and the upgraded server
+   starts with them.
+7. `systemctl enable` on the three units (offline), then dpkg --purge: nothing of the
    packages is left except what the packages document they keep (the state directories,
    the system users, the key files the operator made in /etc/cpns).
 Whatever fails, the packages are purged and what the test made is removed at the end.
@@ -60,6 +63,7 @@ LINK_TIMEOUT_S = 15  # until the PN GW has its server link and its PNEs' PAN lin
 # systemd-analyze security's exposure scale is 0 (locked down) to 10 (UNSAFE); the units reach
 # about 1.4 ("OK"). A change that weakens a unit beyond this fails the test.
 MAX_EXPOSURE = 2.0
+UPGRADE_SUFFIX = "+upgradetest1"  # the upgrade step's version: this one plus it (sorts after)
 # Where a package could leave something: compared before installation and after purge.
 SNAPSHOT_ROOTS = ["/etc", "/usr", "/lib", "/opt", "/srv", "/var/lib", "/var/spool"]
 SNAPSHOT_SKIP = ["/var/lib/apt", "/var/lib/dpkg/triggers", "/var/lib/dpkg/updates",
@@ -149,7 +153,8 @@ class PackageTest:
         self.debs: dict[str, Path] = {}
         self.we_installed = False
         self.users_made: list[str] = []
-        self.made_paths: list[str] = []  # /run, /etc/cpns and /var/lib paths to remove at the end
+        self.made_paths: list[str] = []  # /run paths to remove at the end
+        self.pns: list[str] = []  # the PNs the main job established
 
     # --- 0: preconditions ------------------------------------------------------------
     def preconditions(self) -> None:
@@ -423,6 +428,7 @@ class PackageTest:
         print("  stopped: " + ", ".join(f"{n} {t * 1000:.0f} ms" for n, t in times.items()))
         pns = self.ctl("pns")
         print("  cpnsctl pns:\n    " + pns.strip().replace("\n", "\n    "))
+        self.pns = [first_pn, second_pn]
         for pn in (first_pn, second_pn):
             if pn not in pns:
                 raise AssertionError(f"PN {pn} is not in the server's store:\n{pns}")
@@ -438,7 +444,51 @@ class PackageTest:
             shutil.rmtree(d)
         self.made_paths.clear()
 
-    # --- 6: purge ----------------------------------------------------------------------
+    # --- 6: upgrade ------------------------------------------------------------------------
+    def upgrade(self) -> None:
+        version = run(["dpkg-query", "-W", "-f=${Version}", "cpns-server"]).stdout
+        newer = version + UPGRADE_SUFFIX
+        step(f"Upgrade: dpkg -i of the same binaries packed as version {newer}")
+        out = self.tmp / "debs-upgrade"
+        run(["cpack", "-G", "DEB", "-B", str(out), "-D", f"CPACK_DEBIAN_PACKAGE_VERSION={newer}"],
+            timeout=CPACK_TIMEOUT_S, cwd=self.build)
+        debs = [next(out.glob(f"{pkg}_*.deb")) for pkg in PACKAGES]
+        edited = {f"/etc/cpns/{p}.toml": Path(f"/etc/cpns/{p}.toml").read_text() for p in PACKAGES}
+        uids = {p: pwd.getpwnam(p).pw_uid for p in PACKAGES}
+        r = run(["dpkg", "-i"] + [str(d) for d in debs], timeout=DPKG_TIMEOUT_S,
+                env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        print("  " + "\n  ".join(l for l in r.stdout.splitlines() if l.strip()))
+        for pkg in PACKAGES:
+            now = run(["dpkg-query", "-W", "-f=${Version}", pkg]).stdout
+            if now != newer:
+                raise AssertionError(f"{pkg} is at {now} after the upgrade, not {newer}")
+            if pwd.getpwnam(pkg).pw_uid != uids[pkg]:
+                raise AssertionError(f"the upgrade changed the UID of {pkg}")
+        for path, text in edited.items():
+            if Path(path).read_text() != text:
+                raise AssertionError(f"the upgrade replaced the operator's edits of {path}")
+        for k in OPERATOR_KEYS:
+            if not os.path.exists(k):
+                raise AssertionError(f"the upgrade deleted {k}")
+        pns = self.ctl("pns")
+        if not all(pn in pns for pn in self.pns):
+            raise AssertionError(f"the store lost PNs in the upgrade:\n{pns}")
+        self.runtime_dir("cpns-server")
+        creds = self.credentials("cpns-server.service", "master-key", "/etc/cpns/master.key",
+                                 "cpns-server")
+        p = self.lab._spawn("server-upgraded", self.as_service(
+            "cpns-server", creds, ["/usr/bin/cpns-server", "--config",
+                                   "/etc/cpns/cpns-server.toml"]))
+        addr = self.wait_file("/run/cpns-server/ready", p)
+        self.lab.stop_all()
+        for d in self.made_paths:
+            shutil.rmtree(d)
+        self.made_paths.clear()
+        print(f"  {', '.join(PACKAGES)} at {newer}; the edited /etc/cpns/*.toml, the keys, the "
+              f"users and the store ({len(self.pns)} PNs) kept; the upgraded cpns-server "
+              f"started on {addr} with the kept configuration and stopped")
+
+    # --- 7: purge ----------------------------------------------------------------------
     def purge(self, before: set[str]) -> None:
         step("systemctl enable the units (offline), then dpkg --purge the three packages")
         wants = "/etc/systemd/system/multi-user.target.wants"
@@ -520,6 +570,7 @@ def main() -> int:
         test.install()
         test.verify_units()
         test.main_job()
+        test.upgrade()
         test.purge(before)
         ok = True
     except (AssertionError, RuntimeError, subprocess.TimeoutExpired, OSError) as e:
