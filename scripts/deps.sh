@@ -22,6 +22,7 @@ if [[ "${1:-}" == "--with-tests" ]]; then
              clang-format clang-tidy  # scripts/lint.sh (Debian 12: version 14)
              clang libclang-rt-14-dev llvm  # scripts/sanitize.sh: sanitizers, libFuzzer, symbolizer
              tshark  # tests/dissector_test.py: dumpcap captures, tshark runs tools/wireshark/cpns.lua
+             passwd util-linux  # tests/control_socket_test.py: useradd/userdel, runuser (a 2nd local user)
              gnuplot-nox time  # scripts/sim-scale.sh: the plot; each run's CPU time and peak RSS
              lintian  # tests/package_test.py: lintian on the .debs
              dpkg-dev  # tests/package_test.py: cpack's dependencies from dpkg-shlibdeps

@@ -1,4 +1,5 @@
-"""The PN GW's control endpoint takes requests from any local user: what they send must not
+"""The PN GW's control endpoint takes requests from local users (its owner and group on the Unix
+socket, token holders on TCP): what they send must not
 forge log lines (newlines, carriage returns, ANSI escapes) nor break the JSON answers (quotes).
 
 Each request below carries such bytes; every answer must be one line of valid JSON, and the PN
@@ -8,13 +9,12 @@ text only in escaped form (\\xNN), on one line.
 
 import json
 import os
-import socket
 import sys
 import unittest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
-from cpnslab import cleanup, make_lab  # noqa: E402
+from cpnslab import cleanup, control_connect, make_lab  # noqa: E402
 
 BIN = os.path.join(os.environ.get("CPNS_BINARY_DIR", "build/dev"), "apps")
 SKIP_PG = (os.environ.get("CPNS_LAB_STORE") == "postgresql" and
@@ -26,8 +26,7 @@ ESC_RED = "\x1b[31m"
 
 
 def control_request(addr: str, raw: bytes) -> bytes:
-    host, port = addr.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=ANSWER_TIMEOUT_S) as s:
+    with control_connect(addr, ANSWER_TIMEOUT_S) as s:
         s.settimeout(ANSWER_TIMEOUT_S)
         s.sendall(raw)
         data = b""

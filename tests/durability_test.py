@@ -13,14 +13,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 import unittest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
-from cpnslab import PneSpec, cleanup, make_lab  # noqa: E402
+from cpnslab import PneSpec, cleanup, control_connect, make_lab  # noqa: E402
 
 BIN = os.path.join(os.environ.get("CPNS_BINARY_DIR", "build/dev"), "apps")
 SKIP_PG = (os.environ.get("CPNS_LAB_STORE") == "postgresql" and
@@ -33,8 +32,7 @@ LINK_TIMEOUT_S = 30.0    # PNEs reconnect 2 s after losing their PN GW
 
 def control_request(addr: str, line: str, timeout: float = ANSWER_TIMEOUT_S) -> str:
     """Sends one request line to the PN GW's control endpoint and returns the answer line."""
-    host, port = addr.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+    with control_connect(addr, timeout) as s:
         s.settimeout(timeout)
         s.sendall(line.encode() + b"\n")
         data = b""

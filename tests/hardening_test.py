@@ -327,6 +327,8 @@ class HardeningTest(unittest.TestCase):
     def test_control_port_has_a_limit_and_an_idle_timeout(self):
         """idle control connections are closed; one source cannot hold them all"""
         lab = self.lab()
+        # A TCP control endpoint (with its token), where the per-source cap is per IP address.
+        lab.gw_control_listen = "127.0.0.1:0"
         lab.start_server()
         original = lab._gw_config
         lab._gw_config = lambda: original().replace(

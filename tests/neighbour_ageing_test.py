@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import unittest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lab"))
-from cpnslab import PneSpec, cleanup, free_port, make_lab  # noqa: E402
+from cpnslab import PneSpec, cleanup, control_connect, make_lab  # noqa: E402
 
 BIN = os.path.join(os.environ.get("CPNS_BINARY_DIR", "build/dev"), "apps")
 TTL_MS = 3000
@@ -36,7 +35,7 @@ def ids(listing: dict) -> set[str]:
 class NeighbourAgeingTest(unittest.TestCase):
     def test_killed_pne_ages_out_and_is_not_invited(self):
         port = 43000 + (os.getpid() % 2000)  # a group of its own: parallel runs do not mix
-        lab = make_lab(BIN, [PneSpec("pne-a", use_discovery=True, control_port=free_port()),
+        lab = make_lab(BIN, [PneSpec("pne-a", use_discovery=True),
                              PneSpec("pne-b", use_discovery=True)],
                        discovery_group=f"239.255.67.81:{port}", neighbour_ttl_ms=TTL_MS)
         try:
@@ -105,8 +104,7 @@ class NeighbourAgeingTest(unittest.TestCase):
             self.assertTrue(gws[0]["linked"], gws[0])
             self.assertEqual(gws[0]["endpoint"], lab.pan_addr)
             # Anything else gets one line of JSON naming what it does answer.
-            with socket.create_connection(("127.0.0.1", lab.pnes[0].control_port),
-                                          timeout=10) as c:
+            with control_connect(lab.pne_control_addr(lab.pnes[0]), 10) as c:
                 c.sendall(b"status\x01\n")
                 data = b""
                 while not data.endswith(b"\n"):

@@ -7,6 +7,7 @@
 
 #include <iostream>
 
+#include "common/version.hpp"
 #include "explore/explorer.hpp"
 
 namespace {
@@ -98,6 +99,8 @@ int main(int argc, char** argv) {
         "--no-shrink", [&](std::int64_t) { a.opt.shrink = false; }, "keep traces as found");
     app.add_flag("--json", a.json, "print a JSON summary only");
     app.add_flag("--quiet", a.quiet, "summary lines only, no counterexamples");
+    app.set_version_flag("--version", cpns::version_text("cpns-explore"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
 
     if (a.list) {

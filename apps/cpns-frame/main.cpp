@@ -5,6 +5,7 @@
 #include <iostream>
 #include <iterator>
 
+#include "common/version.hpp"
 #include "daemon/common.hpp"
 
 using namespace cpns;
@@ -20,6 +21,8 @@ int main(int argc, char** argv) {
     std::string json;
     enc->add_option("json", json, "the Envelope as JSON (proto field names); default: stdin");
     app.add_subcommand("decode", "frames on stdin -> one JSON Envelope per line");
+    app.set_version_flag("--version", cpns::version_text("cpns-frame"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
 
     if (*enc) {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "common/version.hpp"
 #include "core/gateway.hpp"
 #include "daemon/common.hpp"
 #include "daemon/server_daemon.hpp"
@@ -381,6 +382,8 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0, 1000));
     run->add_option("--retry-delay-ms", retry.delay, "wait this long before a retry (default 500)")
         ->check(CLI::Range(0, 60'000));
+    app.set_version_flag("--version", cpns::version_text("cpns-load"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
     if (*prov) return provision(gws, pnes, out);
 

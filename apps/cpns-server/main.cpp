@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "common/version.hpp"
+#include "daemon/config_check.hpp"
 #include "daemon/credentials.hpp"
 #include "daemon/server_daemon.hpp"
 
@@ -51,15 +53,38 @@ int main(int argc, char** argv) {
         "--crash-at", crash_at,
         "testing aid: SIGKILL this process at a message boundary, WHEN:MESSAGE[:N] with WHEN "
         "before-send, send or recv (docs/operations.md, Crash points)");
+    app.set_version_flag("--version", cpns::version_text("cpns-server"),
+                         "print the version and the OpenSSL version, and exit");
+    std::string check_config;
+    bool print_default = false;
+    app.add_option("--check-config", check_config,
+                   "validate this configuration file (keys, types, ranges, the master key and "
+                   "entities files) without starting; prints 'FILE: OK' (exit 0) or the first "
+                   "error as FILE:LINE:COL (exit 2)");
+    app.add_flag("--print-default-config", print_default,
+                 "print the commented default configuration and exit");
     CLI11_PARSE(app, argc, argv);
     try {
-        Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
-        init_logging("server", log_level.empty() ? cfg.str("log_level", "info") : log_level,
-                     log_format.empty() ? cfg.str("log_format", "human") : log_format);
+        if (print_default) {
+            std::cout << default_config(Program::kServer);
+            return 0;
+        }
+        const bool checking = !check_config.empty();
+        Config cfg = checking              ? Config::load(check_config)
+                     : config_path.empty() ? Config{}
+                                           : Config::load(config_path);
+        if (checking) {
+            spdlog::set_level(spdlog::level::warn);  // no progress lines before "OK"
+            check_known_keys(cfg, Program::kServer);
+            check_log_settings(cfg);
+        } else {
+            init_logging("server", log_level.empty() ? cfg.str("log_level", "info") : log_level,
+                         log_format.empty() ? cfg.str("log_format", "human") : log_format);
+        }
         ServerOptions o;
         o.role.server_id = id.empty() ? cfg.str("id", o.role.server_id) : id;
-        o.listen =
-            parse_address(listen.empty() ? cfg.str("listen", o.listen.str()) : listen, "listen");
+        o.listen = parse_address(listen.empty() ? cfg.str("listen", o.listen.str()) : listen,
+                                 cfg.where("listen"));
         o.entities_file = entities.empty() ? cfg.str("entities") : entities;
         if (const char* env = std::getenv("CPNS_STORE"); env && *env) o.store = env;
         o.store = store.empty() ? cfg.str("store", o.store) : store;
@@ -73,16 +98,57 @@ int main(int argc, char** argv) {
         if (const std::string c =
                 control_listen.empty() ? cfg.str("control_listen") : control_listen;
             !c.empty())
-            o.control_listen = parse_address(c, "control_listen");
+            o.control_listen = parse_address(c, cfg.where("control_listen"));
         o.max_connections_per_source = connection_limit(
             cfg, "max_connections_per_source", kDefaultGwConnectionsPerSource, kMaxGwConnections);
         o.crash_at = crash_at;
         if (const std::string m = metrics.empty() ? cfg.str("metrics") : metrics; !m.empty())
             o.metrics = parse_metrics_address(m, "metrics");
+        if (checking) {
+            // What the server reads at start without the network: the master key and the
+            // entities file (the store is not opened).
+            if (!cfg.str("master_key_file").empty()) {
+                try {
+                    (void)store::load_master_key(o.master_key_file);
+                } catch (const std::exception& e) {
+                    throw ConfigError(cfg.where("master_key_file") + ": " + e.what());
+                }
+            }
+            if (!o.entities_file.empty()) {
+                try {
+                    (void)read_entities(o.entities_file);
+                } catch (const std::exception& e) {
+                    throw ConfigError(cfg.where("entities") + ": " + e.what());
+                }
+            }
+            std::cout << check_config << ": OK\n";
+            return 0;
+        }
         asio::io_context io;
         ServerDaemon daemon(io, o);
         daemon.start();
-        run_until_stopped(io, [&] { daemon.stop(); });
+        const auto reload = [&] {
+            reload_config(
+                cfg, !log_level.empty(), {"log_level", "max_connections_per_source", "entities"},
+                [&](const Config& fresh) -> std::function<void()> {
+                    check_known_keys(fresh, Program::kServer);
+                    const std::size_t per_source =
+                        connection_limit(fresh, "max_connections_per_source",
+                                         kDefaultGwConnectionsPerSource, kMaxGwConnections);
+                    // --entities on the command line wins over the file, as at start.
+                    std::string file = entities.empty() ? fresh.str("entities") : entities;
+                    if (!file.empty()) {
+                        try {
+                            (void)read_entities(file);
+                        } catch (const std::exception& e) {
+                            throw ConfigError(fresh.where("entities") + ": " + e.what());
+                        }
+                    }
+                    return [&daemon, per_source, file] { daemon.reload(per_source, file); };
+                });
+        };
+        run_until_stopped(
+            io, [&] { daemon.stop(); }, reload);
         return 0;
     } catch (const ConfigError& e) {
         std::cerr << "cpns-server: " << e.what() << "\n";

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "common/version.hpp"
 #include "sim/sim.hpp"
 
 using namespace cpns;
@@ -109,6 +110,8 @@ int main(int argc, char** argv) {
                    "none, text, mermaid, both, or auto (both for up to 32 PNEs, else none)")
         ->check(CLI::IsMember({"none", "text", "mermaid", "both", "auto"}));
     app.add_option("--json", o.json_path, "also write the JSON summary to this file");
+    app.set_version_flag("--version", cpns::version_text("cpns-sim"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
 
     const long total = static_cast<long>(o.gws) * o.pnes_per_gw;

@@ -8,6 +8,7 @@
 //                and a LocalEUKey request, plus the PN GW server PSK and a device-state key;
 //   invitee_     an invitee of the same run (no UI, so no LocalEUKey);
 //   gwinit_      the invitee of a PN GW-initiated run, with a LocalEUKey.
+#include "common/version.hpp"
 #include "core/codec.hpp"
 #include "core/crypto.hpp"
 #include "core/lifecycle.hpp"
@@ -617,11 +618,12 @@ std::string as_markdown(const std::vector<VectorSet>& sets) {
 
 void usage(std::FILE* to) {
     std::fputs(
-        "usage: cpns-vectors [--format markdown|kv] [--output FILE]\n"
+        "usage: cpns-vectors [--format markdown|kv] [--output FILE] | --version\n"
         "  Prints the CPNS key-schedule test vectors computed from fixed inputs.\n"
         "  --format markdown  the 'Test vectors' section of docs/key-schedule.md (default)\n"
         "  --format kv        key=hex lines, as committed in docs/test-vectors.txt\n"
-        "  --output FILE      write to FILE instead of standard output\n",
+        "  --output FILE      write to FILE instead of standard output\n"
+        "  --version          print the version and the OpenSSL version, and exit\n",
         to);
 }
 
@@ -634,6 +636,10 @@ int main(int argc, char** argv) {
         const std::string_view arg = argv[i];
         if (arg == "-h" || arg == "--help") {
             usage(stdout);
+            return 0;
+        }
+        if (arg == "--version") {
+            std::printf("%s\n", cpns::version_text("cpns-vectors").c_str());
             return 0;
         }
         if ((arg == "--format" || arg == "--output") && i + 1 < argc) {

@@ -14,6 +14,7 @@
 #include <iomanip>
 #include <iostream>
 
+#include "common/version.hpp"
 #include "daemon/common.hpp"
 #include "daemon/server_daemon.hpp"
 #include "store/store.hpp"
@@ -189,6 +190,8 @@ int main(int argc, char** argv) {
     auto* check = app.add_subcommand(
         "check",
         "check the store's consistency and the integrity of every entity row (exit 1 if not)");
+    app.set_version_flag("--version", cpns::version_text("cpnsctl"),
+                         "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
 
     try {

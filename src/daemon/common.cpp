@@ -16,6 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include "daemon/credentials.hpp"
@@ -151,6 +152,16 @@ void init_logging(const std::string& name, const std::string& level, const std::
     logging_ready = true;
 }
 
+void check_log_settings(const Config& c) {
+    const std::string level = c.str("log_level", "info");
+    if (spdlog::level::from_str(level) == spdlog::level::off && level != "off")
+        throw ConfigError(c.where("log_level") +
+                          ": expected trace, debug, info, warn or error, got '" + level + "'");
+    const std::string format = c.str("log_format", "human");
+    if (format != "human" && format != "json")
+        throw ConfigError(c.where("log_format") + ": expected human or json, got '" + format + "'");
+}
+
 LogSink core_log_sink() {
     // The core's messages quote what peers sent (an ErrorReport's detail, capability texts):
     // escaped here, once, so that no peer can end a log line or send terminal controls.
@@ -204,21 +215,49 @@ Config Config::load(const std::string& path) {
 }
 
 std::string Config::where(std::string_view key) const {
-    return (path_.empty() ? std::string("configuration") : path_) + ": '" + std::string(key) + "'";
+    std::string at = path_.empty() ? std::string("configuration") : path_;
+    if (const auto node = table_.at_path(key); node && node.node()->source().begin)
+        at += ":" + std::to_string(node.node()->source().begin.line) + ":" +
+              std::to_string(node.node()->source().begin.column);
+    return at + ": key '" + std::string(key) + "'";
 }
+
+namespace {
+
+// What a node holds, for "expected ..., got ..." messages.
+std::string got(const toml::node_view<const toml::node>& node) {
+    switch (node.type()) {
+        case toml::node_type::string:
+            return "a string";
+        case toml::node_type::integer:
+            return "an integer";
+        case toml::node_type::floating_point:
+            return "a floating-point number";
+        case toml::node_type::boolean:
+            return "a boolean";
+        case toml::node_type::table:
+            return "a table";
+        case toml::node_type::array:
+            return "an array";
+        default:
+            return "a date or time";
+    }
+}
+
+}  // namespace
 
 std::string Config::str(std::string_view key, std::string def) const {
     auto node = table_.at_path(key);
     if (!node) return def;
-    if (auto v = node.value<std::string>()) return *v;
-    throw ConfigError(where(key) + " must be a string");
+    if (auto v = node.value_exact<std::string>()) return *v;
+    throw ConfigError(where(key) + " must be a string, got " + got(node));
 }
 
 bool Config::boolean(std::string_view key, bool def) const {
     auto node = table_.at_path(key);
     if (!node) return def;
-    if (auto v = node.value<bool>()) return *v;
-    throw ConfigError(where(key) + " must be true or false");
+    if (auto v = node.value_exact<bool>()) return *v;
+    throw ConfigError(where(key) + " must be true or false, got " + got(node));
 }
 
 std::int64_t Config::integer(std::string_view key, std::int64_t def) const {
@@ -227,7 +266,7 @@ std::int64_t Config::integer(std::string_view key, std::int64_t def) const {
     // An integer node only: toml++'s own float-to-integer conversion casts before it checks the
     // range (undefined behaviour for 8.1e29; found by cpns-fuzz-config).
     if (const auto* v = node.as_integer()) return v->get();
-    throw ConfigError(where(key) + " must be an integer");
+    throw ConfigError(where(key) + " must be an integer, got " + got(node));
 }
 
 SecretKey parse_key(const std::string& hex, const std::string& what) {
@@ -423,21 +462,117 @@ void write_ready_file(const std::string& path, const std::string& address) {
         throw ConfigError("cannot write ready file " + path);
 }
 
-void run_until_stopped(asio::io_context& io, const std::function<void()>& stop) {
+void run_until_stopped(asio::io_context& io, const std::function<void()>& stop,
+                       const std::function<void()>& reload) {
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](const std::error_code& ec, int sig) {
         if (ec) return;
         spdlog::info("signal {}: stopping", sig);
         io.stop();
     });
+    asio::signal_set hangup(io, SIGHUP);
+    std::function<void(const std::error_code&, int)> on_hangup = [&](const std::error_code& ec,
+                                                                     int) {
+        if (ec) return;
+        if (reload)
+            reload();
+        else
+            spdlog::warn("SIGHUP: this program has no configuration to reload");
+        hangup.async_wait(on_hangup);
+    };
+    hangup.async_wait(on_hangup);
     io.run();
     std::error_code ec;
     signals.cancel(ec);
+    hangup.cancel(ec);
     stop();
     // Closed sockets and cancelled timers complete their operations with an error: run those
     // handlers so that every coroutine leaves before the objects it uses are destroyed.
     io.restart();
     io.run_for(std::chrono::milliseconds(kShutdownDrain));
+}
+
+void reload_config(Config& running, bool log_level_overridden,
+                   const std::vector<std::string_view>& live,
+                   const std::function<std::function<void()>(const Config&)>& prepare) {
+    const std::string path = running.path();
+    if (path.empty()) {
+        spdlog::warn("SIGHUP: started without --config, nothing to reload");
+        return;
+    }
+    spdlog::info("SIGHUP: reloading {}", path);
+    try {
+        Config fresh = Config::load(path);
+        check_log_settings(fresh);
+        const std::function<void()> apply = prepare(fresh);
+        ReloadReport report = classify_reload(running, fresh, live);
+        if (log_level_overridden) {
+            if (std::erase(report.applied, "log_level") > 0)
+                spdlog::warn(
+                    "reload of {}: 'log_level' changed but --log-level on the command "
+                    "line overrides it",
+                    path);
+        } else {
+            set_log_level(fresh.str("log_level", "info"));
+        }
+        if (apply) apply();
+        log_reload(report, path);
+        running = std::move(fresh);
+    } catch (const std::exception& e) {
+        spdlog::error("reload of {} failed, nothing changed: {}", path, e.what());
+    }
+}
+
+void set_log_level(const std::string& level) {
+    spdlog::default_logger()->set_level(spdlog::level::from_str(level));
+}
+
+namespace {
+
+bool same(const toml::node& x, const toml::node& y) {
+    if (x.type() != y.type()) return false;
+    return x.visit([&](const auto& xv) {
+        using T = std::remove_cvref_t<decltype(xv)>;
+        return xv == *static_cast<const T*>(&y);
+    });
+}
+
+void changed_keys(const toml::table& a, const toml::table& b, const std::string& prefix,
+                  std::vector<std::string>& out) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : a) keys.insert(std::string(k.str()));
+    for (const auto& [k, v] : b) keys.insert(std::string(k.str()));
+    for (const auto& k : keys) {
+        const toml::node* x = a.get(k);
+        const toml::node* y = b.get(k);
+        if (x && y && x->is_table() && y->is_table()) {
+            changed_keys(*x->as_table(), *y->as_table(), prefix + k + ".", out);
+            continue;
+        }
+        if (!x || !y || !same(*x, *y)) out.push_back(prefix + k);
+    }
+}
+
+}  // namespace
+
+ReloadReport classify_reload(const Config& running, const Config& fresh,
+                             const std::vector<std::string_view>& live) {
+    std::vector<std::string> changed;
+    changed_keys(running.table(), fresh.table(), "", changed);
+    ReloadReport r;
+    for (auto& k : changed)
+        (std::find(live.begin(), live.end(), k) != live.end() ? r.applied : r.restart)
+            .push_back(std::move(k));
+    return r;
+}
+
+void log_reload(const ReloadReport& report, const std::string& path) {
+    if (report.applied.empty() && report.restart.empty())
+        spdlog::info("reload of {}: no change", path);
+    for (const auto& k : report.applied) spdlog::info("reload of {}: '{}' applied", path, k);
+    for (const auto& k : report.restart)
+        spdlog::warn("reload of {}: '{}' changed but needs a restart (the running value is kept)",
+                     path, k);
 }
 
 RoleTimer::RoleTimer(asio::any_io_executor ex, std::function<void(Millis)> fire)
@@ -567,15 +702,113 @@ std::string report_text(const pb::OutcomeReport& r) {
     return s.str();
 }
 
-std::string control_request(const net::HostPort& at, const std::string& line,
-                            const std::string& daemon, int timeout_s) {
-    if (at.port == 0)
-        throw std::runtime_error("no control port (" + daemon +
-                                 " listens on port 0: use --control)");
-    asio::io_context io;
-    asio::ip::tcp::socket s(io);
-    asio::ip::tcp::resolver resolver(io);
-    asio::connect(s, resolver.resolve(at.host, std::to_string(at.port)));
+ControlAddress parse_control_address(const std::string& text, const std::string& what) {
+    ControlAddress a;
+    if (text.rfind("unix:", 0) == 0 || (!text.empty() && text.front() == '/')) {
+        a.unix_path = text.front() == '/' ? text : text.substr(5);
+        if (a.unix_path.empty() || a.unix_path.front() != '/')
+            throw ConfigError(what + ": expected unix:/ABSOLUTE/PATH or HOST:PORT, got '" + text +
+                              "'");
+        return a;
+    }
+    auto hp = net::parse_host_port(text);
+    if (!hp)
+        throw ConfigError(what + ": expected unix:/ABSOLUTE/PATH or HOST:PORT, got '" + text + "'");
+    a.tcp = *hp;
+    return a;
+}
+
+std::string default_control_path(const std::string& daemon) {
+    if (const char* rt = std::getenv("RUNTIME_DIRECTORY"); rt && *rt) {
+        // systemd sets a colon-separated list when several directories are configured.
+        std::string dir = rt;
+        dir = dir.substr(0, dir.find(':'));
+        return dir + "/control.sock";
+    }
+    if (::geteuid() == 0) return "/run/" + daemon + "/control.sock";
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg)
+        return std::string(xdg) + "/" + daemon + "/control.sock";
+    throw ConfigError(
+        "no default place for the control socket ($RUNTIME_DIRECTORY and "
+        "$XDG_RUNTIME_DIR are not set, and this is not root): set 'control' (e.g. "
+        "control = \"unix:/some/dir/control.sock\") or give --control");
+}
+
+ControlAddress control_address_from(const Config& c, const std::string& daemon,
+                                    const std::string& override) {
+    if (!override.empty()) return parse_control_address(override, "--control");
+    const std::string control = c.str("control");
+    const std::string legacy = c.str("control_listen");
+    if (!control.empty() && !legacy.empty())
+        throw ConfigError(c.where("control_listen") +
+                          ": deprecated alias of 'control', which is set too; keep 'control'");
+    if (!control.empty()) return parse_control_address(control, c.where("control"));
+    if (!legacy.empty()) {
+        warn_operator(c.where("control_listen") + " is deprecated: write control = \"" + legacy +
+                      "\" (a TCP control endpoint, which needs control_token_file)");
+        return parse_control_address(legacy, c.where("control_listen"));
+    }
+    ControlAddress a;
+    a.unix_path = default_control_path(daemon);
+    return a;
+}
+
+SecretKey read_control_token(const std::string& path, const std::string& what) {
+    CheckedFile f = read_checked_file(path, what, kMaxKeyFileBytes, FileSecrecy::kSecret);
+    if ((f.mode & 077U) != 0) {
+        wipe(f.content.data(), f.content.size());
+        throw ConfigError(what + " " + path + " is accessible by group or others (mode " +
+                          mode_text(f.mode) + "); it must be its owner's only: chmod 600 " + path);
+    }
+    try {
+        auto k = parse_key(f.content, what + " " + path);
+        wipe(f.content.data(), f.content.size());
+        return k;
+    } catch (...) {
+        wipe(f.content.data(), f.content.size());
+        throw;
+    }
+}
+
+std::optional<std::string> strip_control_token(std::string& line, const SecretKey& token) {
+    constexpr std::string_view kPrefix = "token ";
+    std::optional<std::string> out;
+    if (line.rfind(kPrefix, 0) == 0) {
+        const std::size_t end = line.find(' ', kPrefix.size());
+        std::string hex = line.substr(
+            kPrefix.size(), end == std::string::npos ? std::string::npos : end - kPrefix.size());
+        const auto given = SecretKey::from_hex(hex);
+        wipe(hex.data(), hex.size());
+        if (given && *given == token)
+            out = end == std::string::npos ? std::string() : line.substr(end + 1);
+    }
+    wipe(line.data(), line.size());
+    return out;
+}
+
+std::string unauthorized_json() {
+    google::protobuf::Struct answer;
+    (*answer.mutable_fields())["error"].set_string_value("UNAUTHORIZED");
+    (*answer.mutable_fields())["detail"].set_string_value(
+        "a TCP control request must start with 'token HEX' (the control_token_file's token)");
+    return message_json(answer);
+}
+
+void RefusalLog::refused(const std::string& source) {
+    ++total_;
+    ++held_;
+    const Millis now = mono_now();
+    if (now - last_ < kControlRefusalLogInterval) return;
+    last_ = now;
+    spdlog::warn("control: refused {} request(s) without the right token (last from {}; {} in all)",
+                 std::exchange(held_, 0), source, total_);
+}
+
+namespace {
+
+template <typename Socket>
+std::string exchange_line(Socket& s, const std::string& line, const std::string& daemon,
+                          int timeout_s) {
     timeval tv{timeout_s, 0};
     ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     asio::write(s, asio::buffer(line + "\n"));
@@ -586,6 +819,56 @@ std::string control_request(const net::HostPort& at, const std::string& line,
         throw std::runtime_error("no answer from " + daemon + ": " + ec.message());
     while (!answer.empty() && (answer.back() == '\n' || answer.back() == '\r')) answer.pop_back();
     return answer;
+}
+
+}  // namespace
+
+std::string control_request(const ControlAddress& at, const std::string& line,
+                            const std::string& daemon, int timeout_s,
+                            const std::string& token_file) {
+    asio::io_context io;
+    if (at.is_unix()) {
+        asio::local::stream_protocol::socket s(io);
+        std::error_code ec;
+        s.connect(asio::local::stream_protocol::endpoint(at.unix_path), ec);
+        if (ec)
+            throw std::runtime_error("cannot connect to the control socket of " + daemon + " at " +
+                                     at.unix_path + ": " + ec.message() +
+                                     (ec == std::errc::permission_denied
+                                          ? " (only its owner and group may use it)"
+                                          : ""));
+        return exchange_line(s, line, daemon, timeout_s);
+    }
+    if (at.tcp.port == 0)
+        throw std::runtime_error("no control port (" + daemon +
+                                 " listens on port 0: use --control)");
+    if (token_file.empty())
+        throw ConfigError("a TCP control endpoint needs its token: give --token-file FILE");
+    const SecretKey token = read_control_token(token_file, "--token-file");
+    std::string request = "token " + to_hex(token.view()) + " " + line;
+    asio::ip::tcp::socket s(io);
+    asio::ip::tcp::resolver resolver(io);
+    asio::connect(s, resolver.resolve(at.tcp.host, std::to_string(at.tcp.port)));
+    try {
+        std::string answer = exchange_line(s, request, daemon, timeout_s);
+        wipe(request.data(), request.size());
+        return answer;
+    } catch (...) {
+        wipe(request.data(), request.size());
+        throw;
+    }
+}
+
+std::optional<std::string> control_error(const std::string& answer) {
+    google::protobuf::Struct s;
+    if (!parse_json(answer, s)) return std::nullopt;
+    const auto& f = s.fields();
+    const auto e = f.find("error");
+    if (e == f.end() || !e->second.has_string_value()) return std::nullopt;
+    std::string text = e->second.string_value();
+    if (const auto d = f.find("detail"); d != f.end() && d->second.has_string_value())
+        text += ": " + d->second.string_value();
+    return text;
 }
 
 }  // namespace cpns::daemon

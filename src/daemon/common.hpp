@@ -86,6 +86,9 @@ class Config {
     toml::table table_;
 };
 
+// ConfigError (with the key's position) unless 'log_level' and 'log_format' hold values
+// init_logging accepts.
+void check_log_settings(const Config& c);
 SecretKey parse_key(const std::string& hex, const std::string& what);
 // What the PN GW and PNE daemons both read from their configuration.
 struct DeviceOptions {
@@ -106,12 +109,56 @@ DeviceOptions device_options_from(const Config& c);
 std::pair<std::string, SecretKey> device_identity(const Config& c);
 net::HostPort parse_address(const std::string& text, const std::string& what);
 
+// Where a PN GW's or PNE's control endpoint is: a Unix domain socket (the default) or TCP.
+struct ControlAddress {
+    std::string unix_path;  // non-empty: a Unix domain socket
+    net::HostPort tcp;      // else this TCP address
+    bool is_unix() const { return !unix_path.empty(); }
+    std::string str() const { return is_unix() ? "unix:" + unix_path : tcp.str(); }
+};
+// "unix:PATH" (or an absolute PATH) or "HOST:PORT"; ConfigError naming `what` otherwise.
+ControlAddress parse_control_address(const std::string& text, const std::string& what);
+// The default control socket of `daemon` ("cpns-gw", "cpns-pne"): $RUNTIME_DIRECTORY/control.sock
+// when set (systemd's RuntimeDirectory=), else /run/DAEMON/control.sock for root, else
+// $XDG_RUNTIME_DIR/DAEMON/control.sock; ConfigError (set 'control') when none applies.
+std::string default_control_path(const std::string& daemon);
+// The control endpoint of a configuration: 'control', else the deprecated 'control_listen'
+// (TCP; a warning), else the default socket of `daemon`. `override` (a command-line value)
+// wins when not empty.
+ControlAddress control_address_from(const Config& c, const std::string& daemon,
+                                    const std::string& override = "");
+// The token of a TCP control endpoint, from `path`: 64 hex digits, the file not readable or
+// writable by group or others (else ConfigError naming `what`).
+SecretKey read_control_token(const std::string& path, const std::string& what);
+// Checks a control request line of a TCP endpoint: it must start with "token HEX " where HEX
+// is `token` (compared in constant time). On success returns the rest of the line (the
+// command); nullopt otherwise. The token's text in `line` is wiped.
+std::optional<std::string> strip_control_token(std::string& line, const SecretKey& token);
+// {"error":"UNAUTHORIZED","detail":...}: the answer to a request without the right token.
+std::string unauthorized_json();
+// Counts refused control requests and logs at most once per kControlRefusalLogInterval (with
+// the count since the last line), so that a flood of bad tokens cannot flood the log.
+inline constexpr Millis kControlRefusalLogInterval = 1'000;
+class RefusalLog {
+  public:
+    void refused(const std::string& source);
+    std::uint64_t total() const { return total_; }
+
+  private:
+    std::uint64_t total_ = 0, held_ = 0;
+    Millis last_ = -kControlRefusalLogInterval;
+};
+
 // The operator commands' side of a daemon's control endpoint: sends one request line to
 // `daemon` (its name, for errors) at `at` and returns its one-line answer, waiting at most
-// `timeout_s` seconds for it. std::runtime_error when there is no port, no connection or no
-// answer.
-std::string control_request(const net::HostPort& at, const std::string& line,
-                            const std::string& daemon, int timeout_s);
+// `timeout_s` seconds for it. A TCP endpoint needs `token_file` (the line is sent as
+// "token HEX LINE"). std::runtime_error when there is no port, no connection (the socket's
+// permission denied among them) or no answer.
+std::string control_request(const ControlAddress& at, const std::string& line,
+                            const std::string& daemon, int timeout_s,
+                            const std::string& token_file = "");
+// The text of an {"error": ...} answer (with its "detail" if any); nullopt for other answers.
+std::optional<std::string> control_error(const std::string& answer);
 tls::Mode parse_tls_mode(const std::string& text, const std::string& what);
 // The device's capabilities ([capabilities]) and contents ([[content]]), checked against the
 // codec's limits (kMaxTextLength, kMaxPanTechnologies, kMaxServices, kMaxContentsPerPne): a
@@ -157,8 +204,33 @@ std::string error_json(const std::string& text);
 // closed first) before the process exits. Keeps SIGTERM-to-exit well under a second.
 inline constexpr Millis kShutdownDrain = 300;
 // Runs `io` until SIGTERM/SIGINT (or until something calls io.stop()), then calls `stop`
-// and lets every coroutine finish before returning.
-void run_until_stopped(asio::io_context& io, const std::function<void()>& stop);
+// and lets every coroutine finish before returning. `reload`, if set, is called on the event
+// loop for each SIGHUP.
+void run_until_stopped(asio::io_context& io, const std::function<void()>& stop,
+                       const std::function<void()>& reload = {});
+
+// Sets the level of the running logger (trace, debug, info, warn, error).
+void set_log_level(const std::string& level);
+// A configuration reload (SIGHUP): the keys (dotted for tables; an array of tables counts as
+// one key) whose values differ between `running` and `fresh`, sorted into those in `live`
+// (applied at once) and the others (they need a restart). Values are never logged (some are
+// keys).
+struct ReloadReport {
+    std::vector<std::string> applied, restart;
+};
+ReloadReport classify_reload(const Config& running, const Config& fresh,
+                             const std::vector<std::string_view>& live);
+// One log line per changed key ("applied" or "needs a restart"), or "no change".
+void log_reload(const ReloadReport& report, const std::string& path);
+// The SIGHUP of a daemon: loads running.path() again and checks it (check_log_settings, then
+// `prepare`, which validates the rest and returns what applies it: it throws ConfigError and
+// changes nothing when something is wrong). Then sets the log level (unless
+// `log_level_overridden` by the command line), runs what `prepare` returned, logs per key
+// (log_reload) and keeps the fresh file as `running`. Any error is logged with its position
+// and nothing changes.
+void reload_config(Config& running, bool log_level_overridden,
+                   const std::vector<std::string_view>& live,
+                   const std::function<std::function<void()>(const Config&)>& prepare);
 // What a person reads: the PN, its inventory, who joined and why the others did not.
 std::string report_text(const pb::OutcomeReport& r);
 

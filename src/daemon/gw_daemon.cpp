@@ -15,8 +15,9 @@ GwOptions gw_options_from(const Config& c) {
     o.server = parse_address(c.str("server", o.server.str()), c.where("server"));
     o.role.server_id = c.str("server_id", o.role.server_id);
     o.pan_listen = parse_address(c.str("pan_listen", o.pan_listen.str()), c.where("pan_listen"));
-    o.control_listen =
-        parse_address(c.str("control_listen", o.control_listen.str()), c.where("control_listen"));
+    o.control = control_address_from(c, "cpns-gw");
+    if (const std::string token = c.str("control_token_file"); !token.empty())
+        o.control_token = read_control_token(token, c.where("control_token_file"));
     o.role.default_pan_secure = c.boolean("default_pan_secure", false);
     o.role.neighbour_ttl = neighbour_ttl_from(c);
     o.ready_file = c.str("ready_file");
@@ -92,9 +93,21 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
 
 void GwDaemon::start() {
     pan_port_ = listen_on(pan_listener_, opt_.pan_listen, "pan_listen");
-    control_port_ = listen_on(control_listener_, opt_.control_listen, "control_listen");
+    std::string control;
+    if (opt_.control.is_unix()) {
+        if (auto error = control_listener_.listen_unix(opt_.control.unix_path, "control"))
+            throw ConfigError(error->detail);
+        control = opt_.control.str();
+    } else {
+        if (!opt_.control_token)
+            throw ConfigError("a TCP control endpoint (control = \"" + opt_.control.str() +
+                              "\") needs control_token_file: a file with 64 hex digits, mode "
+                              "0600 (openssl rand -hex 32 > FILE); or use a Unix socket, "
+                              "control = \"unix:PATH\"");
+        control_port_ = listen_on(control_listener_, opt_.control.tcp, "control");
+        control = opt_.control.tcp.host + ":" + std::to_string(control_port_);
+    }
     const std::string pan = opt_.pan_listen.host + ":" + std::to_string(pan_port_);
-    const std::string control = opt_.control_listen.host + ":" + std::to_string(control_port_);
     gw_->set_endpoint(pan);
     spdlog::info("PN GW {}: PAN on {} ({} for insecure links), control on {}", opt_.role.gw_id, pan,
                  tls::to_string(opt_.device.pan_tls), control);
@@ -109,6 +122,13 @@ void GwDaemon::start() {
     if (!opt_.device.metrics.empty())
         metrics_port_ =
             metrics_server_.start(parse_metrics_address(opt_.device.metrics, "metrics"));
+}
+
+void GwDaemon::set_connection_limits(std::size_t pan_per_source, std::size_t control_per_source) {
+    opt_.pan_max_connections_per_source = pan_per_source;
+    opt_.control_max_connections_per_source = control_per_source;
+    pan_listener_.set_max_per_source(pan_per_source);
+    control_listener_.set_max_per_source(control_per_source);
 }
 
 void GwDaemon::start_discovery() {
@@ -224,19 +244,31 @@ net::Listener::Hooks GwDaemon::pan_hooks() {
     return h;
 }
 
+void GwDaemon::control_accepted(std::shared_ptr<ControlSocket> sock, net::Listener::Slot slot,
+                                std::string peer) {
+    // Evicted (when full) while it has not sent its request: closed.
+    slot.on_evict([weak = std::weak_ptr<ControlSocket>(sock)] {
+        std::error_code ec;
+        if (auto s = weak.lock()) s->close(ec);
+    });
+    asio::co_spawn(
+        io_,
+        control_serve(std::move(sock), std::make_shared<net::Listener::Slot>(std::move(slot)),
+                      std::move(peer)),
+        asio::detached);
+}
+
 net::Listener::Hooks GwDaemon::control_hooks() {
     net::Listener::Hooks h;
     h.on_socket = [this](net::tcp::socket socket, net::Listener::Slot slot) {
-        auto sock = std::make_shared<net::tcp::socket>(std::move(socket));
-        // Evicted (when full) while it has not sent its request: closed.
-        slot.on_evict([weak = std::weak_ptr<net::tcp::socket>(sock)] {
-            std::error_code ec;
-            if (auto s = weak.lock()) s->close(ec);
-        });
-        asio::co_spawn(
-            io_,
-            control_serve(std::move(sock), std::make_shared<net::Listener::Slot>(std::move(slot))),
-            asio::detached);
+        std::string peer = slot.source();
+        control_accepted(std::make_shared<ControlSocket>(std::move(socket)), std::move(slot),
+                         std::move(peer));
+    };
+    h.on_local_socket = [this](asio::local::stream_protocol::socket socket,
+                               net::Listener::Slot slot, long uid) {
+        control_accepted(std::make_shared<ControlSocket>(std::move(socket)), std::move(slot),
+                         "uid " + std::to_string(uid));
     };
     h.on_refused = [this](const std::string& source, net::Listener::Refusal why, std::size_t open,
                           std::size_t count) {
@@ -589,12 +621,12 @@ asio::awaitable<void> GwDaemon::discovery_loop() {
     }
 }
 
-void GwDaemon::answer(const std::shared_ptr<net::tcp::socket>& socket, std::string line) {
+void GwDaemon::answer(const std::shared_ptr<ControlSocket>& socket, std::string line) {
     auto buf = std::make_shared<std::string>(std::move(line) + "\n");
     asio::async_write(*socket, asio::buffer(*buf),
                       [this, socket, buf](const std::error_code&, std::size_t) {
                           std::error_code ec;
-                          socket->shutdown(net::tcp::socket::shutdown_both, ec);
+                          socket->shutdown(ControlSocket::shutdown_both, ec);
                           socket->close(ec);
                           control_slots_.erase(socket.get());
                       });
@@ -629,8 +661,8 @@ pb::GwStatus GwDaemon::status() const {
 // (IDs are checked by the role); the answer is the outcome once the server has answered (for
 // add: once the PNEs have joined and the server has recorded them). (Not in the coroutine
 // below: GCC 12 reports a false mismatched-new-delete on its frame when it grows.)
-void GwDaemon::control_change(const std::shared_ptr<net::tcp::socket>& socket,
-                              const std::string& cmd, std::istringstream& in) {
+void GwDaemon::control_change(const std::shared_ptr<ControlSocket>& socket, const std::string& cmd,
+                              std::istringstream& in) {
     std::string pn, pne, extra;
     in >> pn;
     if (cmd == "add") {
@@ -675,12 +707,13 @@ void GwDaemon::control_change(const std::shared_ptr<net::tcp::socket>& socket,
 // "neighbours".
 // The connection counts against the control listener's limits until it is closed; it must
 // send its request within kControlIdleTimeout.
-asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket,
-                                              std::shared_ptr<net::Listener::Slot> slot) {
+asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<ControlSocket> socket,
+                                              std::shared_ptr<net::Listener::Slot> slot,
+                                              std::string peer) {
     std::string line;
     std::error_code ec;
     asio::steady_timer idle(io_, std::chrono::milliseconds(kControlIdleTimeout));
-    idle.async_wait([weak = std::weak_ptr<net::tcp::socket>(socket)](const std::error_code& e) {
+    idle.async_wait([weak = std::weak_ptr<ControlSocket>(socket)](const std::error_code& e) {
         std::error_code ignored;
         if (auto s = weak.lock(); s && !e) s->close(ignored);
     });
@@ -698,6 +731,17 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<net::tcp::socket> 
     control_slots_[socket.get()] = std::move(slot);
     line.resize(n > 0 ? n - 1 : 0);
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (opt_.control_token) {  // a TCP endpoint: the line starts with the token
+        auto rest = strip_control_token(line, *opt_.control_token);
+        if (!rest) {
+            control_refusals_.refused(peer);
+            answer(socket, unauthorized_json());
+            co_return;
+        }
+        line = std::move(*rest);
+    }
+    spdlog::info("control request from {}: {}", peer,
+                 printable(line.substr(0, line.find(' ')), kMaxControlLine));
     // The request is untrusted text: logged only through printable(), answered only with JSON
     // from the protobuf printer (message_json, outcome_json, error_json).
     std::istringstream in(line);

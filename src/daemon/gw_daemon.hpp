@@ -47,9 +47,12 @@ struct GwOptions {
     GatewayConfig role;
     net::HostPort server{"127.0.0.1", 7000};
     net::HostPort pan_listen{"127.0.0.1", 7100};
-    net::HostPort control_listen{"127.0.0.1", 7101};
+    // The control endpoint: a Unix domain socket by default (control_address_from); a TCP one
+    // needs control_token (from control_token_file).
+    ControlAddress control;
+    std::optional<SecretKey> control_token;
     DeviceOptions device;    // discovery_group "" = off
-    std::string ready_file;  // "pan=host:port control=host:port"
+    std::string ready_file;  // "pan=host:port control=host:port|unix:PATH"
     // Connections open at once from one IP address, per listener.
     std::size_t pan_max_connections_per_source = kDefaultPanConnectionsPerSource;
     std::size_t control_max_connections_per_source = kDefaultControlConnectionsPerSource;
@@ -65,11 +68,11 @@ class GwDaemon {
     std::uint16_t pan_port() const { return pan_port_; }
     std::uint16_t control_port() const { return control_port_; }
     std::uint16_t metrics_port() const { return metrics_port_; }
+    // Configuration reload: the per-source connection bounds of the PAN and control listeners.
+    void set_connection_limits(std::size_t pan_per_source, std::size_t control_per_source);
 
   private:
-    struct ControlWaiter {
-        std::shared_ptr<net::tcp::socket> socket;
-    };
+    using ControlSocket = asio::generic::stream_protocol::socket;
 
     net::PskClientLink::Options server_link_options() const;
     net::PskClientLink::Hooks server_link_hooks();
@@ -82,10 +85,13 @@ class GwDaemon {
                                         Millis timeout);
     bool bind_sender(net::Connection& conn, const pb::Envelope& env);
     asio::awaitable<void> discovery_loop();
-    void control_change(const std::shared_ptr<net::tcp::socket>& socket, const std::string& cmd,
+    void control_change(const std::shared_ptr<ControlSocket>& socket, const std::string& cmd,
                         std::istringstream& in);
-    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket,
-                                        std::shared_ptr<net::Listener::Slot> slot);
+    void control_accepted(std::shared_ptr<ControlSocket> sock, net::Listener::Slot slot,
+                          std::string peer);
+    asio::awaitable<void> control_serve(std::shared_ptr<ControlSocket> socket,
+                                        std::shared_ptr<net::Listener::Slot> slot,
+                                        std::string peer);
     void apply(GatewayEffects effects);
     void carry_out();
     void carry_out(GatewayEffect& effect);
@@ -97,7 +103,7 @@ class GwDaemon {
     void send_to_pne(const SendEffect& s);
     void link_lost(const std::string& pne, const std::shared_ptr<net::Connection>& conn);
     pb::GwStatus status() const;
-    void answer(const std::shared_ptr<net::tcp::socket>& socket, std::string line);
+    void answer(const std::shared_ptr<ControlSocket>& socket, std::string line);
 
     asio::io_context& io_;
     GwOptions opt_;
@@ -111,9 +117,9 @@ class GwDaemon {
     std::shared_ptr<net::Connection> server_conn_;
     pb::FailureReason server_down_reason_ = pb::PEER_UNREACHABLE;
     std::map<std::string, std::vector<std::shared_ptr<net::Connection>>> pan_conns_;
-    std::map<std::string, std::vector<std::shared_ptr<net::tcp::socket>>> waiters_;  // by PN ID
+    std::map<std::string, std::vector<std::shared_ptr<ControlSocket>>> waiters_;  // by PN ID
     // The listener slots of control connections that sent a request, until answered.
-    std::map<const net::tcp::socket*, std::shared_ptr<net::Listener::Slot>> control_slots_;
+    std::map<const ControlSocket*, std::shared_ptr<net::Listener::Slot>> control_slots_;
     std::optional<net::udp::endpoint> udp_reply_to_;
     std::size_t udp_request_size_ = 0;  // an answer by datagram is never bigger
     std::string udp_reply_peer_;
@@ -128,6 +134,7 @@ class GwDaemon {
     std::uint64_t save_ = 0;  // the save in progress (its completion may also come by flush())
     std::string pn_saving_;   // the PN whose inventory it saves
     std::shared_ptr<std::string> save_error_;  // its result, set by the writer thread
+    RefusalLog control_refusals_;              // requests without the right token
     PskThrottle throttle_;                     // failed PSK attempts per (source, PAN identity)
     DaemonMetrics metrics_{"PN GW"};           // Prometheus metrics (--metrics)
     MetricsServer metrics_server_{io_, metrics_.registry()};

@@ -16,8 +16,8 @@ PneOptions pne_options_from(const Config& c) {
     o.role.neighbour_ttl = neighbour_ttl_from(c);
     const std::string gw = c.str("gw");
     if (!gw.empty()) o.gw = parse_address(gw, c.where("gw"));
-    const std::string control = c.str("control_listen");
-    if (!control.empty()) o.control_listen = parse_address(control, c.where("control_listen"));
+    if (const std::string token = c.str("control_token_file"); !token.empty())
+        o.control_token = read_control_token(token, c.where("control_token_file"));
     o.role.accept_invitations = c.boolean("accept_invitations", true);
     o.role.capabilities = capabilities_from(c, c.boolean("enough_ui", true));
     o.role.contents = contents_from(c);
@@ -57,9 +57,19 @@ PneDaemon::PneDaemon(asio::io_context& io, PneOptions options, PneTask task)
 }
 
 void PneDaemon::start() {
-    if (opt_.control_listen) {
-        control_port_ = listen_on(control_listener_, *opt_.control_listen, "control_listen");
-        spdlog::info("control on {}:{} (neighbours)", opt_.control_listen->host, control_port_);
+    if (opt_.control && opt_.control->is_unix()) {
+        if (auto error = control_listener_.listen_unix(opt_.control->unix_path, "control"))
+            throw ConfigError(error->detail);
+        spdlog::info("control on {} (neighbours)", opt_.control->str());
+        asio::co_spawn(io_, control_listener_.run(), asio::detached);
+    } else if (opt_.control) {
+        if (!opt_.control_token)
+            throw ConfigError("a TCP control endpoint (control = \"" + opt_.control->str() +
+                              "\") needs control_token_file: a file with 64 hex digits, mode "
+                              "0600 (openssl rand -hex 32 > FILE); or use a Unix socket, "
+                              "control = \"unix:PATH\"");
+        control_port_ = listen_on(control_listener_, opt_.control->tcp, "control");
+        spdlog::info("control on {}:{} (neighbours)", opt_.control->tcp.host, control_port_);
         asio::co_spawn(io_, control_listener_.run(), asio::detached);
     }
     metrics_.watch_listener("control", control_listener_);
@@ -85,18 +95,30 @@ void PneDaemon::stop() {
     links_.clear();
 }
 
+void PneDaemon::control_accepted(std::shared_ptr<ControlSocket> sock, net::Listener::Slot slot,
+                                 std::string peer) {
+    slot.on_evict([weak = std::weak_ptr<ControlSocket>(sock)] {
+        std::error_code ec;
+        if (auto s = weak.lock()) s->close(ec);
+    });
+    asio::co_spawn(
+        io_,
+        control_serve(std::move(sock), std::make_shared<net::Listener::Slot>(std::move(slot)),
+                      std::move(peer)),
+        asio::detached);
+}
+
 net::Listener::Hooks PneDaemon::control_hooks() {
     net::Listener::Hooks h;
     h.on_socket = [this](net::tcp::socket socket, net::Listener::Slot slot) {
-        auto sock = std::make_shared<net::tcp::socket>(std::move(socket));
-        slot.on_evict([weak = std::weak_ptr<net::tcp::socket>(sock)] {
-            std::error_code ec;
-            if (auto s = weak.lock()) s->close(ec);
-        });
-        asio::co_spawn(
-            io_,
-            control_serve(std::move(sock), std::make_shared<net::Listener::Slot>(std::move(slot))),
-            asio::detached);
+        std::string peer = slot.source();
+        control_accepted(std::make_shared<ControlSocket>(std::move(socket)), std::move(slot),
+                         std::move(peer));
+    };
+    h.on_local_socket = [this](asio::local::stream_protocol::socket socket,
+                               net::Listener::Slot slot, long uid) {
+        control_accepted(std::make_shared<ControlSocket>(std::move(socket)), std::move(slot),
+                         "uid " + std::to_string(uid));
     };
     h.on_refused = [](const std::string& source, net::Listener::Refusal, std::size_t open,
                       std::size_t count) {
@@ -111,15 +133,16 @@ net::Listener::Hooks PneDaemon::control_hooks() {
 
 // One request line per connection, answered with one line of JSON: "neighbours" (this PNE's
 // live Entity Discovery neighbours). The request must come within kPneControlIdleTimeout.
-asio::awaitable<void> PneDaemon::control_serve(std::shared_ptr<net::tcp::socket> socket,
-                                               std::shared_ptr<net::Listener::Slot> slot) {
+asio::awaitable<void> PneDaemon::control_serve(std::shared_ptr<ControlSocket> socket,
+                                               std::shared_ptr<net::Listener::Slot> slot,
+                                               std::string peer) {
     // Forgotten when served (not in a destructor: a frame destroyed with the io_context, after
     // this daemon, must not touch it).
     control_sockets_[socket.get()] = socket;
     std::string line;
     std::error_code ec;
     asio::steady_timer idle(io_, std::chrono::milliseconds(kPneControlIdleTimeout));
-    idle.async_wait([weak = std::weak_ptr<net::tcp::socket>(socket)](const std::error_code& e) {
+    idle.async_wait([weak = std::weak_ptr<ControlSocket>(socket)](const std::error_code& e) {
         std::error_code ignored;
         if (auto s = weak.lock(); s && !e) s->close(ignored);
     });
@@ -134,11 +157,24 @@ asio::awaitable<void> PneDaemon::control_serve(std::shared_ptr<net::tcp::socket>
     slot->authenticated();
     line.resize(n > 0 ? n - 1 : 0);
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::string answer;
+    if (opt_.control_token) {  // a TCP endpoint: the line starts with the token
+        auto rest = strip_control_token(line, *opt_.control_token);
+        if (rest) {
+            line = std::move(*rest);
+        } else {
+            control_refusals_.refused(peer);
+            answer = unauthorized_json();
+            line.clear();
+        }
+    }
     std::istringstream in(line);
     std::string cmd;
     in >> cmd;
-    std::string answer;
-    if (cmd == "neighbours") {
+    if (!answer.empty()) {
+        // refused: answered UNAUTHORIZED below
+    } else if (cmd == "neighbours") {
+        spdlog::info("control request from {}: neighbours", peer);
         answer = neighbours_json(opt_.role.pne_id, pne_->neighbour_table(), mono_now());
     } else {
         spdlog::warn("control: unknown command '{}'", printable(cmd));
@@ -147,7 +183,7 @@ asio::awaitable<void> PneDaemon::control_serve(std::shared_ptr<net::tcp::socket>
     answer += "\n";
     co_await asio::async_write(*socket, asio::buffer(answer),
                                asio::redirect_error(asio::use_awaitable, ec));
-    socket->shutdown(net::tcp::socket::shutdown_both, ec);
+    socket->shutdown(ControlSocket::shutdown_both, ec);
     socket->close(ec);
     control_sockets_.erase(socket.get());
 }

@@ -37,8 +37,11 @@ struct PneOptions {
     PneConfig role;
     std::optional<net::HostPort> gw;  // none: discover by multicast
     DeviceOptions device;             // state_file: memberships, LocalEUKeys, SK_PNE
-    // Where to answer "neighbours" for operators (none: no control endpoint).
-    std::optional<net::HostPort> control_listen;
+    // Where to answer "neighbours" for operators (none: no control endpoint). `cpns-pne run`
+    // sets it (control_address_from: a Unix socket by default); a TCP endpoint needs
+    // control_token.
+    std::optional<ControlAddress> control;
+    std::optional<SecretKey> control_token;
 };
 
 PneOptions pne_options_from(const Config& c);
@@ -85,8 +88,12 @@ class PneDaemon {
     void outcome_effect(const OutcomeEffect& o);
     void fail_early(pb::FailureReason reason, const std::string& detail);
     net::Listener::Hooks control_hooks();
-    asio::awaitable<void> control_serve(std::shared_ptr<net::tcp::socket> socket,
-                                        std::shared_ptr<net::Listener::Slot> slot);
+    using ControlSocket = asio::generic::stream_protocol::socket;
+    void control_accepted(std::shared_ptr<ControlSocket> sock, net::Listener::Slot slot,
+                          std::string peer);
+    asio::awaitable<void> control_serve(std::shared_ptr<ControlSocket> socket,
+                                        std::shared_ptr<net::Listener::Slot> slot,
+                                        std::string peer);
     void finish();
 
     asio::io_context& io_;
@@ -115,7 +122,8 @@ class PneDaemon {
     DaemonMetrics metrics_{"PNE"};  // Prometheus metrics (--metrics)
     MetricsServer metrics_server_{io_, metrics_.registry()};
     // Control connections being served (at most kMaxPneControlConnections), closed at stop().
-    std::map<const net::tcp::socket*, std::weak_ptr<net::tcp::socket>> control_sockets_;
+    std::map<const ControlSocket*, std::weak_ptr<ControlSocket>> control_sockets_;
+    RefusalLog control_refusals_;  // requests without the right token
 };
 
 }  // namespace cpns::daemon

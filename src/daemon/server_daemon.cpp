@@ -504,6 +504,34 @@ void ServerDaemon::start() {
     poll_changes();
 }
 
+void ServerDaemon::reload(std::size_t max_connections_per_source, const std::string& entities) {
+    opt_.max_connections_per_source = max_connections_per_source;
+    listener_.set_max_per_source(max_connections_per_source);
+    if (entities.empty()) return;
+    auto list = std::make_shared<std::vector<store::StoredEntity>>(read_entities(entities));
+    auto counts = std::make_shared<std::pair<std::size_t, std::size_t>>();
+    store_job(
+        [list, counts](store::Store& st) {
+            for (const auto& e : *list) {
+                if (st.get_entity(e.id)) {
+                    ++counts->second;
+                    continue;
+                }
+                st.put_entity(e);
+                ++counts->first;
+            }
+        },
+        [entities, counts](StoreFailure failure) {
+            if (failure)
+                spdlog::error("reload: entities file {} not imported (store error)", entities);
+            else
+                spdlog::info(
+                    "reload: entities file {}: {} added, {} already in the store (kept as stored)",
+                    entities, counts->first, counts->second);
+        },
+        true);
+}
+
 void ServerDaemon::stop() {
     listener_.close();
     control_listener_.close();

@@ -127,6 +127,10 @@ class ServerDaemon {
     ServerDaemon(asio::io_context& io, ServerOptions options);
     void start();  // binds and listens; ConfigError if it cannot
     void stop();
+    // Configuration reload: the per-source connection bound, and the entities file read again
+    // (`entities`, already checked; "" = none): entities the store does not know yet are added
+    // on the store thread, as at start.
+    void reload(std::size_t max_connections_per_source, const std::string& entities);
     std::uint16_t port() const { return port_; }
     std::uint16_t control_port() const { return control_port_; }
     std::uint16_t metrics_port() const { return metrics_port_; }

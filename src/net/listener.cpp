@@ -1,6 +1,12 @@
 #include "net/listener.hpp"
 
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstring>
 
 namespace cpns::net {
 
@@ -80,6 +86,7 @@ std::optional<std::size_t> Listener::LogGate::pass() {
 
 Listener::Listener(asio::any_io_executor ex, Limits limits, Hooks hooks)
     : acceptor_(ex),
+      local_acceptor_(ex),
       backoff_timer_(ex),
       limits_(limits),
       hooks_(std::move(hooks)),
@@ -146,7 +153,40 @@ bool out_of_resources(const std::error_code& ec) {
 }
 }  // namespace
 
+std::optional<Listener::Slot> Listener::take_slot(const std::string& source) {
+    if (auto refused = admit(source)) {
+        ++(*refused == Refusal::kFull ? stats_.refused_full : stats_.refused_per_source);
+        if (hooks_.on_refused)
+            if (auto n = refused_log_.pass()) hooks_.on_refused(source, *refused, state_->open, *n);
+        return std::nullopt;
+    }
+    auto entry = std::make_shared<Entry>();
+    entry->state = state_;
+    entry->source = source;
+    State& st = *state_;
+    ++st.open;
+    ++stats_.accepted;
+    ++st.per_source[source];
+    entry->pos = st.pending.insert(st.pending.end(), entry);
+    return Slot(std::move(entry));
+}
+
+asio::awaitable<bool> Listener::accept_failed(const std::error_code& ec, Millis& backoff) {
+    if (hooks_.on_error)
+        if (auto n = error_log_.pass()) hooks_.on_error(ec, *n);
+    if (!out_of_resources(ec)) co_return true;
+    backoff = backoff == 0 ? kAcceptBackoffMin : std::min(2 * backoff, kAcceptBackoffMax);
+    backoff_timer_.expires_after(std::chrono::milliseconds(backoff));
+    std::error_code ignored;
+    co_await backoff_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    co_return acceptor_.is_open() || local_acceptor_.is_open();
+}
+
 asio::awaitable<void> Listener::run() {
+    if (local_acceptor_.is_open()) {
+        co_await run_local();
+        co_return;
+    }
     Millis backoff = 0;
     for (;;) {
         std::error_code ec;
@@ -154,44 +194,131 @@ asio::awaitable<void> Listener::run() {
             co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
         if (ec) {
             if (!acceptor_.is_open()) co_return;
-            if (hooks_.on_error)
-                if (auto n = error_log_.pass()) hooks_.on_error(ec, *n);
-            if (!out_of_resources(ec)) continue;
-            backoff = backoff == 0 ? kAcceptBackoffMin : std::min(2 * backoff, kAcceptBackoffMax);
-            backoff_timer_.expires_after(std::chrono::milliseconds(backoff));
-            co_await backoff_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-            if (!acceptor_.is_open()) co_return;
+            if (!co_await accept_failed(ec, backoff)) co_return;
             continue;
         }
         backoff = 0;
         std::error_code peer_ec;
         const auto peer = socket.remote_endpoint(peer_ec);
         if (peer_ec) continue;  // already gone
-        std::string source = peer.address().to_string();
-        if (auto refused = admit(source)) {
+        auto slot = take_slot(peer.address().to_string());
+        if (!slot) {
             std::error_code ignored;
             socket.close(ignored);
-            ++(*refused == Refusal::kFull ? stats_.refused_full : stats_.refused_per_source);
-            if (hooks_.on_refused)
-                if (auto n = refused_log_.pass())
-                    hooks_.on_refused(source, *refused, state_->open, *n);
             continue;
         }
-        auto entry = std::make_shared<Entry>();
-        entry->state = state_;
-        entry->source = source;
-        State& st = *state_;
-        ++st.open;
-        ++stats_.accepted;
-        ++st.per_source[source];
-        entry->pos = st.pending.insert(st.pending.end(), entry);
-        hooks_.on_socket(std::move(socket), Slot(std::move(entry)));
+        hooks_.on_socket(std::move(socket), std::move(*slot));
     }
+}
+
+asio::awaitable<void> Listener::run_local() {
+    Millis backoff = 0;
+    for (;;) {
+        std::error_code ec;
+        auto socket =
+            co_await local_acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) {
+            if (!local_acceptor_.is_open()) co_return;
+            if (!co_await accept_failed(ec, backoff)) co_return;
+            continue;
+        }
+        backoff = 0;
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        long uid = -1;
+        if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+            uid = static_cast<long>(cred.uid);
+        auto slot = take_slot("uid " + std::to_string(uid));
+        if (!slot) {
+            std::error_code ignored;
+            socket.close(ignored);
+            continue;
+        }
+        hooks_.on_local_socket(std::move(socket), std::move(*slot), uid);
+    }
+}
+
+namespace {
+
+std::string errno_text(int err) {
+    return std::strerror(err);
+}
+
+// A socket at `path` that something answers on: a running daemon (connect() succeeds).
+bool socket_answers(const std::string& path) {
+    asio::io_context io;
+    asio::local::stream_protocol::socket s(io);
+    std::error_code ec;
+    s.connect(asio::local::stream_protocol::endpoint(path), ec);
+    return !ec;
+}
+
+}  // namespace
+
+std::optional<LinkError> Listener::listen_unix(const std::string& path, std::string_view what) {
+    const auto fail = [&](const std::string& text) {
+        return LinkError{pb::INTERNAL_ERROR, std::string(what) + " unix:" + path + ": " + text};
+    };
+    if (path.empty() || path.front() != '/') return fail("the socket path must be absolute");
+    if (path.size() >= sizeof(sockaddr_un::sun_path))
+        return fail("the socket path is longer than " +
+                    std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " octets");
+    const std::string dir = path.substr(0, std::max<std::size_t>(1, path.rfind('/')));
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0) {
+        if (errno != ENOENT) return fail("cannot use directory " + dir + ": " + errno_text(errno));
+        if (::mkdir(dir.c_str(), 0750) != 0)
+            return fail("cannot create directory " + dir + ": " + errno_text(errno));
+    } else if (!S_ISDIR(st.st_mode)) {
+        return fail(dir + " is not a directory");
+    }
+    if (::lstat(path.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return fail("the path exists and is not a socket; remove it or choose another path");
+        if (socket_answers(path))
+            return fail("another process is listening on it (is the daemon running already?)");
+        if (::unlink(path.c_str()) != 0)
+            return fail("cannot remove the stale socket: " + errno_text(errno));
+    }
+    std::error_code ec;
+    local_acceptor_.open(asio::local::stream_protocol(), ec);
+    if (ec) return fail(ec.message());
+    // Created 0660 (never wider, not even for an instant), then set exactly and checked.
+    const mode_t old = ::umask(0117);
+    local_acceptor_.bind(asio::local::stream_protocol::endpoint(path), ec);
+    ::umask(old);
+    if (ec) {
+        local_acceptor_.close();
+        return fail("cannot bind: " + ec.message());
+    }
+    if (::chmod(path.c_str(), 0660) != 0 || ::lstat(path.c_str(), &st) != 0 ||
+        !S_ISSOCK(st.st_mode) || (st.st_mode & 07777) != 0660) {
+        const int err = errno;
+        local_acceptor_.close();
+        return fail("cannot give the socket mode 0660: " + errno_text(err));
+    }
+    local_acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+        local_acceptor_.close();
+        ::unlink(path.c_str());
+        return fail("cannot listen: " + ec.message());
+    }
+    unix_path_ = path;
+    unix_inode_ = st.st_ino;
+    return std::nullopt;
 }
 
 void Listener::close() {
     std::error_code ec;
     acceptor_.close(ec);
+    if (local_acceptor_.is_open()) {
+        local_acceptor_.close(ec);
+        // Removed only if it is still the socket we bound (not one a later daemon made).
+        struct stat st {};
+        if (!unix_path_.empty() && ::lstat(unix_path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+            st.st_ino == unix_inode_)
+            ::unlink(unix_path_.c_str());
+    }
     backoff_timer_.cancel();
 }
 

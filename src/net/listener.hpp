@@ -1,7 +1,7 @@
-// A TCP listener: binds an address, accepts until closed, and bounds the connections its
-// owner serves at once — in total and per source address — so that neither a flood of idle
-// connections nor running out of file descriptors can take the daemon down. The one accept
-// loop of the daemons.
+// A TCP or Unix domain socket listener: binds an address (or a socket path), accepts until
+// closed, and bounds the connections its owner serves at once — in total and per source (IP
+// address; for a Unix socket the peer's uid) — so that neither a flood of idle connections nor
+// running out of file descriptors can take the daemon down. The one accept loop of the daemons.
 //
 // Bounds and what happens at them:
 //  - `max_open` connections at once. When full, the oldest connection that has not yet
@@ -82,6 +82,9 @@ class Listener {
     struct Hooks {
         // Each accepted socket within the limits, with the slot that counts it.
         std::function<void(asio::ip::tcp::socket, Slot)> on_socket;
+        // The same for a Unix domain socket listener (listen_unix), with the peer's uid
+        // (SO_PEERCRED; -1 if unknown). Its slot's source is "uid N".
+        std::function<void(asio::local::stream_protocol::socket, Slot, long uid)> on_local_socket;
         // Connections dropped at once (full, or too many from one source): the last one's
         // source and why, how many are open, and how many refusals this call stands for.
         std::function<void(const std::string& source, Refusal why, std::size_t open,
@@ -101,6 +104,13 @@ class Listener {
     // an IP address ("pan_listen '...' is not an IP address"), else "cannot listen on ...".
     std::optional<LinkError> listen(const HostPort& at, std::string_view what);
     std::uint16_t port() const { return port_; }
+    // Binds a Unix domain socket at `path`, readable and writable by its owner and group only
+    // (mode 0660: created under a umask, then chmod, then checked with lstat). The directory
+    // is created (mode 0750) if missing; its parent must exist. A path that exists and is not
+    // a socket is refused; an existing socket is replaced only if nothing answers on it. The
+    // socket is removed by close(). The error's detail names `what` and the path.
+    std::optional<LinkError> listen_unix(const std::string& path, std::string_view what);
+    const std::string& unix_path() const { return unix_path_; }
     // Accepts until close().
     asio::awaitable<void> run();
     void close();
@@ -113,6 +123,9 @@ class Listener {
     std::size_t open() const;
     std::size_t open_from(const std::string& source) const;
     const Limits& limits() const { return limits_; }
+    // A new per-source bound (configuration reload): applies to the next connections; those
+    // already open stay.
+    void set_max_per_source(std::size_t n) { limits_.max_per_source = n; }
 
   private:
     // Reports at most once per kListenerLogInterval; counts what it holds back.
@@ -124,8 +137,17 @@ class Listener {
 
     // A slot for `source`, or why not (after evicting if full).
     std::optional<Refusal> admit(const std::string& source);
+    // Counts an accepted connection from `source`, or refuses it (closing nothing: the caller
+    // closes the socket when it gets no slot).
+    std::optional<Slot> take_slot(const std::string& source);
+    asio::awaitable<void> run_local();
+    // Waits after an accept error; false when the listener was closed meanwhile.
+    asio::awaitable<bool> accept_failed(const std::error_code& ec, Millis& backoff);
 
     asio::ip::tcp::acceptor acceptor_;
+    asio::local::stream_protocol::acceptor local_acceptor_;
+    std::string unix_path_;
+    std::uint64_t unix_inode_ = 0;  // of the socket we bound: close() removes only that one
     asio::steady_timer backoff_timer_;
     Limits limits_;
     Hooks hooks_;

@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -44,7 +45,6 @@ class PneSpec:
     use_discovery: bool = False  # find the PN GW by multicast instead of its address
     pan_tls: str = "tls13"
     keylog: str = ""  # this PNE's own NSS key-log file ("" = none)
-    control_port: int = 0  # answer `neighbours` on 127.0.0.1:control_port (0 = no endpoint)
     previous_eukey: str = ""  # after `cpnsctl rotate`: the old EUKey, to open its state file
     # filled by provisioning
     eukey: str = ""
@@ -86,7 +86,9 @@ class Lab:
     # them to the addresses of the previous run so that the peers find the restarted process.
     server_listen: str = "127.0.0.1:0"
     gw_pan_listen: str = "127.0.0.1:0"
-    gw_control_listen: str = "127.0.0.1:0"
+    # The PN GW's control endpoint: "" = a Unix socket in the lab's folder (the daemons'
+    # kind of default); "HOST:PORT" = TCP, with a token file the lab writes (control_token).
+    gw_control_listen: str = ""
     # `neighbour_ttl_ms` of the PN GW and every PNE (0: not set, the daemons' default of 5 min).
     neighbour_ttl_ms: int = 0
     # Every daemon's log format ("" keeps the default, human; "json": one object per line).
@@ -155,12 +157,14 @@ class Lab:
         gw_key = new_key() if self.gw_wrong_eukey else self.gw_key
         lines = [
             f'id = "{self.gw_id}"', f'eukey = "{gw_key}"', f'server = "{self.server_addr}"',
-            f'pan_listen = "{self.gw_pan_listen}"', f'control_listen = "{self.gw_control_listen}"',
+            f'pan_listen = "{self.gw_pan_listen}"', f'control = "{self._gw_control()}"',
             f'discovery_group = "{self.discovery_group}"',
             f'ready_file = "{self.workdir / "gw.ready"}"', f'log_level = "{self.log_level}"',
             f'state_file = "{self.workdir / "gw.state"}"',
         ]
         lines += self._observability_lines("gw").splitlines()
+        if not self._gw_control().startswith("unix:"):
+            lines.append(f'control_token_file = "{self.control_token_file()}"')
         if self.gw_previous_key:
             lines.append(f'previous_eukey = "{self.gw_previous_key}"')
         if self.gw_pan_tls:
@@ -201,8 +205,7 @@ class Lab:
             lines.append(f'keylog = "{p.keylog or self.keylog}"')
         if self.neighbour_ttl_ms:
             lines.append(f'neighbour_ttl_ms = {self.neighbour_ttl_ms}')
-        if p.control_port:
-            lines.append(f'control_listen = "127.0.0.1:{p.control_port}"')
+        lines.append(f'control = "{self.pne_control_addr(p)}"')
         lines += ['', '[capabilities]', f'device_type = "{p.device_type}"',
                   'manufacturer = "cpnslab"', '', '[[content]]', f'id = "content-of-{p.id}"',
                   'media_type = "audio/mpeg"', 'title = "demo track"', '']
@@ -210,6 +213,33 @@ class Lab:
         path.write_text("\n".join(lines))
         os.chmod(path, 0o600)
         return path
+
+    def _gw_control(self) -> str:
+        return self.gw_control_listen or f"unix:{self.workdir / 'gw-control.sock'}"
+
+    def pne_control_addr(self, p: PneSpec) -> str:
+        """The control endpoint of PNE `p` while it runs: a Unix socket in the lab's folder."""
+        return f"unix:{self.workdir / (p.id + '-control.sock')}"
+
+    def control_token_file(self) -> Path:
+        """The token of a TCP control endpoint (written once, mode 0600)."""
+        path = self.workdir / "control.token"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(new_key() + "\n")
+        return path
+
+    def control_prefix(self) -> bytes:
+        """What a raw control request to the PN GW starts with: its token on TCP, else b""."""
+        if self.control_addr.startswith("unix:"):
+            return b""
+        return b"token " + self.control_token_file().read_text().strip().encode() + b" "
+
+    def _token_args(self) -> list[str]:
+        if self.control_addr.startswith("unix:"):
+            return []
+        return ["--token-file", str(self.control_token_file())]
 
     def _observability_lines(self, name: str) -> str:
         """The `log_format` and `metrics` settings of process `name` (TOML lines, or "")."""
@@ -375,24 +405,26 @@ class Lab:
 
     def gw_invite(self, ids: list[str] | None = None, timeout: float = 120.0) -> tuple[int, dict]:
         args = [str(self.bindir / "cpns-gw" / "cpns-gw"), "invite", "--control", self.control_addr,
-                "--json"] + (ids or [])
+                "--json"] + self._token_args() + (ids or [])
         r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
         out = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
         return r.returncode, out
 
     def gw_status(self) -> dict:
         r = subprocess.run([str(self.bindir / "cpns-gw" / "cpns-gw"), "status", "--control",
-                            self.control_addr], capture_output=True, text=True, timeout=10)
+                            self.control_addr] + self._token_args(), capture_output=True,
+                           text=True, timeout=10)
         return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
 
     def gw_neighbours(self) -> dict:
         """`cpns-gw neighbours`: the PN GW's live neighbours ({} if it does not answer)."""
         r = subprocess.run([str(self.bindir / "cpns-gw" / "cpns-gw"), "neighbours", "--control",
-                            self.control_addr], capture_output=True, text=True, timeout=10)
+                            self.control_addr] + self._token_args(), capture_output=True,
+                           text=True, timeout=10)
         return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
 
     def pne_neighbours(self, p: PneSpec) -> dict:
-        """`cpns-pne neighbours` of a running PNE with a control_port ({} if no answer)."""
+        """`cpns-pne neighbours` of a running PNE ({} if no answer)."""
         r = subprocess.run([str(self.bindir / "cpns-pne" / "cpns-pne"), "--config",
                             str(self.workdir / f"{p.id}.toml"), "neighbours"],
                            capture_output=True, text=True, timeout=10)
@@ -478,6 +510,21 @@ def cleanup(lab: Lab) -> None:
         lab.stop_all()
     finally:
         shutil.rmtree(lab.workdir, ignore_errors=True)
+
+
+def control_connect(addr: str, timeout: float) -> socket.socket:
+    """A socket connected to a control endpoint, "unix:PATH" or "HOST:PORT"."""
+    if addr.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(addr[len("unix:"):])
+        except OSError:
+            s.close()
+            raise
+        return s
+    host, port = addr.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout)
 
 
 def free_port() -> int:
