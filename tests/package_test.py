@@ -312,10 +312,11 @@ class PackageTest:
 
     def as_service(self, pkg: str, creds: str, args: list[str]) -> list[str]:
         """`args` run as the unit runs them: its user and group, no capability (bounding and
-        inheritable sets empty), no new privileges, the unit's environment and working
-        directory. setpriv execs the command in place (signals reach the daemon itself)."""
+        inheritable sets empty), no new privileges, its umask, environment and working
+        directory. setpriv, sh and env exec in place (signals reach the daemon itself)."""
         return ["setpriv", f"--reuid={pkg}", f"--regid={pkg}", "--init-groups",
                 "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--",
+                "sh", "-c", 'umask 077 && exec "$@"', "sh",  # UMask=0077
                 "env", "-i", "-C", f"/var/lib/{pkg}", "PATH=/usr/bin:/bin",
                 f"CREDENTIALS_DIRECTORY={creds}", f"STATE_DIRECTORY=/var/lib/{pkg}",
                 f"RUNTIME_DIRECTORY=/run/{pkg}"] + args
@@ -339,13 +340,13 @@ class PackageTest:
         print("  " + self.ctl("list").strip().replace("\n", "\n  "))
 
         step("Edit /etc/cpns/*.toml as an operator would (addresses, IDs, state files)")
-        sport, pan, control = free_port(), free_port(), free_port()
+        sport, pan = free_port(), free_port()
         srv = "/etc/cpns/cpns-server.toml"
         set_key(srv, "listen", q(f"127.0.0.1:{sport}"))
         set_key(srv, "ready_file", q("/run/cpns-server/ready"))
         gw = "/etc/cpns/cpns-gw.toml"
         for k, v in [("id", "gw-1"), ("server", f"127.0.0.1:{sport}"),
-                     ("pan_listen", f"127.0.0.1:{pan}"), ("control_listen", f"127.0.0.1:{control}"),
+                     ("pan_listen", f"127.0.0.1:{pan}"),
                      ("discovery_group", ""), ("state_file", "/var/lib/cpns-gw/state"),
                      ("ready_file", "/run/cpns-gw/ready")]:
             set_key(gw, k, q(v))
@@ -360,8 +361,10 @@ class PackageTest:
         os.chmod(pne2, 0o644)
         set_key(pne2, "id", q("pne-2"))
         set_key(pne2, "state_file", q("/var/lib/cpns-pne/pne-2.state"))
-        print(f"  server on 127.0.0.1:{sport}; PN GW gw-1 PAN 127.0.0.1:{pan}, control "
-              f"127.0.0.1:{control}; PNEs pne-1 (/etc/cpns/cpns-pne.toml), pne-2; discovery off")
+        # Its own control socket: pne-1 takes the default one, $RUNTIME_DIRECTORY/control.sock.
+        set_key(pne2, "control", q("unix:/run/cpns-pne/pne-2-control.sock"))
+        print(f"  server on 127.0.0.1:{sport}; PN GW gw-1 PAN 127.0.0.1:{pan}, control on its "
+              f"default socket; PNEs pne-1 (/etc/cpns/cpns-pne.toml), pne-2; discovery off")
 
         step("Start the installed daemons as their units would (users, credentials, dirs)")
         for pkg in PACKAGES:
@@ -382,8 +385,17 @@ class PackageTest:
             raise AssertionError("the server's store is not in its state directory")
         p = self.lab._spawn("gw", self.as_service(
             "cpns-gw", creds["cpns-gw"], ["/usr/bin/cpns-gw", "--config", gw, "run"]))
-        print(f"  cpns-gw (user cpns-gw) ready: {self.wait_file('/run/cpns-gw/ready', p)}")
-        self.lab.control_addr = f"127.0.0.1:{control}"
+        ready = self.wait_file('/run/cpns-gw/ready', p)
+        print(f"  cpns-gw (user cpns-gw) ready: {ready}")
+        control = dict(kv.split("=", 1) for kv in ready.split())["control"]
+        if control != "unix:/run/cpns-gw/control.sock":
+            raise AssertionError(f"the PN GW's control endpoint is {control}, not the socket in "
+                                 "its runtime directory")
+        self.lab.control_addr = control
+        mode = stat.S_IMODE(os.stat("/run/cpns-gw/control.sock").st_mode)
+        if mode != 0o660:
+            raise AssertionError(f"the PN GW's control socket has mode {mode:o} under the "
+                                 "unit's umask, not 660")
         self.lab.bindir = self.tmp / "bin"  # Lab's helpers call <bindir>/<name>/<name>
         for name in ["cpns-gw", "cpns-pne"]:
             (self.lab.bindir / name).mkdir(parents=True)
