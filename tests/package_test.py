@@ -15,7 +15,9 @@ packages").
    operator would; the installed cpns-server, cpns-gw and cpns-pne started as their system
    users with what their unit gives them (credentials in $CREDENTIALS_DIRECTORY, state and
    runtime directories, working directory, no capabilities, no new privileges); a PN
-   established with each flow (5.2.1.1, 5.2.1.2) and found in the server's store.
+   established with each flow (5.2.1.1, 5.2.1.2) and found in the server's store. A SIGHUP
+   (the unit's ExecReload) applies an edited log_level; --check-config of the packaged file
+   needs the credential.
 6. An upgrade: the same binaries packed as a newer version and installed over the first;
    the operator's edited configuration, keys, users and store stay, and the upgraded server
    starts with them.
@@ -35,6 +37,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -60,6 +63,7 @@ VERIFY_TIMEOUT_S = 60
 COMMAND_TIMEOUT_S = 60  # cpnsctl, cpns-gw status
 ESTABLISH_TIMEOUT_S = 120  # one establishment (cpns-pne setup, cpns-gw invite)
 LINK_TIMEOUT_S = 15  # until the PN GW has its server link and its PNEs' PAN links
+RELOAD_TIMEOUT_S = 10  # until a daemon logs that it applied its edited file after SIGHUP
 # systemd-analyze security's exposure scale is 0 (locked down) to 10 (UNSAFE); the units reach
 # about 1.4 ("OK"). A change that weakens a unit beyond this fails the test.
 MAX_EXPOSURE = 2.0
@@ -434,6 +438,32 @@ class PackageTest:
             raise AssertionError(f"PN GW initiated establishment failed:\n{r.stdout}{r.stderr}\n"
                                  + self.lab.logs())
         second_pn = out["pn_id"]
+
+        step("Reload as the unit's ExecReload does (SIGHUP), and --check-config of the file")
+        set_key(gw, "log_level", q("debug"))
+        gw_proc = self.lab.proc("gw")
+        mark = len(gw_proc.log.read_text())
+        os.kill(gw_proc.popen.pid, signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        while "'log_level' applied" not in gw_proc.log.read_text()[mark:]:
+            if time.monotonic() > deadline or gw_proc.popen.poll() is not None:
+                raise AssertionError("cpns-gw did not apply its edited log_level on SIGHUP:\n"
+                                     + gw_proc.log.read_text()[mark:])
+            time.sleep(0.05)
+        if not self.lab.gw_status().get("server_link"):
+            raise AssertionError("cpns-gw lost its server link in the reload")
+        print("  cpns-gw: 'log_level' applied on SIGHUP (the key read again from its "
+              "credential); still linked")
+        r = run(["/usr/bin/cpns-gw", "--check-config", gw], check=False)
+        if r.returncode != 2 or "'device-key' credential" not in r.stderr:
+            raise AssertionError(f"--check-config without the credential: exit {r.returncode}, "
+                                 f"{r.stderr}")
+        print(f"  without the credential: exit 2, {r.stderr.strip()}")
+        r = run(self.as_service("cpns-gw", creds["cpns-gw"],
+                                ["/usr/bin/cpns-gw", "--check-config", gw]), check=False)
+        if r.returncode != 0:
+            raise AssertionError(f"--check-config as the unit: exit {r.returncode}, {r.stderr}")
+        print(f"  as the unit runs it: {r.stdout.strip()}")
 
         step("Stop the daemons (SIGTERM); the server's store and the devices' state files")
         times = self.lab.stop_all()
