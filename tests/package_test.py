@@ -65,7 +65,7 @@ ESTABLISH_TIMEOUT_S = 120  # one establishment (cpns-pne setup, cpns-gw invite)
 LINK_TIMEOUT_S = 15  # until the PN GW has its server link and its PNEs' PAN links
 RELOAD_TIMEOUT_S = 10  # until a daemon logs that it applied its edited file after SIGHUP
 # systemd-analyze security's exposure scale is 0 (locked down) to 10 (UNSAFE); the units reach
-# about 1.4 ("OK"). A change that weakens a unit beyond this fails the test.
+# 1.6 ("OK"). A change that weakens a unit beyond this fails the test.
 MAX_EXPOSURE = 2.0
 UPGRADE_SUFFIX = "+upgradetest1"  # the upgrade step's version: this one plus it (sorts after)
 # Where a package could leave something: compared before installation and after purge.
