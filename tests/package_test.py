@@ -52,7 +52,8 @@ PACKAGES = ["cpns-server", "cpns-gw", "cpns-pne"]
 PACKAGE_FILES = {  # what each package must install (besides its doc directory)
     "cpns-server": ["/usr/bin/cpns-server", "/usr/bin/cpnsctl", "/etc/cpns/cpns-server.toml",
                     "/lib/systemd/system/cpns-server.service"],
-    "cpns-gw": ["/usr/bin/cpns-gw", "/etc/cpns/cpns-gw.toml", "/lib/systemd/system/cpns-gw.service"],
+    "cpns-gw": ["/usr/bin/cpns-gw", "/etc/cpns/cpns-gw.toml",
+                "/lib/systemd/system/cpns-gw.service"],
     "cpns-pne": ["/usr/bin/cpns-pne", "/etc/cpns/cpns-pne.toml",
                  "/lib/systemd/system/cpns-pne.service"],
 }
@@ -262,7 +263,8 @@ class PackageTest:
             if st.st_uid != u.pw_uid or stat.S_IMODE(st.st_mode) != 0o750:
                 raise AssertionError(f"/var/lib/{pkg}: owner {st.st_uid}, mode "
                                      f"{stat.S_IMODE(st.st_mode):o}")
-            print(f"  {pkg}: installed, binaries stripped; system user {pkg} (uid {u.pw_uid}, {u.pw_shell}); "
+            print(f"  {pkg}: installed, binaries stripped; system user {pkg} "
+                  f"(uid {u.pw_uid}, {u.pw_shell}); "
                   f"/var/lib/{pkg} 0750")
 
     # --- 4: systemd-analyze ---------------------------------------------------------------
@@ -384,7 +386,8 @@ class PackageTest:
         }
         p = self.lab._spawn("server", self.as_service(
             "cpns-server", creds["cpns-server"], ["/usr/bin/cpns-server", "--config", srv]))
-        print(f"  cpns-server (user cpns-server) ready on {self.wait_file('/run/cpns-server/ready', p)}")
+        ready = self.wait_file("/run/cpns-server/ready", p)
+        print(f"  cpns-server (user cpns-server) ready on {ready}")
         if not os.path.exists("/var/lib/cpns-server/cpns-server.db"):
             raise AssertionError("the server's store is not in its state directory")
         p = self.lab._spawn("gw", self.as_service(
