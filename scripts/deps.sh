@@ -28,6 +28,10 @@ if [[ "${1:-}" == "--with-tests" ]]; then
              python3-jsonschema python3-yaml  # tests/api_test.py: answers checked against docs/api.yaml
              chromium  # tests/console_test.py: drives the web console headless (DevTools protocol)
              passwd util-linux  # tests/control_socket_test.py: useradd/userdel, runuser (a 2nd local user)
+             lintian  # tests/package_test.py: lintian on the .debs
+             dpkg-dev  # tests/package_test.py: cpack's dependencies from dpkg-shlibdeps
+             systemd  # tests/package_test.py: systemd-analyze verify and security on the units
+             adduser  # tests/package_test.py: the packages' postinst makes the system users
              )
 fi
 

@@ -9,6 +9,7 @@
 #include "api/tokens.hpp"
 #include "common/version.hpp"
 #include "daemon/config_check.hpp"
+#include "daemon/credentials.hpp"
 #include "daemon/server_daemon.hpp"
 
 using namespace cpns;
@@ -33,7 +34,9 @@ int main(int argc, char** argv) {
                    "sqlite:cpns-server.db)");
     app.add_option(
         "--master-key-file", master_key,
-        "file with the 256-bit master key sealing EUKeys at rest (else $CPNS_MASTER_KEY)");
+        "file with the 256-bit master key sealing EUKeys at rest (else $CPNS_MASTER_KEY); under "
+        "systemd the unit gives it as credential 'master-key' ($CREDENTIALS_DIRECTORY) and this "
+        "option must not be set");
     app.add_option("--entities", entities,
                    "optional: import these entities into the store at start");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error (default info)");
@@ -99,7 +102,10 @@ int main(int argc, char** argv) {
         o.entities_file = entities.empty() ? cfg.str("entities") : entities;
         if (const char* env = std::getenv("CPNS_STORE"); env && *env) o.store = env;
         o.store = store.empty() ? cfg.str("store", o.store) : store;
-        o.master_key_file = master_key.empty() ? cfg.str("master_key_file") : master_key;
+        // systemd's LoadCredential=master-key:... wins; a configured path beside it is an error.
+        o.master_key_file = key_file_or_credential(
+            kMasterKeyCredential, master_key.empty() ? cfg.str("master_key_file") : master_key,
+            master_key.empty() ? "master_key_file" : "--master-key-file");
         o.keylog = keylog.empty() ? cfg.str("keylog") : keylog;
         o.ready_file = ready_file.empty() ? cfg.str("ready_file") : ready_file;
         o.trace_file = trace_file.empty() ? cfg.str("trace_file") : trace_file;

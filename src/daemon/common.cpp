@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 
+#include "daemon/credentials.hpp"
 #include "daemon/log_json.hpp"
 
 namespace cpns::daemon {
@@ -323,8 +324,11 @@ DeviceOptions device_options_from(const Config& c) {
 std::pair<std::string, SecretKey> device_identity(const Config& c) {
     std::string id = c.str("id");
     if (!valid_id(id)) throw ConfigError(c.where("id") + " must be a valid entity ID");
-    auto key = c.key("eukey", "eukey_file");
-    if (!key) throw ConfigError(c.where("eukey") + " (or 'eukey_file') is required");
+    auto key = device_key_credential(c);  // systemd's LoadCredential=device-key:...
+    if (!key) key = c.key("eukey", "eukey_file");
+    if (!key)
+        throw ConfigError(c.where("eukey") + " (or 'eukey_file', or a 'device-key' credential) " +
+                          "is required");
     return {std::move(id), *key};
 }
 
