@@ -566,16 +566,18 @@ void Gateway::supersede(Out& out, const std::string& initiator, const std::strin
             if (old != pn_id && inventory_.count(old)) earlier.push_back(old);
     initiator_of_[pn_id] = initiator;
     initiated_[initiator].insert(pn_id);
+    const std::string again = "PN " + pn_id + " set up again by " + initiator;
     for (const auto& old : earlier) {
         const std::set<std::string> was_in = members_of(old);
+        std::string line = again;
         if (!was_in.count(initiator) ||
             !std::includes(now_in.begin(), now_in.end(), was_in.begin(), was_in.end())) {
-            log(LogLevel::kInfo, "PN " + pn_id + " set up again by " + initiator + ": " + old +
-                                     " stays (other members, or without " + initiator + ")");
+            line.append(": ").append(old).append(" stays (other members, or without ");
+            log(LogLevel::kInfo, line.append(initiator).append(")"));
             continue;
         }
-        log(LogLevel::kInfo, "PN " + pn_id + " set up again by " + initiator +
-                                 " with every member of " + old + ": dissolving " + old);
+        line.append(" with every member of ").append(old).append(": dissolving it");
+        log(LogLevel::kInfo, line);
         for (auto& e : start_change(pb::CHANGE_DISSOLVE, old, "", now)) out.push_back(std::move(e));
     }
 }
