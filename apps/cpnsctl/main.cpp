@@ -199,7 +199,8 @@ int main(int argc, char** argv) {
             // Refuse a name the file has already (the server would refuse the file).
             if (const auto f = read_file_if_exists(token_tokens, "token file", 256 * 1024,
                                                    FileSecrecy::kSecret)) {
-                for (const auto& e : api::TokenFile::parse(f->content, token_tokens).entries())
+                const api::TokenFile existing = api::TokenFile::parse(f->content, token_tokens);
+                for (const auto& e : existing.entries())
                     if (e.name == token_name)
                         throw ConfigError("token name '" + token_name + "' is in " + token_tokens +
                                           " already");
