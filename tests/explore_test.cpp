@@ -278,6 +278,90 @@ TEST(ExplorerHolds, CompromisedPneGetsNothingFromTheHonestOnes) {
     EXPECT_GE(r.depth_exhausted, 3);
 }
 
+// --- The PN lifecycle (life=N): leaves, removals and dissolves as moves ---------------------
+
+// After the honest establishment, the lifecycle commands are moves; each, run to the end,
+// changes the store, the PN GW and the PNEs alike and violates nothing.
+TEST(ExploreLifecycle, CommandsAreMovesAndEndInAgreement) {
+    const auto scn = scenario("pne-all-insecure-ui-3;faults=0;attacks=0;noreplay;life=1");
+    EXPECT_EQ(Scenario::parse(scn.spec())->spec(), scn.spec());
+    EXPECT_NE(scn.spec().find(";life=1"), std::string::npos);
+    EXPECT_EQ(scenario("pne-all-insecure-ui-3").spec().find("life="), std::string::npos);
+    const auto prior = make_prior(scn);
+    const auto honest = honest_trace(scn);
+    for (const std::string op : {"leave", "remove", "dissolve"}) {
+        World w(scn, prior);
+        for (const auto& a : honest) ASSERT_TRUE(w.apply(a));
+        ASSERT_EQ(w.directory().pns().size(), 1u);
+        const std::string pn = w.directory().pns().begin()->second.pn_id();
+        std::optional<Action> move;
+        for (const auto& a : w.network_actions())
+            if (a.kind == ActionKind::kLife && a.field == op && a.value == pn &&
+                (op == "dissolve" || a.party == "pne-b"))
+                move = a;
+        ASSERT_TRUE(move.has_value()) << op;
+        std::vector<Action> trace = honest;
+        trace.push_back(*move);
+        ASSERT_TRUE(w.apply(*move)) << op;
+        for (const auto& a : w.run_honestly()) trace.push_back(a);
+        EXPECT_TRUE(w.quiescent()) << op;
+        // The budget is spent: no second lifecycle move.
+        for (const auto& a : w.network_actions()) EXPECT_NE(a.kind, ActionKind::kLife) << op;
+        const auto v = Explorer::replay(scn, trace);
+        EXPECT_TRUE(v.empty()) << op << ": " << (v.empty() ? "" : v[0].property + " " + v[0].text);
+        EXPECT_EQ(w.pne("pne-b").memberships().count(pn), 0u) << op;
+        const bool dissolved = op == "dissolve";
+        EXPECT_EQ(w.pne("pne-a").memberships().count(pn), dissolved ? 0u : 1u) << op;
+        EXPECT_EQ(w.directory().pns().size(), dissolved ? 0u : 1u) << op;
+        EXPECT_EQ(w.gw().inventory().count(pn), dissolved ? 0u : 1u) << op;
+    }
+}
+
+const std::set<std::string> kLifeProps{"lifecycle_authenticity", "no_replay", "agreement"};
+
+// A PAN attacker replays and rewrites leave requests, change notices and their
+// acknowledgements (or injects forged ones under another PNE's name): no honest PNE leaves a
+// PN it did not leave, and nothing recorded, delivered again, changes anything.
+TEST(ExploreHolds, LifecycleUnderPanAttacker) {
+    for (const auto& spec : {"pne-all-insecure-noui-3;faults=0;attacks=1;replay;inject;timers=0;"
+                             "life=1;mut=sender+pn_id+revision",
+                             "gw-all-insecure-ui-2;faults=0;attacks=2;replay;timers=0;life=2;"
+                             "mut=sender+revision+success"}) {
+        const auto scn = scenario(spec);
+        Options o = bounded(3, 150, 40, kLifeProps);
+        o.prefix = honest_trace(scn);
+        Explorer ex(scn, o);
+        const Report r = ex.run();
+        EXPECT_TRUE(r.violations.empty()) << spec << ": " << describe(r);
+        EXPECT_GE(r.depth_exhausted, 3) << describe(r);
+    }
+}
+
+// A dishonest PN GW forges leaves (another PNE's name, another revision or operation on the
+// request it forwards) and relays notices as it likes: the server takes a leave only with the
+// PNE's proof, and a PNE drops a membership only on the server's proven notice.
+TEST(ExploreHolds, LifecycleAgainstDishonestGateway) {
+    const auto scn = scenario(
+        "pne-all-secure-ui-3;faults=0;attacks=2;replay;dgw;timers=0;life=1;"
+        "mut=pne_id+op+revision+pn_id+success");
+    Options o = bounded(3, 150, 40, {"lifecycle_authenticity", "no_replay"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    EXPECT_TRUE(r.violations.empty()) << describe(r);
+}
+
+// Drops, duplicates and timeouts of lifecycle messages: the repeats of requests and notices
+// bring every party to the same PN, and no repeat applies a change twice.
+TEST(ExploreHolds, LifecycleUnderNetworkFaults) {
+    const auto scn = scenario("pne-all-insecure-ui-3;faults=2;attacks=0;noreplay;life=1");
+    Options o = bounded(3, 150, 60, kLifeProps);
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    EXPECT_TRUE(r.violations.empty()) << describe(r);
+}
+
 // --- The explorer can fail: deliberately weakened servers -------------------------------------
 // Each weakening (core/server.hpp, tests only) reopens one hole; the explorer must find it
 // within these bounds, and print it as a minimal, replayable counterexample.
@@ -325,6 +409,25 @@ TEST(ExplorerFindsWeakened, PnGwKeepsSkPne) {
     const auto& cx = expect_found(report, "secrecy");
     EXPECT_EQ(ex.render_mermaid(cx.trace).rfind("sequenceDiagram", 0), 0u);
     EXPECT_NE(ex.render_gtest(cx).find("TEST(ExplorerCounterexample, "), std::string::npos);
+}
+
+// A server that skips the leave proof check takes a leave the dishonest PN GW wrote under
+// another PNE's name: lifecycle_authenticity catches it (the honest server refuses it, see
+// ExploreHolds.LifecycleAgainstDishonestGateway).
+TEST(ExplorerFindsWeakened, SkippedLeaveProofCheck) {
+    const auto scn = scenario(
+        "pne-all-secure-ui-3;faults=0;attacks=1;noreplay;dgw;mut=pne_id;timers=0;life=1;"
+        "weaken=leave");
+    Options o = bounded(3, 50, 30, {"lifecycle_authenticity"});
+    o.prefix = honest_trace(scn);
+    o.shrink = true;
+    Explorer ex(scn, o);
+    const Report report = ex.run();
+    const auto& cx = expect_found(report, "lifecycle_authenticity");
+    EXPECT_NE(cx.text.find("sent no such leave request"), std::string::npos) << cx.text;
+    EXPECT_TRUE(has_violation(ex.check_trace(cx.trace, {"lifecycle_authenticity"}),
+                              "lifecycle_authenticity"))
+        << ex.render_text(cx.trace);
 }
 
 }  // namespace
