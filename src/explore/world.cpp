@@ -173,9 +173,16 @@ void World::apply_effects(const std::string& party, GatewayEffects effects) {
         std::visit(Overloaded{
                        [&](SendEffect& s) { route(party, std::move(s)); },
                        [&](CloseLinkEffect& c) {
-                           tls_links_.erase(c.peer);
+                           const bool had_tls = tls_links_.erase(c.peer) != 0;
                            trace_line(party, c.peer, "link closed",
                                       std::string(reason_name(c.reason)), true);
+                           // Both ends see the PSK-TLS session go down (the transport flushes
+                           // what is in flight first), as the daemons and the simulator do.
+                           if (had_tls && is_pne(c.peer)) {
+                               const std::string peer = c.peer;
+                               apply_effects(kGwId, gw_->on_link_down(peer, now_, c.reason));
+                               apply_effects(peer, pnes_.at(peer)->on_link_down(kGwId, now_));
+                           }
                        },
                        [&](StoreInventoryEffect& i) { observe(party, std::move(i)); },
                        [&](StoreLocalKeyEffect& k) { observe(party, std::move(k)); },
