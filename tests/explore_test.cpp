@@ -372,6 +372,23 @@ TEST(ExploreHolds, LifecycleUnderNetworkFaults) {
     EXPECT_TRUE(r.violations.empty()) << describe(r);
 }
 
+// --- Holes in today's code: the explorer must find them ---------------------------------------
+
+// Limitation L19 (docs/security.md): a PN GW whose timer fires only after
+// kChangeResponseTimeout gives up on a change without having asked again; when the server's
+// answer is lost, the server applied the change and the PN GW keeps the old member list.
+TEST(ExplorerFinds, PnGwThatGaveUpOnAChangeKeepsItsOldView) {
+    const auto scn = scenario("gw-all-insecure-ui-2;faults=1;attacks=0;noreplay;life=2");
+    Options o = bounded(2, 100, 50, {"agreement"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    const auto* cx = r.find("agreement");
+    ASSERT_NE(cx, nullptr) << describe(r);
+    EXPECT_NE(cx->text.find("PN GW and server hold different members"), std::string::npos)
+        << cx->text;
+}
+
 // --- The explorer can fail: deliberately weakened servers -------------------------------------
 // Each weakening (core/server.hpp, tests only) reopens one hole; the explorer must find it
 // within these bounds, and print it as a minimal, replayable counterexample.
