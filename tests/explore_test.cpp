@@ -317,6 +317,46 @@ TEST(ExploreLifecycle, CommandsAreMovesAndEndInAgreement) {
     }
 }
 
+// A removed PNE's PSK-TLS session closes after its notice; when that notice is lost, the PN GW
+// repeats it in clear on an insecure PAN, where the attacker records it. The server's proof
+// still decides: the notice applies once, and replayed it changes nothing.
+TEST(ExploreLifecycle, NoticesRepeatedAfterTheSessionClosedReachTheAttacker) {
+    const auto scn = scenario("gw-all-insecure-ui-2;faults=1;attacks=1;replay;life=1");
+    World w(scn, make_prior(scn));
+    std::vector<Action> trace = honest_trace(scn);
+    for (const auto& a : trace) ASSERT_TRUE(w.apply(a));
+    auto step = [&](const Action& a) {
+        trace.push_back(a);
+        return w.apply(a);
+    };
+    auto in_flight = [&](const std::string& name, const std::string& to) -> std::uint64_t {
+        for (const auto& m : w.in_flight())
+            if (m.name == name && m.to == to) return m.id;
+        return 0;
+    };
+    std::string pn;
+    for (const auto& [id, inv] : w.gw().inventory())
+        if (pn.empty() && w.pne("pne-b").memberships().count(id)) pn = id;
+    ASSERT_FALSE(pn.empty());
+    ASSERT_TRUE(step(Action{ActionKind::kLife, 0, "pne-b", "remove", pn}));
+    ASSERT_TRUE(step(Action{ActionKind::kDeliver, in_flight("PnChangeRequest", kServerId)}));
+    ASSERT_TRUE(step(Action{ActionKind::kDeliver, in_flight("PnChangeResponse", kGwId)}));
+    ASSERT_TRUE(step(Action{ActionKind::kDrop, in_flight("PnChangeNotify", "pne-b")}));
+    ASSERT_TRUE(step(Action{ActionKind::kTimer, 0, kGwId, "", ""}));  // the repeat, in clear
+    const Known* seen = nullptr;
+    for (const auto& k : w.knowledge())
+        if (k.name == "PnChangeNotify" && k.to == "pne-b" && !k.prior) seen = &k;
+    ASSERT_NE(seen, nullptr);
+    const Action replay{ActionKind::kReplay, seen->id, "pne-b", "", ""};
+    for (const auto& a : w.run_honestly()) trace.push_back(a);
+    EXPECT_EQ(w.pne("pne-b").memberships().count(pn), 0u);
+    ASSERT_TRUE(step(replay));
+    for (const auto& a : w.run_honestly()) trace.push_back(a);
+    EXPECT_EQ(w.pne("pne-b").memberships().count(pn), 0u);
+    const auto v = Explorer::replay(scn, trace);
+    EXPECT_TRUE(v.empty()) << (v.empty() ? "" : v[0].property + ": " + v[0].text);
+}
+
 const std::set<std::string> kLifeProps{"lifecycle_authenticity", "no_replay", "agreement"};
 
 // A PAN attacker replays and rewrites leave requests, change notices and their
