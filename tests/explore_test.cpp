@@ -287,6 +287,10 @@ TEST(ExploreLifecycle, CommandsAreMovesAndEndInAgreement) {
     EXPECT_EQ(Scenario::parse(scn.spec())->spec(), scn.spec());
     EXPECT_NE(scn.spec().find(";life=1"), std::string::npos);
     EXPECT_EQ(scenario("pne-all-insecure-ui-3").spec().find("life="), std::string::npos);
+    EXPECT_FALSE(Scenario::parse("pne-all-insecure-ui-3;life=-1").has_value());
+    const auto weak = scenario("pne-1-1-secure-ui-2;weaken=leave+hash");
+    EXPECT_TRUE(weak.weaken.skip_leave_proof_check && weak.weaken.skip_hash_pne_check);
+    EXPECT_NE(weak.spec().find(";weaken=hash+leave;"), std::string::npos) << weak.spec();
     const auto prior = make_prior(scn);
     const auto honest = honest_trace(scn);
     for (const std::string op : {"leave", "remove", "dissolve"}) {
