@@ -278,6 +278,165 @@ TEST(ExplorerHolds, CompromisedPneGetsNothingFromTheHonestOnes) {
     EXPECT_GE(r.depth_exhausted, 3);
 }
 
+// --- The PN lifecycle (life=N): leaves, removals and dissolves as moves ---------------------
+
+// After the honest establishment, the lifecycle commands are moves; each, run to the end,
+// changes the store, the PN GW and the PNEs alike and violates nothing.
+TEST(ExploreLifecycle, CommandsAreMovesAndEndInAgreement) {
+    const auto scn = scenario("pne-all-insecure-ui-3;faults=0;attacks=0;noreplay;life=1");
+    EXPECT_EQ(Scenario::parse(scn.spec())->spec(), scn.spec());
+    EXPECT_NE(scn.spec().find(";life=1"), std::string::npos);
+    EXPECT_EQ(scenario("pne-all-insecure-ui-3").spec().find("life="), std::string::npos);
+    EXPECT_FALSE(Scenario::parse("pne-all-insecure-ui-3;life=-1").has_value());
+    const auto weak = scenario("pne-1-1-secure-ui-2;weaken=leave+hash");
+    EXPECT_TRUE(weak.weaken.skip_leave_proof_check && weak.weaken.skip_hash_pne_check);
+    EXPECT_NE(weak.spec().find(";weaken=hash+leave;"), std::string::npos) << weak.spec();
+    const auto prior = make_prior(scn);
+    const auto honest = honest_trace(scn);
+    for (const std::string op : {"leave", "remove", "dissolve"}) {
+        World w(scn, prior);
+        for (const auto& a : honest) ASSERT_TRUE(w.apply(a));
+        ASSERT_EQ(w.directory().pns().size(), 1u);
+        const std::string pn = w.directory().pns().begin()->second.pn_id();
+        std::optional<Action> move;
+        for (const auto& a : w.network_actions())
+            if (a.kind == ActionKind::kLife && a.field == op && a.value == pn &&
+                (op == "dissolve" || a.party == "pne-b"))
+                move = a;
+        ASSERT_TRUE(move.has_value()) << op;
+        std::vector<Action> trace = honest;
+        trace.push_back(*move);
+        ASSERT_TRUE(w.apply(*move)) << op;
+        for (const auto& a : w.run_honestly()) trace.push_back(a);
+        EXPECT_TRUE(w.quiescent()) << op;
+        // The budget is spent: no second lifecycle move.
+        for (const auto& a : w.network_actions()) EXPECT_NE(a.kind, ActionKind::kLife) << op;
+        const auto v = Explorer::replay(scn, trace);
+        EXPECT_TRUE(v.empty()) << op << ": " << (v.empty() ? "" : v[0].property + " " + v[0].text);
+        EXPECT_EQ(w.pne("pne-b").memberships().count(pn), 0u) << op;
+        const bool dissolved = op == "dissolve";
+        EXPECT_EQ(w.pne("pne-a").memberships().count(pn), dissolved ? 0u : 1u) << op;
+        EXPECT_EQ(w.directory().pns().size(), dissolved ? 0u : 1u) << op;
+        EXPECT_EQ(w.gw().inventory().count(pn), dissolved ? 0u : 1u) << op;
+    }
+}
+
+// A removed PNE's PSK-TLS session closes after its notice; when that notice is lost, the PN GW
+// repeats it in clear on an insecure PAN, where the attacker records it. The server's proof
+// still decides: the notice applies once, and replayed it changes nothing.
+TEST(ExploreLifecycle, NoticesRepeatedAfterTheSessionClosedReachTheAttacker) {
+    const auto scn = scenario("gw-all-insecure-ui-2;faults=1;attacks=1;replay;life=1");
+    World w(scn, make_prior(scn));
+    std::vector<Action> trace = honest_trace(scn);
+    for (const auto& a : trace) ASSERT_TRUE(w.apply(a));
+    auto step = [&](const Action& a) {
+        trace.push_back(a);
+        return w.apply(a);
+    };
+    auto in_flight = [&](const std::string& name, const std::string& to) -> std::uint64_t {
+        for (const auto& m : w.in_flight())
+            if (m.name == name && m.to == to) return m.id;
+        return 0;
+    };
+    std::string pn;
+    for (const auto& [id, inv] : w.gw().inventory())
+        if (pn.empty() && w.pne("pne-b").memberships().count(id)) pn = id;
+    ASSERT_FALSE(pn.empty());
+    ASSERT_TRUE(step(Action{ActionKind::kLife, 0, "pne-b", "remove", pn}));
+    ASSERT_TRUE(step(Action{ActionKind::kDeliver, in_flight("PnChangeRequest", kServerId)}));
+    ASSERT_TRUE(step(Action{ActionKind::kDeliver, in_flight("PnChangeResponse", kGwId)}));
+    ASSERT_TRUE(step(Action{ActionKind::kDrop, in_flight("PnChangeNotify", "pne-b")}));
+    ASSERT_TRUE(step(Action{ActionKind::kTimer, 0, kGwId, "", ""}));  // the repeat, in clear
+    const Known* seen = nullptr;
+    for (const auto& k : w.knowledge())
+        if (k.name == "PnChangeNotify" && k.to == "pne-b" && !k.prior) seen = &k;
+    ASSERT_NE(seen, nullptr);
+    const Action replay{ActionKind::kReplay, seen->id, "pne-b", "", ""};
+    for (const auto& a : w.run_honestly()) trace.push_back(a);
+    EXPECT_EQ(w.pne("pne-b").memberships().count(pn), 0u);
+    ASSERT_TRUE(step(replay));
+    for (const auto& a : w.run_honestly()) trace.push_back(a);
+    EXPECT_EQ(w.pne("pne-b").memberships().count(pn), 0u);
+    const auto v = Explorer::replay(scn, trace);
+    EXPECT_TRUE(v.empty()) << (v.empty() ? "" : v[0].property + ": " + v[0].text);
+}
+
+const std::set<std::string> kLifeProps{"lifecycle_authenticity", "no_replay", "agreement"};
+
+// A PAN attacker replays and rewrites leave requests, change notices and their
+// acknowledgements (or injects forged ones under another PNE's name): no honest PNE leaves a
+// PN it did not leave, and nothing recorded, delivered again, changes anything.
+TEST(ExploreHolds, LifecycleUnderPanAttacker) {
+    const std::vector<std::pair<std::string, int>> runs{
+        {"pne-all-insecure-noui-3;faults=0;attacks=1;replay;inject;timers=0;life=1;"
+         "mut=sender+pn_id+revision",
+         3},
+        {"gw-all-insecure-ui-2;faults=0;attacks=2;replay;timers=0;life=2;"
+         "mut=sender+revision+success",
+         2}};
+    for (const auto& [spec, depth] : runs) {
+        const auto scn = scenario(spec);
+        Options o = bounded(depth, 60, 40, kLifeProps);
+        o.prefix = honest_trace(scn);
+        Explorer ex(scn, o);
+        const Report r = ex.run();
+        EXPECT_TRUE(r.violations.empty()) << spec << ": " << describe(r);
+        EXPECT_GE(r.depth_exhausted, depth) << describe(r);
+    }
+    // With a drop and the timers, the notices repeated in clear after a PSK-TLS session closed
+    // reach the attacker too (agreement is left out: limitation L19).
+    const auto scn = scenario(
+        "gw-all-insecure-ui-2;faults=1;attacks=1;replay;life=2;mut=sender+revision+success");
+    Options o = bounded(2, 40, 50, {"lifecycle_authenticity", "no_replay"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    EXPECT_TRUE(r.violations.empty()) << describe(r);
+}
+
+// A dishonest PN GW forges leaves (another PNE's name, another revision or operation on the
+// request it forwards) and relays notices as it likes: the server takes a leave only with the
+// PNE's proof, and a PNE drops a membership only on the server's proven notice.
+TEST(ExploreHolds, LifecycleAgainstDishonestGateway) {
+    const auto scn = scenario(
+        "pne-all-secure-ui-3;faults=0;attacks=1;noreplay;dgw;timers=0;life=1;"
+        "mut=pne_id+op+revision+success");
+    Options o = bounded(3, 60, 40, {"lifecycle_authenticity", "no_replay"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    EXPECT_TRUE(r.violations.empty()) << describe(r);
+}
+
+// Drops, duplicates and timeouts of lifecycle messages: no PNE leaves a PN it did not leave, and
+// no repeat applies a change twice. (Agreement is left out: a lost answer and a PN GW whose
+// timer fires late leave it with the old view, limitation L19.)
+TEST(ExploreHolds, LifecycleUnderNetworkFaults) {
+    const auto scn = scenario("pne-all-insecure-ui-3;faults=2;attacks=0;noreplay;life=1");
+    Options o = bounded(3, 100, 60, {"lifecycle_authenticity", "no_replay"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    EXPECT_TRUE(r.violations.empty()) << describe(r);
+}
+
+// --- Holes in today's code: the explorer must find them ---------------------------------------
+
+// Limitation L19 (docs/security.md): a PN GW whose timer fires only after
+// kChangeResponseTimeout gives up on a change without having asked again; when the server's
+// answer is lost, the server applied the change and the PN GW keeps the old member list.
+TEST(ExplorerFinds, PnGwThatGaveUpOnAChangeKeepsItsOldView) {
+    const auto scn = scenario("gw-all-insecure-ui-2;faults=1;attacks=0;noreplay;life=2");
+    Options o = bounded(2, 100, 50, {"agreement"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    const auto* cx = r.find("agreement");
+    ASSERT_NE(cx, nullptr) << describe(r);
+    EXPECT_NE(cx->text.find("PN GW and server hold different members"), std::string::npos)
+        << cx->text;
+}
+
 // --- The explorer can fail: deliberately weakened servers -------------------------------------
 // Each weakening (core/server.hpp, tests only) reopens one hole; the explorer must find it
 // within these bounds, and print it as a minimal, replayable counterexample.
@@ -325,6 +484,25 @@ TEST(ExplorerFindsWeakened, PnGwKeepsSkPne) {
     const auto& cx = expect_found(report, "secrecy");
     EXPECT_EQ(ex.render_mermaid(cx.trace).rfind("sequenceDiagram", 0), 0u);
     EXPECT_NE(ex.render_gtest(cx).find("TEST(ExplorerCounterexample, "), std::string::npos);
+}
+
+// A server that skips the leave proof check takes a leave the dishonest PN GW wrote under
+// another PNE's name: lifecycle_authenticity catches it (the honest server refuses it, see
+// ExploreHolds.LifecycleAgainstDishonestGateway).
+TEST(ExplorerFindsWeakened, SkippedLeaveProofCheck) {
+    const auto scn = scenario(
+        "pne-all-secure-ui-3;faults=0;attacks=1;noreplay;dgw;mut=pne_id;timers=0;life=1;"
+        "weaken=leave");
+    Options o = bounded(3, 50, 30, {"lifecycle_authenticity"});
+    o.prefix = honest_trace(scn);
+    o.shrink = true;
+    Explorer ex(scn, o);
+    const Report report = ex.run();
+    const auto& cx = expect_found(report, "lifecycle_authenticity");
+    EXPECT_NE(cx.text.find("sent no such leave request"), std::string::npos) << cx.text;
+    EXPECT_TRUE(has_violation(ex.check_trace(cx.trace, {"lifecycle_authenticity"}),
+                              "lifecycle_authenticity"))
+        << ex.render_text(cx.trace);
 }
 
 }  // namespace

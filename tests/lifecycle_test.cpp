@@ -7,6 +7,7 @@
 #include <set>
 
 #include "core/lifecycle.hpp"
+#include "explore/explorer.hpp"
 #include "sim/sim.hpp"
 
 namespace cpns::sim {
@@ -657,3 +658,38 @@ TEST(LifecycleAttacks, ARewrittenNoticeIsNotAcknowledgedAndTheRealOneStillArrive
 
 }  // namespace
 }  // namespace cpns::sim
+
+// Found by the security explorer (lifecycle_authenticity / agreement, scenario option life=N):
+// a PNE whose leave timed out before the server's proven NOTICE_LEFT came back ignored that
+// answer and held the PN for good, although the server had recorded the leave. Fixed: a proven
+// NOTICE_LEFT newer than the PN held ends the membership even when no leave is pending.
+TEST(LifecycleAttacks, ALeaveAnsweredAfterItTimedOutStillEndsTheMembership) {
+    using namespace cpns::explore;
+    const auto scn = Scenario::parse("gw-all-insecure-ui-2;faults=0;attacks=0;noreplay;life=1");
+    ASSERT_TRUE(scn.has_value());
+    const auto prior = make_prior(*scn);
+    World w(*scn, prior);
+    std::vector<Action> trace = honest_trace(*scn);
+    auto step = [&](const Action& a) {
+        trace.push_back(a);
+        return w.apply(a);
+    };
+    for (const auto& a : trace) ASSERT_TRUE(w.apply(a));
+    ASSERT_FALSE(w.pne("pne-b").memberships().empty());
+    const std::string pn = w.pne("pne-b").memberships().begin()->first;
+    ASSERT_TRUE(step(Action{ActionKind::kLife, 0, "pne-b", "leave", pn}));
+    auto deliver = [&](const std::string& name) {
+        for (const auto& m : w.in_flight())
+            if (m.name == name) return step(Action{ActionKind::kDeliver, m.id, "", "", ""});
+        return false;
+    };
+    ASSERT_TRUE(deliver("PnLeaveRequest"));
+    ASSERT_TRUE(deliver("PnChangeRequest"));  // the server records the leave
+    ASSERT_TRUE(step(Action{ActionKind::kTimer, 0, "pne-b", "", ""}));  // pne-b gives up
+    ASSERT_FALSE(w.pne("pne-b").leaving());
+    for (const auto& a : w.run_honestly()) trace.push_back(a);
+    EXPECT_TRUE(w.quiescent());
+    EXPECT_EQ(w.pne("pne-b").memberships().count(pn), 0u);
+    const auto v = Explorer::replay(*scn, trace);
+    EXPECT_TRUE(v.empty()) << (v.empty() ? "" : v[0].property + ": " + v[0].text);
+}

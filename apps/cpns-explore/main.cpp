@@ -76,8 +76,10 @@ int main(int argc, char** argv) {
         "active attacker and checks security properties after every step.\n"
         "Scenario: <pne|gw>-<1-1|all|list>-<secure|insecure>-<ui|noui>-<2|3>[;option...], "
         "options: faults=N attacks=N timers=N replay|noreplay inject dgw cpne=ID mut=f1+f2 noprior "
-        "seed=N new_pns=N sessions=N weaken=hash+list+sk (a deliberately weakened server, for "
-        "tests) (--list names the mutable fields).\n"
+        "seed=N new_pns=N sessions=N life=N (up to N lifecycle moves per trace: an honest PNE "
+        "leaves a PN, the PN GW removes a member or dissolves a PN; default 0) "
+        "weaken=hash+list+sk+leave (a deliberately weakened server, for tests; leave: it accepts "
+        "a leave without checking its proof) (--list names the mutable fields).\n"
         "Exit status 1 when a property is violated, 2 on a usage error."};
     Args a;
     app.add_option("--scenario", a.scenario, "scenario spec")->capture_default_str();

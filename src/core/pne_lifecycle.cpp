@@ -114,12 +114,19 @@ bool Pne::apply_notice(Out& out, const std::string& from, const pb::PnChangeNoti
     const bool listed = std::any_of(
         ms.begin(), ms.end(), [&](const pb::PnMember& m) { return m.pne_id() == cfg_.pne_id; });
     switch (n.kind()) {
-        case pb::NOTICE_LEFT:
-            if (!leave_ || leave_->pn_id != pn ||
-                !ct_equal(ByteView{leave_->rand_pne}, as_bytes(n.rand_pne())))
-                return refuse("it answers no leave this PNE asked for");
+        case pb::NOTICE_LEFT: {
+            // The server proves a leave only over the PNE's own proven request. One that answers
+            // no pending leave (it timed out before the server's answer came) is taken if it is
+            // newer than the PN held: the server recorded the leave, so the PNE is out.
+            const bool answers = leave_ && leave_->pn_id == pn &&
+                                 ct_equal(ByteView{leave_->rand_pne}, as_bytes(n.rand_pne()));
+            if (!answers && n.inventory().revision() <= mem.inventory.revision())
+                return refuse(
+                    "it answers no leave this PNE is waiting for and is not newer "
+                    "than the PN held: replayed");
             if (listed) return refuse("the PN still lists this PNE");
             break;
+        }
         case pb::NOTICE_REMOVED:
         case pb::NOTICE_DISSOLVED:
             if (listed || (n.kind() == pb::NOTICE_DISSOLVED && !ms.empty()))
@@ -152,6 +159,12 @@ bool Pne::apply_notice(Out& out, const std::string& from, const pb::PnChangeNoti
 void Pne::handle_leave_response(Out& out, const std::string& from, const pb::PnLeaveResponse& m,
                                 Millis now) {
     if (!leave_ || leave_->pn_id != m.pn_id() || from != leave_->gw_id) {
+        // The server's proven answer to a leave that timed out here: it still ends the
+        // membership (apply_notice checks the proof and that it is newer than the PN held).
+        if (m.has_notice() && m.notice().kind() == pb::NOTICE_LEFT &&
+            memberships_.count(m.notice().inventory().pn_id()) &&
+            apply_notice(out, from, m.notice()))
+            return;
         ++counters_.ignored;
         log(LogLevel::kDebug, "PnLeaveResponse for " + m.pn_id() + " not asked for: ignored");
         return;

@@ -97,8 +97,12 @@ class MemoryDirectory final : public Directory {
 struct Weakening {
     bool skip_hash_pne_check = false;         // accept any hash_PNE
     bool skip_invitation_list_check = false;  // register invitees outside the list
-    bool leak_sk_to_gw = false;  // hand SK_PNE out as the LocalEUKey (the PN GW gets it)
-    bool any() const { return skip_hash_pne_check || skip_invitation_list_check || leak_sk_to_gw; }
+    bool leak_sk_to_gw = false;           // hand SK_PNE out as the LocalEUKey (the PN GW gets it)
+    bool skip_leave_proof_check = false;  // accept a leave whatever its proof
+    bool any() const {
+        return skip_hash_pne_check || skip_invitation_list_check || leak_sk_to_gw ||
+               skip_leave_proof_check;
+    }
 };
 
 struct ServerConfig {

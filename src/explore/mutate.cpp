@@ -1,6 +1,7 @@
 #include "explore/mutate.hpp"
 
 #include <algorithm>
+#include <charconv>
 
 namespace cpns::explore {
 
@@ -71,6 +72,16 @@ bool set_pn_id(pb::Envelope& env, const std::string& v) {
             return env.mutable_pne_auth_response()->set_pn_id(v), true;
         case B::kError:
             return env.mutable_error()->set_pn_id(v), true;
+        case B::kLeaveRequest:
+            return env.mutable_leave_request()->set_pn_id(v), true;
+        case B::kLeaveResponse:
+            return env.mutable_leave_response()->set_pn_id(v), true;
+        case B::kChangeRequest:
+            return env.mutable_change_request()->set_pn_id(v), true;
+        case B::kChangeResponse:
+            return env.mutable_change_response()->set_pn_id(v), true;
+        case B::kChangeNotifyAck:
+            return env.mutable_change_notify_ack()->set_pn_id(v), true;
         default:
             if (auto* r = result_of(env)) return r->set_pn_id(v), true;
             return false;
@@ -85,9 +96,37 @@ bool set_caps(pb::Envelope& env, const std::string& v) {
     return join && join->mutable_capabilities()->ParseFromString(v);
 }
 
+// The lifecycle fields: PnChangeRequest's PNE and operation; the revision a leave, a change or
+// an acknowledgement names (decimal).
+bool mutate_lifecycle(pb::Envelope& env, const std::string& field, const std::string& v) {
+    if (field == "pne_id" && env.has_change_request())
+        return env.mutable_change_request()->set_pne_id(v), true;
+    if (field == "op" && env.has_change_request()) {
+        const int op = v.size() == 1 ? v[0] - '0' : 0;
+        if (op < pb::CHANGE_LEAVE || op > pb::CHANGE_DISSOLVE) return false;
+        return env.mutable_change_request()->set_op(static_cast<pb::ChangeOp>(op)), true;
+    }
+    if (field != "revision") return false;
+    std::uint64_t r = 0;
+    const auto res = std::from_chars(v.data(), v.data() + v.size(), r);
+    if (res.ec != std::errc() || res.ptr != v.data() + v.size()) return false;
+    if (env.has_leave_request()) return env.mutable_leave_request()->set_revision(r), true;
+    if (env.has_change_request()) return env.mutable_change_request()->set_revision(r), true;
+    if (env.has_change_notify_ack()) return env.mutable_change_notify_ack()->set_revision(r), true;
+    return false;
+}
+
 }  // namespace
 
 bool mutate(pb::Envelope& env, const std::string& field, const std::string& v) {
+    if (field == "pne_id" || field == "op" || field == "revision")
+        return mutate_lifecycle(env, field, v);
+    if (field == "success") {
+        if (env.has_leave_response())
+            return env.mutable_leave_response()->set_accepted(v == "1"), true;
+        if (env.has_change_response())
+            return env.mutable_change_response()->set_accepted(v == "1"), true;
+    }
     if (field == "setup_type") {
         int t = v.empty() ? 0 : v[0] - '0';
         if (t < 1 || t > 3) return false;
@@ -190,6 +229,28 @@ void collect_values(const pb::Envelope& env, std::map<std::string, std::set<std:
             return;
         case B::kError:
             if (!env.error().pn_id().empty()) v["pn_id"].insert(env.error().pn_id());
+            return;
+        case B::kLeaveRequest:
+            v["pn_id"].insert(env.leave_request().pn_id());
+            v["revision"].insert(std::to_string(env.leave_request().revision()));
+            v["revision"].insert(std::to_string(env.leave_request().revision() + 1));
+            return;
+        case B::kChangeRequest:
+            v["pn_id"].insert(env.change_request().pn_id());
+            if (!env.change_request().pne_id().empty())
+                v["pne_id"].insert(env.change_request().pne_id());
+            v["revision"].insert(std::to_string(env.change_request().revision()));
+            v["revision"].insert(std::to_string(env.change_request().revision() + 1));
+            return;
+        case B::kChangeNotifyAck:
+            v["pn_id"].insert(env.change_notify_ack().pn_id());
+            v["revision"].insert(std::to_string(env.change_notify_ack().revision()));
+            return;
+        case B::kLeaveResponse:
+            v["pn_id"].insert(env.leave_response().pn_id());
+            return;
+        case B::kChangeResponse:
+            v["pn_id"].insert(env.change_response().pn_id());
             return;
         default:
             if (const auto* r = result_of(env)) return collect_result(*r, v);

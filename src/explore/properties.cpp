@@ -163,6 +163,13 @@ const std::vector<Property>& all_properties() {
         {"freshness", "no key copy, hash or proof from one run is accepted in another", freshness},
         {"bounded_state", "PNs per PNE and PN GW, and sessions in flight, stay under bounds",
          bounded_state},
+        {"lifecycle_authenticity",
+         "an honest PNE leaves a PN at the server only by its own leave, its PN GW's removal or "
+         "dissolve; it drops a membership only when the server no longer counts it",
+         lifecycle_authenticity},
+        {"no_replay",
+         "a leave, change or notice delivered again changes neither the store nor a membership",
+         no_replay},
     };
     return kAll;
 }

@@ -27,7 +27,8 @@ struct Property {
     CheckFn check;
 };
 
-// consent, initiator_authenticity, agreement, setup_fidelity, secrecy, freshness, bounded_state.
+// consent, initiator_authenticity, agreement, setup_fidelity, secrecy, freshness, bounded_state,
+// lifecycle_authenticity, no_replay.
 const std::vector<Property>& all_properties();
 const Property* find_property(std::string_view name);
 

@@ -1,4 +1,4 @@
-// agreement, secrecy, freshness, bounded_state.
+// agreement, secrecy, freshness, bounded_state, lifecycle_authenticity, no_replay.
 #include <algorithm>
 
 #include "explore/properties_detail.hpp"
@@ -23,7 +23,8 @@ std::string own_view(const World& w, const std::string& pne) {
 Text final_agreement(const World& w) {
     for (const auto& [key, inv] : w.directory().pns()) {
         const std::string& pn = inv.pn_id();
-        if (detail::is_prior_pn(w, pn)) continue;
+        // The earlier run's PNs too once lifecycle moves change them.
+        if (detail::is_prior_pn(w, pn) && w.scenario().max_life == 0) continue;
         const auto view = detail::member_view_of(inv);
         const auto ids = detail::ids_string(detail::member_ids_of(inv));
         auto g = w.gw().inventory().find(pn);
@@ -227,6 +228,95 @@ Text bounded_state(const World& w, const Since&) {
         return "the server has " + std::to_string(w.server().active_sessions()) +
                " establishments in flight (bound " + std::to_string(scn.max_sessions) + ")";
     return std::nullopt;
+}
+
+namespace {
+
+// A dissolve the PN GW decides itself: a repeated setup supersedes an earlier PN whose members
+// all set up a PN of this run (docs/protocol.md, "A repeated setup").
+bool superseded(const World& w, const std::vector<std::string>& removed) {
+    for (const auto& [pn, req] : w.facts().registrations) {
+        std::set<std::string> joined;
+        for (const auto& p : req.pnes()) joined.insert(p.join().pne_id());
+        if (std::all_of(removed.begin(), removed.end(),
+                        [&](const std::string& id) { return joined.count(id) != 0; }))
+            return true;
+    }
+    return false;
+}
+
+// Why the store may drop `pne` from the PN by `c`, or nothing when it may not.
+Text unauthorised_removal(const World& w, const StoreChangeEffect& c, const std::string& pne,
+                          std::map<std::string, int>& leaves_used) {
+    const auto& f = w.facts();
+    const std::string& pn = c.change.pn_id;
+    switch (c.change.op) {
+        case pb::CHANGE_LEAVE: {
+            const bool asked = c.change.pne_id == pne &&
+                               f.leaves_asked.count(std::make_tuple(pne, pn, c.rand_pne)) != 0;
+            // Each leave the PNE asked for removes it once (its rand_PNE is fresh per request).
+            if (asked && ++leaves_used[pne + "/" + pn + "/" + c.rand_pne] == 1) return std::nullopt;
+            return "the server recorded that " + pne + " left " + pn + " but " + pne +
+                   (asked ? " asked for that leave once, and it was applied already"
+                          : " sent no such leave request");
+        }
+        case pb::CHANGE_REMOVE:
+            if (c.change.pne_id == pne &&
+                (w.scenario().dishonest_gw || f.gw_commands.count("remove " + pn + " " + pne)))
+                return std::nullopt;
+            return "the server removed " + pne + " from " + pn + " which its PN GW never removed";
+        case pb::CHANGE_DISSOLVE:
+            if (w.scenario().dishonest_gw || f.gw_commands.count("dissolve " + pn) ||
+                superseded(w, c.removed))
+                return std::nullopt;
+            return "the server dissolved " + pn + " (member " + pne +
+                   ") which its PN GW neither dissolved nor superseded";
+        default:
+            return "the server dropped " + pne + " from " + pn + " by a " +
+                   std::string(cpns::to_string(c.change.op));
+    }
+}
+
+}  // namespace
+
+Text lifecycle_authenticity(const World& w, const Since& s) {
+    // Over the whole run: a leave counts once.
+    std::map<std::string, int> used;
+    const auto& obs = w.observations();
+    for (std::size_t i = 0; i < obs.size(); ++i) {
+        const auto* c = std::get_if<StoreChangeEffect>(&obs[i].effect);
+        if (!c || c->reason != pb::REASON_NONE) continue;
+        for (const auto& pne : c->removed) {
+            if (!w.honest(pne)) continue;
+            auto t = unauthorised_removal(w, *c, pne, used);
+            if (t && i >= s.obs) return t;
+        }
+    }
+    return each_new<MembershipEffect>(
+        w, s, [&](const std::string& party, const MembershipEffect& m) -> Text {
+            if (!w.honest(party) || m.kind == pb::NOTICE_UPDATED) return std::nullopt;
+            const auto* reg = detail::registered_pn(w, m.pn_id);
+            if (reg && detail::member_ids_of(*reg).count(party))
+                return party + " dropped its membership of " + m.pn_id + " (" +
+                       pb::NoticeKind_Name(m.kind) + ") but the server still counts it a member";
+            return std::nullopt;
+        });
+}
+
+Text no_replay(const World& w, const Since& s) {
+    if (!w.last_delivery_repeated()) return std::nullopt;
+    auto t = each_new<StoreChangeEffect>(
+        w, s, [&](const std::string&, const StoreChangeEffect& c) -> Text {
+            if (c.reason != pb::REASON_NONE) return std::nullopt;
+            return "a " + std::string(cpns::to_string(c.change.op)) + " of " + c.change.pn_id +
+                   " delivered again was applied again by the server's store";
+        });
+    if (t) return t;
+    return each_new<MembershipEffect>(
+        w, s, [&](const std::string& party, const MembershipEffect& m) -> Text {
+            return "a notice of " + m.pn_id + " delivered again changed " + party +
+                   "'s membership again (" + pb::NoticeKind_Name(m.kind) + ")";
+        });
 }
 
 }  // namespace cpns::explore

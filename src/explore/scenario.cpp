@@ -73,6 +73,7 @@ bool parse_option(std::string_view opt, Scenario& s) {
     if (key == "timers") return parse_number(val, s.max_timers);
     if (key == "new_pns") return parse_number(val, s.max_new_pns);
     if (key == "sessions") return parse_number(val, s.max_sessions);
+    if (key == "life") return parse_number(val, s.max_life) && s.max_life >= 0;
     if (key == "replay") return s.replay = true;
     if (key == "noreplay") return !(s.replay = false);
     if (key == "inject") return s.inject = true;
@@ -86,6 +87,8 @@ bool parse_option(std::string_view opt, Scenario& s) {
                 s.weaken.skip_invitation_list_check = true;
             else if (w == "sk")
                 s.weaken.leak_sk_to_gw = true;
+            else if (w == "leave")
+                s.weaken.skip_leave_proof_check = true;
             else
                 return false;
         }
@@ -120,6 +123,7 @@ std::string Scenario::spec() const {
     o << name() << ";faults=" << max_faults << ";attacks=" << max_attacks
       << (replay ? ";replay" : ";noreplay");
     if (max_timers >= 0) o << ";timers=" << max_timers;
+    if (max_life > 0) o << ";life=" << max_life;
     if (inject) o << ";inject";
     if (dishonest_gw) o << ";dgw";
     if (!compromised_pne.empty()) o << ";cpne=" << compromised_pne;
@@ -133,6 +137,7 @@ std::string Scenario::spec() const {
         if (weaken.skip_hash_pne_check) w += "+hash";
         if (weaken.skip_invitation_list_check) w += "+list";
         if (weaken.leak_sk_to_gw) w += "+sk";
+        if (weaken.skip_leave_proof_check) w += "+leave";
         o << ";weaken=" << w.substr(1);
     }
     o << ";seed=" << seed << ";new_pns=" << max_new_pns << ";sessions=" << max_sessions;
@@ -184,8 +189,9 @@ std::vector<Scenario> standard_scenarios() {
 }
 
 std::string_view to_string(ActionKind k) {
-    static constexpr std::array<std::string_view, 9> kNames{
-        "deliver", "drop", "duplicate", "timer", "tls", "replay", "rewrite", "inject", "command"};
+    static constexpr std::array<std::string_view, 10> kNames{
+        "deliver", "drop",    "duplicate", "timer",   "tls",
+        "replay",  "rewrite", "inject",    "command", "life"};
     const auto i = static_cast<std::size_t>(k);
     return i < kNames.size() ? kNames[i] : "invalid";
 }
@@ -224,7 +230,7 @@ std::optional<Action> parse_action(std::string_view line) {
     if (words.size() != 5) return std::nullopt;
     Action a;
     bool known = false;
-    for (int k = 0; k < 9; ++k)
+    for (int k = 0; k < 10; ++k)
         if (to_string(static_cast<ActionKind>(k)) == words[0]) {
             a.kind = static_cast<ActionKind>(k);
             known = true;

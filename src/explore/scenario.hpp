@@ -43,7 +43,11 @@ struct Scenario {
     // GW, on top of the earlier run's) and establishments in flight at PN GW and server.
     std::size_t max_new_pns = 1;
     std::size_t max_sessions = 2;
-    // A deliberately weakened server ("weaken=hash", "list" or "sk"; see core/server.hpp),
+    // Lifecycle moves per trace ("life=N"): a PNE leaves a PN it holds, the PN GW removes a
+    // member or dissolves a PN it holds (the earlier run's, or this run's once registered).
+    int max_life = 0;
+    // A deliberately weakened server ("weaken=hash", "list", "sk" or "leave"; see
+    // core/server.hpp),
     // to show that the explorer finds the hole each opens.
     Weakening weaken;
 
@@ -59,8 +63,11 @@ struct Scenario {
 
 // The fields the attacker may rewrite, each in the messages that carry it.
 inline const std::vector<std::string> kMutationFields{
-    "setup_type", "invited",  "caps",        "pn_id",     "rand_server",
-    "wrapped",    "hash_pne", "hash_server", "inventory", "success"};
+    "setup_type", "invited", "caps", "pn_id", "rand_server", "wrapped", "hash_pne", "hash_server",
+    "inventory", "success",
+    // Lifecycle messages: PnChangeRequest's PNE and operation, the revision a leave, change or
+    // acknowledgement names.
+    "pne_id", "op", "revision"};
 
 // Both flows x every setup type x PAN secure/insecure x UI or not x 2/3 PNEs, with the PAN
 // attacker (replay) and network faults.
@@ -78,6 +85,9 @@ enum class ActionKind : std::uint8_t {
     kCommand,    // the compromised PNE `party`, driven by the attacker with its own EUKey,
                  // asks its PN GW for a PN: setup type `field` ("1-1", "all", "list"),
                  // invitation list `value` (IDs joined by ',')
+    kLife,       // a lifecycle command: `field` "leave" (PNE `party` leaves PN `value`),
+                 // "remove" (the PN GW removes PNE `party` from PN `value`) or "dissolve"
+                 // (the PN GW dissolves PN `value`; `party` is the PN GW)
 };
 std::string_view to_string(ActionKind k);
 

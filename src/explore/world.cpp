@@ -163,7 +163,7 @@ void World::apply_effects(const std::string& party, PneEffects effects) {
                        [&](SessionKeyEffect& k) { observe(party, std::move(k)); },
                        [&](OutcomeEffect& o) { observe(party, std::move(o)); },
                        [&](TransitionEffect& t) { observe(party, std::move(t)); },
-                       [&](MembershipEffect&) {},  // lifecycle: not explored yet
+                       [&](MembershipEffect& m) { observe(party, std::move(m)); },
                    },
                    eff);
 }
@@ -173,9 +173,16 @@ void World::apply_effects(const std::string& party, GatewayEffects effects) {
         std::visit(Overloaded{
                        [&](SendEffect& s) { route(party, std::move(s)); },
                        [&](CloseLinkEffect& c) {
-                           tls_links_.erase(c.peer);
+                           const bool had_tls = tls_links_.erase(c.peer) != 0;
                            trace_line(party, c.peer, "link closed",
                                       std::string(reason_name(c.reason)), true);
+                           // Both ends see the PSK-TLS session go down (the transport flushes
+                           // what is in flight first), as the daemons and the simulator do.
+                           if (had_tls && is_pne(c.peer)) {
+                               const std::string peer = c.peer;
+                               apply_effects(kGwId, gw_->on_link_down(peer, now_, c.reason));
+                               apply_effects(peer, pnes_.at(peer)->on_link_down(kGwId, now_));
+                           }
                        },
                        [&](StoreInventoryEffect& i) { observe(party, std::move(i)); },
                        [&](StoreLocalKeyEffect& k) { observe(party, std::move(k)); },
@@ -207,6 +214,19 @@ void World::apply_effects(const std::string& party, ServerEffects effects) {
                            const std::string gw = c.gw_id, pn = c.pn_id;
                            const ChangeResult r = dir_->change_pn(c.gw_id, c.pn_id, c.op, c.pne_id,
                                                                   c.revision, c.added);
+                           StoreChangeEffect sc{c, r.reason, "", {}};
+                           if (last_ok_ && last_env_.has_change_request() &&
+                               last_env_.change_request().op() == pb::CHANGE_LEAVE)
+                               sc.rand_pne = last_env_.change_request().leave().rand_pne();
+                           if (r.reason == pb::REASON_NONE)
+                               for (const auto& id : r.before)
+                                   if (r.dissolved || std::none_of(r.inventory.members().begin(),
+                                                                   r.inventory.members().end(),
+                                                                   [&](const pb::PnMember& m) {
+                                                                       return m.pne_id() == id;
+                                                                   }))
+                                       sc.removed.push_back(id);
+                           observe(party, std::move(sc));
                            apply_effects(party, server_->on_changed(gw, pn, r, now_));
                        },
                    },
@@ -255,6 +275,9 @@ void World::route(const std::string& from, SendEffect send) {
     // Values are collected from the message before it is encoded (no decode needed).
     if (attacker_sees(from, send.to, prot)) collect_values(send.msg, values_);
     if (run_ == 0) collect_values(send.msg, all_values_);
+    if (is_pne(from) && honest(from) && send.msg.has_leave_request())
+        facts_.leaves_asked.emplace(from, send.msg.leave_request().pn_id(),
+                                    send.msg.leave_request().rand_pne());
     m.frame = encode_frame(std::move(send.msg));
     m.id = message_id(m.from, m.to, m.protection, m.frame);
     learn(m);

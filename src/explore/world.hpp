@@ -8,6 +8,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <variant>
 #include <vector>
 
@@ -42,9 +43,19 @@ struct PendingTls {
     SecretKey psk;
 };
 
+// The server's store applied (or refused) a lifecycle change: what was asked, by which request
+// (the rand_PNE of the PNE's leave, when one was carried), and who stopped being a member.
+struct StoreChangeEffect {
+    ChangePnEffect change;
+    pb::FailureReason reason = pb::REASON_NONE;  // REASON_NONE: applied
+    std::string rand_pne;
+    std::vector<std::string> removed;
+};
+
 // What one party did in one step.
-using Effect = std::variant<OutcomeEffect, TransitionEffect, SessionKeyEffect, StoreLocalKeyEffect,
-                            PersistPnEffect, StoreInventoryEffect>;
+using Effect =
+    std::variant<OutcomeEffect, TransitionEffect, SessionKeyEffect, StoreLocalKeyEffect,
+                 PersistPnEffect, StoreInventoryEffect, MembershipEffect, StoreChangeEffect>;
 struct Observation {
     std::size_t step = 0;
     std::string party;
@@ -123,11 +134,19 @@ class World {
         std::map<std::string, SecretKey> pne_eukey;
         std::set<std::string> pns_seen;  // every PN ID in a transition
         std::size_t prior_pns = 0;       // registered before this run
+        // Lifecycle: every leave an honest PNE sent (PNE, PN, rand_PNE), and the PN GW's
+        // commands given by the explorer ("remove pn pne", "dissolve pn").
+        std::set<std::tuple<std::string, std::string, std::string>> leaves_asked;
+        std::set<std::string> gw_commands;
     };
     const Facts& facts() const { return facts_; }
     // The last message delivered (for properties about what a party accepted).
     const pb::Envelope* last_delivered() const { return last_ok_ ? &last_env_ : nullptr; }
     const std::string& last_receiver() const { return last_to_; }
+    // The frame delivered at the last step had already changed the store or a PNE's
+    // membership when delivered to the same receiver before (a replay or a repeat).
+    bool last_delivery_repeated() const { return last_repeat_; }
+    int life_used() const { return life_; }
     // "deliver PnSetupRequest pne-a -> gw-1" for an action enabled here.
     std::string describe(const Action& a) const;
     const pb::DeviceCapabilities& capabilities_of(const std::string& pne) const;
@@ -150,13 +169,16 @@ class World {
     bool attacker_sends(const std::string& from, const std::string& to) const;
     Protection attacker_protection(const std::string& from, const std::string& to) const;
     bool deliver(const Message& m);
+    bool deliver_frame(const Message& m);
     bool do_tls(const std::string& pne);
     bool do_timer(const std::string& party);
     bool do_replay(const Action& a);
     bool do_rewrite(const Action& a);
     bool do_inject(const Action& a);
     bool do_command(const Action& a);
+    bool do_life(const Action& a);
     void add_commands(std::vector<Action>& out) const;
+    void add_life(std::vector<Action>& out) const;
     std::vector<Message>::iterator find_flight(std::uint64_t id);
     const Known* find_known(std::uint64_t id) const;
     bool is_pne(const std::string& id) const { return pnes_.count(id) != 0; }
@@ -188,6 +210,9 @@ class World {
     int faults_ = 0;
     int attacks_ = 0;
     int timers_ = 0;
+    int life_ = 0;
+    std::set<std::string> changed_by_;  // receiver + frame digest: deliveries that changed state
+    bool last_repeat_ = false;
     std::vector<Message> flight_;
     std::vector<PendingTls> tls_pending_;
     std::set<std::string> tls_links_;  // PNEs with a PSK-TLS session to the PN GW

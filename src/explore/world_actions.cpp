@@ -28,6 +28,7 @@ const Known* World::find_known(std::uint64_t id) const {
 bool World::apply(const Action& a) {
     ++step_;
     last_ok_ = false;
+    last_repeat_ = false;
     bool ok = false;
     const bool fault_left = faults_ < scn_.max_faults;
     const bool attack_left = attacks_ < scn_.max_attacks;
@@ -73,12 +74,32 @@ bool World::apply(const Action& a) {
         case ActionKind::kCommand:
             ok = attack_left && do_command(a);
             break;
+        case ActionKind::kLife:
+            ok = life_ < scn_.max_life && do_life(a);
+            break;
     }
     if (!ok) --step_;
     return ok;
 }
 
 bool World::deliver(const Message& m) {
+    const std::string key =
+        m.to + ">" +
+        hex64(fnv1a(std::string_view(reinterpret_cast<const char*>(m.frame.data()), m.frame.size()),
+                    fnv1a(m.from + ">")));
+    last_repeat_ = changed_by_.count(key) != 0;
+    const std::size_t before = obs_.size();
+    const bool ok = deliver_frame(m);
+    for (std::size_t i = before; i < obs_.size(); ++i) {
+        const auto* sc = std::get_if<StoreChangeEffect>(&obs_[i].effect);
+        if ((sc && sc->reason == pb::REASON_NONE) ||
+            std::holds_alternative<MembershipEffect>(obs_[i].effect))
+            changed_by_.insert(key);
+    }
+    return ok;
+}
+
+bool World::deliver_frame(const Message& m) {
     auto env = decoded_envelope(m.frame);
     trace_line(m.from, m.to, m.name,
                std::string(prot_word(m.protection)) + (m.forged ? ", forged" : ""), false);
@@ -211,6 +232,38 @@ bool World::do_command(const Action& a) {
                true);
     apply_effects(a.party, p.start_setup(kGwId, type, invited, now_));
     // Its own requests count as consent: the attacker decides for the device it holds.
+    return true;
+}
+
+bool World::do_life(const Action& a) {
+    if (a.value.empty()) return false;
+    if (a.field == "leave") {
+        if (!is_pne(a.party) || !honest(a.party)) return false;
+        Pne& p = *pnes_.at(a.party);
+        if (p.leaving() || !p.memberships().count(a.value)) return false;
+        ++life_;
+        trace_line(a.party, a.party, "command", "leave " + a.value, true);
+        apply_effects(a.party, p.leave(a.value, now_));
+        return true;
+    }
+    auto inv = gw_->inventory().find(a.value);
+    if (inv == gw_->inventory().end() || gw_->change_pending(a.value)) return false;
+    if (a.field == "remove") {
+        const auto& ms = inv->second.members();
+        if (std::none_of(ms.begin(), ms.end(),
+                         [&](const pb::PnMember& m) { return m.pne_id() == a.party; }))
+            return false;
+        ++life_;
+        facts_.gw_commands.insert("remove " + a.value + " " + a.party);
+        trace_line(kGwId, kGwId, "command", "remove " + a.party + " from " + a.value, true);
+        apply_effects(kGwId, gw_->remove(a.value, a.party, now_));
+        return true;
+    }
+    if (a.field != "dissolve" || a.party != kGwId) return false;
+    ++life_;
+    facts_.gw_commands.insert("dissolve " + a.value);
+    trace_line(kGwId, kGwId, "command", "dissolve " + a.value, true);
+    apply_effects(kGwId, gw_->dissolve(a.value, now_));
     return true;
 }
 

@@ -49,7 +49,24 @@ std::vector<Action> World::network_actions() const {
     return out;
 }
 
+// The lifecycle commands of the honest parties, while the budget lasts.
+void World::add_life(std::vector<Action>& out) const {
+    if (life_ >= scn_.max_life) return;
+    for (const auto& [id, p] : pnes_) {
+        if (!honest(id) || p->leaving()) continue;
+        for (const auto& [pn, m] : p->memberships())
+            out.push_back(Action{ActionKind::kLife, 0, id, "leave", pn});
+    }
+    for (const auto& [pn, inv] : gw_->inventory()) {
+        if (gw_->change_pending(pn)) continue;
+        out.push_back(Action{ActionKind::kLife, 0, kGwId, "dissolve", pn});
+        for (const auto& m : inv.members())
+            out.push_back(Action{ActionKind::kLife, 0, m.pne_id(), "remove", pn});
+    }
+}
+
 void World::add_network_actions(std::vector<Action>& out) const {
+    add_life(out);
     if (faults_ >= scn_.max_faults) return;
     std::set<std::uint64_t> seen;
     for (const auto& m : flight_)
@@ -123,6 +140,8 @@ std::vector<std::string> World::values_for(const std::string& field) const {
     std::set<std::string> v;
     if (field == "setup_type") return {"1", "2", "3"};
     if (field == "success") return {"0", "1"};
+    if (field == "op") return {"1", "2", "3"};
+    if (field == "pne_id") return scn_.pne_ids();
     if (field == "sender") {
         auto ids = scn_.pne_ids();
         ids.push_back(kGwId);
@@ -155,6 +174,8 @@ std::uint64_t World::state_hash() const {
     put_n(b, faults_);
     put_n(b, attacks_);
     put_n(b, timers_);
+    put_n(b, life_);
+    for (const auto& c : changed_by_) put(b, c);
     for (const auto& [id, p] : pnes_) {
         put(b, Pne::to_string(p->state()));
         put(b, p->export_state().SerializeAsString());
@@ -173,7 +194,10 @@ std::uint64_t World::state_hash() const {
             if (auto a = server_->pne_auth(kGwId, pn, id)) put(b, Server::to_string(*a));
         }
     }
-    for (const auto& [key, inv] : dir_->pns()) put(b, key);
+    for (const auto& [key, inv] : dir_->pns()) {
+        put(b, key);
+        if (scn_.max_life > 0) put(b, inv.SerializeAsString());
+    }
     std::vector<std::uint64_t> ids;
     for (const auto& m : flight_) ids.push_back(m.id);
     std::sort(ids.begin(), ids.end());
@@ -251,6 +275,10 @@ std::string World::describe(const Action& a) const {
             return what + " " + a.party;
         case ActionKind::kTls:
             return "complete PSK-TLS " + a.party + " <-> " + kGwId;
+        case ActionKind::kLife:
+            return a.field == "leave"    ? a.party + " leaves " + a.value
+                   : a.field == "remove" ? kGwId + " removes " + a.party + " from " + a.value
+                                         : kGwId + " dissolves " + a.value;
         case ActionKind::kReplay:
         case ActionKind::kInject:
             if (!k) return what + " (unknown frame)";
