@@ -343,9 +343,11 @@ TEST(ExploreLifecycle, NoticesRepeatedAfterTheSessionClosedReachTheAttacker) {
         if (pn.empty() && w.pne("pne-b").memberships().count(id)) pn = id;
     ASSERT_FALSE(pn.empty());
     ASSERT_TRUE(step(Action{ActionKind::kLife, 0, "pne-b", "remove", pn}));
-    ASSERT_TRUE(step(Action{ActionKind::kDeliver, in_flight("PnChangeRequest", kServerId)}));
-    ASSERT_TRUE(step(Action{ActionKind::kDeliver, in_flight("PnChangeResponse", kGwId)}));
-    ASSERT_TRUE(step(Action{ActionKind::kDrop, in_flight("PnChangeNotify", "pne-b")}));
+    ASSERT_TRUE(
+        step(Action{ActionKind::kDeliver, in_flight("PnChangeRequest", kServerId), "", "", ""}));
+    ASSERT_TRUE(
+        step(Action{ActionKind::kDeliver, in_flight("PnChangeResponse", kGwId), "", "", ""}));
+    ASSERT_TRUE(step(Action{ActionKind::kDrop, in_flight("PnChangeNotify", "pne-b"), "", "", ""}));
     ASSERT_TRUE(step(Action{ActionKind::kTimer, 0, kGwId, "", ""}));  // the repeat, in clear
     const Known* seen = nullptr;
     for (const auto& k : w.knowledge())
