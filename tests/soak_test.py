@@ -72,14 +72,48 @@ IO_TIMEOUT_S = 5.0
 DAEMONS = ["server", "gw", "pne-1", "pne-2"]
 
 
+TCP_ESTABLISHED = "01"  # the state column of /proc/net/tcp
+
+
+def attacker_held_sockets(pid: int) -> set[str]:
+    """Socket inodes of the process's TCP connections that the attacker (ATTACK_SOURCE) still
+    holds open. Their number at a sample depends only on the attack schedule (a slow frame is
+    held until its deadline), so they are not counted as the daemon's own descriptors; a
+    connection the attacker has closed and the daemon has not (CLOSE_WAIT, a leak) still is."""
+    attacker = "".join(f"{int(octet):02X}" for octet in reversed(ATTACK_SOURCE.split(".")))
+    held = set()
+    try:
+        with open(f"/proc/{pid}/net/tcp") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                remote, state, inode = cols[2], cols[3], cols[9]
+                if remote.split(":")[0] == attacker and state == TCP_ESTABLISHED:
+                    held.add(inode)
+    except OSError:
+        pass
+    return held
+
+
 def proc_figures(pid: int) -> tuple[int, int]:
-    """(VmRSS in KiB, open descriptors) of a running process."""
+    """(VmRSS in KiB, open descriptors) of a running process; the descriptors leave out the
+    connections the attacker is holding open at that moment (attacker_held_sockets)."""
     rss = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    held = attacker_held_sockets(pid)
+    own = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:[") and target[8:-1] in held:
+            continue
+        own += 1
+    return rss, own
 
 
 def at_the_bound(out: dict) -> bool:
