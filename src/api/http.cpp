@@ -530,7 +530,10 @@ void ApiServer::Impl::serve_events(const httplib::Request& req, httplib::Respons
             auto hub = opt.events;
             res.set_header("Cache-Control", "no-store");
             res.set_header("X-Accel-Buffering", "no");
-            res.set_chunked_content_provider(
+            // A stream without a length, not chunked: the connection ends the stream (the API
+            // answers one request per connection). httplib 0.11's chunked writer raced between
+            // two event streams on a buffer of its own (a ThreadSanitizer report in CI).
+            res.set_content_provider(
                 "text/event-stream",
                 [hub, next, opened = std::make_shared<bool>(false)](std::size_t,
                                                                     httplib::DataSink& sink) {
