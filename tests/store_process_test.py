@@ -61,6 +61,17 @@ def revoke_while_running():
         rc, so, se = ctl(lab, store, "revoke", "pne-2")
         assert rc == 0, se
         first = out["pn_id"]
+        # The revocation reaches the PN GW: the first PN without pne-2. (The PN GW decides a
+        # supersede on the membership it holds when the new PN registers: docs/protocol.md,
+        # limitation 14.)
+        deadline = time.monotonic() + SUPERSEDE_WAIT_S
+        while True:
+            at_gw = {p["pn_id"]: p for p in lab.gw_status().get("inventory", [])}
+            members = [m["pne_id"] for m in at_gw.get(first, {}).get("members", [])]
+            if members == ["pne-1"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert members == ["pne-1"], at_gw
         rc, out, _ = lab.pne_setup(pnes[0], "all")
         assert rc == 0, out
         excluded = {p["pne_id"]: p.get("reason_text") for p in out["pnes"] if not p.get("joined")}
