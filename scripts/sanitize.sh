@@ -101,8 +101,9 @@ run_tsan() {
   t0=$(now)
   step "tsan: build the daemons (clang ThreadSanitizer, -O1)"
   cmake --preset tsan >/dev/null
+  # Every program: the daemon tests include tests/config_cli_test.py (--version of each).
   cmake --build --preset tsan -j "$jobs" --target cpns-server cpns-gw cpns-pne cpnsctl \
-    cpns-load cpns-frame
+    cpns-load cpns-frame cpns-sim cpns-explore cpns-vectors
   step "tsan: the daemon tests (ctest -L daemons)"
   rm -rf "$reports" && mkdir -p "$reports"
   TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$PWD/$reports/tsan" \
