@@ -4,7 +4,8 @@
 # two cores). It prints the states explored, the depth exhausted in every scenario and the time.
 #   1. an active attacker on every insecure PAN: replays, rewrites of every field, injections;
 #   2. a dishonest PN GW rewriting what it relays (two rewrites per run), every property but
-#      agreement (see below).
+#      agreement (see below);
+#   3. one lifecycle move per trace after the honest establishment, under the PAN attacker.
 # Timers and network faults are left out here: with them agreement fails in the documented
 # known limitations (docs/security.md, section 4: a result lost or refused leaves the PNE
 # registered); so do the result-corrupting rewrites (hash_server, inventory, success), which
@@ -45,6 +46,12 @@ run "dishonest PN GW, every property but agreement" \
     --depth 3 --walks 200 --walk-depth 50 --seconds 2.5 --property consent \
     --property initiator_authenticity --property setup_fidelity --property secrecy \
     --property freshness --property bounded_state
+
+# The PN lifecycle after the honest establishment: one move per trace (a PNE leaves, the PN GW
+# removes, adds or dissolves, the operator revokes a PNE), the PAN attacker replaying and
+# rewriting around it; every property, revocation included.
+run "lifecycle moves, PAN attacker, every property" --from-honest \
+    --with "faults=0;timers=0;attacks=1;life=1" --depth 3 --walks 100 --walk-depth 40 --seconds 1.5
 
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -5,6 +5,7 @@
 //                  core closes a hole, flip its test to expect none.
 #include <gtest/gtest.h>
 
+#include "core/codec.hpp"
 #include "explore/explorer.hpp"
 
 namespace cpns::explore {
@@ -363,7 +364,190 @@ TEST(ExploreLifecycle, NoticesRepeatedAfterTheSessionClosedReachTheAttacker) {
     EXPECT_TRUE(v.empty()) << (v.empty() ? "" : v[0].property + ": " + v[0].text);
 }
 
+// Adds and revocations are moves too. In both PAN modes, with and without LocalEUKeys: the PN
+// GW adds pne-c to the PN of pne-a and pne-b (pne-c consents and authenticates; everyone then
+// holds three members and, with UI, the PN GW and pne-c the same new LocalEUKey), then the
+// operator revokes pne-b (server, PN GW and the remaining members drop it, pne-b holds nothing,
+// the PN GW keeps neither its LocalEUKey nor its PSK-TLS session). A PN whose only member is
+// revoked is dissolved everywhere.
+TEST(ExploreLifecycle, AddAndRevokeAreMovesAndEndInAgreement) {
+    auto members = [](const pb::PnInventory& inv) {
+        std::set<std::string> out;
+        for (const auto& m : inv.members()) out.insert(m.pne_id());
+        return out;
+    };
+    auto move = [](const World& w, const std::string& field, const std::string& party,
+                   const std::string& value) -> std::optional<Action> {
+        for (const auto& a : w.network_actions())
+            if (a.kind == ActionKind::kLife && a.field == field && a.party == party &&
+                a.value == value)
+                return a;
+        return std::nullopt;
+    };
+    for (const std::string pan : {"insecure", "secure"})
+        for (const std::string ui : {"ui", "noui"}) {
+            const std::string name = "pne-list-" + pan + "-" + ui + "-3";
+            const auto scn = scenario(name + ";faults=0;attacks=0;noreplay;life=2");
+            const auto prior = make_prior(scn);
+            std::vector<Action> trace = honest_trace(scn);
+            World w(scn, prior);
+            for (const auto& a : trace) ASSERT_TRUE(w.apply(a));
+            ASSERT_EQ(w.directory().pns().size(), 1u) << name;
+            const std::string pn = w.directory().pns().begin()->second.pn_id();
+            auto step = [&](const Action& a) {
+                trace.push_back(a);
+                EXPECT_TRUE(w.apply(a)) << name << ": " << to_text(a);
+                for (const auto& x : w.run_honestly()) trace.push_back(x);
+                EXPECT_TRUE(w.quiescent()) << name;
+            };
+            // No add of a member, no revocation of a PNE in no PN.
+            EXPECT_FALSE(move(w, "add", "pne-b", pn).has_value()) << name;
+            EXPECT_FALSE(move(w, "revoke", "pne-c", "revoked").has_value()) << name;
+
+            const auto add = move(w, "add", "pne-c", pn);
+            ASSERT_TRUE(add.has_value()) << name;
+            step(*add);
+            const std::set<std::string> all{"pne-a", "pne-b", "pne-c"};
+            EXPECT_EQ(members(w.directory().pns().begin()->second), all) << name;
+            EXPECT_EQ(members(w.gw().inventory().at(pn)), all) << name;
+            for (const auto& id : all) {
+                ASSERT_EQ(w.pne(id).memberships().count(pn), 1u) << name << " " << id;
+                EXPECT_EQ(members(w.pne(id).memberships().at(pn).inventory), all) << name << id;
+            }
+            const auto& c_key = w.pne("pne-c").memberships().at(pn).local_eukey;
+            EXPECT_EQ(c_key.has_value(), ui == "ui") << name;
+            if (c_key) {
+                EXPECT_EQ(w.gw().local_eukey(pn, "pne-c"), c_key) << name;
+            }
+
+            const auto revoke = move(w, "revoke", "pne-b", "revoked");
+            ASSERT_TRUE(revoke.has_value()) << name;
+            step(*revoke);
+            EXPECT_FALSE(move(w, "revoke", "pne-b", "revoked").has_value()) << name;
+            const std::set<std::string> rest{"pne-a", "pne-c"};
+            EXPECT_EQ(members(w.directory().pns().begin()->second), rest) << name;
+            EXPECT_EQ(members(w.gw().inventory().at(pn)), rest) << name;
+            for (const auto& id : rest)
+                EXPECT_EQ(members(w.pne(id).memberships().at(pn).inventory), rest) << name << id;
+            EXPECT_TRUE(w.pne("pne-b").memberships().empty()) << name;
+            EXPECT_FALSE(w.gw().local_eukey(pn, "pne-b").has_value()) << name;
+            EXPECT_EQ(w.tls_links().count("pne-b"), 0u) << name;
+            const auto v = Explorer::replay(scn, trace);
+            EXPECT_TRUE(v.empty())
+                << name << ": " << (v.empty() ? "" : v[0].property + " " + v[0].text);
+        }
+    // The only member revoked: the PN is dissolved at the server and the PN GW.
+    for (const std::string pan : {"insecure", "secure"}) {
+        const auto scn = scenario("gw-1-1-" + pan + "-ui-2;faults=0;attacks=0;noreplay;life=1");
+        World w(scn, make_prior(scn));
+        std::vector<Action> trace = honest_trace(scn);
+        for (const auto& a : trace) ASSERT_TRUE(w.apply(a));
+        ASSERT_FALSE(w.gw().inventory().empty());
+        const auto revoke = move(w, "revoke", "pne-b", "revoked");
+        ASSERT_TRUE(revoke.has_value()) << pan;
+        trace.push_back(*revoke);
+        ASSERT_TRUE(w.apply(*revoke));
+        for (const auto& x : w.run_honestly()) trace.push_back(x);
+        for (const auto& [key, inv] : w.directory().pns())
+            EXPECT_EQ(members(inv).count("pne-b"), 0u) << pan << " " << key;
+        for (const auto& [pn, inv] : w.gw().inventory())
+            EXPECT_FALSE(inv.members().empty()) << pan << ": the PN GW keeps an empty " << pn;
+        EXPECT_TRUE(w.pne("pne-b").memberships().empty()) << pan;
+        const auto v = Explorer::replay(scn, trace);
+        EXPECT_TRUE(v.empty()) << pan << ": " << (v.empty() ? "" : v[0].property + " " + v[0].text);
+    }
+}
+
+// Found by ExploreHolds.AddAndRevokeUnderPanAttacker: pne-b leaves while the operator revokes
+// it. The server removes it first (its answer to the PN GW is on the way), then refuses the
+// leave as STALE_REVISION with the PN as it now is; when the refusal reaches the PN GW first, the
+// PN GW took the new PN from it and then ignored the server's own answer as "not newer", so its
+// notices were lost: pne-a kept pne-b in its view, and a PSK-TLS session pne-b had made with its
+// pre-assigned key stayed open. Now the PN GW passes that answer's notices on, and closes every
+// session of a PNE the server removed as REVOKED.
+TEST(ExplorerHolds, ALeaveCrossingARevocationLeavesEveryoneAgreeing) {
+    for (const std::string pan : {"insecure", "secure"}) {
+        const auto scn =
+            scenario("pne-list-" + pan + "-noui-3;faults=0;attacks=0;noreplay;timers=0;life=2");
+        World w(scn, make_prior(scn));
+        std::vector<Action> trace = honest_trace(scn);
+        for (const auto& a : trace) ASSERT_TRUE(w.apply(a));
+        auto step = [&](const Action& a) {
+            trace.push_back(a);
+            return w.apply(a);
+        };
+        auto in_flight = [&](const std::string& name, const std::string& to,
+                             std::optional<bool> accepted = std::nullopt) -> std::uint64_t {
+            for (const auto& m : w.in_flight()) {
+                if (m.name != name || m.to != to) continue;
+                if (!accepted) return m.id;
+                const auto env = decode_frame(m.frame);
+                if (const auto* e = std::get_if<pb::Envelope>(&env);
+                    e && e->change_response().accepted() == *accepted)
+                    return m.id;
+            }
+            return 0;
+        };
+        const std::string pn = w.directory().pns().begin()->second.pn_id();
+        const bool tls = pan == "insecure";
+        EXPECT_EQ(w.tls_links().count("pne-b"), tls ? 1u : 0u);
+        ASSERT_TRUE(step(Action{ActionKind::kLife, 0, "pne-b", "leave", pn}));
+        ASSERT_TRUE(step(Action{ActionKind::kLife, 0, "pne-b", "revoke", "revoked"}));
+        ASSERT_TRUE(
+            step(Action{ActionKind::kDeliver, in_flight("PnLeaveRequest", kGwId), "", "", ""}));
+        ASSERT_TRUE(step(
+            Action{ActionKind::kDeliver, in_flight("PnChangeRequest", kServerId), "", "", ""}));
+        const auto refusal = in_flight("PnChangeResponse", kGwId, false);
+        const auto removal = in_flight("PnChangeResponse", kGwId, true);
+        ASSERT_NE(refusal, 0u) << pan;
+        ASSERT_NE(removal, 0u) << pan;
+        ASSERT_TRUE(step(Action{ActionKind::kDeliver, refusal, "", "", ""}));
+        ASSERT_TRUE(step(Action{ActionKind::kDeliver, removal, "", "", ""}));
+        for (const auto& a : w.run_honestly()) trace.push_back(a);
+        ASSERT_TRUE(w.quiescent());
+        ASSERT_EQ(w.pne("pne-a").memberships().count(pn), 1u) << pan;
+        std::set<std::string> view;
+        for (const auto& m : w.pne("pne-a").memberships().at(pn).inventory.members())
+            view.insert(m.pne_id());
+        EXPECT_EQ(view, (std::set<std::string>{"pne-a"})) << pan;
+        EXPECT_TRUE(w.pne("pne-b").memberships().empty()) << pan;
+        EXPECT_EQ(w.tls_links().count("pne-b"), 0u) << pan;
+        const auto v = Explorer::replay(scn, trace);
+        EXPECT_TRUE(v.empty()) << pan << ": " << (v.empty() ? "" : v[0].property + " " + v[0].text);
+    }
+}
+
 const std::set<std::string> kLifeProps{"lifecycle_authenticity", "no_replay", "agreement"};
+
+// A PAN attacker replays and rewrites the messages of an add or a revocation (the invitation,
+// the joins, the authentication, the notices): no honest PNE is added without its consent or
+// dropped without its leave, its PN GW's removal or its revocation, nothing applies twice, and
+// the revoked PNE ends in no PN with no key at the PN GW.
+TEST(ExploreHolds, AddAndRevokeUnderPanAttacker) {
+    const std::set<std::string> props{
+        "consent", "lifecycle_authenticity", "no_replay", "agreement", "revocation", "secrecy"};
+    for (const std::string spec :
+         {"pne-list-insecure-ui-3;faults=0;attacks=1;replay;timers=0;life=1;"
+          "mut=sender+pn_id+revision",
+          "pne-list-insecure-noui-3;faults=0;attacks=1;replay;timers=0;life=2"}) {
+        const auto scn = scenario(spec);
+        Options o = bounded(3, 60, 40, props);
+        o.prefix = honest_trace(scn);
+        Explorer ex(scn, o);
+        const Report r = ex.run();
+        EXPECT_TRUE(r.violations.empty()) << spec << ": " << describe(r);
+        EXPECT_GE(r.depth_exhausted, 3) << describe(r);
+    }
+    // A dishonest PN GW cannot add an honest PNE that did not consent, nor drop one.
+    const auto scn = scenario(
+        "pne-list-secure-ui-3;faults=0;attacks=1;noreplay;dgw;timers=0;life=1;"
+        "mut=pne_id+op+revision+success");
+    Options o = bounded(3, 60, 40, {"consent", "lifecycle_authenticity", "no_replay"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    EXPECT_TRUE(r.violations.empty()) << describe(r);
+}
 
 // A PAN attacker replays and rewrites leave requests, change notices and their
 // acknowledgements (or injects forged ones under another PNE's name): no honest PNE leaves a

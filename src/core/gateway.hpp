@@ -258,6 +258,10 @@ class Gateway {
     // (PNE ID, PN ID) -> the newest notice of that PN for that PNE, until acknowledged.
     std::map<std::pair<std::string, std::string>, PendingNotice> notices_;
     std::map<std::string, PendingChange> changes_;  // by PN ID: one change at a time per PN
+    // PN ID -> the revision taken from a refusal (STALE_REVISION), whose notices to the other
+    // members are still to come: the server's accepted answer of that revision is passed on
+    // when it arrives, although it is not newer. Only for PNs in inventory_.
+    std::map<std::string, std::uint64_t> adopted_untold_;
 
     GatewayConfig cfg_;
     Random& random_;

@@ -185,7 +185,12 @@ std::vector<std::string> Gateway::adopt(Out& out, const pb::PnChangeResponse& m)
         }
         if (keys->second.empty()) local_keys_.erase(keys);
     }
+    if (m.accepted())
+        adopted_untold_.erase(m.pn_id());
+    else
+        adopted_untold_[m.pn_id()] = inv.revision();
     if (m.dissolved() || inv.members().empty()) {
+        adopted_untold_.erase(m.pn_id());
         inventory_.erase(it);
         forget_initiator(m.pn_id());
         routing_.erase(m.pn_id());
@@ -207,8 +212,19 @@ void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m, Mi
     const bool pending =
         it != changes_.end() && it->second.op == m.op() && it->second.pne_id == m.pne_id();
     const auto held = inventory_.find(m.pn_id());
-    if (!pending &&
-        (held == inventory_.end() || m.inventory().revision() <= held->second.revision())) {
+    // The server's accepted answer of the revision this PN GW already took from a refusal
+    // (the two crossed): nothing to change, but its notices are the other members' only news.
+    const auto untold = adopted_untold_.find(m.pn_id());
+    const bool catch_up = !pending && m.accepted() && !m.dissolved() && held != inventory_.end() &&
+                          untold != adopted_untold_.end() &&
+                          untold->second == m.inventory().revision() &&
+                          held->second.revision() == m.inventory().revision();
+    if (catch_up) {
+        adopted_untold_.erase(untold);
+        log(LogLevel::kInfo, "change response for " + m.pn_id() + " at the revision taken " +
+                                 "from a refusal: passing its notices on");
+    } else if (!pending &&
+               (held == inventory_.end() || m.inventory().revision() <= held->second.revision())) {
         // A repeat of an answer already taken (the server answers a repeated request again),
         // or news older than what is held: nothing to change, nobody to tell again.
         ++counters_.ignored;
@@ -218,7 +234,13 @@ void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m, Mi
     }
     // The state is changed and saved first; the notices and the outcome follow the save (the
     // daemons hold effects behind a StoreInventoryEffect until it is durable).
-    const std::vector<std::string> close = adopt(out, m);
+    std::vector<std::string> close = adopt(out, m);
+    // A PNE the server removed because it is revoked or disabled: every PSK-TLS session of it
+    // closes, whatever key it was made with (a LocalEUKey one is in `close` already).
+    if (m.accepted() && m.op() == pb::CHANGE_REMOVE && m.reason() == pb::REVOKED &&
+        tls_links_.count(m.pne_id()) &&
+        std::find(close.begin(), close.end(), m.pne_id()) == close.end())
+        close.push_back(m.pne_id());
     PendingChange c;
     if (pending) {
         c = it->second;
@@ -256,7 +278,10 @@ void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m, Mi
     }
     // The PSK-TLS sessions made with a dropped LocalEUKey close after their last notice (the
     // transport flushes what is queued before it closes).
-    for (const auto& peer : close) out.push_back(CloseLinkEffect{peer, pb::NOT_A_MEMBER});
+    for (const auto& peer : close)
+        out.push_back(CloseLinkEffect{peer, peer == m.pne_id() && m.reason() == pb::REVOKED
+                                                ? pb::REVOKED
+                                                : pb::NOT_A_MEMBER});
     if (c.deadline != kNever || c.op == pb::CHANGE_LEAVE)
         finish_change(out, m.pn_id(), c, m.accepted(), m.reason(), m.dissolved() ? "dissolved" : "",
                       &m);

@@ -129,7 +129,10 @@ void Server::respond(Out& out, const std::string& gw_id, const std::string& pn_i
     r.set_op(p.op);
     r.set_pne_id(p.pne_id);
     r.set_accepted(result.reason == pb::REASON_NONE);
-    r.set_reason(result.reason);
+    // An accepted removal the server made itself carries why (REVOKED): the PN GW then closes
+    // every PSK-TLS session of that PNE, not only one made with its LocalEUKey.
+    r.set_reason(result.reason == pb::REASON_NONE && p.op == pb::CHANGE_REMOVE ? p.pushed
+                                                                               : result.reason);
     *r.mutable_inventory() = result.inventory;
     r.set_dissolved(result.dissolved);
     for (auto& n : change_notices(result, p.op, p.pne_id, p.rand_pne)) {

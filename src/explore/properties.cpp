@@ -66,6 +66,21 @@ bool contains(ByteView hay, ByteView needle) {
 // --- consent ------------------------------------------------------------------------------
 
 Text consent(const World& w, const Since& s) {
+    // A PN grown by an add: every honest PNE the store added accepted that PN's invitation.
+    auto t = each_new<StoreChangeEffect>(
+        w, s, [&](const std::string&, const StoreChangeEffect& c) -> Text {
+            if (c.reason != pb::REASON_NONE || c.change.op != pb::CHANGE_ADD) return std::nullopt;
+            const auto& pn = c.change.pn_id;
+            for (const auto& m : c.change.added) {
+                if (!w.honest(m.pne_id())) continue;
+                auto it = w.facts().engaged.find(m.pne_id());
+                if (it == w.facts().engaged.end() || !it->second.count(pn))
+                    return m.pne_id() + " was added to " + pn +
+                           " but never accepted an invitation to it in this run";
+            }
+            return std::nullopt;
+        });
+    if (t) return t;
     return each_new<PersistPnEffect>(
         w, s, [&](const std::string&, const PersistPnEffect& p) -> Text {
             const auto& pn = p.inventory.pn_id();
@@ -170,6 +185,10 @@ const std::vector<Property>& all_properties() {
         {"no_replay",
          "a leave, change or notice delivered again changes neither the store nor a membership",
          no_replay},
+        {"revocation",
+         "once the world is quiet, a revoked or disabled PNE is in no PN at the server, the PN "
+         "GW or itself, and the PN GW holds no LocalEUKey and no PSK-TLS session of it",
+         revocation},
     };
     return kAll;
 }

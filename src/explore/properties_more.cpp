@@ -1,4 +1,5 @@
-// agreement, secrecy, freshness, bounded_state, lifecycle_authenticity, no_replay.
+// agreement, secrecy, freshness, bounded_state, lifecycle_authenticity, no_replay,
+// revocation.
 #include <algorithm>
 
 #include "explore/properties_detail.hpp"
@@ -261,8 +262,10 @@ Text unauthorised_removal(const World& w, const StoreChangeEffect& c, const std:
                           : " sent no such leave request");
         }
         case pb::CHANGE_REMOVE:
+            // The PN GW's removal, or the server's own after the operator revoked the PNE.
             if (c.change.pne_id == pne &&
-                (w.scenario().dishonest_gw || f.gw_commands.count("remove " + pn + " " + pne)))
+                (w.scenario().dishonest_gw || f.gw_commands.count("remove " + pn + " " + pne) ||
+                 f.revoked.count(pne)))
                 return std::nullopt;
             return "the server removed " + pne + " from " + pn + " which its PN GW never removed";
         case pb::CHANGE_DISSOLVE:
@@ -317,6 +320,31 @@ Text no_replay(const World& w, const Since& s) {
             return "a notice of " + m.pn_id + " delivered again changed " + party +
                    "'s membership again (" + pb::NoticeKind_Name(m.kind) + ")";
         });
+}
+
+// Revocation takes effect everywhere (docs/protocol.md, "Revocation and operator deletion"):
+// checked once nothing is in flight, so that the removal and its notices had their chance.
+Text revocation(const World& w, const Since&) {
+    if (w.facts().revoked.empty() || !w.quiescent()) return std::nullopt;
+    for (const auto& id : w.facts().revoked) {
+        for (const auto& [key, inv] : w.directory().pns())
+            if (detail::member_ids_of(inv).count(id))
+                return "the server still counts the revoked " + id + " a member of " + inv.pn_id();
+        for (const auto& [pn, inv] : w.gw().inventory()) {
+            if (detail::member_ids_of(inv).count(id))
+                return "the PN GW still counts the revoked " + id + " a member of " + pn;
+            if (w.gw().local_eukey(pn, id))
+                return "the PN GW still holds the LocalEUKey of the revoked " + id + " for " + pn;
+        }
+        for (const auto& pn : w.facts().pns_seen)
+            if (w.gw().local_eukey(pn, id))
+                return "the PN GW still holds the LocalEUKey of the revoked " + id + " for " + pn;
+        if (w.tls_links().count(id))
+            return "the PN GW still has a PSK-TLS session with the revoked " + id;
+        if (w.honest(id) && !w.pne(id).memberships().empty())
+            return "the revoked " + id + " still holds " + w.pne(id).memberships().begin()->first;
+    }
+    return std::nullopt;
 }
 
 }  // namespace cpns::explore

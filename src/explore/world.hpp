@@ -138,6 +138,8 @@ class World {
         // commands given by the explorer ("remove pn pne", "dissolve pn").
         std::set<std::tuple<std::string, std::string, std::string>> leaves_asked;
         std::set<std::string> gw_commands;
+        // PNEs the operator revoked or disabled in this run ("revoke" moves).
+        std::set<std::string> revoked;
     };
     const Facts& facts() const { return facts_; }
     // The last message delivered (for properties about what a party accepted).
@@ -147,6 +149,8 @@ class World {
     // membership when delivered to the same receiver before (a replay or a repeat).
     bool last_delivery_repeated() const { return last_repeat_; }
     int life_used() const { return life_; }
+    // The PNEs with a PSK-TLS session to the PN GW now.
+    const std::set<std::string>& tls_links() const { return tls_links_; }
     // "deliver PnSetupRequest pne-a -> gw-1" for an action enabled here.
     std::string describe(const Action& a) const;
     const pb::DeviceCapabilities& capabilities_of(const std::string& pne) const;
@@ -177,6 +181,8 @@ class World {
     bool do_inject(const Action& a);
     bool do_command(const Action& a);
     bool do_life(const Action& a);
+    bool do_revoke(const Action& a);
+    static bool in_pn(const pb::PnInventory& inv, const std::string& pne);
     void add_commands(std::vector<Action>& out) const;
     void add_life(std::vector<Action>& out) const;
     std::vector<Message>::iterator find_flight(std::uint64_t id);

@@ -246,13 +246,19 @@ bool World::do_life(const Action& a) {
         apply_effects(a.party, p.leave(a.value, now_));
         return true;
     }
+    if (a.field == "revoke") return do_revoke(a);
     auto inv = gw_->inventory().find(a.value);
     if (inv == gw_->inventory().end() || gw_->change_pending(a.value)) return false;
+    if (a.field == "add") {
+        if (!is_pne(a.party) || in_pn(inv->second, a.party)) return false;
+        ++life_;
+        facts_.gw_commands.insert("add " + a.value + " " + a.party);
+        trace_line(kGwId, kGwId, "command", "add " + a.party + " to " + a.value, true);
+        apply_effects(kGwId, gw_->add(a.value, {a.party}, now_));
+        return true;
+    }
     if (a.field == "remove") {
-        const auto& ms = inv->second.members();
-        if (std::none_of(ms.begin(), ms.end(),
-                         [&](const pb::PnMember& m) { return m.pne_id() == a.party; }))
-            return false;
+        if (!in_pn(inv->second, a.party)) return false;
         ++life_;
         facts_.gw_commands.insert("remove " + a.value + " " + a.party);
         trace_line(kGwId, kGwId, "command", "remove " + a.party + " from " + a.value, true);
@@ -265,6 +271,34 @@ bool World::do_life(const Action& a) {
     trace_line(kGwId, kGwId, "command", "dissolve " + a.value, true);
     apply_effects(kGwId, gw_->dissolve(a.value, now_));
     return true;
+}
+
+// The operator revokes (or disables) a PNE: its status changes in the store, and the server
+// removes it from every PN it is in, as the server daemon does when its change-log poll sees
+// the row (docs/protocol.md, "Revocation and operator deletion").
+bool World::do_revoke(const Action& a) {
+    if (!is_pne(a.party) || facts_.revoked.count(a.party)) return false;
+    EntityStatus status = EntityStatus::kRevoked;
+    if (a.value == "disabled")
+        status = EntityStatus::kDisabled;
+    else if (a.value != "revoked")
+        return false;
+    ++life_;
+    facts_.revoked.insert(a.party);
+    dir_->set_status(a.party, status);
+    trace_line(kServerId, kServerId, "command", a.value + " " + a.party, true);
+    std::vector<pb::PnInventory> pns;
+    for (const auto& [key, inv] : dir_->pns())
+        if (in_pn(inv, a.party)) pns.push_back(inv);
+    for (const auto& inv : pns)
+        apply_effects(kServerId, server_->push_change(inv.gw_id(), inv.pn_id(), pb::CHANGE_REMOVE,
+                                                      a.party, inv.revision(), pb::REVOKED, now_));
+    return true;
+}
+
+bool World::in_pn(const pb::PnInventory& inv, const std::string& pne) {
+    return std::any_of(inv.members().begin(), inv.members().end(),
+                       [&](const pb::PnMember& m) { return m.pne_id() == pne; });
 }
 
 bool World::do_inject(const Action& a) {

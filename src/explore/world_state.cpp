@@ -62,6 +62,18 @@ void World::add_life(std::vector<Action>& out) const {
         out.push_back(Action{ActionKind::kLife, 0, kGwId, "dissolve", pn});
         for (const auto& m : inv.members())
             out.push_back(Action{ActionKind::kLife, 0, m.pne_id(), "remove", pn});
+        for (const auto& id : scn_.pne_ids())
+            if (!in_pn(inv, id)) out.push_back(Action{ActionKind::kLife, 0, id, "add", pn});
+    }
+    // The operator revokes a PNE that is in a PN ("disabled" takes the same path; traces may
+    // name it).
+    for (const auto& id : scn_.pne_ids()) {
+        if (facts_.revoked.count(id)) continue;
+        for (const auto& [key, inv] : dir_->pns())
+            if (in_pn(inv, id)) {
+                out.push_back(Action{ActionKind::kLife, 0, id, "revoke", "revoked"});
+                break;
+            }
     }
 }
 
@@ -207,6 +219,7 @@ std::uint64_t World::state_hash() const {
     for (auto id : known_ids_) put(b, hex64(id));
     for (const auto& [pne, pns] : facts_.engaged)
         for (const auto& pn : pns) put(b, pne + "@" + pn);
+    for (const auto& id : facts_.revoked) put(b, "revoked:" + id);
     return fnv1a(b);
 }
 
@@ -276,9 +289,11 @@ std::string World::describe(const Action& a) const {
         case ActionKind::kTls:
             return "complete PSK-TLS " + a.party + " <-> " + kGwId;
         case ActionKind::kLife:
-            return a.field == "leave"    ? a.party + " leaves " + a.value
-                   : a.field == "remove" ? kGwId + " removes " + a.party + " from " + a.value
-                                         : kGwId + " dissolves " + a.value;
+            if (a.field == "leave") return a.party + " leaves " + a.value;
+            if (a.field == "remove") return kGwId + " removes " + a.party + " from " + a.value;
+            if (a.field == "add") return kGwId + " adds " + a.party + " to " + a.value;
+            if (a.field == "revoke") return "the operator makes " + a.party + " " + a.value;
+            return kGwId + " dissolves " + a.value;
         case ActionKind::kReplay:
         case ActionKind::kInject:
             if (!k) return what + " (unknown frame)";
