@@ -109,7 +109,7 @@ std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& 
 ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     : io_(io),
       opt_(std::move(options)),
-      listener_(io.get_executor(), {kMaxGwConnections, opt_.max_connections_per_source},
+      listener_(io.get_executor(), {opt_.max_connections, opt_.max_connections_per_source},
                 listener_hooks()),
       control_listener_(io.get_executor(),
                         {kMaxServerControlConnections, kMaxServerControlConnections},

@@ -1,6 +1,8 @@
 #include "net/connection.hpp"
 
 #include <algorithm>
+#include <array>
+#include <span>
 
 namespace cpns::net {
 
@@ -39,6 +41,15 @@ class Deadline {
     asio::steady_timer timer_;
     std::shared_ptr<State> state_;
 };
+
+// The read buffer of this thread, shared by all its connections. Each read fills it and its
+// bytes are handed on (to the TLS engine or the frame reader) before the reading coroutine
+// suspends again; the io_context runs one coroutine at a time per thread, so no two reads
+// overlap in it. A connection thus holds no 16 KiB buffer of its own while it waits.
+std::span<std::uint8_t> read_buffer() {
+    thread_local std::array<std::uint8_t, kReadChunk> buffer{};
+    return buffer;
+}
 }  // namespace
 
 Connection::Connection(tcp::socket socket)
@@ -50,6 +61,9 @@ Connection::Connection(tcp::socket socket)
         remote_ = source_ + ":" + std::to_string(ep.port());
     }
     socket_.set_option(tcp::no_delay(true), ec);
+    // Reads are a readiness wait then a non-blocking read (read_some): a spurious wake-up
+    // must give would_block, never block the thread.
+    socket_.non_blocking(true, ec);
 }
 
 Connection::~Connection() {
@@ -120,16 +134,15 @@ awaitable<std::optional<LinkError>> Connection::handshake(Millis timeout, PskLin
             if (ec) break;
         }
         if (tls_->failed() || tls_->handshake_done()) break;
-        const std::size_t n = co_await socket_.async_read_some(
-            asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+        const ByteView got = co_await read_some(ec);
         if (ec) break;
-        tls_->feed(ByteView(buf_.data(), n));
+        tls_->feed(got);
         if (!retry_open) continue;
-        if (hello.size() + n > kMaxRetainedHello) {
+        if (hello.size() + got.size() > kMaxRetainedHello) {
             retry_open = false;
             continue;
         }
-        hello.insert(hello.end(), buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(n));
+        hello.insert(hello.end(), got.begin(), got.end());
         if (!tls_->failed() || tls_->error() != tls::TlsError::kBadPsk) continue;
         retry_open = false;
         const auto second = (*retry)(tls_->peer_identity());
@@ -168,12 +181,29 @@ awaitable<std::optional<bool>> Connection::sniff_tls(Millis timeout) {
     Deadline deadline(socket_, timeout);
     std::error_code ec;
     std::array<std::uint8_t, 1> first{};
-    co_await socket_.async_wait(tcp::socket::wait_read,
-                                asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) co_return std::nullopt;
-    const std::size_t n = socket_.receive(asio::buffer(first), tcp::socket::message_peek, ec);
-    if (ec || n == 0) co_return std::nullopt;
-    co_return first[0] == 0x16;
+    for (;;) {
+        co_await socket_.async_wait(tcp::socket::wait_read,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return std::nullopt;
+        const std::size_t n = socket_.receive(asio::buffer(first), tcp::socket::message_peek, ec);
+        if (ec == asio::error::would_block) continue;  // a spurious wake-up
+        if (ec || n == 0) co_return std::nullopt;
+        co_return first[0] == 0x16;
+    }
+}
+
+awaitable<ByteView> Connection::read_some(std::error_code& ec) {
+    for (;;) {
+        co_await socket_.async_wait(tcp::socket::wait_read,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return ByteView{};
+        // Nothing suspends from here until the caller has used the bytes.
+        const auto buffer = read_buffer();
+        const std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
+        if (ec == asio::error::would_block) continue;  // a spurious wake-up
+        if (ec) co_return ByteView{};
+        co_return ByteView(buffer.data(), n);
+    }
 }
 
 awaitable<ReadResult> Connection::read() {
@@ -198,8 +228,7 @@ awaitable<ReadResult> Connection::read() {
                 *frame_started_ + ms(kFrameTimeout) - std::chrono::steady_clock::now());
             deadline.emplace(socket_, std::max<Millis>(0, left.count()));
         }
-        const std::size_t n = co_await socket_.async_read_some(
-            asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+        const ByteView got = co_await read_some(ec);
         if (deadline && deadline->expired()) {
             close();
             co_return LinkError{pb::TIMEOUT, "a frame did not arrive whole within " +
@@ -213,16 +242,16 @@ awaitable<ReadResult> Connection::read() {
                                                           : ec.message()};
         }
         if (!frame_started_) frame_started_ = std::chrono::steady_clock::now();
-        if (auto error = take_in(n)) co_return std::move(*error);
+        if (auto error = take_in(got)) co_return std::move(*error);
     }
 }
 
-std::optional<LinkError> Connection::take_in(std::size_t n) {
+std::optional<LinkError> Connection::take_in(ByteView bytes) {
     if (!tls_) {
-        reader_.feed(ByteView(buf_.data(), n));
+        reader_.feed(bytes);
         return std::nullopt;
     }
-    tls_->feed(ByteView(buf_.data(), n));
+    tls_->feed(bytes);
     flush_tls();
     reader_.feed(tls_->read());
     if (!tls_->failed()) return std::nullopt;
@@ -313,8 +342,9 @@ void Connection::finish() {
     std::error_code ec;
     // Take what the peer sent and nobody read, so that closing sends FIN, not a reset.
     socket_.non_blocking(true, ec);
+    const auto buffer = read_buffer();
     for (std::size_t discarded = 0; !ec && discarded < kMaxDiscardOnClose;)
-        discarded += socket_.receive(asio::buffer(buf_), 0, ec);
+        discarded += socket_.receive(asio::buffer(buffer.data(), buffer.size()), 0, ec);
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
     out_.clear();
