@@ -316,9 +316,10 @@ def links_at_server(count):
     d = work / "links-server"
     d.mkdir()
     ent, mk, ready, cfg = d / "ent.toml", d / "mk", d / "s.ready", d / "server.toml"
-    # PN GWs only (what the links authenticate as), written here: no PNEs to import.
-    ent.write_text("".join(f'[[entity]]\nid = "fgw-{i:05d}"\nkind = "gw"\neukey = "{secrets.token_hex(32)}"\n\n'
-                           for i in range(1, count + 1)))
+    # PN GWs only (what the links authenticate as), written here: no PNEs to import. One
+    # inline table per line keeps 10,000 of them under the 1 MiB an entities file may have.
+    ent.write_text("entity = [\n" + "".join(f'{{id="f{i:05d}",kind="gw",eukey="{secrets.token_hex(32)}"}},\n'
+                                            for i in range(1, count + 1)) + "]\n")
     mk.write_text(secrets.token_hex(32) + "\n")
     mk.chmod(0o600)
     # Every link comes from 127.0.0.1: the per-source bound is the whole of max_connections.

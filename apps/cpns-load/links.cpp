@@ -64,8 +64,7 @@ std::vector<Peer> pne_peers(const std::string& path) {
             const std::string id = (*t)["id"].value_or(std::string());
             const std::string hex = (*t)["preassigned_key"].value_or(std::string());
             if (!valid_id(id) || hex.empty()) continue;
-            peers.push_back(
-                {preassigned_identity(id), parse_key(hex, c.where("pne") + " " + id)});
+            peers.push_back({preassigned_identity(id), parse_key(hex, c.where("pne") + " " + id)});
         }
     return peers;
 }
@@ -79,8 +78,8 @@ void raise_descriptor_limit(std::size_t links) {
     if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
         throw std::runtime_error("descriptor limit too low: " + std::to_string(links) +
                                  " links need " + std::to_string(need) +
-                                 " descriptors, the hard limit is " +
-                                 std::to_string(rl.rlim_max) + " (raise it: ulimit -Hn)");
+                                 " descriptors, the hard limit is " + std::to_string(rl.rlim_max) +
+                                 " (raise it: ulimit -Hn)");
     rl.rlim_cur = need;
     if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) throw std::runtime_error("setrlimit failed");
     std::cerr << "cpns-load: descriptor limit raised to " << need << "\n";
@@ -114,11 +113,10 @@ class LinkRun {
             }
             io_.stop();
         });
-        const auto workers = std::min<std::size_t>(static_cast<std::size_t>(opt_.concurrency),
-                                                   peers_.size());
+        const auto workers =
+            std::min<std::size_t>(static_cast<std::size_t>(opt_.concurrency), peers_.size());
         active_ = workers;
-        for (std::size_t i = 0; i < workers; ++i)
-            asio::co_spawn(io_, worker(), asio::detached);
+        for (std::size_t i = 0; i < workers; ++i) asio::co_spawn(io_, worker(), asio::detached);
         if (workers == 0) report();
     }
 
@@ -153,7 +151,8 @@ class LinkRun {
             failed(*error);
             co_return;
         }
-        auto conn = std::make_shared<net::Connection>(std::get<net::tcp::socket>(std::move(socket)));
+        auto conn =
+            std::make_shared<net::Connection>(std::get<net::tcp::socket>(std::move(socket)));
         const tls::ClientPsk psk{peer.identity, peer.key};
         if (auto error = co_await conn->client_handshake(tls_, psk, kLinkHandshakeTimeout, link_)) {
             failed(*error);
@@ -194,7 +193,8 @@ class LinkRun {
             first = false;
         }
         std::cout << "}}\n" << std::flush;
-        if (!first_error_.empty()) std::cerr << "cpns-load: first failure: " << first_error_ << "\n";
+        if (!first_error_.empty())
+            std::cerr << "cpns-load: first failure: " << first_error_ << "\n";
         if (timed_out_) return;
         if (opt_.hold_s > 0) {
             hold_.expires_after(std::chrono::seconds(opt_.hold_s));

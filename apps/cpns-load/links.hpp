@@ -10,11 +10,11 @@
 namespace cpns::load {
 
 struct LinksOptions {
-    std::string as = "gw";  // "gw" (to a cpns-server) or "pne" (to a cpns-gw PAN endpoint)
-    std::string entities;   // gw: an entities file; pne: a file with [[pne]] tables
-    std::string to;         // host:port of the daemon
-    int count = 0;          // links to open; 0 = one per identity in the file
-    int concurrency = 64;   // handshakes in flight at once
+    std::string as = "gw";   // "gw" (to a cpns-server) or "pne" (to a cpns-gw PAN endpoint)
+    std::string entities;    // gw: an entities file; pne: a file with [[pne]] tables
+    std::string to;          // host:port of the daemon
+    int count = 0;           // links to open; 0 = one per identity in the file
+    int concurrency = 64;    // handshakes in flight at once
     int time_limit_s = 120;  // opening all of them, bounded
     int hold_s = 0;          // then hold them this long; 0 = until SIGINT/SIGTERM (or the limit)
     std::string log_level = "warn";

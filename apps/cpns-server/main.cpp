@@ -116,10 +116,9 @@ int main(int argc, char** argv) {
             o.control_listen = parse_address(c, cfg.where("control_listen"));
         o.max_connections =
             connection_limit(cfg, "max_connections", kMaxGwConnections, kMaxGwConnectionsLimit);
-        o.max_connections_per_source =
-            connection_limit(cfg, "max_connections_per_source",
-                             std::min(kDefaultGwConnectionsPerSource, o.max_connections),
-                             o.max_connections);
+        o.max_connections_per_source = connection_limit(
+            cfg, "max_connections_per_source",
+            std::min(kDefaultGwConnectionsPerSource, o.max_connections), o.max_connections);
         o.crash_at = crash_at;
         if (const std::string m = metrics.empty() ? cfg.str("metrics") : metrics; !m.empty())
             o.metrics = parse_metrics_address(m, "metrics");

@@ -60,8 +60,7 @@ GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     : io_(io),
       opt_(std::move(options)),
       pan_listener_(io.get_executor(),
-                    {opt_.pan_max_connections, opt_.pan_max_connections_per_source},
-                    pan_hooks()),
+                    {opt_.pan_max_connections, opt_.pan_max_connections_per_source}, pan_hooks()),
       control_listener_(io.get_executor(),
                         {kMaxControlConnections, opt_.control_max_connections_per_source},
                         control_hooks()),
@@ -352,7 +351,8 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
     metrics_.tls_handshake("pan", pb::REASON_NONE);
     throttle_.succeeded(conn->source(), identity);
     pan_conns_[pne].push_back(conn);
-    spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
+    if (spdlog::should_log(spdlog::level::info))  // tls_summary() costs a few allocations
+        spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
     apply(gw_->on_tls_established(pne, identity, mono_now()));
     co_return true;
 }

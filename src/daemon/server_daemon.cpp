@@ -685,10 +685,12 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
     if (const auto rec = dir_.find(gw))
         gw_link_eukeys_[gw] =
             conn->used_retry_psk() && rec->previous ? rec->previous->eukey : rec->eukey;
-    spdlog::info("PN GW {} authenticated from {} ({}){}", gw, conn->remote(), conn->tls_summary(),
-                 conn->used_retry_psk()
-                     ? " with its previous EUKey (rotated; valid until the grace period ends)"
-                     : "");
+    if (spdlog::should_log(spdlog::level::info))  // tls_summary() costs a few allocations
+        spdlog::info("PN GW {} authenticated from {} ({}){}", gw, conn->remote(),
+                     conn->tls_summary(),
+                     conn->used_retry_psk()
+                         ? " with its previous EUKey (rotated; valid until the grace period ends)"
+                         : "");
     for (;;) {
         auto r = co_await conn->read();
         if (auto* env = std::get_if<pb::Envelope>(&r)) {

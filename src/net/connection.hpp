@@ -130,7 +130,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     void finish();
 
     tcp::socket socket_;
-    asio::steady_timer linger_;
+    // Made by close() when queued bytes must still go out (an idle link holds no timer).
+    std::unique_ptr<asio::steady_timer> linger_;
     Listener::Slot slot_;
     // When the frame being read started (its first octet arrived); unset between frames.
     std::optional<std::chrono::steady_clock::time_point> frame_started_;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <openssl/bio.h>
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
@@ -296,6 +297,7 @@ struct TlsEngine::Impl {
     void fail_from_openssl(int ssl_error);
     void on_handshake_complete();
     void advance();
+    void release_idle_buffers();
     void flush_plaintext();
 };
 
@@ -789,6 +791,7 @@ void TlsEngine::Impl::on_handshake_complete() {
     }
     handshake_complete = true;
     release_secrets();
+    lookup = nullptr;  // only a ClientHello calls it (and what it captured goes with it)
 }
 
 void TlsEngine::Impl::flush_plaintext() {
@@ -827,7 +830,9 @@ void TlsEngine::Impl::advance() {
         if (!can_run()) return;
     }
     flush_plaintext();
-    std::array<std::uint8_t, kReadChunk> buffer{};
+    // Not zeroed first: SSL_read_ex writes what it returns, and only that is wiped after.
+    std::array<std::uint8_t, kReadChunk> buffer;  // NOLINT(cppcoreguidelines-pro-type-member-init)
+    std::size_t used = 0;
     while (can_run()) {
         std::size_t got = 0;
         ERR_clear_error();
@@ -835,13 +840,39 @@ void TlsEngine::Impl::advance() {
         if (rc == 1) {
             plaintext_in.insert(plaintext_in.end(), buffer.begin(),
                                 buffer.begin() + static_cast<std::ptrdiff_t>(got));
+            used = std::max(used, got);
             continue;
         }
         const int err = SSL_get_error(ssl, rc);
         if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) fail_from_openssl(err);
         break;
     }
-    wipe(buffer.data(), buffer.size());
+    wipe(buffer.data(), used);
+}
+
+void TlsEngine::Impl::release_idle_buffers() {
+    // Memory BIOs keep the capacity of the largest flight they carried (a few hundred bytes
+    // each after a handshake, up to a record after a large message). Once both are empty on
+    // an established connection, fresh ones replace them: an idle link holds no buffer.
+    if (!handshake_complete || BIO_ctrl_pending(network_in) != 0 ||
+        BIO_ctrl_pending(network_out) != 0)
+        return;
+    BUF_MEM* in = nullptr;
+    BUF_MEM* out = nullptr;
+    BIO_get_mem_ptr(network_in, &in);
+    BIO_get_mem_ptr(network_out, &out);
+    if ((in == nullptr || in->max == 0) && (out == nullptr || out->max == 0)) return;
+    BIO* fresh_in = BIO_new(BIO_s_mem());
+    BIO* fresh_out = BIO_new(BIO_s_mem());
+    if (fresh_in == nullptr || fresh_out == nullptr) {  // keep the old ones: still correct
+        BIO_free(fresh_in);
+        BIO_free(fresh_out);
+        ERR_clear_error();
+        return;
+    }
+    SSL_set_bio(ssl, fresh_in, fresh_out);  // frees the old pair
+    network_in = fresh_in;
+    network_out = fresh_out;
 }
 
 TlsEngine::TlsEngine(const TlsContext& context, PskLookup lookup) : TlsEngine(context) {
@@ -914,6 +945,7 @@ void TlsEngine::feed(ByteView ciphertext) {
         ciphertext = ciphertext.subspan(written);
     }
     impl.advance();
+    impl.release_idle_buffers();
 }
 
 Bytes TlsEngine::take_output() {
@@ -924,6 +956,7 @@ Bytes TlsEngine::take_output() {
     std::size_t got = 0;
     if (BIO_read_ex(impl_->network_out, out.data(), pending, &got) != 1) got = 0;
     out.resize(got);
+    impl_->release_idle_buffers();
     return out;
 }
 
