@@ -2,8 +2,9 @@
 rows e and f of docs/benchmarks.md:
 
 - a cpns-gw with pan_max_connections = 600 holds 600 idle PSK-TLS PNE links from one address
-  (more than the former fixed 512), and refuses the 601st while they are held;
-- a cpns-server with max_connections = 30 holds 30 idle PN GW links and refuses the 31st;
+  (more than the former fixed 512 in all), and refuses the 601st while they are held;
+- a cpns-server with max_connections = 30 and as many per source holds 30 idle PN GW links
+  and refuses the 31st;
 - links with a key the daemon does not have fail with the reason a user sees.
 
 Every daemon binds 127.0.0.1; every run is bounded in count and time.
@@ -91,6 +92,8 @@ class LinksTest(unittest.TestCase):
                        f'discovery_group = ""\nready_file = "{ready}"\nlog_level = "warn"\n'
                        'pan_max_connections = 600\npan_max_connections_per_source = 600\n\n'
                        + pan.read_text())
+        cfg.chmod(0o600)
+        pan.chmod(0o600)
         gw, log = self.start([BIN / "cpns-gw" / "cpns-gw", "run", "--config", cfg], "gw")
         to = wait_ready(gw, ready, log).split()[0].removeprefix("pan=")
 
@@ -103,12 +106,15 @@ class LinksTest(unittest.TestCase):
         self.assertEqual(extra.end()[0], 1)
         status, end = held.end()
         self.assertEqual((status, end["lost"]), (0, 0), end)
-        self.assertIn("refused 1 PAN connection(s): 600 open (limit)", log.read_text())
+        # All from 127.0.0.1: the per-source bound (as high as the total) is the one reached.
+        self.assertIn("refused 1 PAN connection(s): 600 open from 127.0.0.1 "
+                      "(pan_max_connections_per_source)", log.read_text())
 
     def test_server_holds_pn_gw_links_up_to_max_connections(self):
         ent = self.dir / "ent.toml"
         ent.write_text("".join(f'[[entity]]\nid = "lgw-{i:03d}"\nkind = "gw"\n'
                                f'eukey = "{secrets.token_hex(32)}"\n\n' for i in range(1, 32)))
+        ent.chmod(0o600)
         mk = self.dir / "mk"
         mk.write_text(secrets.token_hex(32) + "\n")
         mk.chmod(0o600)
@@ -127,11 +133,13 @@ class LinksTest(unittest.TestCase):
         self.assertEqual(extra.up["up"], 0, extra.up)
         self.assertEqual(extra.end()[0], 1)
         self.assertEqual(held.end(), (0, {"phase": "closed", "links": 30, "up": 30, "lost": 0}))
-        self.assertIn("refused 1 connection(s): 30 PN GW links open (limit)", log.read_text())
+        self.assertIn("refused 1 connection(s): 30 open from 127.0.0.1 "
+                      "(max_connections_per_source)", log.read_text())
 
     def test_a_wrong_key_fails_with_the_reason_the_user_sees(self):
         ent = self.dir / "ent.toml"
         ent.write_text(f'[[entity]]\nid = "lgw-1"\nkind = "gw"\neukey = "{secrets.token_hex(32)}"\n')
+        ent.chmod(0o600)
         mk = self.dir / "mk"
         mk.write_text(secrets.token_hex(32) + "\n")
         mk.chmod(0o600)
@@ -144,6 +152,7 @@ class LinksTest(unittest.TestCase):
         to = wait_ready(server, ready, log)
         other = self.dir / "other.toml"
         other.write_text(f'[[entity]]\nid = "lgw-1"\nkind = "gw"\neukey = "{secrets.token_hex(32)}"\n')
+        other.chmod(0o600)
         links = Links("gw", other, to, 1)
         self.assertEqual(links.up["failures"], {"gateway authentication failed": 1}, links.up)
         self.assertEqual(links.end()[0], 1)

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -265,6 +266,10 @@ CLI::App* add_provision_pan_command(CLI::App& app, int& pnes, std::string& out) 
 int provision_pan(int pnes, const std::string& out) {
     OsRandom rnd;
     std::ofstream f(out);
+    // It holds keys: the owner's only, as the daemons require of such files.
+    std::error_code ec;
+    std::filesystem::permissions(
+        out, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write, ec);
     for (int p = 1; p <= pnes; ++p) {
         char id[32];
         std::snprintf(id, sizeof id, "lpne-%05d", p);
