@@ -6,12 +6,15 @@
 #include <benchmark/benchmark.h>
 
 #include <libpq-fe.h>
+#include <malloc.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <openssl/ssl.h>
 #include <sqlite3.h>
 #include <time.h>
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -644,6 +647,174 @@ BENCHMARK_TEMPLATE(BM_TlsHandshake, &kTls12EcdhePskChacha, false)
 BENCHMARK_TEMPLATE(BM_TlsHandshake, &kTls12EcdhePskChacha, true)
     ->Name("BM_TlsHandshake/tls12_ecdhe_psk_chacha20/server_only")
     ->UseManualTime();
+
+// --- The bound of row e: a bare server-side OpenSSL handshake ----------------------------------
+//
+// Not project code: OpenSSL alone, configured as src/tls configures a PAN server (TLS 1.3 only,
+// external PSK with psk_dhe_ke, groups X25519 and P-256, the same two suites, no tickets, no
+// session cache, released idle buffers), the client written the same way. Timed with the
+// thread's CPU clock: the server's SSL_new, its memory BIOs, every SSL_do_handshake and
+// BIO transfer on its side, the read that takes the client's Finished, and SSL_free. The
+// project's figure is the CPU a real cpns-gw spends per handshake at its PAN endpoint under
+// many concurrent clients (scripts/bench.sh, row e).
+
+struct BareTls {
+    static constexpr std::string_view kIdentity = "pre:pne-0001";
+    std::array<unsigned char, kKeySize> key{};
+    SSL_CTX* server = nullptr;
+    SSL_CTX* client = nullptr;
+
+    static SSL_SESSION* session(SSL* ssl, const unsigned char* key) {
+        static constexpr std::array<unsigned char, 2> kAes128Gcm = {0x13, 0x01};
+        SSL_SESSION* s = SSL_SESSION_new();
+        if (s == nullptr) return nullptr;
+        if (SSL_SESSION_set1_master_key(s, key, kKeySize) != 1 ||
+            SSL_SESSION_set_cipher(s, SSL_CIPHER_find(ssl, kAes128Gcm.data())) != 1 ||
+            SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION) != 1) {
+            SSL_SESSION_free(s);
+            return nullptr;
+        }
+        return s;
+    }
+    static BareTls* of(SSL* ssl) {
+        return static_cast<BareTls*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), 0));
+    }
+    static int find(SSL* ssl, const unsigned char* id, std::size_t len, SSL_SESSION** out) {
+        *out = nullptr;
+        if (std::string_view(reinterpret_cast<const char*>(id), len) == kIdentity)
+            *out = session(ssl, of(ssl)->key.data());
+        return 1;
+    }
+    static int use(SSL* ssl, const EVP_MD*, const unsigned char** id, std::size_t* len,
+                   SSL_SESSION** out) {
+        *out = session(ssl, of(ssl)->key.data());
+        *id = reinterpret_cast<const unsigned char*>(kIdentity.data());
+        *len = kIdentity.size();
+        return *out != nullptr ? 1 : 0;
+    }
+    SSL_CTX* context(bool is_server) {
+        SSL_CTX* ctx = SSL_CTX_new(TLS_method());
+        if (ctx == nullptr) return nullptr;
+        SSL_CTX_set_ex_data(ctx, 0, this);
+        SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+        SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+        SSL_CTX_set1_groups_list(ctx, "X25519:P-256");
+        SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256");
+        SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET |
+                                     SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_num_tickets(ctx, 0);
+        SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+        if (is_server)
+            SSL_CTX_set_psk_find_session_callback(ctx, find);
+        else
+            SSL_CTX_set_psk_use_session_callback(ctx, use);
+        return ctx;
+    }
+    BareTls() {
+        DeterministicRandom random(kSeed);
+        const SecretKey k = random.key();
+        std::copy(k.view().begin(), k.view().end(), key.begin());
+        server = context(true);
+        client = context(false);
+    }
+    ~BareTls() {
+        SSL_CTX_free(server);
+        SSL_CTX_free(client);
+        OPENSSL_cleanse(key.data(), key.size());
+    }
+    static SSL* endpoint(SSL_CTX* ctx, bool is_server) {
+        SSL* ssl = SSL_new(ctx);
+        SSL_set_bio(ssl, BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()));
+        if (is_server)
+            SSL_set_accept_state(ssl);
+        else
+            SSL_set_connect_state(ssl);
+        return ssl;
+    }
+    // Moves what `from` wrote to `to`'s input.
+    static void transfer(SSL* from, SSL* to) {
+        std::array<unsigned char, 4096> buffer{};
+        int n = 0;
+        while ((n = BIO_read(SSL_get_wbio(from), buffer.data(), buffer.size())) > 0)
+            BIO_write(SSL_get_rbio(to), buffer.data(), n);
+    }
+    // One handshake; the server side's CPU seconds, or a negative value if it failed. With
+    // `keep`, the server's SSL is kept there (idle, its handshake done) instead of freed.
+    double handshake(SSL** keep = nullptr) const {
+        SSL* c = endpoint(client, false);
+        double t0 = thread_cpu_seconds();
+        SSL* s = endpoint(server, true);
+        double spent = thread_cpu_seconds() - t0;
+        bool done = false;
+        for (int flight = 0; flight < 8 && !done; ++flight) {
+            SSL_do_handshake(c);
+            t0 = thread_cpu_seconds();
+            transfer(c, s);
+            std::array<unsigned char, 64> none{};
+            std::size_t got = 0;
+            SSL_do_handshake(s);
+            done = SSL_is_init_finished(s) == 1;
+            if (done) SSL_read_ex(s, none.data(), none.size(), &got);  // idle: buffers go
+            transfer(s, c);
+            spent += thread_cpu_seconds() - t0;
+        }
+        SSL_free(c);
+        t0 = thread_cpu_seconds();
+        if (keep != nullptr && done)
+            *keep = s;
+        else
+            SSL_free(s);
+        spent += thread_cpu_seconds() - t0;
+        return done ? spent : -1;
+    }
+};
+
+void BM_Bound_BareTlsServerHandshake(benchmark::State& state) {
+    const BareTls bare;
+    if (bare.server == nullptr || bare.client == nullptr) {
+        state.SkipWithError("SSL_CTX_new failed");
+        return;
+    }
+    for (auto _ : state) {
+        const double spent = bare.handshake();
+        if (spent < 0) {
+            state.SkipWithError("the bare handshake did not complete");
+            break;
+        }
+        state.SetIterationTime(spent);
+    }
+    state.counters["handshakes/s"] = rate(1);
+}
+BENCHMARK(BM_Bound_BareTlsServerHandshake)->UseManualTime();
+
+// What one idle server-side connection holds in OpenSSL alone (row f's floor): the bytes
+// malloc has in use (mallinfo2) for 200 handshaken, idle server SSL objects, per object.
+void BM_Bound_BareTlsIdleConnection(benchmark::State& state) {
+    constexpr int kConnections = 200;
+    const BareTls bare;
+    double bytes = 0;
+    for (auto _ : state) {
+        std::vector<SSL*> idle;
+        idle.reserve(kConnections);
+        const auto before = mallinfo2().uordblks;
+        for (int i = 0; i < kConnections; ++i) {
+            SSL* s = nullptr;
+            if (bare.handshake(&s) < 0) break;
+            idle.push_back(s);
+        }
+        const auto after = mallinfo2().uordblks;
+        bytes = static_cast<double>(after - before) / kConnections;
+        const bool complete = idle.size() == kConnections;
+        for (SSL* s : idle) SSL_free(s);
+        if (!complete) {
+            state.SkipWithError("a bare handshake did not complete");
+            break;
+        }
+    }
+    state.counters["bytes/conn"] = bytes;
+}
+BENCHMARK(BM_Bound_BareTlsIdleConnection)->Iterations(3)->Unit(benchmark::kMillisecond);
 
 #endif  // CPNS_BENCH_HAVE_TLS
 

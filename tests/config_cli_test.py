@@ -95,6 +95,31 @@ class ConfigCliTest(unittest.TestCase):
         self.assertIn(expected.replace("FILE", str(cfg)), r.stderr)
         self.assertEqual(r.stdout, "")
 
+    def test_connection_bounds_are_configurable_up_to_their_limit(self):
+        # The total bounds (max_connections, pan_max_connections): the former constants are
+        # the defaults, a per-source bound may go up to the total, and each has a hard limit.
+        head = f'id = "gw-1"\neukey_file = "{self.key}"\n'
+        for program, text in (("cpns-gw", head + "pan_max_connections = 1000\n"
+                                          "pan_max_connections_per_source = 1000\n"),
+                              ("cpns-server", "max_connections = 20000\n"
+                                              "max_connections_per_source = 20000\n"),
+                              ("cpns-server", "max_connections = 500\n")):
+            with self.subTest(program=program, text=text):
+                cfg = self.write("ok.toml", text)
+                r = self.check(program, cfg)
+                self.assertEqual((r.returncode, r.stdout), (0, f"{cfg}: OK\n"), r.stderr)
+        self.assert_first_error("cpns-gw", head + "pan_max_connections = 100000\n",
+                                "FILE:3:23: key 'pan_max_connections' must be 1..16384")
+        self.assert_first_error("cpns-gw", head + "pan_max_connections = 100\n"
+                                "pan_max_connections_per_source = 101\n",
+                                "FILE:4:34: key 'pan_max_connections_per_source' must be 1..100")
+        self.assert_first_error("cpns-server", "max_connections = 100001\n",
+                                "FILE:1:19: key 'max_connections' must be 1..100000")
+        self.assert_first_error("cpns-server", "max_connections_per_source = 10001\n",
+                                "FILE:1:30: key 'max_connections_per_source' must be 1..10000")
+        self.assert_first_error("cpns-server", "max_connections = 0\n",
+                                "FILE:1:19: key 'max_connections' must be 1..100000")
+
     def test_first_error_with_its_position(self):
         head = f'id = "gw-1"\neukey_file = "{self.key}"\n'
         self.assert_first_error("cpns-gw", head + 'contol = "unix:/tmp/x.sock"\nbogus = 1\n',

@@ -12,6 +12,7 @@
 #include "core/gateway.hpp"
 #include "daemon/common.hpp"
 #include "daemon/server_daemon.hpp"
+#include "links.hpp"
 #include "net/psk_client_link.hpp"
 
 using namespace cpns;
@@ -382,10 +383,17 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0, 1000));
     run->add_option("--retry-delay-ms", retry.delay, "wait this long before a retry (default 500)")
         ->check(CLI::Range(0, 60'000));
+    load::LinksOptions links_options;  // links.cpp: idle PSK-TLS links for rows e and f
+    auto* links = load::add_links_command(app, links_options);
+    int pan_pnes = 100;
+    std::string pan_out = "load-pan.toml";
+    auto* prov_pan = load::add_provision_pan_command(app, pan_pnes, pan_out);
     app.set_version_flag("--version", cpns::version_text("cpns-load"),
                          "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
     if (*prov) return provision(gws, pnes, out);
+    if (*prov_pan) return load::provision_pan(pan_pnes, pan_out);
+    if (*links) return load::run_links(links_options);
 
     try {
         init_logging("load", log_level);

@@ -1,6 +1,7 @@
 // cpns-server: the CPNS Server daemon.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
@@ -113,8 +114,11 @@ int main(int argc, char** argv) {
                 control_listen.empty() ? cfg.str("control_listen") : control_listen;
             !c.empty())
             o.control_listen = parse_address(c, cfg.where("control_listen"));
+        o.max_connections =
+            connection_limit(cfg, "max_connections", kMaxGwConnections, kMaxGwConnectionsLimit);
         o.max_connections_per_source = connection_limit(
-            cfg, "max_connections_per_source", kDefaultGwConnectionsPerSource, kMaxGwConnections);
+            cfg, "max_connections_per_source",
+            std::min(kDefaultGwConnectionsPerSource, o.max_connections), o.max_connections);
         o.crash_at = crash_at;
         if (const std::string m = metrics.empty() ? cfg.str("metrics") : metrics; !m.empty())
             o.metrics = parse_metrics_address(m, "metrics");
@@ -170,9 +174,11 @@ int main(int argc, char** argv) {
                 cfg, !log_level.empty(), {"log_level", "max_connections_per_source", "entities"},
                 [&](const Config& fresh) -> std::function<void()> {
                     check_known_keys(fresh, Program::kServer);
-                    const std::size_t per_source =
-                        connection_limit(fresh, "max_connections_per_source",
-                                         kDefaultGwConnectionsPerSource, kMaxGwConnections);
+                    // At most the running max_connections (which needs a restart).
+                    const std::size_t per_source = connection_limit(
+                        fresh, "max_connections_per_source",
+                        std::min(kDefaultGwConnectionsPerSource, o.max_connections),
+                        o.max_connections);
                     // --entities on the command line wins over the file, as at start.
                     std::string file = entities.empty() ? fresh.str("entities") : entities;
                     if (!file.empty()) {

@@ -46,14 +46,14 @@ Keys with(Keys base, const Keys& more) {
 const Schema& schema(Program p) {
     static const Schema server{
         {"id", "listen", "store", "master_key_file", "entities", "log_level", "log_format",
-         "max_connections_per_source", "control_listen", "metrics", "ready_file", "trace_file",
-         "keylog", "api", "api_cert", "api_key", "api_tokens", "api_insecure_http"},
+         "max_connections", "max_connections_per_source", "control_listen", "metrics", "ready_file",
+         "trace_file", "keylog", "api", "api_cert", "api_key", "api_tokens", "api_insecure_http"},
         {},
         {}};
     static const Schema gw{
-        with(kDeviceKeys,
-             {"server", "server_id", "pan_listen", "control_max_connections_per_source",
-              "default_pan_secure", "pan_max_connections_per_source", "ready_file"}),
+        with(kDeviceKeys, {"server", "server_id", "pan_listen",
+                           "control_max_connections_per_source", "default_pan_secure",
+                           "pan_max_connections", "pan_max_connections_per_source", "ready_file"}),
         {{"capabilities", kCapabilities}, {"subscription", {"subscriber_id", "service_plan"}}},
         {{"pne", {"id", "pan_secure", "preassigned_key"}}}};
     static const Schema pne{

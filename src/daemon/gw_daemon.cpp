@@ -1,5 +1,6 @@
 #include "daemon/gw_daemon.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <sstream>
 
@@ -21,8 +22,11 @@ GwOptions gw_options_from(const Config& c, const std::string& control_override) 
     o.role.default_pan_secure = c.boolean("default_pan_secure", false);
     o.role.neighbour_ttl = neighbour_ttl_from(c);
     o.ready_file = c.str("ready_file");
+    o.pan_max_connections =
+        connection_limit(c, "pan_max_connections", kMaxPanConnections, kMaxPanConnectionsLimit);
     o.pan_max_connections_per_source = connection_limit(
-        c, "pan_max_connections_per_source", kDefaultPanConnectionsPerSource, kMaxPanConnections);
+        c, "pan_max_connections_per_source",
+        std::min(kDefaultPanConnectionsPerSource, o.pan_max_connections), o.pan_max_connections);
     o.control_max_connections_per_source =
         connection_limit(c, "control_max_connections_per_source",
                          kDefaultControlConnectionsPerSource, kMaxControlConnections);
@@ -55,8 +59,8 @@ GwOptions gw_options_from(const Config& c, const std::string& control_override) 
 GwDaemon::GwDaemon(asio::io_context& io, GwOptions options)
     : io_(io),
       opt_(std::move(options)),
-      pan_listener_(io.get_executor(), {kMaxPanConnections, opt_.pan_max_connections_per_source},
-                    pan_hooks()),
+      pan_listener_(io.get_executor(),
+                    {opt_.pan_max_connections, opt_.pan_max_connections_per_source}, pan_hooks()),
       control_listener_(io.get_executor(),
                         {kMaxControlConnections, opt_.control_max_connections_per_source},
                         control_hooks()),
@@ -347,7 +351,8 @@ asio::awaitable<bool> GwDaemon::pan_handshake(const std::shared_ptr<net::Connect
     metrics_.tls_handshake("pan", pb::REASON_NONE);
     throttle_.succeeded(conn->source(), identity);
     pan_conns_[pne].push_back(conn);
-    spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
+    if (spdlog::should_log(spdlog::level::info))  // tls_summary() costs a few allocations
+        spdlog::info("PSK-TLS with {} as {} ({})", conn->remote(), identity, conn->tls_summary());
     apply(gw_->on_tls_established(pne, identity, mono_now()));
     co_return true;
 }

@@ -27,7 +27,10 @@ namespace cpns::daemon {
 inline constexpr Millis kPanHandshakeTimeout = 10'000;
 inline constexpr Millis kServerReconnectMin = 500;     // first retry after a lost server link
 inline constexpr Millis kServerReconnectMax = 30'000;  // retries back off up to this
+// PAN connections open at once: the default of `pan_max_connections`, and the most that key
+// may say.
 inline constexpr std::size_t kMaxPanConnections = 512;
+inline constexpr std::size_t kMaxPanConnectionsLimit = 16'384;
 // Default of `pan_max_connections_per_source` (an eighth of kMaxPanConnections).
 inline constexpr std::size_t kDefaultPanConnectionsPerSource = 64;
 inline constexpr std::size_t kMaxControlLine = 4096;
@@ -53,7 +56,10 @@ struct GwOptions {
     std::optional<SecretKey> control_token;
     DeviceOptions device;    // discovery_group "" = off
     std::string ready_file;  // "pan=host:port control=host:port|unix:PATH"
-    // Connections open at once from one IP address, per listener.
+    // PAN connections open at once (`pan_max_connections`).
+    std::size_t pan_max_connections = kMaxPanConnections;
+    // Connections open at once from one IP address, per listener (the PAN's at most
+    // pan_max_connections).
     std::size_t pan_max_connections_per_source = kDefaultPanConnectionsPerSource;
     std::size_t control_max_connections_per_source = kDefaultControlConnectionsPerSource;
 };

@@ -109,7 +109,7 @@ std::optional<EntityRecord> to_record(const std::optional<store::StoredEntity>& 
 ServerDaemon::ServerDaemon(asio::io_context& io, ServerOptions options)
     : io_(io),
       opt_(std::move(options)),
-      listener_(io.get_executor(), {kMaxGwConnections, opt_.max_connections_per_source},
+      listener_(io.get_executor(), {opt_.max_connections, opt_.max_connections_per_source},
                 listener_hooks()),
       control_listener_(io.get_executor(),
                         {kMaxServerControlConnections, kMaxServerControlConnections},
@@ -685,10 +685,12 @@ asio::awaitable<void> ServerDaemon::serve(std::shared_ptr<net::Connection> conn)
     if (const auto rec = dir_.find(gw))
         gw_link_eukeys_[gw] =
             conn->used_retry_psk() && rec->previous ? rec->previous->eukey : rec->eukey;
-    spdlog::info("PN GW {} authenticated from {} ({}){}", gw, conn->remote(), conn->tls_summary(),
-                 conn->used_retry_psk()
-                     ? " with its previous EUKey (rotated; valid until the grace period ends)"
-                     : "");
+    if (spdlog::should_log(spdlog::level::info))  // tls_summary() costs a few allocations
+        spdlog::info("PN GW {} authenticated from {} ({}){}", gw, conn->remote(),
+                     conn->tls_summary(),
+                     conn->used_retry_psk()
+                         ? " with its previous EUKey (rotated; valid until the grace period ends)"
+                         : "");
     for (;;) {
         auto r = co_await conn->read();
         if (auto* env = std::get_if<pb::Envelope>(&r)) {

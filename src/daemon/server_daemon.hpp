@@ -22,8 +22,10 @@ namespace cpns::daemon {
 
 // How long a PN GW has to complete its TLS handshake.
 inline constexpr Millis kGwHandshakeTimeout = 10'000;
-// Connections from PN GWs open at once.
+// Connections from PN GWs open at once: the default of `max_connections`, and the most that
+// key may say (each link is a descriptor and about 16 KiB of memory; docs/benchmarks.md row f).
 inline constexpr std::size_t kMaxGwConnections = 10'000;
+inline constexpr std::size_t kMaxGwConnectionsLimit = 100'000;
 // Default of `max_connections_per_source`: connections open at once from one IP address (a
 // tenth of kMaxGwConnections, so one source cannot fill the server).
 inline constexpr std::size_t kDefaultGwConnectionsPerSource = 1'000;
@@ -81,7 +83,9 @@ struct ServerOptions {
     // Loopback status port answering "status" with one JSON line (ready, store health);
     // nullopt = off.
     std::optional<net::HostPort> control_listen;
-    // Connections open at once from one IP address (`max_connections_per_source`).
+    // PN GW connections open at once (`max_connections`), and from one IP address
+    // (`max_connections_per_source`, at most max_connections).
+    std::size_t max_connections = kMaxGwConnections;
     std::size_t max_connections_per_source = kDefaultGwConnectionsPerSource;
     std::string crash_at;                  // --crash-at (daemon/trace.hpp); "" = none
     std::optional<net::HostPort> metrics;  // --metrics: Prometheus endpoint; nullopt = off

@@ -1,6 +1,8 @@
 #include "net/connection.hpp"
 
 #include <algorithm>
+#include <array>
+#include <span>
 
 namespace cpns::net {
 
@@ -39,10 +41,18 @@ class Deadline {
     asio::steady_timer timer_;
     std::shared_ptr<State> state_;
 };
+
+// The read buffer of this thread, shared by all its connections. Each read fills it and its
+// bytes are handed on (to the TLS engine or the frame reader) before the reading coroutine
+// suspends again; the io_context runs one coroutine at a time per thread, so no two reads
+// overlap in it. A connection thus holds no 16 KiB buffer of its own while it waits.
+std::span<std::uint8_t> read_buffer() {
+    thread_local std::array<std::uint8_t, kReadChunk> buffer{};
+    return buffer;
+}
 }  // namespace
 
-Connection::Connection(tcp::socket socket)
-    : socket_(std::move(socket)), linger_(socket_.get_executor()) {
+Connection::Connection(tcp::socket socket) : socket_(std::move(socket)) {
     std::error_code ec;
     auto ep = socket_.remote_endpoint(ec);
     if (!ec) {
@@ -50,6 +60,9 @@ Connection::Connection(tcp::socket socket)
         remote_ = source_ + ":" + std::to_string(ep.port());
     }
     socket_.set_option(tcp::no_delay(true), ec);
+    // Reads are a readiness wait then a non-blocking read (read_some): a spurious wake-up
+    // must give would_block, never block the thread.
+    socket_.non_blocking(true, ec);
 }
 
 Connection::~Connection() {
@@ -120,16 +133,15 @@ awaitable<std::optional<LinkError>> Connection::handshake(Millis timeout, PskLin
             if (ec) break;
         }
         if (tls_->failed() || tls_->handshake_done()) break;
-        const std::size_t n = co_await socket_.async_read_some(
-            asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+        const ByteView got = co_await read_some(ec);
         if (ec) break;
-        tls_->feed(ByteView(buf_.data(), n));
+        tls_->feed(got);
         if (!retry_open) continue;
-        if (hello.size() + n > kMaxRetainedHello) {
+        if (hello.size() + got.size() > kMaxRetainedHello) {
             retry_open = false;
             continue;
         }
-        hello.insert(hello.end(), buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(n));
+        hello.insert(hello.end(), got.begin(), got.end());
         if (!tls_->failed() || tls_->error() != tls::TlsError::kBadPsk) continue;
         retry_open = false;
         const auto second = (*retry)(tls_->peer_identity());
@@ -168,12 +180,29 @@ awaitable<std::optional<bool>> Connection::sniff_tls(Millis timeout) {
     Deadline deadline(socket_, timeout);
     std::error_code ec;
     std::array<std::uint8_t, 1> first{};
-    co_await socket_.async_wait(tcp::socket::wait_read,
-                                asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) co_return std::nullopt;
-    const std::size_t n = socket_.receive(asio::buffer(first), tcp::socket::message_peek, ec);
-    if (ec || n == 0) co_return std::nullopt;
-    co_return first[0] == 0x16;
+    for (;;) {
+        co_await socket_.async_wait(tcp::socket::wait_read,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return std::nullopt;
+        const std::size_t n = socket_.receive(asio::buffer(first), tcp::socket::message_peek, ec);
+        if (ec == asio::error::would_block) continue;  // a spurious wake-up
+        if (ec || n == 0) co_return std::nullopt;
+        co_return first[0] == 0x16;
+    }
+}
+
+awaitable<ByteView> Connection::read_some(std::error_code& ec) {
+    for (;;) {
+        co_await socket_.async_wait(tcp::socket::wait_read,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return ByteView{};
+        // Nothing suspends from here until the caller has used the bytes.
+        const auto buffer = read_buffer();
+        const std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
+        if (ec == asio::error::would_block) continue;  // a spurious wake-up
+        if (ec) co_return ByteView{};
+        co_return ByteView(buffer.data(), n);
+    }
 }
 
 awaitable<ReadResult> Connection::read() {
@@ -192,14 +221,24 @@ awaitable<ReadResult> Connection::read() {
         if (tls_ && tls_->error() == tls::TlsError::kPeerClosed)
             co_return LinkError{pb::PEER_UNREACHABLE, "peer closed the TLS session"};
         std::error_code ec;
-        std::optional<Deadline> deadline;
+        // Only inside a frame; an idle link waits without one (nor its space in this frame).
+        std::unique_ptr<Deadline> deadline;
         if (frame_started_) {
             const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                 *frame_started_ + ms(kFrameTimeout) - std::chrono::steady_clock::now());
-            deadline.emplace(socket_, std::max<Millis>(0, left.count()));
+            deadline = std::make_unique<Deadline>(socket_, std::max<Millis>(0, left.count()));
         }
-        const std::size_t n = co_await socket_.async_read_some(
-            asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+        // The wait, then the read, here rather than through read_some(): an idle link waits
+        // with one coroutine frame fewer.
+        co_await socket_.async_wait(tcp::socket::wait_read,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+        ByteView got;
+        if (!ec) {
+            const auto buffer = read_buffer();
+            got = ByteView(buffer.data(),
+                           socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec));
+            if (ec == asio::error::would_block) continue;  // a spurious wake-up
+        }
         if (deadline && deadline->expired()) {
             close();
             co_return LinkError{pb::TIMEOUT, "a frame did not arrive whole within " +
@@ -213,16 +252,16 @@ awaitable<ReadResult> Connection::read() {
                                                           : ec.message()};
         }
         if (!frame_started_) frame_started_ = std::chrono::steady_clock::now();
-        if (auto error = take_in(n)) co_return std::move(*error);
+        if (auto error = take_in(got)) co_return std::move(*error);
     }
 }
 
-std::optional<LinkError> Connection::take_in(std::size_t n) {
+std::optional<LinkError> Connection::take_in(ByteView bytes) {
     if (!tls_) {
-        reader_.feed(ByteView(buf_.data(), n));
+        reader_.feed(bytes);
         return std::nullopt;
     }
-    tls_->feed(ByteView(buf_.data(), n));
+    tls_->feed(bytes);
     flush_tls();
     reader_.feed(tls_->read());
     if (!tls_->failed()) return std::nullopt;
@@ -300,8 +339,8 @@ void Connection::close() {
     // Let the queue drain (drain() finishes), for at most kCloseLinger. Reads end now.
     std::error_code ec;
     socket_.shutdown(tcp::socket::shutdown_receive, ec);
-    linger_.expires_after(ms(kCloseLinger));
-    linger_.async_wait([self = shared_from_this()](const std::error_code& error) {
+    linger_ = std::make_unique<asio::steady_timer>(socket_.get_executor(), ms(kCloseLinger));
+    linger_->async_wait([self = shared_from_this()](const std::error_code& error) {
         if (!error) self->finish();
     });
 }
@@ -309,12 +348,13 @@ void Connection::close() {
 void Connection::finish() {
     if (finished_) return;
     finished_ = true;
-    linger_.cancel();
+    if (linger_) linger_->cancel();
     std::error_code ec;
     // Take what the peer sent and nobody read, so that closing sends FIN, not a reset.
     socket_.non_blocking(true, ec);
+    const auto buffer = read_buffer();
     for (std::size_t discarded = 0; !ec && discarded < kMaxDiscardOnClose;)
-        discarded += socket_.receive(asio::buffer(buf_), 0, ec);
+        discarded += socket_.receive(asio::buffer(buffer.data(), buffer.size()), 0, ec);
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
     out_.clear();

@@ -4,7 +4,7 @@
 
 #include <asio.hpp>
 #include <chrono>
-#include <deque>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +24,9 @@ using tcp = asio::ip::tcp;
 
 // Bounds of one connection.
 inline constexpr std::size_t kMaxQueuedBytes = 1 << 20;  // unsent bytes before we give up on a peer
+// What one read takes from a socket at most. The buffer it reads into is one per thread, shared
+// by every connection of that thread (read_buffer()), not one per connection: an idle link
+// holds no read buffer.
 inline constexpr std::size_t kReadChunk = 16 * 1024;
 // How long a TCP connect may take.
 inline constexpr Millis kConnectTimeout = 5'000;
@@ -114,8 +117,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
     awaitable<std::optional<LinkError>> handshake(Millis timeout, PskLink link,
                                                   const tls::TlsContext* ctx = nullptr,
                                                   const PskRetryLookup* retry = nullptr);
+    // Waits until the socket is readable, then reads what is there into the thread's shared
+    // read buffer: the bytes read, valid until the caller next suspends (a co_await), or
+    // empty with `ec` set (EOF, an error, or cancelled by a Deadline).
+    awaitable<ByteView> read_some(std::error_code& ec);
     // Feeds received ciphertext or clear bytes to the frame reader; a LinkError if TLS failed.
-    std::optional<LinkError> take_in(std::size_t n);
+    std::optional<LinkError> take_in(ByteView bytes);
     void queue_raw(Bytes bytes);
     void flush_tls();
     awaitable<void> drain();
@@ -123,7 +130,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     void finish();
 
     tcp::socket socket_;
-    asio::steady_timer linger_;
+    // Made by close() when queued bytes must still go out (an idle link holds no timer).
+    std::unique_ptr<asio::steady_timer> linger_;
     Listener::Slot slot_;
     // When the frame being read started (its first octet arrived); unset between frames.
     std::optional<std::chrono::steady_clock::time_point> frame_started_;
@@ -131,12 +139,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     bool used_retry_psk_ = false;
     std::optional<tls::TlsEngine> tls_;
     FrameReader reader_;
-    std::deque<Bytes> out_;
+    std::list<Bytes> out_;  // empty, it allocates nothing (an idle link's queue is empty)
     std::size_t queued_ = 0;
     bool writing_ = false;
     bool open_ = true;
     std::string remote_, source_;
-    std::array<std::uint8_t, kReadChunk> buf_{};
 };
 
 // Connects with a timeout. A failure is PEER_UNREACHABLE ("cannot connect to ...").

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <openssl/bio.h>
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
@@ -296,6 +297,7 @@ struct TlsEngine::Impl {
     void fail_from_openssl(int ssl_error);
     void on_handshake_complete();
     void advance();
+    void release_idle_buffers();
     void flush_plaintext();
 };
 
@@ -620,6 +622,10 @@ bool configure(SSL_CTX* ctx, const TlsConfig& config, const std::string& suite_l
     SSL_CTX_clear_options(ctx, SSL_OP_ALLOW_NO_DHE_KEX);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     ok = ok && SSL_CTX_set_num_tickets(ctx, 0) == 1;
+    // An idle connection gives its record buffers back (about 34 KiB: a 16 KiB record each
+    // way) and gets them again for its next record: a server holding thousands of idle links
+    // keeps OpenSSL's per-connection state only (docs/benchmarks.md, row f).
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (config.mode == Mode::kTls13) {
         ok = ok && SSL_CTX_set_ciphersuites(ctx, suite_list.c_str()) == 1;
         if (config.role == Role::kClient) {
@@ -785,6 +791,7 @@ void TlsEngine::Impl::on_handshake_complete() {
     }
     handshake_complete = true;
     release_secrets();
+    lookup = nullptr;  // only a ClientHello calls it (and what it captured goes with it)
 }
 
 void TlsEngine::Impl::flush_plaintext() {
@@ -806,6 +813,7 @@ void TlsEngine::Impl::flush_plaintext() {
     wipe(plaintext_out.data(), done);
     plaintext_out.erase(plaintext_out.begin(),
                         plaintext_out.begin() + static_cast<std::ptrdiff_t>(done));
+    if (plaintext_out.empty()) plaintext_out.shrink_to_fit();  // an idle engine holds none
 }
 
 void TlsEngine::Impl::advance() {
@@ -822,7 +830,9 @@ void TlsEngine::Impl::advance() {
         if (!can_run()) return;
     }
     flush_plaintext();
-    std::array<std::uint8_t, kReadChunk> buffer{};
+    // Not zeroed first: SSL_read_ex writes what it returns, and only that is wiped after.
+    std::array<std::uint8_t, kReadChunk> buffer;  // NOLINT(cppcoreguidelines-pro-type-member-init)
+    std::size_t used = 0;
     while (can_run()) {
         std::size_t got = 0;
         ERR_clear_error();
@@ -830,13 +840,39 @@ void TlsEngine::Impl::advance() {
         if (rc == 1) {
             plaintext_in.insert(plaintext_in.end(), buffer.begin(),
                                 buffer.begin() + static_cast<std::ptrdiff_t>(got));
+            used = std::max(used, got);
             continue;
         }
         const int err = SSL_get_error(ssl, rc);
         if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) fail_from_openssl(err);
         break;
     }
-    wipe(buffer.data(), buffer.size());
+    wipe(buffer.data(), used);
+}
+
+void TlsEngine::Impl::release_idle_buffers() {
+    // Memory BIOs keep the capacity of the largest flight they carried (a few hundred bytes
+    // each after a handshake, up to a record after a large message). Once both are empty on
+    // an established connection, fresh ones replace them: an idle link holds no buffer.
+    if (!handshake_complete || BIO_ctrl_pending(network_in) != 0 ||
+        BIO_ctrl_pending(network_out) != 0)
+        return;
+    BUF_MEM* in = nullptr;
+    BUF_MEM* out = nullptr;
+    BIO_get_mem_ptr(network_in, &in);
+    BIO_get_mem_ptr(network_out, &out);
+    if ((in == nullptr || in->max == 0) && (out == nullptr || out->max == 0)) return;
+    BIO* fresh_in = BIO_new(BIO_s_mem());
+    BIO* fresh_out = BIO_new(BIO_s_mem());
+    if (fresh_in == nullptr || fresh_out == nullptr) {  // keep the old ones: still correct
+        BIO_free(fresh_in);
+        BIO_free(fresh_out);
+        ERR_clear_error();
+        return;
+    }
+    SSL_set_bio(ssl, fresh_in, fresh_out);  // frees the old pair
+    network_in = fresh_in;
+    network_out = fresh_out;
 }
 
 TlsEngine::TlsEngine(const TlsContext& context, PskLookup lookup) : TlsEngine(context) {
@@ -909,6 +945,7 @@ void TlsEngine::feed(ByteView ciphertext) {
         ciphertext = ciphertext.subspan(written);
     }
     impl.advance();
+    impl.release_idle_buffers();
 }
 
 Bytes TlsEngine::take_output() {
@@ -919,6 +956,7 @@ Bytes TlsEngine::take_output() {
     std::size_t got = 0;
     if (BIO_read_ex(impl_->network_out, out.data(), pending, &got) != 1) got = 0;
     out.resize(got);
+    impl_->release_idle_buffers();
     return out;
 }
 
