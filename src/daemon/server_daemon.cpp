@@ -926,7 +926,7 @@ void ServerDaemon::change_effect(const ChangePnEffect& c) {
                 if (r) dir_.put(r->id, to_record(r));
             apply(server_->on_changed(c.gw_id, c.pn_id, *result, mono_now()));
         },
-        true);
+        c.op != pb::CHANGE_SYNC);  // a resynchronisation only reads
 }
 
 void ServerDaemon::remember_unacknowledged(const pb::PnInventory& inv) {
