@@ -10,7 +10,6 @@ ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb:
                               const std::vector<pb::PnMember>& added) {
     ChangeResult r;
     if (op == pb::CHANGE_SYNC) {  // a read: the PN as the store has it
-        for (const auto& a : added) r.before.push_back(a.pne_id());
         if (!current)
             r.reason = pb::UNKNOWN_PN;
         else

@@ -34,8 +34,8 @@ struct ChangeResult {
 // members is dissolved; ADD refuses a PNE already in the PN (ALREADY_A_MEMBER) and keeps the
 // earlier members first. Pure: the SQL store and the simulator's directory both decide with it.
 // CHANGE_SYNC (resynchronisation, docs/protocol.md) changes nothing: it reads the PN
-// (REASON_NONE with `current` as it is, or UNKNOWN_PN) and returns the members the PN GW holds,
-// passed in `added`, as `before`; the callers write nothing for it.
+// (REASON_NONE with `current` as it is, `before` empty, or UNKNOWN_PN); the callers write
+// nothing for it.
 ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb::ChangeOp op,
                               const std::string& pne_id, std::uint64_t expected_revision,
                               const std::vector<pb::PnMember>& added = {});

@@ -262,6 +262,9 @@ class Server {
                      const PendingChange& p, const ChangeResult& result, Millis now);
     void expire_changes(Out& out, Millis now);
     std::map<Key, PendingChange> changes_;
+    // The members a PN GW named for each PN of its sync being read (same keys as changes_): the
+    // PNEs to tell, whether the store still lists them or not.
+    std::map<Key, std::vector<std::string>> sync_held_;
     std::set<std::pair<Millis, Key>> change_timers_;
 
     ServerConfig cfg_;

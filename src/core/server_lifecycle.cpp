@@ -98,7 +98,12 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
     change_timers_.erase({p.deadline, key});
     changes_.erase(it);
     if (p.op == pb::CHANGE_SYNC) {
-        finish_sync(out, gw_id, pn_id, p, result, now);
+        ChangeResult read = result;
+        if (auto h = sync_held_.find(key); h != sync_held_.end()) {
+            read.before = std::move(h->second);
+            sync_held_.erase(h);
+        }
+        finish_sync(out, gw_id, pn_id, p, read, now);
         return out;
     }
     if (p.pushed != pb::REASON_NONE && p.op == pb::CHANGE_REMOVE) {
@@ -263,6 +268,7 @@ void Server::handle_sync_request(Out& out, const std::string& from, const pb::Pn
         p.request.set_revision(held.revision());
         std::vector<pb::PnMember> members;
         for (const auto& id : held.pne_ids()) members.emplace_back().set_pne_id(id);
+        sync_held_[key] = {held.pne_ids().begin(), held.pne_ids().end()};
         changes_[key] = p;
         change_timers_.insert({p.deadline, key});
         out.push_back(ChangePnEffect{from, held.pn_id(), pb::CHANGE_SYNC, "", held.revision(),
