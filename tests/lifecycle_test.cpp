@@ -68,13 +68,6 @@ struct Lab {
     // PN is dissolved everywhere), and a PNE outside `expected` holds nothing of the PN.
     void expect_agreement(const std::set<std::string>& expected, std::uint64_t revision) {
         SCOPED_TRACE("PN " + pn);
-        if (getenv("DBG_TRACE"))
-            for (const auto& t : sim.trace())
-                fprintf(stderr, "%lld %s -> %s %s %s\n", (long long)t.at, t.from.c_str(), t.to.c_str(), t.what.c_str(), t.note.c_str());
-        if (getenv("DBG_TRACE")) {
-            auto& gw = sim.gateway(kGw); fprintf(stderr, "gw inventory %zu routing %zu\n", gw.inventory().size(), gw.routing_table().size());
-            for (const auto& [k, v] : gw.inventory()) fprintf(stderr, " [%s] rev %llu\n", k.c_str(), (unsigned long long)v.revision());
-        }
         const pb::PnInventory* s = server_pn();
         auto& gw = sim.gateway(kGw);
         if (expected.empty()) {
