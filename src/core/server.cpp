@@ -561,7 +561,6 @@ bool Server::accepts(Phase phase, pb::Envelope::BodyCase body) {
         case B::kChangeRequest:  // of a registered PN, not of one being established
             return phase == Phase::kNone;
         case B::kSyncRequest:  // about the PN GW's registered PNs (one by one, not sessions)
-            return true;
         case B::kError:
             return true;
         default:
