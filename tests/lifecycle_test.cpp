@@ -249,6 +249,150 @@ TEST_P(Lifecycle, RevokingTheLastMemberDissolvesThePn) {
     lab.expect_agreement({}, 0);
 }
 
+// Resynchronisation (docs/protocol.md): a PN GW cut off from the server while the server
+// changes one of its PNs learns the change as soon as its server link is up again.
+TEST_P(Lifecycle, APnGwOfflineWhileAMemberIsRevokedCatchesUpWhenItsServerLinkReturns) {
+    Lab lab(61, 3, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    const std::string identity = local_eukey_identity(lab.pn, "pne-2");
+    const bool leuk = GetParam().ui == Ui::kYes;
+    lab.sim.set_server_link(kGw, false);
+    lab.sim.revoke("pne-2");
+    lab.sim.run();
+    // The server removed pne-2 (revision 1); the PN GW, offline, still holds revision 0 and,
+    // with LocalEUKeys, pne-2's key.
+    ASSERT_NE(lab.server_pn(), nullptr);
+    EXPECT_EQ(lab.server_pn()->revision(), 1u);
+    EXPECT_EQ(lab.sim.gateway(kGw).inventory().at(lab.pn).revision(), 0u);
+    EXPECT_EQ(lab.sim.gateway(kGw).tls_psk_for(identity).has_value(), leuk);
+    lab.sim.set_server_link(kGw, true);
+    lab.sim.run();
+    lab.expect_agreement(lab.all_but({2}), 1);
+    EXPECT_FALSE(lab.sim.gateway(kGw).tls_psk_for(identity).has_value());
+    EXPECT_EQ(lab.sim.gateway(kGw).notices_pending(), 0u);  // every notice acknowledged
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_EQ(lab.last(kGw)->operation, "sync");
+    EXPECT_TRUE(lab.last(kGw)->success);
+    // pne-2 took a proven NOTICE_REMOVED: its membership is gone (checked above), and nothing
+    // failed a proof anywhere.
+    for (int i = 1; i <= 3; ++i)
+        EXPECT_EQ(lab.sim.pne(lab.pne(i)).counters()[pb::SERVER_AUTHENTICATION_FAILED], 0u);
+}
+
+TEST_P(Lifecycle, APnDeletedByTheOperatorWhileItsPnGwIsOfflineIsForgottenWhenItReturns) {
+    Lab lab(62, 3, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.set_server_link(kGw, false);
+    lab.sim.delete_pn(kGw, lab.pn);
+    lab.sim.run();
+    EXPECT_EQ(lab.server_pn(), nullptr);
+    EXPECT_EQ(lab.sim.gateway(kGw).inventory().count(lab.pn), 1u);
+    lab.sim.set_server_link(kGw, true);
+    lab.sim.run();
+    lab.expect_agreement({}, 0);  // forgotten by the PN GW, NOTICE_DISSOLVED to every member
+    EXPECT_EQ(lab.sim.gateway(kGw).notices_pending(), 0u);
+}
+
+TEST_P(Lifecycle, APnLeftEmptyWhileItsPnGwIsOfflineIsDissolvedThereToo) {
+    Lab lab(63, 1, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.set_server_link(kGw, false);
+    lab.sim.revoke("pne-1");
+    lab.sim.run();
+    EXPECT_EQ(lab.server_pn(), nullptr);
+    lab.sim.set_server_link(kGw, true);
+    lab.sim.run();
+    lab.expect_agreement({}, 0);
+}
+
+// Every answer to the PN GW's remove is lost (the first and the three repeats): it gives up
+// after kChangeResponseTimeout, reports the remove as failed, then asks how the PN is: the
+// server recorded it, and the PN GW, pne-3 and the others end up agreeing.
+TEST_P(Lifecycle, AChangeWhoseAnswersAreAllLostHealsAfterThePnGwGivesUp) {
+    FaultConfig f;
+    FaultRule lost;
+    lost.action = FaultRule::Action::kDrop;
+    lost.message = "PnChangeResponse";
+    lost.count = static_cast<int>(kChangeResponseTimeout / kChangeRetryInterval);
+    f.rules.push_back(lost);
+    Lab lab(64, 3, GetParam().ui, GetParam().pan, f);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_remove(kGw, lab.pn, "pne-3");
+    lab.sim.run();
+    const auto& gw_out = lab.sim.outcomes(kGw);
+    ASSERT_GE(gw_out.size(), 2u);
+    const OutcomeEffect& gave_up = gw_out[gw_out.size() - 2];
+    EXPECT_EQ(gave_up.operation, "remove");
+    EXPECT_EQ(gave_up.reason, pb::TIMEOUT);
+    EXPECT_EQ(gw_out.back().operation, "sync");
+    EXPECT_TRUE(gw_out.back().success);
+    lab.expect_agreement({"pne-1", "pne-2"}, 1);
+    EXPECT_FALSE(lab.sim.gateway(kGw).tls_psk_for(local_eukey_identity(lab.pn, "pne-3")));
+}
+
+// The server's answer to an add is lost: the PN GW gives up (kServerResponseTimeout) and tells
+// pne-3 its add failed, although the store added it. Its resynchronisation shows pne-3 in the
+// PN; having told pne-3 otherwise, the PN GW removes it through the server, and everyone agrees.
+TEST_P(Lifecycle, AnAddWhoseAnswerIsLostHealsAfterThePnGwGivesUp) {
+    Lab lab(68, 3, GetParam().ui, GetParam().pan, {}, 2);
+    ASSERT_FALSE(lab.pn.empty());
+    FaultRule lost;
+    lost.action = FaultRule::Action::kDrop;
+    lost.message = "PnRegistrationResponse";
+    lost.to = kGw;
+    lost.count = 1;
+    lab.sim.add_fault_rule(lost);
+    lab.sim.start_gw_add(kGw, lab.pn, {"pne-3"});
+    lab.sim.run();
+    const auto& gw_out = lab.sim.outcomes(kGw);
+    bool add_failed = false;
+    bool synced = false;
+    for (const auto& o : gw_out) {
+        add_failed |= o.operation == "add" && !o.success && o.reason == pb::TIMEOUT;
+        synced |= add_failed && o.operation == "sync" && o.success;
+    }
+    EXPECT_TRUE(add_failed);
+    EXPECT_TRUE(synced);
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_EQ(lab.last(kGw)->operation, "remove");
+    EXPECT_TRUE(lab.last(kGw)->success);
+    lab.expect_agreement({"pne-1", "pne-2"}, 2);
+}
+
+// The store commits an add after the server's kPersistTimeout: the server reported it failed
+// (and the PN GW told pne-3 so), then the commit landed. The PN GW's resynchronisation after
+// the refusal finds pne-3 in the PN and removes it: server, PN GW and PNEs agree again.
+TEST_P(Lifecycle, AnAddCommittedAfterThePersistTimeoutHeals) {
+    Lab lab(69, 3, GetParam().ui, GetParam().pan, {}, 2);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.set_store_latency(kPersistTimeout + 5'000);
+    lab.sim.start_gw_add(kGw, lab.pn, {"pne-3"});
+    lab.sim.run(kPersistTimeout + 2'000);
+    const OutcomeEffect* refused = lab.last(kGw);
+    ASSERT_NE(refused, nullptr);
+    EXPECT_EQ(refused->operation, "add");
+    EXPECT_FALSE(refused->success);
+    lab.sim.set_store_latency(kStoreLatency);
+    lab.sim.run();
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_EQ(lab.last(kGw)->operation, "remove");
+    EXPECT_TRUE(lab.last(kGw)->success);
+    lab.expect_agreement({"pne-1", "pne-2"}, 2);
+}
+
+// A PN GW in step with the server is sent nothing back: a reconnect changes nothing.
+TEST_P(Lifecycle, AReconnectInStepChangesNothing) {
+    Lab lab(65, 2, GetParam().ui, GetParam().pan);
+    ASSERT_FALSE(lab.pn.empty());
+    const std::size_t outcomes = lab.sim.outcomes(kGw).size();
+    lab.sim.set_server_link(kGw, false);
+    lab.sim.set_server_link(kGw, true);
+    lab.sim.run();
+    lab.expect_agreement(lab.all_but({}), 0);
+    EXPECT_EQ(lab.sim.outcomes(kGw).size(), outcomes);
+    EXPECT_EQ(lab.sim.gateway(kGw).notices_pending(), 0u);
+}
+
 TEST_P(Lifecycle, APneWhoseResultIsLostWithdrawsAndEveryoneAgrees) {
     // The server registered pne-2, but its result never arrives: after kResultTimeout it
     // withdraws (a leave at the registered revision, proven under its EUKey).
@@ -632,6 +776,91 @@ TEST(LifecycleAttacks, ARepeatedChangeRequestGetsTheSameAnswerAndChangesNothingT
         server_removals += o.operation == "remove";
     EXPECT_EQ(server_removals, 1u);
     EXPECT_EQ(lab.sim.gateway(kGw).changes_pending(), 0u);
+}
+
+// A sync answer delivered again after the PN moved on (a replay, or one much delayed) is not
+// newer than what the PN GW holds: nothing changes and nobody is told again.
+TEST(LifecycleAttacks, AReplayedSyncAnswerChangesNothing) {
+    Lab lab(66, 3, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.set_capture(true);
+    lab.sim.set_server_link(kGw, false);
+    lab.sim.revoke("pne-2");
+    lab.sim.run();
+    lab.sim.set_server_link(kGw, true);
+    lab.sim.run();
+    lab.expect_agreement({"pne-1", "pne-3"}, 1);
+    Bytes answer;
+    for (const auto& c : lab.sim.captured())
+        if (c.from == "cpns-server" && c.to == kGw) answer = c.frame;
+    ASSERT_FALSE(answer.empty());
+    lab.sim.start_gw_remove(kGw, lab.pn, "pne-3");
+    lab.sim.run();
+    lab.expect_agreement({"pne-1"}, 2);
+    const auto ignored = lab.sim.gateway(kGw).counters().ignored;
+    const std::size_t outcomes = lab.sim.outcomes(kGw).size();
+    lab.sim.inject("cpns-server", kGw, answer, Protection::kTls);
+    lab.sim.run();
+    lab.expect_agreement({"pne-1"}, 2);
+    EXPECT_EQ(lab.sim.gateway(kGw).counters().ignored, ignored + 1);
+    EXPECT_EQ(lab.sim.outcomes(kGw).size(), outcomes);
+    EXPECT_EQ(lab.sim.gateway(kGw).notices_pending(), 0u);
+}
+
+// The server answers a sync only about the asking PN GW's own PNs: one naming another PN GW's
+// PN reads as unknown, so the asker learns nothing of it, and the notices it gets name the
+// asker's PN GW, which the other PN GW's members refuse. The other PN GW's PN is untouched.
+TEST(LifecycleAttacks, ASyncNamingAnotherPnGwsPnRevealsAndChangesNothing) {
+    Simulator sim(67);
+    sim.add_gateway(make_gw(2, Ui::kYes, Pan::kInsecure));
+    GwSpec other;
+    other.id = "gw-2";
+    sim.add_gateway(other);
+    sim.discover_all();
+    sim.run();
+    sim.start_gw_invite(kGw, {});
+    sim.run();
+    ASSERT_EQ(sim.directory().pns().size(), 1u);
+    const pb::PnInventory victim = sim.directory().pns().begin()->second;
+    sim.set_capture(true);
+    pb::Envelope env;
+    env.set_version(kProtocolVersion);
+    env.set_sender_id("gw-2");
+    auto& held = *env.mutable_sync_request()->add_pns();
+    held.set_pn_id(victim.pn_id());
+    held.set_revision(0);
+    for (const auto& m : victim.members()) held.add_pne_ids(m.pne_id());
+    sim.inject("gw-2", "cpns-server", encode_frame(env), Protection::kTls);
+    sim.run();
+    // Whatever gw-2 got names gw-2, never the members or revision of gw's PN.
+    for (const auto& c : sim.captured()) {
+        if (c.from != "cpns-server") continue;
+        EXPECT_EQ(c.to, "gw-2");
+        const auto got = decoded_envelope(c.frame);
+        ASSERT_TRUE(got.has_value());
+        ASSERT_TRUE(got->has_change_response());
+        const auto& r = got->change_response();
+        EXPECT_TRUE(r.dissolved());
+        EXPECT_EQ(r.inventory().members_size(), 0);
+        EXPECT_EQ(r.inventory().gw_id(), "gw-2");
+        for (const auto& n : r.notices()) {
+            EXPECT_EQ(n.inventory().gw_id(), "gw-2");
+            // Relayed by gw-2 to gw's member, it is refused: not about that PNE's PN GW.
+            pb::Envelope relay;
+            relay.set_version(kProtocolVersion);
+            relay.set_sender_id("gw-2");
+            *relay.mutable_change_notify()->mutable_notice() = n;
+            sim.inject("gw-2", n.pne_id(), encode_frame(relay), Protection::kClear);
+        }
+    }
+    sim.run();
+    const auto it = sim.directory().pns().find(kGw + "/" + victim.pn_id());
+    ASSERT_NE(it, sim.directory().pns().end());
+    EXPECT_EQ(it->second.revision(), victim.revision());
+    EXPECT_EQ(ids(it->second), ids(victim));
+    EXPECT_EQ(ids(sim.gateway(kGw).inventory().at(victim.pn_id())), ids(victim));
+    for (const auto& m : victim.members())
+        EXPECT_EQ(sim.pne(m.pne_id()).memberships().count(victim.pn_id()), 1u) << m.pne_id();
 }
 
 // A notice rewritten on an insecure PAN fails its proof: the PNE neither takes it nor

@@ -7,6 +7,10 @@ registered by CMake once more) on PostgreSQL:
    the server's store and at the PN GW. Revoking the last member dissolves the PN everywhere.
 2. `cpnsctl revoke` of the PN GW closes its server link; its PN is listed as orphaned by
    `cpnsctl pns --orphaned`, and `cpnsctl pn delete` removes it.
+3. Resynchronisation (docs/protocol.md): with the PN GW daemon stopped, `cpnsctl revoke` of a
+   PNE that had a LocalEUKey, and of the only member of another PN; the PN GW restarted from its
+   state file: within 1 s of its server link being up, a `leuk:` handshake with the revoked
+   PNE's LocalEUKey fails, the PN GW's status lists the PNE no more, and the emptied PN is gone.
 
 The LocalEUKey is read from the PNE's own state file (AES-256-GCM under its device-state key,
 docs/key-schedule.md), which the test can open because it provisioned the PNE's EUKey.
@@ -158,6 +162,48 @@ class RevocationProcessTest(unittest.TestCase):
                                lambda: self.gw_pn(self.lab.gw_status(), pn) is None)
         self.assertLessEqual(took, EFFECT_BOUND_S)
         self.assertIsNone(self.store_members(pn))
+
+    def test_offline_pn_gw_catches_up_when_its_server_link_is_back(self):
+        rc, out = self.lab.gw_invite(["pne-a", "pne-b"])
+        self.assertEqual(rc, 0, out)
+        pn = out["pn_id"]
+        rc, out = self.lab.gw_invite(["pne-c"])
+        self.assertEqual(rc, 0, out)
+        alone = out["pn_id"]
+        self.wait_until("pne-a's PSK-TLS session is up", lambda: any(
+            s.startswith("TLS") for s in self.lab.gw_status().get("pan_links", {}).get("pne-a", [])))
+        key = local_eukey(self.lab.workdir / "pne-a.state", "pne-a", self.pnes[0].device_eukey, pn)
+        self.assertTrue(leuk_handshake(self.lab.pan_addr, pn, "pne-a", key))
+
+        # The PN GW is down while the operator revokes pne-a and pne-c: the server changes the
+        # store, and its announcements find no PN GW to tell.
+        self.lab.stop(self.lab.proc("gw"))
+        for pne in ("pne-a", "pne-c"):
+            r = self.cpnsctl("revoke", pne)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_until("the store drops pne-a and the emptied PN",
+                        lambda: self.store_members(pn) == {"pne-b"}
+                        and self.store_members(alone) is None)
+
+        self.lab.restart_gw()
+        start = time.monotonic()
+        while not self.lab.gw_status().get("server_link"):
+            self.assertLess(time.monotonic() - start, 30, "the PN GW's server link is not up")
+            time.sleep(POLL_S)
+
+        def caught_up():
+            st = self.lab.gw_status()
+            inv = self.gw_pn(st, pn)
+            return inv is not None and self.gw_pn(st, alone) is None and \
+                {m["pne_id"] for m in inv["members"]} == {"pne-b"}
+        took = self.wait_until("the PN GW catches up with the store", caught_up)
+        handshake = leuk_handshake(self.lab.pan_addr, pn, "pne-a", key)
+        print(f"resynchronisation after the server link came back: {took * 1000:.0f} ms "
+              f"(bound {EFFECT_BOUND_S * 1000:.0f} ms)")
+        self.assertLessEqual(took, EFFECT_BOUND_S)
+        self.assertFalse(handshake, "a handshake with the revoked PNE's LocalEUKey must fail")
+        self.assertEqual(self.store_members(pn), {"pne-b"})
+        self.assertIn("resynchronising", self.lab.proc("gw").log.read_text())
 
     def test_revoked_gw_is_cut_off_and_its_pns_can_be_deleted(self):
         rc, out = self.lab.gw_invite(["pne-c"])

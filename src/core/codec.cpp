@@ -4,6 +4,7 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include <algorithm>
+#include <set>
 
 #include "core/crypto.hpp"
 
@@ -238,7 +239,7 @@ bool valid_body(const pb::PnLeaveResponse& m) {
 bool valid_body(const pb::PnChangeRequest& m) {
     const bool needs_pne = m.op() == pb::CHANGE_LEAVE || m.op() == pb::CHANGE_REMOVE;
     return valid_id(m.pn_id()) && m.op() != pb::CHANGE_UNSPECIFIED && m.op() != pb::CHANGE_ADD &&
-           pb::ChangeOp_IsValid(m.op()) &&
+           m.op() != pb::CHANGE_SYNC && pb::ChangeOp_IsValid(m.op()) &&
            (needs_pne ? valid_id(m.pne_id()) : m.pne_id().empty()) &&
            (m.op() == pb::CHANGE_LEAVE ? m.has_leave() && valid_body(m.leave()) : !m.has_leave());
 }
@@ -249,6 +250,15 @@ bool valid_body(const pb::PnChangeResponse& m) {
            static_cast<std::size_t>(m.notices_size()) <= kMaxPnesPerPn &&
            std::all_of(m.notices().begin(), m.notices().end(),
                        [](const auto& n) { return valid_notice(n); });
+}
+
+// Resynchronisation: at most kMaxSyncBatch PNs, each named once, with valid member lists.
+bool valid_body(const pb::PnSyncRequest& m) {
+    if (m.pns_size() == 0 || static_cast<std::size_t>(m.pns_size()) > kMaxSyncBatch) return false;
+    std::set<std::string> seen;
+    return std::all_of(m.pns().begin(), m.pns().end(), [&](const pb::PnHeld& p) {
+        return valid_id(p.pn_id()) && seen.insert(p.pn_id()).second && valid_ids(p.pne_ids());
+    });
 }
 
 bool valid_body(const pb::Envelope& env) {
@@ -302,6 +312,8 @@ bool valid_body(const pb::Envelope& env) {
             return valid_body(env.change_request());
         case B::kChangeResponse:
             return valid_body(env.change_response());
+        case B::kSyncRequest:
+            return valid_body(env.sync_request());
         case B::BODY_NOT_SET:
             return false;
     }
@@ -423,6 +435,8 @@ std::string_view message_name(const pb::Envelope& env) {
             return "PnChangeRequest";
         case B::kChangeResponse:
             return "PnChangeResponse";
+        case B::kSyncRequest:
+            return "PnSyncRequest";
         case B::BODY_NOT_SET:
             break;
     }

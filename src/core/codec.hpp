@@ -25,6 +25,7 @@ inline constexpr std::size_t kMaxFrameSize = 64 * 1024;    // hard maximum body 
 inline constexpr std::size_t kMaxIdLength = 64;            // PNE, PN GW and PN IDs
 inline constexpr std::size_t kMaxPnesPerPn = 64;           // members of one PN
 inline constexpr std::size_t kMaxPnsListed = 256;          // PN IDs in one discovery message
+inline constexpr std::size_t kMaxSyncBatch = 8;            // PNs in one PnSyncRequest (< 40 KiB)
 inline constexpr std::size_t kMaxDiscoveryPadding = 8192;  // padding of one discovery request
 inline constexpr std::size_t kMaxContentsPerPne = 32;
 inline constexpr std::size_t kMaxTextLength = 256;      // free-text capability fields

@@ -546,8 +546,13 @@ void Gateway::handle_registration_response(Out& out, const pb::PnRegistrationRes
     const std::string initiator =
         s.flow == Flow::kPneInitiated && !s.add ? s.initiator : std::string();
     const std::string pn_id = s.pn_id;
+    // An add refused after its commit was asked for (the store did not confirm in time) may
+    // still land: ask how the PN is now. A STALE_REVISION refusal brings the PN itself.
+    const bool unsure = s.add && !m.registered() && s.phase == Phase::kWaitRegistration &&
+                        m.reason() != pb::STALE_REVISION;
     conclude(out, s, m.registered(), m.registered() ? pb::REASON_NONE : m.reason(),
              m.registered() ? "" : "server did not register the PN", &m, now);  // ends the session
+    if (unsure) sync(out, {pn_id}, "an add was refused after its commit was asked for");
     if (m.registered() && !initiator.empty() && inventory_.count(pn_id))
         supersede(out, initiator, pn_id, now);
 }
@@ -687,6 +692,10 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
         notify_member(out, s, mem, resp);
     }
     if (registered && s.add) {
+        if (auto u = unsure_adds_.find(s.pn_id); u != unsure_adds_.end()) {
+            for (const auto& [id, mem] : s.members) u->second.erase(id);  // added for sure now
+            if (u->second.empty()) unsure_adds_.erase(u);
+        }
         routing_[s.pn_id] = route;
         ++counters_.established;
         log(LogLevel::kInfo, "PN " + s.pn_id + " updated: revision " +
@@ -701,6 +710,10 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
         log(LogLevel::kInfo,
             "PN " + s.pn_id + " registered with " + std::to_string(route.size()) + " PNE(s)");
     } else if (s.add) {
+        // Given up (or refused) after the PN GW asked the server to commit: the PNEs may be in
+        // the PN although they are told they are not; a resynchronisation shows it.
+        if (s.phase == Phase::kWaitRegistration && reason != pb::STALE_REVISION)
+            for (const auto& [id, mem] : s.members) unsure_adds_[s.pn_id].insert(id);
         // The PN stays as it was; a refusal as stale brings its newer revision.
         std::vector<std::string> stay;
         if (auto it = inventory_.find(s.pn_id); it != inventory_.end())
@@ -1009,6 +1022,13 @@ GatewayEffects Gateway::on_link_down(const std::string& peer, Millis now,
     return out;
 }
 
+GatewayEffects Gateway::on_link_up(const std::string& peer, Millis now) {
+    Out out;
+    (void)now;
+    if (peer == cfg_.server_id) sync(out, {}, "the link to the CPNS Server is up");
+    return out;
+}
+
 GatewayEffects Gateway::on_timer(Millis now) {
     Out out;
     for (const auto& id : neighbours_.expire(now))
@@ -1044,10 +1064,14 @@ GatewayEffects Gateway::on_timer(Millis now) {
                 conclude(out, s, false, pb::TIMEOUT, "no Authentication Request from the server",
                          nullptr, now);
                 break;
-            default:  // kWaitRegistration (kNone and kDone have no session)
+            default: {  // kWaitRegistration (kNone and kDone have no session)
+                // An add the server may have committed: ask how the PN is now.
+                const bool add = s.add;
                 conclude(out, s, false, pb::TIMEOUT, "no PN Registration Response from the server",
                          nullptr, now);
+                if (add) sync(out, {pn}, "gave up waiting for an add");
                 break;
+            }
         }
     }
     return out;

@@ -53,6 +53,10 @@ class Gateway {
     GatewayEffects on_tls_established(const std::string& peer, const std::string& identity,
                                       Millis now);
     GatewayEffects on_tls_failed(const std::string& peer, Millis now);
+    // The transport to `peer` is up. For the server (its first link and every reconnect) the PN
+    // GW sends a resynchronisation (PnSyncRequest) naming every PN it holds with its revision
+    // (docs/protocol.md, "Resynchronisation").
+    GatewayEffects on_link_up(const std::string& peer, Millis now);
     // The transport to `peer` is gone (or, for the server, could not be authenticated:
     // reason GATEWAY_AUTHENTICATION_FAILED).
     GatewayEffects on_link_down(const std::string& peer, Millis now,
@@ -239,6 +243,9 @@ class Gateway {
     void handle_leave_request(Out& out, const std::string& from, const pb::PnLeaveRequest& m,
                               Protection protection, Millis now);
     void handle_change_response(Out& out, const pb::PnChangeResponse& m, Millis now);
+    // Sends PnSyncRequests (kMaxSyncBatch PNs each) for `pn_ids` (empty: every PN held), leaving
+    // out a PN with a change or an add in progress: its own answer brings it up to date.
+    void sync(Out& out, const std::vector<std::string>& pn_ids, const std::string& why);
     // Returns the PNEs whose PSK-TLS session used a LocalEUKey the change dropped.
     std::vector<std::string> adopt(Out& out, const pb::PnChangeResponse& m);
     void finish_change(Out& out, const std::string& pn_id, const PendingChange& c, bool accepted,
@@ -262,6 +269,11 @@ class Gateway {
     // members are still to come: the server's accepted answer of that revision is passed on
     // when it arrives, although it is not newer. Only for PNs in inventory_.
     std::map<std::string, std::uint64_t> adopted_untold_;
+    // PNEs told that their add to a PN failed while the server's answer was unknown (given up in
+    // wait_registration): if the PN turns out to hold them (the commit landed late), the PN GW
+    // removes them, so that server, PN GW and PNEs agree (undo_unsure_adds). Not saved.
+    std::map<std::string, std::set<std::string>> unsure_adds_;
+    void undo_unsure_adds(Out& out, const std::string& pn_id, Millis now);
 
     GatewayConfig cfg_;
     Random& random_;

@@ -193,6 +193,7 @@ std::vector<std::string> Gateway::adopt(Out& out, const pb::PnChangeResponse& m)
         adopted_untold_.erase(m.pn_id());
         inventory_.erase(it);
         forget_initiator(m.pn_id());
+        unsure_adds_.erase(m.pn_id());
         routing_.erase(m.pn_id());
         local_keys_.erase(m.pn_id());
         log(LogLevel::kInfo, "PN " + m.pn_id() + " dissolved: forgotten");
@@ -207,7 +208,50 @@ std::vector<std::string> Gateway::adopt(Out& out, const pb::PnChangeResponse& m)
     return close;
 }
 
+void Gateway::sync(Out& out, const std::vector<std::string>& pn_ids, const std::string& why) {
+    std::vector<std::string> names;
+    if (pn_ids.empty())
+        for (const auto& [pn, inv] : inventory_) names.push_back(pn);
+    else
+        names = pn_ids;
+    std::vector<const pb::PnInventory*> pns;
+    for (const auto& pn : names) {
+        auto it = inventory_.find(pn);
+        if (it == inventory_.end() || changes_.count(pn) || sessions_.count(pn)) continue;
+        pns.push_back(&it->second);
+    }
+    if (pns.empty()) return;
+    log(LogLevel::kInfo,
+        why + ": resynchronising " + std::to_string(pns.size()) + " PN(s) with the CPNS Server");
+    for (std::size_t i = 0; i < pns.size(); i += kMaxSyncBatch) {
+        pb::Envelope env;
+        auto& r = *env.mutable_sync_request();
+        for (std::size_t j = i; j < std::min(pns.size(), i + kMaxSyncBatch); ++j) {
+            auto& held = *r.add_pns();
+            held.set_pn_id(pns[j]->pn_id());
+            held.set_revision(pns[j]->revision());
+            for (const auto& m : pns[j]->members()) held.add_pne_ids(m.pne_id());
+        }
+        send(out, cfg_.server_id, std::move(env));
+    }
+}
+
 void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m, Millis now) {
+    if (m.op() == pb::CHANGE_SYNC && !m.accepted()) {
+        // The server's store holds an older revision than this PN GW: it should not happen
+        // (a state or a store restored from elsewhere). Nothing changes; reported.
+        const auto held = inventory_.find(m.pn_id());
+        const std::string why =
+            "the CPNS Server's store has revision " + std::to_string(m.inventory().revision()) +
+            (held == inventory_.end()
+                 ? std::string()
+                 : ", older than the " + std::to_string(held->second.revision()) + " held here");
+        counters_.count(pb::STALE_REVISION);
+        log(LogLevel::kError, "sync of " + m.pn_id() + ": " + why + ": left as it is");
+        out.push_back(OutcomeEffect{
+            m.pn_id(), cfg_.gw_id, false, pb::STALE_REVISION, why, m.inventory(), {}, "sync"});
+        return;
+    }
     auto it = changes_.find(m.pn_id());
     const bool pending =
         it != changes_.end() && it->second.op == m.op() && it->second.pne_id == m.pne_id();
@@ -282,9 +326,39 @@ void Gateway::handle_change_response(Out& out, const pb::PnChangeResponse& m, Mi
         out.push_back(CloseLinkEffect{peer, peer == m.pne_id() && m.reason() == pb::REVOKED
                                                 ? pb::REVOKED
                                                 : pb::NOT_A_MEMBER});
-    if (c.deadline != kNever || c.op == pb::CHANGE_LEAVE)
+    if (c.deadline != kNever || c.op == pb::CHANGE_LEAVE || c.op == pb::CHANGE_SYNC)
         finish_change(out, m.pn_id(), c, m.accepted(), m.reason(), m.dissolved() ? "dissolved" : "",
                       &m);
+    undo_unsure_adds(out, m.pn_id(), now);
+}
+
+void Gateway::undo_unsure_adds(Out& out, const std::string& pn_id, Millis now) {
+    auto u = unsure_adds_.find(pn_id);
+    if (u == unsure_adds_.end()) return;
+    auto held = inventory_.find(pn_id);
+    if (held == inventory_.end()) {
+        unsure_adds_.erase(u);
+        return;
+    }
+    if (changes_.count(pn_id)) return;  // after the change in progress
+    std::set<std::string> in;
+    for (const auto& mem : held->second.members()) in.insert(mem.pne_id());
+    std::string pne;
+    for (const auto& id : u->second)
+        if (in.count(id)) {
+            pne = id;
+            break;
+        }
+    if (pne.empty()) {  // none of them is in the PN: nothing to undo
+        unsure_adds_.erase(u);
+        return;
+    }
+    u->second.erase(pne);
+    if (u->second.empty()) unsure_adds_.erase(u);
+    log(LogLevel::kWarn, pne + " is in " + pn_id +
+                             " although its add was reported as failed (the server committed it "
+                             "late): removing it");
+    for (auto& e : start_change(pb::CHANGE_REMOVE, pn_id, pne, now)) out.push_back(std::move(e));
 }
 
 void Gateway::finish_change(Out& out, const std::string& pn_id, const PendingChange& c,
@@ -304,6 +378,7 @@ void Gateway::finish_change(Out& out, const std::string& pn_id, const PendingCha
 }
 
 void Gateway::expire_changes(Out& out, Millis now) {
+    std::vector<std::string> gave_up;
     for (auto it = changes_.begin(); it != changes_.end();) {
         if (it->second.deadline > now) {
             if (it->second.retry <= now) {  // the request or its answer may have been lost
@@ -330,7 +405,10 @@ void Gateway::expire_changes(Out& out, Millis now) {
         }
         finish_change(out, pn, c, false, pb::TIMEOUT, "the CPNS Server did not answer in time",
                       nullptr);
+        // The server may have recorded it and its answer been lost: ask how the PN is now.
+        gave_up.push_back(pn);
     }
+    if (!gave_up.empty()) sync(out, gave_up, "gave up waiting for a change");
 }
 
 void Gateway::tell(Out& out, const pb::PnChangeNotice& n, Millis now) {

@@ -1,6 +1,7 @@
 #include "core/lifecycle.hpp"
 
 #include <algorithm>
+#include <set>
 
 namespace cpns {
 
@@ -8,6 +9,13 @@ ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb:
                               const std::string& pne_id, std::uint64_t expected_revision,
                               const std::vector<pb::PnMember>& added) {
     ChangeResult r;
+    if (op == pb::CHANGE_SYNC) {  // a read: the PN as the store has it
+        if (!current)
+            r.reason = pb::UNKNOWN_PN;
+        else
+            r.inventory = *current;
+        return r;
+    }
     if (!current) {
         r.reason = pb::UNKNOWN_PN;
         return r;
@@ -62,6 +70,8 @@ std::string_view to_string(pb::ChangeOp op) {
             return "dissolve";
         case pb::CHANGE_ADD:
             return "add";
+        case pb::CHANGE_SYNC:
+            return "sync";
         default:
             return "change";
     }
@@ -88,6 +98,12 @@ std::vector<pb::PnChangeNotice> change_notices(const ChangeResult& r, pb::Change
     if (op == pb::CHANGE_ADD) {
         for (const auto& id : r.before) add(id, pb::NOTICE_UPDATED);
         return out;
+    }
+    if (op == pb::CHANGE_SYNC && !r.dissolved) {
+        std::set<std::string> now;
+        for (const auto& m : r.inventory.members()) now.insert(m.pne_id());
+        for (const auto& id : r.before)
+            if (!now.count(id)) add(id, pb::NOTICE_REMOVED);
     }
     if (op == pb::CHANGE_LEAVE) add(pne_id, pb::NOTICE_LEFT);
     if (op == pb::CHANGE_REMOVE) add(pne_id, pb::NOTICE_REMOVED);

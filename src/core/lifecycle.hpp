@@ -33,6 +33,9 @@ struct ChangeResult {
 // (nullopt: the PN does not exist) if `current` is at `expected_revision`. A PN left without
 // members is dissolved; ADD refuses a PNE already in the PN (ALREADY_A_MEMBER) and keeps the
 // earlier members first. Pure: the SQL store and the simulator's directory both decide with it.
+// CHANGE_SYNC (resynchronisation, docs/protocol.md) changes nothing: it reads the PN
+// (REASON_NONE with `current` as it is, `before` empty, or UNKNOWN_PN); the callers write
+// nothing for it.
 ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb::ChangeOp op,
                               const std::string& pne_id, std::uint64_t expected_revision,
                               const std::vector<pb::PnMember>& added = {});
@@ -50,8 +53,10 @@ std::string_view to_string(pb::ChangeOp op);
 // The notice each PNE concerned by an applied change gets (in this order: the PNE that left or
 // was removed, then every remaining member, or every former member of a dissolved PN; for ADD,
 // NOTICE_UPDATED to each earlier member only: the PNEs added get the registration's result),
-// without proofs. For a STALE_REVISION refusal of a leave: NOTICE_UPDATED to the leaver, if the
-// current PN lists it, so that it can bring its view up to date.
+// without proofs. For CHANGE_SYNC (`before`: the members the PN GW held): NOTICE_REMOVED to each
+// PNE it held that is no longer in the PN, NOTICE_UPDATED to every member, or NOTICE_DISSOLVED
+// to each PNE it held when the PN is gone. For a STALE_REVISION refusal of a leave: NOTICE_UPDATED
+// to the leaver, if the current PN lists it, so that it can bring its view up to date.
 std::vector<pb::PnChangeNotice> change_notices(const ChangeResult& r, pb::ChangeOp op,
                                                const std::string& pne_id,
                                                const std::string& rand_pne);

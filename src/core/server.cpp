@@ -64,7 +64,7 @@ ChangeResult MemoryDirectory::change_pn(const std::string& gw_id, const std::str
     ChangeResult r = change_inventory(
         it == pns_.end() ? std::nullopt : std::optional<pb::PnInventory>(it->second), op, pne_id,
         revision, added);
-    if (r.reason != pb::REASON_NONE) return r;
+    if (r.reason != pb::REASON_NONE || op == pb::CHANGE_SYNC) return r;  // a sync reads only
     if (r.dissolved)
         pns_.erase(it);
     else
@@ -560,6 +560,7 @@ bool Server::accepts(Phase phase, pb::Envelope::BodyCase body) {
             return phase == Phase::kWaitAuthResponse;
         case B::kChangeRequest:  // of a registered PN, not of one being established
             return phase == Phase::kNone;
+        case B::kSyncRequest:  // about the PN GW's registered PNs (one by one, not sessions)
         case B::kError:
             return true;
         default:
@@ -616,6 +617,9 @@ ServerEffects Server::on_message(const std::string& from, const pb::Envelope& en
             break;
         case B::kChangeRequest:
             handle_change_request(out, from, env.change_request(), now);
+            break;
+        case B::kSyncRequest:
+            handle_sync_request(out, from, env.sync_request(), now);
             break;
         default:  // kError
             counters_.count(env.error().reason());

@@ -253,8 +253,18 @@ class Server {
                                Millis now);
     void refuse_change(Out& out, const std::string& gw_id, const pb::PnChangeRequest& m,
                        pb::FailureReason reason, const std::string& why);
+    // Resynchronisation (docs/protocol.md): each PN the PN GW holds is read from the store
+    // (ChangePnEffect CHANGE_SYNC, held revision in the PendingChange's request); the answer
+    // goes out only for a PN whose revision differs or that is gone (finish_sync).
+    void handle_sync_request(Out& out, const std::string& from, const pb::PnSyncRequest& m,
+                             Millis now);
+    void finish_sync(Out& out, const std::string& gw_id, const std::string& pn_id,
+                     const PendingChange& p, const ChangeResult& result, Millis now);
     void expire_changes(Out& out, Millis now);
     std::map<Key, PendingChange> changes_;
+    // The members a PN GW named for each PN of its sync being read (same keys as changes_): the
+    // PNEs to tell, whether the store still lists them or not.
+    std::map<Key, std::vector<std::string>> sync_held_;
     std::set<std::pair<Millis, Key>> change_timers_;
 
     ServerConfig cfg_;

@@ -97,6 +97,15 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
     PendingChange p = it->second;
     change_timers_.erase({p.deadline, key});
     changes_.erase(it);
+    if (p.op == pb::CHANGE_SYNC) {
+        ChangeResult read = result;
+        if (auto h = sync_held_.find(key); h != sync_held_.end()) {
+            read.before = std::move(h->second);
+            sync_held_.erase(h);
+        }
+        finish_sync(out, gw_id, pn_id, p, read, now);
+        return out;
+    }
     if (p.pushed != pb::REASON_NONE && p.op == pb::CHANGE_REMOVE) {
         // The server's own removal raced with another change: try again at the revision the
         // store has, or, when the PNE is already gone (another server instance removed it),
@@ -160,7 +169,8 @@ void Server::respond(Out& out, const std::string& gw_id, const std::string& pn_i
     if (!detail.empty()) text += (text.empty() ? "" : ", ") + detail;
     out.push_back(OutcomeEffect{pn_id, gw_id, result.reason == pb::REASON_NONE, result.reason, text,
                                 result.inventory, std::move(pnes), op});
-    if (p.pushed == pb::REASON_NONE && p.request.op() != pb::CHANGE_UNSPECIFIED) {
+    if (p.pushed == pb::REASON_NONE && p.request.op() != pb::CHANGE_UNSPECIFIED &&
+        p.op != pb::CHANGE_SYNC) {
         const Key key{gw_id, pn_id};
         answered_[key] = AnsweredChange{p.request, env, now + kChangeAnswerMemory};
         answered_order_.emplace_back(now + kChangeAnswerMemory, key);
@@ -213,6 +223,13 @@ void Server::expire_changes(Out& out, Millis now) {
         auto it = changes_.find(key);
         if (it == changes_.end()) continue;
         it->second.deadline = kNever;
+        if (it->second.op == pb::CHANGE_SYNC) {
+            // Nothing to refuse: the PN GW asked nothing of the PN. The read's result is still
+            // answered when it comes (on_changed); else the PN GW's next sync asks again.
+            log(LogLevel::kWarn, "sync of " + key.second + " of " + key.first +
+                                     ": the store did not answer in time");
+            continue;
+        }
         pb::PnChangeRequest m;
         m.set_pn_id(key.second);
         m.set_op(it->second.op);
@@ -220,6 +237,101 @@ void Server::expire_changes(Out& out, Millis now) {
         refuse_change(out, key.first, m, pb::STORE_UNAVAILABLE,
                       "the store did not confirm the change in time");
     }
+}
+
+// A PN GW's server link came up, or it gave up waiting for a change or an add: it names each
+// PN it holds, with its revision and members. Each is read from the store; the server asks
+// only about (this PN GW, PN), so a PN of another PN GW reads as unknown and reveals nothing.
+void Server::handle_sync_request(Out& out, const std::string& from, const pb::PnSyncRequest& m,
+                                 Millis now) {
+    const auto gw = dir_.find(from);
+    if (!gw || gw->kind != EntityKind::kGw || gw->status != EntityStatus::kActive) {
+        counters_.count(pb::REVOKED);
+        log(LogLevel::kWarn, "sync from " + from + " ignored: the PN GW is not active");
+        return;
+    }
+    std::size_t read = 0;
+    std::size_t busy = 0;
+    for (const auto& held : m.pns()) {
+        const Key key{from, held.pn_id()};
+        if (changes_.count(key) || sessions_.count(key)) {
+            ++busy;  // a change or an add of it is in flight: its own answer brings the PN GW up
+            continue;
+        }
+        if (changes_.size() >= kMaxServerChanges) {
+            counters_.count(pb::LIMIT_EXCEEDED);
+            log(LogLevel::kWarn, "sync from " + from + ": too many changes in progress, " +
+                                     std::to_string(m.pns_size() - static_cast<int>(read + busy)) +
+                                     " PN(s) left for its next sync");
+            break;
+        }
+        PendingChange p{pb::CHANGE_SYNC, "", {}, now + kPersistTimeout, pb::REASON_NONE, 0, {}};
+        p.request.set_pn_id(held.pn_id());
+        p.request.set_op(pb::CHANGE_SYNC);
+        p.request.set_revision(held.revision());
+        std::vector<pb::PnMember> members;
+        for (const auto& id : held.pne_ids()) members.emplace_back().set_pne_id(id);
+        sync_held_[key] = {held.pne_ids().begin(), held.pne_ids().end()};
+        changes_[key] = p;
+        change_timers_.insert({p.deadline, key});
+        out.push_back(ChangePnEffect{from, held.pn_id(), pb::CHANGE_SYNC, "", held.revision(),
+                                     std::move(members)});
+        ++read;
+    }
+    log(LogLevel::kInfo, "sync from " + from + ": " + std::to_string(read) +
+                             " PN(s) read from the store" +
+                             (busy ? ", " + std::to_string(busy) + " being changed" : ""));
+}
+
+void Server::finish_sync(Out& out, const std::string& gw_id, const std::string& pn_id,
+                         const PendingChange& p, const ChangeResult& result, Millis now) {
+    const std::uint64_t held = p.request.revision();
+    if (result.reason == pb::UNKNOWN_PN) {
+        // Deleted by the operator, dissolved while the PN GW was away, or never this PN GW's:
+        // the PN GW forgets it, and each PNE it held is told, one revision past the PN GW's.
+        ChangeResult gone;
+        gone.dissolved = true;
+        gone.before = result.before;
+        gone.inventory.set_pn_id(pn_id);
+        gone.inventory.set_gw_id(gw_id);
+        gone.inventory.set_revision(held + 1);
+        respond(out, gw_id, pn_id, p, gone, "not in the store: the PN GW forgets it", now);
+        return;
+    }
+    if (result.reason != pb::REASON_NONE) {
+        counters_.count(result.reason);
+        log(LogLevel::kWarn,
+            "sync of " + pn_id + " of " + gw_id + ": the store could not read it (" +
+                std::string(reason_name(result.reason)) + "); the PN GW's next sync asks again");
+        return;
+    }
+    const std::uint64_t stored = result.inventory.revision();
+    if (stored == held) {
+        log(LogLevel::kDebug,
+            "sync of " + pn_id + " of " + gw_id + ": in step at revision " + std::to_string(held));
+        return;
+    }
+    if (stored < held) {
+        // A PN GW cannot hold a revision the store never had: its state or the store was
+        // restored from elsewhere. Nothing is changed; both sides report it.
+        const std::string why = "the PN GW holds revision " + std::to_string(held) +
+                                ", newer than the store's " + std::to_string(stored);
+        counters_.count(pb::STALE_REVISION);
+        log(LogLevel::kError, "sync of " + pn_id + " of " + gw_id + ": " + why + ": left as it is");
+        pb::Envelope env;
+        auto& r = *env.mutable_change_response();
+        r.set_pn_id(pn_id);
+        r.set_op(pb::CHANGE_SYNC);
+        r.set_accepted(false);
+        r.set_reason(pb::STALE_REVISION);
+        *r.mutable_inventory() = result.inventory;
+        send(out, gw_id, std::move(env));
+        out.push_back(OutcomeEffect{
+            pn_id, gw_id, false, pb::STALE_REVISION, why, result.inventory, {}, "sync"});
+        return;
+    }
+    respond(out, gw_id, pn_id, p, result,
+            "the PN GW held revision " + std::to_string(held) + ": brought up to date", now);
 }
 
 }  // namespace cpns

@@ -184,6 +184,9 @@ net::PskClientLink::Hooks GwDaemon::server_link_hooks() {
         spdlog::info("authenticated to the CPNS Server at {} ({})", opt_.server.str(),
                      conn->tls_summary());
         server_conn_ = conn;
+        // Each (re)connect: the PN GW names the PNs it holds, and the server answers those
+        // that changed while it was away (docs/protocol.md, "Resynchronisation").
+        apply(gw_->on_link_up(opt_.role.server_id, mono_now()));
     };
     h.on_message = [this](const pb::Envelope& env) {
         spdlog::debug("server -> {}: {}", opt_.role.gw_id, message_name(env));

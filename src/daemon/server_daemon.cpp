@@ -910,6 +910,9 @@ void ServerDaemon::change_effect(const ChangePnEffect& c) {
             *result = st.change_pn(c.gw_id, c.pn_id, c.op, c.pne_id, c.revision, c.added);
             std::set<std::string> ids(result->before.begin(), result->before.end());
             for (const auto& m : result->inventory.members()) ids.insert(m.pne_id());
+            // A resynchronisation: the members the PN GW named, told even when no longer listed.
+            if (c.op == pb::CHANGE_SYNC)
+                for (const auto& m : c.added) ids.insert(m.pne_id());
             for (const auto& id : ids) {
                 try {
                     records->push_back(st.get_entity(id));
@@ -928,7 +931,7 @@ void ServerDaemon::change_effect(const ChangePnEffect& c) {
                 if (r) dir_.put(r->id, to_record(r));
             apply(server_->on_changed(c.gw_id, c.pn_id, *result, mono_now()));
         },
-        true);
+        c.op != pb::CHANGE_SYNC);  // a resynchronisation only reads
 }
 
 void ServerDaemon::remember_unacknowledged(const pb::PnInventory& inv) {

@@ -234,6 +234,10 @@ void Simulator::route(const std::string& from, SendEffect send) {
     const std::string name(message_name(send.msg));
     for (const auto& to : targets_of(from, send)) {
         const bool pan = from != kServerId && to != kServerId;
+        if (!pan && (server_link_down_.count(from) || server_link_down_.count(to))) {
+            note(from, to, name, "lost: the link to the server is down");
+            continue;
+        }
         const std::string pne = node(from).pne ? from : to;
         const std::string gw = node(from).pne ? to : from;
         Protection prot = Protection::kClear;
@@ -297,7 +301,7 @@ void Simulator::on_start_tls(const std::string& id, const StartTlsEffect& t) {
 void Simulator::on_persist(const PersistPnEffect& p) {
     auto* e = new Event;
     e->kind = Event::Kind::kPersisted;
-    e->at = now_ + kStoreLatency;
+    e->at = now_ + store_latency_;
     e->from = p.gw_id;
     e->to = kServerId;
     e->identity = p.inventory.pn_id();
@@ -308,7 +312,7 @@ void Simulator::on_persist(const PersistPnEffect& p) {
 void Simulator::on_change(const ChangePnEffect& c) {
     auto* e = new Event;
     e->kind = Event::Kind::kChanged;
-    e->at = now_ + kStoreLatency;
+    e->at = now_ + store_latency_;
     e->from = c.gw_id;
     e->to = kServerId;
     e->identity = c.pn_id;
@@ -509,6 +513,27 @@ void Simulator::revoke(const std::string& id, EntityStatus status) {
     for (const auto& inv : pns)
         apply(kServerId, server_->push_change(inv.gw_id(), inv.pn_id(), pb::CHANGE_REMOVE, id,
                                               inv.revision(), pb::REVOKED, now_));
+}
+
+void Simulator::delete_pn(const std::string& gw_id, const std::string& pn_id) {
+    auto it = dir_.pns().find(gw_id + "/" + pn_id);
+    if (it == dir_.pns().end()) return;
+    const pb::PnInventory before = it->second;
+    const ChangeResult r = dir_.change_pn(gw_id, pn_id, pb::CHANGE_DISSOLVE, "", before.revision());
+    apply(kServerId,
+          server_->announce(gw_id, pb::CHANGE_DISSOLVE, "", r, "deleted by the operator"));
+}
+
+void Simulator::set_server_link(const std::string& gw_id, bool up) {
+    Node& n = node(gw_id);
+    if (!n.gw) return;
+    if (up) {
+        if (!server_link_down_.erase(gw_id)) return;
+        apply(gw_id, n.gw->on_link_up(kServerId, now_));
+    } else {
+        if (!server_link_down_.insert(gw_id).second) return;
+        apply(gw_id, n.gw->on_link_down(kServerId, now_));
+    }
 }
 
 void Simulator::inject(const std::string& from, const std::string& to, Bytes frame,

@@ -11,6 +11,7 @@
 #include <optional>
 #include <queue>
 #include <random>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -128,6 +129,20 @@ class Simulator {
     // The operator revokes (or disables) an entity at the server: a PNE is removed by the
     // server from every PN it is in, as the server daemon does when its store reports it.
     void revoke(const std::string& id, EntityStatus status = EntityStatus::kRevoked);
+    // The operator deletes a PN at the server (cpnsctl pn delete): it leaves the store, and the
+    // server announces it to its PN GW as dissolved, as the server daemon does.
+    void delete_pn(const std::string& gw_id, const std::string& pn_id);
+    // The link between PN GW `gw_id` and the CPNS Server goes down (every message either way is
+    // lost until it is up again; the PN GW is told on_link_down) or comes back up (the PN GW is
+    // told on_link_up, as a daemon is on each reconnect).
+    void set_server_link(const std::string& gw_id, bool up);
+    // A fault rule from now on (after the first `count` matching messages from now).
+    void add_fault_rule(FaultRule rule) {
+        faults_.rules.push_back(std::move(rule));
+        rule_hits_.push_back(0);
+    }
+    // How long the server's store takes to commit (default kStoreLatency), for late commits.
+    void set_store_latency(Millis latency) { store_latency_ = latency; }
     // Runs until nothing is left to do or `limit` of virtual time has passed.
     void run(Millis limit = 10 * 60'000);
     // Frees finished PN GWs, their PNEs and everything kept about them (role objects, keys,
@@ -226,6 +241,8 @@ class Simulator {
     bool capture_ = false;
     Millis now_ = 0;
     std::uint64_t seq_ = 0;
+    Millis store_latency_ = kStoreLatency;
+    std::set<std::string> server_link_down_;  // PN GWs cut off from the server
     MemoryDirectory dir_;
     std::unique_ptr<Server> server_;
     std::unordered_map<std::string, std::unique_ptr<Node>> nodes_;

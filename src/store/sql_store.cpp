@@ -569,6 +569,9 @@ class SqlStore final : public Store {
     ChangeResult change_pn(const std::string& gw_id, const std::string& pn_id, pb::ChangeOp op,
                            const std::string& pne_id, std::uint64_t revision,
                            const std::vector<pb::PnMember>& added = {}) override {
+        // A resynchronisation only reads the PN (no write transaction, no row held).
+        if (op == pb::CHANGE_SYNC)
+            return change_inventory(get_pn(gw_id, pn_id), op, pne_id, revision, added);
         Transaction txn(*db_, Transaction::Kind::kWrite);
         // The PN's row is held until the commit: on PostgreSQL by the row lock, on SQLite by the
         // write transaction itself (one writer at a time).

@@ -40,6 +40,7 @@ local ENUMS = {
     [2] = "CHANGE_REMOVE",
     [3] = "CHANGE_DISSOLVE",
     [4] = "CHANGE_ADD",
+    [5] = "CHANGE_SYNC",
   },
   EntityMode = {
     [0] = "MODE_UNSPECIFIED",
@@ -169,6 +170,7 @@ local MESSAGES = {
     [28] = { name = "change_request", kind = "message", type = "PnChangeRequest", oneof = "body" },
     [29] = { name = "change_response", kind = "message", type = "PnChangeResponse", oneof = "body" },
     [30] = { name = "change_notify_ack", kind = "message", type = "PnChangeNotifyAck", oneof = "body" },
+    [31] = { name = "sync_request", kind = "message", type = "PnSyncRequest", oneof = "body" },
   },
   ErrorReport = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
@@ -213,6 +215,11 @@ local MESSAGES = {
   },
   PnEstablishmentNotify = {
     [1] = { name = "result", kind = "message", type = "PnResult" },
+  },
+  PnHeld = {
+    [1] = { name = "pn_id", kind = "string", type = "string" },
+    [2] = { name = "revision", kind = "uint64", type = "uint64" },
+    [3] = { name = "pne_ids", kind = "string", type = "string", repeated = true },
   },
   PnInventory = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
@@ -290,6 +297,9 @@ local MESSAGES = {
   },
   PnSetupResponse = {
     [1] = { name = "result", kind = "message", type = "PnResult" },
+  },
+  PnSyncRequest = {
+    [1] = { name = "pns", kind = "message", type = "PnHeld", repeated = true },
   },
   PneAuthResult = {
     [1] = { name = "pne_id", kind = "string", type = "string" },
