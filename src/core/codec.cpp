@@ -495,6 +495,8 @@ std::string_view reason_name(pb::FailureReason r) {
             return "stale revision";
         case pb::ALREADY_A_MEMBER:
             return "already a member";
+        case pb::NO_LOCAL_EUKEY:
+            return "no local eukey";
         default:
             break;
     }

@@ -30,6 +30,16 @@ ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb:
         members.erase(it);
     } else if (op == pb::CHANGE_DISSOLVE) {
         members.Clear();
+    } else if (op == pb::CHANGE_REKEY) {
+        // The membership stays as it is; the revision records that the member's LocalEUKey
+        // changed, so that a replayed re-key (or anything from before it) is stale.
+        auto it = std::find_if(members.begin(), members.end(),
+                               [&](const pb::PnMember& m) { return m.pne_id() == pne_id; });
+        if (it == members.end() || !it->local_eukey_assigned()) {
+            r.reason = it == members.end() ? pb::NOT_A_MEMBER : pb::NO_LOCAL_EUKEY;
+            r.before.clear();
+            return r;
+        }
     } else if (op == pb::CHANGE_ADD && !added.empty()) {
         for (const auto& a : added) {
             const bool there =
@@ -62,6 +72,8 @@ std::string_view to_string(pb::ChangeOp op) {
             return "dissolve";
         case pb::CHANGE_ADD:
             return "add";
+        case pb::CHANGE_REKEY:
+            return "rekey";
         default:
             return "change";
     }
@@ -87,6 +99,11 @@ std::vector<pb::PnChangeNotice> change_notices(const ChangeResult& r, pb::Change
     if (r.reason != pb::REASON_NONE) return out;
     if (op == pb::CHANGE_ADD) {
         for (const auto& id : r.before) add(id, pb::NOTICE_UPDATED);
+        return out;
+    }
+    if (op == pb::CHANGE_REKEY) {  // the re-keyed PNE gets the registration's result
+        for (const auto& id : r.before)
+            if (id != pne_id) add(id, pb::NOTICE_UPDATED);
         return out;
     }
     if (op == pb::CHANGE_LEAVE) add(pne_id, pb::NOTICE_LEFT);

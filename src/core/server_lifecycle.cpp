@@ -84,7 +84,7 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
     const Key key{gw_id, pn_id};
     auto it = changes_.find(key);
     if (auto s = sessions_.find(key); it == changes_.end() && s != sessions_.end() &&
-                                      s->second.request.add() &&
+                                      (s->second.request.add() || s->second.request.rekey()) &&
                                       s->second.phase == Phase::kWaitPersist) {
         finish_add(out, s->second, result, now);
         return out;

@@ -600,9 +600,10 @@ class SqlStore final : public Store {
                     limit.inventory = *current;
                     return limit;
                 }
-            } else
+            } else if (op != pb::CHANGE_REKEY) {  // a re-key changes the revision only
                 db_->run("DELETE FROM pn_members WHERE gw_id = $1 AND pn_id = $2 AND pne_id = $3",
                          {Param::of(gw_id), Param::of(pn_id), Param::of(pne_id)});
+            }
         }
         txn.commit();
         return r;
