@@ -757,7 +757,8 @@ TEST_P(Rekey, ThePnGwRekeysAPneAndEveryoneAgrees) {
     EXPECT_FALSE(lab.sim.pne("pne-2").memberships().at(lab.pn).sk_pne == old_sk);
     lab.expect_agreement(lab.all_but({}), 1);
     // The other members keep their keys.
-    for (const char* other : {"pne-1", "pne-3"}) expect_key_in_force(lab, other, *pne_key(lab, other));
+    for (const char* other : {"pne-1", "pne-3"})
+        expect_key_in_force(lab, other, *pne_key(lab, other));
     EXPECT_EQ(lab.sim.gateway(kGw).notices_pending(), 0u);
 
     // Re-keyed twice: each re-key is one more revision.
@@ -770,7 +771,7 @@ TEST_P(Rekey, ThePnGwRekeysAPneAndEveryoneAgrees) {
 }
 
 // On an insecure PAN the PSK-TLS session made with the old LocalEUKey ends at the switch.
-TEST(Rekey, TheSessionMadeWithTheOldKeyIsClosed) {
+TEST(RekeyFlows, TheSessionMadeWithTheOldKeyIsClosed) {
     Lab lab(52, 2, Ui::kYes, Pan::kInsecure);
     ASSERT_FALSE(lab.pn.empty());
     lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
@@ -782,7 +783,7 @@ TEST(Rekey, TheSessionMadeWithTheOldKeyIsClosed) {
     EXPECT_TRUE(closed) << "the PN GW kept the session made with the old LocalEUKey";
 }
 
-TEST(Rekey, ARekeyThatCannotBeIsRefusedAtOnceAndChangesNothing) {
+TEST(RekeyFlows, ARekeyThatCannotBeIsRefusedAtOnceAndChangesNothing) {
     {
         Lab lab(53, 2, Ui::kNo, Pan::kInsecure);  // pre-assigned keys: no LocalEUKey
         ASSERT_FALSE(lab.pn.empty());
@@ -818,8 +819,8 @@ TEST(Rekey, ARekeyThatCannotBeIsRefusedAtOnceAndChangesNothing) {
 // PN GW.
 struct Rejection {
     const char* name;
-    pb::FailureReason reason;   // the PN GW's outcome
-    std::uint64_t revision;     // of the PN at the server and the PN GW afterwards
+    pb::FailureReason reason;  // the PN GW's outcome
+    std::uint64_t revision;    // of the PN at the server and the PN GW afterwards
     std::function<void(FaultConfig&)> fault;
 };
 
@@ -925,7 +926,7 @@ INSTANTIATE_TEST_SUITE_P(
                      testing::Range(0, static_cast<int>(rejections().size()))),
     [](const testing::TestParamInfo<std::tuple<Pan, int>>& info) {
         return std::string(std::get<0>(info.param) == Pan::kSecure ? "SecurePan_"
-                                                                    : "InsecurePan_") +
+                                                                   : "InsecurePan_") +
                rejections().at(static_cast<std::size_t>(std::get<1>(info.param))).name;
     });
 

@@ -690,8 +690,7 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
             route.push_back(id);
             if (s.rekey && mem.local_eukey) {
                 // The old LocalEUKey stays in force until the PNE confirms the new one.
-                rekeys_[s.pn_id] = PendingRekey{id, *mem.local_eukey,
-                                                outcome.inventory.revision(),
+                rekeys_[s.pn_id] = PendingRekey{id, *mem.local_eukey, outcome.inventory.revision(),
                                                 now + kRekeyConfirmTimeout, mem.new_key_session};
                 rekey_sent = true;
             } else if (mem.local_eukey) {
@@ -706,11 +705,10 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
     if (registered && update) {
         routing_[s.pn_id] = route;
         ++counters_.established;
-        log(LogLevel::kInfo, "PN " + s.pn_id + (s.rekey ? " re-keyed" : " updated") +
-                                 ": revision " + std::to_string(outcome.inventory.revision()) +
-                                 ", " + std::to_string(route.size()) + " PNE(s)" +
-                                 (rekey_sent ? "; waiting for the PNE to confirm its new key"
-                                             : ""));
+        log(LogLevel::kInfo,
+            "PN " + s.pn_id + (s.rekey ? " re-keyed" : " updated") + ": revision " +
+                std::to_string(outcome.inventory.revision()) + ", " + std::to_string(route.size()) +
+                " PNE(s)" + (rekey_sent ? "; waiting for the PNE to confirm its new key" : ""));
         // The earlier members learn the new member list, proven by the server, after the state
         // holding it is saved (the daemons hold effects behind a StoreInventoryEffect).
         for (const auto& n : resp->notices()) tell(out, n, now);

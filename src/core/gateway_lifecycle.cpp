@@ -131,8 +131,8 @@ void Gateway::switch_key(Out& out, const std::string& pn_id) {
     if (!r.new_key_session && link != tls_links_.end() &&
         link->second == local_eukey_identity(pn_id, r.pne_id))
         out.push_back(CloseLinkEffect{r.pne_id, pb::REASON_NONE});
-    OutcomeEffect o{pn_id, cfg_.gw_id, true, pb::REASON_NONE, "new LocalEUKey in force", {}, {},
-                    "rekey"};
+    OutcomeEffect o{pn_id, cfg_.gw_id, true,   pb::REASON_NONE, "new LocalEUKey in force",
+                    {},    {},         "rekey"};
     if (inv != inventory_.end()) o.inventory = inv->second;
     o.pnes.push_back(PneOutcome{r.pne_id, true, pb::REASON_NONE});
     out.push_back(std::move(o));
@@ -144,8 +144,8 @@ void Gateway::drop_rekey(Out& out, const std::string& pn_id, pb::FailureReason r
     const PendingRekey r = std::move(it->second);
     rekeys_.erase(it);  // wipes the new LocalEUKey
     counters_.count(reason);
-    log(LogLevel::kWarn, "re-key of " + r.pne_id + " in " + pn_id + " failed: " +
-                             std::string(reason_name(reason)) + " (" + detail +
+    log(LogLevel::kWarn, "re-key of " + r.pne_id + " in " + pn_id +
+                             " failed: " + std::string(reason_name(reason)) + " (" + detail +
                              "); the old LocalEUKey stays in force");
     // A PSK-TLS session made with the new LocalEUKey ends: that key never came into force.
     auto link = tls_links_.find(r.pne_id);
@@ -409,14 +409,13 @@ void Gateway::tell(Out& out, const pb::PnChangeNotice& n, Millis now) {
     notices_[key] = PendingNotice{n, 1, now + kNoticeRepeatInterval};
 }
 
-void Gateway::handle_notice_ack(Out& out, const std::string& from,
-                                const pb::PnChangeNotifyAck& m, Protection protection) {
+void Gateway::handle_notice_ack(Out& out, const std::string& from, const pb::PnChangeNotifyAck& m,
+                                Protection protection) {
     if (m.rekeyed()) {
         // A re-keyed PNE's confirmation, from the PNE over its protected path (inside its
         // PSK-TLS session on an insecure PAN), for the re-key sent to it.
         auto r = rekeys_.find(m.pn_id());
-        if (r == rekeys_.end() || r->second.pne_id != from ||
-            r->second.revision != m.revision() ||
+        if (r == rekeys_.end() || r->second.pne_id != from || r->second.revision != m.revision() ||
             (!pan_secure(from) && protection != Protection::kTls)) {
             ++counters_.ignored;
             log(LogLevel::kDebug, "re-key confirmation of " + m.pn_id() + " from " + from +

@@ -33,7 +33,8 @@ struct ChangeResult {
 // `current` (nullopt: the PN does not exist) if `current` is at `expected_revision`. A PN left
 // without members is dissolved; ADD refuses a PNE already in the PN (ALREADY_A_MEMBER) and keeps
 // the earlier members first; REKEY changes only the revision, for a member that has a LocalEUKey
-// (NOT_A_MEMBER, NO_LOCAL_EUKEY otherwise). Pure: the SQL store and the simulator's directory both decide with it.
+// (NOT_A_MEMBER, NO_LOCAL_EUKEY otherwise). Pure: the SQL store and the simulator's directory both
+// decide with it.
 ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb::ChangeOp op,
                               const std::string& pne_id, std::uint64_t expected_revision,
                               const std::vector<pb::PnMember>& added = {});

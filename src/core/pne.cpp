@@ -264,14 +264,13 @@ void Pne::handle_invitation(Out& out, const std::string& from, const std::string
     const auto held = memberships_.find(pn_id);
     if (rekey) {
         // Only a PN this PNE is in through this PN GW, with a LocalEUKey, can be re-keyed.
-        const pb::FailureReason refusal = held == memberships_.end() || held->second.gw_id != from
-                                              ? pb::NOT_A_MEMBER
-                                          : !held->second.local_eukey || !requests_local_eukey()
-                                              ? pb::NO_LOCAL_EUKEY
-                                              : pb::REASON_NONE;
+        const pb::FailureReason refusal =
+            held == memberships_.end() || held->second.gw_id != from ? pb::NOT_A_MEMBER
+            : !held->second.local_eukey || !requests_local_eukey()   ? pb::NO_LOCAL_EUKEY
+                                                                     : pb::REASON_NONE;
         if (refusal != pb::REASON_NONE) {
-            log(LogLevel::kWarn, "declining a re-key of " + pn_id + ": " +
-                                     std::string(reason_name(refusal)));
+            log(LogLevel::kWarn,
+                "declining a re-key of " + pn_id + ": " + std::string(reason_name(refusal)));
             decline(out, from, pn_id, refusal);
             return;
         }
@@ -301,8 +300,8 @@ void Pne::handle_invitation(Out& out, const std::string& from, const std::string
     r->set_pn_id(pn_id);
     r->set_accept(true);
     *r->mutable_join() = make_join();
-    log(LogLevel::kInfo, (rekey ? "accepting a re-key of " : "accepting invitation to ") + pn_id +
-                             " from " + from);
+    log(LogLevel::kInfo,
+        (rekey ? "accepting a re-key of " : "accepting invitation to ") + pn_id + " from " + from);
     begin_join(out, std::move(reply), now, "accepted the invitation of " + from);
 }
 

@@ -498,8 +498,8 @@ void Server::finish_add(Out& out, Session& s, const ChangeResult& result, Millis
         return finish(out, s, false, result.reason,
                       result.reason == pb::STALE_REVISION
                           ? "the PN changed since revision " + std::to_string(s.request.revision())
-                          : s.request.rekey() ? "the PNE could not be re-keyed"
-                                              : "the PNEs could not be added",
+                      : s.request.rekey() ? "the PNE could not be re-keyed"
+                                          : "the PNEs could not be added",
                       now);
     }
     s.inventory = result.inventory;
