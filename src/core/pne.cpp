@@ -484,10 +484,15 @@ void Pne::accept_result(Out& out, const pb::PnResult& r) {
         // The new LocalEUKey and SK_PNE replace the old ones (saved: the daemon saves on the
         // SessionKeyEffect and holds the confirmation behind it); the PN GW switches to the new
         // key when it gets the confirmation.
-        PneMembership& held = memberships_.at(s_.pn_id);
-        held.inventory = r.inventory();
-        held.local_eukey = s_.local_eukey;
-        held.sk_pne = s_.sk;
+        auto held = memberships_.find(s_.pn_id);
+        if (held == memberships_.end()) {  // removed while the re-key ran: nothing to re-key
+            abort(out, pb::NOT_A_MEMBER, "no longer a member of the PN being re-keyed", true);
+            return;
+        }
+        if (r.inventory().revision() > held->second.inventory.revision())
+            held->second.inventory = r.inventory();
+        held->second.local_eukey = s_.local_eukey;
+        held->second.sk_pne = s_.sk;
         out.push_back(StoreLocalKeyEffect{s_.pn_id, s_.gw_id, *s_.local_eukey});
         out.push_back(SessionKeyEffect{s_.pn_id, cfg_.pne_id, s_.sk});
         pb::Envelope env;
