@@ -697,6 +697,9 @@ TEST(LifecycleAttacks, ALeaveAnsweredAfterItTimedOutStillEndsTheMembership) {
 
 // --- LocalEUKey re-key (docs/protocol.md, "LocalEUKey re-key") -------------------------------
 
+namespace cpns::sim {
+namespace {
+
 class Rekey : public testing::TestWithParam<Pan> {};
 
 std::string pan_name(const testing::TestParamInfo<Pan>& info) {
@@ -924,10 +927,9 @@ INSTANTIATE_TEST_SUITE_P(
     Paths, RekeyRejected,
     testing::Combine(testing::Values(Pan::kSecure, Pan::kInsecure),
                      testing::Range(0, static_cast<int>(rejections().size()))),
-    [](const testing::TestParamInfo<std::tuple<Pan, int>>& info) {
-        return std::string(std::get<0>(info.param) == Pan::kSecure ? "SecurePan_"
-                                                                   : "InsecurePan_") +
-               rejections().at(static_cast<std::size_t>(std::get<1>(info.param))).name;
+    [](const testing::TestParamInfo<std::tuple<Pan, int>>& p) {
+        return std::string(std::get<0>(p.param) == Pan::kSecure ? "SecurePan_" : "InsecurePan_") +
+               rejections().at(static_cast<std::size_t>(std::get<1>(p.param))).name;
     });
 
 // A lost confirmation: the PNE took the new key, the PN GW kept the old one (it never learnt
@@ -1018,3 +1020,6 @@ TEST(RekeyAttacks, APneDeclinesARekeyOfAPnItIsNotIn) {
     EXPECT_EQ(declined["pne-1"], pb::ALREADY_A_MEMBER);
     lab.expect_agreement({"pne-1", "pne-2"}, 0);
 }
+
+}  // namespace
+}  // namespace cpns::sim

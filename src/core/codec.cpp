@@ -177,7 +177,7 @@ bool valid_body(const pb::PnRegistrationRequest& m) {
                     static_cast<std::size_t>(m.pnes_size()) <= kMaxPnesPerPn &&
                     valid_text(m.gw().subscription().subscriber_id()) &&
                     valid_text(m.gw().subscription().service_plan()) &&
-                    (m.add() || m.revision() == 0);
+                    (m.add() || m.rekey() || m.revision() == 0) && !(m.add() && m.rekey());
     return ok && std::all_of(m.pnes().begin(), m.pnes().end(),
                              [](const auto& p) { return valid_join(p.join()); });
 }
