@@ -996,6 +996,54 @@ TEST(RekeyAttacks, AReplayedRekeyIsRefused) {
     lab.expect_agreement(lab.all_but({}), 1);
 }
 
+// The operator's order (cpnsctl rekey): the server sends it to the PN GW, which re-keys the PNE;
+// the PN GW's report ends the order at the server with the outcome the audit log records.
+TEST_P(Rekey, AnOrderOfTheServerIsCarriedOutAndReported) {
+    Lab lab(91, 2, Ui::kYes, GetParam());
+    ASSERT_FALSE(lab.pn.empty());
+    const auto old_key = pne_key(lab, "pne-1");
+    lab.sim.start_server_rekey_order(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    const OutcomeEffect* o = lab.last("cpns-server");
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->operation, "rekey");
+    EXPECT_TRUE(o->success) << reason_name(o->reason) << " " << o->detail;
+    EXPECT_EQ(o->detail.rfind("pne-1: new LocalEUKey in force", 0), 0u) << o->detail;
+    EXPECT_EQ(lab.sim.server().rekey_orders(), 0u);
+    EXPECT_FALSE(*pne_key(lab, "pne-1") == *old_key);
+    expect_key_in_force(lab, "pne-1", *pne_key(lab, "pne-1"));
+    lab.expect_agreement(lab.all_but({}), 1);
+}
+
+TEST(RekeyFlows, AnOrderThatFailsIsReportedWithItsReason) {
+    Lab lab(92, 2, Ui::kNo, Pan::kSecure);  // pre-assigned keys: nothing to re-key
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_server_rekey_order(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    ASSERT_NE(lab.last("cpns-server"), nullptr);
+    EXPECT_FALSE(lab.last("cpns-server")->success);
+    EXPECT_EQ(lab.last("cpns-server")->reason, pb::NO_LOCAL_EUKEY);
+    // A PNE that rejects the server's proof: the PN GW's report names why.
+    Lab forged(93, 2, Ui::kYes, Pan::kInsecure);
+    FaultConfig f;
+    FaultRule r;
+    r.action = FaultRule::Action::kMutate;
+    r.message = "PnEstablishmentNotify";
+    r.mutate = [](pb::Envelope& env) {
+        auto& res = *env.mutable_establishment_notify()->mutable_result();
+        if (!res.hash_server_pne().empty()) res.mutable_hash_server_pne()->front() ^= 1;
+    };
+    f.rules.push_back(r);
+    forged.sim.set_faults(f);
+    forged.sim.start_server_rekey_order(kGw, forged.pn, "pne-2");
+    forged.sim.run();
+    EXPECT_EQ(forged.last("cpns-server")->reason, pb::SERVER_AUTHENTICATION_FAILED);
+    // The PN GW not connected: refused at once, PEER_UNREACHABLE.
+    forged.sim.start_server_rekey_order(kGw, forged.pn, "pne-2", false);
+    EXPECT_EQ(forged.last("cpns-server")->reason, pb::PEER_UNREACHABLE);
+    EXPECT_EQ(forged.last("cpns-server")->detail, "pne-2: PN GW not connected");
+}
+
 // A re-key invitation for a PN the PNE is not in (or an invitation that is not a re-key, for a
 // PN it is in) is declined: the PN GW cannot use it to replace a membership.
 TEST(RekeyAttacks, APneDeclinesARekeyOfAPnItIsNotIn) {

@@ -1,4 +1,5 @@
-"""LocalEUKey re-key with real daemons (docs/protocol.md, "LocalEUKey re-key"): on an insecure
+"""LocalEUKey re-key with real daemons (docs/protocol.md, "LocalEUKey re-key"), started on the PN
+GW (`cpns-gw rekey`) and by the operator (`cpnsctl rekey`): on an insecure
 PAN, pne-a (enough UI) holds a live PSK-TLS session made with its LocalEUKey. `cpns-gw rekey`
 gives it a new one: the command prints success; pne-a's saved state holds a new key; a new
 handshake with the old key fails and one with the new key works; the session made with the old
@@ -76,6 +77,12 @@ class RekeyProcessTest(unittest.TestCase):
         spec = next(p for p in self.pnes if p.id == pne)
         return local_eukey(self.lab.workdir / f"{pne}.state", pne, spec.device_eukey, pn)
 
+    def cpnsctl(self, *args):
+        store = self.lab.store_url or f"sqlite:{self.lab.workdir / 'server.db'}"
+        return subprocess.run([os.path.join(BIN, "cpnsctl", "cpnsctl"), "--store", store,
+                               "--master-key-file", str(self.lab.workdir / "master.key"), *args],
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+
     def audit(self):
         store = self.lab.store_url or f"sqlite:{self.lab.workdir / 'server.db'}"
         r = subprocess.run([os.path.join(BIN, "cpnsctl", "cpnsctl"), "--store", store,
@@ -127,6 +134,24 @@ class RekeyProcessTest(unittest.TestCase):
         self.assertEqual(out.get("reason"), "UNKNOWN_PN", out)
 
         self.assertIn("rekey", self.audit())
+
+        # The operator's order: cpnsctl records it, the server sends it to the PN GW, and
+        # cpnsctl prints the PN GW's report from the audit log.
+        r = self.cpnsctl("rekey", "--pn", pn, "--pne", "pne-a")
+        self.assertEqual(r.returncode, 0, (r.stdout, r.stderr))
+        self.assertIn("done, new LocalEUKey in force at revision 2", r.stdout)
+        newest = self.key_of("pne-a", pn)
+        self.assertNotEqual(newest, new)
+        self.assertFalse(leuk_handshake(self.lab.pan_addr, pn, "pne-a", new))
+        self.assertTrue(leuk_handshake(self.lab.pan_addr, pn, "pne-a", newest))
+        self.assertEqual(int(self.store_pn(pn).get("revision", 0)), 2)
+        # A PNE without LocalEUKey: refused at once with the reason, exit status 1.
+        r = self.cpnsctl("rekey", "--pn", pn, "--pne", "pne-c")
+        self.assertEqual(r.returncode, 1, (r.stdout, r.stderr))
+        self.assertIn("no local eukey", r.stderr)
+        audit = self.audit()
+        self.assertIn("rekey ordered at revision 1", audit)
+        self.assertIn("rekey: pne-a: new LocalEUKey in force at revision 2", audit)
 
 
 if __name__ == "__main__":

@@ -236,7 +236,9 @@ bool valid_body(const pb::PnLeaveResponse& m) {
 }
 
 bool valid_body(const pb::PnChangeRequest& m) {
-    const bool needs_pne = m.op() == pb::CHANGE_LEAVE || m.op() == pb::CHANGE_REMOVE;
+    // CHANGE_REKEY: the server's order to a PN GW (cpnsctl rekey), naming the PNE.
+    const bool needs_pne =
+        m.op() == pb::CHANGE_LEAVE || m.op() == pb::CHANGE_REMOVE || m.op() == pb::CHANGE_REKEY;
     return valid_id(m.pn_id()) && m.op() != pb::CHANGE_UNSPECIFIED && m.op() != pb::CHANGE_ADD &&
            pb::ChangeOp_IsValid(m.op()) &&
            (needs_pne ? valid_id(m.pne_id()) : m.pne_id().empty()) &&

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/lifecycle.hpp"
+
 namespace cpns {
 
 Gateway::Gateway(GatewayConfig config, Random& random)
@@ -744,6 +746,9 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
     enter(out, s, Phase::kDone, kNever,
           registered ? "registered" : std::string(reason_name(reason)));
     // A re-key's outcome comes with the PNE's confirmation (switch_key) or its refusal.
+    if (s.rekey && !rekey_sent)
+        report_order(out, s.pn_id, false, outcome_reason(false, outcome.reason),
+                     outcome.detail.empty() ? "the re-key did not complete" : outcome.detail, 0);
     if (!rekey_sent) out.push_back(std::move(outcome));
     for (const auto& [id, mem] : s.members) {
         auto p = pne_session_.find(id);
@@ -834,6 +839,8 @@ bool Gateway::accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body
         case B::kLeaveRequest:  // lifecycle: about registered PNs, not sessions
             return !from_server;
         case B::kChangeResponse:
+            return from_server;
+        case B::kChangeRequest:  // the server's order to re-key (cpnsctl rekey)
             return from_server;
         case B::kChangeNotifyAck:
             return !from_server;
@@ -926,6 +933,8 @@ void Gateway::dispatch(Out& out, const std::string& from, const pb::Envelope& en
             return handle_leave_request(out, from, env.leave_request(), protection, now);
         case B::kChangeResponse:
             return handle_change_response(out, env.change_response(), now);
+        case B::kChangeRequest:
+            return handle_rekey_order(out, env.change_request(), now);
         case B::kChangeNotifyAck:
             return handle_notice_ack(out, from, env.change_notify_ack(), protection);
         default:  // discovery

@@ -281,6 +281,11 @@ class Gateway {
     void drop_rekey(Out& out, const std::string& pn_id, pb::FailureReason reason,
                     const std::string& detail);
     void expire_rekeys(Out& out, Millis now);
+    // Re-keys the server ordered (cpnsctl rekey), by PN ID: their end is reported to it.
+    std::set<std::string> ordered_;
+    void handle_rekey_order(Out& out, const pb::PnChangeRequest& m, Millis now);
+    void report_order(Out& out, const std::string& pn_id, bool success, pb::FailureReason reason,
+                      const std::string& detail, std::uint64_t revision);
     // Repeats the notices due (all of `pne_id`'s at once when it is given).
     void repeat_notices(Out& out, Millis now, const std::string& pne_id = "");
     struct PendingNotice {

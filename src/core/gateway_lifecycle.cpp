@@ -115,6 +115,41 @@ GatewayEffects Gateway::rekey(const std::string& pn_id, const std::string& pne_i
     return out;
 }
 
+void Gateway::handle_rekey_order(Out& out, const pb::PnChangeRequest& m, Millis now) {
+    if (m.op() != pb::CHANGE_REKEY) {
+        ++counters_.ignored;
+        log(LogLevel::kWarn, "a change request from the server that is no re-key order: ignored");
+        return;
+    }
+    log(LogLevel::kInfo, "the CPNS Server orders a re-key of " + m.pne_id() + " in " + m.pn_id());
+    if (ordered_.count(m.pn_id()) || ordered_.size() >= kMaxPnsPerGw) {
+        pb::Envelope env = error_report(m.pn_id(), pb::BUSY, "a re-key of this PN is running");
+        send(out, cfg_.server_id, std::move(env));
+        return;
+    }
+    ordered_.insert(m.pn_id());
+    GatewayEffects fx = rekey(m.pn_id(), m.pne_id(), now);
+    if (const auto* o = find_outcome(fx))  // refused at once
+        report_order(out, m.pn_id(), false, outcome_reason(false, o->reason), o->detail, 0);
+    for (auto& e : fx) out.push_back(std::move(e));
+}
+
+void Gateway::report_order(Out& out, const std::string& pn_id, bool success,
+                           pb::FailureReason reason, const std::string& detail,
+                           std::uint64_t revision) {
+    if (!ordered_.erase(pn_id)) return;
+    pb::Envelope env;
+    if (success) {
+        auto& ack = *env.mutable_change_notify_ack();
+        ack.set_pn_id(pn_id);
+        ack.set_revision(revision);
+        ack.set_rekeyed(true);
+    } else {
+        env = error_report(pn_id, reason, detail);
+    }
+    send(out, cfg_.server_id, std::move(env));
+}
+
 void Gateway::switch_key(Out& out, const std::string& pn_id) {
     auto it = rekeys_.find(pn_id);
     const PendingRekey r = std::move(it->second);
@@ -136,6 +171,7 @@ void Gateway::switch_key(Out& out, const std::string& pn_id) {
     if (inv != inventory_.end()) o.inventory = inv->second;
     o.pnes.push_back(PneOutcome{r.pne_id, true, pb::REASON_NONE});
     out.push_back(std::move(o));
+    report_order(out, pn_id, true, pb::REASON_NONE, "", r.revision);
 }
 
 void Gateway::drop_rekey(Out& out, const std::string& pn_id, pb::FailureReason reason,
@@ -156,6 +192,7 @@ void Gateway::drop_rekey(Out& out, const std::string& pn_id, pb::FailureReason r
     if (auto inv = inventory_.find(pn_id); inv != inventory_.end()) o.inventory = inv->second;
     o.pnes.push_back(PneOutcome{r.pne_id, false, reason});
     out.push_back(std::move(o));
+    report_order(out, pn_id, false, reason, detail, 0);
 }
 
 void Gateway::expire_rekeys(Out& out, Millis now) {

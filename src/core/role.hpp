@@ -226,6 +226,10 @@ inline constexpr Millis kLeaveResponseTimeout = 30'000;
 // that it took the new LocalEUKey (PnChangeNotifyAck.rekeyed); until then, and for good if it
 // does not come, the old LocalEUKey stays in force.
 inline constexpr Millis kRekeyConfirmTimeout = 20'000;
+// How long the server waits for a PN GW's report on a re-key the operator ordered (the PN GW's
+// whole run: invitation, authentication, registration, confirmation, each within its own
+// bound).
+inline constexpr Millis kRekeyOrderTimeout = 120'000;
 // A change notice (PnChangeNotify) is repeated to a PNE that has not acknowledged it, every
 // kNoticeRepeatInterval, at most kNoticeAttempts sends in all, and once more at once when the
 // PNE's PSK-TLS session comes up again. A PN GW tracks at most kMaxPendingNotices; past that a

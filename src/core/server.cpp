@@ -593,6 +593,7 @@ bool Server::accepts(Phase phase, pb::Envelope::BodyCase body) {
         case B::kChangeRequest:  // of a registered PN, not of one being established
             return phase == Phase::kNone;
         case B::kError:
+        case B::kChangeNotifyAck:  // a PN GW's report on a re-key the server ordered
             return true;
         default:
             return false;
@@ -649,7 +650,14 @@ ServerEffects Server::on_message(const std::string& from, const pb::Envelope& en
         case B::kChangeRequest:
             handle_change_request(out, from, env.change_request(), now);
             break;
+        case B::kChangeNotifyAck:
+            handle_gw_report(out, from, env);
+            break;
         default:  // kError
+            if (orders_.count({from, env.error().pn_id()})) {
+                handle_gw_report(out, from, env);
+                break;
+            }
             counters_.count(env.error().reason());
             log(LogLevel::kWarn, from + " reports " +
                                      std::string(reason_name(env.error().reason())) + ": " +

@@ -168,6 +168,9 @@ class Simulator {
     };
     const std::vector<Captured>& captured() const { return captured_; }
     void set_capture(bool on) { capture_ = on; }
+    // The operator orders a re-key at the server (cpnsctl rekey), which sends it to the PN GW.
+    void start_server_rekey_order(const std::string& gw_id, const std::string& pn_id,
+                                  const std::string& pne_id, bool linked = true);
     // Replaces the faults applied from now on (the rules' hit counts start again).
     void set_faults(FaultConfig faults);
     // Inject a raw frame as if `from` had sent it to `to` (replay, tampering).

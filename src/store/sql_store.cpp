@@ -882,6 +882,23 @@ class SqlStore final : public Store {
         return r;
     }
 
+    ChangeResult order_rekey(const std::string& gw_id, const std::string& pn_id,
+                             const std::string& pne_id) override {
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        std::vector<pb::PnInventory> found =
+            read_pns(" WHERE p.gw_id = $1 AND p.pn_id = $2", {Param::of(gw_id), Param::of(pn_id)});
+        std::optional<pb::PnInventory> current;
+        if (!found.empty()) current = std::move(found.front());
+        // The same checks as the change itself, at the PN's revision; nothing is changed here.
+        ChangeResult r =
+            change_inventory(current, pb::CHANGE_REKEY, pne_id, current ? current->revision() : 0);
+        if (r.reason != pb::REASON_NONE) return r;
+        r.inventory = *current;
+        log_change("rekey", pne_id, gw_id, pn_id, std::to_string(current->revision()));
+        txn.commit();
+        return r;
+    }
+
     std::vector<pb::PnInventory> pns_of(const std::string& pne_id) override {
         return read_pns(
             " WHERE (p.gw_id, p.pn_id) IN (SELECT gw_id, pn_id FROM pn_members WHERE pne_id = $1)",
