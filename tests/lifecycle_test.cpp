@@ -1044,6 +1044,24 @@ TEST(RekeyFlows, AnOrderThatFailsIsReportedWithItsReason) {
     EXPECT_EQ(forged.last("cpns-server")->detail, "pne-2: PN GW not connected");
 }
 
+// A re-key is never a PN GW's change request: the server refuses one and records nothing (only
+// the server sends CHANGE_REKEY, as the operator's order).
+TEST(RekeyAttacks, AChangeRequestNamingARekeyIsRefusedByTheServer) {
+    Lab lab(94, 2, Ui::kYes, Pan::kSecure);
+    ASSERT_FALSE(lab.pn.empty());
+    pb::Envelope env = envelope(kGw);
+    auto& r = *env.mutable_change_request();
+    r.set_pn_id(lab.pn);
+    r.set_op(pb::CHANGE_REKEY);
+    r.set_pne_id("pne-1");
+    r.set_revision(0);
+    lab.sim.inject(kGw, "cpns-server", encode_frame(env), Protection::kTls);
+    lab.sim.run();
+    ASSERT_NE(lab.last("cpns-server"), nullptr);
+    EXPECT_EQ(lab.last("cpns-server")->reason, pb::MALFORMED_MESSAGE);
+    lab.expect_agreement(lab.all_but({}), 0);
+}
+
 // A re-key invitation for a PN the PNE is not in (or an invitation that is not a re-key, for a
 // PN it is in) is declined: the PN GW cannot use it to replace a membership.
 TEST(RekeyAttacks, APneDeclinesARekeyOfAPnItIsNotIn) {
