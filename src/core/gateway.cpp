@@ -839,7 +839,6 @@ bool Gateway::accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body
         case B::kLeaveRequest:  // lifecycle: about registered PNs, not sessions
             return !from_server;
         case B::kChangeResponse:
-            return from_server;
         case B::kChangeRequest:  // the server's order to re-key (cpnsctl rekey)
             return from_server;
         case B::kChangeNotifyAck:
