@@ -1,4 +1,5 @@
-// The PN lifecycle after establishment (leave, remove, dissolve) in the deterministic simulator:
+// The PN lifecycle after establishment (leave, remove, dissolve, add, LocalEUKey re-key) in the
+// deterministic simulator:
 // every change ends with the CPNS Server, the PN GW and every remaining member agreeing on the
 // membership and its revision, and a departed PNE holding no key for the PN. Forged and
 // replayed changes are refused.
@@ -922,3 +923,398 @@ TEST(LifecycleAttacks, ALeaveAnsweredAfterItTimedOutStillEndsTheMembership) {
     const auto v = Explorer::replay(*scn, trace);
     EXPECT_TRUE(v.empty()) << (v.empty() ? "" : v[0].property + ": " + v[0].text);
 }
+
+// --- LocalEUKey re-key (docs/protocol.md, "LocalEUKey re-key") -------------------------------
+
+namespace cpns::sim {
+namespace {
+
+class Rekey : public testing::TestWithParam<Pan> {};
+
+std::string pan_name(const testing::TestParamInfo<Pan>& info) {
+    return info.param == Pan::kSecure ? "SecurePan" : "InsecurePan";
+}
+
+INSTANTIATE_TEST_SUITE_P(Pans, Rekey, testing::Values(Pan::kSecure, Pan::kInsecure), pan_name);
+
+// The LocalEUKey a PNE holds for a PN (nullopt: none, or no membership).
+std::optional<SecretKey> pne_key(Lab& lab, const std::string& pne) {
+    const auto& ms = lab.sim.pne(pne).memberships();
+    auto it = ms.find(lab.pn);
+    if (it == ms.end()) return std::nullopt;
+    return it->second.local_eukey;
+}
+
+// The PN GW and the PNE hold `key` (and only it) for the PN: a PSK-TLS handshake under the
+// PN's LocalEUKey identity gets exactly that key from the PN GW.
+void expect_key_in_force(Lab& lab, const std::string& pne, const SecretKey& key) {
+    auto& gw = lab.sim.gateway(kGw);
+    const auto at_gw = gw.local_eukey(lab.pn, pne);
+    ASSERT_TRUE(at_gw.has_value()) << "the PN GW lost " << pne << "'s LocalEUKey";
+    EXPECT_TRUE(*at_gw == key) << "the PN GW holds another LocalEUKey";
+    const auto psk = gw.tls_psk_for(local_eukey_identity(lab.pn, pne));
+    ASSERT_TRUE(psk.has_value());
+    EXPECT_TRUE(*psk == key) << "a handshake would use another LocalEUKey";
+    const auto at_pne = pne_key(lab, pne);
+    ASSERT_TRUE(at_pne.has_value()) << pne << " lost its LocalEUKey";
+    EXPECT_TRUE(*at_pne == key) << pne << " holds another LocalEUKey";
+    EXPECT_EQ(gw.rekeys_pending(), 0u);
+}
+
+TEST_P(Rekey, ThePnGwRekeysAPneAndEveryoneAgrees) {
+    Lab lab(51, 3, Ui::kYes, GetParam());
+    ASSERT_FALSE(lab.pn.empty());
+    const auto old_key = pne_key(lab, "pne-2");
+    ASSERT_TRUE(old_key.has_value());
+    expect_key_in_force(lab, "pne-2", *old_key);
+    const SecretKey old_sk = lab.sim.pne("pne-2").memberships().at(lab.pn).sk_pne;
+
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-2");
+    lab.sim.run();
+    const OutcomeEffect* o = lab.last(kGw);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->operation, "rekey");
+    EXPECT_TRUE(o->success) << reason_name(o->reason) << " " << o->detail;
+    const OutcomeEffect* at_pne = lab.last("pne-2");
+    ASSERT_NE(at_pne, nullptr);
+    EXPECT_EQ(at_pne->operation, "rekey");
+    EXPECT_TRUE(at_pne->success) << reason_name(at_pne->reason) << " " << at_pne->detail;
+
+    // A new LocalEUKey at both ends, different from the old one, and a new SK_PNE; the old
+    // LocalEUKey is no longer accepted. Membership unchanged, at the next revision everywhere.
+    const auto new_key = pne_key(lab, "pne-2");
+    ASSERT_TRUE(new_key.has_value());
+    EXPECT_FALSE(*new_key == *old_key);
+    expect_key_in_force(lab, "pne-2", *new_key);
+    EXPECT_FALSE(lab.sim.pne("pne-2").memberships().at(lab.pn).sk_pne == old_sk);
+    lab.expect_agreement(lab.all_but({}), 1);
+    // The other members keep their keys.
+    for (const char* other : {"pne-1", "pne-3"})
+        expect_key_in_force(lab, other, *pne_key(lab, other));
+    EXPECT_EQ(lab.sim.gateway(kGw).notices_pending(), 0u);
+
+    // Re-keyed twice: each re-key is one more revision.
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-2");
+    lab.sim.run();
+    ASSERT_TRUE(lab.last(kGw)->success) << reason_name(lab.last(kGw)->reason);
+    EXPECT_FALSE(*pne_key(lab, "pne-2") == *new_key);
+    expect_key_in_force(lab, "pne-2", *pne_key(lab, "pne-2"));
+    lab.expect_agreement(lab.all_but({}), 2);
+}
+
+// On an insecure PAN the PSK-TLS session made with the old LocalEUKey ends at the switch.
+TEST(RekeyFlows, TheSessionMadeWithTheOldKeyIsClosed) {
+    Lab lab(52, 2, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    ASSERT_TRUE(lab.last(kGw)->success) << reason_name(lab.last(kGw)->reason);
+    bool closed = false;
+    for (const auto& t : lab.sim.trace())
+        closed = closed || (t.is_note && t.what == "link closed" && t.to == "pne-1");
+    EXPECT_TRUE(closed) << "the PN GW kept the session made with the old LocalEUKey";
+}
+
+TEST(RekeyFlows, ARekeyThatCannotBeIsRefusedAtOnceAndChangesNothing) {
+    {
+        Lab lab(53, 2, Ui::kNo, Pan::kInsecure);  // pre-assigned keys: no LocalEUKey
+        ASSERT_FALSE(lab.pn.empty());
+        lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
+        lab.sim.run();
+        ASSERT_NE(lab.last(kGw), nullptr);
+        EXPECT_EQ(lab.last(kGw)->operation, "rekey");
+        EXPECT_FALSE(lab.last(kGw)->success);
+        EXPECT_EQ(lab.last(kGw)->reason, pb::NO_LOCAL_EUKEY);
+        lab.expect_agreement(lab.all_but({}), 0);
+    }
+    Lab lab(54, 3, Ui::kYes, Pan::kSecure, {}, 2);  // pne-3 is outside the PN
+    ASSERT_FALSE(lab.pn.empty());
+    auto refused = [&](const std::string& pn, const std::string& pne) {
+        lab.sim.start_gw_rekey(kGw, pn, pne);
+        lab.sim.run();
+        return lab.last(kGw)->reason;
+    };
+    EXPECT_EQ(refused(lab.pn, "pne-3"), pb::NOT_A_MEMBER);
+    EXPECT_EQ(refused("pn-unknown", "pne-1"), pb::UNKNOWN_PN);
+    lab.expect_agreement({"pne-1", "pne-2"}, 0);
+    // One change at a time per PN: a second re-key while the first runs is BUSY at once.
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-2");
+    ASSERT_NE(lab.last(kGw), nullptr);
+    EXPECT_EQ(lab.last(kGw)->reason, pb::BUSY);
+    lab.sim.run();
+    EXPECT_TRUE(lab.last(kGw)->success) << reason_name(lab.last(kGw)->reason);
+    lab.expect_agreement({"pne-1", "pne-2"}, 1);  // the first re-key went through
+}
+
+// Every way a re-key can be rejected leaves the old LocalEUKey in force at the PNE and at the
+// PN GW.
+struct Rejection {
+    const char* name;
+    pb::FailureReason reason;  // the PN GW's outcome
+    std::uint64_t revision;    // of the PN at the server and the PN GW afterwards
+    std::function<void(FaultConfig&)> fault;
+};
+
+class RekeyRejected : public testing::TestWithParam<std::tuple<Pan, int>> {};
+
+const std::vector<Rejection>& rejections() {
+    static const std::vector<Rejection> all{
+        {"PneDeclines", pb::DECLINED, 0,
+         [](FaultConfig& f) {
+             FaultRule r;
+             r.action = FaultRule::Action::kMutate;
+             r.message = "PnSetupNotifyResponse";
+             r.from = "pne-1";
+             r.mutate = [](pb::Envelope& env) {
+                 auto& m = *env.mutable_setup_notify_response();
+                 m.set_accept(false);
+                 m.set_decline_reason(pb::DECLINED);
+             };
+             f.rules.push_back(r);
+         }},
+        {"HashPneWrong", pb::NO_PNE_AUTHENTICATED, 0,
+         [](FaultConfig& f) {
+             FaultRule r;  // an insider between the PNE and the server alters hash_PNE
+             r.action = FaultRule::Action::kMutate;
+             r.message = "AuthenticationResponse";
+             r.mutate = [](pb::Envelope& env) {
+                 for (auto& x : *env.mutable_auth_response()->mutable_results())
+                     x.mutable_hash_pne()->front() ^= 1;
+             };
+             f.rules.push_back(r);
+         }},
+        {"ServerRefusesStaleRevision", pb::STALE_REVISION, 0,
+         [](FaultConfig& f) {
+             FaultRule r;
+             r.action = FaultRule::Action::kMutate;
+             r.message = "PnRegistrationRequest";
+             r.mutate = [](pb::Envelope& env) {
+                 if (env.registration_request().rekey())
+                     env.mutable_registration_request()->set_revision(7);
+             };
+             f.rules.push_back(r);
+         }},
+        {"HashServerPneForged", pb::SERVER_AUTHENTICATION_FAILED, 1,
+         [](FaultConfig& f) {
+             FaultRule r;  // a compromised PN GW alters the server's proof to the PNE
+             r.action = FaultRule::Action::kMutate;
+             r.message = "PnEstablishmentNotify";
+             r.to = "pne-1";
+             r.mutate = [](pb::Envelope& env) {
+                 auto& res = *env.mutable_establishment_notify()->mutable_result();
+                 if (!res.hash_server_pne().empty()) res.mutable_hash_server_pne()->front() ^= 1;
+             };
+             f.rules.push_back(r);
+         }},
+        {"ResultLost", pb::TIMEOUT, 1,
+         [](FaultConfig& f) {
+             FaultRule r;
+             r.action = FaultRule::Action::kDrop;
+             r.message = "PnEstablishmentNotify";
+             r.to = "pne-1";
+             f.rules.push_back(r);
+         }},
+    };
+    return all;
+}
+
+TEST_P(RekeyRejected, TheOldKeyStaysInForceAtBothEnds) {
+    const auto [pan, i] = GetParam();
+    const Rejection& rej = rejections().at(static_cast<std::size_t>(i));
+    FaultConfig f;
+    Lab lab(60 + i, 2, Ui::kYes, pan);
+    ASSERT_FALSE(lab.pn.empty());
+    const auto old_key = pne_key(lab, "pne-1");
+    ASSERT_TRUE(old_key.has_value());
+    rej.fault(f);
+    lab.sim.set_faults(f);
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    const OutcomeEffect* o = lab.last(kGw);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->operation, "rekey");
+    EXPECT_FALSE(o->success);
+    EXPECT_EQ(o->reason, rej.reason) << reason_name(o->reason) << " " << o->detail;
+    expect_key_in_force(lab, "pne-1", *old_key);
+    EXPECT_EQ(lab.server_pn()->revision(), rej.revision);
+    EXPECT_EQ(lab.sim.gateway(kGw).inventory().at(lab.pn).revision(), rej.revision);
+    EXPECT_EQ(ids(lab.sim.gateway(kGw).inventory().at(lab.pn)), lab.all_but({}));
+    // The PNE is still a member (a rejected re-key is not a withdrawal).
+    EXPECT_EQ(lab.sim.pne("pne-1").memberships().count(lab.pn), 1u);
+    EXPECT_FALSE(lab.sim.pne("pne-1").leaving());
+    // And a later re-key without the fault completes.
+    lab.sim.set_faults({});
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    ASSERT_TRUE(lab.last(kGw)->success) << reason_name(lab.last(kGw)->reason);
+    EXPECT_FALSE(*pne_key(lab, "pne-1") == *old_key);
+    expect_key_in_force(lab, "pne-1", *pne_key(lab, "pne-1"));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Paths, RekeyRejected,
+    testing::Combine(testing::Values(Pan::kSecure, Pan::kInsecure),
+                     testing::Range(0, static_cast<int>(rejections().size()))),
+    [](const testing::TestParamInfo<std::tuple<Pan, int>>& p) {
+        return std::string(std::get<0>(p.param) == Pan::kSecure ? "SecurePan_" : "InsecurePan_") +
+               rejections().at(static_cast<std::size_t>(std::get<1>(p.param))).name;
+    });
+
+// A lost confirmation: the PNE took the new key, the PN GW kept the old one (it never learnt
+// that the PNE has the new one). A second re-key brings both to one key again.
+TEST_P(Rekey, ALostConfirmationIsHealedByTheNextRekey) {
+    FaultConfig f;
+    FaultRule lost;
+    lost.action = FaultRule::Action::kDrop;
+    lost.message = "PnChangeNotifyAck";
+    lost.from = "pne-1";
+    lost.count = 1;
+    f.rules.push_back(lost);
+    Lab lab(71, 2, Ui::kYes, GetParam());
+    ASSERT_FALSE(lab.pn.empty());
+    const auto old_key = pne_key(lab, "pne-1");
+    lab.sim.set_faults(f);
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    EXPECT_EQ(lab.last(kGw)->reason, pb::TIMEOUT);
+    EXPECT_TRUE(*lab.sim.gateway(kGw).local_eukey(lab.pn, "pne-1") == *old_key);
+    lab.sim.set_faults({});
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    ASSERT_TRUE(lab.last(kGw)->success) << reason_name(lab.last(kGw)->reason);
+    expect_key_in_force(lab, "pne-1", *pne_key(lab, "pne-1"));
+    lab.expect_agreement(lab.all_but({}), 2);
+}
+
+// Replay: a recorded re-key (its PnRegistrationRequest and the AuthenticationResponse with
+// pne-1's hash_PNE) sent to the server again does not re-key anyone: the server asks with a
+// fresh rand_Server, which the old hash_PNE does not answer; a recorded confirmation changes
+// nothing at the PN GW.
+TEST(RekeyAttacks, AReplayedRekeyIsRefused) {
+    Lab lab(81, 2, Ui::kYes, Pan::kInsecure);
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.set_capture(true);
+    lab.sim.start_gw_rekey(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    ASSERT_TRUE(lab.last(kGw)->success);
+    const auto key = pne_key(lab, "pne-1");
+    Bytes registration, auth_response, confirmation;
+    for (const auto& c : lab.sim.captured()) {
+        const auto env = decoded_envelope(c.frame);
+        if (!env) continue;
+        if (env->has_registration_request() && env->registration_request().rekey())
+            registration = c.frame;
+        if (env->has_auth_response()) auth_response = c.frame;
+        if (env->has_change_notify_ack() && env->change_notify_ack().rekeyed())
+            confirmation = c.frame;
+    }
+    ASSERT_FALSE(registration.empty());
+    ASSERT_FALSE(auth_response.empty());
+    ASSERT_FALSE(confirmation.empty());
+    const auto failed_before = lab.sim.server().counters()[pb::AUTHENTICATION_FAILED];
+    lab.sim.inject(kGw, "cpns-server", registration, Protection::kTls);
+    lab.sim.run(100);
+    lab.sim.inject(kGw, "cpns-server", auth_response, Protection::kTls);
+    lab.sim.run();
+    EXPECT_EQ(lab.sim.server().counters()[pb::AUTHENTICATION_FAILED], failed_before + 1);
+    EXPECT_EQ(lab.last("cpns-server")->reason, pb::NO_PNE_AUTHENTICATED);
+    lab.sim.inject("pne-1", kGw, confirmation, Protection::kTls);
+    lab.sim.run();
+    expect_key_in_force(lab, "pne-1", *key);
+    lab.expect_agreement(lab.all_but({}), 1);
+}
+
+// The operator's order (cpnsctl rekey): the server sends it to the PN GW, which re-keys the PNE;
+// the PN GW's report ends the order at the server with the outcome the audit log records.
+TEST_P(Rekey, AnOrderOfTheServerIsCarriedOutAndReported) {
+    Lab lab(91, 2, Ui::kYes, GetParam());
+    ASSERT_FALSE(lab.pn.empty());
+    const auto old_key = pne_key(lab, "pne-1");
+    lab.sim.start_server_rekey_order(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    const OutcomeEffect* o = lab.last("cpns-server");
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->operation, "rekey");
+    EXPECT_TRUE(o->success) << reason_name(o->reason) << " " << o->detail;
+    EXPECT_EQ(o->detail.rfind("pne-1: new LocalEUKey in force", 0), 0u) << o->detail;
+    EXPECT_EQ(lab.sim.server().rekey_orders(), 0u);
+    EXPECT_FALSE(*pne_key(lab, "pne-1") == *old_key);
+    expect_key_in_force(lab, "pne-1", *pne_key(lab, "pne-1"));
+    lab.expect_agreement(lab.all_but({}), 1);
+}
+
+TEST(RekeyFlows, AnOrderThatFailsIsReportedWithItsReason) {
+    Lab lab(92, 2, Ui::kNo, Pan::kSecure);  // pre-assigned keys: nothing to re-key
+    ASSERT_FALSE(lab.pn.empty());
+    lab.sim.start_server_rekey_order(kGw, lab.pn, "pne-1");
+    lab.sim.run();
+    ASSERT_NE(lab.last("cpns-server"), nullptr);
+    EXPECT_FALSE(lab.last("cpns-server")->success);
+    EXPECT_EQ(lab.last("cpns-server")->reason, pb::NO_LOCAL_EUKEY);
+    // A PNE that rejects the server's proof: the PN GW's report names why.
+    Lab forged(93, 2, Ui::kYes, Pan::kInsecure);
+    FaultConfig f;
+    FaultRule r;
+    r.action = FaultRule::Action::kMutate;
+    r.message = "PnEstablishmentNotify";
+    r.mutate = [](pb::Envelope& env) {
+        auto& res = *env.mutable_establishment_notify()->mutable_result();
+        if (!res.hash_server_pne().empty()) res.mutable_hash_server_pne()->front() ^= 1;
+    };
+    f.rules.push_back(r);
+    forged.sim.set_faults(f);
+    forged.sim.start_server_rekey_order(kGw, forged.pn, "pne-2");
+    forged.sim.run();
+    EXPECT_EQ(forged.last("cpns-server")->reason, pb::SERVER_AUTHENTICATION_FAILED);
+    // The PN GW not connected: refused at once, PEER_UNREACHABLE.
+    forged.sim.start_server_rekey_order(kGw, forged.pn, "pne-2", false);
+    EXPECT_EQ(forged.last("cpns-server")->reason, pb::PEER_UNREACHABLE);
+    EXPECT_EQ(forged.last("cpns-server")->detail, "pne-2: PN GW not connected");
+}
+
+// A re-key is never a PN GW's change request: the server refuses one and records nothing (only
+// the server sends CHANGE_REKEY, as the operator's order).
+TEST(RekeyAttacks, AChangeRequestNamingARekeyIsRefusedByTheServer) {
+    Lab lab(94, 2, Ui::kYes, Pan::kSecure);
+    ASSERT_FALSE(lab.pn.empty());
+    pb::Envelope env = envelope(kGw);
+    auto& r = *env.mutable_change_request();
+    r.set_pn_id(lab.pn);
+    r.set_op(pb::CHANGE_REKEY);
+    r.set_pne_id("pne-1");
+    r.set_revision(0);
+    lab.sim.inject(kGw, "cpns-server", encode_frame(env), Protection::kTls);
+    lab.sim.run();
+    ASSERT_NE(lab.last("cpns-server"), nullptr);
+    EXPECT_EQ(lab.last("cpns-server")->reason, pb::MALFORMED_MESSAGE);
+    lab.expect_agreement(lab.all_but({}), 0);
+}
+
+// A re-key invitation for a PN the PNE is not in (or an invitation that is not a re-key, for a
+// PN it is in) is declined: the PN GW cannot use it to replace a membership.
+TEST(RekeyAttacks, APneDeclinesARekeyOfAPnItIsNotIn) {
+    Lab lab(82, 3, Ui::kYes, Pan::kSecure, {}, 2);
+    ASSERT_FALSE(lab.pn.empty());
+    pb::Envelope env = envelope(kGw);
+    env.mutable_setup_invite()->set_pn_id(lab.pn);
+    env.mutable_setup_invite()->set_gw_id(kGw);
+    env.mutable_setup_invite()->set_rekey(true);
+    lab.sim.set_capture(true);
+    lab.sim.inject(kGw, "pne-3", encode_frame(env));
+    env.mutable_setup_invite()->set_rekey(false);
+    lab.sim.inject(kGw, "pne-1", encode_frame(env));
+    lab.sim.run();
+    std::map<std::string, pb::FailureReason> declined;
+    for (const auto& c : lab.sim.captured()) {
+        const auto e = decoded_envelope(c.frame);
+        if (e && e->has_setup_notify_response() && !e->setup_notify_response().accept())
+            declined[c.from] = e->setup_notify_response().decline_reason();
+    }
+    EXPECT_EQ(declined["pne-3"], pb::NOT_A_MEMBER);
+    EXPECT_EQ(declined["pne-1"], pb::ALREADY_A_MEMBER);
+    lab.expect_agreement({"pne-1", "pne-2"}, 0);
+}
+
+}  // namespace
+}  // namespace cpns::sim

@@ -600,6 +600,36 @@ TYPED_TEST(StoreTest, AddingMembersAppliesAtTheirRevisionOnly) {
     EXPECT_TRUE(s->check().empty());
 }
 
+// A LocalEUKey re-key (docs/protocol.md, "LocalEUKey re-key") is recorded at its revision only:
+// the revision grows by one and every member stays as it was; a PNE that is not a member or has
+// no LocalEUKey is refused, and nothing is written.
+TYPED_TEST(StoreTest, ARekeyChangesTheRevisionOnly) {
+    const auto s = this->open();
+    provision(*s, {"gw-1"}, {"pne-1", "pne-2", "pne-3"});
+    pb::PnInventory inv = inventory("gw-1", "pn-1", {"pne-1", "pne-2"});
+    inv.mutable_members(1)->set_local_eukey_assigned(false);  // pne-2: a pre-assigned key
+    ASSERT_EQ(s->register_pn(inv), PutResult::kOk);
+    const ChangeResult r = s->change_pn("gw-1", "pn-1", pb::CHANGE_REKEY, "pne-1", 0);
+    ASSERT_EQ(r.reason, pb::REASON_NONE);
+    EXPECT_FALSE(r.dissolved);
+    EXPECT_EQ(r.inventory.revision(), 1u);
+    const auto other = this->open();
+    auto stored = other->get_pn("gw-1", "pn-1");
+    ASSERT_TRUE(stored);
+    EXPECT_EQ(stored->revision(), 1u);
+    pb::PnInventory expected = inv;
+    expected.set_revision(1);
+    EXPECT_TRUE(same(*stored, expected)) << stored->DebugString();
+    EXPECT_EQ(s->change_pn("gw-1", "pn-1", pb::CHANGE_REKEY, "pne-1", 0).reason,
+              pb::STALE_REVISION);
+    EXPECT_EQ(s->change_pn("gw-1", "pn-1", pb::CHANGE_REKEY, "pne-3", 1).reason, pb::NOT_A_MEMBER);
+    EXPECT_EQ(s->change_pn("gw-1", "pn-1", pb::CHANGE_REKEY, "pne-2", 1).reason,
+              pb::NO_LOCAL_EUKEY);
+    EXPECT_EQ(s->change_pn("gw-1", "pn-9", pb::CHANGE_REKEY, "pne-1", 0).reason, pb::UNKNOWN_PN);
+    EXPECT_TRUE(same(*other->get_pn("gw-1", "pn-1"), expected));
+    EXPECT_TRUE(s->check().empty());
+}
+
 // The change log the servers poll: every status change and every PN the operator deletes, in
 // order, visible to another connection once committed; pns_of finds a PNE's PNs.
 TYPED_TEST(StoreTest, ChangeLogRecordsStatusChangesAndDeletedPns) {

@@ -103,6 +103,15 @@ int main(int argc, char** argv) {
     add->add_option("--control", control, kControlHelp);
     add->add_option("--token-file", token_file, kTokenHelp);
     add->add_flag("--json", json, "print the outcome as JSON");
+    auto* rekey = app.add_subcommand(
+        "rekey",
+        "give a PNE a new LocalEUKey in a PN (authenticated as in 5.2.1.2; recorded by the CPNS "
+        "Server; the old key is refused once the PNE confirms the new one) and print the outcome");
+    rekey->add_option("--pn", pn_id, "PN ID")->required();
+    rekey->add_option("--pne", pne_id, "PNE ID")->required();
+    rekey->add_option("--control", control, kControlHelp);
+    rekey->add_option("--token-file", token_file, kTokenHelp);
+    rekey->add_flag("--json", json, "print the outcome as JSON");
     auto* dissolve = app.add_subcommand(
         "dissolve", "end a PN for every member (recorded by the CPNS Server first)");
     dissolve->add_option("--pn", pn_id, "PN ID")->required();
@@ -140,7 +149,7 @@ int main(int argc, char** argv) {
             return 2;
         }
         Config cfg = config_path.empty() ? Config{} : Config::load(config_path);
-        if (*invite || *status || *neighbours || *remove || *dissolve || *add) {
+        if (*invite || *status || *neighbours || *remove || *dissolve || *add || *rekey) {
             const ControlAddress at = control_address_from(cfg, "cpns-gw", control);
             if (token_file.empty()) token_file = cfg.str("control_token_file");
             if (*status || *neighbours) {
@@ -157,6 +166,7 @@ int main(int argc, char** argv) {
             std::string line = "invite";
             for (const auto& p : pnes) line += " " + p;
             if (*remove) line = "remove " + pn_id + " " + pne_id;
+            if (*rekey) line = "rekey " + pn_id + " " + pne_id;
             if (*dissolve) line = "dissolve " + pn_id;
             if (*add) {
                 line = "add " + pn_id;

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <thread>
 
 #include "api/admin.hpp"
 #include "api/client.hpp"
@@ -64,6 +65,11 @@ void require_absent(const std::string& path) {
 
 // Ends cpnsctl after a refusal: status 1 for "no such entity/PN", 2 for anything else, with the
 // same message whether it came from the store or from the API.
+// How long `cpnsctl rekey` waits for the outcome of the re-key it ordered, and how often it
+// looks at the audit log meanwhile.
+constexpr std::int64_t kRekeyWaitTimeout = 30'000;
+constexpr int kRekeyPollMs = 200;
+
 [[noreturn]] void refused(const std::string& message, bool not_found) {
     std::cerr << "cpnsctl: " << message << "\n";
     std::exit(not_found ? 1 : 2);
@@ -159,6 +165,17 @@ int main(int argc, char** argv) {
     std::string pn_delete_id, pn_delete_gw;
     pn_delete->add_option("id", pn_delete_id, "PN ID")->required();
     pn_delete->add_option("--gw", pn_delete_gw, "its PN GW (needed when two PN GWs use the ID)");
+    auto* rekey = app.add_subcommand(
+        "rekey",
+        "give a PNE a new LocalEUKey in a PN: the order is recorded, a running server sends it to "
+        "the PN's PN GW, which re-keys the PNE as in an establishment; prints the outcome");
+    std::string rekey_pn, rekey_pne, rekey_gw;
+    bool rekey_no_wait = false;
+    rekey->add_option("--pn", rekey_pn, "PN ID")->required();
+    rekey->add_option("--pne", rekey_pne, "PNE ID")->required();
+    rekey->add_option("--gw", rekey_gw, "its PN GW (needed when two PN GWs use the PN ID)");
+    rekey->add_flag("--no-wait", rekey_no_wait,
+                    "only record the order (the outcome goes to the audit log)");
     auto* exp = app.add_subcommand("export", "export the PN Inventory as JSON");
     std::string export_out;
     exp->add_option("--out", export_out, "file to write (default stdout)");
@@ -223,7 +240,7 @@ int main(int argc, char** argv) {
         std::unique_ptr<api::ApiClient> client;
         std::unique_ptr<store::Store> store;
         if (!api_url.empty()) {
-            if (*imp || *exp || *check)
+            if (*imp || *exp || *check || *rekey)
                 throw ConfigError("this subcommand works on the database only, not with --api");
             if (token_file.empty()) throw ConfigError("--api needs --token-file");
             client =
@@ -406,6 +423,43 @@ int main(int argc, char** argv) {
                     std::cout << "\n";
                 }
                 std::cerr << shown.size() << " PN(s)\n";
+            } else if (*rekey) {
+                std::string gw;
+                const std::int64_t ordered_ms = api::wall_now_ms();
+                try {
+                    gw = api::order_rekey(*store, rekey_gw, rekey_pn, rekey_pne, actor);
+                } catch (const api::AdminError& e) {
+                    refused(e.what(), e.code() != api::AdminError::Code::kInvalid);
+                }
+                if (rekey_no_wait) {
+                    std::cout << "rekey PN " << rekey_pn << " (" << rekey_pne
+                              << "): ordered; the outcome goes to the audit log\n";
+                    return 0;
+                }
+                // The server records the PN GW's report (or why there is none) in the audit
+                // log, under the operation, naming the PNE first.
+                const std::string mark = "rekey: " + rekey_pne + ": ";
+                for (std::int64_t waited = 0; waited < kRekeyWaitTimeout; waited += kRekeyPollMs) {
+                    for (const auto& r : store->audit_log(100)) {
+                        if (r.at_ms < ordered_ms - 1000 || r.gw_id != gw || r.pn_id != rekey_pn ||
+                            !r.pne_id.empty() || r.detail.rfind(mark, 0) != 0)
+                            continue;
+                        const std::string what = r.detail.substr(mark.size());
+                        if (r.success) {
+                            std::cout << "rekey PN " << rekey_pn << " (" << rekey_pne << "): done, "
+                                      << what << "\n";
+                            return 0;
+                        }
+                        std::cout << "rekey PN " << rekey_pn << " (" << rekey_pne
+                                  << "): failed: " << r.reason << " (" << what << ")\n";
+                        return 1;
+                    }
+                    std::this_thread::sleep_for(std::chrono::milliseconds(kRekeyPollMs));
+                }
+                std::cout << "rekey PN " << rekey_pn << " (" << rekey_pne
+                          << "): failed: timeout (no outcome within " << kRekeyWaitTimeout / 1000
+                          << " s; is a CPNS Server running? see cpnsctl audit)\n";
+                return 1;
             } else if (*pn_delete)
                 try {
                     std::string gw;

@@ -221,6 +221,34 @@ Deleted delete_pn(store::Store& st, const std::string& gw_in, const std::string&
     return Deleted{gw, r.before.size()};
 }
 
+std::string order_rekey(store::Store& st, const std::string& gw_in, const std::string& pn_id,
+                        const std::string& pne_id, const std::string& actor) {
+    std::string gw = gw_in;
+    if (gw.empty()) {
+        std::vector<std::string> gws;
+        for (const auto& inv : st.list_pns())
+            if (inv.pn_id() == pn_id) gws.push_back(inv.gw_id());
+        if (gws.size() > 1)
+            throw AdminError(
+                AdminError::Code::kInvalid,
+                "PN " + pn_id + " is registered by several PN GWs; name one with --gw");
+        if (!gws.empty()) gw = gws.front();
+    }
+    const ChangeResult r = gw.empty() ? ChangeResult{pb::UNKNOWN_PN, {}, false, {}}
+                                      : st.order_rekey(gw, pn_id, pne_id);
+    if (r.reason != pb::REASON_NONE) {
+        st.audit({0, actor, gw, pn_id, pne_id, false, std::string(reason_name(r.reason)),
+                  "rekey: refused by the store"});
+        throw AdminError(
+            r.reason == pb::UNKNOWN_PN ? AdminError::Code::kNotFound : AdminError::Code::kConflict,
+            "rekey of " + printable(pne_id) + " in PN " + printable(pn_id) +
+                " refused: " + std::string(reason_name(r.reason)));
+    }
+    st.audit({0, actor, gw, pn_id, pne_id, true, "none",
+              "rekey ordered at revision " + std::to_string(r.inventory.revision())});
+    return gw;
+}
+
 json entity_json(const store::StoredEntity& e) {
     json j{{"id", e.id},
            {"kind", to_string(e.kind)},

@@ -79,6 +79,13 @@ struct Deleted {
 Deleted delete_pn(store::Store& st, const std::string& gw, const std::string& pn_id,
                   const std::string& actor);
 
+// Orders a LocalEUKey re-key of `pne_id` in PN `pn_id` of `gw` (empty: the one PN GW that has
+// it): the store records the order for the servers (Store::order_rekey) and the audit log the
+// order. AdminError (kNotFound: unknown PN; kConflict: not a member, no LocalEUKey) otherwise.
+// Returns the PN GW's ID.
+std::string order_rekey(store::Store& st, const std::string& gw, const std::string& pn_id,
+                        const std::string& pne_id, const std::string& actor);
+
 // The JSON forms (docs/api.yaml: Entity, Pn, AuditRecord). Never a key.
 nlohmann::json entity_json(const store::StoredEntity& e);
 nlohmann::json pn_json(const PnView& p);

@@ -178,7 +178,7 @@ bool valid_body(const pb::PnRegistrationRequest& m) {
                     static_cast<std::size_t>(m.pnes_size()) <= kMaxPnesPerPn &&
                     valid_text(m.gw().subscription().subscriber_id()) &&
                     valid_text(m.gw().subscription().service_plan()) &&
-                    (m.add() || m.revision() == 0);
+                    (m.add() || m.rekey() || m.revision() == 0) && !(m.add() && m.rekey());
     return ok && std::all_of(m.pnes().begin(), m.pnes().end(),
                              [](const auto& p) { return valid_join(p.join()); });
 }
@@ -237,7 +237,9 @@ bool valid_body(const pb::PnLeaveResponse& m) {
 }
 
 bool valid_body(const pb::PnChangeRequest& m) {
-    const bool needs_pne = m.op() == pb::CHANGE_LEAVE || m.op() == pb::CHANGE_REMOVE;
+    // CHANGE_REKEY: the server's order to a PN GW (cpnsctl rekey), naming the PNE.
+    const bool needs_pne =
+        m.op() == pb::CHANGE_LEAVE || m.op() == pb::CHANGE_REMOVE || m.op() == pb::CHANGE_REKEY;
     return valid_id(m.pn_id()) && m.op() != pb::CHANGE_UNSPECIFIED && m.op() != pb::CHANGE_ADD &&
            m.op() != pb::CHANGE_SYNC && pb::ChangeOp_IsValid(m.op()) &&
            (needs_pne ? valid_id(m.pne_id()) : m.pne_id().empty()) &&
@@ -509,6 +511,8 @@ std::string_view reason_name(pb::FailureReason r) {
             return "stale revision";
         case pb::ALREADY_A_MEMBER:
             return "already a member";
+        case pb::NO_LOCAL_EUKEY:
+            return "no local eukey";
         default:
             break;
     }

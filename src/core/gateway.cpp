@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/lifecycle.hpp"
+
 namespace cpns {
 
 Gateway::Gateway(GatewayConfig config, Random& random)
@@ -208,6 +210,7 @@ void Gateway::add_invitees(Out& out, Session& s, const std::vector<std::string>&
         } else {
             env.mutable_setup_invite()->set_pn_id(s.pn_id);
             env.mutable_setup_invite()->set_gw_id(cfg_.gw_id);
+            env.mutable_setup_invite()->set_rekey(s.rekey);
         }
         send(out, id, std::move(env));
     }
@@ -379,7 +382,7 @@ void Gateway::maybe_register(Out& out, Session& s, Millis now) {
         conclude(out, s, false, reason, "no PNE accepted", nullptr, now);
         return;
     }
-    if (s.add && !inventory_.count(s.pn_id)) {
+    if ((s.add || s.rekey) && !inventory_.count(s.pn_id)) {
         // The PN ended while the new PNEs were joining (the server dissolved it).
         conclude(out, s, false, pb::UNKNOWN_PN, "the PN ended meanwhile", nullptr, now);
         return;
@@ -393,17 +396,18 @@ void Gateway::maybe_register(Out& out, Session& s, Millis now) {
     r->set_flow(s.flow == Flow::kGwInitiated ? pb::FLOW_GW_INITIATED : pb::FLOW_PNE_INITIATED);
     r->set_setup_type(s.setup_type);
     r->set_add(s.add);
+    r->set_rekey(s.rekey);
     r->set_revision(s.revision);
     for (const auto& id : s.invited) r->add_invited_pne_ids(id);
     std::vector<std::string> route;
-    if (s.add)  // the members already in the PN stay reachable while the new ones join
+    if (s.add || s.rekey)  // the members already in the PN stay reachable meanwhile
         for (const auto& m : inventory_[s.pn_id].members()) route.push_back(m.pne_id());
     for (const auto& [id, m] : s.members) {
         if (m.state != MemberState::kJoined) continue;
         auto* p = r->add_pnes();
         *p->mutable_join() = m.join;
         p->set_role(m.role == PneRole::kInitiator ? pb::ROLE_INITIATOR : pb::ROLE_INVITEE);
-        route.push_back(id);
+        if (!s.rekey) route.push_back(id);
     }
     routing_[s.pn_id] = std::move(route);  // routing table entry for relaying (steps 6-7)
     log(LogLevel::kInfo,
@@ -436,7 +440,8 @@ bool Gateway::relay_auth_request(Out& out, Session& s, Member& mem,
             return false;
         }
         mem.local_eukey = std::move(*key);
-        out.push_back(StoreLocalKeyEffect{s.pn_id, mem.pne_id, *mem.local_eukey});
+        // A re-key's new LocalEUKey is kept only once the PNE confirms it (switch_key).
+        if (!s.rekey) out.push_back(StoreLocalKeyEffect{s.pn_id, mem.pne_id, *mem.local_eukey});
         r->set_wrapped_local_eukey(keys->for_pne());  // only this PNE's own copies
         r->set_wrapped_local_eukey_previous(keys->for_pne_previous());
     } else if (mem.join.local_eukey_requested()) {
@@ -544,7 +549,7 @@ void Gateway::handle_registration_response(Out& out, const pb::PnRegistrationRes
         return;
     }
     const std::string initiator =
-        s.flow == Flow::kPneInitiated && !s.add ? s.initiator : std::string();
+        s.flow == Flow::kPneInitiated && !s.add && !s.rekey ? s.initiator : std::string();
     const std::string pn_id = s.pn_id;
     // An add refused after its commit was asked for (the store did not confirm in time) may
     // still land: ask how the PN is now. A STALE_REVISION refusal brings the PN itself.
@@ -659,6 +664,8 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
     settle_members(out, s, registered, reason, resp);
     OutcomeEffect outcome{s.pn_id, "", registered, reason, detail, {}, {}, {}};
     if (s.add) outcome.operation = "add";
+    if (s.rekey) outcome.operation = "rekey";
+    const bool update = s.add || s.rekey;  // of a registered PN
     if (registered) {
         // Kept as this PN of this PN GW whatever the response's inventory names: the saved
         // state (inventory and LocalEUKeys by PN ID, for this PN GW) must load after a restart.
@@ -672,35 +679,47 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
         }
         // An add's answer may come after a newer change of the PN was adopted: the newer stays.
         if (auto it = inventory_.find(s.pn_id);
-            s.add && it != inventory_.end() && it->second.revision() >= inv.revision())
+            update && it != inventory_.end() && it->second.revision() >= inv.revision())
             inv = it->second;
         inventory_[s.pn_id] = inv;
         out.push_back(StoreInventoryEffect{inv});
         outcome.inventory = std::move(inv);
     }
     std::vector<std::string> route;
-    if (s.add && registered)
+    if (update && registered)
         for (const auto& m : outcome.inventory.members())
             if (!s.members.count(m.pne_id())) route.push_back(m.pne_id());
+    bool rekey_sent = false;
     for (auto& [id, mem] : s.members) {
         const bool joined = mem.state == MemberState::kMember;
         outcome.pnes.push_back(PneOutcome{id, joined, mem.reason});
         if (joined) {
             route.push_back(id);
-            if (mem.local_eukey) local_keys_[s.pn_id].emplace(id, *mem.local_eukey);
+            if (s.rekey && mem.local_eukey) {
+                // The old LocalEUKey stays in force until the PNE confirms the new one.
+                rekeys_[s.pn_id] = PendingRekey{id, *mem.local_eukey, outcome.inventory.revision(),
+                                                now + kRekeyConfirmTimeout, mem.new_key_session};
+                rekey_sent = true;
+            } else if (mem.local_eukey) {
+                local_keys_[s.pn_id].emplace(id, *mem.local_eukey);
+            }
+        } else if (s.rekey && mem.new_key_session) {
+            // A PSK-TLS session made with a new LocalEUKey that never came into force.
+            out.push_back(CloseLinkEffect{id, mem.reason});
         }
         notify_member(out, s, mem, resp);
     }
-    if (registered && s.add) {
-        if (auto u = unsure_adds_.find(s.pn_id); u != unsure_adds_.end()) {
+    if (registered && update) {
+        if (auto u = unsure_adds_.find(s.pn_id); s.add && u != unsure_adds_.end()) {
             for (const auto& [id, mem] : s.members) u->second.erase(id);  // added for sure now
             if (u->second.empty()) unsure_adds_.erase(u);
         }
         routing_[s.pn_id] = route;
         ++counters_.established;
-        log(LogLevel::kInfo, "PN " + s.pn_id + " updated: revision " +
-                                 std::to_string(outcome.inventory.revision()) + ", " +
-                                 std::to_string(route.size()) + " PNE(s)");
+        log(LogLevel::kInfo,
+            "PN " + s.pn_id + (s.rekey ? " re-keyed" : " updated") + ": revision " +
+                std::to_string(outcome.inventory.revision()) + ", " + std::to_string(route.size()) +
+                " PNE(s)" + (rekey_sent ? "; waiting for the PNE to confirm its new key" : ""));
         // The earlier members learn the new member list, proven by the server, after the state
         // holding it is saved (the daemons hold effects behind a StoreInventoryEffect).
         for (const auto& n : resp->notices()) tell(out, n, now);
@@ -709,10 +728,10 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
         ++counters_.established;
         log(LogLevel::kInfo,
             "PN " + s.pn_id + " registered with " + std::to_string(route.size()) + " PNE(s)");
-    } else if (s.add) {
-        // Given up (or refused) after the PN GW asked the server to commit: the PNEs may be in
-        // the PN although they are told they are not; a resynchronisation shows it.
-        if (s.phase == Phase::kWaitRegistration && reason != pb::STALE_REVISION)
+    } else if (update) {
+        // Given up (or refused) after the PN GW asked the server to commit an add: the PNEs may
+        // be in the PN although they are told they are not; a resynchronisation shows it.
+        if (s.add && s.phase == Phase::kWaitRegistration && reason != pb::STALE_REVISION)
             for (const auto& [id, mem] : s.members) unsure_adds_[s.pn_id].insert(id);
         // The PN stays as it was; a refusal as stale brings its newer revision.
         std::vector<std::string> stay;
@@ -727,7 +746,7 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
                 out.push_back(CloseLinkEffect{peer, pb::NOT_A_MEMBER});
         }
         counters_.count(reason);
-        log(LogLevel::kWarn, "adding to PN " + s.pn_id +
+        log(LogLevel::kWarn, (s.rekey ? "re-keying in PN " : "adding to PN ") + s.pn_id +
                                  " failed: " + std::string(reason_name(reason)) +
                                  (detail.empty() ? "" : " (" + detail + ")"));
     } else {
@@ -739,7 +758,11 @@ void Gateway::conclude(Out& out, Session& s, bool registered, pb::FailureReason 
     }
     enter(out, s, Phase::kDone, kNever,
           registered ? "registered" : std::string(reason_name(reason)));
-    out.push_back(std::move(outcome));
+    // A re-key's outcome comes with the PNE's confirmation (switch_key) or its refusal.
+    if (s.rekey && !rekey_sent)
+        report_order(out, s.pn_id, false, outcome_reason(false, outcome.reason),
+                     outcome.detail.empty() ? "the re-key did not complete" : outcome.detail, 0);
+    if (!rekey_sent) out.push_back(std::move(outcome));
     for (const auto& [id, mem] : s.members) {
         auto p = pne_session_.find(id);
         if (p != pne_session_.end() && p->second == s.pn_id) pne_session_.erase(p);
@@ -760,6 +783,13 @@ void Gateway::handle_error(Out& out, const std::string& from, const pb::ErrorRep
         return;
     }
     Session* s = session_of_pne(from, m.pn_id());
+    if (auto r = rekeys_.find(m.pn_id()); !s && r != rekeys_.end() && r->second.pne_id == from) {
+        // The re-keyed PNE refused its result (its check of the server's proof failed): the new
+        // LocalEUKey never comes into force.
+        drop_rekey(out, m.pn_id(), m.reason() == pb::REASON_NONE ? pb::INTERNAL_ERROR : m.reason(),
+                   "refused by " + from + ": " + m.detail());
+        return;
+    }
     if (!s) {
         counters_.count(m.reason());
         log(LogLevel::kWarn,
@@ -822,6 +852,7 @@ bool Gateway::accepts(bool from_server, Phase phase, pb::Envelope::BodyCase body
         case B::kLeaveRequest:  // lifecycle: about registered PNs, not sessions
             return !from_server;
         case B::kChangeResponse:
+        case B::kChangeRequest:  // the server's order to re-key (cpnsctl rekey)
             return from_server;
         case B::kChangeNotifyAck:
             return !from_server;
@@ -914,8 +945,10 @@ void Gateway::dispatch(Out& out, const std::string& from, const pb::Envelope& en
             return handle_leave_request(out, from, env.leave_request(), protection, now);
         case B::kChangeResponse:
             return handle_change_response(out, env.change_response(), now);
+        case B::kChangeRequest:
+            return handle_rekey_order(out, env.change_request(), now);
         case B::kChangeNotifyAck:
-            return handle_notice_ack(from, env.change_notify_ack());
+            return handle_notice_ack(out, from, env.change_notify_ack(), protection);
         default:  // discovery
             return handle_discovery(out, from, env, protection, now, origin);
     }
@@ -958,6 +991,11 @@ GatewayEffects Gateway::on_tls_established(const std::string& peer, const std::s
     }
     tls_links_[peer] = identity;
     link_failures_.erase(peer);
+    // During a re-key a session under the PN's LocalEUKey identity is made with the new key.
+    if (auto p = pne_session_.find(peer); p != pne_session_.end() && id->pn_id == p->second)
+        if (auto s = sessions_.find(p->second); s != sessions_.end() && s->second.rekey)
+            if (auto m = s->second.members.find(peer); m != s->second.members.end())
+                m->second.new_key_session = true;
     log(LogLevel::kInfo, "PSK-TLS with " + peer + " established");
     repeat_notices(out, now, peer);  // what it missed while its link was down
     return out;
@@ -1035,6 +1073,7 @@ GatewayEffects Gateway::on_timer(Millis now) {
         log(LogLevel::kInfo, "neighbour " + id + " aged out: no PAN link and not heard for " +
                                  std::to_string(neighbours_.ttl()) + " ms");
     expire_changes(out, now);
+    expire_rekeys(out, now);
     repeat_notices(out, now);
     std::vector<std::string> due;
     for (const auto& [pn, s] : sessions_)
@@ -1082,6 +1121,7 @@ Millis Gateway::next_deadline() const {
     for (const auto& [pn, s] : sessions_) d = std::min(d, s.deadline);
     for (const auto& [pn, c] : changes_) d = std::min({d, c.deadline, c.retry});
     for (const auto& [key, n] : notices_) d = std::min(d, n.next);
+    for (const auto& [pn, r] : rekeys_) d = std::min(d, r.deadline);
     return d;
 }
 
@@ -1158,6 +1198,7 @@ Bytes Gateway::snapshot() const {
     for (const auto& [pn, keys] : local_keys_)
         for (const auto& [id, k] : keys) put(k.view());
     for (const auto& [pn, initiator] : initiator_of_) put_s(pn + initiator);
+    for (const auto& [pn, r] : rekeys_) put(r.key.view());
     for (const auto& [id, identity] : tls_links_) put_s(identity);
     return out;
 }

@@ -79,7 +79,19 @@ class Gateway {
     // authenticate at the PN's current revision, and the earlier members are told. Empty list:
     // every live neighbour not yet in the PN. Outcome operation "add".
     GatewayEffects add(const std::string& pn_id, std::vector<std::string> pne_ids, Millis now);
-    bool change_pending(const std::string& pn_id) const { return changes_.count(pn_id) != 0; }
+    // LocalEUKey re-key (docs/protocol.md, "LocalEUKey re-key"): `pne_id`, a member of the
+    // registered PN `pn_id` with a LocalEUKey, authenticates again as in 5.2.1.2 and gets a new
+    // LocalEUKey; the server records it at the PN's revision (+1, membership unchanged) and the
+    // other members are told. This PN GW keeps the old LocalEUKey in force until the PNE
+    // confirms that it checked the server's proof and took the new one (within
+    // kRekeyConfirmTimeout), then drops the old one and closes a PSK-TLS session made with it.
+    // Outcome operation "rekey".
+    GatewayEffects rekey(const std::string& pn_id, const std::string& pne_id, Millis now);
+    bool change_pending(const std::string& pn_id) const {
+        return changes_.count(pn_id) != 0 || rekeys_.count(pn_id) != 0;
+    }
+    // Re-keys whose new LocalEUKey waits for its PNE's confirmation.
+    std::size_t rekeys_pending() const { return rekeys_.size(); }
     // Change notices sent and not yet acknowledged by their PNE (repeated until they are).
     std::size_t notices_pending() const { return notices_.size(); }
     // Lifecycle changes asked of the server and not yet answered.
@@ -148,6 +160,8 @@ class Gateway {
         // A PSK-TLS handshake naming it failed while it had no working PSK-TLS link: its
         // reason if it never answers (the failure itself may come from anyone).
         bool tls_failed = false;
+        // A re-key: a PSK-TLS session came up with the new LocalEUKey during it.
+        bool new_key_session = false;
     };
     struct Session {
         std::string pn_id;
@@ -164,6 +178,8 @@ class Gateway {
         // A PN update: the PNEs join the registered PN pn_id, which was at `revision`.
         bool add = false;
         std::uint64_t revision = 0;
+        // A LocalEUKey re-key of its one member, a member of the registered PN pn_id.
+        bool rekey = false;
     };
 
     // The only places a session's or a member's state changes: set it (and the session's
@@ -254,7 +270,29 @@ class Gateway {
     void expire_changes(Out& out, Millis now);
     // Sends a change notice to its PNE and keeps it, repeated until acknowledged.
     void tell(Out& out, const pb::PnChangeNotice& n, Millis now);
-    void handle_notice_ack(const std::string& from, const pb::PnChangeNotifyAck& m);
+    void handle_notice_ack(Out& out, const std::string& from, const pb::PnChangeNotifyAck& m,
+                           Protection protection);
+    // A re-key whose result was sent: the new LocalEUKey waits for the PNE's confirmation.
+    struct PendingRekey {
+        std::string pne_id;
+        SecretKey key;
+        std::uint64_t revision = 0;  // the PN's after the re-key
+        Millis deadline = kNever;
+        bool new_key_session = false;
+    };
+    std::map<std::string, PendingRekey> rekeys_;  // by PN ID
+    // The PNE confirmed: the new LocalEUKey replaces the old one (saved), and a PSK-TLS session
+    // made with the old one is closed.
+    void switch_key(Out& out, const std::string& pn_id);
+    // The re-key did not complete: the new LocalEUKey is dropped, the old one stays in force.
+    void drop_rekey(Out& out, const std::string& pn_id, pb::FailureReason reason,
+                    const std::string& detail);
+    void expire_rekeys(Out& out, Millis now);
+    // Re-keys the server ordered (cpnsctl rekey), by PN ID: their end is reported to it.
+    std::set<std::string> ordered_;
+    void handle_rekey_order(Out& out, const pb::PnChangeRequest& m, Millis now);
+    void report_order(Out& out, const std::string& pn_id, bool success, pb::FailureReason reason,
+                      const std::string& detail, std::uint64_t revision);
     // Repeats the notices due (all of `pne_id`'s at once when it is given).
     void repeat_notices(Out& out, Millis now, const std::string& pne_id = "");
     struct PendingNotice {

@@ -13,7 +13,7 @@ std::optional<std::pair<pb::FailureReason, std::string>> Gateway::check_change(
     const std::string& pn_id, const std::string& pne_id) const {
     auto it = inventory_.find(pn_id);
     if (it == inventory_.end()) return {{pb::UNKNOWN_PN, "no PN " + pn_id + " at this PN GW"}};
-    if (changes_.count(pn_id) || sessions_.count(pn_id))
+    if (changes_.count(pn_id) || sessions_.count(pn_id) || rekeys_.count(pn_id))
         return {{pb::BUSY, "another change of " + pn_id + " is in progress"}};
     if (!pne_id.empty()) {
         const auto& ms = it->second.members();
@@ -80,6 +80,127 @@ GatewayEffects Gateway::add(const std::string& pn_id, std::vector<std::string> p
     add_invitees(out, s, pne_ids, now);
     maybe_register(out, s, now);
     return out;
+}
+
+GatewayEffects Gateway::rekey(const std::string& pn_id, const std::string& pne_id, Millis now) {
+    Out out;
+    auto fail_now = [&](pb::FailureReason r, const std::string& why) {
+        counters_.count(r);
+        log(LogLevel::kWarn, "cannot re-key " + pne_id + " in " + pn_id + ": " + why);
+        OutcomeEffect o{valid_id(pn_id) ? pn_id : "", cfg_.gw_id, false, r, why, {}, {}, "rekey"};
+        if (valid_id(pne_id)) o.pnes.push_back(PneOutcome{pne_id, false, r});
+        out.push_back(std::move(o));
+        return out;
+    };
+    if (!valid_id(pn_id) || !valid_id(pne_id))
+        return fail_now(pb::MALFORMED_MESSAGE, "not a valid PN or PNE ID");
+    if (auto refused = check_change(pn_id, pne_id))
+        return fail_now(refused->first, refused->second);
+    if (!local_eukey(pn_id, pne_id))
+        return fail_now(pb::NO_LOCAL_EUKEY, pne_id + " holds no LocalEUKey in " + pn_id +
+                                                " (it uses its pre-assigned key)");
+    if (pne_session_.count(pne_id))
+        return fail_now(pb::BUSY, pne_id + " is taking part in another establishment");
+    if (auto refused = admission(true, "")) return fail_now(refused->first, refused->second);
+    Session fresh;
+    fresh.pn_id = pn_id;
+    fresh.flow = Flow::kGwInitiated;
+    fresh.rekey = true;
+    fresh.revision = inventory_.at(pn_id).revision();
+    log(LogLevel::kInfo, "re-keying " + pne_id + " in " + pn_id + " (revision " +
+                             std::to_string(fresh.revision) + ")");
+    Session& s = open_session(out, std::move(fresh), now, "LocalEUKey re-key by the PN GW");
+    add_invitees(out, s, {pne_id}, now);
+    maybe_register(out, s, now);
+    return out;
+}
+
+void Gateway::handle_rekey_order(Out& out, const pb::PnChangeRequest& m, Millis now) {
+    if (m.op() != pb::CHANGE_REKEY) {
+        ++counters_.ignored;
+        log(LogLevel::kWarn, "a change request from the server that is no re-key order: ignored");
+        return;
+    }
+    log(LogLevel::kInfo, "the CPNS Server orders a re-key of " + m.pne_id() + " in " + m.pn_id());
+    if (ordered_.count(m.pn_id()) || ordered_.size() >= kMaxPnsPerGw) {
+        pb::Envelope env = error_report(m.pn_id(), pb::BUSY, "a re-key of this PN is running");
+        send(out, cfg_.server_id, std::move(env));
+        return;
+    }
+    ordered_.insert(m.pn_id());
+    GatewayEffects fx = rekey(m.pn_id(), m.pne_id(), now);
+    if (const auto* o = find_outcome(fx))  // refused at once
+        report_order(out, m.pn_id(), false, outcome_reason(false, o->reason), o->detail, 0);
+    for (auto& e : fx) out.push_back(std::move(e));
+}
+
+void Gateway::report_order(Out& out, const std::string& pn_id, bool success,
+                           pb::FailureReason reason, const std::string& detail,
+                           std::uint64_t revision) {
+    if (!ordered_.erase(pn_id)) return;
+    pb::Envelope env;
+    if (success) {
+        auto& ack = *env.mutable_change_notify_ack();
+        ack.set_pn_id(pn_id);
+        ack.set_revision(revision);
+        ack.set_rekeyed(true);
+    } else {
+        env = error_report(pn_id, reason, detail);
+    }
+    send(out, cfg_.server_id, std::move(env));
+}
+
+void Gateway::switch_key(Out& out, const std::string& pn_id) {
+    auto it = rekeys_.find(pn_id);
+    const PendingRekey r = std::move(it->second);
+    rekeys_.erase(it);
+    local_keys_[pn_id].insert_or_assign(r.pne_id, r.key);  // the old one is wiped here
+    log(LogLevel::kInfo, r.pne_id + " confirmed its new LocalEUKey in " + pn_id +
+                             ": the old one is no longer accepted");
+    // Saved before anything is told (the daemons hold what follows behind the save).
+    out.push_back(StoreLocalKeyEffect{pn_id, r.pne_id, r.key});
+    const auto inv = inventory_.find(pn_id);
+    if (inv != inventory_.end()) out.push_back(StoreInventoryEffect{inv->second, false});
+    // A PSK-TLS session made with the old LocalEUKey ends (the PNE connects again with the new).
+    auto link = tls_links_.find(r.pne_id);
+    if (!r.new_key_session && link != tls_links_.end() &&
+        link->second == local_eukey_identity(pn_id, r.pne_id))
+        out.push_back(CloseLinkEffect{r.pne_id, pb::REASON_NONE});
+    OutcomeEffect o{pn_id, cfg_.gw_id, true,   pb::REASON_NONE, "new LocalEUKey in force",
+                    {},    {},         "rekey"};
+    if (inv != inventory_.end()) o.inventory = inv->second;
+    o.pnes.push_back(PneOutcome{r.pne_id, true, pb::REASON_NONE});
+    out.push_back(std::move(o));
+    report_order(out, pn_id, true, pb::REASON_NONE, "", r.revision);
+}
+
+void Gateway::drop_rekey(Out& out, const std::string& pn_id, pb::FailureReason reason,
+                         const std::string& detail) {
+    auto it = rekeys_.find(pn_id);
+    const PendingRekey r = std::move(it->second);
+    rekeys_.erase(it);  // wipes the new LocalEUKey
+    counters_.count(reason);
+    log(LogLevel::kWarn, "re-key of " + r.pne_id + " in " + pn_id +
+                             " failed: " + std::string(reason_name(reason)) + " (" + detail +
+                             "); the old LocalEUKey stays in force");
+    // A PSK-TLS session made with the new LocalEUKey ends: that key never came into force.
+    auto link = tls_links_.find(r.pne_id);
+    if (r.new_key_session && link != tls_links_.end() &&
+        link->second == local_eukey_identity(pn_id, r.pne_id))
+        out.push_back(CloseLinkEffect{r.pne_id, reason});
+    OutcomeEffect o{pn_id, cfg_.gw_id, false, reason, detail, {}, {}, "rekey"};
+    if (auto inv = inventory_.find(pn_id); inv != inventory_.end()) o.inventory = inv->second;
+    o.pnes.push_back(PneOutcome{r.pne_id, false, reason});
+    out.push_back(std::move(o));
+    report_order(out, pn_id, false, reason, detail, 0);
+}
+
+void Gateway::expire_rekeys(Out& out, Millis now) {
+    std::vector<std::string> due;
+    for (const auto& [pn, r] : rekeys_)
+        if (now >= r.deadline) due.push_back(pn);
+    for (const auto& pn : due)
+        drop_rekey(out, pn, pb::TIMEOUT, "the PNE did not confirm its new LocalEUKey in time");
 }
 
 GatewayEffects Gateway::start_change(pb::ChangeOp op, const std::string& pn_id,
@@ -170,6 +291,9 @@ std::vector<std::string> Gateway::adopt(Out& out, const pb::PnChangeResponse& m)
     inv.set_gw_id(cfg_.gw_id);
     std::set<std::string> stay;
     for (const auto& mem : inv.members()) stay.insert(mem.pne_id());
+    if (auto r = rekeys_.find(m.pn_id());
+        r != rekeys_.end() && (m.dissolved() || !stay.count(r->second.pne_id)))
+        drop_rekey(out, m.pn_id(), pb::NOT_A_MEMBER, "the PNE left the PN meanwhile");
     // A PNE no longer in the PN loses its LocalEUKey here, and a PSK-TLS session made with it.
     if (auto keys = local_keys_.find(m.pn_id()); keys != local_keys_.end()) {
         for (auto k = keys->second.begin(); k != keys->second.end();) {
@@ -425,7 +549,21 @@ void Gateway::tell(Out& out, const pb::PnChangeNotice& n, Millis now) {
     notices_[key] = PendingNotice{n, 1, now + kNoticeRepeatInterval};
 }
 
-void Gateway::handle_notice_ack(const std::string& from, const pb::PnChangeNotifyAck& m) {
+void Gateway::handle_notice_ack(Out& out, const std::string& from, const pb::PnChangeNotifyAck& m,
+                                Protection protection) {
+    if (m.rekeyed()) {
+        // A re-keyed PNE's confirmation, from the PNE over its protected path (inside its
+        // PSK-TLS session on an insecure PAN), for the re-key sent to it.
+        auto r = rekeys_.find(m.pn_id());
+        if (r == rekeys_.end() || r->second.pne_id != from || r->second.revision != m.revision() ||
+            (!pan_secure(from) && protection != Protection::kTls)) {
+            ++counters_.ignored;
+            log(LogLevel::kDebug, "re-key confirmation of " + m.pn_id() + " from " + from +
+                                      " that is not pending (or came in clear): ignored");
+            return;
+        }
+        return switch_key(out, m.pn_id());
+    }
     auto it = notices_.find({from, m.pn_id()});
     if (it == notices_.end() || it->second.notice.inventory().revision() > m.revision()) {
         ++counters_.ignored;  // nothing pending, or an older notice's acknowledgement

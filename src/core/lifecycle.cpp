@@ -38,6 +38,16 @@ ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb:
         members.erase(it);
     } else if (op == pb::CHANGE_DISSOLVE) {
         members.Clear();
+    } else if (op == pb::CHANGE_REKEY) {
+        // The membership stays as it is; the revision records that the member's LocalEUKey
+        // changed, so that a replayed re-key (or anything from before it) is stale.
+        auto it = std::find_if(members.begin(), members.end(),
+                               [&](const pb::PnMember& m) { return m.pne_id() == pne_id; });
+        if (it == members.end() || !it->local_eukey_assigned()) {
+            r.reason = it == members.end() ? pb::NOT_A_MEMBER : pb::NO_LOCAL_EUKEY;
+            r.before.clear();
+            return r;
+        }
     } else if (op == pb::CHANGE_ADD && !added.empty()) {
         for (const auto& a : added) {
             const bool there =
@@ -72,6 +82,8 @@ std::string_view to_string(pb::ChangeOp op) {
             return "add";
         case pb::CHANGE_SYNC:
             return "sync";
+        case pb::CHANGE_REKEY:
+            return "rekey";
         default:
             return "change";
     }
@@ -104,6 +116,11 @@ std::vector<pb::PnChangeNotice> change_notices(const ChangeResult& r, pb::Change
         for (const auto& m : r.inventory.members()) now.insert(m.pne_id());
         for (const auto& id : r.before)
             if (!now.count(id)) add(id, pb::NOTICE_REMOVED);
+    }
+    if (op == pb::CHANGE_REKEY) {  // the re-keyed PNE gets the registration's result
+        for (const auto& id : r.before)
+            if (id != pne_id) add(id, pb::NOTICE_UPDATED);
+        return out;
     }
     if (op == pb::CHANGE_LEAVE) add(pne_id, pb::NOTICE_LEFT);
     if (op == pb::CHANGE_REMOVE) add(pne_id, pb::NOTICE_REMOVED);

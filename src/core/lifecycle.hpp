@@ -29,12 +29,13 @@ struct ChangeResult {
     std::vector<std::string> before;  // the members before the change (applied only)
 };
 
-// Applies `op` (for LEAVE and REMOVE: of `pne_id`; for ADD: the members `added`) to `current`
-// (nullopt: the PN does not exist) if `current` is at `expected_revision`. A PN left without
-// members is dissolved; ADD refuses a PNE already in the PN (ALREADY_A_MEMBER) and keeps the
-// earlier members first. Pure: the SQL store and the simulator's directory both decide with it.
-// CHANGE_SYNC (resynchronisation, docs/protocol.md) changes nothing: it reads the PN
-// (REASON_NONE with `current` as it is, `before` empty, or UNKNOWN_PN); the callers write
+// Applies `op` (for LEAVE, REMOVE and REKEY: of `pne_id`; for ADD: the members `added`) to
+// `current` (nullopt: the PN does not exist) if `current` is at `expected_revision`. A PN left
+// without members is dissolved; ADD refuses a PNE already in the PN (ALREADY_A_MEMBER) and keeps
+// the earlier members first; REKEY changes only the revision, for a member that has a LocalEUKey
+// (NOT_A_MEMBER, NO_LOCAL_EUKEY otherwise). Pure: the SQL store and the simulator's directory both
+// decide with it. CHANGE_SYNC (resynchronisation, docs/protocol.md) changes nothing: it reads the
+// PN (REASON_NONE with `current` as it is, `before` empty, or UNKNOWN_PN); the callers write
 // nothing for it.
 ChangeResult change_inventory(const std::optional<pb::PnInventory>& current, pb::ChangeOp op,
                               const std::string& pne_id, std::uint64_t expected_revision,
@@ -48,11 +49,12 @@ constexpr pb::FailureReason outcome_reason(bool succeeded, pb::FailureReason rea
     return reason == pb::REASON_NONE ? pb::INTERNAL_ERROR : reason;
 }
 
-// "leave", "remove", "dissolve", "add": the word used in logs, outcomes and the audit log.
+// "leave", "remove", "dissolve", "add", "rekey": the word used in logs, outcomes and the audit log.
 std::string_view to_string(pb::ChangeOp op);
 // The notice each PNE concerned by an applied change gets (in this order: the PNE that left or
 // was removed, then every remaining member, or every former member of a dissolved PN; for ADD,
-// NOTICE_UPDATED to each earlier member only: the PNEs added get the registration's result),
+// NOTICE_UPDATED to each earlier member only: the PNEs added get the registration's result;
+// for REKEY, NOTICE_UPDATED to every member but the re-keyed one, which gets its result),
 // without proofs. For CHANGE_SYNC (`before`: the members the PN GW held): NOTICE_REMOVED to each
 // PNE it held that is no longer in the PN, NOTICE_UPDATED to every member, or NOTICE_DISSOLVED
 // to each PNE it held when the PN is gone. For a STALE_REVISION refusal of a leave: NOTICE_UPDATED

@@ -250,7 +250,7 @@ void Pne::decline(Out& out, const std::string& to, const std::string& pn_id,
 
 // Only in kIdle (a busy PNE's refusal declines with BUSY).
 void Pne::handle_invitation(Out& out, const std::string& from, const std::string& pn_id,
-                            const std::string& gw_id, Flow flow, Millis now) {
+                            const std::string& gw_id, Flow flow, Millis now, bool rekey) {
     if (gw_id != from) {
         ++counters_.ignored;
         log(LogLevel::kWarn, "invitation from " + from + " names another PN GW; ignored");
@@ -261,7 +261,24 @@ void Pne::handle_invitation(Out& out, const std::string& from, const std::string
         decline(out, from, pn_id, pb::DECLINED);
         return;
     }
-    if (memberships_.size() >= kMaxPnsPerPne) {
+    const auto held = memberships_.find(pn_id);
+    if (rekey) {
+        // Only a PN this PNE is in through this PN GW, with a LocalEUKey, can be re-keyed.
+        const pb::FailureReason refusal =
+            held == memberships_.end() || held->second.gw_id != from ? pb::NOT_A_MEMBER
+            : !held->second.local_eukey || !requests_local_eukey()   ? pb::NO_LOCAL_EUKEY
+                                                                     : pb::REASON_NONE;
+        if (refusal != pb::REASON_NONE) {
+            log(LogLevel::kWarn,
+                "declining a re-key of " + pn_id + ": " + std::string(reason_name(refusal)));
+            decline(out, from, pn_id, refusal);
+            return;
+        }
+    } else if (held != memberships_.end()) {
+        log(LogLevel::kWarn, "declining an invitation to " + pn_id + ": already a member");
+        decline(out, from, pn_id, pb::ALREADY_A_MEMBER);
+        return;
+    } else if (memberships_.size() >= kMaxPnsPerPne) {
         log(LogLevel::kWarn,
             "cannot join " + pn_id + ": already a member of as many PNs as allowed");
         decline(out, from, pn_id, pb::LIMIT_EXCEEDED);
@@ -277,12 +294,14 @@ void Pne::handle_invitation(Out& out, const std::string& from, const std::string
     s_.pn_id = pn_id;
     s_.flow = flow;
     s_.role = PneRole::kInvitee;
+    s_.rekey = rekey;
     pb::Envelope reply;
     auto* r = reply.mutable_setup_notify_response();
     r->set_pn_id(pn_id);
     r->set_accept(true);
     *r->mutable_join() = make_join();
-    log(LogLevel::kInfo, "accepting invitation to " + pn_id + " from " + from);
+    log(LogLevel::kInfo,
+        (rekey ? "accepting a re-key of " : "accepting invitation to ") + pn_id + " from " + from);
     begin_join(out, std::move(reply), now, "accepted the invitation of " + from);
 }
 
@@ -337,7 +356,8 @@ bool Pne::open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m) {
         return false;
     }
     s_.local_eukey = std::move(*key);
-    out.push_back(StoreLocalKeyEffect{s_.pn_id, s_.gw_id, *s_.local_eukey});
+    // A re-key's new LocalEUKey is kept only once its result verifies (accept_result).
+    if (!s_.rekey) out.push_back(StoreLocalKeyEffect{s_.pn_id, s_.gw_id, *s_.local_eukey});
     return true;
 }
 
@@ -353,7 +373,12 @@ void Pne::handle_auth_request(Out& out, const std::string& from,
     s_.rand_server.assign(m.rand_server().begin(), m.rand_server().end());
     if (requests_local_eukey()) {
         if (!open_local_eukey(out, m)) return;
-        if (tls_needed()) {
+        if (tls_needed() && s_.rekey &&
+            tls_up_with(s_.gw_id, local_eukey_identity(s_.pn_id, cfg_.pne_id))) {
+            // A re-key: hash_PNE goes inside the session of the LocalEUKey still in force; the
+            // new one is proven when the PNE connects with it after the switch.
+            log(LogLevel::kInfo, "re-key: hash_PNE inside the PSK-TLS session of the current key");
+        } else if (tls_needed()) {
             enter(out, State::kTlsBeforeAuthResp, now + kTlsHandshakeTimeout,
                   "LocalEUKey received; PSK-TLS before hash_PNE");
             log(LogLevel::kInfo, "starting PSK-TLS with " + s_.gw_id + " (LocalEUKey)");
@@ -455,6 +480,32 @@ void Pne::accept_result(Out& out, const pb::PnResult& r) {
         return;
     }
     withdraw_on_failure_ = false;
+    if (s_.rekey) {
+        // The new LocalEUKey and SK_PNE replace the old ones (saved: the daemon saves on the
+        // SessionKeyEffect and holds the confirmation behind it); the PN GW switches to the new
+        // key when it gets the confirmation.
+        auto held = memberships_.find(s_.pn_id);
+        if (held == memberships_.end()) {  // removed while the re-key ran: nothing to re-key
+            abort(out, pb::NOT_A_MEMBER, "no longer a member of the PN being re-keyed", true);
+            return;
+        }
+        if (r.inventory().revision() > held->second.inventory.revision())
+            held->second.inventory = r.inventory();
+        held->second.local_eukey = s_.local_eukey;
+        held->second.sk_pne = s_.sk;
+        out.push_back(StoreLocalKeyEffect{s_.pn_id, s_.gw_id, *s_.local_eukey});
+        out.push_back(SessionKeyEffect{s_.pn_id, cfg_.pne_id, s_.sk});
+        pb::Envelope env;
+        auto& ack = *env.mutable_change_notify_ack();
+        ack.set_pn_id(s_.pn_id);
+        ack.set_revision(r.inventory().revision());
+        ack.set_rekeyed(true);
+        send(out, s_.gw_id, std::move(env));
+        log(LogLevel::kInfo, "re-keyed in " + s_.pn_id + ": new LocalEUKey, revision " +
+                                 std::to_string(r.inventory().revision()));
+        finish(out, true, pb::REASON_NONE, "", &r.inventory());
+        return;
+    }
     out.push_back(SessionKeyEffect{s_.pn_id, cfg_.pne_id, s_.sk});
     PneMembership mem;
     mem.pn_id = s_.pn_id;
@@ -488,8 +539,9 @@ void Pne::finish(Out& out, bool success, pb::FailureReason reason, std::string d
     // This PNE sent hash_PNE, so the server may have registered it, but it refuses the result
     // (its own check failed) or never got one: it withdraws, proven like a leave
     // (docs/protocol.md, "PN lifecycle"). A failure the PN GW reports is not withdrawn from.
+    // A re-key is not withdrawn from: the PNE stays a member with its old LocalEUKey.
     const bool withdraw = !success && state_ == State::kWaitResult && !s_.pn_id.empty() &&
-                          !s_.gw_id.empty() && withdraw_on_failure_;
+                          !s_.gw_id.empty() && withdraw_on_failure_ && !s_.rekey;
     withdraw_on_failure_ = false;
     const std::string withdraw_pn = s_.pn_id, withdraw_gw = s_.gw_id;
     if (!success) {
@@ -505,7 +557,9 @@ void Pne::finish(Out& out, bool success, pb::FailureReason reason, std::string d
     o.detail = std::move(detail);
     if (inventory) o.inventory = *inventory;
     o.pnes.push_back(PneOutcome{cfg_.pne_id, success, reason});
-    enter(out, State::kIdle, kNever, success ? "joined" : std::string(reason_name(reason)));
+    if (s_.rekey) o.operation = "rekey";
+    enter(out, State::kIdle, kNever,
+          success ? (s_.rekey ? "re-keyed" : "joined") : std::string(reason_name(reason)));
     out.push_back(std::move(o));
     s_ = Session{};  // wipes SK, LocalEUKey copies held by the session
     if (withdraw && !leave_ && !memberships_.count(withdraw_pn))
@@ -543,7 +597,8 @@ void Pne::dispatch(Out& out, const std::string& from, const pb::Envelope& env,
                                      env.setup_notify().gw_id(), Flow::kPneInitiated, now);
         case B::kSetupInvite:
             return handle_invitation(out, from, env.setup_invite().pn_id(),
-                                     env.setup_invite().gw_id(), Flow::kGwInitiated, now);
+                                     env.setup_invite().gw_id(), Flow::kGwInitiated, now,
+                                     env.setup_invite().rekey());
         case B::kPneAuthRequest:
             return handle_auth_request(out, from, env.pne_auth_request(), now);
         case B::kSetupResponse:

@@ -111,6 +111,9 @@ class Pne {
         std::optional<KeyedHmac> eukey_mac;
         pb::Envelope pending;  // first message, held until TLS is up
         Millis deadline = kNever;
+        // A LocalEUKey re-key of the membership in pn_id (docs/protocol.md, "LocalEUKey
+        // re-key"): the membership keeps its old key unless the result verifies.
+        bool rekey = false;
     };
 
     // The only place state_ changes: sets the state and its deadline, logs and records it.
@@ -141,7 +144,7 @@ class Pne {
     void decline(Out& out, const std::string& to, const std::string& pn_id,
                  pb::FailureReason reason);
     void handle_invitation(Out& out, const std::string& from, const std::string& pn_id,
-                           const std::string& gw_id, Flow flow, Millis now);
+                           const std::string& gw_id, Flow flow, Millis now, bool rekey = false);
     void handle_auth_request(Out& out, const std::string& from,
                              const pb::PneAuthenticationRequest& m, Millis now);
     bool open_local_eukey(Out& out, const pb::PneAuthenticationRequest& m);

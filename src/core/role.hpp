@@ -190,7 +190,7 @@ const OutcomeEffect* find_outcome(const Effects& effects) {
 
 // Counters: one per failure reason, plus traffic. Every failure increments exactly one.
 struct Counters {
-    std::array<std::uint64_t, 32> by_reason{};
+    std::array<std::uint64_t, 33> by_reason{};
     std::uint64_t messages_in = 0;
     std::uint64_t messages_out = 0;
     std::uint64_t ignored = 0;  // duplicates, late messages
@@ -222,6 +222,14 @@ inline constexpr Millis kChangeResponseTimeout = 20'000;
 inline constexpr Millis kChangeRetryInterval = 5'000;
 inline constexpr Millis kChangeAnswerMemory = 60'000;
 inline constexpr Millis kLeaveResponseTimeout = 30'000;
+// How long a PN GW waits, after it sent a re-keyed PNE its result, for that PNE's confirmation
+// that it took the new LocalEUKey (PnChangeNotifyAck.rekeyed); until then, and for good if it
+// does not come, the old LocalEUKey stays in force.
+inline constexpr Millis kRekeyConfirmTimeout = 20'000;
+// How long the server waits for a PN GW's report on a re-key the operator ordered (the PN GW's
+// whole run: invitation, authentication, registration, confirmation, each within its own
+// bound).
+inline constexpr Millis kRekeyOrderTimeout = 120'000;
 // A change notice (PnChangeNotify) is repeated to a PNE that has not acknowledged it, every
 // kNoticeRepeatInterval, at most kNoticeAttempts sends in all, and once more at once when the
 // PNE's PSK-TLS session comes up again. A PN GW tracks at most kMaxPendingNotices; past that a

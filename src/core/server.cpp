@@ -202,7 +202,17 @@ std::optional<std::pair<pb::FailureReason, std::string>> Server::check_registrat
     const auto gw = dir_.find(from);
     if (!gw || gw->kind != EntityKind::kGw) return R{pb::UNKNOWN_ENTITY, "unknown PN GW"};
     if (gw->status != EntityStatus::kActive) return R{pb::REVOKED, "PN GW is disabled or revoked"};
-    if (m.add()) {
+    if (m.rekey()) {
+        // A LocalEUKey re-key: one member of the PN authenticates again, as in establishment;
+        // the store decides at the end whether the PN is at that revision and the PNE a member
+        // with a LocalEUKey (UNKNOWN_PN, STALE_REVISION, NOT_A_MEMBER, NO_LOCAL_EUKEY).
+        if (m.add() || m.flow() != pb::FLOW_GW_INITIATED || m.pnes_size() != 1)
+            return R{pb::MALFORMED_MESSAGE, "a re-key is PN GW initiated, for one PNE"};
+        if (!m.pnes(0).join().local_eukey_requested())
+            return R{pb::NO_LOCAL_EUKEY, "a re-key is of a LocalEUKey, and the PNE asks for none"};
+        if (changes_.count({from, m.pn_id()}))
+            return R{pb::BUSY, "a change of this PN is in progress"};
+    } else if (m.add()) {
         // A PN update: the store decides at the end whether the PN exists at that revision
         // (UNKNOWN_PN, STALE_REVISION) and whether a PNE is already in it (ALREADY_A_MEMBER).
         if (m.flow() != pb::FLOW_GW_INITIATED)
@@ -451,6 +461,19 @@ void Server::request_persist(Out& out, Session& s, Millis now) {
         mem->set_joined_at_ms(stamp);
         mem->set_local_eukey_assigned(p.join.local_eukey_requested());
     }
+    if (s.request.rekey()) {
+        // The store records the re-key at the named revision (membership unchanged); the proof
+        // is over the PN at its new revision, so it follows the store's answer (finish_add).
+        enter(out, s, Phase::kWaitPersist, now + kPersistTimeout,
+              "the PNE authenticated; recording its re-key");
+        out.push_back(ChangePnEffect{s.gw_id,
+                                     s.pn_id,
+                                     pb::CHANGE_REKEY,
+                                     s.inventory.members(0).pne_id(),
+                                     s.request.revision(),
+                                     {}});
+        return;
+    }
     if (s.request.add()) {
         // The store adds them to the PN as it is at the named revision; the proofs are over
         // the PN with every member, so they follow the store's answer (finish_add).
@@ -475,12 +498,15 @@ void Server::finish_add(Out& out, Session& s, const ChangeResult& result, Millis
         return finish(out, s, false, result.reason,
                       result.reason == pb::STALE_REVISION
                           ? "the PN changed since revision " + std::to_string(s.request.revision())
-                          : "the PNEs could not be added",
+                      : s.request.rekey() ? "the PNE could not be re-keyed"
+                                          : "the PNEs could not be added",
                       now);
     }
     s.inventory = result.inventory;
     prove_server(s);
-    for (auto& n : change_notices(result, pb::CHANGE_ADD, "", "")) {
+    const bool rekey = s.request.rekey();
+    const std::string rekeyed = rekey && !s.pnes.empty() ? s.pnes.begin()->first : "";
+    for (auto& n : change_notices(result, rekey ? pb::CHANGE_REKEY : pb::CHANGE_ADD, rekeyed, "")) {
         const auto pne = dir_.find(n.pne_id());
         if (!pne || pne->kind != EntityKind::kPne) continue;  // deleted since: nobody to tell
         const Hash proof = notice_proof(pne->eukey, n);
@@ -488,7 +514,9 @@ void Server::finish_add(Out& out, Session& s, const ChangeResult& result, Millis
         s.notices.push_back(std::move(n));
     }
     finish(out, s, true, pb::REASON_NONE,
-           "added at revision " + std::to_string(result.inventory.revision()), now);
+           (rekey ? "re-keyed at revision " : "added at revision ") +
+               std::to_string(result.inventory.revision()),
+           now);
 }
 
 ServerEffects Server::on_persisted(const std::string& gw_id, const std::string& pn_id,
@@ -527,17 +555,21 @@ void Server::finish(Out& out, Session& s, bool registered, pb::FailureReason rea
         outcome.pnes.push_back(PneOutcome{id, joined, joined ? pb::REASON_NONE : res->reason()});
     }
     if (s.request.add()) outcome.operation = "add";
+    if (s.request.rekey()) outcome.operation = "rekey";
     if (registered) {
         ++counters_.established;
         log(LogLevel::kInfo, "PN " + s.pn_id + " of " + s.gw_id +
-                                 (s.request.add() ? " updated: " : " registered with ") +
+                                 (s.request.rekey() ? " re-keyed: "
+                                  : s.request.add() ? " updated: "
+                                                    : " registered with ") +
                                  std::to_string(s.inventory.members_size()) + " PNE(s)");
         *r->mutable_inventory() = s.inventory;
         for (auto& n : s.notices) *r->add_notices() = std::move(n);
         outcome.inventory = std::move(s.inventory);  // the session ends below
     } else {
         // A PN update refused as stale: the PN as it is, for the PN GW's next attempt.
-        if (s.request.add() && reason == pb::STALE_REVISION) *r->mutable_inventory() = s.inventory;
+        if ((s.request.add() || s.request.rekey()) && reason == pb::STALE_REVISION)
+            *r->mutable_inventory() = s.inventory;
         counters_.count(reason);
         log(LogLevel::kWarn, "PN " + s.pn_id + " of " + s.gw_id + " not registered: " +
                                  std::string(reason_name(reason)) + " (" + detail + ")");
@@ -562,6 +594,7 @@ bool Server::accepts(Phase phase, pb::Envelope::BodyCase body) {
             return phase == Phase::kNone;
         case B::kSyncRequest:  // about the PN GW's registered PNs (one by one, not sessions)
         case B::kError:
+        case B::kChangeNotifyAck:  // a PN GW's report on a re-key the server ordered
             return true;
         default:
             return false;
@@ -621,7 +654,14 @@ ServerEffects Server::on_message(const std::string& from, const pb::Envelope& en
         case B::kSyncRequest:
             handle_sync_request(out, from, env.sync_request(), now);
             break;
+        case B::kChangeNotifyAck:
+            handle_gw_report(out, from, env);
+            break;
         default:  // kError
+            if (orders_.count({from, env.error().pn_id()})) {
+                handle_gw_report(out, from, env);
+                break;
+            }
             counters_.count(env.error().reason());
             log(LogLevel::kWarn, from + " reports " +
                                      std::string(reason_name(env.error().reason())) + ": " +

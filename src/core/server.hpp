@@ -141,6 +141,16 @@ class Server {
     ServerEffects announce(const std::string& gw_id, pb::ChangeOp op, const std::string& pne_id,
                            const ChangeResult& result, const std::string& detail);
 
+    // The operator ordered a LocalEUKey re-key (cpnsctl rekey; the daemon read it from its
+    // store's change log): the PN GW, if `linked`, is sent the order (a PnChangeRequest with
+    // CHANGE_REKEY) and runs the re-key; its report (PnChangeNotifyAck.rekeyed: done, or an
+    // ErrorReport naming the PN) or kRekeyOrderTimeout ends the order with an OutcomeEffect
+    // (operation "rekey", detail "PNE: ..."). Not linked: PEER_UNREACHABLE at once.
+    ServerEffects order_rekey(const std::string& gw_id, const std::string& pn_id,
+                              const std::string& pne_id, std::uint64_t revision, bool linked,
+                              Millis now);
+    std::size_t rekey_orders() const { return orders_.size(); }
+
     std::size_t active_sessions() const { return sessions_.size(); }
     std::size_t pending_changes() const { return changes_.size(); }
     const Counters& counters() const { return counters_; }
@@ -265,6 +275,14 @@ class Server {
     // The members a PN GW named for each PN of its sync being read (same keys as changes_): the
     // PNEs to tell, whether the store still lists them or not.
     std::map<Key, std::vector<std::string>> sync_held_;
+    struct RekeyOrder {
+        std::string pne_id;
+        Millis deadline = kNever;
+    };
+    std::map<Key, RekeyOrder> orders_;  // at most kMaxServerChanges
+    void end_order(Out& out, const Key& key, bool success, pb::FailureReason reason,
+                   const std::string& detail);
+    void handle_gw_report(Out& out, const std::string& from, const pb::Envelope& env);
     std::set<std::pair<Millis, Key>> change_timers_;
 
     ServerConfig cfg_;

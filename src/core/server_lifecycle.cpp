@@ -46,6 +46,9 @@ void Server::handle_change_request(Out& out, const std::string& from, const pb::
         ++counters_.ignored;  // still in the store: its answer will come
         return;
     }
+    if (m.op() == pb::CHANGE_REKEY)  // the server's order to a PN GW, never a request to it
+        return refuse_change(out, from, m, pb::MALFORMED_MESSAGE,
+                             "a re-key is a PnRegistrationRequest with rekey set");
     if (changes_.count(key))
         return refuse_change(out, from, m, pb::BUSY, "another change of this PN is in progress");
     if (changes_.size() >= kMaxServerChanges)
@@ -84,7 +87,7 @@ ServerEffects Server::on_changed(const std::string& gw_id, const std::string& pn
     const Key key{gw_id, pn_id};
     auto it = changes_.find(key);
     if (auto s = sessions_.find(key); it == changes_.end() && s != sessions_.end() &&
-                                      s->second.request.add() &&
+                                      (s->second.request.add() || s->second.request.rekey()) &&
                                       s->second.phase == Phase::kWaitPersist) {
         finish_add(out, s->second, result, now);
         return out;
@@ -214,14 +217,95 @@ ServerEffects Server::announce(const std::string& gw_id, pb::ChangeOp op, const 
     return out;
 }
 
+ServerEffects Server::order_rekey(const std::string& gw_id, const std::string& pn_id,
+                                  const std::string& pne_id, std::uint64_t revision, bool linked,
+                                  Millis now) {
+    Out out;
+    const Key key{gw_id, pn_id};
+    auto refuse = [&](pb::FailureReason reason, const std::string& why) {
+        counters_.count(reason);
+        log(LogLevel::kWarn,
+            "re-key of " + pne_id + " in " + pn_id + " of " + gw_id + " not sent: " + why);
+        out.push_back(OutcomeEffect{pn_id,
+                                    gw_id,
+                                    false,
+                                    reason,
+                                    pne_id + ": " + why,
+                                    {},
+                                    {PneOutcome{pne_id, false, reason}},
+                                    "rekey"});
+        return out;
+    };
+    if (!linked) return refuse(pb::PEER_UNREACHABLE, "PN GW not connected");
+    if (orders_.count(key)) return refuse(pb::BUSY, "another re-key of this PN is ordered");
+    if (orders_.size() >= kMaxServerChanges)
+        return refuse(pb::LIMIT_EXCEEDED, "too many re-keys ordered");
+    orders_[key] = RekeyOrder{pne_id, now + kRekeyOrderTimeout};
+    change_timers_.insert({now + kRekeyOrderTimeout, key});
+    log(LogLevel::kInfo, "re-key of " + pne_id + " in " + pn_id + " ordered: sent to " + gw_id);
+    pb::Envelope env;
+    auto& r = *env.mutable_change_request();
+    r.set_pn_id(pn_id);
+    r.set_op(pb::CHANGE_REKEY);
+    r.set_pne_id(pne_id);
+    r.set_revision(revision);
+    send(out, gw_id, std::move(env));
+    return out;
+}
+
+void Server::end_order(Out& out, const Key& key, bool success, pb::FailureReason reason,
+                       const std::string& detail) {
+    auto it = orders_.find(key);
+    const std::string pne = it->second.pne_id;
+    change_timers_.erase({it->second.deadline, key});
+    orders_.erase(it);
+    reason = outcome_reason(success, reason);
+    if (!success) counters_.count(reason);
+    log(success ? LogLevel::kInfo : LogLevel::kWarn,
+        "re-key of " + pne + " in " + key.second + " of " + key.first +
+            (success ? ": done" : ": failed: " + std::string(reason_name(reason))) + " (" + detail +
+            ")");
+    out.push_back(OutcomeEffect{key.second,
+                                key.first,
+                                success,
+                                reason,
+                                pne + ": " + detail,
+                                {},
+                                {PneOutcome{pne, success, reason}},
+                                "rekey"});
+}
+
+// The PN GW's report on a re-key ordered by the server: PnChangeNotifyAck.rekeyed (the PNE
+// confirmed its new LocalEUKey) or an ErrorReport naming the PN.
+void Server::handle_gw_report(Out& out, const std::string& from, const pb::Envelope& env) {
+    const std::string& pn =
+        env.has_change_notify_ack() ? env.change_notify_ack().pn_id() : env.error().pn_id();
+    const Key key{from, pn};
+    if (!orders_.count(key) ||
+        (env.has_change_notify_ack() && !env.change_notify_ack().rekeyed())) {
+        // Not a report on an order in progress: as for any message not for the server.
+        return send_error(out, from, "", pb::UNEXPECTED_MESSAGE,
+                          std::string(message_name(env)) + " is not for the CPNS Server");
+    }
+    if (env.has_change_notify_ack())
+        return end_order(out, key, true, pb::REASON_NONE,
+                         "new LocalEUKey in force at revision " +
+                             std::to_string(env.change_notify_ack().revision()));
+    end_order(out, key, false, env.error().reason(), "PN GW reports: " + env.error().detail());
+}
+
 // A change whose store result has not come within kPersistTimeout: the PN GW learns
 // STORE_UNAVAILABLE now; the result, when it comes, is still sent (on_changed).
 void Server::expire_changes(Out& out, Millis now) {
     while (!change_timers_.empty() && change_timers_.begin()->first <= now) {
-        const Key key = change_timers_.begin()->second;
+        const auto [when, key] = *change_timers_.begin();
         change_timers_.erase(change_timers_.begin());
+        if (auto o = orders_.find(key); o != orders_.end() && o->second.deadline == when) {
+            end_order(out, key, false, pb::TIMEOUT, "no report from the PN GW in time");
+            continue;
+        }
         auto it = changes_.find(key);
-        if (it == changes_.end()) continue;
+        if (it == changes_.end() || it->second.deadline != when) continue;
         it->second.deadline = kNever;
         if (it->second.op == pb::CHANGE_SYNC) {
             // Nothing to refuse: the PN GW asked nothing of the PN. The read's result is still

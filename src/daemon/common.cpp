@@ -664,6 +664,8 @@ std::string report_text(const pb::OutcomeReport& r) {
             s << ": done";
             if (r.detail() == "dissolved" || r.operation() == "dissolve")
                 s << ", the PN is dissolved";
+            else if (r.operation() == "rekey")
+                s << ", new LocalEUKey in force, revision " << r.inventory().revision();
             else if (!r.inventory().pn_id().empty())
                 s << ", revision " << r.inventory().revision() << ", "
                   << r.inventory().members_size() << " member(s) left";

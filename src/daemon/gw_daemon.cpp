@@ -665,7 +665,8 @@ pb::GwStatus GwDaemon::status() const {
     return st;
 }
 
-// PN lifecycle on the control endpoint: "remove PN PNE", "dissolve PN" and "add PN [PNE ...]"
+// PN lifecycle on the control endpoint: "remove PN PNE", "dissolve PN", "add PN [PNE ...]" and
+// "rekey PN PNE"
 // (IDs are checked by the role); the answer is the outcome once the server has answered (for
 // add: once the PNEs have joined and the server has recorded them). (Not in the coroutine
 // below: GCC 12 reports a false mismatched-new-delete on its frame when it grows.)
@@ -695,9 +696,21 @@ void GwDaemon::control_change(const std::shared_ptr<ControlSocket>& socket, cons
         apply(std::move(fx));
         return;
     }
-    if (cmd == "remove") in >> pne;
-    if (pn.empty() || (cmd == "remove" && pne.empty()) || (in >> extra)) {
-        answer(socket, error_json("usage: remove PN PNE | dissolve PN"));
+    if (cmd == "remove" || cmd == "rekey") in >> pne;
+    if (pn.empty() || ((cmd == "remove" || cmd == "rekey") && pne.empty()) || (in >> extra)) {
+        answer(socket, error_json("usage: remove PN PNE | rekey PN PNE | dissolve PN"));
+        return;
+    }
+    if (cmd == "rekey") {
+        spdlog::info("control: rekey {} {}", printable(pn, kMaxControlLine),
+                     printable(pne, kMaxControlLine));
+        // The outcome comes when the PNE confirms its new LocalEUKey, or the re-key fails.
+        GatewayEffects fx = gw_->rekey(pn, pne, mono_now());
+        if (const auto* o = find_outcome(fx))
+            answer(socket, outcome_json(opt_.role.gw_id, *o));
+        else
+            waiters_[pn].push_back(socket);
+        apply(std::move(fx));
         return;
     }
     spdlog::info("control: {} {}{}", cmd, printable(pn, kMaxControlLine),
@@ -778,12 +791,13 @@ asio::awaitable<void> GwDaemon::control_serve(std::shared_ptr<ControlSocket> soc
             waiters_[pn].push_back(socket);
         }
         apply(std::move(fx));
-    } else if (cmd == "remove" || cmd == "dissolve" || cmd == "add") {
+    } else if (cmd == "remove" || cmd == "dissolve" || cmd == "add" || cmd == "rekey") {
         control_change(socket, cmd, in);
     } else {
         spdlog::warn("control: unknown command '{}'", printable(cmd));
         answer(socket, error_json("unknown command '" + printable(cmd) +
                                   "'; use: invite [pne ...] | add PN [pne ...] | remove PN PNE | "
+                                  "rekey PN PNE | "
                                   "dissolve PN | status | neighbours"));
     }
 }

@@ -441,6 +441,21 @@ void ServerDaemon::act_on(const PolledChange& c) {
         for (const auto& inv : c.pns)
             apply(server_->push_change(inv.gw_id(), inv.pn_id(), pb::CHANGE_REMOVE, c.entity->id,
                                        inv.revision(), pb::REVOKED, mono_now()));
+    } else if (e.kind == "rekey") {
+        // The operator ordered a re-key (cpnsctl rekey). An order older than
+        // kRekeyOrderMaxAge (read again at a restart, or by a server that was down) is not
+        // carried out: cpnsctl has given up waiting for it.
+        const std::int64_t age = wall_now_ms() - e.at_ms;
+        if (age > kRekeyOrderMaxAge) return;
+        std::uint64_t revision = 0;
+        try {
+            revision = std::stoull(e.payload);
+        } catch (const std::exception&) {
+            spdlog::warn("change log: re-key order {} without a revision: ignored", e.seq);
+            return;
+        }
+        const bool linked = gws_.count(e.gw_id) != 0;
+        apply(server_->order_rekey(e.gw_id, e.pn_id, e.entity_id, revision, linked, mono_now()));
     } else if (e.kind == "pn_deleted" && !c.pns.empty()) {
         const pb::PnInventory& before = c.pns.front();
         if (news) publish_lifecycle("delete", before.gw_id(), before.pn_id(), before.pn_id());

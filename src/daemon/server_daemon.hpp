@@ -35,6 +35,9 @@ inline constexpr Millis kGwDirectoryRefresh = 2'000;
 // How often a server reads its store's change log (revocations and disablings to push to the
 // PN GWs, PNs deleted by the operator): a revocation takes effect within about this long.
 inline constexpr Millis kChangeLogPoll = 200;
+// A re-key order (cpnsctl rekey) in the change log is sent to its PN GW only this soon after it
+// was written (cpnsctl waits kRekeyWaitTimeout for its outcome).
+inline constexpr std::int64_t kRekeyOrderMaxAge = 30'000;
 inline constexpr std::size_t kChangeLogBatch = 256;  // change-log rows read per poll
 // Rows re-read behind the newest seen (PostgreSQL can make a row visible after a later one),
 // and rows replayed at start (what happened while this server was down; replays are harmless).

@@ -504,6 +504,23 @@ void Simulator::start_gw_add(const std::string& gw_id, const std::string& pn_id,
     apply(gw_id, node(gw_id).gw->add(pn_id, pne_ids, now_));
 }
 
+void Simulator::start_server_rekey_order(const std::string& gw_id, const std::string& pn_id,
+                                         const std::string& pne_id, bool linked) {
+    const auto it = dir_.pns().find(gw_id + "/" + pn_id);
+    const std::uint64_t revision = it == dir_.pns().end() ? 0 : it->second.revision();
+    apply(kServerId, server_->order_rekey(gw_id, pn_id, pne_id, revision, linked, now_));
+}
+
+void Simulator::set_faults(FaultConfig faults) {
+    faults_ = std::move(faults);
+    rule_hits_.assign(faults_.rules.size(), 0);
+}
+
+void Simulator::start_gw_rekey(const std::string& gw_id, const std::string& pn_id,
+                               const std::string& pne_id) {
+    apply(gw_id, node(gw_id).gw->rekey(pn_id, pne_id, now_));
+}
+
 void Simulator::revoke(const std::string& id, EntityStatus status) {
     dir_.set_status(id, status);
     std::vector<pb::PnInventory> pns;

@@ -126,6 +126,9 @@ class Simulator {
     // The PN GW invites `pne_ids` into its registered PN `pn_id` (PN update).
     void start_gw_add(const std::string& gw_id, const std::string& pn_id,
                       const std::vector<std::string>& pne_ids);
+    // The PN GW re-keys `pne_id`'s LocalEUKey in its registered PN `pn_id`.
+    void start_gw_rekey(const std::string& gw_id, const std::string& pn_id,
+                        const std::string& pne_id);
     // The operator revokes (or disables) an entity at the server: a PNE is removed by the
     // server from every PN it is in, as the server daemon does when its store reports it.
     void revoke(const std::string& id, EntityStatus status = EntityStatus::kRevoked);
@@ -180,6 +183,11 @@ class Simulator {
     };
     const std::vector<Captured>& captured() const { return captured_; }
     void set_capture(bool on) { capture_ = on; }
+    // The operator orders a re-key at the server (cpnsctl rekey), which sends it to the PN GW.
+    void start_server_rekey_order(const std::string& gw_id, const std::string& pn_id,
+                                  const std::string& pne_id, bool linked = true);
+    // Replaces the faults applied from now on (the rules' hit counts start again).
+    void set_faults(FaultConfig faults);
     // Inject a raw frame as if `from` had sent it to `to` (replay, tampering).
     void inject(const std::string& from, const std::string& to, Bytes frame,
                 Protection protection = Protection::kClear);

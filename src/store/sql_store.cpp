@@ -603,9 +603,10 @@ class SqlStore final : public Store {
                     limit.inventory = *current;
                     return limit;
                 }
-            } else
+            } else if (op != pb::CHANGE_REKEY) {  // a re-key changes the revision only
                 db_->run("DELETE FROM pn_members WHERE gw_id = $1 AND pn_id = $2 AND pne_id = $3",
                          {Param::of(gw_id), Param::of(pn_id), Param::of(pne_id)});
+            }
         }
         txn.commit();
         return r;
@@ -880,6 +881,23 @@ class SqlStore final : public Store {
         db_->run("DELETE FROM pns WHERE gw_id = $1 AND pn_id = $2",
                  {Param::of(gw_id), Param::of(pn_id)});
         log_change("pn_deleted", "", gw_id, pn_id, serialize(before, "the PN Inventory"));
+        txn.commit();
+        return r;
+    }
+
+    ChangeResult order_rekey(const std::string& gw_id, const std::string& pn_id,
+                             const std::string& pne_id) override {
+        Transaction txn(*db_, Transaction::Kind::kWrite);
+        std::vector<pb::PnInventory> found =
+            read_pns(" WHERE p.gw_id = $1 AND p.pn_id = $2", {Param::of(gw_id), Param::of(pn_id)});
+        std::optional<pb::PnInventory> current;
+        if (!found.empty()) current = std::move(found.front());
+        // The same checks as the change itself, at the PN's revision; nothing is changed here.
+        ChangeResult r =
+            change_inventory(current, pb::CHANGE_REKEY, pne_id, current ? current->revision() : 0);
+        if (r.reason != pb::REASON_NONE) return r;
+        r.inventory = *current;
+        log_change("rekey", pne_id, gw_id, pn_id, std::to_string(current->revision()));
         txn.commit();
         return r;
     }

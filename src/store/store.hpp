@@ -180,6 +180,12 @@ class Store {  // one instance per thread; not thread-safe
     // "pn_deleted" row in the change log (with the PN as it was) in the same transaction, so
     // that the servers tell its PN GW. UNKNOWN_PN when there is no such PN.
     virtual ChangeResult delete_pn(const std::string& gw_id, const std::string& pn_id) = 0;
+    // The operator orders a LocalEUKey re-key (cpnsctl rekey): if the PN (gw_id, pn_id) lists
+    // `pne_id` with a LocalEUKey, a "rekey" row goes into the change log (entity `pne_id`, the
+    // PN's revision as the payload, in decimal) for the servers to send to its PN GW. Refused
+    // (UNKNOWN_PN, NOT_A_MEMBER, NO_LOCAL_EUKEY; inventory: the PN as it is) writes nothing.
+    virtual ChangeResult order_rekey(const std::string& gw_id, const std::string& pn_id,
+                                     const std::string& pne_id) = 0;
     // The PNs that list `pne_id` as a member (at most kMaxPnsPerPne), ordered by (gw_id, pn_id).
     virtual std::vector<pb::PnInventory> pns_of(const std::string& pne_id) = 0;
     // Change log: the newest seq (0 when empty), and the rows after `seq`, oldest first, at most

@@ -41,6 +41,7 @@ local ENUMS = {
     [3] = "CHANGE_DISSOLVE",
     [4] = "CHANGE_ADD",
     [5] = "CHANGE_SYNC",
+    [6] = "CHANGE_REKEY",
   },
   EntityMode = {
     [0] = "MODE_UNSPECIFIED",
@@ -81,6 +82,7 @@ local ENUMS = {
     [29] = "NOT_A_MEMBER",
     [30] = "STALE_REVISION",
     [31] = "ALREADY_A_MEMBER",
+    [32] = "NO_LOCAL_EUKEY",
   },
   Flow = {
     [0] = "FLOW_UNSPECIFIED",
@@ -195,6 +197,7 @@ local MESSAGES = {
   PnChangeNotifyAck = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
     [2] = { name = "revision", kind = "uint64", type = "uint64" },
+    [3] = { name = "rekeyed", kind = "bool", type = "bool" },
   },
   PnChangeRequest = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
@@ -258,6 +261,7 @@ local MESSAGES = {
     [6] = { name = "pnes", kind = "message", type = "PneInfo", repeated = true },
     [7] = { name = "add", kind = "bool", type = "bool" },
     [8] = { name = "revision", kind = "uint64", type = "uint64" },
+    [9] = { name = "rekey", kind = "bool", type = "bool" },
   },
   PnRegistrationResponse = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
@@ -278,6 +282,7 @@ local MESSAGES = {
   PnSetupInvite = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
     [2] = { name = "gw_id", kind = "string", type = "string" },
+    [3] = { name = "rekey", kind = "bool", type = "bool" },
   },
   PnSetupNotify = {
     [1] = { name = "pn_id", kind = "string", type = "string" },
