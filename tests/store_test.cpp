@@ -501,6 +501,10 @@ TYPED_TEST(StoreTest, ListFilters) {
     EXPECT_EQ(ids(s->list_entities(EntityKind::kPne)),
               (std::vector<std::string>{"pne-a", "pne-b", "pne-c"}));
     EXPECT_EQ(ids(s->list_entities(EntityKind::kGw)), (std::vector<std::string>{"gw-a", "gw-b"}));
+    // The server's gauges count without reading the rows.
+    EXPECT_EQ(s->count_entities(), 5u);
+    EXPECT_EQ(s->count_entities(EntityKind::kPne), 3u);
+    EXPECT_EQ(s->count_entities(EntityKind::kGw), 2u);
     for (const StoredEntity& e : s->list_entities()) {
         EXPECT_TRUE(e.eukey == s->get_entity(e.id)->eukey) << e.id;
         EXPECT_FALSE(e.eukey.is_zero());
@@ -782,11 +786,13 @@ TYPED_TEST(StoreTest, GetAndListPns) {
     const auto s = this->open();
     provision(*s, {"gw-1", "gw-2"}, {"pne-1", "pne-2", "pne-3"});
     EXPECT_TRUE(s->list_pns().empty());
+    EXPECT_EQ(s->count_pns(), 0u);
 
     const pb::PnInventory a = inventory("gw-1", "pn-b", {"pne-3", "pne-1", "pne-2"});
     const pb::PnInventory b = inventory("gw-1", "pn-a", {"pne-2"});
     const pb::PnInventory c = inventory("gw-2", "pn-a", {"pne-2", "pne-1"});
     for (const auto* inv : {&a, &b, &c}) ASSERT_EQ(s->register_pn(*inv), PutResult::kOk);
+    EXPECT_EQ(s->count_pns(), 3u);
 
     const std::optional<pb::PnInventory> got = s->get_pn("gw-1", "pn-b");
     ASSERT_TRUE(got);

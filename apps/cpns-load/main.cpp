@@ -308,6 +308,16 @@ void append_acked(std::ofstream& out, const Result& r) {
     out.flush();
 }
 
+// --latency-out: the latency of every registered PN in ms, one per line, in finishing order.
+bool write_latencies(const std::string& path, const std::vector<Result>& results) {
+    std::ofstream f(path);
+    for (const auto& r : results)
+        if (r.success) f << r.latency << "\n";
+    f.close();
+    if (!f) std::cerr << "cpns-load: cannot write " << path << "\n";
+    return static_cast<bool>(f);
+}
+
 // Prints the run's JSON summary; returns how many PNs were registered.
 std::size_t print_summary(const std::vector<Result>& results, std::size_t gateways,
                           std::size_t expected, double secs,
@@ -368,12 +378,15 @@ int main(int argc, char** argv) {
     prov->add_option("--pnes-per-gw", pnes, "PNEs per PN GW")->check(CLI::Range(1, 63));
     prov->add_option("--out", out, "entities file to write");
     auto* run = app.add_subcommand("run", "run the load and print a JSON summary");
-    std::string entities, servers, acked, log_level = "warn";
+    std::string entities, servers, acked, latency_out, log_level = "warn";
     run->add_option("--entities", entities, "entities file (from 'provision')")->required();
     run->add_option("--servers", servers, "server addresses host:port[,host:port...]")->required();
     run->add_option("--pns-per-gw", pns, "PNs each PN GW establishes, one after the other")
         ->check(CLI::Range(1, 100000));
     run->add_option("--acked", acked, "append each acknowledged PN here as a JSON line, at once");
+    run->add_option("--latency-out", latency_out,
+                    "write the latency of every registered PN here, in ms, one per line "
+                    "(in the order they finished)");
     run->add_option("--log-level", log_level, "log level of the roles (default warn)");
     RetryPolicy retry;
     run->add_option("--retries", retry.retries,
@@ -427,6 +440,7 @@ int main(int argc, char** argv) {
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const std::size_t ok = print_summary(results, gw_keys.size(), expected, secs, retried);
+        if (!latency_out.empty() && !write_latencies(latency_out, results)) return 2;
         return ok == expected ? 0 : 1;
     } catch (const std::exception& e) {
         std::cerr << "cpns-load: " << e.what() << "\n";

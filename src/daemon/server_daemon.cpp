@@ -1157,9 +1157,11 @@ void ServerDaemon::count_inventory() {
     auto counts = std::make_shared<Counts>();
     store_job(
         [counts](store::Store& st) {
-            counts->pns = static_cast<double>(st.list_pns().size());
-            counts->gw = static_cast<double>(st.list_entities(EntityKind::kGw).size());
-            counts->pne = static_cast<double>(st.list_entities(EntityKind::kPne).size());
+            // COUNT(*), not the rows: reading every PN (and unsealing every entity) each
+            // interval made the server's memory and CPU grow with the PNs it had registered.
+            counts->pns = static_cast<double>(st.count_pns());
+            counts->gw = static_cast<double>(st.count_entities(EntityKind::kGw));
+            counts->pne = static_cast<double>(st.count_entities(EntityKind::kPne));
         },
         [this, counts](StoreFailure failure) {
             if (!failure) {

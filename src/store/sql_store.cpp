@@ -621,6 +621,19 @@ class SqlStore final : public Store {
         return read_pns("", {});
     }
 
+    std::size_t count_pns() override {
+        const detail::Result r = db_->run("SELECT COUNT(*) FROM pns", {});
+        return r.rows.empty() ? 0 : static_cast<std::size_t>(integer(r.rows[0][0]));
+    }
+
+    std::size_t count_entities(std::optional<EntityKind> kind) override {
+        const detail::Result r =
+            kind ? db_->run("SELECT COUNT(*) FROM entities WHERE kind = $1",
+                            {Param::of(word(*kind))})
+                 : db_->run("SELECT COUNT(*) FROM entities", {});
+        return r.rows.empty() ? 0 : static_cast<std::size_t>(integer(r.rows[0][0]));
+    }
+
     void audit(const AuditRecord& r) override {
         db_->run(
             "INSERT INTO audit (at_ms, server_id, gw_id, pn_id, pne_id, success, reason, detail)"
