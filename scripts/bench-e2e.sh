@@ -10,7 +10,7 @@
 # as JSON (e2e.json).
 #
 # Usage: scripts/bench-e2e.sh [--tiny] [--build DIR] [--out DIR] [--gws N] [--pnes-per-gw K]
-#                             [--pns-per-gw P] [--no-pg] [--timeout SECONDS]
+#                             [--pns-per-gw P] [--no-pg] [--timeout SECONDS] [--perf]
 #   --tiny          seconds: 20 PN GWs x 2 PNEs x 2 PNs, SQLite only, into a scratch directory
 #                   unless --out is given; asserts no timing, fails only when a part does not
 #                   run (a server that does not start, a PN not registered, no plot data).
@@ -24,6 +24,8 @@
 #   --no-pg         the SQLite run only
 #   --timeout S     bound of one load run (default 1800 s); a server start (the entities
 #                   import) is bounded by the same
+#   --perf          record each server with `perf record -g` during the load (perf-NAME.data
+#                   in the output directory, and perf-NAME.txt: its top symbols)
 # PostgreSQL: CPNS_BENCH_PG_URL names a server on which a fresh database is created (and
 # dropped); without it a throw-away one is started with scripts/pg-test-server.sh and stopped
 # at the end. The servers and PostgreSQL listen on 127.0.0.1 only. The descriptor limit is
@@ -33,7 +35,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-tiny=0 build=build/ci out="" gws="" pnes="" pns="" pg=1 timeout_s=1800
+tiny=0 build=build/ci out="" gws="" pnes="" pns="" pg=1 timeout_s=1800 perf=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 need() { [[ $# -ge 2 ]] || { echo "bench-e2e: $1 needs a value" >&2; exit 2; }; }
@@ -46,6 +48,7 @@ while (($#)); do
     --pnes-per-gw) need "$@"; pnes=$2; shift ;;
     --pns-per-gw) need "$@"; pns=$2; shift ;;
     --no-pg) pg=0 ;;
+    --perf) perf=1 ;;
     --timeout) need "$@"; timeout_s=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench-e2e: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -109,14 +112,14 @@ echo "== bench-e2e: $gws PN GWs x $pnes PNEs x $pns PNs = $((gws * pns)) PNs per
   "$(date -u +%Y-%m-%dT%H:%MZ), $build, descriptors $(ulimit -n) ==" >&2
 
 status=0
-python3 - "$build" "$work" "$out" "$tiny" "$pg_url" "$gws" "$pnes" "$pns" "$timeout_s" <<'PY' || status=$?
+python3 - "$build" "$work" "$out" "$tiny" "$pg_url" "$gws" "$pnes" "$pns" "$timeout_s" "$perf" <<'PY' || status=$?
 import json, os, resource, secrets, signal, socket, subprocess, sys, threading, time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 build, work, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 tiny, pg_url = sys.argv[4] == "1", sys.argv[5]
-gws, pnes, pns, timeout_s = (int(x) for x in sys.argv[6:10])
+gws, pnes, pns, timeout_s, perf = (int(x) for x in sys.argv[6:11])
 server_exe = build / "apps" / "cpns-server" / "cpns-server"
 load_exe = build / "apps" / "cpns-load" / "cpns-load"
 SAMPLE_S = 0.25  # RSS and PNs-registered sampling period of each server
@@ -233,6 +236,10 @@ def run(label, store_urls, ent, mk):
         before = {s.name: rss_kb(s.proc.pid) for s in servers}
         cpu0 = {s.name: cpu_seconds(s.proc.pid) for s in servers}
         lat_file = out / f"latency-{label}.txt"
+        perfs = [subprocess.Popen(["perf", "record", "-q", "-g", "-p", str(s.proc.pid), "-o",
+                                   str(out / f"perf-{s.name}.data")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for s in servers] if perf else []
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         log(f"{label}: cpns-load run through {', '.join(s.addr for s in servers)}")
         t0 = time.monotonic()
@@ -260,6 +267,14 @@ def run(label, store_urls, ent, mk):
                 raise RuntimeError(f"{label}: cpns-load did not finish within {timeout_s} s")
             reader.join(SAMPLE_S)
         wall = time.monotonic() - t0
+        for p, s in zip(perfs, servers):
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=120)
+            with open(out / f"perf-{s.name}.txt", "w") as f:
+                subprocess.run(["perf", "report", "-i", str(out / f"perf-{s.name}.data"),
+                                "--no-children", "--sort", "dso,symbol", "--stdio", "-g", "none",
+                                "--percent-limit", "0.5"], stdout=f, stderr=subprocess.DEVNULL,
+                               timeout=600)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         load_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
         if load.returncode not in (0, 1) or not collected.get("out", "").strip():

@@ -817,7 +817,9 @@ TYPED_TEST(StoreTest, GetAndListPns) {
 TYPED_TEST(StoreTest, AuditManyWritesEveryRecordInOrder) {
     const auto s = this->open();
     std::vector<AuditRecord> batch;
-    for (int i = 1; i <= 25; ++i) {
+    // More than one multi-row statement's worth (128 rows), with a remainder of every size.
+    constexpr int kRecords = 128 + 127;
+    for (int i = 1; i <= kRecords; ++i) {
         AuditRecord r;
         r.at_ms = 5000;  // one timestamp: order comes from insertion
         r.server_id = "server-a";
@@ -830,10 +832,17 @@ TYPED_TEST(StoreTest, AuditManyWritesEveryRecordInOrder) {
     }
     s->audit_many(batch);
     s->audit_many({});
-    const auto log = s->audit_log(100);
-    ASSERT_EQ(log.size(), 25u);
-    EXPECT_EQ(log.front().pne_id, "pne-25");
-    EXPECT_EQ(log.back().pne_id, "pne-1");
+    const auto log = s->audit_log(1000);
+    ASSERT_EQ(log.size(), static_cast<std::size_t>(kRecords));
+    for (int i = 0; i < kRecords; ++i) {  // newest first: the batch backwards
+        const AuditRecord& r = log[static_cast<std::size_t>(i)];
+        const int n = kRecords - i;
+        EXPECT_EQ(r.pne_id, "pne-" + std::to_string(n));
+        EXPECT_EQ(r.success, n % 2 == 0) << r.pne_id;
+        EXPECT_EQ(r.reason, n % 2 == 0 ? "none" : "authentication failed") << r.pne_id;
+        EXPECT_EQ(r.at_ms, 5000) << r.pne_id;
+        EXPECT_EQ(r.server_id, "server-a");
+    }
     EXPECT_EQ(log.back().reason, "authentication failed");
 }
 

@@ -1062,8 +1062,10 @@ void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
                     static_cast<std::size_t>(o.inventory.members_size())));
     }
     if (!lifecycle) metrics_.finished(o.gw_id + "/" + o.pn_id, o, mono_now());
-    spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
-                 outcome_json(opt_.role.server_id, o));
+    // The outcome as JSON (protobuf's reflection-based printer) only when it is logged.
+    if (spdlog::should_log(spdlog::level::info))
+        spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
+                     outcome_json(opt_.role.server_id, o));
     const auto now_ms =
         static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                       std::chrono::system_clock::now().time_since_epoch())
