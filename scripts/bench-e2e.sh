@@ -15,7 +15,7 @@
 #                   unless --out is given; asserts no timing, fails only when a part does not
 #                   run (a server that does not start, a PN not registered, no plot data).
 #                   ctest runs it as `bench.e2e_tiny`.
-#   --build DIR     the binaries of DIR (default build/ci): cpns-server, cpns-load
+#   --build DIR     the binaries of DIR (default build/ci): cpns-server, cpns-load, cpnsctl
 #   --out DIR       where the results go (default build/bench-e2e)
 #   --gws N         PN GWs, each on its own TLS link (default 10,000; at most 10,000, the
 #                   server's kMaxGwConnections)
@@ -65,10 +65,11 @@ for v in "$gws" "$pnes" "$pns" "$timeout_s"; do
 done
 ((gws <= 10000)) || { echo "bench-e2e: at most 10,000 PN GWs (kMaxGwConnections)" >&2; exit 2; }
 
-for exe in "$build/apps/cpns-server/cpns-server" "$build/apps/cpns-load/cpns-load"; do
+for exe in "$build/apps/cpns-server/cpns-server" "$build/apps/cpns-load/cpns-load" \
+  "$build/apps/cpnsctl/cpnsctl"; do
   if [[ ! -x "$exe" ]]; then
     echo "bench-e2e: $exe is missing: cmake --preset ci && cmake --build build/ci --target" \
-      "cpns-server cpns-load" >&2
+      "cpns-server cpns-load cpnsctl" >&2
     exit 2
   fi
 done
@@ -89,7 +90,10 @@ cleanup() {
   for pidfile in "$work"/*.pid; do
     [[ -e "$pidfile" ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
-  if [[ -n "$pg_dir" ]]; then scripts/pg-test-server.sh stop "$pg_dir" >/dev/null 2>&1 || true; fi
+  if [[ -n "$pg_dir" ]]; then
+    scripts/pg-test-server.sh stop "$pg_dir/pg" >/dev/null 2>&1 || true
+    rmdir "$pg_dir" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -102,8 +106,10 @@ pg_url=""
 if ((pg)); then
   pg_url=${CPNS_BENCH_PG_URL:-}
   if [[ -z "$pg_url" ]]; then
-    pg_dir="$work/pg"
-    pg_url=$(scripts/pg-test-server.sh start "$pg_dir")
+    # Not under $work (private): the server runs as the postgres user when this is root.
+    pg_dir=$(mktemp -d "$(realpath "$build")/bench-e2e-pg.XXXXXX")
+    chmod 755 "$pg_dir"
+    pg_url=$(scripts/pg-test-server.sh start "$pg_dir/pg")
   fi
 fi
 
@@ -122,6 +128,10 @@ tiny, pg_url = sys.argv[4] == "1", sys.argv[5]
 gws, pnes, pns, timeout_s, perf = (int(x) for x in sys.argv[6:11])
 server_exe = build / "apps" / "cpns-server" / "cpns-server"
 load_exe = build / "apps" / "cpns-load" / "cpns-load"
+ctl_exe = build / "apps" / "cpnsctl" / "cpnsctl"
+# An entities file is bounded (kMaxConfigFileBytes, 1 MiB): the fleet is written in parts of
+# at most this many bytes, each PN GW with its PNEs in one part.
+PART_BYTES = 900 * 1024
 SAMPLE_S = 0.25  # RSS and PNs-registered sampling period of each server
 SETTLE_S = 2.0   # after the load: the links closed, the last audit batch written
 TICK = os.sysconf("SC_CLK_TCK")
@@ -169,7 +179,7 @@ def status(port):
 
 
 class Server:
-    def __init__(self, name, store_url, ent, mk):
+    def __init__(self, name, store_url, mk):
         self.name, self.dir = name, work / name
         self.dir.mkdir()
         self.port = free_port()
@@ -180,7 +190,7 @@ class Server:
         self.log = open(self.dir / "server.log", "w")
         self.proc = subprocess.Popen(
             [str(server_exe), "-c", str(cfg), "--id", name, "--store", store_url,
-             "--master-key-file", str(mk), "--entities", str(ent), "--listen", "127.0.0.1:0",
+             "--master-key-file", str(mk), "--listen", "127.0.0.1:0",
              "--ready-file", str(ready), "--control-listen", f"127.0.0.1:{self.port}",
              "--log-level", "warn"], stdout=self.log, stderr=subprocess.STDOUT)
         (work / f"{name}.pid").write_text(str(self.proc.pid))
@@ -226,12 +236,17 @@ def rss_at(samples, registered):
     return None, None
 
 
-def run(label, store_urls, ent, mk):
+def run(label, store_urls, parts, mk):
+    # The fleet into the store first (cpnsctl import, part by part), not timed.
+    began = time.monotonic()
+    for part in parts:
+        subprocess.run([str(ctl_exe), "--store", store_urls[0], "--master-key-file", str(mk),
+                        "import", str(part)], check=True, capture_output=True, timeout=timeout_s)
+    log(f"{label}: {len(parts)} entities file(s) imported in {time.monotonic() - began:.0f} s")
     servers = []
     try:
         for i, url in enumerate(store_urls):
-            # one after the other: the second finds the entities the first imported
-            servers.append(Server(f"{label}-{i + 1}", url, ent, mk))
+            servers.append(Server(f"{label}-{i + 1}", url, mk))
         time.sleep(0.5)
         before = {s.name: rss_kb(s.proc.pid) for s in servers}
         cpu0 = {s.name: cpu_seconds(s.proc.pid) for s in servers}
@@ -244,7 +259,7 @@ def run(label, store_urls, ent, mk):
         log(f"{label}: cpns-load run through {', '.join(s.addr for s in servers)}")
         t0 = time.monotonic()
         load = subprocess.Popen(
-            [str(load_exe), "run", "--entities", str(ent), "--servers",
+            [str(load_exe), "run", "--entities", ",".join(str(p) for p in parts), "--servers",
              ",".join(s.addr for s in servers), "--pns-per-gw", str(pns),
              "--latency-out", str(lat_file)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -334,10 +349,23 @@ subprocess.run([str(load_exe), "provision", "--gws", str(gws), "--pnes-per-gw", 
                 "--out", str(ent)], check=True, capture_output=True, timeout=600)
 mk.write_text(secrets.token_hex(32) + "\n")
 mk.chmod(0o600)
+# Split at each PN GW's [[entity]] (provision writes a PN GW, then its PNEs).
+parts, chunk = [], ""
+for block in ent.read_text().split("[[entity]]")[1:]:
+    if 'kind = "gw"' in block and len(chunk) > PART_BYTES - 4096 * (pnes + 1):
+        parts.append(chunk)
+        chunk = ""
+    chunk += "[[entity]]" + block
+parts.append(chunk)
+part_files = []
+for i, text in enumerate(parts):
+    f = work / f"entities-{i + 1}.toml"
+    f.write_text(text)
+    part_files.append(f)
 
 results = []
 try:
-    results.append(run("sqlite", [f"sqlite:{work / 'server.db'}"], ent, mk))
+    results.append(run("sqlite", [f"sqlite:{work / 'server.db'}"], part_files, mk))
 except Exception as e:  # noqa: BLE001 - reported, and the run fails
     failures.append(f"sqlite: {e}")
 if pg_url:
@@ -347,7 +375,7 @@ if pg_url:
     try:
         subprocess.run(["psql", pg_url, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name}"],
                        check=True, capture_output=True, timeout=60)
-        results.append(run("postgresql", [db_url, db_url], ent, mk))
+        results.append(run("postgresql", [db_url, db_url], part_files, mk))
     except Exception as e:  # noqa: BLE001
         failures.append(f"postgresql: {e}")
     finally:

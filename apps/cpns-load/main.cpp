@@ -270,26 +270,34 @@ int provision(int gws, int pnes, const std::string& out) {
     return 0;
 }
 
-// The PN GWs of an entities file and, for each, its PNEs ("<gw>-p<n>").
+// The PN GWs of a load run and, for each, its PNEs.
 struct Fleet {
     std::map<std::string, SecretKey> gw_keys;
     std::map<std::string, std::vector<std::pair<std::string, SecretKey>>> groups;
 };
 
-Fleet read_fleet(const std::string& entities) {
+// The PN GWs of the entities files and, for each, its PNEs ("<gw>-p<n>"). Several files: one
+// is bounded by kMaxConfigFileBytes (about 8,000 entities), so a large fleet comes in parts.
+Fleet read_fleet(const std::vector<std::string>& files) {
     MemoryDirectory dir;
-    load_entities(entities, dir);
-    const Config ec = Config::load(entities);
+    std::vector<std::string> ids;
+    for (const auto& entities : files) {
+        MemoryDirectory part;
+        load_entities(entities, part);
+        const Config ec = Config::load(entities);
+        for (const auto& node : *ec.table()["entity"].as_array()) {
+            const std::string id = (*node.as_table())["id"].value_or(std::string());
+            if (dir.find(id)) throw ConfigError(entities + ": entity " + id + " is listed twice");
+            dir.add(id, *part.find(id));
+            ids.push_back(id);
+        }
+    }
     Fleet fleet;
-    for (const auto& node : *ec.table()["entity"].as_array()) {
-        const auto& t = *node.as_table();
-        const std::string id = t["id"].value_or(std::string());
+    for (const auto& id : ids) {
         const auto rec = dir.find(id);
         if (rec->kind == EntityKind::kGw) fleet.gw_keys[id] = rec->eukey;
     }
-    for (const auto& node : *ec.table()["entity"].as_array()) {
-        const auto& t = *node.as_table();
-        const std::string id = t["id"].value_or(std::string());
+    for (const auto& id : ids) {
         const auto rec = dir.find(id);
         if (rec->kind != EntityKind::kPne) continue;
         const auto dash = id.rfind('-');
@@ -378,8 +386,12 @@ int main(int argc, char** argv) {
     prov->add_option("--pnes-per-gw", pnes, "PNEs per PN GW")->check(CLI::Range(1, 63));
     prov->add_option("--out", out, "entities file to write");
     auto* run = app.add_subcommand("run", "run the load and print a JSON summary");
-    std::string entities, servers, acked, latency_out, log_level = "warn";
-    run->add_option("--entities", entities, "entities file (from 'provision')")->required();
+    std::string servers, acked, latency_out, log_level = "warn";
+    std::vector<std::string> entities;
+    run->add_option("--entities", entities,
+                    "entities file (from 'provision'); several: repeat it or separate with commas")
+        ->required()
+        ->delimiter(',');
     run->add_option("--servers", servers, "server addresses host:port[,host:port...]")->required();
     run->add_option("--pns-per-gw", pns, "PNs each PN GW establishes, one after the other")
         ->check(CLI::Range(1, 100000));

@@ -627,10 +627,9 @@ class SqlStore final : public Store {
     }
 
     std::size_t count_entities(std::optional<EntityKind> kind) override {
-        const detail::Result r =
-            kind ? db_->run("SELECT COUNT(*) FROM entities WHERE kind = $1",
-                            {Param::of(word(*kind))})
-                 : db_->run("SELECT COUNT(*) FROM entities", {});
+        const detail::Result r = kind ? db_->run("SELECT COUNT(*) FROM entities WHERE kind = $1",
+                                                 {Param::of(word(*kind))})
+                                      : db_->run("SELECT COUNT(*) FROM entities", {});
         return r.rows.empty() ? 0 : static_cast<std::size_t>(integer(r.rows[0][0]));
     }
 
@@ -659,7 +658,8 @@ class SqlStore final : public Store {
             std::size_t n = kAuditRowsPerStatement;
             while (n > records.size() - at) n /= 2;
             std::string sql =
-                "INSERT INTO audit (at_ms, server_id, gw_id, pn_id, pne_id, success, reason, detail)"
+                "INSERT INTO audit (at_ms, server_id, gw_id, pn_id, pne_id, success, reason, "
+                "detail)"
                 " VALUES ";
             params.clear();
             params.reserve(8 * n);
