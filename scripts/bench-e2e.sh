@@ -10,7 +10,8 @@
 # as JSON (e2e.json).
 #
 # Usage: scripts/bench-e2e.sh [--tiny] [--build DIR] [--out DIR] [--gws N] [--pnes-per-gw K]
-#                             [--pns-per-gw P] [--no-pg] [--timeout SECONDS] [--perf]
+#                             [--pns-per-gw P] [--max-in-flight M] [--no-pg]
+#                             [--timeout SECONDS] [--perf]
 #   --tiny          seconds: 20 PN GWs x 2 PNEs x 2 PNs, SQLite only, into a scratch directory
 #                   unless --out is given; asserts no timing, fails only when a part does not
 #                   run (a server that does not start, a PN not registered, no plot data).
@@ -21,6 +22,9 @@
 #                   server's kMaxGwConnections)
 #   --pnes-per-gw K PNEs of each PN GW, every one a member of each of its PNs (default 2)
 #   --pns-per-gw P  PNs each PN GW establishes, one after the other (default 10)
+#   --max-in-flight M  establishments in progress at once over all PN GWs (cpns-load
+#                   --max-in-flight; default 1,000; 0: every PN GW at once): every link stays
+#                   open, the others wait their turn in cpns-load, untimed
 #   --no-pg         the SQLite run only
 #   --timeout S     bound of one load run (default 1800 s); a server start (the entities
 #                   import) is bounded by the same
@@ -35,7 +39,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-tiny=0 build=build/ci out="" gws="" pnes="" pns="" pg=1 timeout_s=1800 perf=0
+tiny=0 build=build/ci out="" gws="" pnes="" pns="" inflight="" pg=1 timeout_s=1800 perf=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 need() { [[ $# -ge 2 ]] || { echo "bench-e2e: $1 needs a value" >&2; exit 2; }; }
@@ -47,6 +51,7 @@ while (($#)); do
     --gws) need "$@"; gws=$2; shift ;;
     --pnes-per-gw) need "$@"; pnes=$2; shift ;;
     --pns-per-gw) need "$@"; pns=$2; shift ;;
+    --max-in-flight) need "$@"; inflight=$2; shift ;;
     --no-pg) pg=0 ;;
     --perf) perf=1 ;;
     --timeout) need "$@"; timeout_s=$2; shift ;;
@@ -56,10 +61,11 @@ while (($#)); do
   shift
 done
 if ((tiny)); then
-  gws=${gws:-20} pnes=${pnes:-2} pns=${pns:-2} pg=0
+  gws=${gws:-20} pnes=${pnes:-2} pns=${pns:-2} inflight=${inflight:-10} pg=0
 else
-  gws=${gws:-10000} pnes=${pnes:-2} pns=${pns:-10}
+  gws=${gws:-10000} pnes=${pnes:-2} pns=${pns:-10} inflight=${inflight:-1000}
 fi
+[[ "$inflight" =~ ^[0-9]+$ ]] || { echo "bench-e2e: --max-in-flight: '$inflight'" >&2; exit 2; }
 for v in "$gws" "$pnes" "$pns" "$timeout_s"; do
   [[ "$v" =~ ^[1-9][0-9]*$ ]] || { echo "bench-e2e: '$v' is not a positive integer" >&2; exit 2; }
 done
@@ -113,19 +119,20 @@ if ((pg)); then
   fi
 fi
 
-echo "== bench-e2e: $gws PN GWs x $pnes PNEs x $pns PNs = $((gws * pns)) PNs per run;" \
+echo "== bench-e2e: $gws PN GWs x $pnes PNEs x $pns PNs = $((gws * pns)) PNs per run," \
+  "at most $inflight in flight (0: no bound);" \
   "$(nproc) CPU(s), load average $(cut -d' ' -f1-3 /proc/loadavg)," \
   "$(date -u +%Y-%m-%dT%H:%MZ), $build, descriptors $(ulimit -n) ==" >&2
 
 status=0
-python3 - "$build" "$work" "$out" "$tiny" "$pg_url" "$gws" "$pnes" "$pns" "$timeout_s" "$perf" <<'PY' || status=$?
+python3 - "$build" "$work" "$out" "$tiny" "$pg_url" "$gws" "$pnes" "$pns" "$timeout_s" "$perf" "$inflight" <<'PY' || status=$?
 import json, os, resource, secrets, signal, socket, subprocess, sys, threading, time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 build, work, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 tiny, pg_url = sys.argv[4] == "1", sys.argv[5]
-gws, pnes, pns, timeout_s, perf = (int(x) for x in sys.argv[6:11])
+gws, pnes, pns, timeout_s, perf, inflight = (int(x) for x in sys.argv[6:12])
 server_exe = build / "apps" / "cpns-server" / "cpns-server"
 load_exe = build / "apps" / "cpns-load" / "cpns-load"
 ctl_exe = build / "apps" / "cpnsctl" / "cpnsctl"
@@ -261,7 +268,7 @@ def run(label, store_urls, parts, mk):
         load = subprocess.Popen(
             [str(load_exe), "run", "--entities", ",".join(str(p) for p in parts), "--servers",
              ",".join(s.addr for s in servers), "--pns-per-gw", str(pns),
-             "--latency-out", str(lat_file)],
+             "--latency-out", str(lat_file), "--max-in-flight", str(inflight)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         load_hwm = 0  # KiB, cpns-load's peak RSS
         collected = {}
@@ -389,7 +396,7 @@ def mib(kb):
 
 lines = [
     f"{gws:,} PN GWs (one TLS 1.3 PSK link each) x {pnes} PNEs x {pns} PNs = {gws * pns:,} PNs "
-    f"per run; {os.cpu_count()} CPU(s), load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
+    f"per run, at most {inflight:,} establishments in flight (0: no bound); {os.cpu_count()} CPU(s), load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
     f"at the end" + (" (--tiny: sizes too small for the figures to mean anything)" if tiny else ""),
     "",
     "| store | servers | PNs registered | wall time | PNs/s | latency p50 / p95 / p99 (max) | "
@@ -417,7 +424,7 @@ for r in results:
 table = "\n".join(lines)
 print(table)
 (out / "e2e.md").write_text(table + "\n")
-(out / "e2e.json").write_text(json.dumps({"gws": gws, "pnes_per_gw": pnes, "pns_per_gw": pns,
+(out / "e2e.json").write_text(json.dumps({"gws": gws, "pnes_per_gw": pnes, "pns_per_gw": pns, "max_in_flight": inflight,
                                           "runs": results}, indent=1) + "\n")
 if failures:
     print("bench-e2e: failed:", *failures, sep="\n  ", file=sys.stderr)

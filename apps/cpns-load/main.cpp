@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <deque>
 #include <fstream>
 #include <iostream>
 
@@ -34,6 +35,38 @@ struct RetryPolicy {
     Millis delay = 500;
 };
 
+// --max-in-flight: establishments in progress at once over all PN GWs (0: no bound). The others
+// wait their turn in the load generator, untimed: with every PN GW of a large fleet starting at
+// once, the server's queue would otherwise hold them all and the latency measured would be the
+// length of that queue.
+class Pacer {
+  public:
+    explicit Pacer(std::size_t max) : max_(max) {}
+    void start(std::function<void()> establish) {
+        if (max_ == 0 || in_flight_ < max_) {
+            ++in_flight_;
+            establish();
+        } else {
+            waiting_.push_back(std::move(establish));
+        }
+    }
+    void finished() {
+        if (max_ == 0) return;
+        if (waiting_.empty()) {
+            --in_flight_;
+            return;
+        }
+        auto next = std::move(waiting_.front());
+        waiting_.pop_front();
+        next();  // takes the slot just freed
+    }
+
+  private:
+    std::size_t max_;
+    std::size_t in_flight_ = 0;
+    std::deque<std::function<void()>> waiting_;
+};
+
 struct Result {
     std::string gw_id, pn_id;
     bool success = false;
@@ -46,7 +79,7 @@ class LoadGw {
   public:
     LoadGw(asio::io_context& io, std::string id, SecretKey eukey,
            std::vector<std::pair<std::string, SecretKey>> pnes, net::HostPort server,
-           const tls::TlsContext& tls, int pns, RetryPolicy retry,
+           const tls::TlsContext& tls, int pns, RetryPolicy retry, Pacer& pacer,
            std::function<void(const Result&)> report,
            std::function<void(pb::FailureReason)> retried)
         : io_(io),
@@ -56,6 +89,7 @@ class LoadGw {
           tls_(tls),
           pns_left_(pns),
           retry_(retry),
+          pacer_(pacer),
           report_(std::move(report)),
           retried_(std::move(retried)),
           retry_timer_(io),
@@ -141,10 +175,12 @@ class LoadGw {
             return;
         }
         --pns_left_;
-        started_ = mono_now();
-        tries_left_ = retry_.retries;
-        // Wait a turn so that discovery answers are in before the first invitation.
-        asio::post(io_, [this] { apply_gw(gw_->invite({}, mono_now())); });
+        pacer_.start([this] {
+            started_ = mono_now();
+            tries_left_ = retry_.retries;
+            // Wait a turn so that discovery answers are in before the first invitation.
+            asio::post(io_, [this] { apply_gw(gw_->invite({}, mono_now())); });
+        });
     }
 
     void apply_gw(GatewayEffects fx) {
@@ -164,6 +200,7 @@ class LoadGw {
                         }
                         Result r{id_, o.pn_id, o.success, o.reason, mono_now() - started_, {}};
                         for (const auto& m : o.inventory.members()) r.members.push_back(m.pne_id());
+                        pacer_.finished();
                         report_(r);
                         next();
                     },
@@ -233,6 +270,7 @@ class LoadGw {
     const tls::TlsContext& tls_;
     int pns_left_;
     RetryPolicy retry_;
+    Pacer& pacer_;
     int tries_left_ = 0;
     std::function<void(const Result&)> report_;
     std::function<void(pb::FailureReason)> retried_;
@@ -407,6 +445,11 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0, 1000));
     run->add_option("--retry-delay-ms", retry.delay, "wait this long before a retry (default 500)")
         ->check(CLI::Range(0, 60'000));
+    std::size_t max_in_flight = 0;
+    run->add_option("--max-in-flight", max_in_flight,
+                    "establishments in progress at once over all PN GWs; the others wait their "
+                    "turn, untimed (default 0: no bound)")
+        ->check(CLI::Range(0, 1'000'000));
     app.set_version_flag("--version", cpns::version_text("cpns-load"),
                          "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
@@ -431,6 +474,7 @@ int main(int argc, char** argv) {
         std::vector<Result> results;
         std::size_t expected = gw_keys.size() * static_cast<std::size_t>(pns);
         std::vector<std::unique_ptr<LoadGw>> loads;
+        Pacer pacer(max_in_flight);
         std::map<std::string, std::size_t> retried;
         auto count_retry = [&](pb::FailureReason r) { ++retried[std::string(reason_name(r))]; };
         const auto t0 = std::chrono::steady_clock::now();
@@ -443,7 +487,7 @@ int main(int argc, char** argv) {
         for (const auto& [gid, key] : gw_keys) {
             loads.push_back(std::make_unique<LoadGw>(io, gid, key, groups[gid],
                                                      addrs[i++ % addrs.size()], tls, pns, retry,
-                                                     report, count_retry));
+                                                     pacer, report, count_retry));
             asio::co_spawn(io, loads.back()->run(), asio::detached);
         }
         run_until_stopped(io, [&] {
