@@ -140,6 +140,7 @@ ctl_exe = build / "apps" / "cpnsctl" / "cpnsctl"
 # at most this many bytes, each PN GW with its PNEs in one part.
 PART_BYTES = 900 * 1024
 SAMPLE_S = 0.25  # RSS and PNs-registered sampling period of each server
+CONNECT_TIMEOUT_MS = 300_000  # a PN GW's link: 10,000 handshakes on two shared cores
 SETTLE_S = 2.0   # after the load: the links closed, the last audit batch written
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -268,7 +269,9 @@ def run(label, store_urls, parts, mk):
         load = subprocess.Popen(
             [str(load_exe), "run", "--entities", ",".join(str(p) for p in parts), "--servers",
              ",".join(s.addr for s in servers), "--pns-per-gw", str(pns),
-             "--latency-out", str(lat_file), "--max-in-flight", str(inflight)],
+             "--latency-out", str(lat_file), "--max-in-flight", str(inflight),
+             # every PN GW handshakes at once: the last ones wait for the first thousands
+             "--connect-timeout-ms", str(CONNECT_TIMEOUT_MS)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         load_hwm = 0  # KiB, cpns-load's peak RSS
         collected = {}

@@ -33,6 +33,7 @@ bool retryable(pb::FailureReason r) {
 struct RetryPolicy {
     int retries = 0;
     Millis delay = 500;
+    Millis connect_timeout = kLoadConnectTimeout;  // --connect-timeout-ms: the server link
 };
 
 // --max-in-flight: establishments in progress at once over all PN GWs (0: no bound). The others
@@ -120,7 +121,7 @@ class LoadGw {
     // Connects (retrying until kLoadConnectTimeout), then establishes its PNs one after the
     // other; what cannot be established is counted as unreachable.
     asio::awaitable<void> run() {
-        connect_until_ = mono_now() + kLoadConnectTimeout;
+        connect_until_ = mono_now() + retry_.connect_timeout;
         net::PskClientLink::Options o;
         o.server = server_;
         o.psk = tls::ClientPsk{id_, derive_gw_server_psk(eukey_, id_)};
@@ -445,6 +446,10 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0, 1000));
     run->add_option("--retry-delay-ms", retry.delay, "wait this long before a retry (default 500)")
         ->check(CLI::Range(0, 60'000));
+    run->add_option("--connect-timeout-ms", retry.connect_timeout,
+                    "how long each PN GW keeps trying to bring its server link up (default "
+                    "5000; thousands of PN GWs handshaking at once need longer)")
+        ->check(CLI::Range(1, 3'600'000));
     std::size_t max_in_flight = 0;
     run->add_option("--max-in-flight", max_in_flight,
                     "establishments in progress at once over all PN GWs; the others wait their "
