@@ -10,7 +10,7 @@
 # as JSON (e2e.json).
 #
 # Usage: scripts/bench-e2e.sh [--tiny] [--build DIR] [--out DIR] [--gws N] [--pnes-per-gw K]
-#                             [--pns-per-gw P] [--max-in-flight M] [--no-pg]
+#                             [--pns-per-gw P] [--max-in-flight M] [--no-pg] [--pg-servers S]
 #                             [--timeout SECONDS] [--perf]
 #   --tiny          seconds: 20 PN GWs x 2 PNEs x 2 PNs, SQLite only, into a scratch directory
 #                   unless --out is given; asserts no timing, fails only when a part does not
@@ -26,6 +26,7 @@
 #                   --max-in-flight; default 1,000; 0: every PN GW at once): every link stays
 #                   open, the others wait their turn in cpns-load, untimed
 #   --no-pg         the SQLite run only
+#   --pg-servers S  server instances on the one PostgreSQL (default 2)
 #   --timeout S     bound of one load run (default 1800 s); a server start (the entities
 #                   import) is bounded by the same
 #   --perf          record each server with `perf record -g` during the load (perf-NAME.data
@@ -39,7 +40,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-tiny=0 build=build/ci out="" gws="" pnes="" pns="" inflight="" pg=1 timeout_s=1800 perf=0
+tiny=0 build=build/ci out="" gws="" pnes="" pns="" inflight="" pg=1 pg_servers=2 timeout_s=1800 perf=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 need() { [[ $# -ge 2 ]] || { echo "bench-e2e: $1 needs a value" >&2; exit 2; }; }
@@ -53,6 +54,7 @@ while (($#)); do
     --pns-per-gw) need "$@"; pns=$2; shift ;;
     --max-in-flight) need "$@"; inflight=$2; shift ;;
     --no-pg) pg=0 ;;
+    --pg-servers) need "$@"; pg_servers=$2; shift ;;
     --perf) perf=1 ;;
     --timeout) need "$@"; timeout_s=$2; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -66,7 +68,7 @@ else
   gws=${gws:-10000} pnes=${pnes:-2} pns=${pns:-10} inflight=${inflight:-1000}
 fi
 [[ "$inflight" =~ ^[0-9]+$ ]] || { echo "bench-e2e: --max-in-flight: '$inflight'" >&2; exit 2; }
-for v in "$gws" "$pnes" "$pns" "$timeout_s"; do
+for v in "$gws" "$pnes" "$pns" "$timeout_s" "$pg_servers"; do
   [[ "$v" =~ ^[1-9][0-9]*$ ]] || { echo "bench-e2e: '$v' is not a positive integer" >&2; exit 2; }
 done
 ((gws <= 10000)) || { echo "bench-e2e: at most 10,000 PN GWs (kMaxGwConnections)" >&2; exit 2; }
@@ -125,14 +127,14 @@ echo "== bench-e2e: $gws PN GWs x $pnes PNEs x $pns PNs = $((gws * pns)) PNs per
   "$(date -u +%Y-%m-%dT%H:%MZ), $build, descriptors $(ulimit -n) ==" >&2
 
 status=0
-python3 - "$build" "$work" "$out" "$tiny" "$pg_url" "$gws" "$pnes" "$pns" "$timeout_s" "$perf" "$inflight" <<'PY' || status=$?
+python3 - "$build" "$work" "$out" "$tiny" "$pg_url" "$gws" "$pnes" "$pns" "$timeout_s" "$perf" "$inflight" "$pg_servers" <<'PY' || status=$?
 import json, os, resource, secrets, signal, socket, subprocess, sys, threading, time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 build, work, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 tiny, pg_url = sys.argv[4] == "1", sys.argv[5]
-gws, pnes, pns, timeout_s, perf, inflight = (int(x) for x in sys.argv[6:12])
+gws, pnes, pns, timeout_s, perf, inflight, pg_servers = (int(x) for x in sys.argv[6:13])
 server_exe = build / "apps" / "cpns-server" / "cpns-server"
 load_exe = build / "apps" / "cpns-load" / "cpns-load"
 ctl_exe = build / "apps" / "cpnsctl" / "cpnsctl"
@@ -385,7 +387,7 @@ if pg_url:
     try:
         subprocess.run(["psql", pg_url, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name}"],
                        check=True, capture_output=True, timeout=60)
-        results.append(run("postgresql", [db_url, db_url], part_files, mk))
+        results.append(run("postgresql", [db_url] * pg_servers, part_files, mk))
     except Exception as e:  # noqa: BLE001
         failures.append(f"postgresql: {e}")
     finally:

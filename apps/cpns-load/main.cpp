@@ -118,8 +118,9 @@ class LoadGw {
         }
     }
 
-    // Connects (retrying until kLoadConnectTimeout), then establishes its PNs one after the
-    // other; what cannot be established is counted as unreachable.
+    // Connects (retrying until --connect-timeout-ms), then establishes its PNs one after the
+    // other; what cannot be established is counted as unreachable. A link lost while PNs are
+    // left is brought up again, as a PN GW does (the establishment in progress fails).
     asio::awaitable<void> run() {
         connect_until_ = mono_now() + retry_.connect_timeout;
         net::PskClientLink::Options o;
@@ -135,12 +136,16 @@ class LoadGw {
             apply_gw(gw_->on_message("cpns-server", env, Protection::kTls, mono_now()));
         };
         h.on_down = [this](const net::LinkError&, net::PskClientLink::Stage stage) {
-            if (stage != net::PskClientLink::Stage::kLost && mono_now() <= connect_until_)
-                return true;
             if (stage == net::PskClientLink::Stage::kLost) {
                 conn_.reset();
                 apply_gw(gw_->on_link_down("cpns-server", mono_now()));
+                if (pns_left_ <= 0) return false;
+                // E.g. the server's handshake timeout ran out just as this side completed
+                // it, when thousands of PN GWs connect at once.
+                connect_until_ = mono_now() + retry_.connect_timeout;
+                return true;
             }
+            if (mono_now() <= connect_until_) return true;
             // Establishments not started yet cannot be: count them as unreachable.
             while (pns_left_ > 0) {
                 --pns_left_;
@@ -175,6 +180,7 @@ class LoadGw {
             if (conn_) conn_->close();
             return;
         }
+        if (!conn_) return;  // the link is down: on_up starts the next one
         --pns_left_;
         pacer_.start([this] {
             started_ = mono_now();
