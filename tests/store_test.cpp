@@ -501,6 +501,10 @@ TYPED_TEST(StoreTest, ListFilters) {
     EXPECT_EQ(ids(s->list_entities(EntityKind::kPne)),
               (std::vector<std::string>{"pne-a", "pne-b", "pne-c"}));
     EXPECT_EQ(ids(s->list_entities(EntityKind::kGw)), (std::vector<std::string>{"gw-a", "gw-b"}));
+    // The server's gauges count without reading the rows.
+    EXPECT_EQ(s->count_entities(), 5u);
+    EXPECT_EQ(s->count_entities(EntityKind::kPne), 3u);
+    EXPECT_EQ(s->count_entities(EntityKind::kGw), 2u);
     for (const StoredEntity& e : s->list_entities()) {
         EXPECT_TRUE(e.eukey == s->get_entity(e.id)->eukey) << e.id;
         EXPECT_FALSE(e.eukey.is_zero());
@@ -812,11 +816,13 @@ TYPED_TEST(StoreTest, GetAndListPns) {
     const auto s = this->open();
     provision(*s, {"gw-1", "gw-2"}, {"pne-1", "pne-2", "pne-3"});
     EXPECT_TRUE(s->list_pns().empty());
+    EXPECT_EQ(s->count_pns(), 0u);
 
     const pb::PnInventory a = inventory("gw-1", "pn-b", {"pne-3", "pne-1", "pne-2"});
     const pb::PnInventory b = inventory("gw-1", "pn-a", {"pne-2"});
     const pb::PnInventory c = inventory("gw-2", "pn-a", {"pne-2", "pne-1"});
     for (const auto* inv : {&a, &b, &c}) ASSERT_EQ(s->register_pn(*inv), PutResult::kOk);
+    EXPECT_EQ(s->count_pns(), 3u);
 
     const std::optional<pb::PnInventory> got = s->get_pn("gw-1", "pn-b");
     ASSERT_TRUE(got);
@@ -841,7 +847,9 @@ TYPED_TEST(StoreTest, GetAndListPns) {
 TYPED_TEST(StoreTest, AuditManyWritesEveryRecordInOrder) {
     const auto s = this->open();
     std::vector<AuditRecord> batch;
-    for (int i = 1; i <= 25; ++i) {
+    // More than one multi-row statement's worth (128 rows), with a remainder of every size.
+    constexpr int kRecords = 128 + 127;
+    for (int i = 1; i <= kRecords; ++i) {
         AuditRecord r;
         r.at_ms = 5000;  // one timestamp: order comes from insertion
         r.server_id = "server-a";
@@ -854,10 +862,17 @@ TYPED_TEST(StoreTest, AuditManyWritesEveryRecordInOrder) {
     }
     s->audit_many(batch);
     s->audit_many({});
-    const auto log = s->audit_log(100);
-    ASSERT_EQ(log.size(), 25u);
-    EXPECT_EQ(log.front().pne_id, "pne-25");
-    EXPECT_EQ(log.back().pne_id, "pne-1");
+    const auto log = s->audit_log(1000);
+    ASSERT_EQ(log.size(), static_cast<std::size_t>(kRecords));
+    for (int i = 0; i < kRecords; ++i) {  // newest first: the batch backwards
+        const AuditRecord& r = log[static_cast<std::size_t>(i)];
+        const int n = kRecords - i;
+        EXPECT_EQ(r.pne_id, "pne-" + std::to_string(n));
+        EXPECT_EQ(r.success, n % 2 == 0) << r.pne_id;
+        EXPECT_EQ(r.reason, n % 2 == 0 ? "none" : "authentication failed") << r.pne_id;
+        EXPECT_EQ(r.at_ms, 5000) << r.pne_id;
+        EXPECT_EQ(r.server_id, "server-a");
+    }
     EXPECT_EQ(log.back().reason, "authentication failed");
 }
 

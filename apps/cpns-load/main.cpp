@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <deque>
 #include <fstream>
 #include <iostream>
 
@@ -33,6 +34,39 @@ bool retryable(pb::FailureReason r) {
 struct RetryPolicy {
     int retries = 0;
     Millis delay = 500;
+    Millis connect_timeout = kLoadConnectTimeout;  // --connect-timeout-ms: the server link
+};
+
+// --max-in-flight: establishments in progress at once over all PN GWs (0: no bound). The others
+// wait their turn in the load generator, untimed: with every PN GW of a large fleet starting at
+// once, the server's queue would otherwise hold them all and the latency measured would be the
+// length of that queue.
+class Pacer {
+  public:
+    explicit Pacer(std::size_t max) : max_(max) {}
+    void start(std::function<void()> establish) {
+        if (max_ == 0 || in_flight_ < max_) {
+            ++in_flight_;
+            establish();
+        } else {
+            waiting_.push_back(std::move(establish));
+        }
+    }
+    void finished() {
+        if (max_ == 0) return;
+        if (waiting_.empty()) {
+            --in_flight_;
+            return;
+        }
+        auto next = std::move(waiting_.front());
+        waiting_.pop_front();
+        next();  // takes the slot just freed
+    }
+
+  private:
+    std::size_t max_;
+    std::size_t in_flight_ = 0;
+    std::deque<std::function<void()>> waiting_;
 };
 
 struct Result {
@@ -47,7 +81,7 @@ class LoadGw {
   public:
     LoadGw(asio::io_context& io, std::string id, SecretKey eukey,
            std::vector<std::pair<std::string, SecretKey>> pnes, net::HostPort server,
-           const tls::TlsContext& tls, int pns, RetryPolicy retry,
+           const tls::TlsContext& tls, int pns, RetryPolicy retry, Pacer& pacer,
            std::function<void(const Result&)> report,
            std::function<void(pb::FailureReason)> retried)
         : io_(io),
@@ -57,6 +91,7 @@ class LoadGw {
           tls_(tls),
           pns_left_(pns),
           retry_(retry),
+          pacer_(pacer),
           report_(std::move(report)),
           retried_(std::move(retried)),
           retry_timer_(io),
@@ -84,10 +119,11 @@ class LoadGw {
         }
     }
 
-    // Connects (retrying until kLoadConnectTimeout), then establishes its PNs one after the
-    // other; what cannot be established is counted as unreachable.
+    // Connects (retrying until --connect-timeout-ms), then establishes its PNs one after the
+    // other; what cannot be established is counted as unreachable. A link lost while PNs are
+    // left is brought up again, as a PN GW does (the establishment in progress fails).
     asio::awaitable<void> run() {
-        connect_until_ = mono_now() + kLoadConnectTimeout;
+        connect_until_ = mono_now() + retry_.connect_timeout;
         net::PskClientLink::Options o;
         o.server = server_;
         o.psk = tls::ClientPsk{id_, derive_gw_server_psk(eukey_, id_)};
@@ -101,12 +137,16 @@ class LoadGw {
             apply_gw(gw_->on_message("cpns-server", env, Protection::kTls, mono_now()));
         };
         h.on_down = [this](const net::LinkError&, net::PskClientLink::Stage stage) {
-            if (stage != net::PskClientLink::Stage::kLost && mono_now() <= connect_until_)
-                return true;
             if (stage == net::PskClientLink::Stage::kLost) {
                 conn_.reset();
                 apply_gw(gw_->on_link_down("cpns-server", mono_now()));
+                if (pns_left_ <= 0) return false;
+                // E.g. the server's handshake timeout ran out just as this side completed
+                // it, when thousands of PN GWs connect at once.
+                connect_until_ = mono_now() + retry_.connect_timeout;
+                return true;
             }
+            if (mono_now() <= connect_until_) return true;
             // Establishments not started yet cannot be: count them as unreachable.
             while (pns_left_ > 0) {
                 --pns_left_;
@@ -141,11 +181,14 @@ class LoadGw {
             if (conn_) conn_->close();
             return;
         }
+        if (!conn_) return;  // the link is down: on_up starts the next one
         --pns_left_;
-        started_ = mono_now();
-        tries_left_ = retry_.retries;
-        // Wait a turn so that discovery answers are in before the first invitation.
-        asio::post(io_, [this] { apply_gw(gw_->invite({}, mono_now())); });
+        pacer_.start([this] {
+            started_ = mono_now();
+            tries_left_ = retry_.retries;
+            // Wait a turn so that discovery answers are in before the first invitation.
+            asio::post(io_, [this] { apply_gw(gw_->invite({}, mono_now())); });
+        });
     }
 
     void apply_gw(GatewayEffects fx) {
@@ -165,6 +208,7 @@ class LoadGw {
                         }
                         Result r{id_, o.pn_id, o.success, o.reason, mono_now() - started_, {}};
                         for (const auto& m : o.inventory.members()) r.members.push_back(m.pne_id());
+                        pacer_.finished();
                         report_(r);
                         next();
                     },
@@ -234,6 +278,7 @@ class LoadGw {
     const tls::TlsContext& tls_;
     int pns_left_;
     RetryPolicy retry_;
+    Pacer& pacer_;
     int tries_left_ = 0;
     std::function<void(const Result&)> report_;
     std::function<void(pb::FailureReason)> retried_;
@@ -271,26 +316,34 @@ int provision(int gws, int pnes, const std::string& out) {
     return 0;
 }
 
-// The PN GWs of an entities file and, for each, its PNEs ("<gw>-p<n>").
+// The PN GWs of a load run and, for each, its PNEs.
 struct Fleet {
     std::map<std::string, SecretKey> gw_keys;
     std::map<std::string, std::vector<std::pair<std::string, SecretKey>>> groups;
 };
 
-Fleet read_fleet(const std::string& entities) {
+// The PN GWs of the entities files and, for each, its PNEs ("<gw>-p<n>"). Several files: one
+// is bounded by kMaxConfigFileBytes (about 8,000 entities), so a large fleet comes in parts.
+Fleet read_fleet(const std::vector<std::string>& files) {
     MemoryDirectory dir;
-    load_entities(entities, dir);
-    const Config ec = Config::load(entities);
+    std::vector<std::string> ids;
+    for (const auto& entities : files) {
+        MemoryDirectory part;
+        load_entities(entities, part);
+        const Config ec = Config::load(entities);
+        for (const auto& node : *ec.table()["entity"].as_array()) {
+            const std::string id = (*node.as_table())["id"].value_or(std::string());
+            if (dir.find(id)) throw ConfigError(entities + ": entity " + id + " is listed twice");
+            dir.add(id, *part.find(id));
+            ids.push_back(id);
+        }
+    }
     Fleet fleet;
-    for (const auto& node : *ec.table()["entity"].as_array()) {
-        const auto& t = *node.as_table();
-        const std::string id = t["id"].value_or(std::string());
+    for (const auto& id : ids) {
         const auto rec = dir.find(id);
         if (rec->kind == EntityKind::kGw) fleet.gw_keys[id] = rec->eukey;
     }
-    for (const auto& node : *ec.table()["entity"].as_array()) {
-        const auto& t = *node.as_table();
-        const std::string id = t["id"].value_or(std::string());
+    for (const auto& id : ids) {
         const auto rec = dir.find(id);
         if (rec->kind != EntityKind::kPne) continue;
         const auto dash = id.rfind('-');
@@ -307,6 +360,16 @@ void append_acked(std::ofstream& out, const Result& r) {
         out << (i ? "," : "") << "\"" << r.members[i] << "\"";
     out << "]}\n";
     out.flush();
+}
+
+// --latency-out: the latency of every registered PN in ms, one per line, in finishing order.
+bool write_latencies(const std::string& path, const std::vector<Result>& results) {
+    std::ofstream f(path);
+    for (const auto& r : results)
+        if (r.success) f << r.latency << "\n";
+    f.close();
+    if (!f) std::cerr << "cpns-load: cannot write " << path << "\n";
+    return static_cast<bool>(f);
 }
 
 // Prints the run's JSON summary; returns how many PNs were registered.
@@ -369,12 +432,19 @@ int main(int argc, char** argv) {
     prov->add_option("--pnes-per-gw", pnes, "PNEs per PN GW")->check(CLI::Range(1, 63));
     prov->add_option("--out", out, "entities file to write");
     auto* run = app.add_subcommand("run", "run the load and print a JSON summary");
-    std::string entities, servers, acked, log_level = "warn";
-    run->add_option("--entities", entities, "entities file (from 'provision')")->required();
+    std::string servers, acked, latency_out, log_level = "warn";
+    std::vector<std::string> entities;
+    run->add_option("--entities", entities,
+                    "entities file (from 'provision'); several: repeat it or separate with commas")
+        ->required()
+        ->delimiter(',');
     run->add_option("--servers", servers, "server addresses host:port[,host:port...]")->required();
     run->add_option("--pns-per-gw", pns, "PNs each PN GW establishes, one after the other")
         ->check(CLI::Range(1, 100000));
     run->add_option("--acked", acked, "append each acknowledged PN here as a JSON line, at once");
+    run->add_option("--latency-out", latency_out,
+                    "write the latency of every registered PN here, in ms, one per line "
+                    "(in the order they finished)");
     run->add_option("--log-level", log_level, "log level of the roles (default warn)");
     RetryPolicy retry;
     run->add_option("--retries", retry.retries,
@@ -388,6 +458,15 @@ int main(int argc, char** argv) {
     int pan_pnes = 100;
     std::string pan_out = "load-pan.toml";
     auto* prov_pan = load::add_provision_pan_command(app, pan_pnes, pan_out);
+    run->add_option("--connect-timeout-ms", retry.connect_timeout,
+                    "how long each PN GW keeps trying to bring its server link up (default "
+                    "5000; thousands of PN GWs handshaking at once need longer)")
+        ->check(CLI::Range(1, 3'600'000));
+    std::size_t max_in_flight = 0;
+    run->add_option("--max-in-flight", max_in_flight,
+                    "establishments in progress at once over all PN GWs; the others wait their "
+                    "turn, untimed (default 0: no bound)")
+        ->check(CLI::Range(0, 1'000'000));
     app.set_version_flag("--version", cpns::version_text("cpns-load"),
                          "print the version and the OpenSSL version, and exit");
     CLI11_PARSE(app, argc, argv);
@@ -414,6 +493,7 @@ int main(int argc, char** argv) {
         std::vector<Result> results;
         std::size_t expected = gw_keys.size() * static_cast<std::size_t>(pns);
         std::vector<std::unique_ptr<LoadGw>> loads;
+        Pacer pacer(max_in_flight);
         std::map<std::string, std::size_t> retried;
         auto count_retry = [&](pb::FailureReason r) { ++retried[std::string(reason_name(r))]; };
         const auto t0 = std::chrono::steady_clock::now();
@@ -426,7 +506,7 @@ int main(int argc, char** argv) {
         for (const auto& [gid, key] : gw_keys) {
             loads.push_back(std::make_unique<LoadGw>(io, gid, key, groups[gid],
                                                      addrs[i++ % addrs.size()], tls, pns, retry,
-                                                     report, count_retry));
+                                                     pacer, report, count_retry));
             asio::co_spawn(io, loads.back()->run(), asio::detached);
         }
         run_until_stopped(io, [&] {
@@ -435,6 +515,7 @@ int main(int argc, char** argv) {
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const std::size_t ok = print_summary(results, gw_keys.size(), expected, secs, retried);
+        if (!latency_out.empty() && !write_latencies(latency_out, results)) return 2;
         return ok == expected ? 0 : 1;
     } catch (const std::exception& e) {
         std::cerr << "cpns-load: " << e.what() << "\n";

@@ -1082,8 +1082,10 @@ void ServerDaemon::outcome_effect(const OutcomeEffect& o) {
                     static_cast<std::size_t>(o.inventory.members_size())));
     }
     if (!lifecycle) metrics_.finished(o.gw_id + "/" + o.pn_id, o, mono_now());
-    spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
-                 outcome_json(opt_.role.server_id, o));
+    // The outcome as JSON (protobuf's reflection-based printer) only when it is logged.
+    if (spdlog::should_log(spdlog::level::info))
+        spdlog::info("{} {}: {}", lifecycle ? o.operation : "establishment", o.pn_id,
+                     outcome_json(opt_.role.server_id, o));
     const auto now_ms =
         static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                       std::chrono::system_clock::now().time_since_epoch())
@@ -1177,9 +1179,11 @@ void ServerDaemon::count_inventory() {
     auto counts = std::make_shared<Counts>();
     store_job(
         [counts](store::Store& st) {
-            counts->pns = static_cast<double>(st.list_pns().size());
-            counts->gw = static_cast<double>(st.list_entities(EntityKind::kGw).size());
-            counts->pne = static_cast<double>(st.list_entities(EntityKind::kPne).size());
+            // COUNT(*), not the rows: reading every PN (and unsealing every entity) each
+            // interval made the server's memory and CPU grow with the PNs it had registered.
+            counts->pns = static_cast<double>(st.count_pns());
+            counts->gw = static_cast<double>(st.count_entities(EntityKind::kGw));
+            counts->pne = static_cast<double>(st.count_entities(EntityKind::kPne));
         },
         [this, counts](StoreFailure failure) {
             if (!failure) {

@@ -625,6 +625,18 @@ class SqlStore final : public Store {
         return read_pns("", {});
     }
 
+    std::size_t count_pns() override {
+        const detail::Result r = db_->run("SELECT COUNT(*) FROM pns", {});
+        return r.rows.empty() ? 0 : static_cast<std::size_t>(integer(r.rows[0][0]));
+    }
+
+    std::size_t count_entities(std::optional<EntityKind> kind) override {
+        const detail::Result r = kind ? db_->run("SELECT COUNT(*) FROM entities WHERE kind = $1",
+                                                 {Param::of(word(*kind))})
+                                      : db_->run("SELECT COUNT(*) FROM entities", {});
+        return r.rows.empty() ? 0 : static_cast<std::size_t>(integer(r.rows[0][0]));
+    }
+
     void audit(const AuditRecord& r) override {
         db_->run(
             "INSERT INTO audit (at_ms, server_id, gw_id, pn_id, pne_id, success, reason, detail)"
@@ -634,10 +646,42 @@ class SqlStore final : public Store {
              Param::of(std::int64_t{r.success ? 1 : 0}), Param::of(r.reason), Param::of(r.detail)});
     }
 
+    // Rows of one multi-row audit INSERT, at most; a batch is written in statements of
+    // kAuditRowsPerStatement, then of halves of it (64, 32, ... 1 rows) for the rest, so that
+    // at most 8 statement texts exist (SQLite keeps each prepared) whatever the batch sizes.
+    static constexpr std::size_t kAuditRowsPerStatement = 128;
+
+    // One statement per chunk instead of one per record: on PostgreSQL each statement is a
+    // round trip, and a batch carries three records per registered PN of two PNEs.
     void audit_many(const std::vector<AuditRecord>& records) override {
         if (records.empty()) return;
+        const std::int64_t now = now_ms();
         Transaction txn(*db_, Transaction::Kind::kWrite);
-        for (const auto& r : records) audit(r);
+        std::vector<Param> params;
+        for (std::size_t at = 0; at < records.size();) {
+            std::size_t n = kAuditRowsPerStatement;
+            while (n > records.size() - at) n /= 2;
+            std::string sql =
+                "INSERT INTO audit (at_ms, server_id, gw_id, pn_id, pne_id, success, reason, "
+                "detail)"
+                " VALUES ";
+            params.clear();
+            params.reserve(8 * n);
+            for (std::size_t j = 0; j < n; ++j) {
+                const AuditRecord& r = records[at + j];
+                sql += (j ? ", (" : "(") + placeholders(params.size(), 8) + ")";
+                params.push_back(Param::of(r.at_ms != 0 ? r.at_ms : now));
+                params.push_back(Param::of(r.server_id));
+                params.push_back(Param::of(r.gw_id));
+                params.push_back(Param::of(r.pn_id));
+                params.push_back(Param::of(r.pne_id));
+                params.push_back(Param::of(std::int64_t{r.success ? 1 : 0}));
+                params.push_back(Param::of(r.reason));
+                params.push_back(Param::of(r.detail));
+            }
+            db_->run(sql, params);
+            at += n;
+        }
         txn.commit();
     }
 

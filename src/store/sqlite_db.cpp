@@ -101,14 +101,35 @@ const std::vector<Migration> kSqliteMigrations = {
      }},
 };
 
-// $1..$n (the store's placeholder style) -> ?1..?n (SQLite's numbered parameters). The SQL text
-// of the store contains no other '$'.
+// $1..$n (the store's placeholder style) -> SQLite's parameters. The SQL text of the store
+// contains no other '$'. When they appear as $1, $2, ... $n, each once and in that order (every
+// multi-row statement of a group commit), they become plain '?': SQLite numbers those as they
+// come, while each ?NNN is looked up among the earlier ones when the statement is prepared,
+// which for the thousands of a group's statement was the largest single cost of SQLite in a
+// profile of the server. Otherwise ?1..?n.
 std::string to_sqlite_placeholders(std::string_view sql) {
-    std::string out(sql);
-    for (char& c : out) {
-        if (c == '$') c = '?';
+    std::string plain, numbered;
+    plain.reserve(sql.size());
+    numbered.reserve(sql.size());
+    bool in_order = true;
+    long next = 1;
+    for (std::size_t i = 0; i < sql.size(); ++i) {
+        if (sql[i] != '$') {
+            plain += sql[i];
+            numbered += sql[i];
+            continue;
+        }
+        std::size_t j = i + 1;
+        long n = 0;
+        while (j < sql.size() && sql[j] >= '0' && sql[j] <= '9' && n < 1'000'000)
+            n = n * 10 + (sql[j++] - '0');
+        in_order = in_order && n == next++;
+        plain += '?';
+        numbered += '?';
+        numbered.append(sql.substr(i + 1, j - i - 1));
+        i = j - 1;
     }
-    return out;
+    return in_order ? plain : numbered;
 }
 
 class SqliteDb final : public Db {

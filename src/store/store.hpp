@@ -199,6 +199,14 @@ class Store {  // one instance per thread; not thread-safe
     virtual std::vector<pb::PnInventory> list_pns(
         std::optional<std::string> gw_id = std::nullopt) = 0;
 
+    // How many PNs, and how many entities (of `kind`), are stored: the server's gauges, counted
+    // without reading (or holding) the rows. The default implementations (for other Store
+    // implementations) read them.
+    virtual std::size_t count_pns() { return list_pns().size(); }
+    virtual std::size_t count_entities(std::optional<EntityKind> kind = std::nullopt) {
+        return list_entities(kind).size();
+    }
+
     virtual void audit(const AuditRecord& r) = 0;
     // Several records in one transaction (one commit, not one per record).
     virtual void audit_many(const std::vector<AuditRecord>& records) {
