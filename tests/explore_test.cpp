@@ -517,6 +517,63 @@ TEST(ExplorerHolds, ALeaveCrossingARevocationLeavesEveryoneAgreeing) {
     }
 }
 
+// A re-key is a move too (the PN GW's `rekey`): in both PAN modes it ends with the PNE and the
+// PN GW holding one new LocalEUKey, and the members agreeing on the PN's new revision.
+TEST(ExploreLifecycle, RekeyIsAMoveAndEndsWithOneNewKey) {
+    for (const std::string pan : {"insecure", "secure"}) {
+        const auto scn = scenario("pne-list-" + pan + "-ui-3;faults=0;attacks=0;noreplay;life=1");
+        World w(scn, make_prior(scn));
+        std::vector<Action> trace = honest_trace(scn);
+        for (const auto& a : trace) ASSERT_TRUE(w.apply(a));
+        const auto& inv = w.directory().pns().begin()->second;
+        const std::string pn = inv.pn_id();
+        const auto old_key = w.gw().local_eukey(pn, "pne-b");
+        ASSERT_TRUE(old_key.has_value()) << pan;
+        std::optional<Action> move;
+        for (const auto& a : w.network_actions())
+            if (a.kind == ActionKind::kLife && a.field == "rekey" && a.party == "pne-b" &&
+                a.value == pn)
+                move = a;
+        ASSERT_TRUE(move.has_value()) << pan;
+        trace.push_back(*move);
+        ASSERT_TRUE(w.apply(*move));
+        for (const auto& a : w.run_honestly()) trace.push_back(a);
+        ASSERT_TRUE(w.quiescent()) << pan;
+        const auto new_key = w.gw().local_eukey(pn, "pne-b");
+        ASSERT_TRUE(new_key.has_value()) << pan;
+        EXPECT_NE(*new_key, *old_key) << pan;
+        EXPECT_EQ(w.pne("pne-b").memberships().at(pn).local_eukey, new_key) << pan;
+        EXPECT_EQ(w.pne("pne-a").memberships().at(pn).inventory.revision(),
+                  w.directory().pns().begin()->second.revision())
+            << pan;
+        EXPECT_EQ(w.directory().pns().begin()->second.revision(), 1u) << pan;
+        const auto v = Explorer::replay(scn, trace);
+        EXPECT_TRUE(v.empty()) << pan << ": " << (v.empty() ? "" : v[0].property + " " + v[0].text);
+    }
+}
+
+// A PAN attacker replays and rewrites the re-key's messages (the invitation, the join, the
+// authentication, the result, the confirmation): whether the re-key completes or is rejected,
+// the PNE and its PN GW end with one LocalEUKey (the new one, or the old one in force), and
+// nothing else breaks.
+TEST(ExploreHolds, RekeyUnderPanAttacker) {
+    const std::set<std::string> props{
+        "key_agreement",         "agreement", "secrecy", "freshness", "no_replay", "consent",
+        "lifecycle_authenticity"};
+    for (const std::string spec :
+         {"pne-list-insecure-ui-3;faults=0;attacks=1;replay;timers=0;life=1;"
+          "mut=sender+pn_id+revision+hash_pne+hash_server+wrapped",
+          "pne-list-secure-ui-2;faults=0;attacks=1;replay;timers=0;life=1;"
+          "mut=hash_pne+hash_server+wrapped+success"}) {
+        const auto scn = scenario(spec);
+        Options o = bounded(3, 60, 40, props);
+        o.prefix = honest_trace(scn);
+        Explorer ex(scn, o);
+        const Report r = ex.run();
+        EXPECT_TRUE(r.violations.empty()) << spec << ": " << describe(r);
+    }
+}
+
 const std::set<std::string> kLifeProps{"lifecycle_authenticity", "no_replay", "agreement"};
 
 // A PAN attacker replays and rewrites the messages of an add or a revocation (the invitation,
@@ -620,6 +677,19 @@ TEST(ExploreHolds, PnGwThatGaveUpOnAChangeCatchesUp) {
     Explorer ex(scn, o);
     const Report r = ex.run();
     EXPECT_EQ(r.find("agreement"), nullptr) << describe(r);
+}
+
+// Limitation L20 (docs/security.md): when the re-keyed PNE's confirmation is lost, the PNE holds
+// the new LocalEUKey and the PN GW, after kRekeyConfirmTimeout, the old one.
+TEST(ExplorerFinds, ALostRekeyConfirmationSplitsTheKey) {
+    const auto scn = scenario("pne-list-secure-ui-2;faults=1;attacks=0;noreplay;life=1");
+    Options o = bounded(4, 100, 40, {"key_agreement"});
+    o.prefix = honest_trace(scn);
+    Explorer ex(scn, o);
+    const Report r = ex.run();
+    const auto* cx = r.find("key_agreement");
+    ASSERT_NE(cx, nullptr) << describe(r);
+    EXPECT_NE(cx->text.find("hold different LocalEUKeys"), std::string::npos) << cx->text;
 }
 
 // --- The explorer can fail: deliberately weakened servers -------------------------------------

@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
         "Scenario: <pne|gw>-<1-1|all|list>-<secure|insecure>-<ui|noui>-<2|3>[;option...], "
         "options: faults=N attacks=N timers=N replay|noreplay inject dgw cpne=ID mut=f1+f2 noprior "
         "seed=N new_pns=N sessions=N life=N (up to N lifecycle moves per trace: an honest PNE "
-        "leaves a PN, the PN GW removes a member, adds a PNE or dissolves a PN, the operator "
+        "leaves a PN, the PN GW removes, adds or re-keys a member or dissolves a PN, the operator "
         "revokes a PNE; default 0) "
         "weaken=hash+list+sk+leave (a deliberately weakened server, for tests; leave: it accepts "
         "a leave without checking its proof) (--list names the mutable fields).\n"

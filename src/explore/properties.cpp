@@ -185,6 +185,10 @@ const std::vector<Property>& all_properties() {
         {"no_replay",
          "a leave, change or notice delivered again changes neither the store nor a membership",
          no_replay},
+        {"key_agreement",
+         "once the world is quiet, an honest member and its PN GW hold the same LocalEUKey for "
+         "the PN, or neither holds one (adds, re-keys, removals included)",
+         key_agreement},
         {"revocation",
          "once the world is quiet, a revoked or disabled PNE is in no PN at the server, the PN "
          "GW or itself, and the PN GW holds no LocalEUKey and no PSK-TLS session of it",

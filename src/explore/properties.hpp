@@ -28,7 +28,7 @@ struct Property {
 };
 
 // consent, initiator_authenticity, agreement, setup_fidelity, secrecy, freshness, bounded_state,
-// lifecycle_authenticity, no_replay, revocation.
+// lifecycle_authenticity, no_replay, key_agreement, revocation.
 const std::vector<Property>& all_properties();
 const Property* find_property(std::string_view name);
 

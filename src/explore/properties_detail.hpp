@@ -16,6 +16,7 @@ std::optional<std::string> bounded_state(const World& w, const Since& s);
 std::optional<std::string> lifecycle_authenticity(const World& w, const Since& s);
 std::optional<std::string> no_replay(const World& w, const Since& s);
 std::optional<std::string> revocation(const World& w, const Since& s);
+std::optional<std::string> key_agreement(const World& w, const Since& s);
 
 namespace detail {
 // The first non-empty result of `f(party, effect)` over the step's observations of type T.

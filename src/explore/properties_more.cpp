@@ -347,4 +347,27 @@ Text revocation(const World& w, const Since&) {
     return std::nullopt;
 }
 
+// The PSK a member and its PN GW use for the PN's PSK-TLS sessions is one key: after an add, a
+// re-key (rejected or not, docs/protocol.md "LocalEUKey re-key"), a removal. Checked once
+// nothing is in flight and no re-key waits for its confirmation.
+Text key_agreement(const World& w, const Since&) {
+    if (!w.quiescent()) return std::nullopt;
+    for (const auto& id : w.scenario().pne_ids()) {
+        if (!w.honest(id)) continue;
+        for (const auto& [pn, m] : w.pne(id).memberships()) {
+            const auto gw = w.gw().local_eukey(pn, id);
+            if (m.local_eukey.has_value() != gw.has_value())
+                return id + (m.local_eukey ? " holds" : " does not hold") + " a LocalEUKey for " +
+                       pn + " but the PN GW " + (gw ? "does" : "does not");
+            if (gw && *gw != *m.local_eukey)
+                return id + " and the PN GW hold different LocalEUKeys for " + pn;
+        }
+        for (const auto& [pn, inv] : w.gw().inventory())
+            if (w.gw().local_eukey(pn, id) && !w.pne(id).memberships().count(pn))
+                return "the PN GW holds a LocalEUKey of " + id + " for " + pn + ", which " + id +
+                       " is not a member of";
+    }
+    return std::nullopt;
+}
+
 }  // namespace cpns::explore

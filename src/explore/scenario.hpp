@@ -44,8 +44,8 @@ struct Scenario {
     std::size_t max_new_pns = 1;
     std::size_t max_sessions = 2;
     // Lifecycle moves per trace ("life=N"): a PNE leaves a PN it holds, the PN GW removes a
-    // member, adds a PNE or dissolves a PN it holds (the earlier run's, or this run's once
-    // registered), the operator revokes a PNE that is in a PN.
+    // member, adds a PNE, re-keys a member or dissolves a PN it holds (the earlier run's, or
+    // this run's once registered), the operator revokes a PNE that is in a PN.
     int max_life = 0;
     // A deliberately weakened server ("weaken=hash", "list", "sk" or "leave"; see
     // core/server.hpp),
@@ -89,8 +89,9 @@ enum class ActionKind : std::uint8_t {
     kLife,       // a lifecycle command: `field` "leave" (PNE `party` leaves PN `value`),
                  // "remove" (the PN GW removes PNE `party` from PN `value`), "dissolve"
                  // (the PN GW dissolves PN `value`; `party` is the PN GW), "add" (the PN GW
-                 // adds PNE `party` to PN `value`) or "revoke" (the operator makes PNE
-                 // `party`'s status `value`, "revoked" or "disabled")
+                 // adds PNE `party` to PN `value`), "rekey" (the PN GW re-keys PNE `party`'s
+                 // LocalEUKey in PN `value`) or "revoke" (the operator makes PNE `party`'s
+                 // status `value`, "revoked" or "disabled")
 };
 std::string_view to_string(ActionKind k);
 

@@ -257,6 +257,14 @@ bool World::do_life(const Action& a) {
         apply_effects(kGwId, gw_->add(a.value, {a.party}, now_));
         return true;
     }
+    if (a.field == "rekey") {
+        if (!is_pne(a.party) || !gw_->local_eukey(a.value, a.party)) return false;
+        ++life_;
+        facts_.gw_commands.insert("rekey " + a.value + " " + a.party);
+        trace_line(kGwId, kGwId, "command", "rekey " + a.party + " in " + a.value, true);
+        apply_effects(kGwId, gw_->rekey(a.value, a.party, now_));
+        return true;
+    }
     if (a.field == "remove") {
         if (!in_pn(inv->second, a.party)) return false;
         ++life_;

@@ -62,8 +62,11 @@ void World::add_life(std::vector<Action>& out) const {
         out.push_back(Action{ActionKind::kLife, 0, kGwId, "dissolve", pn});
         for (const auto& m : inv.members())
             out.push_back(Action{ActionKind::kLife, 0, m.pne_id(), "remove", pn});
-        for (const auto& id : scn_.pne_ids())
+        for (const auto& id : scn_.pne_ids()) {
             if (!in_pn(inv, id)) out.push_back(Action{ActionKind::kLife, 0, id, "add", pn});
+            if (gw_->local_eukey(pn, id))
+                out.push_back(Action{ActionKind::kLife, 0, id, "rekey", pn});
+        }
     }
     // The operator revokes a PNE that is in a PN ("disabled" takes the same path; traces may
     // name it).
@@ -227,7 +230,8 @@ bool World::quiescent() const {
     if (!flight_.empty() || !tls_pending_.empty()) return false;
     if (gw_->active_sessions() != 0 || server_->active_sessions() != 0) return false;
     // Repeated until acknowledged, or answered.
-    if (gw_->notices_pending() != 0 || gw_->changes_pending() != 0) return false;
+    if (gw_->notices_pending() != 0 || gw_->changes_pending() != 0 || gw_->rekeys_pending() != 0)
+        return false;
     for (const auto& [id, p] : pnes_)
         if (p->busy()) return false;
     return true;
@@ -292,6 +296,7 @@ std::string World::describe(const Action& a) const {
             if (a.field == "leave") return a.party + " leaves " + a.value;
             if (a.field == "remove") return kGwId + " removes " + a.party + " from " + a.value;
             if (a.field == "add") return kGwId + " adds " + a.party + " to " + a.value;
+            if (a.field == "rekey") return kGwId + " re-keys " + a.party + " in " + a.value;
             if (a.field == "revoke") return "the operator makes " + a.party + " " + a.value;
             return kGwId + " dissolves " + a.value;
         case ActionKind::kReplay:
