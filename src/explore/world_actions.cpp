@@ -50,6 +50,13 @@ bool World::apply(const Action& a) {
             if (a.kind == ActionKind::kDrop) {
                 ++faults_;
                 trace_line(m.from, m.to, m.name, "dropped", true);
+                // The PN GW's link to the server is PSK-TLS over a stream: what it loses is lost
+                // with the link, and the PN GW's reconnection resynchronises its PNs
+                // (docs/protocol.md, "Resynchronisation").
+                if (m.from == kServerId && m.to == kGwId) {
+                    trace_line(kGwId, kServerId, "link", "server link up again", true);
+                    apply_effects(kGwId, gw_->on_link_up(kServerId, now_));
+                }
                 break;
             }
             deliver(m);
